@@ -1,0 +1,195 @@
+//! The validated job: what the parser hands to the rest of the agent. Every value
+//! here has been checked; defaults are filled in.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A job: one or more groups of tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// `job "NAME"`.
+    pub name: String,
+    /// `datacenters`, kept for Nomad users; tend runs on one host.
+    pub datacenters: Vec<String>,
+    /// `meta {}` of the job.
+    pub meta: BTreeMap<String, String>,
+    /// Groups in file order.
+    pub groups: Vec<Group>,
+}
+
+/// A group: the tasks of one allocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    /// `group "NAME"`.
+    pub name: String,
+    /// How many allocations of this group run (default 1).
+    pub count: u32,
+    /// `restart {}`.
+    pub restart: RestartPolicy,
+    /// `meta {}` of the group.
+    pub meta: BTreeMap<String, String>,
+    /// Tasks in file order; names are unique.
+    pub tasks: Vec<Task>,
+}
+
+/// What happens when a task ends on its own with a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartMode {
+    /// After `attempts` in `interval`, the task fails.
+    Fail,
+    /// After `attempts` in `interval`, wait until the interval is over and go on.
+    Delay,
+}
+
+/// `restart { attempts, interval, delay, mode }`, as Nomad's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `interval` (default 0 in foreground mode).
+    pub attempts: u32,
+    /// The window the attempts are counted in.
+    pub interval: Duration,
+    /// Wait before each restart.
+    pub delay: Duration,
+    /// What to do when attempts run out.
+    pub mode: RestartMode,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            attempts: 2,
+            interval: Duration::from_secs(30 * 60),
+            delay: Duration::from_secs(15),
+            mode: RestartMode::Fail,
+        }
+    }
+}
+
+/// Which driver runs a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Driver {
+    /// No isolation: the agent's user, the host's root.
+    RawExec,
+    /// cgroup limits, a chroot and an unprivileged user.
+    Exec,
+    /// A container through the Docker Engine API.
+    Docker,
+}
+
+impl Driver {
+    /// The name used in job files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::RawExec => "raw_exec",
+            Driver::Exec => "exec",
+            Driver::Docker => "docker",
+        }
+    }
+}
+
+/// A task: one process (or container) and how to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// `task "NAME"`: a plain file name.
+    pub name: String,
+    /// `driver`.
+    pub driver: Driver,
+    /// `user`: a name or a uid; None means the driver's default.
+    pub user: Option<String>,
+    /// `config {}`.
+    pub config: TaskConfig,
+    /// `env {}`, in file order of keys (sorted).
+    pub env: BTreeMap<String, String>,
+    /// `meta {}` of the task.
+    pub meta: BTreeMap<String, String>,
+    /// `resources {}`.
+    pub resources: Resources,
+    /// `logs {}`.
+    pub logs: LogSpec,
+    /// `kill_timeout` (default 5s).
+    pub kill_timeout: Duration,
+    /// `kill_signal` as a number (default SIGTERM).
+    pub kill_signal: i32,
+    /// `chroot_env`: host path -> path in the task's root; None uses the agent's.
+    pub chroot_env: Option<BTreeMap<String, String>>,
+}
+
+/// `config {}`: driver-specific settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TaskConfig {
+    /// Program to run (raw_exec, exec; docker's entrypoint override).
+    pub command: Option<String>,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// docker: the image.
+    pub image: Option<String>,
+    /// docker: the container's hostname.
+    pub hostname: Option<String>,
+    /// docker: labels.
+    pub labels: BTreeMap<String, String>,
+    /// docker: network mode.
+    pub network_mode: Option<String>,
+    /// docker: DNS servers.
+    pub dns_servers: Vec<String>,
+    /// docker: DNS search domains.
+    pub dns_search_domains: Vec<String>,
+    /// docker: port label -> container port.
+    pub port_map: BTreeMap<String, u16>,
+    /// docker: privileged container.
+    pub privileged: bool,
+}
+
+/// `resources {}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU in MHz (default 100).
+    pub cpu: u64,
+    /// Memory in MB (default 300).
+    pub memory: u64,
+    /// pids.max of the task's cgroup (default 4096).
+    pub pids_limit: u64,
+    /// `network { port "LABEL" { static, to } }`.
+    pub ports: Vec<Port>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpu: 100,
+            memory: 300,
+            pids_limit: 4096,
+            ports: Vec::new(),
+        }
+    }
+}
+
+/// One port of a task's network block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    /// `port "LABEL"`.
+    pub label: String,
+    /// `static = N`: a reserved host port; None for a dynamic one.
+    pub static_port: Option<u16>,
+    /// `to = N`: the container port (docker).
+    pub to: Option<u16>,
+}
+
+/// `logs { max_files, max_file_size }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSpec {
+    /// Files kept per stream (default 10).
+    pub max_files: u32,
+    /// Size of each file in MB (default 10).
+    pub max_file_size_mb: u64,
+}
+
+impl Default for LogSpec {
+    fn default() -> Self {
+        LogSpec {
+            max_files: 10,
+            max_file_size_mb: 10,
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! tend: the host agent and its CLI.
+#![forbid(unsafe_code)]
+
+pub mod jobspec;

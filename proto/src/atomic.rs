@@ -1,0 +1,168 @@
+//! The one way tend persists a file: write a temp file in the same dir (through a
+//! dir fd, never following a symlink), fsync it, rename it over the name, fsync the
+//! dir. A reader sees the old file or the new one, never a torn one.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::fcntl::{open, openat, renameat, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::unlinkat;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Why a file could not be written atomically.
+#[derive(Debug, thiserror::Error)]
+pub enum AtomicError {
+    /// The name is not one plain path component.
+    #[error("atomic write: {name:?} is not a plain file name")]
+    BadName {
+        /// The name given.
+        name: String,
+    },
+    /// Opening the dir failed.
+    #[error("atomic write: open dir {path}: {source}")]
+    OpenDir {
+        /// The dir.
+        path: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// A step on the temp file or the rename failed.
+    #[error("atomic write {name}: {step}: {source}")]
+    Step {
+        /// The final name.
+        name: String,
+        /// What was being done: create, write, fsync, rename, fsync dir.
+        step: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Open a directory to write into with [`write_at`]: `O_DIRECTORY | O_CLOEXEC`.
+pub fn open_dir(path: &Path) -> Result<OwnedFd, AtomicError> {
+    open(
+        path,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| AtomicError::OpenDir {
+        path: path.display().to_string(),
+        source: io_err(e),
+    })
+}
+
+/// Write `data` to `dir/name` atomically with file mode `mode`.
+///
+/// `name` must be a plain file name. The temp file is created with
+/// `O_EXCL | O_NOFOLLOW`, so a symlink planted at either name is never followed:
+/// the rename replaces the link itself.
+pub fn write_at<D: AsFd>(dir: D, name: &str, data: &[u8], mode: u32) -> Result<(), AtomicError> {
+    if crate::names::check_file_name(name).is_err() {
+        return Err(AtomicError::BadName {
+            name: name.to_string(),
+        });
+    }
+    let step = |step: &'static str| {
+        let name = name.to_string();
+        move |source: io::Error| AtomicError::Step { name, step, source }
+    };
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = format!(".{name}.tmp-{}-{n}", std::process::id());
+    let fd = openat(
+        dir.as_fd(),
+        tmp.as_str(),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )
+    .map_err(io_err)
+    .map_err(step("create temp file"))?;
+    let mut file = File::from(fd);
+    let result = (|| {
+        // The mode of O_CREAT is cut by the umask; set it exactly.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(step("chmod"))?;
+        file.write_all(data).map_err(step("write"))?;
+        file.sync_all().map_err(step("fsync"))?;
+        renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name)
+            .map_err(io_err)
+            .map_err(step("rename"))?;
+        nix::unistd::fsync(dir.as_fd())
+            .map_err(io_err)
+            .map_err(step("fsync dir"))
+    })();
+    if result.is_err() {
+        // Nothing half-written is left behind.
+        let _ = unlinkat(dir.as_fd(), tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+    result
+}
+
+/// Write `data` to `path` atomically: [`open_dir`] of its parent, then [`write_at`].
+pub fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), AtomicError> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| AtomicError::BadName {
+            name: path.display().to_string(),
+        })?;
+    let dir = open_dir(parent)?;
+    write_at(&dir, name, data, mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn writes_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        write(&path, b"one", 0o644).unwrap();
+        write(&path, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_planted_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("f")).unwrap();
+        write(&dir.path().join("f"), b"new", 0o644).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(!std::fs::symlink_metadata(dir.path().join("f"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = open_dir(dir.path()).unwrap();
+        assert!(matches!(
+            write_at(&fd, "../x", b"", 0o644),
+            Err(AtomicError::BadName { .. })
+        ));
+    }
+}

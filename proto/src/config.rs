@@ -1,0 +1,314 @@
+//! [`SpawnConfig`]: everything `tend-spawn` needs to run one task.
+//!
+//! It travels as one frame on the daemon's stdin. The agent execs the `tend-spawn`
+//! that ships with it, so this struct is versioned with the binaries; only the
+//! socket messages in [`crate::msg`] must stay readable across versions.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::msg::Token;
+use crate::names;
+
+/// Log rotation of one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogConfig {
+    /// Files kept per stream, the current one included (at least 1).
+    pub max_files: u32,
+    /// Size at which the current file is rotated, bytes (at least 1).
+    pub max_file_size: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            max_files: 10,
+            max_file_size: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// One read-only bind of a host path into the task's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    /// Host path (absolute).
+    pub source: String,
+    /// Path inside the task's root (absolute).
+    pub target: String,
+}
+
+/// The task's own root: a private mount namespace and a chroot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChrootSpec {
+    /// Host paths bound read-only, nosuid, nodev (the `chroot_env`).
+    pub binds: Vec<Bind>,
+}
+
+/// The task's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupSpec {
+    /// The task's cgroup, relative to each hierarchy's root ("tend/<alloc>/<task>").
+    pub path: String,
+    /// Where tend-spawn itself goes, relative to each hierarchy's root; None keeps
+    /// it where it was started.
+    pub daemon_path: Option<String>,
+    /// Memory limit in bytes, with no swap on top.
+    pub memory_bytes: Option<u64>,
+    /// CPU share in MHz (cpu.shares on v1, cpu.weight on v2).
+    pub cpu_mhz: Option<u64>,
+    /// pids.max.
+    pub pids_max: Option<u64>,
+}
+
+/// Isolation of the exec driver: who the task runs as and in what root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    /// User name or numeric uid to run as.
+    pub user: String,
+    /// The task's own root; None runs it in the host's root.
+    pub chroot: Option<ChrootSpec>,
+}
+
+/// Everything tend-spawn needs to run one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnConfig {
+    /// The allocation id.
+    pub alloc_id: String,
+    /// The task name (a plain file name).
+    pub task: String,
+    /// Which start of the task this is, from 1.
+    pub run: u32,
+    /// The secret every client presents.
+    pub token: Token,
+    /// The program, after interpolation (absolute, or resolved by the agent).
+    pub command: String,
+    /// Its arguments, after interpolation; argv\[0\] is `command`.
+    pub args: Vec<String>,
+    /// The whole environment of the task.
+    pub env: Vec<(String, String)>,
+    /// The task's working dir, as seen by the task.
+    pub cwd: String,
+    /// The alloc dir on the host: `<data_dir>/allocs/<alloc_id>`.
+    pub alloc_dir: String,
+    /// Where the control socket is bound (its dir must exist, mode 0700).
+    pub socket_path: String,
+    /// Log rotation.
+    pub logs: LogConfig,
+    /// The signal a stop sends first.
+    pub kill_signal: i32,
+    /// Milliseconds between it and SIGKILL.
+    pub kill_timeout_ms: u64,
+    /// How long the daemon stays after the exit, waiting for Release, ms.
+    pub linger_ms: u64,
+    /// The task's cgroup, if any.
+    pub cgroup: Option<CgroupSpec>,
+    /// User, root and mounts of the exec driver; None for raw_exec.
+    pub isolation: Option<Isolation>,
+}
+
+/// What is wrong with a spawn config; the field is named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spawn config: {field}: {reason}")]
+pub struct ConfigError {
+    /// The field.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn bad(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Longest socket path: sun_path is 108 bytes with its final NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+impl SpawnConfig {
+    /// Check every field that a path, a syscall or a person depends on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        names::check_id(&self.alloc_id).map_err(|e| bad("alloc_id", e.to_string()))?;
+        names::check_file_name(&self.task).map_err(|e| bad("task", e.to_string()))?;
+        if self.run == 0 {
+            return Err(bad("run", "must be at least 1"));
+        }
+        no_nul("command", &self.command)?;
+        if self.command.is_empty() {
+            return Err(bad("command", "is empty"));
+        }
+        for (i, a) in self.args.iter().enumerate() {
+            no_nul(&format!("args[{i}]"), a)?;
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(bad("env", format!("bad variable name {k:?}")));
+            }
+            no_nul(&format!("env.{k}"), v)?;
+        }
+        absolute("cwd", &self.cwd)?;
+        absolute("alloc_dir", &self.alloc_dir)?;
+        absolute("socket_path", &self.socket_path)?;
+        if self.socket_path.len() > MAX_SOCKET_PATH {
+            return Err(bad(
+                "socket_path",
+                format!(
+                    "{} bytes is over the {MAX_SOCKET_PATH} a Unix socket path may hold",
+                    self.socket_path.len()
+                ),
+            ));
+        }
+        if self.logs.max_files == 0 {
+            return Err(bad("logs.max_files", "must be at least 1"));
+        }
+        if self.logs.max_file_size == 0 {
+            return Err(bad("logs.max_file_size", "must be at least 1 byte"));
+        }
+        if !(1..=64).contains(&self.kill_signal) {
+            return Err(bad("kill_signal", format!("{} is not a signal", self.kill_signal)));
+        }
+        if let Some(cg) = &self.cgroup {
+            relative("cgroup.path", &cg.path)?;
+            if let Some(d) = &cg.daemon_path {
+                relative("cgroup.daemon_path", d)?;
+                if d == &cg.path || Path::new(d).starts_with(&cg.path) {
+                    return Err(bad("cgroup.daemon_path", "must lie outside the task's cgroup"));
+                }
+            }
+            if cg.memory_bytes == Some(0) {
+                return Err(bad("cgroup.memory_bytes", "must be more than 0"));
+            }
+            if cg.pids_max == Some(0) {
+                return Err(bad("cgroup.pids_max", "must be more than 0"));
+            }
+        }
+        if let Some(iso) = &self.isolation {
+            if iso.user.is_empty() {
+                return Err(bad("isolation.user", "is empty"));
+            }
+            no_nul("isolation.user", &iso.user)?;
+            if let Some(ch) = &iso.chroot {
+                for (i, b) in ch.binds.iter().enumerate() {
+                    absolute(&format!("isolation.chroot.binds[{i}].source"), &b.source)?;
+                    absolute(&format!("isolation.chroot.binds[{i}].target"), &b.target)?;
+                    if b.target == "/" {
+                        return Err(bad(
+                            &format!("isolation.chroot.binds[{i}].target"),
+                            "cannot bind over the task's root",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The alloc dir on the host.
+    pub fn alloc_dir(&self) -> PathBuf {
+        PathBuf::from(&self.alloc_dir)
+    }
+
+    /// The task's root dir on the host: `<alloc_dir>/<task>`.
+    pub fn task_root(&self) -> PathBuf {
+        self.alloc_dir().join(&self.task)
+    }
+
+    /// The exit status file on the host: `<alloc_dir>/<task>_exit_status`.
+    pub fn exit_status_path(&self) -> PathBuf {
+        self.alloc_dir().join(names::exit_status_file(&self.task))
+    }
+
+    /// The alloc's log dir on the host: `<alloc_dir>/logs`.
+    pub fn log_dir(&self) -> PathBuf {
+        self.alloc_dir().join(names::LOG_DIR)
+    }
+}
+
+fn no_nul(field: &str, v: &str) -> Result<(), ConfigError> {
+    if v.contains('\0') {
+        return Err(bad(field, "holds a NUL byte"));
+    }
+    Ok(())
+}
+
+fn absolute(field: &str, v: &str) -> Result<(), ConfigError> {
+    no_nul(field, v)?;
+    let p = Path::new(v);
+    if !p.is_absolute() {
+        return Err(bad(field, format!("{v:?} is not an absolute path")));
+    }
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(bad(field, format!("{v:?} holds '..'")));
+    }
+    Ok(())
+}
+
+fn relative(field: &str, v: &str) -> Result<(), ConfigError> {
+    no_nul(field, v)?;
+    let p = Path::new(v);
+    if v.is_empty()
+        || p.is_absolute()
+        || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(bad(field, format!("{v:?} must be a relative path without '..'")));
+    }
+    Ok(())
+}
+
+/// A config for tests and examples: `/bin/true` in `alloc_dir`.
+pub fn example(alloc_dir: &str, socket_path: &str) -> SpawnConfig {
+    SpawnConfig {
+        alloc_id: "0123abcd".into(),
+        task: "t".into(),
+        run: 1,
+        token: Token([7; 32]),
+        command: "/bin/true".into(),
+        args: vec![],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: "/".into(),
+        alloc_dir: alloc_dir.into(),
+        socket_path: socket_path.into(),
+        logs: LogConfig::default(),
+        kill_signal: 15,
+        kill_timeout_ms: 5000,
+        linger_ms: 60_000,
+        cgroup: None,
+        isolation: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_is_valid() {
+        example("/tmp/a", "/tmp/s.sock").validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut c = example("/tmp/a", "/tmp/s.sock");
+        c.task = "../x".into();
+        assert_eq!(c.validate().unwrap_err().field, "task");
+        let mut c = example("relative", "/tmp/s.sock");
+        c.alloc_dir = "relative".into();
+        assert_eq!(c.validate().unwrap_err().field, "alloc_dir");
+        let mut c = example("/tmp/a", &format!("/{}", "s".repeat(120)));
+        assert_eq!(c.validate().unwrap_err().field, "socket_path");
+        c.socket_path = "/tmp/s".into();
+        c.args = vec!["a\0b".into()];
+        assert_eq!(c.validate().unwrap_err().field, "args[0]");
+        c.args.clear();
+        c.cgroup = Some(CgroupSpec {
+            path: "tend/a/t".into(),
+            daemon_path: Some("tend/a/t/daemon".into()),
+            memory_bytes: None,
+            cpu_mhz: None,
+            pids_max: None,
+        });
+        assert_eq!(c.validate().unwrap_err().field, "cgroup.daemon_path");
+    }
+}

@@ -1,0 +1,295 @@
+//! Messages between the agent and `tend-spawn`.
+//!
+//! Order of a connection: the client sends [`Hello`]; the daemon answers
+//! [`Response::Welcome`] or [`Response::Error`] and closes. Then the client sends
+//! [`Request`]s; each is answered by one [`Response`], in order. After a
+//! [`Request::Wait`], the daemon also pushes [`Response::Exited`] the moment the
+//! task ends (at once if it already has).
+//!
+//! Every enum here only ever gains variants at the end: postcard encodes a variant
+//! by its index, so an old frame keeps its meaning.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit::ExitStatus;
+
+/// The per-task secret the agent puts in the spawn config and presents in [`Hello`].
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token(pub [u8; 32]);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A secret never reaches a log line.
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// Compare in time independent of where the first difference lies.
+    pub fn ct_eq(&self, other: &Token) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+/// A random id the daemon draws at start; with the pid it tells one daemon from
+/// another that later got the same pid.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Instance(pub [u8; 16]);
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Instance({self})")
+    }
+}
+
+impl fmt::Display for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Instance {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = crate::names::from_hex(s).ok_or_else(|| format!("instance: not hex: {s:?}"))?;
+        let arr: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| format!("instance: want 32 hex digits, got {s:?}"))?;
+        Ok(Instance(arr))
+    }
+}
+
+/// The step of a task's start that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Stage {
+    /// Reading or checking the spawn config.
+    Config = 0,
+    /// Creating the alloc's log dir or opening log files.
+    Logs = 1,
+    /// Binding the control socket.
+    Socket = 2,
+    /// Forking the daemon or the task.
+    Fork = 3,
+    /// Creating, limiting or joining the task's cgroup.
+    Cgroup = 4,
+    /// Setting resource limits.
+    Rlimit = 5,
+    /// The mount namespace and the chroot's bind mounts.
+    Mount = 6,
+    /// chroot or pivot_root.
+    Chroot = 7,
+    /// chdir into the task's working dir.
+    Chdir = 8,
+    /// Looking up the task's user.
+    User = 9,
+    /// setgroups.
+    Setgroups = 10,
+    /// setresgid.
+    Setgid = 11,
+    /// setresuid.
+    Setuid = 12,
+    /// Clearing capabilities or setting no_new_privs.
+    Privileges = 13,
+    /// Signal mask and dispositions.
+    Signals = 14,
+    /// Redirecting stdio.
+    Stdio = 15,
+    /// execve.
+    Exec = 16,
+    /// The setuid policy refused the request.
+    Policy = 17,
+}
+
+impl Stage {
+    /// Every stage, in wire order.
+    pub const ALL: [Stage; 18] = [
+        Stage::Config,
+        Stage::Logs,
+        Stage::Socket,
+        Stage::Fork,
+        Stage::Cgroup,
+        Stage::Rlimit,
+        Stage::Mount,
+        Stage::Chroot,
+        Stage::Chdir,
+        Stage::User,
+        Stage::Setgroups,
+        Stage::Setgid,
+        Stage::Setuid,
+        Stage::Privileges,
+        Stage::Signals,
+        Stage::Stdio,
+        Stage::Exec,
+        Stage::Policy,
+    ];
+
+    /// The stage with this wire index, if any.
+    pub fn from_index(i: u8) -> Option<Stage> {
+        Stage::ALL.get(usize::from(i)).copied()
+    }
+
+    /// A short lowercase name, as used in messages ("exec /bin/nope: ...").
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Config => "config",
+            Stage::Logs => "logs",
+            Stage::Socket => "socket",
+            Stage::Fork => "fork",
+            Stage::Cgroup => "cgroup",
+            Stage::Rlimit => "rlimit",
+            Stage::Mount => "mount",
+            Stage::Chroot => "chroot",
+            Stage::Chdir => "chdir",
+            Stage::User => "user",
+            Stage::Setgroups => "setgroups",
+            Stage::Setgid => "setgid",
+            Stage::Setuid => "setuid",
+            Stage::Privileges => "privileges",
+            Stage::Signals => "signals",
+            Stage::Stdio => "stdio",
+            Stage::Exec => "exec",
+            Stage::Policy => "policy",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The one frame `tend-spawn` writes to its stdout before it goes quiet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartReport {
+    /// The task runs.
+    Started {
+        /// Pid of the daemon that supervises it.
+        daemon_pid: i32,
+        /// Pid of the task.
+        task_pid: i32,
+        /// The daemon's instance id.
+        instance: Instance,
+    },
+    /// Nothing runs; the exit status file says the same.
+    Failed {
+        /// The step that failed.
+        stage: Stage,
+        /// The errno, 0 when the failure was not a system call's.
+        errno: i32,
+        /// One line for a person: "exec /nope: No such file or directory".
+        message: String,
+    },
+}
+
+/// Opens every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the client speaks.
+    pub version: u16,
+    /// The task's secret token.
+    pub token: Token,
+}
+
+/// What a client may ask once welcomed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Answered by [`Response::Status`].
+    Status,
+    /// Answered by [`Response::Ok`]; [`Response::Exited`] follows when the task ends.
+    Wait,
+    /// Send a signal to the task's main process.
+    Signal(i32),
+    /// Send `signal`, wait up to `grace_ms`, then SIGKILL everything of the task.
+    Stop {
+        /// The first signal.
+        signal: i32,
+        /// Milliseconds between it and SIGKILL.
+        grace_ms: u64,
+    },
+    /// cgroup memory and cpu use.
+    Stats,
+    /// The agent has recorded the exit; the daemon may leave.
+    Release,
+}
+
+/// Where the task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Its main process lives.
+    Running,
+    /// A Stop is under way.
+    Stopping,
+    /// It has ended; the exit is recorded.
+    Exited,
+}
+
+/// Answer to [`Request::Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// State of the task.
+    pub state: TaskState,
+    /// Pid of the task's main process.
+    pub task_pid: i32,
+    /// Pid of the daemon.
+    pub daemon_pid: i32,
+    /// Which run of the task this daemon supervises.
+    pub run: u32,
+    /// When the task started (RFC 3339).
+    pub started_at: String,
+    /// The exit, once there is one.
+    pub exit: Option<ExitStatus>,
+}
+
+/// Answer to [`Request::Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Memory in use by the task's cgroup, bytes; None without a cgroup.
+    pub memory_bytes: Option<u64>,
+    /// Peak memory of the cgroup, bytes, where the kernel keeps it.
+    pub memory_peak_bytes: Option<u64>,
+    /// CPU time used by the cgroup, microseconds.
+    pub cpu_usage_us: Option<u64>,
+    /// Processes in the cgroup.
+    pub pids: Option<u64>,
+}
+
+/// The daemon's answer to the client's [`Hello`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version the daemon speaks.
+    pub version: u16,
+    /// The daemon's instance id, to check against the agent's handle.
+    pub instance: Instance,
+    /// Pid of the daemon.
+    pub daemon_pid: i32,
+    /// Pid of the task.
+    pub task_pid: i32,
+}
+
+/// Everything the daemon sends on a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to a good [`Hello`].
+    Welcome(Welcome),
+    /// Answer to [`Request::Status`].
+    Status(Status),
+    /// A request was accepted.
+    Ok,
+    /// Answer to [`Request::Stats`].
+    Stats(Stats),
+    /// Pushed after a [`Request::Wait`]: the task has ended.
+    Exited(ExitStatus),
+    /// The request or the connection was refused; a fatal one is followed by close.
+    Error(String),
+}

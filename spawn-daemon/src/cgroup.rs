@@ -1,0 +1,1 @@
+//! cgroups as plain files (v1, v2, hybrid).

@@ -1,0 +1,4 @@
+//! tend-spawn: the per-task supervisor.
+#![deny(unsafe_code)]
+
+pub mod cgroup;
