@@ -1,4 +1,11 @@
-//! tend: the host agent and its CLI.
+//! tend: the host agent and its CLI. Data flows one way: job file -> validated
+//! job -> allocation -> per task: environment -> driver -> tend-spawn -> exit.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod driver;
 pub mod jobspec;
+pub mod logtail;
+pub mod paths;
+pub mod spawn;
+pub mod taskenv;

@@ -4,3 +4,70 @@
 pub mod model;
 
 pub use model::*;
+
+/// Parse a job file (placeholder until the located parser lands).
+pub fn parse_file(path: &std::path::Path) -> Result<Job, String> {
+    #[derive(serde::Deserialize)]
+    struct F {
+        job: std::collections::BTreeMap<String, J>,
+    }
+    #[derive(serde::Deserialize)]
+    struct J {
+        group: std::collections::BTreeMap<String, G>,
+    }
+    #[derive(serde::Deserialize)]
+    struct G {
+        task: std::collections::BTreeMap<String, T>,
+    }
+    #[derive(serde::Deserialize)]
+    struct T {
+        config: C,
+        #[serde(default)]
+        env: std::collections::BTreeMap<String, String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct C {
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+    }
+    let src = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let f: F = hcl::from_str(&src).map_err(|e| e.to_string())?;
+    let (name, j) = f.job.into_iter().next().ok_or("no job")?;
+    Ok(Job {
+        name,
+        datacenters: vec![],
+        meta: Default::default(),
+        groups: j
+            .group
+            .into_iter()
+            .map(|(gn, g)| Group {
+                name: gn,
+                count: 1,
+                restart: Default::default(),
+                meta: Default::default(),
+                tasks: g
+                    .task
+                    .into_iter()
+                    .map(|(tn, t)| Task {
+                        name: tn,
+                        driver: Driver::RawExec,
+                        user: None,
+                        config: TaskConfig {
+                            command: Some(t.config.command),
+                            args: t.config.args,
+                            ..Default::default()
+                        },
+                        env: t.env,
+                        meta: Default::default(),
+                        resources: Default::default(),
+                        logs: Default::default(),
+                        kill_timeout: std::time::Duration::from_secs(5),
+                        kill_signal: 15,
+                        chroot_env: None,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}

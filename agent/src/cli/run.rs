@@ -1,0 +1,469 @@
+//! `tend run FILE`: with no agent answering, run the job in the foreground. Every
+//! task goes through its own tend-spawn, so killing `tend run` itself leaves the
+//! tasks running with their logs and exit status files.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tend_proto::{ExitStatus, Request, StartReport, Token};
+use tokio::sync::watch;
+
+use crate::driver::{self, Launch};
+use crate::jobspec::{self, Job, Task};
+use crate::logtail::LogFollower;
+use crate::paths::{self, AllocDir, Dirs};
+use crate::spawn::{self, Client};
+use crate::taskenv;
+
+/// Options of a foreground run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The job file.
+    pub job_file: PathBuf,
+    /// Data and run dirs.
+    pub dirs: Dirs,
+    /// The tend-spawn binary.
+    pub spawn_bin: PathBuf,
+}
+
+/// How one task ended, as far as `tend run` knows.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// It ran and ended.
+    Exited(ExitStatus),
+    /// It never started.
+    Failed {
+        /// errno of the failed step.
+        errno: i32,
+        /// The message.
+        message: String,
+    },
+    /// Its supervisor vanished and left no exit status file.
+    Lost(String),
+}
+
+impl Outcome {
+    /// The code `tend run` exits with for this task: the exit code, 128+N for a
+    /// signal, 127/126 for a command that is missing / not executable (as a shell
+    /// does), 1 otherwise.
+    pub fn code(&self) -> i32 {
+        match self {
+            Outcome::Exited(e) => e.shell_code(),
+            Outcome::Failed { errno, .. } if *errno == libc_enoent() => 127,
+            Outcome::Failed { errno, .. } if *errno == libc_eacces() => 126,
+            Outcome::Failed { .. } | Outcome::Lost(_) => 1,
+        }
+    }
+}
+
+fn libc_enoent() -> i32 {
+    nix::errno::Errno::ENOENT as i32
+}
+fn libc_eacces() -> i32 {
+    nix::errno::Errno::EACCES as i32
+}
+
+/// Describe an exit for a person: "exited with code 3", "killed by signal 9 (SIGKILL)".
+pub fn describe_exit(e: &ExitStatus) -> String {
+    match (e.exit_code, e.signal) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => {
+            let name = nix::sys::signal::Signal::try_from(s)
+                .map(|s| format!(" ({})", s.as_str()))
+                .unwrap_or_default();
+            let mut d = format!("killed by signal {s}{name}");
+            if e.oom_killed {
+                d.push_str(", out of memory");
+            }
+            if e.core_dumped {
+                d.push_str(", core dumped");
+            }
+            d
+        }
+        (None, None) => match &e.error {
+            Some(err) => format!("failed: {err}"),
+            None => "ended, status unknown".to_string(),
+        },
+    }
+}
+
+/// Serialises the lines `tend run` prints about task states, on stderr, so that
+/// the tasks' own stdout stays clean for pipes.
+fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "==> {line}");
+}
+
+/// Run the job in the foreground; returns the exit code of `tend run`.
+pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
+    let job = match jobspec::parse_file(&opts.job_file) {
+        Ok(j) => j,
+        Err(diags) => {
+            eprint!("{diags}");
+            return Ok(1);
+        }
+    };
+    for t in job.groups.iter().flat_map(|g| &g.tasks) {
+        check_driver(t)?;
+    }
+    std::fs::create_dir_all(&opts.dirs.data_dir).map_err(|e| {
+        anyhow::anyhow!("cannot create data dir {}: {e}", opts.dirs.data_dir.display())
+    })?;
+    paths::ensure_private_dir(&opts.dirs.run_dir).map_err(|e| {
+        anyhow::anyhow!("cannot create run dir {}: {e}", opts.dirs.run_dir.display())
+    })?;
+    paths::ensure_private_dir(&opts.dirs.socket_dir()).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create socket dir {}: {e}",
+            opts.dirs.socket_dir().display()
+        )
+    })?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task_count: usize = job.groups.iter().map(|g| g.tasks.len() * g.count as usize).sum();
+    let prefixed = task_count > 1;
+    let job = Arc::new(job);
+    let mut runners = Vec::new();
+    for (gi, group) in job.groups.iter().enumerate() {
+        for index in 0..group.count {
+            let alloc_id = paths::new_alloc_id();
+            let alloc = opts.dirs.alloc(&alloc_id);
+            let names: Vec<&str> = group.tasks.iter().map(|t| t.name.as_str()).collect();
+            alloc.create(&names).map_err(|e| {
+                anyhow::anyhow!("cannot create alloc dir {}: {e}", alloc.root.display())
+            })?;
+            say(&format!(
+                "allocation {alloc_id} ({}.{}[{index}]) in {}",
+                job.name,
+                group.name,
+                alloc.root.display()
+            ));
+            for ti in 0..group.tasks.len() {
+                let ctx = TaskCtx {
+                    job: job.clone(),
+                    group: gi,
+                    index,
+                    task: ti,
+                    alloc_id: alloc_id.clone(),
+                    alloc: alloc.clone(),
+                    dirs: opts.dirs.clone(),
+                    spawn_bin: opts.spawn_bin.clone(),
+                    prefixed,
+                };
+                runners.push(tokio::spawn(run_task(ctx, stop_rx.clone())));
+            }
+        }
+    }
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let all = futures_join(runners);
+    tokio::pin!(all);
+    let outcomes = loop {
+        tokio::select! {
+            outcomes = &mut all => break outcomes,
+            _ = tokio::signal::ctrl_c() => {
+                say("interrupt: stopping the tasks");
+                let _ = stop_tx.send(true);
+            }
+            _ = sigterm.recv() => {
+                say("terminated: stopping the tasks");
+                let _ = stop_tx.send(true);
+            }
+        }
+    };
+    Ok(outcomes
+        .iter()
+        .map(Outcome::code)
+        .find(|c| *c != 0)
+        .unwrap_or(0))
+}
+
+async fn futures_join(runners: Vec<tokio::task::JoinHandle<Outcome>>) -> Vec<Outcome> {
+    let mut out = Vec::with_capacity(runners.len());
+    for r in runners {
+        out.push(
+            r.await
+                .unwrap_or_else(|e| Outcome::Lost(format!("runner failed: {e}"))),
+        );
+    }
+    out
+}
+
+fn check_driver(t: &Task) -> anyhow::Result<()> {
+    match t.driver {
+        jobspec::Driver::RawExec => Ok(()),
+        other => anyhow::bail!(
+            "task {}: driver {} is not available in the foreground mode of this build",
+            t.name,
+            other.name()
+        ),
+    }
+}
+
+struct TaskCtx {
+    job: Arc<Job>,
+    group: usize,
+    index: u32,
+    task: usize,
+    alloc_id: String,
+    alloc: AllocDir,
+    dirs: Dirs,
+    spawn_bin: PathBuf,
+    prefixed: bool,
+}
+
+impl TaskCtx {
+    fn task(&self) -> &Task {
+        &self.job.groups[self.group].tasks[self.task]
+    }
+}
+
+async fn run_task(ctx: TaskCtx, mut stop: watch::Receiver<bool>) -> Outcome {
+    let task = ctx.task();
+    let name = task.name.clone();
+    let group = &ctx.job.groups[ctx.group];
+    let env_input = taskenv::Input {
+        alloc_id: &ctx.alloc_id,
+        job: &ctx.job.name,
+        group: &group.name,
+        index: ctx.index,
+        task,
+        alloc_dir: &ctx.alloc.shared(),
+        task_dir: &ctx.alloc.task_local(&task.name),
+        job_meta: &ctx.job.meta,
+        group_meta: &group.meta,
+    };
+    let env = taskenv::build(&env_input);
+    let command = taskenv::interpolate(task.config.command.as_deref().unwrap_or(""), &env);
+    let args = task
+        .config
+        .args
+        .iter()
+        .map(|a| taskenv::interpolate(a, &env))
+        .collect();
+    let token = Token(paths::random_bytes::<32>());
+    let launch = Launch {
+        dirs: &ctx.dirs,
+        alloc_id: &ctx.alloc_id,
+        alloc: &ctx.alloc,
+        task,
+        run: 1,
+        env,
+        command,
+        args,
+        token,
+    };
+    let config = match driver::spawn_config(&launch) {
+        Ok(c) => c,
+        Err(e) => {
+            let message = e.to_string();
+            say(&format!("{name}: failed to start: {message}"));
+            return Outcome::Failed { errno: 0, message };
+        }
+    };
+    let socket = PathBuf::from(&config.socket_path);
+    let report = match spawn::launch(&ctx.spawn_bin, &config).await {
+        Ok(r) => r,
+        Err(e) => {
+            let message = e.to_string();
+            say(&format!("{name}: failed to start: {message}"));
+            return Outcome::Failed { errno: 0, message };
+        }
+    };
+    let (daemon_pid, task_pid) = match report {
+        StartReport::Started {
+            daemon_pid,
+            task_pid,
+            ..
+        } => (daemon_pid, task_pid),
+        StartReport::Failed {
+            errno, message, ..
+        } => {
+            say(&format!("{name}: failed to start: {message}"));
+            return Outcome::Failed { errno, message };
+        }
+    };
+    say(&format!("{name}: started (pid {task_pid}, tend-spawn {daemon_pid})"));
+
+    let done = Arc::new(AtomicBool::new(false));
+    let followers: Vec<_> = [("stdout", false), ("stderr", true)]
+        .into_iter()
+        .map(|(stream, is_err)| {
+            let follower = LogFollower::new(
+                &ctx.alloc.logs(),
+                &name,
+                stream,
+                task.logs.max_files,
+            );
+            let prefix = ctx.prefixed.then(|| format!("{name} | "));
+            let done = done.clone();
+            std::thread::spawn(move || echo_logs(follower, prefix, is_err, &done))
+        })
+        .collect();
+
+    let outcome = watch_task(&socket, token, task, &ctx.alloc, &mut stop).await;
+    done.store(true, Ordering::SeqCst);
+    for f in followers {
+        let _ = tokio::task::spawn_blocking(move || f.join()).await;
+    }
+    match &outcome {
+        Outcome::Exited(e) => say(&format!("{name}: {}", describe_exit(e))),
+        Outcome::Lost(why) => say(&format!("{name}: lost: {why}")),
+        Outcome::Failed { message, .. } => say(&format!("{name}: failed: {message}")),
+    }
+    outcome
+}
+
+/// Wait for the task's exit over its socket; stop it when asked. If tend-spawn
+/// vanishes, the exit status file decides, and without one the task is lost.
+async fn watch_task(
+    socket: &std::path::Path,
+    token: Token,
+    task: &Task,
+    alloc: &AllocDir,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let mut waiter = match Client::connect(socket, token).await {
+        Ok(c) => c,
+        Err(e) => return from_exit_file(alloc, &task.name, &e.to_string()),
+    };
+    let wait = waiter.wait();
+    tokio::pin!(wait);
+    let mut stopping = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut wait => break r,
+            changed = stop.changed(), if !stopping => {
+                if changed.is_err() || !*stop.borrow() {
+                    continue;
+                }
+                stopping = true;
+                let req = Request::Stop {
+                    signal: task.kill_signal,
+                    grace_ms: u64::try_from(task.kill_timeout.as_millis()).unwrap_or(u64::MAX),
+                };
+                match Client::connect(socket, token).await {
+                    Ok(mut c) => {
+                        if let Err(e) = c.command(req).await {
+                            say(&format!("{}: stop: {e}", task.name));
+                        }
+                    }
+                    Err(e) => say(&format!("{}: stop: {e}", task.name)),
+                }
+            }
+        }
+    };
+    match result {
+        Ok(exit) => {
+            // The exit is recorded here; the daemon may go.
+            if let Ok(mut c) = Client::connect(socket, token).await {
+                let _ = c.command(Request::Release).await;
+            }
+            Outcome::Exited(exit)
+        }
+        Err(e) => from_exit_file(alloc, &task.name, &e.to_string()),
+    }
+}
+
+fn from_exit_file(alloc: &AllocDir, task: &str, why: &str) -> Outcome {
+    // The daemon writes the file before it answers Wait; give a dying one a moment.
+    for _ in 0..20 {
+        if let Ok(e) = ExitStatus::read(&alloc.exit_status(task)) {
+            return Outcome::Exited(e);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Outcome::Lost(format!("tend-spawn is gone and left no exit status file ({why})"))
+}
+
+/// Copy a task's log stream to our stdout or stderr until the task is done, then
+/// copy what is left.
+fn echo_logs(mut f: LogFollower, prefix: Option<String>, is_err: bool, done: &AtomicBool) {
+    let mut buf = Vec::new();
+    let mut partial = Vec::new();
+    loop {
+        let finished = done.load(Ordering::SeqCst);
+        buf.clear();
+        if let Err(e) = f.read_available(&mut buf) {
+            say(&format!("reading logs: {e}"));
+            return;
+        }
+        if !buf.is_empty() {
+            emit(&buf, prefix.as_deref(), &mut partial, is_err);
+        }
+        if finished {
+            if !partial.is_empty() {
+                partial.push(b'\n');
+                let line = std::mem::take(&mut partial);
+                write_out(&line, is_err);
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn emit(bytes: &[u8], prefix: Option<&str>, partial: &mut Vec<u8>, is_err: bool) {
+    match prefix {
+        None => write_out(bytes, is_err),
+        Some(prefix) => write_out(&prefix_lines(bytes, prefix, partial), is_err),
+    }
+}
+
+/// Prefix every line with `prefix`; an unfinished line waits in `partial`.
+fn prefix_lines(bytes: &[u8], prefix: &str, partial: &mut Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    for &b in bytes {
+        if partial.is_empty() {
+            partial.extend_from_slice(prefix.as_bytes());
+        }
+        partial.push(b);
+        if b == b'\n' {
+            out.append(partial);
+        }
+    }
+    out
+}
+
+fn write_out(bytes: &[u8], is_err: bool) {
+    if bytes.is_empty() {
+        return;
+    }
+    if is_err {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(bytes);
+        let _ = e.flush();
+    } else {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(bytes);
+        let _ = o.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_whole_lines_only() {
+        let mut partial = Vec::new();
+        assert_eq!(prefix_lines(b"one\ntw", "t | ", &mut partial), b"t | one\n");
+        assert_eq!(prefix_lines(b"o\n", "t | ", &mut partial), b"t | two\n");
+        assert!(partial.is_empty());
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        let mut e = ExitStatus::from_wait("a", "t", 1, 5, 3 << 8, "s".into(), "f".into());
+        assert_eq!(Outcome::Exited(e.clone()).code(), 3);
+        e = ExitStatus::from_wait("a", "t", 1, 5, 9, "s".into(), "f".into());
+        assert_eq!(Outcome::Exited(e.clone()).code(), 137);
+        assert_eq!(describe_exit(&e), "killed by signal 9 (SIGKILL)");
+        let enoent = Outcome::Failed { errno: nix::errno::Errno::ENOENT as i32, message: String::new() };
+        assert_eq!(enoent.code(), 127);
+        assert_eq!(Outcome::Lost(String::new()).code(), 1);
+    }
+}

@@ -1,0 +1,224 @@
+//! Where tend keeps things: the data dir (allocs, state), the run dir (sockets),
+//! and the layout of one allocation's dir.
+
+use std::path::{Path, PathBuf};
+
+use tend_proto::names;
+
+/// The data dir when none is given: `/var/lib/tend` as root, else the XDG data dir.
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/tend");
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("tend");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/tend"),
+        None => PathBuf::from("/tmp").join(format!("tend-{}", nix::unistd::geteuid())),
+    }
+}
+
+/// The run dir when none is given: `/run/tend` as root, else `$XDG_RUNTIME_DIR/tend`.
+pub fn default_run_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/tend");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("tend"),
+        None => PathBuf::from("/tmp").join(format!("tend-run-{}", nix::unistd::geteuid())),
+    }
+}
+
+/// The data and run dirs of one agent (or one foreground run).
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// `<data_dir>`.
+    pub data_dir: PathBuf,
+    /// `<run_dir>`.
+    pub run_dir: PathBuf,
+}
+
+impl Dirs {
+    /// Dirs from the options given, defaults filled in. Relative paths are made
+    /// absolute against the current dir, since tend-spawn needs absolute ones.
+    pub fn new(data_dir: Option<PathBuf>, run_dir: Option<PathBuf>) -> std::io::Result<Dirs> {
+        let abs = |p: PathBuf| -> std::io::Result<PathBuf> {
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Ok(std::env::current_dir()?.join(p))
+            }
+        };
+        Ok(Dirs {
+            data_dir: abs(data_dir.unwrap_or_else(default_data_dir))?,
+            run_dir: abs(run_dir.unwrap_or_else(default_run_dir))?,
+        })
+    }
+
+    /// `<data_dir>/allocs/<alloc_id>`.
+    pub fn alloc(&self, alloc_id: &str) -> AllocDir {
+        AllocDir {
+            root: self.data_dir.join("allocs").join(alloc_id),
+        }
+    }
+
+    /// `<data_dir>/state`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.data_dir.join("state")
+    }
+
+    /// `<run_dir>/s`: the 0700 dir holding the daemons' sockets.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.run_dir.join("s")
+    }
+
+    /// The socket of one run of one task: short, so that sun_path holds it
+    /// whatever the length of the data dir.
+    pub fn task_socket(&self, alloc_id: &str, task: &str, run: u32) -> PathBuf {
+        let short: String = alloc_id.chars().filter(|c| *c != '-').take(8).collect();
+        self.socket_dir()
+            .join(format!("{short}-{:08x}-{run}.sock", fnv1a32(task.as_bytes())))
+    }
+}
+
+/// The layout of one allocation's dir.
+#[derive(Debug, Clone)]
+pub struct AllocDir {
+    /// `<data_dir>/allocs/<alloc_id>`.
+    pub root: PathBuf,
+}
+
+impl AllocDir {
+    /// `alloc/`: shared by the tasks of the allocation.
+    pub fn shared(&self) -> PathBuf {
+        self.root.join("alloc")
+    }
+    /// `<task>/`: the task's root (its chroot under exec).
+    pub fn task_root(&self, task: &str) -> PathBuf {
+        self.root.join(task)
+    }
+    /// `<task>/local/`: the task's own dir.
+    pub fn task_local(&self, task: &str) -> PathBuf {
+        self.root.join(task).join("local")
+    }
+    /// `logs/`.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join(names::LOG_DIR)
+    }
+    /// `logs/<task>.<stream>`: the current log file of a stream.
+    pub fn log_file(&self, task: &str, stream: &str) -> PathBuf {
+        self.logs().join(names::log_file(task, stream))
+    }
+    /// `<task>_exit_status`.
+    pub fn exit_status(&self, task: &str) -> PathBuf {
+        self.root.join(names::exit_status_file(task))
+    }
+    /// Where the exit status file of run `run` is moved before the next run.
+    pub fn exit_status_of_run(&self, task: &str, run: u32) -> PathBuf {
+        self.root.join(names::exit_status_file_of_run(task, run))
+    }
+
+    /// Create the allocation's dirs for `tasks`: the root and `logs/` 0755 (logs are
+    /// written by tend-spawn only), `alloc/`, each `<task>/` and `<task>/local/`.
+    pub fn create(&self, tasks: &[&str]) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true).mode(0o755);
+        b.create(&self.root)?;
+        b.create(self.logs())?;
+        b.create(self.shared())?;
+        for t in tasks {
+            b.create(self.task_local(t))?;
+        }
+        Ok(())
+    }
+}
+
+/// Create `dir` (and parents) if missing and make it mode 0700, owned by us.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(std::io::Error::other(format!(
+            "{} is owned by uid {}, not by us",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A fresh allocation id: a random UUID (version 4) in its usual text form.
+pub fn new_alloc_id() -> String {
+    let mut b = random_bytes::<16>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = names::to_hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// `N` bytes from the kernel's random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    // /dev/urandom never blocks once the pool is initialised, which it is long
+    // before an agent starts; a failure here means a broken host.
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("read /dev/urandom");
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_paths_stay_short_whatever_the_data_dir() {
+        let dirs = Dirs {
+            data_dir: PathBuf::from(format!("/{}", "d".repeat(200))),
+            run_dir: PathBuf::from("/run/tend"),
+        };
+        let id = new_alloc_id();
+        let p = dirs.task_socket(&id, &"t".repeat(200), 12);
+        assert!(p.as_os_str().len() < 60, "{}", p.display());
+        assert_ne!(p, dirs.task_socket(&id, "other", 12));
+        assert_ne!(p, dirs.task_socket(&id, &"t".repeat(200), 13));
+    }
+
+    #[test]
+    fn alloc_ids_are_uuids() {
+        let id = new_alloc_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        tend_proto::names::check_id(&id).unwrap();
+        assert_ne!(id, new_alloc_id());
+    }
+}

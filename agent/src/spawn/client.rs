@@ -1,0 +1,196 @@
+//! A client of one tend-spawn's socket.
+
+use std::path::{Path, PathBuf};
+
+use tend_proto::frame::{self, FrameDecoder, FrameError};
+use tend_proto::msg::Welcome;
+use tend_proto::{ExitStatus, Hello, Request, Response, Token, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Why talking to a tend-spawn failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("connect {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Reading or writing failed.
+    #[error("tend-spawn at {path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The daemon closed the connection.
+    #[error("tend-spawn at {path} closed the connection")]
+    Closed {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// A frame could not be decoded.
+    #[error("tend-spawn at {path}: {source}")]
+    Frame {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        source: FrameError,
+    },
+    /// The daemon refused.
+    #[error("tend-spawn at {path} refused: {message}")]
+    Refused {
+        /// The socket.
+        path: PathBuf,
+        /// Its message.
+        message: String,
+    },
+    /// The daemon answered something else than expected.
+    #[error("tend-spawn at {path}: unexpected answer {got}")]
+    Unexpected {
+        /// The socket.
+        path: PathBuf,
+        /// What came.
+        got: String,
+    },
+}
+
+/// One welcomed connection.
+#[derive(Debug)]
+pub struct Client {
+    path: PathBuf,
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    welcome: Welcome,
+}
+
+impl Client {
+    /// Connect and present the token.
+    pub async fn connect(path: &Path, token: Token) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut c = Client {
+            path: path.to_path_buf(),
+            stream,
+            decoder: FrameDecoder::new(),
+            welcome: Welcome {
+                version: 0,
+                instance: tend_proto::Instance([0; 16]),
+                daemon_pid: 0,
+                task_pid: 0,
+            },
+        };
+        c.send(&Hello {
+            version: PROTOCOL_VERSION,
+            token,
+        })
+        .await?;
+        match c.next().await? {
+            Response::Welcome(w) => {
+                c.welcome = w;
+                Ok(c)
+            }
+            other => Err(c.unexpected(other)),
+        }
+    }
+
+    /// The daemon's welcome: its instance id and pids.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    async fn send<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), ClientError> {
+        let bytes = frame::encode(msg).map_err(|source| ClientError::Frame {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.stream
+            .write_all(&bytes)
+            .await
+            .map_err(|source| ClientError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Read the next frame the daemon sends. An `Error` becomes [`ClientError::Refused`].
+    pub async fn next(&mut self) -> Result<Response, ClientError> {
+        let mut buf = [0u8; 4096];
+        loop {
+            let frame = self
+                .decoder
+                .next_frame()
+                .map_err(|source| ClientError::Frame {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if let Some(f) = frame {
+                let r: Response = f.decode().map_err(|source| ClientError::Frame {
+                    path: self.path.clone(),
+                    source,
+                })?;
+                if let Response::Error(message) = r {
+                    return Err(ClientError::Refused {
+                        path: self.path.clone(),
+                        message,
+                    });
+                }
+                return Ok(r);
+            }
+            let n = self
+                .stream
+                .read(&mut buf)
+                .await
+                .map_err(|source| ClientError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                return Err(ClientError::Closed {
+                    path: self.path.clone(),
+                });
+            }
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    /// Send a request and read its answer.
+    pub async fn request(&mut self, req: Request) -> Result<Response, ClientError> {
+        self.send(&req).await?;
+        self.next().await
+    }
+
+    /// Send a request that is answered by `Ok`.
+    pub async fn command(&mut self, req: Request) -> Result<(), ClientError> {
+        match self.request(req).await? {
+            Response::Ok => Ok(()),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Ask for the exit and wait for it: it comes the moment the task ends.
+    pub async fn wait(&mut self) -> Result<ExitStatus, ClientError> {
+        self.command(Request::Wait).await?;
+        match self.next().await? {
+            Response::Exited(e) => Ok(e),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    fn unexpected(&self, got: Response) -> ClientError {
+        let mut s = format!("{got:?}");
+        s.truncate(200);
+        ClientError::Unexpected {
+            path: self.path.clone(),
+            got: s,
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The agent's side of the spawn protocol: exec `tend-spawn` with its config on
+//! stdin, read its start report, and talk to it over its socket.
+
+pub mod client;
+pub mod launch;
+
+pub use client::{Client, ClientError};
+pub use launch::{launch, LaunchError};
