@@ -77,8 +77,10 @@ impl Dirs {
     /// whatever the length of the data dir.
     pub fn task_socket(&self, alloc_id: &str, task: &str, run: u32) -> PathBuf {
         let short: String = alloc_id.chars().filter(|c| *c != '-').take(8).collect();
-        self.socket_dir()
-            .join(format!("{short}-{:08x}-{run}.sock", fnv1a32(task.as_bytes())))
+        self.socket_dir().join(format!(
+            "{short}-{:08x}-{run}.sock",
+            fnv1a32(task.as_bytes())
+        ))
     }
 }
 
@@ -132,6 +134,20 @@ impl AllocDir {
             b.create(self.task_local(t))?;
         }
         Ok(())
+    }
+}
+
+impl AllocDir {
+    /// Make a task's dirs usable by the unprivileged user it runs as: `local/`
+    /// becomes its own, and `alloc/` is shared like /tmp (1777), since the tasks of
+    /// one allocation may run as different users. The alloc root, the task root
+    /// and `logs/` stay the agent's: the task cannot write its logs or exit file.
+    pub fn prepare_for_user(&self, task: &str, uid: u32, gid: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let local = self.task_local(task);
+        std::os::unix::fs::chown(&local, Some(uid), Some(gid))?;
+        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o750))?;
+        std::fs::set_permissions(self.shared(), std::fs::Permissions::from_mode(0o1777))
     }
 }
 

@@ -31,8 +31,14 @@ pub struct Input<'a> {
 /// Build the environment.
 pub fn build(i: &Input<'_>) -> Vec<(String, String)> {
     let mut env = vec![
-        ("TEND_ALLOC_DIR".to_string(), i.alloc_dir.display().to_string()),
-        ("TEND_TASK_DIR".to_string(), i.task_dir.display().to_string()),
+        (
+            "TEND_ALLOC_DIR".to_string(),
+            i.alloc_dir.display().to_string(),
+        ),
+        (
+            "TEND_TASK_DIR".to_string(),
+            i.task_dir.display().to_string(),
+        ),
         ("TEND_ALLOC_ID".to_string(), i.alloc_id.to_string()),
         ("TEND_TASK_NAME".to_string(), i.task.name.clone()),
     ];

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tend_proto::{ExitStatus, Request, StartReport, Token};
+use tend_proto::{ExitStatus, Request, SpawnConfig, StartReport, Token};
 use tokio::sync::watch;
 
 use crate::driver::{self, Launch};
@@ -110,7 +110,10 @@ pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
         check_driver(t)?;
     }
     std::fs::create_dir_all(&opts.dirs.data_dir).map_err(|e| {
-        anyhow::anyhow!("cannot create data dir {}: {e}", opts.dirs.data_dir.display())
+        anyhow::anyhow!(
+            "cannot create data dir {}: {e}",
+            opts.dirs.data_dir.display()
+        )
     })?;
     paths::ensure_private_dir(&opts.dirs.run_dir).map_err(|e| {
         anyhow::anyhow!("cannot create run dir {}: {e}", opts.dirs.run_dir.display())
@@ -123,24 +126,24 @@ pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
     })?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task_count: usize = job.groups.iter().map(|g| g.tasks.len() * g.count as usize).sum();
+    let task_count: usize = job
+        .groups
+        .iter()
+        .map(|g| g.tasks.len() * g.count as usize)
+        .sum();
     let prefixed = task_count > 1;
     let job = Arc::new(job);
-    let mut runners = Vec::new();
+    let chroot_env = driver::default_chroot_env();
+    // Every task is checked and configured before the first one starts: a bad
+    // user or chroot_env in one task starts nothing.
+    let mut prepared = Vec::new();
+    let mut errors = Vec::new();
+    let mut allocs = Vec::new();
     for (gi, group) in job.groups.iter().enumerate() {
         for index in 0..group.count {
             let alloc_id = paths::new_alloc_id();
             let alloc = opts.dirs.alloc(&alloc_id);
-            let names: Vec<&str> = group.tasks.iter().map(|t| t.name.as_str()).collect();
-            alloc.create(&names).map_err(|e| {
-                anyhow::anyhow!("cannot create alloc dir {}: {e}", alloc.root.display())
-            })?;
-            say(&format!(
-                "allocation {alloc_id} ({}.{}[{index}]) in {}",
-                job.name,
-                group.name,
-                alloc.root.display()
-            ));
+            allocs.push((alloc_id.clone(), alloc.clone(), gi, index));
             for ti in 0..group.tasks.len() {
                 let ctx = TaskCtx {
                     job: job.clone(),
@@ -152,10 +155,47 @@ pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
                     dirs: opts.dirs.clone(),
                     spawn_bin: opts.spawn_bin.clone(),
                     prefixed,
+                    chroot_env: chroot_env.clone(),
                 };
-                runners.push(tokio::spawn(run_task(ctx, stop_rx.clone())));
+                match prepare(&ctx) {
+                    Ok(config) => prepared.push((ctx, config)),
+                    Err(e) => errors.push(e.to_string()),
+                }
             }
         }
+    }
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("tend: {e}");
+        }
+        return Ok(1);
+    }
+    for (alloc_id, alloc, gi, index) in &allocs {
+        let group = &job.groups[*gi];
+        let names: Vec<&str> = group.tasks.iter().map(|t| t.name.as_str()).collect();
+        alloc.create(&names).map_err(|e| {
+            anyhow::anyhow!("cannot create alloc dir {}: {e}", alloc.root.display())
+        })?;
+        for (ctx, config) in prepared.iter().filter(|(c, _)| &c.alloc_id == alloc_id) {
+            if let Some(iso) = &config.isolation {
+                let (uid, gid) = driver::resolve_user(&iso.user).unwrap_or((65534, 65534));
+                alloc
+                    .prepare_for_user(&ctx.task().name, uid, gid)
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot prepare alloc dir {}: {e}", alloc.root.display())
+                    })?;
+            }
+        }
+        say(&format!(
+            "allocation {alloc_id} ({}.{}[{index}]) in {}",
+            job.name,
+            group.name,
+            alloc.root.display()
+        ));
+    }
+    let mut runners = Vec::new();
+    for (ctx, config) in prepared {
+        runners.push(tokio::spawn(run_task(ctx, config, stop_rx.clone())));
     }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -194,7 +234,7 @@ async fn futures_join(runners: Vec<tokio::task::JoinHandle<Outcome>>) -> Vec<Out
 
 fn check_driver(t: &Task) -> anyhow::Result<()> {
     match t.driver {
-        jobspec::Driver::RawExec => Ok(()),
+        jobspec::Driver::RawExec | jobspec::Driver::Exec => Ok(()),
         other => anyhow::bail!(
             "task {}: driver {} is not available in the foreground mode of this build",
             t.name,
@@ -213,7 +253,11 @@ struct TaskCtx {
     dirs: Dirs,
     spawn_bin: PathBuf,
     prefixed: bool,
+    chroot_env: Vec<(String, String)>,
 }
+
+/// The cgroup parent of foreground tasks.
+const CGROUP_PARENT: &str = "tend";
 
 impl TaskCtx {
     fn task(&self) -> &Task {
@@ -221,9 +265,9 @@ impl TaskCtx {
     }
 }
 
-async fn run_task(ctx: TaskCtx, mut stop: watch::Receiver<bool>) -> Outcome {
+/// Build the spawn config of a task: its environment, interpolation, driver checks.
+fn prepare(ctx: &TaskCtx) -> Result<SpawnConfig, driver::DriverError> {
     let task = ctx.task();
-    let name = task.name.clone();
     let group = &ctx.job.groups[ctx.group];
     let env_input = taskenv::Input {
         alloc_id: &ctx.alloc_id,
@@ -244,8 +288,7 @@ async fn run_task(ctx: TaskCtx, mut stop: watch::Receiver<bool>) -> Outcome {
         .iter()
         .map(|a| taskenv::interpolate(a, &env))
         .collect();
-    let token = Token(paths::random_bytes::<32>());
-    let launch = Launch {
+    driver::spawn_config(&Launch {
         dirs: &ctx.dirs,
         alloc_id: &ctx.alloc_id,
         alloc: &ctx.alloc,
@@ -254,16 +297,16 @@ async fn run_task(ctx: TaskCtx, mut stop: watch::Receiver<bool>) -> Outcome {
         env,
         command,
         args,
-        token,
-    };
-    let config = match driver::spawn_config(&launch) {
-        Ok(c) => c,
-        Err(e) => {
-            let message = e.to_string();
-            say(&format!("{name}: failed to start: {message}"));
-            return Outcome::Failed { errno: 0, message };
-        }
-    };
+        token: Token(paths::random_bytes::<32>()),
+        chroot_env: &ctx.chroot_env,
+        cgroup_parent: CGROUP_PARENT,
+    })
+}
+
+async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<bool>) -> Outcome {
+    let task = ctx.task();
+    let name = task.name.clone();
+    let token = config.token;
     let socket = PathBuf::from(&config.socket_path);
     let report = match spawn::launch(&ctx.spawn_bin, &config).await {
         Ok(r) => r,
@@ -279,25 +322,20 @@ async fn run_task(ctx: TaskCtx, mut stop: watch::Receiver<bool>) -> Outcome {
             task_pid,
             ..
         } => (daemon_pid, task_pid),
-        StartReport::Failed {
-            errno, message, ..
-        } => {
+        StartReport::Failed { errno, message, .. } => {
             say(&format!("{name}: failed to start: {message}"));
             return Outcome::Failed { errno, message };
         }
     };
-    say(&format!("{name}: started (pid {task_pid}, tend-spawn {daemon_pid})"));
+    say(&format!(
+        "{name}: started (pid {task_pid}, tend-spawn {daemon_pid})"
+    ));
 
     let done = Arc::new(AtomicBool::new(false));
     let followers: Vec<_> = [("stdout", false), ("stderr", true)]
         .into_iter()
         .map(|(stream, is_err)| {
-            let follower = LogFollower::new(
-                &ctx.alloc.logs(),
-                &name,
-                stream,
-                task.logs.max_files,
-            );
+            let follower = LogFollower::new(&ctx.alloc.logs(), &name, stream, task.logs.max_files);
             let prefix = ctx.prefixed.then(|| format!("{name} | "));
             let done = done.clone();
             std::thread::spawn(move || echo_logs(follower, prefix, is_err, &done))
@@ -376,7 +414,9 @@ fn from_exit_file(alloc: &AllocDir, task: &str, why: &str) -> Outcome {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Outcome::Lost(format!("tend-spawn is gone and left no exit status file ({why})"))
+    Outcome::Lost(format!(
+        "tend-spawn is gone and left no exit status file ({why})"
+    ))
 }
 
 /// Copy a task's log stream to our stdout or stderr until the task is done, then
@@ -462,7 +502,10 @@ mod tests {
         e = ExitStatus::from_wait("a", "t", 1, 5, 9, "s".into(), "f".into());
         assert_eq!(Outcome::Exited(e.clone()).code(), 137);
         assert_eq!(describe_exit(&e), "killed by signal 9 (SIGKILL)");
-        let enoent = Outcome::Failed { errno: nix::errno::Errno::ENOENT as i32, message: String::new() };
+        let enoent = Outcome::Failed {
+            errno: nix::errno::Errno::ENOENT as i32,
+            message: String::new(),
+        };
         assert_eq!(enoent.code(), 127);
         assert_eq!(Outcome::Lost(String::new()).code(), 1);
     }

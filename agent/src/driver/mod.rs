@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tend_proto::config::LogConfig;
+use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation, LogConfig};
 use tend_proto::{SpawnConfig, Token};
 
 use crate::jobspec::{Driver, Task};
@@ -21,6 +21,16 @@ pub enum DriverError {
         /// The driver.
         driver: &'static str,
         /// Why.
+        reason: String,
+    },
+    /// A field of the task is wrong for this driver.
+    #[error("task {task}: {field}: {reason}")]
+    Field {
+        /// The task.
+        task: String,
+        /// The field path inside the task.
+        field: &'static str,
+        /// What is wrong.
         reason: String,
     },
     /// The command cannot be found.
@@ -57,6 +67,97 @@ pub struct Launch<'a> {
     pub args: Vec<String>,
     /// The per-task secret.
     pub token: Token,
+    /// The host paths bound read-only into an exec task's root: host -> task path.
+    pub chroot_env: &'a [(String, String)],
+    /// The cgroup parent of every task (relative to each hierarchy's root).
+    pub cgroup_parent: &'a str,
+}
+
+/// The chroot_env when neither the agent nor the task sets one: those that exist.
+pub const DEFAULT_CHROOT_ENV: [&str; 7] =
+    ["/bin", "/etc", "/lib", "/lib32", "/lib64", "/sbin", "/usr"];
+
+/// The default chroot_env of this host: [`DEFAULT_CHROOT_ENV`], the paths that exist.
+pub fn default_chroot_env() -> Vec<(String, String)> {
+    DEFAULT_CHROOT_ENV
+        .iter()
+        .filter(|p| Path::new(p).exists())
+        .map(|p| (p.to_string(), p.to_string()))
+        .collect()
+}
+
+/// The smallest memory limit the exec driver accepts, MB: below it a task cannot
+/// even exec a shell.
+pub const MIN_EXEC_MEMORY_MB: u64 = 4;
+
+/// The user of an exec task when it names none.
+pub const DEFAULT_EXEC_USER: &str = "nobody";
+
+/// A task user, resolved: (uid, gid).
+pub fn resolve_user(user: &str) -> Option<(u32, u32)> {
+    if let Ok(uid) = user.parse::<u32>() {
+        let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or(uid, |u| u.gid.as_raw());
+        return Some((uid, gid));
+    }
+    nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
+fn exec_isolation(
+    task: &Task,
+    agent_chroot_env: &[(String, String)],
+) -> Result<Isolation, DriverError> {
+    let field = |field: &'static str, reason: String| DriverError::Field {
+        task: task.name.clone(),
+        field,
+        reason,
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DriverError::Unavailable {
+            task: task.name.clone(),
+            driver: task.driver.name(),
+            reason: "the exec driver needs root (run tend as root, or use raw_exec)".into(),
+        });
+    }
+    let user = task
+        .user
+        .clone()
+        .unwrap_or_else(|| DEFAULT_EXEC_USER.to_string());
+    if resolve_user(&user).is_none() {
+        return Err(field("user", format!("unknown user {user:?}")));
+    }
+    if task.resources.memory < MIN_EXEC_MEMORY_MB {
+        return Err(field(
+            "resources.memory",
+            format!(
+                "{} MB is below the {MIN_EXEC_MEMORY_MB} MB the exec driver needs",
+                task.resources.memory
+            ),
+        ));
+    }
+    let env: Vec<(String, String)> = match &task.chroot_env {
+        Some(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        None => agent_chroot_env.to_vec(),
+    };
+    let mut binds = Vec::with_capacity(env.len());
+    for (source, target) in env {
+        if !Path::new(&source).exists() {
+            return Err(field(
+                "chroot_env",
+                format!("source {source:?} does not exist on this host"),
+            ));
+        }
+        binds.push(Bind { source, target });
+    }
+    Ok(Isolation {
+        user,
+        chroot: Some(ChrootSpec { binds }),
+    })
 }
 
 /// The PATH used to find a bare command name when the task's env has none.
@@ -73,11 +174,13 @@ pub fn resolve_command(command: &str, env: &[(String, String)], root: &Path) -> 
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str())
         .unwrap_or(DEFAULT_PATH);
-    path.split(':').filter(|d| d.starts_with('/')).find_map(|d| {
-        let cand = format!("{}/{command}", d.trim_end_matches('/'));
-        let host = root.join(cand.trim_start_matches('/'));
-        is_executable(&host).then_some(cand)
-    })
+    path.split(':')
+        .filter(|d| d.starts_with('/'))
+        .find_map(|d| {
+            let cand = format!("{}/{command}", d.trim_end_matches('/'));
+            let host = root.join(cand.trim_start_matches('/'));
+            is_executable(&host).then_some(cand)
+        })
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -99,7 +202,20 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
             None,
             None,
         ),
-        Driver::Exec => return Err(unavailable("not available in this build yet")),
+        Driver::Exec => {
+            let iso = exec_isolation(task, l.chroot_env)?;
+            let cgroup = CgroupSpec {
+                path: format!("{}/{}/{}", l.cgroup_parent, l.alloc_id, task.name),
+                daemon_path: Some(format!(
+                    "{}/{}/{}.tend-spawn",
+                    l.cgroup_parent, l.alloc_id, task.name
+                )),
+                memory_bytes: Some(task.resources.memory.saturating_mul(1024 * 1024)),
+                cpu_mhz: Some(task.resources.cpu),
+                pids_max: Some(task.resources.pids_limit),
+            };
+            ("/".to_string(), Some(iso), Some(cgroup))
+        }
         Driver::Docker => return Err(unavailable("not available in this build yet")),
     };
     let command = resolve_command(&l.command, &l.env, Path::new("/")).ok_or_else(|| {
@@ -143,7 +259,13 @@ mod tests {
     fn bare_names_are_found_on_path() {
         let sh = resolve_command("sh", &[], Path::new("/")).unwrap();
         assert!(sh.starts_with('/') && sh.ends_with("/sh"), "{sh}");
-        assert_eq!(resolve_command("/x/y", &[], Path::new("/")).as_deref(), Some("/x/y"));
-        assert_eq!(resolve_command("no-such-program-here", &[], Path::new("/")), None);
+        assert_eq!(
+            resolve_command("/x/y", &[], Path::new("/")).as_deref(),
+            Some("/x/y")
+        );
+        assert_eq!(
+            resolve_command("no-such-program-here", &[], Path::new("/")),
+            None
+        );
     }
 }

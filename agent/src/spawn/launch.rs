@@ -110,19 +110,19 @@ pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<StartReport, Lau
                 bin: bin_owned.clone(),
                 source,
             })? {
-                return f.decode::<StartReport>().map_err(|source| LaunchError::BadReport {
-                    bin: bin_owned.clone(),
-                    source,
-                });
+                return f
+                    .decode::<StartReport>()
+                    .map_err(|source| LaunchError::BadReport {
+                        bin: bin_owned.clone(),
+                        source,
+                    });
             }
             let n = stdout.read(&mut buf).await.unwrap_or(0);
             if n == 0 {
                 let mut err = String::new();
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    stderr.read_to_string(&mut err),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), stderr.read_to_string(&mut err))
+                        .await;
                 return Err(LaunchError::NoReport {
                     bin: bin_owned.clone(),
                     stderr: err.trim().to_string(),
