@@ -2,10 +2,12 @@
 //! job -> allocation -> per task: environment -> driver -> tend-spawn -> exit.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod driver;
 pub mod jobspec;
 pub mod logtail;
 pub mod paths;
 pub mod spawn;
+pub mod state;
 pub mod taskenv;

@@ -1,0 +1,3 @@
+//! The agent's HTTP/JSON API on its Unix socket.
+
+pub mod http;

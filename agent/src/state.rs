@@ -1,0 +1,521 @@
+//! The agent's state store: one atomic JSON file per task,
+//! `<data_dir>/state/<alloc_id>/<task>.json`, plus `alloc.json` for what the
+//! allocation runs. No task environment and no secret is written here: a task's
+//! token lives in `<task>.token` beside it, mode 0600.
+//!
+//! Every file carries `schema`; [`upgrade_task`] turns an older schema into the
+//! current one when the agent starts, so an upgraded agent reads what the old
+//! one wrote.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tend_proto::{atomic, names, ExitStatus, Token};
+
+use crate::jobspec::Job;
+
+/// The schema of the files this build writes.
+pub const SCHEMA: u32 = 2;
+
+/// Why the store could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file could not be read.
+    #[error("state: read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A file is not valid.
+    #[error("state: {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file could not be written.
+    #[error("state: write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: atomic::AtomicError,
+    },
+    /// A dir could not be made or listed.
+    #[error("state: {path}: {source}")]
+    Dir {
+        /// The dir.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What the operator wants of an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    /// Keep it running.
+    Run,
+    /// Stop it.
+    Stop,
+}
+
+/// A port handed to an allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedPort {
+    /// The task it belongs to.
+    pub task: String,
+    /// The label.
+    pub label: String,
+    /// Host IP.
+    pub host_ip: String,
+    /// Host port.
+    pub host_port: u16,
+    /// Port inside the container (docker), else the host port.
+    pub to: u16,
+}
+
+/// `alloc.json`: what an allocation runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocRecord {
+    /// Schema of this file.
+    pub schema: u32,
+    /// The allocation id.
+    pub alloc_id: String,
+    /// The job it belongs to (the whole validated job).
+    pub job: Job,
+    /// The group's name.
+    pub group: String,
+    /// The allocation's index in its group.
+    pub index: u32,
+    /// What the operator wants.
+    pub desired: Desired,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// Ports handed to its tasks.
+    pub ports: Vec<AssignedPort>,
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskPhase {
+    /// Not started yet, or waiting to restart.
+    Pending,
+    /// Running.
+    Running,
+    /// Ended for good.
+    Dead,
+}
+
+/// How the agent reaches a running task again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handle {
+    /// The driver that started it.
+    pub driver: String,
+    /// Which run it is.
+    pub run: u32,
+    /// The daemon's socket (process drivers).
+    pub socket_path: Option<String>,
+    /// The daemon's pid.
+    pub daemon_pid: Option<i32>,
+    /// The daemon's start time, clock ticks after boot (/proc/PID/stat field 22).
+    pub daemon_start_time: Option<u64>,
+    /// The daemon's instance id, hex.
+    pub instance: Option<String>,
+    /// The task's pid.
+    pub task_pid: Option<i32>,
+    /// The task's start time, clock ticks after boot.
+    pub task_start_time: Option<u64>,
+    /// The task's cgroup, relative to each hierarchy's root.
+    pub cgroup: Option<String>,
+    /// The exit status file.
+    pub exit_status_path: String,
+    /// The protocol version the daemon was started with.
+    pub protocol_version: u16,
+    /// The container id (docker).
+    pub container_id: Option<String>,
+}
+
+/// One line of a task's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// When (RFC 3339).
+    pub time: String,
+    /// What: "started", "exited", "lost", "restarting", "failed", "signaled", "stopping", "reattached".
+    pub kind: String,
+    /// For a person.
+    pub message: String,
+}
+
+/// How many events a task keeps.
+pub const MAX_EVENTS: usize = 20;
+
+/// `<task>.json`: one task of an allocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Schema of this file.
+    pub schema: u32,
+    /// The allocation id.
+    pub alloc_id: String,
+    /// The task.
+    pub task: String,
+    /// Where it is.
+    pub phase: TaskPhase,
+    /// The current or last run, from 1; 0 before the first start.
+    pub run: u32,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Whether it ended in failure.
+    pub failed: bool,
+    /// Whether its last run was lost (supervisor gone, no exit file).
+    pub lost: bool,
+    /// How to reach it while it runs.
+    pub handle: Option<Handle>,
+    /// How its last run ended.
+    pub last_exit: Option<ExitStatus>,
+    /// When the current run started.
+    pub started_at: Option<String>,
+    /// When it ended for good.
+    pub finished_at: Option<String>,
+    /// Recent events, oldest first.
+    pub events: Vec<TaskEvent>,
+}
+
+impl TaskRecord {
+    /// A task that has not started yet.
+    pub fn new(alloc_id: &str, task: &str) -> TaskRecord {
+        TaskRecord {
+            schema: SCHEMA,
+            alloc_id: alloc_id.to_string(),
+            task: task.to_string(),
+            phase: TaskPhase::Pending,
+            run: 0,
+            restarts: 0,
+            failed: false,
+            lost: false,
+            handle: None,
+            last_exit: None,
+            started_at: None,
+            finished_at: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// Add an event, keeping the last [`MAX_EVENTS`].
+    pub fn event(&mut self, kind: &str, message: impl Into<String>) -> TaskEvent {
+        let ev = TaskEvent {
+            time: tend_proto::time::now(),
+            kind: kind.to_string(),
+            message: message.into(),
+        };
+        self.events.push(ev.clone());
+        if self.events.len() > MAX_EVENTS {
+            let extra = self.events.len() - MAX_EVENTS;
+            self.events.drain(..extra);
+        }
+        ev
+    }
+}
+
+/// Turn a task file of any schema this build knows into the current one.
+///
+/// Schema 1 kept the daemon's pid, socket and instance at the top level of the
+/// record and had no task start time; schema 2 groups them in `handle`.
+pub fn upgrade_task(mut v: serde_json::Value) -> Result<TaskRecord, String> {
+    let schema = v.get("schema").and_then(|s| s.as_u64()).unwrap_or(1);
+    match schema {
+        1 => {
+            let obj = v.as_object_mut().ok_or("not a JSON object")?;
+            let pid = obj.remove("daemon_pid");
+            let socket = obj.remove("socket_path");
+            let instance = obj.remove("instance");
+            let exit_path = obj.remove("exit_status_path");
+            let run = obj.get("run").cloned().unwrap_or(serde_json::json!(1));
+            let handle = match (&pid, &socket) {
+                (Some(p), Some(s)) if !p.is_null() && !s.is_null() => serde_json::json!({
+                    "driver": obj.get("driver").cloned().unwrap_or(serde_json::json!("raw_exec")),
+                    "run": run,
+                    "socket_path": s,
+                    "daemon_pid": p,
+                    "daemon_start_time": obj.remove("daemon_start_time").unwrap_or_default(),
+                    "instance": instance.unwrap_or_default(),
+                    "task_pid": obj.remove("task_pid").unwrap_or_default(),
+                    "task_start_time": null,
+                    "cgroup": null,
+                    "exit_status_path": exit_path.unwrap_or(serde_json::json!("")),
+                    "protocol_version": 1,
+                    "container_id": null,
+                }),
+                _ => serde_json::Value::Null,
+            };
+            obj.remove("driver");
+            obj.insert("handle".into(), handle);
+            obj.insert("schema".into(), serde_json::json!(SCHEMA));
+            serde_json::from_value(v).map_err(|e| format!("schema 1 upgrade: {e}"))
+        }
+        2 => serde_json::from_value(v).map_err(|e| e.to_string()),
+        n => Err(format!(
+            "schema {n} is newer than this tend understands ({SCHEMA}); upgrade tend"
+        )),
+    }
+}
+
+/// What [`StateStore::load`] found: allocations with their tasks, and the files
+/// it could not read.
+pub type Loaded = (Vec<(AllocRecord, Vec<TaskRecord>)>, Vec<StateError>);
+
+/// The store under `<data_dir>/state`.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    root: PathBuf,
+}
+
+impl StateStore {
+    /// The store at `root` (created if missing, mode 0700).
+    pub fn open(root: &Path) -> Result<StateStore, StateError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|source| StateError::Dir {
+                path: root.to_path_buf(),
+                source,
+            })?;
+        Ok(StateStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn alloc_dir(&self, alloc_id: &str) -> PathBuf {
+        self.root.join(alloc_id)
+    }
+
+    fn ensure_alloc_dir(&self, alloc_id: &str) -> Result<PathBuf, StateError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let d = self.alloc_dir(alloc_id);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&d)
+            .map_err(|source| StateError::Dir {
+                path: d.clone(),
+                source,
+            })?;
+        Ok(d)
+    }
+
+    fn write_json<T: Serialize>(&self, path: &Path, v: &T, mode: u32) -> Result<(), StateError> {
+        let mut bytes = serde_json::to_vec_pretty(v).map_err(|e| StateError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        bytes.push(b'\n');
+        atomic::write(path, &bytes, mode).map_err(|source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Write `alloc.json`.
+    pub fn put_alloc(&self, a: &AllocRecord) -> Result<(), StateError> {
+        let d = self.ensure_alloc_dir(&a.alloc_id)?;
+        self.write_json(&d.join("alloc.json"), a, 0o600)
+    }
+
+    /// Write `<task>.json`.
+    pub fn put_task(&self, t: &TaskRecord) -> Result<(), StateError> {
+        let d = self.ensure_alloc_dir(&t.alloc_id)?;
+        self.write_json(&d.join(format!("{}.json", t.task)), t, 0o600)
+    }
+
+    /// Keep a task's token, mode 0600, apart from its record.
+    pub fn put_token(&self, alloc_id: &str, task: &str, token: &Token) -> Result<(), StateError> {
+        let d = self.ensure_alloc_dir(alloc_id)?;
+        let path = d.join(format!("{task}.token"));
+        atomic::write(&path, names::to_hex(&token.0).as_bytes(), 0o600)
+            .map_err(|source| StateError::Write { path, source })
+    }
+
+    /// Read a task's token.
+    pub fn token(&self, alloc_id: &str, task: &str) -> Result<Token, StateError> {
+        let path = self.alloc_dir(alloc_id).join(format!("{task}.token"));
+        let text = std::fs::read_to_string(&path).map_err(|source| StateError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let bytes = names::from_hex(text.trim())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| StateError::Invalid {
+                path,
+                reason: "not a 64-digit hex token".into(),
+            })?;
+        Ok(Token(bytes))
+    }
+
+    /// Remove everything of an allocation.
+    pub fn remove_alloc(&self, alloc_id: &str) -> Result<(), StateError> {
+        let d = self.alloc_dir(alloc_id);
+        match std::fs::remove_dir_all(&d) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Dir { path: d, source }),
+        }
+    }
+
+    /// Every allocation with its tasks. A file that cannot be read is reported
+    /// and skipped, so one bad file never hides the others.
+    pub fn load(&self) -> Result<Loaded, StateError> {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        let entries = std::fs::read_dir(&self.root).map_err(|source| StateError::Dir {
+            path: self.root.clone(),
+            source,
+        })?;
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        for d in dirs {
+            let alloc_path = d.join("alloc.json");
+            let alloc: AllocRecord = match read_json(&alloc_path) {
+                Ok(v) => match serde_json::from_value(v) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        errors.push(StateError::Invalid {
+                            path: alloc_path,
+                            reason: e.to_string(),
+                        });
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let mut tasks = Vec::new();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
+                .map_err(|source| StateError::Dir {
+                    path: d.clone(),
+                    source,
+                })?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "json")
+                        && p.file_name().is_some_and(|n| n != "alloc.json")
+                        && !p
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect();
+            files.sort();
+            for f in files {
+                match read_json(&f).and_then(|v| {
+                    upgrade_task(v).map_err(|reason| StateError::Invalid {
+                        path: f.clone(),
+                        reason,
+                    })
+                }) {
+                    Ok(t) => tasks.push(t),
+                    Err(e) => errors.push(e),
+                }
+            }
+            out.push((alloc, tasks));
+        }
+        Ok((out, errors))
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, StateError> {
+    let bytes = std::fs::read(path).map_err(|source| StateError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| StateError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            name: "j".into(),
+            datacenters: vec![],
+            meta: Default::default(),
+            groups: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_token_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state")).unwrap();
+        let a = AllocRecord {
+            schema: SCHEMA,
+            alloc_id: "a1".into(),
+            job: job(),
+            group: "g".into(),
+            index: 0,
+            desired: Desired::Run,
+            created_at: tend_proto::time::now(),
+            ports: vec![],
+        };
+        store.put_alloc(&a).unwrap();
+        let mut t = TaskRecord::new("a1", "web");
+        t.event("started", "pid 5");
+        store.put_task(&t).unwrap();
+        store.put_token("a1", "web", &Token([9; 32])).unwrap();
+        let (loaded, errors) = store.load().unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(loaded, vec![(a, vec![t])]);
+        assert_eq!(store.token("a1", "web").unwrap(), Token([9; 32]));
+        let text = std::fs::read_to_string(dir.path().join("state/a1/web.json")).unwrap();
+        assert!(!text.contains("0909"), "no token in the record");
+    }
+
+    #[test]
+    fn schema_1_files_are_upgraded() {
+        let v = serde_json::json!({
+            "schema": 1, "alloc_id": "a", "task": "t", "phase": "running", "run": 3,
+            "restarts": 2, "failed": false, "lost": false, "last_exit": null,
+            "started_at": null, "finished_at": null, "events": [],
+            "driver": "raw_exec", "daemon_pid": 42, "socket_path": "/run/tend/s/x.sock",
+            "instance": "00112233445566778899aabbccddeeff", "exit_status_path": "/d/t_exit_status",
+            "daemon_start_time": 777, "task_pid": 43
+        });
+        let t = upgrade_task(v).unwrap();
+        assert_eq!(t.schema, SCHEMA);
+        let h = t.handle.unwrap();
+        assert_eq!(h.daemon_pid, Some(42));
+        assert_eq!(h.run, 3);
+        assert_eq!(h.daemon_start_time, Some(777));
+        assert_eq!(h.exit_status_path, "/d/t_exit_status");
+    }
+
+    #[test]
+    fn newer_schemas_and_bad_files_are_reported_not_fatal() {
+        assert!(upgrade_task(serde_json::json!({"schema": 99}))
+            .unwrap_err()
+            .contains("newer"));
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("bad")).unwrap();
+        std::fs::write(dir.path().join("bad/alloc.json"), b"{").unwrap();
+        let (loaded, errors) = store.load().unwrap();
+        assert!(loaded.is_empty());
+        assert_eq!(errors.len(), 1);
+    }
+}
