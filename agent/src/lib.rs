@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cli;
 pub mod driver;
+pub mod ident;
 pub mod jobspec;
 pub mod logtail;
 pub mod paths;

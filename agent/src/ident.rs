@@ -1,0 +1,112 @@
+//! Telling one process from another that later got the same pid: a pid is only
+//! trusted together with its start time (/proc/PID/stat field 22), and acted on
+//! through a pidfd opened and then checked against that start time, so a signal
+//! never reaches an unrelated process that inherited the number.
+
+use std::os::fd::OwnedFd;
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+/// A process as the agent remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcId {
+    /// The pid.
+    pub pid: i32,
+    /// Its start time, clock ticks after boot.
+    pub start_time: u64,
+}
+
+/// The start time of `pid`, None when there is no such process.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// Field 22 of a /proc/PID/stat line. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted from the last ')'.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')': field 3 (state) is the first; start time is field 22.
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Whether the process is a zombie or gone (field 3 is 'Z' or 'X').
+pub fn is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string))
+            .is_none_or(|s| s == "Z" || s == "X"),
+        Err(_) => true,
+    }
+}
+
+impl ProcId {
+    /// The process `pid` as it is now.
+    pub fn of(pid: i32) -> Option<ProcId> {
+        Some(ProcId {
+            pid,
+            start_time: start_time(pid)?,
+        })
+    }
+
+    /// A pidfd of this very process, or None when the pid is gone or now belongs
+    /// to another process. The start time is checked after the pidfd is open: the
+    /// pidfd pins the process, so the check cannot race a reuse.
+    pub fn open(&self) -> Option<OwnedFd> {
+        let pid = Pid::from_raw(self.pid)?;
+        let fd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok()?;
+        (start_time(self.pid) == Some(self.start_time)).then_some(fd)
+    }
+
+    /// Whether this very process is still alive (not a zombie).
+    pub fn alive(&self) -> bool {
+        self.open().is_some() && !is_dead(self.pid)
+    }
+
+    /// Send `signo` to this very process; false when it is gone or not it.
+    pub fn signal(&self, signo: i32) -> bool {
+        let Some(fd) = self.open() else {
+            return false;
+        };
+        let Some(sig) = Signal::from_named_raw(signo) else {
+            return false;
+        };
+        rustix::process::pidfd_send_signal(&fd, sig).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let stat = "123 (a) b (c) S 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_start_time(stat), Some(98765));
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_trusted() {
+        let me = ProcId::of(i32::try_from(std::process::id()).unwrap()).unwrap();
+        assert!(me.open().is_some());
+        let other = ProcId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(other.open().is_none());
+        assert!(!other.signal(0));
+    }
+
+    #[test]
+    fn an_ended_process_is_not_alive() {
+        let mut child = std::process::Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        let id = ProcId::of(i32::try_from(child.id()).unwrap()).unwrap();
+        assert!(id.alive());
+        assert!(id.signal(9));
+        child.wait().unwrap();
+        assert!(!id.alive());
+        assert!(!id.signal(0));
+    }
+}
