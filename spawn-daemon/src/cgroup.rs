@@ -5,7 +5,7 @@
 //! task to it, read its OOM counter and usage, kill everything in it, remove it.
 //!
 //! Every path derives from one root (`/sys/fs/cgroup` on a host), so the same code
-//! runs on fake trees in temp dirs. The only other seam is [`Tree`]: making and
+//! runs on fake trees in temp dirs. The only other seam is `Tree`: making and
 //! removing cgroup dirs, which on a kernel populates and clears the control files.
 //!
 //! Files written:
@@ -1021,4 +1021,840 @@ fn keyed_u64(path: &Path, text: &str, key: &str) -> Result<Option<u64>> {
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Imitates the kernel's side of mkdir and rmdir in a cgroup tree: a new
+    /// dir gets its parent's control files (membership and subtree_control
+    /// start empty), rmdir refuses a cgroup with processes or children.
+    #[derive(Debug)]
+    struct FakeKernel;
+
+    impl Tree for FakeKernel {
+        fn mkdir(&self, path: &Path) -> io::Result<()> {
+            fs::create_dir(path)?;
+            let parent = path.parent().expect("cgroup dir has a parent");
+            for entry in fs::read_dir(parent)? {
+                let entry = entry?;
+                if !entry.file_type()?.is_file() {
+                    continue;
+                }
+                let name = entry.file_name();
+                let content = match name.to_str() {
+                    Some("cgroup.procs" | "tasks" | "cgroup.subtree_control") => String::new(),
+                    _ => fs::read_to_string(entry.path())?,
+                };
+                fs::write(path.join(name), content)?;
+            }
+            Ok(())
+        }
+
+        fn rmdir(&self, path: &Path) -> io::Result<()> {
+            let busy = || io::Error::from_raw_os_error(libc::EBUSY);
+            let mut files = Vec::new();
+            for entry in fs::read_dir(path)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    return Err(busy());
+                }
+                files.push(entry.path());
+            }
+            let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+            if !procs.trim().is_empty() {
+                return Err(busy());
+            }
+            for f in files {
+                fs::remove_file(f)?;
+            }
+            fs::remove_dir(path)
+        }
+    }
+
+    const UNLIMITED_V1: &str = "9223372036854771712\n";
+
+    fn put(dir: &Path, files: &[(&str, &str)]) {
+        fs::create_dir_all(dir).unwrap();
+        for (name, content) in files {
+            fs::write(dir.join(name), content).unwrap();
+        }
+    }
+
+    fn read(path: impl AsRef<Path>) -> String {
+        fs::read_to_string(path.as_ref())
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.as_ref().display()))
+    }
+
+    /// A v1 tree as this host has it: cpu and cpuacct separate, or co-mounted.
+    fn fake_v1(root: &Path, comounted: bool) {
+        let procs = [("cgroup.procs", ""), ("tasks", "")];
+        let dirs: Vec<(&str, Vec<(&str, &str)>)> = vec![
+            (
+                "memory",
+                vec![
+                    ("memory.limit_in_bytes", UNLIMITED_V1),
+                    ("memory.memsw.limit_in_bytes", UNLIMITED_V1),
+                    (
+                        "memory.oom_control",
+                        "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+                    ),
+                    ("memory.usage_in_bytes", "0\n"),
+                    ("memory.max_usage_in_bytes", "0\n"),
+                ],
+            ),
+            ("pids", vec![("pids.max", "max\n"), ("pids.current", "0\n")]),
+            ("freezer", vec![("freezer.state", "THAWED\n")]),
+            ("systemd", vec![]),
+        ];
+        for (name, files) in dirs {
+            put(&root.join(name), &files);
+            put(&root.join(name), &procs);
+        }
+        let cpu = [("cpu.shares", "1024\n")];
+        let cpuacct = [("cpuacct.usage", "0\n")];
+        if comounted {
+            put(&root.join("cpu,cpuacct"), &cpu);
+            put(&root.join("cpu,cpuacct"), &cpuacct);
+            put(&root.join("cpu,cpuacct"), &procs);
+        } else {
+            put(&root.join("cpu"), &cpu);
+            put(&root.join("cpu"), &procs);
+            put(&root.join("cpuacct"), &cpuacct);
+            put(&root.join("cpuacct"), &procs);
+        }
+    }
+
+    fn fake_v2(root: &Path) {
+        put(
+            root,
+            &[
+                ("cgroup.controllers", "cpuset cpu io memory hugetlb pids\n"),
+                ("cgroup.subtree_control", ""),
+                ("cgroup.procs", ""),
+                ("cgroup.kill", ""),
+                ("cgroup.freeze", "0\n"),
+                ("cgroup.events", "populated 0\nfrozen 0\n"),
+                ("memory.max", "max\n"),
+                ("memory.swap.max", "max\n"),
+                ("memory.current", "0\n"),
+                ("memory.peak", "0\n"),
+                (
+                    "memory.events",
+                    "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+                ),
+                ("cpu.weight", "100\n"),
+                ("cpu.stat", "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"),
+                ("pids.max", "max\n"),
+                ("pids.current", "0\n"),
+            ],
+        );
+    }
+
+    /// v1 controllers plus a cgroup2 tree with no controllers, as on this host.
+    fn fake_hybrid(root: &Path) {
+        fake_v1(root, false);
+        put(
+            &root.join("unified"),
+            &[
+                ("cgroup.controllers", "\n"),
+                ("cgroup.subtree_control", ""),
+                ("cgroup.procs", ""),
+                ("cgroup.kill", ""),
+            ],
+        );
+    }
+
+    fn probe_fake(root: &Path) -> Hierarchies {
+        Hierarchies::probe(root).unwrap().with_tree(&FakeKernel)
+    }
+
+    fn spec(path: &str) -> CgroupSpec {
+        CgroupSpec {
+            path: path.to_string(),
+            daemon_path: None,
+            memory_bytes: Some(64 << 20),
+            cpu_mhz: Some(500),
+            pids_max: Some(64),
+        }
+    }
+
+    fn mountinfo_line(id: u32, mount: &Path, fstype: &str, opts: &str) -> String {
+        format!(
+            "{id} 31 0:{id} / {} rw,relatime - {fstype} {fstype} {opts}\n",
+            mount.display().to_string().replace(' ', "\\040")
+        )
+    }
+
+    #[test]
+    fn mountinfo_v1_separate_cpu_and_cpuacct() {
+        let root = Path::new("/sys/fs/cgroup");
+        let mut text = String::from("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n");
+        for (i, c) in ["cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"]
+            .iter()
+            .enumerate()
+        {
+            let id = u32::try_from(i).unwrap() + 32;
+            text += &mountinfo_line(id, &root.join(c), "cgroup", &format!("rw,{c}"));
+        }
+        text += &mountinfo_line(40, &root.join("systemd"), "cgroup", "rw,name=systemd");
+        // A bind mount elsewhere is not ours.
+        text += &mountinfo_line(50, Path::new("/other/memory"), "cgroup", "rw,memory");
+        let h = Hierarchies::from_mountinfo(root, &text).unwrap();
+        assert_eq!(h.mode(), Mode::V1);
+        assert_eq!(
+            h.v1_mount(Controller::Cpu),
+            Some(root.join("cpu").as_path())
+        );
+        assert_eq!(
+            h.v1_mount(Controller::Cpuacct),
+            Some(root.join("cpuacct").as_path())
+        );
+        assert_eq!(
+            h.v1_mount(Controller::Memory),
+            Some(root.join("memory").as_path())
+        );
+        assert_eq!(
+            h.v1_mount(Controller::Pids),
+            Some(root.join("pids").as_path())
+        );
+        assert_eq!(
+            h.v1_mount(Controller::Freezer),
+            Some(root.join("freezer").as_path())
+        );
+        assert_eq!(h.unified_mount(), None);
+    }
+
+    #[test]
+    fn mountinfo_v1_comounted_cpu_cpuacct_with_escaped_root() {
+        let root = Path::new("/tmp/with space/cg");
+        let text = mountinfo_line(32, &root.join("cpu,cpuacct"), "cgroup", "rw,cpu,cpuacct")
+            + &mountinfo_line(33, &root.join("memory"), "cgroup", "rw,memory");
+        let h = Hierarchies::from_mountinfo(root, &text).unwrap();
+        assert_eq!(h.mode(), Mode::V1);
+        let both = root.join("cpu,cpuacct");
+        assert_eq!(h.v1_mount(Controller::Cpu), Some(both.as_path()));
+        assert_eq!(h.v1_mount(Controller::Cpuacct), Some(both.as_path()));
+        // One dir per distinct mount.
+        let cg = TaskCgroup::open(&h, "tend/a/t").unwrap();
+        assert_eq!(cg.dirs().count(), 2);
+    }
+
+    #[test]
+    fn mountinfo_v2_and_hybrid() {
+        let root = Path::new("/sys/fs/cgroup");
+        let v2 = mountinfo_line(30, root, "cgroup2", "rw,nsdelegate");
+        let h = Hierarchies::from_mountinfo(root, &v2).unwrap();
+        assert_eq!(h.mode(), Mode::V2);
+        assert_eq!(h.unified_mount(), Some(root));
+
+        let hybrid = mountinfo_line(35, &root.join("memory"), "cgroup", "rw,memory")
+            + &mountinfo_line(41, &root.join("unified"), "cgroup2", "rw");
+        let h = Hierarchies::from_mountinfo(root, &hybrid).unwrap();
+        assert_eq!(h.mode(), Mode::Hybrid);
+        assert_eq!(h.unified_mount(), Some(root.join("unified").as_path()));
+
+        // Nothing under the root.
+        assert!(Hierarchies::from_mountinfo(Path::new("/elsewhere"), &hybrid).is_none());
+    }
+
+    #[test]
+    fn unescapes_mountinfo_octal() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/a\\011b\\134"), "/a\tb\\");
+        // Not an escape: kept as written.
+        assert_eq!(unescape_mountinfo("/x\\04"), "/x\\04");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn probes_fake_trees() {
+        let t = tempfile::tempdir().unwrap();
+        let (v1, v1c, v2, hy) = (
+            t.path().join("v1"),
+            t.path().join("v1c"),
+            t.path().join("v2"),
+            t.path().join("hy"),
+        );
+        fake_v1(&v1, false);
+        fake_v1(&v1c, true);
+        fake_v2(&v2);
+        fake_hybrid(&hy);
+        let h = Hierarchies::probe(&v1).unwrap();
+        assert_eq!(h.mode(), Mode::V1);
+        assert_eq!(
+            h.v1_mount(Controller::Cpuacct),
+            Some(v1.join("cpuacct").as_path())
+        );
+        let h = Hierarchies::probe(&v1c).unwrap();
+        assert_eq!(
+            h.v1_mount(Controller::Cpu),
+            Some(v1c.join("cpu,cpuacct").as_path())
+        );
+        assert_eq!(Hierarchies::probe(&v2).unwrap().mode(), Mode::V2);
+        let h = Hierarchies::probe(&hy).unwrap();
+        assert_eq!(h.mode(), Mode::Hybrid);
+        assert_eq!(h.unified_mount(), Some(hy.join("unified").as_path()));
+
+        // detect_at probes when the mountinfo names nothing there or is missing.
+        let h = Hierarchies::detect_at(&hy, &t.path().join("no-mountinfo")).unwrap();
+        assert_eq!(h.mode(), Mode::Hybrid);
+        let mi = t.path().join("mountinfo");
+        fs::write(&mi, mountinfo_line(30, &v2, "cgroup2", "rw")).unwrap();
+        assert_eq!(Hierarchies::detect_at(&v2, &mi).unwrap().mode(), Mode::V2);
+        assert_eq!(Hierarchies::detect_at(&v1, &mi).unwrap().mode(), Mode::V1);
+
+        let empty = t.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        let e = Hierarchies::probe(&empty).unwrap_err();
+        assert!(matches!(e, CgroupError::NoHierarchy { .. }), "{e}");
+    }
+
+    #[test]
+    fn v1_create_writes_limits_without_swap() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        let d = |c: &str| t.path().join(c).join("tend/a/t");
+        assert_eq!(read(d("memory").join("memory.limit_in_bytes")), "67108864");
+        assert_eq!(
+            read(d("memory").join("memory.memsw.limit_in_bytes")),
+            "67108864"
+        );
+        assert_eq!(read(d("cpu").join("cpu.shares")), "500");
+        assert_eq!(read(d("pids").join("pids.max")), "64");
+        for c in ["memory", "cpu", "cpuacct", "pids", "freezer"] {
+            assert!(d(c).is_dir(), "{c}");
+        }
+        assert!(!d("systemd").exists());
+        assert_eq!(cg.dirs().count(), 5);
+
+        // A limit left out is not written.
+        let mut s = spec("tend/a/u");
+        (s.memory_bytes, s.cpu_mhz, s.pids_max) = (None, None, None);
+        TaskCgroup::create(&h, &s).unwrap();
+        let u = t.path().join("memory/tend/a/u");
+        assert_eq!(read(u.join("memory.limit_in_bytes")), UNLIMITED_V1);
+    }
+
+    #[test]
+    fn v1_memsw_order_and_absence() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        // memsw below the new limit: it must be raised first; both end equal.
+        fs::write(
+            t.path().join("memory/memory.memsw.limit_in_bytes"),
+            "1000\n",
+        )
+        .unwrap();
+        let h = probe_fake(t.path());
+        TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        let d = t.path().join("memory/tend/a/t");
+        assert_eq!(read(d.join("memory.memsw.limit_in_bytes")), "67108864");
+        assert_eq!(read(d.join("memory.limit_in_bytes")), "67108864");
+
+        // No swap accounting: only the limit, and no memsw file is made up.
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        fs::remove_file(t.path().join("memory/memory.memsw.limit_in_bytes")).unwrap();
+        let h = probe_fake(t.path());
+        TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        let d = t.path().join("memory/tend/a/t");
+        assert_eq!(read(d.join("memory.limit_in_bytes")), "67108864");
+        assert!(!d.join("memory.memsw.limit_in_bytes").exists());
+    }
+
+    #[test]
+    fn v2_create_enables_controllers_and_writes_limits() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        let leaf = t.path().join("tend/a/t");
+        assert_eq!(cg.dirs().collect::<Vec<_>>(), vec![leaf.as_path()]);
+        assert_eq!(read(leaf.join("memory.max")), "67108864");
+        assert_eq!(read(leaf.join("memory.swap.max")), "0");
+        assert_eq!(read(leaf.join("cpu.weight")), "19");
+        assert_eq!(read(leaf.join("pids.max")), "64");
+        for anc in ["", "tend", "tend/a"] {
+            let f = t.path().join(anc).join("cgroup.subtree_control");
+            assert_eq!(read(f), "+memory +pids +cpu", "{anc}");
+        }
+        assert_eq!(read(leaf.join("cgroup.subtree_control")), "");
+
+        // Already enabled: nothing is written again.
+        fs::write(t.path().join("cgroup.subtree_control"), "cpu memory pids\n").unwrap();
+        TaskCgroup::create(&h, &spec("tend/a/u")).unwrap();
+        assert_eq!(
+            read(t.path().join("cgroup.subtree_control")),
+            "cpu memory pids\n"
+        );
+    }
+
+    #[test]
+    fn v2_missing_controller_fails_and_cleans_up() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        fs::write(t.path().join("cgroup.controllers"), "memory pids\n").unwrap();
+        let h = probe_fake(t.path());
+        let e = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CgroupError::ControllerMissing {
+                    controller: "cpu",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(!t.path().join("tend/a").exists());
+        assert!(t.path().join("tend").is_dir());
+    }
+
+    #[test]
+    fn cpu_shares_and_runc_weight() {
+        assert_eq!(cpu_shares(0), 2);
+        assert_eq!(cpu_shares(1), 2);
+        assert_eq!(cpu_shares(500), 500);
+        assert_eq!(cpu_shares(1 << 40), 262_144);
+        assert_eq!(cpu_weight(2), 1);
+        assert_eq!(cpu_weight(1024), 39);
+        assert_eq!(cpu_weight(262_144), 10_000);
+        assert_eq!(cpu_weight(500), 19);
+        assert_eq!(cpu_weight(0), 1);
+        assert_eq!(cpu_weight(u64::MAX), 10_000);
+    }
+
+    #[test]
+    fn hybrid_limits_in_v1_membership_in_both() {
+        let t = tempfile::tempdir().unwrap();
+        fake_hybrid(t.path());
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        assert_eq!(
+            read(t.path().join("memory/tend/a/t/memory.limit_in_bytes")),
+            "67108864"
+        );
+        let unified = t.path().join("unified/tend/a/t");
+        assert!(unified.is_dir());
+        // No controllers there: nothing enabled.
+        assert_eq!(read(t.path().join("unified/cgroup.subtree_control")), "");
+        cg.add_pid(Pid::from_raw(4242)).unwrap();
+        for c in ["memory", "cpu", "cpuacct", "pids", "freezer", "unified"] {
+            let f = t.path().join(c).join("tend/a/t/cgroup.procs");
+            assert_eq!(read(f), "4242", "{c}");
+        }
+        assert_eq!(cg.pids().unwrap(), vec![Pid::from_raw(4242)]);
+    }
+
+    #[test]
+    fn v2_add_pid_and_join_self() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        cg.add_pid(Pid::from_raw(77)).unwrap();
+        assert_eq!(read(t.path().join("tend/a/t/cgroup.procs")), "77");
+        h.join_self("tend/spawn/a-t").unwrap();
+        assert_eq!(read(t.path().join("tend/spawn/a-t/cgroup.procs")), "0");
+    }
+
+    #[test]
+    fn v1_join_self_in_every_hierarchy() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), true);
+        let h = probe_fake(t.path());
+        h.join_self("tend-spawn/x").unwrap();
+        for c in ["memory", "cpu,cpuacct", "pids", "freezer"] {
+            let f = t.path().join(c).join("tend-spawn/x/cgroup.procs");
+            assert_eq!(read(f), "0", "{c}");
+        }
+    }
+
+    #[test]
+    fn oom_counter_parsing() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        assert_eq!(cg.oom_kill_count().unwrap(), Some(0));
+        let f = t.path().join("memory/tend/a/t/memory.oom_control");
+        fs::write(&f, "oom_kill_disable 0\nunder_oom 1\noom_kill 3\n").unwrap();
+        assert_eq!(cg.oom_kill_count().unwrap(), Some(3));
+        // An old kernel without the counter: unknown, not under_oom.
+        fs::write(&f, "oom_kill_disable 0\nunder_oom 1\n").unwrap();
+        assert_eq!(cg.oom_kill_count().unwrap(), None);
+        fs::write(&f, "oom_kill lots\n").unwrap();
+        let e = cg.oom_kill_count().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cgroup: parse {}: not a number: \"lots\"", f.display())
+        );
+
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        let f = t.path().join("tend/a/t/memory.events");
+        fs::write(
+            &f,
+            "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(cg.oom_kill_count().unwrap(), Some(2));
+        fs::remove_file(&f).unwrap();
+        assert_eq!(cg.oom_kill_count().unwrap(), None);
+    }
+
+    #[test]
+    fn usage_parsing() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        let d = |c: &str| t.path().join(c).join("tend/a/t");
+        fs::write(d("memory").join("memory.usage_in_bytes"), "1048576\n").unwrap();
+        fs::write(d("memory").join("memory.max_usage_in_bytes"), "2097152\n").unwrap();
+        fs::write(d("cpuacct").join("cpuacct.usage"), "123456789\n").unwrap();
+        fs::write(d("pids").join("pids.current"), "3\n").unwrap();
+        assert_eq!(
+            cg.usage().unwrap(),
+            Usage {
+                memory_bytes: Some(1_048_576),
+                memory_peak_bytes: Some(2_097_152),
+                cpu_usec: Some(123_456),
+                pids: Some(3),
+            }
+        );
+
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        let d = t.path().join("tend/a/t");
+        fs::write(d.join("memory.current"), "4096\n").unwrap();
+        fs::remove_file(d.join("memory.peak")).unwrap(); // before 5.19
+        fs::write(
+            d.join("cpu.stat"),
+            "usage_usec 777\nuser_usec 700\nsystem_usec 77\n",
+        )
+        .unwrap();
+        fs::write(d.join("pids.current"), "1\n").unwrap();
+        assert_eq!(
+            cg.usage().unwrap(),
+            Usage {
+                memory_bytes: Some(4096),
+                memory_peak_bytes: None,
+                cpu_usec: Some(777),
+                pids: Some(1),
+            }
+        );
+    }
+
+    #[test]
+    fn remove_takes_leaf_and_empty_parents_only() {
+        for layout in ["v1", "v2", "hybrid"] {
+            let t = tempfile::tempdir().unwrap();
+            match layout {
+                "v1" => fake_v1(t.path(), false),
+                "v2" => fake_v2(t.path()),
+                _ => fake_hybrid(t.path()),
+            }
+            let h = probe_fake(t.path());
+            let t1 = TaskCgroup::create(&h, &spec("tend/a/t1")).unwrap();
+            let t2 = TaskCgroup::create(&h, &spec("tend/a/t2")).unwrap();
+            let dirs1: Vec<PathBuf> = t1.dirs().map(Path::to_path_buf).collect();
+            t1.remove().unwrap();
+            for d in &dirs1 {
+                assert!(!d.exists(), "{layout}: {}", d.display());
+                assert!(d.parent().unwrap().is_dir(), "{layout}: sibling keeps a");
+            }
+            t2.remove().unwrap();
+            for d in &dirs1 {
+                let alloc = d.parent().unwrap();
+                assert!(!alloc.exists(), "{layout}: {}", alloc.display());
+                assert!(alloc.parent().unwrap().is_dir(), "{layout}: never tend");
+            }
+            // Idempotent.
+            t2.remove().unwrap();
+        }
+    }
+
+    #[test]
+    fn remove_busy_leaf_names_it() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        cg.add_pid(Pid::from_raw(1234)).unwrap();
+        let e = cg.remove().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cgroup: rmdir {}: Device or resource busy",
+                t.path().join("tend/a/t").display()
+            )
+        );
+    }
+
+    #[test]
+    fn write_errors_name_the_path_and_keep_the_source() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        // The kernel would not offer this file: we must not create it.
+        fs::remove_file(t.path().join("pids/pids.max")).unwrap();
+        let h = probe_fake(t.path());
+        let e = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap_err();
+        let f = t.path().join("pids/tend/a/t/pids.max");
+        assert_eq!(
+            e.to_string(),
+            format!("cgroup: write {}: No such file or directory", f.display())
+        );
+        let source = std::error::Error::source(&e).unwrap();
+        let io = source.downcast_ref::<io::Error>().unwrap();
+        assert_eq!(io.kind(), io::ErrorKind::NotFound);
+        assert!(!f.exists());
+        // The failed create removed what it made.
+        assert!(!t.path().join("memory/tend/a").exists());
+    }
+
+    #[test]
+    fn bad_paths_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        let h = probe_fake(t.path());
+        for p in ["", "/abs", "a/../b", "a//b", "./a", "a/", "..", "a\0b"] {
+            let e = TaskCgroup::open(&h, p).unwrap_err();
+            assert!(matches!(e, CgroupError::BadPath { .. }), "{p:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn kill_all_on_fake_trees() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        cg.kill_all().unwrap();
+        // The freezer was not left frozen (empty cgroup: nothing to freeze).
+        assert_eq!(
+            read(t.path().join("freezer/tend/a/t/freezer.state")),
+            "THAWED\n"
+        );
+        // Never kill ourselves.
+        cg.add_pid(getpid()).unwrap();
+        let e = cg.kill_all().unwrap_err();
+        assert!(matches!(e, CgroupError::HoldsSelf { .. }), "{e}");
+        // A cgroup that does not exist holds nothing.
+        let gone = TaskCgroup::open(&h, "tend/never").unwrap();
+        gone.kill_all().unwrap();
+        gone.remove().unwrap();
+    }
+
+    // ---- Real cgroups, as root ----
+
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+    /// Removes everything under the test's own top dir, in every hierarchy,
+    /// even when the test failed halfway.
+    struct RealGuard {
+        hier: Hierarchies,
+        top: String,
+    }
+
+    impl RealGuard {
+        fn new() -> Option<RealGuard> {
+            if !nix::unistd::getuid().is_root() {
+                println!("skipped: needs root");
+                return None;
+            }
+            let hier = Hierarchies::detect().expect("detect cgroups");
+            let n = SEQ.fetch_add(1, Ordering::SeqCst);
+            let top = format!("tend-test-{}-{n}", std::process::id());
+            Some(RealGuard { hier, top })
+        }
+
+        fn path(&self, rest: &str) -> String {
+            format!("{}/{rest}", self.top)
+        }
+
+        fn mounts(&self) -> BTreeSet<PathBuf> {
+            self.hier
+                .v1
+                .values()
+                .chain(self.hier.unified.iter())
+                .cloned()
+                .collect()
+        }
+    }
+
+    fn clean_tree(dir: &Path) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                clean_tree(&e.path());
+            }
+        }
+        let me = getpid();
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
+            if Pid::from_raw(pid) != me {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while let Err(e) = fs::remove_dir(dir) {
+            if Instant::now() > deadline {
+                eprintln!("test cleanup: rmdir {}: {e}", dir.display());
+                break;
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    impl Drop for RealGuard {
+        fn drop(&mut self) {
+            for m in self.mounts() {
+                clean_tree(&m.join(&self.top));
+            }
+        }
+    }
+
+    fn proc_cgroup_paths(pid: u32) -> Vec<(String, String)> {
+        read(format!("/proc/{pid}/cgroup"))
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.splitn(3, ':');
+                let (_, ctl, path) = (it.next()?, it.next()?, it.next()?);
+                Some((ctl.to_string(), path.to_string()))
+            })
+            .collect()
+    }
+
+    fn pid_of(child: &std::process::Child) -> Pid {
+        Pid::from_raw(i32::try_from(child.id()).unwrap())
+    }
+
+    #[test]
+    fn real_limits_membership_kill_remove() {
+        let Some(g) = RealGuard::new() else { return };
+        let rel = g.path("a/t");
+        let cg = TaskCgroup::create(&g.hier, &spec(&rel)).unwrap();
+        match g.hier.mode() {
+            Mode::V1 | Mode::Hybrid => {
+                let mem = g.hier.v1_mount(Controller::Memory).unwrap().join(&rel);
+                assert_eq!(read(mem.join("memory.limit_in_bytes")).trim(), "67108864");
+                let memsw = mem.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    assert_eq!(read(memsw).trim(), "67108864");
+                }
+                let cpu = g.hier.v1_mount(Controller::Cpu).unwrap().join(&rel);
+                assert_eq!(read(cpu.join("cpu.shares")).trim(), "500");
+                let pids = g.hier.v1_mount(Controller::Pids).unwrap().join(&rel);
+                assert_eq!(read(pids.join("pids.max")).trim(), "64");
+            }
+            Mode::V2 => {
+                let d = g.hier.unified_mount().unwrap().join(&rel);
+                assert_eq!(read(d.join("memory.max")).trim(), "67108864");
+                assert_eq!(read(d.join("cpu.weight")).trim(), "19");
+                assert_eq!(read(d.join("pids.max")).trim(), "64");
+            }
+        }
+
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        cg.add_pid(pid_of(&child)).unwrap();
+        let want = format!("/{rel}");
+        let paths = proc_cgroup_paths(child.id());
+        for (ctl, path) in &paths {
+            let ours = ctl.is_empty() && g.hier.unified_mount().is_some()
+                || ctl
+                    .split(',')
+                    .any(|c| matches!(c, "memory" | "cpu" | "cpuacct" | "pids" | "freezer"));
+            if ours {
+                assert_eq!(path, &want, "controller {ctl:?}");
+            }
+        }
+        assert_eq!(cg.pids().unwrap(), vec![pid_of(&child)]);
+        let u = cg.usage().unwrap();
+        assert_eq!(u.pids, Some(1));
+        assert!(u.memory_bytes.is_some() && u.cpu_usec.is_some(), "{u:?}");
+        assert_eq!(cg.oom_kill_count().unwrap(), Some(0));
+
+        cg.kill_all().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(cg.pids().unwrap().is_empty());
+        cg.remove().unwrap();
+        for m in g.mounts() {
+            assert!(!m.join(&rel).exists(), "{}", m.join(&rel).display());
+            assert!(!m.join(g.path("a")).exists());
+            assert!(m.join(&g.top).is_dir(), "the top stays");
+        }
+    }
+
+    #[test]
+    fn real_kill_all_with_freezer_gets_forked_children() {
+        let Some(g) = RealGuard::new() else { return };
+        let rel = g.path("a/fork");
+        let cg = TaskCgroup::create(&g.hier, &spec(&rel)).unwrap();
+        // The shell waits on stdin, so its children are born inside the cgroup.
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "read _; sleep 30 & sleep 30 & wait"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        cg.add_pid(pid_of(&child)).unwrap();
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cg.pids().unwrap().len() < 3 {
+            assert!(Instant::now() < deadline, "children never appeared");
+            sleep(Duration::from_millis(10));
+        }
+        // The path without cgroup.kill: freeze, kill, thaw.
+        cg.kill_all_with(false).unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(cg.pids().unwrap().is_empty());
+        cg.remove().unwrap();
+    }
+
+    #[test]
+    fn real_oom_kill_is_counted() {
+        let Some(g) = RealGuard::new() else { return };
+        let mut s = spec(&g.path("a/oom"));
+        s.memory_bytes = Some(32 << 20);
+        let cg = TaskCgroup::create(&g.hier, &s).unwrap();
+        assert_eq!(cg.oom_kill_count().unwrap(), Some(0));
+        // Holds ~200 MB in a shell variable, once it is inside the cgroup.
+        let mut child = Command::new("/bin/sh")
+            .args([
+                "-c",
+                "read _; x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        cg.add_pid(pid_of(&child)).unwrap();
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        let n = cg.oom_kill_count().unwrap().expect("oom_kill counter");
+        assert!(n >= 1, "oom_kill {n}");
+        cg.kill_all().unwrap();
+        cg.remove().unwrap();
+    }
 }
