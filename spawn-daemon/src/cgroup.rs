@@ -631,7 +631,10 @@ impl TaskCgroup {
     }
 
     fn set_limits_v2(&self, spec: &CgroupSpec) -> Result<()> {
-        let dir = self.need(Controller::Memory)?;
+        // On v2 every controller's files are in the one dir.
+        let Some(dir) = self.unified.as_deref() else {
+            return Ok(());
+        };
         self.enable_v2_controllers(spec)?;
         if let Some(bytes) = spec.memory_bytes {
             write_file(&dir.join("memory.max"), &bytes.to_string())?;
