@@ -2,6 +2,7 @@
 //! job -> allocation -> per task: environment -> driver -> tend-spawn -> exit.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod driver;

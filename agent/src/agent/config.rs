@@ -1,0 +1,263 @@
+//! The agent's configuration: HCL, every field optional, an embedded default.
+//!
+//! ```hcl
+//! data_dir      = "/var/lib/tend"
+//! run_dir       = "/run/tend"
+//! spawn_bin     = "/usr/lib/tend/tend-spawn"
+//! log_level     = "info"
+//! log_format    = "json"            # or "text"
+//! cgroup_parent = "tend"
+//! env_allowlist = ["PATH", "LANG"]  # agent variables a task may ask for with ${NAME}
+//! ports {
+//!   min = 20000
+//!   max = 32000
+//! }
+//! chroot_env {
+//!   "/bin" = "/bin"
+//!   "/usr" = "/usr"
+//! }
+//! plugin "raw_exec" {
+//!   enabled = true
+//! }
+//! plugin "docker" {
+//!   endpoint         = "/var/run/docker.sock"
+//!   allow_privileged = false
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The agent's log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// `ports { min, max }`: the dynamic port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    /// Lowest dynamic port.
+    pub min: u16,
+    /// Highest dynamic port.
+    pub max: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange {
+            min: 20000,
+            max: 32000,
+        }
+    }
+}
+
+/// `plugin "NAME" { ... }`: options of one driver.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Whether tasks may use the driver (default true).
+    pub enabled: Option<bool>,
+    /// docker: the engine's socket (default /var/run/docker.sock).
+    pub endpoint: Option<PathBuf>,
+    /// docker: whether a task may ask for a privileged container.
+    #[serde(default)]
+    pub allow_privileged: bool,
+    /// docker: whether a task may ask for network_mode = "host".
+    #[serde(default)]
+    pub allow_host_network: bool,
+    /// docker: capabilities a task may add.
+    #[serde(default)]
+    pub allow_caps: Vec<String>,
+    /// docker: whether a task may ask for host devices.
+    #[serde(default)]
+    pub allow_devices: bool,
+}
+
+/// The agent's configuration file, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Data dir.
+    pub data_dir: Option<PathBuf>,
+    /// Run dir.
+    pub run_dir: Option<PathBuf>,
+    /// The tend-spawn binary.
+    pub spawn_bin: Option<PathBuf>,
+    /// error, warn, info, debug, trace.
+    pub log_level: Option<String>,
+    /// text or json.
+    pub log_format: Option<LogFormat>,
+    /// cgroup parent of every task, relative to each hierarchy's root.
+    pub cgroup_parent: Option<String>,
+    /// Dynamic port range.
+    pub ports: Option<PortRange>,
+    /// Host path -> task path, bound read-only into exec tasks.
+    pub chroot_env: Option<BTreeMap<String, String>>,
+    /// Agent environment variables a task may ask for with `${NAME}`.
+    #[serde(default)]
+    pub env_allowlist: Vec<String>,
+    /// Driver options by driver name.
+    #[serde(default)]
+    pub plugin: BTreeMap<String, PluginConfig>,
+}
+
+/// Why the configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// It could not be read.
+    #[error("agent config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// It is not valid.
+    #[error("agent config {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The drivers the agent knows.
+pub const DRIVERS: [&str; 3] = ["raw_exec", "exec", "docker"];
+
+impl AgentConfig {
+    /// Parse the text of a configuration file; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let cfg: AgentConfig = hcl::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for name in cfg.plugin.keys() {
+            if !DRIVERS.contains(&name.as_str()) {
+                return Err(invalid(format!(
+                    "plugin {name:?}: unknown driver (expected one of: {})",
+                    DRIVERS.join(", ")
+                )));
+            }
+        }
+        if let Some(p) = cfg.ports {
+            if p.min == 0 || p.min > p.max {
+                return Err(invalid(format!(
+                    "ports: min {} and max {} do not make a range",
+                    p.min, p.max
+                )));
+            }
+        }
+        if let Some(level) = &cfg.log_level {
+            if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+                return Err(invalid(format!(
+                    "log_level: {level:?} (expected error, warn, info, debug or trace)"
+                )));
+            }
+        }
+        if let Some(parent) = &cfg.cgroup_parent {
+            let p = Path::new(parent);
+            if parent.is_empty()
+                || p.is_absolute()
+                || p.components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(invalid(format!(
+                    "cgroup_parent: {parent:?} must be a relative path without '..'"
+                )));
+            }
+        }
+        if let Some(env) = &cfg.chroot_env {
+            for (src, dst) in env {
+                if !src.starts_with('/') || !dst.starts_with('/') {
+                    return Err(invalid(format!(
+                        "chroot_env: {src:?} = {dst:?}: both sides must be absolute paths"
+                    )));
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Read and parse a configuration file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        AgentConfig::parse(&text, path)
+    }
+
+    /// Whether tasks may use `driver`.
+    pub fn driver_enabled(&self, driver: &str) -> bool {
+        self.plugin
+            .get(driver)
+            .and_then(|p| p.enabled)
+            .unwrap_or(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let text = r#"
+data_dir   = "/tmp/d"
+log_format = "json"
+env_allowlist = ["PATH"]
+ports {
+  min = 30000
+  max = 30100
+}
+chroot_env {
+  "/bin" = "/bin"
+}
+plugin "raw_exec" {
+  enabled = false
+}
+plugin "docker" {
+  allow_privileged = true
+}
+"#;
+        let c = AgentConfig::parse(text, Path::new("a.hcl")).unwrap();
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/tmp/d")));
+        assert_eq!(c.log_format, Some(LogFormat::Json));
+        assert_eq!(c.ports, Some(PortRange { min: 30000, max: 30100 }));
+        assert!(!c.driver_enabled("raw_exec"));
+        assert!(c.driver_enabled("exec"));
+        assert!(c.plugin["docker"].allow_privileged);
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_know() {
+        let e = AgentConfig::parse("colour = \"red\"\n", Path::new("a.hcl")).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = AgentConfig::parse("plugin \"lxc\" {\n}\n", Path::new("a.hcl")).unwrap_err();
+        assert!(e.to_string().contains("unknown driver"), "{e}");
+        let e = AgentConfig::parse("ports {\n min = 9\n max = 1\n}\n", Path::new("a.hcl"))
+            .unwrap_err();
+        assert!(e.to_string().contains("range"), "{e}");
+        let e = AgentConfig::parse("cgroup_parent = \"../x\"\n", Path::new("a.hcl")).unwrap_err();
+        assert!(e.to_string().contains("cgroup_parent"), "{e}");
+    }
+
+    #[test]
+    fn the_empty_file_is_the_default() {
+        assert_eq!(
+            AgentConfig::parse("", Path::new("a.hcl")).unwrap(),
+            AgentConfig::default()
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! The long-running host agent: it owns the state store and the API, runs every
+//! task through its driver, and on start reattaches to every task it had.
+
+pub mod config;
+pub mod restart;
+pub mod task;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::jobspec::Job;
+use crate::paths::Dirs;
+use crate::state::{AllocRecord, Desired, StateStore, TaskEvent, TaskPhase, TaskRecord, SCHEMA};
+use config::{AgentConfig, PortRange};
+use task::{Ctl, Start};
+
+/// The agent's settings: the config file with every default filled in.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Data and run dirs.
+    pub dirs: Dirs,
+    /// The tend-spawn binary.
+    pub spawn_bin: PathBuf,
+    /// cgroup parent of every task.
+    pub cgroup_parent: String,
+    /// chroot_env of exec tasks that set none.
+    pub chroot_env: Vec<(String, String)>,
+    /// Agent variables a task may ask for.
+    pub env_allowlist: Vec<String>,
+    /// Dynamic ports.
+    pub port_range: PortRange,
+    /// How long a tend-spawn waits for Release after its task ended.
+    pub linger: Duration,
+    /// The file as written.
+    pub config: AgentConfig,
+}
+
+impl Settings {
+    /// Fill in defaults; command-line dirs win over the file's.
+    pub fn resolve(
+        config: AgentConfig,
+        data_dir: Option<PathBuf>,
+        run_dir: Option<PathBuf>,
+        spawn_bin: Option<PathBuf>,
+    ) -> std::io::Result<Settings> {
+        let dirs = Dirs::new(
+            data_dir.or_else(|| config.data_dir.clone()),
+            run_dir.or_else(|| config.run_dir.clone()),
+        )?;
+        Ok(Settings {
+            dirs,
+            spawn_bin: spawn_bin
+                .or_else(|| config.spawn_bin.clone())
+                .unwrap_or_else(crate::spawn::launch::default_spawn_bin),
+            cgroup_parent: config.cgroup_parent.clone().unwrap_or_else(|| "tend".into()),
+            chroot_env: config
+                .chroot_env
+                .as_ref()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_else(crate::driver::default_chroot_env),
+            env_allowlist: config.env_allowlist.clone(),
+            port_range: config.ports.unwrap_or_default(),
+            linger: Duration::from_secs(3600),
+            config,
+        })
+    }
+}
+
+/// Why the agent refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No such allocation or task.
+    #[error("{0}")]
+    NotFound(String),
+    /// A prefix names several allocations.
+    #[error("{0}")]
+    Ambiguous(String),
+    /// The request is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request conflicts with the state (e.g. signalling a dead task).
+    #[error("{0}")]
+    Conflict(String),
+    /// Something on the host failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AgentError {
+    /// The HTTP status that answers it.
+    pub fn status(&self) -> u16 {
+        match self {
+            AgentError::NotFound(_) => 404,
+            AgentError::Ambiguous(_) | AgentError::Conflict(_) => 409,
+            AgentError::Invalid(_) => 400,
+            AgentError::Internal(_) => 500,
+        }
+    }
+}
+
+/// One event as the API streams it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventLine {
+    /// The allocation.
+    pub alloc_id: String,
+    /// The task.
+    pub task: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: TaskEvent,
+}
+
+pub(crate) struct TaskSlot {
+    pub(crate) record: TaskRecord,
+    pub(crate) ctl: mpsc::UnboundedSender<Ctl>,
+}
+
+pub(crate) struct AllocSlot {
+    pub(crate) record: AllocRecord,
+    pub(crate) tasks: BTreeMap<String, TaskSlot>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) settings: Settings,
+    pub(crate) store: StateStore,
+    pub(crate) allocs: Mutex<BTreeMap<String, AllocSlot>>,
+    pub(crate) events: broadcast::Sender<EventLine>,
+}
+
+impl Inner {
+    /// Change a task's record, persist it, and publish the event it carries.
+    pub(crate) fn update_task(
+        &self,
+        alloc_id: &str,
+        task: &str,
+        f: impl FnOnce(&mut TaskRecord) -> Option<TaskEvent>,
+    ) -> Option<TaskRecord> {
+        let (rec, ev) = {
+            let mut allocs = self.allocs.lock().expect("allocs lock");
+            let slot = allocs.get_mut(alloc_id)?.tasks.get_mut(task)?;
+            let ev = f(&mut slot.record);
+            (slot.record.clone(), ev)
+        };
+        if let Err(e) = self.store.put_task(&rec) {
+            tracing::error!(alloc_id, task, error = %e, "cannot persist task state");
+        }
+        if let Some(event) = ev {
+            tracing::info!(alloc_id, task, kind = %event.kind, "{}", event.message);
+            let _ = self.events.send(EventLine {
+                alloc_id: alloc_id.to_string(),
+                task: task.to_string(),
+                event,
+            });
+        }
+        Some(rec)
+    }
+
+    /// The allocation record (a copy).
+    pub(crate) fn alloc_record(&self, alloc_id: &str) -> Option<AllocRecord> {
+        self.allocs
+            .lock()
+            .expect("allocs lock")
+            .get(alloc_id)
+            .map(|a| a.record.clone())
+    }
+
+    /// The task record (a copy).
+    pub(crate) fn task_record(&self, alloc_id: &str, task: &str) -> Option<TaskRecord> {
+        self.allocs
+            .lock()
+            .expect("allocs lock")
+            .get(alloc_id)
+            .and_then(|a| a.tasks.get(task))
+            .map(|t| t.record.clone())
+    }
+}
+
+/// The agent.
+#[derive(Clone)]
+pub struct Agent {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What the agent found and did when it started.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReattachReport {
+    /// Tasks whose tend-spawn answered: waiting on them again.
+    pub reattached: usize,
+    /// Tasks that had ended meanwhile: their exit files recorded.
+    pub exited: usize,
+    /// Tasks with neither: lost.
+    pub lost: usize,
+    /// Tasks that had not started: started now.
+    pub started: usize,
+    /// State files that could not be read.
+    pub unreadable: usize,
+    /// How long it took, ms.
+    pub millis: u64,
+}
+
+impl Agent {
+    /// An agent over `settings`; creates its dirs.
+    pub fn new(settings: Settings) -> Result<Agent, AgentError> {
+        let internal = |what: &str, e: &dyn std::fmt::Display| {
+            AgentError::Internal(format!("{what}: {e}"))
+        };
+        std::fs::create_dir_all(&settings.dirs.data_dir)
+            .map_err(|e| internal(&format!("create {}", settings.dirs.data_dir.display()), &e))?;
+        crate::paths::ensure_private_dir(&settings.dirs.run_dir)
+            .map_err(|e| internal(&format!("run dir {}", settings.dirs.run_dir.display()), &e))?;
+        crate::paths::ensure_private_dir(&settings.dirs.socket_dir()).map_err(|e| {
+            internal(
+                &format!("socket dir {}", settings.dirs.socket_dir().display()),
+                &e,
+            )
+        })?;
+        let store = StateStore::open(&settings.dirs.state_dir())
+            .map_err(|e| internal("state store", &e))?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Agent {
+            inner: Arc::new(Inner {
+                settings,
+                store,
+                allocs: Mutex::new(BTreeMap::new()),
+                events,
+            }),
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Load the state store and take every task up again, all at once: a live
+    /// tend-spawn is waited on, an ended one's exit file recorded, the rest lost.
+    /// Returns when every task is resolved.
+    pub async fn reattach(&self) -> Result<ReattachReport, AgentError> {
+        let t0 = Instant::now();
+        let (loaded, errors) = self
+            .inner
+            .store
+            .load()
+            .map_err(|e| AgentError::Internal(e.to_string()))?;
+        for e in &errors {
+            tracing::error!(error = %e, "unreadable state file: skipped");
+        }
+        let mut waits = Vec::new();
+        for (alloc, tasks) in loaded {
+            let alloc_id = alloc.alloc_id.clone();
+            let mut starts = Vec::new();
+            {
+                let mut allocs = self.inner.allocs.lock().expect("allocs lock");
+                let slot = allocs.entry(alloc_id.clone()).or_insert(AllocSlot {
+                    record: alloc.clone(),
+                    tasks: BTreeMap::new(),
+                });
+                for rec in tasks {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let start = match (rec.phase, &rec.handle) {
+                        (TaskPhase::Dead, _) => None,
+                        (_, Some(h)) => Some(Start::Reattach(h.clone())),
+                        (_, None) => Some(Start::Fresh),
+                    };
+                    let name = rec.task.clone();
+                    slot.tasks.insert(name.clone(), TaskSlot { record: rec, ctl: tx });
+                    if let Some(s) = start {
+                        starts.push((name, rx, s));
+                    }
+                }
+            }
+            for (name, rx, start) in starts {
+                let (ready_tx, ready_rx) = oneshot::channel();
+                tokio::spawn(task::task_loop(
+                    self.inner.clone(),
+                    alloc_id.clone(),
+                    name,
+                    rx,
+                    start,
+                    Some(ready_tx),
+                ));
+                waits.push(ready_rx);
+            }
+        }
+        let mut report = ReattachReport {
+            unreadable: errors.len(),
+            ..Default::default()
+        };
+        for w in waits {
+            match w.await {
+                Ok(task::Resolved::Reattached) => report.reattached += 1,
+                Ok(task::Resolved::Exited) => report.exited += 1,
+                Ok(task::Resolved::Lost) => report.lost += 1,
+                Ok(task::Resolved::Started) => report.started += 1,
+                Err(_) => report.lost += 1,
+            }
+        }
+        report.millis = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(report)
+    }
+
+    /// Run a validated job: one allocation per group and count. Returns the ids.
+    pub fn submit(&self, job: Job) -> Result<Vec<String>, AgentError> {
+        for t in job.groups.iter().flat_map(|g| &g.tasks) {
+            if !self.inner.settings.config.driver_enabled(t.driver.name()) {
+                return Err(AgentError::Invalid(format!(
+                    "task {}: driver {} is disabled on this agent (plugin \"{}\" {{ enabled = false }})",
+                    t.name,
+                    t.driver.name(),
+                    t.driver.name()
+                )));
+            }
+            task::preflight(&self.inner, t)?;
+        }
+        let mut ids = Vec::new();
+        for group in &job.groups {
+            for index in 0..group.count {
+                let alloc_id = crate::paths::new_alloc_id();
+                let record = AllocRecord {
+                    schema: SCHEMA,
+                    alloc_id: alloc_id.clone(),
+                    job: job.clone(),
+                    group: group.name.clone(),
+                    index,
+                    desired: Desired::Run,
+                    created_at: tend_proto::time::now(),
+                    ports: Vec::new(),
+                };
+                let record = task::prepare_alloc(&self.inner, record)?;
+                self.inner
+                    .store
+                    .put_alloc(&record)
+                    .map_err(|e| AgentError::Internal(e.to_string()))?;
+                let mut starts = Vec::new();
+                {
+                    let mut allocs = self.inner.allocs.lock().expect("allocs lock");
+                    let mut slot = AllocSlot {
+                        record: record.clone(),
+                        tasks: BTreeMap::new(),
+                    };
+                    for t in &group.tasks {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let rec = TaskRecord::new(&alloc_id, &t.name);
+                        if let Err(e) = self.inner.store.put_task(&rec) {
+                            return Err(AgentError::Internal(e.to_string()));
+                        }
+                        slot.tasks.insert(t.name.clone(), TaskSlot { record: rec, ctl: tx });
+                        starts.push((t.name.clone(), rx));
+                    }
+                    allocs.insert(alloc_id.clone(), slot);
+                }
+                for (name, rx) in starts {
+                    tokio::spawn(task::task_loop(
+                        self.inner.clone(),
+                        alloc_id.clone(),
+                        name,
+                        rx,
+                        Start::Fresh,
+                        None,
+                    ));
+                }
+                ids.push(alloc_id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The allocation id that `prefix` names uniquely.
+    pub fn resolve_alloc(&self, prefix: &str) -> Result<String, AgentError> {
+        let allocs = self.inner.allocs.lock().expect("allocs lock");
+        if allocs.contains_key(prefix) {
+            return Ok(prefix.to_string());
+        }
+        let hits: Vec<&String> = allocs.keys().filter(|k| k.starts_with(prefix)).collect();
+        match hits.as_slice() {
+            [] => Err(AgentError::NotFound(format!("no allocation matches {prefix:?}"))),
+            [one] => Ok((*one).clone()),
+            many => Err(AgentError::Ambiguous(format!(
+                "{prefix:?} matches {} allocations: {}",
+                many.len(),
+                many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Stop every task of an allocation (with their kill signals and timeouts).
+    pub fn stop_alloc(&self, alloc_id: &str) -> Result<(), AgentError> {
+        let mut allocs = self.inner.allocs.lock().expect("allocs lock");
+        let slot = allocs
+            .get_mut(alloc_id)
+            .ok_or_else(|| AgentError::NotFound(format!("no allocation {alloc_id}")))?;
+        slot.record.desired = Desired::Stop;
+        if let Err(e) = self.inner.store.put_alloc(&slot.record) {
+            return Err(AgentError::Internal(e.to_string()));
+        }
+        for t in slot.tasks.values() {
+            let _ = t.ctl.send(Ctl::Stop);
+        }
+        Ok(())
+    }
+
+    /// Send a signal to a running task.
+    pub async fn signal_task(&self, alloc_id: &str, task: &str, signo: i32) -> Result<(), AgentError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let allocs = self.inner.allocs.lock().expect("allocs lock");
+            let slot = allocs
+                .get(alloc_id)
+                .ok_or_else(|| AgentError::NotFound(format!("no allocation {alloc_id}")))?;
+            let t = slot.tasks.get(task).ok_or_else(|| {
+                AgentError::NotFound(format!("allocation {alloc_id} has no task {task:?}"))
+            })?;
+            if t.record.phase != TaskPhase::Running {
+                return Err(AgentError::Conflict(format!(
+                    "task {task} is not running ({:?})",
+                    t.record.phase
+                )));
+            }
+            t.ctl
+                .send(Ctl::Signal(signo, tx))
+                .map_err(|_| AgentError::Conflict(format!("task {task} is not running")))?;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(r)) => r.map_err(AgentError::Conflict),
+            _ => Err(AgentError::Conflict(format!("task {task} did not take the signal"))),
+        }
+    }
+
+    /// A snapshot of every allocation with its tasks.
+    pub fn snapshot(&self) -> Vec<(AllocRecord, Vec<TaskRecord>)> {
+        let allocs = self.inner.allocs.lock().expect("allocs lock");
+        allocs
+            .values()
+            .map(|a| {
+                (
+                    a.record.clone(),
+                    a.tasks.values().map(|t| t.record.clone()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// A snapshot of one allocation.
+    pub fn alloc(&self, alloc_id: &str) -> Result<(AllocRecord, Vec<TaskRecord>), AgentError> {
+        let allocs = self.inner.allocs.lock().expect("allocs lock");
+        let a = allocs
+            .get(alloc_id)
+            .ok_or_else(|| AgentError::NotFound(format!("no allocation {alloc_id}")))?;
+        Ok((
+            a.record.clone(),
+            a.tasks.values().map(|t| t.record.clone()).collect(),
+        ))
+    }
+
+    /// Subscribe to task events.
+    pub fn events(&self) -> broadcast::Receiver<EventLine> {
+        self.inner.events.subscribe()
+    }
+}

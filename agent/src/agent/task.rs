@@ -1,0 +1,610 @@
+//! One task's life inside the agent: start (or reattach), wait, record the end,
+//! apply the restart policy. Each task is one tokio task; the API talks to it
+//! through a channel.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tend_proto::{names, ExitStatus, Request, StartReport, Token, PROTOCOL_VERSION};
+use tokio::sync::{mpsc, oneshot};
+
+use super::restart::{Decision, RestartTracker};
+use super::{AgentError, Inner};
+use crate::driver::{self, Launch};
+use crate::ident::ProcId;
+use crate::jobspec::{Driver, Group, Task};
+use crate::paths::{self, AllocDir};
+use crate::spawn::{self, Client};
+use crate::state::{AllocRecord, Desired, Handle, TaskPhase};
+use crate::taskenv;
+
+/// What the API asks of a running task.
+#[derive(Debug)]
+pub enum Ctl {
+    /// Stop it with its kill signal and timeout; no restart follows.
+    Stop,
+    /// Send it a signal.
+    Signal(i32, oneshot::Sender<Result<(), String>>),
+}
+
+/// How a task loop begins.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Start a new run.
+    Fresh,
+    /// Take up the run this handle describes.
+    Reattach(Handle),
+}
+
+/// How a task was taken up when the loop began (reported to the agent's start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    /// Its tend-spawn answered.
+    Reattached,
+    /// It had ended; its exit file was recorded.
+    Exited,
+    /// Neither: lost.
+    Lost,
+    /// A new run was started (or failed to start).
+    Started,
+}
+
+/// How one run ended.
+#[derive(Debug, Clone)]
+enum Ended {
+    Exit(ExitStatus),
+    Lost(String),
+}
+
+/// A run the agent is waiting on.
+struct Run {
+    client: Client,
+    socket: PathBuf,
+    token: Token,
+    handle: Handle,
+}
+
+fn find<'a>(alloc: &'a AllocRecord, task: &str) -> Option<(&'a Group, &'a Task)> {
+    let group = alloc.job.groups.iter().find(|g| g.name == alloc.group)?;
+    let t = group.tasks.iter().find(|t| t.name == task)?;
+    Some((group, t))
+}
+
+/// Check what can be checked before anything exists.
+pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
+    driver::check_task(task, &inner.settings.chroot_env)
+        .map_err(|e| AgentError::Invalid(e.to_string()))
+}
+
+/// Create the allocation's dirs and hand its tasks what they need.
+pub(crate) fn prepare_alloc(inner: &Inner, record: AllocRecord) -> Result<AllocRecord, AgentError> {
+    let alloc = inner.settings.dirs.alloc(&record.alloc_id);
+    let group = record
+        .job
+        .groups
+        .iter()
+        .find(|g| g.name == record.group)
+        .ok_or_else(|| AgentError::Invalid(format!("no group {}", record.group)))?;
+    let names: Vec<&str> = group.tasks.iter().map(|t| t.name.as_str()).collect();
+    alloc.create(&names).map_err(|e| {
+        AgentError::Internal(format!("create alloc dir {}: {e}", alloc.root.display()))
+    })?;
+    for t in &group.tasks {
+        if t.driver == Driver::Exec {
+            let user = t.user.as_deref().unwrap_or(driver::DEFAULT_EXEC_USER);
+            let (uid, gid) = driver::resolve_user(user)
+                .ok_or_else(|| AgentError::Invalid(format!("task {}: user: unknown user {user:?}", t.name)))?;
+            alloc.prepare_for_user(&t.name, uid, gid).map_err(|e| {
+                AgentError::Internal(format!("prepare {}: {e}", alloc.root.display()))
+            })?;
+        }
+    }
+    Ok(record)
+}
+
+fn event(kind: &str, message: impl Into<String>) -> crate::state::TaskEvent {
+    crate::state::TaskEvent {
+        time: tend_proto::time::now(),
+        kind: kind.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The life of one task.
+pub(crate) async fn task_loop(
+    inner: Arc<Inner>,
+    alloc_id: String,
+    name: String,
+    mut ctl: mpsc::UnboundedReceiver<Ctl>,
+    start: Start,
+    mut ready: Option<oneshot::Sender<Resolved>>,
+) {
+    let span = tracing::info_span!("task", alloc_id = %alloc_id, task = %name);
+    let _enter = span.enter();
+    let mut resolve = |r: Resolved| {
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(r);
+        }
+    };
+    let Some(alloc) = inner.alloc_record(&alloc_id) else {
+        resolve(Resolved::Lost);
+        return;
+    };
+    let Some((group, task)) = find(&alloc, &name).map(|(g, t)| (g.clone(), t.clone())) else {
+        tracing::error!("the allocation's job has no such task");
+        resolve(Resolved::Lost);
+        return;
+    };
+    let mut tracker = RestartTracker::new(group.restart);
+    let mut stopping = alloc.desired == Desired::Stop;
+    let mut next = start;
+    loop {
+        let ended = match std::mem::replace(&mut next, Start::Fresh) {
+            Start::Reattach(h) => match reattach(&inner, &alloc_id, &task, h).await {
+                Attach::Live(run) => {
+                    resolve(Resolved::Reattached);
+                    wait_run(&inner, &alloc_id, &task, run, &mut ctl, &mut stopping).await
+                }
+                Attach::Ended(e) => {
+                    resolve(match e {
+                        Ended::Exit(_) => Resolved::Exited,
+                        Ended::Lost(_) => Resolved::Lost,
+                    });
+                    e
+                }
+            },
+            Start::Fresh => {
+                if stopping || desired_stop(&inner, &alloc_id) {
+                    resolve(Resolved::Started);
+                    finish(&inner, &alloc_id, &name, false, "stopped before it started");
+                    return;
+                }
+                let r = start_run(&inner, &alloc, &group, &task).await;
+                resolve(Resolved::Started);
+                match r {
+                    Ok(run) => {
+                        wait_run(&inner, &alloc_id, &task, run, &mut ctl, &mut stopping).await
+                    }
+                    Err(e) => Ended::Exit(e),
+                }
+            }
+        };
+        let failed = match &ended {
+            Ended::Exit(e) => !e.success(),
+            Ended::Lost(_) => true,
+        };
+        record_end(&inner, &alloc_id, &name, ended);
+        stopping |= desired_stop(&inner, &alloc_id);
+        if stopping {
+            finish(&inner, &alloc_id, &name, false, "stopped");
+            return;
+        }
+        if !failed {
+            finish(&inner, &alloc_id, &name, false, "completed");
+            return;
+        }
+        match tracker.on_failure(Instant::now()) {
+            Decision::Fail => {
+                finish(&inner, &alloc_id, &name, true, "failed: restart attempts exhausted");
+                return;
+            }
+            Decision::Restart(delay) => {
+                inner.update_task(&alloc_id, &name, |r| {
+                    r.phase = TaskPhase::Pending;
+                    r.restarts += 1;
+                    Some(r.event("restarting", format!("restarting in {}", humanize(delay))))
+                });
+                let sleep = tokio::time::sleep(delay);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        c = ctl.recv() => match c {
+                            Some(Ctl::Stop) | None => {
+                                finish(&inner, &alloc_id, &name, false, "stopped while waiting to restart");
+                                return;
+                            }
+                            Some(Ctl::Signal(_, reply)) => {
+                                let _ = reply.send(Err("the task is waiting to restart".into()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.as_secs() >= 1 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn desired_stop(inner: &Inner, alloc_id: &str) -> bool {
+    inner
+        .alloc_record(alloc_id)
+        .is_none_or(|a| a.desired == Desired::Stop)
+}
+
+fn finish(inner: &Inner, alloc_id: &str, task: &str, failed: bool, why: &str) {
+    inner.update_task(alloc_id, task, |r| {
+        r.phase = TaskPhase::Dead;
+        r.failed |= failed;
+        r.handle = None;
+        r.finished_at = Some(tend_proto::time::now());
+        Some(r.event("dead", why.to_string()))
+    });
+}
+
+fn record_end(inner: &Inner, alloc_id: &str, task: &str, ended: Ended) {
+    inner.update_task(alloc_id, task, |r| match ended {
+        Ended::Exit(e) => {
+            let msg = crate::cli::run::describe_exit(&e);
+            r.failed = !e.success();
+            r.lost = false;
+            r.last_exit = Some(e);
+            r.handle = None;
+            Some(r.event("exited", msg))
+        }
+        Ended::Lost(why) => {
+            r.failed = true;
+            r.lost = true;
+            r.last_exit = None;
+            r.handle = None;
+            Some(r.event("lost", why))
+        }
+    });
+}
+
+fn task_env(inner: &Inner, alloc: &AllocRecord, group: &Group, task: &Task) -> Vec<(String, String)> {
+    let dir = inner.settings.dirs.alloc(&alloc.alloc_id);
+    let (alloc_dir, task_dir) = match task.driver {
+        Driver::RawExec => (dir.shared(), dir.task_local(&task.name)),
+        Driver::Exec | Driver::Docker => (PathBuf::from("/alloc"), PathBuf::from("/local")),
+    };
+    taskenv::build(&taskenv::Input {
+        alloc_id: &alloc.alloc_id,
+        job: &alloc.job.name,
+        group: &group.name,
+        index: alloc.index,
+        task,
+        alloc_dir: &alloc_dir,
+        task_dir: &task_dir,
+        job_meta: &alloc.job.meta,
+        group_meta: &group.meta,
+    })
+}
+
+/// Start a new run: move the last exit file aside, persist the handle before the
+/// daemon exists (so a crash right after is still found), launch, persist again.
+async fn start_run(
+    inner: &Arc<Inner>,
+    alloc: &AllocRecord,
+    group: &Group,
+    task: &Task,
+) -> Result<Run, ExitStatus> {
+    let alloc_id = &alloc.alloc_id;
+    let dir = inner.settings.dirs.alloc(alloc_id);
+    let prev = inner
+        .task_record(alloc_id, &task.name)
+        .map_or(0, |r| r.run);
+    let run = prev + 1;
+    let never = |msg: String| {
+        let e = ExitStatus::never_started(alloc_id, &task.name, run, msg);
+        if let Err(err) = e.write(&dir.exit_status(&task.name)) {
+            tracing::error!(error = %err, "cannot write exit status file");
+        }
+        e
+    };
+    let exit_path = dir.exit_status(&task.name);
+    if prev > 0 && exit_path.exists() {
+        if let Err(e) = std::fs::rename(&exit_path, dir.exit_status_of_run(&task.name, prev)) {
+            tracing::warn!(error = %e, "cannot move the last exit status file aside");
+        }
+    }
+    let env = task_env(inner, alloc, group, task);
+    let command = taskenv::interpolate(task.config.command.as_deref().unwrap_or(""), &env);
+    let args: Vec<String> = task
+        .config
+        .args
+        .iter()
+        .map(|a| taskenv::interpolate(a, &env))
+        .collect();
+    let token = Token(paths::random_bytes::<32>());
+    let config = match driver::spawn_config(&Launch {
+        dirs: &inner.settings.dirs,
+        alloc_id,
+        alloc: &dir,
+        task,
+        run,
+        env,
+        command,
+        args,
+        token,
+        chroot_env: &inner.settings.chroot_env,
+        cgroup_parent: &inner.settings.cgroup_parent,
+    }) {
+        Ok(mut c) => {
+            c.linger_ms = u64::try_from(inner.settings.linger.as_millis()).unwrap_or(u64::MAX);
+            c
+        }
+        Err(e) => return Err(never(e.to_string())),
+    };
+    if let Err(e) = inner.store.put_token(alloc_id, &task.name, &token) {
+        return Err(never(e.to_string()));
+    }
+    let mut handle = Handle {
+        driver: task.driver.name().to_string(),
+        run,
+        socket_path: Some(config.socket_path.clone()),
+        daemon_pid: None,
+        daemon_start_time: None,
+        instance: None,
+        task_pid: None,
+        task_start_time: None,
+        cgroup: config.cgroup.as_ref().map(|c| c.path.clone()),
+        exit_status_path: exit_path.display().to_string(),
+        protocol_version: PROTOCOL_VERSION,
+        container_id: None,
+    };
+    inner.update_task(alloc_id, &task.name, |r| {
+        r.run = run;
+        r.phase = TaskPhase::Pending;
+        r.handle = Some(handle.clone());
+        None
+    });
+    let report = match spawn::launch(&inner.settings.spawn_bin, &config).await {
+        Ok(r) => r,
+        Err(e) => return Err(never(e.to_string())),
+    };
+    let (daemon_pid, task_pid, instance) = match report {
+        StartReport::Started {
+            daemon_pid,
+            task_pid,
+            instance,
+        } => (daemon_pid, task_pid, instance),
+        StartReport::Failed { message, .. } => {
+            inner.update_task(alloc_id, &task.name, |r| {
+                Some(r.event("failed", format!("failed to start: {message}")))
+            });
+            // tend-spawn wrote the exit file; prefer it, it has the details.
+            return Err(ExitStatus::read(&exit_path)
+                .ok()
+                .filter(|e| e.run == run)
+                .unwrap_or_else(|| never(message)));
+        }
+    };
+    handle.daemon_pid = Some(daemon_pid);
+    handle.daemon_start_time = crate::ident::start_time(daemon_pid);
+    handle.instance = Some(instance.to_string());
+    handle.task_pid = Some(task_pid);
+    handle.task_start_time = crate::ident::start_time(task_pid);
+    let socket = PathBuf::from(&config.socket_path);
+    inner.update_task(alloc_id, &task.name, |r| {
+        r.phase = TaskPhase::Running;
+        r.handle = Some(handle.clone());
+        r.started_at = Some(tend_proto::time::now());
+        r.finished_at = None;
+        Some(r.event(
+            "started",
+            format!("run {run}: pid {task_pid} (tend-spawn {daemon_pid})"),
+        ))
+    });
+    match Client::connect(&socket, token).await {
+        Ok(client) if client.welcome().instance == instance => Ok(Run {
+            client,
+            socket,
+            token,
+            handle,
+        }),
+        Ok(_) => Err(never("the daemon at the socket is not the one started".into())),
+        Err(e) => Err(match daemon_gone(&handle, &e.to_string()) {
+            Ended::Exit(e) => e,
+            Ended::Lost(why) => never(why),
+        }),
+    }
+}
+
+enum Attach {
+    Live(Run),
+    Ended(Ended),
+}
+
+/// Take up a run after an agent restart.
+async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: Handle) -> Attach {
+    let token = inner.store.token(alloc_id, &task.name).ok();
+    if let (Some(socket), Some(token)) = (handle.socket_path.clone(), token) {
+        let socket = PathBuf::from(socket);
+        let daemon = match (handle.daemon_pid, handle.daemon_start_time) {
+            (Some(pid), Some(st)) => Some(ProcId { pid, start_time: st }),
+            _ => None,
+        };
+        // A daemon recorded by pid must still be that very process; one persisted
+        // before its start report is found by its socket and token alone.
+        let plausible = daemon.is_none_or(|d| d.alive());
+        if plausible {
+            if let Ok(client) = Client::connect(&socket, token).await {
+                let w = *client.welcome();
+                let same = match &handle.instance {
+                    Some(i) => *i == w.instance.to_string(),
+                    None => true,
+                };
+                if same {
+                    if handle.daemon_pid.is_none() {
+                        handle.daemon_pid = Some(w.daemon_pid);
+                        handle.daemon_start_time = crate::ident::start_time(w.daemon_pid);
+                        handle.instance = Some(w.instance.to_string());
+                        handle.task_pid = Some(w.task_pid);
+                        handle.task_start_time = crate::ident::start_time(w.task_pid);
+                    }
+                    let h = handle.clone();
+                    inner.update_task(alloc_id, &task.name, |r| {
+                        r.phase = TaskPhase::Running;
+                        r.handle = Some(h);
+                        Some(r.event("reattached", format!("run {}: tend-spawn answered", handle.run)))
+                    });
+                    return Attach::Live(Run {
+                        client,
+                        socket,
+                        token,
+                        handle,
+                    });
+                }
+            }
+        }
+    }
+    Attach::Ended(daemon_gone(&handle, "tend-spawn is gone"))
+}
+
+/// The daemon of a run is gone: its exit file decides; without one the run is
+/// lost, and whatever is left of it is killed.
+fn daemon_gone(handle: &Handle, why: &str) -> Ended {
+    // The daemon writes the file before it answers Wait; if it died in between,
+    // the file is there. A file of another run does not count.
+    let path = Path::new(&handle.exit_status_path);
+    for attempt in 0..10 {
+        if let Ok(e) = ExitStatus::read(path) {
+            if e.run == handle.run {
+                return Ended::Exit(e);
+            }
+        }
+        if attempt == 0 && handle.daemon_pid.is_some_and(|p| !crate::ident::is_dead(p)) {
+            // Still exiting: give it a moment.
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_leftovers(handle);
+    Ended::Lost(format!(
+        "{why}, and it left no exit status file: the exit is unknown"
+    ))
+}
+
+/// Kill what is left of a lost run: the daemon if it still is ours, the task's
+/// process group if the task still is ours, and everything in its cgroup.
+fn kill_leftovers(handle: &Handle) {
+    if let (Some(pid), Some(st)) = (handle.daemon_pid, handle.daemon_start_time) {
+        ProcId { pid, start_time: st }.signal(libc_sigkill());
+    }
+    if let (Some(pid), Some(st)) = (handle.task_pid, handle.task_start_time) {
+        let task = ProcId { pid, start_time: st };
+        if task.open().is_some() {
+            // The task leads its own process group (tend-spawn puts it there).
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            task.signal(libc_sigkill());
+        }
+    }
+    if let Some(path) = &handle.cgroup {
+        match tend_spawn::cgroup::Hierarchies::detect()
+            .and_then(|h| tend_spawn::cgroup::TaskCgroup::open(&h, path))
+        {
+            Ok(cg) => {
+                if let Err(e) = cg.kill_all() {
+                    tracing::warn!(cgroup = %path, error = %e, "cannot kill the lost task's cgroup");
+                }
+                if let Err(e) = cg.remove() {
+                    tracing::warn!(cgroup = %path, error = %e, "cannot remove the lost task's cgroup");
+                }
+            }
+            Err(e) => tracing::warn!(cgroup = %path, error = %e, "cannot open the lost task's cgroup"),
+        }
+    }
+}
+
+fn libc_sigkill() -> i32 {
+    nix::sys::signal::Signal::SIGKILL as i32
+}
+
+/// Wait for the run's end, serving stop and signal requests meanwhile.
+async fn wait_run(
+    inner: &Arc<Inner>,
+    alloc_id: &str,
+    task: &Task,
+    run: Run,
+    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+    stopping: &mut bool,
+) -> Ended {
+    let Run {
+        mut client,
+        socket,
+        token,
+        handle,
+    } = run;
+    let wait = client.wait();
+    tokio::pin!(wait);
+    let mut ctl_open = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut wait => break r,
+            c = ctl.recv(), if ctl_open => match c {
+                None => ctl_open = false,
+                Some(Ctl::Stop) => {
+                    *stopping = true;
+                    inner.update_task(alloc_id, &task.name, |r| {
+                        Some(r.event("stopping", format!(
+                            "stopping with signal {} and {} grace",
+                            task.kill_signal,
+                            humanize(task.kill_timeout)
+                        )))
+                    });
+                    let req = Request::Stop {
+                        signal: task.kill_signal,
+                        grace_ms: u64::try_from(task.kill_timeout.as_millis()).unwrap_or(u64::MAX),
+                    };
+                    if let Err(e) = control(&socket, token, req).await {
+                        tracing::warn!(error = %e, "stop request failed");
+                    }
+                }
+                Some(Ctl::Signal(signo, reply)) => {
+                    let r = control(&socket, token, Request::Signal(signo)).await;
+                    if r.is_ok() {
+                        inner.update_task(alloc_id, &task.name, |rec| {
+                            Some(rec.event("signaled", format!("sent signal {signo}")))
+                        });
+                    }
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                }
+            }
+        }
+    };
+    match result {
+        Ok(exit) => {
+            // Recorded first, then the daemon may go.
+            let e = exit.clone();
+            let sock = socket.clone();
+            tokio::spawn(async move {
+                let _ = control(&sock, token, Request::Release).await;
+            });
+            Ended::Exit(e)
+        }
+        Err(e) => {
+            let h = handle.clone();
+            let why = format!("tend-spawn (pid {:?}) died: {e}", h.daemon_pid);
+            tokio::task::spawn_blocking(move || daemon_gone(&h, &why))
+                .await
+                .unwrap_or_else(|e| Ended::Lost(e.to_string()))
+        }
+    }
+}
+
+/// One request on a fresh connection.
+async fn control(socket: &Path, token: Token, req: Request) -> Result<(), spawn::ClientError> {
+    let mut c = Client::connect(socket, token).await?;
+    c.command(req).await
+}
+
+/// The exit status file name of a task (for the API).
+pub fn exit_status_name(task: &str) -> String {
+    names::exit_status_file(task)
+}
+
+/// The alloc dir of an allocation (for the API).
+pub(crate) fn alloc_dir(inner: &Inner, alloc_id: &str) -> AllocDir {
+    inner.settings.dirs.alloc(alloc_id)
+}
