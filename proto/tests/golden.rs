@@ -37,10 +37,13 @@ fn blessing() -> bool {
     std::env::var_os("TEND_BLESS").is_some_and(|v| v == "1")
 }
 
+/// Checks one value against the fixture at the given path.
+type Check = Box<dyn Fn(&Path) -> Result<(), String>>;
+
 /// One pinned value: its fixture name and the check that runs it.
 struct Case {
     name: &'static str,
-    check: Box<dyn Fn(&Path) -> Result<(), String>>,
+    check: Check,
 }
 
 fn case<T>(name: &'static str, value: T) -> Case
