@@ -1,0 +1,790 @@
+//! Golden byte fixtures: the wire encoding of every message and every variant,
+//! pinned byte for byte under `tests/fixtures/v1/`.
+//!
+//! Each fixture holds one whole frame (header and body). The test encodes the value
+//! and compares with the file, then decodes the file and compares with the value.
+//! A daemon started by version N-1 must stay reachable from an agent of version N,
+//! so a fixture never changes: a new payload is a new variant with a new fixture.
+//!
+//! `TEND_BLESS=1 cargo test -p tend-proto --test golden` writes missing fixtures
+//! (and rewrites changed ones, loudly: that is a wire break, see the README).
+//!
+//! The values are written out here in full, never built by helpers of the crate
+//! (such as `config::example`), which may change without the wire changing.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Serialize};
+use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation, LogConfig};
+use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
+use tend_proto::msg::{Stats, Status, TaskState, Welcome};
+use tend_proto::{
+    ExitStatus, Hello, Instance, Request, Response, SpawnConfig, Stage, StartReport, Token,
+    PROTOCOL_VERSION,
+};
+
+/// The protocol version these fixtures were written with. They stay at 1 forever;
+/// a later version adds `fixtures/v2/` beside them.
+const FIXTURE_VERSION: u16 = 1;
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+}
+
+fn blessing() -> bool {
+    std::env::var_os("TEND_BLESS").is_some_and(|v| v == "1")
+}
+
+/// Checks one value against the fixture at the given path.
+type Check = Box<dyn Fn(&Path) -> Result<(), String>>;
+
+/// One pinned value: its fixture name and the check that runs it.
+struct Case {
+    name: &'static str,
+    check: Check,
+}
+
+fn case<T>(name: &'static str, value: T) -> Case
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
+{
+    Case {
+        name,
+        check: Box::new(move |path| check_fixture(name, path, &value)),
+    }
+}
+
+fn check_fixture<T>(name: &str, path: &Path, value: &T) -> Result<(), String>
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let encoded = frame::encode_with_version(FIXTURE_VERSION, value)
+        .map_err(|e| format!("{name}: cannot encode {value:?}: {e}"))?;
+    if PROTOCOL_VERSION == FIXTURE_VERSION {
+        // While v1 is current, the fixtures are exactly what `frame::encode` writes.
+        let current = frame::encode(value).map_err(|e| format!("{name}: {e}"))?;
+        if current != encoded {
+            return Err(format!("{name}: frame::encode differs from a v1 frame"));
+        }
+    }
+
+    let on_disk = read_or_bless(name, path, &encoded)?;
+
+    if on_disk != encoded {
+        return Err(format!(
+            "{name}: encoding changed; the wire only grows (STYLE rule 8): add a variant \
+             instead of changing this one\n  fixture: {}\n  encoded: {}",
+            hex(&on_disk),
+            hex(&encoded)
+        ));
+    }
+
+    // The header is what the design says: magic, u16 LE version, u32 LE length.
+    if on_disk[..4] != MAGIC
+        || on_disk[4..6] != FIXTURE_VERSION.to_le_bytes()
+        || on_disk[6..HEADER_LEN]
+            != u32::try_from(on_disk.len() - HEADER_LEN)
+                .unwrap_or(u32::MAX)
+                .to_le_bytes()
+    {
+        return Err(format!(
+            "{name}: bad header {}",
+            hex(&on_disk[..HEADER_LEN])
+        ));
+    }
+
+    // Decoding goes through the same path a reader takes: the incremental decoder.
+    let mut dec = FrameDecoder::new();
+    dec.push(&on_disk);
+    let frame = dec
+        .next_frame()
+        .map_err(|e| format!("{name}: decoder refused the fixture: {e}"))?
+        .ok_or_else(|| format!("{name}: decoder wants more bytes"))?;
+    if dec.buffered() != 0 {
+        return Err(format!(
+            "{name}: {} bytes left in the decoder",
+            dec.buffered()
+        ));
+    }
+    if frame.version != FIXTURE_VERSION {
+        return Err(format!("{name}: frame version {}", frame.version));
+    }
+    let decoded: T = frame
+        .decode()
+        .map_err(|e| format!("{name}: cannot decode the fixture: {e}"))?;
+    if &decoded != value {
+        return Err(format!(
+            "{name}: fixture decodes to\n  {decoded:?}\nexpected\n  {value:?}"
+        ));
+    }
+
+    // And the blocking reader agrees.
+    let mut reader = &on_disk[..];
+    let blocking = frame::read_frame(&mut reader, MAX_FRAME_LEN)
+        .map_err(|e| format!("{name}: read_frame refused the fixture: {e}"))?;
+    if blocking != frame {
+        return Err(format!("{name}: read_frame and FrameDecoder disagree"));
+    }
+    Ok(())
+}
+
+/// The fixture's bytes. When blessing, first write `fresh` where the file is
+/// missing or differs (warning loudly about the latter).
+fn read_or_bless(name: &str, path: &Path, fresh: &[u8]) -> Result<Vec<u8>, String> {
+    let on_disk = match std::fs::read(path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{name}: cannot read {}: {e}", path.display())),
+    };
+    if !blessing() {
+        return on_disk.ok_or_else(|| {
+            format!(
+                "{name}: fixture {} is missing; write it with \
+                 `TEND_BLESS=1 cargo test -p tend-proto --test golden` and commit it",
+                path.display()
+            )
+        });
+    }
+    if on_disk.as_deref() != Some(fresh) {
+        if on_disk.is_some() {
+            eprintln!(
+                "WARNING: rewriting existing fixture {} -- this changes the wire \
+                 and breaks agents talking to older daemons",
+                path.display()
+            );
+        }
+        std::fs::create_dir_all(fixture_dir()).map_err(|e| format!("{name}: {e}"))?;
+        std::fs::write(path, fresh)
+            .map_err(|e| format!("{name}: cannot write {}: {e}", path.display()))?;
+    }
+    Ok(fresh.to_vec())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn run(cases: Vec<Case>) {
+    let dir = fixture_dir();
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|c| (c.check)(&dir.join(format!("{}.bin", c.name))).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// ---------------------------------------------------------------- values
+
+fn token() -> Token {
+    // Distinct bytes, so a shifted field shows in the hex.
+    let mut t = [0u8; 32];
+    for (i, b) in t.iter_mut().enumerate() {
+        *b = 0xa0 ^ u8::try_from(i).unwrap_or(0);
+    }
+    Token(t)
+}
+
+fn instance() -> Instance {
+    Instance([
+        0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee,
+        0xff,
+    ])
+}
+
+fn exit_code_0() -> ExitStatus {
+    ExitStatus {
+        version: 1,
+        alloc_id: "0123abcd".into(),
+        task: "web".into(),
+        run: 1,
+        pid: Some(4242),
+        wait_status: Some(0),
+        exit_code: Some(0),
+        signal: None,
+        core_dumped: false,
+        oom_killed: false,
+        started_at: Some("2024-05-01T12:00:00Z".into()),
+        finished_at: "2024-05-01T12:00:05Z".into(),
+        error: None,
+    }
+}
+
+fn exit_oom_killed() -> ExitStatus {
+    ExitStatus {
+        version: 1,
+        alloc_id: "0123abcd".into(),
+        task: "web".into(),
+        run: 3,
+        pid: Some(70000),
+        wait_status: Some(9),
+        exit_code: None,
+        signal: Some(9),
+        core_dumped: false,
+        oom_killed: true,
+        started_at: Some("2024-05-01T12:00:00Z".into()),
+        finished_at: "2024-05-01T13:30:00.250Z".into(),
+        error: None,
+    }
+}
+
+fn exit_core_dumped() -> ExitStatus {
+    ExitStatus {
+        version: 1,
+        alloc_id: "0123abcd".into(),
+        task: "worker".into(),
+        run: 2,
+        pid: Some(99),
+        wait_status: Some(11 | 0x80),
+        exit_code: None,
+        signal: Some(11),
+        core_dumped: true,
+        oom_killed: false,
+        started_at: Some("2024-05-01T12:00:00Z".into()),
+        finished_at: "2024-05-01T12:00:01Z".into(),
+        error: None,
+    }
+}
+
+fn exit_never_started() -> ExitStatus {
+    ExitStatus {
+        version: 1,
+        alloc_id: "0123abcd".into(),
+        task: "web".into(),
+        run: 1,
+        pid: None,
+        wait_status: None,
+        exit_code: None,
+        signal: None,
+        core_dumped: false,
+        oom_killed: false,
+        started_at: None,
+        finished_at: "2024-05-01T12:00:00Z".into(),
+        error: Some("exec /bin/nope: No such file or directory".into()),
+    }
+}
+
+fn spawn_config_minimal() -> SpawnConfig {
+    SpawnConfig {
+        alloc_id: "0123abcd".into(),
+        task: "t".into(),
+        run: 1,
+        token: token(),
+        command: "/bin/true".into(),
+        args: vec![],
+        env: vec![],
+        cwd: "/".into(),
+        alloc_dir: "/var/lib/tend/allocs/0123abcd".into(),
+        socket_path: "/run/tend/0123abcd/t.sock".into(),
+        logs: LogConfig {
+            max_files: 10,
+            max_file_size: 10 * 1024 * 1024,
+        },
+        kill_signal: 15,
+        kill_timeout_ms: 5000,
+        linger_ms: 60_000,
+        cgroup: None,
+        isolation: None,
+    }
+}
+
+fn spawn_config_full() -> SpawnConfig {
+    SpawnConfig {
+        alloc_id: "5f0e-alloc_7".into(),
+        task: "web-server".into(),
+        run: 7,
+        token: token(),
+        command: "/usr/local/bin/server".into(),
+        args: vec![
+            "/usr/local/bin/server".into(),
+            "--port=8080".into(),
+            "caf\u{e9} \u{2603}".into(),
+        ],
+        env: vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("HOME".into(), "/home/app".into()),
+            ("EMPTY".into(), String::new()),
+        ],
+        cwd: "/srv/app".into(),
+        alloc_dir: "/var/lib/tend/allocs/5f0e-alloc_7".into(),
+        socket_path: "/run/tend/5f0e-alloc_7/web-server.sock".into(),
+        logs: LogConfig {
+            max_files: 3,
+            max_file_size: 1 << 40,
+        },
+        kill_signal: 2,
+        kill_timeout_ms: 30_000,
+        linger_ms: u64::MAX,
+        cgroup: Some(CgroupSpec {
+            path: "tend/5f0e-alloc_7/web-server".into(),
+            daemon_path: Some("tend/daemons/5f0e-alloc_7-web-server".into()),
+            memory_bytes: Some(256 * 1024 * 1024),
+            cpu_mhz: Some(500),
+            pids_max: Some(1024),
+        }),
+        isolation: Some(Isolation {
+            user: "nobody".into(),
+            chroot: Some(ChrootSpec {
+                binds: vec![
+                    Bind {
+                        source: "/usr".into(),
+                        target: "/usr".into(),
+                    },
+                    Bind {
+                        source: "/etc/ssl/certs".into(),
+                        target: "/etc/ssl/certs".into(),
+                    },
+                ],
+            }),
+        }),
+    }
+}
+
+fn spawn_config_cgroup_bare() -> SpawnConfig {
+    SpawnConfig {
+        cgroup: Some(CgroupSpec {
+            path: "tend/0123abcd/t".into(),
+            daemon_path: None,
+            memory_bytes: None,
+            cpu_mhz: None,
+            pids_max: None,
+        }),
+        isolation: Some(Isolation {
+            user: "65534".into(),
+            chroot: None,
+        }),
+        ..spawn_config_minimal()
+    }
+}
+
+// ---------------------------------------------------------------- coverage
+//
+// Each `*_variant` function names the variant of a value. Its match has no
+// wildcard: a new variant stops this file from compiling right here. Add an arm,
+// add the name to the list beside it, and add a fixture below; the coverage tests
+// fail until every listed variant has one.
+
+const REQUEST_VARIANTS: &[&str] = &["Status", "Wait", "Signal", "Stop", "Stats", "Release"];
+fn request_variant(r: &Request) -> &'static str {
+    match r {
+        Request::Status => "Status",
+        Request::Wait => "Wait",
+        Request::Signal(_) => "Signal",
+        Request::Stop { .. } => "Stop",
+        Request::Stats => "Stats",
+        Request::Release => "Release",
+    }
+}
+
+const RESPONSE_VARIANTS: &[&str] = &["Welcome", "Status", "Ok", "Stats", "Exited", "Error"];
+fn response_variant(r: &Response) -> &'static str {
+    match r {
+        Response::Welcome(_) => "Welcome",
+        Response::Status(_) => "Status",
+        Response::Ok => "Ok",
+        Response::Stats(_) => "Stats",
+        Response::Exited(_) => "Exited",
+        Response::Error(_) => "Error",
+    }
+}
+
+const START_REPORT_VARIANTS: &[&str] = &["Started", "Failed"];
+fn start_report_variant(r: &StartReport) -> &'static str {
+    match r {
+        StartReport::Started { .. } => "Started",
+        StartReport::Failed { .. } => "Failed",
+    }
+}
+
+const TASK_STATE_VARIANTS: &[&str] = &["Running", "Stopping", "Exited"];
+fn task_state_variant(s: &TaskState) -> &'static str {
+    match s {
+        TaskState::Running => "Running",
+        TaskState::Stopping => "Stopping",
+        TaskState::Exited => "Exited",
+    }
+}
+
+// ---------------------------------------------------------------- cases
+
+fn hello_values() -> Vec<(&'static str, Hello)> {
+    vec![(
+        "hello",
+        Hello {
+            version: 1,
+            token: token(),
+        },
+    )]
+}
+
+fn request_values() -> Vec<(&'static str, Request)> {
+    vec![
+        ("request_status", Request::Status),
+        ("request_wait", Request::Wait),
+        ("request_signal", Request::Signal(15)),
+        (
+            "request_stop",
+            Request::Stop {
+                signal: 15,
+                grace_ms: 5000,
+            },
+        ),
+        ("request_stats", Request::Stats),
+        ("request_release", Request::Release),
+    ]
+}
+
+fn response_values() -> Vec<(&'static str, Response)> {
+    vec![
+        (
+            "response_welcome",
+            Response::Welcome(Welcome {
+                version: 1,
+                instance: instance(),
+                daemon_pid: 1234,
+                task_pid: 1240,
+            }),
+        ),
+        (
+            "response_status_running",
+            Response::Status(Status {
+                state: TaskState::Running,
+                task_pid: 1240,
+                daemon_pid: 1234,
+                run: 1,
+                started_at: "2024-05-01T12:00:00Z".into(),
+                exit: None,
+            }),
+        ),
+        (
+            "response_status_stopping",
+            Response::Status(Status {
+                state: TaskState::Stopping,
+                task_pid: 1240,
+                daemon_pid: 1234,
+                run: 2,
+                started_at: "2024-05-01T12:00:00Z".into(),
+                exit: None,
+            }),
+        ),
+        (
+            "response_status_exited",
+            Response::Status(Status {
+                state: TaskState::Exited,
+                task_pid: 4242,
+                daemon_pid: 1234,
+                run: 1,
+                started_at: "2024-05-01T12:00:00Z".into(),
+                exit: Some(exit_code_0()),
+            }),
+        ),
+        ("response_ok", Response::Ok),
+        (
+            "response_stats_full",
+            Response::Stats(Stats {
+                memory_bytes: Some(50 * 1024 * 1024),
+                memory_peak_bytes: Some(64 * 1024 * 1024),
+                cpu_usage_us: Some(1_234_567),
+                pids: Some(3),
+            }),
+        ),
+        (
+            "response_stats_empty",
+            Response::Stats(Stats {
+                memory_bytes: None,
+                memory_peak_bytes: None,
+                cpu_usage_us: None,
+                pids: None,
+            }),
+        ),
+        ("response_exited", Response::Exited(exit_oom_killed())),
+        ("response_error", Response::Error("hello: bad token".into())),
+    ]
+}
+
+fn start_report_values() -> Vec<(&'static str, StartReport)> {
+    vec![
+        (
+            "start_report_started",
+            StartReport::Started {
+                daemon_pid: 1234,
+                task_pid: 1240,
+                instance: instance(),
+            },
+        ),
+        (
+            "start_report_failed_config",
+            StartReport::Failed {
+                stage: Stage::Config,
+                errno: 0,
+                message: "spawn config: task: \"../x\" holds '/' or NUL".into(),
+            },
+        ),
+        (
+            "start_report_failed_cgroup",
+            StartReport::Failed {
+                stage: Stage::Cgroup,
+                errno: 13,
+                message: "cgroup tend/a/t: Permission denied".into(),
+            },
+        ),
+        (
+            "start_report_failed_setuid",
+            StartReport::Failed {
+                stage: Stage::Setuid,
+                errno: 1,
+                message: "setresuid 65534: Operation not permitted".into(),
+            },
+        ),
+        (
+            "start_report_failed_exec",
+            StartReport::Failed {
+                stage: Stage::Exec,
+                errno: 2,
+                message: "exec /bin/nope: No such file or directory".into(),
+            },
+        ),
+        (
+            "start_report_failed_policy",
+            StartReport::Failed {
+                stage: Stage::Policy,
+                errno: 0,
+                message: "policy: user root is not allowed".into(),
+            },
+        ),
+    ]
+}
+
+fn task_state_values() -> Vec<(&'static str, TaskState)> {
+    vec![
+        ("task_state_running", TaskState::Running),
+        ("task_state_stopping", TaskState::Stopping),
+        ("task_state_exited", TaskState::Exited),
+    ]
+}
+
+fn exit_status_values() -> Vec<(&'static str, ExitStatus)> {
+    vec![
+        ("exit_status_code_0", exit_code_0()),
+        ("exit_status_oom_killed", exit_oom_killed()),
+        ("exit_status_core_dumped", exit_core_dumped()),
+        ("exit_status_never_started", exit_never_started()),
+    ]
+}
+
+fn spawn_config_values() -> Vec<(&'static str, SpawnConfig)> {
+    vec![
+        ("spawn_config_minimal", spawn_config_minimal()),
+        ("spawn_config_full", spawn_config_full()),
+        ("spawn_config_cgroup_bare", spawn_config_cgroup_bare()),
+    ]
+}
+
+fn cases_of<T>(values: Vec<(&'static str, T)>) -> Vec<Case>
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
+{
+    values.into_iter().map(|(n, v)| case(n, v)).collect()
+}
+
+fn all_cases() -> Vec<Case> {
+    let mut all = Vec::new();
+    all.extend(cases_of(hello_values()));
+    all.extend(cases_of(request_values()));
+    all.extend(cases_of(response_values()));
+    all.extend(cases_of(start_report_values()));
+    all.extend(cases_of(task_state_values()));
+    all.extend(cases_of(exit_status_values()));
+    all.extend(cases_of(spawn_config_values()));
+    all
+}
+
+fn assert_covers(what: &str, listed: &[&str], covered: impl IntoIterator<Item = &'static str>) {
+    let covered: BTreeSet<&str> = covered.into_iter().collect();
+    let missing: Vec<&&str> = listed.iter().filter(|v| !covered.contains(**v)).collect();
+    assert!(missing.is_empty(), "{what}: no fixture for {missing:?}");
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn hello() {
+    run(cases_of(hello_values()));
+}
+
+#[test]
+fn requests() {
+    run(cases_of(request_values()));
+}
+
+#[test]
+fn responses() {
+    run(cases_of(response_values()));
+}
+
+#[test]
+fn start_reports() {
+    run(cases_of(start_report_values()));
+}
+
+#[test]
+fn task_states() {
+    run(cases_of(task_state_values()));
+}
+
+#[test]
+fn exit_statuses() {
+    run(cases_of(exit_status_values()));
+}
+
+#[test]
+fn spawn_configs() {
+    for (name, c) in spawn_config_values() {
+        // A fixture of a config tend-spawn would refuse pins little of use.
+        c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    run(cases_of(spawn_config_values()));
+}
+
+#[test]
+fn every_variant_has_a_fixture() {
+    assert_covers(
+        "Request",
+        REQUEST_VARIANTS,
+        request_values().iter().map(|(_, v)| request_variant(v)),
+    );
+    assert_covers(
+        "Response",
+        RESPONSE_VARIANTS,
+        response_values().iter().map(|(_, v)| response_variant(v)),
+    );
+    assert_covers(
+        "StartReport",
+        START_REPORT_VARIANTS,
+        start_report_values()
+            .iter()
+            .map(|(_, v)| start_report_variant(v)),
+    );
+    assert_covers(
+        "TaskState",
+        TASK_STATE_VARIANTS,
+        task_state_values()
+            .iter()
+            .map(|(_, v)| task_state_variant(v)),
+    );
+    // Every TaskState also travels inside a Status response.
+    assert_covers(
+        "TaskState in Response::Status",
+        TASK_STATE_VARIANTS,
+        response_values().iter().filter_map(|(_, v)| match v {
+            Response::Status(s) => Some(task_state_variant(&s.state)),
+            _ => None,
+        }),
+    );
+    // Status with and without an exit.
+    let exits: BTreeSet<bool> = response_values()
+        .iter()
+        .filter_map(|(_, v)| match v {
+            Response::Status(s) => Some(s.exit.is_some()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(exits.len(), 2, "Response::Status with and without exit");
+}
+
+/// Stage is a fieldless enum: its wire form is one byte, the variant index, which
+/// must equal its `repr(u8)` discriminant and its place in `Stage::ALL`.
+#[test]
+fn every_stage_has_its_index() {
+    for (i, stage) in Stage::ALL.iter().enumerate() {
+        let index = u8::try_from(i).expect("fewer than 128 stages");
+        assert_eq!(*stage as u8, index, "{stage}: discriminant");
+        assert_eq!(Stage::from_index(index), Some(*stage));
+        let bytes = postcard::to_allocvec(stage).expect("encode stage");
+        assert_eq!(bytes, [index], "{stage}: wire byte");
+        assert_eq!(
+            postcard::from_bytes::<Stage>(&bytes).expect("decode stage"),
+            *stage
+        );
+    }
+    // The last stage pinned here; a new one goes after it.
+    assert_eq!(Stage::ALL.last(), Some(&Stage::Policy));
+}
+
+/// No fixture lies around without a case that checks it, and no name is used twice.
+#[test]
+fn no_orphan_fixtures() {
+    let cases = all_cases();
+    let names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+    let unique: BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(unique.len(), names.len(), "a fixture name is used twice");
+    if blessing() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(fixture_dir()) else {
+        panic!(
+            "no fixture dir {}; bless with `TEND_BLESS=1 cargo test -p tend-proto --test golden`",
+            fixture_dir().display()
+        );
+    };
+    for entry in entries {
+        let path = entry.expect("read fixture dir").path();
+        if path.extension().is_some_and(|e| e == "bin") {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            assert!(
+                unique.contains(stem),
+                "fixture {} has no case in golden.rs: a fixture is never deleted",
+                path.display()
+            );
+        }
+    }
+}
+
+/// The exit status file is read by the next agent after an upgrade too: its JSON
+/// is pinned beside the frames.
+#[test]
+fn exit_status_files() {
+    let failures: Vec<String> = exit_status_values()
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let path = fixture_dir().join(format!("{name}.json"));
+            let json = value.to_json();
+            let on_disk = match read_or_bless(name, &path, &json) {
+                Ok(b) => b,
+                Err(e) => return Some(e),
+            };
+            if on_disk != json {
+                return Some(format!(
+                    "{name}: exit status file format changed:\n--- fixture\n{}\n--- now\n{}",
+                    String::from_utf8_lossy(&on_disk),
+                    String::from_utf8_lossy(&json)
+                ));
+            }
+            match ExitStatus::from_json(&on_disk) {
+                Ok(v) if v == value => None,
+                Ok(v) => Some(format!("{name}: decodes to {v:?}")),
+                Err(e) => Some(format!("{name}: {e}")),
+            }
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// One frame spelled out by hand, so the layout the design describes is visible
+/// without trusting the encoder: `Request::Stop { signal: 15, grace_ms: 5000 }`.
+#[test]
+fn a_frame_spelled_out() {
+    let bytes = std::fs::read(fixture_dir().join("request_stop.bin")).expect("fixture");
+    assert_eq!(
+        bytes,
+        [
+            b'T', b'E', b'N', b'D', // magic
+            0x01, 0x00, // protocol version 1, u16 LE
+            0x04, 0x00, 0x00, 0x00, // body length 4, u32 LE
+            0x03, // variant index 3: Stop
+            0x1e, // signal 15, zigzag varint
+            0x88, 0x27, // grace_ms 5000, varint
+        ]
+    );
+}
