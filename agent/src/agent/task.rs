@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tend_proto::{names, ExitStatus, Request, StartReport, Token, PROTOCOL_VERSION};
+use tend_proto::{ExitStatus, Request, StartReport, Token, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
 
 use super::restart::{Decision, RestartTracker};
@@ -14,7 +14,7 @@ use super::{AgentError, Inner};
 use crate::driver::{self, Launch};
 use crate::ident::ProcId;
 use crate::jobspec::{Driver, Group, Task};
-use crate::paths::{self, AllocDir};
+use crate::paths;
 use crate::spawn::{self, Client};
 use crate::state::{AllocRecord, Desired, Handle, TaskPhase};
 use crate::taskenv;
@@ -103,14 +103,6 @@ pub(crate) fn prepare_alloc(inner: &Inner, record: AllocRecord) -> Result<AllocR
     Ok(record)
 }
 
-fn event(kind: &str, message: impl Into<String>) -> crate::state::TaskEvent {
-    crate::state::TaskEvent {
-        time: tend_proto::time::now(),
-        kind: kind.to_string(),
-        message: message.into(),
-    }
-}
-
 /// The life of one task.
 pub(crate) async fn task_loop(
     inner: Arc<Inner>,
@@ -144,7 +136,7 @@ pub(crate) async fn task_loop(
             Start::Reattach(h) => match reattach(&inner, &alloc_id, &task, h).await {
                 Attach::Live(run) => {
                     resolve(Resolved::Reattached);
-                    wait_run(&inner, &alloc_id, &task, run, &mut ctl, &mut stopping).await
+                    wait_run(&inner, &alloc_id, &task, *run, &mut ctl, &mut stopping).await
                 }
                 Attach::Ended(e) => {
                     resolve(match e {
@@ -410,7 +402,7 @@ async fn start_run(
 }
 
 enum Attach {
-    Live(Run),
+    Live(Box<Run>),
     Ended(Ended),
 }
 
@@ -447,12 +439,12 @@ async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: H
                         r.handle = Some(h);
                         Some(r.event("reattached", format!("run {}: tend-spawn answered", handle.run)))
                     });
-                    return Attach::Live(Run {
+                    return Attach::Live(Box::new(Run {
                         client,
                         socket,
                         token,
                         handle,
-                    });
+                    }));
                 }
             }
         }
@@ -599,12 +591,3 @@ async fn control(socket: &Path, token: Token, req: Request) -> Result<(), spawn:
     c.command(req).await
 }
 
-/// The exit status file name of a task (for the API).
-pub fn exit_status_name(task: &str) -> String {
-    names::exit_status_file(task)
-}
-
-/// The alloc dir of an allocation (for the API).
-pub(crate) fn alloc_dir(inner: &Inner, alloc_id: &str) -> AllocDir {
-    inner.settings.dirs.alloc(alloc_id)
-}

@@ -1,3 +1,96 @@
-//! The agent's HTTP/JSON API on its Unix socket.
+//! The agent's HTTP/JSON API on its Unix socket, `<run_dir>/tend.sock` (0600;
+//! the peer must be root or the agent's own user). `docs/api.md` documents every
+//! route with curl examples.
 
 pub mod http;
+pub mod routes;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::net::UnixListener;
+
+use crate::agent::Agent;
+
+/// The API socket of a run dir.
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("tend.sock")
+}
+
+/// Why the API socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Another agent answers on the socket.
+    #[error("an agent already answers on {0}")]
+    InUse(PathBuf),
+    /// Binding failed.
+    #[error("bind {path}: {source}")]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Bind the API socket: a stale socket file (nothing answers) is replaced, a live
+/// one is refused. The socket is made 0600 before anyone can connect: the run
+/// dir is 0700.
+pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(ServeError::InUse(path.to_path_buf()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ServeError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        ServeError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Serve the API until the listener fails. Each connection is its own task: a
+/// malformed or slow client costs only its connection.
+pub async fn serve(agent: Agent, listener: UnixListener) {
+    let me = nix::unistd::geteuid().as_raw();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "api: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let allowed = stream
+                .peer_cred()
+                .map(|c| c.uid() == 0 || c.uid() == me)
+                .unwrap_or(false);
+            let (r, mut w) = stream.into_split();
+            if !allowed {
+                let _ = http::write_response(
+                    &mut w,
+                    &http::Response::error(403, "this socket serves root and the agent's user only"),
+                )
+                .await;
+                return;
+            }
+            match http::read_request(r).await {
+                Ok(req) => routes::handle(&agent, req, &mut w).await,
+                Err(e) => {
+                    let _ = http::write_response(&mut w, &http::Response::error(e.status(), e.to_string()))
+                        .await;
+                }
+            }
+        });
+    }
+}

@@ -188,6 +188,27 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// Check what the driver can check before anything exists: for exec, root, the
+/// user, the memory floor and the chroot_env sources; for every process driver,
+/// that a command is given.
+pub fn check_task(task: &Task, chroot_env: &[(String, String)]) -> Result<(), DriverError> {
+    match task.driver {
+        Driver::RawExec => {}
+        Driver::Exec => {
+            exec_isolation(task, chroot_env)?;
+        }
+        Driver::Docker => return Ok(()),
+    }
+    if task.config.command.as_deref().is_none_or(str::is_empty) {
+        return Err(DriverError::Field {
+            task: task.name.clone(),
+            field: "config.command",
+            reason: "is required".into(),
+        });
+    }
+    Ok(())
+}
+
 /// The spawn config of one run of a task.
 pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
     let task = l.task;

@@ -71,3 +71,27 @@ pub fn parse_file(path: &std::path::Path) -> Result<Job, String> {
             .collect(),
     })
 }
+
+/// Parse job text (placeholder until the located parser lands).
+pub fn parse_str(src: &str, _name: &str) -> Result<Job, Vec<PlaceholderDiag>> {
+    let dir = std::env::temp_dir().join(format!("tend-job-{}", std::process::id()));
+    std::fs::write(&dir, src).map_err(|e| vec![PlaceholderDiag { file: String::new(), line: 0, column: 0, path: String::new(), message: e.to_string() }])?;
+    let r = parse_file(&dir).map_err(|e| vec![PlaceholderDiag { file: String::new(), line: 0, column: 0, path: String::new(), message: e }]);
+    let _ = std::fs::remove_file(&dir);
+    r
+}
+
+/// Placeholder diagnostic.
+#[derive(Debug)]
+pub struct PlaceholderDiag {
+    /// f
+    pub file: String,
+    /// l
+    pub line: usize,
+    /// c
+    pub column: usize,
+    /// p
+    pub path: String,
+    /// m
+    pub message: String,
+}
