@@ -3,3 +3,4 @@
 
 pub mod jobspec;
 pub mod ports;
+pub mod taskenv;
