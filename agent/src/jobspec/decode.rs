@@ -434,12 +434,11 @@ fn decode_config(
         .and_then(|a| boolean(c, &a.value, &sub(path, "privileged")))
         .unwrap_or(false);
     cfg.labels = string_map(c, &v, "labels", path, false);
-    for (label, at, value) in map_entries(c, &v, "port_map", path) {
+    for (label, _, value) in map_entries(c, &v, "port_map", path) {
         let p = format!("{path}.port_map.{label}");
         if let Some(n) = int_in(c, value, &p, 1, 65535, "a port number 1-65535") {
             cfg.port_map.insert(label, u16::try_from(n).unwrap_or(0));
         }
-        let _ = at;
     }
     match driver {
         Some(Driver::RawExec | Driver::Exec)

@@ -604,3 +604,61 @@ fn parse_file_reads_and_names_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn json_unknown_keys_and_block_shapes_are_located() {
+    let json = "{\"job\": {\"j\": {\"group\": {\"g\": {\"task\": {\"t\": {\n  \"driver\": \"raw_exec\",\n  \"config\": {\"command\": \"/bin/true\"},\n  \"bogus\": 1,\n  \"logs\": 3\n}}}}}}}";
+    let e = errs(json);
+    let shown: Vec<String> = e.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 2, "{shown:#?}");
+    assert!(
+        shown[0].starts_with("t.hcl:4:3: job.j.group.g.task.t.bogus: unknown attribute \"bogus\""),
+        "{}",
+        shown[0]
+    );
+    assert!(
+        shown[1].starts_with("t.hcl:5:11: \"logs\" is a block: expected a JSON object, got 3"),
+        "{}",
+        shown[1]
+    );
+}
+
+#[test]
+fn chroot_env_needs_the_attribute_form_in_hcl2() {
+    // HCL2 allows only identifiers as keys in a block body, so quoted paths
+    // need `chroot_env = { ... }`.
+    let ok = parse_str(
+        &task_with("      chroot_env = { \"/bin\" = \"/bin\", \"/etc/ssl\" = \"/etc/ssl\" }"),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(ok.groups[0].tasks[0].chroot_env.as_ref().unwrap().len(), 2);
+    let e = errs(&task_with(
+        "      chroot_env {\n        \"/bin\" = \"/bin\"\n      }",
+    ));
+    assert!(e[0].message.starts_with("HCL syntax error"));
+    one_err(
+        &task_with("      chroot_env = { bin = \"/bin\" }"),
+        8,
+        7,
+        "job.web.group.g.task.t.chroot_env",
+        "absolute",
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn parsing_never_panics(src in proptest::prelude::any::<String>()) {
+        let _ = parse_str(&src, "p");
+        let _ = parse_str(&format!("{{{src}"), "p");
+    }
+
+    #[test]
+    fn mutated_job_files_never_panic(cut in 0usize..600, insert in "[{}\"=\\[\\]$ a-z0-9\n#.-]{0,8}") {
+        let mut s = GREET.to_string();
+        let mut at = cut.min(s.len());
+        while !s.is_char_boundary(at) { at -= 1; }
+        s.insert_str(at, &insert);
+        let _ = parse_str(&s, "p");
+    }
+}

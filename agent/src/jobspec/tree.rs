@@ -145,8 +145,8 @@ fn hcl_value(e: &Expression, src: &str, diags: &mut Collector<'_>) -> Value {
                 })
                 .collect(),
         ),
-        Expression::StringTemplate(t) => template_text(t.iter(), src, at, diags),
-        Expression::HeredocTemplate(h) => template_text(h.template.iter(), src, at, diags),
+        Expression::StringTemplate(t) => template_text(t.iter(), src, diags),
+        Expression::HeredocTemplate(h) => template_text(h.template.iter(), src, diags),
         Expression::Parenthesis(p) => return hcl_value(p.inner(), src, diags),
         Expression::Variable(_) => Kind::Unsupported("a variable reference"),
         Expression::Conditional(_) => Kind::Unsupported("a conditional expression"),
@@ -165,7 +165,6 @@ fn hcl_value(e: &Expression, src: &str, diags: &mut Collector<'_>) -> Value {
 fn template_text<'a>(
     elements: impl Iterator<Item = &'a Element>,
     src: &str,
-    at: usize,
     diags: &mut Collector<'_>,
 ) -> Kind {
     let mut out = String::new();
@@ -189,7 +188,6 @@ fn template_text<'a>(
                 }
             },
             Element::Directive(_) => {
-                let _ = at;
                 return Kind::Unsupported(
                     "a template directive (%{...}; write %%{ for a literal %{)",
                 );
