@@ -74,7 +74,7 @@ pub fn parse_str(src: &str, file_name: &str) -> Result<Job, Diagnostics> {
     let mut c = Collector::new(file_name, src);
     let tree = if src.trim_start().starts_with('{') {
         match json::parse(src) {
-            Ok(v) => tree::from_json(v, tree::BodyKind::Root, &mut c),
+            Ok(v) => tree::from_json(v, tree::BodyKind::Root, "", &mut c),
             Err((at, msg)) => {
                 c.error(at, "", format!("JSON syntax error: {msg}"));
                 return Err(c.finish());

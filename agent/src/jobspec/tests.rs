@@ -617,7 +617,7 @@ fn json_unknown_keys_and_block_shapes_are_located() {
         shown[0]
     );
     assert!(
-        shown[1].starts_with("t.hcl:5:11: \"logs\" is a block: expected a JSON object, got 3"),
+        shown[1].starts_with("t.hcl:5:11: job.j.group.g.task.t.logs: \"logs\" is a block: expected a JSON object, got 3"),
         "{}",
         shown[1]
     );

@@ -228,7 +228,7 @@ fn child_blocks(kind: BodyKind) -> &'static [(&'static str, usize, BodyKind)] {
 }
 
 /// Converts a JSON object (HCL's JSON syntax) into the located tree.
-pub(crate) fn from_json(obj: Value, kind: BodyKind, diags: &mut Collector<'_>) -> Body {
+pub(crate) fn from_json(obj: Value, kind: BodyKind, path: &str, diags: &mut Collector<'_>) -> Body {
     let mut body = Body::default();
     let Kind::Object(entries) = obj.kind else {
         diags.error(
@@ -247,6 +247,7 @@ pub(crate) fn from_json(obj: Value, kind: BodyKind, diags: &mut Collector<'_>) -
                 nlabels,
                 child,
                 Vec::new(),
+                path,
                 &mut body,
                 diags,
             ),
@@ -268,26 +269,46 @@ fn json_blocks(
     nlabels: usize,
     kind: BodyKind,
     labels: Vec<(String, usize)>,
+    parent: &str,
     out: &mut Body,
     diags: &mut Collector<'_>,
 ) {
+    let mut path = if parent.is_empty() {
+        ident.to_string()
+    } else {
+        format!("{parent}.{ident}")
+    };
+    for (l, _) in &labels {
+        path.push('.');
+        path.push_str(l);
+    }
     match value.kind {
         // HCL's JSON syntax: an array stands for several blocks of one kind.
         Kind::Array(elems) => {
             for el in elems {
-                json_blocks(ident, at, el, nlabels, kind, labels.clone(), out, diags);
+                json_blocks(
+                    ident,
+                    at,
+                    el,
+                    nlabels,
+                    kind,
+                    labels.clone(),
+                    parent,
+                    out,
+                    diags,
+                );
             }
         }
         Kind::Object(entries) if labels.len() < nlabels => {
             for (label, lat, v) in entries {
                 let mut l = labels.clone();
                 l.push((label, lat));
-                json_blocks(ident, at, v, nlabels, kind, l, out, diags);
+                json_blocks(ident, at, v, nlabels, kind, l, parent, out, diags);
             }
         }
         Kind::Object(_) => {
             let block_at = labels.last().map_or(at, |l| l.1);
-            let body = from_json(value, kind, diags);
+            let body = from_json(value, kind, &path, diags);
             out.items.push(Item::Block(Block {
                 ident: ident.to_string(),
                 at: block_at,
@@ -297,7 +318,7 @@ fn json_blocks(
         }
         other => diags.error(
             value.at,
-            "",
+            &path,
             format!(
                 "\"{ident}\" is a block: expected a JSON object{}, got {}",
                 if nlabels > 0 {
