@@ -64,21 +64,6 @@ pub enum Desired {
     Stop,
 }
 
-/// A port handed to an allocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AssignedPort {
-    /// The task it belongs to.
-    pub task: String,
-    /// The label.
-    pub label: String,
-    /// Host IP.
-    pub host_ip: String,
-    /// Host port.
-    pub host_port: u16,
-    /// Port inside the container (docker), else the host port.
-    pub to: u16,
-}
-
 /// `alloc.json`: what an allocation runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AllocRecord {
@@ -96,8 +81,8 @@ pub struct AllocRecord {
     pub desired: Desired,
     /// When it was created (RFC 3339).
     pub created_at: String,
-    /// Ports handed to its tasks.
-    pub ports: Vec<AssignedPort>,
+    /// Ports handed to its tasks, by task.
+    pub ports: std::collections::BTreeMap<String, Vec<crate::ports::AssignedPort>>,
 }
 
 /// Where a task is in its life.
@@ -471,7 +456,7 @@ mod tests {
             index: 0,
             desired: Desired::Run,
             created_at: tend_proto::time::now(),
-            ports: vec![],
+            ports: Default::default(),
         };
         store.put_alloc(&a).unwrap();
         let mut t = TaskRecord::new("a1", "web");

@@ -234,7 +234,13 @@ plugin "docker" {
         let c = AgentConfig::parse(text, Path::new("a.hcl")).unwrap();
         assert_eq!(c.data_dir.as_deref(), Some(Path::new("/tmp/d")));
         assert_eq!(c.log_format, Some(LogFormat::Json));
-        assert_eq!(c.ports, Some(PortRange { min: 30000, max: 30100 }));
+        assert_eq!(
+            c.ports,
+            Some(PortRange {
+                min: 30000,
+                max: 30100
+            })
+        );
         assert!(!c.driver_enabled("raw_exec"));
         assert!(c.driver_enabled("exec"));
         assert!(c.plugin["docker"].allow_privileged);
@@ -246,8 +252,8 @@ plugin "docker" {
         assert!(e.to_string().contains("colour"), "{e}");
         let e = AgentConfig::parse("plugin \"lxc\" {\n}\n", Path::new("a.hcl")).unwrap_err();
         assert!(e.to_string().contains("unknown driver"), "{e}");
-        let e = AgentConfig::parse("ports {\n min = 9\n max = 1\n}\n", Path::new("a.hcl"))
-            .unwrap_err();
+        let e =
+            AgentConfig::parse("ports {\n min = 9\n max = 1\n}\n", Path::new("a.hcl")).unwrap_err();
         assert!(e.to_string().contains("range"), "{e}");
         let e = AgentConfig::parse("cgroup_parent = \"../x\"\n", Path::new("a.hcl")).unwrap_err();
         assert!(e.to_string().contains("cgroup_parent"), "{e}");

@@ -57,7 +57,10 @@ impl Settings {
             spawn_bin: spawn_bin
                 .or_else(|| config.spawn_bin.clone())
                 .unwrap_or_else(crate::spawn::launch::default_spawn_bin),
-            cgroup_parent: config.cgroup_parent.clone().unwrap_or_else(|| "tend".into()),
+            cgroup_parent: config
+                .cgroup_parent
+                .clone()
+                .unwrap_or_else(|| "tend".into()),
             chroot_env: config
                 .chroot_env
                 .as_ref()
@@ -130,6 +133,7 @@ pub(crate) struct Inner {
     pub(crate) store: StateStore,
     pub(crate) allocs: Mutex<BTreeMap<String, AllocSlot>>,
     pub(crate) events: broadcast::Sender<EventLine>,
+    pub(crate) ports: crate::ports::PortAllocator,
 }
 
 impl Inner {
@@ -206,9 +210,8 @@ pub struct ReattachReport {
 impl Agent {
     /// An agent over `settings`; creates its dirs.
     pub fn new(settings: Settings) -> Result<Agent, AgentError> {
-        let internal = |what: &str, e: &dyn std::fmt::Display| {
-            AgentError::Internal(format!("{what}: {e}"))
-        };
+        let internal =
+            |what: &str, e: &dyn std::fmt::Display| AgentError::Internal(format!("{what}: {e}"));
         std::fs::create_dir_all(&settings.dirs.data_dir)
             .map_err(|e| internal(&format!("create {}", settings.dirs.data_dir.display()), &e))?;
         crate::paths::ensure_private_dir(&settings.dirs.run_dir)
@@ -222,12 +225,19 @@ impl Agent {
         let store = StateStore::open(&settings.dirs.state_dir())
             .map_err(|e| internal("state store", &e))?;
         let (events, _) = broadcast::channel(1024);
+        let r = settings.port_range;
+        let ports = crate::ports::PortAllocator::new(
+            r.min..=r.max,
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        )
+        .map_err(|e| internal("ports", &e))?;
         Ok(Agent {
             inner: Arc::new(Inner {
                 settings,
                 store,
                 allocs: Mutex::new(BTreeMap::new()),
                 events,
+                ports,
             }),
         })
     }
@@ -253,6 +263,12 @@ impl Agent {
         let mut waits = Vec::new();
         for (alloc, tasks) in loaded {
             let alloc_id = alloc.alloc_id.clone();
+            if tasks.iter().any(|t| t.phase != TaskPhase::Dead) {
+                self.inner.ports.reserve(
+                    &alloc_id,
+                    alloc.ports.values().flatten().map(|p| p.host_port),
+                );
+            }
             let mut starts = Vec::new();
             {
                 let mut allocs = self.inner.allocs.lock().expect("allocs lock");
@@ -268,7 +284,13 @@ impl Agent {
                         (_, None) => Some(Start::Fresh),
                     };
                     let name = rec.task.clone();
-                    slot.tasks.insert(name.clone(), TaskSlot { record: rec, ctl: tx });
+                    slot.tasks.insert(
+                        name.clone(),
+                        TaskSlot {
+                            record: rec,
+                            ctl: tx,
+                        },
+                    );
                     if let Some(s) = start {
                         starts.push((name, rx, s));
                     }
@@ -329,7 +351,7 @@ impl Agent {
                     index,
                     desired: Desired::Run,
                     created_at: tend_proto::time::now(),
-                    ports: Vec::new(),
+                    ports: Default::default(),
                 };
                 let record = task::prepare_alloc(&self.inner, record)?;
                 self.inner
@@ -349,7 +371,13 @@ impl Agent {
                         if let Err(e) = self.inner.store.put_task(&rec) {
                             return Err(AgentError::Internal(e.to_string()));
                         }
-                        slot.tasks.insert(t.name.clone(), TaskSlot { record: rec, ctl: tx });
+                        slot.tasks.insert(
+                            t.name.clone(),
+                            TaskSlot {
+                                record: rec,
+                                ctl: tx,
+                            },
+                        );
                         starts.push((t.name.clone(), rx));
                     }
                     allocs.insert(alloc_id.clone(), slot);
@@ -378,12 +406,17 @@ impl Agent {
         }
         let hits: Vec<&String> = allocs.keys().filter(|k| k.starts_with(prefix)).collect();
         match hits.as_slice() {
-            [] => Err(AgentError::NotFound(format!("no allocation matches {prefix:?}"))),
+            [] => Err(AgentError::NotFound(format!(
+                "no allocation matches {prefix:?}"
+            ))),
             [one] => Ok((*one).clone()),
             many => Err(AgentError::Ambiguous(format!(
                 "{prefix:?} matches {} allocations: {}",
                 many.len(),
-                many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
@@ -405,7 +438,12 @@ impl Agent {
     }
 
     /// Send a signal to a running task.
-    pub async fn signal_task(&self, alloc_id: &str, task: &str, signo: i32) -> Result<(), AgentError> {
+    pub async fn signal_task(
+        &self,
+        alloc_id: &str,
+        task: &str,
+        signo: i32,
+    ) -> Result<(), AgentError> {
         let (tx, rx) = oneshot::channel();
         {
             let allocs = self.inner.allocs.lock().expect("allocs lock");
@@ -427,7 +465,9 @@ impl Agent {
         }
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
             Ok(Ok(r)) => r.map_err(AgentError::Conflict),
-            _ => Err(AgentError::Conflict(format!("task {task} did not take the signal"))),
+            _ => Err(AgentError::Conflict(format!(
+                "task {task} did not take the signal"
+            ))),
         }
     }
 

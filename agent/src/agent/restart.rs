@@ -48,7 +48,9 @@ impl RestartTracker {
             RestartMode::Fail => Decision::Fail,
             RestartMode::Delay => {
                 let window_end = self.window_start.unwrap_or(now) + self.policy.interval;
-                let wait = window_end.saturating_duration_since(now).max(self.policy.delay);
+                let wait = window_end
+                    .saturating_duration_since(now)
+                    .max(self.policy.delay);
                 self.window_start = Some(now + wait);
                 self.count = 0;
                 Decision::Restart(wait)
@@ -75,7 +77,10 @@ mod tests {
         let mut t = RestartTracker::new(policy(2, RestartMode::Fail));
         let now = Instant::now();
         assert_eq!(t.on_failure(now), Decision::Restart(Duration::from_secs(1)));
-        assert_eq!(t.on_failure(now + Duration::from_secs(2)), Decision::Restart(Duration::from_secs(1)));
+        assert_eq!(
+            t.on_failure(now + Duration::from_secs(2)),
+            Decision::Restart(Duration::from_secs(1))
+        );
         assert_eq!(t.on_failure(now + Duration::from_secs(4)), Decision::Fail);
     }
 
@@ -84,7 +89,10 @@ mod tests {
         let mut t = RestartTracker::new(policy(1, RestartMode::Fail));
         let now = Instant::now();
         assert!(matches!(t.on_failure(now), Decision::Restart(_)));
-        assert!(matches!(t.on_failure(now + Duration::from_secs(61)), Decision::Restart(_)));
+        assert!(matches!(
+            t.on_failure(now + Duration::from_secs(61)),
+            Decision::Restart(_)
+        ));
         assert_eq!(t.on_failure(now + Duration::from_secs(62)), Decision::Fail);
     }
 

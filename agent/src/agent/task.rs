@@ -17,7 +17,6 @@ use crate::jobspec::{Driver, Group, Task};
 use crate::paths;
 use crate::spawn::{self, Client};
 use crate::state::{AllocRecord, Desired, Handle, TaskPhase};
-use crate::taskenv;
 
 /// What the API asks of a running task.
 #[derive(Debug)]
@@ -78,7 +77,10 @@ pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
 }
 
 /// Create the allocation's dirs and hand its tasks what they need.
-pub(crate) fn prepare_alloc(inner: &Inner, record: AllocRecord) -> Result<AllocRecord, AgentError> {
+pub(crate) fn prepare_alloc(
+    inner: &Inner,
+    mut record: AllocRecord,
+) -> Result<AllocRecord, AgentError> {
     let alloc = inner.settings.dirs.alloc(&record.alloc_id);
     let group = record
         .job
@@ -91,10 +93,20 @@ pub(crate) fn prepare_alloc(inner: &Inner, record: AllocRecord) -> Result<AllocR
         AgentError::Internal(format!("create alloc dir {}: {e}", alloc.root.display()))
     })?;
     for t in &group.tasks {
+        match inner.ports.allocate(&record.alloc_id, &t.resources.ports) {
+            Ok(p) => {
+                record.ports.insert(t.name.clone(), p);
+            }
+            Err(e) => {
+                inner.ports.release(&record.alloc_id);
+                return Err(AgentError::Conflict(format!("task {}: {e}", t.name)));
+            }
+        }
         if t.driver == Driver::Exec {
             let user = t.user.as_deref().unwrap_or(driver::DEFAULT_EXEC_USER);
-            let (uid, gid) = driver::resolve_user(user)
-                .ok_or_else(|| AgentError::Invalid(format!("task {}: user: unknown user {user:?}", t.name)))?;
+            let (uid, gid) = driver::resolve_user(user).ok_or_else(|| {
+                AgentError::Invalid(format!("task {}: user: unknown user {user:?}", t.name))
+            })?;
             alloc.prepare_for_user(&t.name, uid, gid).map_err(|e| {
                 AgentError::Internal(format!("prepare {}: {e}", alloc.root.display()))
             })?;
@@ -178,7 +190,13 @@ pub(crate) async fn task_loop(
         }
         match tracker.on_failure(Instant::now()) {
             Decision::Fail => {
-                finish(&inner, &alloc_id, &name, true, "failed: restart attempts exhausted");
+                finish(
+                    &inner,
+                    &alloc_id,
+                    &name,
+                    true,
+                    "failed: restart attempts exhausted",
+                );
                 return;
             }
             Decision::Restart(delay) => {
@@ -230,6 +248,15 @@ fn finish(inner: &Inner, alloc_id: &str, task: &str, failed: bool, why: &str) {
         r.finished_at = Some(tend_proto::time::now());
         Some(r.event("dead", why.to_string()))
     });
+    let all_dead = inner
+        .allocs
+        .lock()
+        .expect("allocs lock")
+        .get(alloc_id)
+        .is_some_and(|a| a.tasks.values().all(|t| t.record.phase == TaskPhase::Dead));
+    if all_dead {
+        inner.ports.release(alloc_id);
+    }
 }
 
 fn record_end(inner: &Inner, alloc_id: &str, task: &str, ended: Ended) {
@@ -252,25 +279,6 @@ fn record_end(inner: &Inner, alloc_id: &str, task: &str, ended: Ended) {
     });
 }
 
-fn task_env(inner: &Inner, alloc: &AllocRecord, group: &Group, task: &Task) -> Vec<(String, String)> {
-    let dir = inner.settings.dirs.alloc(&alloc.alloc_id);
-    let (alloc_dir, task_dir) = match task.driver {
-        Driver::RawExec => (dir.shared(), dir.task_local(&task.name)),
-        Driver::Exec | Driver::Docker => (PathBuf::from("/alloc"), PathBuf::from("/local")),
-    };
-    taskenv::build(&taskenv::Input {
-        alloc_id: &alloc.alloc_id,
-        job: &alloc.job.name,
-        group: &group.name,
-        index: alloc.index,
-        task,
-        alloc_dir: &alloc_dir,
-        task_dir: &task_dir,
-        job_meta: &alloc.job.meta,
-        group_meta: &group.meta,
-    })
-}
-
 /// Start a new run: move the last exit file aside, persist the handle before the
 /// daemon exists (so a crash right after is still found), launch, persist again.
 async fn start_run(
@@ -281,9 +289,7 @@ async fn start_run(
 ) -> Result<Run, ExitStatus> {
     let alloc_id = &alloc.alloc_id;
     let dir = inner.settings.dirs.alloc(alloc_id);
-    let prev = inner
-        .task_record(alloc_id, &task.name)
-        .map_or(0, |r| r.run);
+    let prev = inner.task_record(alloc_id, &task.name).map_or(0, |r| r.run);
     let run = prev + 1;
     let never = |msg: String| {
         let e = ExitStatus::never_started(alloc_id, &task.name, run, msg);
@@ -298,14 +304,20 @@ async fn start_run(
             tracing::warn!(error = %e, "cannot move the last exit status file aside");
         }
     }
-    let env = task_env(inner, alloc, group, task);
-    let command = taskenv::interpolate(task.config.command.as_deref().unwrap_or(""), &env);
-    let args: Vec<String> = task
-        .config
-        .args
-        .iter()
-        .map(|a| taskenv::interpolate(a, &env))
-        .collect();
+    let ports = alloc.ports.get(&task.name).cloned().unwrap_or_default();
+    let setup = match driver::task_setup(&driver::TaskContext {
+        job: &alloc.job,
+        group,
+        index: alloc.index,
+        task,
+        alloc_id,
+        alloc: &dir,
+        ports: &ports,
+        env_allowlist: &inner.settings.env_allowlist,
+    }) {
+        Ok(s) => s,
+        Err(e) => return Err(never(e.to_string())),
+    };
     let token = Token(paths::random_bytes::<32>());
     let config = match driver::spawn_config(&Launch {
         dirs: &inner.settings.dirs,
@@ -313,9 +325,9 @@ async fn start_run(
         alloc: &dir,
         task,
         run,
-        env,
-        command,
-        args,
+        env: setup.env,
+        command: setup.command.unwrap_or_default(),
+        args: setup.args,
         token,
         chroot_env: &inner.settings.chroot_env,
         cgroup_parent: &inner.settings.cgroup_parent,
@@ -393,7 +405,9 @@ async fn start_run(
             token,
             handle,
         }),
-        Ok(_) => Err(never("the daemon at the socket is not the one started".into())),
+        Ok(_) => Err(never(
+            "the daemon at the socket is not the one started".into(),
+        )),
         Err(e) => Err(match daemon_gone(&handle, &e.to_string()) {
             Ended::Exit(e) => e,
             Ended::Lost(why) => never(why),
@@ -412,7 +426,10 @@ async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: H
     if let (Some(socket), Some(token)) = (handle.socket_path.clone(), token) {
         let socket = PathBuf::from(socket);
         let daemon = match (handle.daemon_pid, handle.daemon_start_time) {
-            (Some(pid), Some(st)) => Some(ProcId { pid, start_time: st }),
+            (Some(pid), Some(st)) => Some(ProcId {
+                pid,
+                start_time: st,
+            }),
             _ => None,
         };
         // A daemon recorded by pid must still be that very process; one persisted
@@ -437,7 +454,10 @@ async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: H
                     inner.update_task(alloc_id, &task.name, |r| {
                         r.phase = TaskPhase::Running;
                         r.handle = Some(h);
-                        Some(r.event("reattached", format!("run {}: tend-spawn answered", handle.run)))
+                        Some(r.event(
+                            "reattached",
+                            format!("run {}: tend-spawn answered", handle.run),
+                        ))
                     });
                     return Attach::Live(Box::new(Run {
                         client,
@@ -479,10 +499,17 @@ fn daemon_gone(handle: &Handle, why: &str) -> Ended {
 /// process group if the task still is ours, and everything in its cgroup.
 fn kill_leftovers(handle: &Handle) {
     if let (Some(pid), Some(st)) = (handle.daemon_pid, handle.daemon_start_time) {
-        ProcId { pid, start_time: st }.signal(libc_sigkill());
+        ProcId {
+            pid,
+            start_time: st,
+        }
+        .signal(libc_sigkill());
     }
     if let (Some(pid), Some(st)) = (handle.task_pid, handle.task_start_time) {
-        let task = ProcId { pid, start_time: st };
+        let task = ProcId {
+            pid,
+            start_time: st,
+        };
         if task.open().is_some() {
             // The task leads its own process group (tend-spawn puts it there).
             let _ = nix::sys::signal::killpg(
@@ -504,7 +531,9 @@ fn kill_leftovers(handle: &Handle) {
                     tracing::warn!(cgroup = %path, error = %e, "cannot remove the lost task's cgroup");
                 }
             }
-            Err(e) => tracing::warn!(cgroup = %path, error = %e, "cannot open the lost task's cgroup"),
+            Err(e) => {
+                tracing::warn!(cgroup = %path, error = %e, "cannot open the lost task's cgroup")
+            }
         }
     }
 }
@@ -590,4 +619,3 @@ async fn control(socket: &Path, token: Token, req: Request) -> Result<(), spawn:
     let mut c = Client::connect(socket, token).await?;
     c.command(req).await
 }
-

@@ -79,7 +79,10 @@ pub async fn serve(agent: Agent, listener: UnixListener) {
             if !allowed {
                 let _ = http::write_response(
                     &mut w,
-                    &http::Response::error(403, "this socket serves root and the agent's user only"),
+                    &http::Response::error(
+                        403,
+                        "this socket serves root and the agent's user only",
+                    ),
                 )
                 .await;
                 return;
@@ -87,8 +90,11 @@ pub async fn serve(agent: Agent, listener: UnixListener) {
             match http::read_request(r).await {
                 Ok(req) => routes::handle(&agent, req, &mut w).await,
                 Err(e) => {
-                    let _ = http::write_response(&mut w, &http::Response::error(e.status(), e.to_string()))
-                        .await;
+                    let _ = http::write_response(
+                        &mut w,
+                        &http::Response::error(e.status(), e.to_string()),
+                    )
+                    .await;
                 }
             }
         });

@@ -38,7 +38,10 @@ pub async fn handle<W: AsyncWrite + Unpin>(agent: &Agent, req: Request, w: &mut 
             405,
             format!("{} is not allowed on {}", req.method, req.path),
         )),
-        _ => Err(Response::error(404, format!("no route {} {}", req.method, req.path))),
+        _ => Err(Response::error(
+            404,
+            format!("no route {} {}", req.method, req.path),
+        )),
     };
     let resp = resp.unwrap_or_else(|e| e);
     let _ = http::write_response(w, &resp).await;
@@ -189,25 +192,61 @@ pub fn parse_signal(s: &str) -> Option<i32> {
         return nix::sys::signal::Signal::try_from(n).ok().map(|s| s as i32);
     }
     let up = s.trim().to_ascii_uppercase();
-    let full = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
-    full.parse::<nix::sys::signal::Signal>().ok().map(|s| s as i32)
+    let full = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    full.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
 }
 
-async fn signal(agent: &Agent, prefix: &str, task: &str, req: &Request) -> Result<Response, Response> {
+async fn signal(
+    agent: &Agent,
+    prefix: &str,
+    task: &str,
+    req: &Request,
+) -> Result<Response, Response> {
     let id = agent.resolve_alloc(prefix).map_err(agent_err)?;
-    let body: Value = serde_json::from_slice(&req.body)
-        .map_err(|e| Response::error(400, format!("body: expected {{\"signal\": \"SIGHUP\"}}: {e}")))?;
+    let body: Value = serde_json::from_slice(&req.body).map_err(|e| {
+        Response::error(
+            400,
+            format!("body: expected {{\"signal\": \"SIGHUP\"}}: {e}"),
+        )
+    })?;
     let sig = match body.get("signal") {
         Some(Value::String(s)) => parse_signal(s),
-        Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()).and_then(|n| parse_signal(&n.to_string())),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .and_then(|n| parse_signal(&n.to_string())),
         _ => None,
     }
-    .ok_or_else(|| Response::error(400, format!("signal: {} is not a signal", body.get("signal").map_or("missing".to_string(), |v| v.to_string()))))?;
+    .ok_or_else(|| {
+        Response::error(
+            400,
+            format!(
+                "signal: {} is not a signal",
+                body.get("signal")
+                    .map_or("missing".to_string(), |v| v.to_string())
+            ),
+        )
+    })?;
     agent.signal_task(&id, task, sig).await.map_err(agent_err)?;
-    Ok(Response::json(200, &json!({ "id": id, "task": task, "signal": sig })))
+    Ok(Response::json(
+        200,
+        &json!({ "id": id, "task": task, "signal": sig }),
+    ))
 }
 
-async fn logs<W: AsyncWrite + Unpin>(agent: &Agent, prefix: &str, task: &str, req: &Request, w: &mut W) {
+async fn logs<W: AsyncWrite + Unpin>(
+    agent: &Agent,
+    prefix: &str,
+    task: &str,
+    req: &Request,
+    w: &mut W,
+) {
     let fail = |e: Response| e;
     let id = match agent.resolve_alloc(prefix) {
         Ok(id) => id,
@@ -235,7 +274,10 @@ async fn logs<W: AsyncWrite + Unpin>(agent: &Agent, prefix: &str, task: &str, re
     if stream != "stdout" && stream != "stderr" {
         let _ = http::write_response(
             w,
-            &Response::error(400, format!("stream: {stream:?} (expected stdout or stderr)")),
+            &Response::error(
+                400,
+                format!("stream: {stream:?} (expected stdout or stderr)"),
+            ),
         )
         .await;
         return;
@@ -244,11 +286,15 @@ async fn logs<W: AsyncWrite + Unpin>(agent: &Agent, prefix: &str, task: &str, re
         None => 0,
         Some(Ok(n)) => n,
         Some(Err(_)) => {
-            let _ = http::write_response(w, &Response::error(400, "offset: expected a byte count")).await;
+            let _ = http::write_response(w, &Response::error(400, "offset: expected a byte count"))
+                .await;
             return;
         }
     };
-    let follow = req.query.get("follow").is_some_and(|f| f == "true" || f == "1");
+    let follow = req
+        .query
+        .get("follow")
+        .is_some_and(|f| f == "true" || f == "1");
     let max_files = alloc
         .job
         .groups
@@ -281,7 +327,9 @@ async fn logs<W: AsyncWrite + Unpin>(agent: &Agent, prefix: &str, task: &str, re
         return;
     }
     let _ = trec;
-    if http::write_stream_head(w, 200, "application/octet-stream").await.is_err()
+    if http::write_stream_head(w, 200, "application/octet-stream")
+        .await
+        .is_err()
         || http::write_chunk(w, &all[start..]).await.is_err()
     {
         return;
@@ -308,7 +356,10 @@ async fn logs<W: AsyncWrite + Unpin>(agent: &Agent, prefix: &str, task: &str, re
 }
 
 async fn events<W: AsyncWrite + Unpin>(agent: &Agent, req: &Request, w: &mut W) {
-    let follow = req.query.get("follow").is_none_or(|f| f == "true" || f == "1");
+    let follow = req
+        .query
+        .get("follow")
+        .is_none_or(|f| f == "true" || f == "1");
     let mut rx = agent.events();
     let mut recent: Vec<Value> = agent
         .snapshot()
@@ -326,7 +377,10 @@ async fn events<W: AsyncWrite + Unpin>(agent: &Agent, req: &Request, w: &mut W) 
         let _ = http::write_response(w, &Response::json(200, &json!({ "events": recent }))).await;
         return;
     }
-    if http::write_stream_head(w, 200, "application/x-ndjson").await.is_err() {
+    if http::write_stream_head(w, 200, "application/x-ndjson")
+        .await
+        .is_err()
+    {
         return;
     }
     loop {

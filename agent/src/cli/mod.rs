@@ -1,12 +1,21 @@
 //! The `tend` command line: a file per verb; this module parses and dispatches.
 
+pub mod agent;
+pub mod client;
+pub mod job_init;
+pub mod logs;
 pub mod run;
+pub mod signal;
+pub mod status;
+pub mod stop;
+pub mod validate;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 use crate::paths::Dirs;
+use client::ApiClient;
 
 /// tend runs tasks on one host and keeps them alive while the agent restarts.
 #[derive(Debug, Parser)]
@@ -19,8 +28,8 @@ pub struct Cli {
     #[arg(long, env = "TEND_RUN_DIR", global = true)]
     pub run_dir: Option<PathBuf>,
     /// Log level of tend itself: error, warn, info, debug, trace
-    #[arg(long, env = "TEND_LOG", global = true, default_value = "warn")]
-    pub log_level: String,
+    #[arg(long, env = "TEND_LOG", global = true)]
+    pub log_level: Option<String>,
     /// The verb.
     #[command(subcommand)]
     pub command: Command,
@@ -29,20 +38,99 @@ pub struct Cli {
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a job file: in the foreground when no agent is running.
+    /// Run a job file: submitted to the agent when one answers, else in the foreground.
     Run {
         /// The job file (HCL or JSON).
         file: PathBuf,
         /// The tend-spawn binary [default: next to tend]
         #[arg(long, env = "TEND_SPAWN_BIN")]
         spawn_bin: Option<PathBuf>,
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the long-running host agent.
+    Agent {
+        /// Agent config file (HCL); without one, the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The tend-spawn binary [default: next to tend]
+        #[arg(long, env = "TEND_SPAWN_BIN")]
+        spawn_bin: Option<PathBuf>,
+    },
+    /// Show allocations, or one allocation (a unique id prefix is enough).
+    Status {
+        /// Allocation id or unique prefix.
+        alloc: Option<String>,
+        /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a task's stdout (or stderr).
+    Logs {
+        /// Allocation id or unique prefix.
+        alloc: String,
+        /// Task name.
+        task: String,
+        /// Keep following until the task ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Start this many bytes into what is kept.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
+    /// Stop an allocation's tasks.
+    Stop {
+        /// Allocation id or unique prefix.
+        alloc: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a signal to a running task.
+    Signal {
+        /// Allocation id or unique prefix.
+        alloc: String,
+        /// Task name.
+        task: String,
+        /// Signal name (SIGHUP, HUP) or number.
+        signal: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a job file and show what would run.
+    Validate {
+        /// The job file.
+        file: PathBuf,
+    },
+    /// Job file helpers.
+    Job {
+        /// The job verb.
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+}
+
+/// `tend job` verbs.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Write a commented example job file.
+    Init {
+        /// Where [default: example.tend.hcl]
+        file: Option<PathBuf>,
     },
 }
 
 /// Parse the command line, run the verb, and return the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_tracing(&cli.log_level);
+    if !matches!(cli.command, Command::Agent { .. }) {
+        init_tracing(cli.log_level.as_deref().unwrap_or("warn"));
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -61,18 +149,67 @@ fn init_tracing(level: &str) {
         .try_init();
 }
 
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let dirs = Dirs::new(cli.data_dir, cli.run_dir)?;
+    let dirs = Dirs::new(cli.data_dir.clone(), cli.run_dir.clone())?;
+    let client = ApiClient::new(&dirs.run_dir);
+    let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Run { file, spawn_bin } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(run::run_foreground(run::RunOptions {
+        Command::Run {
+            file,
+            spawn_bin,
+            json,
+        } => runtime()?.block_on(async {
+            if client.alive().await {
+                return run::submit(&client, &file, json, &mut out).await;
+            }
+            run::run_foreground(run::RunOptions {
                 job_file: file,
                 dirs,
                 spawn_bin: spawn_bin.unwrap_or_else(crate::spawn::launch::default_spawn_bin),
-            }))
+            })
+            .await
+        }),
+        Command::Agent { config, spawn_bin } => agent::run(agent::AgentOptions {
+            config,
+            data_dir: cli.data_dir,
+            run_dir: cli.run_dir,
+            spawn_bin,
+            log_level: cli.log_level,
+        }),
+        Command::Status { alloc, json } => {
+            runtime()?.block_on(status::run(&client, alloc.as_deref(), json, &mut out))
+        }
+        Command::Logs {
+            alloc,
+            task,
+            follow,
+            stderr,
+            offset,
+        } => runtime()?.block_on(logs::run(
+            &client, &alloc, &task, follow, stderr, offset, &mut out,
+        )),
+        Command::Stop { alloc, json } => {
+            runtime()?.block_on(stop::run(&client, &alloc, json, &mut out))
+        }
+        Command::Signal {
+            alloc,
+            task,
+            signal,
+            json,
+        } => runtime()?.block_on(signal::run(&client, &alloc, &task, &signal, json, &mut out)),
+        Command::Validate { file } => Ok(validate::run_validate(&file, &mut out)),
+        Command::Job {
+            command: JobCommand::Init { file },
+        } => {
+            let path = job_init::run_job_init(file.as_deref(), &mut out)?;
+            let _ = path;
+            Ok(0)
         }
     }
 }

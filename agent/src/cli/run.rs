@@ -16,7 +16,6 @@ use crate::jobspec::{self, Job, Task};
 use crate::logtail::LogFollower;
 use crate::paths::{self, AllocDir, Dirs};
 use crate::spawn::{self, Client};
-use crate::taskenv;
 
 /// Options of a foreground run.
 #[derive(Debug, Clone)]
@@ -102,7 +101,7 @@ pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
     let job = match jobspec::parse_file(&opts.job_file) {
         Ok(j) => j,
         Err(diags) => {
-            eprint!("{diags}");
+            eprintln!("{diags}");
             return Ok(1);
         }
     };
@@ -134,6 +133,7 @@ pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
     let prefixed = task_count > 1;
     let job = Arc::new(job);
     let chroot_env = driver::default_chroot_env();
+    let port_alloc = crate::ports::PortAllocator::with_defaults();
     // Every task is checked and configured before the first one starts: a bad
     // user or chroot_env in one task starts nothing.
     let mut prepared = Vec::new();
@@ -145,6 +145,13 @@ pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
             let alloc = opts.dirs.alloc(&alloc_id);
             allocs.push((alloc_id.clone(), alloc.clone(), gi, index));
             for ti in 0..group.tasks.len() {
+                let ports = match port_alloc.allocate(&alloc_id, &group.tasks[ti].resources.ports) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.push(format!("task {}: {e}", group.tasks[ti].name));
+                        continue;
+                    }
+                };
                 let ctx = TaskCtx {
                     job: job.clone(),
                     group: gi,
@@ -156,6 +163,7 @@ pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
                     spawn_bin: opts.spawn_bin.clone(),
                     prefixed,
                     chroot_env: chroot_env.clone(),
+                    ports,
                 };
                 match prepare(&ctx) {
                     Ok(config) => prepared.push((ctx, config)),
@@ -254,6 +262,7 @@ struct TaskCtx {
     spawn_bin: PathBuf,
     prefixed: bool,
     chroot_env: Vec<(String, String)>,
+    ports: Vec<crate::ports::AssignedPort>,
 }
 
 /// The cgroup parent of foreground tasks.
@@ -269,34 +278,25 @@ impl TaskCtx {
 fn prepare(ctx: &TaskCtx) -> Result<SpawnConfig, driver::DriverError> {
     let task = ctx.task();
     let group = &ctx.job.groups[ctx.group];
-    let env_input = taskenv::Input {
-        alloc_id: &ctx.alloc_id,
-        job: &ctx.job.name,
-        group: &group.name,
+    let setup = driver::task_setup(&driver::TaskContext {
+        job: &ctx.job,
+        group,
         index: ctx.index,
         task,
-        alloc_dir: &ctx.alloc.shared(),
-        task_dir: &ctx.alloc.task_local(&task.name),
-        job_meta: &ctx.job.meta,
-        group_meta: &group.meta,
-    };
-    let env = taskenv::build(&env_input);
-    let command = taskenv::interpolate(task.config.command.as_deref().unwrap_or(""), &env);
-    let args = task
-        .config
-        .args
-        .iter()
-        .map(|a| taskenv::interpolate(a, &env))
-        .collect();
+        alloc_id: &ctx.alloc_id,
+        alloc: &ctx.alloc,
+        ports: &ctx.ports,
+        env_allowlist: &[],
+    })?;
     driver::spawn_config(&Launch {
         dirs: &ctx.dirs,
         alloc_id: &ctx.alloc_id,
         alloc: &ctx.alloc,
         task,
         run: 1,
-        env,
-        command,
-        args,
+        env: setup.env,
+        command: setup.command.unwrap_or_default(),
+        args: setup.args,
         token: Token(paths::random_bytes::<32>()),
         chroot_env: &ctx.chroot_env,
         cgroup_parent: CGROUP_PARENT,
@@ -480,6 +480,37 @@ fn write_out(bytes: &[u8], is_err: bool) {
         let mut o = std::io::stdout().lock();
         let _ = o.write_all(bytes);
         let _ = o.flush();
+    }
+}
+
+/// Submit the job file to the running agent and print the allocations it made.
+pub async fn submit(
+    client: &super::client::ApiClient,
+    file: &std::path::Path,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    let text = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let target = format!(
+        "/v1/jobs?file={}",
+        super::client::enc(&file.display().to_string())
+    );
+    match client.call("POST", &target, &text, "text/plain").await {
+        Ok(v) => {
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                for id in v["allocations"].as_array().into_iter().flatten() {
+                    writeln!(out, "allocation {} submitted", id.as_str().unwrap_or("?"))?;
+                }
+            }
+            Ok(0)
+        }
+        Err(super::client::ApiError::Refused { message, .. }) => {
+            eprintln!("{message}");
+            Ok(1)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

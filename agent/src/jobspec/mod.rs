@@ -1,97 +1,106 @@
 //! Job files: HCL shaped like Nomad's jobspec (or the same document as JSON),
 //! parsed and validated into a [`model::Job`], with every error located.
+//!
+//! # The JSON form
+//!
+//! A document whose first non-blank character is `{` is read as JSON in
+//! HCL's own JSON syntax, which is what Nomad's HCL2 parser accepts for a
+//! job file written as JSON: blocks are objects keyed by block type and then
+//! by label, attributes are plain members, a repeated block is an array.
+//!
+//! ```json
+//! { "job": { "hello": {
+//!     "group": { "g": {
+//!       "task": { "greet": {
+//!         "driver": "raw_exec",
+//!         "config": { "command": "/bin/echo", "args": ["hi"] },
+//!         "env": { "GREETING": "hi" },
+//!         "resources": { "memory": 64, "network": { "port": { "http": {} } } }
+//!       } }
+//!     } }
+//! } } }
+//! ```
+//!
+//! It is the HCL document one to one, so both forms give the same [`Job`]
+//! and the same error messages. (Nomad's API JSON, `{"Job": {"TaskGroups":
+//! ...}}`, is a different, server-side shape and is not accepted.)
+//!
+//! # Interpolation
+//!
+//! `${NAME}` in strings is not evaluated here: it is kept as written for the
+//! task environment ([`crate::taskenv`]) to fill in at start. In HCL, `$${`
+//! writes a literal `${`; function calls and `%{}` directives are refused.
 
+mod decode;
+mod diag;
+pub mod duration;
+mod json;
 pub mod model;
+pub mod signal;
+mod tree;
 
+use std::path::Path;
+
+pub use diag::{Diagnostic, Diagnostics};
 pub use model::*;
 
-/// Parse a job file (placeholder until the located parser lands).
-pub fn parse_file(path: &std::path::Path) -> Result<Job, String> {
-    #[derive(serde::Deserialize)]
-    struct F {
-        job: std::collections::BTreeMap<String, J>,
+use diag::Collector;
+
+/// Reads and validates a job file. The file name in errors is `path` as given.
+pub fn parse_file(path: &Path) -> Result<Job, Diagnostics> {
+    let name = path.display().to_string();
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(src) => parse_str(&src, &name),
+            Err(e) => {
+                let valid = e.utf8_error().valid_up_to();
+                let src = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
+                let mut c = Collector::new(&name, &src);
+                c.error(valid, "", "file is not valid UTF-8");
+                Err(c.finish())
+            }
+        },
+        Err(e) => {
+            let mut c = Collector::new(&name, "");
+            c.at_line_col(0, 0, "", format!("cannot read job file: {e}"));
+            Err(c.finish())
+        }
     }
-    #[derive(serde::Deserialize)]
-    struct J {
-        group: std::collections::BTreeMap<String, G>,
-    }
-    #[derive(serde::Deserialize)]
-    struct G {
-        task: std::collections::BTreeMap<String, T>,
-    }
-    #[derive(serde::Deserialize)]
-    struct T {
-        config: C,
-        #[serde(default)]
-        env: std::collections::BTreeMap<String, String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct C {
-        command: String,
-        #[serde(default)]
-        args: Vec<String>,
-    }
-    let src = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let f: F = hcl::from_str(&src).map_err(|e| e.to_string())?;
-    let (name, j) = f.job.into_iter().next().ok_or("no job")?;
-    Ok(Job {
-        name,
-        datacenters: vec![],
-        meta: Default::default(),
-        groups: j
-            .group
-            .into_iter()
-            .map(|(gn, g)| Group {
-                name: gn,
-                count: 1,
-                restart: Default::default(),
-                meta: Default::default(),
-                tasks: g
-                    .task
-                    .into_iter()
-                    .map(|(tn, t)| Task {
-                        name: tn,
-                        driver: Driver::RawExec,
-                        user: None,
-                        config: TaskConfig {
-                            command: Some(t.config.command),
-                            args: t.config.args,
-                            ..Default::default()
-                        },
-                        env: t.env,
-                        meta: Default::default(),
-                        resources: Default::default(),
-                        logs: Default::default(),
-                        kill_timeout: std::time::Duration::from_secs(5),
-                        kill_signal: 15,
-                        chroot_env: None,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    })
 }
 
-/// Parse job text (placeholder until the located parser lands).
-pub fn parse_str(src: &str, _name: &str) -> Result<Job, Vec<PlaceholderDiag>> {
-    let dir = std::env::temp_dir().join(format!("tend-job-{}", std::process::id()));
-    std::fs::write(&dir, src).map_err(|e| vec![PlaceholderDiag { file: String::new(), line: 0, column: 0, path: String::new(), message: e.to_string() }])?;
-    let r = parse_file(&dir).map_err(|e| vec![PlaceholderDiag { file: String::new(), line: 0, column: 0, path: String::new(), message: e }]);
-    let _ = std::fs::remove_file(&dir);
-    r
+/// Parses and validates a job from text: JSON when the first non-blank
+/// character is `{`, HCL otherwise. `file_name` is used in the errors.
+pub fn parse_str(src: &str, file_name: &str) -> Result<Job, Diagnostics> {
+    let mut c = Collector::new(file_name, src);
+    let tree = if src.trim_start().starts_with('{') {
+        match json::parse(src) {
+            Ok(v) => tree::from_json(v, tree::BodyKind::Root, "", &mut c),
+            Err((at, msg)) => {
+                c.error(at, "", format!("JSON syntax error: {msg}"));
+                return Err(c.finish());
+            }
+        }
+    } else {
+        match hcl_edit::parser::parse_body(src) {
+            Ok(body) => tree::from_hcl(&body, src, &mut c),
+            Err(e) => {
+                let loc = e.location();
+                c.at_line_col(
+                    loc.line(),
+                    loc.column(),
+                    "",
+                    format!("HCL syntax error: {}", e.message()),
+                );
+                return Err(c.finish());
+            }
+        }
+    };
+    let job = decode::decode(&tree, &mut c);
+    match job {
+        Some(job) if c.errors.is_empty() => Ok(job),
+        _ => Err(c.finish()),
+    }
 }
 
-/// Placeholder diagnostic.
-#[derive(Debug)]
-pub struct PlaceholderDiag {
-    /// f
-    pub file: String,
-    /// l
-    pub line: usize,
-    /// c
-    pub column: usize,
-    /// p
-    pub path: String,
-    /// m
-    pub message: String,
-}
+#[cfg(test)]
+mod tests;

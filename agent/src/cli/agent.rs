@@ -1,0 +1,86 @@
+//! `tend agent`: the long-running host agent.
+
+use std::path::PathBuf;
+
+use crate::agent::config::{AgentConfig, LogFormat};
+use crate::agent::{Agent, Settings};
+
+/// Options of `tend agent`.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The config file, if any.
+    pub config: Option<PathBuf>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--run-dir`.
+    pub run_dir: Option<PathBuf>,
+    /// `--spawn-bin`.
+    pub spawn_bin: Option<PathBuf>,
+    /// `--log-level` when given on the command line.
+    pub log_level: Option<String>,
+}
+
+/// Run the agent until SIGTERM or SIGINT; tasks keep running after it.
+pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
+    let config = match &opts.config {
+        Some(p) => AgentConfig::load(p)?,
+        None => AgentConfig::default(),
+    };
+    let level = opts
+        .log_level
+        .clone()
+        .or_else(|| config.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format.unwrap_or_default() {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    raise_nofile();
+    let settings = Settings::resolve(config, opts.data_dir, opts.run_dir, opts.spawn_bin)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let socket = crate::api::socket_path(&settings.dirs.run_dir);
+        let agent = Agent::new(settings)?;
+        let listener = crate::api::bind(&socket).await?;
+        tracing::info!(socket = %socket.display(), data_dir = %agent.settings().dirs.data_dir.display(), "agent starting");
+        let report = agent.reattach().await?;
+        tracing::info!(
+            reattached = report.reattached,
+            exited = report.exited,
+            lost = report.lost,
+            started = report.started,
+            unreadable = report.unreadable,
+            millis = report.millis,
+            "state taken up"
+        );
+        let server = tokio::spawn(crate::api::serve(agent.clone(), listener));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: the agent stops; tasks keep running"),
+            _ = int.recv() => tracing::info!("SIGINT: the agent stops; tasks keep running"),
+        }
+        server.abort();
+        let _ = std::fs::remove_file(&socket);
+        Ok::<i32, anyhow::Error>(0)
+    })
+}
+
+/// An agent keeps a connection per running task: lift the soft fd limit to the
+/// hard one (best effort).
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(error = %e, "cannot raise the open file limit");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `tend status [ALLOC]`: allocations and their tasks, as a table or JSON.
+
+use std::io::Write;
+
+use serde_json::Value;
+
+use super::client::{enc, table, ApiClient};
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(8).collect()
+}
+
+/// Describe a task's last exit in a few words.
+fn exit_words(t: &Value) -> String {
+    if t["lost"].as_bool() == Some(true) {
+        return "lost".into();
+    }
+    let e = &t["exit"];
+    if e.is_null() {
+        return "-".into();
+    }
+    if let Some(c) = e["exit_code"].as_i64() {
+        return format!("code {c}");
+    }
+    if let Some(sig) = e["signal"].as_i64() {
+        let oom = if e["oom_killed"].as_bool() == Some(true) {
+            ", oom"
+        } else {
+            ""
+        };
+        return format!("signal {sig}{oom}");
+    }
+    e["error"]
+        .as_str()
+        .map_or("-".into(), |m| format!("error: {m}"))
+}
+
+/// Run `tend status`.
+pub async fn run(
+    client: &ApiClient,
+    alloc: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    match alloc {
+        None => {
+            let v = client.get("/v1/allocations").await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+                return Ok(0);
+            }
+            let mut rows = vec![vec![
+                "ID".to_string(),
+                "NAME".into(),
+                "STATUS".into(),
+                "DESIRED".into(),
+                "TASKS".into(),
+                "CREATED".into(),
+            ]];
+            for a in v["allocations"].as_array().into_iter().flatten() {
+                let tasks: Vec<String> = a["tasks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| format!("{}={}", s(&t["name"]), s(&t["state"])))
+                    .collect();
+                rows.push(vec![
+                    short(a["id"].as_str().unwrap_or("")),
+                    s(&a["name"]),
+                    s(&a["status"]),
+                    s(&a["desired"]),
+                    tasks.join(","),
+                    s(&a["created_at"]),
+                ]);
+            }
+            write!(out, "{}", table(&rows))?;
+            Ok(0)
+        }
+        Some(prefix) => {
+            let a = client
+                .get(&format!("/v1/allocations/{}", enc(prefix)))
+                .await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&a)?)?;
+                return Ok(0);
+            }
+            writeln!(out, "ID       = {}", s(&a["id"]))?;
+            writeln!(out, "Name     = {}", s(&a["name"]))?;
+            writeln!(out, "Status   = {}", s(&a["status"]))?;
+            writeln!(out, "Desired  = {}", s(&a["desired"]))?;
+            writeln!(out, "Created  = {}", s(&a["created_at"]))?;
+            writeln!(out, "Dir      = {}", s(&a["dir"]))?;
+            writeln!(out)?;
+            let mut rows = vec![vec![
+                "TASK".to_string(),
+                "DRIVER".into(),
+                "STATE".into(),
+                "RUN".into(),
+                "RESTARTS".into(),
+                "PID".into(),
+                "EXIT".into(),
+                "STARTED".into(),
+                "FINISHED".into(),
+            ]];
+            let tasks = a["tasks"].as_array().cloned().unwrap_or_default();
+            for t in &tasks {
+                rows.push(vec![
+                    s(&t["name"]),
+                    s(&t["driver"]),
+                    s(&t["state"]),
+                    s(&t["run"]),
+                    s(&t["restarts"]),
+                    s(&t["pid"]),
+                    exit_words(t),
+                    s(&t["started_at"]),
+                    s(&t["finished_at"]),
+                ]);
+            }
+            write!(out, "{}", table(&rows))?;
+            for t in &tasks {
+                writeln!(out, "\nRecent events of {}:", s(&t["name"]))?;
+                let mut rows = vec![vec!["TIME".to_string(), "KIND".into(), "MESSAGE".into()]];
+                for e in t["events"].as_array().into_iter().flatten() {
+                    rows.push(vec![s(&e["time"]), s(&e["kind"]), s(&e["message"])]);
+                }
+                write!(out, "{}", table(&rows))?;
+            }
+            Ok(0)
+        }
+    }
+}
