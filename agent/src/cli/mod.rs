@@ -158,7 +158,8 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let dirs = Dirs::new(cli.data_dir.clone(), cli.run_dir.clone())?;
     let client = ApiClient::new(&dirs.run_dir);
-    let mut out = std::io::stdout().lock();
+    // Not locked: the foreground run writes task output from other threads.
+    let mut out = std::io::stdout();
     match cli.command {
         Command::Run {
             file,
