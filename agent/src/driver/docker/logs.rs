@@ -1,0 +1,181 @@
+//! Copying a container's stdout and stderr into the alloc's rotating log files.
+//!
+//! The copy follows the engine's log stream (`follow=true`) until the container
+//! ends, with `timestamps=true`: every message comes with the engine's timestamp,
+//! which is stripped before the message is written. The timestamp of the last
+//! message written is the copy's cursor. After each batch of messages it is
+//! stored in `<alloc_dir>/<task>_docker_log_cursor` (Unix nanoseconds, written
+//! atomically); on reattach the caller passes it back as `since`
+//! ([`read_cursor`]): the engine is asked for the messages from that second on
+//! (its `since` has whole seconds), and those at or before the cursor are
+//! skipped, so nothing is copied twice and nothing after the cursor is lost. A
+//! first copy passes no cursor and gets the container's whole log, from its
+//! start. The window left: an agent killed between writing a batch and storing
+//! its cursor copies that one batch again.
+
+use std::path::PathBuf;
+
+use bollard::container::LogOutput;
+use bollard::query_parameters::LogsOptionsBuilder;
+use bollard::Docker;
+use futures_util::{FutureExt, StreamExt};
+
+use super::{stamp, DockerError};
+use crate::jobspec::LogSpec;
+use crate::logrotate::RotatingWriter;
+use crate::paths::AllocDir;
+
+/// Where the copy of a task's container logs keeps its cursor.
+pub fn cursor_path(alloc: &AllocDir, task: &str) -> PathBuf {
+    alloc.root.join(format!("{task}_docker_log_cursor"))
+}
+
+/// The stored cursor of a task's log copy: pass it as `since` when copying again.
+pub fn read_cursor(alloc: &AllocDir, task: &str) -> Option<i64> {
+    std::fs::read_to_string(cursor_path(alloc, task))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Split the engine's `<RFC 3339 nano> ` prefix off a message.
+fn split_stamp(msg: &[u8]) -> (Option<i64>, &[u8]) {
+    let head = &msg[..msg.len().min(48)];
+    if let Some(sp) = head.iter().position(|b| *b == b' ') {
+        if let Some(ts) = std::str::from_utf8(&msg[..sp])
+            .ok()
+            .and_then(stamp::parse_nanos)
+        {
+            return (Some(ts), &msg[sp + 1..]);
+        }
+    }
+    (None, msg)
+}
+
+struct Copier {
+    stdout: RotatingWriter,
+    stderr: RotatingWriter,
+    since: Option<i64>,
+    cursor: Option<i64>,
+}
+
+impl Copier {
+    fn message(&mut self, out: LogOutput) -> Result<(), DockerError> {
+        let (to_stderr, msg) = match &out {
+            LogOutput::StdErr { message } => (true, message),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => (false, message),
+            LogOutput::StdIn { .. } => return Ok(()),
+        };
+        let (ts, body) = split_stamp(msg);
+        if let Some(ts) = ts {
+            if self.since.is_some_and(|s| ts <= s) {
+                return Ok(());
+            }
+            self.cursor = Some(ts);
+        }
+        let w = if to_stderr {
+            &mut self.stderr
+        } else {
+            &mut self.stdout
+        };
+        w.write_all(body).map_err(DockerError::Log)
+    }
+}
+
+/// Copy the logs of container `id` until it ends (see the module's doc).
+pub async fn copy(
+    docker: Docker,
+    id: String,
+    alloc: AllocDir,
+    task: String,
+    logs: LogSpec,
+    since: Option<i64>,
+) -> Result<(), DockerError> {
+    let max_size = logs.max_file_size_mb.saturating_mul(1024 * 1024);
+    let dir = alloc.logs();
+    let mut c = Copier {
+        stdout: RotatingWriter::new(&dir, &task, "stdout", logs.max_files, max_size),
+        stderr: RotatingWriter::new(&dir, &task, "stderr", logs.max_files, max_size),
+        since,
+        cursor: since,
+    };
+    let since_secs = since.map_or(0, |n| {
+        i32::try_from(n.div_euclid(1_000_000_000)).unwrap_or(i32::MAX)
+    });
+    let opts = LogsOptionsBuilder::new()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true)
+        .since(since_secs)
+        .build();
+    let mut stream = docker.logs(&id, Some(opts));
+    let cursor_file = cursor_path(&alloc, &task);
+    let mut stored = since;
+    let engine = |e| DockerError::engine("read the logs of", &id, e);
+    while let Some(item) = stream.next().await {
+        c.message(item.map_err(engine)?)?;
+        // Whatever else is ready joins this batch; the cursor is stored once per batch.
+        while let Some(Some(item)) = stream.next().now_or_never() {
+            c.message(item.map_err(engine)?)?;
+        }
+        if c.cursor != stored {
+            if let Some(cur) = c.cursor {
+                tend_proto::atomic::write(&cursor_file, format!("{cur}\n").as_bytes(), 0o644)
+                    .map_err(|source| DockerError::Cursor {
+                        path: cursor_file.clone(),
+                        source,
+                    })?;
+            }
+            stored = c.cursor;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_split_off_and_plain_messages_kept() {
+        let (ts, body) = split_stamp(b"2026-11-28T18:05:53.362009318Z hello world\n");
+        assert_eq!(ts, Some(1_795_889_153_362_009_318));
+        assert_eq!(body, b"hello world\n");
+        let (ts, body) = split_stamp(b"no stamp here\n");
+        assert_eq!(ts, None);
+        assert_eq!(body, b"no stamp here\n");
+    }
+
+    #[test]
+    fn messages_at_or_before_the_cursor_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Copier {
+            stdout: RotatingWriter::new(d.path(), "t", "stdout", 2, 1024),
+            stderr: RotatingWriter::new(d.path(), "t", "stderr", 2, 1024),
+            since: Some(1_795_889_153_000_000_002),
+            cursor: None,
+        };
+        for (n, line) in [(1, "old\n"), (2, "last copied\n"), (3, "new\n")] {
+            let msg = format!("2026-11-28T18:05:53.00000000{n}Z {line}");
+            c.message(LogOutput::StdOut {
+                message: msg.into_bytes().into(),
+            })
+            .unwrap();
+        }
+        c.message(LogOutput::StdErr {
+            message: b"2026-11-28T18:05:54Z err\n".to_vec().into(),
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("t.stdout")).unwrap(),
+            "new\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("t.stderr")).unwrap(),
+            "err\n"
+        );
+        assert_eq!(c.cursor, Some(1_795_889_154_000_000_000));
+    }
+}
