@@ -18,8 +18,9 @@ pub mod logs;
 pub mod spec;
 pub mod stamp;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bollard::errors::Error as EngineError;
@@ -198,6 +199,9 @@ pub enum ContainerState {
 pub struct DockerDriver {
     opts: DockerOptions,
     client: OnceCell<Docker>,
+    /// The main process's pid of each container started here, seen right after
+    /// its start: the engine zeroes State.Pid once the container ends.
+    pids: Mutex<HashMap<String, i64>>,
 }
 
 impl DockerDriver {
@@ -213,6 +217,7 @@ impl DockerDriver {
         Ok(DockerDriver {
             opts,
             client: OnceCell::new(),
+            pids: Mutex::new(HashMap::new()),
         })
     }
 
@@ -285,6 +290,11 @@ impl DockerDriver {
             let _ = self.remove(&id).await;
             return Err(DockerError::engine("start container", &name, e));
         }
+        if let Ok(Some(c)) = self.inspect(&id).await {
+            if let Some(pid) = c.state.and_then(|s| s.pid).filter(|p| *p > 0) {
+                self.remember_pid(&id, Some(pid));
+            }
+        }
         tracing::info!(container = %id, name = %name, "container started");
         Ok(id)
     }
@@ -342,7 +352,12 @@ impl DockerDriver {
             .inspect(id)
             .await?
             .ok_or_else(|| DockerError::Vanished { id: id.to_string() })?;
-        let pid = before.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0);
+        let pid = before
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .or_else(|| self.remembered_pid(id));
         self.wait_not_running(id).await?;
         let after = self
             .inspect(id)
@@ -351,6 +366,19 @@ impl DockerDriver {
         let status = exit_status(meta, &after, pid);
         status.write(&meta.exit_status_path)?;
         Ok(status)
+    }
+
+    fn remember_pid(&self, id: &str, pid: Option<i64>) {
+        if let Ok(mut m) = self.pids.lock() {
+            match pid {
+                Some(p) => m.insert(id.to_string(), p),
+                None => m.remove(id),
+            };
+        }
+    }
+
+    fn remembered_pid(&self, id: &str) -> Option<i64> {
+        self.pids.lock().ok()?.get(id).copied()
     }
 
     /// Block until the engine says the container is not running.
@@ -417,6 +445,7 @@ impl DockerDriver {
     /// Remove the container (forced, with its anonymous volumes). One that is
     /// already gone is removed.
     pub async fn remove(&self, id: &str) -> Result<(), DockerError> {
+        self.remember_pid(id, None);
         let opts = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
@@ -443,7 +472,7 @@ impl DockerDriver {
         if running {
             return Ok(ContainerState::Running);
         }
-        let status = exit_status(meta, &c, None);
+        let status = exit_status(meta, &c, self.remembered_pid(id));
         status.write(&meta.exit_status_path)?;
         Ok(ContainerState::Exited(status))
     }

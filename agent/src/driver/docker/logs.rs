@@ -3,17 +3,18 @@
 //! The copy follows the engine's log stream (`follow=true`) until the container
 //! ends, with `timestamps=true`: every message comes with the engine's timestamp,
 //! which is stripped before the message is written. The timestamp of the last
-//! message written is the copy's cursor. After each batch of messages it is
-//! stored in `<alloc_dir>/<task>_docker_log_cursor` (Unix nanoseconds, written
-//! atomically); on reattach the caller passes it back as `since`
+//! message written is the copy's cursor, stored in
+//! `<alloc_dir>/<task>_docker_log_cursor` (Unix nanoseconds); on reattach the caller passes it back as `since`
 //! ([`read_cursor`]): the engine is asked for the messages from that second on
 //! (its `since` has whole seconds), and those at or before the cursor are
 //! skipped, so nothing is copied twice and nothing after the cursor is lost. A
 //! first copy passes no cursor and gets the container's whole log, from its
-//! start. The window left: an agent killed between writing a batch and storing
-//! its cursor copies that one batch again.
+//! start. The cursor is stored (atomically, so fsync'd) at most every 200 ms while
+//! messages flow, and when the stream ends: an agent killed in between copies
+//! those last 200 ms again on reattach. Nothing is lost either way.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptionsBuilder;
@@ -37,6 +38,18 @@ pub fn read_cursor(alloc: &AllocDir, task: &str) -> Option<i64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// How often at most the cursor is stored while messages flow (and once at the end).
+const CURSOR_EVERY: Duration = Duration::from_millis(200);
+
+fn store_cursor(path: &Path, cursor: i64) -> Result<(), DockerError> {
+    tend_proto::atomic::write(path, format!("{cursor}\n").as_bytes(), 0o644).map_err(|source| {
+        DockerError::Cursor {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Split the engine's `<RFC 3339 nano> ` prefix off a message.
@@ -113,6 +126,7 @@ pub async fn copy(
     let mut stream = docker.logs(&id, Some(opts));
     let cursor_file = cursor_path(&alloc, &task);
     let mut stored = since;
+    let mut last_store = Instant::now();
     let engine = |e| DockerError::engine("read the logs of", &id, e);
     while let Some(item) = stream.next().await {
         c.message(item.map_err(engine)?)?;
@@ -120,15 +134,17 @@ pub async fn copy(
         while let Some(Some(item)) = stream.next().now_or_never() {
             c.message(item.map_err(engine)?)?;
         }
-        if c.cursor != stored {
+        if c.cursor != stored && last_store.elapsed() >= CURSOR_EVERY {
             if let Some(cur) = c.cursor {
-                tend_proto::atomic::write(&cursor_file, format!("{cur}\n").as_bytes(), 0o644)
-                    .map_err(|source| DockerError::Cursor {
-                        path: cursor_file.clone(),
-                        source,
-                    })?;
+                store_cursor(&cursor_file, cur)?;
             }
             stored = c.cursor;
+            last_store = Instant::now();
+        }
+    }
+    if c.cursor != stored {
+        if let Some(cur) = c.cursor {
+            store_cursor(&cursor_file, cur)?;
         }
     }
     Ok(())

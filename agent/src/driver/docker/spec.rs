@@ -23,6 +23,9 @@ pub const LABEL_ALLOC_ID: &str = "tend.alloc_id";
 /// Label holding the task name on every container tend creates.
 pub const LABEL_TASK: &str = "tend.task";
 
+/// The engine's log driver for tend's containers (the copier reads from it).
+pub const ENGINE_LOG_DRIVER: &str = "local";
+
 /// Where the alloc's shared dir appears inside a container.
 pub const CONTAINER_ALLOC_DIR: &str = "/alloc";
 
@@ -315,7 +318,13 @@ pub fn create_body(
         i64::try_from(task.resources.memory.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
     // The kernel's floor for cpu.shares is 2.
     let cpu_shares = i64::try_from(task.resources.cpu.max(2)).unwrap_or(i64::MAX);
-    let max_size_mb = task.logs.max_file_size_mb.max(1);
+    let engine_log_mb = task
+        .logs
+        .max_file_size_mb
+        .max(1)
+        .saturating_mul(u64::from(task.logs.max_files.max(1)))
+        .saturating_mul(2)
+        .max(20);
 
     let host_config = HostConfig {
         memory: Some(memory),
@@ -334,15 +343,18 @@ pub fn create_body(
         }),
         // Allowed is not requested: only what the task asks, once the policy passed.
         privileged: Some(task.config.privileged && opts.allow_privileged),
-        // The engine keeps what tend keeps; the copier reads it from there.
+        // The copier follows the engine's log. `local`, not `json-file`: the
+        // json-file reader of 20.10 engines drops lines when it follows a file
+        // that is being written fast. Their followers also drop lines across
+        // the engine's own rotation, so the engine's file is made large enough
+        // to hold all that tend keeps of both streams (at least 20 MB, local's
+        // default): it rarely rotates, and a copier that was away finds what
+        // tend would have kept.
         log_config: Some(HostConfigLogConfig {
-            typ: Some("json-file".to_string()),
+            typ: Some(ENGINE_LOG_DRIVER.to_string()),
             config: Some(HashMap::from([
-                ("max-size".to_string(), format!("{max_size_mb}m")),
-                (
-                    "max-file".to_string(),
-                    task.logs.max_files.max(1).to_string(),
-                ),
+                ("max-size".to_string(), format!("{engine_log_mb}m")),
+                ("max-file".to_string(), "2".to_string()),
             ])),
         }),
         ..Default::default()
@@ -524,7 +536,9 @@ mod tests {
             assert_eq!(dns[0].host_ip, None);
             assert_eq!(dns[0].host_port.as_deref(), Some("5353"));
         }
-        assert_eq!(h.log_config.unwrap().typ.as_deref(), Some("json-file"));
+        let lc = h.log_config.unwrap();
+        assert_eq!(lc.typ.as_deref(), Some(ENGINE_LOG_DRIVER));
+        assert_eq!(lc.config.unwrap()["max-size"], "200m");
     }
 
     #[test]
