@@ -582,3 +582,59 @@ async fn a_missing_engine_fails_the_start_with_one_clear_error() {
     );
     assert!(e.starts_with(&want), "{e}");
 }
+
+#[tokio::test]
+async fn an_oom_kill_is_reported() {
+    let Some(w) = world(DockerOptions::default()).await else {
+        return;
+    };
+    let mut t = task(
+        "hog",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+    );
+    t.resources.memory = 16;
+    let id = w.start(&t, &[]).await.unwrap();
+    let s = w.driver.wait(&id, &w.meta(&t.name)).await.unwrap();
+    assert!(s.oom_killed, "{s:?}");
+    assert_ne!(s.exit_code, Some(0), "{s:?}");
+    let file = ExitStatus::read(&w.alloc.exit_status(&t.name)).unwrap();
+    assert!(file.oom_killed);
+    w.driver.remove(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_log_copy_resumed_from_its_cursor_loses_nothing() {
+    let Some(w) = world(DockerOptions::default()).await else {
+        return;
+    };
+    let t = task(
+        "ticker",
+        "i=0; while [ $i -lt 40 ]; do echo tick $i; i=$((i+1)); sleep 0.05; done",
+    );
+    let id = w.start(&t, &[]).await.unwrap();
+    let first = w.driver.copy_logs(&id, &w.alloc, &t.name, t.logs, None);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The agent goes away mid-stream ...
+    first.abort();
+    let _ = first.await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ... and the next one reattaches from the stored cursor.
+    let since = logs::read_cursor(&w.alloc, &t.name);
+    assert!(since.is_some());
+    let second = w.driver.copy_logs(&id, &w.alloc, &t.name, t.logs, since);
+    w.driver.wait(&id, &w.meta(&t.name)).await.unwrap();
+    second.await.unwrap().unwrap();
+
+    let text = w.log(&t.name, "stdout");
+    let seen: Vec<u32> = text
+        .lines()
+        .map(|l| l.strip_prefix("tick ").unwrap().parse().unwrap())
+        .collect();
+    let mut unique = seen.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique, (0..40).collect::<Vec<_>>(), "{text}");
+    // Only what came after the last stored cursor (200 ms at most) is copied twice.
+    assert!(seen.len() - unique.len() <= 5, "{text}");
+    w.driver.remove(&id).await.unwrap();
+}
