@@ -486,7 +486,7 @@ impl DockerDriver {
         alloc: &AllocDir,
         task: &str,
         logs: LogSpec,
-        since: Option<i64>,
+        since: Option<logs::LogCursor>,
     ) -> tokio::task::JoinHandle<Result<(), DockerError>> {
         let (id, alloc, task) = (id.to_string(), alloc.clone(), task.to_string());
         let client = self.client.get().cloned();

@@ -2,14 +2,17 @@
 //!
 //! The copy follows the engine's log stream (`follow=true`) until the container
 //! ends, with `timestamps=true`: every message comes with the engine's timestamp,
-//! which is stripped before the message is written. The timestamp of the last
-//! message written is the copy's cursor, stored in
-//! `<alloc_dir>/<task>_docker_log_cursor` (Unix nanoseconds); on reattach the caller passes it back as `since`
-//! ([`read_cursor`]): the engine is asked for the messages from that second on
-//! (its `since` has whole seconds), and those at or before the cursor are
-//! skipped, so nothing is copied twice and nothing after the cursor is lost. A
-//! first copy passes no cursor and gets the container's whole log, from its
-//! start. The cursor is stored (atomically, so fsync'd) at most every 200 ms while
+//! which is stripped before the message is written. The timestamps of the last
+//! message written of each stream are the copy's cursor ([`LogCursor`]: one per
+//! stream, since the engine stamps each stream on its own and does not send the
+//! two in time order), stored in `<alloc_dir>/<task>_docker_log_cursor`. On
+//! reattach the caller passes it back as `since` ([`read_cursor`]): the engine is
+//! asked for the messages from the earlier of the two seconds on (its `since` has
+//! whole seconds), and those at or before their stream's cursor are skipped, so
+//! nothing is copied twice and nothing after the cursor is lost. A first copy
+//! passes no cursor and gets the container's whole log, from its start.
+//!
+//! The cursor is stored (atomically, so fsync'd) at most every 200 ms while
 //! messages flow, and when the stream ends: an agent killed in between copies
 //! those last 200 ms again on reattach. Nothing is lost either way.
 
@@ -31,20 +34,62 @@ pub fn cursor_path(alloc: &AllocDir, task: &str) -> PathBuf {
     alloc.root.join(format!("{task}_docker_log_cursor"))
 }
 
+/// How far a log copy got: the engine timestamp (Unix nanoseconds) of the last
+/// message written of each stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogCursor {
+    /// The last stdout message written.
+    pub stdout: Option<i64>,
+    /// The last stderr message written.
+    pub stderr: Option<i64>,
+}
+
+impl LogCursor {
+    /// The file's text: `stdout=N stderr=N`, `-` for a stream with nothing yet.
+    fn to_text(self) -> String {
+        let f = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
+        format!("stdout={} stderr={}\n", f(self.stdout), f(self.stderr))
+    }
+
+    fn parse(text: &str) -> Option<LogCursor> {
+        let mut c = LogCursor::default();
+        for part in text.split_whitespace() {
+            let (k, v) = part.split_once('=')?;
+            let v = if v == "-" {
+                None
+            } else {
+                Some(v.parse().ok()?)
+            };
+            match k {
+                "stdout" => c.stdout = v,
+                "stderr" => c.stderr = v,
+                _ => return None,
+            }
+        }
+        Some(c)
+    }
+
+    /// The engine's `since`: whole seconds, the earlier stream's.
+    fn since_secs(self) -> i32 {
+        let first = match (self.stdout, self.stderr) {
+            // A stream with nothing copied yet needs the log from its start.
+            (Some(a), Some(b)) => a.min(b),
+            _ => return 0,
+        };
+        i32::try_from(first.div_euclid(1_000_000_000)).unwrap_or(i32::MAX)
+    }
+}
+
 /// The stored cursor of a task's log copy: pass it as `since` when copying again.
-pub fn read_cursor(alloc: &AllocDir, task: &str) -> Option<i64> {
-    std::fs::read_to_string(cursor_path(alloc, task))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+pub fn read_cursor(alloc: &AllocDir, task: &str) -> Option<LogCursor> {
+    LogCursor::parse(&std::fs::read_to_string(cursor_path(alloc, task)).ok()?)
 }
 
 /// How often at most the cursor is stored while messages flow (and once at the end).
 const CURSOR_EVERY: Duration = Duration::from_millis(200);
 
-fn store_cursor(path: &Path, cursor: i64) -> Result<(), DockerError> {
-    tend_proto::atomic::write(path, format!("{cursor}\n").as_bytes(), 0o644).map_err(|source| {
+fn store_cursor(path: &Path, cursor: LogCursor) -> Result<(), DockerError> {
+    tend_proto::atomic::write(path, cursor.to_text().as_bytes(), 0o644).map_err(|source| {
         DockerError::Cursor {
             path: path.to_path_buf(),
             source,
@@ -69,8 +114,8 @@ fn split_stamp(msg: &[u8]) -> (Option<i64>, &[u8]) {
 struct Copier {
     stdout: RotatingWriter,
     stderr: RotatingWriter,
-    since: Option<i64>,
-    cursor: Option<i64>,
+    since: LogCursor,
+    cursor: LogCursor,
 }
 
 impl Copier {
@@ -81,17 +126,17 @@ impl Copier {
             LogOutput::StdIn { .. } => return Ok(()),
         };
         let (ts, body) = split_stamp(msg);
+        let (since, cursor, w) = if to_stderr {
+            (self.since.stderr, &mut self.cursor.stderr, &mut self.stderr)
+        } else {
+            (self.since.stdout, &mut self.cursor.stdout, &mut self.stdout)
+        };
         if let Some(ts) = ts {
-            if self.since.is_some_and(|s| ts <= s) {
+            if since.is_some_and(|s| ts <= s) {
                 return Ok(());
             }
-            self.cursor = Some(ts);
+            *cursor = Some(ts);
         }
-        let w = if to_stderr {
-            &mut self.stderr
-        } else {
-            &mut self.stdout
-        };
         w.write_all(body).map_err(DockerError::Log)
     }
 }
@@ -103,8 +148,9 @@ pub async fn copy(
     alloc: AllocDir,
     task: String,
     logs: LogSpec,
-    since: Option<i64>,
+    since: Option<LogCursor>,
 ) -> Result<(), DockerError> {
+    let since = since.unwrap_or_default();
     let max_size = logs.max_file_size_mb.saturating_mul(1024 * 1024);
     let dir = alloc.logs();
     let mut c = Copier {
@@ -113,9 +159,7 @@ pub async fn copy(
         since,
         cursor: since,
     };
-    let since_secs = since.map_or(0, |n| {
-        i32::try_from(n.div_euclid(1_000_000_000)).unwrap_or(i32::MAX)
-    });
+    let since_secs = since.since_secs();
     let opts = LogsOptionsBuilder::new()
         .follow(true)
         .stdout(true)
@@ -135,17 +179,13 @@ pub async fn copy(
             c.message(item.map_err(engine)?)?;
         }
         if c.cursor != stored && last_store.elapsed() >= CURSOR_EVERY {
-            if let Some(cur) = c.cursor {
-                store_cursor(&cursor_file, cur)?;
-            }
+            store_cursor(&cursor_file, c.cursor)?;
             stored = c.cursor;
             last_store = Instant::now();
         }
     }
     if c.cursor != stored {
-        if let Some(cur) = c.cursor {
-            store_cursor(&cursor_file, cur)?;
-        }
+        store_cursor(&cursor_file, c.cursor)?;
     }
     Ok(())
 }
@@ -170,8 +210,11 @@ mod tests {
         let mut c = Copier {
             stdout: RotatingWriter::new(d.path(), "t", "stdout", 2, 1024),
             stderr: RotatingWriter::new(d.path(), "t", "stderr", 2, 1024),
-            since: Some(1_795_889_153_000_000_002),
-            cursor: None,
+            since: LogCursor {
+                stdout: Some(1_795_889_153_000_000_002),
+                stderr: Some(1_795_889_155_000_000_000),
+            },
+            cursor: LogCursor::default(),
         };
         for (n, line) in [(1, "old\n"), (2, "last copied\n"), (3, "new\n")] {
             let msg = format!("2026-11-28T18:05:53.00000000{n}Z {line}");
@@ -180,10 +223,15 @@ mod tests {
             })
             .unwrap();
         }
-        c.message(LogOutput::StdErr {
-            message: b"2026-11-28T18:05:54Z err\n".to_vec().into(),
-        })
-        .unwrap();
+        // The streams are cut apart: an older stderr message is still skipped.
+        for (stamp, line) in [("54", "old err\n"), ("56", "err\n")] {
+            c.message(LogOutput::StdErr {
+                message: format!("2026-11-28T18:05:{stamp}Z {line}")
+                    .into_bytes()
+                    .into(),
+            })
+            .unwrap();
+        }
         assert_eq!(
             std::fs::read_to_string(d.path().join("t.stdout")).unwrap(),
             "new\n"
@@ -192,6 +240,29 @@ mod tests {
             std::fs::read_to_string(d.path().join("t.stderr")).unwrap(),
             "err\n"
         );
-        assert_eq!(c.cursor, Some(1_795_889_154_000_000_000));
+        assert_eq!(
+            c.cursor,
+            LogCursor {
+                stdout: Some(1_795_889_153_000_000_003),
+                stderr: Some(1_795_889_156_000_000_000),
+            }
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_since_takes_the_earlier_stream() {
+        let c = LogCursor {
+            stdout: Some(5_000_000_000),
+            stderr: None,
+        };
+        assert_eq!(LogCursor::parse(&c.to_text()), Some(c));
+        assert_eq!(c.since_secs(), 0);
+        let c = LogCursor {
+            stdout: Some(5_500_000_000),
+            stderr: Some(3_200_000_000),
+        };
+        assert_eq!(LogCursor::parse(&c.to_text()), Some(c));
+        assert_eq!(c.since_secs(), 3);
+        assert_eq!(LogCursor::parse("garbage"), None);
     }
 }
