@@ -12,7 +12,7 @@
 //!   min = 20000
 //!   max = 32000
 //! }
-//! chroot_env {
+//! chroot_env = {               # an attribute: HCL block bodies take no quoted keys
 //!   "/bin" = "/bin"
 //!   "/usr" = "/usr"
 //! }
@@ -80,6 +80,9 @@ pub struct PluginConfig {
     /// docker: whether a task may ask for host devices.
     #[serde(default)]
     pub allow_devices: bool,
+    /// docker: whether a task may bind host paths outside its alloc dir.
+    #[serde(default)]
+    pub allow_host_binds: bool,
 }
 
 /// The agent's configuration file, as written.
@@ -221,7 +224,7 @@ ports {
   min = 30000
   max = 30100
 }
-chroot_env {
+chroot_env = {
   "/bin" = "/bin"
 }
 plugin "raw_exec" {

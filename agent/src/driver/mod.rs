@@ -1,6 +1,8 @@
 //! Drivers turn a task into something that runs. Every process-based driver
 //! (`raw_exec`, `exec`) goes through tend-spawn, so every task survives the agent.
 
+pub mod docker;
+
 use std::path::Path;
 use std::time::Duration;
 
