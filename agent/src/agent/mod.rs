@@ -134,6 +134,7 @@ pub(crate) struct Inner {
     pub(crate) allocs: Mutex<BTreeMap<String, AllocSlot>>,
     pub(crate) events: broadcast::Sender<EventLine>,
     pub(crate) ports: crate::ports::PortAllocator,
+    pub(crate) docker: Option<crate::driver::docker::DockerDriver>,
 }
 
 impl Inner {
@@ -222,6 +223,30 @@ impl Agent {
                 &e,
             )
         })?;
+        let docker = if settings.config.driver_enabled("docker") {
+            let p = settings
+                .config
+                .plugin
+                .get("docker")
+                .cloned()
+                .unwrap_or_default();
+            let opts = crate::driver::docker::DockerOptions {
+                endpoint: p
+                    .endpoint
+                    .unwrap_or_else(|| PathBuf::from(crate::driver::docker::DEFAULT_ENDPOINT)),
+                allow_privileged: p.allow_privileged,
+                allow_host_network: p.allow_host_network,
+                allowed_caps: p.allow_caps,
+                allow_devices: p.allow_devices,
+                allow_host_binds: p.allow_host_binds,
+            };
+            Some(
+                crate::driver::docker::DockerDriver::new(opts)
+                    .map_err(|e| internal("docker driver", &e))?,
+            )
+        } else {
+            None
+        };
         let store = StateStore::open(&settings.dirs.state_dir())
             .map_err(|e| internal("state store", &e))?;
         let (events, _) = broadcast::channel(1024);
@@ -238,6 +263,7 @@ impl Agent {
                 allocs: Mutex::new(BTreeMap::new()),
                 events,
                 ports,
+                docker,
             }),
         })
     }

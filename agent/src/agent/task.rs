@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::restart::{Decision, RestartTracker};
 use super::{AgentError, Inner};
+use crate::driver::docker::{ContainerState, DockerDriver, DockerStart, ExitMeta};
 use crate::driver::{self, Launch};
 use crate::ident::ProcId;
 use crate::jobspec::{Driver, Group, Task};
@@ -56,12 +57,23 @@ enum Ended {
     Lost(String),
 }
 
-/// A run the agent is waiting on.
-struct Run {
-    client: Client,
-    socket: PathBuf,
-    token: Token,
-    handle: Handle,
+/// A run the agent is waiting on. One lives per task, so the size of the larger
+/// variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Run {
+    /// A process under its tend-spawn.
+    Spawn {
+        client: Client,
+        socket: PathBuf,
+        token: Token,
+        handle: Handle,
+    },
+    /// A container.
+    Docker {
+        id: String,
+        meta: ExitMeta,
+        logs: tokio::task::JoinHandle<Result<(), driver::docker::DockerError>>,
+    },
 }
 
 fn find<'a>(alloc: &'a AllocRecord, task: &str) -> Option<(&'a Group, &'a Task)> {
@@ -72,6 +84,16 @@ fn find<'a>(alloc: &'a AllocRecord, task: &str) -> Option<(&'a Group, &'a Task)>
 
 /// Check what can be checked before anything exists.
 pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
+    if task.driver == Driver::Docker {
+        let d = inner.docker.as_ref().ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "task {}: driver docker is disabled on this agent",
+                task.name
+            ))
+        })?;
+        return DockerDriver::check(d.options(), task)
+            .map_err(|e| AgentError::Invalid(e.to_string()));
+    }
     driver::check_task(task, &inner.settings.chroot_env)
         .map_err(|e| AgentError::Invalid(e.to_string()))
 }
@@ -318,6 +340,9 @@ async fn start_run(
         Ok(s) => s,
         Err(e) => return Err(never(e.to_string())),
     };
+    if task.driver == Driver::Docker {
+        return start_container(inner, alloc, task, run, setup, &ports).await;
+    }
     let token = Token(paths::random_bytes::<32>());
     let config = match driver::spawn_config(&Launch {
         dirs: &inner.settings.dirs,
@@ -399,7 +424,7 @@ async fn start_run(
         ))
     });
     match Client::connect(&socket, token).await {
-        Ok(client) if client.welcome().instance == instance => Ok(Run {
+        Ok(client) if client.welcome().instance == instance => Ok(Run::Spawn {
             client,
             socket,
             token,
@@ -422,6 +447,9 @@ enum Attach {
 
 /// Take up a run after an agent restart.
 async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: Handle) -> Attach {
+    if let Some(id) = handle.container_id.clone() {
+        return reattach_container(inner, alloc_id, task, &handle, id).await;
+    }
     let token = inner.store.token(alloc_id, &task.name).ok();
     if let (Some(socket), Some(token)) = (handle.socket_path.clone(), token) {
         let socket = PathBuf::from(socket);
@@ -459,7 +487,7 @@ async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: H
                             format!("run {}: tend-spawn answered", handle.run),
                         ))
                     });
-                    return Attach::Live(Box::new(Run {
+                    return Attach::Live(Box::new(Run::Spawn {
                         client,
                         socket,
                         token,
@@ -551,12 +579,17 @@ async fn wait_run(
     ctl: &mut mpsc::UnboundedReceiver<Ctl>,
     stopping: &mut bool,
 ) -> Ended {
-    let Run {
-        mut client,
-        socket,
-        token,
-        handle,
-    } = run;
+    let (mut client, socket, token, handle) = match run {
+        Run::Spawn {
+            client,
+            socket,
+            token,
+            handle,
+        } => (client, socket, token, handle),
+        Run::Docker { id, meta, logs } => {
+            return wait_container(inner, alloc_id, task, id, meta, logs, ctl, stopping).await;
+        }
+    };
     let wait = client.wait();
     tokio::pin!(wait);
     let mut ctl_open = true;
@@ -618,4 +651,203 @@ async fn wait_run(
 async fn control(socket: &Path, token: Token, req: Request) -> Result<(), spawn::ClientError> {
     let mut c = Client::connect(socket, token).await?;
     c.command(req).await
+}
+
+fn docker_of(inner: &Inner) -> Result<&DockerDriver, String> {
+    inner
+        .docker
+        .as_ref()
+        .ok_or_else(|| "driver docker is disabled on this agent".to_string())
+}
+
+/// Start a run as a container: the container id is persisted as the handle.
+async fn start_container(
+    inner: &Arc<Inner>,
+    alloc: &AllocRecord,
+    task: &Task,
+    run: u32,
+    setup: driver::TaskSetup,
+    ports: &[crate::ports::AssignedPort],
+) -> Result<Run, ExitStatus> {
+    let alloc_id = &alloc.alloc_id;
+    let dir = inner.settings.dirs.alloc(alloc_id);
+    let exit_path = dir.exit_status(&task.name);
+    let never = |msg: String| {
+        let e = ExitStatus::never_started(alloc_id, &task.name, run, msg);
+        if let Err(err) = e.write(&exit_path) {
+            tracing::error!(error = %err, "cannot write exit status file");
+        }
+        e
+    };
+    let docker = docker_of(inner).map_err(never)?;
+    let id = docker
+        .start(&DockerStart {
+            alloc_id,
+            alloc: &dir,
+            task,
+            job_labels: &alloc.job.meta,
+            command: setup.command,
+            args: setup.args,
+            env: setup.env,
+            ports,
+        })
+        .await
+        .map_err(|e| never(e.to_string()))?;
+    let handle = Handle {
+        driver: task.driver.name().to_string(),
+        run,
+        socket_path: None,
+        daemon_pid: None,
+        daemon_start_time: None,
+        instance: None,
+        task_pid: None,
+        task_start_time: None,
+        cgroup: None,
+        exit_status_path: exit_path.display().to_string(),
+        protocol_version: PROTOCOL_VERSION,
+        container_id: Some(id.clone()),
+    };
+    inner.update_task(alloc_id, &task.name, |r| {
+        r.run = run;
+        r.phase = TaskPhase::Running;
+        r.handle = Some(handle);
+        r.started_at = Some(tend_proto::time::now());
+        r.finished_at = None;
+        Some(r.event(
+            "started",
+            format!("run {run}: container {}", &id[..id.len().min(12)]),
+        ))
+    });
+    let logs = docker.copy_logs(&id, &dir, &task.name, task.logs, None);
+    Ok(Run::Docker {
+        id,
+        meta: ExitMeta {
+            alloc_id: alloc_id.clone(),
+            task: task.name.clone(),
+            run,
+            exit_status_path: exit_path,
+        },
+        logs,
+    })
+}
+
+/// Take up a container after an agent restart: by its id, never by its name.
+async fn reattach_container(
+    inner: &Arc<Inner>,
+    alloc_id: &str,
+    task: &Task,
+    handle: &Handle,
+    id: String,
+) -> Attach {
+    let meta = ExitMeta {
+        alloc_id: alloc_id.to_string(),
+        task: task.name.clone(),
+        run: handle.run,
+        exit_status_path: PathBuf::from(&handle.exit_status_path),
+    };
+    let docker = match docker_of(inner) {
+        Ok(d) => d,
+        Err(e) => return Attach::Ended(Ended::Lost(e)),
+    };
+    match docker.probe(&id, &meta).await {
+        Ok(ContainerState::Running) => {
+            let dir = inner.settings.dirs.alloc(alloc_id);
+            let cursor = driver::docker::logs::read_cursor(&dir, &task.name);
+            let logs = docker.copy_logs(&id, &dir, &task.name, task.logs, cursor);
+            inner.update_task(alloc_id, &task.name, |r| {
+                r.phase = TaskPhase::Running;
+                Some(r.event(
+                    "reattached",
+                    format!("run {}: container is running", handle.run),
+                ))
+            });
+            Attach::Live(Box::new(Run::Docker { id, meta, logs }))
+        }
+        Ok(ContainerState::Exited(e)) => {
+            let _ = docker.remove(&id).await;
+            Attach::Ended(Ended::Exit(e))
+        }
+        Ok(ContainerState::Vanished) => Attach::Ended(Ended::Lost(format!(
+            "container {id} vanished while the agent was away: the exit is unknown"
+        ))),
+        Err(e) => Attach::Ended(Ended::Lost(format!("container {id}: {e}"))),
+    }
+}
+
+/// Wait for a container's end, serving stop and signal requests meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn wait_container(
+    inner: &Arc<Inner>,
+    alloc_id: &str,
+    task: &Task,
+    id: String,
+    meta: ExitMeta,
+    logs: tokio::task::JoinHandle<Result<(), driver::docker::DockerError>>,
+    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+    stopping: &mut bool,
+) -> Ended {
+    let docker = match docker_of(inner) {
+        Ok(d) => d,
+        Err(e) => return Ended::Lost(e),
+    };
+    let wait = docker.wait(&id, &meta);
+    tokio::pin!(wait);
+    let mut ctl_open = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut wait => break r,
+            c = ctl.recv(), if ctl_open => match c {
+                None => ctl_open = false,
+                Some(Ctl::Stop) => {
+                    *stopping = true;
+                    inner.update_task(alloc_id, &task.name, |r| {
+                        Some(r.event("stopping", format!(
+                            "stopping with signal {} and {} grace",
+                            task.kill_signal,
+                            humanize(task.kill_timeout)
+                        )))
+                    });
+                    let (signal, timeout) = (task.kill_signal, task.kill_timeout);
+                    let (id2, opts) = (id.clone(), docker.options().clone());
+                    // The stop runs beside the wait, which sees the end.
+                    tokio::spawn(async move {
+                        if let Ok(d) = DockerDriver::new(opts) {
+                            if let Err(e) = d.stop(&id2, signal, timeout).await {
+                                tracing::warn!(error = %e, "container stop failed");
+                            }
+                        }
+                    });
+                }
+                Some(Ctl::Signal(signo, reply)) => {
+                    let r = match docker.signal(&id, signo).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err("the container is not running".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if r.is_ok() {
+                        inner.update_task(alloc_id, &task.name, |rec| {
+                            Some(rec.event("signaled", format!("sent signal {signo}")))
+                        });
+                    }
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    };
+    // The log copy ends with the container; let it finish before removal.
+    let _ = tokio::time::timeout(Duration::from_secs(5), logs).await;
+    let ended = match result {
+        Ok(e) => Ended::Exit(e),
+        Err(driver::docker::DockerError::Vanished { .. }) => {
+            Ended::Lost(format!("container {id} vanished: the exit is unknown"))
+        }
+        Err(e) => match docker.probe(&id, &meta).await {
+            Ok(ContainerState::Exited(es)) => Ended::Exit(es),
+            _ => Ended::Lost(format!("container {id}: {e}")),
+        },
+    };
+    if let Err(e) = docker.remove(&id).await {
+        tracing::warn!(error = %e, "cannot remove the container");
+    }
+    ended
 }

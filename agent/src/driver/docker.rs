@@ -430,6 +430,12 @@ impl DockerDriver {
         }
     }
 
+    /// Send `signal` to the container's main process; false when it is not
+    /// running or gone.
+    pub async fn signal(&self, id: &str, signal: i32) -> Result<bool, DockerError> {
+        self.kill(id, signal).await
+    }
+
     /// Send `signal`; false when the container is not running or gone.
     async fn kill(&self, id: &str, signal: i32) -> Result<bool, DockerError> {
         let opts = KillContainerOptionsBuilder::new()
