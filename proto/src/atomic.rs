@@ -101,11 +101,7 @@ pub fn write_at<D: AsFd>(dir: D, name: &str, data: &[u8], mode: u32) -> Result<(
     })();
     if result.is_err() {
         // Nothing half-written is left behind.
-        let _ = unlinkat(
-            dir.as_fd(),
-            tmp.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
+        let _ = unlinkat(dir.as_fd(), tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
     }
     result
 }

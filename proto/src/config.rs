@@ -167,20 +167,14 @@ impl SpawnConfig {
             return Err(bad("logs.max_file_size", "must be at least 1 byte"));
         }
         if !(1..=64).contains(&self.kill_signal) {
-            return Err(bad(
-                "kill_signal",
-                format!("{} is not a signal", self.kill_signal),
-            ));
+            return Err(bad("kill_signal", format!("{} is not a signal", self.kill_signal)));
         }
         if let Some(cg) = &self.cgroup {
             relative("cgroup.path", &cg.path)?;
             if let Some(d) = &cg.daemon_path {
                 relative("cgroup.daemon_path", d)?;
                 if d == &cg.path || Path::new(d).starts_with(&cg.path) {
-                    return Err(bad(
-                        "cgroup.daemon_path",
-                        "must lie outside the task's cgroup",
-                    ));
+                    return Err(bad("cgroup.daemon_path", "must lie outside the task's cgroup"));
                 }
             }
             if cg.memory_bytes == Some(0) {
@@ -245,9 +239,7 @@ fn absolute(field: &str, v: &str) -> Result<(), ConfigError> {
     if !p.is_absolute() {
         return Err(bad(field, format!("{v:?} is not an absolute path")));
     }
-    if p.components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
         return Err(bad(field, format!("{v:?} holds '..'")));
     }
     Ok(())
@@ -258,13 +250,9 @@ fn relative(field: &str, v: &str) -> Result<(), ConfigError> {
     let p = Path::new(v);
     if v.is_empty()
         || p.is_absolute()
-        || p.components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
-        return Err(bad(
-            field,
-            format!("{v:?} must be a relative path without '..'"),
-        ));
+        return Err(bad(field, format!("{v:?} must be a relative path without '..'")));
     }
     Ok(())
 }

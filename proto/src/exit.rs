@@ -207,17 +207,9 @@ impl ExitStatus {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(ExitFileError::NotFound { path: shown })
             }
-            Err(source) => {
-                return Err(ExitFileError::Read {
-                    path: shown,
-                    source,
-                })
-            }
+            Err(source) => return Err(ExitFileError::Read { path: shown, source }),
         };
-        ExitStatus::from_json(&bytes).map_err(|reason| ExitFileError::Invalid {
-            path: shown,
-            reason,
-        })
+        ExitStatus::from_json(&bytes).map_err(|reason| ExitFileError::Invalid { path: shown, reason })
     }
 }
 
@@ -229,27 +221,15 @@ mod tests {
     fn decodes_wait_statuses() {
         assert_eq!(
             WaitStatus::decode(3 << 8),
-            WaitStatus {
-                exit_code: Some(3),
-                signal: None,
-                core_dumped: false
-            }
+            WaitStatus { exit_code: Some(3), signal: None, core_dumped: false }
         );
         assert_eq!(
             WaitStatus::decode(9),
-            WaitStatus {
-                exit_code: None,
-                signal: Some(9),
-                core_dumped: false
-            }
+            WaitStatus { exit_code: None, signal: Some(9), core_dumped: false }
         );
         assert_eq!(
             WaitStatus::decode(11 | 0x80),
-            WaitStatus {
-                exit_code: None,
-                signal: Some(11),
-                core_dumped: true
-            }
+            WaitStatus { exit_code: None, signal: Some(11), core_dumped: true }
         );
     }
 
@@ -270,14 +250,8 @@ mod tests {
     fn missing_and_torn_files_are_not_zero() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x");
-        assert!(matches!(
-            ExitStatus::read(&path),
-            Err(ExitFileError::NotFound { .. })
-        ));
+        assert!(matches!(ExitStatus::read(&path), Err(ExitFileError::NotFound { .. })));
         std::fs::write(&path, b"{\"version\": 1, \"exit_co").unwrap();
-        assert!(matches!(
-            ExitStatus::read(&path),
-            Err(ExitFileError::Invalid { .. })
-        ));
+        assert!(matches!(ExitStatus::read(&path), Err(ExitFileError::Invalid { .. })));
     }
 }

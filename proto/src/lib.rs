@@ -23,4 +23,4 @@ pub mod time;
 pub use config::SpawnConfig;
 pub use exit::ExitStatus;
 pub use frame::{Frame, FrameDecoder, FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
-pub use msg::{Hello, Instance, Request, Response, Stage, StartReport, Token};
+pub use msg::{Hello, Instance, Request, Response, StartReport, Stage, Token};

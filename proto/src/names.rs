@@ -104,14 +104,8 @@ mod tests {
         assert!(check_file_name("a.b-c_d").is_ok());
         assert_eq!(check_file_name(""), Err(NameError::Empty));
         assert!(matches!(check_file_name(".."), Err(NameError::Dots(_))));
-        assert!(matches!(
-            check_file_name("a/b"),
-            Err(NameError::Separator(_))
-        ));
-        assert!(matches!(
-            check_file_name("a\0b"),
-            Err(NameError::Separator(_))
-        ));
+        assert!(matches!(check_file_name("a/b"), Err(NameError::Separator(_))));
+        assert!(matches!(check_file_name("a\0b"), Err(NameError::Separator(_))));
         assert!(check_file_name(&"x".repeat(201)).is_err());
     }
 

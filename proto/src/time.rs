@@ -68,11 +68,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    (
-        y,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
-    )
+    (y, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
 }
 
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
@@ -101,13 +97,7 @@ mod tests {
 
     #[test]
     fn parse_round_trips() {
-        for micros in [
-            0u64,
-            1,
-            951_782_400_000_001,
-            1_795_888_185_123_456,
-            4_102_444_799_999_999,
-        ] {
+        for micros in [0u64, 1, 951_782_400_000_001, 1_795_888_185_123_456, 4_102_444_799_999_999] {
             let t = UNIX_EPOCH + Duration::from_micros(micros);
             assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
         }
