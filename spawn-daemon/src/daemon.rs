@@ -336,6 +336,8 @@ struct Started {
 /// The daemon, from the grandchild's first instruction to its exit code.
 pub fn run(config: SpawnConfig, isolation: Option<Isolation>) -> i32 {
     let daemon_pid = getpid();
+    // Hold no dir of the agent's busy.
+    let _ = nix::unistd::chdir("/");
     // Signals first: nothing may arrive unhandled.
     for s in [Signal::SIGHUP, Signal::SIGINT, Signal::SIGPIPE] {
         let _ = sys::ignore_signal(s);
