@@ -43,9 +43,11 @@ pub fn target_dir() -> PathBuf {
     dir
 }
 
-/// Path of a built binary of the workspace; panics if it is not built.
+/// Path of a built binary of the workspace (in `$TEND_BIN_DIR` when that is
+/// set, e.g. `target/release`); panics if it is not built.
 pub fn bin(name: &str) -> PathBuf {
-    let p = target_dir().join(name);
+    let dir = std::env::var_os("TEND_BIN_DIR").map_or_else(target_dir, PathBuf::from);
+    let p = dir.join(name);
     assert!(
         p.is_file(),
         "{} is missing: run `cargo build --workspace` first",
