@@ -285,6 +285,25 @@ pub fn spawn(
     Err(StartFailure::new(stage, &prep.what(stage), errno))
 }
 
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two words.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
 /// Raw fd numbers the child works with (no Rust ownership crosses the fork).
 struct ChildFds {
     sync_r: RawFd,
@@ -351,8 +370,16 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
             if libc::setresuid(iso.uid, iso.uid, iso.uid) != 0 {
                 child_fail(err_w, Stage::Setuid);
             }
-            // Ambient capabilities go; after setresuid to non-root the permitted,
-            // effective and inheritable sets are empty already (no keepcaps).
+            // Every capability set goes: setresuid to non-root emptied permitted
+            // and effective (no keepcaps), not inheritable; ambient goes too.
+            let mut header = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let data = [CapData::default(); 2];
+            if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
+                child_fail(err_w, Stage::Privileges);
+            }
             if libc::prctl(
                 libc::PR_CAP_AMBIENT,
                 libc::PR_CAP_AMBIENT_CLEAR_ALL,

@@ -572,3 +572,73 @@ fn idle_daemon_memory() {
         println!("{}", String::from_utf8_lossy(&out.stdout));
     }
 }
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn isolation_drops_to_the_user_with_no_groups_caps_or_new_privs() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut cfg = sh(
+        &sb,
+        "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapAmb|NoNewPrivs):' /proc/self/status",
+    );
+    cfg.cwd = "/".into();
+    cfg.isolation = Some(tend_proto::config::Isolation {
+        user: "nobody".into(),
+        chroot: None,
+    });
+    sb.start(&cfg).pids();
+    assert_eq!(Sandbox::wait_exit_file(&cfg, LONG).exit_code, Some(0));
+    let out = fs::read_to_string(Sandbox::log_path(&cfg, "stdout")).unwrap();
+    let field = |k: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{k}:")))
+            .unwrap_or_else(|| panic!("{k} missing in {out}"))
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let uid = nobody.uid.to_string();
+    let gid = nobody.gid.to_string();
+    assert_eq!(field("Uid"), [uid.as_str(); 4], "{out}");
+    assert_eq!(field("Gid"), [gid.as_str(); 4], "{out}");
+    assert!(field("Groups").is_empty(), "{out}");
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(field(cap), ["0000000000000000"], "{cap}: {out}");
+    }
+    assert_eq!(field("NoNewPrivs"), ["1"], "{out}");
+}
+
+#[test]
+fn an_unknown_user_fails_at_the_user_stage() {
+    let sb = Sandbox::new();
+    let mut cfg = sb.config("t", "/bin/true", &[]);
+    cfg.isolation = Some(tend_proto::config::Isolation {
+        user: "no-such-user-tend".into(),
+        chroot: None,
+    });
+    let (stage, _, message) = sb.start(&cfg).failure();
+    assert_eq!(stage, Stage::User);
+    assert!(message.contains("no-such-user-tend"), "{message}");
+}
+
+#[test]
+fn a_chroot_is_refused_cleanly_until_supported() {
+    let sb = Sandbox::new();
+    let mut cfg = sb.config("t", "/bin/true", &[]);
+    cfg.isolation = Some(tend_proto::config::Isolation {
+        user: "nobody".into(),
+        chroot: Some(tend_proto::config::ChrootSpec { binds: vec![] }),
+    });
+    let (stage, errno, message) = sb.start(&cfg).failure();
+    assert_eq!((stage, errno), (Stage::Config, 0));
+    assert!(message.contains("not supported yet"), "{message}");
+}
