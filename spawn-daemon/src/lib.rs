@@ -1,4 +1,211 @@
 //! tend-spawn: the per-task supervisor.
+//!
+//! The agent execs `tend-spawn` with a [`SpawnConfig`] frame on stdin. It checks
+//! the config, cleans its own process state, double-forks (so the agent is never
+//! its parent), binds its control socket, starts the task, writes one
+//! [`StartReport`] frame to stdout and then serves the agent over the socket until
+//! the task's exit is recorded and released. See `DESIGN.md`, "The spawn protocol"
+//! and "Inside tend-spawn".
+//!
+//! Unsafe code lives only in [`child`] (fork/exec) and [`sys`] (raw syscalls).
 #![deny(unsafe_code)]
 
 pub mod cgroup;
+pub mod child;
+pub mod daemon;
+pub mod daemon_log;
+pub mod logs;
+pub mod reaper;
+pub mod server;
+pub mod sys;
+
+use std::io;
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::stat::{umask, Mode};
+use tend_proto::frame::{read_frame, MAX_FRAME_LEN};
+use tend_proto::{SpawnConfig, Stage, StartReport};
+
+use crate::child::{Forked, StartFailure};
+
+/// Exit code of a start that failed (the report says why).
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code of a usage error.
+pub const EXIT_USAGE: i32 = 2;
+
+/// Why the command line was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    /// An argument tend-spawn does not take.
+    #[error(
+        "unknown argument {0:?}: tend-spawn takes its config as a frame on stdin (see --help)"
+    )]
+    UnknownArgument(String),
+    /// stdin is a terminal.
+    #[error("stdin is a terminal: tend-spawn is started by the tend agent, which writes its config to stdin")]
+    Terminal,
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Run as the agent's supervisor (no arguments).
+    Run,
+    /// Print the version.
+    Version,
+    /// Print the help.
+    Help,
+}
+
+/// The help text.
+pub const HELP: &str = "tend-spawn: tend's per-task supervisor.\n\
+\n\
+Started by the tend agent, which writes the task's spawn config as one frame to\n\
+stdin and reads one start report from stdout. It takes no other arguments.\n\
+\n\
+Options:\n  --version  print the version\n  --help     print this help\n";
+
+/// Parse argv (without argv\[0\]).
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, UsageError> {
+    let args: Vec<String> = args.into_iter().collect();
+    match args.as_slice() {
+        [] => Ok(Command::Run),
+        [a] if a == "--version" || a == "-V" => Ok(Command::Version),
+        [a] if a == "--help" || a == "-h" => Ok(Command::Help),
+        [a, ..] => Err(UsageError::UnknownArgument(a.clone())),
+    }
+}
+
+/// Read and check the config frame from stdin.
+pub fn read_config<R: io::Read>(input: &mut R) -> Result<SpawnConfig, StartFailure> {
+    let frame = read_frame(input, MAX_FRAME_LEN).map_err(|e| {
+        StartFailure::plain(Stage::Config, format!("reading the spawn config: {e}"))
+    })?;
+    let config: SpawnConfig = frame.decode().map_err(|e| {
+        StartFailure::plain(Stage::Config, format!("decoding the spawn config: {e}"))
+    })?;
+    config
+        .validate()
+        .map_err(|e| StartFailure::plain(Stage::Config, e.to_string()))?;
+    if let Some(iso) = &config.isolation {
+        if iso.chroot.is_some() {
+            return Err(StartFailure::plain(
+                Stage::Config,
+                "isolation with a chroot is not supported yet",
+            ));
+        }
+    }
+    Ok(config)
+}
+
+/// Clean what the process inherited: every fd above 2, the umask, the fd limit.
+pub fn sanitize() {
+    sys::close_fds_above_stdio();
+    umask(Mode::from_bits_truncate(0o077));
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// The whole run of `tend-spawn` with no arguments; returns the exit code of the
+/// process that returns (the first process, or the daemon when it leaves).
+pub fn run() -> i32 {
+    if sys::is_tty(io::stdin()) {
+        eprintln!("tend-spawn: {}", UsageError::Terminal);
+        return EXIT_USAGE;
+    }
+    sanitize();
+    let config = match read_config(&mut io::stdin().lock()) {
+        Ok(c) => c,
+        Err(f) => return report_failure(&f),
+    };
+    // Who the task runs as is looked up before any fork.
+    let isolation = match config
+        .isolation
+        .as_ref()
+        .map(|i| daemon::resolve_user(&i.user))
+        .transpose()
+    {
+        Ok(i) => i,
+        Err(f) => return report_failure(&f),
+    };
+    match child::fork_single_threaded() {
+        Err(e) => report_failure(&StartFailure::io(Stage::Fork, "daemon", &e)),
+        Ok(Forked::Parent(intermediate)) => match sys::wait_blocking(intermediate) {
+            Ok(0) => 0,
+            Ok(status) => {
+                eprintln!("tend-spawn: the intermediate process ended with status {status}");
+                EXIT_FAILED
+            }
+            Err(e) => {
+                eprintln!("tend-spawn: waiting for the intermediate process: {e}");
+                EXIT_FAILED
+            }
+        },
+        Ok(Forked::Child) => {
+            // The intermediate: a new session, then the daemon, then leave.
+            if let Err(e) = nix::unistd::setsid() {
+                report_failure(&StartFailure::new(Stage::Fork, "setsid", e as i32));
+                sys::exit_now(EXIT_FAILED);
+            }
+            match child::fork_single_threaded() {
+                Err(e) => {
+                    report_failure(&StartFailure::io(Stage::Fork, "daemon", &e));
+                    sys::exit_now(EXIT_FAILED)
+                }
+                Ok(Forked::Parent(_)) => sys::exit_now(0),
+                Ok(Forked::Child) => daemon::run(config, isolation),
+            }
+        }
+    }
+}
+
+fn report_failure(f: &StartFailure) -> i32 {
+    eprintln!("tend-spawn: {}", f.message);
+    daemon::report(&StartReport::Failed {
+        stage: f.stage,
+        errno: f.errno,
+        message: f.message.clone(),
+    });
+    EXIT_FAILED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args() {
+        assert_eq!(parse_args(vec![]), Ok(Command::Run));
+        assert_eq!(parse_args(vec!["--version".into()]), Ok(Command::Version));
+        assert_eq!(parse_args(vec!["--help".into()]), Ok(Command::Help));
+        assert!(matches!(
+            parse_args(vec!["--config=x".into()]),
+            Err(UsageError::UnknownArgument(_))
+        ));
+        assert!(parse_args(vec!["--version".into(), "x".into()]).is_err());
+    }
+
+    #[test]
+    fn config_errors_are_config_stage() {
+        let mut garbage: &[u8] = b"not a frame at all";
+        let f = read_config(&mut garbage).unwrap_err();
+        assert_eq!(f.stage, Stage::Config);
+        let mut c = tend_proto::config::example("/tmp/a", "/tmp/s");
+        c.isolation = Some(tend_proto::config::Isolation {
+            user: "nobody".into(),
+            chroot: Some(tend_proto::config::ChrootSpec { binds: vec![] }),
+        });
+        let bytes = tend_proto::frame::encode(&c).unwrap();
+        let f = read_config(&mut &bytes[..]).unwrap_err();
+        assert_eq!(f.stage, Stage::Config);
+        assert!(f.message.contains("not supported yet"), "{}", f.message);
+        c.isolation = None;
+        c.run = 0;
+        let bytes = tend_proto::frame::encode(&c).unwrap();
+        assert!(read_config(&mut &bytes[..])
+            .unwrap_err()
+            .message
+            .contains("run"));
+    }
+}

@@ -1,1 +1,432 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: find the built binaries, run
+//! `tend-spawn` as the agent does, talk to its socket, and clean up.
+//!
+//! ```no_run
+//! use tend_tests::{Sandbox, Client};
+//! let sb = Sandbox::new();
+//! let cfg = sb.config("web", "/bin/sh", &["-c", "echo hi; exit 3"]);
+//! let started = sb.start(&cfg);
+//! let (daemon_pid, task_pid, _instance) = started.pids();
+//! let mut c = Client::connect(&cfg);
+//! let exit = c.wait_exit();
+//! assert_eq!(exit.exit_code, Some(3));
+//! ```
+//!
+//! Every [`Sandbox`] owns a fresh data dir and a short run dir (0700) under /tmp;
+//! when it is dropped, even after a failed assertion, every process whose cwd or
+//! any open fd lies inside them is SIGKILLed, then the dirs are removed.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tend_proto::config::{example, SpawnConfig};
+use tend_proto::frame::{self, FrameError, MAX_FRAME_LEN};
+use tend_proto::msg::Welcome;
+use tend_proto::{
+    ExitStatus, Hello, Instance, Request, Response, StartReport, Token, PROTOCOL_VERSION,
+};
+
+/// The dir the test executable's crate builds into (`target/debug`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test>-<hash>
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a built binary of the workspace (in `$TEND_BIN_DIR` when that is
+/// set, e.g. `target/release`); panics if it is not built.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("TEND_BIN_DIR").map_or_else(target_dir, PathBuf::from);
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// Path of the built `tend-spawn`.
+pub fn spawn_bin() -> PathBuf {
+    bin("tend-spawn")
+}
+
+/// Poll `f` every 10 ms until it holds or `timeout` passes; whether it held.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("read /dev/urandom");
+    b
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// One test's private world: a data dir, a short run dir, and cleanup on drop.
+#[derive(Debug)]
+pub struct Sandbox {
+    data: tempfile::TempDir,
+    data_dir: PathBuf,
+    run: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    /// A sandbox with a data dir under the system temp dir.
+    pub fn new() -> Sandbox {
+        let data = tempfile::Builder::new()
+            .prefix("tend-data-")
+            .tempdir()
+            .expect("data tempdir");
+        let run = tempfile::Builder::new()
+            .prefix("tr")
+            .tempdir_in("/tmp")
+            .expect("run tempdir");
+        fs::set_permissions(run.path(), fs::Permissions::from_mode(0o700)).expect("chmod run dir");
+        let data_dir = data.path().to_path_buf();
+        Sandbox {
+            data,
+            data_dir,
+            run,
+        }
+    }
+
+    /// A sandbox whose data dir path is `len` bytes long (at least the temp dir's).
+    pub fn with_data_dir_len(len: usize) -> Sandbox {
+        let mut sb = Sandbox::new();
+        let base = sb.data.path().to_path_buf();
+        let have = base.as_os_str().len() + 1;
+        let mut dir = base;
+        let mut left = len.saturating_sub(have);
+        while left > 0 {
+            // Path components are at most 255 bytes.
+            let n = left.min(100);
+            let n = if left - n == 1 { n - 1 } else { n };
+            dir.push("d".repeat(n.max(1)));
+            left = left.saturating_sub(n.max(1) + 1);
+        }
+        fs::create_dir_all(&dir).expect("create long data dir");
+        sb.data_dir = dir;
+        sb
+    }
+
+    /// The data dir (`<data_dir>/allocs/<alloc_id>/...`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The short run dir (sockets), mode 0700.
+    pub fn run_dir(&self) -> &Path {
+        self.run.path()
+    }
+
+    /// A config for `task` running `command args...`: a fresh alloc id and token,
+    /// the alloc dir and the task dir (`<alloc_dir>/<task>`, also its cwd) made,
+    /// the socket in the run dir, linger 60 s, kill signal SIGTERM with 5 s grace.
+    pub fn config(&self, task: &str, command: &str, args: &[&str]) -> SpawnConfig {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let alloc_id = format!("a{}{n}", tend_proto::names::to_hex(&random_bytes::<4>()));
+        let alloc_dir = self.data_dir.join("allocs").join(&alloc_id);
+        let task_dir = alloc_dir.join(task);
+        fs::create_dir_all(&task_dir).expect("create task dir");
+        let socket = self.run.path().join(format!("{n}.sock"));
+        let mut c = example(
+            alloc_dir.to_str().expect("utf-8 path"),
+            socket.to_str().expect("utf-8 path"),
+        );
+        c.alloc_id = alloc_id;
+        c.task = task.to_string();
+        c.token = Token(random_bytes::<32>());
+        c.command = command.to_string();
+        c.args = args.iter().map(|s| s.to_string()).collect();
+        c.cwd = task_dir.to_str().expect("utf-8 path").to_string();
+        c
+    }
+
+    /// The exit status file of `cfg`'s task.
+    pub fn exit_path(cfg: &SpawnConfig) -> PathBuf {
+        cfg.exit_status_path()
+    }
+
+    /// The current log file of `stream` ("stdout", "stderr") of `cfg`'s task.
+    pub fn log_path(cfg: &SpawnConfig, stream: &str) -> PathBuf {
+        cfg.log_dir()
+            .join(tend_proto::names::log_file(&cfg.task, stream))
+    }
+
+    /// Wait up to `timeout` for the exit status file and read it.
+    pub fn wait_exit_file(cfg: &SpawnConfig, timeout: Duration) -> ExitStatus {
+        let path = cfg.exit_status_path();
+        assert!(
+            wait_until(timeout, || path.exists()),
+            "no exit status file {} after {timeout:?}",
+            path.display()
+        );
+        ExitStatus::read(&path).expect("read exit status file")
+    }
+
+    /// Exec tend-spawn as the agent does (empty environment, config frame on
+    /// stdin) and read its start report.
+    pub fn start(&self, cfg: &SpawnConfig) -> Spawned {
+        let bytes = frame::encode(cfg).expect("encode config");
+        self.start_raw(&bytes)
+    }
+
+    /// Exec tend-spawn with `input` as its whole stdin and read the start report.
+    pub fn start_raw(&self, input: &[u8]) -> Spawned {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let stderr_path = self.data.path().join(format!("spawn-{n}.stderr"));
+        let stderr = fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(spawn_bin())
+            .env_clear()
+            .current_dir(self.data.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("exec tend-spawn");
+        {
+            let mut stdin = child.stdin.take().expect("stdin");
+            // A daemon refusing early may close its end: that is its answer.
+            let _ = stdin.write_all(input);
+        }
+        let mut stdout = child.stdout.take().expect("stdout");
+        let report =
+            frame::read_frame(&mut stdout, MAX_FRAME_LEN).and_then(|f| f.decode::<StartReport>());
+        let status = child.wait().expect("wait tend-spawn");
+        Spawned {
+            report,
+            exit_code: status.code(),
+            stderr_path,
+        }
+    }
+
+    /// Pids of every process (but this one) whose cwd or any open fd lies in the
+    /// sandbox's dirs.
+    pub fn pids_inside(&self) -> Vec<i32> {
+        let roots = [
+            self.data.path().to_path_buf(),
+            self.run.path().to_path_buf(),
+        ];
+        let inside = |p: &Path| roots.iter().any(|r| p.starts_with(r));
+        let me = std::process::id();
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir("/proc") else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid.unsigned_abs() == me {
+                continue;
+            }
+            let base = e.path();
+            let mut hit = fs::read_link(base.join("cwd")).is_ok_and(|p| inside(&p));
+            if !hit {
+                if let Ok(fds) = fs::read_dir(base.join("fd")) {
+                    hit = fds
+                        .flatten()
+                        .any(|fd| fs::read_link(fd.path()).is_ok_and(|p| inside(&p)));
+                }
+            }
+            if hit {
+                out.push(pid);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let pids = self.pids_inside();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// What one exec of tend-spawn gave.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The start report, or why none could be read.
+    pub report: Result<StartReport, FrameError>,
+    /// The exit code of the process the agent started.
+    pub exit_code: Option<i32>,
+    /// Where its stderr went.
+    pub stderr_path: PathBuf,
+}
+
+impl Spawned {
+    /// `(daemon_pid, task_pid, instance)` of a Started report; panics otherwise.
+    pub fn pids(&self) -> (i32, i32, Instance) {
+        match &self.report {
+            Ok(StartReport::Started {
+                daemon_pid,
+                task_pid,
+                instance,
+            }) => (*daemon_pid, *task_pid, *instance),
+            other => panic!("expected Started, got {other:?}; stderr: {}", self.stderr()),
+        }
+    }
+
+    /// `(stage, errno, message)` of a Failed report; panics otherwise.
+    pub fn failure(&self) -> (tend_proto::Stage, i32, String) {
+        match &self.report {
+            Ok(StartReport::Failed {
+                stage,
+                errno,
+                message,
+            }) => (*stage, *errno, message.clone()),
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
+
+    /// What tend-spawn wrote to stderr.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+/// A blocking client of a daemon's socket.
+#[derive(Debug)]
+pub struct Client {
+    /// The connection.
+    pub stream: UnixStream,
+    /// The daemon's Welcome, once received.
+    pub welcome: Option<Welcome>,
+}
+
+impl Client {
+    /// Connect without a Hello (reads time out after 10 s).
+    pub fn connect_raw(path: &Path) -> Client {
+        let stream =
+            UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Client {
+            stream,
+            welcome: None,
+        }
+    }
+
+    /// Connect to `cfg`'s daemon, say Hello with its token, expect Welcome.
+    pub fn connect(cfg: &SpawnConfig) -> Client {
+        let mut c = Client::connect_raw(Path::new(&cfg.socket_path));
+        c.send(&Hello {
+            version: PROTOCOL_VERSION,
+            token: cfg.token,
+        });
+        match c.recv() {
+            Ok(Response::Welcome(w)) => c.welcome = Some(w),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        c
+    }
+
+    /// Send one message as a frame.
+    pub fn send<T: serde::Serialize>(&mut self, msg: &T) {
+        let bytes = frame::encode(msg).expect("encode");
+        self.send_bytes(&bytes);
+    }
+
+    /// Send raw bytes.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to daemon");
+    }
+
+    /// Receive one response.
+    pub fn recv(&mut self) -> Result<Response, FrameError> {
+        frame::read_frame(&mut self.stream, MAX_FRAME_LEN)?.decode()
+    }
+
+    /// Send a request and receive its answer.
+    pub fn request(&mut self, req: Request) -> Response {
+        self.send(&req);
+        self.recv()
+            .unwrap_or_else(|e| panic!("no answer to {req:?}: {e}"))
+    }
+
+    /// Whether the daemon has closed this connection (EOF within 5 s).
+    pub fn closed_by_daemon(&mut self) -> bool {
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Send Wait, expect Ok, then wait (up to `timeout`) for Exited.
+    pub fn wait_exit_within(&mut self, timeout: Duration) -> ExitStatus {
+        assert_eq!(self.request(Request::Wait), Response::Ok);
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("timeout");
+        match self.recv() {
+            Ok(Response::Exited(e)) => e,
+            other => panic!("expected Exited, got {other:?}"),
+        }
+    }
+
+    /// [`Client::wait_exit_within`] 30 s.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        self.wait_exit_within(Duration::from_secs(30))
+    }
+}

@@ -1,0 +1,492 @@
+//! Fork and exec: the daemon's own double fork and the task's start.
+//!
+//! Everything the task's child needs (CStrings, argv and envp arrays, fds, ids) is
+//! prepared in [`Prepared`] before the fork; between fork and exec the child makes
+//! only async-signal-safe calls through libc, allocates nothing and takes no lock.
+//! A failing step writes its stage and errno to a CLOEXEC pipe and `_exit(127)`s,
+//! which the parent turns into a [`StartFailure`] such as
+//! "exec /bin/nope: No such file or directory".
+//!
+//! The child's steps, in the one order they run (STYLE.md rule 5):
+//!
+//! 1. `setpgid(0, 0)`: the task leads its own process group (Stop signals it).
+//! 2. wait on the sync pipe: the parent places the child in the task's cgroup
+//!    meanwhile, then says go.
+//! 3. mount namespace and chroot (isolation with a root) — see [`Isolation`].
+//! 4. `chdir(cwd)`.
+//! 5. `setgroups([])` -> `setresgid` -> `setresuid` -> clear capabilities ->
+//!    `PR_SET_NO_NEW_PRIVS` (isolation with a user).
+//! 6. signal mask and every disposition back to default.
+//! 7. stdin from /dev/null, the log pipes on 1 and 2, every other fd marked
+//!    close-on-exec.
+//! 8. `execve(command, args, env)`.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, CString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::unistd::Pid;
+use tend_proto::{SpawnConfig, Stage};
+
+/// Why the task did not start: the stage, its errno and one line for a person.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StartFailure {
+    /// The step that failed.
+    pub stage: Stage,
+    /// The errno, 0 when no system call failed.
+    pub errno: i32,
+    /// "exec /nonexistent: No such file or directory".
+    pub message: String,
+}
+
+impl StartFailure {
+    /// A failure of `stage` on `what` (a path or a value) with `errno`.
+    pub fn new(stage: Stage, what: &str, errno: i32) -> StartFailure {
+        StartFailure {
+            stage,
+            errno,
+            message: failure_message(stage, what, errno),
+        }
+    }
+
+    /// A failure from an io::Error.
+    pub fn io(stage: Stage, what: &str, err: &io::Error) -> StartFailure {
+        StartFailure::new(stage, what, err.raw_os_error().unwrap_or(0))
+    }
+
+    /// A failure that is no system call's (errno 0).
+    pub fn plain(stage: Stage, message: impl Into<String>) -> StartFailure {
+        StartFailure {
+            stage,
+            errno: 0,
+            message: message.into(),
+        }
+    }
+}
+
+/// The text of an errno without the "(os error N)" tail std adds.
+pub fn strerror(errno: i32) -> &'static str {
+    Errno::from_raw(errno).desc()
+}
+
+/// "<stage> <what>: <strerror>", the one line a person reads.
+pub fn failure_message(stage: Stage, what: &str, errno: i32) -> String {
+    if errno == 0 {
+        format!("{stage} {what}: failed")
+    } else {
+        format!("{stage} {what}: {}", strerror(errno))
+    }
+}
+
+/// What the child becomes: the user to drop to. The chroot part of isolation is
+/// not supported yet; the daemon refuses such configs before it gets here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isolation {
+    /// The uid to run as.
+    pub uid: u32,
+    /// The primary gid of that user.
+    pub gid: u32,
+}
+
+/// Everything the child needs, built before the fork.
+pub struct Prepared {
+    command: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const c_char>,
+    cwd: CString,
+    isolation: Option<Isolation>,
+    /// Display forms for messages, indexed by stage.
+    command_shown: String,
+    cwd_shown: String,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Arguments and env may hold secrets: never in a log line.
+        f.debug_struct("Prepared")
+            .field("command", &self.command_shown)
+            .field("cwd", &self.cwd_shown)
+            .field("isolation", &self.isolation)
+            .finish_non_exhaustive()
+    }
+}
+
+fn cstring(field: &str, v: &str) -> Result<CString, StartFailure> {
+    CString::new(v)
+        .map_err(|_| StartFailure::plain(Stage::Config, format!("{field} holds a NUL byte")))
+}
+
+impl Prepared {
+    /// Build the child's strings and arrays from a validated config.
+    pub fn new(
+        config: &SpawnConfig,
+        isolation: Option<Isolation>,
+    ) -> Result<Prepared, StartFailure> {
+        let command = cstring("command", &config.command)?;
+        let mut argv = vec![command.clone()];
+        for a in &config.args {
+            argv.push(cstring("args", a)?);
+        }
+        let mut envp = Vec::with_capacity(config.env.len());
+        for (k, v) in &config.env {
+            envp.push(cstring("env", &format!("{k}={v}"))?);
+        }
+        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        Ok(Prepared {
+            command,
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+            cwd: cstring("cwd", &config.cwd)?,
+            isolation,
+            command_shown: config.command.clone(),
+            cwd_shown: config.cwd.clone(),
+        })
+    }
+
+    /// The path or value a failure of `stage` is about.
+    fn what(&self, stage: Stage) -> String {
+        match (stage, self.isolation) {
+            (Stage::Chdir, _) => self.cwd_shown.clone(),
+            (Stage::Setuid, Some(i)) => format!("uid {}", i.uid),
+            (Stage::Setgid, Some(i)) => format!("gid {}", i.gid),
+            (Stage::Setgroups, _) => "[]".to_string(),
+            (Stage::Stdio, _) => "/dev/null and log pipes".to_string(),
+            (Stage::Signals, _) => "mask and dispositions".to_string(),
+            (Stage::Privileges, _) => "capabilities and no_new_privs".to_string(),
+            (Stage::Fork, _) => "setpgid".to_string(),
+            _ => self.command_shown.clone(),
+        }
+    }
+}
+
+/// The fds the child gets: its stdin (/dev/null) and the write ends of the log pipes.
+#[derive(Debug)]
+pub struct ChildStdio {
+    /// /dev/null, opened read-only.
+    pub stdin: OwnedFd,
+    /// Write end of the stdout pipe.
+    pub stdout: OwnedFd,
+    /// Write end of the stderr pipe.
+    pub stderr: OwnedFd,
+}
+
+/// What fork returned, in the process that sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// fork(2) for the daemon's own double fork.
+///
+/// tend-spawn never starts a thread, so the child is a full copy of a
+/// single-threaded process and may go on running Rust code.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    // SAFETY: tend-spawn is single-threaded (no runtime, no threads are ever
+    // spawned), so no lock can be held by another thread at the fork and the
+    // child may keep running ordinary code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid))),
+    }
+}
+
+/// Start the task. `place` runs in the parent while the child waits on the sync
+/// pipe (the cgroup step); its error aborts the start. Returns the task's pid
+/// once it has exec'd, or the failure of the step that stopped it.
+pub fn spawn(
+    prep: &Prepared,
+    stdio: ChildStdio,
+    place: impl FnOnce(Pid) -> Result<(), StartFailure>,
+) -> Result<Pid, StartFailure> {
+    let fork_err = |what: &str, e: Errno| StartFailure::new(Stage::Fork, what, e as i32);
+    let (sync_r, sync_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fork_err("sync pipe", e))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fork_err("error pipe", e))?;
+    let fds = ChildFds {
+        sync_r: sync_r.as_raw_fd(),
+        err_w: err_w.as_raw_fd(),
+        stdin: stdio.stdin.as_raw_fd(),
+        stdout: stdio.stdout.as_raw_fd(),
+        stderr: stdio.stderr.as_raw_fd(),
+    };
+    // SAFETY: the daemon is single-threaded; the child runs only child_main,
+    // which makes async-signal-safe calls on data prepared above and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        child_main(prep, &fds);
+    }
+    if pid < 0 {
+        return Err(StartFailure::io(
+            Stage::Fork,
+            "task",
+            &io::Error::last_os_error(),
+        ));
+    }
+    let pid = Pid::from_raw(pid);
+    // The child's ends are the child's now.
+    drop(sync_r);
+    drop(err_w);
+    drop(stdio);
+
+    if let Err(failure) = place(pid) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = crate::sys::wait_blocking(pid);
+        return Err(failure);
+    }
+    // Go. A child that died already makes this EPIPE (SIGPIPE is ignored): the
+    // error pipe below tells the rest.
+    let _ = nix::unistd::write(&sync_w, &[1u8]);
+    drop(sync_w);
+
+    let mut record = [0u8; 5];
+    let mut got = 0;
+    while got < record.len() {
+        match nix::unistd::read(&err_r, &mut record[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(fork_err("read error pipe", e)),
+        }
+    }
+    if got == 0 {
+        return Ok(pid);
+    }
+    // The child failed and _exit(127)s: reap it so it never shows as the task.
+    let _ = crate::sys::wait_blocking(pid);
+    if got < record.len() {
+        return Err(StartFailure::plain(
+            Stage::Exec,
+            format!(
+                "exec {}: the child died during its start",
+                prep.command_shown
+            ),
+        ));
+    }
+    let stage = Stage::from_index(record[0]).unwrap_or(Stage::Exec);
+    let errno = i32::from_le_bytes([record[1], record[2], record[3], record[4]]);
+    Err(StartFailure::new(stage, &prep.what(stage), errno))
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two words.
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Raw fd numbers the child works with (no Rust ownership crosses the fork).
+struct ChildFds {
+    sync_r: RawFd,
+    err_w: RawFd,
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+}
+
+/// Report `stage` and the current errno on the error pipe, then `_exit(127)`.
+fn child_fail(err_w: RawFd, stage: Stage) -> ! {
+    let errno = Errno::last_raw();
+    let e = errno.to_le_bytes();
+    let record = [stage as u8, e[0], e[1], e[2], e[3]];
+    // SAFETY: write and _exit are async-signal-safe; record lives on our stack.
+    unsafe {
+        libc::write(err_w, record.as_ptr().cast(), record.len());
+        libc::_exit(127)
+    }
+}
+
+/// The child between fork and exec. Async-signal-safe calls only; no allocation.
+fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
+    let err_w = fds.err_w;
+    // SAFETY: every call below is an async-signal-safe system call on fds and C
+    // strings prepared before the fork; pointers point into `prep`, which the fork
+    // copied and which stays alive until execve or _exit. Nothing allocates.
+    unsafe {
+        // 1. Own process group, so Stop reaches the whole task.
+        if libc::setpgid(0, 0) != 0 {
+            child_fail(err_w, Stage::Fork);
+        }
+        // 2. Wait for the parent's go (it places us in the task's cgroup meanwhile).
+        let mut go = [0u8; 1];
+        loop {
+            let n = libc::read(fds.sync_r, go.as_mut_ptr().cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && Errno::last_raw() == libc::EINTR {
+                continue;
+            }
+            // The parent gave up on us: leave without a word.
+            libc::_exit(127);
+        }
+        libc::close(fds.sync_r);
+
+        // 3. [mount namespace + chroot: unshare(CLONE_NEWNS), / rslave, read-only
+        //    binds, /dev, /proc, /alloc, /local, chroot(task_root)] — slots in here.
+
+        // 4. Working dir.
+        if libc::chdir(prep.cwd.as_ptr()) != 0 {
+            child_fail(err_w, Stage::Chdir);
+        }
+
+        // 5. Drop to the task's user: groups, then gid, then uid, then the rest.
+        if let Some(iso) = prep.isolation {
+            if libc::setgroups(0, std::ptr::null()) != 0 {
+                child_fail(err_w, Stage::Setgroups);
+            }
+            if libc::setresgid(iso.gid, iso.gid, iso.gid) != 0 {
+                child_fail(err_w, Stage::Setgid);
+            }
+            if libc::setresuid(iso.uid, iso.uid, iso.uid) != 0 {
+                child_fail(err_w, Stage::Setuid);
+            }
+            // Every capability set goes: setresuid to non-root emptied permitted
+            // and effective (no keepcaps), not inheritable; ambient goes too.
+            let mut header = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let data = [CapData::default(); 2];
+            if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
+                child_fail(err_w, Stage::Privileges);
+            }
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) != 0
+                && Errno::last_raw() != libc::EINVAL
+            {
+                child_fail(err_w, Stage::Privileges);
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                child_fail(err_w, Stage::Privileges);
+            }
+        }
+
+        // 6. Signals as a fresh process has them.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            child_fail(err_w, Stage::Signals);
+        }
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // EINVAL for the signals libc keeps for itself: nothing to reset.
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+
+        // 7. stdio: /dev/null and the log pipes; every other fd closes at exec.
+        if libc::dup2(fds.stdin, 0) < 0
+            || libc::dup2(fds.stdout, 1) < 0
+            || libc::dup2(fds.stderr, 2) < 0
+        {
+            child_fail(err_w, Stage::Stdio);
+        }
+        // CLOEXEC rather than close: the error pipe must live until execve.
+        let r = libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        if r != 0 {
+            // Older kernels: mark them one by one.
+            let mut lim: libc::rlimit = std::mem::zeroed();
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur.min(65_536)
+            } else {
+                1024
+            };
+            let mut fd: libc::c_int = 3;
+            while libc::rlim_t::try_from(fd).unwrap_or(0) < max {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                fd += 1;
+            }
+        }
+
+        // 8. Become the task.
+        libc::execve(
+            prep.command.as_ptr(),
+            prep.argv_ptrs.as_ptr(),
+            prep.envp_ptrs.as_ptr(),
+        );
+        child_fail(err_w, Stage::Exec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_stage_value_and_error() {
+        assert_eq!(
+            failure_message(Stage::Exec, "/nonexistent", libc::ENOENT),
+            "exec /nonexistent: No such file or directory"
+        );
+        assert_eq!(
+            failure_message(Stage::Chdir, "/nope", libc::ENOTDIR),
+            "chdir /nope: Not a directory"
+        );
+        assert_eq!(
+            failure_message(Stage::Setuid, "uid 5", 0),
+            "setuid uid 5: failed"
+        );
+    }
+
+    #[test]
+    fn what_names_the_value_of_the_stage() {
+        let mut c = tend_proto::config::example("/tmp/a", "/tmp/s");
+        c.command = "/bin/x".into();
+        c.cwd = "/w".into();
+        let p = Prepared::new(
+            &c,
+            Some(Isolation {
+                uid: 65534,
+                gid: 65533,
+            }),
+        )
+        .unwrap();
+        assert_eq!(p.what(Stage::Exec), "/bin/x");
+        assert_eq!(p.what(Stage::Chdir), "/w");
+        assert_eq!(p.what(Stage::Setuid), "uid 65534");
+        assert_eq!(p.what(Stage::Setgid), "gid 65533");
+        assert!(!format!("{p:?}").contains("PATH"));
+    }
+}

@@ -1,0 +1,780 @@
+//! The daemon's life: startup (after the double fork), the task's start, the
+//! poll loop, and the exit.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::{fchmod, mkdirat, Mode};
+use nix::unistd::{getpid, Pid};
+use tend_proto::msg::{Stats, Status, TaskState, Welcome};
+use tend_proto::{
+    names, ExitStatus, Instance, SpawnConfig, Stage, StartReport, Token, PROTOCOL_VERSION,
+};
+use tracing::{info, warn};
+
+use crate::child::{self, ChildStdio, Isolation, Prepared, StartFailure};
+use crate::daemon_log::DaemonLog;
+use crate::logs::{self, RotatingLog};
+use crate::reaper;
+use crate::server::{self, Client, Handler};
+use crate::sys;
+
+/// How long the pipes are drained after the task's end, at most.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How long killing what is left of the task may take, at most.
+pub const KILL_LIMIT: Duration = Duration::from_secs(2);
+/// Size of the one read buffer shared by pipes and clients.
+const READ_BUF: usize = 16 * 1024;
+
+/// Write the start report to stdout (fd 1).
+pub fn report(r: &StartReport) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = tend_proto::frame::write_frame(&mut out, r) {
+        // stderr is still the agent's at this point.
+        let _ = writeln!(
+            io::stderr(),
+            "tend-spawn: cannot write the start report: {e}"
+        );
+    }
+}
+
+fn errno_of(e: Errno) -> i32 {
+    e as i32
+}
+
+/// A failure before the task runs: report it, write the exit file if the alloc
+/// dir is open, and give the exit code.
+fn fail(config: &SpawnConfig, alloc: Option<BorrowedFd<'_>>, f: &StartFailure) -> i32 {
+    tracing::error!(stage = %f.stage, errno = f.errno, "start failed: {}", f.message);
+    if let Some(dir) = alloc {
+        let exit = ExitStatus::never_started(
+            &config.alloc_id,
+            &config.task,
+            config.run,
+            f.message.clone(),
+        );
+        if let Err(e) = exit.write_at(dir, &names::exit_status_file(&config.task)) {
+            tracing::error!(error = %e, "cannot write the exit status file");
+        }
+    }
+    report(&StartReport::Failed {
+        stage: f.stage,
+        errno: f.errno,
+        message: f.message.clone(),
+    });
+    1
+}
+
+/// Resolve the task's user before any fork: a name or a numeric uid.
+pub fn resolve_user(user: &str) -> Result<Isolation, StartFailure> {
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(user),
+    };
+    match found {
+        Ok(Some(u)) => Ok(Isolation {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        }),
+        Ok(None) => Err(StartFailure::plain(
+            Stage::User,
+            format!("user {user}: no such user"),
+        )),
+        Err(e) => Err(StartFailure::new(Stage::User, user, errno_of(e))),
+    }
+}
+
+/// Best effort: never chosen by the OOM killer. Without CAP_SYS_RESOURCE the
+/// kernel says no, which is a warning.
+fn protect_from_oom() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", b"-1000") {
+        warn!(error = %e, "cannot set oom_score_adj to -1000");
+    }
+}
+
+fn stdio_to_dev_null() {
+    if let Ok(null) = nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+    {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+    DaemonLog::stderr_off();
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(|_| ())
+}
+
+/// One log pipe: its read end and the file it goes to.
+struct Pipe {
+    fd: OwnedFd,
+    log: RotatingLog,
+    warned: bool,
+}
+
+impl Pipe {
+    /// Read what is there into the log. Returns false at EOF.
+    fn drain(&mut self, buf: &mut [u8], rounds: usize) -> bool {
+        for _ in 0..rounds {
+            match nix::unistd::read(&self.fd, buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    if let Err(e) = self.log.write(&buf[..n]) {
+                        if !self.warned {
+                            warn!(error = %e, dropped = self.log.dropped(), "log bytes dropped");
+                            self.warned = true;
+                        }
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return true,
+                Err(e) => {
+                    warn!(error = %e, "log pipe read failed");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The daemon once the task runs.
+struct Daemon {
+    config: SpawnConfig,
+    alloc: OwnedFd,
+    instance: Instance,
+    daemon_pid: Pid,
+    task_pid: Pid,
+    pidfd: Option<OwnedFd>,
+    started_at: String,
+    /// Raw status and time of the main process's end, once reaped.
+    ended: Option<(i32, String)>,
+    exit: Option<ExitStatus>,
+    /// When the next SIGKILL sweep of a stop is due.
+    kill_at: Option<Instant>,
+    stopping: bool,
+    /// SIGTERM: leave as soon as the exit is recorded.
+    leave_after_exit: bool,
+    drain_until: Option<Instant>,
+    linger_until: Option<Instant>,
+    leave: bool,
+    stdout: Option<Pipe>,
+    stderr: Option<Pipe>,
+}
+
+impl Handler for Daemon {
+    fn token(&self) -> &Token {
+        &self.config.token
+    }
+
+    fn welcome(&self) -> Welcome {
+        Welcome {
+            version: PROTOCOL_VERSION,
+            instance: self.instance,
+            daemon_pid: self.daemon_pid.as_raw(),
+            task_pid: self.task_pid.as_raw(),
+        }
+    }
+
+    fn status(&self) -> Status {
+        let state = if self.exit.is_some() {
+            TaskState::Exited
+        } else if self.stopping {
+            TaskState::Stopping
+        } else {
+            TaskState::Running
+        };
+        Status {
+            state,
+            task_pid: self.task_pid.as_raw(),
+            daemon_pid: self.daemon_pid.as_raw(),
+            run: self.config.run,
+            started_at: self.started_at.clone(),
+            exit: self.exit.clone(),
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        // [cgroup: memory.current / memory.peak / cpu.stat / pids.current]
+        Stats {
+            memory_bytes: None,
+            memory_peak_bytes: None,
+            cpu_usage_us: None,
+            pids: None,
+        }
+    }
+
+    fn exit(&self) -> Option<ExitStatus> {
+        self.exit.clone()
+    }
+
+    fn signal(&mut self, signo: i32) -> Result<(), String> {
+        if !(0..=64).contains(&signo) {
+            return Err(format!("{signo} is not a signal"));
+        }
+        if self.ended.is_some() {
+            return Err("task has exited".into());
+        }
+        match &self.pidfd {
+            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signo)
+                .map_err(|e| format!("signal {signo}: {e}")),
+            None => {
+                // Not reaped yet, so the pid is still ours (a zombie at worst).
+                sys::kill_raw(self.task_pid, signo).map_err(|e| format!("signal {signo}: {e}"))
+            }
+        }
+    }
+
+    fn stop(&mut self, signal: i32, grace_ms: u64) -> Result<(), String> {
+        if !(1..=64).contains(&signal) {
+            return Err(format!("{signal} is not a signal"));
+        }
+        self.begin_stop(signal, grace_ms);
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<(), String> {
+        if self.exit.is_none() {
+            return Err("task still running".into());
+        }
+        info!("released");
+        self.leave = true;
+        Ok(())
+    }
+}
+
+impl Daemon {
+    fn begin_stop(&mut self, signal: i32, grace_ms: u64) {
+        if self.exit.is_some() {
+            return;
+        }
+        info!(signal, grace_ms, "stopping the task");
+        self.stopping = true;
+        if self.ended.is_none() {
+            if let Ok(sig) = Signal::try_from(signal) {
+                // The whole process group: the task and what it started.
+                if let Err(e) = killpg(self.task_pid, sig) {
+                    if e != Errno::ESRCH {
+                        warn!(error = %e, "stop signal failed");
+                    }
+                }
+            }
+        }
+        let at = Instant::now() + Duration::from_millis(grace_ms);
+        self.kill_at = Some(self.kill_at.map_or(at, |k| k.min(at)));
+    }
+
+    fn on_reaped(&mut self, reaped: &[reaper::Reaped]) {
+        for r in reaped {
+            if r.pid == self.task_pid && self.ended.is_none() {
+                info!(pid = r.pid.as_raw(), status = r.status, "task ended");
+                self.ended = Some((r.status, tend_proto::time::now()));
+                self.pidfd = None;
+            }
+        }
+        if self.ended.is_some() && self.drain_until.is_none() && self.exit.is_none() {
+            // Nothing of the task outlives it.
+            // (What it reaps besides the task are orphans of the task.)
+            let _ = reaper::kill_descendants(KILL_LIMIT);
+            self.drain_until = Some(Instant::now() + DRAIN_LIMIT);
+        }
+    }
+
+    fn finish(&mut self, clients: &mut [Client]) {
+        let Some((status, finished_at)) = self.ended.clone() else {
+            return;
+        };
+        let exit = ExitStatus::from_wait(
+            &self.config.alloc_id,
+            &self.config.task,
+            self.config.run,
+            self.task_pid.as_raw(),
+            status,
+            self.started_at.clone(),
+            finished_at,
+        );
+        match exit.write_at(
+            self.alloc.as_fd(),
+            &names::exit_status_file(&self.config.task),
+        ) {
+            Ok(()) => info!(exit_code = ?exit.exit_code, signal = ?exit.signal, "exit recorded"),
+            Err(e) => tracing::error!(error = %e, "cannot write the exit status file"),
+        }
+        for c in clients.iter_mut() {
+            if let Some(r) = c.session.exited(&exit) {
+                c.send(&r);
+            }
+        }
+        self.exit = Some(exit);
+        self.drain_until = None;
+        self.kill_at = None;
+        if self.leave_after_exit {
+            self.leave = true;
+        } else {
+            self.linger_until = Some(Instant::now() + Duration::from_millis(self.config.linger_ms));
+        }
+    }
+}
+
+/// Prepared pieces of the startup that the poll loop takes over.
+struct Started {
+    listener: UnixListener,
+    signals: SignalFd,
+}
+
+/// The daemon, from the grandchild's first instruction to its exit code.
+pub fn run(config: SpawnConfig, isolation: Option<Isolation>) -> i32 {
+    let daemon_pid = getpid();
+    // Hold no dir of the agent's busy.
+    let _ = nix::unistd::chdir("/");
+    // Signals first: nothing may arrive unhandled.
+    for s in [Signal::SIGHUP, Signal::SIGINT, Signal::SIGPIPE] {
+        let _ = sys::ignore_signal(s);
+    }
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.add(Signal::SIGTERM);
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None);
+    let _ = ::nix::sys::prctl::set_child_subreaper(true);
+    if nix::unistd::geteuid().is_root() {
+        let _ = ::nix::sys::prctl::set_dumpable(false);
+    }
+
+    // The alloc dir, its log dir and the daemon's own log.
+    let alloc = match nix::fcntl::open(
+        config.alloc_dir.as_str(),
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            DaemonLog::new(&config.alloc_id, &config.task, None).install();
+            return fail(
+                &config,
+                None,
+                &StartFailure::new(Stage::Logs, &config.alloc_dir, errno_of(e)),
+            );
+        }
+    };
+    let log_dir = match open_log_dir(alloc.as_fd()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            DaemonLog::new(&config.alloc_id, &config.task, None).install();
+            let f = StartFailure::io(Stage::Logs, &config.log_dir().display().to_string(), &e);
+            return fail(&config, Some(alloc.as_fd()), &f);
+        }
+    };
+    let own_log = logs::open_append(log_dir.as_fd(), &format!("{}.tend-spawn.log", config.task));
+    let own_log_err = own_log.as_ref().err().map(|e| e.to_string());
+    DaemonLog::new(&config.alloc_id, &config.task, own_log.ok().map(File::from)).install();
+    if let Some(e) = own_log_err {
+        warn!(error = %e, "the daemon's own log is not available");
+    }
+    let _span =
+        tracing::info_span!("task", alloc_id = %config.alloc_id, task = %config.task).entered();
+    protect_from_oom();
+
+    let signals = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(
+                &config,
+                Some(alloc.as_fd()),
+                &StartFailure::new(Stage::Fork, "signalfd", errno_of(e)),
+            )
+        }
+    };
+
+    // The control socket.
+    let socket_path = PathBuf::from(&config.socket_path);
+    let listener = match server::bind(&socket_path, nix::unistd::geteuid().as_raw()) {
+        Ok(l) => l,
+        Err(e) => {
+            let f = StartFailure {
+                stage: Stage::Socket,
+                errno: e.errno(),
+                message: e.to_string(),
+            };
+            return fail(&config, Some(alloc.as_fd()), &f);
+        }
+    };
+    let code = match start(
+        config,
+        alloc,
+        log_dir,
+        isolation,
+        daemon_pid,
+        Started { listener, signals },
+    ) {
+        Ok(code) => code,
+        Err(code) => code,
+    };
+    let _ = std::fs::remove_file(&socket_path);
+    info!(code, "leaving");
+    code
+}
+
+fn open_log_dir(alloc: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let created = match mkdirat(alloc, names::LOG_DIR, Mode::from_bits_truncate(0o755)) {
+        Ok(()) => true,
+        Err(Errno::EEXIST) => false,
+        Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
+    };
+    let fd = sys::open_beneath(alloc, names::LOG_DIR, libc::O_DIRECTORY | libc::O_RDONLY, 0)?;
+    if created {
+        // The umask (077) cut it; the agent and people read the logs.
+        fchmod(&fd, Mode::from_bits_truncate(0o755))
+            .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    }
+    Ok(fd)
+}
+
+fn start(
+    config: SpawnConfig,
+    alloc: OwnedFd,
+    log_dir: OwnedFd,
+    isolation: Option<Isolation>,
+    daemon_pid: Pid,
+    started: Started,
+) -> Result<i32, i32> {
+    let failed = |config: &SpawnConfig, alloc: &OwnedFd, f: StartFailure| {
+        fail(config, Some(alloc.as_fd()), &f)
+    };
+    let open_log = |stream: &str| {
+        RotatingLog::open(
+            log_dir.as_fd(),
+            &names::log_file(&config.task, stream),
+            config.logs,
+        )
+        .map_err(|e| StartFailure::plain(Stage::Logs, e.to_string()))
+    };
+    let (out_log, err_log) = match (open_log("stdout"), open_log("stderr")) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(f), _) | (_, Err(f)) => return Err(failed(&config, &alloc, f)),
+    };
+    drop(log_dir);
+    let pipe = || -> Result<(OwnedFd, OwnedFd), StartFailure> {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| StartFailure::new(Stage::Stdio, "log pipe", errno_of(e)))?;
+        set_nonblocking(r.as_fd())
+            .map_err(|e| StartFailure::new(Stage::Stdio, "log pipe", errno_of(e)))?;
+        Ok((r, w))
+    };
+    let ((out_r, out_w), (err_r, err_w)) = match (pipe(), pipe()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(f), _) | (_, Err(f)) => return Err(failed(&config, &alloc, f)),
+    };
+    let stdin = match nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            return Err(failed(
+                &config,
+                &alloc,
+                StartFailure::new(Stage::Stdio, "/dev/null", errno_of(e)),
+            ))
+        }
+    };
+    let mut instance = [0u8; 16];
+    if let Err(e) = sys::getrandom(&mut instance) {
+        return Err(failed(
+            &config,
+            &alloc,
+            StartFailure::io(Stage::Fork, "getrandom", &e),
+        ));
+    }
+    let prep = match Prepared::new(&config, isolation) {
+        Ok(p) => p,
+        Err(f) => return Err(failed(&config, &alloc, f)),
+    };
+    let stdio = ChildStdio {
+        stdin,
+        stdout: out_w,
+        stderr: err_w,
+    };
+    // [cgroup: create the task's cgroup and set its limits here; `place` below
+    //  moves the child into it while it waits on the sync pipe]
+    let task_pid = match child::spawn(&prep, stdio, |_pid| Ok(())) {
+        Ok(pid) => pid,
+        Err(f) => return Err(failed(&config, &alloc, f)),
+    };
+    drop(prep);
+    let started_at = tend_proto::time::now();
+    let pidfd = match sys::pidfd_open(task_pid) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            warn!(error = %e, "pidfd_open failed; relying on SIGCHLD alone");
+            None
+        }
+    };
+    let instance = Instance(instance);
+    // Started reaches the agent before anything can report the exit: the first
+    // reap happens in the loop below.
+    report(&StartReport::Started {
+        daemon_pid: daemon_pid.as_raw(),
+        task_pid: task_pid.as_raw(),
+        instance,
+    });
+    stdio_to_dev_null();
+    info!(pid = task_pid.as_raw(), %instance, "task started");
+
+    let mut d = Daemon {
+        config,
+        alloc,
+        instance,
+        daemon_pid,
+        task_pid,
+        pidfd,
+        started_at,
+        ended: None,
+        exit: None,
+        kill_at: None,
+        stopping: false,
+        leave_after_exit: false,
+        drain_until: None,
+        linger_until: None,
+        leave: false,
+        stdout: Some(Pipe {
+            fd: out_r,
+            log: out_log,
+            warned: false,
+        }),
+        stderr: Some(Pipe {
+            fd: err_r,
+            log: err_log,
+            warned: false,
+        }),
+    };
+    Ok(event_loop(&mut d, started))
+}
+
+const SLOT_SIGNALS: usize = 0;
+const SLOT_PIDFD: usize = 1;
+const SLOT_STDOUT: usize = 2;
+const SLOT_STDERR: usize = 3;
+const SLOT_LISTENER: usize = 4;
+const FIRST_CLIENT: usize = 5;
+
+fn event_loop(d: &mut Daemon, s: Started) -> i32 {
+    let mut clients: Vec<Client> = Vec::new();
+    let mut buf = vec![0u8; READ_BUF];
+    let my_uid = nix::unistd::getuid().as_raw();
+    let mut revents: Vec<PollFlags> = Vec::new();
+    loop {
+        let now = Instant::now();
+        // Deadlines.
+        if let Some(at) = d.kill_at {
+            if now >= at {
+                info!("grace is over: SIGKILL to everything of the task");
+                d.kill_at = None;
+                let reaped = reaper::kill_descendants(KILL_LIMIT);
+                d.on_reaped(&reaped);
+            }
+        }
+        if let Some(at) = d.drain_until {
+            let pipes_done = d.stdout.is_none() && d.stderr.is_none();
+            if pipes_done || now >= at {
+                if !pipes_done {
+                    warn!("log pipes still open after the task's end; closing them");
+                    d.stdout = None;
+                    d.stderr = None;
+                }
+                d.finish(&mut clients);
+            }
+        }
+        if let Some(at) = d.linger_until {
+            if now >= at {
+                info!("linger is over");
+                d.leave = true;
+            }
+        }
+        for c in clients.iter_mut() {
+            if c.wants_write() || c.session.closing {
+                c.flush(now);
+            }
+            if c.deadline.is_some_and(|t| now >= t) {
+                c.dead = true;
+            }
+        }
+        clients.retain(|c| !c.dead);
+        if d.leave {
+            for c in clients.iter_mut() {
+                c.flush(now);
+            }
+            return 0;
+        }
+
+        let mut deadline: Option<Instant> = None;
+        for t in [d.kill_at, d.drain_until, d.linger_until]
+            .into_iter()
+            .flatten()
+            .chain(clients.iter().filter_map(|c| c.deadline))
+        {
+            deadline = Some(deadline.map_or(t, |x: Instant| x.min(t)));
+        }
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(t) => {
+                let ms = t.saturating_duration_since(now).as_millis() + 1;
+                PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+
+        {
+            let none = PollFlags::empty();
+            let inp = PollFlags::POLLIN;
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(FIRST_CLIENT + clients.len());
+            fds.push(PollFd::new(s.signals.as_fd(), inp));
+            let dummy = s.signals.as_fd();
+            fds.push(match &d.pidfd {
+                Some(p) => PollFd::new(p.as_fd(), inp),
+                None => PollFd::new(dummy, none),
+            });
+            fds.push(match &d.stdout {
+                Some(p) => PollFd::new(p.fd.as_fd(), inp),
+                None => PollFd::new(dummy, none),
+            });
+            fds.push(match &d.stderr {
+                Some(p) => PollFd::new(p.fd.as_fd(), inp),
+                None => PollFd::new(dummy, none),
+            });
+            fds.push(PollFd::new(s.listener.as_fd(), inp));
+            for c in &clients {
+                let mut ev = none;
+                if c.wants_read() {
+                    ev |= inp;
+                }
+                if c.wants_write() {
+                    ev |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(c.fd(), ev));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "poll failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+            revents.clear();
+            revents.extend(fds.iter().map(|f| f.revents().unwrap_or(none)));
+        }
+        let ready = |i: usize| !revents[i].is_empty();
+
+        if ready(SLOT_SIGNALS) {
+            let mut chld = false;
+            while let Ok(Some(si)) = s.signals.read_signal() {
+                if si.ssi_signo == Signal::SIGTERM as u32 {
+                    info!("SIGTERM: stopping the task and leaving");
+                    d.leave_after_exit = true;
+                    if d.exit.is_some() {
+                        d.leave = true;
+                    } else {
+                        let (sig, grace) = (d.config.kill_signal, d.config.kill_timeout_ms);
+                        d.begin_stop(sig, grace);
+                    }
+                } else {
+                    chld = true;
+                }
+            }
+            if chld {
+                d.on_reaped(&reaper::reap_all());
+            }
+        }
+        if ready(SLOT_PIDFD) {
+            d.on_reaped(&reaper::reap_all());
+            // A pidfd stays readable once the process is gone; stop watching.
+            if d.ended.is_some() {
+                d.pidfd = None;
+            }
+        }
+        for slot in [SLOT_STDOUT, SLOT_STDERR] {
+            if ready(slot) {
+                let pipe = if slot == SLOT_STDOUT {
+                    &mut d.stdout
+                } else {
+                    &mut d.stderr
+                };
+                if let Some(p) = pipe {
+                    if !p.drain(&mut buf, 64) {
+                        *pipe = None;
+                    }
+                }
+            }
+        }
+        if ready(SLOT_LISTENER) {
+            accept_all(&s.listener, &mut clients, my_uid, now);
+        }
+        let now = Instant::now();
+        for (i, c) in clients.iter_mut().enumerate() {
+            let Some(ev) = revents.get(FIRST_CLIENT + i) else {
+                break;
+            };
+            if ev.is_empty() {
+                continue;
+            }
+            if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                c.on_readable(&mut buf, d);
+                if ev.intersects(PollFlags::POLLERR) {
+                    c.dead = true;
+                }
+            }
+            c.flush(now);
+        }
+    }
+}
+
+fn accept_all(listener: &UnixListener, clients: &mut Vec<Client>, my_uid: u32, now: Instant) {
+    for _ in 0..64 {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                let mut c = Client::new(stream, now);
+                match c.peer_uid() {
+                    Ok(uid) if uid == my_uid || uid == 0 => {}
+                    Ok(uid) => {
+                        warn!(uid, "refused a client of another user");
+                        let out = c
+                            .session
+                            .fatal(format!("uid {uid} may not talk to this daemon"));
+                        for r in &out {
+                            c.send(r);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "SO_PEERCRED failed; client refused");
+                        continue;
+                    }
+                }
+                c.flush(now);
+                clients.push(c);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE and friends: try again on the next round.
+                warn!(error = %e, "accept failed");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The task's log files: `<task>.stdout` / `<task>.stderr` in the alloc's log dir,
+//! rotated by size and count.
+//!
+//! `<name>` is always the current file, `<name>.1` the newest older one, `.2`
+//! older, and so on; at most `max_files` files exist, the current one included.
+//! A chunk that would carry the current file over `max_file_size` is split, so
+//! every file holds at most `max_file_size` bytes. Files are never truncated, and
+//! a failing write never blocks the task: the bytes are counted as dropped.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::renameat;
+use nix::sys::stat::{fchmod, fstat, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
+use tend_proto::config::LogConfig;
+
+use crate::sys;
+
+/// Mode of log files.
+pub const LOG_FILE_MODE: u32 = 0o640;
+
+/// Why a log file could not be opened or rotated; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Opening (or creating) a file failed.
+    #[error("open log file {name}: {source}")]
+    Open {
+        /// The file name in the log dir.
+        name: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// Renaming or deleting at rotation failed.
+    #[error("rotate log file {name}: {source}")]
+    Rotate {
+        /// The file name in the log dir.
+        name: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// Writing failed.
+    #[error("write log file {name}: {source}")]
+    Write {
+        /// The file name in the log dir.
+        name: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Open `name` in `dir` for appending, creating it with mode 0640 if missing,
+/// never following a symlink.
+pub fn open_append(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, LogError> {
+    let open = |flags: i32| sys::open_beneath(dir, name, flags, LOG_FILE_MODE);
+    let base = libc::O_WRONLY | libc::O_APPEND;
+    let fd = match open(base | libc::O_CREAT | libc::O_EXCL) {
+        Ok(fd) => {
+            // The umask cut the mode; set it exactly.
+            fchmod(&fd, Mode::from_bits_truncate(LOG_FILE_MODE)).map_err(|e| LogError::Open {
+                name: name.to_string(),
+                source: io_err(e),
+            })?;
+            fd
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            open(base).map_err(|source| LogError::Open {
+                name: name.to_string(),
+                source,
+            })?
+        }
+        Err(source) => {
+            return Err(LogError::Open {
+                name: name.to_string(),
+                source,
+            })
+        }
+    };
+    Ok(fd)
+}
+
+/// One rotating log stream.
+#[derive(Debug)]
+pub struct RotatingLog {
+    dir: OwnedFd,
+    name: String,
+    max_files: u32,
+    max_file_size: u64,
+    file: Option<OwnedFd>,
+    size: u64,
+    dropped: u64,
+    written: u64,
+}
+
+impl RotatingLog {
+    /// Open (or create) the current file `name` in `dir`, appending to what is there.
+    pub fn open(
+        dir: BorrowedFd<'_>,
+        name: &str,
+        config: LogConfig,
+    ) -> Result<RotatingLog, LogError> {
+        let dir = dir.try_clone_to_owned().map_err(|source| LogError::Open {
+            name: name.to_string(),
+            source,
+        })?;
+        let file = open_append(dir.as_fd(), name)?;
+        let size = fstat(&file)
+            .map(|st| st.st_size.unsigned_abs())
+            .unwrap_or(0);
+        Ok(RotatingLog {
+            dir,
+            name: name.to_string(),
+            max_files: config.max_files.max(1),
+            max_file_size: config.max_file_size.max(1),
+            file: Some(file),
+            size,
+            dropped: 0,
+            written: 0,
+        })
+    }
+
+    /// The name of the `n`th older file (`n` >= 1).
+    pub fn older_name(name: &str, n: u32) -> String {
+        format!("{name}.{n}")
+    }
+
+    /// Bytes lost to write errors so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Write all of `data`, rotating as needed. What cannot be written is
+    /// counted as dropped; the first error of a call is returned for a warning.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), LogError> {
+        let mut first_err = None;
+        while !data.is_empty() {
+            if self.size >= self.max_file_size || self.file.is_none() {
+                if let Err(e) = self.rotate() {
+                    // No file to write to: drop this chunk, try again next time.
+                    self.dropped += data.len() as u64;
+                    return Err(e);
+                }
+            }
+            let room = self.max_file_size - self.size;
+            let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
+            let Some(file) = &self.file else { break };
+            match nix::unistd::write(file, &data[..take]) {
+                Ok(n) => {
+                    self.size += n as u64;
+                    self.written += n as u64;
+                    data = &data[n..];
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    self.dropped += take as u64;
+                    data = &data[take..];
+                    first_err.get_or_insert(LogError::Write {
+                        name: self.name.clone(),
+                        source: io_err(e),
+                    });
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Shift the older files up by one, drop the one beyond `max_files`, move the
+    /// current file to `.1` and open a new current file.
+    pub fn rotate(&mut self) -> Result<(), LogError> {
+        self.file = None;
+        let dir = self.dir.as_fd();
+        let rot = |name: String| {
+            move |e: Errno| LogError::Rotate {
+                name,
+                source: io_err(e),
+            }
+        };
+        if self.max_files == 1 {
+            match unlinkat(dir, self.name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(rot(self.name.clone())(e)),
+            }
+        } else {
+            let last = Self::older_name(&self.name, self.max_files - 1);
+            match unlinkat(dir, last.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(rot(last)(e)),
+            }
+            for n in (1..self.max_files - 1).rev() {
+                let from = Self::older_name(&self.name, n);
+                let to = Self::older_name(&self.name, n + 1);
+                match renameat(dir, from.as_str(), dir, to.as_str()) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(rot(from)(e)),
+                }
+            }
+            let to = Self::older_name(&self.name, 1);
+            match renameat(dir, self.name.as_str(), dir, to.as_str()) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(rot(self.name.clone())(e)),
+            }
+        }
+        let file = sys::open_beneath(
+            dir,
+            &self.name,
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_EXCL,
+            LOG_FILE_MODE,
+        )
+        .map_err(|source| LogError::Open {
+            name: self.name.clone(),
+            source,
+        })?;
+        let _ = fchmod(&file, Mode::from_bits_truncate(LOG_FILE_MODE));
+        self.file = Some(file);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn dir_fd(p: &Path) -> OwnedFd {
+        tend_proto::atomic::open_dir(p).unwrap()
+    }
+
+    fn files(p: &Path) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn cfg(max_files: u32, max_file_size: u64) -> LogConfig {
+        LogConfig {
+            max_files,
+            max_file_size,
+        }
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| u8::try_from(i % 251).unwrap()).collect()
+    }
+
+    /// Oldest first: `.N` ... `.1`, then the current file.
+    fn concat(p: &Path, name: &str, max_files: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for n in (1..max_files).rev() {
+            if let Ok(b) = std::fs::read(p.join(RotatingLog::older_name(name, n))) {
+                out.extend(b);
+            }
+        }
+        out.extend(std::fs::read(p.join(name)).unwrap());
+        out
+    }
+
+    #[test]
+    fn splits_chunks_and_keeps_every_byte_when_it_fits() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "t.stdout", cfg(5, 100)).unwrap();
+        let data = pattern(450);
+        for chunk in data.chunks(37) {
+            log.write(chunk).unwrap();
+        }
+        let f = files(d.path());
+        assert_eq!(
+            f,
+            vec![
+                ("t.stdout".into(), 50),
+                ("t.stdout.1".into(), 100),
+                ("t.stdout.2".into(), 100),
+                ("t.stdout.3".into(), 100),
+                ("t.stdout.4".into(), 100),
+            ]
+        );
+        assert_eq!(concat(d.path(), "t.stdout", 5), data);
+        assert_eq!(log.written(), 450);
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn drops_the_oldest_and_never_exceeds_max_files() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "t.stderr", cfg(3, 10)).unwrap();
+        let data = pattern(1000);
+        for chunk in data.chunks(7) {
+            log.write(chunk).unwrap();
+            let f = files(d.path());
+            assert!(f.len() <= 3, "{f:?}");
+            assert!(f.iter().all(|(_, s)| *s <= 10), "{f:?}");
+        }
+        // The newest 30 bytes survive, in order.
+        assert_eq!(concat(d.path(), "t.stderr", 3), data[970..]);
+    }
+
+    #[test]
+    fn a_size_below_one_read_is_honoured() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(100, 3)).unwrap();
+        log.write(&pattern(20)).unwrap();
+        let f = files(d.path());
+        assert_eq!(f.len(), 7);
+        assert!(f.iter().all(|(_, s)| *s <= 3));
+        assert_eq!(concat(d.path(), "x", 100), pattern(20));
+    }
+
+    #[test]
+    fn one_file_only_starts_over() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(1, 4)).unwrap();
+        log.write(b"abcdefghij").unwrap();
+        assert_eq!(files(d.path()), vec![("x".into(), 2)]);
+        assert_eq!(std::fs::read(d.path().join("x")).unwrap(), b"ij");
+    }
+
+    #[test]
+    fn appends_to_an_existing_current_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("x"), b"old-").unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(2, 6)).unwrap();
+        log.write(b"new").unwrap();
+        assert_eq!(std::fs::read(d.path().join("x.1")).unwrap(), b"old-ne");
+        assert_eq!(std::fs::read(d.path().join("x")).unwrap(), b"w");
+    }
+
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("x")).unwrap();
+        let err = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(2, 6)).unwrap_err();
+        assert!(matches!(err, LogError::Open { .. }), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn new_files_are_0640() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let _log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(2, 6)).unwrap();
+        let mode = std::fs::metadata(d.path().join("x"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+}

@@ -1,0 +1,211 @@
+//! Raw system call wrappers that neither std nor nix offer: close_range, pidfd_open,
+//! pidfd_send_signal, openat2, getrandom, and a waitpid that keeps the raw status.
+//!
+//! Each wrapper is a thin, checked shell around one call, so the unsafe surface of
+//! the daemon stays in this file and in [`crate::child`].
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::unistd::Pid;
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn owned_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = check(ret)?;
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `close_range(first, last, flags)`.
+pub fn close_range(first: u32, last: u32, flags: u32) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers; closing fds we may hold as Rust
+    // objects is the caller's documented intent (only used at startup, before any
+    // fd above 2 is owned by Rust code).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            libc::c_uint::from(first),
+            libc::c_uint::from(last),
+            libc::c_uint::from(flags),
+        )
+    };
+    check(ret).map(|_| ())
+}
+
+/// Close every fd from 3 up, at process start before any other fd is owned.
+pub fn close_fds_above_stdio() {
+    if close_range(3, u32::MAX, 0).is_ok() {
+        return;
+    }
+    // Kernels before 5.9: close what /proc says is open.
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd > 2)
+            .collect(),
+        Err(_) => (3..1024).collect(),
+    };
+    for fd in fds {
+        // SAFETY: closing an fd number; at startup no Rust object owns any fd
+        // above 2 (the read_dir handle above is already dropped).
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// `pidfd_open(pid, 0)`: an fd that becomes readable when `pid` exits.
+pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; the result is a new fd we take ownership of.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0 as libc::c_uint) };
+    owned_fd(ret)
+}
+
+/// `pidfd_send_signal(pidfd, sig, NULL, 0)`: signal exactly the process of the
+/// pidfd, never one that reused its pid.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: the fd is borrowed and valid for the call; a NULL siginfo is allowed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_uint,
+        )
+    };
+    check(ret).map(|_| ())
+}
+
+/// Open `name` beneath `dir` without following any symlink: openat2 with
+/// RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, or openat with O_NOFOLLOW where the
+/// kernel has no openat2 (then `name` must be a single component).
+pub fn open_beneath(dir: BorrowedFd<'_>, name: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: open_how is a plain C struct for which all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = u64::from(flags.unsigned_abs());
+    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        u64::from(mode)
+    } else {
+        0
+    };
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: cname and how outlive the call; the size passed is how's size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            cname.as_ptr(),
+            std::ptr::addr_of!(how),
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    match owned_fd(ret) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            if name.contains('/') {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            // SAFETY: cname outlives the call; openat returns a new fd or -1.
+            let ret = unsafe { libc::openat(dir.as_raw_fd(), cname.as_ptr(), flags, mode) };
+            owned_fd(libc::c_long::from(ret))
+        }
+        other => other,
+    }
+}
+
+/// Fill `buf` from the kernel's random pool.
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        // SAFETY: rest is a valid, writable slice of rest.len() bytes.
+        let ret = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += ret.unsigned_abs();
+    }
+    Ok(())
+}
+
+/// `waitpid(pid, &status, WNOHANG)`: the pid and the raw status of one ended child,
+/// None when no child has ended (or there is none).
+pub fn wait_nohang(pid: Pid) -> io::Result<Option<(Pid, i32)>> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: status is a valid, writable int for the call.
+        let ret = unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::WNOHANG) };
+        if ret > 0 {
+            return Ok(Some((Pid::from_raw(ret), status)));
+        }
+        if ret == 0 {
+            return Ok(None);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// `waitpid(pid, &status, 0)`: block until `pid` ends; its raw status.
+pub fn wait_blocking(pid: Pid) -> io::Result<i32> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: status is a valid, writable int for the call.
+        let ret = unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) };
+        if ret >= 0 {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Whether `fd` is a terminal.
+pub fn is_tty<F: AsFd>(fd: F) -> bool {
+    nix::unistd::isatty(fd).unwrap_or(false)
+}
+
+/// Set `sig` to SIG_IGN.
+pub fn ignore_signal(sig: nix::sys::signal::Signal) -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let act = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN runs no handler code, so none of the handler-safety
+    // requirements of sigaction apply.
+    unsafe { sigaction(sig, &act) }
+        .map(|_| ())
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+/// `kill(pid, signo)` for any signal number (nix's `Signal` lacks the real-time ones).
+pub fn kill_raw(pid: Pid, signo: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers and touches no memory of ours.
+    let ret = unsafe { libc::kill(pid.as_raw(), signo) };
+    check(libc::c_long::from(ret)).map(|_| ())
+}
+
+/// `_exit(code)`: leave at once, without running exit handlers (the
+/// intermediate process of the double fork).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no memory of ours.
+    unsafe { libc::_exit(code) }
+}
