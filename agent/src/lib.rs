@@ -8,7 +8,6 @@ pub mod cli;
 pub mod driver;
 pub mod ident;
 pub mod jobspec;
-pub mod logrotate;
 pub mod logtail;
 pub mod paths;
 pub mod ports;

@@ -39,7 +39,6 @@ pub use spec::{check as check_task, policy, HostBind, HostRequest};
 
 use crate::driver::DriverError;
 use crate::jobspec::{LogSpec, Task};
-use crate::logrotate::LogRotateError;
 use crate::paths::AllocDir;
 use crate::ports::AssignedPort;
 
@@ -120,7 +119,7 @@ pub enum DockerError {
     ExitFile(#[from] ExitFileError),
     /// A log file could not be written.
     #[error("docker driver: {0}")]
-    Log(LogRotateError),
+    Log(tend_spawn::logs::LogError),
     /// The log copy's cursor could not be stored.
     #[error("docker driver: log cursor {path}: {source}")]
     Cursor {

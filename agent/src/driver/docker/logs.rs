@@ -26,8 +26,11 @@ use futures_util::{FutureExt, StreamExt};
 
 use super::{stamp, DockerError};
 use crate::jobspec::LogSpec;
-use crate::logrotate::RotatingWriter;
+use std::os::fd::AsFd;
+
 use crate::paths::AllocDir;
+use tend_proto::config::LogConfig;
+use tend_spawn::logs::RotatingLog;
 
 /// Where the copy of a task's container logs keeps its cursor.
 pub fn cursor_path(alloc: &AllocDir, task: &str) -> PathBuf {
@@ -111,9 +114,34 @@ fn split_stamp(msg: &[u8]) -> (Option<i64>, &[u8]) {
     (None, msg)
 }
 
+/// Open the rotating log of one stream, with the same rules as tend-spawn's:
+/// one writer, shared by every driver.
+fn open_log(
+    dir: &std::path::Path,
+    task: &str,
+    stream: &str,
+    logs: LogSpec,
+) -> Result<RotatingLog, DockerError> {
+    let fd = std::fs::File::open(dir).map_err(|source| {
+        DockerError::Log(tend_spawn::logs::LogError::Open {
+            name: dir.display().to_string(),
+            source,
+        })
+    })?;
+    RotatingLog::open(
+        fd.as_fd(),
+        &tend_proto::names::log_file(task, stream),
+        LogConfig {
+            max_files: logs.max_files,
+            max_file_size: logs.max_file_size_mb.saturating_mul(1024 * 1024),
+        },
+    )
+    .map_err(DockerError::Log)
+}
+
 struct Copier {
-    stdout: RotatingWriter,
-    stderr: RotatingWriter,
+    stdout: RotatingLog,
+    stderr: RotatingLog,
     since: LogCursor,
     cursor: LogCursor,
 }
@@ -137,7 +165,11 @@ impl Copier {
             }
             *cursor = Some(ts);
         }
-        w.write_all(body).map_err(DockerError::Log)
+        // A full disk must not stop the copy: the bytes are counted as dropped.
+        if let Err(e) = w.write(body) {
+            tracing::warn!(error = %e, dropped = w.dropped(), "container log bytes dropped");
+        }
+        Ok(())
     }
 }
 
@@ -151,11 +183,10 @@ pub async fn copy(
     since: Option<LogCursor>,
 ) -> Result<(), DockerError> {
     let since = since.unwrap_or_default();
-    let max_size = logs.max_file_size_mb.saturating_mul(1024 * 1024);
     let dir = alloc.logs();
     let mut c = Copier {
-        stdout: RotatingWriter::new(&dir, &task, "stdout", logs.max_files, max_size),
-        stderr: RotatingWriter::new(&dir, &task, "stderr", logs.max_files, max_size),
+        stdout: open_log(&dir, &task, "stdout", logs)?,
+        stderr: open_log(&dir, &task, "stderr", logs)?,
         since,
         cursor: since,
     };
@@ -208,8 +239,26 @@ mod tests {
     fn messages_at_or_before_the_cursor_are_skipped() {
         let d = tempfile::tempdir().unwrap();
         let mut c = Copier {
-            stdout: RotatingWriter::new(d.path(), "t", "stdout", 2, 1024),
-            stderr: RotatingWriter::new(d.path(), "t", "stderr", 2, 1024),
+            stdout: open_log(
+                d.path(),
+                "t",
+                "stdout",
+                LogSpec {
+                    max_files: 2,
+                    max_file_size_mb: 1,
+                },
+            )
+            .unwrap(),
+            stderr: open_log(
+                d.path(),
+                "t",
+                "stderr",
+                LogSpec {
+                    max_files: 2,
+                    max_file_size_mb: 1,
+                },
+            )
+            .unwrap(),
             since: LogCursor {
                 stdout: Some(1_795_889_153_000_000_002),
                 stderr: Some(1_795_889_155_000_000_000),
