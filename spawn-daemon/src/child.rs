@@ -12,7 +12,8 @@
 //! 1. `setpgid(0, 0)`: the task leads its own process group (Stop signals it).
 //! 2. wait on the sync pipe: the parent places the child in the task's cgroup
 //!    meanwhile, then says go.
-//! 3. mount namespace and chroot (isolation with a root) — see [`Isolation`].
+//! 3. mount namespace, the planned mounts and chroot (isolation with a root) —
+//!    see [`crate::chroot`].
 //! 4. `chdir(cwd)`.
 //! 5. `setgroups([])` -> `setresgid` -> `setresuid` -> clear capabilities ->
 //!    `PR_SET_NO_NEW_PRIVS` (isolation with a user).
