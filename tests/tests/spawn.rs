@@ -684,3 +684,26 @@ fn a_chroot_task_sees_its_own_root() {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(root.to_str().unwrap()), "{mounts}");
 }
+
+#[test]
+fn a_client_without_hello_is_closed_after_10_s() {
+    let sb = Sandbox::new();
+    let cfg = sb.config("t", "/bin/sleep", &["100"]);
+    sb.start(&cfg).pids();
+    let mut slow = Client::connect_raw(Path::new(&cfg.socket_path));
+    slow.send_bytes(b"TE");
+    let t0 = Instant::now();
+    slow.stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut slow.stream, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(14),
+        "{took:?}"
+    );
+    let mut good = Client::connect(&cfg);
+    assert!(matches!(good.request(Request::Status), Response::Status(_)));
+}
