@@ -12,7 +12,8 @@
 //! 1. `setpgid(0, 0)`: the task leads its own process group (Stop signals it).
 //! 2. wait on the sync pipe: the parent places the child in the task's cgroup
 //!    meanwhile, then says go.
-//! 3. mount namespace and chroot (isolation with a root) — see [`Isolation`].
+//! 3. mount namespace, the planned mounts and chroot (isolation with a root) —
+//!    see [`crate::chroot`].
 //! 4. `chdir(cwd)`.
 //! 5. `setgroups([])` -> `setresgid` -> `setresuid` -> clear capabilities ->
 //!    `PR_SET_NO_NEW_PRIVS` (isolation with a user).
@@ -31,6 +32,8 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 use tend_proto::{SpawnConfig, Stage};
+
+use crate::chroot::PreparedRoot;
 
 /// Why the task did not start: the stage, its errno and one line for a person.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,8 +86,8 @@ pub fn failure_message(stage: Stage, what: &str, errno: i32) -> String {
     }
 }
 
-/// What the child becomes: the user to drop to. The chroot part of isolation is
-/// not supported yet; the daemon refuses such configs before it gets here.
+/// What the child becomes: the user to drop to (the root it gets is a
+/// [`PreparedRoot`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Isolation {
     /// The uid to run as.
@@ -102,9 +105,11 @@ pub struct Prepared {
     envp_ptrs: Vec<*const c_char>,
     cwd: CString,
     isolation: Option<Isolation>,
+    root: Option<PreparedRoot>,
     /// Display forms for messages, indexed by stage.
     command_shown: String,
     cwd_shown: String,
+    root_shown: String,
 }
 
 impl fmt::Debug for Prepared {
@@ -128,6 +133,7 @@ impl Prepared {
     pub fn new(
         config: &SpawnConfig,
         isolation: Option<Isolation>,
+        root: Option<PreparedRoot>,
     ) -> Result<Prepared, StartFailure> {
         let command = cstring("command", &config.command)?;
         let mut argv = vec![command.clone()];
@@ -150,8 +156,10 @@ impl Prepared {
             envp_ptrs,
             cwd: cstring("cwd", &config.cwd)?,
             isolation,
+            root,
             command_shown: config.command.clone(),
             cwd_shown: config.cwd.clone(),
+            root_shown: config.task_root().display().to_string(),
         })
     }
 
@@ -159,6 +167,7 @@ impl Prepared {
     fn what(&self, stage: Stage) -> String {
         match (stage, self.isolation) {
             (Stage::Chdir, _) => self.cwd_shown.clone(),
+            (Stage::Mount | Stage::Chroot, _) => self.root_shown.clone(),
             (Stage::Setuid, Some(i)) => format!("uid {}", i.uid),
             (Stage::Setgid, Some(i)) => format!("gid {}", i.gid),
             (Stage::Setgroups, _) => "[]".to_string(),
@@ -351,8 +360,46 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
         }
         libc::close(fds.sync_r);
 
-        // 3. [mount namespace + chroot: unshare(CLONE_NEWNS), / rslave, read-only
-        //    binds, /dev, /proc, /alloc, /local, chroot(task_root)] — slots in here.
+        // 3. A private mount namespace, the planned mounts, the chroot.
+        if let Some(root) = &prep.root {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                child_fail(err_w, Stage::Mount);
+            }
+            // Nothing mounted here leaks back to the host.
+            let slash = c"/".as_ptr();
+            let null = std::ptr::null::<c_char>();
+            if libc::mount(
+                null,
+                slash,
+                null,
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ) != 0
+            {
+                child_fail(err_w, Stage::Mount);
+            }
+            for op in &root.ops {
+                let fstype = op.fstype.as_ref().map_or(null, |f| f.as_ptr());
+                if libc::mount(
+                    op.source.as_ptr(),
+                    op.target.as_ptr(),
+                    fstype,
+                    op.flags,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    child_fail(err_w, Stage::Mount);
+                }
+                if let Some(flags) = op.remount {
+                    if libc::mount(null, op.target.as_ptr(), null, flags, std::ptr::null()) != 0 {
+                        child_fail(err_w, Stage::Mount);
+                    }
+                }
+            }
+            if libc::chroot(root.root.as_ptr()) != 0 || libc::chdir(slash) != 0 {
+                child_fail(err_w, Stage::Chroot);
+            }
+        }
 
         // 4. Working dir.
         if libc::chdir(prep.cwd.as_ptr()) != 0 {
@@ -481,12 +528,14 @@ mod tests {
                 uid: 65534,
                 gid: 65533,
             }),
+            None,
         )
         .unwrap();
         assert_eq!(p.what(Stage::Exec), "/bin/x");
         assert_eq!(p.what(Stage::Chdir), "/w");
         assert_eq!(p.what(Stage::Setuid), "uid 65534");
         assert_eq!(p.what(Stage::Setgid), "gid 65533");
+        assert_eq!(p.what(Stage::Mount), "/tmp/a/t");
         assert!(!format!("{p:?}").contains("PATH"));
     }
 }

@@ -498,7 +498,22 @@ fn start(
             StartFailure::io(Stage::Fork, "getrandom", &e),
         ));
     }
-    let prep = match Prepared::new(&config, isolation) {
+    // The task's root: mount points made now, mounts made by the child.
+    let root = match config.isolation.as_ref().and_then(|i| i.chroot.as_ref()) {
+        None => None,
+        Some(spec) => match crate::chroot::prepare(&config, spec) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let f = StartFailure {
+                    stage: Stage::Mount,
+                    errno: e.source.raw_os_error().unwrap_or(0),
+                    message: e.to_string(),
+                };
+                return Err(failed(&config, &alloc, f));
+            }
+        },
+    };
+    let prep = match Prepared::new(&config, isolation, root) {
         Ok(p) => p,
         Err(f) => return Err(failed(&config, &alloc, f)),
     };

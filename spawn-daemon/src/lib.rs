@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod child;
+pub mod chroot;
 pub mod daemon;
 pub mod daemon_log;
 pub mod logs;
@@ -87,14 +88,6 @@ pub fn read_config<R: io::Read>(input: &mut R) -> Result<SpawnConfig, StartFailu
     config
         .validate()
         .map_err(|e| StartFailure::plain(Stage::Config, e.to_string()))?;
-    if let Some(iso) = &config.isolation {
-        if iso.chroot.is_some() {
-            return Err(StartFailure::plain(
-                Stage::Config,
-                "isolation with a chroot is not supported yet",
-            ));
-        }
-    }
     Ok(config)
 }
 
@@ -192,15 +185,6 @@ mod tests {
         let f = read_config(&mut garbage).unwrap_err();
         assert_eq!(f.stage, Stage::Config);
         let mut c = tend_proto::config::example("/tmp/a", "/tmp/s");
-        c.isolation = Some(tend_proto::config::Isolation {
-            user: "nobody".into(),
-            chroot: Some(tend_proto::config::ChrootSpec { binds: vec![] }),
-        });
-        let bytes = tend_proto::frame::encode(&c).unwrap();
-        let f = read_config(&mut &bytes[..]).unwrap_err();
-        assert_eq!(f.stage, Stage::Config);
-        assert!(f.message.contains("not supported yet"), "{}", f.message);
-        c.isolation = None;
         c.run = 0;
         let bytes = tend_proto::frame::encode(&c).unwrap();
         assert!(read_config(&mut &bytes[..])

@@ -631,14 +631,79 @@ fn an_unknown_user_fails_at_the_user_stage() {
 }
 
 #[test]
-fn a_chroot_is_refused_cleanly_until_supported() {
+fn a_chroot_task_sees_its_own_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
     let sb = Sandbox::new();
-    let mut cfg = sb.config("t", "/bin/true", &[]);
+    let mut cfg = sh(
+        &sb,
+        "echo hi > /local/f && cat /local/f; ls /; \
+         if touch /usr/tend-probe 2>/dev/null; then echo RW; else echo RO; fi; \
+         test -d /alloc && echo ALLOC; test -c /dev/null && echo DEVNULL; \
+         test -e /proc/self/status && echo PROC; pwd",
+    );
+    let root = cfg.task_root();
+    for d in [root.join("local"), cfg.alloc_dir().join("alloc")] {
+        fs::create_dir_all(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    cfg.cwd = "/local".into();
+    let binds = ["/bin", "/lib", "/lib64", "/usr"]
+        .iter()
+        .filter(|p| Path::new(p).exists())
+        .map(|p| tend_proto::config::Bind {
+            source: p.to_string(),
+            target: p.to_string(),
+        })
+        .collect();
     cfg.isolation = Some(tend_proto::config::Isolation {
         user: "nobody".into(),
-        chroot: Some(tend_proto::config::ChrootSpec { binds: vec![] }),
+        chroot: Some(tend_proto::config::ChrootSpec { binds }),
     });
-    let (stage, errno, message) = sb.start(&cfg).failure();
-    assert_eq!((stage, errno), (Stage::Config, 0));
-    assert!(message.contains("not supported yet"), "{message}");
+    sb.start(&cfg).pids();
+    let exit = Sandbox::wait_exit_file(&cfg, LONG);
+    let out = fs::read_to_string(Sandbox::log_path(&cfg, "stdout")).unwrap();
+    let err = fs::read_to_string(Sandbox::log_path(&cfg, "stderr")).unwrap();
+    assert_eq!(exit.exit_code, Some(0), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "hi", "{out}");
+    for want in ["RO", "ALLOC", "DEVNULL", "PROC", "local", "proc"] {
+        assert!(lines.contains(&want), "{want} missing: {out}");
+    }
+    assert_eq!(lines.last(), Some(&"/local"), "{out}");
+    assert!(
+        !lines.contains(&"root") && !lines.contains(&"home"),
+        "{out}"
+    );
+    assert_eq!(fs::read_to_string(root.join("local/f")).unwrap(), "hi\n");
+    assert!(!Path::new("/usr/tend-probe").exists());
+    // Nothing of the task's mounts shows on the host.
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(root.to_str().unwrap()), "{mounts}");
+}
+
+#[test]
+fn a_client_without_hello_is_closed_after_10_s() {
+    let sb = Sandbox::new();
+    let cfg = sb.config("t", "/bin/sleep", &["100"]);
+    sb.start(&cfg).pids();
+    let mut slow = Client::connect_raw(Path::new(&cfg.socket_path));
+    slow.send_bytes(b"TE");
+    let t0 = Instant::now();
+    slow.stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut slow.stream, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(14),
+        "{took:?}"
+    );
+    let mut good = Client::connect(&cfg);
+    assert!(matches!(good.request(Request::Status), Response::Status(_)));
 }
