@@ -1,16 +1,23 @@
 //! The one way tend persists a file: write a temp file in the same dir (through a
 //! dir fd, never following a symlink), fsync it, rename it over the name, fsync the
 //! dir. A reader sees the old file or the new one, never a torn one.
+//!
+//! Where the file system has `O_TMPFILE`, the temp file has no name while it is
+//! written: a writer killed half-way leaves nothing behind, and a file that does
+//! not exist yet (an exit status file) is linked straight to its name. Only a
+//! replacement goes through a named temp file, for the two syscalls of link and
+//! rename.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use nix::fcntl::{open, openat, renameat, OFlag};
+use nix::errno::Errno;
+use nix::fcntl::{open, openat, renameat, AtFlags, OFlag, AT_FDCWD};
 use nix::sys::stat::Mode;
-use nix::unistd::unlinkat;
+use nix::unistd::{linkat, unlinkat};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -75,6 +82,11 @@ pub fn write_at<D: AsFd>(dir: D, name: &str, data: &[u8], mode: u32) -> Result<(
         let name = name.to_string();
         move |source: io::Error| AtomicError::Step { name, step, source }
     };
+    match write_unnamed(dir.as_fd(), name, data, mode) {
+        Ok(()) => return Ok(()),
+        Err(Unnamed::Unsupported) => {}
+        Err(Unnamed::Failed(e)) => return Err(e),
+    }
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = format!(".{name}.tmp-{}-{n}", std::process::id());
     let fd = openat(
@@ -108,6 +120,72 @@ pub fn write_at<D: AsFd>(dir: D, name: &str, data: &[u8], mode: u32) -> Result<(
         );
     }
     result
+}
+
+enum Unnamed {
+    /// No O_TMPFILE here (or no /proc to link it through): use a named temp file.
+    Unsupported,
+    /// A real failure.
+    Failed(AtomicError),
+}
+
+/// The O_TMPFILE path of [`write_at`].
+fn write_unnamed(dir: BorrowedFd<'_>, name: &str, data: &[u8], mode: u32) -> Result<(), Unnamed> {
+    let failed = |step: &'static str| {
+        let name = name.to_string();
+        move |source: io::Error| Unnamed::Failed(AtomicError::Step { name, step, source })
+    };
+    let fd = match openat(
+        dir,
+        ".",
+        OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL | Errno::ENOENT) => {
+            return Err(Unnamed::Unsupported)
+        }
+        Err(e) => return Err(failed("create temp file")(io_err(e))),
+    };
+    let mut file = File::from(fd);
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(failed("chmod"))?;
+    file.write_all(data).map_err(failed("write"))?;
+    file.sync_all().map_err(failed("fsync"))?;
+    // Linking an O_TMPFILE file by its /proc path needs no capability (unlike
+    // AT_EMPTY_PATH).
+    let by_proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let link = |to: &str| {
+        linkat(
+            AT_FDCWD,
+            by_proc.as_str(),
+            dir,
+            to,
+            AtFlags::AT_SYMLINK_FOLLOW,
+        )
+    };
+    match link(name) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let tmp = format!(".{name}.tmp-{}-{n}", std::process::id());
+            match link(&tmp) {
+                Ok(()) => {}
+                Err(Errno::ENOENT) => return Err(Unnamed::Unsupported),
+                Err(e) => return Err(failed("link temp file")(io_err(e))),
+            }
+            if let Err(e) = renameat(dir, tmp.as_str(), dir, name) {
+                let _ = unlinkat(dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+                return Err(failed("rename")(io_err(e)));
+            }
+        }
+        // No /proc: the named temp file way works everywhere.
+        Err(Errno::ENOENT) => return Err(Unnamed::Unsupported),
+        Err(e) => return Err(failed("link")(io_err(e))),
+    }
+    nix::unistd::fsync(dir)
+        .map_err(io_err)
+        .map_err(failed("fsync dir"))
 }
 
 /// Write `data` to `path` atomically: [`open_dir`] of its parent, then [`write_at`].
@@ -158,6 +236,20 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    #[test]
+    fn a_new_file_is_linked_whole_and_an_old_one_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = open_dir(dir.path()).unwrap();
+        write_at(&fd, "f", b"first", 0o644).unwrap();
+        write_at(&fd, "f", b"second", 0o644).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("f")]);
     }
 
     #[test]

@@ -88,6 +88,11 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// A random number from the kernel (for fault timings, not for secrets).
+pub fn random_u64() -> u64 {
+    u64::from_le_bytes(random_bytes::<8>())
+}
+
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     fs::File::open("/dev/urandom")
