@@ -622,3 +622,30 @@ fn run_of_a_missing_file_says_so() {
     assert!(out.stderr.contains("/nonexistent/job.hcl"), "{out}");
     assert!(sb.alloc_dirs().is_empty());
 }
+
+#[test]
+fn a_lost_supervisor_leaves_no_orphan_task() {
+    let sb = Sandbox::new();
+    let job = sb.write_job(
+        "job.hcl",
+        &sh_job("j", "orphan", "echo ready; while :; do sleep 0.1; done", ""),
+    );
+    let run = sb.spawn_tend(&run_args(&job));
+    let (task_pid, daemon_pid) = run.wait_started("orphan", LONG);
+    let alloc = sb.find_alloc_dir();
+    assert!(wait_until(LONG, || log_of(&alloc, "orphan").contains("ready")));
+    kill(Pid::from_raw(daemon_pid), Signal::SIGKILL).unwrap();
+    let out = run.wait(LONG);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("==> orphan: lost: "), "{out}");
+    // Nobody supervises the task any more: tend run must not leave it running.
+    assert!(
+        wait_until(LONG, || !pid_alive(task_pid)),
+        "task {task_pid} outlived its lost supervisor"
+    );
+    assert!(!alloc_exit_path_exists(&alloc, "orphan"));
+}
+
+fn alloc_exit_path_exists(alloc: &Path, task: &str) -> bool {
+    tend_tests::alloc_exit_path(alloc, task).exists()
+}
