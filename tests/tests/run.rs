@@ -649,3 +649,48 @@ fn a_lost_supervisor_leaves_no_orphan_task() {
 fn alloc_exit_path_exists(alloc: &Path, task: &str) -> bool {
     tend_tests::alloc_exit_path(alloc, task).exists()
 }
+
+#[test]
+fn a_group_with_count_2_runs_two_allocations_told_apart_by_index() {
+    let sb = Sandbox::new();
+    let job = sb.write_job(
+        "job.hcl",
+        r#"job "j" {
+  group "g" {
+    count = 2
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "printf 'no newline %s' ${TEND_ALLOC_INDEX}; exit $((TEND_ALLOC_INDEX + 2))"]
+      }
+    }
+  }
+}
+"#,
+    );
+    let out = tend_run(&sb, &job, LONG);
+    // Allocation 0 comes first in file order.
+    assert_eq!(out.code, Some(2), "{out}");
+    // An unfinished last line is still printed, whole and prefixed.
+    assert!(out.stdout.contains("t[0] | no newline 0\n"), "{out}");
+    assert!(out.stdout.contains("t[1] | no newline 1\n"), "{out}");
+    assert!(out.stderr.contains("==> t[0]: exited with code 2"), "{out}");
+    assert!(out.stderr.contains("==> t[1]: exited with code 3"), "{out}");
+    assert!(
+        tend_tests::started_pids(&out.stderr, "t[0]").is_some(),
+        "{out}"
+    );
+    assert!(
+        tend_tests::started_pids(&out.stderr, "t[1]").is_some(),
+        "{out}"
+    );
+    let allocs = sb.alloc_dirs();
+    assert_eq!(allocs.len(), 2, "{allocs:?}");
+    let mut codes: Vec<i32> = allocs
+        .iter()
+        .map(|a| wait_alloc_exit(a, "t", LONG).exit_code.unwrap())
+        .collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [2, 3]);
+}

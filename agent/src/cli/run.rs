@@ -274,6 +274,18 @@ impl TaskCtx {
     fn task(&self) -> &Task {
         &self.job.groups[self.group].tasks[self.task]
     }
+
+    /// How `tend run` names the task in its lines: the task name, with the
+    /// allocation index when the group runs more than one allocation
+    /// (`web[1]`), so that two runs of one task can be told apart.
+    fn label(&self) -> String {
+        let name = &self.task().name;
+        if self.job.groups[self.group].count > 1 {
+            format!("{name}[{}]", self.index)
+        } else {
+            name.clone()
+        }
+    }
 }
 
 /// Build the spawn config of a task: its environment, interpolation, driver checks.
@@ -307,7 +319,7 @@ fn prepare(ctx: &TaskCtx) -> Result<SpawnConfig, driver::DriverError> {
 
 async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<bool>) -> Outcome {
     let task = ctx.task();
-    let name = task.name.clone();
+    let name = ctx.label();
     let token = config.token;
     let socket = PathBuf::from(&config.socket_path);
     let report = match spawn::launch(&ctx.spawn_bin, &config).await {
@@ -344,7 +356,8 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
     let followers: Vec<_> = [("stdout", false), ("stderr", true)]
         .into_iter()
         .map(|(stream, is_err)| {
-            let follower = LogFollower::new(&ctx.alloc.logs(), &name, stream, task.logs.max_files);
+            let follower =
+                LogFollower::new(&ctx.alloc.logs(), &task.name, stream, task.logs.max_files);
             let prefix = ctx.prefixed.then(|| format!("{name} | "));
             let done = done.clone();
             std::thread::spawn(move || echo_logs(follower, prefix, is_err, &done))
