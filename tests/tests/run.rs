@@ -694,3 +694,32 @@ fn a_group_with_count_2_runs_two_allocations_told_apart_by_index() {
     codes.sort_unstable();
     assert_eq!(codes, [2, 3]);
 }
+
+#[test]
+fn ctrl_c_at_a_terminal_reaches_tend_run_and_not_the_tasks() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    // SIGINT reaching the shell itself would end it with 130, not 5.
+    let job = sb.write_job(
+        "job.hcl",
+        &sh_job(
+            "j",
+            "trapper",
+            r#"trap "echo got INT; exit 9" INT; trap "echo got TERM; exit 5" TERM; echo ready; while :; do sleep 0.1; done"#,
+            "",
+        ),
+    );
+    let mut cmd = sb.tend_command(&run_args(&job));
+    // Its own process group, as a shell's foreground job: Ctrl-C goes to the group.
+    cmd.process_group(0);
+    let run = sb.spawn_captured(cmd);
+    run.wait_started("trapper", LONG);
+    let alloc = sb.find_alloc_dir();
+    assert!(wait_until(LONG, || log_of(&alloc, "trapper").contains("ready")));
+    nix::sys::signal::killpg(Pid::from_raw(run.pid()), Signal::SIGINT).unwrap();
+    let out = run.wait(LONG);
+    assert_eq!(out.code, Some(5), "{out}");
+    let log = log_of(&alloc, "trapper");
+    assert!(log.contains("got TERM\n"), "{log}");
+    assert!(!log.contains("got INT"), "{log}");
+}
