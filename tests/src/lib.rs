@@ -15,13 +15,27 @@
 //! Every [`Sandbox`] owns a fresh data dir and a short run dir (0700) under /tmp;
 //! when it is dropped, even after a failed assertion, every process whose cwd or
 //! any open fd lies inside them is SIGKILLed, then the dirs are removed.
+//!
+//! `tend` itself runs as a user runs it, against the sandbox's dirs:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tend_tests::Sandbox;
+//! let sb = Sandbox::new();
+//! let job = sb.write_job("hello.hcl", "job \"j\" { ... }");
+//! let out = sb.run_tend(&["run".as_ref(), job.as_os_str()], Duration::from_secs(30));
+//! assert_eq!(out.code, Some(3), "{out}");
+//! let alloc = sb.find_alloc_dir();
+//! ```
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -247,6 +261,87 @@ impl Sandbox {
         }
     }
 
+    /// A private scratch dir of the sandbox (job files, captured output),
+    /// outside the data dir's `allocs`.
+    pub fn scratch_dir(&self) -> PathBuf {
+        let dir = self.data.path().join("scratch");
+        fs::create_dir_all(&dir).expect("create scratch dir");
+        dir
+    }
+
+    /// Write a job file `name` into the scratch dir; its path.
+    pub fn write_job(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.scratch_dir().join(name);
+        fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// A `tend` command with `args` then `--data-dir` and `--run-dir` of this
+    /// sandbox, run from the scratch dir, with no `TEND_*` variable of the
+    /// test's own environment.
+    pub fn tend_command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let mut cmd = Command::new(bin("tend"));
+        cmd.args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--run-dir")
+            .arg(self.run.path())
+            .current_dir(self.scratch_dir())
+            .stdin(Stdio::null());
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(|k| k.starts_with("TEND_")) {
+                cmd.env_remove(k);
+            }
+        }
+        cmd
+    }
+
+    /// Start `cmd` with its stdout and stderr captured in scratch files.
+    pub fn spawn_captured(&self, mut cmd: Command) -> TendProcess {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = self.scratch_dir();
+        let stdout_path = dir.join(format!("tend-{n}.stdout"));
+        let stderr_path = dir.join(format!("tend-{n}.stderr"));
+        let child = cmd
+            .stdout(fs::File::create(&stdout_path).expect("stdout file"))
+            .stderr(fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("exec {cmd:?}: {e}"));
+        TendProcess {
+            child,
+            stdout_path,
+            stderr_path,
+        }
+    }
+
+    /// Start `tend ARGS --data-dir .. --run-dir ..` in the background.
+    pub fn spawn_tend<S: AsRef<OsStr>>(&self, args: &[S]) -> TendProcess {
+        self.spawn_captured(self.tend_command(args))
+    }
+
+    /// Run `tend ARGS --data-dir .. --run-dir ..` to its end; panics (and
+    /// kills it) if it takes longer than `timeout`.
+    pub fn run_tend<S: AsRef<OsStr>>(&self, args: &[S], timeout: Duration) -> TendOutput {
+        self.spawn_tend(args).wait(timeout)
+    }
+
+    /// The allocation dirs under `<data_dir>/allocs`, sorted.
+    pub fn alloc_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(self.data_dir.join("allocs"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        dirs
+    }
+
+    /// The one allocation dir under `<data_dir>/allocs`; panics unless there
+    /// is exactly one.
+    pub fn find_alloc_dir(&self) -> PathBuf {
+        let dirs = self.alloc_dirs();
+        assert_eq!(dirs.len(), 1, "expected one alloc dir, found {dirs:?}");
+        dirs.into_iter().next().expect("one alloc dir")
+    }
+
     /// Pids of every process (but this one) whose cwd or any open fd lies in the
     /// sandbox's dirs.
     pub fn pids_inside(&self) -> Vec<i32> {
@@ -433,5 +528,152 @@ impl Client {
     /// [`Client::wait_exit_within`] 30 s.
     pub fn wait_exit(&mut self) -> ExitStatus {
         self.wait_exit_within(Duration::from_secs(30))
+    }
+}
+
+/// `<alloc_dir>/<task>_exit_status`.
+pub fn alloc_exit_path(alloc_dir: &Path, task: &str) -> PathBuf {
+    alloc_dir.join(format!("{task}_exit_status"))
+}
+
+/// `<alloc_dir>/logs/<task>.<stream>` (the current file).
+pub fn alloc_log_path(alloc_dir: &Path, task: &str, stream: &str) -> PathBuf {
+    alloc_dir
+        .join("logs")
+        .join(tend_proto::names::log_file(task, stream))
+}
+
+/// Wait up to `timeout` for a task's exit status file in `alloc_dir` and read it.
+pub fn wait_alloc_exit(alloc_dir: &Path, task: &str, timeout: Duration) -> ExitStatus {
+    let path = alloc_exit_path(alloc_dir, task);
+    assert!(
+        wait_until(timeout, || path.exists()),
+        "no exit status file {} after {timeout:?}",
+        path.display()
+    );
+    ExitStatus::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// `(task_pid, daemon_pid)` from the line `==> TASK: started (pid N, tend-spawn M)`
+/// that `tend run` prints on stderr.
+pub fn started_pids(stderr: &str, task: &str) -> Option<(i32, i32)> {
+    let head = format!("==> {task}: started (pid ");
+    stderr.lines().find_map(|l| {
+        let rest = l.strip_prefix(&head)?;
+        let (pid, rest) = rest.split_once(", tend-spawn ")?;
+        let daemon = rest.strip_suffix(')')?;
+        Some((pid.parse().ok()?, daemon.parse().ok()?))
+    })
+}
+
+/// A `tend` process running in the background, its output going to files.
+#[derive(Debug)]
+pub struct TendProcess {
+    /// The process.
+    pub child: Child,
+    /// Where its stdout goes.
+    pub stdout_path: PathBuf,
+    /// Where its stderr goes.
+    pub stderr_path: PathBuf,
+}
+
+impl TendProcess {
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    /// Send it a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .unwrap_or_else(|e| panic!("kill -{sig} {}: {e}", self.pid()));
+    }
+
+    /// What it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Wait up to `timeout` until its stderr holds `needle`; panics otherwise.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let mut text = String::new();
+        let found = wait_until(timeout, || {
+            text = self.stderr();
+            text.contains(needle)
+        });
+        assert!(found, "no {needle:?} on stderr after {timeout:?}: {text}");
+        text
+    }
+
+    /// Wait up to `timeout` for `==> TASK: started (pid N, tend-spawn M)`;
+    /// `(task_pid, daemon_pid)`.
+    pub fn wait_started(&self, task: &str, timeout: Duration) -> (i32, i32) {
+        let text = self.wait_stderr(&format!("==> {task}: started (pid "), timeout);
+        started_pids(&text, task).unwrap_or_else(|| panic!("no pids in {text}"))
+    }
+
+    /// Wait for it to end; after `timeout`, SIGKILL it and panic with its output.
+    pub fn wait(mut self, timeout: Duration) -> TendOutput {
+        let end = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait().expect("wait tend") {
+                Some(status) => {
+                    return TendOutput {
+                        code: status.code(),
+                        signal: status.signal(),
+                        stdout: self.stdout(),
+                        stderr: self.stderr(),
+                    }
+                }
+                None if Instant::now() >= end => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "tend still running after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                        self.stdout(),
+                        self.stderr()
+                    );
+                }
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+impl Drop for TendProcess {
+    fn drop(&mut self) {
+        // Never leave a zombie or a stray tend behind a failed assertion.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// How a `tend` process ended and what it printed.
+#[derive(Debug, Clone)]
+pub struct TendOutput {
+    /// Its exit code (None when a signal ended it).
+    pub code: Option<i32>,
+    /// The signal that ended it.
+    pub signal: Option<i32>,
+    /// Its whole stdout.
+    pub stdout: String,
+    /// Its whole stderr.
+    pub stderr: String,
+}
+
+impl std::fmt::Display for TendOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "code {:?}, signal {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.signal, self.stdout, self.stderr
+        )
     }
 }

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use tend_proto::{ExitStatus, Request, SpawnConfig, StartReport, Token};
 use tokio::sync::watch;
 
 use crate::driver::{self, Launch};
+use crate::ident::ProcId;
 use crate::jobspec::{self, Job, Task};
 use crate::logtail::LogFollower;
 use crate::paths::{self, AllocDir, Dirs};
@@ -272,6 +274,18 @@ impl TaskCtx {
     fn task(&self) -> &Task {
         &self.job.groups[self.group].tasks[self.task]
     }
+
+    /// How `tend run` names the task in its lines: the task name, with the
+    /// allocation index when the group runs more than one allocation
+    /// (`web[1]`), so that two runs of one task can be told apart.
+    fn label(&self) -> String {
+        let name = &self.task().name;
+        if self.job.groups[self.group].count > 1 {
+            format!("{name}[{}]", self.index)
+        } else {
+            name.clone()
+        }
+    }
 }
 
 /// Build the spawn config of a task: its environment, interpolation, driver checks.
@@ -305,7 +319,7 @@ fn prepare(ctx: &TaskCtx) -> Result<SpawnConfig, driver::DriverError> {
 
 async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<bool>) -> Outcome {
     let task = ctx.task();
-    let name = task.name.clone();
+    let name = ctx.label();
     let token = config.token;
     let socket = PathBuf::from(&config.socket_path);
     let report = match spawn::launch(&ctx.spawn_bin, &config).await {
@@ -327,6 +341,13 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
             return Outcome::Failed { errno, message };
         }
     };
+    // Pinned by start time now, so that a lost run can be cleaned up later
+    // without signalling some process that inherited the pid.
+    let leftovers = Leftovers {
+        daemon: ProcId::of(daemon_pid),
+        task: ProcId::of(task_pid),
+        cgroup: config.cgroup.as_ref().map(|c| c.path.clone()),
+    };
     say(&format!(
         "{name}: started (pid {task_pid}, tend-spawn {daemon_pid})"
     ));
@@ -335,7 +356,8 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
     let followers: Vec<_> = [("stdout", false), ("stderr", true)]
         .into_iter()
         .map(|(stream, is_err)| {
-            let follower = LogFollower::new(&ctx.alloc.logs(), &name, stream, task.logs.max_files);
+            let follower =
+                LogFollower::new(&ctx.alloc.logs(), &task.name, stream, task.logs.max_files);
             let prefix = ctx.prefixed.then(|| format!("{name} | "));
             let done = done.clone();
             std::thread::spawn(move || echo_logs(follower, prefix, is_err, &done))
@@ -343,6 +365,11 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
         .collect();
 
     let outcome = watch_task(&socket, token, task, &ctx.alloc, &mut stop).await;
+    if matches!(outcome, Outcome::Lost(_)) {
+        // No supervisor and no exit file: whatever is left of the run would be
+        // an orphan nobody waits for, logs or stops.
+        leftovers.kill();
+    }
     done.store(true, Ordering::SeqCst);
     for f in followers {
         let _ = tokio::task::spawn_blocking(move || f.join()).await;
@@ -366,7 +393,7 @@ async fn watch_task(
 ) -> Outcome {
     let mut waiter = match Client::connect(socket, token).await {
         Ok(c) => c,
-        Err(e) => return from_exit_file(alloc, &task.name, &e.to_string()),
+        Err(e) => return from_exit_file(alloc, &task.name, &e.to_string()).await,
     };
     let wait = waiter.wait();
     tokio::pin!(wait);
@@ -402,17 +429,58 @@ async fn watch_task(
             }
             Outcome::Exited(exit)
         }
-        Err(e) => from_exit_file(alloc, &task.name, &e.to_string()),
+        Err(e) => from_exit_file(alloc, &task.name, &e.to_string()).await,
     }
 }
 
-fn from_exit_file(alloc: &AllocDir, task: &str, why: &str) -> Outcome {
-    // The daemon writes the file before it answers Wait; give a dying one a moment.
+/// What is left of a run whose supervisor is lost.
+struct Leftovers {
+    daemon: Option<ProcId>,
+    task: Option<ProcId>,
+    cgroup: Option<String>,
+}
+
+impl Leftovers {
+    /// SIGKILL the daemon if it still is ours, the task's process group if the
+    /// task still is ours (tend-spawn makes it a group leader), and everything
+    /// in its cgroup.
+    fn kill(&self) {
+        let sigkill = Signal::SIGKILL as i32;
+        if let Some(daemon) = &self.daemon {
+            daemon.signal(sigkill);
+        }
+        if let Some(task) = &self.task {
+            // The pidfd pins the pid (and so its process group) while we signal.
+            if let Some(_pinned) = task.open() {
+                let _ =
+                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(task.pid), Signal::SIGKILL);
+                task.signal(sigkill);
+            }
+        }
+        if let Some(path) = &self.cgroup {
+            match tend_spawn::cgroup::Hierarchies::detect()
+                .and_then(|h| tend_spawn::cgroup::TaskCgroup::open(&h, path))
+            {
+                Ok(cg) => {
+                    if let Err(e) = cg.kill_all() {
+                        say(&format!("cannot kill what is left in cgroup {path}: {e}"));
+                    }
+                    let _ = cg.remove();
+                }
+                Err(e) => say(&format!("cannot open cgroup {path}: {e}")),
+            }
+        }
+    }
+}
+
+async fn from_exit_file(alloc: &AllocDir, task: &str, why: &str) -> Outcome {
+    // The daemon writes the file before it answers Wait; give a dying one a
+    // moment, without holding up the other tasks on this one-thread runtime.
     for _ in 0..20 {
         if let Ok(e) = ExitStatus::read(&alloc.exit_status(task)) {
             return Outcome::Exited(e);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Outcome::Lost(format!(
         "tend-spawn is gone and left no exit status file ({why})"
