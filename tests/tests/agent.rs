@@ -269,7 +269,12 @@ fn a_killed_tend_spawn_makes_the_task_lost_and_it_restarts() {
     let file = write_job(
         &sb,
         "lost.hcl",
-        &job("lost", 1, restart, &sh_task("t", "exec /bin/sleep 1000", "")),
+        &job(
+            "lost",
+            1,
+            restart,
+            &sh_task("t", "exec /bin/sleep 1000", ""),
+        ),
     );
     let id = submit(&agent, &file).remove(0);
     let t = wait_task(&agent, &id, "t", running);
@@ -311,7 +316,10 @@ fn a_killed_tend_spawn_makes_the_task_lost_and_it_restarts() {
     // Lost again, with no attempts left: dead, failed, lost.
     sigkill(pid_of(&t, "daemon_pid"));
     let t = wait_task(&agent, &id, "t", dead);
-    assert_eq!((t["failed"].clone(), t["lost"].clone()), (true.into(), true.into()));
+    assert_eq!(
+        (t["failed"].clone(), t["lost"].clone()),
+        (true.into(), true.into())
+    );
     let a = agent.get_json(&format!("/v1/allocations/{id}"));
     assert_eq!(a["status"], "lost");
 }
@@ -323,7 +331,12 @@ fn a_reused_daemon_pid_is_left_alone() {
     let file = write_job(
         &sb,
         "reuse.hcl",
-        &job("reuse", 1, NO_RESTART, &sh_task("t", "exec /bin/sleep 1000", "")),
+        &job(
+            "reuse",
+            1,
+            NO_RESTART,
+            &sh_task("t", "exec /bin/sleep 1000", ""),
+        ),
     );
     let id = submit(&agent, &file).remove(0);
     let t = wait_task(&agent, &id, "t", running);
@@ -385,7 +398,10 @@ fn a_failing_task_runs_attempts_plus_one_times() {
             dir.join(format!("t_exit_status.{run}"))
         };
         let e: Value = serde_json::from_slice(&fs::read(&p).expect("exit file")).expect("json");
-        assert_eq!((e["run"].clone(), e["exit_code"].clone()), (run.into(), 1.into()));
+        assert_eq!(
+            (e["run"].clone(), e["exit_code"].clone()),
+            (run.into(), 1.into())
+        );
     }
     let out = agent.cli(&["logs", &id, "t"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "run\nrun\nrun\n");
@@ -423,7 +439,10 @@ fn tend_stop_uses_the_kill_signal_and_timeout_and_does_not_restart() {
     let took = t0.elapsed();
     assert_eq!(polite["exit"]["exit_code"], 9, "{polite:#}");
     assert_eq!(stubborn["exit"]["signal"], 9, "{stubborn:#}");
-    assert!(took < Duration::from_secs(8), "{took:?}: the 10s grace was not the stubborn one's");
+    assert!(
+        took < Duration::from_secs(8),
+        "{took:?}: the 10s grace was not the stubborn one's"
+    );
     assert!(took >= Duration::from_millis(300), "{took:?}");
     for t in [&polite, &stubborn] {
         assert_eq!(t["run"], 1, "restarted after stop: {t:#}");
@@ -457,7 +476,12 @@ fn api_health_jobs_allocations_and_errors() {
     assert_eq!(h["ok"], true);
 
     // POST /v1/jobs: HCL, JSON, and a bad job.
-    let hcl = job("h", 1, NO_RESTART, &sh_task("t", "exec /bin/sleep 1000", ""));
+    let hcl = job(
+        "h",
+        1,
+        NO_RESTART,
+        &sh_task("t", "exec /bin/sleep 1000", ""),
+    );
     let r = agent.http("POST", "/v1/jobs", hcl.as_bytes());
     assert_eq!(r.status, 201, "{}", r.text());
     let hcl_id = r.json()["allocations"][0].as_str().expect("id").to_string();
@@ -466,7 +490,8 @@ fn api_health_jobs_allocations_and_errors() {
     let r = agent.http("POST", "/v1/jobs?file=j.json", json.as_bytes());
     assert_eq!(r.status, 201, "{}", r.text());
     let json_id = r.json()["allocations"][0].as_str().expect("id").to_string();
-    let bad = "job \"b\" {\n  group \"g\" {\n    task \"t\" {\n      driver = \"nope\"\n    }\n  }\n}\n";
+    let bad =
+        "job \"b\" {\n  group \"g\" {\n    task \"t\" {\n      driver = \"nope\"\n    }\n  }\n}\n";
     let r = agent.http("POST", "/v1/jobs?file=b.hcl", bad.as_bytes());
     assert_eq!(r.status, 400, "{}", r.text());
     let v = r.json();
@@ -487,19 +512,29 @@ fn api_health_jobs_allocations_and_errors() {
         .map(|a| a["id"].as_str().expect("id"))
         .collect();
     assert!(ids.contains(&hcl_id.as_str()) && ids.contains(&json_id.as_str()));
-    assert_eq!(agent.get_json(&format!("/v1/allocations/{hcl_id}"))["id"], hcl_id.as_str());
+    assert_eq!(
+        agent.get_json(&format!("/v1/allocations/{hcl_id}"))["id"],
+        hcl_id.as_str()
+    );
     // The shortest prefix that names it alone.
     let unique = (1..=hcl_id.len())
         .map(|n| &hcl_id[..n])
         .find(|p| ids.iter().filter(|i| i.starts_with(p)).count() == 1)
         .expect("a unique prefix");
-    assert_eq!(agent.get_json(&format!("/v1/allocations/{unique}"))["id"], hcl_id.as_str());
+    assert_eq!(
+        agent.get_json(&format!("/v1/allocations/{unique}"))["id"],
+        hcl_id.as_str()
+    );
     let r = agent.http("GET", "/v1/allocations/zzzz", b"");
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.json()["error"].is_string());
 
     // 17 more allocations: two of 19 ids share a first hex digit.
-    let many = write_job(&sb, "many.hcl", &job("many", 17, NO_RESTART, &sh_task("t", "true", "")));
+    let many = write_job(
+        &sb,
+        "many.hcl",
+        &job("many", 17, NO_RESTART, &sh_task("t", "true", "")),
+    );
     submit(&agent, &many);
     let list = agent.get_json("/v1/allocations");
     let all: Vec<String> = list["allocations"]
@@ -516,7 +551,10 @@ fn api_health_jobs_allocations_and_errors() {
         .expect("a shared prefix");
     let r = agent.http("GET", &format!("/v1/allocations/{shared}"), b"");
     assert_eq!(r.status, 409, "{}", r.text());
-    assert!(r.json()["error"].as_str().expect("error").contains("matches"));
+    assert!(r.json()["error"]
+        .as_str()
+        .expect("error")
+        .contains("matches"));
 
     // POST /v1/allocations/{id}/stop.
     let r = agent.http("POST", "/v1/allocations/zzzz/stop", b"");
@@ -629,7 +667,13 @@ fn api_signal_logs_and_events() {
     assert_eq!(r.status, 409, "{}", r.text());
 
     // Logs: stdout, stderr, offset, bad stream, unknown task.
-    let logs = |q: &str| agent.http("GET", &format!("/v1/allocations/{id}/tasks/quick/logs{q}"), b"");
+    let logs = |q: &str| {
+        agent.http(
+            "GET",
+            &format!("/v1/allocations/{id}/tasks/quick/logs{q}"),
+            b"",
+        )
+    };
     let r = logs("");
     assert_eq!((r.status, r.text()), (200, "out\n".to_string()));
     assert_eq!(logs("?stream=stderr").text(), "err\n");
@@ -649,4 +693,37 @@ fn api_signal_logs_and_events() {
         .iter()
         .any(|e| e["kind"] == "started" && e["task"] == "sig" && e["alloc_id"] == id.as_str()));
     assert!(evs.iter().any(|e| e["kind"] == "signaled"));
+}
+
+#[test]
+fn a_stop_that_never_reached_the_daemon_is_carried_out_on_reattach() {
+    let sb = Sandbox::new();
+    let mut agent = AgentProc::start(&sb);
+    let file = write_job(
+        &sb,
+        "s.hcl",
+        &job(
+            "s",
+            1,
+            NO_RESTART,
+            &sh_task(
+                "t",
+                "trap 'exit 7' TERM; while :; do /bin/sleep 0.05; done",
+                "",
+            ),
+        ),
+    );
+    let id = submit(&agent, &file).remove(0);
+    let t = wait_task(&agent, &id, "t", running);
+    // The agent persisted the stop and died before telling the daemon.
+    agent.kill9();
+    let path = sb.data_dir().join("state").join(&id).join("alloc.json");
+    let mut a: Value = serde_json::from_slice(&fs::read(&path).expect("alloc.json")).expect("json");
+    a["desired"] = "stop".into();
+    fs::write(&path, serde_json::to_vec_pretty(&a).expect("json")).expect("edit alloc.json");
+    assert!(pid_alive(pid_of(&t, "pid")));
+    agent.restart();
+    let t = wait_task(&agent, &id, "t", dead);
+    assert_eq!(t["exit"]["exit_code"], 7, "{t:#}");
+    assert_eq!(t["run"], 1);
 }
