@@ -102,6 +102,18 @@ fn read_state(sb: &Sandbox, alloc: &str, task: &str) -> Value {
     serde_json::from_slice(&fs::read(&p).expect("state file")).expect("state JSON")
 }
 
+/// Poll the state file until `f` holds: the API answers from memory, the
+/// file is written right after.
+fn wait_state(sb: &Sandbox, alloc: &str, task: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let mut s = Value::Null;
+    let ok = wait_until(LONG, || {
+        s = read_state(sb, alloc, task);
+        f(&s)
+    });
+    assert!(ok, "state of {alloc}/{task} never got there: {s:#}");
+    s
+}
+
 fn alloc_dir(sb: &Sandbox, alloc: &str) -> PathBuf {
     sb.data_dir().join("allocs").join(alloc)
 }
@@ -184,8 +196,7 @@ fn fifty_tasks_survive_an_agent_restart(stop: fn(&mut AgentProc)) {
             assert_eq!(t["lost"], false, "{t:#}");
             assert_eq!(t["failed"], codes[i] != 0, "{t:#}");
             assert_eq!(t["run"], 1, "{t:#}");
-            let s = read_state(&sb, id, "t");
-            assert_eq!(s["phase"], "dead");
+            let s = wait_state(&sb, id, "t", |s| s["phase"] == "dead");
             assert_eq!(s["last_exit"]["exit_code"], codes[i]);
             assert!(s["handle"].is_null(), "{s:#}");
         } else {
@@ -306,8 +317,7 @@ fn a_killed_tend_spawn_makes_the_task_lost_and_it_restarts() {
     // A lost run leaves no exit file, so nothing was moved aside.
     assert!(!dir.join("t_exit_status.1").exists());
     assert!(!dir.join("t_exit_status").exists());
-    let s = read_state(&sb, &id, "t");
-    assert_eq!(s["run"], 2);
+    let s = wait_state(&sb, &id, "t", |s| s["run"] == 2 && s["phase"] == "running");
     assert!(s["events"]
         .as_array()
         .expect("events")
