@@ -675,6 +675,7 @@ fn api_signal_logs_and_events() {
         br#"{"signal": "HUP"}"#,
     );
     assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"], "task quick is not running (dead)");
 
     // Logs: stdout, stderr, offset, bad stream, unknown task.
     let logs = |q: &str| {
