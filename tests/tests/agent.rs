@@ -334,24 +334,25 @@ fn a_killed_tend_spawn_makes_the_task_lost_and_it_restarts() {
     assert_eq!(a["status"], "lost");
 }
 
-#[test]
-fn a_reused_daemon_pid_is_left_alone() {
+/// Stop the agent, (maybe end the task,) kill its tend-spawn, and give the
+/// daemon's recorded pid to an unrelated process; then start the agent again.
+fn reused_daemon_pid(task_ended: bool) {
     let sb = Sandbox::new();
     let mut agent = AgentProc::start(&sb);
     let file = write_job(
         &sb,
         "reuse.hcl",
-        &job(
-            "reuse",
-            1,
-            NO_RESTART,
-            &sh_task("t", "exec /bin/sleep 1000", ""),
-        ),
+        &job("reuse", 1, NO_RESTART, &sh_task("t", WAIT_FOR_CODE, "")),
     );
     let id = submit(&agent, &file).remove(0);
     let t = wait_task(&agent, &id, "t", running);
     let (task_pid, daemon_pid) = (pid_of(&t, "pid"), pid_of(&t, "daemon_pid"));
     assert_eq!(agent.term().code(), Some(0));
+    if task_ended {
+        release(&sb, &id, "t", 4);
+        let p = alloc_dir(&sb, &id).join("t_exit_status");
+        assert!(wait_until(LONG, || p.exists()));
+    }
     sigkill(daemon_pid);
     assert!(wait_until(LONG, || !pid_alive(daemon_pid)));
     // An unrelated process now holds the recorded pid (as far as the file says).
@@ -373,8 +374,23 @@ fn a_reused_daemon_pid_is_left_alone() {
     let _ = stranger.kill();
     let _ = stranger.wait();
     assert!(alive, "the agent killed an unrelated process");
-    assert_eq!(t["lost"], true, "{t:#}");
-    assert!(!pid_alive(task_pid), "the lost task {task_pid} still runs");
+    if task_ended {
+        assert_eq!(t["lost"], false, "{t:#}");
+        assert_eq!(t["exit"]["exit_code"], 4, "{t:#}");
+    } else {
+        assert_eq!(t["lost"], true, "{t:#}");
+    }
+    assert!(!pid_alive(task_pid), "the task {task_pid} still runs");
+}
+
+#[test]
+fn a_reused_daemon_pid_is_left_alone_and_the_task_is_lost() {
+    reused_daemon_pid(false);
+}
+
+#[test]
+fn a_reused_daemon_pid_is_left_alone_and_the_exit_file_counts() {
+    reused_daemon_pid(true);
 }
 
 // ---------------------------------------------------------------------------
