@@ -97,6 +97,17 @@ pub enum TaskPhase {
     Dead,
 }
 
+impl std::fmt::Display for TaskPhase {
+    /// As the API and the state files spell it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskPhase::Pending => "pending",
+            TaskPhase::Running => "running",
+            TaskPhase::Dead => "dead",
+        })
+    }
+}
+
 /// How the agent reaches a running task again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handle {

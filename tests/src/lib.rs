@@ -677,3 +677,245 @@ impl std::fmt::Display for TendOutput {
         )
     }
 }
+
+/// A running `tend agent` over a sandbox's dirs; SIGKILLed on drop.
+#[derive(Debug)]
+pub struct AgentProc {
+    child: Option<std::process::Child>,
+    data_dir: PathBuf,
+    run_dir: PathBuf,
+    log: PathBuf,
+    /// How long the last start took until `GET /v1/health` answered.
+    pub ready_after: Duration,
+}
+
+/// How long an agent has to answer its first `GET /v1/health`.
+pub const AGENT_READY: Duration = Duration::from_secs(30);
+
+impl AgentProc {
+    /// Start `tend agent --data-dir D --run-dir R` (cwd: the data dir, so the
+    /// sandbox's drop finds it too) and wait until `GET /v1/health` answers 200.
+    pub fn start(sb: &Sandbox) -> AgentProc {
+        let mut a = AgentProc {
+            child: None,
+            data_dir: sb.data_dir().to_path_buf(),
+            run_dir: sb.run_dir().to_path_buf(),
+            log: sb.data_dir().join("agent.log"),
+            ready_after: Duration::ZERO,
+        };
+        a.restart();
+        a
+    }
+
+    /// Start the agent again (after [`AgentProc::kill9`] or [`AgentProc::term`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the agent is running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let t0 = Instant::now();
+        let child = Command::new(bin("tend"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(["--log-level", "debug", "agent", "--spawn-bin"])
+            .arg(spawn_bin())
+            .current_dir(&self.data_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("exec tend agent");
+        self.child = Some(child);
+        let ok = wait_until(AGENT_READY, || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("the agent exited early ({st}); log:\n{}", self.log());
+                }
+            }
+            try_http(&self.run_dir, "GET", "/v1/health", b"").is_ok_and(|r| r.status == 200)
+        });
+        assert!(ok, "the agent did not answer; log:\n{}", self.log());
+        self.ready_after = t0.elapsed();
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.as_ref().expect("agent running").id()).expect("pid")
+    }
+
+    /// What the agent logged so far (all its starts).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL the agent and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM the agent; its exit status (within 10 s, else it is killed).
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("agent running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM agent");
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = c.try_wait().expect("wait agent") {
+                return st;
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("the agent did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A raw HTTP request to the agent; panics when it cannot be exchanged.
+    pub fn http(&self, method: &str, target: &str, body: &[u8]) -> HttpReply {
+        try_http(&self.run_dir, method, target, body)
+            .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+    }
+
+    /// A GET answered by JSON with status 200.
+    pub fn get_json(&self, target: &str) -> serde_json::Value {
+        let r = self.http("GET", target, b"");
+        assert_eq!(r.status, 200, "GET {target}: {}", r.text());
+        r.json()
+    }
+
+    /// Run `tend --data-dir D --run-dir R ARGS...` against this agent.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("tend"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(args)
+            .env_remove("TEND_DATA_DIR")
+            .env_remove("TEND_RUN_DIR")
+            .output()
+            .expect("exec tend")
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An HTTP answer, body de-chunked.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; panics when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request over `<run_dir>/tend.sock` (reads until the agent closes,
+/// at most 30 s).
+pub fn try_http(
+    run_dir: &Path,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> std::io::Result<HttpReply> {
+    let mut raw = format!(
+        "{method} {target} HTTP/1.1\r\nHost: tend\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    let bytes = raw_exchange(run_dir, &raw, Duration::from_secs(30))?;
+    parse_reply(&bytes)
+}
+
+/// Send `raw` bytes to the agent's socket and read until it closes.
+pub fn raw_exchange(run_dir: &Path, raw: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let mut s = UnixStream::connect(run_dir.join("tend.sock"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(raw)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Parse a whole HTTP response (de-chunking a chunked body).
+pub fn parse_reply(bytes: &[u8]) -> std::io::Result<HttpReply> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of head"))?;
+    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| bad("head not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = bytes[end + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
+    {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// The data of a chunked body (None when it is malformed or cut short).
+pub fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..nl]).ok()?.trim(), 16).ok()?;
+        b = &b[nl + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}

@@ -481,7 +481,7 @@ impl Agent {
             })?;
             if t.record.phase != TaskPhase::Running {
                 return Err(AgentError::Conflict(format!(
-                    "task {task} is not running ({:?})",
+                    "task {task} is not running ({})",
                     t.record.phase
                 )));
             }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tend_proto::{ExitStatus, Request, StartReport, Token, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::restart::{Decision, RestartTracker};
 use super::{AgentError, Inner};
@@ -137,8 +138,23 @@ pub(crate) fn prepare_alloc(
     Ok(record)
 }
 
-/// The life of one task.
+/// The life of one task, inside a span naming it (entered on every poll, so
+/// its fields never leak to the other tasks that share a worker thread).
 pub(crate) async fn task_loop(
+    inner: Arc<Inner>,
+    alloc_id: String,
+    name: String,
+    ctl: mpsc::UnboundedReceiver<Ctl>,
+    start: Start,
+    ready: Option<oneshot::Sender<Resolved>>,
+) {
+    let span = tracing::info_span!("task", alloc_id = %alloc_id, task = %name);
+    task_life(inner, alloc_id, name, ctl, start, ready)
+        .instrument(span)
+        .await
+}
+
+async fn task_life(
     inner: Arc<Inner>,
     alloc_id: String,
     name: String,
@@ -146,8 +162,6 @@ pub(crate) async fn task_loop(
     start: Start,
     mut ready: Option<oneshot::Sender<Resolved>>,
 ) {
-    let span = tracing::info_span!("task", alloc_id = %alloc_id, task = %name);
-    let _enter = span.enter();
     let mut resolve = |r: Resolved| {
         if let Some(tx) = ready.take() {
             let _ = tx.send(r);
@@ -192,7 +206,7 @@ pub(crate) async fn task_loop(
                     Ok(run) => {
                         wait_run(&inner, &alloc_id, &task, run, &mut ctl, &mut stopping).await
                     }
-                    Err(e) => Ended::Exit(e),
+                    Err(e) => e,
                 }
             }
         };
@@ -308,17 +322,18 @@ async fn start_run(
     alloc: &AllocRecord,
     group: &Group,
     task: &Task,
-) -> Result<Run, ExitStatus> {
+) -> Result<Run, Ended> {
     let alloc_id = &alloc.alloc_id;
     let dir = inner.settings.dirs.alloc(alloc_id);
     let prev = inner.task_record(alloc_id, &task.name).map_or(0, |r| r.run);
     let run = prev + 1;
+    // Only for a run that never started: one that did is decided by its daemon.
     let never = |msg: String| {
         let e = ExitStatus::never_started(alloc_id, &task.name, run, msg);
         if let Err(err) = e.write(&dir.exit_status(&task.name)) {
             tracing::error!(error = %err, "cannot write exit status file");
         }
-        e
+        Ended::Exit(e)
     };
     let exit_path = dir.exit_status(&task.name);
     if prev > 0 && exit_path.exists() {
@@ -341,7 +356,9 @@ async fn start_run(
         Err(e) => return Err(never(e.to_string())),
     };
     if task.driver == Driver::Docker {
-        return start_container(inner, alloc, task, run, setup, &ports).await;
+        return start_container(inner, alloc, task, run, setup, &ports)
+            .await
+            .map_err(Ended::Exit);
     }
     let token = Token(paths::random_bytes::<32>());
     let config = match driver::spawn_config(&Launch {
@@ -404,7 +421,7 @@ async fn start_run(
             return Err(ExitStatus::read(&exit_path)
                 .ok()
                 .filter(|e| e.run == run)
-                .unwrap_or_else(|| never(message)));
+                .map_or_else(|| never(message), Ended::Exit));
         }
     };
     handle.daemon_pid = Some(daemon_pid);
@@ -415,6 +432,9 @@ async fn start_run(
     let socket = PathBuf::from(&config.socket_path);
     inner.update_task(alloc_id, &task.name, |r| {
         r.phase = TaskPhase::Running;
+        // A new run has neither failed nor been lost (yet).
+        r.failed = false;
+        r.lost = false;
         r.handle = Some(handle.clone());
         r.started_at = Some(tend_proto::time::now());
         r.finished_at = None;
@@ -430,13 +450,18 @@ async fn start_run(
             token,
             handle,
         }),
-        Ok(_) => Err(never(
-            "the daemon at the socket is not the one started".into(),
-        )),
-        Err(e) => Err(match daemon_gone(&handle, &e.to_string()) {
-            Ended::Exit(e) => e,
-            Ended::Lost(why) => never(why),
-        }),
+        // The task started: whatever happens now, its daemon (or its absence)
+        // decides how the run ended, never a made-up "never started".
+        Ok(_) => Err(daemon_gone(
+            &handle,
+            "the socket answers another tend-spawn than the one started",
+        )
+        .await),
+        Err(e) => Err(daemon_gone(
+            &handle,
+            &format!("tend-spawn (pid {daemon_pid}) does not answer: {e}"),
+        )
+        .await),
     }
 }
 
@@ -497,27 +522,39 @@ async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: H
             }
         }
     }
-    Attach::Ended(daemon_gone(&handle, "tend-spawn is gone"))
+    Attach::Ended(daemon_gone(&handle, "tend-spawn is gone").await)
 }
 
 /// The daemon of a run is gone: its exit file decides; without one the run is
 /// lost, and whatever is left of it is killed.
-fn daemon_gone(handle: &Handle, why: &str) -> Ended {
-    // The daemon writes the file before it answers Wait; if it died in between,
-    // the file is there. A file of another run does not count.
+async fn daemon_gone(handle: &Handle, why: &str) -> Ended {
+    // The daemon writes the file before it answers Wait, and nobody else writes
+    // it: once the daemon is dead, one read decides. While it still exits (a
+    // closed connection can come before its death), give it a moment.
     let path = Path::new(&handle.exit_status_path);
-    for attempt in 0..10 {
+    let daemon = match (handle.daemon_pid, handle.daemon_start_time) {
+        (Some(pid), Some(start_time)) => Some(ProcId { pid, start_time }),
+        _ => None,
+    };
+    for _ in 0..25 {
         if let Ok(e) = ExitStatus::read(path) {
+            // A file of another run does not count.
             if e.run == handle.run {
                 return Ended::Exit(e);
             }
         }
-        if attempt == 0 && handle.daemon_pid.is_some_and(|p| !crate::ident::is_dead(p)) {
-            // Still exiting: give it a moment.
+        if !daemon.is_some_and(|d| d.alive()) {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    kill_leftovers(handle);
+    if let Ok(e) = ExitStatus::read(path) {
+        if e.run == handle.run {
+            return Ended::Exit(e);
+        }
+    }
+    let h = handle.clone();
+    let _ = tokio::task::spawn_blocking(move || kill_leftovers(&h)).await;
     Ended::Lost(format!(
         "{why}, and it left no exit status file: the exit is unknown"
     ))
@@ -590,6 +627,11 @@ async fn wait_run(
             return wait_container(inner, alloc_id, task, id, meta, logs, ctl, stopping).await;
         }
     };
+    if *stopping {
+        // Taken up after a stop was asked for (the last agent may have died
+        // before it reached the daemon): ask again; a second Stop is harmless.
+        request_stop(inner, alloc_id, task, &socket, token).await;
+    }
     let wait = client.wait();
     tokio::pin!(wait);
     let mut ctl_open = true;
@@ -600,20 +642,7 @@ async fn wait_run(
                 None => ctl_open = false,
                 Some(Ctl::Stop) => {
                     *stopping = true;
-                    inner.update_task(alloc_id, &task.name, |r| {
-                        Some(r.event("stopping", format!(
-                            "stopping with signal {} and {} grace",
-                            task.kill_signal,
-                            humanize(task.kill_timeout)
-                        )))
-                    });
-                    let req = Request::Stop {
-                        signal: task.kill_signal,
-                        grace_ms: u64::try_from(task.kill_timeout.as_millis()).unwrap_or(u64::MAX),
-                    };
-                    if let Err(e) = control(&socket, token, req).await {
-                        tracing::warn!(error = %e, "stop request failed");
-                    }
+                    request_stop(inner, alloc_id, task, &socket, token).await;
                 }
                 Some(Ctl::Signal(signo, reply)) => {
                     let r = control(&socket, token, Request::Signal(signo)).await;
@@ -638,12 +667,32 @@ async fn wait_run(
             Ended::Exit(e)
         }
         Err(e) => {
-            let h = handle.clone();
-            let why = format!("tend-spawn (pid {:?}) died: {e}", h.daemon_pid);
-            tokio::task::spawn_blocking(move || daemon_gone(&h, &why))
-                .await
-                .unwrap_or_else(|e| Ended::Lost(e.to_string()))
+            let pid = handle
+                .daemon_pid
+                .map_or_else(|| "?".to_string(), |p| p.to_string());
+            daemon_gone(&handle, &format!("tend-spawn (pid {pid}) died: {e}")).await
         }
+    }
+}
+
+/// Ask the daemon to stop the task with its kill signal and grace.
+async fn request_stop(inner: &Inner, alloc_id: &str, task: &Task, socket: &Path, token: Token) {
+    inner.update_task(alloc_id, &task.name, |r| {
+        Some(r.event(
+            "stopping",
+            format!(
+                "stopping with signal {} and {} grace",
+                task.kill_signal,
+                humanize(task.kill_timeout)
+            ),
+        ))
+    });
+    let req = Request::Stop {
+        signal: task.kill_signal,
+        grace_ms: u64::try_from(task.kill_timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    if let Err(e) = control(socket, token, req).await {
+        tracing::warn!(error = %e, "stop request failed");
     }
 }
 
@@ -710,6 +759,8 @@ async fn start_container(
     inner.update_task(alloc_id, &task.name, |r| {
         r.run = run;
         r.phase = TaskPhase::Running;
+        r.failed = false;
+        r.lost = false;
         r.handle = Some(handle);
         r.started_at = Some(tend_proto::time::now());
         r.finished_at = None;
@@ -774,6 +825,33 @@ async fn reattach_container(
     }
 }
 
+/// Stop a container with the task's kill signal and timeout. The stop runs
+/// beside the wait, which sees the end.
+fn stop_container(inner: &Inner, alloc_id: &str, task: &Task, docker: &DockerDriver, id: &str) {
+    inner.update_task(alloc_id, &task.name, |r| {
+        Some(r.event(
+            "stopping",
+            format!(
+                "stopping with signal {} and {} grace",
+                task.kill_signal,
+                humanize(task.kill_timeout)
+            ),
+        ))
+    });
+    let (signal, timeout) = (task.kill_signal, task.kill_timeout);
+    let (id, opts) = (id.to_string(), docker.options().clone());
+    tokio::spawn(
+        async move {
+            if let Ok(d) = DockerDriver::new(opts) {
+                if let Err(e) = d.stop(&id, signal, timeout).await {
+                    tracing::warn!(error = %e, "container stop failed");
+                }
+            }
+        }
+        .in_current_span(),
+    );
+}
+
 /// Wait for a container's end, serving stop and signal requests meanwhile.
 #[allow(clippy::too_many_arguments)]
 async fn wait_container(
@@ -790,6 +868,10 @@ async fn wait_container(
         Ok(d) => d,
         Err(e) => return Ended::Lost(e),
     };
+    if *stopping {
+        // Taken up after a stop was asked for: ask again.
+        stop_container(inner, alloc_id, task, docker, &id);
+    }
     let wait = docker.wait(&id, &meta);
     tokio::pin!(wait);
     let mut ctl_open = true;
@@ -800,23 +882,7 @@ async fn wait_container(
                 None => ctl_open = false,
                 Some(Ctl::Stop) => {
                     *stopping = true;
-                    inner.update_task(alloc_id, &task.name, |r| {
-                        Some(r.event("stopping", format!(
-                            "stopping with signal {} and {} grace",
-                            task.kill_signal,
-                            humanize(task.kill_timeout)
-                        )))
-                    });
-                    let (signal, timeout) = (task.kill_signal, task.kill_timeout);
-                    let (id2, opts) = (id.clone(), docker.options().clone());
-                    // The stop runs beside the wait, which sees the end.
-                    tokio::spawn(async move {
-                        if let Ok(d) = DockerDriver::new(opts) {
-                            if let Err(e) = d.stop(&id2, signal, timeout).await {
-                                tracing::warn!(error = %e, "container stop failed");
-                            }
-                        }
-                    });
+                    stop_container(inner, alloc_id, task, docker, &id);
                 }
                 Some(Ctl::Signal(signo, reply)) => {
                     let r = match docker.signal(&id, signo).await {

@@ -33,8 +33,10 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
         .unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into a journal or a file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match config.log_format.unwrap_or_default() {
         LogFormat::Json => builder.json().try_init(),
@@ -51,7 +53,15 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
         let agent = Agent::new(settings)?;
         let listener = crate::api::bind(&socket).await?;
         tracing::info!(socket = %socket.display(), data_dir = %agent.settings().dirs.data_dir.display(), "agent starting");
-        let report = agent.reattach().await?;
+        // Before the reattach, which may take a while: a SIGTERM meanwhile must
+        // still end the agent cleanly (exit 0), not by the default action.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let report = tokio::select! {
+            r = agent.reattach() => r?,
+            _ = term.recv() => return stopped(&socket, "SIGTERM"),
+            _ = int.recv() => return stopped(&socket, "SIGINT"),
+        };
         tracing::info!(
             reattached = report.reattached,
             exited = report.exited,
@@ -62,16 +72,20 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
             "state taken up"
         );
         let server = tokio::spawn(crate::api::serve(agent.clone(), listener));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: the agent stops; tasks keep running"),
-            _ = int.recv() => tracing::info!("SIGINT: the agent stops; tasks keep running"),
-        }
+        let why = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
         server.abort();
-        let _ = std::fs::remove_file(&socket);
-        Ok::<i32, anyhow::Error>(0)
+        stopped(&socket, why)
     })
+}
+
+/// The agent leaves on a signal: its socket goes, the tasks stay.
+fn stopped(socket: &std::path::Path, why: &str) -> anyhow::Result<i32> {
+    tracing::info!("{why}: the agent stops; tasks keep running");
+    let _ = std::fs::remove_file(socket);
+    Ok(0)
 }
 
 /// An agent keeps a connection per running task: lift the soft fd limit to the

@@ -1,0 +1,756 @@
+//! End-to-end tests of `tend agent`: the built binaries, driven through the CLI
+//! and through raw HTTP on `<run_dir>/tend.sock`. Each test has its own sandbox
+//! and agent; both kill everything of theirs when dropped, even on failure.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tend_tests::{pid_alive, raw_exchange, wait_until, AgentProc, Sandbox};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A task that waits for a code on the fifo `$TEND_TASK_DIR/ctl` and exits with it.
+const WAIT_FOR_CODE: &str =
+    "/bin/mkfifo \"$TEND_TASK_DIR/ctl\" && read c < \"$TEND_TASK_DIR/ctl\"; exit $c";
+
+fn write_job(sb: &Sandbox, name: &str, text: &str) -> PathBuf {
+    let p = sb.data_dir().join(name);
+    fs::write(&p, text).expect("write job file");
+    p
+}
+
+/// A job of one group: `count` allocations of the tasks given as HCL.
+fn job(name: &str, count: u32, group_extra: &str, tasks: &str) -> String {
+    format!("job \"{name}\" {{\n  group \"g\" {{\n    count = {count}\n{group_extra}\n{tasks}\n  }}\n}}\n")
+}
+
+/// One raw_exec task running `/bin/sh -c script`.
+fn sh_task(name: &str, script: &str, extra: &str) -> String {
+    let args = serde_json::to_string(&["-c", script]).expect("args");
+    format!(
+        "    task \"{name}\" {{\n      driver = \"raw_exec\"\n      config {{\n        command = \"/bin/sh\"\n        args    = {args}\n      }}\n{extra}\n    }}\n"
+    )
+}
+
+const NO_RESTART: &str = "    restart {\n      attempts = 0\n      mode     = \"fail\"\n    }";
+
+/// `tend run FILE --json` against the agent: the allocation ids.
+fn submit(agent: &AgentProc, file: &std::path::Path) -> Vec<String> {
+    let out = agent.cli(&["run", file.to_str().expect("utf-8"), "--json"]);
+    assert!(
+        out.status.success(),
+        "tend run: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("tend run --json");
+    v["allocations"]
+        .as_array()
+        .expect("allocations")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_string())
+        .collect()
+}
+
+/// A task as `GET /v1/allocations/{id}` shows it.
+fn task_of(agent: &AgentProc, alloc: &str, task: &str) -> Value {
+    let a = agent.get_json(&format!("/v1/allocations/{alloc}"));
+    a["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["name"] == task)
+        .unwrap_or_else(|| panic!("no task {task} in {a:#}"))
+        .clone()
+}
+
+/// Poll the task until `f` holds (panics with the task after `LONG`).
+fn wait_task(agent: &AgentProc, alloc: &str, task: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(LONG, || {
+        last = task_of(agent, alloc, task);
+        f(&last)
+    });
+    assert!(ok, "task {alloc}/{task} never got there: {last:#}");
+    last
+}
+
+fn running(t: &Value) -> bool {
+    t["state"] == "running"
+}
+
+fn dead(t: &Value) -> bool {
+    t["state"] == "dead"
+}
+
+fn state_file(sb: &Sandbox, alloc: &str, task: &str) -> PathBuf {
+    sb.data_dir()
+        .join("state")
+        .join(alloc)
+        .join(format!("{task}.json"))
+}
+
+fn read_state(sb: &Sandbox, alloc: &str, task: &str) -> Value {
+    let p = state_file(sb, alloc, task);
+    serde_json::from_slice(&fs::read(&p).expect("state file")).expect("state JSON")
+}
+
+/// Poll the state file until `f` holds: the API answers from memory, the
+/// file is written right after.
+fn wait_state(sb: &Sandbox, alloc: &str, task: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let mut s = Value::Null;
+    let ok = wait_until(LONG, || {
+        s = read_state(sb, alloc, task);
+        f(&s)
+    });
+    assert!(ok, "state of {alloc}/{task} never got there: {s:#}");
+    s
+}
+
+fn alloc_dir(sb: &Sandbox, alloc: &str) -> PathBuf {
+    sb.data_dir().join("allocs").join(alloc)
+}
+
+/// Write `code` into the task's fifo (see [`WAIT_FOR_CODE`]).
+fn release(sb: &Sandbox, alloc: &str, task: &str, code: i32) {
+    let fifo = alloc_dir(sb, alloc).join(task).join("local/ctl");
+    let mut f = None;
+    // O_NONBLOCK: opening for write fails (ENXIO) until the reader is there.
+    let ok = wait_until(LONG, || {
+        f = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&fifo)
+            .ok();
+        f.is_some()
+    });
+    assert!(ok, "task {alloc}/{task} never opened {}", fifo.display());
+    f.expect("fifo")
+        .write_all(format!("{code}\n").as_bytes())
+        .expect("write fifo");
+}
+
+fn pid_of(t: &Value, key: &str) -> i32 {
+    t[key]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no {key} in {t:#}"))
+}
+
+fn sigkill(pid: i32) {
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("SIGKILL");
+}
+
+// ---------------------------------------------------------------------------
+// Reattach
+
+fn fifty_tasks_survive_an_agent_restart(stop: fn(&mut AgentProc)) {
+    let sb = Sandbox::new();
+    let mut agent = AgentProc::start(&sb);
+    let file = write_job(
+        &sb,
+        "fifty.hcl",
+        &job("fifty", 50, NO_RESTART, &sh_task("t", WAIT_FOR_CODE, "")),
+    );
+    let ids = submit(&agent, &file);
+    assert_eq!(ids.len(), 50);
+    let mut before = Vec::new();
+    for id in &ids {
+        let t = wait_task(&agent, id, "t", running);
+        before.push((pid_of(&t, "pid"), pid_of(&t, "daemon_pid")));
+    }
+    stop(&mut agent);
+    // Ten end while the agent is away, each with a code of its own.
+    let codes = [0, 1, 2, 3, 7, 42, 100, 126, 200, 255];
+    for (id, code) in ids.iter().zip(codes) {
+        release(&sb, id, "t", code);
+    }
+    for id in &ids[..10] {
+        let p = alloc_dir(&sb, id).join("t_exit_status");
+        assert!(wait_until(LONG, || p.exists()), "no {}", p.display());
+    }
+    agent.restart();
+    eprintln!(
+        "reattach of 50 tasks: agent answered {:?} after exec; {}",
+        agent.ready_after,
+        agent
+            .log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("state taken up"))
+            .unwrap_or("")
+    );
+    let list = agent.get_json("/v1/allocations");
+    assert_eq!(list["allocations"].as_array().expect("list").len(), 50);
+    for (i, id) in ids.iter().enumerate() {
+        if i < 10 {
+            let t = wait_task(&agent, id, "t", dead);
+            assert_eq!(t["exit"]["exit_code"], codes[i], "{t:#}");
+            assert_eq!(t["lost"], false, "{t:#}");
+            assert_eq!(t["failed"], codes[i] != 0, "{t:#}");
+            assert_eq!(t["run"], 1, "{t:#}");
+            let s = wait_state(&sb, id, "t", |s| s["phase"] == "dead");
+            assert_eq!(s["last_exit"]["exit_code"], codes[i]);
+            assert!(s["handle"].is_null(), "{s:#}");
+        } else {
+            let t = task_of(&agent, id, "t");
+            assert!(running(&t), "{t:#}");
+            assert_eq!(t["lost"], false, "{t:#}");
+            assert_eq!((pid_of(&t, "pid"), pid_of(&t, "daemon_pid")), before[i]);
+            assert!(pid_alive(before[i].0), "task {} died", before[i].0);
+            assert!(
+                t["events"]
+                    .as_array()
+                    .expect("events")
+                    .iter()
+                    .any(|e| e["kind"] == "reattached"),
+                "{t:#}"
+            );
+            let s = read_state(&sb, id, "t");
+            assert_eq!(s["phase"], "running");
+            assert_eq!(s["handle"]["task_pid"], before[i].0);
+        }
+    }
+    // The reattached ones are still fully served: end them and see their codes.
+    for id in &ids[10..15] {
+        release(&sb, id, "t", 9);
+        let t = wait_task(&agent, id, "t", dead);
+        assert_eq!(t["exit"]["exit_code"], 9, "{t:#}");
+    }
+}
+
+#[test]
+fn fifty_tasks_survive_sigkill_of_the_agent() {
+    fifty_tasks_survive_an_agent_restart(|a| a.kill9());
+}
+
+#[test]
+fn fifty_tasks_survive_sigterm_of_the_agent() {
+    fifty_tasks_survive_an_agent_restart(|a| {
+        let st = a.term();
+        assert_eq!(st.code(), Some(0), "{st}");
+    });
+}
+
+#[test]
+fn sigterm_stops_the_agent_and_leaves_the_tasks_running() {
+    let sb = Sandbox::new();
+    let mut agent = AgentProc::start(&sb);
+    let tasks = sh_task("a", "exec /bin/sleep 1000", "") + &sh_task("b", WAIT_FOR_CODE, "");
+    let file = write_job(&sb, "t.hcl", &job("t", 2, NO_RESTART, &tasks));
+    let ids = submit(&agent, &file);
+    let mut pids = Vec::new();
+    for id in &ids {
+        for name in ["a", "b"] {
+            let t = wait_task(&agent, id, name, running);
+            pids.push(pid_of(&t, "pid"));
+            pids.push(pid_of(&t, "daemon_pid"));
+        }
+    }
+    let st = agent.term();
+    assert_eq!(st.code(), Some(0), "{st}");
+    assert!(!sb.run_dir().join("tend.sock").exists(), "socket left");
+    std::thread::sleep(Duration::from_millis(300));
+    for p in &pids {
+        assert!(pid_alive(*p), "pid {p} died with the agent");
+    }
+    // A task that ends meanwhile is recorded by the next agent.
+    release(&sb, &ids[0], "b", 5);
+    agent.restart();
+    let t = wait_task(&agent, &ids[0], "b", dead);
+    assert_eq!(t["exit"]["exit_code"], 5);
+    assert!(running(&task_of(&agent, &ids[0], "a")));
+}
+
+// ---------------------------------------------------------------------------
+// Lost tasks
+
+#[test]
+fn a_killed_tend_spawn_makes_the_task_lost_and_it_restarts() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let restart = "    restart {\n      attempts = 1\n      delay    = \"100ms\"\n      interval = \"1m\"\n      mode     = \"fail\"\n    }";
+    let file = write_job(
+        &sb,
+        "lost.hcl",
+        &job(
+            "lost",
+            1,
+            restart,
+            &sh_task("t", "exec /bin/sleep 1000", ""),
+        ),
+    );
+    let id = submit(&agent, &file).remove(0);
+    let t = wait_task(&agent, &id, "t", running);
+    let (task_pid, daemon_pid) = (pid_of(&t, "pid"), pid_of(&t, "daemon_pid"));
+    let t0 = Instant::now();
+    sigkill(daemon_pid);
+    let mut seen = None;
+    let ok = wait_until(LONG, || {
+        let t = task_of(&agent, &id, "t");
+        let lost = t["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["kind"] == "lost"));
+        if lost && seen.is_none() {
+            seen = Some(t0.elapsed());
+        }
+        lost
+    });
+    assert!(ok, "never lost: {:#}", task_of(&agent, &id, "t"));
+    eprintln!("lost detected {:?} after the SIGKILL", seen.expect("seen"));
+    assert!(
+        wait_until(Duration::from_secs(5), || !pid_alive(task_pid)),
+        "the lost run's task {task_pid} still runs"
+    );
+    let t = wait_task(&agent, &id, "t", |t| running(t) && t["run"] == 2);
+    assert_ne!(pid_of(&t, "pid"), task_pid);
+    assert_eq!(t["restarts"], 1);
+    assert_eq!(t["lost"], false, "a running task is not lost: {t:#}");
+    let dir = alloc_dir(&sb, &id);
+    // A lost run leaves no exit file, so nothing was moved aside.
+    assert!(!dir.join("t_exit_status.1").exists());
+    assert!(!dir.join("t_exit_status").exists());
+    let s = wait_state(&sb, &id, "t", |s| s["run"] == 2 && s["phase"] == "running");
+    assert!(s["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .any(|e| e["kind"] == "lost"));
+    // Lost again, with no attempts left: dead, failed, lost.
+    sigkill(pid_of(&t, "daemon_pid"));
+    let t = wait_task(&agent, &id, "t", dead);
+    assert_eq!(
+        (t["failed"].clone(), t["lost"].clone()),
+        (true.into(), true.into())
+    );
+    let a = agent.get_json(&format!("/v1/allocations/{id}"));
+    assert_eq!(a["status"], "lost");
+}
+
+/// Stop the agent, (maybe end the task,) kill its tend-spawn, and give the
+/// daemon's recorded pid to an unrelated process; then start the agent again.
+fn reused_daemon_pid(task_ended: bool) {
+    let sb = Sandbox::new();
+    let mut agent = AgentProc::start(&sb);
+    let file = write_job(
+        &sb,
+        "reuse.hcl",
+        &job("reuse", 1, NO_RESTART, &sh_task("t", WAIT_FOR_CODE, "")),
+    );
+    let id = submit(&agent, &file).remove(0);
+    let t = wait_task(&agent, &id, "t", running);
+    let (task_pid, daemon_pid) = (pid_of(&t, "pid"), pid_of(&t, "daemon_pid"));
+    assert_eq!(agent.term().code(), Some(0));
+    if task_ended {
+        release(&sb, &id, "t", 4);
+        let p = alloc_dir(&sb, &id).join("t_exit_status");
+        assert!(wait_until(LONG, || p.exists()));
+    }
+    sigkill(daemon_pid);
+    assert!(wait_until(LONG, || !pid_alive(daemon_pid)));
+    // An unrelated process now holds the recorded pid (as far as the file says).
+    let mut stranger = std::process::Command::new("/bin/sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep 60");
+    let stranger_pid = i32::try_from(stranger.id()).expect("pid");
+    let path = state_file(&sb, &id, "t");
+    let mut s = read_state(&sb, &id, "t");
+    let st = s["handle"]["daemon_start_time"].clone();
+    assert!(st.is_u64(), "{s:#}");
+    s["handle"]["daemon_pid"] = stranger_pid.into();
+    fs::write(&path, serde_json::to_vec_pretty(&s).expect("json")).expect("edit state");
+    agent.restart();
+    let t = wait_task(&agent, &id, "t", dead);
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = stranger.try_wait().expect("try_wait").is_none();
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert!(alive, "the agent killed an unrelated process");
+    if task_ended {
+        assert_eq!(t["lost"], false, "{t:#}");
+        assert_eq!(t["exit"]["exit_code"], 4, "{t:#}");
+    } else {
+        assert_eq!(t["lost"], true, "{t:#}");
+    }
+    assert!(!pid_alive(task_pid), "the task {task_pid} still runs");
+}
+
+#[test]
+fn a_reused_daemon_pid_is_left_alone_and_the_task_is_lost() {
+    reused_daemon_pid(false);
+}
+
+#[test]
+fn a_reused_daemon_pid_is_left_alone_and_the_exit_file_counts() {
+    reused_daemon_pid(true);
+}
+
+// ---------------------------------------------------------------------------
+// Restart policy and stop
+
+#[test]
+fn a_failing_task_runs_attempts_plus_one_times() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let restart = "    restart {\n      attempts = 2\n      delay    = \"100ms\"\n      interval = \"1m\"\n      mode     = \"fail\"\n    }";
+    let file = write_job(
+        &sb,
+        "fail.hcl",
+        &job("fail", 1, restart, &sh_task("t", "echo run; exit 1", "")),
+    );
+    let id = submit(&agent, &file).remove(0);
+    let t = wait_task(&agent, &id, "t", dead);
+    assert_eq!(t["run"], 3, "{t:#}");
+    assert_eq!(t["restarts"], 2, "{t:#}");
+    assert_eq!(t["failed"], true);
+    assert_eq!(t["exit"]["exit_code"], 1);
+    assert_eq!(
+        agent.get_json(&format!("/v1/allocations/{id}"))["status"],
+        "failed"
+    );
+    let dir = alloc_dir(&sb, &id);
+    for run in 1..=3u32 {
+        let p = if run == 3 {
+            dir.join("t_exit_status")
+        } else {
+            dir.join(format!("t_exit_status.{run}"))
+        };
+        let e: Value = serde_json::from_slice(&fs::read(&p).expect("exit file")).expect("json");
+        assert_eq!(
+            (e["run"].clone(), e["exit_code"].clone()),
+            (run.into(), 1.into())
+        );
+    }
+    let out = agent.cli(&["logs", &id, "t"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "run\nrun\nrun\n");
+}
+
+#[test]
+fn tend_stop_uses_the_kill_signal_and_timeout_and_does_not_restart() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let restart = "    restart {\n      attempts = 3\n      delay    = \"100ms\"\n      mode     = \"fail\"\n    }";
+    let tasks = sh_task(
+        "polite",
+        "trap 'echo bye; exit 9' USR1; echo ready; while :; do /bin/sleep 0.05; done",
+        "      kill_signal  = \"SIGUSR1\"\n      kill_timeout = \"10s\"",
+    ) + &sh_task(
+        "stubborn",
+        "trap '' TERM; echo ready; while :; do /bin/sleep 0.05; done",
+        "      kill_timeout = \"300ms\"",
+    );
+    let file = write_job(&sb, "stop.hcl", &job("stop", 1, restart, &tasks));
+    let id = submit(&agent, &file).remove(0);
+    let logs = alloc_dir(&sb, &id).join("logs");
+    for name in ["polite", "stubborn"] {
+        wait_task(&agent, &id, name, running);
+        let p = logs.join(format!("{name}.stdout"));
+        assert!(wait_until(LONG, || fs::read_to_string(&p)
+            .is_ok_and(|s| s.contains("ready"))));
+    }
+    let t0 = Instant::now();
+    let out = agent.cli(&["stop", &id[..8]]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    let polite = wait_task(&agent, &id, "polite", dead);
+    let stubborn = wait_task(&agent, &id, "stubborn", dead);
+    let took = t0.elapsed();
+    assert_eq!(polite["exit"]["exit_code"], 9, "{polite:#}");
+    assert_eq!(stubborn["exit"]["signal"], 9, "{stubborn:#}");
+    assert!(
+        took < Duration::from_secs(8),
+        "{took:?}: the 10s grace was not the stubborn one's"
+    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    for t in [&polite, &stubborn] {
+        assert_eq!(t["run"], 1, "restarted after stop: {t:#}");
+        assert_eq!(t["restarts"], 0);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(task_of(&agent, &id, "polite")["run"], 1);
+    let a = agent.get_json(&format!("/v1/allocations/{id}"));
+    assert_eq!(a["desired"], "stop");
+    assert!(fs::read_to_string(logs.join("polite.stdout"))
+        .expect("log")
+        .contains("bye"));
+    let out = agent.cli(&["status", &id, "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(v["desired"], "stop");
+}
+
+// ---------------------------------------------------------------------------
+// The API
+
+#[test]
+fn api_health_jobs_allocations_and_errors() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let sock = sb.run_dir().join("tend.sock");
+    assert_eq!(
+        fs::metadata(&sock).expect("socket").permissions().mode() & 0o777,
+        0o600
+    );
+    let h = agent.get_json("/v1/health");
+    assert_eq!(h["ok"], true);
+
+    // POST /v1/jobs: HCL, JSON, and a bad job.
+    let hcl = job(
+        "h",
+        1,
+        NO_RESTART,
+        &sh_task("t", "exec /bin/sleep 1000", ""),
+    );
+    let r = agent.http("POST", "/v1/jobs", hcl.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    let hcl_id = r.json()["allocations"][0].as_str().expect("id").to_string();
+    let json = r#"{"job": {"j": {"group": {"g": {"task": {"t": {
+        "driver": "raw_exec", "config": {"command": "/bin/true"}}}}}}}}"#;
+    let r = agent.http("POST", "/v1/jobs?file=j.json", json.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    let json_id = r.json()["allocations"][0].as_str().expect("id").to_string();
+    let bad =
+        "job \"b\" {\n  group \"g\" {\n    task \"t\" {\n      driver = \"nope\"\n    }\n  }\n}\n";
+    let r = agent.http("POST", "/v1/jobs?file=b.hcl", bad.as_bytes());
+    assert_eq!(r.status, 400, "{}", r.text());
+    let v = r.json();
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["file"], "b.hcl", "{v:#}");
+    assert!(d["line"].as_u64().is_some_and(|l| l >= 1), "{v:#}");
+    assert!(d["column"].as_u64().is_some_and(|c| c >= 1), "{v:#}");
+    assert!(v["error"].is_string());
+    let r = agent.http("POST", "/v1/jobs", b"\xff\xfe");
+    assert_eq!(r.status, 400);
+
+    // GET /v1/allocations and /v1/allocations/{id}.
+    let list = agent.get_json("/v1/allocations");
+    let ids: Vec<&str> = list["allocations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|a| a["id"].as_str().expect("id"))
+        .collect();
+    assert!(ids.contains(&hcl_id.as_str()) && ids.contains(&json_id.as_str()));
+    assert_eq!(
+        agent.get_json(&format!("/v1/allocations/{hcl_id}"))["id"],
+        hcl_id.as_str()
+    );
+    // The shortest prefix that names it alone.
+    let unique = (1..=hcl_id.len())
+        .map(|n| &hcl_id[..n])
+        .find(|p| ids.iter().filter(|i| i.starts_with(p)).count() == 1)
+        .expect("a unique prefix");
+    assert_eq!(
+        agent.get_json(&format!("/v1/allocations/{unique}"))["id"],
+        hcl_id.as_str()
+    );
+    let r = agent.http("GET", "/v1/allocations/zzzz", b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.json()["error"].is_string());
+
+    // 17 more allocations: two of 19 ids share a first hex digit.
+    let many = write_job(
+        &sb,
+        "many.hcl",
+        &job("many", 17, NO_RESTART, &sh_task("t", "true", "")),
+    );
+    submit(&agent, &many);
+    let list = agent.get_json("/v1/allocations");
+    let all: Vec<String> = list["allocations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|a| a["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(all.len(), 19);
+    let shared = all
+        .iter()
+        .map(|i| &i[..1])
+        .find(|p| all.iter().filter(|i| i.starts_with(p)).count() > 1)
+        .expect("a shared prefix");
+    let r = agent.http("GET", &format!("/v1/allocations/{shared}"), b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.json()["error"]
+        .as_str()
+        .expect("error")
+        .contains("matches"));
+
+    // POST /v1/allocations/{id}/stop.
+    let r = agent.http("POST", "/v1/allocations/zzzz/stop", b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = agent.http("POST", &format!("/v1/allocations/{hcl_id}/stop"), b"");
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["desired"], "stop");
+    let t = wait_task(&agent, &hcl_id, "t", dead);
+    assert_eq!(t["exit"]["signal"], 15, "{t:#}");
+
+    // Wrong method, unknown path, malformed HTTP.
+    let r = agent.http("DELETE", "/v1/health", b"");
+    assert_eq!(r.status, 405, "{}", r.text());
+    let r = agent.http("GET", "/v1/allocations/x/stop", b"");
+    assert_eq!(r.status, 405, "{}", r.text());
+    let r = agent.http("GET", "/v1/nope", b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+    let raw = raw_exchange(sb.run_dir(), b"GARBAGE\r\n\r\n", LONG).expect("exchange");
+    let r = tend_tests::parse_reply(&raw).expect("reply");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["error"].is_string());
+    let raw = raw_exchange(sb.run_dir(), b"\x00\x01\x02 nonsense\n\n", LONG).expect("exchange");
+    assert_eq!(tend_tests::parse_reply(&raw).expect("reply").status, 400);
+    // A client that connects and leaves at once costs nothing either.
+    drop(UnixStream::connect(&sock).expect("connect"));
+    assert_eq!(agent.get_json("/v1/health")["ok"], true);
+}
+
+#[test]
+fn api_signal_logs_and_events() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    // Follow the event stream from before the job exists.
+    let mut events = UnixStream::connect(sb.run_dir().join("tend.sock")).expect("connect");
+    events
+        .write_all(b"GET /v1/events?follow=true HTTP/1.1\r\nHost: tend\r\n\r\n")
+        .expect("send");
+    events
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let tasks = sh_task(
+        "sig",
+        "trap 'echo got USR1' USR1; echo ready; while :; do /bin/sleep 0.05; done",
+        "",
+    ) + &sh_task("quick", "echo out; echo err >&2; exit 0", "")
+        + &sh_task(
+            "slow",
+            "for i in 1 2 3; do echo line $i; /bin/sleep 0.3; done",
+            "",
+        );
+    let file = write_job(&sb, "sig.hcl", &job("sig", 1, NO_RESTART, &tasks));
+    let id = submit(&agent, &file).remove(0);
+
+    // GET .../logs?follow=true: everything until the task ends.
+    let r = agent.http(
+        "GET",
+        &format!("/v1/allocations/{id}/tasks/slow/logs?follow=true"),
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.text(), "line 1\nline 2\nline 3\n");
+
+    let mut seen = Vec::new();
+    let ok = wait_until(LONG, || {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = events.read(&mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).contains("\"kind\":\"started\"")
+    });
+    assert!(ok, "no started event: {}", String::from_utf8_lossy(&seen));
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    drop(events);
+
+    // Signal: good (the task logs it), bad name, unknown task, dead task.
+    wait_task(&agent, &id, "sig", running);
+    let log = alloc_dir(&sb, &id).join("logs/sig.stdout");
+    assert!(wait_until(LONG, || fs::read_to_string(&log)
+        .is_ok_and(|s| s.contains("ready"))));
+    let target = format!("/v1/allocations/{id}/tasks/sig/signal");
+    let r = agent.http("POST", &target, br#"{"signal": "SIGUSR1"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["signal"], 10);
+    assert!(
+        wait_until(LONG, || fs::read_to_string(&log)
+            .is_ok_and(|s| s.contains("got USR1"))),
+        "the task did not see SIGUSR1"
+    );
+    let out = agent.cli(&["signal", &id, "sig", "usr1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(wait_until(LONG, || fs::read_to_string(&log)
+        .is_ok_and(|s| s.matches("got USR1").count() == 2)));
+    let r = agent.http("POST", &target, br#"{"signal": "SIGNOPE"}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = agent.http("POST", &target, b"not json");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = agent.http(
+        "POST",
+        &format!("/v1/allocations/{id}/tasks/nope/signal"),
+        br#"{"signal": "HUP"}"#,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    wait_task(&agent, &id, "quick", dead);
+    let r = agent.http(
+        "POST",
+        &format!("/v1/allocations/{id}/tasks/quick/signal"),
+        br#"{"signal": "HUP"}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"], "task quick is not running (dead)");
+
+    // Logs: stdout, stderr, offset, bad stream, unknown task.
+    let logs = |q: &str| {
+        agent.http(
+            "GET",
+            &format!("/v1/allocations/{id}/tasks/quick/logs{q}"),
+            b"",
+        )
+    };
+    let r = logs("");
+    assert_eq!((r.status, r.text()), (200, "out\n".to_string()));
+    assert_eq!(logs("?stream=stderr").text(), "err\n");
+    assert_eq!(logs("?offset=1").text(), "ut\n");
+    assert_eq!(logs("?offset=100").text(), "");
+    assert_eq!(logs("?stream=bogus").status, 400);
+    assert_eq!(logs("?offset=-1").status, 400);
+    let r = agent.http("GET", &format!("/v1/allocations/{id}/tasks/nope/logs"), b"");
+    assert_eq!(r.status, 404);
+    let out = agent.cli(&["logs", "--stderr", &id, "quick"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "err\n");
+
+    // Events snapshot.
+    let v = agent.get_json("/v1/events?follow=false");
+    let evs = v["events"].as_array().expect("events");
+    assert!(evs
+        .iter()
+        .any(|e| e["kind"] == "started" && e["task"] == "sig" && e["alloc_id"] == id.as_str()));
+    assert!(evs.iter().any(|e| e["kind"] == "signaled"));
+}
+
+#[test]
+fn a_stop_that_never_reached_the_daemon_is_carried_out_on_reattach() {
+    let sb = Sandbox::new();
+    let mut agent = AgentProc::start(&sb);
+    let file = write_job(
+        &sb,
+        "s.hcl",
+        &job(
+            "s",
+            1,
+            NO_RESTART,
+            &sh_task(
+                "t",
+                "trap 'exit 7' TERM; while :; do /bin/sleep 0.05; done",
+                "",
+            ),
+        ),
+    );
+    let id = submit(&agent, &file).remove(0);
+    let t = wait_task(&agent, &id, "t", running);
+    // The agent persisted the stop and died before telling the daemon.
+    agent.kill9();
+    let path = sb.data_dir().join("state").join(&id).join("alloc.json");
+    let mut a: Value = serde_json::from_slice(&fs::read(&path).expect("alloc.json")).expect("json");
+    a["desired"] = "stop".into();
+    fs::write(&path, serde_json::to_vec_pretty(&a).expect("json")).expect("edit alloc.json");
+    assert!(pid_alive(pid_of(&t, "pid")));
+    agent.restart();
+    let t = wait_task(&agent, &id, "t", dead);
+    assert_eq!(t["exit"]["exit_code"], 7, "{t:#}");
+    assert_eq!(t["run"], 1);
+}
