@@ -76,6 +76,58 @@ impl ProcId {
     }
 }
 
+/// What may be left of a run whose supervisor is lost: its daemon, its task and
+/// its cgroup, each identified so that only the very processes are touched.
+#[derive(Debug, Clone, Default)]
+pub struct Leftovers {
+    /// The daemon, by pid and start time.
+    pub daemon: Option<ProcId>,
+    /// The task's main process, by pid and start time.
+    pub task: Option<ProcId>,
+    /// The task's cgroup, relative to each hierarchy's root.
+    pub cgroup: Option<String>,
+}
+
+impl Leftovers {
+    /// SIGKILL the daemon if it still is ours, the task's process group if the
+    /// task still is ours (tend-spawn makes it a group leader), and everything in
+    /// its cgroup, which is then removed. Returns what could not be done, one line
+    /// each, for the caller to report.
+    pub fn kill(&self) -> Vec<String> {
+        let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
+        let mut problems = Vec::new();
+        if let Some(daemon) = &self.daemon {
+            daemon.signal(sigkill);
+        }
+        if let Some(task) = &self.task {
+            // The pidfd pins the pid (and so its process group) while we signal.
+            if let Some(_pinned) = task.open() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(task.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                task.signal(sigkill);
+            }
+        }
+        if let Some(path) = &self.cgroup {
+            match tend_spawn::cgroup::Hierarchies::detect()
+                .and_then(|h| tend_spawn::cgroup::TaskCgroup::open(&h, path))
+            {
+                Ok(cg) => {
+                    if let Err(e) = cg.kill_all() {
+                        problems.push(format!("cannot kill what is left in cgroup {path}: {e}"));
+                    }
+                    if let Err(e) = cg.remove() {
+                        problems.push(format!("cannot remove cgroup {path}: {e}"));
+                    }
+                }
+                Err(e) => problems.push(format!("cannot open cgroup {path}: {e}")),
+            }
+        }
+        problems
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,6 +135,9 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<EventLine>,
     pub(crate) ports: crate::ports::PortAllocator,
     pub(crate) docker: Option<crate::driver::docker::DockerDriver>,
+    /// The exclusive lock on the state store, held for the agent's life: two
+    /// agents on one data dir would each reattach and restart the same tasks.
+    pub(crate) _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Inner {
@@ -249,6 +252,21 @@ impl Agent {
         };
         let store = StateStore::open(&settings.dirs.state_dir())
             .map_err(|e| internal("state store", &e))?;
+        let lock_path = settings.dirs.state_dir().join("agent.lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| internal(&format!("open {}", lock_path.display()), &e))?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| {
+                AgentError::Conflict(format!(
+                    "another agent holds the data dir {} ({}: {e})",
+                    settings.dirs.data_dir.display(),
+                    lock_path.display()
+                ))
+            })?;
         let (events, _) = broadcast::channel(1024);
         let r = settings.port_range;
         let ports = crate::ports::PortAllocator::new(
@@ -264,6 +282,7 @@ impl Agent {
                 events,
                 ports,
                 docker,
+                _lock: lock,
             }),
         })
     }
@@ -526,5 +545,33 @@ impl Agent {
     /// Subscribe to task events.
     pub fn events(&self) -> broadcast::Receiver<EventLine> {
         self.inner.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_agent_on_the_same_data_dir_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let settings = || {
+            Settings::resolve(
+                AgentConfig::default(),
+                Some(d.path().join("data")),
+                Some(d.path().join("run")),
+                None,
+            )
+            .unwrap()
+        };
+        let first = Agent::new(settings()).unwrap();
+        let second = Agent::new(settings());
+        assert!(
+            matches!(&second, Err(AgentError::Conflict(m)) if m.contains("another agent")),
+            "{:?}",
+            second.as_ref().err()
+        );
+        drop(first);
+        Agent::new(settings()).unwrap();
     }
 }

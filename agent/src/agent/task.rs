@@ -560,51 +560,20 @@ async fn daemon_gone(handle: &Handle, why: &str) -> Ended {
     ))
 }
 
-/// Kill what is left of a lost run: the daemon if it still is ours, the task's
-/// process group if the task still is ours, and everything in its cgroup.
+/// Kill what is left of a lost run (see [`crate::ident::Leftovers`]).
 fn kill_leftovers(handle: &Handle) {
-    if let (Some(pid), Some(st)) = (handle.daemon_pid, handle.daemon_start_time) {
-        ProcId {
-            pid,
-            start_time: st,
-        }
-        .signal(libc_sigkill());
+    let proc_id = |pid: Option<i32>, st: Option<u64>| match (pid, st) {
+        (Some(pid), Some(start_time)) => Some(ProcId { pid, start_time }),
+        _ => None,
+    };
+    let left = crate::ident::Leftovers {
+        daemon: proc_id(handle.daemon_pid, handle.daemon_start_time),
+        task: proc_id(handle.task_pid, handle.task_start_time),
+        cgroup: handle.cgroup.clone(),
+    };
+    for problem in left.kill() {
+        tracing::warn!("{problem}");
     }
-    if let (Some(pid), Some(st)) = (handle.task_pid, handle.task_start_time) {
-        let task = ProcId {
-            pid,
-            start_time: st,
-        };
-        if task.open().is_some() {
-            // The task leads its own process group (tend-spawn puts it there).
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            task.signal(libc_sigkill());
-        }
-    }
-    if let Some(path) = &handle.cgroup {
-        match tend_spawn::cgroup::Hierarchies::detect()
-            .and_then(|h| tend_spawn::cgroup::TaskCgroup::open(&h, path))
-        {
-            Ok(cg) => {
-                if let Err(e) = cg.kill_all() {
-                    tracing::warn!(cgroup = %path, error = %e, "cannot kill the lost task's cgroup");
-                }
-                if let Err(e) = cg.remove() {
-                    tracing::warn!(cgroup = %path, error = %e, "cannot remove the lost task's cgroup");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(cgroup = %path, error = %e, "cannot open the lost task's cgroup")
-            }
-        }
-    }
-}
-
-fn libc_sigkill() -> i32 {
-    nix::sys::signal::Signal::SIGKILL as i32
 }
 
 /// Wait for the run's end, serving stop and signal requests meanwhile.

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use tend_proto::{ExitStatus, Request, SpawnConfig, StartReport, Token};
 use tokio::sync::watch;
 
@@ -343,7 +342,7 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
     };
     // Pinned by start time now, so that a lost run can be cleaned up later
     // without signalling some process that inherited the pid.
-    let leftovers = Leftovers {
+    let leftovers = crate::ident::Leftovers {
         daemon: ProcId::of(daemon_pid),
         task: ProcId::of(task_pid),
         cgroup: config.cgroup.as_ref().map(|c| c.path.clone()),
@@ -368,7 +367,9 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
     if matches!(outcome, Outcome::Lost(_)) {
         // No supervisor and no exit file: whatever is left of the run would be
         // an orphan nobody waits for, logs or stops.
-        leftovers.kill();
+        for problem in leftovers.kill() {
+            say(&problem);
+        }
     }
     done.store(true, Ordering::SeqCst);
     for f in followers {
@@ -430,46 +431,6 @@ async fn watch_task(
             Outcome::Exited(exit)
         }
         Err(e) => from_exit_file(alloc, &task.name, &e.to_string()).await,
-    }
-}
-
-/// What is left of a run whose supervisor is lost.
-struct Leftovers {
-    daemon: Option<ProcId>,
-    task: Option<ProcId>,
-    cgroup: Option<String>,
-}
-
-impl Leftovers {
-    /// SIGKILL the daemon if it still is ours, the task's process group if the
-    /// task still is ours (tend-spawn makes it a group leader), and everything
-    /// in its cgroup.
-    fn kill(&self) {
-        let sigkill = Signal::SIGKILL as i32;
-        if let Some(daemon) = &self.daemon {
-            daemon.signal(sigkill);
-        }
-        if let Some(task) = &self.task {
-            // The pidfd pins the pid (and so its process group) while we signal.
-            if let Some(_pinned) = task.open() {
-                let _ =
-                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(task.pid), Signal::SIGKILL);
-                task.signal(sigkill);
-            }
-        }
-        if let Some(path) = &self.cgroup {
-            match tend_spawn::cgroup::Hierarchies::detect()
-                .and_then(|h| tend_spawn::cgroup::TaskCgroup::open(&h, path))
-            {
-                Ok(cg) => {
-                    if let Err(e) = cg.kill_all() {
-                        say(&format!("cannot kill what is left in cgroup {path}: {e}"));
-                    }
-                    let _ = cg.remove();
-                }
-                Err(e) => say(&format!("cannot open cgroup {path}: {e}")),
-            }
-        }
     }
 }
 
