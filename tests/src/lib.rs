@@ -685,6 +685,7 @@ pub struct AgentProc {
     data_dir: PathBuf,
     run_dir: PathBuf,
     log: PathBuf,
+    config: Option<PathBuf>,
     /// How long the last start took until `GET /v1/health` answered.
     pub ready_after: Duration,
 }
@@ -701,6 +702,23 @@ impl AgentProc {
             data_dir: sb.data_dir().to_path_buf(),
             run_dir: sb.run_dir().to_path_buf(),
             log: sb.data_dir().join("agent.log"),
+            config: None,
+            ready_after: Duration::ZERO,
+        };
+        a.restart();
+        a
+    }
+
+    /// [`AgentProc::start`] with an agent config file holding `config` (HCL).
+    pub fn start_with_config(sb: &Sandbox, config: &str) -> AgentProc {
+        let path = sb.data_dir().join("agent.hcl");
+        fs::write(&path, config).expect("write agent config");
+        let mut a = AgentProc {
+            child: None,
+            data_dir: sb.data_dir().to_path_buf(),
+            run_dir: sb.run_dir().to_path_buf(),
+            log: sb.data_dir().join("agent.log"),
+            config: Some(path),
             ready_after: Duration::ZERO,
         };
         a.restart();
@@ -723,6 +741,11 @@ impl AgentProc {
             .arg(&self.run_dir)
             .args(["--log-level", "debug", "agent", "--spawn-bin"])
             .arg(spawn_bin())
+            .args(
+                self.config
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("--config"), c.as_os_str()]),
+            )
             .current_dir(&self.data_dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))

@@ -784,6 +784,14 @@ async fn reattach_container(
             Attach::Live(Box::new(Run::Docker { id, meta, logs }))
         }
         Ok(ContainerState::Exited(e)) => {
+            // What it wrote while the agent was away is copied before the
+            // container goes; the cursor keeps what was copied from coming twice.
+            let dir = inner.settings.dirs.alloc(alloc_id);
+            let cursor = driver::docker::logs::read_cursor(&dir, &task.name);
+            let logs = docker.copy_logs(&id, &dir, &task.name, task.logs, cursor);
+            if let Ok(Ok(Err(err))) = tokio::time::timeout(Duration::from_secs(30), logs).await {
+                tracing::warn!(error = %err, "cannot copy the logs of the ended container");
+            }
             let _ = docker.remove(&id).await;
             Attach::Ended(Ended::Exit(e))
         }

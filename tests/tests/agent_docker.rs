@@ -1,0 +1,288 @@
+//! The docker driver under the agent: a container beside an exec task in one
+//! allocation, and a container that outlives an agent restart. Needs the engine
+//! of `.ci/docker-up` (`$TEND_TEST_DOCKER_SOCK`); without one each test prints
+//! "skipped: no docker engine" and passes.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tend_tests::{wait_until, AgentProc, Sandbox};
+
+const IMAGE: &str = "tend-test/busybox:latest";
+const LONG: Duration = Duration::from_secs(60);
+
+fn socket() -> PathBuf {
+    std::env::var_os("TEND_TEST_DOCKER_SOCK")
+        .filter(|s| !s.is_empty())
+        .map_or_else(
+            || PathBuf::from("/run/tend-test-docker.sock"),
+            PathBuf::from,
+        )
+}
+
+fn docker(args: &[&str]) -> Option<String> {
+    let host = format!("unix://{}", socket().display());
+    let out = Command::new("/usr/bin/docker")
+        .args(["-H", &host])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn engine_ready() -> bool {
+    if docker(&["image", "inspect", IMAGE]).is_none() {
+        println!(
+            "skipped: no docker engine at {} with {IMAGE}",
+            socket().display()
+        );
+        return false;
+    }
+    true
+}
+
+fn containers_of(alloc_id: &str) -> Vec<String> {
+    docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=tend.alloc_id={alloc_id}"),
+    ])
+    .unwrap_or_default()
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Removes the containers of the allocations a test made, even when it fails.
+struct Containers(Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for alloc in &self.0 {
+            let ids = containers_of(alloc);
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = docker(&args);
+            }
+        }
+    }
+}
+
+fn agent(sb: &Sandbox) -> AgentProc {
+    AgentProc::start_with_config(
+        sb,
+        &format!(
+            "plugin \"docker\" {{\n  endpoint = \"{}\"\n}}\n",
+            socket().display()
+        ),
+    )
+}
+
+fn submit(a: &AgentProc, sb: &Sandbox, job: &str) -> String {
+    let path = sb.data_dir().join("job.hcl");
+    std::fs::write(&path, job).unwrap();
+    let out = a.cli(&["run", "--json", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["allocations"][0].as_str().unwrap().to_string()
+}
+
+fn task<'a>(alloc: &'a Value, name: &str) -> &'a Value {
+    alloc["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap()
+}
+
+fn wait_dead(a: &AgentProc, id: &str, name: &str) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(LONG, || {
+        last = a.get_json(&format!("/v1/allocations/{id}"));
+        task(&last, name)["state"] == "dead"
+    });
+    assert!(ok, "task {name} never ended: {last:#}");
+    task(&last, name).clone()
+}
+
+#[test]
+fn a_container_and_an_exec_task_share_alloc() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    if !engine_ready() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let a = agent(&sb);
+    let job = format!(
+        r#"job "mixed" {{
+  group "g" {{
+    task "box" {{
+      driver = "docker"
+      config {{
+        image   = "{IMAGE}"
+        command = "/bin/sh"
+        args    = ["-c", "echo from-docker > $TEND_ALLOC_DIR/docker.txt; while [ ! -f /alloc/exec.txt ]; do sleep 0.1; done; cat /alloc/exec.txt"]
+      }}
+    }}
+    task "proc" {{
+      driver = "exec"
+      config {{
+        command = "/bin/sh"
+        args    = ["-c", "while [ ! -f /alloc/docker.txt ]; do sleep 0.1; done; cat /alloc/docker.txt; echo from-exec > $TEND_ALLOC_DIR/exec.txt"]
+      }}
+    }}
+  }}
+}}
+"#
+    );
+    let id = submit(&a, &sb, &job);
+    let _guard = Containers(vec![id.clone()]);
+    for name in ["box", "proc"] {
+        let t = wait_dead(&a, &id, name);
+        assert_eq!(t["exit"]["exit_code"], 0, "{name}: {t:#}");
+    }
+    let logs = |t: &str| {
+        std::fs::read_to_string(
+            sb.data_dir()
+                .join("allocs")
+                .join(&id)
+                .join("logs")
+                .join(format!("{t}.stdout")),
+        )
+        .unwrap_or_default()
+    };
+    assert_eq!(logs("box").trim(), "from-exec");
+    assert_eq!(logs("proc").trim(), "from-docker");
+    assert!(
+        wait_until(LONG, || containers_of(&id).is_empty()),
+        "the container is removed once its exit is recorded"
+    );
+}
+
+#[test]
+fn a_container_outlives_an_agent_restart_and_its_exit_is_recorded() {
+    if !engine_ready() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut a = agent(&sb);
+    let job = format!(
+        r#"job "c" {{
+  group "g" {{
+    restart {{
+      attempts = 0
+    }}
+    task "early" {{
+      driver = "docker"
+      config {{
+        image   = "{IMAGE}"
+        command = "/bin/sh"
+        args    = ["-c", "sleep 1; echo early done; exit 6"]
+      }}
+    }}
+    task "late" {{
+      driver = "docker"
+      config {{
+        image   = "{IMAGE}"
+        command = "/bin/sh"
+        args    = ["-c", "sleep 4; echo late done; exit 5"]
+      }}
+    }}
+  }}
+}}
+"#
+    );
+    let id = submit(&a, &sb, &job);
+    let _guard = Containers(vec![id.clone()]);
+    let running = wait_until(LONG, || {
+        let v = a.get_json(&format!("/v1/allocations/{id}"));
+        ["early", "late"]
+            .iter()
+            .all(|n| task(&v, n)["state"] == "running" && task(&v, n)["container_id"].is_string())
+    });
+    assert!(running, "both containers run");
+    a.kill9();
+    // "early" ends while the agent is away; "late" is still running when it is back.
+    std::thread::sleep(Duration::from_millis(1500));
+    a.restart();
+    let early = wait_dead(&a, &id, "early");
+    assert_eq!(early["exit"]["exit_code"], 6, "{early:#}");
+    assert_eq!(early["lost"], false);
+    let v = a.get_json(&format!("/v1/allocations/{id}"));
+    let late = task(&v, "late");
+    assert!(
+        late["state"] == "running" || late["exit"]["exit_code"] == 5,
+        "late was reattached: {late:#}"
+    );
+    let late = wait_dead(&a, &id, "late");
+    assert_eq!(late["exit"]["exit_code"], 5, "{late:#}");
+    let out = a.cli(&["logs", &id, "late"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "late done");
+    let out = a.cli(&["logs", &id, "early"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "early done");
+    assert!(
+        wait_until(LONG, || containers_of(&id).is_empty()),
+        "no container left"
+    );
+}
+
+#[test]
+fn a_container_removed_while_the_agent_is_away_is_lost_never_zero() {
+    if !engine_ready() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut a = agent(&sb);
+    let job = format!(
+        r#"job "v" {{
+  group "g" {{
+    restart {{
+      attempts = 0
+    }}
+    task "gone" {{
+      driver = "docker"
+      config {{
+        image   = "{IMAGE}"
+        command = "/bin/sleep"
+        args    = ["300"]
+      }}
+    }}
+  }}
+}}
+"#
+    );
+    let id = submit(&a, &sb, &job);
+    let _guard = Containers(vec![id.clone()]);
+    let mut cid = String::new();
+    assert!(wait_until(LONG, || {
+        let v = a.get_json(&format!("/v1/allocations/{id}"));
+        cid = task(&v, "gone")["container_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        !cid.is_empty()
+    }));
+    a.kill9();
+    assert!(docker(&["rm", "-f", &cid]).is_some());
+    a.restart();
+    let t = wait_dead(&a, &id, "gone");
+    assert_eq!(t["lost"], true, "{t:#}");
+    assert!(
+        t["exit"].is_null(),
+        "a vanished container has no exit, never 0: {t:#}"
+    );
+}
