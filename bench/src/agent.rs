@@ -140,7 +140,7 @@ impl Agent {
     }
 
     fn taken_up_millis(&self) -> Option<f64> {
-        let text = fs::read_to_string(&self.log).ok()?;
+        let text = strip_ansi(&fs::read_to_string(&self.log).ok()?);
         let line = text.lines().rev().find(|l| l.contains("state taken up"))?;
         let i = line.find("millis=")?;
         line[i + 7..]
@@ -174,6 +174,24 @@ impl Agent {
     }
 }
 
+/// The text without ANSI colour sequences (ESC [ ... letter).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn spawn_agent(tend: &Path, spawn: &Path, data: &Path, run: &Path, log: &Path) -> Result<Child, String> {
     let logf = fs::OpenOptions::new()
         .create(true)
@@ -186,6 +204,7 @@ fn spawn_agent(tend: &Path, spawn: &Path, data: &Path, run: &Path, log: &Path) -
         .arg("--run-dir")
         .arg(run)
         .args(["--log-level", "info", "agent", "--spawn-bin"])
+        .env("NO_COLOR", "1")
         .arg(spawn)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

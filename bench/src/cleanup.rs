@@ -13,14 +13,14 @@ use nix::unistd::Pid;
 /// What to undo.
 #[derive(Debug, Default)]
 struct Registry {
-    root: Option<PathBuf>,
+    roots: Vec<PathBuf>,
     cgroup_prefix: Option<String>,
     pids: Vec<i32>,
     containers: Vec<(PathBuf, PathBuf, String)>,
 }
 
 static REG: Mutex<Registry> = Mutex::new(Registry {
-    root: None,
+    roots: Vec::new(),
     cgroup_prefix: None,
     pids: Vec::new(),
     containers: Vec::new(),
@@ -31,9 +31,9 @@ fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
     f(&mut g)
 }
 
-/// The harness's temp root: every process using it is killed, then it goes.
-pub fn set_root(p: &Path) {
-    with(|r| r.root = Some(p.to_path_buf()));
+/// A temp root of the harness: every process using it is killed, then it goes.
+pub fn add_root(p: &Path) {
+    with(|r| r.roots.push(p.to_path_buf()));
 }
 
 /// The cgroup dir (relative, in every hierarchy) the harness made.
@@ -56,9 +56,9 @@ pub fn add_container(runtime: &Path, state: &Path, id: &str) {
 
 /// Undo everything registered. Safe to call twice.
 pub fn run() {
-    let (root, prefix, pids, containers) = with(|r| {
+    let (roots, prefix, pids, containers) = with(|r| {
         (
-            r.root.clone(),
+            r.roots.clone(),
             r.cgroup_prefix.clone(),
             std::mem::take(&mut r.pids),
             std::mem::take(&mut r.containers),
@@ -78,24 +78,14 @@ pub fn run() {
             .stderr(Stdio::null())
             .status();
     }
-    if let Some(root) = &root {
-        for _ in 0..50 {
-            let pids = crate::procfs::pids_using(root);
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            crate::procfs::reap_zombies();
-            sleep(Duration::from_millis(20));
-        }
+    for root in &roots {
+        run_processes_only(root);
     }
     if let Some(prefix) = prefix {
         crate::cgroups::remove_tree(&crate::cgroups::hierarchies(), &prefix);
     }
     crate::procfs::reap_zombies();
-    if let Some(root) = root {
+    for root in roots {
         let _ = std::fs::remove_dir_all(&root);
     }
 }

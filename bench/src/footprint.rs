@@ -93,6 +93,18 @@ pub fn conmon(conmon: &Path, runc: &Path, dir: &Path) -> Result<Footprint, Strin
         sleep(Duration::from_millis(10));
     };
     crate::cleanup::add_pid(pid);
+    // conmon's `runc create` is done when the container's pid file exists.
+    let end = Instant::now() + Duration::from_secs(10);
+    while !ctr_pid.exists() {
+        if Instant::now() > end {
+            let log = fs::read_to_string(dir.join("cm.log")).unwrap_or_default();
+            return Err(format!(
+                "conmon: no container pid file after 10 s {}",
+                log.trim()
+            ));
+        }
+        sleep(Duration::from_millis(10));
+    }
     let st = Command::new(runc)
         .arg("--root")
         .arg(&state)

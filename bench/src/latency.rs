@@ -78,12 +78,13 @@ pub fn default_binds() -> Vec<String> {
         .collect()
 }
 
-/// 1(c): tend-spawn exec-driver style: chroot of the default binds, cgroup
-/// with limits, user nobody.
+/// 1(c): tend-spawn exec-driver style: chroot of the default binds (unless
+/// `chroot` is false), cgroup with limits, user nobody.
 pub fn isolated(
     bin: &Path,
     world: &mut World,
     cg_prefix: &str,
+    chroot: bool,
     n: usize,
     warm: usize,
 ) -> Result<Vec<f64>, String> {
@@ -93,7 +94,7 @@ pub fn isolated(
         cfg.cwd = "/".into();
         cfg.isolation = Some(Isolation {
             user: "nobody".into(),
-            chroot: Some(ChrootSpec {
+            chroot: chroot.then(|| ChrootSpec {
                 binds: default_binds()
                     .into_iter()
                     .map(|p| Bind {
@@ -132,7 +133,14 @@ pub fn isolated(
 /// The bare baseline of 1(c): per run, make a cgroup in every hierarchy with
 /// the same limits, fork, join it, private mount namespace with the same
 /// read-only binds, chroot, drop to nobody, exec /bin/true; wait; rmdir.
-pub fn bare(base: &Path, cg_prefix: &str, n: usize, warm: usize) -> Result<Vec<f64>, String> {
+/// Without `chroot`: no mount namespace, binds or chroot.
+pub fn bare(
+    base: &Path,
+    cg_prefix: &str,
+    chroot: bool,
+    n: usize,
+    warm: usize,
+) -> Result<Vec<f64>, String> {
     let hs = crate::cgroups::hierarchies();
     if hs.is_empty() {
         return Err("no cgroup hierarchy found under /sys/fs/cgroup".into());
@@ -149,10 +157,13 @@ pub fn bare(base: &Path, cg_prefix: &str, n: usize, warm: usize) -> Result<Vec<f
         fs::create_dir_all(&target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
         binds.push((cstr(&p)?, cstr_path(&target)?));
     }
-    let root_c = cstr_path(&root)?;
+    let root_c = if chroot { cstr_path(&root)? } else { cstr("/")? };
+    if !chroot {
+        binds.clear();
+    }
     let mut out = Vec::with_capacity(n);
     for i in 0..n + warm {
-        let rel = format!("{cg_prefix}/bare/i{i}");
+        let rel = format!("{cg_prefix}/bare{}/i{i}", u8::from(chroot));
         let t = Instant::now();
         let fds = crate::cgroups::make_task_cgroup(&hs, &rel)?;
         let plan = BarePlan {
@@ -272,6 +283,30 @@ pub fn oci_run(
         }
         if i >= warm {
             out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// The durable exit-file write on its own: temp file, write, fsync, rename,
+/// fsync the dir (what tend-spawn does once per exit), in `dir`.
+pub fn atomic_write(dir: &Path, n: usize, warm: usize) -> Result<Vec<f64>, String> {
+    use std::io::Write;
+    fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let body = [b'x'; 400];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + warm {
+        let t = Instant::now();
+        let tmp = dir.join("x.tmp");
+        let mut f = fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        f.write_all(&body).map_err(|e| e.to_string())?;
+        f.sync_all().map_err(|e| e.to_string())?;
+        fs::rename(&tmp, dir.join("x")).map_err(|e| e.to_string())?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| e.to_string())?;
+        if i >= warm {
+            out.push(ms(t));
         }
     }
     Ok(out)
