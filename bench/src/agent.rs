@@ -21,9 +21,15 @@ pub fn job(name: &str, count: usize, command: &str, args: &[&str]) -> String {
 }
 
 /// One HTTP/1.1 exchange with the agent's API socket; (status, JSON body).
-pub fn api(run_dir: &Path, method: &str, target: &str, body: &[u8]) -> Result<(u16, Value), String> {
+pub fn api(
+    run_dir: &Path,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> Result<(u16, Value), String> {
     let sock = run_dir.join("tend.sock");
-    let mut s = UnixStream::connect(&sock).map_err(|e| format!("connect {}: {e}", sock.display()))?;
+    let mut s =
+        UnixStream::connect(&sock).map_err(|e| format!("connect {}: {e}", sock.display()))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
     let head = format!(
         "{method} {target} HTTP/1.1\r\nHost: tend\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -45,10 +51,14 @@ pub fn api(run_dir: &Path, method: &str, target: &str, body: &[u8]) -> Result<(u
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or("bad status line")?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
-    let v = serde_json::from_slice(&body).map_err(|e| format!("{method} {target}: not JSON: {e}"))?;
+    let v =
+        serde_json::from_slice(&body).map_err(|e| format!("{method} {target}: not JSON: {e}"))?;
     Ok((status, v))
 }
 
@@ -56,7 +66,8 @@ fn dechunk(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
     while let Some(nl) = b[i..].windows(2).position(|w| w == b"\r\n") {
-        let len = usize::from_str_radix(String::from_utf8_lossy(&b[i..i + nl]).trim(), 16).unwrap_or(0);
+        let len =
+            usize::from_str_radix(String::from_utf8_lossy(&b[i..i + nl]).trim(), 16).unwrap_or(0);
         i += nl + 2;
         if len == 0 || i + len > b.len() {
             break;
@@ -83,7 +94,12 @@ pub struct Agent {
 
 impl Agent {
     /// Start `tend agent` on `data` and `run`; wait until health answers.
-    pub fn start(tend: &Path, spawn: &Path, data: &Path, run: &Path) -> Result<(Agent, f64), String> {
+    pub fn start(
+        tend: &Path,
+        spawn: &Path,
+        data: &Path,
+        run: &Path,
+    ) -> Result<(Agent, f64), String> {
         for d in [data, run] {
             fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
         }
@@ -120,7 +136,9 @@ impl Agent {
                 return Err(format!("the agent exited: {st}; log: {}", self.log_tail()));
             }
             if Instant::now() > end {
-                return Err(format!("health not at {running} running tasks after {timeout:?}: {last}"));
+                return Err(format!(
+                    "health not at {running} running tasks after {timeout:?}: {last}"
+                ));
             }
             sleep(Duration::from_millis(2));
         }
@@ -192,7 +210,13 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-fn spawn_agent(tend: &Path, spawn: &Path, data: &Path, run: &Path, log: &Path) -> Result<Child, String> {
+fn spawn_agent(
+    tend: &Path,
+    spawn: &Path,
+    data: &Path,
+    run: &Path,
+    log: &Path,
+) -> Result<Child, String> {
     let logf = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -216,7 +240,13 @@ fn spawn_agent(tend: &Path, spawn: &Path, data: &Path, run: &Path, log: &Path) -
 }
 
 /// 1(b), foreground: whole-process time of `tend run job` with no agent.
-pub fn run_foreground(tend: &Path, spawn: &Path, base: &Path, n: usize, warm: usize) -> Result<Vec<f64>, String> {
+pub fn run_foreground(
+    tend: &Path,
+    spawn: &Path,
+    base: &Path,
+    n: usize,
+    warm: usize,
+) -> Result<Vec<f64>, String> {
     let data = base.join("fgd");
     let run = base.join("fgr");
     for d in [&data, &run] {
@@ -259,7 +289,13 @@ pub fn run_foreground(tend: &Path, spawn: &Path, base: &Path, n: usize, warm: us
 
 /// 1(b), agent: `tend run --json job` submitted to the agent, then the API
 /// polled every 1 ms until the allocation is complete; ms per run.
-pub fn run_submitted(a: &Agent, tend: &Path, base: &Path, n: usize, warm: usize) -> Result<Vec<f64>, String> {
+pub fn run_submitted(
+    a: &Agent,
+    tend: &Path,
+    base: &Path,
+    n: usize,
+    warm: usize,
+) -> Result<Vec<f64>, String> {
     let jobf = base.join("true-agent.hcl");
     fs::write(&jobf, job("true", 1, "/bin/true", &[])).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(n);
@@ -282,7 +318,10 @@ pub fn run_submitted(a: &Agent, tend: &Path, base: &Path, n: usize, warm: usize)
                 String::from_utf8_lossy(&o.stderr).trim()
             )
         })?;
-        let id = v["allocations"][0].as_str().ok_or("no allocation id")?.to_string();
+        let id = v["allocations"][0]
+            .as_str()
+            .ok_or("no allocation id")?
+            .to_string();
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             let (_, a2) = api(&a.run, "GET", &format!("/v1/allocations/{id}"), b"")?;
@@ -355,7 +394,10 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
         .filter_map(|x| x["id"].as_str().map(str::to_string))
         .collect();
     for al in list["allocations"].as_array().into_iter().flatten() {
-        if let Some(pid) = al["tasks"][0]["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) {
+        if let Some(pid) = al["tasks"][0]["pid"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+        {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -373,7 +415,9 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
             .find(|e| e["kind"] == "exited")
             .and_then(|e| e["time"].as_str().map(str::to_string));
         let exit_file = a.data.join("allocs").join(id).join("t_exit_status");
-        let fin = tend_proto::ExitStatus::read(&exit_file).ok().map(|e| e.finished_at);
+        let fin = tend_proto::ExitStatus::read(&exit_file)
+            .ok()
+            .map(|e| e.finished_at);
         if let (Some(ev), Some(fin)) = (ev, fin) {
             if let (Some(e), Some(f)) = (
                 tend_proto::time::parse_rfc3339(&ev),

@@ -24,7 +24,9 @@ pub fn idle_daemons(bin: &Path, world: &mut World, k: usize) -> Result<Vec<Footp
         }
         // Let every daemon reach its idle poll loop.
         sleep(Duration::from_millis(200));
-        pids.iter().map(|&p| footprint(p)).collect::<Result<Vec<_>, _>>()
+        pids.iter()
+            .map(|&p| footprint(p))
+            .collect::<Result<Vec<_>, _>>()
     })();
     for &p in &pids {
         spawn::stop_daemon(p);

@@ -157,7 +157,11 @@ pub fn bare(
         fs::create_dir_all(&target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
         binds.push((cstr(&p)?, cstr_path(&target)?));
     }
-    let root_c = if chroot { cstr_path(&root)? } else { cstr("/")? };
+    let root_c = if chroot {
+        cstr_path(&root)?
+    } else {
+        cstr("/")?
+    };
     if !chroot {
         binds.clear();
     }
@@ -240,8 +244,11 @@ pub fn oci_bundle(runtime: &Path, dir: &Path, args: &[&str]) -> Result<PathBuf, 
     v["process"]["terminal"] = serde_json::Value::Bool(false);
     v["process"]["args"] = serde_json::json!(args);
     v["root"]["readonly"] = serde_json::Value::Bool(true);
-    fs::write(&cfg_path, serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("write {}: {e}", cfg_path.display()))?;
+    fs::write(
+        &cfg_path,
+        serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("write {}: {e}", cfg_path.display()))?;
     Ok(dir.to_path_buf())
 }
 

@@ -199,22 +199,33 @@ impl Bench {
             Ok(v) => {
                 self.floor = sum(&v);
                 self.rows.push(
-                    Row::measured("1 base", "floor: libc::posix_spawn(/bin/true) + waitpid", "ms", self.floor)
-                        .note("libc::posix_spawn, empty env"),
+                    Row::measured(
+                        "1 base",
+                        "floor: libc::posix_spawn(/bin/true) + waitpid",
+                        "ms",
+                        self.floor,
+                    )
+                    .note("libc::posix_spawn, empty env"),
                 );
             }
-            Err(e) => self.rows.push(Row::not_measured("1 base", "floor: posix_spawn + waitpid", e)),
+            Err(e) => self.rows.push(Row::not_measured(
+                "1 base",
+                "floor: posix_spawn + waitpid",
+                e,
+            )),
         }
         // OCI runtimes first: 1(a) and 1(c) compare with crun.
         let mut oci: Vec<(String, Option<Summary>)> = Vec::new();
         for rt in ["crun", "runc"] {
             let what = format!("{rt} run of a busybox bundle (/bin/true), whole process");
             let Some(bin) = which(rt) else {
-                self.rows.push(Row::not_measured("1 base", &what, "not installed"));
+                self.rows
+                    .push(Row::not_measured("1 base", &what, "not installed"));
                 continue;
             };
             if !self.root {
-                self.rows.push(Row::not_measured("1 base", &what, "needs root"));
+                self.rows
+                    .push(Row::not_measured("1 base", &what, "needs root"));
                 continue;
             }
             say(&format!("1: {rt} run"));
@@ -226,7 +237,8 @@ impl Bench {
                 Ok(v) => {
                     let s = sum(&v);
                     oci.push((rt.to_string(), s));
-                    self.rows.push(Row::measured("1 base", &what, "ms", s).vs("floor", self.floor));
+                    self.rows
+                        .push(Row::measured("1 base", &what, "ms", s).vs("floor", self.floor));
                 }
                 Err(e) => self.rows.push(Row::not_measured("1 base", &what, e)),
             }
@@ -261,15 +273,16 @@ impl Bench {
                 s
             }
             Err(e) => {
-                self.rows.push(Row::not_measured("1a base", "durable file write", e));
+                self.rows
+                    .push(Row::not_measured("1a base", "durable file write", e));
                 None
             }
         };
         say("1a: tend-spawn raw_exec /bin/true through the protocol");
         nix::unistd::sync();
-        match spawn::World::new(&self.base, "a").and_then(|mut w| {
-            latency::direct(&self.spawn_bin, &mut w, p.fast, p.warm)
-        }) {
+        match spawn::World::new(&self.base, "a")
+            .and_then(|mut w| latency::direct(&self.spawn_bin, &mut w, p.fast, p.warm))
+        {
             Ok((lat, notify)) => {
                 self.direct = sum(&lat);
                 self.notify = sum(&notify);
@@ -282,32 +295,55 @@ impl Bench {
                 .vs("floor", self.floor);
                 let met = r.ratio.map(|x| x <= 3.0);
                 self.rows.push(r.target("<= 3x floor", met));
-                let r = Row::measured("1a", "same, against crun run", "ms", self.direct).vs("crun run", self.crun);
+                let r = Row::measured("1a", "same, against crun run", "ms", self.direct)
+                    .vs("crun run", self.crun);
                 let met = r.ratio.map(|x| x <= 0.2);
                 self.rows.push(r.target("<= 0.20x crun (5x faster)", met));
-                let r = Row::measured("1a", "same, against runc run (stand-in for crun)", "ms", self.direct)
-                    .vs("runc run", runc);
+                let r = Row::measured(
+                    "1a",
+                    "same, against runc run (stand-in for crun)",
+                    "ms",
+                    self.direct,
+                )
+                .vs("runc run", runc);
                 let met = r.ratio.map(|x| x <= 0.2);
                 self.rows.push(r.target("<= 0.20x runc (5x faster)", met));
                 self.rows.push(
-                    Row::measured("1a", "same, minus the durable exit-file write (median - median)", "ms", self.direct.zip(fsync).and_then(|(d, f)| one(d.median - f.median)))
-                        .vs("floor", self.floor)
-                        .note("estimate of the daemon's own cost"),
+                    Row::measured(
+                        "1a",
+                        "same, minus the durable exit-file write (median - median)",
+                        "ms",
+                        self.direct
+                            .zip(fsync)
+                            .and_then(|(d, f)| one(d.median - f.median)),
+                    )
+                    .vs("floor", self.floor)
+                    .note("estimate of the daemon's own cost"),
                 );
             }
-            Err(e) => self.rows.push(Row::not_measured("1a", "tend-spawn raw_exec /bin/true", e)),
+            Err(e) => self
+                .rows
+                .push(Row::not_measured("1a", "tend-spawn raw_exec /bin/true", e)),
         }
         say("1a: same with data dir and exit file on tmpfs (/dev/shm)");
         nix::unistd::sync();
         let shm = PathBuf::from(format!("/dev/shm/tb{}", std::process::id()));
-        match spawn::World::new(&shm, "a").and_then(|mut w| {
-            latency::direct(&self.spawn_bin, &mut w, p.fast, p.warm)
-        }) {
+        match spawn::World::new(&shm, "a")
+            .and_then(|mut w| latency::direct(&self.spawn_bin, &mut w, p.fast, p.warm))
+        {
             Ok((lat, _)) => {
-                let r = Row::measured("1a", "same, data dir on tmpfs (fsync is free)", "ms", sum(&lat))
-                    .vs("floor", self.floor);
+                let r = Row::measured(
+                    "1a",
+                    "same, data dir on tmpfs (fsync is free)",
+                    "ms",
+                    sum(&lat),
+                )
+                .vs("floor", self.floor);
                 let met = r.ratio.map(|x| x <= 3.0);
-                self.rows.push(r.target("<= 3x floor", met).note("not the default layout: shows what the disk costs"));
+                self.rows.push(
+                    r.target("<= 3x floor", met)
+                        .note("not the default layout: shows what the disk costs"),
+                );
             }
             Err(e) => self.rows.push(Row::not_measured("1a", "same, on tmpfs", e)),
         }
@@ -315,10 +351,17 @@ impl Bench {
         say("1b: tend run, foreground");
         match agent::run_foreground(&self.tend_bin, &self.spawn_bin, &self.base, p.slow, p.warm) {
             Ok(v) => self.rows.push(
-                Row::measured("1b", "`tend run` /bin/true job, foreground (whole process)", "ms", sum(&v))
-                    .vs("floor", self.floor),
+                Row::measured(
+                    "1b",
+                    "`tend run` /bin/true job, foreground (whole process)",
+                    "ms",
+                    sum(&v),
+                )
+                .vs("floor", self.floor),
             ),
-            Err(e) => self.rows.push(Row::not_measured("1b", "`tend run` foreground", e)),
+            Err(e) => self
+                .rows
+                .push(Row::not_measured("1b", "`tend run` foreground", e)),
         }
         say("1b: tend run submitted to a running agent");
         let r = agent::Agent::start(
@@ -343,12 +386,15 @@ impl Bench {
                 .vs("floor", self.floor)
                 .note("API polled every 1 ms"),
             ),
-            Err(e) => self.rows.push(Row::not_measured("1b", "`tend run` via the agent", e)),
+            Err(e) => self
+                .rows
+                .push(Row::not_measured("1b", "`tend run` via the agent", e)),
         }
 
         let what_c = "tend-spawn exec-style /bin/true: default chroot_env binds, cgroup (mem, cpu, pids), user nobody";
         if !self.root {
-            self.rows.push(Row::not_measured("1c", what_c, "needs root"));
+            self.rows
+                .push(Row::not_measured("1c", what_c, "needs root"));
             return;
         }
         say("1c: bare fork + cgroup + mount ns + chroot + setuid + exec");
@@ -368,29 +414,40 @@ impl Bench {
                 s
             }
             Err(e) => {
-                self.rows.push(Row::not_measured("1c base", "bare isolated fork/exec", e));
+                self.rows
+                    .push(Row::not_measured("1c base", "bare isolated fork/exec", e));
                 None
             }
         };
         say("1c: tend-spawn with isolation");
         nix::unistd::sync();
         match spawn::World::new(&self.base, "c").and_then(|mut w| {
-            latency::isolated(&self.spawn_bin, &mut w, &self.cg_prefix, true, p.fast, p.warm)
+            latency::isolated(
+                &self.spawn_bin,
+                &mut w,
+                &self.cg_prefix,
+                true,
+                p.fast,
+                p.warm,
+            )
         }) {
             Ok(v) => {
                 let s = sum(&v);
                 let r = Row::measured("1c", what_c, "ms", s).vs("bare", bare);
                 let met = r.ratio.map(|x| x <= 2.5);
                 self.rows.push(r.target("<= 2.5x bare", met));
-                let r = Row::measured("1c", "same, against crun run", "ms", s).vs("crun run", self.crun);
+                let r = Row::measured("1c", "same, against crun run", "ms", s)
+                    .vs("crun run", self.crun);
                 let met = r.ratio.map(|x| x <= 0.2);
                 self.rows.push(r.target("<= 0.20x crun (5x faster)", met));
-                let r = Row::measured("1c", "same, against runc run (stand-in for crun)", "ms", s).vs("runc run", runc);
+                let r = Row::measured("1c", "same, against runc run (stand-in for crun)", "ms", s)
+                    .vs("runc run", runc);
                 let met = r.ratio.map(|x| x <= 0.2);
                 self.rows.push(r.target("<= 0.20x runc (5x faster)", met));
             }
             Err(e) => {
-                self.rows.push(Row::not_measured("1c", what_c, e).target("<= 2.5x bare", None));
+                self.rows
+                    .push(Row::not_measured("1c", what_c, e).target("<= 2.5x bare", None));
                 self.isolated_without_chroot(runc);
             }
         }
@@ -411,25 +468,46 @@ impl Bench {
                 s
             }
             Err(e) => {
-                self.rows.push(Row::not_measured("1c' base", "bare without chroot", e));
+                self.rows
+                    .push(Row::not_measured("1c' base", "bare without chroot", e));
                 None
             }
         };
         nix::unistd::sync();
         match spawn::World::new(&self.base, "n").and_then(|mut w| {
-            latency::isolated(&self.spawn_bin, &mut w, &self.cg_prefix, false, p.fast, p.warm)
+            latency::isolated(
+                &self.spawn_bin,
+                &mut w,
+                &self.cg_prefix,
+                false,
+                p.fast,
+                p.warm,
+            )
         }) {
             Ok(v) => {
                 let s = sum(&v);
-                let r = Row::measured("1c'", "tend-spawn /bin/true with cgroup (mem, cpu, pids) and user nobody, no chroot", "ms", s)
-                    .vs("bare without chroot", bare);
+                let r = Row::measured(
+                    "1c'",
+                    "tend-spawn /bin/true with cgroup (mem, cpu, pids) and user nobody, no chroot",
+                    "ms",
+                    s,
+                )
+                .vs("bare without chroot", bare);
                 let met = r.ratio.map(|x| x <= 2.5);
-                self.rows.push(r.target("<= 2.5x bare", met).note("partial 1c: the chroot is not available"));
-                let r = Row::measured("1c'", "same, against runc run", "ms", s).vs("runc run", runc);
+                self.rows.push(
+                    r.target("<= 2.5x bare", met)
+                        .note("partial 1c: the chroot is not available"),
+                );
+                let r =
+                    Row::measured("1c'", "same, against runc run", "ms", s).vs("runc run", runc);
                 let met = r.ratio.map(|x| x <= 0.2);
                 self.rows.push(r.target("<= 0.20x runc (5x faster)", met));
             }
-            Err(e) => self.rows.push(Row::not_measured("1c'", "tend-spawn with cgroup + nobody, no chroot", e)),
+            Err(e) => self.rows.push(Row::not_measured(
+                "1c'",
+                "tend-spawn with cgroup + nobody, no chroot",
+                e,
+            )),
         }
     }
 
@@ -439,12 +517,16 @@ impl Bench {
         match which("conmon") {
             None => self.notes.push("conmon: not installed".into()),
             Some(c) => match which("runc") {
-                None => self.notes.push("conmon: not measured: runc not installed".into()),
+                None => self
+                    .notes
+                    .push("conmon: not measured: runc not installed".into()),
                 Some(r) => {
                     say("2: conmon");
                     match footprint::conmon(&c, &r, &self.base) {
                         Ok(f) => cm = Some(f),
-                        Err(e) => self.rows.push(Row::not_measured("2 base", "conmon idle", e)),
+                        Err(e) => self
+                            .rows
+                            .push(Row::not_measured("2 base", "conmon idle", e)),
                     }
                 }
             },
@@ -453,7 +535,8 @@ impl Bench {
         let mut w = match spawn::World::new(&self.base, "f") {
             Ok(w) => w,
             Err(e) => {
-                self.rows.push(Row::not_measured("2", "tend-spawn footprint", e));
+                self.rows
+                    .push(Row::not_measured("2", "tend-spawn footprint", e));
                 return;
             }
         };
@@ -462,7 +545,8 @@ impl Bench {
             match footprint::idle_daemons(&self.spawn_bin, &mut w, 1) {
                 Ok(f) => singles.extend(f),
                 Err(e) => {
-                    self.rows.push(Row::not_measured("2", "tend-spawn footprint, 1 task", e));
+                    self.rows
+                        .push(Row::not_measured("2", "tend-spawn footprint, 1 task", e));
                     return;
                 }
             }
@@ -471,7 +555,11 @@ impl Bench {
         let many = match footprint::idle_daemons(&self.spawn_bin, &mut w, p.many) {
             Ok(f) => f,
             Err(e) => {
-                self.rows.push(Row::not_measured("2", "tend-spawn footprint, many tasks", e));
+                self.rows.push(Row::not_measured(
+                    "2",
+                    "tend-spawn footprint, many tasks",
+                    e,
+                ));
                 Vec::new()
             }
         };
@@ -485,16 +573,24 @@ impl Bench {
         let cmv = |k: usize| cm.map(|f| [f.rss_kb, f.pss_kb, f.uss_kb][k]).and_then(one);
         for (k, name) in ["RSS", "PSS", "USS"].iter().enumerate() {
             self.rows.push(
-                Row::measured("2", &format!("tend-spawn {name} per daemon, 1 idle task (sleep 600)"), "kB", pick(&singles, k))
-                    .vs("conmon", cmv(k))
-                    .note(format!("{} separate daemons", singles.len())),
+                Row::measured(
+                    "2",
+                    &format!("tend-spawn {name} per daemon, 1 idle task (sleep 600)"),
+                    "kB",
+                    pick(&singles, k),
+                )
+                .vs("conmon", cmv(k))
+                .note(format!("{} separate daemons", singles.len())),
             );
         }
         if !many.is_empty() {
             for (k, name) in ["RSS", "PSS", "USS"].iter().enumerate() {
                 let r = Row::measured(
                     "2",
-                    &format!("tend-spawn {name} per daemon, {} concurrent idle tasks", p.many),
+                    &format!(
+                        "tend-spawn {name} per daemon, {} concurrent idle tasks",
+                        p.many
+                    ),
                     "kB",
                     pick(&many, k),
                 )
@@ -561,22 +657,38 @@ impl Bench {
             Ok(s) => s,
             Err(e) => {
                 for f in ["2", "3"] {
-                    self.rows.push(Row::not_measured(f, &format!("agent with {n} tasks"), e.clone()));
+                    self.rows.push(Row::not_measured(
+                        f,
+                        &format!("agent with {n} tasks"),
+                        e.clone(),
+                    ));
                 }
                 return;
             }
         };
         self.rows.push(
-            Row::measured("2", &format!("agent RSS with {n} running tasks"), "kB", one(s.agent_rss_kb))
-                .vs("agent idle (0 tasks)", one(s.agent_idle_rss_kb))
-                .note("VmRSS from smaps_rollup, one sample"),
+            Row::measured(
+                "2",
+                &format!("agent RSS with {n} running tasks"),
+                "kB",
+                one(s.agent_rss_kb),
+            )
+            .vs("agent idle (0 tasks)", one(s.agent_idle_rss_kb))
+            .note("VmRSS from smaps_rollup, one sample"),
         );
         let nf = n as f64;
         self.rows.push(
-            Row::measured("3", &format!("start {n} sleep tasks (one job, count = {n}) until health shows all running"), "ms", one(s.start_all_ms))
-                .note("single run")
-                .ratio(self.direct.map(|d| s.start_all_ms / nf / d.median))
-                .note("ratio: per-task share vs 1a median (sequential direct spawn)"),
+            Row::measured(
+                "3",
+                &format!(
+                    "start {n} sleep tasks (one job, count = {n}) until health shows all running"
+                ),
+                "ms",
+                one(s.start_all_ms),
+            )
+            .note("single run")
+            .ratio(self.direct.map(|d| s.start_all_ms / nf / d.median))
+            .note("ratio: per-task share vs 1a median (sequential direct spawn)"),
         );
         if let Some(d) = self.direct {
             let last = self.rows.len() - 1;
@@ -584,12 +696,22 @@ impl Bench {
             self.rows[last].baseline_median = Some(d.median * nf);
         }
         self.rows.push(
-            Row::measured("3", &format!("agent kill -9 -> restart -> health answers with all {n} running"), "ms", sum(&s.restart_ms))
-                .vs("agent cold start, empty store", sum(&cold)),
+            Row::measured(
+                "3",
+                &format!("agent kill -9 -> restart -> health answers with all {n} running"),
+                "ms",
+                sum(&s.restart_ms),
+            )
+            .vs("agent cold start, empty store", sum(&cold)),
         );
         self.rows.push(
-            Row::measured("3", "agent's own \"state taken up\" millis after restart", "ms", sum(&s.taken_up_ms))
-                .vs("agent cold start, empty store", sum(&cold)),
+            Row::measured(
+                "3",
+                "agent's own \"state taken up\" millis after restart",
+                "ms",
+                sum(&s.taken_up_ms),
+            )
+            .vs("agent cold start, empty store", sum(&cold)),
         );
         self.rows.push(
             Row::measured(
@@ -598,7 +720,10 @@ impl Bench {
                 "ms",
                 sum(&s.exit_to_recorded_ms),
             )
-            .vs("1a: finished_at -> Exited at the direct client", self.notify)
+            .vs(
+                "1a: finished_at -> Exited at the direct client",
+                self.notify,
+            )
             .note(format!("all {n} tasks SIGKILLed at once; per task")),
         );
     }
@@ -647,8 +772,13 @@ impl Bench {
         let met = r.ratio.map(|x| x >= 0.8);
         self.rows.push(r.target(">= 80% of straight to file", met));
         self.rows.push(
-            Row::measured("4", "tend-spawn CPU per GB logged (utime+stime before Release)", "s/GB", sum(&cpu))
-                .note("no baseline: a file write costs the writer, not a supervisor"),
+            Row::measured(
+                "4",
+                "tend-spawn CPU per GB logged (utime+stime before Release)",
+                "s/GB",
+                sum(&cpu),
+            )
+            .note("no baseline: a file write costs the writer, not a supervisor"),
         );
     }
 
@@ -659,34 +789,59 @@ impl Bench {
             let size = match fs::metadata(&bin) {
                 Ok(m) => m.len() as f64 / 1024.0,
                 Err(e) => {
-                    self.rows.push(Row::not_measured("5", &format!("profile {name}"), format!("{}: {e}", bin.display())));
+                    self.rows.push(Row::not_measured(
+                        "5",
+                        &format!("profile {name}"),
+                        format!("{}: {e}", bin.display()),
+                    ));
                     continue;
                 }
             };
             say(&format!("5: profile {name}"));
             nix::unistd::sync();
-            self.rows.push(Row::measured("5", &format!("profile {name}: tend-spawn binary size"), "KiB", one(size)));
+            self.rows.push(Row::measured(
+                "5",
+                &format!("profile {name}: tend-spawn binary size"),
+                "KiB",
+                one(size),
+            ));
             let lat = spawn::World::new(&self.base, &format!("v{}", self.rows.len()))
                 .and_then(|mut w| latency::direct(&bin, &mut w, p.variant_runs, p.warm));
             match lat {
                 Ok((v, _)) => self.rows.push(
-                    Row::measured("5", &format!("profile {name}: 1a latency"), "ms", sum(&v)).vs("floor", self.floor),
+                    Row::measured("5", &format!("profile {name}: 1a latency"), "ms", sum(&v))
+                        .vs("floor", self.floor),
                 ),
-                Err(e) => self.rows.push(Row::not_measured("5", &format!("profile {name}: 1a latency"), e)),
+                Err(e) => self.rows.push(Row::not_measured(
+                    "5",
+                    &format!("profile {name}: 1a latency"),
+                    e,
+                )),
             }
-            let rss = spawn::World::new(&self.base, &format!("v{}", self.rows.len())).and_then(|mut w| {
-                let mut out = Vec::new();
-                for _ in 0..p.single {
-                    out.extend(footprint::idle_daemons(&bin, &mut w, 1)?);
-                }
-                Ok(out)
-            });
+            let rss = spawn::World::new(&self.base, &format!("v{}", self.rows.len())).and_then(
+                |mut w| {
+                    let mut out = Vec::new();
+                    for _ in 0..p.single {
+                        out.extend(footprint::idle_daemons(&bin, &mut w, 1)?);
+                    }
+                    Ok(out)
+                },
+            );
             match rss {
                 Ok(v) => {
                     let x: Vec<f64> = v.iter().map(|f| f.rss_kb).collect();
-                    self.rows.push(Row::measured("5", &format!("profile {name}: idle RSS, 1 task"), "kB", sum(&x)));
+                    self.rows.push(Row::measured(
+                        "5",
+                        &format!("profile {name}: idle RSS, 1 task"),
+                        "kB",
+                        sum(&x),
+                    ));
                 }
-                Err(e) => self.rows.push(Row::not_measured("5", &format!("profile {name}: idle RSS"), e)),
+                Err(e) => self.rows.push(Row::not_measured(
+                    "5",
+                    &format!("profile {name}: idle RSS"),
+                    e,
+                )),
             }
         }
     }
@@ -724,7 +879,8 @@ fn run(args: Args) -> Result<(), String> {
     cleanup::add_root(&shm);
     let cg_prefix = format!("tb{}", std::process::id());
     cleanup::set_cgroup_prefix(&cg_prefix);
-    let bin_dir = fs::canonicalize(&args.bin_dir).map_err(|e| format!("{}: {e}", args.bin_dir.display()))?;
+    let bin_dir =
+        fs::canonicalize(&args.bin_dir).map_err(|e| format!("{}: {e}", args.bin_dir.display()))?;
     let mut b = Bench {
         plan,
         base,
@@ -746,7 +902,10 @@ fn run(args: Args) -> Result<(), String> {
     b.scale();
     cleanup::run_processes_only(&b.base);
     let variants = if args.variants.is_empty() {
-        vec![("current (workspace [profile.release])".to_string(), bin_dir.clone())]
+        vec![(
+            "current (workspace [profile.release])".to_string(),
+            bin_dir.clone(),
+        )]
     } else {
         args.variants.clone()
     };

@@ -77,7 +77,10 @@ pub fn alive(pid: i32) -> bool {
 pub fn reap(pid: i32, timeout: Duration) -> bool {
     let end = Instant::now() + timeout;
     loop {
-        match waitpid(Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+        match waitpid(
+            Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
             Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
             Ok(_) => return true,
             Err(Errno::ECHILD) => {

@@ -101,8 +101,7 @@ pub fn start(bin: &Path, cfg: &SpawnConfig) -> Result<Launched, String> {
         let _ = stdin.write_all(&bytes);
     }
     let mut out = child.stdout.take().ok_or("no stdout")?;
-    let report =
-        frame::read_frame(&mut out, MAX_FRAME_LEN).and_then(|f| f.decode::<StartReport>());
+    let report = frame::read_frame(&mut out, MAX_FRAME_LEN).and_then(|f| f.decode::<StartReport>());
     match report {
         Ok(StartReport::Started { daemon_pid, .. }) => {
             crate::cleanup::add_pid(daemon_pid);

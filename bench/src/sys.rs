@@ -171,7 +171,11 @@ pub fn bare_run(p: &BarePlan) -> io::Result<WaitStatus> {
             {
                 libc::_exit(108);
             }
-            libc::execve(p.argv.path(), p.argv.ptrs.as_ptr().cast(), envp.as_ptr().cast());
+            libc::execve(
+                p.argv.path(),
+                p.argv.ptrs.as_ptr().cast(),
+                envp.as_ptr().cast(),
+            );
             libc::_exit(109);
         }
     }
