@@ -31,25 +31,36 @@ pub fn floor(n: usize, warm: usize) -> Result<Vec<f64>, String> {
     Ok(out)
 }
 
+/// Phases of 1(a), ms each: exec to StartReport, to Welcome, to Exited.
+pub type Phases = [Vec<f64>; 3];
+
 /// 1(a): tend-spawn raw_exec /bin/true through the protocol. Returns the
-/// latencies and, per run, how long after the daemon's `finished_at` the
-/// client held the Exited (ms).
+/// latencies, per run how long after the daemon's `finished_at` the client
+/// held the Exited (ms), and the phases.
 pub fn direct(
     bin: &Path,
     world: &mut World,
     n: usize,
     warm: usize,
-) -> Result<(Vec<f64>, Vec<f64>), String> {
+) -> Result<(Vec<f64>, Vec<f64>, Phases), String> {
     let mut lat = Vec::with_capacity(n);
     let mut notify = Vec::with_capacity(n);
+    let mut phases: Phases = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..n + warm {
         let cfg = world.config("/bin/true", &[])?;
         let t = Instant::now();
         let mut l = spawn::start(bin, &cfg)?;
+        let t1 = ms(t);
         let mut c = spawn::Client::connect(&cfg)?;
+        let t2 = ms(t);
         let e = c.wait_exit()?;
         let d = ms(t);
         let got = SystemTime::now();
+        if i >= warm {
+            phases[0].push(t1);
+            phases[1].push(t2 - t1);
+            phases[2].push(d - t2);
+        }
         c.release();
         l.reap_launcher();
         crate::procfs::reap(l.daemon_pid, std::time::Duration::from_secs(10));
@@ -66,7 +77,7 @@ pub fn direct(
             }
         }
     }
-    Ok((lat, notify))
+    Ok((lat, notify, phases))
 }
 
 /// The binds of the default chroot_env that exist on this host.

@@ -283,9 +283,21 @@ impl Bench {
         match spawn::World::new(&self.base, "a")
             .and_then(|mut w| latency::direct(&self.spawn_bin, &mut w, p.fast, p.warm))
         {
-            Ok((lat, notify)) => {
+            Ok((lat, notify, phases)) => {
                 self.direct = sum(&lat);
                 self.notify = sum(&notify);
+                for (k, what) in [
+                    "1a phase: exec tend-spawn -> StartReport read",
+                    "1a phase: StartReport -> connect + Hello -> Welcome",
+                    "1a phase: Welcome -> Wait -> Exited (includes /bin/true itself)",
+                ]
+                .iter()
+                .enumerate()
+                {
+                    self.rows.push(
+                        Row::measured("1a", what, "ms", sum(&phases[k])).vs("floor", self.floor),
+                    );
+                }
                 let r = Row::measured(
                     "1a",
                     "tend-spawn raw_exec /bin/true: exec, config frame, StartReport, connect, Hello, Wait, Exited",
@@ -331,7 +343,7 @@ impl Bench {
         match spawn::World::new(&shm, "a")
             .and_then(|mut w| latency::direct(&self.spawn_bin, &mut w, p.fast, p.warm))
         {
-            Ok((lat, _)) => {
+            Ok((lat, _, _)) => {
                 let r = Row::measured(
                     "1a",
                     "same, data dir on tmpfs (fsync is free)",
@@ -808,7 +820,7 @@ impl Bench {
             let lat = spawn::World::new(&self.base, &format!("v{}", self.rows.len()))
                 .and_then(|mut w| latency::direct(&bin, &mut w, p.variant_runs, p.warm));
             match lat {
-                Ok((v, _)) => self.rows.push(
+                Ok((v, _, _)) => self.rows.push(
                     Row::measured("5", &format!("profile {name}: 1a latency"), "ms", sum(&v))
                         .vs("floor", self.floor),
                 ),
