@@ -154,6 +154,16 @@ fn machine() -> String {
     )
 }
 
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -909,6 +919,7 @@ fn run(args: Args) -> Result<(), String> {
     };
     let t0 = Instant::now();
     let started = tend_proto::time::now();
+    let load_start = loadavg();
     b.latency();
     b.footprint();
     b.scale();
@@ -930,10 +941,11 @@ fn run(args: Args) -> Result<(), String> {
     let report = Report {
         machine: machine(),
         run: format!(
-            "{started}, commit {}, {}, {:.0} s",
+            "{started}, commit {}, {}, {:.0} s, loadavg {load_start} at start, {} at end (other load on the machine widens p95)",
             args.commit,
             if plan.quick { "--quick" } else { "full" },
-            t0.elapsed().as_secs_f64()
+            t0.elapsed().as_secs_f64(),
+            loadavg()
         ),
         rows: b.rows,
         notes: b.notes,
