@@ -110,7 +110,7 @@ fn parse_args() -> Result<Args, String> {
             "--commit" => a.commit = it.next().ok_or("--commit SHA")?,
             "--variant" => {
                 let v = it.next().ok_or("--variant NAME=DIR")?;
-                let (n, d) = v.split_once('=').ok_or("--variant NAME=DIR")?;
+                let (n, d) = v.rsplit_once('=').ok_or("--variant NAME=DIR")?;
                 a.variants.push((n.to_string(), d.into()));
             }
             "-h" | "--help" => {
