@@ -1,0 +1,183 @@
+//! The harness's only unsafe code: the posix_spawn floor and the bare
+//! fork -> cgroup -> mount namespace -> chroot -> setuid -> exec baseline.
+//! Everything the child needs is prepared before the fork; between fork and exec
+//! the child makes raw system calls only (async-signal-safe, no allocation).
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::ptr;
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+/// A NULL-terminated argv whose strings live as long as it does.
+#[derive(Debug)]
+pub struct Argv {
+    strings: Vec<CString>,
+    ptrs: Vec<*mut libc::c_char>,
+}
+
+impl Argv {
+    /// Build from `args` (args\[0\] is the program path).
+    pub fn new(args: &[&str]) -> io::Result<Argv> {
+        let strings = args
+            .iter()
+            .map(|a| CString::new(*a).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut ptrs: Vec<*mut libc::c_char> =
+            strings.iter().map(|s| s.as_ptr().cast_mut()).collect();
+        ptrs.push(ptr::null_mut());
+        Ok(Argv { strings, ptrs })
+    }
+
+    fn path(&self) -> *const libc::c_char {
+        self.strings[0].as_ptr()
+    }
+}
+
+fn wait_status(pid: libc::pid_t) -> io::Result<WaitStatus> {
+    waitpid(Pid::from_raw(pid), None).map_err(io::Error::from)
+}
+
+/// posix_spawn `argv` with an empty environment and wait for it.
+pub fn posix_spawn_wait(argv: &Argv) -> io::Result<WaitStatus> {
+    let mut pid: libc::pid_t = 0;
+    let envp: [*mut libc::c_char; 1] = [ptr::null_mut()];
+    // SAFETY: path, argv and envp are valid NUL-terminated strings in
+    // NULL-terminated arrays that outlive the call; NULL file actions and
+    // attributes are allowed by POSIX.
+    let rc = unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            argv.path(),
+            ptr::null(),
+            ptr::null(),
+            argv.ptrs.as_ptr(),
+            envp.as_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    wait_status(pid)
+}
+
+/// Everything the bare child does, prepared before the fork.
+#[derive(Debug)]
+pub struct BarePlan {
+    /// `cgroup.procs` of the task's cgroup in each hierarchy, open for writing.
+    pub cgroup_procs: Vec<OwnedFd>,
+    /// (host source, target under `root`) bound read-only, nosuid, nodev.
+    pub binds: Vec<(CString, CString)>,
+    /// The new root.
+    pub root: CString,
+    /// User and group to become.
+    pub uid: libc::uid_t,
+    /// Group to become.
+    pub gid: libc::gid_t,
+    /// The program.
+    pub argv: Argv,
+}
+
+/// Exit codes of the bare child when a step fails (the step's number).
+pub const BARE_STEPS: [&str; 10] = [
+    "ok",
+    "cgroup join",
+    "unshare(CLONE_NEWNS)",
+    "make / private",
+    "bind",
+    "remount read-only",
+    "chroot",
+    "setgroups/setresgid/setresuid",
+    "no_new_privs/sigmask",
+    "execve",
+];
+
+/// fork; the child joins the cgroups, binds the root's dirs in a private mount
+/// namespace, chroots, drops to uid/gid and execs; the parent waits.
+pub fn bare_run(p: &BarePlan) -> io::Result<WaitStatus> {
+    let slash = c"/";
+    let envp: [*mut libc::c_char; 1] = [ptr::null_mut()];
+    let zero = b"0\n";
+    // SAFETY: the child only makes raw system calls on memory prepared before
+    // the fork (no allocation, no locks) and ends in execve or _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: async-signal-safe system calls on pointers that stay valid in
+        // the child's copy of this address space; every failure ends in _exit.
+        unsafe {
+            for fd in &p.cgroup_procs {
+                if libc::write(fd.as_raw_fd(), zero.as_ptr().cast(), zero.len()) < 0 {
+                    libc::_exit(101);
+                }
+            }
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                libc::_exit(102);
+            }
+            if libc::mount(
+                ptr::null(),
+                slash.as_ptr(),
+                ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                ptr::null(),
+            ) != 0
+            {
+                libc::_exit(103);
+            }
+            for (src, dst) in &p.binds {
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    ptr::null(),
+                ) != 0
+                {
+                    libc::_exit(104);
+                }
+                if libc::mount(
+                    ptr::null(),
+                    dst.as_ptr(),
+                    ptr::null(),
+                    libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV,
+                    ptr::null(),
+                ) != 0
+                {
+                    libc::_exit(105);
+                }
+            }
+            if libc::chroot(p.root.as_ptr()) != 0 || libc::chdir(slash.as_ptr()) != 0 {
+                libc::_exit(106);
+            }
+            if libc::setgroups(0, ptr::null()) != 0
+                || libc::setresgid(p.gid, p.gid, p.gid) != 0
+                || libc::setresuid(p.uid, p.uid, p.uid) != 0
+            {
+                libc::_exit(107);
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut()) != 0
+            {
+                libc::_exit(108);
+            }
+            libc::execve(
+                p.argv.path(),
+                p.argv.ptrs.as_ptr().cast(),
+                envp.as_ptr().cast(),
+            );
+            libc::_exit(109);
+        }
+    }
+    wait_status(pid)
+}
