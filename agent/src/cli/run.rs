@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -351,15 +350,18 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
         "{name}: started (pid {task_pid}, tend-spawn {daemon_pid})"
     ));
 
-    let done = Arc::new(AtomicBool::new(false));
+    // Dropping a follower's sender tells it the task is done: it wakes at once
+    // rather than at its next poll.
+    let mut done = Vec::new();
     let followers: Vec<_> = [("stdout", false), ("stderr", true)]
         .into_iter()
         .map(|(stream, is_err)| {
             let follower =
                 LogFollower::new(&ctx.alloc.logs(), &task.name, stream, task.logs.max_files);
             let prefix = ctx.prefixed.then(|| format!("{name} | "));
-            let done = done.clone();
-            std::thread::spawn(move || echo_logs(follower, prefix, is_err, &done))
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            done.push(tx);
+            std::thread::spawn(move || echo_logs(follower, prefix, is_err, &rx))
         })
         .collect();
 
@@ -371,7 +373,7 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
             say(&problem);
         }
     }
-    done.store(true, Ordering::SeqCst);
+    drop(done);
     for f in followers {
         let _ = tokio::task::spawn_blocking(move || f.join()).await;
     }
@@ -450,11 +452,16 @@ async fn from_exit_file(alloc: &AllocDir, task: &str, why: &str) -> Outcome {
 
 /// Copy a task's log stream to our stdout or stderr until the task is done, then
 /// copy what is left.
-fn echo_logs(mut f: LogFollower, prefix: Option<String>, is_err: bool, done: &AtomicBool) {
+fn echo_logs(
+    mut f: LogFollower,
+    prefix: Option<String>,
+    is_err: bool,
+    done: &std::sync::mpsc::Receiver<()>,
+) {
     let mut buf = Vec::new();
     let mut partial = Vec::new();
+    let mut finished = false;
     loop {
-        let finished = done.load(Ordering::SeqCst);
         buf.clear();
         if let Err(e) = f.read_available(&mut buf) {
             say(&format!("reading logs: {e}"));
@@ -471,7 +478,10 @@ fn echo_logs(mut f: LogFollower, prefix: Option<String>, is_err: bool, done: &At
             }
             return;
         }
-        std::thread::sleep(Duration::from_millis(25));
+        finished = matches!(
+            done.recv_timeout(Duration::from_millis(25)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) | Ok(())
+        );
     }
 }
 
