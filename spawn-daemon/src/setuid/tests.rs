@@ -322,3 +322,91 @@ fn linux_read_backs() {
     };
     assert_eq!(as_caller(&Linux, &ids, || 7).unwrap(), 7);
 }
+
+/// The real drop, as root, in a process of its own (ids and caps cannot come
+/// back): the helper below runs in a child test process.
+#[test]
+fn linux_drop_to_caller_in_a_child() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "setuid::tests::drop_helper",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TEND_DROP_HELPER", "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("CapEff:\t0000000000000020"), "{text}");
+    assert!(text.contains("CapPrm:\t0000000000000020"), "{text}");
+    assert!(text.contains("CapInh:\t0000000000000000"), "{text}");
+    assert!(text.contains("CapAmb:\t0000000000000000"), "{text}");
+    assert!(text.contains("Uid:\t65534\t65534\t65534\t65534"), "{text}");
+    assert!(text.contains("Gid:\t65534\t65534\t65534\t65534"), "{text}");
+}
+
+#[test]
+#[ignore = "run by linux_drop_to_caller_in_a_child in its own process"]
+fn drop_helper() {
+    if std::env::var_os("TEND_DROP_HELPER").is_none() {
+        return;
+    }
+    let ids = CallerIds {
+        uid: 65534,
+        gid: 65534,
+        groups: vec![],
+    };
+    drop_to_caller(&Linux, &ids, &KEPT_CAPS).unwrap();
+    // capset is per thread: read this thread's status.
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    for l in status
+        .lines()
+        .filter(|l| ["Uid:", "Gid:", "Cap"].iter().any(|p| l.starts_with(p)))
+    {
+        println!("{l}");
+    }
+    // Root cannot come back.
+    assert!(Linux.setresuid(0, 0, 0).is_err());
+}
+
+/// As root: a file made inside as_caller is the caller's, and a root-only dir
+/// is closed to it; afterwards this thread is root again.
+#[test]
+fn linux_as_caller_creates_as_the_caller() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let open = tmp.path().join("open");
+    let closed = tmp.path().join("closed");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let nobody = CallerIds {
+        uid: 65534,
+        gid: 65534,
+        groups: vec![],
+    };
+    let (made, refused) = as_caller(&Linux, &nobody, || {
+        (
+            std::fs::write(open.join("f"), b"x"),
+            std::fs::write(closed.join("f"), b"x"),
+        )
+    })
+    .unwrap();
+    made.unwrap();
+    assert_eq!(refused.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+    let meta = std::fs::metadata(open.join("f")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    assert_eq!(crate::sys::fsuid(), 0);
+    std::fs::write(closed.join("g"), b"root again").unwrap();
+}
