@@ -268,7 +268,8 @@ pub fn early_sanitize(sys: &dyn Syscall, argc: usize) -> Result<(), SetuidError>
 /// creates is checked and owned as the caller's, never root's; then back to
 /// the previous ids. Each change is read back; a mismatch is an error (and `f`
 /// does not run). The caller's supplementary groups are the process's own, so
-/// group access is the caller's too.
+/// group access is the caller's too. fsuid and fsgid are per thread: the
+/// daemon is single-threaded, and `f` must not hand work to another thread.
 pub fn as_caller<T>(
     sys: &dyn Syscall,
     caller: &CallerIds,
