@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 runs="${FUZZ_RUNS:-20000}"
 sanitizer="${FUZZ_SANITIZER:-none}"
-targets=(frame_decoder exit_file spawn_config)
+targets=(frame_decoder exit_file spawn_config spawn_config_setuid policy_parse)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "skipped: cargo-fuzz needs nightly (cargo-fuzz is not installed: cargo install cargo-fuzz)"

@@ -16,8 +16,10 @@ pub mod chroot;
 pub mod daemon;
 pub mod daemon_log;
 pub mod logs;
+pub mod policy;
 pub mod reaper;
 pub mod server;
+pub mod setuid;
 pub mod sys;
 
 use std::io;

@@ -209,3 +209,133 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no memory of ours.
     unsafe { libc::_exit(code) }
 }
+
+// --- setuid mode: capabilities and file-system ids (see crate::setuid) ---
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const CAP_V3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The three capability sets of this thread as 64-bit masks (bit n = cap n).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CapSets {
+    /// What the thread uses now.
+    pub effective: u64,
+    /// What it may make effective.
+    pub permitted: u64,
+    /// What survives execve (with file caps or ambient).
+    pub inheritable: u64,
+}
+
+fn split(mask: u64) -> (u32, u32) {
+    let lo = u32::try_from(mask & 0xffff_ffff).unwrap_or(u32::MAX);
+    let hi = u32::try_from(mask >> 32).unwrap_or(u32::MAX);
+    (lo, hi)
+}
+
+/// `capget(2)` of this thread.
+pub fn capget() -> io::Result<CapSets> {
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: hdr and data are valid, writable and sized for version 3 (two
+    // CapData), which is the version we pass.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            std::ptr::addr_of_mut!(hdr),
+            data.as_mut_ptr(),
+        )
+    };
+    check(ret)?;
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    Ok(CapSets {
+        effective: join(data[0].effective, data[1].effective),
+        permitted: join(data[0].permitted, data[1].permitted),
+        inheritable: join(data[0].inheritable, data[1].inheritable),
+    })
+}
+
+/// `capset(2)` of this thread to exactly `sets`.
+pub fn capset(sets: CapSets) -> io::Result<()> {
+    let mut hdr = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let (e0, e1) = split(sets.effective);
+    let (p0, p1) = split(sets.permitted);
+    let (i0, i1) = split(sets.inheritable);
+    let data = [
+        CapData {
+            effective: e0,
+            permitted: p0,
+            inheritable: i0,
+        },
+        CapData {
+            effective: e1,
+            permitted: p1,
+            inheritable: i1,
+        },
+    ];
+    // SAFETY: hdr and data are valid for the call and sized for version 3;
+    // the kernel only reads data.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_capset, std::ptr::addr_of_mut!(hdr), data.as_ptr()) };
+    check(ret).map(|_| ())
+}
+
+/// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)`.
+pub fn clear_ambient_caps() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; touches no memory of ours.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::c_ulong::from(libc::PR_CAP_AMBIENT_CLEAR_ALL.unsigned_abs()),
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    check(libc::c_long::from(ret)).map(|_| ())
+}
+
+/// `setfsuid(uid)`: returns the previous fsuid. The call never reports an
+/// error, so callers read back with [`fsuid`].
+pub fn setfsuid(uid: u32) -> u32 {
+    // SAFETY: setfsuid takes a plain integer and touches no memory of ours.
+    let prev = unsafe { libc::setfsuid(uid) };
+    prev.unsigned_abs()
+}
+
+/// `setfsgid(gid)`: returns the previous fsgid (see [`setfsuid`]).
+pub fn setfsgid(gid: u32) -> u32 {
+    // SAFETY: setfsgid takes a plain integer and touches no memory of ours.
+    let prev = unsafe { libc::setfsgid(gid) };
+    prev.unsigned_abs()
+}
+
+/// The current fsuid: `setfsuid(-1)` changes nothing (-1 is never a valid id)
+/// and returns it.
+pub fn fsuid() -> u32 {
+    setfsuid(u32::MAX)
+}
+
+/// The current fsgid (see [`fsuid`]).
+pub fn fsgid() -> u32 {
+    setfsgid(u32::MAX)
+}

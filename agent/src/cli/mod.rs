@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod doctor;
 pub mod job_init;
 pub mod logs;
 pub mod run;

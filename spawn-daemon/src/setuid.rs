@@ -1,0 +1,392 @@
+//! Setuid mode: the privilege plumbing of a `tend-spawn` whose real uid is not
+//! its effective uid (installed root-owned, mode 4750, group `tend`).
+//!
+//! The shape follows bubblewrap: the privileged part is small and runs in one
+//! fixed order; file access on the caller's behalf is done as the caller
+//! ([`as_caller`], fsuid/fsgid); once the privileged steps are done the process
+//! becomes the caller for good ([`drop_to_caller`]), keeping only [`KEPT_CAPS`].
+//!
+//! The order, as the daemon runs it:
+//! 1. [`early_sanitize`], first of all: argc 0, environment, fds, umask,
+//!    non-dumpable, no_new_privs.
+//! 2. The policy ([`crate::policy::Policy::load`] and `check`); any refusal is
+//!    one line, and nothing is started.
+//! 3. Privileged: create and join the cgroups under the policy's parent (the
+//!    kill files chowned to the caller), the mount namespace and read-only
+//!    binds, and (in the child) setgroups/setresgid/setresuid to the task user.
+//! 4. Everything of the caller's (alloc dir, logs, exit file, socket) opened or
+//!    created inside [`as_caller`], without following symlinks.
+//! 5. [`drop_to_caller`]: the rest of the daemon's life runs as the caller.
+//!
+//! # Capabilities kept
+//!
+//! Only `CAP_KILL`, in the permitted and effective sets, none inheritable or
+//! ambient (and `no_new_privs` is set, so nothing is gained at exec). The task
+//! runs as another user (`nobody` by default): without `CAP_KILL` the daemon,
+//! once it is the caller, could not deliver `Signal`, `Stop` or the final
+//! SIGKILL sweep to it. Nothing else is needed:
+//! - killing the whole cgroup: the task cgroup's `cgroup.kill` and
+//!   `cgroup.freeze` (v2) or `freezer.state` (v1) are chowned to the caller when
+//!   the cgroup is created, so writing them needs no capability. Its limits
+//!   (`memory.max`, `pids.max`, ...), `cgroup.procs` and the dirs stay root's:
+//!   the caller can neither raise a limit nor move a process in or out.
+//! - reading usage, `memory.events`, `cgroup.procs`: world-readable.
+//! - the caller's files: the daemon is the caller, they are its own.
+//!
+//! Not kept: `CAP_SYS_ADMIN` (mounts are done before the drop), `CAP_SETUID`/
+//! `CAP_SETGID` (the child drops to the task user before exec, the daemon never
+//! changes ids again), `CAP_DAC_OVERRIDE` (never: that is how a root process is
+//! aimed at a host file). A process that holds a capability its tracer lacks
+//! cannot be ptraced, and it is non-dumpable, so the caller cannot borrow the
+//! kept `CAP_KILL` by attaching to the daemon.
+
+use std::io;
+
+use crate::sys::{self, CapSets};
+
+/// A capability tend-spawn may keep after [`drop_to_caller`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// `CAP_KILL` (5): signal a task that runs as another user.
+    Kill,
+}
+
+impl Cap {
+    /// The capability's number.
+    pub fn number(self) -> u32 {
+        match self {
+            Cap::Kill => 5,
+        }
+    }
+
+    /// Its bit in a capability mask.
+    pub fn bit(self) -> u64 {
+        1u64 << self.number()
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cap::Kill => "CAP_KILL",
+        }
+    }
+}
+
+/// What the daemon keeps once it is the caller (see the module docs).
+pub const KEPT_CAPS: [Cap; 1] = [Cap::Kill];
+
+/// The umask of setuid mode: nothing the daemon creates is group or world
+/// writable unless it says so (the log dir is then chmod 0755 explicitly).
+pub const UMASK: u32 = 0o077;
+
+/// Why a privilege step failed. Every failure is fatal: the daemon reports it
+/// and leaves, it never goes on half-privileged.
+#[derive(Debug, thiserror::Error)]
+pub enum SetuidError {
+    /// Started with no argv at all (argc 0): a known trick against setuid binaries.
+    #[error("setuid: started with argc 0: refusing")]
+    ArgcZero,
+    /// One syscall failed.
+    #[error("setuid: {step}: {source}")]
+    Step {
+        /// The step, e.g. "setresuid(1000, 1000, 1000)".
+        step: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A read-back showed another value than the one set.
+    #[error("setuid: {what} is {got} after setting it to {want}")]
+    Verify {
+        /// The id or set.
+        what: &'static str,
+        /// What was set.
+        want: String,
+        /// What the kernel says.
+        got: String,
+    },
+}
+
+fn step<T>(name: impl Into<String>, r: io::Result<T>) -> Result<T, SetuidError> {
+    r.map_err(|source| SetuidError::Step {
+        step: name.into(),
+        source,
+    })
+}
+
+/// The real ids of the caller: who the process becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerIds {
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Supplementary groups (kept: they are the caller's own).
+    pub groups: Vec<u32>,
+}
+
+impl From<&crate::policy::Caller> for CallerIds {
+    fn from(c: &crate::policy::Caller) -> CallerIds {
+        CallerIds {
+            uid: c.uid,
+            gid: c.gid,
+            groups: c.groups.clone(),
+        }
+    }
+}
+
+/// The system calls of this module, behind a seam so the exact sequence is
+/// unit-tested without root (youki's `Syscall`).
+pub trait Syscall {
+    /// Close every fd above 2.
+    fn close_fds_above_stdio(&self);
+    /// Remove every environment variable.
+    fn clear_env(&self);
+    /// Set the umask.
+    fn umask(&self, mask: u32);
+    /// PR_SET_DUMPABLE.
+    fn set_dumpable(&self, on: bool) -> io::Result<()>;
+    /// PR_SET_NO_NEW_PRIVS 1.
+    fn set_no_new_privs(&self) -> io::Result<()>;
+    /// PR_SET_KEEPCAPS.
+    fn set_keepcaps(&self, on: bool) -> io::Result<()>;
+    /// setgroups(2).
+    fn setgroups(&self, groups: &[u32]) -> io::Result<()>;
+    /// setresgid(2).
+    fn setresgid(&self, r: u32, e: u32, s: u32) -> io::Result<()>;
+    /// setresuid(2).
+    fn setresuid(&self, r: u32, e: u32, s: u32) -> io::Result<()>;
+    /// getresuid(2).
+    fn getresuid(&self) -> io::Result<(u32, u32, u32)>;
+    /// getresgid(2).
+    fn getresgid(&self) -> io::Result<(u32, u32, u32)>;
+    /// setfsuid(2); the previous fsuid.
+    fn setfsuid(&self, uid: u32) -> u32;
+    /// setfsgid(2); the previous fsgid.
+    fn setfsgid(&self, gid: u32) -> u32;
+    /// capset(2) of this thread.
+    fn capset(&self, sets: CapSets) -> io::Result<()>;
+    /// capget(2) of this thread.
+    fn capget(&self) -> io::Result<CapSets>;
+    /// PR_CAP_AMBIENT_CLEAR_ALL.
+    fn clear_ambient(&self) -> io::Result<()>;
+}
+
+/// The real kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Linux;
+
+fn errno(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+impl Syscall for Linux {
+    fn close_fds_above_stdio(&self) {
+        sys::close_fds_above_stdio();
+    }
+    fn clear_env(&self) {
+        // Single-threaded at this point (first thing in main).
+        for (k, _) in std::env::vars_os() {
+            std::env::remove_var(k);
+        }
+    }
+    fn umask(&self, mask: u32) {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    fn set_dumpable(&self, on: bool) -> io::Result<()> {
+        nix::sys::prctl::set_dumpable(on).map_err(errno)
+    }
+    fn set_no_new_privs(&self) -> io::Result<()> {
+        nix::sys::prctl::set_no_new_privs().map_err(errno)
+    }
+    fn set_keepcaps(&self, on: bool) -> io::Result<()> {
+        nix::sys::prctl::set_keepcaps(on).map_err(errno)
+    }
+    fn setgroups(&self, groups: &[u32]) -> io::Result<()> {
+        let gids: Vec<nix::unistd::Gid> = groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&gids).map_err(errno)
+    }
+    fn setresgid(&self, r: u32, e: u32, s: u32) -> io::Result<()> {
+        use nix::unistd::Gid;
+        nix::unistd::setresgid(Gid::from_raw(r), Gid::from_raw(e), Gid::from_raw(s)).map_err(errno)
+    }
+    fn setresuid(&self, r: u32, e: u32, s: u32) -> io::Result<()> {
+        use nix::unistd::Uid;
+        nix::unistd::setresuid(Uid::from_raw(r), Uid::from_raw(e), Uid::from_raw(s)).map_err(errno)
+    }
+    fn getresuid(&self) -> io::Result<(u32, u32, u32)> {
+        let r = nix::unistd::getresuid().map_err(errno)?;
+        Ok((r.real.as_raw(), r.effective.as_raw(), r.saved.as_raw()))
+    }
+    fn getresgid(&self) -> io::Result<(u32, u32, u32)> {
+        let r = nix::unistd::getresgid().map_err(errno)?;
+        Ok((r.real.as_raw(), r.effective.as_raw(), r.saved.as_raw()))
+    }
+    fn setfsuid(&self, uid: u32) -> u32 {
+        sys::setfsuid(uid)
+    }
+    fn setfsgid(&self, gid: u32) -> u32 {
+        sys::setfsgid(gid)
+    }
+    fn capset(&self, sets: CapSets) -> io::Result<()> {
+        sys::capset(sets)
+    }
+    fn capget(&self) -> io::Result<CapSets> {
+        sys::capget()
+    }
+    fn clear_ambient(&self) -> io::Result<()> {
+        sys::clear_ambient_caps()
+    }
+}
+
+/// Whether this process runs setuid: its real uid is not its effective uid.
+pub fn is_setuid() -> bool {
+    nix::unistd::getuid() != nix::unistd::geteuid()
+}
+
+/// The first thing a setuid tend-spawn does, before it reads anything: refuse
+/// argc 0, clear the environment (LD_PRELOAD, GCONV_PATH, locale and tracing
+/// variables: nothing of the caller's steers a root process), close every fd
+/// above 2, set [`UMASK`], become non-dumpable (no ptrace, no core, /proc files
+/// root's), and set no_new_privs for everything it execs.
+pub fn early_sanitize(sys: &dyn Syscall, argc: usize) -> Result<(), SetuidError> {
+    if argc == 0 {
+        return Err(SetuidError::ArgcZero);
+    }
+    step("PR_SET_DUMPABLE 0", sys.set_dumpable(false))?;
+    sys.clear_env();
+    sys.close_fds_above_stdio();
+    sys.umask(UMASK);
+    step("PR_SET_NO_NEW_PRIVS 1", sys.set_no_new_privs())?;
+    Ok(())
+}
+
+/// Run `f` with the fsuid and fsgid of the caller, so every file it opens or
+/// creates is checked and owned as the caller's, never root's; then back to
+/// the previous ids. Each change is read back; a mismatch is an error (and `f`
+/// does not run). The caller's supplementary groups are the process's own, so
+/// group access is the caller's too. fsuid and fsgid are per thread: the
+/// daemon is single-threaded, and `f` must not hand work to another thread.
+pub fn as_caller<T>(
+    sys: &dyn Syscall,
+    caller: &CallerIds,
+    f: impl FnOnce() -> T,
+) -> Result<T, SetuidError> {
+    let old_gid = sys.setfsgid(caller.gid);
+    verify_fs(sys, "fsgid", caller.gid, true)?;
+    let old_uid = sys.setfsuid(caller.uid);
+    if let Err(e) = verify_fs(sys, "fsuid", caller.uid, false) {
+        sys.setfsgid(old_gid);
+        return Err(e);
+    }
+    let out = f();
+    sys.setfsuid(old_uid);
+    verify_fs(sys, "fsuid", old_uid, false)?;
+    sys.setfsgid(old_gid);
+    verify_fs(sys, "fsgid", old_gid, true)?;
+    Ok(out)
+}
+
+/// Read the fs id back: `setfs*id(-1)` changes nothing and returns it.
+fn verify_fs(
+    sys: &dyn Syscall,
+    what: &'static str,
+    want: u32,
+    gid: bool,
+) -> Result<(), SetuidError> {
+    let got = if gid {
+        sys.setfsgid(u32::MAX)
+    } else {
+        sys.setfsuid(u32::MAX)
+    };
+    if got != want {
+        return Err(SetuidError::Verify {
+            what,
+            want: want.to_string(),
+            got: got.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The capability sets after the drop: `keep` permitted and effective,
+/// nothing inheritable.
+pub fn kept_sets(keep: &[Cap]) -> CapSets {
+    let mask = keep.iter().fold(0u64, |m, c| m | c.bit());
+    CapSets {
+        effective: mask,
+        permitted: mask,
+        inheritable: 0,
+    }
+}
+
+/// Become the caller for the rest of the process's life, keeping exactly
+/// `keep`: PR_SET_KEEPCAPS 1; setgroups(caller's), setresgid(gid x3),
+/// setresuid(uid x3) (so root can never be regained: no saved id is 0); capset
+/// to `keep` in permitted and effective, nothing inheritable; clear the ambient
+/// set; PR_SET_KEEPCAPS 0; non-dumpable again (an id change resets it). Then
+/// every id and the sets are read back.
+pub fn drop_to_caller(
+    sys: &dyn Syscall,
+    caller: &CallerIds,
+    keep: &[Cap],
+) -> Result<(), SetuidError> {
+    let (uid, gid) = (caller.uid, caller.gid);
+    if uid == 0 || gid == 0 {
+        // Dropping "to root" keeps everything: never what setuid mode means.
+        return Err(SetuidError::Verify {
+            what: "caller",
+            want: "a uid and gid other than 0".into(),
+            got: format!("uid {uid} gid {gid}"),
+        });
+    }
+    step("PR_SET_KEEPCAPS 1", sys.set_keepcaps(true))?;
+    step(
+        format!("setgroups({:?})", caller.groups),
+        sys.setgroups(&caller.groups),
+    )?;
+    step(
+        format!("setresgid({gid}, {gid}, {gid})"),
+        sys.setresgid(gid, gid, gid),
+    )?;
+    step(
+        format!("setresuid({uid}, {uid}, {uid})"),
+        sys.setresuid(uid, uid, uid),
+    )?;
+    let want = kept_sets(keep);
+    step("capset", sys.capset(want))?;
+    step("PR_CAP_AMBIENT_CLEAR_ALL", sys.clear_ambient())?;
+    step("PR_SET_KEEPCAPS 0", sys.set_keepcaps(false))?;
+    step("PR_SET_DUMPABLE 0", sys.set_dumpable(false))?;
+    let ids = step("getresuid", sys.getresuid())?;
+    if ids != (uid, uid, uid) {
+        return Err(SetuidError::Verify {
+            what: "uids",
+            want: format!("{uid} {uid} {uid}"),
+            got: format!("{} {} {}", ids.0, ids.1, ids.2),
+        });
+    }
+    let ids = step("getresgid", sys.getresgid())?;
+    if ids != (gid, gid, gid) {
+        return Err(SetuidError::Verify {
+            what: "gids",
+            want: format!("{gid} {gid} {gid}"),
+            got: format!("{} {} {}", ids.0, ids.1, ids.2),
+        });
+    }
+    let got = step("capget", sys.capget())?;
+    if got != want {
+        return Err(SetuidError::Verify {
+            what: "capabilities",
+            want: format!("{want:?}"),
+            got: format!("{got:?}"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
