@@ -729,6 +729,45 @@ fn a_failed_mount_names_its_source_and_target() {
 }
 
 #[test]
+fn cgroup_errors_fail_at_the_cgroup_stage_naming_the_file() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    // The task's cgroup: a pids.max the kernel refuses.
+    let mut cfg = exec_config(&sb, &parent, "t", "true");
+    cfg.cgroup.as_mut().unwrap().pids_max = Some(99_999_999);
+    let spawned = sb.start(&cfg);
+    let (stage, errno, message) = spawned.failure();
+    assert_eq!(stage, Stage::Cgroup, "{message}");
+    assert_eq!(errno, nix::errno::Errno::EINVAL as i32, "{message}");
+    let file = pids_dir(&task_cgroup(&cfg)).join("pids.max");
+    assert_eq!(
+        message,
+        format!("cgroup: write {}: Invalid argument", file.display())
+    );
+    assert_eq!(
+        Sandbox::wait_exit_file(&cfg, LONG).error.as_deref(),
+        Some(message.as_str())
+    );
+    assert!(wait_until(LONG, || sb.pids_inside().is_empty()));
+    alloc_cgroup_gone(&parent, &cfg);
+    no_mount_of(&sb);
+
+    // The daemon's own cgroup: a path through a control file.
+    let mut cfg = exec_config(&sb, &parent, "t", "true");
+    cfg.cgroup.as_mut().unwrap().daemon_path = Some(format!("{}/cgroup.procs", parent.name));
+    let (stage, _, message) = sb.start(&cfg).failure();
+    assert_eq!(stage, Stage::Cgroup, "{message}");
+    assert!(
+        message.starts_with("cgroup: write /sys/fs/cgroup/")
+            && message.contains("/cgroup.procs/cgroup.procs: "),
+        "{message}"
+    );
+    assert!(wait_until(LONG, || sb.pids_inside().is_empty()));
+    alloc_cgroup_gone(&parent, &cfg);
+}
+
+#[test]
 fn status_during_a_run_and_sigterm_to_the_daemon_cleans_up() {
     need_root!();
     let parent = CgroupParent::new();
