@@ -404,6 +404,18 @@ impl Hierarchies {
         }
         Ok(())
     }
+
+    /// Undo [`Hierarchies::join_self`] as the daemon leaves: move the calling
+    /// process back to the root cgroup of every hierarchy (a cgroup with a
+    /// process in it cannot be removed), then remove `daemon_path` and the
+    /// parents it leaves empty, as [`TaskCgroup::remove`] does.
+    pub fn leave_self(&self, daemon_path: &str) -> Result<()> {
+        let cg = TaskCgroup::open(self, daemon_path)?;
+        for (mount, _) in &cg.dirs {
+            write_file(&mount.join("cgroup.procs"), "0")?;
+        }
+        cg.remove()
+    }
 }
 
 /// Undo mountinfo's octal escapes (`\040` for a space) in a mount point.
@@ -799,6 +811,35 @@ impl TaskCgroup {
     /// repeat until the cgroup is empty, for a bounded time.
     pub fn kill_all(&self) -> Result<()> {
         self.kill_all_with(true)
+    }
+
+    /// One round of [`TaskCgroup::kill_all`], without waiting for the processes
+    /// to be gone: `cgroup.kill` where there is one (the kernel signals every
+    /// member before the write returns and refuses forks meanwhile), else
+    /// freeze, SIGKILL each, thaw (a freeze waits at most 1 s). Returns whether
+    /// any process was in the cgroup.
+    pub fn kill_once(&self) -> Result<bool> {
+        let pids = self.pids()?;
+        if pids.is_empty() {
+            return Ok(false);
+        }
+        let me = getpid();
+        if pids.contains(&me) {
+            return Err(CgroupError::HoldsSelf {
+                path: self.first_dir(),
+                pid: me,
+            });
+        }
+        match self
+            .unified
+            .as_ref()
+            .map(|d| d.join("cgroup.kill"))
+            .filter(|f| f.is_file())
+        {
+            Some(f) => write_file(&f, "1")?,
+            None => self.freeze_kill_thaw()?,
+        }
+        Ok(true)
     }
 
     fn kill_all_with(&self, use_cgroup_kill: bool) -> Result<()> {
@@ -1480,6 +1521,51 @@ mod tests {
             let f = t.path().join(c).join("tend-spawn/x/cgroup.procs");
             assert_eq!(read(f), "0", "{c}");
         }
+    }
+
+    #[test]
+    fn leave_self_moves_to_the_root_and_removes_the_daemon_dir() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        let h = probe_fake(t.path());
+        let task = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        h.join_self("tend/a/t.tend-spawn").unwrap();
+        // The fake kernel keeps what was written: clear it as a move would.
+        for c in ["memory", "cpu", "cpuacct", "pids", "freezer"] {
+            fs::write(
+                t.path().join(c).join("tend/a/t.tend-spawn/cgroup.procs"),
+                "",
+            )
+            .unwrap();
+        }
+        h.leave_self("tend/a/t.tend-spawn").unwrap();
+        for c in ["memory", "cpu", "cpuacct", "pids", "freezer"] {
+            assert_eq!(read(t.path().join(c).join("cgroup.procs")), "0", "{c}");
+            assert!(
+                !t.path().join(c).join("tend/a/t.tend-spawn").exists(),
+                "{c}"
+            );
+            // The task's cgroup is still there, so its parent stays.
+            assert!(t.path().join(c).join("tend/a/t").is_dir(), "{c}");
+        }
+        task.remove().unwrap();
+        assert!(!t.path().join("memory/tend/a").exists());
+        assert!(t.path().join("memory/tend").is_dir());
+    }
+
+    #[test]
+    fn kill_once_on_an_empty_cgroup_does_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        fake_hybrid(t.path());
+        let h = probe_fake(t.path());
+        let cg = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        assert!(!cg.kill_once().unwrap());
+        fs::write(
+            t.path().join("memory/tend/a/t/cgroup.procs"),
+            getpid().to_string(),
+        )
+        .unwrap();
+        assert!(matches!(cg.kill_once(), Err(CgroupError::HoldsSelf { .. })));
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! 2. wait on the sync pipe: the parent places the child in the task's cgroup
 //!    meanwhile, then says go.
 //! 3. mount namespace, the planned mounts and chroot (isolation with a root) —
-//!    see [`crate::chroot`].
+//!    see [`crate::chroot`]: every target is opened beneath the task root with
+//!    openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS and mounted on through
+//!    `/proc/self/fd/N`, then `fchdir` + `chroot(".")`.
 //! 4. `chdir(cwd)`.
 //! 5. `setgroups([])` -> `setresgid` -> `setresuid` -> clear capabilities ->
 //!    `PR_SET_NO_NEW_PRIVS` (isolation with a user).
@@ -163,8 +165,16 @@ impl Prepared {
         })
     }
 
-    /// The path or value a failure of `stage` is about.
-    fn what(&self, stage: Stage) -> String {
+    /// The path or value a failure of `stage` (item `which` of it, from 1; 0
+    /// for the stage as a whole) is about.
+    fn what(&self, stage: Stage, which: u32) -> String {
+        let op = usize::try_from(which)
+            .ok()
+            .and_then(|w| w.checked_sub(1))
+            .and_then(|i| self.root.as_ref()?.ops.get(i));
+        if let (Stage::Mount, Some(op)) = (stage, op) {
+            return format!("{} in {}", op.shown, self.root_shown);
+        }
         match (stage, self.isolation) {
             (Stage::Chdir, _) => self.cwd_shown.clone(),
             (Stage::Mount | Stage::Chroot, _) => self.root_shown.clone(),
@@ -265,7 +275,7 @@ pub fn spawn(
     let _ = nix::unistd::write(&sync_w, &[1u8]);
     drop(sync_w);
 
-    let mut record = [0u8; 5];
+    let mut record = [0u8; RECORD_LEN];
     let mut got = 0;
     while got < record.len() {
         match nix::unistd::read(&err_r, &mut record[got..]) {
@@ -291,7 +301,8 @@ pub fn spawn(
     }
     let stage = Stage::from_index(record[0]).unwrap_or(Stage::Exec);
     let errno = i32::from_le_bytes([record[1], record[2], record[3], record[4]]);
-    Err(StartFailure::new(stage, &prep.what(stage), errno))
+    let which = u32::from_le_bytes([record[5], record[6], record[7], record[8]]);
+    Err(StartFailure::new(stage, &prep.what(stage, which), errno))
 }
 
 /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two words.
@@ -313,6 +324,26 @@ struct CapData {
     inheritable: u32,
 }
 
+#[cfg(test)]
+mod fd_path_tests {
+    use super::*;
+
+    #[test]
+    fn fd_paths_are_written_without_allocating() {
+        let mut buf = [0u8; FD_PATH_LEN];
+        for (fd, want) in [
+            (0, "/proc/self/fd/0"),
+            (7, "/proc/self/fd/7"),
+            (1234, "/proc/self/fd/1234"),
+        ] {
+            let p = fd_path(&mut buf, fd);
+            // SAFETY: fd_path wrote a NUL-terminated string into buf.
+            let got = unsafe { std::ffi::CStr::from_ptr(p) };
+            assert_eq!(got.to_str().unwrap(), want);
+        }
+    }
+}
+
 /// Raw fd numbers the child works with (no Rust ownership crosses the fork).
 struct ChildFds {
     sync_r: RawFd,
@@ -322,16 +353,77 @@ struct ChildFds {
     stderr: RawFd,
 }
 
+/// Size of the error record: stage, errno (i32 LE), which item of the stage
+/// failed (u32 LE; 1-based mount index, 0 when the stage has one item).
+const RECORD_LEN: usize = 9;
+
 /// Report `stage` and the current errno on the error pipe, then `_exit(127)`.
 fn child_fail(err_w: RawFd, stage: Stage) -> ! {
+    child_fail_at(err_w, stage, 0)
+}
+
+/// Report `stage`, item `which` of it and the current errno, then `_exit(127)`.
+fn child_fail_at(err_w: RawFd, stage: Stage, which: u32) -> ! {
     let errno = Errno::last_raw();
     let e = errno.to_le_bytes();
-    let record = [stage as u8, e[0], e[1], e[2], e[3]];
+    let w = which.to_le_bytes();
+    let record: [u8; RECORD_LEN] = [stage as u8, e[0], e[1], e[2], e[3], w[0], w[1], w[2], w[3]];
     // SAFETY: write and _exit are async-signal-safe; record lives on our stack.
     unsafe {
         libc::write(err_w, record.as_ptr().cast(), record.len());
         libc::_exit(127)
     }
+}
+
+/// Room for "/proc/self/fd/<int>" and its NUL.
+const FD_PATH_LEN: usize = 32;
+
+/// Write "/proc/self/fd/<fd>" with its NUL into `buf`, without allocating.
+fn fd_path(buf: &mut [u8; FD_PATH_LEN], fd: libc::c_int) -> *const c_char {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let mut n = u32::try_from(fd).unwrap_or(0);
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        len += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[PREFIX.len() + i] = digits[len - 1 - i];
+    }
+    buf[PREFIX.len() + len] = 0;
+    buf.as_ptr().cast()
+}
+
+/// openat2(dir, path, O_PATH | O_CLOEXEC | flags, RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS): an fd or -1 (errno set). One raw system call on a
+/// stack struct, so async-signal-safe. A symlink anywhere, the last component
+/// too, fails (ELOOP), as does a way out of `dir` (EXDEV).
+///
+/// # Safety
+///
+/// `path` points to a NUL-terminated string that outlives the call.
+unsafe fn open_beneath(dir: libc::c_int, path: *const c_char, flags: libc::c_int) -> libc::c_int {
+    // SAFETY: open_how is a plain C struct for which all-zero is valid.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = u64::from((libc::O_PATH | libc::O_CLOEXEC | flags).unsigned_abs());
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: path is valid per the caller; how lives on our stack for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            path,
+            std::ptr::addr_of!(how),
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    libc::c_int::try_from(ret).unwrap_or(-1)
 }
 
 /// The child between fork and exec. Async-signal-safe calls only; no allocation.
@@ -378,27 +470,78 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
             {
                 child_fail(err_w, Stage::Mount);
             }
-            for op in &root.ops {
+            // Opened now, in the new namespace: mount(2) refuses mount points
+            // of another namespace. The alloc dir is the agent's own path;
+            // everything beneath it is opened without following a symlink.
+            let alloc_fd = libc::open(
+                root.alloc_dir.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            if alloc_fd < 0 {
+                child_fail(err_w, Stage::Mount);
+            }
+            let root_fd = open_beneath(alloc_fd, root.root.as_ptr(), libc::O_DIRECTORY);
+            if root_fd < 0 {
+                child_fail(err_w, Stage::Mount);
+            }
+            let mut target_buf = [0u8; FD_PATH_LEN];
+            let mut source_buf = [0u8; FD_PATH_LEN];
+            for (i, op) in root.ops.iter().enumerate() {
+                let which = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                let target_fd = open_beneath(root_fd, op.target.as_ptr(), 0);
+                if target_fd < 0 {
+                    child_fail_at(err_w, Stage::Mount, which);
+                }
+                let mut source_fd = -1;
+                let source = if op.source_in_alloc {
+                    source_fd = open_beneath(alloc_fd, op.source.as_ptr(), libc::O_DIRECTORY);
+                    if source_fd < 0 {
+                        child_fail_at(err_w, Stage::Mount, which);
+                    }
+                    fd_path(&mut source_buf, source_fd)
+                } else {
+                    op.source.as_ptr()
+                };
                 let fstype = op.fstype.as_ref().map_or(null, |f| f.as_ptr());
                 if libc::mount(
-                    op.source.as_ptr(),
-                    op.target.as_ptr(),
+                    source,
+                    fd_path(&mut target_buf, target_fd),
                     fstype,
                     op.flags,
                     std::ptr::null(),
                 ) != 0
                 {
-                    child_fail(err_w, Stage::Mount);
+                    child_fail_at(err_w, Stage::Mount, which);
+                }
+                libc::close(target_fd);
+                if source_fd >= 0 {
+                    libc::close(source_fd);
                 }
                 if let Some(flags) = op.remount {
-                    if libc::mount(null, op.target.as_ptr(), null, flags, std::ptr::null()) != 0 {
-                        child_fail(err_w, Stage::Mount);
+                    // Opened again, the target is now the root of the new mount.
+                    let mounted = open_beneath(root_fd, op.target.as_ptr(), 0);
+                    if mounted < 0
+                        || libc::mount(
+                            null,
+                            fd_path(&mut target_buf, mounted),
+                            null,
+                            flags,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        child_fail_at(err_w, Stage::Mount, which);
                     }
+                    libc::close(mounted);
                 }
             }
-            if libc::chroot(root.root.as_ptr()) != 0 || libc::chdir(slash) != 0 {
+            if libc::fchdir(root_fd) != 0
+                || libc::chroot(c".".as_ptr()) != 0
+                || libc::chdir(slash) != 0
+            {
                 child_fail(err_w, Stage::Chroot);
             }
+            libc::close(root_fd);
+            libc::close(alloc_fd);
         }
 
         // 4. Working dir.
@@ -531,11 +674,12 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(p.what(Stage::Exec), "/bin/x");
-        assert_eq!(p.what(Stage::Chdir), "/w");
-        assert_eq!(p.what(Stage::Setuid), "uid 65534");
-        assert_eq!(p.what(Stage::Setgid), "gid 65533");
-        assert_eq!(p.what(Stage::Mount), "/tmp/a/t");
+        assert_eq!(p.what(Stage::Exec, 0), "/bin/x");
+        assert_eq!(p.what(Stage::Chdir, 0), "/w");
+        assert_eq!(p.what(Stage::Setuid, 0), "uid 65534");
+        assert_eq!(p.what(Stage::Setgid, 0), "gid 65533");
+        assert_eq!(p.what(Stage::Mount, 0), "/tmp/a/t");
+        assert_eq!(p.what(Stage::Mount, 3), "/tmp/a/t");
         assert!(!format!("{p:?}").contains("PATH"));
     }
 }

@@ -21,6 +21,7 @@ use tend_proto::{
 };
 use tracing::{info, warn};
 
+use crate::cgroup::{CgroupError, Hierarchies, TaskCgroup};
 use crate::child::{self, ChildStdio, Isolation, Prepared, StartFailure};
 use crate::daemon_log::DaemonLog;
 use crate::logs::{self, RotatingLog};
@@ -30,8 +31,21 @@ use crate::sys;
 
 /// How long the pipes are drained after the task's end, at most.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
-/// How long killing what is left of the task may take, at most.
+/// How long the daemon keeps killing what is left of the task before it gives
+/// up and records the exit anyway.
+///
+/// Killing never blocks the poll loop for long: each round is one pass (with a
+/// cgroup, one write of `cgroup.kill`, which signals every member before it
+/// returns and refuses forks meanwhile; else, on v1, freeze / SIGKILL each /
+/// thaw, where only the freeze may wait, at most 1 s; plus one SIGKILL to each
+/// descendant of the daemon, found in /proc), then the loop goes on serving
+/// clients and comes back [`SWEEP_INTERVAL`] later to reap and look again.
+/// What remains is the time the kernel takes to tear down killed processes,
+/// typically well under 10 ms; only a process stuck in the kernel (D state)
+/// can hold the exit record back, and then for this long at most.
 pub const KILL_LIMIT: Duration = Duration::from_secs(2);
+/// Between two rounds of killing what is left of the task.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// Size of the one read buffer shared by pipes and clients.
 const READ_BUF: usize = 16 * 1024;
 
@@ -49,6 +63,92 @@ pub fn report(r: &StartReport) {
 
 fn errno_of(e: Errno) -> i32 {
     e as i32
+}
+
+/// A cgroup error as a start failure: stage Cgroup, the errno of its io source,
+/// the message naming the file.
+fn cgroup_failure(e: &CgroupError) -> StartFailure {
+    let errno = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .and_then(io::Error::raw_os_error)
+        .unwrap_or(0);
+    StartFailure {
+        stage: Stage::Cgroup,
+        errno,
+        message: e.to_string(),
+    }
+}
+
+/// The daemon's own cgroup (`daemon_path`): left, and removed, when the daemon
+/// returns from [`run`], whatever the path out.
+struct OwnCgroup {
+    hier: Hierarchies,
+    path: String,
+}
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        match self.hier.leave_self(&self.path) {
+            Ok(()) => info!(path = %self.path, "left and removed the daemon's cgroup"),
+            Err(e) => warn!(error = %e, "cannot remove the daemon's cgroup"),
+        }
+    }
+}
+
+/// The task's cgroup while the daemon has it: killed and removed on drop unless
+/// [`TaskCgroupGuard::remove`] did it already (after the exit was recorded).
+struct TaskCgroupGuard {
+    cg: TaskCgroup,
+    /// The OOM-kill counter when the task started (a reused dir may not be at 0).
+    oom_at_start: Option<u64>,
+    removed: bool,
+}
+
+impl TaskCgroupGuard {
+    fn new(cg: TaskCgroup) -> TaskCgroupGuard {
+        let oom_at_start = cg.oom_kill_count().ok().flatten();
+        TaskCgroupGuard {
+            cg,
+            oom_at_start,
+            removed: false,
+        }
+    }
+
+    /// Whether the kernel's OOM killer ended the task: its counter moved since
+    /// the start AND the main process died by SIGKILL. Read before removal.
+    fn oom_killed(&self, signal: Option<i32>) -> bool {
+        if signal != Some(libc::SIGKILL) {
+            return false;
+        }
+        match self.cg.oom_kill_count() {
+            Ok(Some(now)) => now > self.oom_at_start.unwrap_or(0),
+            Ok(None) => false,
+            Err(e) => {
+                warn!(error = %e, "cannot read the OOM counter");
+                false
+            }
+        }
+    }
+
+    fn remove(&mut self) {
+        if self.removed {
+            return;
+        }
+        self.removed = true;
+        if let Err(e) = self.cg.kill_all() {
+            warn!(error = %e, "killing what is left in the task's cgroup");
+        }
+        match self.cg.remove() {
+            Ok(()) => info!(path = %self.cg.rel_path().display(), "task cgroup removed"),
+            Err(e) => warn!(error = %e, "cannot remove the task's cgroup"),
+        }
+    }
+}
+
+impl Drop for TaskCgroupGuard {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 /// A failure before the task runs: report it, write the exit file if the alloc
@@ -161,8 +261,14 @@ struct Daemon {
     /// Raw status and time of the main process's end, once reaped.
     ended: Option<(i32, String)>,
     exit: Option<ExitStatus>,
-    /// When the next SIGKILL sweep of a stop is due.
+    /// When the grace of a stop is over: SIGKILL to everything of the task.
     kill_at: Option<Instant>,
+    /// When the next round of killing what is left of the task is due.
+    sweep_at: Option<Instant>,
+    /// When the killing gives up (see [`KILL_LIMIT`]).
+    sweep_until: Option<Instant>,
+    /// The task's cgroup, until it is removed after the exit is recorded.
+    cgroup: Option<TaskCgroupGuard>,
     stopping: bool,
     /// SIGTERM: leave as soon as the exit is recorded.
     leave_after_exit: bool,
@@ -206,12 +312,26 @@ impl Handler for Daemon {
     }
 
     fn stats(&self) -> Stats {
-        // [cgroup: memory.current / memory.peak / cpu.stat / pids.current]
-        Stats {
+        let none = Stats {
             memory_bytes: None,
             memory_peak_bytes: None,
             cpu_usage_us: None,
             pids: None,
+        };
+        let Some(g) = self.cgroup.as_ref().filter(|g| !g.removed) else {
+            return none;
+        };
+        match g.cg.usage() {
+            Ok(u) => Stats {
+                memory_bytes: u.memory_bytes,
+                memory_peak_bytes: u.memory_peak_bytes,
+                cpu_usage_us: u.cpu_usec,
+                pids: u.pids,
+            },
+            Err(e) => {
+                warn!(error = %e, "cgroup usage");
+                none
+            }
         }
     }
 
@@ -275,7 +395,9 @@ impl Daemon {
         self.kill_at = Some(self.kill_at.map_or(at, |k| k.min(at)));
     }
 
-    fn on_reaped(&mut self, reaped: &[reaper::Reaped]) {
+    /// Note the main process's end among what was reaped (the rest are
+    /// orphans of the task, reaped as the subreaper).
+    fn note_reaped(&mut self, reaped: &[reaper::Reaped]) {
         for r in reaped {
             if r.pid == self.task_pid && self.ended.is_none() {
                 info!(pid = r.pid.as_raw(), status = r.status, "task ended");
@@ -283,11 +405,60 @@ impl Daemon {
                 self.pidfd = None;
             }
         }
-        if self.ended.is_some() && self.drain_until.is_none() && self.exit.is_none() {
+    }
+
+    fn on_reaped(&mut self, reaped: &[reaper::Reaped]) {
+        self.note_reaped(reaped);
+        if self.main_just_ended() {
             // Nothing of the task outlives it.
-            // (What it reaps besides the task are orphans of the task.)
-            let _ = reaper::kill_descendants(KILL_LIMIT);
+            self.start_sweep();
+        }
+    }
+
+    /// Whether the main process has ended and its end is not handled yet; if
+    /// so, the pipes now drain for [`DRAIN_LIMIT`] at most.
+    fn main_just_ended(&mut self) -> bool {
+        if self.ended.is_some() && self.drain_until.is_none() && self.exit.is_none() {
             self.drain_until = Some(Instant::now() + DRAIN_LIMIT);
+            return true;
+        }
+        false
+    }
+
+    /// Begin killing everything of the task (its cgroup and the daemon's
+    /// descendants), round after round from the poll loop, until nothing is
+    /// left or [`KILL_LIMIT`] passes.
+    fn start_sweep(&mut self) {
+        if self.sweep_until.is_none() {
+            self.sweep_until = Some(Instant::now() + KILL_LIMIT);
+        }
+        self.sweep();
+    }
+
+    /// One round: reap, then SIGKILL whatever of the task is still there.
+    fn sweep(&mut self) {
+        self.note_reaped(&reaper::reap_all());
+        // This round covers the main process's end, if it came now.
+        self.main_just_ended();
+        let in_cgroup = match self.cgroup.as_ref().filter(|g| !g.removed) {
+            Some(g) => g.cg.kill_once().unwrap_or_else(|e| {
+                warn!(error = %e, "killing the task's cgroup");
+                false
+            }),
+            None => false,
+        };
+        let descendants = reaper::sigkill_descendants();
+        let now = Instant::now();
+        if !in_cgroup && descendants == 0 {
+            self.sweep_at = None;
+        } else if self.sweep_until.is_some_and(|t| now >= t) {
+            warn!(
+                descendants,
+                in_cgroup, "processes of the task left after {KILL_LIMIT:?} of killing"
+            );
+            self.sweep_at = None;
+        } else {
+            self.sweep_at = Some(now + SWEEP_INTERVAL);
         }
     }
 
@@ -295,7 +466,7 @@ impl Daemon {
         let Some((status, finished_at)) = self.ended.clone() else {
             return;
         };
-        let exit = ExitStatus::from_wait(
+        let mut exit = ExitStatus::from_wait(
             &self.config.alloc_id,
             &self.config.task,
             self.config.run,
@@ -304,6 +475,10 @@ impl Daemon {
             self.started_at.clone(),
             finished_at,
         );
+        if let Some(g) = &self.cgroup {
+            // Before the cgroup goes: its counter goes with it.
+            exit.oom_killed = g.oom_killed(exit.signal);
+        }
         match exit.write_at(
             self.alloc.as_fd(),
             &names::exit_status_file(&self.config.task),
@@ -319,6 +494,10 @@ impl Daemon {
         self.exit = Some(exit);
         self.drain_until = None;
         self.kill_at = None;
+        // The exit is recorded: the task's cgroup may go.
+        if let Some(g) = self.cgroup.as_mut() {
+            g.remove();
+        }
         if self.leave_after_exit {
             self.leave = true;
         } else {
@@ -383,6 +562,32 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>) -> i32 {
     }
     let _span =
         tracing::info_span!("task", alloc_id = %config.alloc_id, task = %config.task).entered();
+
+    // The cgroups: find them, and leave the agent's for the daemon's own one,
+    // outside the task's (its memory must not count against the task) and
+    // outside the agent's (stopping the agent's service must not kill it).
+    let hier = match &config.cgroup {
+        None => None,
+        Some(_) => match Hierarchies::detect() {
+            Ok(h) => Some(h),
+            Err(e) => return fail(&config, Some(alloc.as_fd()), &cgroup_failure(&e)),
+        },
+    };
+    let daemon_path = config.cgroup.as_ref().and_then(|c| c.daemon_path.clone());
+    let _own_cgroup = match (&hier, daemon_path) {
+        (Some(h), Some(path)) => {
+            // Made before the join, so a half-done join is undone too.
+            let own = OwnCgroup {
+                hier: h.clone(),
+                path,
+            };
+            if let Err(e) = h.join_self(&own.path) {
+                return fail(&config, Some(alloc.as_fd()), &cgroup_failure(&e));
+            }
+            Some(own)
+        }
+        _ => None,
+    };
     protect_from_oom();
 
     let signals = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
@@ -417,6 +622,7 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>) -> i32 {
         isolation,
         daemon_pid,
         Started { listener, signals },
+        hier.as_ref(),
     ) {
         Ok(code) => code,
         Err(code) => code,
@@ -448,9 +654,19 @@ fn start(
     isolation: Option<Isolation>,
     daemon_pid: Pid,
     started: Started,
+    hier: Option<&Hierarchies>,
 ) -> Result<i32, i32> {
     let failed = |config: &SpawnConfig, alloc: &OwnedFd, f: StartFailure| {
         fail(config, Some(alloc.as_fd()), &f)
+    };
+    // The task's cgroup with its limits, before any fd of the task is opened
+    // (STYLE.md rule 5); dropped (killed, removed) on any failure below.
+    let cgroup = match (hier, &config.cgroup) {
+        (Some(h), Some(spec)) => match TaskCgroup::create(h, spec) {
+            Ok(cg) => Some(TaskCgroupGuard::new(cg)),
+            Err(e) => return Err(failed(&config, &alloc, cgroup_failure(&e))),
+        },
+        _ => None,
     };
     let open_log = |stream: &str| {
         RotatingLog::open(
@@ -501,7 +717,7 @@ fn start(
     // The task's root: mount points made now, mounts made by the child.
     let root = match config.isolation.as_ref().and_then(|i| i.chroot.as_ref()) {
         None => None,
-        Some(spec) => match crate::chroot::prepare(&config, spec) {
+        Some(spec) => match crate::chroot::prepare(&config, spec, alloc.as_fd()) {
             Ok(r) => Some(r),
             Err(e) => {
                 let f = StartFailure {
@@ -522,9 +738,13 @@ fn start(
         stdout: out_w,
         stderr: err_w,
     };
-    // [cgroup: create the task's cgroup and set its limits here; `place` below
-    //  moves the child into it while it waits on the sync pipe]
-    let task_pid = match child::spawn(&prep, stdio, |_pid| Ok(())) {
+    // The child waits on the sync pipe while it is placed in the task's cgroup:
+    // only the task goes there, never the daemon.
+    let place = |pid: Pid| match &cgroup {
+        Some(g) => g.cg.add_pid(pid).map_err(|e| cgroup_failure(&e)),
+        None => Ok(()),
+    };
+    let task_pid = match child::spawn(&prep, stdio, place) {
         Ok(pid) => pid,
         Err(f) => return Err(failed(&config, &alloc, f)),
     };
@@ -559,6 +779,9 @@ fn start(
         ended: None,
         exit: None,
         kill_at: None,
+        sweep_at: None,
+        sweep_until: None,
+        cgroup,
         stopping: false,
         leave_after_exit: false,
         drain_until: None,
@@ -597,13 +820,17 @@ fn event_loop(d: &mut Daemon, s: Started) -> i32 {
             if now >= at {
                 info!("grace is over: SIGKILL to everything of the task");
                 d.kill_at = None;
-                let reaped = reaper::kill_descendants(KILL_LIMIT);
-                d.on_reaped(&reaped);
+                d.start_sweep();
             }
+        }
+        if d.sweep_at.is_some_and(|at| now >= at) {
+            d.sweep();
         }
         if let Some(at) = d.drain_until {
             let pipes_done = d.stdout.is_none() && d.stderr.is_none();
-            if pipes_done || now >= at {
+            // The exit is recorded once nothing of the task is left (or the
+            // killing gave up), so the cgroup can go right after.
+            if (pipes_done || now >= at) && d.sweep_at.is_none() {
                 if !pipes_done {
                     warn!("log pipes still open after the task's end; closing them");
                     d.stdout = None;
@@ -635,7 +862,9 @@ fn event_loop(d: &mut Daemon, s: Started) -> i32 {
         }
 
         let mut deadline: Option<Instant> = None;
-        for t in [d.kill_at, d.drain_until, d.linger_until]
+        // While the killing goes on, the drain deadline waits for it.
+        let drain_until = d.drain_until.filter(|_| d.sweep_at.is_none());
+        for t in [d.kill_at, d.sweep_at, drain_until, d.linger_until]
             .into_iter()
             .flatten()
             .chain(clients.iter().filter_map(|c| c.deadline))

@@ -99,6 +99,16 @@ fn scan_ppids() -> Vec<(Pid, Pid)> {
         .collect()
 }
 
+/// One round: SIGKILL every descendant of the daemon, without waiting. Returns
+/// how many there were (the poll loop comes back until none is left).
+pub fn sigkill_descendants() -> usize {
+    let left = descendants(nix::unistd::getpid());
+    for p in &left {
+        let _ = kill(*p, Signal::SIGKILL);
+    }
+    left.len()
+}
+
 /// SIGKILL every descendant of the daemon, reaping as they die, until none is
 /// left or `limit` passes. Returns what was reaped meanwhile (the task's main
 /// process may be among it).

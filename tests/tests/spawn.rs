@@ -227,16 +227,22 @@ fn the_task_outlives_the_process_that_started_tend_spawn() {
     let report_path = sb.data_dir().join("report.frame");
     fs::write(&frame_path, frame::encode(&cfg).unwrap()).unwrap();
     // A throwaway parent: it starts tend-spawn, then hangs around to be killed.
+    // It holds none of the test's stdio and `exec`s its sleep, so the kill
+    // below ends every process it started (an orphaned `sleep` holding the
+    // test's stdout and stderr was what nextest flagged as LEAK).
     let mut parent = std::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(format!(
-            "{} < {} > {} 2>{}; sleep 100",
+            "{} < {} > {} 2>{}; exec sleep 100",
             tend_tests::spawn_bin().display(),
             frame_path.display(),
             report_path.display(),
             sb.data_dir().join("stderr").display()
         ))
         .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     assert!(wait_until(LONG, || fs::metadata(&report_path)

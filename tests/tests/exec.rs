@@ -1,0 +1,1005 @@
+//! End-to-end tests of the exec driver as root: tend-spawn driven through
+//! tend-proto with the SpawnConfig the agent builds for `driver = "exec"`
+//! (user nobody, the default chroot_env, a cgroup with limits), and `tend run`
+//! of exec job files. Every check is made from inside the task, or on the host
+//! where the task cannot lie (cgroup files, mountinfo, /proc).
+//!
+//! As a normal user each test prints "skipped: needs root" and passes.
+//!
+//! Cgroups live under a parent unique to the test process
+//! (`tend-test-<pid>-<n>`); its guard kills and removes whatever is left there
+//! even when a test fails. The Sandbox kills every process holding its dirs.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation};
+use tend_proto::msg::TaskState;
+use tend_proto::{ExitStatus, Request, Response, SpawnConfig, Stage};
+use tend_tests::{pid_alive, wait_until, Client, Sandbox};
+
+const LONG: Duration = Duration::from_secs(30);
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const MB: u64 = 1024 * 1024;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+macro_rules! need_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+/// The hierarchies tend-spawn uses on this host: each v1 controller's mount
+/// and the cgroup2 tree (the root itself on a v2 host).
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let root = Path::new(CGROUP_ROOT);
+    if root.join("cgroup.controllers").is_file() {
+        return vec![root.to_path_buf()];
+    }
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let ours = name
+                .split(',')
+                .any(|c| ["memory", "cpu", "cpuacct", "pids", "freezer"].contains(&c));
+            let unified = name == "unified" && path.join("cgroup.controllers").is_file();
+            if (ours || unified) && path.join("cgroup.procs").is_file() && !path.is_symlink() {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The dir holding memory files of a cgroup path, and the name of its limit file.
+fn memory_limit_file(rel: &str) -> PathBuf {
+    let root = Path::new(CGROUP_ROOT);
+    if root.join("cgroup.controllers").is_file() {
+        root.join(rel).join("memory.max")
+    } else {
+        root.join("memory").join(rel).join("memory.limit_in_bytes")
+    }
+}
+
+fn pids_dir(rel: &str) -> PathBuf {
+    let root = Path::new(CGROUP_ROOT);
+    if root.join("cgroup.controllers").is_file() {
+        root.join(rel)
+    } else {
+        root.join("pids").join(rel)
+    }
+}
+
+static PARENTS: AtomicU32 = AtomicU32::new(0);
+
+/// A cgroup parent of this test alone; on drop everything in it is killed and
+/// every dir under it removed, in every hierarchy.
+struct CgroupParent {
+    name: String,
+}
+
+impl CgroupParent {
+    fn new() -> CgroupParent {
+        let n = PARENTS.fetch_add(1, Ordering::Relaxed);
+        CgroupParent {
+            name: format!("tend-test-{}-{n}", std::process::id()),
+        }
+    }
+
+    /// Every dir at or under `rel` in every hierarchy, deepest first.
+    fn dirs_under(rel: &str) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        walk(&e.path(), out);
+                    }
+                }
+            }
+            out.push(dir.to_path_buf());
+        }
+        let mut out = Vec::new();
+        for m in cgroup_mounts() {
+            let top = m.join(rel);
+            if top.is_dir() {
+                walk(&top, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Whether any dir of `rel` exists in any hierarchy.
+    fn exists(rel: &str) -> bool {
+        cgroup_mounts().iter().any(|m| m.join(rel).exists())
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let dirs = CgroupParent::dirs_under(&self.name);
+            if dirs.is_empty() {
+                return;
+            }
+            for d in &dirs {
+                if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
+                    for pid in text.split_whitespace().filter_map(|p| p.parse().ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                let _ = fs::remove_dir(d);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The default chroot_env of this host, as binds.
+fn default_binds() -> Vec<Bind> {
+    tend::driver::default_chroot_env()
+        .into_iter()
+        .map(|(source, target)| Bind { source, target })
+        .collect()
+}
+
+/// An exec-like config: what the agent builds for `driver = "exec"` (user
+/// nobody, the default chroot_env, cwd /, a cgroup with memory, cpu and pids
+/// limits), with the alloc dir prepared as the agent prepares it.
+fn exec_config(sb: &Sandbox, parent: &CgroupParent, task: &str, script: &str) -> SpawnConfig {
+    let mut cfg = sb.config(task, "/bin/sh", &["-c", script]);
+    make_exec(&mut cfg, parent, default_binds());
+    cfg
+}
+
+fn make_exec(cfg: &mut SpawnConfig, parent: &CgroupParent, binds: Vec<Bind>) {
+    cfg.cwd = "/".into();
+    cfg.env = vec![
+        ("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into()),
+        ("TEND_ALLOC_DIR".into(), "/alloc".into()),
+        ("TEND_TASK_DIR".into(), "/local".into()),
+    ];
+    cfg.isolation = Some(Isolation {
+        user: "nobody".into(),
+        chroot: Some(ChrootSpec { binds }),
+    });
+    cfg.cgroup = Some(CgroupSpec {
+        path: format!("{}/{}/{}", parent.name, cfg.alloc_id, cfg.task),
+        daemon_path: Some(format!(
+            "{}/{}/{}.tend-spawn",
+            parent.name, cfg.alloc_id, cfg.task
+        )),
+        memory_bytes: Some(64 * MB),
+        cpu_mhz: Some(100),
+        pids_max: Some(64),
+    });
+    prepare_alloc(cfg);
+}
+
+fn prepare_alloc(cfg: &SpawnConfig) {
+    let alloc = tend::paths::AllocDir {
+        root: cfg.alloc_dir(),
+    };
+    alloc.create(&[&cfg.task]).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    alloc
+        .prepare_for_user(&cfg.task, nobody.uid.as_raw(), nobody.gid.as_raw())
+        .unwrap();
+    // The sandbox's data dir is a 0700 temp dir; the task's user must walk it
+    // to reach nothing: its dirs are bound into its root. 0755 like /var/lib.
+    let mut p = cfg.alloc_dir();
+    while p.pop() {
+        if p.as_os_str().len() <= "/tmp".len() {
+            break;
+        }
+        let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o755));
+    }
+}
+
+fn task_cgroup(cfg: &SpawnConfig) -> String {
+    cfg.cgroup.as_ref().unwrap().path.clone()
+}
+
+fn daemon_cgroup(cfg: &SpawnConfig) -> String {
+    cfg.cgroup.as_ref().unwrap().daemon_path.clone().unwrap()
+}
+
+/// The host's mounts under the sandbox's dirs or the tasks' cgroups, as lines
+/// without the mount ids (other mounts come and go with other work on a shared
+/// host: docker's, for one).
+fn host_mounts(sb: &Sandbox) -> BTreeSet<String> {
+    let data = sb.data_dir().to_str().unwrap().to_string();
+    let run = sb.run_dir().to_str().unwrap().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&data) || l.contains(&run) || l.contains("tend-test-"))
+        .filter(|l| !l.contains("tend-test-docker"))
+        .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+fn no_mount_of(sb: &Sandbox) {
+    let data = sb.data_dir().to_str().unwrap().to_string();
+    let m = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !m.contains(&data),
+        "a mount of the task shows on the host:\n{m}"
+    );
+}
+
+fn out(cfg: &SpawnConfig) -> String {
+    fs::read_to_string(Sandbox::log_path(cfg, "stdout")).unwrap_or_default()
+}
+
+fn err(cfg: &SpawnConfig) -> String {
+    fs::read_to_string(Sandbox::log_path(cfg, "stderr")).unwrap_or_default()
+}
+
+/// Wait for the exit over the socket, release the daemon, and check that
+/// nothing of the task is left: no cgroup dir (task's or daemon's), no mount,
+/// no process holding the sandbox, the daemon gone.
+fn finish(sb: &Sandbox, cfg: &SpawnConfig, daemon_pid: i32, c: &mut Client) -> ExitStatus {
+    let exit = c.wait_exit_within(LONG);
+    let released = c.request(Request::Release);
+    assert_eq!(released, Response::Ok);
+    assert_clean(sb, cfg, daemon_pid);
+    exit
+}
+
+fn assert_clean(sb: &Sandbox, cfg: &SpawnConfig, daemon_pid: i32) {
+    assert!(
+        wait_until(LONG, || !pid_alive(daemon_pid)),
+        "daemon {daemon_pid} still alive"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !CgroupParent::exists(
+            &task_cgroup(cfg)
+        )),
+        "task cgroup {} left: {:?}",
+        task_cgroup(cfg),
+        CgroupParent::dirs_under(&task_cgroup(cfg))
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !CgroupParent::exists(
+            &daemon_cgroup(cfg)
+        )),
+        "daemon cgroup {} left",
+        daemon_cgroup(cfg)
+    );
+    // The alloc's cgroup dir goes with its last task.
+    let alloc_cg = format!(
+        "{}/{}",
+        task_cgroup(cfg).split('/').next().unwrap(),
+        cfg.alloc_id
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !CgroupParent::exists(&alloc_cg)),
+        "alloc cgroup {alloc_cg} left"
+    );
+    no_mount_of(sb);
+    let left = sb.pids_inside();
+    assert!(left.is_empty(), "processes left: {left:?}");
+}
+
+/// Nothing is left under the alloc's cgroup dir (the test parent itself stays:
+/// tend-spawn never removes the first component of a cgroup path).
+fn alloc_cgroup_gone(parent: &CgroupParent, cfg: &SpawnConfig) {
+    let alloc_cg = format!("{}/{}", parent.name, cfg.alloc_id);
+    assert!(
+        wait_until(Duration::from_secs(5), || !CgroupParent::exists(&alloc_cg)),
+        "{:?}",
+        CgroupParent::dirs_under(&alloc_cg)
+    );
+}
+
+fn status_field(text: &str, key: &str) -> Vec<String> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("{key} missing in {text}"))
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+fn assert_unprivileged(status: &str) {
+    assert_eq!(status_field(status, "Uid"), ["65534"; 4], "{status}");
+    assert_eq!(status_field(status, "Gid"), ["65534"; 4], "{status}");
+    assert!(status_field(status, "Groups").is_empty(), "{status}");
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(
+            status_field(status, cap),
+            ["0000000000000000"],
+            "{cap}: {status}"
+        );
+    }
+    assert_eq!(status_field(status, "NoNewPrivs"), ["1"], "{status}");
+}
+
+fn nobody_is_65534() -> bool {
+    nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .is_some_and(|u| u.uid.as_raw() == 65534 && u.gid.as_raw() == 65534)
+}
+
+#[test]
+fn inside_an_exec_task_user_caps_cgroup_and_limit_are_as_configured() {
+    need_root!();
+    assert!(
+        nobody_is_65534(),
+        "this test expects nobody to be 65534:65534"
+    );
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let mounts_before = host_mounts(&sb);
+    let cfg = exec_config(
+        &sb,
+        &parent,
+        "t",
+        "cat /proc/self/status; echo ---; cat /proc/self/cgroup; echo ---; \
+         echo TEND_ALLOC_DIR=$TEND_ALLOC_DIR TEND_TASK_DIR=$TEND_TASK_DIR; sleep 0.5",
+    );
+    let (daemon_pid, task_pid, _) = sb.start(&cfg).pids();
+    // Read from the host while it runs: the limit, and who is in which cgroup.
+    let limit = fs::read_to_string(memory_limit_file(&task_cgroup(&cfg))).unwrap();
+    assert_eq!(limit.trim(), (64 * MB).to_string());
+    let pids_max = fs::read_to_string(pids_dir(&task_cgroup(&cfg)).join("pids.max")).unwrap();
+    assert_eq!(pids_max.trim(), "64");
+    let procs = fs::read_to_string(pids_dir(&task_cgroup(&cfg)).join("cgroup.procs")).unwrap();
+    assert!(
+        procs.split_whitespace().any(|p| p == task_pid.to_string()),
+        "{procs}"
+    );
+    assert!(
+        !procs
+            .split_whitespace()
+            .any(|p| p == daemon_pid.to_string()),
+        "{procs}"
+    );
+    let own = fs::read_to_string(format!("/proc/{daemon_pid}/cgroup")).unwrap();
+    for line in own
+        .lines()
+        .filter(|l| l.contains(":memory:") || l.contains(":pids:"))
+    {
+        assert!(
+            line.ends_with(&format!(":/{}", daemon_cgroup(&cfg))),
+            "{own}"
+        );
+    }
+    no_mount_of(&sb);
+    let mut c = Client::connect(&cfg);
+    match c.request(Request::Stats) {
+        Response::Stats(s) => {
+            assert!(s.memory_bytes.is_some_and(|m| m > 0), "{s:?}");
+            assert!(s.pids.is_some_and(|p| p >= 1), "{s:?}");
+            assert!(s.cpu_usage_us.is_some(), "{s:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    let text = out(&cfg);
+    assert_eq!(exit.exit_code, Some(0), "{text}{}", err(&cfg));
+    assert!(!exit.oom_killed);
+    let mut parts = text.split("---\n");
+    let status = parts.next().unwrap();
+    assert_unprivileged(status);
+    let cgroups = parts.next().unwrap();
+    let want = format!(":/{}", task_cgroup(&cfg));
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.contains(":memory:") && l.ends_with(&want))
+            || cgroups
+                .lines()
+                .any(|l| l.starts_with("0::") && l.ends_with(&want)),
+        "{cgroups}"
+    );
+    assert!(
+        parts
+            .next()
+            .unwrap()
+            .contains("TEND_ALLOC_DIR=/alloc TEND_TASK_DIR=/local"),
+        "{text}"
+    );
+    assert_eq!(host_mounts(&sb), mounts_before);
+}
+
+#[test]
+fn a_task_past_its_memory_limit_is_oom_killed_and_a_stopped_one_is_not() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    // dd really holds a 64 MB buffer: RSS grows past the 32 MB limit.
+    let mut cfg = exec_config(
+        &sb,
+        &parent,
+        "t",
+        "exec dd if=/dev/zero of=/dev/null bs=64M count=4",
+    );
+    cfg.cgroup.as_mut().unwrap().memory_bytes = Some(32 * MB);
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    assert_eq!(exit.signal, Some(9), "{exit:?} {}", err(&cfg));
+    assert!(exit.oom_killed, "{exit:?}");
+    assert_eq!(Sandbox::wait_exit_file(&cfg, LONG), exit);
+
+    // SIGKILL from a Stop is no OOM.
+    let cfg = exec_config(&sb, &parent, "u", "exec sleep 100");
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    assert_eq!(c.request(Request::Wait), Response::Ok);
+    assert_eq!(
+        c.request(Request::Stop {
+            signal: 9,
+            grace_ms: 1000
+        }),
+        Response::Ok
+    );
+    let exit = match c.recv().unwrap() {
+        Response::Exited(e) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(exit.signal, Some(9));
+    assert!(!exit.oom_killed, "{exit:?}");
+    assert_eq!(c.request(Request::Release), Response::Ok);
+    assert_clean(&sb, &cfg, daemon_pid);
+}
+
+#[test]
+fn a_fork_bomb_is_held_at_pids_max_and_the_stop_leaves_nothing() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    // Every process forks again and again; a failed fork is retried, so the
+    // bomb does not die out at the limit (dash gives up at its first failure).
+    let bomb = "import os, time\n\
+                while True:\n    \
+                    try:\n        os.fork()\n    \
+                    except OSError:\n        time.sleep(0.001)\n";
+    let mut cfg = sb.config("t", "/usr/bin/python3", &["-c", bomb]);
+    make_exec(&mut cfg, &parent, default_binds());
+    cfg.cgroup.as_mut().unwrap().pids_max = Some(32);
+    // Room for 32 interpreters: the limit that holds here is pids.max.
+    cfg.cgroup.as_mut().unwrap().memory_bytes = Some(512 * MB);
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let current = pids_dir(&task_cgroup(&cfg)).join("pids.current");
+    let read_current = || {
+        fs::read_to_string(&current)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut max_seen = 0;
+    let t0 = Instant::now();
+    let mut host_ok = true;
+    while t0.elapsed() < Duration::from_secs(2) {
+        max_seen = max_seen.max(read_current());
+        // The host stays responsive: a process starts and ends at once.
+        let s = Instant::now();
+        host_ok &= Command::new("/bin/true").status().unwrap().success();
+        assert!(s.elapsed() < Duration::from_secs(2), "{:?}", s.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(host_ok);
+    let memory = memory_limit_file(&task_cgroup(&cfg));
+    let memory = memory.parent().unwrap();
+    let diag = format!(
+        "pids.events {:?} memory.failcnt {:?} max_usage {:?} stderr {}",
+        fs::read_to_string(pids_dir(&task_cgroup(&cfg)).join("pids.events")),
+        fs::read_to_string(memory.join("memory.failcnt")),
+        fs::read_to_string(memory.join("memory.max_usage_in_bytes")),
+        err(&cfg).chars().take(2000).collect::<String>()
+    );
+    assert_eq!(max_seen, 32, "pids.current peaked at {max_seen}; {diag}");
+    let events = pids_dir(&task_cgroup(&cfg)).join("pids.events");
+    if let Ok(ev) = fs::read_to_string(&events) {
+        assert!(!ev.contains("max 0"), "{ev}");
+    }
+    let members: Vec<i32> = fs::read_to_string(pids_dir(&task_cgroup(&cfg)).join("cgroup.procs"))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert!(members.len() >= 30, "{members:?}");
+    let mut c = Client::connect(&cfg);
+    assert_eq!(c.request(Request::Wait), Response::Ok);
+    assert_eq!(
+        c.request(Request::Stop {
+            signal: 15,
+            grace_ms: 300
+        }),
+        Response::Ok
+    );
+    let exit = match c.stream.set_read_timeout(Some(LONG)).map(|_| c.recv()) {
+        Ok(Ok(Response::Exited(e))) => e,
+        other => panic!("{other:?}"),
+    };
+    assert!(exit.signal.is_some(), "{exit:?}");
+    for p in &members {
+        assert!(!pid_alive(*p), "{p} survived the stop");
+    }
+    assert_eq!(c.request(Request::Release), Response::Ok);
+    assert_clean(&sb, &cfg, daemon_pid);
+}
+
+#[test]
+fn the_task_sees_only_its_root_and_tasks_of_an_alloc_share_alloc() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let cfg = exec_config(
+        &sb,
+        &parent,
+        "a",
+        "if ls /root >/dev/null 2>&1; then echo ROOT-READABLE; else echo ROOT-DENIED; fi; \
+         if touch /bin/tend-probe 2>/dev/null; then echo BIN-RW; else echo BIN-RO; fi; \
+         echo mine > /local/f && echo LOCAL-RW; \
+         echo from-a > /alloc/shared && echo ALLOC-RW",
+    );
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    let text = out(&cfg);
+    assert_eq!(exit.exit_code, Some(0), "{text}{}", err(&cfg));
+    for want in ["ROOT-DENIED", "BIN-RO", "LOCAL-RW", "ALLOC-RW"] {
+        assert!(text.lines().any(|l| l == want), "{want} missing: {text}");
+    }
+    assert!(!Path::new("/bin/tend-probe").exists());
+    assert_eq!(
+        fs::read_to_string(cfg.task_root().join("local/f")).unwrap(),
+        "mine\n"
+    );
+
+    // A second task of the same alloc sees the first one's file, and not its /local.
+    let mut cfg2 = sb.config("b", "/bin/sh", &["-c", "cat /alloc/shared; ls /local"]);
+    cfg2.alloc_id = cfg.alloc_id.clone();
+    cfg2.alloc_dir = cfg.alloc_dir.clone();
+    make_exec(&mut cfg2, &parent, default_binds());
+    let (daemon_pid, _, _) = sb.start(&cfg2).pids();
+    let mut c = Client::connect(&cfg2);
+    let exit = finish(&sb, &cfg2, daemon_pid, &mut c);
+    assert_eq!(exit.exit_code, Some(0), "{}", err(&cfg2));
+    assert_eq!(out(&cfg2), "from-a\n");
+}
+
+#[test]
+fn a_double_forked_daemon_is_killed_on_stop() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let cfg = exec_config(
+        &sb,
+        &parent,
+        "t",
+        "(setsid sleep 300 </dev/null >/dev/null 2>&1 &) ; echo started; sleep 300",
+    );
+    let (daemon_pid, task_pid, _) = sb.start(&cfg).pids();
+    assert!(wait_until(LONG, || out(&cfg).contains("started")));
+    let procs = pids_dir(&task_cgroup(&cfg)).join("cgroup.procs");
+    let mut members: Vec<i32> = Vec::new();
+    assert!(wait_until(LONG, || {
+        members = fs::read_to_string(&procs)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        members.len() >= 3
+    }));
+    // The setsid'd sleep is not in the task's process group, nor its child.
+    let escaped: Vec<i32> = members
+        .iter()
+        .copied()
+        .filter(|p| {
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p)))
+                .is_ok_and(|g| g.as_raw() != task_pid)
+        })
+        .collect();
+    assert!(!escaped.is_empty(), "{members:?}");
+    let mut c = Client::connect(&cfg);
+    assert_eq!(c.request(Request::Wait), Response::Ok);
+    assert_eq!(
+        c.request(Request::Stop {
+            signal: 15,
+            grace_ms: 2000
+        }),
+        Response::Ok
+    );
+    match c.recv().unwrap() {
+        Response::Exited(e) => assert_eq!(e.signal, Some(15), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    for p in members {
+        assert!(!pid_alive(p), "{p} survived the stop");
+    }
+    assert_eq!(c.request(Request::Release), Response::Ok);
+    assert_clean(&sb, &cfg, daemon_pid);
+}
+
+#[test]
+fn a_cgroup_without_isolation_works_for_raw_exec() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let mut cfg = sb.config("t", "/bin/sh", &["-c", "cat /proc/self/cgroup; id -u"]);
+    cfg.cgroup = Some(CgroupSpec {
+        path: format!("{}/{}/t", parent.name, cfg.alloc_id),
+        daemon_path: Some(format!("{}/{}/t.tend-spawn", parent.name, cfg.alloc_id)),
+        memory_bytes: Some(128 * MB),
+        cpu_mhz: None,
+        pids_max: None,
+    });
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    let text = out(&cfg);
+    assert_eq!(exit.exit_code, Some(0), "{text}{}", err(&cfg));
+    assert!(
+        text.contains(&format!(":/{}\n", task_cgroup(&cfg))),
+        "{text}"
+    );
+    assert!(text.ends_with("0\n"), "{text}");
+}
+
+#[test]
+fn tend_spawn_refuses_an_unknown_user_and_starts_nothing() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let mut cfg = exec_config(&sb, &parent, "t", "true");
+    cfg.isolation.as_mut().unwrap().user = "no-such-user-tend".into();
+    let spawned = sb.start(&cfg);
+    assert_eq!(spawned.exit_code, Some(1));
+    let (stage, _, message) = spawned.failure();
+    assert_eq!(stage, Stage::User);
+    assert_eq!(message, "user no-such-user-tend: no such user");
+    assert!(CgroupParent::dirs_under(&parent.name).is_empty());
+    no_mount_of(&sb);
+    assert!(sb.pids_inside().is_empty());
+}
+
+#[test]
+fn a_planted_symlink_in_the_task_root_is_refused_and_nothing_is_made_on_the_host() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let outside = tempfile::tempdir().unwrap();
+    let cfg = exec_config(&sb, &parent, "t", "true");
+    // A previous run (as root) left /dev and /usr as links to host dirs.
+    let root = cfg.task_root();
+    let _ = fs::remove_dir_all(root.join("dev"));
+    std::os::unix::fs::symlink(outside.path(), root.join("dev")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("usr")).unwrap();
+    let spawned = sb.start(&cfg);
+    let (stage, errno, message) = spawned.failure();
+    assert_eq!(stage, Stage::Mount, "{message}");
+    assert!(errno != 0, "{message}");
+    assert!(message.contains(root.to_str().unwrap()), "{message}");
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    let exit = Sandbox::wait_exit_file(&cfg, LONG);
+    assert_eq!(exit.error.as_deref(), Some(message.as_str()));
+    assert!(wait_until(LONG, || sb.pids_inside().is_empty()));
+    alloc_cgroup_gone(&parent, &cfg);
+    no_mount_of(&sb);
+}
+
+#[test]
+fn a_failed_mount_names_its_source_and_target() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let mut binds = default_binds();
+    binds.push(Bind {
+        source: "/nonexistent-tend-source".into(),
+        target: "/opt/x".into(),
+    });
+    let mut cfg = sb.config("t", "/bin/true", &[]);
+    make_exec(&mut cfg, &parent, binds);
+    let (stage, errno, message) = sb.start(&cfg).failure();
+    assert_eq!(stage, Stage::Mount);
+    assert_eq!(errno, nix::errno::Errno::ENOENT as i32);
+    assert_eq!(
+        message,
+        format!(
+            "mount /nonexistent-tend-source on /opt/x in {}: No such file or directory",
+            cfg.task_root().display()
+        )
+    );
+    assert!(wait_until(LONG, || sb.pids_inside().is_empty()));
+    alloc_cgroup_gone(&parent, &cfg);
+    no_mount_of(&sb);
+}
+
+#[test]
+fn cgroup_errors_fail_at_the_cgroup_stage_naming_the_file() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    // The task's cgroup: a pids.max the kernel refuses.
+    let mut cfg = exec_config(&sb, &parent, "t", "true");
+    cfg.cgroup.as_mut().unwrap().pids_max = Some(99_999_999);
+    let spawned = sb.start(&cfg);
+    let (stage, errno, message) = spawned.failure();
+    assert_eq!(stage, Stage::Cgroup, "{message}");
+    assert_eq!(errno, nix::errno::Errno::EINVAL as i32, "{message}");
+    let file = pids_dir(&task_cgroup(&cfg)).join("pids.max");
+    assert_eq!(
+        message,
+        format!("cgroup: write {}: Invalid argument", file.display())
+    );
+    assert_eq!(
+        Sandbox::wait_exit_file(&cfg, LONG).error.as_deref(),
+        Some(message.as_str())
+    );
+    assert!(wait_until(LONG, || sb.pids_inside().is_empty()));
+    alloc_cgroup_gone(&parent, &cfg);
+    no_mount_of(&sb);
+
+    // The daemon's own cgroup: a path through a control file.
+    let mut cfg = exec_config(&sb, &parent, "t", "true");
+    cfg.cgroup.as_mut().unwrap().daemon_path = Some(format!("{}/cgroup.procs", parent.name));
+    let (stage, _, message) = sb.start(&cfg).failure();
+    assert_eq!(stage, Stage::Cgroup, "{message}");
+    assert!(
+        message.starts_with("cgroup: write /sys/fs/cgroup/")
+            && message.contains("/cgroup.procs/cgroup.procs: "),
+        "{message}"
+    );
+    assert!(wait_until(LONG, || sb.pids_inside().is_empty()));
+    alloc_cgroup_gone(&parent, &cfg);
+}
+
+#[test]
+fn status_during_a_run_and_sigterm_to_the_daemon_cleans_up() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let mut cfg = exec_config(&sb, &parent, "t", "sleep 100 & sleep 100");
+    cfg.kill_timeout_ms = 200;
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    match c.request(Request::Status) {
+        Response::Status(s) => assert_eq!(s.state, TaskState::Running),
+        other => panic!("{other:?}"),
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = Sandbox::wait_exit_file(&cfg, LONG);
+    assert!(exit.signal.is_some(), "{exit:?}");
+    assert_clean(&sb, &cfg, daemon_pid);
+}
+
+// ---- through the real CLI -------------------------------------------------
+
+fn tend(sb: &Sandbox, job: &str) -> std::process::Output {
+    let file = sb.data_dir().join(format!(
+        "job-{}.hcl",
+        PARENTS.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::write(&file, job).unwrap();
+    Command::new(tend_tests::bin("tend"))
+        .arg("run")
+        .arg(&file)
+        .env("TEND_DATA_DIR", sb.data_dir().join("data"))
+        .env("TEND_RUN_DIR", sb.run_dir())
+        .env("TEND_SPAWN_BIN", tend_tests::spawn_bin())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn exec_job(task_body: &str) -> String {
+    format!(
+        "job \"j\" {{\n  group \"g\" {{\n    task \"t\" {{\n      driver = \"exec\"\n{task_body}\n    }}\n  }}\n}}\n"
+    )
+}
+
+/// Cgroup dirs under the CLI's fixed parent ("tend"), in the memory hierarchy.
+fn tend_cgroups() -> BTreeSet<String> {
+    let dir = memory_limit_file("tend").parent().unwrap().to_path_buf();
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn allocs_of(sb: &Sandbox) -> Vec<PathBuf> {
+    fs::read_dir(sb.data_dir().join("data/allocs"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn tend_run_of_an_exec_job_runs_unprivileged_in_its_root() {
+    need_root!();
+    assert!(
+        nobody_is_65534(),
+        "this test expects nobody to be 65534:65534"
+    );
+    let sb = Sandbox::new();
+    // The data dir must be walkable like /var/lib/tend.
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mounts_before = host_mounts(&sb);
+    let job = exec_job(
+        r#"      config {
+        command = "/bin/sh"
+        args    = ["-c", "echo ALLOC=$TEND_ALLOC_DIR TASK=$TEND_TASK_DIR; grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapAmb|NoNewPrivs):' /proc/self/status; cat /proc/self/cgroup; echo hi > $TEND_TASK_DIR/f; cat /local/f"]
+      }
+      resources {
+        memory = 48
+      }"#,
+    );
+    let o = tend(&sb, &job);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ALLOC=/alloc TASK=/local\n"), "{stdout}");
+    assert_unprivileged(&stdout);
+    let allocs = allocs_of(&sb);
+    assert_eq!(allocs.len(), 1, "{allocs:?}");
+    let alloc_id = allocs[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        stdout.contains(&format!(":/tend/{alloc_id}/t\n")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("hi\n"), "{stdout}");
+    assert!(
+        wait_until(LONG, || !CgroupParent::exists(&format!("tend/{alloc_id}"))),
+        "cgroup tend/{alloc_id} left"
+    );
+    assert!(
+        wait_until(LONG, || sb.pids_inside().is_empty()),
+        "{:?}",
+        sb.pids_inside()
+    );
+    assert_eq!(host_mounts(&sb), mounts_before);
+}
+
+#[test]
+fn tend_run_refuses_bad_exec_tasks_naming_the_field_and_starts_nothing() {
+    need_root!();
+    let cases = [
+        (
+            "      user = \"no-such-user-tend\"\n      config {\n        command = \"/bin/true\"\n      }",
+            "user",
+            "no-such-user-tend",
+        ),
+        (
+            "      config {\n        command = \"/bin/true\"\n      }\n      resources {\n        memory = 2\n      }",
+            "resources.memory",
+            "4 MB",
+        ),
+        (
+            "      config {\n        command = \"/bin/true\"\n      }\n      chroot_env = { \"/nonexistent-tend-src\" = \"/x\" }",
+            "chroot_env",
+            "/nonexistent-tend-src",
+        ),
+    ];
+    for (body, field, detail) in cases {
+        let sb = Sandbox::new();
+        let cgroups_before = tend_cgroups();
+        let o = tend(&sb, &exec_job(body));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(0), "{field}: {stderr}");
+        assert!(
+            stderr.contains(&format!("task t: {field}:")) && stderr.contains(detail),
+            "{field}: {stderr}"
+        );
+        assert!(allocs_of(&sb).is_empty(), "{field}: {:?}", allocs_of(&sb));
+        let new: Vec<String> = tend_cgroups()
+            .difference(&cgroups_before)
+            .cloned()
+            .collect();
+        assert!(new.is_empty(), "{field}: new cgroups {new:?}");
+        assert!(sb.pids_inside().is_empty());
+    }
+}
+
+/// Start-to-exit times of /bin/true under exec and raw_exec, and of exec with
+/// 1, 3 and 7 binds: `TEND_BIN_DIR=target/release cargo test -p tend-tests
+/// --test exec start_times -- --ignored --nocapture` (as root).
+#[test]
+#[ignore = "a measurement; run against the release binary"]
+fn start_times() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let runs = 30;
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let measure = |make: &dyn Fn() -> SpawnConfig| {
+        let mut start = Vec::new();
+        let mut total = Vec::new();
+        for _ in 0..runs {
+            let cfg = make();
+            let t0 = Instant::now();
+            let (daemon_pid, _, _) = sb.start(&cfg).pids();
+            let started = t0.elapsed();
+            let mut c = Client::connect(&cfg);
+            let exit = c.wait_exit();
+            let ended = t0.elapsed();
+            assert_eq!(exit.exit_code, Some(0), "{}", err(&cfg));
+            assert_eq!(c.request(Request::Release), Response::Ok);
+            assert!(wait_until(LONG, || !pid_alive(daemon_pid)));
+            start.push(started);
+            total.push(ended);
+        }
+        (median(start), median(total))
+    };
+    let raw = measure(&|| sb.config("t", "/bin/true", &[]));
+    println!("raw_exec        start {:?}  start+exit {:?}", raw.0, raw.1);
+    let exec = measure(&|| {
+        let mut c = sb.config("t", "/bin/true", &[]);
+        make_exec(&mut c, &parent, default_binds());
+        c
+    });
+    println!(
+        "exec ({} binds) start {:?}  start+exit {:?}",
+        default_binds().len(),
+        exec.0,
+        exec.1
+    );
+    // A static busybox needs nothing but /usr: 1 bind is /usr, then the
+    // default set, filled up to 7 with more binds of /usr/share.
+    let order = ["/usr", "/bin", "/lib", "/etc", "/lib64", "/sbin", "/lib32"];
+    let existing: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    for n in [1usize, 3, 7] {
+        let mut binds: Vec<Bind> = existing
+            .iter()
+            .take(n)
+            .map(|p| Bind {
+                source: p.to_string(),
+                target: p.to_string(),
+            })
+            .collect();
+        let mut extra = 0;
+        while binds.len() < n {
+            extra += 1;
+            binds.push(Bind {
+                source: "/usr/share".into(),
+                target: format!("/extra{extra}"),
+            });
+        }
+        let t = measure(&|| {
+            let mut c = sb.config("t", "/usr/bin/busybox", &["true"]);
+            make_exec(&mut c, &parent, binds.clone());
+            c
+        });
+        println!("exec {n} binds    start {:?}  start+exit {:?}", t.0, t.1);
+    }
+}
