@@ -148,14 +148,38 @@ impl Inner {
         task: &str,
         f: impl FnOnce(&mut TaskRecord) -> Option<TaskEvent>,
     ) -> Option<TaskRecord> {
+        self.change_task(alloc_id, task, true, f)
+    }
+
+    /// Like [`Inner::update_task`], but the change stays in memory until the next
+    /// persisted one: for changes a restart can do without (a reattach finds the
+    /// same handle again), so that taking up many tasks costs no fsync each.
+    pub(crate) fn note_task(
+        &self,
+        alloc_id: &str,
+        task: &str,
+        f: impl FnOnce(&mut TaskRecord) -> Option<TaskEvent>,
+    ) -> Option<TaskRecord> {
+        self.change_task(alloc_id, task, false, f)
+    }
+
+    fn change_task(
+        &self,
+        alloc_id: &str,
+        task: &str,
+        persist: bool,
+        f: impl FnOnce(&mut TaskRecord) -> Option<TaskEvent>,
+    ) -> Option<TaskRecord> {
         let (rec, ev) = {
             let mut allocs = self.allocs.lock().expect("allocs lock");
             let slot = allocs.get_mut(alloc_id)?.tasks.get_mut(task)?;
             let ev = f(&mut slot.record);
             (slot.record.clone(), ev)
         };
-        if let Err(e) = self.store.put_task(&rec) {
-            tracing::error!(alloc_id, task, error = %e, "cannot persist task state");
+        if persist {
+            if let Err(e) = self.store.put_task(&rec) {
+                tracing::error!(alloc_id, task, error = %e, "cannot persist task state");
+            }
         }
         if let Some(event) = ev {
             tracing::info!(alloc_id, task, kind = %event.kind, "{}", event.message);

@@ -496,6 +496,7 @@ async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: H
                     None => true,
                 };
                 if same {
+                    let recorded_pid = handle.daemon_pid;
                     if handle.daemon_pid.is_none() {
                         handle.daemon_pid = Some(w.daemon_pid);
                         handle.daemon_start_time = crate::ident::start_time(w.daemon_pid);
@@ -504,14 +505,22 @@ async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: H
                         handle.task_start_time = crate::ident::start_time(w.task_pid);
                     }
                     let h = handle.clone();
-                    inner.update_task(alloc_id, &task.name, |r| {
+                    // The record already names this daemon unless it was adopted
+                    // by its socket: only then is there something new to persist.
+                    let adopted = recorded_pid.is_none();
+                    let change = |r: &mut crate::state::TaskRecord| {
                         r.phase = TaskPhase::Running;
                         r.handle = Some(h);
                         Some(r.event(
                             "reattached",
                             format!("run {}: tend-spawn answered", handle.run),
                         ))
-                    });
+                    };
+                    if adopted {
+                        inner.update_task(alloc_id, &task.name, change);
+                    } else {
+                        inner.note_task(alloc_id, &task.name, change);
+                    }
                     return Attach::Live(Box::new(Run::Spawn {
                         client,
                         socket,
@@ -774,7 +783,7 @@ async fn reattach_container(
             let dir = inner.settings.dirs.alloc(alloc_id);
             let cursor = driver::docker::logs::read_cursor(&dir, &task.name);
             let logs = docker.copy_logs(&id, &dir, &task.name, task.logs, cursor);
-            inner.update_task(alloc_id, &task.name, |r| {
+            inner.note_task(alloc_id, &task.name, |r| {
                 r.phase = TaskPhase::Running;
                 Some(r.event(
                     "reattached",
