@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::cgroup::{CgroupError, Hierarchies, TaskCgroup};
 use crate::child::{self, ChildStdio, Isolation, Prepared, StartFailure};
 use crate::daemon_log::DaemonLog;
-use crate::logs::{self, RotatingLog};
+use crate::logs::{self, RotatingLog, Spliced};
 use crate::reaper;
 use crate::server::{self, Client, Handler};
 use crate::sys;
@@ -221,12 +221,22 @@ struct Pipe {
     fd: OwnedFd,
     log: RotatingLog,
     warned: bool,
+    /// Whether splice(2) still serves this log; cleared at its first refusal.
+    splice: bool,
 }
 
 impl Pipe {
-    /// Read what is there into the log. Returns false at EOF.
+    /// Move what is there into the log. Returns false at EOF.
     fn drain(&mut self, buf: &mut [u8], rounds: usize) -> bool {
         for _ in 0..rounds {
+            if self.splice {
+                match self.log.splice_from(self.fd.as_fd()) {
+                    Spliced::Moved(_) => continue,
+                    Spliced::Empty => return true,
+                    Spliced::Eof => return false,
+                    Spliced::Unsupported => self.splice = false,
+                }
+            }
             match nix::unistd::read(&self.fd, buf) {
                 Ok(0) => return false,
                 Ok(n) => {
@@ -791,11 +801,13 @@ fn start(
             fd: out_r,
             log: out_log,
             warned: false,
+            splice: true,
         }),
         stderr: Some(Pipe {
             fd: err_r,
             log: err_log,
             warned: false,
+            splice: true,
         }),
     };
     Ok(event_loop(&mut d, started))

@@ -54,11 +54,13 @@ fn io_err(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
-/// Open `name` in `dir` for appending, creating it with mode 0640 if missing,
-/// never following a symlink.
+/// Open `name` in `dir` for writing at its end, creating it with mode 0640 if
+/// missing, never following a symlink. Not O_APPEND: the daemon is the file's one
+/// writer and keeps the offset itself, which lets splice(2) move pipe pages into
+/// the file (splice refuses O_APPEND files).
 pub fn open_append(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, LogError> {
     let open = |flags: i32| sys::open_beneath(dir, name, flags, LOG_FILE_MODE);
-    let base = libc::O_WRONLY | libc::O_APPEND;
+    let base = libc::O_WRONLY;
     let fd = match open(base | libc::O_CREAT | libc::O_EXCL) {
         Ok(fd) => {
             // The umask cut the mode; set it exactly.
@@ -82,6 +84,19 @@ pub fn open_append(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, LogError>
         }
     };
     Ok(fd)
+}
+
+/// What [`RotatingLog::splice_from`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spliced {
+    /// Bytes moved into the file.
+    Moved(usize),
+    /// The pipe is empty for now.
+    Empty,
+    /// Every writer has closed the pipe.
+    Eof,
+    /// splice cannot serve this file: read and write instead.
+    Unsupported,
 }
 
 /// One rotating log stream.
@@ -144,17 +159,16 @@ impl RotatingLog {
     pub fn write(&mut self, mut data: &[u8]) -> Result<(), LogError> {
         let mut first_err = None;
         while !data.is_empty() {
-            if self.size >= self.max_file_size || self.file.is_none() {
-                if let Err(e) = self.rotate() {
-                    // No file to write to: drop this chunk, try again next time.
-                    self.dropped += data.len() as u64;
-                    return Err(e);
-                }
+            if let Err(e) = self.ensure_room() {
+                // No file to write to: drop this chunk, try again next time.
+                self.dropped += data.len() as u64;
+                return Err(e);
             }
             let room = self.max_file_size - self.size;
             let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
             let Some(file) = &self.file else { break };
-            match nix::unistd::write(file, &data[..take]) {
+            let at = libc::off_t::try_from(self.size).unwrap_or(libc::off_t::MAX);
+            match nix::sys::uio::pwrite(file, &data[..take], at) {
                 Ok(n) => {
                     self.size += n as u64;
                     self.written += n as u64;
@@ -172,6 +186,43 @@ impl RotatingLog {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Rotate first when the current file is full (or there is none).
+    fn ensure_room(&mut self) -> Result<(), LogError> {
+        if self.size >= self.max_file_size || self.file.is_none() {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Move what waits in `pipe` (non-blocking) into the log with splice(2), no
+    /// copy through user memory, up to the end of the current file.
+    pub fn splice_from(&mut self, pipe: BorrowedFd<'_>) -> Spliced {
+        if self.ensure_room().is_err() {
+            return Spliced::Unsupported;
+        }
+        let Some(file) = &self.file else {
+            return Spliced::Unsupported;
+        };
+        let room = usize::try_from(self.max_file_size - self.size).unwrap_or(usize::MAX);
+        let mut at = libc::loff_t::try_from(self.size).unwrap_or(libc::loff_t::MAX);
+        let flags = nix::fcntl::SpliceFFlags::SPLICE_F_MOVE
+            | nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK;
+        match nix::fcntl::splice(pipe, None, file, Some(&mut at), room.min(1 << 20), flags) {
+            Ok(0) => Spliced::Eof,
+            Ok(n) => {
+                self.size += n as u64;
+                self.written += n as u64;
+                Spliced::Moved(n)
+            }
+            Err(Errno::EAGAIN) => Spliced::Empty,
+            Err(Errno::EINTR) => Spliced::Moved(0),
+            // EINVAL: a file system without splice; anything else (ENOSPC): the
+            // bytes stay in the pipe, for the read-and-write path that counts
+            // what it must drop.
+            Err(_) => Spliced::Unsupported,
+        }
     }
 
     /// Shift the older files up by one, drop the one beyond `max_files`, move the
