@@ -545,39 +545,6 @@ fn tasks_left_behind_are_killed_when_the_main_process_ends() {
     assert!(left.len() <= 1, "{left:?}");
 }
 
-/// Memory of one idle daemon: `TEND_BIN_DIR=target/release cargo test -p
-/// tend-tests --test spawn idle_daemon_memory -- --ignored --nocapture`.
-#[test]
-#[ignore = "a measurement; run against the release binary"]
-fn idle_daemon_memory() {
-    let sb = Sandbox::new();
-    // A second daemon shares the binary's pages, as on a host with many tasks.
-    let other = sb.config("u", "/bin/sleep", &["100"]);
-    sb.start(&other).pids();
-    let cfg = sb.config("t", "/bin/sleep", &["100"]);
-    let (daemon_pid, _, _) = sb.start(&cfg).pids();
-    let mut c = Client::connect(&cfg);
-    assert!(matches!(c.request(Request::Status), Response::Status(_)));
-    std::thread::sleep(Duration::from_millis(200));
-    let status = fs::read_to_string(format!("/proc/{daemon_pid}/status")).unwrap();
-    let rollup = fs::read_to_string(format!("/proc/{daemon_pid}/smaps_rollup")).unwrap();
-    let kb = |text: &str, key: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with(key))
-            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
-            .sum()
-    };
-    let rss = kb(&status, "VmRSS:");
-    let uss = kb(&rollup, "Private_Clean:") + kb(&rollup, "Private_Dirty:");
-    println!("idle tend-spawn: RSS {rss} kB, USS {uss} kB");
-    if let Some(probe) = std::env::var_os("TEND_MEM_PROBE") {
-        let out = std::process::Command::new(probe)
-            .arg(daemon_pid.to_string())
-            .output()
-            .unwrap();
-        println!("{}", String::from_utf8_lossy(&out.stdout));
-    }
-}
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
