@@ -262,6 +262,16 @@ fn exec_isolation(
                 format!("source {source:?} does not exist on this host"),
             ));
         }
+        // A setuid tend-spawn binds only canonical sources (its policy's
+        // rule): on merged-usr hosts /bin is bound from /usr/bin.
+        let source = if nix::unistd::geteuid().is_root() {
+            source
+        } else {
+            std::fs::canonicalize(&source)
+                .ok()
+                .and_then(|p| p.to_str().map(String::from))
+                .unwrap_or(source)
+        };
         binds.push(Bind { source, target });
     }
     Ok(Isolation {
