@@ -142,11 +142,18 @@ impl AllocDir {
     /// becomes its own, and `alloc/` is shared like /tmp (1777), since the tasks of
     /// one allocation may run as different users. The alloc root, the task root
     /// and `logs/` stay the agent's: the task cannot write its logs or exit file.
+    ///
+    /// An agent that is not root (setuid mode) cannot chown: it leaves `local/`
+    /// its own, and the setuid tend-spawn gives it to the task's user, after
+    /// checking it is the caller's (docs/setuid.md).
     pub fn prepare_for_user(&self, task: &str, uid: u32, gid: u32) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let local = self.task_local(task);
-        std::os::unix::fs::chown(&local, Some(uid), Some(gid))?;
-        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o750))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if me == 0 || me == uid {
+            std::os::unix::fs::chown(&local, Some(uid), Some(gid))?;
+            std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o750))?;
+        }
         std::fs::set_permissions(self.shared(), std::fs::Permissions::from_mode(0o1777))
     }
 }

@@ -719,6 +719,30 @@ impl TaskCgroup {
         Ok(())
     }
 
+    /// Setuid mode: give the files that kill the cgroup to the caller, so the
+    /// daemon, once it is the caller, kills it without a capability:
+    /// `cgroup.kill` and `cgroup.freeze` in the cgroup2 tree, `freezer.state`
+    /// on v1. The limits, `cgroup.procs` and the dirs stay root's. A file the
+    /// host does not have is skipped.
+    pub fn chown_kill_files(&self, uid: u32, gid: u32) -> Result<()> {
+        let mut files = Vec::new();
+        if let Some(d) = &self.unified {
+            files.push(d.join("cgroup.kill"));
+            files.push(d.join("cgroup.freeze"));
+        }
+        if let Some(d) = self.v1.get(&Controller::Freezer) {
+            files.push(d.join("freezer.state"));
+        }
+        for f in files {
+            match std::os::unix::fs::lchown(&f, Some(uid), Some(gid)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(CgroupError::Write { path: f, source }),
+            }
+        }
+        Ok(())
+    }
+
     /// Move a process into the task's cgroup in every hierarchy.
     pub fn add_pid(&self, pid: Pid) -> Result<()> {
         for dir in self.dirs() {

@@ -452,6 +452,28 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
         }
         libc::close(fds.sync_r);
 
+        // 2b. The daemon's oom_score_adj (-1000 where it could) is not the
+        // task's: back to 0. /proc/self of a non-dumpable process is root's,
+        // so in setuid mode this needs root's fsuid for a moment; raising the
+        // value needs no privilege. Best effort where /proc is not there.
+        if prep.isolation.is_some() {
+            let old_fsuid = libc::setfsuid(0);
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                let zero = b"0\n";
+                let n = libc::write(fd, zero.as_ptr().cast(), zero.len());
+                libc::close(fd);
+                if n < 0 {
+                    child_fail(err_w, Stage::Privileges);
+                }
+            }
+            // setfsuid returns the old fsuid as an int; it is a uid_t.
+            libc::setfsuid(old_fsuid.cast_unsigned());
+        }
+
         // 3. A private mount namespace, the planned mounts, the chroot.
         if let Some(root) = &prep.root {
             if libc::unshare(libc::CLONE_NEWNS) != 0 {
@@ -478,6 +500,15 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
                 libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
             );
             if alloc_fd < 0 {
+                child_fail(err_w, Stage::Mount);
+            }
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(alloc_fd, &mut st) != 0 {
+                child_fail(err_w, Stage::Mount);
+            }
+            if (st.st_dev, st.st_ino) != root.alloc_id {
+                // Not the dir the daemon checked: swapped under us.
+                *libc::__errno_location() = libc::EXDEV;
                 child_fail(err_w, Stage::Mount);
             }
             let root_fd = open_beneath(alloc_fd, root.root.as_ptr(), libc::O_DIRECTORY);

@@ -173,6 +173,10 @@ pub struct MountOp {
 pub struct PreparedRoot {
     /// The alloc dir, absolute (the agent's, trusted).
     pub alloc_dir: CString,
+    /// Device and inode of the alloc dir the daemon opened: the child, which
+    /// opens it again by path in its new mount namespace, refuses any other
+    /// (a path swapped meanwhile, e.g. by a setuid-mode caller).
+    pub alloc_id: (u64, u64),
     /// The task root relative to the alloc dir: the task's name.
     pub root: CString,
     /// The mounts, in order.
@@ -269,7 +273,12 @@ pub fn prepare(
             shown: m.describe(),
         });
     }
+    let st = nix::sys::stat::fstat(alloc).map_err(|e| ChrootError {
+        path: host.clone(),
+        source: io::Error::from_raw_os_error(e as i32),
+    })?;
     Ok(PreparedRoot {
+        alloc_id: (st.st_dev, st.st_ino),
         alloc_dir: cstr(&config.alloc_dir)?,
         root: cstr(&config.task)?,
         ops,

@@ -27,6 +27,7 @@ use crate::daemon_log::DaemonLog;
 use crate::logs::{self, RotatingLog, Spliced};
 use crate::reaper;
 use crate::server::{self, Client, Handler};
+use crate::setuid::{self, Context};
 use crate::sys;
 
 /// How long the pipes are drained after the task's end, at most.
@@ -88,11 +89,50 @@ struct OwnCgroup {
 
 impl Drop for OwnCgroup {
     fn drop(&mut self) {
-        match self.hier.leave_self(&self.path) {
-            Ok(()) => info!(path = %self.path, "left and removed the daemon's cgroup"),
-            Err(e) => warn!(error = %e, "cannot remove the daemon's cgroup"),
+        match privileged(|| self.hier.leave_self(&self.path)) {
+            Some(Ok(())) => info!(path = %self.path, "left and removed the daemon's cgroup"),
+            Some(Err(e)) => warn!(error = %e, "cannot remove the daemon's cgroup"),
+            None => info!(path = %self.path, "the daemon's cgroup is left to the cleanup helper"),
         }
     }
+}
+
+/// Setuid mode: whether the daemon runs as the caller's fs ids (set once the
+/// policy allowed the config), and whether it has dropped to the caller for good.
+static SETUID_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static DROPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Run `f` with root's file access: in setuid mode through fsuid/fsgid 0 and
+/// back to the caller's (None once the daemon has dropped to the caller: the
+/// cleanup helper does what is left); as is otherwise.
+fn privileged<T>(f: impl FnOnce() -> T) -> Option<T> {
+    use std::sync::atomic::Ordering;
+    if !SETUID_MODE.load(Ordering::Relaxed) {
+        return Some(f());
+    }
+    if DROPPED.load(Ordering::Relaxed) {
+        return None;
+    }
+    match setuid::with_fs_ids(&setuid::Linux, 0, 0, f) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(error = %e, "cannot regain root's file access");
+            None
+        }
+    }
+}
+
+/// [`privileged`] for a step that must happen: a lost privilege is an error.
+fn privileged_or<T>(
+    stage: Stage,
+    f: impl FnOnce() -> Result<T, StartFailure>,
+) -> Result<T, StartFailure> {
+    privileged(f).unwrap_or_else(|| {
+        Err(StartFailure::plain(
+            stage,
+            "setuid: root's file access is gone".to_string(),
+        ))
+    })
 }
 
 /// The task's cgroup while the daemon has it: killed and removed on drop unless
@@ -135,12 +175,16 @@ impl TaskCgroupGuard {
             return;
         }
         self.removed = true;
+        // As the caller too: its kill files are the caller's (setuid mode).
         if let Err(e) = self.cg.kill_all() {
             warn!(error = %e, "killing what is left in the task's cgroup");
         }
-        match self.cg.remove() {
-            Ok(()) => info!(path = %self.cg.rel_path().display(), "task cgroup removed"),
-            Err(e) => warn!(error = %e, "cannot remove the task's cgroup"),
+        match privileged(|| self.cg.remove()) {
+            Some(Ok(())) => info!(path = %self.cg.rel_path().display(), "task cgroup removed"),
+            Some(Err(e)) => warn!(error = %e, "cannot remove the task's cgroup"),
+            None => {
+                info!(path = %self.cg.rel_path().display(), "the task's cgroup is left to the cleanup helper")
+            }
         }
     }
 }
@@ -287,6 +331,8 @@ struct Daemon {
     leave: bool,
     stdout: Option<Pipe>,
     stderr: Option<Pipe>,
+    /// Setuid mode: the root cleanup helper, spared by the sweeps.
+    helper: Option<Pid>,
 }
 
 impl Handler for Daemon {
@@ -457,7 +503,7 @@ impl Daemon {
             }),
             None => false,
         };
-        let descendants = reaper::sigkill_descendants();
+        let descendants = reaper::sigkill_descendants(self.helper);
         let now = Instant::now();
         if !in_cgroup && descendants == 0 {
             self.sweep_at = None;
@@ -523,7 +569,13 @@ struct Started {
 }
 
 /// The daemon, from the grandchild's first instruction to its exit code.
-pub fn run(config: SpawnConfig, isolation: Option<Isolation>) -> i32 {
+///
+/// `ctx` is set in setuid mode: the policy allowed the config, file access is
+/// the caller's already, and every root step below goes through [`privileged`].
+pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Context>) -> i32 {
+    if ctx.is_some() {
+        SETUID_MODE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let daemon_pid = getpid();
     // Hold no dir of the agent's busy.
     let _ = nix::unistd::chdir("/");
@@ -540,20 +592,23 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>) -> i32 {
         let _ = ::nix::sys::prctl::set_dumpable(false);
     }
 
-    // The alloc dir, its log dir and the daemon's own log.
-    let alloc = match nix::fcntl::open(
-        config.alloc_dir.as_str(),
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
+    // The alloc dir, its log dir and the daemon's own log. In setuid mode the
+    // alloc dir is opened as the caller, one component at a time below a
+    // data root, without following symlinks, and must be the caller's.
+    let opened = match &ctx {
+        None => nix::fcntl::open(
+            config.alloc_dir.as_str(),
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StartFailure::new(Stage::Logs, &config.alloc_dir, errno_of(e))),
+        Some(c) => open_caller_alloc(c, &config.alloc_dir),
+    };
+    let alloc = match opened {
         Ok(fd) => fd,
-        Err(e) => {
+        Err(f) => {
             DaemonLog::new(&config.alloc_id, &config.task, None).install();
-            return fail(
-                &config,
-                None,
-                &StartFailure::new(Stage::Logs, &config.alloc_dir, errno_of(e)),
-            );
+            return fail(&config, None, &f);
         }
     };
     let log_dir = match open_log_dir(alloc.as_fd()) {
@@ -578,9 +633,11 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>) -> i32 {
     // outside the agent's (stopping the agent's service must not kill it).
     let hier = match &config.cgroup {
         None => None,
-        Some(_) => match Hierarchies::detect() {
+        Some(_) => match privileged_or(Stage::Cgroup, || {
+            Hierarchies::detect().map_err(|e| cgroup_failure(&e))
+        }) {
             Ok(h) => Some(h),
-            Err(e) => return fail(&config, Some(alloc.as_fd()), &cgroup_failure(&e)),
+            Err(f) => return fail(&config, Some(alloc.as_fd()), &f),
         },
     };
     let daemon_path = config.cgroup.as_ref().and_then(|c| c.daemon_path.clone());
@@ -591,14 +648,16 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>) -> i32 {
                 hier: h.clone(),
                 path,
             };
-            if let Err(e) = h.join_self(&own.path) {
-                return fail(&config, Some(alloc.as_fd()), &cgroup_failure(&e));
+            if let Err(f) = privileged_or(Stage::Cgroup, || {
+                h.join_self(&own.path).map_err(|e| cgroup_failure(&e))
+            }) {
+                return fail(&config, Some(alloc.as_fd()), &f);
             }
             Some(own)
         }
         _ => None,
     };
-    protect_from_oom();
+    privileged(protect_from_oom);
 
     let signals = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
     {
@@ -614,7 +673,11 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>) -> i32 {
 
     // The control socket.
     let socket_path = PathBuf::from(&config.socket_path);
-    let listener = match server::bind(&socket_path, nix::unistd::geteuid().as_raw()) {
+    // Its owner: the caller in setuid mode (bound as the caller, too).
+    let owner = ctx
+        .as_ref()
+        .map_or_else(|| nix::unistd::geteuid().as_raw(), |c| c.caller.uid);
+    let listener = match server::bind(&socket_path, owner) {
         Ok(l) => l,
         Err(e) => {
             let f = StartFailure {
@@ -633,6 +696,7 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>) -> i32 {
         daemon_pid,
         Started { listener, signals },
         hier.as_ref(),
+        ctx.as_ref(),
     ) {
         Ok(code) => code,
         Err(code) => code,
@@ -657,6 +721,139 @@ fn open_log_dir(alloc: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Setuid mode: the caller's alloc dir below one of the policy's data roots
+/// (see [`crate::policy::open_caller_dir`]), as a readable dir fd.
+fn open_caller_alloc(ctx: &Context, alloc_dir: &str) -> Result<OwnedFd, StartFailure> {
+    let refuse = |m: String| {
+        StartFailure::plain(
+            Stage::Config,
+            format!("policy {}: data_roots: {m}", ctx.policy.path.display()),
+        )
+    };
+    let path = crate::policy::open_caller_dir(
+        &ctx.policy.data_roots,
+        std::path::Path::new(alloc_dir),
+        ctx.caller.uid,
+    )
+    .map_err(refuse)?;
+    sys::open_beneath(path.as_fd(), ".", libc::O_DIRECTORY | libc::O_RDONLY, 0)
+        .map_err(|e| StartFailure::io(Stage::Logs, alloc_dir, &e))
+}
+
+/// Setuid mode: the task's `local/` becomes its user's (the agent, not root,
+/// cannot chown it). Opened as the caller beneath the alloc dir without
+/// following symlinks, and given away only if it is the caller's own.
+fn give_local_to_task(
+    ctx: &Context,
+    alloc: BorrowedFd<'_>,
+    task: &str,
+) -> Result<(), StartFailure> {
+    let rel = format!("{task}/local");
+    let fd = sys::open_beneath(alloc, &rel, libc::O_DIRECTORY | libc::O_RDONLY, 0)
+        .map_err(|e| StartFailure::io(Stage::Mount, &rel, &e))?;
+    let st = nix::sys::stat::fstat(&fd)
+        .map_err(|e| StartFailure::new(Stage::Mount, &rel, errno_of(e)))?;
+    if st.st_uid != ctx.caller.uid {
+        // Already the task's (a restart), or someone else's: left as it is.
+        return Ok(());
+    }
+    privileged_or(Stage::Mount, || {
+        nix::unistd::fchown(
+            &fd,
+            Some(nix::unistd::Uid::from_raw(ctx.task.uid)),
+            Some(nix::unistd::Gid::from_raw(ctx.task.gid)),
+        )
+        .and_then(|()| fchmod(&fd, Mode::from_bits_truncate(0o750)))
+        .map_err(|e| StartFailure::new(Stage::Mount, &rel, errno_of(e)))
+    })
+}
+
+/// Setuid mode: fork the cleanup helper, a root process that does nothing but
+/// wait for the daemon to go (the pipe's write end closes when it exits, however
+/// it exits) and then kill and remove the task's cgroup and the daemon's own,
+/// which the daemon, once it is the caller, cannot rmdir. bubblewrap's
+/// `privileged_op` split, cut down to one operation with no input at all.
+fn fork_cleanup_helper(
+    hier: &Hierarchies,
+    task_path: Option<&str>,
+    daemon_path: Option<&str>,
+) -> Result<(OwnedFd, Pid), StartFailure> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| StartFailure::new(Stage::Fork, "cleanup pipe", errno_of(e)))?;
+    match child::fork_single_threaded() {
+        Err(e) => Err(StartFailure::io(Stage::Fork, "cleanup helper", &e)),
+        Ok(child::Forked::Parent(pid)) => {
+            drop(r);
+            Ok((w, pid))
+        }
+        Ok(child::Forked::Child) => {
+            drop(w);
+            // Nothing is logged from here: the fds of the log are closed below.
+            DaemonLog::all_off();
+            stdio_to_dev_null();
+            let keep = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&r)).unwrap_or(u32::MAX);
+            if keep > 3 {
+                let _ = sys::close_range(3, keep - 1, 0);
+            }
+            let _ = sys::close_range(keep.saturating_add(1), u32::MAX, 0);
+            // All of root's ids: the caller (the real uid until now) cannot signal it.
+            let _ = nix::unistd::setgroups(&[]);
+            let root_g = nix::unistd::Gid::from_raw(0);
+            let root_u = nix::unistd::Uid::from_raw(0);
+            let _ = nix::unistd::setresgid(root_g, root_g, root_g);
+            let _ = nix::unistd::setresuid(root_u, root_u, root_u);
+            let mut b = [0u8; 1];
+            loop {
+                match nix::unistd::read(&r, &mut b) {
+                    Ok(0) => break,
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
+            if let Some(p) = task_path {
+                if let Ok(cg) = TaskCgroup::open(hier, p) {
+                    let _ = cg.kill_all();
+                    let _ = cg.remove();
+                }
+            }
+            if let Some(p) = daemon_path {
+                let _ = hier.leave_self(p);
+            }
+            sys::exit_now(0)
+        }
+    }
+}
+
+/// Setuid mode, once the task runs: fork the cleanup helper, then become the
+/// caller for good, keeping only [`setuid::KEPT_CAPS`]. Returns the helper's
+/// pid and the pipe whose close sets it off (held for the daemon's life).
+fn drop_privileges(
+    ctx: &Context,
+    config: &SpawnConfig,
+    hier: Option<&Hierarchies>,
+) -> Result<Option<(OwnedFd, Pid)>, StartFailure> {
+    let helper = match (hier, &config.cgroup) {
+        (Some(h), Some(spec)) => Some(fork_cleanup_helper(
+            h,
+            Some(&spec.path),
+            spec.daemon_path.as_deref(),
+        )?),
+        _ => None,
+    };
+    setuid::drop_to_caller(&setuid::Linux, &ctx.ids, &setuid::KEPT_CAPS)
+        .map_err(|e| StartFailure::plain(Stage::Privileges, e.to_string()))?;
+    DROPPED.store(true, std::sync::atomic::Ordering::Relaxed);
+    let took = setuid::since_exec().unwrap_or_default();
+    info!(
+        privileged_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        uid = ctx.caller.uid,
+        kept = "CAP_KILL",
+        "dropped to the caller"
+    );
+    Ok(helper)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn start(
     config: SpawnConfig,
     alloc: OwnedFd,
@@ -665,16 +862,29 @@ fn start(
     daemon_pid: Pid,
     started: Started,
     hier: Option<&Hierarchies>,
+    ctx: Option<&Context>,
 ) -> Result<i32, i32> {
     let failed = |config: &SpawnConfig, alloc: &OwnedFd, f: StartFailure| {
         fail(config, Some(alloc.as_fd()), &f)
     };
     // The task's cgroup with its limits, before any fd of the task is opened
     // (STYLE.md rule 5); dropped (killed, removed) on any failure below.
+    // In setuid mode the files that kill it are the caller's: the daemon,
+    // once it is the caller, kills the cgroup without any capability.
     let cgroup = match (hier, &config.cgroup) {
-        (Some(h), Some(spec)) => match TaskCgroup::create(h, spec) {
-            Ok(cg) => Some(TaskCgroupGuard::new(cg)),
-            Err(e) => return Err(failed(&config, &alloc, cgroup_failure(&e))),
+        (Some(h), Some(spec)) => match privileged_or(Stage::Cgroup, || {
+            let cg = TaskCgroup::create(h, spec).map_err(|e| cgroup_failure(&e))?;
+            let guard = TaskCgroupGuard::new(cg);
+            if let Some(c) = ctx {
+                guard
+                    .cg
+                    .chown_kill_files(c.caller.uid, c.caller.gid)
+                    .map_err(|e| cgroup_failure(&e))?;
+            }
+            Ok(guard)
+        }) {
+            Ok(g) => Some(g),
+            Err(f) => return Err(failed(&config, &alloc, f)),
         },
         _ => None,
     };
@@ -739,6 +949,11 @@ fn start(
             }
         },
     };
+    if let (Some(c), Some(_)) = (ctx, &root) {
+        if let Err(f) = give_local_to_task(c, alloc.as_fd(), &config.task) {
+            return Err(failed(&config, &alloc, f));
+        }
+    }
     let prep = match Prepared::new(&config, isolation, root) {
         Ok(p) => p,
         Err(f) => return Err(failed(&config, &alloc, f)),
@@ -751,7 +966,9 @@ fn start(
     // The child waits on the sync pipe while it is placed in the task's cgroup:
     // only the task goes there, never the daemon.
     let place = |pid: Pid| match &cgroup {
-        Some(g) => g.cg.add_pid(pid).map_err(|e| cgroup_failure(&e)),
+        Some(g) => privileged_or(Stage::Cgroup, || {
+            g.cg.add_pid(pid).map_err(|e| cgroup_failure(&e))
+        }),
         None => Ok(()),
     };
     let task_pid = match child::spawn(&prep, stdio, place) {
@@ -767,6 +984,25 @@ fn start(
             None
         }
     };
+    // Setuid mode: the privileged phase ends here, before Started: never
+    // report a task started by a half-privileged daemon.
+    let mut helper_pid = None;
+    if let Some(c) = ctx {
+        match drop_privileges(c, &config, hier) {
+            Ok(Some((pipe, pid))) => {
+                helper_pid = Some(pid);
+                // Held until the process ends, however it ends (CLOEXEC: the
+                // task, forked before it existed, never had it).
+                std::mem::forget(pipe);
+            }
+            Ok(None) => {}
+            Err(f) => {
+                let _ = sys::kill_raw(task_pid, libc::SIGKILL);
+                let _ = sys::wait_blocking(task_pid);
+                return Err(failed(&config, &alloc, f));
+            }
+        }
+    }
     let instance = Instance(instance);
     // Started reaches the agent before anything can report the exit: the first
     // reap happens in the loop below.
@@ -809,6 +1045,7 @@ fn start(
             warned: false,
             splice: true,
         }),
+        helper: helper_pid,
     };
     Ok(event_loop(&mut d, started))
 }

@@ -23,6 +23,7 @@ pub struct DaemonLog {
 }
 
 static STDERR_ON: AtomicBool = AtomicBool::new(true);
+static ALL_OFF: AtomicBool = AtomicBool::new(false);
 
 impl DaemonLog {
     /// A log for `alloc_id`/`task`, writing to `file` when there is one.
@@ -43,6 +44,12 @@ impl DaemonLog {
     /// Stop copying lines to stderr (called once stdio goes to /dev/null).
     pub fn stderr_off() {
         STDERR_ON.store(false, Ordering::Relaxed);
+    }
+
+    /// Log nothing more, anywhere: for a forked process that closes the log's
+    /// fds (a reused fd number must never receive a log line).
+    pub fn all_off() {
+        ALL_OFF.store(true, Ordering::Relaxed);
     }
 
     /// The line for an event (without the newline).
@@ -86,6 +93,9 @@ impl Subscriber for DaemonLog {
     fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
+        if ALL_OFF.load(Ordering::Relaxed) {
+            return;
+        }
         let mut fields = Fields(String::new());
         event.record(&mut fields);
         let mut line = self.format(

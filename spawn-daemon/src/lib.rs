@@ -109,18 +109,35 @@ pub fn run() -> i32 {
         eprintln!("tend-spawn: {}", UsageError::Terminal);
         return EXIT_USAGE;
     }
-    sanitize();
+    let setuid_mode = setuid::is_setuid();
+    if !setuid_mode {
+        // Setuid mode did its own, stricter, first thing in main.
+        sanitize();
+    }
     let config = match read_config(&mut io::stdin().lock()) {
         Ok(c) => c,
         Err(f) => return report_failure(&f),
     };
-    // Who the task runs as is looked up before any fork.
-    let isolation = match config
-        .isolation
-        .as_ref()
-        .map(|i| daemon::resolve_user(&i.user))
-        .transpose()
-    {
+    // Setuid: the policy decides, before anything is created or forked.
+    let ctx = if setuid_mode {
+        match setuid::Context::establish(&config) {
+            Ok(c) => Some(c),
+            Err(line) => return report_failure(&StartFailure::plain(Stage::Config, line)),
+        }
+    } else {
+        None
+    };
+    // Who the task runs as is looked up before any fork. In setuid mode, the
+    // policy's task user; raw_exec runs as the caller, never as root.
+    let isolation = match &ctx {
+        Some(c) => Ok(Some(c.task)),
+        None => config
+            .isolation
+            .as_ref()
+            .map(|i| daemon::resolve_user(&i.user))
+            .transpose(),
+    };
+    let isolation = match isolation {
         Ok(i) => i,
         Err(f) => return report_failure(&f),
     };
@@ -149,7 +166,7 @@ pub fn run() -> i32 {
                     sys::exit_now(EXIT_FAILED)
                 }
                 Ok(Forked::Parent(_)) => sys::exit_now(0),
-                Ok(Forked::Child) => daemon::run(config, isolation),
+                Ok(Forked::Child) => daemon::run(config, isolation, ctx),
             }
         }
     }

@@ -99,10 +99,12 @@ fn scan_ppids() -> Vec<(Pid, Pid)> {
         .collect()
 }
 
-/// One round: SIGKILL every descendant of the daemon, without waiting. Returns
-/// how many there were (the poll loop comes back until none is left).
-pub fn sigkill_descendants() -> usize {
-    let left = descendants(nix::unistd::getpid());
+/// One round: SIGKILL every descendant of the daemon but `spare` (setuid
+/// mode's cleanup helper), without waiting. Returns how many there were (the
+/// poll loop comes back until none is left).
+pub fn sigkill_descendants(spare: Option<Pid>) -> usize {
+    let mut left = descendants(nix::unistd::getpid());
+    left.retain(|p| Some(*p) != spare);
     for p in &left {
         let _ = kill(*p, Signal::SIGKILL);
     }

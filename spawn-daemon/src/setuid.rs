@@ -275,10 +275,23 @@ pub fn as_caller<T>(
     caller: &CallerIds,
     f: impl FnOnce() -> T,
 ) -> Result<T, SetuidError> {
-    let old_gid = sys.setfsgid(caller.gid);
-    verify_fs(sys, "fsgid", caller.gid, true)?;
-    let old_uid = sys.setfsuid(caller.uid);
-    if let Err(e) = verify_fs(sys, "fsuid", caller.uid, false) {
+    with_fs_ids(sys, caller.uid, caller.gid, f)
+}
+
+/// Run `f` with fsuid `uid` and fsgid `gid`, then back to the previous ones
+/// (each change read back, as [`as_caller`] says). With `0, 0` this is how a
+/// daemon that otherwise works as the caller ([`enter_caller_fs`]) does one
+/// privileged file step: a cgroup write, a chown of the task's `local/`.
+pub fn with_fs_ids<T>(
+    sys: &dyn Syscall,
+    uid: u32,
+    gid: u32,
+    f: impl FnOnce() -> T,
+) -> Result<T, SetuidError> {
+    let old_gid = sys.setfsgid(gid);
+    verify_fs(sys, "fsgid", gid, true)?;
+    let old_uid = sys.setfsuid(uid);
+    if let Err(e) = verify_fs(sys, "fsuid", uid, false) {
         sys.setfsgid(old_gid);
         return Err(e);
     }
@@ -288,6 +301,48 @@ pub fn as_caller<T>(
     sys.setfsgid(old_gid);
     verify_fs(sys, "fsgid", old_gid, true)?;
     Ok(out)
+}
+
+/// From here on, every file the process opens or creates is checked and owned
+/// as the caller's (fsuid and fsgid), until [`drop_to_caller`] makes it the
+/// caller for good. The kernel also clears the file capabilities
+/// (`CAP_DAC_OVERRIDE`, `CAP_CHOWN`, `CAP_FOWNER`, ...) from the effective set
+/// while the fsuid is not 0, so a path the daemon forgot to treat as the
+/// caller's is the caller's anyway: privilege for files is opt-in, through
+/// [`with_fs_ids`] with 0.
+pub fn enter_caller_fs(sys: &dyn Syscall, caller: &CallerIds) -> Result<(), SetuidError> {
+    sys.setfsgid(caller.gid);
+    verify_fs(sys, "fsgid", caller.gid, true)?;
+    sys.setfsuid(caller.uid);
+    verify_fs(sys, "fsuid", caller.uid, false)
+}
+
+/// The name of a policy beside the installed binary (see [`policy_path`]).
+pub const POLICY_BESIDE_BINARY: &str = "spawn-policy.hcl";
+
+/// Where the policy is: `<dir of this executable>/spawn-policy.hcl` when that
+/// file exists, else [`crate::policy::DEFAULT_PATH`].
+///
+/// Why a policy beside the binary is safe: the executable's dir comes from the
+/// kernel (`/proc/self/exe`), never from argv, the environment or the config;
+/// and [`crate::policy::Policy::load`] refuses the file unless it and every dir
+/// above it are root's and not group/other writable. A user cannot make such a
+/// dir hold a setuid tend-spawn: copying it drops the setuid bit, and a hard
+/// link needs write access to the dir (and `fs.protected_hardlinks`, on by
+/// default, refuses links to files the user does not own). So a policy found
+/// there was put there by root, next to the binary root installed: it grants
+/// nothing root did not. Tests use it to run a private install side by side
+/// with the host's; a host install normally has none and uses /etc.
+pub fn policy_path() -> std::path::PathBuf {
+    if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+        if let Some(dir) = exe.parent() {
+            let beside = dir.join(POLICY_BESIDE_BINARY);
+            if std::fs::symlink_metadata(&beside).is_ok() {
+                return beside;
+            }
+        }
+    }
+    std::path::PathBuf::from(crate::policy::DEFAULT_PATH)
 }
 
 /// Read the fs id back: `setfs*id(-1)` changes nothing and returns it.
@@ -390,3 +445,85 @@ pub fn drop_to_caller(
 
 #[cfg(test)]
 mod tests;
+
+/// When this process was exec'd (as near as `main` can tell): the start of
+/// the privileged phase, whose length the daemon logs at [`drop_to_caller`].
+static EXEC_AT: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Note the start of the process; the first thing `main` does.
+pub fn mark_exec() {
+    let _ = EXEC_AT.set(std::time::Instant::now());
+}
+
+/// How long since [`mark_exec`].
+pub fn since_exec() -> Option<std::time::Duration> {
+    EXEC_AT.get().map(std::time::Instant::elapsed)
+}
+
+/// What a setuid run knows once the policy has said yes: who called, the
+/// policy, and who the task runs as.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The caller (real ids).
+    pub caller: crate::policy::Caller,
+    /// The same, as the ids the daemon drops to.
+    pub ids: CallerIds,
+    /// The policy that allowed the config.
+    pub policy: crate::policy::Policy,
+    /// The task's user: the policy's task user, or the caller for raw_exec
+    /// (never root: the daemon starts it while it still is).
+    pub task: crate::child::Isolation,
+}
+
+impl Context {
+    /// Load the policy ([`policy_path`], as root: it may be root-only
+    /// readable), switch file access to the caller's ([`enter_caller_fs`]),
+    /// and check `config` against every rule, as the caller. Any refusal is the
+    /// one line to report; nothing has been created or started then.
+    pub fn establish(config: &tend_proto::SpawnConfig) -> Result<Context, String> {
+        use crate::policy::{Caller, Policy, SystemAccounts};
+        let caller =
+            Caller::current().map_err(|e| format!("setuid: reading the caller's ids: {e}"))?;
+        let ids = CallerIds::from(&caller);
+        let path = as_caller(&Linux, &ids, policy_path).map_err(|e| e.to_string())?;
+        let policy = Policy::load(&path).map_err(|e| e.to_string())?;
+        enter_caller_fs(&Linux, &ids).map_err(|e| e.to_string())?;
+        policy.check(&caller, config).map_err(|e| e.to_string())?;
+        let task = match &config.isolation {
+            Some(iso) => {
+                let acct = policy
+                    .check_task_user(&iso.user, &SystemAccounts)
+                    .map_err(|e| e.to_string())?;
+                crate::child::Isolation {
+                    uid: acct.uid,
+                    gid: acct.gid,
+                }
+            }
+            None => crate::child::Isolation {
+                uid: caller.uid,
+                gid: caller.gid,
+            },
+        };
+        if task.uid == 0 || task.gid == 0 {
+            return Err(format!(
+                "policy {}: task_users: a task never runs as uid 0 or gid 0 (uid {}, gid {})",
+                policy.path.display(),
+                task.uid,
+                task.gid
+            ));
+        }
+        Ok(Context {
+            caller,
+            ids,
+            policy,
+            task,
+        })
+    }
+
+    /// Run `f` with root's file access (fsuid and fsgid 0), then back to the
+    /// caller's: for the privileged steps only (cgroup files, the chown of the
+    /// task's `local/`, the policy).
+    pub fn privileged<T>(&self, f: impl FnOnce() -> T) -> Result<T, SetuidError> {
+        with_fs_ids(&Linux, 0, 0, f)
+    }
+}

@@ -50,6 +50,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a setuid install of tend-spawn: owner, group, mode, policy, cgroup
+    /// parent; one line per problem, exit status 1 when anything is wrong.
+    Doctor {
+        /// The installed tend-spawn [default: next to tend]
+        #[arg(long, env = "TEND_SPAWN_BIN")]
+        spawn_bin: Option<PathBuf>,
+        /// The policy file.
+        #[arg(long, default_value = tend_spawn::policy::DEFAULT_PATH)]
+        policy: PathBuf,
+    },
     /// Run the long-running host agent.
     Agent {
         /// Agent config file (HCL); without one, the embedded defaults.
@@ -170,13 +180,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if client.alive().await {
                 return run::submit(&client, &file, json, &mut out).await;
             }
+            let spawn_bin = spawn_bin.unwrap_or_else(crate::spawn::launch::default_spawn_bin);
+            crate::driver::use_spawn_bin(&spawn_bin);
             run::run_foreground(run::RunOptions {
                 job_file: file,
                 dirs,
-                spawn_bin: spawn_bin.unwrap_or_else(crate::spawn::launch::default_spawn_bin),
+                spawn_bin,
             })
             .await
         }),
+        Command::Doctor { spawn_bin, policy } => {
+            let spawn_bin = spawn_bin.unwrap_or_else(crate::spawn::launch::default_spawn_bin);
+            Ok(doctor::run_doctor(&spawn_bin, &policy, &mut out))
+        }
         Command::Agent { config, spawn_bin } => agent::run(agent::AgentOptions {
             config,
             data_dir: cli.data_dir,

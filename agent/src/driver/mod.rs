@@ -149,6 +149,38 @@ pub struct Launch<'a> {
     pub cgroup_parent: &'a str,
 }
 
+/// The tend-spawn this process uses, once known (see [`use_spawn_bin`]).
+static SPAWN_BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Note which tend-spawn this process runs: a non-root agent may run exec
+/// tasks when it is setuid root (setuid mode, docs/setuid.md).
+pub fn use_spawn_bin(path: &Path) {
+    let _ = SPAWN_BIN.set(path.to_path_buf());
+}
+
+/// Whether the tend-spawn in use is installed setuid root (mode bit 04000,
+/// owner 0). Whether this user may run it, and what the policy allows, is
+/// tend-spawn's to say, in one line, at the start.
+pub fn setuid_spawn() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    SPAWN_BIN
+        .get()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .is_some_and(|m| m.uid() == 0 && m.mode() & 0o4000 != 0)
+}
+
+/// The cgroup under which this agent's tasks go: `<cgroup_parent>` as root,
+/// `<cgroup_parent>/<uid>` otherwise (setuid mode: the policy gives each
+/// caller its own subtree).
+pub fn cgroup_base(cgroup_parent: &str) -> String {
+    let uid = nix::unistd::geteuid().as_raw();
+    if uid == 0 {
+        cgroup_parent.to_string()
+    } else {
+        format!("{cgroup_parent}/{uid}")
+    }
+}
+
 /// The chroot_env when neither the agent nor the task sets one: those that exist.
 pub const DEFAULT_CHROOT_ENV: [&str; 7] =
     ["/bin", "/etc", "/lib", "/lib32", "/lib64", "/sbin", "/usr"];
@@ -193,11 +225,13 @@ fn exec_isolation(
         field,
         reason,
     };
-    if !nix::unistd::geteuid().is_root() {
+    if !nix::unistd::geteuid().is_root() && !setuid_spawn() {
         return Err(DriverError::Unavailable {
             task: task.name.clone(),
             driver: task.driver.name(),
-            reason: "the exec driver needs root (run tend as root, or use raw_exec)".into(),
+            reason: "the exec driver needs root or a setuid tend-spawn (see tend doctor), \
+                     or use raw_exec"
+                .into(),
         });
     }
     let user = task
@@ -228,6 +262,16 @@ fn exec_isolation(
                 format!("source {source:?} does not exist on this host"),
             ));
         }
+        // A setuid tend-spawn binds only canonical sources (its policy's
+        // rule): on merged-usr hosts /bin is bound from /usr/bin.
+        let source = if nix::unistd::geteuid().is_root() {
+            source
+        } else {
+            std::fs::canonicalize(&source)
+                .ok()
+                .and_then(|p| p.to_str().map(String::from))
+                .unwrap_or(source)
+        };
         binds.push(Bind { source, target });
     }
     Ok(Isolation {
@@ -301,12 +345,10 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         ),
         Driver::Exec => {
             let iso = exec_isolation(task, l.chroot_env)?;
+            let base = cgroup_base(l.cgroup_parent);
             let cgroup = CgroupSpec {
-                path: format!("{}/{}/{}", l.cgroup_parent, l.alloc_id, task.name),
-                daemon_path: Some(format!(
-                    "{}/{}/{}.tend-spawn",
-                    l.cgroup_parent, l.alloc_id, task.name
-                )),
+                path: format!("{base}/{}/{}", l.alloc_id, task.name),
+                daemon_path: Some(format!("{base}/{}/{}.tend-spawn", l.alloc_id, task.name)),
                 memory_bytes: Some(task.resources.memory.saturating_mul(1024 * 1024)),
                 cpu_mhz: Some(task.resources.cpu),
                 pids_max: Some(task.resources.pids_limit),
