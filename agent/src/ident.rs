@@ -91,7 +91,8 @@ pub struct Leftovers {
 impl Leftovers {
     /// SIGKILL the daemon if it still is ours, the task's process group if the
     /// task still is ours (tend-spawn makes it a group leader), and everything in
-    /// its cgroup, which is then removed. Returns what could not be done, one line
+    /// its cgroup, which is then removed (by root; a non-root agent in setuid
+    /// mode only kills, and says so). Returns what could not be done, one line
     /// each, for the caller to report.
     pub fn kill(&self) -> Vec<String> {
         let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
@@ -114,11 +115,29 @@ impl Leftovers {
                 .and_then(|h| tend_spawn::cgroup::TaskCgroup::open(&h, path))
             {
                 Ok(cg) => {
+                    // Gone already: the setuid cleanup helper got there first.
+                    let gone = |cg: &tend_spawn::cgroup::TaskCgroup| cg.dirs().all(|d| !d.exists());
                     if let Err(e) = cg.kill_all() {
-                        problems.push(format!("cannot kill what is left in cgroup {path}: {e}"));
+                        if !gone(&cg) {
+                            problems
+                                .push(format!("cannot kill what is left in cgroup {path}: {e}"));
+                        }
                     }
-                    if let Err(e) = cg.remove() {
-                        problems.push(format!("cannot remove cgroup {path}: {e}"));
+                    if nix::unistd::geteuid().is_root() {
+                        if let Err(e) = cg.remove() {
+                            problems.push(format!("cannot remove cgroup {path}: {e}"));
+                        }
+                    } else if !gone(&cg) {
+                        // Setuid mode: the agent, the caller, cannot rmdir below
+                        // the root-owned parent; what it can do is kill through
+                        // the cgroup.kill (or freezer.state) tend-spawn chowned
+                        // to it, done above. The dirs are the root cleanup
+                        // helper's to remove, when the daemon's pipe closes.
+                        problems.push(format!(
+                            "killed what was left in cgroup {path} through its cgroup.kill; \
+                             as a non-root agent it cannot remove the cgroup: tend-spawn's \
+                             root cleanup helper does"
+                        ));
                     }
                 }
                 Err(e) => problems.push(format!("cannot open cgroup {path}: {e}")),

@@ -802,6 +802,15 @@ fn fork_cleanup_helper(
             let root_u = nix::unistd::Uid::from_raw(0);
             let _ = nix::unistd::setresgid(root_g, root_g, root_g);
             let _ = nix::unistd::setresuid(root_u, root_u, root_u);
+            // The daemon ran with the caller's fsuid, which cleared the file
+            // capabilities from its effective set; setresuid does not give
+            // them back (only setfsuid does). Without CAP_DAC_OVERRIDE the
+            // helper could not write the task's cgroup.kill or freezer.state,
+            // chowned to the caller: a SIGKILLed daemon left its task running.
+            if let Ok(mut caps) = sys::capget() {
+                caps.effective = caps.permitted;
+                let _ = sys::capset(caps);
+            }
             let mut b = [0u8; 1];
             loop {
                 match nix::unistd::read(&r, &mut b) {
