@@ -1311,3 +1311,31 @@ fn the_long_running_agent_as_an_ordinary_user_runs_exec_isolated_raw_exec_as_its
         assert_eq!(fs::metadata(&p).unwrap().uid(), w.uid, "{}", p.display());
     }
 }
+
+#[test]
+fn a_sigkilled_tend_spawn_leaves_nothing_the_root_cleanup_helper_kills_its_task_and_cgroup() {
+    if !is_root() {
+        return;
+    }
+    let w = World::new();
+    let cfg = w.exec_config("t", "while :; do sleep 0.05; done");
+    let (daemon, task) = w.spawn_as(&w.user, &cfg, &[]).started();
+    assert!(pid_alive(task));
+    assert!(!w.cgroups_left().is_empty());
+    // No agent: only the helper, woken by the daemon's end, can do it (the task
+    // is nobody's; the helper must write the cgroup.kill chowned to the caller).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !pid_alive(task)),
+        "the task of a SIGKILLed tend-spawn lives on"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || w.cgroups_left().is_empty()),
+        "cgroups left: {:?}",
+        w.cgroups_left()
+    );
+}
