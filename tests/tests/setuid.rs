@@ -428,7 +428,8 @@ fn an_exec_task_of_a_user_in_the_group_is_fully_isolated_and_the_daemon_keeps_on
     assert!(wait_until(Duration::from_secs(5), || fs::read_to_string(
         &out
     )
-    .is_ok_and(|t| t.contains("NoNewPrivs"))));
+    // `ls /` comes last: by then the cgroup lines are there too.
+    .is_ok_and(|t| t.contains("NoNewPrivs") && t.contains("\nusr\n"))));
     let text = fs::read_to_string(&out).unwrap();
     assert_eq!(field(&text, "Uid"), ["65534"; 4], "{text}");
     assert_eq!(field(&text, "Gid").len(), 4, "{text}");
@@ -740,7 +741,13 @@ fn paths_aimed_at_host_files_are_refused_and_nothing_outside_the_callers_reach_c
     cfg.socket_path = secret.join("s.sock").display().to_string();
     w.spawn_as(&w.user, &cfg, &[]).refused("run_roots");
 
-    assert_eq!(fingerprint(Path::new("/etc/shadow")), shadow);
+    // Size and mtime move when a test running beside this one adds or
+    // removes its users; mode and owner must not, nor may the log land there.
+    let now = fingerprint(Path::new("/etc/shadow"));
+    assert_eq!(now.map(|f| (f.2, f.3)), shadow.map(|f| (f.2, f.3)));
+    assert!(!fs::read_to_string("/etc/shadow")
+        .unwrap_or_default()
+        .contains("overwritten"));
     let secret_after: Vec<_> = fs::read_dir(&secret)
         .unwrap()
         .flatten()
@@ -917,13 +924,72 @@ fn tend_doctor_passes_a_good_install_and_names_each_problem_of_a_bad_one() {
             .arg(&w.spawn)
             .arg("--policy")
             .arg(&w.policy)
+            .arg("--data-dir")
+            .arg(w.user_data())
+            .arg("--run-dir")
+            .arg(w.user_run())
+            .arg("--config")
+            .arg(w.base.join("agent.hcl"))
             .env_clear()
             .output()
             .unwrap()
     };
+    let agent_config = |parent: &str| {
+        let p = w.base.join("agent.hcl");
+        fs::write(&p, format!("cgroup_parent = \"{parent}\"\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    agent_config(&w.cgroup_parent);
     let o = doctor(&w);
     let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("is yours and below data_roots"), "{out}");
+    assert!(out.contains("is yours and below run_roots"), "{out}");
+
+    // Without --policy: the one tend-spawn reads, beside it.
+    let o = w
+        .as_user(&w.user)
+        .arg(tend_tests::bin("tend"))
+        .args(["doctor", "--spawn-bin"])
+        .arg(&w.spawn)
+        .arg("--data-dir")
+        .arg(w.user_data())
+        .arg("--run-dir")
+        .arg(w.user_run())
+        .arg("--config")
+        .arg(w.base.join("agent.hcl"))
+        .env_clear()
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains(&w.policy.display().to_string()), "{out}");
+
+    // The agent's side wrong: another cgroup parent, a data dir outside the roots.
+    agent_config("tend");
+    let o = doctor(&w);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("cgroup_parent \"tend\" is not the policy's"),
+        "{out}"
+    );
+    agent_config(&w.cgroup_parent);
+    let o = w
+        .as_user(&w.user)
+        .arg(tend_tests::bin("tend"))
+        .args(["doctor", "--spawn-bin"])
+        .arg(&w.spawn)
+        .args(["--data-dir", "/tmp", "--run-dir"])
+        .arg(w.user_run())
+        .arg("--config")
+        .arg(w.base.join("agent.hcl"))
+        .env_clear()
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("data_roots"), "{out}");
 
     // Bad: mode 4755, and a group-writable policy.
     fs::set_permissions(&w.spawn, fs::Permissions::from_mode(0o4755)).unwrap();

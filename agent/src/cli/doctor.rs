@@ -5,7 +5,13 @@
 //! the policy file and every dir above it are root's and not group/other
 //! writable, and it parses (with tend-spawn's own parser); the policy's cgroup
 //! parent exists in each hierarchy (or its parent does, so tend-spawn can make
-//! it); the user running the doctor is in group `tend`.
+//! it); the user running the doctor is in group `tend`. For that user (not
+//! root), the agent's side too: its data and run dirs lie below the policy's
+//! `data_roots` / `run_roots` and are its own, and its `cgroup_parent` is the
+//! policy's (tend-spawn refuses every exec task otherwise).
+//!
+//! The policy checked is the one tend-spawn reads: `spawn-policy.hcl` beside
+//! the binary when that exists, else `/etc/tend/spawn-policy.hcl`.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -61,16 +67,56 @@ impl Expect {
     }
 }
 
-/// Check the install on this host; 0 when all is fine, 1 otherwise.
-pub fn run_doctor(spawn_bin: &Path, policy: &Path, out: &mut dyn Write) -> i32 {
-    run_doctor_with(&Expect::host(), spawn_bin, policy, out)
+/// The agent's side of setuid mode: what the user's agent will hand tend-spawn.
+#[derive(Debug, Clone)]
+pub struct AgentSide {
+    /// The agent's data dir (alloc dirs go below it).
+    pub data_dir: PathBuf,
+    /// The agent's run dir (task sockets go below it).
+    pub run_dir: PathBuf,
+    /// The agent's `cgroup_parent` (its tasks go to `<it>/<uid>/...`).
+    pub cgroup_parent: String,
 }
 
-/// [`run_doctor`] against `expect`.
+/// The policy tend-spawn at `spawn_bin` reads (see
+/// `tend_spawn::setuid::policy_path`): the one beside it when that exists.
+pub fn policy_for(spawn_bin: &Path) -> PathBuf {
+    spawn_bin
+        .parent()
+        .map(|d| d.join(tend_spawn::setuid::POLICY_BESIDE_BINARY))
+        .filter(|p| std::fs::symlink_metadata(p).is_ok())
+        .unwrap_or_else(|| PathBuf::from(tend_spawn::policy::DEFAULT_PATH))
+}
+
+/// Check the install on this host (and, for a non-root user, `agent`'s side);
+/// 0 when all is fine, 1 otherwise.
+pub fn run_doctor(
+    spawn_bin: &Path,
+    policy: &Path,
+    agent: Option<&AgentSide>,
+    out: &mut dyn Write,
+) -> i32 {
+    let agent = agent.filter(|_| !nix::unistd::geteuid().is_root());
+    run_doctor_for(&Expect::host(), spawn_bin, policy, agent, out)
+}
+
+/// [`run_doctor`] against `expect`, without the agent's side.
 pub fn run_doctor_with(
     expect: &Expect,
     spawn_bin: &Path,
     policy: &Path,
+    out: &mut dyn Write,
+) -> i32 {
+    run_doctor_for(expect, spawn_bin, policy, None, out)
+}
+
+/// [`run_doctor_with`], and `agent`'s side checked against the policy for the
+/// current user.
+pub fn run_doctor_for(
+    expect: &Expect,
+    spawn_bin: &Path,
+    policy: &Path,
+    agent: Option<&AgentSide>,
     out: &mut dyn Write,
 ) -> i32 {
     let mut report = Report { out, problems: 0 };
@@ -117,6 +163,9 @@ pub fn run_doctor_with(
                 }
             }
         }
+    }
+    if let (Some(p), Some(a)) = (&loaded, agent) {
+        check_agent_side(&mut report, p, a);
     }
     match gid {
         Some(g) if expect.user_groups.contains(&g) => {
@@ -209,6 +258,56 @@ fn check_binary(report: &mut Report<'_>, expect: &Expect, gid: Option<u32>, bin:
             "tend-spawn {shown}: root, group {}, mode {MODE:04o}",
             expect.group
         ));
+    }
+}
+
+/// The user's agent against the policy, as tend-spawn will check each task.
+fn check_agent_side(report: &mut Report<'_>, policy: &Policy, a: &AgentSide) {
+    let shown = policy.path.display();
+    if a.cgroup_parent == policy.cgroup_parent {
+        report.ok(format!(
+            "agent cgroup_parent {:?} is the policy's",
+            a.cgroup_parent
+        ));
+    } else {
+        report.problem(format!(
+            "agent cgroup_parent {:?} is not the policy's {:?}: every exec task would be refused; \
+             set cgroup_parent = {:?} in the agent config",
+            a.cgroup_parent, policy.cgroup_parent, policy.cgroup_parent
+        ));
+    }
+    let caller = match tend_spawn::policy::Caller::current() {
+        Ok(c) => c,
+        Err(e) => {
+            report.problem(format!("who am I: {e}"));
+            return;
+        }
+    };
+    for (rule, roots, dir) in [
+        ("data_roots", &policy.data_roots, &a.data_dir),
+        ("run_roots", &policy.run_roots, &a.run_dir),
+    ] {
+        let Some(text) = dir.to_str() else {
+            report.problem(format!("{}: not UTF-8", dir.display()));
+            continue;
+        };
+        if !dir.exists() {
+            report.problem(format!(
+                "{} does not exist: as root, install -d -o {} -m 0700 {} (below one of {rule} {:?})",
+                dir.display(),
+                caller.uid,
+                dir.display(),
+                roots
+            ));
+            continue;
+        }
+        match policy.check_caller_dir(rule, roots, &caller, text) {
+            Ok(()) => report.ok(format!(
+                "{} is yours and below {rule} of {shown}",
+                dir.display()
+            )),
+            Err(e) => report.problem(e.to_string()),
+        }
     }
 }
 

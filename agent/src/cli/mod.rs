@@ -56,9 +56,14 @@ pub enum Command {
         /// The installed tend-spawn [default: next to tend]
         #[arg(long, env = "TEND_SPAWN_BIN")]
         spawn_bin: Option<PathBuf>,
-        /// The policy file.
-        #[arg(long, default_value = tend_spawn::policy::DEFAULT_PATH)]
-        policy: PathBuf,
+        /// The policy file [default: the one tend-spawn reads: spawn-policy.hcl
+        /// beside it when that exists, else /etc/tend/spawn-policy.hcl]
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The agent config (HCL) whose spawn_bin, dirs and cgroup_parent to
+        /// check against the policy (for the user running the doctor).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run the long-running host agent.
     Agent {
@@ -189,9 +194,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             })
             .await
         }),
-        Command::Doctor { spawn_bin, policy } => {
-            let spawn_bin = spawn_bin.unwrap_or_else(crate::spawn::launch::default_spawn_bin);
-            Ok(doctor::run_doctor(&spawn_bin, &policy, &mut out))
+        Command::Doctor {
+            spawn_bin,
+            policy,
+            config,
+        } => {
+            let config = match &config {
+                Some(p) => crate::agent::config::AgentConfig::load(p)?,
+                None => crate::agent::config::AgentConfig::default(),
+            };
+            let spawn_bin = spawn_bin
+                .or_else(|| config.spawn_bin.clone())
+                .unwrap_or_else(crate::spawn::launch::default_spawn_bin);
+            let policy = policy.unwrap_or_else(|| doctor::policy_for(&spawn_bin));
+            let dirs = Dirs::new(
+                cli.data_dir.clone().or_else(|| config.data_dir.clone()),
+                cli.run_dir.clone().or_else(|| config.run_dir.clone()),
+            )?;
+            let agent = doctor::AgentSide {
+                data_dir: dirs.data_dir,
+                run_dir: dirs.run_dir,
+                cgroup_parent: config
+                    .cgroup_parent
+                    .clone()
+                    .unwrap_or_else(|| "tend".into()),
+            };
+            Ok(doctor::run_doctor(
+                &spawn_bin,
+                &policy,
+                Some(&agent),
+                &mut out,
+            ))
         }
         Command::Agent { config, spawn_bin } => agent::run(agent::AgentOptions {
             config,
