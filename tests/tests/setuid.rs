@@ -1376,6 +1376,7 @@ fn the_long_running_agent_as_an_ordinary_user_runs_exec_isolated_raw_exec_as_its
     ] {
         assert_eq!(fs::metadata(&p).unwrap().uid(), w.uid, "{}", p.display());
     }
+    println!("agent log:\n{}", agent.log());
 }
 
 #[test]
