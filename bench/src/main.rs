@@ -1,7 +1,7 @@
 //! `tend-bench`: whole-process figures of tend beside baselines measured in the
 //! same run on the same machine. Figures are reported, never asserted.
 //!
-//! Usage: `tend-bench [--quick] --bin-dir DIR --out DIR [--variant NAME=DIR]...`
+//! Usage: `tend-bench [--quick] [--latency-only] --bin-dir DIR --out DIR [--variant NAME=DIR]...`
 //! (normally through `bench/run`, which builds what it needs first).
 #![deny(unsafe_code)]
 
@@ -91,6 +91,8 @@ struct Args {
     out: PathBuf,
     variants: Vec<(String, PathBuf)>,
     commit: String,
+    /// Figure 1 only (spawn latency): for quick before/after comparisons.
+    latency_only: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -100,11 +102,13 @@ fn parse_args() -> Result<Args, String> {
         out: PathBuf::from("bench/results"),
         variants: Vec::new(),
         commit: String::from("unknown"),
+        latency_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
             "--quick" => a.quick = true,
+            "--latency-only" => a.latency_only = true,
             "--bin-dir" => a.bin_dir = it.next().ok_or("--bin-dir DIR")?.into(),
             "--out" => a.out = it.next().ok_or("--out DIR")?.into(),
             "--commit" => a.commit = it.next().ok_or("--commit SHA")?,
@@ -114,7 +118,7 @@ fn parse_args() -> Result<Args, String> {
                 a.variants.push((n.to_string(), d.into()));
             }
             "-h" | "--help" => {
-                return Err("usage: tend-bench [--quick] --bin-dir DIR --out DIR [--commit SHA] [--variant NAME=DIR]...".into())
+                return Err("usage: tend-bench [--quick] [--latency-only] --bin-dir DIR --out DIR [--commit SHA] [--variant NAME=DIR]...".into())
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -921,20 +925,25 @@ fn run(args: Args) -> Result<(), String> {
     let started = tend_proto::time::now();
     let load_start = loadavg();
     b.latency();
-    b.footprint();
-    b.scale();
-    cleanup::run_processes_only(&b.base);
-    let variants = if args.variants.is_empty() {
-        vec![(
-            "current (workspace [profile.release])".to_string(),
-            bin_dir.clone(),
-        )]
+    if args.latency_only {
+        b.notes
+            .push("--latency-only: figure 1 alone (spawn latency)".into());
     } else {
-        args.variants.clone()
-    };
-    b.variants(&variants);
-    // Last: a GB of dirty pages makes every later fsync slow.
-    b.logs();
+        b.footprint();
+        b.scale();
+        cleanup::run_processes_only(&b.base);
+        let variants = if args.variants.is_empty() {
+            vec![(
+                "current (workspace [profile.release])".to_string(),
+                bin_dir.clone(),
+            )]
+        } else {
+            args.variants.clone()
+        };
+        b.variants(&variants);
+        // Last: a GB of dirty pages makes every later fsync slow.
+        b.logs();
+    }
     if plan.quick {
         b.notes.push("--quick: fewer runs, 100 tasks for figure 3, 100 MB for figure 4, only the current release profile for figure 5".into());
     }

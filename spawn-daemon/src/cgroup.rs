@@ -44,6 +44,10 @@ const MAX_SHARES: u64 = 262_144;
 const MIN_SHARES: u64 = 2;
 
 /// How long `remove` retries a busy leaf: its last processes may still be exiting.
+/// Last component of the daemon cgroup every tend-spawn shares
+/// (`<cgroup_parent>/tend-spawn`); see [`Hierarchies::is_shared_daemon_path`].
+pub const SHARED_DAEMON_CGROUP: &str = "tend-spawn";
+
 const RMDIR_PATIENCE: Duration = Duration::from_secs(2);
 
 /// How long `kill_all` keeps killing before it gives up.
@@ -392,6 +396,20 @@ impl Hierarchies {
         self.unified.as_deref()
     }
 
+    /// Whether `daemon_path` is the cgroup all tend-spawns share: its last
+    /// component is [`SHARED_DAEMON_CGROUP`] (`<cgroup_parent>/tend-spawn`).
+    ///
+    /// The design only needs each daemon outside its task's cgroup (its memory
+    /// must not count against the task) and outside the agent's (stopping the
+    /// agent's service must not kill it). One shared cgroup does both and spares
+    /// every spawn a mkdir per hierarchy and level, and every exit a migration
+    /// back to the root (a write of `cgroup.procs` waits for an RCU grace
+    /// period) and the rmdirs: it is made once, never left (a process leaves
+    /// a cgroup by exiting) and never removed (other daemons live in it).
+    pub fn is_shared_daemon_path(daemon_path: &str) -> bool {
+        daemon_path.rsplit('/').next() == Some(SHARED_DAEMON_CGROUP)
+    }
+
     /// Move the calling process (tend-spawn, single-threaded) into its own cgroup
     /// `daemon_path` in every hierarchy tend uses, so its memory never counts
     /// against the task. On v2 it must be a leaf: not an ancestor of task cgroups.
@@ -409,8 +427,15 @@ impl Hierarchies {
     /// process back to the root cgroup of every hierarchy (a cgroup with a
     /// process in it cannot be removed), then remove `daemon_path` and the
     /// parents it leaves empty, as [`TaskCgroup::remove`] does.
+    ///
+    /// A shared daemon cgroup ([`Hierarchies::is_shared_daemon_path`]) is
+    /// neither left nor removed: other daemons live in it, and the caller is
+    /// about to exit, which takes it out without a migration.
     pub fn leave_self(&self, daemon_path: &str) -> Result<()> {
         let cg = TaskCgroup::open(self, daemon_path)?;
+        if Hierarchies::is_shared_daemon_path(daemon_path) {
+            return Ok(());
+        }
         for (mount, _) in &cg.dirs {
             write_file(&mount.join("cgroup.procs"), "0")?;
         }
@@ -1575,6 +1600,31 @@ mod tests {
         task.remove().unwrap();
         assert!(!t.path().join("memory/tend/a").exists());
         assert!(t.path().join("memory/tend").is_dir());
+    }
+
+    #[test]
+    fn the_shared_daemon_cgroup_is_joined_but_never_left_nor_removed() {
+        assert!(Hierarchies::is_shared_daemon_path("tend/tend-spawn"));
+        assert!(Hierarchies::is_shared_daemon_path("tend/1000/tend-spawn"));
+        assert!(!Hierarchies::is_shared_daemon_path("tend/a/t.tend-spawn"));
+        assert!(!Hierarchies::is_shared_daemon_path("tend/tend-spawn/x"));
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        let h = probe_fake(t.path());
+        let task = TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        h.join_self("tend/tend-spawn").unwrap();
+        h.leave_self("tend/tend-spawn").unwrap();
+        for c in ["memory", "cpu", "cpuacct", "pids", "freezer"] {
+            let procs = t.path().join(c).join("tend/tend-spawn/cgroup.procs");
+            assert_eq!(read(&procs), "0", "{c}: joined");
+            // Not moved back to the root: the exit takes the daemon out.
+            assert_ne!(read(t.path().join(c).join("cgroup.procs")), "0", "{c}");
+        }
+        task.remove().unwrap();
+        for c in ["memory", "cpu", "cpuacct", "pids", "freezer"] {
+            assert!(!t.path().join(c).join("tend/a").exists(), "{c}");
+            assert!(t.path().join(c).join("tend/tend-spawn").is_dir(), "{c}");
+        }
     }
 
     #[test]

@@ -36,6 +36,7 @@ use nix::unistd::Pid;
 use tend_proto::{SpawnConfig, Stage};
 
 use crate::chroot::PreparedRoot;
+use crate::sys::{CapData, CapHeader, CAP_V3};
 
 /// Why the task did not start: the stage, its errno and one line for a person.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -303,25 +304,6 @@ pub fn spawn(
     let errno = i32::from_le_bytes([record[1], record[2], record[3], record[4]]);
     let which = u32::from_le_bytes([record[5], record[6], record[7], record[8]]);
     Err(StartFailure::new(stage, &prep.what(stage, which), errno))
-}
-
-/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two words.
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-/// `struct __user_cap_data_struct`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
 }
 
 #[cfg(test)]
@@ -594,7 +576,7 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
             // Every capability set goes: setresuid to non-root emptied permitted
             // and effective (no keepcaps), not inheritable; ambient goes too.
             let mut header = CapHeader {
-                version: LINUX_CAPABILITY_VERSION_3,
+                version: CAP_V3,
                 pid: 0,
             };
             let data = [CapData::default(); 2];

@@ -89,6 +89,10 @@ struct OwnCgroup {
 
 impl Drop for OwnCgroup {
     fn drop(&mut self) {
+        if Hierarchies::is_shared_daemon_path(&self.path) {
+            // Shared by every daemon: the exit takes this one out.
+            return;
+        }
         match privileged(|| self.hier.leave_self(&self.path)) {
             Some(Ok(())) => info!(path = %self.path, "left and removed the daemon's cgroup"),
             Some(Err(e)) => warn!(error = %e, "cannot remove the daemon's cgroup"),
@@ -542,9 +546,13 @@ impl Daemon {
             Ok(()) => info!(exit_code = ?exit.exit_code, signal = ?exit.signal, "exit recorded"),
             Err(e) => tracing::error!(error = %e, "cannot write the exit status file"),
         }
+        // Sent now, not on the next round of the loop: the cgroup's removal
+        // below (a kill check and an rmdir per hierarchy) must not delay it.
+        let now = Instant::now();
         for c in clients.iter_mut() {
             if let Some(r) = c.session.exited(&exit) {
                 c.send(&r);
+                c.flush(now);
             }
         }
         self.exit = Some(exit);
@@ -845,7 +853,10 @@ fn drop_privileges(
         (Some(h), Some(spec)) => Some(fork_cleanup_helper(
             h,
             Some(&spec.path),
-            spec.daemon_path.as_deref(),
+            // A shared daemon cgroup stays (see Hierarchies::is_shared_daemon_path).
+            spec.daemon_path
+                .as_deref()
+                .filter(|p| !Hierarchies::is_shared_daemon_path(p)),
         )?),
         _ => None,
     };

@@ -212,21 +212,24 @@ pub fn exit_now(code: i32) -> ! {
 
 // --- setuid mode: capabilities and file-system ids (see crate::setuid) ---
 
-/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
-const CAP_V3: u32 = 0x2008_0522;
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit capability sets in two 32-bit words.
+pub(crate) const CAP_V3: u32 = 0x2008_0522;
 
+/// `struct __user_cap_header_struct` (also used by [`crate::child`] to empty
+/// the task's sets before exec).
 #[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
+pub(crate) struct CapHeader {
+    pub(crate) version: u32,
+    pub(crate) pid: libc::c_int,
 }
 
+/// `struct __user_cap_data_struct`: one 32-bit word of each set.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
+pub(crate) struct CapData {
+    pub(crate) effective: u32,
+    pub(crate) permitted: u32,
+    pub(crate) inheritable: u32,
 }
 
 /// The three capability sets of this thread as 64-bit masks (bit n = cap n).

@@ -348,7 +348,11 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
             let base = cgroup_base(l.cgroup_parent);
             let cgroup = CgroupSpec {
                 path: format!("{base}/{}/{}", l.alloc_id, task.name),
-                daemon_path: Some(format!("{base}/{}/{}.tend-spawn", l.alloc_id, task.name)),
+                // One cgroup for every tend-spawn, made once and never
+                // removed: outside every task's and the agent's, which is all
+                // the design asks, without a mkdir/rmdir per task and hierarchy
+                // (tend-spawn's Hierarchies::is_shared_daemon_path).
+                daemon_path: Some(format!("{base}/tend-spawn")),
                 memory_bytes: Some(task.resources.memory.saturating_mul(1024 * 1024)),
                 cpu_mhz: Some(task.resources.cpu),
                 pids_max: Some(task.resources.pids_limit),
