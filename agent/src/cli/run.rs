@@ -244,7 +244,7 @@ fn check_driver(t: &Task) -> anyhow::Result<()> {
     match t.driver {
         jobspec::Driver::RawExec | jobspec::Driver::Exec => Ok(()),
         other => anyhow::bail!(
-            "task {}: driver {} is not available in the foreground mode of this build",
+            "task {}: driver {} needs a running agent (start `tend agent`, then `tend run` submits to it): the foreground mode runs raw_exec and exec tasks",
             t.name,
             other.name()
         ),

@@ -359,7 +359,12 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
             };
             ("/".to_string(), Some(iso), Some(cgroup))
         }
-        Driver::Docker => return Err(unavailable("not available in this build yet")),
+        // Containers are the engine's to supervise: no tend-spawn for them.
+        Driver::Docker => {
+            return Err(unavailable(
+                "a container has no tend-spawn: the agent runs it through the engine",
+            ))
+        }
     };
     let command = resolve_command(&l.command, &l.env, Path::new("/")).ok_or_else(|| {
         DriverError::Command {
