@@ -545,7 +545,6 @@ fn tasks_left_behind_are_killed_when_the_main_process_ends() {
     assert!(left.len() <= 1, "{left:?}");
 }
 
-
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
