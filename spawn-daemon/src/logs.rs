@@ -207,8 +207,8 @@ impl RotatingLog {
         };
         let room = usize::try_from(self.max_file_size - self.size).unwrap_or(usize::MAX);
         let mut at = libc::loff_t::try_from(self.size).unwrap_or(libc::loff_t::MAX);
-        let flags = nix::fcntl::SpliceFFlags::SPLICE_F_MOVE
-            | nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK;
+        let flags =
+            nix::fcntl::SpliceFFlags::SPLICE_F_MOVE | nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK;
         match nix::fcntl::splice(pipe, None, file, Some(&mut at), room.min(1 << 20), flags) {
             Ok(0) => Spliced::Eof,
             Ok(n) => {
