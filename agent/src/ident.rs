@@ -86,6 +86,39 @@ pub struct Leftovers {
     pub task: Option<ProcId>,
     /// The task's cgroup, relative to each hierarchy's root.
     pub cgroup: Option<String>,
+    /// The run's `(alloc_id, task)`: every process whose environment carries
+    /// `TEND_ALLOC_ID` and `TEND_TASK_NAME` of it is the run's. For a run whose
+    /// tend-spawn died before its start report, nothing else names the task.
+    pub env: Option<(String, String)>,
+}
+
+/// Every process (but this one) whose environment holds `TEND_ALLOC_ID=alloc_id`
+/// and `TEND_TASK_NAME=task`, as it is now. Every task of the agent has both
+/// from its start (see `taskenv`), and so have its children unless they drop
+/// them; no other process has them.
+pub fn processes_of_task(alloc_id: &str, task: &str) -> Vec<ProcId> {
+    let id = format!("TEND_ALLOC_ID={alloc_id}");
+    let name = format!("TEND_TASK_NAME={task}");
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| pid.unsigned_abs() != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                let mut vars = env.split(|b| *b == 0);
+                let (mut has_id, mut has_name) = (false, false);
+                for v in &mut vars {
+                    has_id |= v == id.as_bytes();
+                    has_name |= v == name.as_bytes();
+                }
+                has_id && has_name
+            })
+        })
+        .filter_map(ProcId::of)
+        .collect()
 }
 
 impl Leftovers {
@@ -108,6 +141,19 @@ impl Leftovers {
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 task.signal(sigkill);
+            }
+        }
+        if let Some((alloc_id, task)) = &self.env {
+            // A task may fork while it is being killed: sweep until none is left.
+            for _ in 0..10 {
+                let found = processes_of_task(alloc_id, task);
+                if found.is_empty() {
+                    break;
+                }
+                for p in found {
+                    p.signal(sigkill);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
         if let Some(path) = &self.cgroup {
@@ -169,6 +215,28 @@ mod tests {
         };
         assert!(other.open().is_none());
         assert!(!other.signal(0));
+    }
+
+    #[test]
+    fn a_task_is_found_by_its_environment() {
+        let id = format!("ident-test-{}", std::process::id());
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .env("TEND_ALLOC_ID", &id)
+            .env("TEND_TASK_NAME", "t")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let found = processes_of_task(&id, "t");
+        assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), [pid]);
+        assert!(processes_of_task(&id, "u").is_empty());
+        let left = Leftovers {
+            env: Some((id.clone(), "t".into())),
+            ..Default::default()
+        };
+        assert!(left.kill().is_empty());
+        child.wait().unwrap();
+        assert!(processes_of_task(&id, "t").is_empty());
     }
 
     #[test]

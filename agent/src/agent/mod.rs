@@ -151,6 +151,18 @@ impl Inner {
         self.change_task(alloc_id, task, true, f)
     }
 
+    /// Like [`Inner::update_task`] for a change that carries several events,
+    /// all persisted in the one write (e.g. a run's end and the task's end: a
+    /// crash between two writes would leave a record that says neither).
+    pub(crate) fn update_task_events(
+        &self,
+        alloc_id: &str,
+        task: &str,
+        f: impl FnOnce(&mut TaskRecord) -> Vec<TaskEvent>,
+    ) -> Option<TaskRecord> {
+        self.change_task(alloc_id, task, true, f)
+    }
+
     /// Like [`Inner::update_task`], but the change stays in memory until the next
     /// persisted one: for changes a restart can do without (a reattach finds the
     /// same handle again), so that taking up many tasks costs no fsync each.
@@ -163,12 +175,12 @@ impl Inner {
         self.change_task(alloc_id, task, false, f)
     }
 
-    fn change_task(
+    fn change_task<E: IntoIterator<Item = TaskEvent>>(
         &self,
         alloc_id: &str,
         task: &str,
         persist: bool,
-        f: impl FnOnce(&mut TaskRecord) -> Option<TaskEvent>,
+        f: impl FnOnce(&mut TaskRecord) -> E,
     ) -> Option<TaskRecord> {
         let (rec, ev) = {
             let mut allocs = self.allocs.lock().expect("allocs lock");
@@ -181,7 +193,7 @@ impl Inner {
                 tracing::error!(alloc_id, task, error = %e, "cannot persist task state");
             }
         }
-        if let Some(event) = ev {
+        for event in ev {
             tracing::info!(alloc_id, task, kind = %event.kind, "{}", event.message);
             let _ = self.events.send(EventLine {
                 alloc_id: alloc_id.to_string(),

@@ -17,6 +17,7 @@ use crate::driver::{self, Launch};
 use crate::ident::ProcId;
 use crate::jobspec::{Driver, Group, Task};
 use crate::paths;
+use crate::spawn::launch::LaunchError;
 use crate::spawn::{self, Client};
 use crate::state::{AllocRecord, Desired, Handle, TaskPhase};
 
@@ -186,6 +187,14 @@ async fn task_life(
                     resolve(Resolved::Reattached);
                     wait_run(&inner, &alloc_id, &task, *run, &mut ctl, &mut stopping).await
                 }
+                Attach::NeverLaunched(run) => {
+                    // Started as the run it was meant to be.
+                    inner.note_task(&alloc_id, &name, |r| {
+                        r.run = run.saturating_sub(1);
+                        None
+                    });
+                    continue;
+                }
                 Attach::Ended(e) => {
                     resolve(match e {
                         Ended::Exit(_) => Resolved::Exited,
@@ -214,32 +223,40 @@ async fn task_life(
             Ended::Exit(e) => !e.success(),
             Ended::Lost(_) => true,
         };
-        record_end(&inner, &alloc_id, &name, ended);
+        // What follows the run is decided first and persisted in the same
+        // write as its end: a record that had the end without the decision
+        // (handle gone, phase still running) would be started again, as a
+        // task that never ran, by the next agent.
         stopping |= desired_stop(&inner, &alloc_id);
-        if stopping {
-            finish(&inner, &alloc_id, &name, false, "stopped");
-            return;
-        }
-        if !failed {
-            finish(&inner, &alloc_id, &name, false, "completed");
-            return;
-        }
-        match tracker.on_failure(Instant::now()) {
+        let next_step = if stopping || !failed {
+            Decision::Fail
+        } else {
+            tracker.on_failure(Instant::now())
+        };
+        match next_step {
             Decision::Fail => {
-                finish(
-                    &inner,
-                    &alloc_id,
-                    &name,
-                    true,
-                    "failed: restart attempts exhausted",
-                );
+                let (failed_for_good, why) = if stopping {
+                    (false, "stopped")
+                } else if !failed {
+                    (false, "completed")
+                } else {
+                    (true, "failed: restart attempts exhausted")
+                };
+                inner.update_task_events(&alloc_id, &name, |r| {
+                    vec![record_end(r, ended), finish_record(r, failed_for_good, why)]
+                });
+                release_ports_if_done(&inner, &alloc_id);
                 return;
             }
             Decision::Restart(delay) => {
-                inner.update_task(&alloc_id, &name, |r| {
+                inner.update_task_events(&alloc_id, &name, |r| {
+                    let end = record_end(r, ended);
                     r.phase = TaskPhase::Pending;
                     r.restarts += 1;
-                    Some(r.event("restarting", format!("restarting in {}", humanize(delay))))
+                    vec![
+                        end,
+                        r.event("restarting", format!("restarting in {}", humanize(delay))),
+                    ]
                 });
                 let sleep = tokio::time::sleep(delay);
                 tokio::pin!(sleep);
@@ -277,13 +294,25 @@ fn desired_stop(inner: &Inner, alloc_id: &str) -> bool {
 }
 
 fn finish(inner: &Inner, alloc_id: &str, task: &str, failed: bool, why: &str) {
-    inner.update_task(alloc_id, task, |r| {
-        r.phase = TaskPhase::Dead;
-        r.failed |= failed;
-        r.handle = None;
-        r.finished_at = Some(tend_proto::time::now());
-        Some(r.event("dead", why.to_string()))
-    });
+    inner.update_task(alloc_id, task, |r| Some(finish_record(r, failed, why)));
+    release_ports_if_done(inner, alloc_id);
+}
+
+/// The task's end, in its record.
+fn finish_record(
+    r: &mut crate::state::TaskRecord,
+    failed: bool,
+    why: &str,
+) -> crate::state::TaskEvent {
+    r.phase = TaskPhase::Dead;
+    r.failed |= failed;
+    r.handle = None;
+    r.finished_at = Some(tend_proto::time::now());
+    r.event("dead", why.to_string())
+}
+
+/// Give the allocation's ports back once every task of it is dead.
+fn release_ports_if_done(inner: &Inner, alloc_id: &str) {
     let all_dead = inner
         .allocs
         .lock()
@@ -295,24 +324,25 @@ fn finish(inner: &Inner, alloc_id: &str, task: &str, failed: bool, why: &str) {
     }
 }
 
-fn record_end(inner: &Inner, alloc_id: &str, task: &str, ended: Ended) {
-    inner.update_task(alloc_id, task, |r| match ended {
+/// A run's end, in the task's record.
+fn record_end(r: &mut crate::state::TaskRecord, ended: Ended) -> crate::state::TaskEvent {
+    match ended {
         Ended::Exit(e) => {
             let msg = crate::cli::run::describe_exit(&e);
             r.failed = !e.success();
             r.lost = false;
             r.last_exit = Some(e);
             r.handle = None;
-            Some(r.event("exited", msg))
+            r.event("exited", msg)
         }
         Ended::Lost(why) => {
             r.failed = true;
             r.lost = true;
             r.last_exit = None;
             r.handle = None;
-            Some(r.event("lost", why))
+            r.event("lost", why)
         }
-    });
+    }
 }
 
 /// Start a new run: move the last exit file aside, persist the handle before the
@@ -405,7 +435,17 @@ async fn start_run(
     });
     let report = match spawn::launch(&inner.settings.spawn_bin, &config).await {
         Ok(r) => r,
-        Err(e) => return Err(never(e.to_string())),
+        // Nothing ran: the binary did not execute or never had its config.
+        Err(e @ (LaunchError::Exec { .. } | LaunchError::Send { .. })) => {
+            return Err(never(e.to_string()))
+        }
+        // tend-spawn read its config and then died or went silent: it may have
+        // started the task, so "never started" would be a guess. Its exit file
+        // (written for a failure it saw) decides, else the run is lost and
+        // whatever it started is killed.
+        Err(e) => {
+            return Err(daemon_gone(alloc_id, &task.name, &handle, &e.to_string()).await);
+        }
     };
     let (daemon_pid, task_pid, instance) = match report {
         StartReport::Started {
@@ -453,11 +493,15 @@ async fn start_run(
         // The task started: whatever happens now, its daemon (or its absence)
         // decides how the run ended, never a made-up "never started".
         Ok(_) => Err(daemon_gone(
+            alloc_id,
+            &task.name,
             &handle,
             "the socket answers another tend-spawn than the one started",
         )
         .await),
         Err(e) => Err(daemon_gone(
+            alloc_id,
+            &task.name,
             &handle,
             &format!("tend-spawn (pid {daemon_pid}) does not answer: {e}"),
         )
@@ -468,12 +512,55 @@ async fn start_run(
 enum Attach {
     Live(Box<Run>),
     Ended(Ended),
+    /// The handle was persisted before a launch that never got as far as
+    /// the daemon's socket: nothing of this run ever ran (the run it names).
+    NeverLaunched(u32),
+}
+
+/// How long a reattach gives a tend-spawn, launched just before the last agent
+/// died, to bind its socket.
+const LAUNCH_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether the run of a handle persisted before its launch never started:
+/// no socket (tend-spawn binds it before it starts the task and removes it
+/// only when it leaves, after writing the exit file), no exit file of the run,
+/// and no process of the run.
+async fn never_launched(alloc_id: &str, task: &str, handle: &Handle) -> bool {
+    let Some(socket) = handle.socket_path.as_deref().map(Path::new) else {
+        return false;
+    };
+    if handle.daemon_pid.is_some() {
+        return false;
+    }
+    let t0 = Instant::now();
+    while !socket.exists() {
+        if t0.elapsed() >= LAUNCH_GRACE {
+            let exit_file = match ExitStatus::read(Path::new(&handle.exit_status_path)) {
+                Ok(e) => e.run == handle.run,
+                Err(tend_proto::exit::ExitFileError::NotFound { .. }) => false,
+                // Unreadable: something was written; not a never-started run.
+                Err(_) => true,
+            };
+            let (a, t) = (alloc_id.to_string(), task.to_string());
+            let running = tokio::task::spawn_blocking(move || {
+                !crate::ident::processes_of_task(&a, &t).is_empty()
+            })
+            .await
+            .unwrap_or(true);
+            return !exit_file && !running;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// Take up a run after an agent restart.
 async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: Handle) -> Attach {
     if let Some(id) = handle.container_id.clone() {
         return reattach_container(inner, alloc_id, task, &handle, id).await;
+    }
+    if never_launched(alloc_id, &task.name, &handle).await {
+        return Attach::NeverLaunched(handle.run);
     }
     let token = inner.store.token(alloc_id, &task.name).ok();
     if let (Some(socket), Some(token)) = (handle.socket_path.clone(), token) {
@@ -531,12 +618,12 @@ async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: H
             }
         }
     }
-    Attach::Ended(daemon_gone(&handle, "tend-spawn is gone").await)
+    Attach::Ended(daemon_gone(alloc_id, &task.name, &handle, "tend-spawn is gone").await)
 }
 
 /// The daemon of a run is gone: its exit file decides; without one the run is
 /// lost, and whatever is left of it is killed.
-async fn daemon_gone(handle: &Handle, why: &str) -> Ended {
+async fn daemon_gone(alloc_id: &str, task: &str, handle: &Handle, why: &str) -> Ended {
     // The daemon writes the file before it answers Wait, and nobody else writes
     // it: once the daemon is dead, one read decides. While it still exits (a
     // closed connection can come before its death), give it a moment.
@@ -563,14 +650,15 @@ async fn daemon_gone(handle: &Handle, why: &str) -> Ended {
         }
     }
     let h = handle.clone();
-    let _ = tokio::task::spawn_blocking(move || kill_leftovers(&h)).await;
+    let run_of = (alloc_id.to_string(), task.to_string());
+    let _ = tokio::task::spawn_blocking(move || kill_leftovers(&h, run_of)).await;
     Ended::Lost(format!(
         "{why}, and it left no exit status file: the exit is unknown"
     ))
 }
 
 /// Kill what is left of a lost run (see [`crate::ident::Leftovers`]).
-fn kill_leftovers(handle: &Handle) {
+fn kill_leftovers(handle: &Handle, run_of: (String, String)) {
     let proc_id = |pid: Option<i32>, st: Option<u64>| match (pid, st) {
         (Some(pid), Some(start_time)) => Some(ProcId { pid, start_time }),
         _ => None,
@@ -579,6 +667,7 @@ fn kill_leftovers(handle: &Handle) {
         daemon: proc_id(handle.daemon_pid, handle.daemon_start_time),
         task: proc_id(handle.task_pid, handle.task_start_time),
         cgroup: handle.cgroup.clone(),
+        env: Some(run_of),
     };
     for problem in left.kill() {
         tracing::warn!("{problem}");
@@ -636,22 +725,37 @@ async fn wait_run(
     };
     match result {
         Ok(exit) => {
-            // Recorded first, then the daemon may go.
-            let e = exit.clone();
-            let sock = socket.clone();
-            tokio::spawn(async move {
-                let _ = control(&sock, token, Request::Release).await;
-            });
-            Ended::Exit(e)
+            // Released before it is recorded: once recorded, no agent would
+            // take this daemon up again, and an agent killed in between would
+            // leave it lingering unreleased. Released first, a crash before
+            // the record finds the daemon gone and its exit file, which it
+            // wrote before it pushed this exit: the same exit either way.
+            match tokio::time::timeout(RELEASE_TIMEOUT, control(&socket, token, Request::Release))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "release failed"),
+                Err(_) => tracing::warn!("release not taken in time; the daemon lingers"),
+            }
+            Ended::Exit(exit)
         }
         Err(e) => {
             let pid = handle
                 .daemon_pid
                 .map_or_else(|| "?".to_string(), |p| p.to_string());
-            daemon_gone(&handle, &format!("tend-spawn (pid {pid}) died: {e}")).await
+            daemon_gone(
+                alloc_id,
+                &task.name,
+                &handle,
+                &format!("tend-spawn (pid {pid}) died: {e}"),
+            )
+            .await
         }
     }
 }
+
+/// How long the agent waits for a daemon to take its Release.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Ask the daemon to stop the task with its kill signal and grace.
 async fn request_stop(inner: &Inner, alloc_id: &str, task: &Task, socket: &Path, token: Token) {

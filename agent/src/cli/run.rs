@@ -345,6 +345,7 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
         daemon: ProcId::of(daemon_pid),
         task: ProcId::of(task_pid),
         cgroup: config.cgroup.as_ref().map(|c| c.path.clone()),
+        env: None,
     };
     say(&format!(
         "{name}: started (pid {task_pid}, tend-spawn {daemon_pid})"
