@@ -951,6 +951,9 @@ impl Bench {
     fn variants(&mut self, variants: &[(String, PathBuf)]) {
         let p = self.plan;
         for (name, dir) in variants {
+            // Absolute: tend-spawn is exec'd with cwd / (bench/run passes
+            // variant dirs relative to the workspace).
+            let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
             let bin = dir.join("tend-spawn");
             let size = match fs::metadata(&bin) {
                 Ok(m) => m.len() as f64 / 1024.0,
