@@ -46,6 +46,32 @@ pub fn hierarchies() -> Vec<Hier> {
     out
 }
 
+/// Every mounted hierarchy under /sys/fs/cgroup (v1 controllers, named ones
+/// like systemd, the v2 tree): tend-spawn makes cgroups in more of them than
+/// the bare baseline does (freezer, cpuacct), so cleanup walks them all.
+pub fn all_hierarchies() -> Vec<Hier> {
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.procs").exists() {
+        return hierarchies();
+    }
+    let mut out: Vec<Hier> = fs::read_dir(base)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("cgroup.procs").exists())
+                .map(|root| Hier {
+                    root,
+                    controller: "",
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Co-mounted controllers may show under two names (cpu,cpuacct): the
+    // second walk finds the tree gone, which remove_tree allows.
+    out.sort_by(|a, b| a.root.cmp(&b.root));
+    out
+}
+
 fn write(path: &Path, v: &str) -> Result<(), String> {
     fs::OpenOptions::new()
         .write(true)

@@ -82,7 +82,7 @@ pub fn run() {
         run_processes_only(root);
     }
     if let Some(prefix) = prefix {
-        crate::cgroups::remove_tree(&crate::cgroups::hierarchies(), &prefix);
+        crate::cgroups::remove_tree(&crate::cgroups::all_hierarchies(), &prefix);
     }
     crate::procfs::reap_zombies();
     for root in roots {

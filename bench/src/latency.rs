@@ -330,3 +330,174 @@ pub fn atomic_write(dir: &Path, n: usize, warm: usize) -> Result<Vec<f64>, Strin
     }
     Ok(out)
 }
+
+/// 1(b) baseline: `std::process::Command::new("/bin/true").status()`, a plain
+/// fork + exec + wait as a Rust program does it (inherited environment).
+pub fn command_true(n: usize, warm: usize) -> Result<Vec<f64>, String> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + warm {
+        let t = Instant::now();
+        let st = Command::new("/bin/true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("exec /bin/true: {e}"))?;
+        let d = ms(t);
+        if !st.success() {
+            return Err(format!("/bin/true: {st}"));
+        }
+        if i >= warm {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// A static busybox under /usr, the only bind 1(d) can count on for one bind.
+pub fn static_busybox() -> Result<PathBuf, String> {
+    let p = ["/usr/bin/busybox", "/bin/busybox", "/usr/sbin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or("busybox is not installed (apt-get install busybox-static)")?;
+    let real = fs::canonicalize(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    if !real.starts_with("/usr") {
+        return Err(format!(
+            "{} is not under /usr: a 1-bind root (/usr) cannot hold it",
+            real.display()
+        ));
+    }
+    let elf = fs::read(&real).map_err(|e| format!("read {}: {e}", real.display()))?;
+    if has_interp(&elf)? {
+        return Err(format!(
+            "{} is dynamically linked: a 1-bind root (/usr) cannot hold its loader (apt-get install busybox-static)",
+            real.display()
+        ));
+    }
+    Ok(real)
+}
+
+/// Whether a 64-bit little-endian ELF file has a PT_INTERP program header.
+fn has_interp(elf: &[u8]) -> Result<bool, String> {
+    let bad = || "busybox: not a 64-bit little-endian ELF file".to_string();
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
+        return Err(bad());
+    }
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let phoff = elf
+        .get(0x20..0x28)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .and_then(|o| usize::try_from(o).ok())
+        .ok_or_else(bad)?;
+    let phentsize = usize::from(u16_at(0x36).ok_or_else(bad)?);
+    let phnum = usize::from(u16_at(0x38).ok_or_else(bad)?);
+    for k in 0..phnum {
+        const PT_INTERP: u32 = 3;
+        if u32_at(phoff + k * phentsize).ok_or_else(bad)? == PT_INTERP {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The binds of 1(d) for `n` binds: `/usr` first (enough for a static
+/// busybox), then the rest of the default chroot_env that exists, padded
+/// with more read-only binds of `/usr/share` at `/extraK`.
+pub fn binds_of(n: usize) -> Vec<Bind> {
+    let order = ["/usr", "/bin", "/lib", "/etc", "/lib64", "/sbin", "/lib32"];
+    let mut binds: Vec<Bind> = order
+        .iter()
+        .filter(|p| Path::new(p).exists())
+        .take(n)
+        .map(|p| Bind {
+            source: p.to_string(),
+            target: p.to_string(),
+        })
+        .collect();
+    let mut extra = 0;
+    while binds.len() < n {
+        extra += 1;
+        binds.push(Bind {
+            source: "/usr/share".into(),
+            target: format!("/extra{extra}"),
+        });
+    }
+    binds
+}
+
+/// Per kind of run of 1(d): exec -> StartReport, and exec -> Exited (ms).
+#[derive(Debug, Default, Clone)]
+pub struct StartExit {
+    /// exec tend-spawn -> StartReport read.
+    pub start: Vec<f64>,
+    /// exec tend-spawn -> Exited at the client.
+    pub total: Vec<f64>,
+}
+
+/// 1(d): `busybox true` through tend-spawn, raw_exec and exec-driver style
+/// (user nobody, cgroup with limits, a chroot of `binds_of(k)` for each k in
+/// `sizes`), round-robin within each of the `n + warm` rounds so that load on
+/// the machine falls on every kind alike. Index 0 of the result is raw_exec,
+/// then one per size.
+pub fn chroot_sizes(
+    bin: &Path,
+    world: &mut World,
+    cg_prefix: &str,
+    busybox: &Path,
+    sizes: &[usize],
+    n: usize,
+    warm: usize,
+) -> Result<Vec<StartExit>, String> {
+    let bb = busybox.to_str().ok_or("non-UTF-8 busybox path")?;
+    let mut out = vec![StartExit::default(); sizes.len() + 1];
+    for i in 0..n + warm {
+        for (k, slot) in out.iter_mut().enumerate() {
+            let mut cfg = world.config(bb, &["true"])?;
+            if k > 0 {
+                cfg.cwd = "/".into();
+                cfg.isolation = Some(Isolation {
+                    user: "nobody".into(),
+                    chroot: Some(ChrootSpec {
+                        binds: binds_of(sizes[k - 1]),
+                    }),
+                });
+                cfg.cgroup = Some(CgroupSpec {
+                    path: format!("{cg_prefix}/d/{}/t", cfg.alloc_id),
+                    daemon_path: Some(format!("{cg_prefix}/d/{}/t.tend-spawn", cfg.alloc_id)),
+                    memory_bytes: Some(256 << 20),
+                    cpu_mhz: Some(100),
+                    pids_max: Some(1024),
+                });
+            }
+            let t = Instant::now();
+            let mut l = spawn::start(bin, &cfg)?;
+            let s = ms(t);
+            let mut c = spawn::Client::connect(&cfg)?;
+            let e = c.wait_exit()?;
+            let d = ms(t);
+            c.release();
+            l.reap_launcher();
+            crate::procfs::reap(l.daemon_pid, std::time::Duration::from_secs(10));
+            world.forget(&cfg);
+            if e.exit_code != Some(0) {
+                let kind = if k == 0 {
+                    "raw_exec".to_string()
+                } else {
+                    format!("exec with {} binds", sizes[k - 1])
+                };
+                return Err(format!("busybox true under {kind} ended with {e:?}"));
+            }
+            if i >= warm {
+                slot.start.push(s);
+                slot.total.push(d);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,7 +1,7 @@
 //! `tend-bench`: whole-process figures of tend beside baselines measured in the
 //! same run on the same machine. Figures are reported, never asserted.
 //!
-//! Usage: `tend-bench [--quick] [--latency-only] --bin-dir DIR --out DIR [--variant NAME=DIR]...`
+//! Usage: `tend-bench [--quick] [--only FIG,...] --bin-dir DIR --out DIR [--variant NAME=DIR]...`
 //! (normally through `bench/run`, which builds what it needs first).
 #![deny(unsafe_code)]
 
@@ -91,8 +91,15 @@ struct Args {
     out: PathBuf,
     variants: Vec<(String, PathBuf)>,
     commit: String,
-    /// Figure 1 only (spawn latency): for quick before/after comparisons.
-    latency_only: bool,
+    /// Figures to run (`1`, `1d`, `2`, `3`, `4`, `5`); empty: all.
+    only: Vec<String>,
+}
+
+impl Args {
+    /// Whether figure `f` is to run.
+    fn wants(&self, f: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == f)
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -102,23 +109,31 @@ fn parse_args() -> Result<Args, String> {
         out: PathBuf::from("bench/results"),
         variants: Vec::new(),
         commit: String::from("unknown"),
-        latency_only: false,
+        only: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
             "--quick" => a.quick = true,
-            "--latency-only" => a.latency_only = true,
             "--bin-dir" => a.bin_dir = it.next().ok_or("--bin-dir DIR")?.into(),
             "--out" => a.out = it.next().ok_or("--out DIR")?.into(),
             "--commit" => a.commit = it.next().ok_or("--commit SHA")?,
+            "--only" => {
+                let v = it.next().ok_or("--only FIG[,FIG]...")?;
+                for f in v.split(',').filter(|f| !f.is_empty()) {
+                    if !["1", "1d", "2", "3", "4", "5"].contains(&f) {
+                        return Err(format!("--only: unknown figure {f:?} (1, 1d, 2, 3, 4, 5)"));
+                    }
+                    a.only.push(f.to_string());
+                }
+            }
             "--variant" => {
                 let v = it.next().ok_or("--variant NAME=DIR")?;
                 let (n, d) = v.rsplit_once('=').ok_or("--variant NAME=DIR")?;
                 a.variants.push((n.to_string(), d.into()));
             }
             "-h" | "--help" => {
-                return Err("usage: tend-bench [--quick] [--latency-only] --bin-dir DIR --out DIR [--commit SHA] [--variant NAME=DIR]...".into())
+                return Err("usage: tend-bench [--quick] [--only FIG,...] --bin-dir DIR --out DIR [--commit SHA] [--variant NAME=DIR]...".into())
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -374,6 +389,31 @@ impl Bench {
             Err(e) => self.rows.push(Row::not_measured("1a", "same, on tmpfs", e)),
         }
 
+        say("1b: std::process::Command /bin/true (fork + exec + wait)");
+        let command = match latency::command_true(p.slow, p.warm) {
+            Ok(v) => {
+                let s = sum(&v);
+                self.rows.push(
+                    Row::measured(
+                        "1b base",
+                        "plain fork + exec of /bin/true: std::process::Command::status()",
+                        "ms",
+                        s,
+                    )
+                    .vs("floor", self.floor)
+                    .note("what a Rust program pays without tend"),
+                );
+                s
+            }
+            Err(e) => {
+                self.rows.push(Row::not_measured(
+                    "1b base",
+                    "plain fork + exec of /bin/true: std::process::Command::status()",
+                    e,
+                ));
+                None
+            }
+        };
         say("1b: tend run, foreground");
         match agent::run_foreground(&self.tend_bin, &self.spawn_bin, &self.base, p.slow, p.warm) {
             Ok(v) => self.rows.push(
@@ -383,7 +423,7 @@ impl Bench {
                     "ms",
                     sum(&v),
                 )
-                .vs("floor", self.floor),
+                .vs("Command /bin/true", command),
             ),
             Err(e) => self
                 .rows
@@ -409,7 +449,7 @@ impl Bench {
                     "ms",
                     sum(&v),
                 )
-                .vs("floor", self.floor)
+                .vs("Command /bin/true", command)
                 .note("API polled every 1 ms"),
             ),
             Err(e) => self
@@ -476,6 +516,106 @@ impl Bench {
                     .push(Row::not_measured("1c", what_c, e).target("<= 2.5x bare", None));
                 self.isolated_without_chroot(runc);
             }
+        }
+    }
+
+    /// 1(d): exec start by chroot_env size (1, 3, 7 binds) of a static
+    /// busybox `true`, each beside tend-spawn raw_exec of the same command,
+    /// measured round-robin in the same run.
+    fn chroot_sizes(&mut self) {
+        let p = self.plan;
+        let sizes = [1usize, 3, 7];
+        let what = "tend-spawn exec-style `busybox true` by chroot_env size";
+        if !self.root {
+            self.rows.push(Row::not_measured("1d", what, "needs root"));
+            return;
+        }
+        let busybox = match latency::static_busybox() {
+            Ok(b) => b,
+            Err(e) => {
+                self.rows.push(Row::not_measured("1d", what, e));
+                return;
+            }
+        };
+        say("1d: exec start by chroot_env size (1 / 3 / 7 binds) beside raw_exec");
+        nix::unistd::sync();
+        let r = spawn::World::new(&self.base, "x").and_then(|mut w| {
+            latency::chroot_sizes(
+                &self.spawn_bin,
+                &mut w,
+                &self.cg_prefix,
+                &busybox,
+                &sizes,
+                p.fast,
+                p.warm,
+            )
+        });
+        let v = match r {
+            Ok(v) => v,
+            Err(e) => {
+                self.rows.push(Row::not_measured("1d", what, e));
+                return;
+            }
+        };
+        let bb = busybox.display();
+        let raw_start = sum(&v[0].start);
+        let raw_total = sum(&v[0].total);
+        self.rows.push(
+            Row::measured(
+                "1d base",
+                &format!("tend-spawn raw_exec `{bb} true`: exec -> StartReport"),
+                "ms",
+                raw_start,
+            )
+            .vs("floor", self.floor)
+            .note("round-robin with the exec rows below"),
+        );
+        self.rows.push(
+            Row::measured(
+                "1d base",
+                &format!("tend-spawn raw_exec `{bb} true`: exec -> Exited"),
+                "ms",
+                raw_total,
+            )
+            .vs("floor", self.floor),
+        );
+        for (k, n) in sizes.iter().enumerate() {
+            let binds: Vec<String> = latency::binds_of(*n)
+                .into_iter()
+                .map(|b| {
+                    if b.source == b.target {
+                        b.source
+                    } else {
+                        format!("{}->{}", b.source, b.target)
+                    }
+                })
+                .collect();
+            let binds = binds.join(" ");
+            self.rows.push(
+                Row::measured(
+                    "1d",
+                    &format!(
+                        "exec, {n} bind{}, cgroup, nobody: exec -> StartReport",
+                        if *n == 1 { "" } else { "s" }
+                    ),
+                    "ms",
+                    sum(&v[k + 1].start),
+                )
+                .vs("raw_exec start", raw_start)
+                .note(format!("binds: {binds}")),
+            );
+            self.rows.push(
+                Row::measured(
+                    "1d",
+                    &format!(
+                        "exec, {n} bind{}, cgroup, nobody: exec -> Exited",
+                        if *n == 1 { "" } else { "s" }
+                    ),
+                    "ms",
+                    sum(&v[k + 1].total),
+                )
+                .vs("raw_exec start+exit", raw_total),
+            );
         }
     }
 
@@ -811,6 +951,9 @@ impl Bench {
     fn variants(&mut self, variants: &[(String, PathBuf)]) {
         let p = self.plan;
         for (name, dir) in variants {
+            // Absolute: tend-spawn is exec'd with cwd / (bench/run passes
+            // variant dirs relative to the workspace).
+            let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
             let bin = dir.join("tend-spawn");
             let size = match fs::metadata(&bin) {
                 Ok(m) => m.len() as f64 / 1024.0,
@@ -924,25 +1067,39 @@ fn run(args: Args) -> Result<(), String> {
     let t0 = Instant::now();
     let started = tend_proto::time::now();
     let load_start = loadavg();
-    b.latency();
-    if args.latency_only {
-        b.notes
-            .push("--latency-only: figure 1 alone (spawn latency)".into());
-    } else {
+    if args.wants("1") {
+        b.latency();
+    }
+    if args.wants("1d") {
+        b.chroot_sizes();
+    }
+    if args.wants("2") {
         b.footprint();
+    }
+    if args.wants("3") {
         b.scale();
-        cleanup::run_processes_only(&b.base);
-        let variants = if args.variants.is_empty() {
-            vec![(
-                "current (workspace [profile.release])".to_string(),
-                bin_dir.clone(),
-            )]
-        } else {
-            args.variants.clone()
-        };
+    }
+    cleanup::run_processes_only(&b.base);
+    let variants = if args.variants.is_empty() {
+        vec![(
+            "current (workspace [profile.release])".to_string(),
+            bin_dir.clone(),
+        )]
+    } else {
+        args.variants.clone()
+    };
+    if args.wants("5") {
         b.variants(&variants);
-        // Last: a GB of dirty pages makes every later fsync slow.
+    }
+    // Last: a GB of dirty pages makes every later fsync slow.
+    if args.wants("4") {
         b.logs();
+    }
+    if !args.only.is_empty() {
+        b.notes.push(format!(
+            "--only {}: the other figures were not run, so baselines from them read (not measured)",
+            args.only.join(",")
+        ));
     }
     if plan.quick {
         b.notes.push("--quick: fewer runs, 100 tasks for figure 3, 100 MB for figure 4, only the current release profile for figure 5".into());
@@ -961,9 +1118,15 @@ fn run(args: Args) -> Result<(), String> {
     };
     fs::create_dir_all(&args.out).map_err(|e| format!("mkdir {}: {e}", args.out.display()))?;
     let md = report.markdown();
-    fs::write(args.out.join("latest.md"), &md).map_err(|e| e.to_string())?;
+    // A partial run never replaces the whole table.
+    let stem = if args.only.is_empty() {
+        "latest"
+    } else {
+        "partial"
+    };
+    fs::write(args.out.join(format!("{stem}.md")), &md).map_err(|e| e.to_string())?;
     fs::write(
-        args.out.join("latest.json"),
+        args.out.join(format!("{stem}.json")),
         serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
