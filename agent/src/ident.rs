@@ -227,7 +227,15 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = i32::try_from(child.id()).unwrap();
-        let found = processes_of_task(&id, "t");
+        // Until the child has exec'd, its environ is still the parent's.
+        let mut found = Vec::new();
+        for _ in 0..500 {
+            found = processes_of_task(&id, "t");
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), [pid]);
         assert!(processes_of_task(&id, "u").is_empty());
         let left = Leftovers {
