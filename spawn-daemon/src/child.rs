@@ -19,7 +19,8 @@
 //! 4. `chdir(cwd)`.
 //! 5. `setgroups([])` -> `setresgid` -> `setresuid` -> clear capabilities ->
 //!    `PR_SET_NO_NEW_PRIVS` (isolation with a user).
-//! 6. signal mask and every disposition back to default.
+//! 6. signal mask and every disposition back to default; the umask back to 022
+//!    (the daemon's own 077 is for its files, not the task's).
 //! 7. stdin from /dev/null, the log pipes on 1 and 2, every other fd marked
 //!    close-on-exec.
 //! 8. `execve(command, args, env)`.
@@ -613,6 +614,8 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
         }
+        // The task's files in /alloc are for the other tasks too.
+        libc::umask(0o022);
 
         // 7. stdio: /dev/null and the log pipes; every other fd closes at exec.
         if libc::dup2(fds.stdin, 0) < 0

@@ -683,3 +683,14 @@ fn a_client_without_hello_is_closed_after_10_s() {
     let mut good = Client::connect(&cfg);
     assert!(matches!(good.request(Request::Status), Response::Status(_)));
 }
+
+#[test]
+fn the_task_starts_with_umask_022_not_the_daemons() {
+    let sb = Sandbox::new();
+    let cfg = sh(&sb, "umask");
+    let _s = sb.start(&cfg);
+    let exit = Client::connect(&cfg).wait_exit();
+    assert_eq!(exit.exit_code, Some(0));
+    let out = fs::read_to_string(Sandbox::log_path(&cfg, "stdout")).unwrap();
+    assert_eq!(out.trim(), "0022");
+}

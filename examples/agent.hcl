@@ -1,0 +1,22 @@
+# An agent configuration: every field is optional (tend agent runs with none).
+#   tend agent --config examples/agent.hcl
+data_dir      = "/var/lib/tend"
+run_dir       = "/run/tend"
+log_level     = "info"
+log_format    = "json"
+cgroup_parent = "tend"
+env_allowlist = ["PATH", "LANG"]
+
+ports {
+  min = 20000
+  max = 32000
+}
+
+plugin "raw_exec" {
+  enabled = true
+}
+
+plugin "docker" {
+  endpoint         = "/var/run/docker.sock"
+  allow_privileged = false
+}
