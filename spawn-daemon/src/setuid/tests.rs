@@ -323,59 +323,6 @@ fn linux_read_backs() {
     assert_eq!(as_caller(&Linux, &ids, || 7).unwrap(), 7);
 }
 
-/// The real drop, as root, in a process of its own (ids and caps cannot come
-/// back): the helper below runs in a child test process.
-#[test]
-fn linux_drop_to_caller_in_a_child() {
-    if !nix::unistd::geteuid().is_root() {
-        return;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "setuid::tests::drop_helper",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("TEND_DROP_HELPER", "1")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("CapEff:\t0000000000000020"), "{text}");
-    assert!(text.contains("CapPrm:\t0000000000000020"), "{text}");
-    assert!(text.contains("CapInh:\t0000000000000000"), "{text}");
-    assert!(text.contains("CapAmb:\t0000000000000000"), "{text}");
-    assert!(text.contains("Uid:\t65534\t65534\t65534\t65534"), "{text}");
-    assert!(text.contains("Gid:\t65534\t65534\t65534\t65534"), "{text}");
-}
-
-#[test]
-#[ignore = "run by linux_drop_to_caller_in_a_child in its own process"]
-fn drop_helper() {
-    if std::env::var_os("TEND_DROP_HELPER").is_none() {
-        return;
-    }
-    let ids = CallerIds {
-        uid: 65534,
-        gid: 65534,
-        groups: vec![],
-    };
-    drop_to_caller(&Linux, &ids, &KEPT_CAPS).unwrap();
-    // capset is per thread: read this thread's status.
-    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-    for l in status
-        .lines()
-        .filter(|l| ["Uid:", "Gid:", "Cap"].iter().any(|p| l.starts_with(p)))
-    {
-        println!("{l}");
-    }
-    // Root cannot come back.
-    assert!(Linux.setresuid(0, 0, 0).is_err());
-}
-
 /// As root: a file made inside as_caller is the caller's, and a root-only dir
 /// is closed to it; afterwards this thread is root again.
 #[test]
