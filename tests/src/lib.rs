@@ -58,7 +58,10 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Path of a built binary of the workspace (in `$TEND_BIN_DIR` when that is
-/// set, e.g. `target/release`); panics if it is not built.
+/// set, e.g. `target/release`); panics if it is not built. `cargo nextest run
+/// --workspace` and `cargo test --workspace` build both binaries first: each
+/// package has integration tests of its own, and Cargo builds a package's
+/// binaries for them.
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("TEND_BIN_DIR").map_or_else(target_dir, PathBuf::from);
     let p = dir.join(name);
