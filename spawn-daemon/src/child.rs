@@ -13,9 +13,11 @@
 //! 2. wait on the sync pipe: the parent places the child in the task's cgroup
 //!    meanwhile, then says go.
 //! 3. mount namespace, the planned mounts and chroot (isolation with a root) —
-//!    see [`crate::chroot`]: every target is opened beneath the task root with
-//!    openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS and mounted on through
-//!    `/proc/self/fd/N`, then `fchdir` + `chroot(".")`.
+//!    see [`crate::chroot`]: the alloc-dir sources are opened beneath the alloc
+//!    dir with openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, a tmpfs is mounted
+//!    over the task dir and the mount points made in it, every target is opened
+//!    beneath it the same way and mounted on through `/proc/self/fd/N`, the
+//!    tmpfs turns read-only, then `fchdir` + `chroot(".")`.
 //! 4. `chdir(cwd)`.
 //! 5. `setgroups([])` -> `setresgid` -> `setresuid` -> clear capabilities ->
 //!    `PR_SET_NO_NEW_PRIVS` (isolation with a user).
@@ -36,7 +38,7 @@ use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 use tend_proto::{SpawnConfig, Stage};
 
-use crate::chroot::PreparedRoot;
+use crate::chroot::{PreparedRoot, MAX_ALLOC_SOURCES};
 use crate::sys::{CapData, CapHeader, CAP_V3};
 
 /// Why the task did not start: the stage, its errno and one line for a person.
@@ -243,7 +245,9 @@ pub fn spawn(
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fork_err("error pipe", e))?;
     let fds = ChildFds {
         sync_r: sync_r.as_raw_fd(),
+        sync_w: sync_w.as_raw_fd(),
         err_w: err_w.as_raw_fd(),
+        err_r: err_r.as_raw_fd(),
         stdin: stdio.stdin.as_raw_fd(),
         stdout: stdio.stdout.as_raw_fd(),
         stderr: stdio.stderr.as_raw_fd(),
@@ -330,7 +334,13 @@ mod fd_path_tests {
 /// Raw fd numbers the child works with (no Rust ownership crosses the fork).
 struct ChildFds {
     sync_r: RawFd,
+    /// The parent's end of the sync pipe, closed first thing in the child: a
+    /// copy held by the child would keep it waiting forever for a parent that
+    /// died before saying go.
+    sync_w: RawFd,
     err_w: RawFd,
+    /// The parent's end of the error pipe, closed in the child too.
+    err_r: RawFd,
     stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
@@ -416,6 +426,10 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
     // strings prepared before the fork; pointers point into `prep`, which the fork
     // copied and which stays alive until execve or _exit. Nothing allocates.
     unsafe {
+        // 0. Only the parent holds the parent's ends: if it dies before its
+        // go, the sync pipe reads EOF and the child leaves.
+        libc::close(fds.sync_w);
+        libc::close(fds.err_r);
         // 1. Own process group, so Stop reaches the whole task.
         if libc::setpgid(0, 0) != 0 {
             child_fail(err_w, Stage::Fork);
@@ -494,12 +508,78 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
                 *libc::__errno_location() = libc::EXDEV;
                 child_fail(err_w, Stage::Mount);
             }
-            let root_fd = open_beneath(alloc_fd, root.root.as_ptr(), libc::O_DIRECTORY);
-            if root_fd < 0 {
+            // The sources in the alloc dir, opened before the tmpfs covers the
+            // task dir (`<task>/local` is beneath it).
+            let mut alloc_sources = [-1 as libc::c_int; MAX_ALLOC_SOURCES];
+            let mut n_sources = 0;
+            for (i, op) in root.ops.iter().enumerate() {
+                if !op.source_in_alloc {
+                    continue;
+                }
+                let which = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                let fd = open_beneath(alloc_fd, op.source.as_ptr(), libc::O_DIRECTORY);
+                if fd < 0 || n_sources == MAX_ALLOC_SOURCES {
+                    child_fail_at(err_w, Stage::Mount, which);
+                }
+                alloc_sources[n_sources] = fd;
+                n_sources += 1;
+            }
+            // The root: a tmpfs over the task dir, seen only in this namespace.
+            let disk_root = open_beneath(alloc_fd, root.root.as_ptr(), libc::O_DIRECTORY);
+            if disk_root < 0 {
                 child_fail(err_w, Stage::Mount);
             }
             let mut target_buf = [0u8; FD_PATH_LEN];
+            if libc::mount(
+                c"tend-root".as_ptr(),
+                fd_path(&mut target_buf, disk_root),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                root.tmpfs_options.as_ptr().cast(),
+            ) != 0
+            {
+                child_fail(err_w, Stage::Mount);
+            }
+            let mut disk_st: libc::stat = std::mem::zeroed();
+            if libc::fstat(disk_root, &mut disk_st) != 0 {
+                child_fail(err_w, Stage::Mount);
+            }
+            libc::close(disk_root);
+            let root_fd = open_beneath(alloc_fd, root.root.as_ptr(), libc::O_DIRECTORY);
+            let mut root_st: libc::stat = std::mem::zeroed();
+            if root_fd < 0 || libc::fstat(root_fd, &mut root_st) != 0 {
+                child_fail(err_w, Stage::Mount);
+            }
+            if root_st.st_dev == disk_st.st_dev {
+                // Not the tmpfs just mounted: never make mount points on disk.
+                *libc::__errno_location() = libc::EXDEV;
+                child_fail(err_w, Stage::Mount);
+            }
+            // The mount points, parents first, in a tmpfs nobody else has seen:
+            // no symlink can be there. 0755 dirs and 0644 files for the task's user.
+            libc::umask(0o022);
+            for mp in &root.creates {
+                if mp.file {
+                    let fd = libc::openat(
+                        root_fd,
+                        mp.path.as_ptr(),
+                        libc::O_CREAT
+                            | libc::O_EXCL
+                            | libc::O_WRONLY
+                            | libc::O_NOFOLLOW
+                            | libc::O_CLOEXEC,
+                        0o644,
+                    );
+                    if fd < 0 {
+                        child_fail(err_w, Stage::Mount);
+                    }
+                    libc::close(fd);
+                } else if libc::mkdirat(root_fd, mp.path.as_ptr(), 0o755) != 0 {
+                    child_fail(err_w, Stage::Mount);
+                }
+            }
             let mut source_buf = [0u8; FD_PATH_LEN];
+            let mut next_source = 0;
             for (i, op) in root.ops.iter().enumerate() {
                 let which = u32::try_from(i + 1).unwrap_or(u32::MAX);
                 let target_fd = open_beneath(root_fd, op.target.as_ptr(), 0);
@@ -508,10 +588,8 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
                 }
                 let mut source_fd = -1;
                 let source = if op.source_in_alloc {
-                    source_fd = open_beneath(alloc_fd, op.source.as_ptr(), libc::O_DIRECTORY);
-                    if source_fd < 0 {
-                        child_fail_at(err_w, Stage::Mount, which);
-                    }
+                    source_fd = alloc_sources[next_source];
+                    next_source += 1;
                     fd_path(&mut source_buf, source_fd)
                 } else {
                     op.source.as_ptr()
@@ -547,6 +625,22 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
                     }
                     libc::close(mounted);
                 }
+            }
+            // The tmpfs read-only: the task writes only to /local and /alloc.
+            if libc::mount(
+                null,
+                fd_path(&mut target_buf, root_fd),
+                null,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) != 0
+            {
+                child_fail(err_w, Stage::Mount);
             }
             if libc::fchdir(root_fd) != 0
                 || libc::chroot(c".".as_ptr()) != 0

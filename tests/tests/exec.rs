@@ -595,25 +595,31 @@ fn a_double_forked_daemon_is_killed_on_stop() {
     let (daemon_pid, task_pid, _) = sb.start(&cfg).pids();
     assert!(wait_until(LONG, || out(&cfg).contains("started")));
     let procs = pids_dir(&task_cgroup(&cfg)).join("cgroup.procs");
+    // Until the setsid'd sleep has left the task's process group (the
+    // subshell forks before setsid runs): it is still in the task's cgroup.
     let mut members: Vec<i32> = Vec::new();
-    assert!(wait_until(LONG, || {
+    let escaped = |members: &[i32]| -> Vec<i32> {
+        members
+            .iter()
+            .copied()
+            .filter(|p| {
+                nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p)))
+                    .is_ok_and(|g| g.as_raw() != task_pid)
+            })
+            .collect()
+    };
+    let found = wait_until(LONG, || {
         members = fs::read_to_string(&procs)
             .unwrap_or_default()
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
             .collect();
-        members.len() >= 3
-    }));
-    // The setsid'd sleep is not in the task's process group, nor its child.
-    let escaped: Vec<i32> = members
-        .iter()
-        .copied()
-        .filter(|p| {
-            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*p)))
-                .is_ok_and(|g| g.as_raw() != task_pid)
-        })
-        .collect();
-    assert!(!escaped.is_empty(), "{members:?}");
+        !escaped(&members).is_empty()
+    });
+    assert!(
+        found,
+        "no member outside the task's process group: {members:?}"
+    );
     let mut c = Client::connect(&cfg);
     assert_eq!(c.request(Request::Wait), Response::Ok);
     assert_eq!(
@@ -677,22 +683,54 @@ fn tend_spawn_refuses_an_unknown_user_and_starts_nothing() {
 }
 
 #[test]
-fn a_planted_symlink_in_the_task_root_is_refused_and_nothing_is_made_on_the_host() {
+fn planted_symlinks_in_the_task_dir_never_reach_the_host() {
     need_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let outside = tempfile::tempdir().unwrap();
-    let cfg = exec_config(&sb, &parent, "t", "true");
-    // A previous run (as root) left /dev and /usr as links to host dirs.
+    // A previous run (as root) left /dev and /usr as links to a host dir: the
+    // root is a fresh tmpfs over the task dir, so they are never followed and
+    // the task sees the real /usr.
+    let cfg = exec_config(
+        &sb,
+        &parent,
+        "t",
+        "test -x /usr/bin/env && test -c /dev/null && ! touch /x 2>/dev/null && echo ok",
+    );
     let root = cfg.task_root();
-    let _ = fs::remove_dir_all(root.join("dev"));
+    fs::create_dir_all(&root).unwrap();
     std::os::unix::fs::symlink(outside.path(), root.join("dev")).unwrap();
     std::os::unix::fs::symlink(outside.path(), root.join("usr")).unwrap();
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    assert_eq!(exit.exit_code, Some(0), "{}{}", out(&cfg), err(&cfg));
+    assert_eq!(out(&cfg).trim(), "ok");
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    // The host's task dir holds what was there and local/, no mount point.
+    let mut left: Vec<String> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["dev", "local", "usr"]);
+    assert!(fs::symlink_metadata(root.join("usr")).unwrap().is_symlink());
+    no_mount_of(&sb);
+
+    // /local itself a link to a host dir: the start is refused and names it.
+    let cfg = exec_config(&sb, &parent, "u", "true");
+    let root = cfg.task_root();
+    fs::create_dir_all(&root).unwrap();
+    let _ = fs::remove_dir_all(root.join("local"));
+    std::os::unix::fs::symlink(outside.path(), root.join("local")).unwrap();
     let spawned = sb.start(&cfg);
     let (stage, errno, message) = spawned.failure();
     assert_eq!(stage, Stage::Mount, "{message}");
     assert!(errno != 0, "{message}");
-    assert!(message.contains(root.to_str().unwrap()), "{message}");
+    assert!(
+        message.contains(root.join("local").to_str().unwrap()),
+        "{message}"
+    );
     assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     let exit = Sandbox::wait_exit_file(&cfg, LONG);
     assert_eq!(exit.error.as_deref(), Some(message.as_str()));

@@ -247,6 +247,35 @@ pub struct ReattachReport {
     pub millis: u64,
 }
 
+/// How long a starting agent waits for the data dir's lock. An agent killed
+/// while it was forking a tend-spawn leaves the lock with that child until
+/// the child's exec closes it, a matter of milliseconds; a supervisor that
+/// restarts the agent at once must not see "another agent" for that.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Take the exclusive lock of `file`, trying again every 20 ms for `wait`.
+fn lock_data_dir(
+    mut file: std::fs::File,
+    wait: std::time::Duration,
+) -> Result<nix::fcntl::Flock<std::fs::File>, nix::errno::Errno> {
+    let end = std::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < end => {
+                if !said {
+                    tracing::info!("the data dir is locked; waiting for it");
+                    said = true;
+                }
+                file = f;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err((_, e)) => return Err(e),
+        }
+    }
+}
+
 impl Agent {
     /// An agent over `settings`; creates its dirs.
     pub fn new(settings: Settings) -> Result<Agent, AgentError> {
@@ -295,14 +324,13 @@ impl Agent {
             .write(true)
             .open(&lock_path)
             .map_err(|e| internal(&format!("open {}", lock_path.display()), &e))?;
-        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| {
-                AgentError::Conflict(format!(
-                    "another agent holds the data dir {} ({}: {e})",
-                    settings.dirs.data_dir.display(),
-                    lock_path.display()
-                ))
-            })?;
+        let lock = lock_data_dir(lock_file, LOCK_WAIT).map_err(|e| {
+            AgentError::Conflict(format!(
+                "another agent holds the data dir {} ({}: {e})",
+                settings.dirs.data_dir.display(),
+                lock_path.display()
+            ))
+        })?;
         let (events, _) = broadcast::channel(1024);
         let r = settings.port_range;
         let ports = crate::ports::PortAllocator::new(
