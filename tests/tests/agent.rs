@@ -754,3 +754,77 @@ fn a_stop_that_never_reached_the_daemon_is_carried_out_on_reattach() {
     assert_eq!(t["exit"]["exit_code"], 7, "{t:#}");
     assert_eq!(t["run"], 1);
 }
+
+/// The agent's open Unix sockets (its listener and its connections).
+fn agent_sockets(agent: &AgentProc) -> usize {
+    fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn followers_that_leave_are_let_go_and_a_half_closed_client_still_gets_its_answer() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    // A quiet task: its log follower has nothing to send for a long time.
+    let file = write_job(
+        &sb,
+        "quiet.hcl",
+        &job(
+            "quiet",
+            1,
+            NO_RESTART,
+            &sh_task("q", "echo hi; exec /bin/sleep 300", ""),
+        ),
+    );
+    let id = submit(&agent, &file).remove(0);
+    wait_task(&agent, &id, "q", running);
+    let before = agent_sockets(&agent);
+    let follow = |path: &str| {
+        let mut s = UnixStream::connect(sb.run_dir().join("tend.sock")).expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: tend\r\n\r\n").as_bytes())
+            .expect("send");
+        s.set_read_timeout(Some(LONG)).expect("timeout");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).expect("head");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        s
+    };
+    let followers: Vec<UnixStream> = (0..3)
+        .map(|_| follow(&format!("/v1/allocations/{id}/tasks/q/logs?follow=true")))
+        .chain((0..3).map(|_| follow("/v1/events?follow=true")))
+        .collect();
+    assert!(
+        wait_until(LONG, || agent_sockets(&agent) >= before + 6),
+        "the agent holds {} sockets, {before} before the followers",
+        agent_sockets(&agent)
+    );
+    // The readers go (as `tend logs -f` does on Ctrl-C): so do their streams,
+    // though nothing more was written to them.
+    drop(followers);
+    assert!(
+        wait_until(LONG, || agent_sockets(&agent) <= before),
+        "the agent still holds {} sockets, {before} before the followers",
+        agent_sockets(&agent)
+    );
+
+    // A client that shuts its write side after the request is still there.
+    let mut s = UnixStream::connect(sb.run_dir().join("tend.sock")).expect("connect");
+    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: tend\r\n\r\n")
+        .expect("send");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    s.set_read_timeout(Some(LONG)).expect("timeout");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let out = agent.cli(&["stop", &id]);
+    assert!(out.status.success(), "{out:?}");
+    wait_task(&agent, &id, "q", dead);
+}

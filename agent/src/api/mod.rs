@@ -5,6 +5,7 @@
 pub mod http;
 pub mod routes;
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,31 @@ use crate::agent::Agent;
 /// The API socket of a run dir.
 pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join("tend.sock")
+}
+
+/// The client end of a connection, to tell when it is gone: a follow stream
+/// with nothing to send must not outlive its reader.
+#[derive(Debug, Default)]
+pub struct Peer(Option<OwnedFd>);
+
+impl Peer {
+    /// Watch `conn` (a copy of its fd, so the connection stays free to use).
+    pub fn of(conn: &impl AsFd) -> Peer {
+        Peer(conn.as_fd().try_clone_to_owned().ok())
+    }
+
+    /// Whether the client closed its end. Only a whole close counts (the
+    /// kernel says POLLHUP on a Unix socket, asked for or not); a client that
+    /// only shut its write side after the request still reads the answer.
+    pub fn gone(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let Some(fd) = &self.0 else { return false };
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+    }
 }
 
 /// Why the API socket could not be served.
@@ -75,6 +101,7 @@ pub async fn serve(agent: Agent, listener: UnixListener) {
                 .peer_cred()
                 .map(|c| c.uid() == 0 || c.uid() == me)
                 .unwrap_or(false);
+            let peer = Peer::of(&stream);
             let (r, mut w) = stream.into_split();
             if !allowed {
                 let _ = http::write_response(
@@ -88,7 +115,7 @@ pub async fn serve(agent: Agent, listener: UnixListener) {
                 return;
             }
             match http::read_request(r).await {
-                Ok(req) => routes::handle(&agent, req, &mut w).await,
+                Ok(req) => routes::handle(&agent, req, &mut w, &peer).await,
                 Err(e) => {
                     let _ = http::write_response(
                         &mut w,

@@ -7,13 +7,14 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWrite;
 
 use super::http::{self, Request, Response};
+use super::Peer;
 use crate::agent::{Agent, AgentError};
 use crate::jobspec;
 use crate::logtail::LogFollower;
 use crate::state::{AllocRecord, TaskPhase, TaskRecord};
 
 /// Answer one request.
-pub async fn handle<W: AsyncWrite + Unpin>(agent: &Agent, req: Request, w: &mut W) {
+pub async fn handle<W: AsyncWrite + Unpin>(agent: &Agent, req: Request, w: &mut W, peer: &Peer) {
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     let resp = match (req.method.as_str(), segs.as_slice()) {
         ("GET", ["v1", "health"]) => Ok(health(agent)),
@@ -25,9 +26,9 @@ pub async fn handle<W: AsyncWrite + Unpin>(agent: &Agent, req: Request, w: &mut 
             signal(agent, id, task, &req).await
         }
         ("GET", ["v1", "allocations", id, "tasks", task, "logs"]) => {
-            return logs(agent, id, task, &req, w).await;
+            return logs(agent, id, task, &req, w, peer).await;
         }
-        ("GET", ["v1", "events"]) => return events(agent, &req, w).await,
+        ("GET", ["v1", "events"]) => return events(agent, &req, w, peer).await,
         (_, ["v1", "health"])
         | (_, ["v1", "jobs"])
         | (_, ["v1", "allocations"])
@@ -246,6 +247,7 @@ async fn logs<W: AsyncWrite + Unpin>(
     task: &str,
     req: &Request,
     w: &mut W,
+    peer: &Peer,
 ) {
     let fail = |e: Response| e;
     let id = match agent.resolve_alloc(prefix) {
@@ -350,12 +352,19 @@ async fn logs<W: AsyncWrite + Unpin>(
         if dead && buf.is_empty() {
             break;
         }
+        if buf.is_empty() && peer.gone() {
+            tracing::debug!(alloc = %id, task, "api: a log follower left");
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = http::write_last_chunk(w).await;
 }
 
-async fn events<W: AsyncWrite + Unpin>(agent: &Agent, req: &Request, w: &mut W) {
+/// How often an idle event stream checks that its reader is still there.
+const PEER_CHECK: Duration = Duration::from_secs(1);
+
+async fn events<W: AsyncWrite + Unpin>(agent: &Agent, req: &Request, w: &mut W, peer: &Peer) {
     let follow = req
         .query
         .get("follow")
@@ -384,7 +393,17 @@ async fn events<W: AsyncWrite + Unpin>(agent: &Agent, req: &Request, w: &mut W) 
         return;
     }
     loop {
-        match rx.recv().await {
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            () = tokio::time::sleep(PEER_CHECK) => {
+                if peer.gone() {
+                    tracing::debug!("api: an event follower left");
+                    return;
+                }
+                continue;
+            }
+        };
+        match next {
             Ok(ev) => {
                 let mut line = serde_json::to_vec(&ev).unwrap_or_default();
                 line.push(b'\n');
