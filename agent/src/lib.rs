@@ -10,6 +10,7 @@ pub mod ident;
 pub mod jobspec;
 pub mod logtail;
 pub mod paths;
+pub mod pidwatch;
 pub mod ports;
 pub mod spawn;
 pub mod state;

@@ -701,10 +701,22 @@ async fn wait_run(
     }
     let wait = client.wait();
     tokio::pin!(wait);
+    // The daemon's death is heard from its pidfd as well as from the end of
+    // its connection, whichever comes first.
+    let daemon_ended = async {
+        match (handle.daemon_pid, handle.daemon_start_time) {
+            (Some(pid), Some(start_time)) => {
+                crate::pidwatch::ended(ProcId { pid, start_time }).await;
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(daemon_ended);
     let mut ctl_open = true;
     let result = loop {
         tokio::select! {
-            r = &mut wait => break r,
+            r = &mut wait => break r.map_err(|e| e.to_string()),
+            () = &mut daemon_ended => break Err("its pidfd says it exited".to_string()),
             c = ctl.recv(), if ctl_open => match c {
                 None => ctl_open = false,
                 Some(Ctl::Stop) => {
