@@ -355,9 +355,17 @@ pub struct Scale {
     pub restart_ms: Vec<f64>,
     /// "state taken up" millis of each restart.
     pub taken_up_ms: Vec<f64>,
-    /// ms between each task's finished_at and the agent's "exited" event.
+    /// ms between each task's finished_at and the agent's "exited" event,
+    /// for the tasks killed together at the end.
     pub exit_to_recorded_ms: Vec<f64>,
+    /// The same for the tasks killed one at a time while the others ran.
+    pub exit_to_recorded_one_ms: Vec<f64>,
 }
+
+/// How many tasks of the scale run end one at a time, before the rest end
+/// together, and the pause between two of them.
+const ONE_AT_A_TIME: usize = 50;
+const ONE_AT_A_TIME_GAP: Duration = Duration::from_millis(20);
 
 /// Start `n` `sleep 600` tasks on the agent, crash-restart it `restarts` times,
 /// then kill every task and read how late the agent recorded each exit.
@@ -384,28 +392,44 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
             s.taken_up_ms.push(m);
         }
     }
-    // Kill every task from outside; the daemons record, the agent hears.
+    // Kill tasks from outside; the daemons record, the agent hears. First a
+    // few one at a time while the rest run, then every other one at once.
     let (_, list) = api(&a.run, "GET", "/v1/allocations", b"")?;
-    let allocs: Vec<String> = list["allocations"]
+    let tasks: Vec<(String, Option<i32>)> = list["allocations"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|x| x["job"] == "sleepers")
-        .filter_map(|x| x["id"].as_str().map(str::to_string))
+        .filter_map(|x| {
+            let id = x["id"].as_str()?.to_string();
+            let pid = x["tasks"][0]["pid"]
+                .as_i64()
+                .and_then(|p| i32::try_from(p).ok());
+            Some((id, pid))
+        })
         .collect();
-    for al in list["allocations"].as_array().into_iter().flatten() {
-        if let Some(pid) = al["tasks"][0]["pid"]
-            .as_i64()
-            .and_then(|p| i32::try_from(p).ok())
-        {
+    let kill = |pid: Option<i32>| {
+        if let Some(pid) = pid {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+    };
+    let ones = tasks.len().min(ONE_AT_A_TIME).min(tasks.len() / 2);
+    for (_, pid) in &tasks[..ones] {
+        kill(*pid);
+        sleep(ONE_AT_A_TIME_GAP);
+    }
+    a.wait_health(
+        want - u64::try_from(ones).unwrap_or(0),
+        Duration::from_secs(60),
+    )?;
+    for (_, pid) in &tasks[ones..] {
+        kill(*pid);
     }
     a.wait_health(0, Duration::from_secs(300))?;
-    for id in &allocs {
+    for (i, (id, _)) in tasks.iter().enumerate() {
         let (_, al) = api(&a.run, "GET", &format!("/v1/allocations/{id}"), b"")?;
         let ev = al["tasks"][0]["events"]
             .as_array()
@@ -427,7 +451,11 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
                     Ok(d) => d.as_secs_f64() * 1000.0,
                     Err(x) => -x.duration().as_secs_f64() * 1000.0,
                 };
-                s.exit_to_recorded_ms.push(d);
+                if i < ones {
+                    s.exit_to_recorded_one_ms.push(d);
+                } else {
+                    s.exit_to_recorded_ms.push(d);
+                }
             }
         }
     }

@@ -1,6 +1,8 @@
 //! The one way tend persists a file: write a temp file in the same dir (through a
 //! dir fd, never following a symlink), fsync it, rename it over the name, fsync the
-//! dir. A reader sees the old file or the new one, never a torn one.
+//! dir. A reader sees the old file or the new one, never a torn one. A writer
+//! with someone waiting to hear (tend-spawn and its exit) may put the file in
+//! place first and fsync right after ([`write_at_deferred`]).
 //!
 //! Where the file system has `O_TMPFILE`, the temp file has no name while it is
 //! written: a writer killed half-way leaves nothing behind, and a file that does
@@ -67,12 +69,69 @@ pub fn open_dir(path: &Path) -> Result<OwnedFd, AtomicError> {
     })
 }
 
-/// Write `data` to `dir/name` atomically with file mode `mode`.
+/// Write `data` to `dir/name` atomically with file mode `mode`, and make it
+/// durable before returning.
 ///
 /// `name` must be a plain file name. The temp file is created with
 /// `O_EXCL | O_NOFOLLOW`, so a symlink planted at either name is never followed:
 /// the rename replaces the link itself.
 pub fn write_at<D: AsFd>(dir: D, name: &str, data: &[u8], mode: u32) -> Result<(), AtomicError> {
+    write_at_inner(dir.as_fd(), name, data, mode, false)?.sync()
+}
+
+/// A file [`write_at_deferred`] put in place: whole and under its name for
+/// every reader, but maybe not on the disk yet; [`Pending::sync`] makes it so.
+#[must_use = "a pending file is durable only once synced"]
+#[derive(Debug)]
+pub struct Pending {
+    name: String,
+    /// The file (unless it was synced before its link) and its dir, still to
+    /// fsync; None: durable already.
+    unsynced: Option<(Option<File>, OwnedFd)>,
+}
+
+impl Pending {
+    /// fsync the file, then its dir.
+    pub fn sync(self) -> Result<(), AtomicError> {
+        let Some((file, dir)) = self.unsynced else {
+            return Ok(());
+        };
+        let step = |step: &'static str| {
+            let name = self.name.clone();
+            move |source: io::Error| AtomicError::Step { name, step, source }
+        };
+        if let Some(file) = file {
+            file.sync_all().map_err(step("fsync"))?;
+        }
+        nix::unistd::fsync(dir.as_fd())
+            .map_err(io_err)
+            .map_err(step("fsync dir"))
+    }
+}
+
+/// [`write_at`] up to the point where every reader sees the whole new file,
+/// leaving the fsyncs to [`Pending::sync`], for a writer that has someone to
+/// tell first. Where the file system has `O_TMPFILE` the unnamed file is
+/// linked in unsynced: only a power loss before the sync could lose it (or, on
+/// a file system that does not order data before metadata, leave it short),
+/// never a crash of the writer. Elsewhere the named temp file way is synced
+/// before its rename, as [`write_at`] does.
+pub fn write_at_deferred<D: AsFd>(
+    dir: D,
+    name: &str,
+    data: &[u8],
+    mode: u32,
+) -> Result<Pending, AtomicError> {
+    write_at_inner(dir.as_fd(), name, data, mode, true)
+}
+
+fn write_at_inner(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    data: &[u8],
+    mode: u32,
+    defer: bool,
+) -> Result<Pending, AtomicError> {
     if crate::names::check_file_name(name).is_err() {
         return Err(AtomicError::BadName {
             name: name.to_string(),
@@ -82,8 +141,14 @@ pub fn write_at<D: AsFd>(dir: D, name: &str, data: &[u8], mode: u32) -> Result<(
         let name = name.to_string();
         move |source: io::Error| AtomicError::Step { name, step, source }
     };
-    match write_unnamed(dir.as_fd(), name, data, mode) {
-        Ok(()) => return Ok(()),
+    match write_unnamed(dir, name, data, mode, !defer) {
+        Ok(file) => {
+            let dir = dir.try_clone_to_owned().map_err(step("dup dir fd"))?;
+            return Ok(Pending {
+                name: name.to_string(),
+                unsynced: Some((defer.then_some(file), dir)),
+            });
+        }
         Err(Unnamed::Unsupported) => {}
         Err(Unnamed::Failed(e)) => return Err(e),
     }
@@ -119,7 +184,10 @@ pub fn write_at<D: AsFd>(dir: D, name: &str, data: &[u8], mode: u32) -> Result<(
             nix::unistd::UnlinkatFlags::NoRemoveDir,
         );
     }
-    result
+    result.map(|()| Pending {
+        name: name.to_string(),
+        unsynced: None,
+    })
 }
 
 enum Unnamed {
@@ -129,8 +197,15 @@ enum Unnamed {
     Failed(AtomicError),
 }
 
-/// The O_TMPFILE path of [`write_at`].
-fn write_unnamed(dir: BorrowedFd<'_>, name: &str, data: &[u8], mode: u32) -> Result<(), Unnamed> {
+/// The O_TMPFILE path: the file, linked, its data synced first when `sync_first`,
+/// its dir not synced.
+fn write_unnamed(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    data: &[u8],
+    mode: u32,
+    sync_first: bool,
+) -> Result<File, Unnamed> {
     let failed = |step: &'static str| {
         let name = name.to_string();
         move |source: io::Error| Unnamed::Failed(AtomicError::Step { name, step, source })
@@ -151,7 +226,9 @@ fn write_unnamed(dir: BorrowedFd<'_>, name: &str, data: &[u8], mode: u32) -> Res
     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(failed("chmod"))?;
     file.write_all(data).map_err(failed("write"))?;
-    file.sync_all().map_err(failed("fsync"))?;
+    if sync_first {
+        file.sync_all().map_err(failed("fsync"))?;
+    }
     // Linking an O_TMPFILE file by its /proc path needs no capability (unlike
     // AT_EMPTY_PATH).
     let by_proc = format!("/proc/self/fd/{}", file.as_raw_fd());
@@ -183,9 +260,7 @@ fn write_unnamed(dir: BorrowedFd<'_>, name: &str, data: &[u8], mode: u32) -> Res
         Err(Errno::ENOENT) => return Err(Unnamed::Unsupported),
         Err(e) => return Err(failed("link")(io_err(e))),
     }
-    nix::unistd::fsync(dir)
-        .map_err(io_err)
-        .map_err(failed("fsync dir"))
+    Ok(file)
 }
 
 /// Write `data` to `path` atomically: [`open_dir`] of its parent, then [`write_at`].
@@ -250,6 +325,43 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+    }
+
+    #[test]
+    fn a_deferred_file_is_whole_for_readers_before_its_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = open_dir(dir.path()).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("f")).unwrap();
+        let pending = write_at_deferred(&fd, "f", b"whole", 0o640).unwrap();
+        // Readable, whole and in place before the sync; the link replaced.
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"whole");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(
+            std::fs::metadata(dir.path().join("f"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o640
+        );
+        pending.sync().unwrap();
+        write_at_deferred(&fd, "f", b"again", 0o644)
+            .unwrap()
+            .sync()
+            .unwrap();
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"again");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["f", "victim"]);
+        assert!(matches!(
+            write_at_deferred(&fd, "a/b", b"", 0o644),
+            Err(AtomicError::BadName { .. })
+        ));
     }
 
     #[test]

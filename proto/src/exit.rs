@@ -193,6 +193,22 @@ impl ExitStatus {
         Ok(())
     }
 
+    /// Put the file in place under `name` in `dir` for every reader, mode 0644,
+    /// leaving the fsyncs to [`atomic::Pending::sync`] (see
+    /// [`atomic::write_at_deferred`]).
+    pub fn write_at_deferred<D: AsFd>(
+        &self,
+        dir: D,
+        name: &str,
+    ) -> Result<atomic::Pending, ExitFileError> {
+        Ok(atomic::write_at_deferred(
+            dir,
+            name,
+            &self.to_json(),
+            0o644,
+        )?)
+    }
+
     /// Write atomically to `path`, mode 0644.
     pub fn write(&self, path: &Path) -> Result<(), ExitFileError> {
         atomic::write(path, &self.to_json(), 0o644)?;

@@ -539,21 +539,33 @@ impl Daemon {
             // Before the cgroup goes: its counter goes with it.
             exit.oom_killed = g.oom_killed(exit.signal);
         }
-        match exit.write_at(
+        // In place for every reader first; on the disk right after Exited
+        // is sent: the agent waits for the one, only a power loss for the other.
+        let pending = match exit.write_at_deferred(
             self.alloc.as_fd(),
             &names::exit_status_file(&self.config.task),
         ) {
-            Ok(()) => info!(exit_code = ?exit.exit_code, signal = ?exit.signal, "exit recorded"),
-            Err(e) => tracing::error!(error = %e, "cannot write the exit status file"),
-        }
-        // Sent now, not on the next round of the loop: the cgroup's removal
-        // below (a kill check and an rmdir per hierarchy) must not delay it.
+            Ok(p) => {
+                info!(exit_code = ?exit.exit_code, signal = ?exit.signal, "exit recorded");
+                Some(p)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the exit status file");
+                None
+            }
+        };
+        // Sent now, not on the next round of the loop: the fsyncs and the
+        // cgroup's removal below (a kill check and an rmdir per hierarchy)
+        // must not delay it.
         let now = Instant::now();
         for c in clients.iter_mut() {
             if let Some(r) = c.session.exited(&exit) {
                 c.send(&r);
                 c.flush(now);
             }
+        }
+        if let Some(Err(e)) = pending.map(tend_proto::atomic::Pending::sync) {
+            tracing::error!(error = %e, "cannot sync the exit status file");
         }
         self.exit = Some(exit);
         self.drain_until = None;

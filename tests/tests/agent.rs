@@ -755,18 +755,36 @@ fn a_stop_that_never_reached_the_daemon_is_carried_out_on_reattach() {
     assert_eq!(t["run"], 1);
 }
 
-/// The agent's open Unix sockets (its listener and its connections).
-fn agent_sockets(agent: &AgentProc) -> usize {
-    fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+/// The API connections the agent holds open: its sockets that are accepted
+/// connections of `tend.sock` (/proc/net/unix shows the listener's path on
+/// them; the agent's own connections to tend-spawn daemons have none).
+fn api_connections(agent: &AgentProc, sock: &std::path::Path) -> usize {
+    let mine: std::collections::HashSet<String> = fs::read_dir(format!("/proc/{}/fd", agent.pid()))
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| {
-                    fs::read_link(e.path())
-                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                .filter_map(|e| fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")?
+                        .strip_suffix(']')
+                        .map(str::to_string)
                 })
-                .count()
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default();
+    let table = fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // Num RefCount Protocol Flags Type St Inode Path; St 03: connected.
+            f.len() >= 8
+                && f[5] == "03"
+                && mine.contains(f[6])
+                && std::path::Path::new(f[7]) == sock
+        })
+        .count()
 }
 
 #[test]
@@ -786,7 +804,7 @@ fn followers_that_leave_are_let_go_and_a_half_closed_client_still_gets_its_answe
     );
     let id = submit(&agent, &file).remove(0);
     wait_task(&agent, &id, "q", running);
-    let before = agent_sockets(&agent);
+    let sock = sb.run_dir().join("tend.sock");
     let follow = |path: &str| {
         let mut s = UnixStream::connect(sb.run_dir().join("tend.sock")).expect("connect");
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: tend\r\n\r\n").as_bytes())
@@ -802,17 +820,17 @@ fn followers_that_leave_are_let_go_and_a_half_closed_client_still_gets_its_answe
         .chain((0..3).map(|_| follow("/v1/events?follow=true")))
         .collect();
     assert!(
-        wait_until(LONG, || agent_sockets(&agent) >= before + 6),
-        "the agent holds {} sockets, {before} before the followers",
-        agent_sockets(&agent)
+        wait_until(LONG, || api_connections(&agent, &sock) == 6),
+        "the agent holds {} API connections, not the 6 followers",
+        api_connections(&agent, &sock)
     );
     // The readers go (as `tend logs -f` does on Ctrl-C): so do their streams,
     // though nothing more was written to them.
     drop(followers);
     assert!(
-        wait_until(LONG, || agent_sockets(&agent) <= before),
-        "the agent still holds {} sockets, {before} before the followers",
-        agent_sockets(&agent)
+        wait_until(LONG, || api_connections(&agent, &sock) == 0),
+        "the agent still holds {} API connections",
+        api_connections(&agent, &sock)
     );
 
     // A client that shuts its write side after the request is still there.

@@ -699,38 +699,41 @@ async fn wait_run(
         // before it reached the daemon): ask again; a second Stop is harmless.
         request_stop(inner, alloc_id, task, &socket, token).await;
     }
-    let wait = client.wait();
-    tokio::pin!(wait);
-    // The daemon's death is heard from its pidfd as well as from the end of
-    // its connection, whichever comes first.
-    let daemon_ended = async {
-        match (handle.daemon_pid, handle.daemon_start_time) {
-            (Some(pid), Some(start_time)) => {
-                crate::pidwatch::ended(ProcId { pid, start_time }).await;
-            }
-            _ => std::future::pending::<()>().await,
-        }
-    };
-    tokio::pin!(daemon_ended);
-    let mut ctl_open = true;
-    let result = loop {
-        tokio::select! {
-            r = &mut wait => break r.map_err(|e| e.to_string()),
-            () = &mut daemon_ended => break Err("its pidfd says it exited".to_string()),
-            c = ctl.recv(), if ctl_open => match c {
-                None => ctl_open = false,
-                Some(Ctl::Stop) => {
-                    *stopping = true;
-                    request_stop(inner, alloc_id, task, &socket, token).await;
+    // The wait borrows the connection; it is free again for the Release.
+    let result = {
+        let wait = client.wait();
+        tokio::pin!(wait);
+        // The daemon's death is heard from its pidfd as well as from the end of
+        // its connection, whichever comes first.
+        let daemon_ended = async {
+            match (handle.daemon_pid, handle.daemon_start_time) {
+                (Some(pid), Some(start_time)) => {
+                    crate::pidwatch::ended(ProcId { pid, start_time }).await;
                 }
-                Some(Ctl::Signal(signo, reply)) => {
-                    let r = control(&socket, token, Request::Signal(signo)).await;
-                    if r.is_ok() {
-                        inner.update_task(alloc_id, &task.name, |rec| {
-                            Some(rec.event("signaled", format!("sent signal {signo}")))
-                        });
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(daemon_ended);
+        let mut ctl_open = true;
+        loop {
+            tokio::select! {
+                r = &mut wait => break r.map_err(|e| e.to_string()),
+                () = &mut daemon_ended => break Err("its pidfd says it exited".to_string()),
+                c = ctl.recv(), if ctl_open => match c {
+                    None => ctl_open = false,
+                    Some(Ctl::Stop) => {
+                        *stopping = true;
+                        request_stop(inner, alloc_id, task, &socket, token).await;
                     }
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    Some(Ctl::Signal(signo, reply)) => {
+                        let r = control(&socket, token, Request::Signal(signo)).await;
+                        if r.is_ok() {
+                            inner.update_task(alloc_id, &task.name, |rec| {
+                                Some(rec.event("signaled", format!("sent signal {signo}")))
+                            });
+                        }
+                        let _ = reply.send(r.map_err(|e| e.to_string()));
+                    }
                 }
             }
         }
@@ -742,12 +745,15 @@ async fn wait_run(
             // leave it lingering unreleased. Released first, a crash before
             // the record finds the daemon gone and its exit file, which it
             // wrote before it pushed this exit: the same exit either way.
-            match tokio::time::timeout(RELEASE_TIMEOUT, control(&socket, token, Request::Release))
-                .await
-            {
+            // On the connection that brought the exit, and not waiting for
+            // the answer: no new connection, no handshake and none of the
+            // daemon's own work (it syncs its exit file right after pushing
+            // the exit) between the exit and its record. A written frame is
+            // in the daemon's receive queue: it takes it whatever happens here.
+            match tokio::time::timeout(RELEASE_TIMEOUT, client.release_and_close()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "release failed"),
-                Err(_) => tracing::warn!("release not taken in time; the daemon lingers"),
+                Err(_) => tracing::warn!("release not sent in time; the daemon lingers"),
             }
             Ended::Exit(exit)
         }

@@ -168,6 +168,18 @@ impl Client {
         self.next().await
     }
 
+    /// Release the daemon and close the connection without waiting for its
+    /// answer: once the frame is written it is in the daemon's receive queue,
+    /// which outlives this end, so the daemon takes it even if the agent dies
+    /// the next moment (and its answer, to a closed socket, goes nowhere).
+    pub async fn release_and_close(mut self) -> Result<(), ClientError> {
+        self.send(&Request::Release).await?;
+        self.stream.flush().await.map_err(|source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     /// Send a request that is answered by `Ok`.
     pub async fn command(&mut self, req: Request) -> Result<(), ClientError> {
         match self.request(req).await? {
