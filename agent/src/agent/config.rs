@@ -276,6 +276,14 @@ plugin "docker" {
     }
 
     #[test]
+    fn the_example_parses() {
+        let text = include_str!("../../../examples/agent.hcl");
+        let c = AgentConfig::parse(text, Path::new("examples/agent.hcl")).unwrap();
+        let docker = &c.plugin["docker"];
+        assert!(!docker.allow_host_binds && docker.allowed_caps.is_empty());
+    }
+
+    #[test]
     fn the_empty_file_is_the_default() {
         assert_eq!(
             AgentConfig::parse("", Path::new("a.hcl")).unwrap(),
