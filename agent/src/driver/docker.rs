@@ -153,7 +153,8 @@ fn status_of(e: &EngineError) -> Option<u16> {
 pub struct DockerStart<'a> {
     /// The allocation.
     pub alloc_id: &'a str,
-    /// Its dir (binds: `alloc/` at `/alloc`, the task's `local/` at `/local`).
+    /// Its dir (binds: `alloc/` at `/alloc`, the task's `local/` at `/local`,
+    /// and the task's volumes of the alloc dir).
     pub alloc: &'a AllocDir,
     /// The task.
     pub task: &'a Task,

@@ -48,8 +48,8 @@ pub struct HostBind {
 }
 
 impl HostBind {
-    /// A volume of `task` in `alloc`: a source of the alloc dir is joined to
-    /// it, a host source kept.
+    /// The bind of a volume in `alloc`: a source of the alloc dir is joined to
+    /// the alloc's root, a host source kept.
     pub fn of_volume(alloc: &AllocDir, v: &Volume) -> HostBind {
         let source = match &v.source {
             VolumeSource::InAlloc(rel) => {
