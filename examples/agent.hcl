@@ -16,7 +16,13 @@ plugin "raw_exec" {
   enabled = true
 }
 
+# What a docker task may ask of the host; each is refused at submit unless
+# allowed here.
 plugin "docker" {
-  endpoint         = "/var/run/docker.sock"
-  allow_privileged = false
+  endpoint           = "/var/run/docker.sock"
+  allow_privileged   = false
+  allow_host_network = false # network_mode = "host"
+  allow_host_binds   = false # volumes with an absolute source
+  allow_devices      = false # devices
+  allowed_caps       = []    # what cap_add may name, such as "NET_ADMIN"
 }

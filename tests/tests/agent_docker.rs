@@ -45,26 +45,42 @@ fn engine_ready() -> bool {
     true
 }
 
-fn containers_of(alloc_id: &str) -> Vec<String> {
-    docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=tend.alloc_id={alloc_id}"),
-    ])
-    .unwrap_or_default()
-    .split_whitespace()
-    .map(str::to_string)
-    .collect()
+/// For tests that need root (an exec task, or files the engine makes as root
+/// in the sandbox) and the engine: false, with the reason printed, when either
+/// is missing.
+fn root_and_engine() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        println!("skipped: needs root");
+        return false;
+    }
+    engine_ready()
 }
 
-/// Removes the containers of the allocations a test made, even when it fails.
+/// The containers carrying `label` (`KEY=VALUE`).
+fn containers_labelled(label: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--filter", &format!("label={label}")])
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn alloc_label(alloc_id: &str) -> String {
+    format!("tend.alloc_id={alloc_id}")
+}
+
+fn containers_of(alloc_id: &str) -> Vec<String> {
+    containers_labelled(&alloc_label(alloc_id))
+}
+
+/// Removes the containers carrying the labels (`KEY=VALUE`) a test gave, even
+/// when it fails.
 struct Containers(Vec<String>);
 
 impl Drop for Containers {
     fn drop(&mut self) {
-        for alloc in &self.0 {
-            let ids = containers_of(alloc);
+        for label in &self.0 {
+            let ids = containers_labelled(label);
             if !ids.is_empty() {
                 let mut args = vec!["rm", "-f", "-v"];
                 args.extend(ids.iter().map(String::as_str));
@@ -75,19 +91,29 @@ impl Drop for Containers {
 }
 
 fn agent(sb: &Sandbox) -> AgentProc {
+    agent_with(sb, "")
+}
+
+/// An agent whose `plugin "docker"` block also holds `options`.
+fn agent_with(sb: &Sandbox, options: &str) -> AgentProc {
     AgentProc::start_with_config(
         sb,
         &format!(
-            "plugin \"docker\" {{\n  endpoint = \"{}\"\n}}\n",
+            "plugin \"docker\" {{\n  endpoint = \"{}\"\n{options}}}\n",
             socket().display()
         ),
     )
 }
 
-fn submit(a: &AgentProc, sb: &Sandbox, job: &str) -> String {
+/// `tend run` of `job` against the agent.
+fn run(a: &AgentProc, sb: &Sandbox, job: &str) -> std::process::Output {
     let path = sb.data_dir().join("job.hcl");
     std::fs::write(&path, job).unwrap();
-    let out = a.cli(&["run", "--json", path.to_str().unwrap()]);
+    a.cli(&["run", "--json", path.to_str().unwrap()])
+}
+
+fn submit(a: &AgentProc, sb: &Sandbox, job: &str) -> String {
+    let out = run(a, sb, job);
     assert!(
         out.status.success(),
         "{}",
@@ -95,6 +121,17 @@ fn submit(a: &AgentProc, sb: &Sandbox, job: &str) -> String {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v["allocations"][0].as_str().unwrap().to_string()
+}
+
+/// The message of a submission the agent refuses.
+fn refused(a: &AgentProc, sb: &Sandbox, job: &str) -> String {
+    let out = run(a, sb, job);
+    assert!(
+        !out.status.success(),
+        "submitted: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn task<'a>(alloc: &'a Value, name: &str) -> &'a Value {
@@ -118,11 +155,7 @@ fn wait_dead(a: &AgentProc, id: &str, name: &str) -> Value {
 
 #[test]
 fn a_container_and_an_exec_task_share_alloc() {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: needs root");
-        return;
-    }
-    if !engine_ready() {
+    if !root_and_engine() {
         return;
     }
     let sb = Sandbox::new();
@@ -150,7 +183,7 @@ fn a_container_and_an_exec_task_share_alloc() {
 "#
     );
     let id = submit(&a, &sb, &job);
-    let _guard = Containers(vec![id.clone()]);
+    let _guard = Containers(vec![alloc_label(&id)]);
     for name in ["box", "proc"] {
         let t = wait_dead(&a, &id, name);
         assert_eq!(t["exit"]["exit_code"], 0, "{name}: {t:#}");
@@ -207,7 +240,7 @@ fn a_container_outlives_an_agent_restart_and_its_exit_is_recorded() {
 "#
     );
     let id = submit(&a, &sb, &job);
-    let _guard = Containers(vec![id.clone()]);
+    let _guard = Containers(vec![alloc_label(&id)]);
     let running = wait_until(LONG, || {
         let v = a.get_json(&format!("/v1/allocations/{id}"));
         ["early", "late"]
@@ -266,7 +299,7 @@ fn a_container_removed_while_the_agent_is_away_is_lost_never_zero() {
 "#
     );
     let id = submit(&a, &sb, &job);
-    let _guard = Containers(vec![id.clone()]);
+    let _guard = Containers(vec![alloc_label(&id)]);
     let mut cid = String::new();
     assert!(wait_until(LONG, || {
         let v = a.get_json(&format!("/v1/allocations/{id}"));
@@ -285,4 +318,116 @@ fn a_container_removed_while_the_agent_is_away_is_lost_never_zero() {
         t["exit"].is_null(),
         "a vanished container has no exit, never 0: {t:#}"
     );
+}
+
+#[test]
+fn caps_and_a_task_dir_volume_reach_the_container_and_host_asks_are_refused_at_submit() {
+    if !root_and_engine() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let a = agent_with(&sb, "  allowed_caps = [\"NET_ADMIN\"]\n");
+    let job = format!(
+        r#"job "caps" {{
+  group "g" {{
+    restart {{
+      attempts = 0
+    }}
+    task "box" {{
+      driver = "docker"
+      config {{
+        image    = "{IMAGE}"
+        command  = "/bin/sh"
+        args     = ["-c", "grep CapEff /proc/self/status; echo from-container > /data/proof"]
+        cap_add  = ["NET_ADMIN"]
+        cap_drop = ["ALL"]
+        volumes  = ["shared:/data"]
+      }}
+    }}
+  }}
+}}
+"#
+    );
+    let id = submit(&a, &sb, &job);
+    let _guard = Containers(vec![alloc_label(&id)]);
+    let t = wait_dead(&a, &id, "box");
+    assert_eq!(t["exit"]["exit_code"], 0, "{t:#}");
+
+    // `shared` is taken from the task's dir in the alloc: the file written at
+    // /data inside the container is there on the host.
+    let proof = sb
+        .data_dir()
+        .join("allocs")
+        .join(&id)
+        .join("box/shared/proof");
+    assert_eq!(
+        std::fs::read_to_string(&proof).unwrap_or_default(),
+        "from-container\n",
+        "{}",
+        proof.display()
+    );
+    let out = a.cli(&["logs", &id, "box"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cap_eff = stdout
+        .trim()
+        .strip_prefix("CapEff:")
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no CapEff line in {stdout:?}"));
+    const CAP_CHOWN: u64 = 1 << 0;
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    assert_ne!(
+        cap_eff & CAP_NET_ADMIN,
+        0,
+        "NET_ADMIN is added: {cap_eff:#x}"
+    );
+    assert_eq!(cap_eff & CAP_CHOWN, 0, "CHOWN is dropped: {cap_eff:#x}");
+    assert_eq!(cap_eff, CAP_NET_ADMIN, "ALL is dropped but NET_ADMIN");
+
+    // What the agent does not allow is refused at submit, naming the option
+    // that would allow it; no allocation, no container.
+    let run_label = format!("tend_test_run={}", tend_tests::random_u64());
+    let (key, value) = run_label.split_once('=').unwrap();
+    let greedy = |extra: &str| {
+        format!(
+            r#"job "greedy" {{
+  group "g" {{
+    task "box" {{
+      driver = "docker"
+      config {{
+        image   = "{IMAGE}"
+        command = "/bin/true"
+        labels  = {{ {key} = "{value}" }}
+        cap_add = ["SYS_ADMIN"]
+{extra}
+      }}
+    }}
+  }}
+}}
+"#
+        )
+    };
+    let _refused_guard = Containers(vec![run_label.clone()]);
+    let e = refused(&a, &sb, &greedy("        volumes = [\"/etc:/host-etc\"]"));
+    assert!(
+        e.contains(
+            "task box: config.volumes: the agent does not allow binds outside the alloc dir \
+             (/etc -> /host-etc) (set allow_host_binds = true in plugin \"docker\")"
+        ),
+        "{e}"
+    );
+    let e = refused(&a, &sb, &greedy(""));
+    assert!(
+        e.contains(
+            "task box: config.cap_add: the agent does not allow capability SYS_ADMIN \
+             (set allowed_caps = [..., \"SYS_ADMIN\"] in plugin \"docker\")"
+        ),
+        "{e}"
+    );
+    let allocs = a.get_json("/v1/allocations");
+    assert_eq!(
+        allocs["allocations"].as_array().unwrap().len(),
+        1,
+        "{allocs:#}"
+    );
+    assert!(containers_labelled(&run_label).is_empty());
 }

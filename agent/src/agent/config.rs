@@ -20,8 +20,12 @@
 //!   enabled = true
 //! }
 //! plugin "docker" {
-//!   endpoint         = "/var/run/docker.sock"
-//!   allow_privileged = false
+//!   endpoint           = "/var/run/docker.sock"
+//!   allow_privileged   = false
+//!   allow_host_network = false
+//!   allow_host_binds   = false         # volumes outside the alloc dir
+//!   allow_devices      = false
+//!   allowed_caps       = ["NET_ADMIN"] # what cap_add may ask for
 //! }
 //! ```
 
@@ -74,9 +78,10 @@ pub struct PluginConfig {
     /// docker: whether a task may ask for network_mode = "host".
     #[serde(default)]
     pub allow_host_network: bool,
-    /// docker: capabilities a task may add.
-    #[serde(default)]
-    pub allow_caps: Vec<String>,
+    /// docker: capabilities a task may add (`NET_ADMIN` or `CAP_NET_ADMIN`).
+    /// Nomad's spelling `allow_caps` is read too.
+    #[serde(default, alias = "allow_caps")]
+    pub allowed_caps: Vec<String>,
     /// docker: whether a task may ask for host devices.
     #[serde(default)]
     pub allow_devices: bool,
@@ -232,6 +237,7 @@ plugin "raw_exec" {
 }
 plugin "docker" {
   allow_privileged = true
+  allowed_caps     = ["NET_ADMIN", "cap_sys_time"]
 }
 "#;
         let c = AgentConfig::parse(text, Path::new("a.hcl")).unwrap();
@@ -247,6 +253,13 @@ plugin "docker" {
         assert!(!c.driver_enabled("raw_exec"));
         assert!(c.driver_enabled("exec"));
         assert!(c.plugin["docker"].allow_privileged);
+        assert_eq!(
+            c.plugin["docker"].allowed_caps,
+            ["NET_ADMIN", "cap_sys_time"]
+        );
+        let nomad = "plugin \"docker\" {\n  allow_caps = [\"NET_ADMIN\"]\n}\n";
+        let c = AgentConfig::parse(nomad, Path::new("a.hcl")).unwrap();
+        assert_eq!(c.plugin["docker"].allowed_caps, ["NET_ADMIN"]);
     }
 
     #[test]
@@ -260,6 +273,14 @@ plugin "docker" {
         assert!(e.to_string().contains("range"), "{e}");
         let e = AgentConfig::parse("cgroup_parent = \"../x\"\n", Path::new("a.hcl")).unwrap_err();
         assert!(e.to_string().contains("cgroup_parent"), "{e}");
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let text = include_str!("../../../examples/agent.hcl");
+        let c = AgentConfig::parse(text, Path::new("examples/agent.hcl")).unwrap();
+        let docker = &c.plugin["docker"];
+        assert!(!docker.allow_host_binds && docker.allowed_caps.is_empty());
     }
 
     #[test]

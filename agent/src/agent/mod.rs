@@ -304,7 +304,7 @@ impl Agent {
                     .unwrap_or_else(|| PathBuf::from(crate::driver::docker::DEFAULT_ENDPOINT)),
                 allow_privileged: p.allow_privileged,
                 allow_host_network: p.allow_host_network,
-                allowed_caps: p.allow_caps,
+                allowed_caps: p.allowed_caps,
                 allow_devices: p.allow_devices,
                 allow_host_binds: p.allow_host_binds,
             };

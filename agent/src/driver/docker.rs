@@ -38,7 +38,7 @@ use tokio::sync::OnceCell;
 pub use spec::{check as check_task, policy, HostBind, HostRequest};
 
 use crate::driver::DriverError;
-use crate::jobspec::{LogSpec, Task};
+use crate::jobspec::{LogSpec, Task, VolumeSource};
 use crate::paths::AllocDir;
 use crate::ports::AssignedPort;
 
@@ -153,7 +153,8 @@ fn status_of(e: &EngineError) -> Option<u16> {
 pub struct DockerStart<'a> {
     /// The allocation.
     pub alloc_id: &'a str,
-    /// Its dir (binds: `alloc/` at `/alloc`, the task's `local/` at `/local`).
+    /// Its dir (binds: `alloc/` at `/alloc`, the task's `local/` at `/local`,
+    /// and the task's volumes of the alloc dir).
     pub alloc: &'a AllocDir,
     /// The task.
     pub task: &'a Task,
@@ -263,6 +264,9 @@ impl DockerDriver {
     /// ended. A missing image is pulled. Nothing is left behind on failure.
     pub async fn start(&self, req: &DockerStart<'_>) -> Result<String, DockerError> {
         let (name, body) = spec::create_body(&self.opts, req)?;
+        if !self.opts.allow_host_binds {
+            no_symlink_in_volumes(req.alloc, req.task)?;
+        }
         let docker = self.engine().await?;
         let image = body.image.clone().unwrap_or_default();
         let create = || {
@@ -510,6 +514,40 @@ impl DockerDriver {
     }
 }
 
+/// Refuse a volume of the alloc dir whose source goes through a symlink on the
+/// host: the engine would follow it out of the alloc dir (a task may make
+/// symlinks in the dirs it can write). The policy sees the path as written;
+/// this sees it as it is just before the container is made. What does not
+/// exist yet the engine makes as plain dirs.
+fn no_symlink_in_volumes(alloc: &AllocDir, task: &Task) -> Result<(), DriverError> {
+    for v in &task.config.volumes {
+        let VolumeSource::InAlloc(rel) = &v.source else {
+            continue;
+        };
+        let mut p = alloc.root.clone();
+        for comp in rel.components() {
+            p.push(comp);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(spec::refusal(
+                        &task.name,
+                        "config.volumes",
+                        &format!(
+                            "binds outside the alloc dir ({} goes through the symlink {})",
+                            HostBind::of_volume(alloc, v).source.display(),
+                            p.display()
+                        ),
+                        "allow_host_binds = true",
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The cause of a client error, in one line.
 fn cause_of(e: &EngineError) -> String {
     use std::error::Error;
@@ -625,6 +663,49 @@ mod tests {
         assert_eq!(s.exit_code, None);
         assert!(!s.success());
         assert!(s.error.is_some());
+    }
+
+    #[test]
+    fn a_volume_through_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let alloc = AllocDir {
+            root: tmp.path().join("a1"),
+        };
+        alloc.create(&["web"]).unwrap();
+        std::os::unix::fs::symlink("/etc", alloc.task_local("web").join("etc")).unwrap();
+        let mut t = crate::jobspec::Task {
+            name: "web".into(),
+            driver: crate::jobspec::Driver::Docker,
+            user: None,
+            config: Default::default(),
+            env: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            resources: Default::default(),
+            logs: LogSpec::default(),
+            kill_timeout: Duration::from_secs(5),
+            kill_signal: 15,
+            chroot_env: None,
+        };
+        let vol = |rel: &str| crate::jobspec::Volume {
+            source: VolumeSource::InAlloc(rel.into()),
+            target: "/data".into(),
+            read_only: false,
+        };
+        t.config.volumes = vec![vol("web/local"), vol("web/shared/not/yet")];
+        no_symlink_in_volumes(&alloc, &t).unwrap();
+        t.config.volumes = vec![vol("web/local/etc/sub")];
+        let e = no_symlink_in_volumes(&alloc, &t).unwrap_err().to_string();
+        let link = alloc.task_local("web").join("etc");
+        assert_eq!(
+            e,
+            format!(
+                "task web: config.volumes: the agent does not allow binds outside the alloc dir \
+                 ({}/sub goes through the symlink {}) (set allow_host_binds = true in plugin \
+                 \"docker\")",
+                link.display(),
+                link.display()
+            )
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use super::model::*;
 use super::signal::{parse_signal, signal_names};
 use super::tree::{Attr, Block, Body, Item, Kind, Value};
 
+mod docker;
+
 /// Config fields every process driver takes.
 const EXEC_CONFIG: &[&str] = &["command", "args"];
 /// Config fields of the docker driver.
@@ -25,6 +27,10 @@ const DOCKER_CONFIG: &[&str] = &[
     "dns_search_domains",
     "port_map",
     "privileged",
+    "volumes",
+    "devices",
+    "cap_add",
+    "cap_drop",
 ];
 
 /// Decodes the whole file; None when nothing job-like could be read.
@@ -273,7 +279,7 @@ fn decode_task(
         Some(s)
     });
     let config = match v.single_block(c, "config", path) {
-        Some(cb) => decode_config(c, cb, driver, &sub(path, "config")),
+        Some(cb) => decode_config(c, cb, driver, &name, &sub(path, "config")),
         None => {
             match driver {
                 Some(Driver::RawExec | Driver::Exec) => {
@@ -355,6 +361,7 @@ fn decode_config(
     c: &mut Collector<'_>,
     b: &Block,
     driver: Option<Driver>,
+    task: &str,
     path: &str,
 ) -> TaskConfig {
     no_labels(c, b, path);
@@ -433,6 +440,10 @@ fn decode_config(
         .attr("privileged")
         .and_then(|a| boolean(c, &a.value, &sub(path, "privileged")))
         .unwrap_or(false);
+    cfg.volumes = docker::volumes(c, &v, task, path);
+    cfg.devices = docker::devices(c, &v, path);
+    cfg.cap_add = docker::capabilities(c, &v, "cap_add", path);
+    cfg.cap_drop = docker::capabilities(c, &v, "cap_drop", path);
     cfg.labels = string_map(c, &v, "labels", path, false);
     for (label, _, value) in map_entries(c, &v, "port_map", path) {
         let p = format!("{path}.port_map.{label}");
@@ -840,31 +851,37 @@ fn duration(c: &mut Collector<'_>, v: &Value, path: &str) -> Option<Duration> {
     d
 }
 
-fn string_list(c: &mut Collector<'_>, v: &Value, path: &str) -> Option<Vec<String>> {
+/// The elements of a list, each with its path `path[i]`; `of` says what the
+/// list holds, for the message when `v` is no list.
+fn list<'v>(
+    c: &mut Collector<'_>,
+    v: &'v Value,
+    path: &str,
+    of: &str,
+) -> Option<Vec<(String, &'v Value)>> {
     let Kind::Array(elems) = &v.kind else {
         c.error(
             v.at,
             path,
-            format!("must be a list of strings, got {}", v.kind.describe()),
+            format!("must be a list of {of}, got {}", v.kind.describe()),
         );
         return None;
     };
-    let mut out = Vec::new();
-    let mut ok = true;
-    for (i, e) in elems.iter().enumerate() {
-        match &e.kind {
-            Kind::Str(s) => out.push(s.clone()),
-            other => {
-                ok = false;
-                c.error(
-                    e.at,
-                    &format!("{path}[{i}]"),
-                    format!("must be a string, got {}", other.describe()),
-                );
-            }
-        }
-    }
-    ok.then_some(out)
+    Some(
+        elems
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("{path}[{i}]"), e))
+            .collect(),
+    )
+}
+
+fn string_list(c: &mut Collector<'_>, v: &Value, path: &str) -> Option<Vec<String>> {
+    let strings: Vec<Option<String>> = list(c, v, path, "strings")?
+        .into_iter()
+        .map(|(p, e)| string(c, e, &p))
+        .collect();
+    strings.into_iter().collect()
 }
 
 /// Entries of a map written as a block (`env { A = "b" }`) or as an attribute

@@ -31,6 +31,7 @@
 //! task environment ([`crate::taskenv`]) to fill in at start. In HCL, `$${`
 //! writes a literal `${`; function calls and `%{}` directives are refused.
 
+pub mod capability;
 mod decode;
 mod diag;
 pub mod duration;

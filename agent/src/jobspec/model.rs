@@ -2,6 +2,7 @@
 //! here has been checked; defaults are filled in.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -139,6 +140,52 @@ pub struct TaskConfig {
     pub port_map: BTreeMap<String, u16>,
     /// docker: privileged container.
     pub privileged: bool,
+    /// docker: paths bound into the container.
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    /// docker: host devices handed to the container.
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// docker: capabilities added, by canonical name (`NET_ADMIN`, or `ALL`).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// docker: capabilities dropped, by canonical name (`NET_ADMIN`, or `ALL`).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+}
+
+/// docker: one of `volumes`, written `"SOURCE:TARGET"` or `"SOURCE:TARGET:MODE"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Where the bind comes from on the host.
+    pub source: VolumeSource,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// MODE `ro`; `rw` (the default) is false.
+    pub read_only: bool,
+}
+
+/// Where a volume comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeSource {
+    /// A relative SOURCE, taken from the task's dir (`<alloc_dir>/<task>`) and
+    /// kept relative to the alloc dir: `shared` of task `web` is `web/shared`,
+    /// `../alloc/data` is `alloc/data`. Plain names only (no `.`, no `..`); empty
+    /// for the alloc dir itself.
+    InAlloc(PathBuf),
+    /// An absolute SOURCE: a path of the host.
+    Host(PathBuf),
+}
+
+/// docker: one of `devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// `host_path`: the device on the host, absolute.
+    pub host_path: String,
+    /// `container_path`: where it appears in the container (default: `host_path`).
+    pub container_path: String,
+    /// `cgroup_permissions`: some of `r`, `w` and `m`, each once (default `rwm`).
+    pub cgroup_permissions: String,
 }
 
 /// `resources {}`.

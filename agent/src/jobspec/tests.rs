@@ -646,6 +646,217 @@ fn chroot_env_needs_the_attribute_form_in_hcl2() {
     );
 }
 
+/// A valid job with one docker task, `extra` inserted in its config body.
+/// Line 7 is the first line of `extra`.
+fn docker_config(extra: &str) -> String {
+    format!(
+        "job \"j\" {{\n  group \"g\" {{\n    task \"t\" {{\n      driver = \"docker\"\n      config {{\n        image = \"busybox\"\n{extra}\n      }}\n    }}\n  }}\n}}\n"
+    )
+}
+
+/// The errors of a document, each as `file:line:col: path: message`.
+fn shown(src: &str) -> Vec<String> {
+    errs(src).iter().map(ToString::to_string).collect()
+}
+
+const DOCKER_HOST_FIELDS: &str = r#"        volumes  = ["shared:/data", "./a/../b/.:/b:ro", "../alloc/x:/x:rw", "/srv/www:/www"]
+        devices  = [
+          { host_path = "/dev/fuse" },
+          { host_path = "/dev/sda", container_path = "/dev/xvda", cgroup_permissions = "r" },
+        ]
+        cap_add  = ["NET_ADMIN", "sys_time", "CAP_CHOWN"]
+        cap_drop = ["ALL"]"#;
+
+#[test]
+fn docker_volumes_devices_and_caps_parse() {
+    let job = parse_str(&docker_config(DOCKER_HOST_FIELDS), "t.hcl").unwrap();
+    let c = &job.groups[0].tasks[0].config;
+    let vol = |source: VolumeSource, target: &str, read_only: bool| Volume {
+        source,
+        target: target.into(),
+        read_only,
+    };
+    assert_eq!(
+        c.volumes,
+        [
+            vol(VolumeSource::InAlloc("t/shared".into()), "/data", false),
+            vol(VolumeSource::InAlloc("t/b".into()), "/b", true),
+            vol(VolumeSource::InAlloc("alloc/x".into()), "/x", false),
+            vol(VolumeSource::Host("/srv/www".into()), "/www", false),
+        ]
+    );
+    assert_eq!(
+        c.devices,
+        [
+            Device {
+                host_path: "/dev/fuse".into(),
+                container_path: "/dev/fuse".into(),
+                cgroup_permissions: "rwm".into(),
+            },
+            Device {
+                host_path: "/dev/sda".into(),
+                container_path: "/dev/xvda".into(),
+                cgroup_permissions: "r".into(),
+            },
+        ]
+    );
+    assert_eq!(c.cap_add, ["NET_ADMIN", "SYS_TIME", "CHOWN"]);
+    assert_eq!(c.cap_drop, ["ALL"]);
+
+    // `..` from the task's dir is the alloc dir itself: still inside.
+    let job = parse_str(&docker_config("        volumes = [\"..:/all\"]"), "t").unwrap();
+    assert_eq!(
+        job.groups[0].tasks[0].config.volumes[0].source,
+        VolumeSource::InAlloc("".into())
+    );
+}
+
+#[test]
+fn docker_host_fields_in_json_give_the_same_job() {
+    let json = r#"{"job": {"j": {"group": {"g": {"task": {"t": {
+  "driver": "docker",
+  "config": {
+    "image": "busybox",
+    "volumes": ["shared:/data", "./a/../b/.:/b:ro", "../alloc/x:/x:rw", "/srv/www:/www"],
+    "devices": [
+      {"host_path": "/dev/fuse"},
+      {"host_path": "/dev/sda", "container_path": "/dev/xvda", "cgroup_permissions": "r"}
+    ],
+    "cap_add": ["NET_ADMIN", "sys_time", "CAP_CHOWN"],
+    "cap_drop": ["ALL"]
+  }
+}}}}}}}"#;
+    assert_eq!(
+        parse_str(json, "j.json").unwrap(),
+        parse_str(&docker_config(DOCKER_HOST_FIELDS), "j.hcl").unwrap()
+    );
+    let bad = "{\"job\": {\"j\": {\"group\": {\"g\": {\"task\": {\"t\": {\n  \"driver\": \"docker\",\n  \"config\": {\"image\": \"busybox\",\n    \"volumes\": [\"shared:/data\", \"../../etc:/etc\"],\n    \"devices\": [{\"host_path\": \"fuse\"}]}\n}}}}}}}";
+    assert_eq!(
+        shown(bad),
+        [
+            "t.hcl:4:33: job.j.group.g.task.t.config.volumes[1]: the source \"../../etc\" climbs \
+             out of the alloc dir: a relative source is taken from the task's dir \
+             (<alloc_dir>/t) and must stay in the alloc dir (an absolute source is a host bind)",
+            "t.hcl:5:31: job.j.group.g.task.t.config.devices[0].host_path: must be an absolute \
+             path, got \"fuse\"",
+        ]
+    );
+}
+
+#[test]
+fn bad_volumes_are_located() {
+    let p = "job.j.group.g.task.t.config.volumes";
+    for (extra, want) in [
+        (
+            r#"        volumes = ["shared"]"#,
+            format!("t.hcl:7:20: {p}[0]: expected \"SOURCE:TARGET\" or \"SOURCE:TARGET:MODE\" (MODE ro or rw), got \"shared\""),
+        ),
+        (
+            r#"        volumes = ["a:/a", "shared:data"]"#,
+            format!("t.hcl:7:28: {p}[1]: the target \"data\" must be an absolute path in the container, without \"..\""),
+        ),
+        (
+            r#"        volumes = ["shared:/data:rx"]"#,
+            format!("t.hcl:7:20: {p}[0]: the mode \"rx\" must be \"ro\" or \"rw\""),
+        ),
+        (
+            r#"        volumes = ["a/../../../etc:/etc"]"#,
+            format!("t.hcl:7:20: {p}[0]: the source \"a/../../../etc\" climbs out of the alloc dir: a relative source is taken from the task's dir (<alloc_dir>/t) and must stay in the alloc dir (an absolute source is a host bind)"),
+        ),
+        (
+            r#"        volumes = [":/data"]"#,
+            format!("t.hcl:7:20: {p}[0]: the source \"\" must be a path relative to the task's dir or an absolute host path"),
+        ),
+        (
+            r#"        volumes = ["a:/local"]"#,
+            format!("t.hcl:7:20: {p}[0]: the target \"/local\" is where the driver binds the alloc's dirs (/alloc and /local): choose another path"),
+        ),
+        (
+            r#"        volumes = ["a:/data", "b:/data/"]"#,
+            format!("t.hcl:7:31: {p}[1]: the target \"/data/\" is already bound by volumes[0]"),
+        ),
+        (
+            r#"        volumes = "a:/data""#,
+            format!("t.hcl:7:19: {p}: must be a list of strings, got \"a:/data\""),
+        ),
+    ] {
+        assert_eq!(shown(&docker_config(extra)), [want], "{extra}");
+    }
+}
+
+#[test]
+fn bad_devices_and_caps_are_located() {
+    let p = "job.j.group.g.task.t.config";
+    for (extra, want) in [
+        (
+            r#"        devices = [{ container_path = "/dev/fuse" }]"#,
+            format!("t.hcl:7:20: {p}.devices[0]: missing host_path: expected host_path = \"/dev/...\", the device on the host"),
+        ),
+        (
+            r#"        devices = [{ host_path = "/dev/fuse", cgroup_permissions = "rx" }]"#,
+            format!("t.hcl:7:68: {p}.devices[0].cgroup_permissions: must be some of r, w and m, each at most once (such as \"rwm\" or \"r\"), got \"rx\""),
+        ),
+        (
+            r#"        devices = [{ host_path = "/dev/fuse", cgroup_permissions = "rr" }]"#,
+            format!("t.hcl:7:68: {p}.devices[0].cgroup_permissions: must be some of r, w and m, each at most once (such as \"rwm\" or \"r\"), got \"rr\""),
+        ),
+        (
+            r#"        devices = [{ host_path = "/dev/fuse", cgroup_permissions = "" }]"#,
+            format!("t.hcl:7:68: {p}.devices[0].cgroup_permissions: must be some of r, w and m, each at most once (such as \"rwm\" or \"r\"), got \"\""),
+        ),
+        (
+            r#"        devices = [{ host_path = "/dev/fuse", mode = "rw" }]"#,
+            format!("t.hcl:7:47: {p}.devices[0].mode: unknown attribute \"mode\" (expected one of: host_path, container_path, cgroup_permissions)"),
+        ),
+        (
+            r#"        devices = ["/dev/fuse"]"#,
+            format!("t.hcl:7:20: {p}.devices[0]: must be an object {{ host_path = \"/dev/...\" }}, got \"/dev/fuse\""),
+        ),
+        (
+            r#"        cap_add = ["NET_ADMIN", "NET_ADMN"]"#,
+            format!("t.hcl:7:33: {p}.cap_add[1]: unknown capability \"NET_ADMN\": expected a Linux capability such as \"NET_ADMIN\" (or \"CAP_NET_ADMIN\"), or \"ALL\""),
+        ),
+        (
+            r#"        cap_drop = [12]"#,
+            format!("t.hcl:7:21: {p}.cap_drop[0]: must be a string, got 12"),
+        ),
+    ] {
+        assert_eq!(shown(&docker_config(extra)), [want], "{extra}");
+    }
+}
+
+#[test]
+fn docker_host_fields_are_refused_for_process_drivers() {
+    for (driver, field, value) in [
+        ("exec", "volumes", r#"["shared:/data"]"#),
+        ("raw_exec", "devices", r#"[{ host_path = "/dev/fuse" }]"#),
+        ("exec", "cap_add", r#"["NET_ADMIN"]"#),
+        ("raw_exec", "cap_drop", r#"["ALL"]"#),
+    ] {
+        let src = format!("job \"j\" {{\n  group \"g\" {{\n    task \"t\" {{\n      driver = \"{driver}\"\n      config {{\n        command = \"/bin/true\"\n        {field} = {value}\n      }}\n    }}\n  }}\n}}\n");
+        assert_eq!(
+            shown(&src),
+            [format!("t.hcl:7:9: job.j.group.g.task.t.config.{field}: \"{field}\" is not a field of the {driver} driver ({driver} accepts: command, args)")],
+        );
+    }
+}
+
+#[test]
+fn every_bad_host_field_of_a_file_is_reported() {
+    let e = shown(&docker_config(
+        "        volumes = [\"../../x:/x\", \"a:b\"]\n        devices = [{ cgroup_permissions = \"w\" }]\n        cap_add = [\"FLY\"]",
+    ));
+    assert_eq!(e.len(), 4, "{e:#?}");
+    assert!(e[0].starts_with("t.hcl:7:20: job.j.group.g.task.t.config.volumes[0]: the source"));
+    assert!(e[1].starts_with("t.hcl:7:34: job.j.group.g.task.t.config.volumes[1]: the target"));
+    assert!(
+        e[2].starts_with("t.hcl:8:20: job.j.group.g.task.t.config.devices[0]: missing host_path")
+    );
+    assert!(
+        e[3].starts_with("t.hcl:9:20: job.j.group.g.task.t.config.cap_add[0]: unknown capability")
+    );
+}
+
 proptest::proptest! {
     #[test]
     fn parsing_never_panics(src in proptest::prelude::any::<String>()) {
