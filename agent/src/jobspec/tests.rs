@@ -703,12 +703,9 @@ fn docker_volumes_devices_and_caps_parse() {
     assert_eq!(c.cap_add, ["NET_ADMIN", "SYS_TIME", "CHOWN"]);
     assert_eq!(c.cap_drop, ["ALL"]);
 
-    // `..` from the task's dir is the alloc dir itself: still inside.
-    let job = parse_str(&docker_config("        volumes = [\"..:/all\"]"), "t").unwrap();
-    assert_eq!(
-        job.groups[0].tasks[0].config.volumes[0].source,
-        VolumeSource::InAlloc("".into())
-    );
+    // `..` from the task's dir is the alloc dir itself, with the logs and exit
+    // files of every task: not the task's to bind.
+    assert!(parse_str(&docker_config("        volumes = [\"..:/all\"]"), "t").is_err());
 }
 
 #[test]
@@ -734,9 +731,10 @@ fn docker_host_fields_in_json_give_the_same_job() {
     assert_eq!(
         shown(bad),
         [
-            "t.hcl:4:33: job.j.group.g.task.t.config.volumes[1]: the source \"../../etc\" climbs \
-             out of the alloc dir: a relative source is taken from the task's dir \
-             (<alloc_dir>/t) and must stay in the alloc dir (an absolute source is a host bind)",
+            "t.hcl:4:33: job.j.group.g.task.t.config.volumes[1]: the source \"../../etc\" leaves \
+             the task's dir: a relative source is taken from the task's dir (<alloc_dir>/t) and \
+             must stay in it or in the alloc's shared dir (../alloc); the alloc dir's logs and \
+             exit files are not the task's (an absolute source is a host bind)",
             "t.hcl:5:31: job.j.group.g.task.t.config.devices[0].host_path: must be an absolute \
              path, got \"fuse\"",
         ]
@@ -761,7 +759,15 @@ fn bad_volumes_are_located() {
         ),
         (
             r#"        volumes = ["a/../../../etc:/etc"]"#,
-            format!("t.hcl:7:20: {p}[0]: the source \"a/../../../etc\" climbs out of the alloc dir: a relative source is taken from the task's dir (<alloc_dir>/t) and must stay in the alloc dir (an absolute source is a host bind)"),
+            format!("t.hcl:7:20: {p}[0]: the source \"a/../../../etc\" leaves the task's dir: a relative source is taken from the task's dir (<alloc_dir>/t) and must stay in it or in the alloc's shared dir (../alloc); the alloc dir's logs and exit files are not the task's (an absolute source is a host bind)"),
+        ),
+        (
+            r#"        volumes = ["..:/whole-alloc"]"#,
+            format!("t.hcl:7:20: {p}[0]: the source \"..\" leaves the task's dir: a relative source is taken from the task's dir (<alloc_dir>/t) and must stay in it or in the alloc's shared dir (../alloc); the alloc dir's logs and exit files are not the task's (an absolute source is a host bind)"),
+        ),
+        (
+            r#"        volumes = ["../logs:/logs"]"#,
+            format!("t.hcl:7:20: {p}[0]: the source \"../logs\" leaves the task's dir: a relative source is taken from the task's dir (<alloc_dir>/t) and must stay in it or in the alloc's shared dir (../alloc); the alloc dir's logs and exit files are not the task's (an absolute source is a host bind)"),
         ),
         (
             r#"        volumes = [":/data"]"#,

@@ -83,9 +83,10 @@ fn volume(c: &mut Collector<'_>, s: &str, at: usize, path: &str, task: &str) -> 
             Some(p) => Some(VolumeSource::InAlloc(p)),
             None => {
                 errors.push(format!(
-                    "the source {src:?} climbs out of the alloc dir: a relative source is taken \
-                     from the task's dir (<alloc_dir>/{task}) and must stay in the alloc dir \
-                     (an absolute source is a host bind)"
+                    "the source {src:?} leaves the task's dir: a relative source is taken \
+                     from the task's dir (<alloc_dir>/{task}) and must stay in it or in the \
+                     alloc's shared dir (../alloc); the alloc dir's logs and exit files are \
+                     not the task's (an absolute source is a host bind)"
                 ));
                 None
             }
@@ -132,7 +133,9 @@ fn volume(c: &mut Collector<'_>, s: &str, at: usize, path: &str, task: &str) -> 
 }
 
 /// A relative source taken from `<alloc_dir>/<task>`, as a path relative to the
-/// alloc dir made of plain names only; None when `..` climbs out of the alloc dir.
+/// alloc dir made of plain names only; None when it leaves both the task's dir
+/// and the alloc's shared dir `alloc/` (the rest of the alloc dir, its logs and
+/// exit status files, is written by tend alone).
 fn in_alloc(task: &str, rel: &str) -> Option<PathBuf> {
     let mut names: Vec<&std::ffi::OsStr> = vec![std::ffi::OsStr::new(task)];
     for comp in Path::new(rel).components() {
@@ -145,7 +148,9 @@ fn in_alloc(task: &str, rel: &str) -> Option<PathBuf> {
             Component::RootDir | Component::Prefix(_) => return None,
         }
     }
-    Some(names.iter().collect())
+    let top = names.first()?;
+    (*top == std::ffi::OsStr::new(task) || *top == std::ffi::OsStr::new("alloc"))
+        .then(|| names.iter().collect())
 }
 
 /// `devices = [{ host_path = "...", container_path = "...", cgroup_permissions = "rwm" }, ...]`.
