@@ -180,6 +180,21 @@ pub struct TaskRecord {
     pub finished_at: Option<String>,
     /// Recent events, oldest first.
     pub events: Vec<TaskEvent>,
+    /// The restart policy's current window, so that an agent restart does
+    /// not hand a failing task its attempts afresh. Absent in records of
+    /// agents that did not keep it (read as no window yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_window: Option<RestartWindow>,
+}
+
+/// Where a task stands in its restart policy's interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartWindow {
+    /// When the interval began (RFC 3339; later than now while a `delay`
+    /// mode policy waits out its interval).
+    pub start: String,
+    /// Restarts made in it.
+    pub count: u32,
 }
 
 impl TaskRecord {
@@ -199,6 +214,7 @@ impl TaskRecord {
             started_at: None,
             finished_at: None,
             events: Vec::new(),
+            restart_window: None,
         }
     }
 

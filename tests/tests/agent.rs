@@ -846,3 +846,33 @@ fn followers_that_leave_are_let_go_and_a_half_closed_client_still_gets_its_answe
     assert!(out.status.success(), "{out:?}");
     wait_task(&agent, &id, "q", dead);
 }
+
+#[test]
+fn an_agent_restart_does_not_hand_a_failing_task_its_attempts_afresh() {
+    let sb = Sandbox::new();
+    let mut agent = AgentProc::start(&sb);
+    let restart = "    restart {\n      attempts = 1\n      delay    = \"100ms\"\n      interval = \"10m\"\n      mode     = \"fail\"\n    }";
+    let script = "/bin/rm -f \"$TEND_TASK_DIR/ctl\"; /bin/mkfifo \"$TEND_TASK_DIR/ctl\" && read c < \"$TEND_TASK_DIR/ctl\"; exit $c";
+    let file = write_job(
+        &sb,
+        "flaky.hcl",
+        &job("flaky", 1, restart, &sh_task("t", script, "")),
+    );
+    let id = submit(&agent, &file).remove(0);
+    // Run 1 fails: its one restart is used.
+    wait_task(&agent, &id, "t", running);
+    release(&sb, &id, "t", 1);
+    let t = wait_task(&agent, &id, "t", |t| t["run"] == 2 && running(t));
+    assert_eq!(t["restarts"], 1, "{t:#}");
+    // A new agent takes run 2 up.
+    agent.kill9();
+    agent.restart();
+    wait_task(&agent, &id, "t", |t| t["run"] == 2 && running(t));
+    // Run 2 fails: the attempts were used before the restart, so it is over.
+    release(&sb, &id, "t", 1);
+    let t = wait_task(&agent, &id, "t", dead);
+    assert_eq!(t["run"], 2, "a third run started: {t:#}");
+    assert_eq!(t["restarts"], 1, "{t:#}");
+    assert_eq!(t["failed"], true, "{t:#}");
+    assert_eq!(t["exit"]["exit_code"], 1, "{t:#}");
+}

@@ -177,7 +177,16 @@ async fn task_life(
         resolve(Resolved::Lost);
         return;
     };
-    let mut tracker = RestartTracker::new(group.restart);
+    // Where an earlier agent left the restart window, if it did.
+    let window = inner
+        .task_record(&alloc_id, &name)
+        .and_then(|r| r.restart_window);
+    let mut tracker = RestartTracker::resume(
+        group.restart,
+        window.as_ref(),
+        std::time::SystemTime::now(),
+        Instant::now(),
+    );
     let mut stopping = alloc.desired == Desired::Stop;
     let mut next = start;
     loop {
@@ -233,6 +242,7 @@ async fn task_life(
         } else {
             tracker.on_failure(Instant::now())
         };
+        let window = tracker.window(std::time::SystemTime::now(), Instant::now());
         match next_step {
             Decision::Fail => {
                 let (failed_for_good, why) = if stopping {
@@ -243,6 +253,7 @@ async fn task_life(
                     (true, "failed: restart attempts exhausted")
                 };
                 inner.update_task_events(&alloc_id, &name, |r| {
+                    r.restart_window = window;
                     vec![record_end(r, ended), finish_record(r, failed_for_good, why)]
                 });
                 release_ports_if_done(&inner, &alloc_id);
@@ -253,6 +264,7 @@ async fn task_life(
                     let end = record_end(r, ended);
                     r.phase = TaskPhase::Pending;
                     r.restarts += 1;
+                    r.restart_window = window;
                     vec![
                         end,
                         r.event("restarting", format!("restarting in {}", humanize(delay))),
