@@ -4,8 +4,9 @@
 //! exits, child or not).
 //!
 //! A thread rather than the tokio reactor: registering a raw fd with tokio
-//! (`AsyncFd::register`) is unsafe in this tokio, and this crate forbids
-//! unsafe code. One thread serves every task of the agent.
+//! (`AsyncFd::register`) takes an unchecked promise about the fd's lifetime
+//! in this tokio, which this crate's `forbid` lint refuses. One thread serves
+//! every task of the agent.
 
 use std::collections::HashMap;
 use std::future::Future;
