@@ -478,9 +478,11 @@ pub struct Context {
 impl Context {
     /// Load the policy ([`policy_path`], as root: it may be root-only
     /// readable), switch file access to the caller's ([`enter_caller_fs`]),
-    /// and check `config` against every rule, as the caller. Any refusal is the
-    /// one line to report; nothing has been created or started then.
-    pub fn establish(config: &tend_proto::SpawnConfig) -> Result<Context, String> {
+    /// fill in the limits `config` leaves to the policy
+    /// ([`crate::policy::Policy::apply_defaults`]) and check it against every
+    /// rule, as the caller. Any refusal is the one line to report; nothing has
+    /// been created or started then.
+    pub fn establish(config: &mut tend_proto::SpawnConfig) -> Result<Context, String> {
         use crate::policy::{Caller, Policy, SystemAccounts};
         let caller =
             Caller::current().map_err(|e| format!("setuid: reading the caller's ids: {e}"))?;
@@ -488,6 +490,7 @@ impl Context {
         let path = as_caller(&Linux, &ids, policy_path).map_err(|e| e.to_string())?;
         let policy = Policy::load(&path).map_err(|e| e.to_string())?;
         enter_caller_fs(&Linux, &ids).map_err(|e| e.to_string())?;
+        policy.apply_defaults(config);
         policy.check(&caller, config).map_err(|e| e.to_string())?;
         let task = match &config.isolation {
             Some(iso) => {

@@ -21,6 +21,10 @@ fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "this test needs root, and CI=true: a skipped test proves nothing"
+    );
     println!("skipped: needs root");
     false
 }
@@ -660,7 +664,7 @@ fn root_uid_0_and_users_outside_the_policy_are_refused_and_nothing_starts() {
     cfg.cgroup.as_mut().unwrap().memory_bytes = Some(1 << 40);
     w.spawn_as(&w.user, &cfg, &[]).refused("max_memory_mb");
     let mut cfg = w.exec_config("t", "true");
-    cfg.cgroup.as_mut().unwrap().pids_max = None;
+    cfg.cgroup.as_mut().unwrap().pids_max = Some(257);
     w.spawn_as(&w.user, &cfg, &[]).refused("max_pids");
     w.write_policy("");
     let mut cfg = w.exec_config("t", "true");
@@ -1405,4 +1409,307 @@ fn a_sigkilled_tend_spawn_leaves_nothing_the_root_cleanup_helper_kills_its_task_
         "cgroups left: {:?}",
         w.cgroups_left()
     );
+}
+
+/// The task's cgroup dir in the hierarchy holding `file` (v1 memory, pids...).
+fn task_cgroup_file(w: &World, cfg: &SpawnConfig, file: &str) -> Option<PathBuf> {
+    let rel = &cfg.cgroup.as_ref()?.path;
+    cgroup_mounts()
+        .into_iter()
+        .map(|m| m.join(rel).join(file))
+        .find(|p| p.exists())
+        .filter(|_| !w.cgroup_parent.is_empty())
+}
+
+#[test]
+fn an_isolated_task_without_a_chroot_is_refused_naming_the_field_and_nothing_starts() {
+    if !is_root() {
+        return;
+    }
+    let w = World::new();
+    // nobody in the host's root: it would see every chrooted nobody task's
+    // root through /proc/<pid>/root.
+    let mut cfg = w.exec_config("t", "echo escaped > /tmp/tend-setuid-escape; sleep 30");
+    cfg.isolation.as_mut().unwrap().chroot = None;
+    let line = w.spawn_as(&w.user, &cfg, &[]).refused("isolation.chroot");
+    assert!(line.starts_with("policy "), "{line}");
+    assert!(line.contains("must have a chroot"), "{line}");
+    assert!(!cfg.log_dir().join("t.tend-spawn.log").exists());
+    assert!(!cfg.exit_status_path().exists());
+    assert!(w.cgroups_left().is_empty(), "{:?}", w.cgroups_left());
+}
+
+#[test]
+fn a_request_without_limits_gets_the_policys_default_limits_within_its_maxima() {
+    if !is_root() {
+        return;
+    }
+    let w = World::new();
+    // The default pids limit (1024) is lowered to the max the file writes.
+    w.write_policy("max_pids = 200\ndefault_memory_mb = 96\n");
+    let mut cfg = w.exec_config("t", "sleep 30");
+    let cg = cfg.cgroup.as_mut().unwrap();
+    cg.memory_bytes = None;
+    cg.pids_max = None;
+    let (_, task) = w.spawn_as(&w.user, &cfg, &[]).started();
+    assert!(pid_alive(task));
+    let pids = task_cgroup_file(&w, &cfg, "pids.max").expect("no pids.max");
+    assert_eq!(fs::read_to_string(pids).unwrap().trim(), "200");
+    let mem = task_cgroup_file(&w, &cfg, "memory.limit_in_bytes")
+        .or_else(|| task_cgroup_file(&w, &cfg, "memory.max"))
+        .expect("no memory limit file");
+    assert_eq!(
+        fs::read_to_string(mem).unwrap().trim(),
+        (96u64 << 20).to_string()
+    );
+    // A written default above its max: the policy is refused as a whole.
+    w.write_policy("max_pids = 200\ndefault_pids = 300\n");
+    let line = w
+        .spawn_as(&w.user, &w.exec_config("u", "true"), &[])
+        .refused("default_pids");
+    assert!(line.contains("is over max_pids (200)"), "{line}");
+}
+
+#[test]
+fn a_passwd_entry_sharing_a_task_users_uid_under_another_name_is_refused_naming_both() {
+    if !is_root() {
+        return;
+    }
+    let w = World::new();
+    // A second entry with nobody's uid and the test group as its primary
+    // group: matched by uid alone, the task would get that group.
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let dup = format!("tsn{}", &w.user[3..]);
+    let _dup = UserEntry(dup.clone());
+    run(
+        "useradd",
+        &[
+            "-o",
+            "-M",
+            "-N",
+            "-u",
+            &nobody.uid.to_string(),
+            "-g",
+            &w.gid.to_string(),
+            "-s",
+            "/bin/sh",
+            &dup,
+        ],
+    );
+    let mut cfg = w.exec_config("t", "id -g > /alloc/gid; sleep 30");
+    cfg.isolation.as_mut().unwrap().user = dup.clone();
+    let line = w.spawn_as(&w.user, &cfg, &[]).refused("task_users");
+    assert!(line.contains(&format!("\"{dup}\"")), "{line}");
+    assert!(line.contains("\"nobody\""), "{line}");
+    assert!(line.contains(&format!("gid {}", w.gid)), "{line}");
+    assert!(!cfg.log_dir().join("t.tend-spawn.log").exists());
+    // nobody itself still runs.
+    let cfg = w.exec_config("t", "true");
+    w.spawn_as(&w.user, &cfg, &[]).started();
+    assert_eq!(finish(&cfg).exit_code, Some(0));
+}
+
+/// A passwd entry made by a test, removed on drop (forced: it shares a uid
+/// whose processes may be running).
+struct UserEntry(String);
+
+impl Drop for UserEntry {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").args(["-f", &self.0]).output();
+    }
+}
+
+#[test]
+fn the_caller_reaches_its_tasks_cgroup_stats_and_kill_file_and_a_stop_leaves_nothing() {
+    if !is_root() {
+        return;
+    }
+    let w = World::new();
+    let cfg = w.exec_config("t", "sleep 30 & sleep 30 & wait");
+    let (daemon, task) = w.spawn_as(&w.user, &cfg, &[]).started();
+    // Stats: the daemon, now the caller, reads the usage files.
+    let mut c = Client::connect(&cfg);
+    let stats = match c.request(tend_proto::Request::Stats) {
+        tend_proto::Response::Stats(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert!(stats.memory_bytes.is_some(), "{stats:?}");
+    assert!(stats.pids.is_some_and(|n| n >= 1), "{stats:?}");
+    // The caller itself (as the agent does for a lost run) kills the task
+    // through the cgroup's kill file, chowned to it.
+    let kill_file = task_cgroup_file(&w, &cfg, "cgroup.kill")
+        .or_else(|| task_cgroup_file(&w, &cfg, "freezer.state"))
+        .expect("no kill file");
+    let value = if kill_file.ends_with("cgroup.kill") {
+        "1"
+    } else {
+        "FROZEN"
+    };
+    let o = w
+        .as_user(&w.user)
+        .args([
+            "sh",
+            "-c",
+            &format!("echo {value} > {}", kill_file.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    if value == "FROZEN" {
+        // v1 without cgroup.kill: frozen by the caller; the stop below kills.
+        let _ = c.request(tend_proto::Request::Stop {
+            signal: nix::libc::SIGKILL,
+            grace_ms: 0,
+        });
+    }
+    ended_by(&w, &mut c, (daemon, task), nix::libc::SIGKILL);
+
+    // A normal stop, as root: the task dead, its cgroup gone.
+    let cfg = w.exec_config("s", "sleep 30");
+    let (daemon, task) = w.spawn_as(&w.user, &cfg, &[]).started();
+    let mut c = Client::connect(&cfg);
+    let _ = c.request(tend_proto::Request::Stop {
+        signal: nix::libc::SIGTERM,
+        grace_ms: 1000,
+    });
+    ended_by(&w, &mut c, (daemon, task), nix::libc::SIGTERM);
+}
+
+/// The task ended by `signal`, its exit released: the task and its daemon
+/// are gone, and so is every cgroup of the world.
+fn ended_by(w: &World, c: &mut Client, (daemon, task): (i32, i32), signal: i32) {
+    let exit = c.wait_exit_within(Duration::from_secs(10));
+    assert_eq!(exit.signal, Some(signal), "{exit:?}");
+    assert!(!pid_alive(task));
+    let _ = c.request(tend_proto::Request::Release);
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(daemon)));
+    assert!(
+        wait_until(Duration::from_secs(5), || w.cgroups_left().is_empty()),
+        "{:?}",
+        w.cgroups_left()
+    );
+}
+
+/// The processes whose executable is `exe`, with their real uid.
+fn processes_running(exe: &Path) -> Vec<(i32, u32)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() != Some(exe) {
+            continue;
+        }
+        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        if let Some(uid) = field(&status, "Uid").first().and_then(|u| u.parse().ok()) {
+            out.push((pid, uid));
+        }
+    }
+    out
+}
+
+/// Every process whose environment holds `needle` (the task's, after exec).
+fn processes_with_env(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_tend_spawn_sigkilled_at_any_stage_of_its_set_up_leaves_no_cgroup_and_no_task() {
+    if !is_root() {
+        return;
+    }
+    let w = World::new();
+    let rounds: u64 = std::env::var("TEND_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let exe = fs::canonicalize(&w.spawn).unwrap();
+    let (mut before_start, mut after_start) = (0, 0);
+    for round in 0..rounds {
+        let marker = format!("TEND_SETUID_KILL_ROUND={}-{round}", w.uid);
+        let mut cfg = w.exec_config("t", "sleep 30 & sleep 30 & wait");
+        cfg.env.push((
+            "TEND_SETUID_KILL_ROUND".into(),
+            marker.split_once('=').unwrap().1.into(),
+        ));
+        // Spread over the privileged phase (a few ms) and a little past it.
+        let delay = Duration::from_micros(tend_tests::random_u64() % 12_000);
+        let out = w.base.join(format!("report-{round}"));
+        let mut cmd = w.as_user(&w.user);
+        cmd.arg(&w.spawn)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(Stdio::null());
+        let mut first = cmd.spawn().unwrap();
+        {
+            use std::io::Write;
+            let _ = first
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(&frame::encode(&cfg).unwrap());
+        }
+        std::thread::sleep(delay);
+        // SIGKILL every tend-spawn process of the caller (the first one, the
+        // intermediate, the daemon, a task child that has not dropped yet),
+        // until none is left; the root cleanup helper is not the caller's.
+        let mut quiet = 0;
+        while quiet < 3 {
+            let mine: Vec<i32> = processes_running(&exe)
+                .into_iter()
+                .filter(|(_, uid)| *uid == w.uid)
+                .map(|(pid, _)| pid)
+                .collect();
+            if mine.is_empty() {
+                quiet += 1;
+            } else {
+                quiet = 0;
+            }
+            for pid in mine {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = first.wait();
+        let report = fs::read(&out).unwrap_or_default();
+        if frame::read_frame(&mut &report[..], frame::MAX_FRAME_LEN)
+            .ok()
+            .and_then(|f| f.decode::<StartReport>().ok())
+            .is_some_and(|r| matches!(r, StartReport::Started { .. }))
+        {
+            after_start += 1;
+        } else {
+            before_start += 1;
+        }
+        let clean = wait_until(Duration::from_secs(10), || {
+            w.cgroups_left().is_empty()
+                && processes_running(&exe).is_empty()
+                && processes_with_env(&marker).is_empty()
+        });
+        assert!(
+            clean,
+            "round {round} (SIGKILL after {delay:?}): cgroups {:?}, tend-spawn processes {:?}, task processes {:?}",
+            w.cgroups_left(),
+            processes_running(&exe),
+            processes_with_env(&marker)
+        );
+    }
+    println!("killed before the start report: {before_start}, after: {after_start}");
 }

@@ -355,7 +355,13 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
                 daemon_path: Some(format!("{base}/tend-spawn")),
                 memory_bytes: Some(task.resources.memory.saturating_mul(1024 * 1024)),
                 cpu_mhz: Some(task.resources.cpu),
-                pids_max: Some(task.resources.pids_limit),
+                // Unnamed, a setuid tend-spawn's policy sets it (its
+                // default_pids, within its max_pids).
+                pids_max: task.resources.pids_limit.or_else(|| {
+                    nix::unistd::geteuid()
+                        .is_root()
+                        .then_some(crate::jobspec::model::DEFAULT_PIDS_LIMIT)
+                }),
             };
             ("/".to_string(), Some(iso), Some(cgroup))
         }
