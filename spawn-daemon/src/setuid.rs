@@ -11,9 +11,11 @@
 //!    non-dumpable, no_new_privs.
 //! 2. The policy ([`crate::policy::Policy::load`] and `check`); any refusal is
 //!    one line, and nothing is started.
-//! 3. Privileged: create and join the cgroups under the policy's parent (the
-//!    kill files chowned to the caller), the mount namespace and read-only
-//!    binds, and (in the child) setgroups/setresgid/setresuid to the task user.
+//! 3. Privileged: fork the root cleanup helper (before any cgroup exists, so
+//!    no stage of the set-up can leave one behind), create and join the
+//!    cgroups under the policy's parent (dirs 0755, the kill files chowned to
+//!    the caller), the mount namespace and read-only binds, and (in the
+//!    child) setgroups/setresgid/setresuid to the task user.
 //! 4. Everything of the caller's (alloc dir, logs, exit file, socket) opened or
 //!    created inside [`as_caller`], without following symlinks.
 //! 5. [`drop_to_caller`]: the rest of the daemon's life runs as the caller.
