@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn the_members_of_a_live_leaders_group_are_killed_through_pidfds() {
-        let (mut leader, id) = group_leader("/bin/sleep 30 & /bin/sleep 30 & wait");
+        let (mut leader, id) = group_leader("/bin/sleep 30 & /bin/sleep 30 & exec /bin/sleep 30");
         let mut members = Vec::new();
         for _ in 0..500 {
             members = group_members(id.pid);
