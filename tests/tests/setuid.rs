@@ -1637,6 +1637,18 @@ fn a_tend_spawn_sigkilled_at_any_stage_of_its_set_up_leaves_no_cgroup_and_no_tas
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let exe = fs::canonicalize(&w.spawn).unwrap();
+    // How long a whole set-up takes here, so the kills spread over all of it.
+    let cfg = w.exec_config("c", "sleep 30");
+    let t0 = std::time::Instant::now();
+    let (daemon, task) = w.spawn_as(&w.user, &cfg, &[]).started();
+    let setup = t0.elapsed();
+    let mut c = Client::connect(&cfg);
+    let _ = c.request(tend_proto::Request::Stop {
+        signal: nix::libc::SIGKILL,
+        grace_ms: 0,
+    });
+    ended_by(&w, &mut c, (daemon, task), nix::libc::SIGKILL);
+    let span = u64::try_from(setup.as_micros()).unwrap() * 5 / 4;
     let (mut before_start, mut after_start) = (0, 0);
     for round in 0..rounds {
         let marker = format!("TEND_SETUID_KILL_ROUND={}-{round}", w.uid);
@@ -1645,8 +1657,25 @@ fn a_tend_spawn_sigkilled_at_any_stage_of_its_set_up_leaves_no_cgroup_and_no_tas
             "TEND_SETUID_KILL_ROUND".into(),
             marker.split_once('=').unwrap().1.into(),
         ));
-        // Spread over the privileged phase (a few ms) and a little past it.
-        let delay = Duration::from_micros(tend_tests::random_u64() % 12_000);
+        // The kill comes a random while (up to a tenth of a set-up) after a
+        // stage, in turn: the exec, the daemon's cgroup made, the task's
+        // cgroup made, the task child in it (before its exec), the start
+        // report written.
+        let stage = round % 5;
+        let delay = Duration::from_micros(tend_tests::random_u64() % (span / 10).max(1));
+        let cg = cfg.cgroup.clone().unwrap();
+        let reached = |out: &Path| match stage {
+            0 => true,
+            1 => cgroup_mounts()
+                .iter()
+                .any(|m| m.join(cg.daemon_path.as_ref().unwrap()).exists()),
+            2 => cgroup_mounts().iter().any(|m| m.join(&cg.path).exists()),
+            3 => cgroup_mounts().iter().any(|m| {
+                fs::read_to_string(m.join(&cg.path).join("cgroup.procs"))
+                    .is_ok_and(|p| !p.trim().is_empty())
+            }),
+            _ => fs::metadata(out).is_ok_and(|m| m.len() > 0),
+        };
         let out = w.base.join(format!("report-{round}"));
         let mut cmd = w.as_user(&w.user);
         cmd.arg(&w.spawn)
@@ -1663,10 +1692,22 @@ fn a_tend_spawn_sigkilled_at_any_stage_of_its_set_up_leaves_no_cgroup_and_no_tas
                 .unwrap()
                 .write_all(&frame::encode(&cfg).unwrap());
         }
+        // Looked for closely: the stages are a few hundred µs apart.
+        let t0 = std::time::Instant::now();
+        while !reached(&out) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "round {round}: stage {stage} never came"
+            );
+            std::thread::sleep(Duration::from_micros(50));
+        }
         std::thread::sleep(delay);
-        // SIGKILL every tend-spawn process of the caller (the first one, the
+        // SIGKILL the first process (setpriv, or tend-spawn once it has
+        // exec'd) and every tend-spawn process of the caller (the
         // intermediate, the daemon, a task child that has not dropped yet),
         // until none is left; the root cleanup helper is not the caller's.
+        let _ = first.kill();
+        let _ = first.wait();
         let mut quiet = 0;
         while quiet < 3 {
             let mine: Vec<i32> = processes_running(&exe)
@@ -1687,7 +1728,7 @@ fn a_tend_spawn_sigkilled_at_any_stage_of_its_set_up_leaves_no_cgroup_and_no_tas
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let _ = first.wait();
+
         let report = fs::read(&out).unwrap_or_default();
         if frame::read_frame(&mut &report[..], frame::MAX_FRAME_LEN)
             .ok()
@@ -1705,11 +1746,14 @@ fn a_tend_spawn_sigkilled_at_any_stage_of_its_set_up_leaves_no_cgroup_and_no_tas
         });
         assert!(
             clean,
-            "round {round} (SIGKILL after {delay:?}): cgroups {:?}, tend-spawn processes {:?}, task processes {:?}",
+            "round {round} (SIGKILL {delay:?} after stage {stage}): cgroups {:?}, tend-spawn processes {:?}, task processes {:?}",
             w.cgroups_left(),
             processes_running(&exe),
             processes_with_env(&marker)
         );
     }
-    println!("killed before the start report: {before_start}, after: {after_start}");
+    println!(
+        "set-up {setup:?}; {rounds} rounds, a fifth after each stage; killed before the start \
+         report: {before_start}, after: {after_start}"
+    );
 }
