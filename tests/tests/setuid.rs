@@ -1658,7 +1658,7 @@ fn a_tend_spawn_sigkilled_at_any_stage_of_its_set_up_leaves_no_cgroup_and_no_tas
             marker.split_once('=').unwrap().1.into(),
         ));
         // The kill comes a random while (up to a tenth of a set-up) after a
-        // stage, in turn: the exec, the daemon's cgroup made, the task's
+        // stage, in turn: the start, the daemon's cgroup made, the task's
         // cgroup made, the task child in it (before its exec), the start
         // report written.
         let stage = round % 5;
