@@ -584,8 +584,10 @@ impl Agent {
         let until = tokio::time::Instant::now() + patience;
         loop {
             let (_, tasks) = self.alloc(alloc_id)?;
-            let alive: Vec<&TaskRecord> =
-                tasks.iter().filter(|t| t.phase != TaskPhase::Dead).collect();
+            let alive: Vec<&TaskRecord> = tasks
+                .iter()
+                .filter(|t| t.phase != TaskPhase::Dead)
+                .collect();
             if alive.is_empty() {
                 return Ok(tasks);
             }

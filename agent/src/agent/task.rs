@@ -724,7 +724,9 @@ async fn reach_daemon(
 /// again, records the exit as usual.
 fn kill_task_directly(inner: &Inner, alloc_id: &str, task: &Task, handle: &Handle, why: &str) {
     let Some(proc_id) = task_proc_of(handle) else {
-        tracing::error!("the stop was not taken and the task's pid is unknown: it cannot be killed");
+        tracing::error!(
+            "the stop was not taken and the task's pid is unknown: it cannot be killed"
+        );
         return;
     };
     let left = crate::ident::Leftovers {
@@ -765,14 +767,22 @@ async fn reattach(
     let token = inner.store.token(alloc_id, &task.name).ok();
     let (Some(socket), Some(token)) = (handle.socket_path.clone(), token) else {
         return Attach::Ended(
-            daemon_gone(alloc_id, &task.name, &handle, "no socket or token was recorded").await,
+            daemon_gone(
+                alloc_id,
+                &task.name,
+                &handle,
+                "no socket or token was recorded",
+            )
+            .await,
         );
     };
     let socket = PathBuf::from(socket);
     // A daemon recorded by pid must still be that very process; one persisted
     // before its start report is found by its socket and token alone.
     if daemon_of(&handle).is_some_and(|d| !d.alive()) {
-        return Attach::Ended(daemon_gone(alloc_id, &task.name, &handle, "tend-spawn is gone").await);
+        return Attach::Ended(
+            daemon_gone(alloc_id, &task.name, &handle, "tend-spawn is gone").await,
+        );
     }
     let client = match reach_daemon(
         inner, alloc_id, task, &handle, &socket, token, ctl, stopping, ready,
@@ -934,7 +944,11 @@ async fn wait_run(
                 Reach::Gone(why) => break Err((None, why)),
             },
         };
-        match wait_on(inner, alloc_id, task, &mut c, &socket, token, &handle, ctl, stopping).await {
+        match wait_on(
+            inner, alloc_id, task, &mut c, &socket, token, &handle, ctl, stopping,
+        )
+        .await
+        {
             Ok(exit) => break Ok((c, exit)),
             // The connection failed, not the daemon: reach it again.
             Err(e) if daemon.is_some_and(|d| d.alive()) => {

@@ -96,7 +96,7 @@ pub async fn request_until(
 ) -> Result<(), RetryError> {
     let mut backoff = Backoff::default();
     loop {
-        let why = match request_once(socket, token, req.clone()).await {
+        let why = match request_once(socket, token, req).await {
             Ok(()) => return Ok(()),
             Err(RetryError::Unanswered(why) | RetryError::Gone(why)) => why,
             Err(refused) => return Err(refused),
@@ -143,7 +143,11 @@ mod tests {
         .await;
         assert!(matches!(r, Err(RetryError::Unanswered(_))), "{r:?}");
         // Several attempts were made (50 + 100 + 200 ms of pauses fit).
-        assert!(t0.elapsed() >= Duration::from_millis(300), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     #[tokio::test]
