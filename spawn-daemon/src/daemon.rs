@@ -809,25 +809,26 @@ fn give_local_to_task(
 }
 
 /// Setuid mode: fork the cleanup helper, a root process that does nothing but
-/// wait for the daemon to go (the pipe's write end closes when it exits, however
-/// it exits) and then kill and remove the task's cgroup and the daemon's own,
-/// which the daemon, once it is the caller, cannot rmdir. bubblewrap's
-/// `privileged_op` split, cut down to one operation with no input at all.
+/// wait for the daemon to go (its pidfd of the daemon turns readable when the
+/// daemon exits, however it exits) and then kill and remove the task's cgroup
+/// and the daemon's own, which the daemon, once it is the caller, cannot
+/// rmdir. bubblewrap's `privileged_op` split, cut down to one operation with
+/// no input at all.
 ///
 /// Forked before any cgroup is made, and waited for until it holds all of
 /// root's ids (a process whose real uid is the caller's, the daemon until the
 /// drop, the caller may SIGKILL): from then on no stage of the set-up can
-/// leave a cgroup or a task behind. Its pipe's write end is held by the
-/// daemon for its life (never closed, however it ends) and by a task child
-/// until it execs (CLOEXEC), so a child the daemon left half-started is gone
-/// or in the task's cgroup when the helper wakes.
+/// leave a cgroup or a task behind. It watches the daemon itself, not a pipe
+/// a forked child could hold open: a child the daemon placed in the task's
+/// cgroup dies with it; one it had not placed yet waits on a sync pipe whose
+/// other end died with the daemon.
 fn fork_cleanup_helper(hier: &Hierarchies, spec: &CgroupSpec) -> Result<Pid, StartFailure> {
     let pipe = || {
         nix::unistd::pipe2(OFlag::O_CLOEXEC)
             .map_err(|e| StartFailure::new(Stage::Fork, "cleanup pipe", errno_of(e)))
     };
-    let (r, w) = pipe()?;
     let (ready_r, ready_w) = pipe()?;
+    let daemon = getpid();
     // A shared daemon cgroup stays (see Hierarchies::is_shared_daemon_path).
     let daemon_path = spec
         .daemon_path
@@ -836,7 +837,7 @@ fn fork_cleanup_helper(hier: &Hierarchies, spec: &CgroupSpec) -> Result<Pid, Sta
     match child::fork_single_threaded() {
         Err(e) => Err(StartFailure::io(Stage::Fork, "cleanup helper", &e)),
         Ok(child::Forked::Parent(pid)) => {
-            drop((r, ready_w));
+            drop(ready_w);
             // One byte once it is root; EOF if it died first.
             let mut b = [0u8; 1];
             let ready = loop {
@@ -853,16 +854,21 @@ fn fork_cleanup_helper(hier: &Hierarchies, spec: &CgroupSpec) -> Result<Pid, Sta
                         .to_string(),
                 ));
             }
-            // Held until the process ends, however it ends.
-            std::mem::forget(w);
             Ok(pid)
         }
         Ok(child::Forked::Child) => {
-            drop((w, ready_r));
+            drop(ready_r);
             // Nothing is logged from here: the fds of the log are closed below.
             DaemonLog::all_off();
             stdio_to_dev_null();
-            let mut keep = [r.as_raw_fd(), ready_w.as_raw_fd()];
+            // The daemon, checked to be this process's parent once its pidfd
+            // is open (gone already: the pidfd is of nobody, or of another
+            // process, and the cleanup starts at once).
+            let watched = sys::pidfd_open(daemon)
+                .ok()
+                .filter(|_| nix::unistd::getppid() == daemon);
+            let mut keep: Vec<i32> = vec![ready_w.as_raw_fd()];
+            keep.extend(watched.as_ref().map(AsRawFd::as_raw_fd));
             keep.sort_unstable();
             let mut from = 3u32;
             for fd in keep.iter().filter_map(|fd| u32::try_from(*fd).ok()) {
@@ -891,12 +897,13 @@ fn fork_cleanup_helper(hier: &Hierarchies, spec: &CgroupSpec) -> Result<Pid, Sta
             }
             let _ = nix::unistd::write(&ready_w, b"r");
             drop(ready_w);
-            let mut b = [0u8; 1];
-            loop {
-                match nix::unistd::read(&r, &mut b) {
-                    Ok(0) => break,
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(_) => break,
+            if let Some(fd) = &watched {
+                loop {
+                    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, PollTimeout::NONE) {
+                        Err(Errno::EINTR) => {}
+                        _ => break,
+                    }
                 }
             }
             // Whatever exists of it, in whichever hierarchies it got to.
