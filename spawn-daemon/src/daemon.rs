@@ -158,18 +158,15 @@ impl TaskCgroupGuard {
         }
     }
 
-    /// Whether the kernel's OOM killer ended the task: its counter moved since
-    /// the start AND the main process died by SIGKILL. Read before removal.
-    fn oom_killed(&self, signal: Option<i32>) -> bool {
-        if signal != Some(libc::SIGKILL) {
-            return false;
-        }
+    /// How many processes the kernel's OOM killer killed in the task's cgroup
+    /// since the start (the task or any process of it). Read before removal.
+    fn oom_kills(&self) -> u64 {
         match self.cg.oom_kill_count() {
-            Ok(Some(now)) => now > self.oom_at_start.unwrap_or(0),
-            Ok(None) => false,
+            Ok(Some(now)) => now.saturating_sub(self.oom_at_start.unwrap_or(0)),
+            Ok(None) => 0,
             Err(e) => {
                 warn!(error = %e, "cannot read the OOM counter");
-                false
+                0
             }
         }
     }
@@ -367,7 +364,7 @@ impl Handler for Daemon {
             daemon_pid: self.daemon_pid.as_raw(),
             run: self.config.run,
             started_at: self.started_at.clone(),
-            exit: self.exit.clone(),
+            exit: self.exit.as_ref().map(Into::into),
         }
     }
 
@@ -536,8 +533,10 @@ impl Daemon {
             finished_at,
         );
         if let Some(g) = &self.cgroup {
-            // Before the cgroup goes: its counter goes with it.
-            exit.oom_killed = g.oom_killed(exit.signal);
+            // Before the cgroup goes: its counter goes with it. The task itself
+            // died of it only when the counter moved and SIGKILL ended it.
+            exit.oom_kills = g.oom_kills();
+            exit.oom_killed = exit.oom_kills > 0 && exit.signal == Some(libc::SIGKILL);
         }
         // In place for every reader first; on the disk right after Exited
         // is sent: the agent waits for the one, only a power loss for the other.

@@ -495,6 +495,14 @@ impl Client {
         frame::read_frame(&mut self.stream, MAX_FRAME_LEN)?.decode()
     }
 
+    /// Receive the next frame, which must be the exit event (either form).
+    pub fn recv_exit(&mut self) -> ExitStatus {
+        match self.recv().map(Response::into_exit) {
+            Ok(Ok(e)) => e,
+            other => panic!("expected Exited, got {other:?}"),
+        }
+    }
+
     /// Send a request and receive its answer.
     pub fn request(&mut self, req: Request) -> Response {
         self.send(&req);
@@ -522,10 +530,7 @@ impl Client {
         self.stream
             .set_read_timeout(Some(timeout))
             .expect("timeout");
-        match self.recv() {
-            Ok(Response::Exited(e)) => e,
-            other => panic!("expected Exited, got {other:?}"),
-        }
+        self.recv_exit()
     }
 
     /// [`Client::wait_exit_within`] 30 s.

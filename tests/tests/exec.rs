@@ -440,6 +440,7 @@ fn a_task_past_its_memory_limit_is_oom_killed_and_a_stopped_one_is_not() {
     let exit = finish(&sb, &cfg, daemon_pid, &mut c);
     assert_eq!(exit.signal, Some(9), "{exit:?} {}", err(&cfg));
     assert!(exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.oom_kills, 1, "{exit:?}");
     assert_eq!(Sandbox::wait_exit_file(&cfg, LONG), exit);
 
     // SIGKILL from a Stop is no OOM.
@@ -454,14 +455,79 @@ fn a_task_past_its_memory_limit_is_oom_killed_and_a_stopped_one_is_not() {
         }),
         Response::Ok
     );
-    let exit = match c.recv().unwrap() {
-        Response::Exited(e) => e,
-        other => panic!("{other:?}"),
-    };
+    let exit = c.recv_exit();
     assert_eq!(exit.signal, Some(9));
     assert!(!exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.oom_kills, 0, "{exit:?}");
     assert_eq!(c.request(Request::Release), Response::Ok);
     assert_clean(&sb, &cfg, daemon_pid);
+}
+
+/// A child of the task is killed for memory; the task lives on and exits 137
+/// itself: not `oom_killed` (the task did not die of it), but the kill is
+/// counted in `oom_kills`, in the exit event and in the exit file.
+const CHILD_OOM_SCRIPT: &str = "dd if=/dev/zero of=/dev/null bs=64M count=1; exit 137";
+
+#[test]
+fn a_childs_oom_kill_is_counted_though_the_task_survived_it() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let mut cfg = exec_config(&sb, &parent, "t", CHILD_OOM_SCRIPT);
+    cfg.cgroup.as_mut().unwrap().memory_bytes = Some(32 * MB);
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    assert_eq!(exit.exit_code, Some(137), "{exit:?} {}", err(&cfg));
+    assert!(!exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.oom_kills, 1, "{exit:?}");
+    let text = fs::read_to_string(Sandbox::exit_path(&cfg)).unwrap();
+    assert!(text.contains("\"oom_kills\": 1,"), "{text}");
+    assert_eq!(Sandbox::wait_exit_file(&cfg, LONG), exit);
+}
+
+/// The same task under the agent: `tend status ALLOC` says a process of it was
+/// killed for memory, and `--json` carries the count.
+#[test]
+fn tend_status_tells_of_a_childs_oom_kill() {
+    need_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = tend_tests::AgentProc::start_with_config(
+        &sb,
+        &format!("cgroup_parent = \"{}\"\n", parent.name),
+    );
+    let args = serde_json::to_string(&["-c", CHILD_OOM_SCRIPT]).unwrap();
+    let job = format!(
+        "job \"j\" {{\n  group \"g\" {{\n    restart {{\n      attempts = 0\n      mode = \"fail\"\n    }}\n    task \"t\" {{\n      driver = \"exec\"\n      config {{\n        command = \"/bin/sh\"\n        args = {args}\n      }}\n      resources {{\n        memory = 32\n      }}\n    }}\n  }}\n}}\n"
+    );
+    let file = sb.write_job("oom.hcl", &job);
+    let out = agent.cli(&["run", file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alloc = v["allocations"][0].as_str().unwrap().to_string();
+    let mut task = serde_json::Value::Null;
+    let ended = wait_until(LONG, || {
+        let a = agent.get_json(&format!("/v1/allocations/{alloc}"));
+        task = a["tasks"][0].clone();
+        !task["exit"].is_null()
+    });
+    assert!(ended, "{task:#}\n{}", agent.log());
+    assert_eq!(task["exit"]["exit_code"], 137, "{task:#}");
+    assert_eq!(task["exit"]["oom_killed"], false, "{task:#}");
+
+    let out = agent.cli(&["status", &alloc]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("t: a process of this task was killed for memory (1 OOM kill)"),
+        "{text}"
+    );
+    let out = agent.cli(&["status", &alloc, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tasks"][0]["exit"]["oom_kills"], 1, "{v:#}");
+    drop(agent);
 }
 
 #[test]
@@ -529,10 +595,8 @@ fn a_fork_bomb_is_held_at_pids_max_and_the_stop_leaves_nothing() {
         }),
         Response::Ok
     );
-    let exit = match c.stream.set_read_timeout(Some(LONG)).map(|_| c.recv()) {
-        Ok(Ok(Response::Exited(e))) => e,
-        other => panic!("{other:?}"),
-    };
+    c.stream.set_read_timeout(Some(LONG)).unwrap();
+    let exit = c.recv_exit();
     assert!(exit.signal.is_some(), "{exit:?}");
     for p in &members {
         assert!(!pid_alive(*p), "{p} survived the stop");
@@ -629,10 +693,8 @@ fn a_double_forked_daemon_is_killed_on_stop() {
         }),
         Response::Ok
     );
-    match c.recv().unwrap() {
-        Response::Exited(e) => assert_eq!(e.signal, Some(15), "{e:?}"),
-        other => panic!("{other:?}"),
-    }
+    let e = c.recv_exit();
+    assert_eq!(e.signal, Some(15), "{e:?}");
     for p in members {
         assert!(!pid_alive(p), "{p} survived the stop");
     }

@@ -41,7 +41,7 @@ fn exit_zero_and_three_are_recorded_and_pushed() {
         match c.request(Request::Status) {
             Response::Status(s) => {
                 assert_eq!(s.state, TaskState::Exited);
-                assert_eq!(s.exit, Some(exit));
+                assert_eq!(s.exit, Some((&exit).into()));
             }
             other => panic!("{other:?}"),
         }
@@ -56,10 +56,7 @@ fn a_task_killed_from_outside_has_signal_9() {
     let mut c = Client::connect(&cfg);
     assert_eq!(c.request(Request::Wait), Response::Ok);
     kill(Pid::from_raw(task_pid), Signal::SIGKILL).unwrap();
-    let exit = match c.recv().unwrap() {
-        Response::Exited(e) => e,
-        other => panic!("{other:?}"),
-    };
+    let exit = c.recv_exit();
     assert_eq!(exit.signal, Some(9));
     assert_eq!(exit.exit_code, None);
     assert_eq!(exit.wait_status, Some(9));
@@ -400,10 +397,7 @@ fn stop_escalates_to_sigkill_after_the_grace() {
         }),
         Response::Ok
     );
-    let exit = match c.recv().unwrap() {
-        Response::Exited(e) => e,
-        other => panic!("{other:?}"),
-    };
+    let exit = c.recv_exit();
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(450), "{took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
@@ -424,10 +418,7 @@ fn stop_with_a_signal_the_task_obeys() {
         }),
         Response::Ok
     );
-    match c.recv().unwrap() {
-        Response::Exited(e) => assert_eq!(e.signal, Some(15)),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(c.recv_exit().signal, Some(15));
 }
 
 #[test]

@@ -67,7 +67,7 @@ fn libc_eacces() -> i32 {
 
 /// Describe an exit for a person: "exited with code 3", "killed by signal 9 (SIGKILL)".
 pub fn describe_exit(e: &ExitStatus) -> String {
-    match (e.exit_code, e.signal) {
+    let d = match (e.exit_code, e.signal) {
         (Some(c), _) => format!("exited with code {c}"),
         (None, Some(s)) => {
             let name = nix::sys::signal::Signal::try_from(s)
@@ -86,6 +86,10 @@ pub fn describe_exit(e: &ExitStatus) -> String {
             Some(err) => format!("failed: {err}"),
             None => "ended, status unknown".to_string(),
         },
+    };
+    match super::status::oom_note(e.oom_kills) {
+        Some(note) if !e.oom_killed => format!("{d}; {note}"),
+        _ => d,
     }
 }
 

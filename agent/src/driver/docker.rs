@@ -591,6 +591,7 @@ pub fn exit_status(meta: &ExitMeta, c: &ContainerInspectResponse, pid: Option<i6
         s.finished_at = finished_at;
         return s;
     }
+    let oom_killed = st.oom_killed == Some(true);
     ExitStatus {
         version: EXIT_STATUS_VERSION,
         alloc_id: meta.alloc_id.clone(),
@@ -601,7 +602,9 @@ pub fn exit_status(meta: &ExitMeta, c: &ContainerInspectResponse, pid: Option<i6
         exit_code: st.exit_code.and_then(|c| i32::try_from(c).ok()),
         signal: None,
         core_dumped: false,
-        oom_killed: st.oom_killed == Some(true),
+        oom_killed,
+        // The engine says whether its OOM killer struck, not how often: once at least.
+        oom_kills: u64::from(oom_killed),
         started_at,
         finished_at,
         error: engine_error,
