@@ -182,6 +182,22 @@ fn report_failure(f: &StartFailure) -> i32 {
     EXIT_FAILED
 }
 
+/// For unit tests that need root: true as root; else prints "skipped: needs
+/// root" and returns false, or panics under `CI=true`, where a skipped test
+/// proves nothing. (tend-tests' `have_root`, which this crate cannot depend on.)
+#[cfg(test)]
+pub(crate) fn test_have_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none_or(|v| v != "true"),
+        "cannot run under CI=true: needs root"
+    );
+    println!("skipped: needs root");
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,44 @@ use tend_proto::{
     ExitStatus, Hello, Instance, Request, Response, StartReport, Token, PROTOCOL_VERSION,
 };
 
+/// Skip the calling test for `reason` ("needs root", "no docker engine at
+/// ..."): print `skipped: REASON` and let the caller return. Under `CI=true` a
+/// skipped test proves nothing, so this panics instead: CI runs as root with
+/// the test engine up, and a skip there means something is missing.
+pub fn skip_or_fail(reason: &str) {
+    skip_or_fail_when(std::env::var_os("CI").as_deref(), reason);
+}
+
+/// [`skip_or_fail`] with the value of `CI` given.
+fn skip_or_fail_when(ci: Option<&OsStr>, reason: &str) {
+    assert!(
+        ci != Some(OsStr::new("true")),
+        "cannot run under CI=true: {reason}"
+    );
+    println!("skipped: {reason}");
+}
+
+/// Whether this process is root; when not, the test is skipped (see
+/// [`skip_or_fail`]). Most callers use [`require_root!`].
+pub fn have_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip_or_fail("needs root");
+    false
+}
+
+/// Return from the calling test unless it runs as root: prints "skipped:
+/// needs root" as a normal user, panics under `CI=true` (see [`skip_or_fail`]).
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::have_root() {
+            return;
+        }
+    };
+}
+
 /// The dir the test executable's crate builds into (`target/debug`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -948,5 +986,23 @@ pub fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(b.get(..size)?);
         b = b.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_is_a_skip_outside_ci() {
+        skip_or_fail_when(None, "needs root");
+        skip_or_fail_when(Some(OsStr::new("false")), "needs root");
+        skip_or_fail_when(Some(OsStr::new("")), "needs root");
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot run under CI=true: needs root")]
+    fn a_skip_fails_under_ci() {
+        skip_or_fail_when(Some(OsStr::new("true")), "needs root");
     }
 }

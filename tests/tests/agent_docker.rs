@@ -1,14 +1,14 @@
 //! The docker driver under the agent: a container beside an exec task in one
 //! allocation, and a container that outlives an agent restart. Needs the engine
 //! of `.ci/docker-up` (`$TEND_TEST_DOCKER_SOCK`); without one each test prints
-//! "skipped: no docker engine" and passes.
+//! "skipped: no docker engine" and passes (under `CI=true` it fails).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tend_tests::{wait_until, AgentProc, Sandbox};
+use tend_tests::{have_root, skip_or_fail, wait_until, AgentProc, Sandbox};
 
 const IMAGE: &str = "tend-test/busybox:latest";
 const LONG: Duration = Duration::from_secs(60);
@@ -36,10 +36,10 @@ fn docker(args: &[&str]) -> Option<String> {
 
 fn engine_ready() -> bool {
     if docker(&["image", "inspect", IMAGE]).is_none() {
-        println!(
-            "skipped: no docker engine at {} with {IMAGE}",
+        skip_or_fail(&format!(
+            "no docker engine at {} with {IMAGE}",
             socket().display()
-        );
+        ));
         return false;
     }
     true
@@ -49,11 +49,7 @@ fn engine_ready() -> bool {
 /// in the sandbox) and the engine: false, with the reason printed, when either
 /// is missing.
 fn root_and_engine() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: needs root");
-        return false;
-    }
-    engine_ready()
+    have_root() && engine_ready()
 }
 
 /// The containers carrying `label` (`KEY=VALUE`).

@@ -1,7 +1,7 @@
 //! The docker driver against a real engine: the one `.ci/docker-up` starts, found
 //! at `$TEND_TEST_DOCKER_SOCK` (default `/run/tend-test-docker.sock`), with the
 //! image `tend-test/busybox:latest` imported offline. Without an engine every
-//! test prints "skipped: no docker engine" and passes.
+//! test prints "skipped: no docker engine" and passes (under `CI=true` it fails).
 //!
 //! Every test labels its containers with an alloc id of its own, and a guard
 //! removes whatever carries that label when the test ends, failed or not.
@@ -20,6 +20,7 @@ use tend::jobspec::{Driver, LogSpec, Port, Resources, Task, TaskConfig};
 use tend::paths::AllocDir;
 use tend::ports::AssignedPort;
 use tend_proto::ExitStatus;
+use tend_tests::skip_or_fail;
 
 const IMAGE: &str = "tend-test/busybox:latest";
 
@@ -82,12 +83,14 @@ async fn world(opts: DockerOptions) -> Option<World> {
     let docker = match tokio::time::timeout(Duration::from_secs(10), driver.engine()).await {
         Ok(Ok(d)) => d.clone(),
         _ => {
-            println!("skipped: no docker engine at {}", socket.display());
+            skip_or_fail(&format!("no docker engine at {}", socket.display()));
             return None;
         }
     };
     if docker.inspect_image(IMAGE).await.is_err() {
-        println!("skipped: no docker engine with {IMAGE} (run .ci/docker-up)");
+        skip_or_fail(&format!(
+            "no docker engine with {IMAGE} (run .ci/docker-up)"
+        ));
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -4,7 +4,8 @@
 //! of exec job files. Every check is made from inside the task, or on the host
 //! where the task cannot lie (cgroup files, mountinfo, /proc).
 //!
-//! As a normal user each test prints "skipped: needs root" and passes.
+//! As a normal user each test prints "skipped: needs root" and passes (and
+//! fails under `CI=true`).
 //!
 //! Cgroups live under a parent unique to the test process
 //! (`tend-test-<pid>-<n>`); its guard kills and removes whatever is left there
@@ -21,24 +22,11 @@ use std::time::{Duration, Instant};
 use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation};
 use tend_proto::msg::TaskState;
 use tend_proto::{ExitStatus, Request, Response, SpawnConfig, Stage};
-use tend_tests::{pid_alive, wait_until, Client, Sandbox};
+use tend_tests::{pid_alive, require_root, wait_until, Client, Sandbox};
 
 const LONG: Duration = Duration::from_secs(30);
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const MB: u64 = 1024 * 1024;
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
 
 /// The hierarchies tend-spawn uses on this host: each v1 controller's mount
 /// and the cgroup2 tree (the root itself on a v2 host).
@@ -342,7 +330,7 @@ fn nobody_is_65534() -> bool {
 
 #[test]
 fn inside_an_exec_task_user_caps_cgroup_and_limit_are_as_configured() {
-    need_root!();
+    require_root!();
     assert!(
         nobody_is_65534(),
         "this test expects nobody to be 65534:65534"
@@ -424,7 +412,7 @@ fn inside_an_exec_task_user_caps_cgroup_and_limit_are_as_configured() {
 
 #[test]
 fn a_task_past_its_memory_limit_is_oom_killed_and_a_stopped_one_is_not() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     // dd really holds a 64 MB buffer: RSS grows past the 32 MB limit.
@@ -470,7 +458,7 @@ const CHILD_OOM_SCRIPT: &str = "dd if=/dev/zero of=/dev/null bs=64M count=1; exi
 
 #[test]
 fn a_childs_oom_kill_is_counted_though_the_task_survived_it() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let mut cfg = exec_config(&sb, &parent, "t", CHILD_OOM_SCRIPT);
@@ -490,7 +478,7 @@ fn a_childs_oom_kill_is_counted_though_the_task_survived_it() {
 /// killed for memory, and `--json` carries the count.
 #[test]
 fn tend_status_tells_of_a_childs_oom_kill() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -532,7 +520,7 @@ fn tend_status_tells_of_a_childs_oom_kill() {
 
 #[test]
 fn a_fork_bomb_is_held_at_pids_max_and_the_stop_leaves_nothing() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     // Every process forks again and again; a failed fork is retried, so the
@@ -607,7 +595,7 @@ fn a_fork_bomb_is_held_at_pids_max_and_the_stop_leaves_nothing() {
 
 #[test]
 fn the_task_sees_only_its_root_and_tasks_of_an_alloc_share_alloc() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let cfg = exec_config(
@@ -647,7 +635,7 @@ fn the_task_sees_only_its_root_and_tasks_of_an_alloc_share_alloc() {
 
 #[test]
 fn a_double_forked_daemon_is_killed_on_stop() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let cfg = exec_config(
@@ -704,7 +692,7 @@ fn a_double_forked_daemon_is_killed_on_stop() {
 
 #[test]
 fn a_cgroup_without_isolation_works_for_raw_exec() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let mut cfg = sb.config("t", "/bin/sh", &["-c", "cat /proc/self/cgroup; id -u"]);
@@ -729,7 +717,7 @@ fn a_cgroup_without_isolation_works_for_raw_exec() {
 
 #[test]
 fn tend_spawn_refuses_an_unknown_user_and_starts_nothing() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let mut cfg = exec_config(&sb, &parent, "t", "true");
@@ -746,7 +734,7 @@ fn tend_spawn_refuses_an_unknown_user_and_starts_nothing() {
 
 #[test]
 fn planted_symlinks_in_the_task_dir_never_reach_the_host() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let outside = tempfile::tempdir().unwrap();
@@ -803,7 +791,7 @@ fn planted_symlinks_in_the_task_dir_never_reach_the_host() {
 
 #[test]
 fn a_failed_mount_names_its_source_and_target() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let mut binds = default_binds();
@@ -830,7 +818,7 @@ fn a_failed_mount_names_its_source_and_target() {
 
 #[test]
 fn cgroup_errors_fail_at_the_cgroup_stage_naming_the_file() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     // The task's cgroup: a pids.max the kernel refuses.
@@ -869,7 +857,7 @@ fn cgroup_errors_fail_at_the_cgroup_stage_naming_the_file() {
 
 #[test]
 fn status_during_a_run_and_sigterm_to_the_daemon_cleans_up() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let mut cfg = exec_config(&sb, &parent, "t", "sleep 100 & sleep 100");
@@ -936,7 +924,7 @@ fn allocs_of(sb: &Sandbox) -> Vec<PathBuf> {
 
 #[test]
 fn tend_run_of_an_exec_job_runs_unprivileged_in_its_root() {
-    need_root!();
+    require_root!();
     assert!(
         nobody_is_65534(),
         "this test expects nobody to be 65534:65534"
@@ -986,7 +974,7 @@ fn tend_run_of_an_exec_job_runs_unprivileged_in_its_root() {
 
 #[test]
 fn tend_run_refuses_bad_exec_tasks_naming_the_field_and_starts_nothing() {
-    need_root!();
+    require_root!();
     let cases = [
         (
             "      user = \"no-such-user-tend\"\n      config {\n        command = \"/bin/true\"\n      }",

@@ -3,7 +3,8 @@
 //! installs a copy of tend-spawn root:<group> 4750 in a root-only dir with its
 //! policy beside it, and runs it as those users through `setpriv`. Everything
 //! (users, groups, files, cgroups, processes) goes in a Drop guard.
-//! As a normal user every test prints "skipped: needs root" and passes.
+//! As a normal user every test prints "skipped: needs root" and passes (under
+//! `CI=true` it fails).
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -13,17 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation};
 use tend_proto::{frame, SpawnConfig, StartReport, Token};
-use tend_tests::{pid_alive, spawn_bin, wait_until, Client};
+use tend_tests::{pid_alive, require_root, spawn_bin, wait_until, Client};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    println!("skipped: needs root");
-    false
-}
 
 fn run(cmd: &str, args: &[&str]) {
     let o = Command::new(cmd).args(args).output().expect(cmd);
@@ -413,9 +406,7 @@ fn finish(cfg: &SpawnConfig) -> tend_proto::ExitStatus {
 
 #[test]
 fn an_exec_task_of_a_user_in_the_group_is_fully_isolated_and_the_daemon_keeps_only_cap_kill() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let cfg = w.exec_config(
         "t",
@@ -509,9 +500,7 @@ fn an_exec_task_of_a_user_in_the_group_is_fully_isolated_and_the_daemon_keeps_on
 
 #[test]
 fn raw_exec_runs_as_the_caller_and_the_callers_environment_has_no_effect() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     // A preload library that would leave a mark if a setuid process loaded it.
     let marker = w.base.join("preloaded");
@@ -574,9 +563,7 @@ fn raw_exec_runs_as_the_caller_and_the_callers_environment_has_no_effect() {
 
 #[test]
 fn a_user_outside_the_group_cannot_run_it_and_a_policy_it_can_write_is_refused() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let cfg = w.raw_config("r", "true");
     let o = w
@@ -627,9 +614,7 @@ fn a_user_outside_the_group_cannot_run_it_and_a_policy_it_can_write_is_refused()
 
 #[test]
 fn root_uid_0_and_users_outside_the_policy_are_refused_and_nothing_starts() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     for (user, want) in [
         ("root", "task_users"),
@@ -676,9 +661,7 @@ fn fingerprint(p: &Path) -> Option<(u64, SystemTime, u32, u32)> {
 
 #[test]
 fn paths_aimed_at_host_files_are_refused_and_nothing_outside_the_callers_reach_changes() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     // A dir in /root the caller cannot reach.
     let secret = PathBuf::from(format!("/root/tend-setuid-secret-{}", std::process::id()));
@@ -790,9 +773,7 @@ fn tend_as(w: &World, job: &Path) -> Output {
 
 #[test]
 fn the_agent_as_an_ordinary_user_runs_exec_isolated_and_raw_exec_as_itself() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     // The foreground agent's cgroup parent is "tend": allow it for this user.
     let mut policy = fs::read_to_string(&w.policy).unwrap();
@@ -863,9 +844,7 @@ impl Drop for TendCgroups {
 
 #[test]
 fn privileged_phase_figures() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let mut exec_us = Vec::new();
     let mut raw_us = Vec::new();
@@ -891,9 +870,7 @@ fn privileged_phase_figures() {
 
 #[test]
 fn tend_doctor_passes_a_good_install_and_names_each_problem_of_a_bad_one() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     // The doctor checks group "tend" by name: make it if the host has none.
     let made_group = nix::unistd::Group::from_name("tend").unwrap().is_none();
     if made_group {
@@ -1165,9 +1142,7 @@ fn hcl_task(name: &str, driver: &str, script: &str, extra: &str) -> String {
 #[test]
 fn the_long_running_agent_as_an_ordinary_user_runs_exec_isolated_raw_exec_as_itself_and_survives_kill_9(
 ) {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let mut agent = UserAgent::start(&w);
 
@@ -1381,9 +1356,7 @@ fn the_long_running_agent_as_an_ordinary_user_runs_exec_isolated_raw_exec_as_its
 
 #[test]
 fn a_sigkilled_tend_spawn_leaves_nothing_the_root_cleanup_helper_kills_its_task_and_cgroup() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let cfg = w.exec_config("t", "while :; do sleep 0.05; done");
     let (daemon, task) = w.spawn_as(&w.user, &cfg, &[]).started();

@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tend_proto::msg::TaskState;
 use tend_proto::{frame, Hello, Request, Response, Stage, Token, PROTOCOL_VERSION};
-use tend_tests::{pid_alive, wait_until, Client, Sandbox};
+use tend_tests::{pid_alive, require_root, wait_until, Client, Sandbox};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -540,16 +540,9 @@ fn tasks_left_behind_are_killed_when_the_main_process_ends() {
     assert!(left.len() <= 1, "{left:?}");
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 #[test]
 fn isolation_drops_to_the_user_with_no_groups_caps_or_new_privs() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new();
     let mut cfg = sh(
         &sb,
@@ -599,10 +592,7 @@ fn an_unknown_user_fails_at_the_user_stage() {
 
 #[test]
 fn a_chroot_task_sees_its_own_root() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root!();
     use std::os::unix::fs::PermissionsExt;
     let sb = Sandbox::new();
     let mut cfg = sh(
