@@ -307,11 +307,11 @@ pub enum Response {
 impl Response {
     /// The exit of an [`Response::Exited`] or [`Response::ExitedWithOomKills`]
     /// event, whole; any other response comes back as the error.
-    pub fn into_exit(self) -> Result<crate::ExitStatus, Response> {
+    pub fn into_exit(self) -> Result<crate::ExitStatus, Box<Response>> {
         match self {
             Response::Exited(exit) => Ok(exit.with_oom_kills(0)),
             Response::ExitedWithOomKills { exit, oom_kills } => Ok(exit.with_oom_kills(oom_kills)),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }
     }
 

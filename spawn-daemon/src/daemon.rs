@@ -638,7 +638,9 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
             return fail(&config, Some(alloc.as_fd()), &f);
         }
     };
-    let own_log = logs::open_append(log_dir.as_fd(), &format!("{}.tend-spawn.log", config.task));
+    // One file for every run of the task, each run's lines after the last's.
+    let own_log =
+        logs::open_shared_append(log_dir.as_fd(), &format!("{}.tend-spawn.log", config.task));
     let own_log_err = own_log.as_ref().err().map(|e| e.to_string());
     DaemonLog::new(&config.alloc_id, &config.task, own_log.ok().map(File::from)).install();
     if let Some(e) = own_log_err {
@@ -646,6 +648,7 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
     }
     let _span =
         tracing::info_span!("task", alloc_id = %config.alloc_id, task = %config.task).entered();
+    info!("=== run {} ===", config.run);
 
     // The cgroups: find them, and leave the agent's for the daemon's own one,
     // outside the task's (its memory must not count against the task) and

@@ -876,3 +876,179 @@ fn an_agent_restart_does_not_hand_a_failing_task_its_attempts_afresh() {
     assert_eq!(t["failed"], true, "{t:#}");
     assert_eq!(t["exit"]["exit_code"], 1, "{t:#}");
 }
+
+// ---------------------------------------------------------------------------
+// The CLI at its edges
+
+#[test]
+fn an_empty_alloc_id_is_a_clear_error_and_stops_nothing() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let file = write_job(
+        &sb,
+        "one.hcl",
+        &job("one", 1, NO_RESTART, &sh_task("t", WAIT_FOR_CODE, "")),
+    );
+    let id = submit(&agent, &file).remove(0);
+    wait_task(&agent, &id, "t", running);
+    for verb in [&["status", ""][..], &["stop", ""], &["logs", "", "t"]] {
+        let out = agent.cli(verb);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{verb:?}: {out:?}");
+        assert!(
+            stderr.contains("the allocation id is empty: give an id or a unique prefix of one"),
+            "{verb:?}: {stderr}"
+        );
+    }
+    // "" is a prefix of every id: the API refuses it too, rather than take the
+    // only allocation there is.
+    let r = agent.http("POST", "/v1/allocations//stop", b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("the allocation id is empty"),
+        "{}",
+        r.text()
+    );
+    let t = task_of(&agent, &id, "t");
+    assert!(running(&t), "an empty id stopped the allocation: {t:#}");
+    release(&sb, &id, "t", 0);
+    wait_task(&agent, &id, "t", dead);
+}
+
+#[test]
+fn a_job_over_the_api_limit_gets_the_agents_413_message_not_a_broken_pipe() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let big = "x".repeat(5 * 1024 * 1024);
+    let file = write_job(
+        &sb,
+        "big.hcl",
+        &job(
+            "big",
+            1,
+            NO_RESTART,
+            &sh_task("t", "true", &format!("      env {{ BIG = \"{big}\" }}")),
+        ),
+    );
+    for _ in 0..3 {
+        let out = agent.cli(&["run", file.to_str().expect("utf-8")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("request body over the API's limit of 4 MiB (4194304 bytes)"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    }
+    assert_eq!(
+        agent.get_json("/v1/allocations")["allocations"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn tend_status_of_an_alloc_shows_its_ports() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let ports = "      resources {\n        network {\n          port \"http\" {}\n          port \"admin\" {}\n        }\n      }";
+    let file = write_job(
+        &sb,
+        "ports.hcl",
+        &job(
+            "ports",
+            1,
+            NO_RESTART,
+            &sh_task("web", WAIT_FOR_CODE, ports),
+        ),
+    );
+    let id = submit(&agent, &file).remove(0);
+    wait_task(&agent, &id, "web", running);
+    let a = agent.get_json(&format!("/v1/allocations/{id}"));
+    let out = agent.cli(&["status", &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let given = a["ports"]["web"].as_array().expect("ports of web");
+    assert_eq!(given.len(), 2, "{a:#}");
+    let words: Vec<String> = given
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}:{}",
+                p["label"].as_str().expect("label"),
+                p["host_ip"].as_str().expect("ip"),
+                p["host_port"]
+            )
+        })
+        .collect();
+    assert!(
+        text.contains(&format!("Ports:\n  web: {}\n", words.join(", "))),
+        "{text}\n{a:#}"
+    );
+    release(&sb, &id, "web", 0);
+    wait_task(&agent, &id, "web", dead);
+}
+
+#[test]
+fn a_lost_run_leaves_no_socket_file_behind() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let file = write_job(
+        &sb,
+        "lost.hcl",
+        &job(
+            "lost",
+            1,
+            NO_RESTART,
+            &sh_task("t", "exec /bin/sleep 1000", ""),
+        ),
+    );
+    let id = submit(&agent, &file).remove(0);
+    let t = wait_task(&agent, &id, "t", running);
+    let s = wait_state(&sb, &id, "t", |s| s["handle"]["socket_path"].is_string());
+    let socket = PathBuf::from(s["handle"]["socket_path"].as_str().expect("socket"));
+    assert!(socket.exists(), "{}", socket.display());
+    // SIGKILL leaves tend-spawn no moment to remove its socket.
+    sigkill(pid_of(&t, "daemon_pid"));
+    let t = wait_task(&agent, &id, "t", dead);
+    assert_eq!(t["lost"], true, "{t:#}");
+    assert!(
+        wait_until(LONG, || !socket.exists()),
+        "the lost run's socket {} is still there",
+        socket.display()
+    );
+    let left: Vec<_> = fs::read_dir(sb.run_dir().join("s"))
+        .expect("socket dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "sockets left: {left:?}");
+}
+
+#[test]
+fn the_supervisors_log_keeps_every_run_each_under_its_header() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let restart = "    restart {\n      attempts = 2\n      delay    = \"0s\"\n      interval = \"10m\"\n      mode     = \"fail\"\n    }";
+    let file = write_job(
+        &sb,
+        "thrice.hcl",
+        &job("thrice", 1, restart, &sh_task("t", "exit 4", "")),
+    );
+    let id = submit(&agent, &file).remove(0);
+    let t = wait_task(&agent, &id, "t", dead);
+    assert_eq!(t["run"], 3, "{t:#}");
+    let log = fs::read_to_string(alloc_dir(&sb, &id).join("logs/t.tend-spawn.log"))
+        .expect("tend-spawn log");
+    let headers: Vec<usize> = (1..=3)
+        .map(|run| {
+            log.find(&format!(" === run {run} ===\n"))
+                .unwrap_or_else(|| panic!("no header of run {run} in:\n{log}"))
+        })
+        .collect();
+    assert!(headers.windows(2).all(|w| w[0] < w[1]), "{log}");
+    assert_eq!(log.matches("exit recorded").count(), 3, "{log}");
+    // Every line whole: none cut into by another run's.
+    for line in log.lines() {
+        assert!(line.contains(&format!("alloc_id={id} task=t ")), "{line:?}");
+    }
+}

@@ -1011,3 +1011,32 @@ fn tend_run_refuses_bad_exec_tasks_naming_the_field_and_starts_nothing() {
         assert!(sb.pids_inside().is_empty());
     }
 }
+
+/// `tend validate` and `tend run` refuse an unknown exec user in the same words.
+#[test]
+fn validate_and_run_refuse_an_unknown_user_in_the_same_words() {
+    require_root!();
+    let sb = Sandbox::new();
+    let body = "      user = \"no-such-user-tend\"\n      config {\n        command = \"/bin/true\"\n      }";
+    let words = "user: unknown user \"no-such-user-tend\"";
+    let o = tend(&sb, &exec_job(body));
+    let run_err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{run_err}");
+    assert!(run_err.contains(&format!("task t: {words}")), "{run_err}");
+    let file = sb.write_job("user.hcl", &exec_job(body));
+    let o = Command::new(tend_tests::bin("tend"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let validate_out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{validate_out}");
+    assert!(
+        validate_out.contains(&format!(
+            "{}:5:14: job.j.group.g.task.t.{words}\n",
+            file.display()
+        )),
+        "{validate_out}"
+    );
+    assert!(allocs_of(&sb).is_empty(), "{:?}", allocs_of(&sb));
+}

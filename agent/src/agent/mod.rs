@@ -509,6 +509,12 @@ impl Agent {
 
     /// The allocation id that `prefix` names uniquely.
     pub fn resolve_alloc(&self, prefix: &str) -> Result<String, AgentError> {
+        if prefix.is_empty() {
+            // "" is a prefix of every id: it would pick the only allocation.
+            return Err(AgentError::Invalid(
+                "the allocation id is empty: give an id or a unique prefix of one".into(),
+            ));
+        }
         let allocs = self.inner.allocs.lock().expect("allocs lock");
         if allocs.contains_key(prefix) {
             return Ok(prefix.to_string());

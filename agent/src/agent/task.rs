@@ -680,6 +680,7 @@ fn kill_leftovers(handle: &Handle, run_of: (String, String)) {
         task: proc_id(handle.task_pid, handle.task_start_time),
         cgroup: handle.cgroup.clone(),
         env: Some(run_of),
+        socket: handle.socket_path.as_ref().map(PathBuf::from),
     };
     for problem in left.kill() {
         tracing::warn!("{problem}");

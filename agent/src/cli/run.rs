@@ -350,6 +350,7 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
         task: ProcId::of(task_pid),
         cgroup: config.cgroup.as_ref().map(|c| c.path.clone()),
         env: None,
+        socket: Some(PathBuf::from(&config.socket_path)),
     };
     say(&format!(
         "{name}: started (pid {task_pid}, tend-spawn {daemon_pid})"

@@ -6,13 +6,13 @@ use std::path::Path;
 
 use crate::jobspec::duration::format_duration;
 use crate::jobspec::signal::signal_name;
-use crate::jobspec::{parse_file, Job, Task};
+use crate::jobspec::{parse_file_on_this_host, Job, Task};
 
-/// Validates the job file at `path` and writes the result to `out`: the
-/// errors, one per line as `FILE:LINE:COLUMN: path: message`, and exit code
-/// 1; or a summary of what would run and exit code 0.
+/// Validates the job file at `path` for this host and writes the result to
+/// `out`: the errors, one per line as `FILE:LINE:COLUMN: path: message`, and
+/// exit code 1; or a summary of what would run and exit code 0.
 pub fn run_validate(path: &Path, out: &mut dyn Write) -> i32 {
-    let text = match parse_file(path) {
+    let text = match parse_file_on_this_host(path) {
         Ok(job) => return write_or_fail(out, &summary(&job), 0),
         Err(diags) => {
             let n = diags.len();

@@ -276,6 +276,13 @@ fn decode_task(
             );
             return None;
         }
+        if c.on_this_host
+            && driver == Some(Driver::Exec)
+            && crate::driver::resolve_user(&s).is_none()
+        {
+            // The words `tend run` and the agent refuse it with.
+            c.error(a.value.at, &p, format!("unknown user {s:?}"));
+        }
         Some(s)
     });
     let config = match v.single_block(c, "config", path) {

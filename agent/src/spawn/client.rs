@@ -194,7 +194,7 @@ impl Client {
         self.next()
             .await?
             .into_exit()
-            .map_err(|other| self.unexpected(other))
+            .map_err(|other| self.unexpected(*other))
     }
 
     fn unexpected(&self, got: Response) -> ClientError {
