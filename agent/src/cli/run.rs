@@ -585,4 +585,21 @@ mod tests {
         assert_eq!(enoent.code(), 127);
         assert_eq!(Outcome::Lost(String::new()).code(), 1);
     }
+
+    #[test]
+    fn an_oom_kill_in_the_task_is_told_beside_its_exit() {
+        let mut e = ExitStatus::from_wait("a", "t", 1, 5, 137 << 8, "s".into(), "f".into());
+        e.oom_kills = 1;
+        assert_eq!(
+            describe_exit(&e),
+            "exited with code 137; a process of this task was killed for memory (1 OOM kill)"
+        );
+        e = ExitStatus::from_wait("a", "t", 1, 5, 9, "s".into(), "f".into());
+        e.oom_killed = true;
+        e.oom_kills = 2;
+        assert_eq!(
+            describe_exit(&e),
+            "killed by signal 9 (SIGKILL), out of memory"
+        );
+    }
 }
