@@ -876,3 +876,47 @@ fn an_agent_restart_does_not_hand_a_failing_task_its_attempts_afresh() {
     assert_eq!(t["failed"], true, "{t:#}");
     assert_eq!(t["exit"]["exit_code"], 1, "{t:#}");
 }
+
+/// A docker task named after one of tend's own entries of the alloc dir (`logs`
+/// with the volume `.` would get every task's logs read-write) is refused by
+/// `tend validate` and by the API, each naming the place and the field.
+#[test]
+fn a_task_named_after_tend_s_own_alloc_dir_entries_is_refused() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    for name in ["logs", "alloc", "web_exit_status", ".hidden"] {
+        let text = format!(
+            "job \"j\" {{\n  group \"g\" {{\n    task \"{name}\" {{\n      driver = \"docker\"\n      config {{\n        image   = \"busybox\"\n        volumes = [\".:/all\"]\n      }}\n    }}\n  }}\n}}\n"
+        );
+        let file = write_job(&sb, "reserved.hcl", &text);
+        let out = sb.run_tend(&[std::ffi::OsStr::new("validate"), file.as_os_str()], LONG);
+        assert_eq!(out.code, Some(1), "{name}: {}", out.stdout);
+        let want = format!(
+            "{}:3:10: job.j.group.g.task.{name}: task name {name:?} ",
+            file.display()
+        );
+        assert!(out.stderr.contains(&want), "{name}: {}", out.stderr);
+
+        let r = agent.http("POST", "/v1/jobs?file=r.hcl", text.as_bytes());
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        let v = r.json();
+        let d = &v["diagnostics"][0];
+        assert_eq!(
+            (d["line"].as_u64(), d["column"].as_u64()),
+            (Some(3), Some(10)),
+            "{v:#}"
+        );
+        assert_eq!(d["path"], format!("job.j.group.g.task.{name}"), "{v:#}");
+        assert!(
+            d["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("choose another name"),
+            "{v:#}"
+        );
+    }
+    assert!(agent.get_json("/v1/allocations")["allocations"]
+        .as_array()
+        .expect("allocations")
+        .is_empty());
+}

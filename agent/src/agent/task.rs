@@ -841,10 +841,12 @@ async fn start_container(
         e
     };
     let docker = docker_of(inner).map_err(never)?;
+    let binds_dir = inner.settings.dirs.binds_dir();
     let id = docker
         .start(&DockerStart {
             alloc_id,
             alloc: &dir,
+            binds_dir: &binds_dir,
             task,
             job_labels: &alloc.job.meta,
             command: setup.command,
