@@ -895,7 +895,8 @@ fn a_task_named_after_tend_s_own_alloc_dir_entries_is_refused() {
             "{}:3:10: job.j.group.g.task.{name}: task name {name:?} ",
             file.display()
         );
-        assert!(out.stderr.contains(&want), "{name}: {}", out.stderr);
+        let said = format!("{}{}", out.stdout, out.stderr);
+        assert!(said.contains(&want), "{name}: {said}");
 
         let r = agent.http("POST", "/v1/jobs?file=r.hcl", text.as_bytes());
         assert_eq!(r.status, 400, "{name}: {}", r.text());
@@ -919,4 +920,71 @@ fn a_task_named_after_tend_s_own_alloc_dir_entries_is_refused() {
         .as_array()
         .expect("allocations")
         .is_empty());
+}
+
+/// Item 12.8: in root mode another local user can neither list the allocs,
+/// read a task's exit status file, nor write an alloc's shared dir, though
+/// that dir is 1777 for the tasks' users, and the data dir is walkable by all;
+/// the exec task running as nobody still writes its /alloc and /local, and the
+/// operator still reads the exit file (0644: its chain is what is closed).
+#[test]
+fn another_user_cannot_list_allocs_read_exit_files_or_write_alloc() {
+    use std::os::unix::fs::MetadataExt;
+    if !tend_tests::root_or_skip() {
+        return;
+    }
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let agent = AgentProc::start(&sb);
+    let exec_task = |name: &str, script: &str| {
+        let args = serde_json::to_string(&["-c", script]).expect("args");
+        format!(
+            "    task \"{name}\" {{\n      driver = \"exec\"\n      config {{\n        command = \"/bin/sh\"\n        args    = {args}\n      }}\n    }}\n"
+        )
+    };
+    let tasks = exec_task("done", "exit 3")
+        + &exec_task(
+            "sleeper",
+            "echo a > /alloc/from-task && echo l > /local/from-task && exec sleep 300",
+        );
+    let file = write_job(&sb, "j.hcl", &job("j", 1, NO_RESTART, &tasks));
+    let id = submit(&agent, &file).remove(0);
+    wait_task(&agent, &id, "done", dead);
+    wait_task(&agent, &id, "sleeper", running);
+    let dir = alloc_dir(&sb, &id);
+    assert!(
+        wait_until(LONG, || dir.join("alloc/from-task").exists()
+            && dir.join("sleeper/local/from-task").exists()),
+        "the task could not write its /alloc and /local"
+    );
+
+    let allocs = sb.data_dir().join("allocs");
+    let exit_file = dir.join("done_exit_status");
+    let other = tend_tests::ThrowawayUser::new();
+    let r = other.run("/bin/ls", &[&allocs]);
+    assert!(r.is_err(), "{} listed the allocs: {r:?}", other.name);
+    let r = other.run("/bin/cat", &[&exit_file]);
+    assert!(r.is_err(), "{} read an exit file: {r:?}", other.name);
+    let planted = dir.join("alloc/planted");
+    let r = other.run("/usr/bin/touch", &[&planted]);
+    assert!(
+        r.is_err() && !planted.exists(),
+        "{} wrote /alloc: {r:?}",
+        other.name
+    );
+    for d in [&allocs, &dir] {
+        assert_eq!(
+            fs::metadata(d).expect("stat").mode() & 0o7777,
+            0o700,
+            "{}",
+            d.display()
+        );
+    }
+    assert_eq!(
+        fs::metadata(&exit_file).expect("exit file").mode() & 0o777,
+        0o644
+    );
+    assert!(fs::read_to_string(&exit_file)
+        .expect("the operator reads it")
+        .contains("\"exit_code\": 3"));
 }
