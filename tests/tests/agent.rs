@@ -988,3 +988,61 @@ fn another_user_cannot_list_allocs_read_exit_files_or_write_alloc() {
         .expect("the operator reads it")
         .contains("\"exit_code\": 3"));
 }
+
+/// Unmounts (lazily) what a test mounted, even when it fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn is_mount_point(p: &std::path::Path) -> bool {
+    let want = format!(" {} ", p.display());
+    fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .any(|l| l.contains(&want))
+}
+
+/// The binds the docker driver mounts for the engine live only while a
+/// container starts; those an agent that died meanwhile left in
+/// `<run_dir>/binds` are unmounted and removed by the next agent, and nothing
+/// of their sources goes with them.
+#[test]
+fn an_agent_clears_the_binds_a_dead_agent_left_staged() {
+    if !tend_tests::root_or_skip() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let src = sb.scratch_dir().join("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    fs::write(src.join("keep"), "kept").expect("write");
+    let file_src = sb.scratch_dir().join("conf.txt");
+    fs::write(&file_src, "kept").expect("write");
+    let staged = sb.run_dir().join("binds/web-0123456789ab");
+    fs::create_dir_all(staged.join("0")).expect("mkdir");
+    fs::write(staged.join("1"), "").expect("point");
+    let mut guards = Vec::new();
+    for (from, point) in [(&src, staged.join("0")), (&file_src, staged.join("1"))] {
+        nix::mount::mount(
+            Some(from.as_path()),
+            &point,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        assert!(is_mount_point(&point));
+        guards.push(Unmount(point));
+    }
+
+    let _agent = AgentProc::start(&sb);
+    for g in &guards {
+        assert!(!is_mount_point(&g.0), "{} is still mounted", g.0.display());
+    }
+    assert!(!staged.exists(), "{} is left", staged.display());
+    assert_eq!(fs::read_to_string(src.join("keep")).expect("kept"), "kept");
+    assert_eq!(fs::read_to_string(&file_src).expect("kept"), "kept");
+}

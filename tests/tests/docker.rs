@@ -751,8 +751,8 @@ async fn a_volume_source_swapped_for_a_symlink_never_brings_a_host_dir_in() {
 /// Item 12.2: a container under the default policy leaves a setuid-root copy
 /// of busybox and a world-writable device node in /alloc. Both are there on
 /// the host, and another local user can neither see, run nor open them: the
-/// chain to the alloc dir is the agent's alone. In the container /alloc is
-/// nosuid too (the engine binds the agent's nosuid mount).
+/// chain to the alloc dir is the agent's alone. In the container /alloc and
+/// /local are nosuid,nodev too: the engine binds the agent's mounts, flags and all.
 #[tokio::test]
 async fn a_setuid_file_a_container_leaves_in_alloc_is_out_of_other_users_reach() {
     use std::os::unix::fs::MetadataExt;
@@ -765,7 +765,7 @@ async fn a_setuid_file_a_container_leaves_in_alloc_is_out_of_other_users_reach()
         "suid",
         "cp /bin/busybox /alloc/sush && chmod 4755 /alloc/sush && \
          mknod /alloc/mem c 1 1 && chmod 666 /alloc/mem && \
-         grep ' /alloc ' /proc/self/mountinfo",
+         grep -E ' /(alloc|local) ' /proc/self/mountinfo",
     );
     let id = w.start(&t, &[]).await.unwrap();
     let copy = w.driver.copy_logs(&id, &w.alloc, &t.name, t.logs, None);
@@ -774,10 +774,15 @@ async fn a_setuid_file_a_container_leaves_in_alloc_is_out_of_other_users_reach()
     w.driver.remove(&id).await.unwrap();
     assert_eq!(s.exit_code, Some(0), "{s:?}: {}", w.log(&t.name, "stderr"));
     let mounted = w.log(&t.name, "stdout");
-    assert!(
-        mounted.contains("nosuid"),
-        "/alloc in the container: {mounted}"
-    );
+    let lines: Vec<&str> = mounted.lines().collect();
+    assert_eq!(lines.len(), 2, "{mounted}");
+    for l in lines {
+        let opts = l.split(' ').nth(5).unwrap_or_default();
+        assert!(
+            opts.split(',').any(|o| o == "nosuid") && opts.split(',').any(|o| o == "nodev"),
+            "in the container: {l}"
+        );
+    }
 
     let sush = w.alloc.shared().join("sush");
     let m = std::fs::metadata(&sush).unwrap();
