@@ -977,7 +977,7 @@ pub struct ThrowawayUser {
 impl ThrowawayUser {
     /// Make one (root only). `useradd` takes a lock on /etc/passwd that tests
     /// running at once may hold: it is tried again for a while.
-    pub fn new() -> ThrowawayUser {
+    pub fn create() -> ThrowawayUser {
         let name = format!("tt{:08x}", random_u64() & 0xffff_ffff);
         let mut last = String::new();
         let made = wait_until(Duration::from_secs(30), || {

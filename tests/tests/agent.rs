@@ -960,7 +960,7 @@ fn another_user_cannot_list_allocs_read_exit_files_or_write_alloc() {
 
     let allocs = sb.data_dir().join("allocs");
     let exit_file = dir.join("done_exit_status");
-    let other = tend_tests::ThrowawayUser::new();
+    let other = tend_tests::ThrowawayUser::create();
     let r = other.run("/bin/ls", &[&allocs]);
     assert!(r.is_err(), "{} listed the allocs: {r:?}", other.name);
     let r = other.run("/bin/cat", &[&exit_file]);

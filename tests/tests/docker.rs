@@ -704,7 +704,9 @@ async fn a_volume_source_swapped_for_a_symlink_never_brings_a_host_dir_in() {
                     break;
                 }
                 swaps += 1;
-                std::thread::yield_now();
+                // Often enough to flip many times in a start, without taking a
+                // core from the tests running beside.
+                std::thread::sleep(Duration::from_micros(100));
             }
             swaps
         })
@@ -789,7 +791,7 @@ async fn a_setuid_file_a_container_leaves_in_alloc_is_out_of_other_users_reach()
     assert_eq!((m.uid(), m.mode() & 0o4000), (0, 0o4000), "not setuid root");
     let mem = w.alloc.shared().join("mem");
 
-    let other = tend_tests::ThrowawayUser::new();
+    let other = tend_tests::ThrowawayUser::create();
     let allocs = w.alloc.root.parent().unwrap();
     for (cmd, args) in [
         ("/bin/ls", vec![allocs.as_os_str()]),

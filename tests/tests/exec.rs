@@ -995,7 +995,7 @@ fn a_setuid_file_a_root_exec_task_leaves_in_alloc_is_out_of_other_users_reach() 
     let m = fs::metadata(&suid).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o4000), (0, 0o4000), "not setuid root");
 
-    let other = tend_tests::ThrowawayUser::new();
+    let other = tend_tests::ThrowawayUser::create();
     let allocs_dir = sb.data_dir().join("data/allocs");
     assert!(other.run("/bin/ls", &[&allocs_dir]).is_err());
     assert!(other.run("/usr/bin/stat", &[&suid]).is_err());

@@ -93,8 +93,17 @@ pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
                 task.name
             ))
         })?;
-        return DockerDriver::check(d.options(), task)
-            .map_err(|e| AgentError::Invalid(e.to_string()));
+        DockerDriver::check(d.options(), task).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        // The driver mounts each bind of the alloc dir for the engine itself.
+        let uid = nix::unistd::geteuid().as_raw();
+        if uid != 0 {
+            return Err(AgentError::Invalid(format!(
+                "task {}: driver docker: {}",
+                task.name,
+                driver::docker::binds::BindError::NotRoot { uid }
+            )));
+        }
+        return Ok(());
     }
     driver::check_task(task, &inner.settings.chroot_env)
         .map_err(|e| AgentError::Invalid(e.to_string()))

@@ -277,12 +277,11 @@ impl DockerDriver {
     pub async fn start(&self, req: &DockerStart<'_>) -> Result<String, DockerError> {
         spec::check(&self.opts, req.task)?;
         let docker = self.engine().await?;
-        let name = spec::container_name(&req.task.name, req.alloc_id);
         // Held until the container runs: its own binds hold the dirs from then on.
         let (_staged, alloc_binds) = binds::StagedBinds::stage(
             req.alloc,
             req.binds_dir,
-            &name,
+            req.alloc_id,
             &spec::alloc_binds(req.task),
         )
         .map_err(|source| DockerError::Binds {

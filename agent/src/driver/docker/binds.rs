@@ -112,7 +112,7 @@ pub enum BindError {
 }
 
 /// The mounts of one container's binds of the alloc dir, in
-/// `<run_dir>/binds/<name>-<random>/<n>`. Unmounted and removed on drop.
+/// `<run_dir>/binds/<alloc_id>-<random>/<n>`. Unmounted and removed on drop.
 #[derive(Debug)]
 pub struct StagedBinds {
     dir: PathBuf,
@@ -122,12 +122,12 @@ pub struct StagedBinds {
 impl StagedBinds {
     /// Open every source of `binds` beneath `alloc` without following a
     /// symlink, make the missing dirs, and mount each on a point of a fresh
-    /// dir in `binds_root`. Returns the binds to give the engine, in the order
+    /// dir in `binds_root` named after `prefix` (the alloc id). Returns the binds to give the engine, in the order
     /// of `binds`. Nothing is left mounted on failure.
     pub fn stage(
         alloc: &AllocDir,
         binds_root: &Path,
-        name: &str,
+        prefix: &str,
         binds: &[AllocBind],
     ) -> Result<(StagedBinds, Vec<HostBind>), BindError> {
         let root = open_alloc_root(&alloc.root)?;
@@ -145,7 +145,7 @@ impl StagedBinds {
         };
         ensure_private_dir(binds_root).map_err(stage_err(binds_root))?;
         let dir = binds_root.join(format!(
-            "{name}-{}",
+            "{prefix}-{}",
             tend_proto::names::to_hex(&random_bytes::<6>())
         ));
         std::fs::create_dir(&dir).map_err(stage_err(&dir))?;
