@@ -122,8 +122,9 @@ pub struct StagedBinds {
 impl StagedBinds {
     /// Open every source of `binds` beneath `alloc` without following a
     /// symlink, make the missing dirs, and mount each on a point of a fresh
-    /// dir in `binds_root` named after `prefix` (the alloc id). Returns the binds to give the engine, in the order
-    /// of `binds`. Nothing is left mounted on failure.
+    /// dir in `binds_root` named after `prefix` (the alloc id). Returns the
+    /// binds to give the engine, in the order of `binds`. Nothing is left
+    /// mounted on failure.
     pub fn stage(
         alloc: &AllocDir,
         binds_root: &Path,
@@ -175,11 +176,6 @@ impl StagedBinds {
             });
         }
         Ok((staged, out))
-    }
-
-    /// The dir holding the mount points.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
