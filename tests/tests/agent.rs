@@ -1052,3 +1052,173 @@ fn the_supervisors_log_keeps_every_run_each_under_its_header() {
         assert!(line.contains(&format!("alloc_id={id} task=t ")), "{line:?}");
     }
 }
+
+/// A docker task named after one of tend's own entries of the alloc dir (`logs`
+/// with the volume `.` would get every task's logs read-write) is refused by
+/// `tend validate` and by the API, each naming the place and the field.
+#[test]
+fn a_task_named_after_tend_s_own_alloc_dir_entries_is_refused() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    for name in ["logs", "alloc", "web_exit_status", ".hidden"] {
+        let text = format!(
+            "job \"j\" {{\n  group \"g\" {{\n    task \"{name}\" {{\n      driver = \"docker\"\n      config {{\n        image   = \"busybox\"\n        volumes = [\".:/all\"]\n      }}\n    }}\n  }}\n}}\n"
+        );
+        let file = write_job(&sb, "reserved.hcl", &text);
+        let out = sb.run_tend(&[std::ffi::OsStr::new("validate"), file.as_os_str()], LONG);
+        assert_eq!(out.code, Some(1), "{name}: {}", out.stdout);
+        let want = format!(
+            "{}:3:10: job.j.group.g.task.{name}: task name {name:?} ",
+            file.display()
+        );
+        let said = format!("{}{}", out.stdout, out.stderr);
+        assert!(said.contains(&want), "{name}: {said}");
+
+        let r = agent.http("POST", "/v1/jobs?file=r.hcl", text.as_bytes());
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        let v = r.json();
+        let d = &v["diagnostics"][0];
+        assert_eq!(
+            (d["line"].as_u64(), d["column"].as_u64()),
+            (Some(3), Some(10)),
+            "{v:#}"
+        );
+        assert_eq!(d["path"], format!("job.j.group.g.task.{name}"), "{v:#}");
+        assert!(
+            d["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("choose another name"),
+            "{v:#}"
+        );
+    }
+    assert!(agent.get_json("/v1/allocations")["allocations"]
+        .as_array()
+        .expect("allocations")
+        .is_empty());
+}
+
+/// Item 12.8: in root mode another local user can neither list the allocs,
+/// read a task's exit status file, nor write an alloc's shared dir, though
+/// that dir is 1777 for the tasks' users, and the data dir is walkable by all;
+/// the exec task running as nobody still writes its /alloc and /local, and the
+/// operator still reads the exit file (0644: its chain is what is closed).
+#[test]
+fn another_user_cannot_list_allocs_read_exit_files_or_write_alloc() {
+    use std::os::unix::fs::MetadataExt;
+    if !tend_tests::have_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let agent = AgentProc::start(&sb);
+    let exec_task = |name: &str, script: &str| {
+        let args = serde_json::to_string(&["-c", script]).expect("args");
+        format!(
+            "    task \"{name}\" {{\n      driver = \"exec\"\n      config {{\n        command = \"/bin/sh\"\n        args    = {args}\n      }}\n    }}\n"
+        )
+    };
+    let tasks = exec_task("done", "exit 3")
+        + &exec_task(
+            "sleeper",
+            "echo a > /alloc/from-task && echo l > /local/from-task && exec sleep 300",
+        );
+    let file = write_job(&sb, "j.hcl", &job("j", 1, NO_RESTART, &tasks));
+    let id = submit(&agent, &file).remove(0);
+    wait_task(&agent, &id, "done", dead);
+    wait_task(&agent, &id, "sleeper", running);
+    let dir = alloc_dir(&sb, &id);
+    assert!(
+        wait_until(LONG, || dir.join("alloc/from-task").exists()
+            && dir.join("sleeper/local/from-task").exists()),
+        "the task could not write its /alloc and /local"
+    );
+
+    let allocs = sb.data_dir().join("allocs");
+    let exit_file = dir.join("done_exit_status");
+    let other = tend_tests::ThrowawayUser::create();
+    let r = other.run("/bin/ls", &[&allocs]);
+    assert!(r.is_err(), "{} listed the allocs: {r:?}", other.name);
+    let r = other.run("/bin/cat", &[&exit_file]);
+    assert!(r.is_err(), "{} read an exit file: {r:?}", other.name);
+    let planted = dir.join("alloc/planted");
+    let r = other.run("/usr/bin/touch", &[&planted]);
+    assert!(
+        r.is_err() && !planted.exists(),
+        "{} wrote /alloc: {r:?}",
+        other.name
+    );
+    for d in [&allocs, &dir] {
+        assert_eq!(
+            fs::metadata(d).expect("stat").mode() & 0o7777,
+            0o700,
+            "{}",
+            d.display()
+        );
+    }
+    assert_eq!(
+        fs::metadata(&exit_file).expect("exit file").mode() & 0o777,
+        0o644
+    );
+    assert!(fs::read_to_string(&exit_file)
+        .expect("the operator reads it")
+        .contains("\"exit_code\": 3"));
+}
+
+/// Unmounts (lazily) what a test mounted, even when it fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn is_mount_point(p: &std::path::Path) -> bool {
+    let want = format!(" {} ", p.display());
+    fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .any(|l| l.contains(&want))
+}
+
+/// The binds the docker driver mounts for the engine live only while a
+/// container starts; those an agent that died meanwhile left in
+/// `<run_dir>/binds` are unmounted and removed by the next agent, and nothing
+/// of their sources goes with them.
+#[test]
+fn an_agent_clears_the_binds_a_dead_agent_left_staged() {
+    if !tend_tests::have_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let src = sb.scratch_dir().join("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    fs::write(src.join("keep"), "kept").expect("write");
+    let file_src = sb.scratch_dir().join("conf.txt");
+    fs::write(&file_src, "kept").expect("write");
+    let staged = sb.run_dir().join("binds/web-0123456789ab");
+    fs::create_dir_all(staged.join("0")).expect("mkdir");
+    fs::write(staged.join("1"), "").expect("point");
+    let mut guards = Vec::new();
+    for (from, point) in [(&src, staged.join("0")), (&file_src, staged.join("1"))] {
+        nix::mount::mount(
+            Some(from.as_path()),
+            &point,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        assert!(is_mount_point(&point));
+        guards.push(Unmount(point));
+    }
+
+    let _agent = AgentProc::start(&sb);
+    for g in &guards {
+        assert!(!is_mount_point(&g.0), "{} is still mounted", g.0.display());
+    }
+    assert!(!staged.exists(), "{} is left", staged.display());
+    assert_eq!(fs::read_to_string(src.join("keep")).expect("kept"), "kept");
+    assert_eq!(fs::read_to_string(&file_src).expect("kept"), "kept");
+}

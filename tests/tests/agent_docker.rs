@@ -45,9 +45,8 @@ fn engine_ready() -> bool {
     true
 }
 
-/// For tests that need root (an exec task, or files the engine makes as root
-/// in the sandbox) and the engine: false, with the reason printed, when either
-/// is missing.
+/// Root (the agent mounts each bind of the alloc dir for the engine) and the
+/// engine: false, with the reason printed, when either is missing.
 fn root_and_engine() -> bool {
     have_root() && engine_ready()
 }
@@ -204,7 +203,7 @@ fn a_container_and_an_exec_task_share_alloc() {
 
 #[test]
 fn a_container_outlives_an_agent_restart_and_its_exit_is_recorded() {
-    if !engine_ready() {
+    if !root_and_engine() {
         return;
     }
     let sb = Sandbox::new();
@@ -271,7 +270,7 @@ fn a_container_outlives_an_agent_restart_and_its_exit_is_recorded() {
 
 #[test]
 fn a_container_removed_while_the_agent_is_away_is_lost_never_zero() {
-    if !engine_ready() {
+    if !root_and_engine() {
         return;
     }
     let sb = Sandbox::new();

@@ -1040,3 +1040,44 @@ fn validate_and_run_refuse_an_unknown_user_in_the_same_words() {
     );
     assert!(allocs_of(&sb).is_empty(), "{:?}", allocs_of(&sb));
 }
+
+/// Item 12.2: an exec task running as root (allowed) leaves a setuid-root copy
+/// of `id` in /alloc. It is there on the host, and another local user can
+/// neither list the allocs, see the file, nor run it to become root: the
+/// alloc dir's chain is the agent's alone, even with a data dir every user
+/// may walk.
+#[test]
+fn a_setuid_file_a_root_exec_task_leaves_in_alloc_is_out_of_other_users_reach() {
+    use std::os::unix::fs::MetadataExt;
+    if !tend_tests::have_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let job = exec_job(
+        r#"      user = "root"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "cp /usr/bin/id /alloc/suid-id && chmod 4755 /alloc/suid-id"]
+      }"#,
+    );
+    let o = tend(&sb, &job);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let allocs = allocs_of(&sb);
+    assert_eq!(allocs.len(), 1, "{allocs:?}");
+    let suid = allocs[0].join("alloc/suid-id");
+    let m = fs::metadata(&suid).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o4000), (0, 0o4000), "not setuid root");
+
+    let other = tend_tests::ThrowawayUser::create();
+    let allocs_dir = sb.data_dir().join("data/allocs");
+    assert!(other.run("/bin/ls", &[&allocs_dir]).is_err());
+    assert!(other.run("/usr/bin/stat", &[&suid]).is_err());
+    let ran = other.run(suid.to_str().unwrap(), &["-u"]);
+    assert!(ran.is_err(), "{} ran the setuid copy: {ran:?}", other.name);
+}

@@ -301,6 +301,14 @@ impl Agent {
                 &e,
             )
         })?;
+        // Allocs made by an older agent were open to every user: closed now.
+        crate::paths::ensure_private_dir(&settings.dirs.allocs_dir()).map_err(|e| {
+            internal(
+                &format!("allocs dir {}", settings.dirs.allocs_dir().display()),
+                &e,
+            )
+        })?;
+        crate::driver::docker::binds::sweep(&settings.dirs.binds_dir());
         let docker = if settings.config.driver_enabled("docker") {
             let p = settings
                 .config

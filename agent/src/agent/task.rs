@@ -107,8 +107,17 @@ pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
                 task.name
             ))
         })?;
-        return DockerDriver::check(d.options(), task)
-            .map_err(|e| AgentError::Invalid(e.to_string()));
+        DockerDriver::check(d.options(), task).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        // The driver mounts each bind of the alloc dir for the engine itself.
+        let uid = nix::unistd::geteuid().as_raw();
+        if uid != 0 {
+            return Err(AgentError::Invalid(format!(
+                "task {}: driver docker: {}",
+                task.name,
+                driver::docker::binds::BindError::NotRoot { uid }
+            )));
+        }
+        return Ok(());
     }
     driver::check_task(task, &inner.settings.chroot_env)
         .map_err(|e| AgentError::Invalid(e.to_string()))
@@ -1131,10 +1140,12 @@ async fn start_container(
         e
     };
     let docker = docker_of(inner).map_err(never)?;
+    let binds_dir = inner.settings.dirs.binds_dir();
     let id = docker
         .start(&DockerStart {
             alloc_id,
             alloc: &dir,
+            binds_dir: &binds_dir,
             task,
             job_labels: &alloc.job.meta,
             command: setup.command,

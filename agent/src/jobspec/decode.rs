@@ -766,6 +766,17 @@ fn name_label(c: &mut Collector<'_>, b: &Block, kind: &str, parent: &str) -> Str
             &path,
             format!("{kind} name must be a plain file name (not empty, \".\" or \"..\", no \"/\" or NUL, at most 200 bytes), got {name:?}"),
         );
+    } else if kind == "task" {
+        // The task's dir is <alloc_dir>/<name>, beside tend's own entries.
+        if let Some(why) = tend_proto::names::reserved_in_alloc_dir(name) {
+            c.error(
+                *at,
+                &path,
+                format!(
+                    "task name {name:?} {why}: tend keeps it in the alloc dir, choose another name"
+                ),
+            );
+        }
     }
     name.clone()
 }
