@@ -7,17 +7,24 @@
 //! which the parent turns into a [`StartFailure`] such as
 //! "exec /bin/nope: No such file or directory".
 //!
+//! With a root (the exec driver), the task gets a pid namespace of its own:
+//! the daemon unshares one and forks its init first ([`NsInit`], which only
+//! reaps), then the task, which is pid 2 there and the daemon's own child.
+//!
 //! The child's steps, in the one order they run (STYLE.md rule 5):
 //!
-//! 1. `setpgid(0, 0)`: the task leads its own process group (Stop signals it).
+//! 1. `setpgid(0, 0)`: the task leads its own process group.
 //! 2. wait on the sync pipe: the parent places the child in the task's cgroup
 //!    meanwhile, then says go.
+//! 2b. `oom_score_adj` back to what the daemon started with (never below 0).
 //! 3. mount namespace, the planned mounts and chroot (isolation with a root) —
 //!    see [`crate::chroot`]: the alloc-dir sources are opened beneath the alloc
 //!    dir with openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, a tmpfs is mounted
 //!    over the task dir and the mount points made in it, every target is opened
-//!    beneath it the same way and mounted on through `/proc/self/fd/N`, the
-//!    tmpfs turns read-only, then `fchdir` + `chroot(".")`.
+//!    beneath it the same way and mounted on through `/proc/self/fd/N` (binds
+//!    then made read-only or nosuid,nodev all the way down with mount_setattr,
+//!    the task's /proc mounted from inside its pid namespace and its kernel
+//!    knobs covered), the tmpfs turns read-only, then `fchdir` + `chroot(".")`.
 //! 4. `chdir(cwd)`.
 //! 5. `setgroups([])` -> `setresgid` -> `setresuid` -> clear capabilities ->
 //!    `PR_SET_NO_NEW_PRIVS` (isolation with a user).
@@ -690,7 +697,7 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
         // go, the sync pipe reads EOF and the child leaves.
         libc::close(fds.sync_w);
         libc::close(fds.err_r);
-        // 1. Own process group, so Stop reaches the whole task.
+        // 1. Own process group.
         if libc::setpgid(0, 0) != 0 {
             child_fail(err_w, Stage::Fork);
         }

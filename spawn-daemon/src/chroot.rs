@@ -5,8 +5,11 @@
 //! prepared lists (see [`crate::child`]). In its new mount namespace the child
 //! mounts a small tmpfs over `<alloc_dir>/<task>`, makes the mount points in it
 //! (dirs, and empty files for bound files), mounts in order (every
-//! `chroot.binds` entry read-only, nosuid, nodev; the minimal /dev nodes; /proc;
-//! /alloc and /local read-write), turns the tmpfs read-only and chroots into it.
+//! `chroot.binds` entry read-only, nosuid, nodev, submounts included; the
+//! minimal /dev nodes; a /proc of the task's pid namespace with runc's kernel
+//! knobs read-only or masked; a private /tmp; /alloc and /local read-write,
+//! nosuid, nodev), turns the tmpfs read-only and chroots into it. See
+//! `docs/exec.md`.
 //!
 //! Why a tmpfs: the mount points then cost no disk metadata writes (each mkdir
 //! on the host's disk was a journal commit, a third of a millisecond here, and
