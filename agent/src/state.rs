@@ -142,7 +142,8 @@ pub struct Handle {
 pub struct TaskEvent {
     /// When (RFC 3339).
     pub time: String,
-    /// What: "started", "exited", "lost", "restarting", "failed", "signaled", "stopping", "reattached".
+    /// What: "started", "exited", "lost", "restarting", "failed", "signaled", "stopping",
+    /// "reattached", "unreachable".
     pub kind: String,
     /// For a person.
     pub message: String,
@@ -185,6 +186,14 @@ pub struct TaskRecord {
     /// agents that did not keep it (read as no window yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_window: Option<RestartWindow>,
+    /// Why its live tend-spawn does not answer, while it does not: the agent
+    /// keeps trying and never declares a run lost while its supervisor lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+    /// Whether its last run was ended by a stop someone asked for: such a run
+    /// ended as asked, whatever code or signal the kill left (143, 137).
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// Where a task stands in its restart policy's interval.
@@ -215,6 +224,8 @@ impl TaskRecord {
             finished_at: None,
             events: Vec::new(),
             restart_window: None,
+            unreachable: None,
+            stopped: false,
         }
     }
 

@@ -23,10 +23,11 @@ use tracing::{info, warn};
 
 use crate::cgroup::{CgroupError, Hierarchies, TaskCgroup};
 use crate::child::{self, ChildStdio, Isolation, Prepared, StartFailure};
+use crate::clock::{Clock, Monotonic};
 use crate::daemon_log::DaemonLog;
 use crate::logs::{self, RotatingLog, Spliced};
 use crate::reaper;
-use crate::server::{self, Client, Handler};
+use crate::server::{self, accept_all, Client, Handler};
 use crate::setuid::{self, Context};
 use crate::sys;
 
@@ -1119,12 +1120,19 @@ const SLOT_LISTENER: usize = 4;
 const FIRST_CLIENT: usize = 5;
 
 fn event_loop(d: &mut Daemon, s: Started) -> i32 {
+    event_loop_on(d, s, &Monotonic)
+}
+
+/// The loop, reading the time from `clock`. Each step reads it afresh: a
+/// time taken before the blocking poll is hours old after it for a daemon
+/// nobody talked to, and a deadline counted from it has passed at birth.
+fn event_loop_on(d: &mut Daemon, s: Started, clock: &dyn Clock) -> i32 {
     let mut clients: Vec<Client> = Vec::new();
     let mut buf = vec![0u8; READ_BUF];
     let my_uid = nix::unistd::getuid().as_raw();
     let mut revents: Vec<PollFlags> = Vec::new();
     loop {
-        let now = Instant::now();
+        let now = clock.now();
         // Deadlines.
         if let Some(at) = d.kill_at {
             if now >= at {
@@ -1159,7 +1167,7 @@ fn event_loop(d: &mut Daemon, s: Started) -> i32 {
             if c.wants_write() || c.session.closing {
                 c.flush(now);
             }
-            if c.deadline.is_some_and(|t| now >= t) {
+            if c.expired(now) {
                 c.dead = true;
             }
         }
@@ -1274,9 +1282,9 @@ fn event_loop(d: &mut Daemon, s: Started) -> i32 {
             }
         }
         if ready(SLOT_LISTENER) {
-            accept_all(&s.listener, &mut clients, my_uid, now);
+            accept_all(&s.listener, &mut clients, my_uid, clock);
         }
-        let now = Instant::now();
+        let now = clock.now();
         for (i, c) in clients.iter_mut().enumerate() {
             let Some(ev) = revents.get(FIRST_CLIENT + i) else {
                 break;
@@ -1291,44 +1299,6 @@ fn event_loop(d: &mut Daemon, s: Started) -> i32 {
                 }
             }
             c.flush(now);
-        }
-    }
-}
-
-fn accept_all(listener: &UnixListener, clients: &mut Vec<Client>, my_uid: u32, now: Instant) {
-    for _ in 0..64 {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if stream.set_nonblocking(true).is_err() {
-                    continue;
-                }
-                let mut c = Client::new(stream, now);
-                match c.peer_uid() {
-                    Ok(uid) if uid == my_uid || uid == 0 => {}
-                    Ok(uid) => {
-                        warn!(uid, "refused a client of another user");
-                        let out = c
-                            .session
-                            .fatal(format!("uid {uid} may not talk to this daemon"));
-                        for r in &out {
-                            c.send(r);
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "SO_PEERCRED failed; client refused");
-                        continue;
-                    }
-                }
-                c.flush(now);
-                clients.push(c);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // EMFILE and friends: try again on the next round.
-                warn!(error = %e, "accept failed");
-                return;
-            }
         }
     }
 }

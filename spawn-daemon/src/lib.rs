@@ -13,6 +13,7 @@
 pub mod cgroup;
 pub mod child;
 pub mod chroot;
+pub mod clock;
 pub mod daemon;
 pub mod daemon_log;
 pub mod logs;

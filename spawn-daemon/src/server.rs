@@ -20,6 +20,8 @@ use tend_proto::frame::{
 use tend_proto::msg::{Stats, Status, Welcome};
 use tend_proto::{ExitStatus, Hello, Request, Response, Token};
 
+use crate::clock::Clock;
+
 /// A client whose queued output passes this is dropped.
 pub const MAX_OUTPUT: usize = 1 << 20;
 /// A client must say Hello within this.
@@ -251,6 +253,11 @@ impl Client {
         }
     }
 
+    /// Whether its deadline (Hello, or the last write) has passed at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|t| now >= t)
+    }
+
     /// The peer's uid from SO_PEERCRED.
     pub fn peer_uid(&self) -> io::Result<u32> {
         peer_uid(&self.stream)
@@ -372,6 +379,53 @@ impl Client {
         if self.session.closing {
             // Nothing more is read: free the buffer.
             self.decoder = FrameDecoder::with_max(0);
+        }
+    }
+}
+
+/// Accept every waiting client (up to 64 a round). Each one's Hello time is
+/// counted from its own accept, read from `clock` then: the round that
+/// accepts it may have begun with a poll that slept for hours.
+pub fn accept_all(
+    listener: &UnixListener,
+    clients: &mut Vec<Client>,
+    my_uid: u32,
+    clock: &dyn Clock,
+) {
+    for _ in 0..64 {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                let now = clock.now();
+                let mut c = Client::new(stream, now);
+                match c.peer_uid() {
+                    Ok(uid) if uid == my_uid || uid == 0 => {}
+                    Ok(uid) => {
+                        tracing::warn!(uid, "refused a client of another user");
+                        let out = c
+                            .session
+                            .fatal(format!("uid {uid} may not talk to this daemon"));
+                        for r in &out {
+                            c.send(r);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SO_PEERCRED failed; client refused");
+                        continue;
+                    }
+                }
+                c.flush(now);
+                clients.push(c);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE and friends: try again on the next round.
+                tracing::warn!(error = %e, "accept failed");
+                return;
+            }
         }
     }
 }
@@ -548,5 +602,66 @@ mod tests {
         let _l = bind(&p, euid).unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    /// The bug this guards against: a round's time taken before a poll that
+    /// slept for an hour made every client accepted after it expire at once.
+    #[test]
+    fn a_client_after_an_hour_of_idle_gets_its_whole_hello_time() {
+        use crate::clock::FakeClock;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let clock = FakeClock::new();
+        let round_began = clock.now();
+        // The poll of this round slept for an hour, then the client came.
+        clock.advance(Duration::from_secs(3600));
+        let mut peer = UnixStream::connect(&path).unwrap();
+        let mut clients = Vec::new();
+        accept_all(&listener, &mut clients, uid, &clock);
+        assert_eq!(clients.len(), 1);
+        assert!(!clients[0].expired(clock.now()), "expired at its accept");
+        assert!(clients[0].deadline.unwrap() >= round_began + Duration::from_secs(3600));
+        // It says Hello just inside its time and is welcomed.
+        clock.advance(HELLO_TIMEOUT - Duration::from_millis(1));
+        assert!(!clients[0].expired(clock.now()));
+        peer.write_all(
+            &frame::encode(&Hello {
+                version: PROTOCOL_VERSION,
+                token: Token([3; 32]),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let mut h = fake();
+        let mut buf = vec![0u8; 4096];
+        clients[0].on_readable(&mut buf, &mut h);
+        clients[0].flush(clock.now());
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut dec = FrameDecoder::new();
+        let welcome = loop {
+            if let Some(f) = dec.next_frame().unwrap() {
+                break f.decode::<Response>().unwrap();
+            }
+            let n = peer.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before the welcome");
+            dec.push(&buf[..n]);
+        };
+        assert!(matches!(welcome, Response::Welcome(_)), "{welcome:?}");
+        // Welcomed, it has no deadline: ten idle hours later it is still served.
+        clock.advance(Duration::from_secs(36_000));
+        assert!(!clients[0].expired(clock.now()));
+        // A client that never says Hello is closed HELLO_TIMEOUT after its
+        // own accept, not before.
+        let _silent = UnixStream::connect(&path).unwrap();
+        accept_all(&listener, &mut clients, uid, &clock);
+        assert_eq!(clients.len(), 2);
+        clock.advance(HELLO_TIMEOUT - Duration::from_millis(1));
+        assert!(!clients[1].expired(clock.now()));
+        clock.advance(Duration::from_millis(1));
+        assert!(clients[1].expired(clock.now()));
+        assert!(!clients[0].expired(clock.now()));
     }
 }

@@ -832,6 +832,18 @@ impl AgentProc {
             .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
     }
 
+    /// Submit a job (HCL) through the API; the allocation ids it made.
+    pub fn submit(&self, hcl: &str) -> Vec<String> {
+        let r = self.http("POST", "/v1/jobs", hcl.as_bytes());
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()["allocations"]
+            .as_array()
+            .expect("allocations")
+            .iter()
+            .map(|v| v.as_str().expect("id").to_string())
+            .collect()
+    }
+
     /// A GET answered by JSON with status 200.
     pub fn get_json(&self, target: &str) -> serde_json::Value {
         let r = self.http("GET", target, b"");

@@ -77,18 +77,6 @@ fn job(name: &str, count: u32) -> String {
     )
 }
 
-/// Submit a job through the API; the allocation ids.
-fn submit(agent: &AgentProc, hcl: &str) -> Vec<String> {
-    let r = agent.http("POST", "/v1/jobs", hcl.as_bytes());
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()["allocations"]
-        .as_array()
-        .expect("allocations")
-        .iter()
-        .map(|v| v.as_str().expect("id").to_string())
-        .collect()
-}
-
 /// Every allocation as `GET /v1/allocations` lists it.
 fn allocations(agent: &AgentProc) -> Vec<Value> {
     agent.get_json("/v1/allocations")["allocations"]
@@ -331,7 +319,7 @@ fn the_agent_killed_at_random_moments_never_loses_or_doubles_a_task() {
     let t0 = Instant::now();
     let mut submitted = 0;
     for round in 0..n {
-        let ids = submit(&agent, &job(&format!("f{round}"), per_round));
+        let ids = agent.submit(&job(&format!("f{round}"), per_round));
         assert_eq!(ids.len(), usize::try_from(per_round).expect("count"));
         submitted += ids.len();
         // One kill in four lands right after the submit returns, while the
@@ -408,7 +396,7 @@ fn tend_spawn_killed_at_random_points_resolves_to_the_real_exit_or_lost() {
         // with the index shifted through the name of the job only: the code
         // and the sleep come from the index, so vary the count instead.
         let count = 1 + u32::try_from(round % 4).expect("count");
-        let ids = submit(&agent, &job(&format!("s{round}"), count));
+        let ids = agent.submit(&job(&format!("s{round}"), count));
         let id = ids.last().expect("an allocation").clone();
         let dir = sb.data_dir().join("allocs").join(&id);
         let daemon = if round % 3 == 0 {

@@ -795,3 +795,34 @@ fn a_raw_exec_task_gets_the_oom_score_adj_tend_spawn_started_with() {
     assert_eq!(exit.exit_code, Some(0), "{text}");
     assert_eq!(text, "500\n");
 }
+
+/// A daemon nobody has talked to for longer than the Hello time still serves
+/// a new client: its Hello time counts from the accept, not from the start of
+/// the long poll before it. (Closed at once, this is how an agent down for
+/// 15 s came back to find its tasks "lost" and killed them.)
+#[test]
+fn a_daemon_idle_for_31_s_serves_a_new_client() {
+    let sb = Sandbox::new();
+    let cfg = sh(
+        &sb,
+        "trap 'echo got-usr1' USR1; while true; do sleep 0.05; done",
+    );
+    sb.start(&cfg).pids();
+    std::thread::sleep(Duration::from_secs(31));
+    let mut c = Client::connect(&cfg);
+    assert!(matches!(c.request(Request::Status), Response::Status(_)));
+    assert_eq!(c.request(Request::Signal(10)), Response::Ok);
+    let log = Sandbox::log_path(&cfg, "stdout");
+    assert!(wait_until(LONG, || fs::read_to_string(&log)
+        .is_ok_and(|s| s.contains("got-usr1"))));
+    // A second client after the first one's requests, and a stop on it.
+    let mut d = Client::connect(&cfg);
+    assert_eq!(
+        d.request(Request::Stop {
+            signal: 15,
+            grace_ms: 5000
+        }),
+        Response::Ok
+    );
+    assert_eq!(c.wait_exit().signal, Some(15));
+}

@@ -92,6 +92,9 @@ pub enum AgentError {
     /// Something on the host failed.
     #[error("{0}")]
     Internal(String),
+    /// It did not happen within the time it had; says what is still waited for.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl AgentError {
@@ -102,6 +105,7 @@ impl AgentError {
             AgentError::Ambiguous(_) | AgentError::Conflict(_) => 409,
             AgentError::Invalid(_) => 400,
             AgentError::Internal(_) => 500,
+            AgentError::Timeout(_) => 504,
         }
     }
 }
@@ -239,6 +243,9 @@ pub struct ReattachReport {
     pub exited: usize,
     /// Tasks with neither: lost.
     pub lost: usize,
+    /// Tasks whose tend-spawn lives but did not answer yet: retried with
+    /// backoff in the background, never lost while it lives.
+    pub unreachable: usize,
     /// Tasks that had not started: started now.
     pub started: usize,
     /// State files that could not be read.
@@ -246,6 +253,9 @@ pub struct ReattachReport {
     /// How long it took, ms.
     pub millis: u64,
 }
+
+/// What a stop may take beyond its tasks' longest kill_timeout.
+const STOP_SLACK: Duration = Duration::from_secs(30);
 
 /// How long a starting agent waits for the data dir's lock. An agent killed
 /// while it was forking a tend-spawn leaves the lock with that child until
@@ -428,6 +438,7 @@ impl Agent {
                 Ok(task::Resolved::Exited) => report.exited += 1,
                 Ok(task::Resolved::Lost) => report.lost += 1,
                 Ok(task::Resolved::Started) => report.started += 1,
+                Ok(task::Resolved::Unreachable) => report.unreachable += 1,
                 Err(_) => report.lost += 1,
             }
         }
@@ -544,6 +555,64 @@ impl Agent {
             let _ = t.ctl.send(Ctl::Stop);
         }
         Ok(())
+    }
+
+    /// How long a stop of the allocation may take before it is reported as
+    /// not done: its longest kill_timeout, plus room for the escalation to
+    /// SIGKILL and the exit's record.
+    pub fn stop_patience(&self, alloc_id: &str) -> Duration {
+        let longest = self
+            .inner
+            .alloc_record(alloc_id)
+            .and_then(|a| {
+                let g = a.job.groups.iter().find(|g| g.name == a.group)?;
+                g.tasks.iter().map(|t| t.kill_timeout).max()
+            })
+            .unwrap_or_default();
+        longest + STOP_SLACK
+    }
+
+    /// Wait until every task of the allocation is dead. Past `patience`, the
+    /// error names each task still alive and why (its tend-spawn unreachable,
+    /// or still stopping).
+    pub async fn wait_dead(
+        &self,
+        alloc_id: &str,
+        patience: Duration,
+    ) -> Result<Vec<TaskRecord>, AgentError> {
+        let mut events = self.events();
+        let until = tokio::time::Instant::now() + patience;
+        loop {
+            let (_, tasks) = self.alloc(alloc_id)?;
+            let alive: Vec<&TaskRecord> = tasks
+                .iter()
+                .filter(|t| t.phase != TaskPhase::Dead)
+                .collect();
+            if alive.is_empty() {
+                return Ok(tasks);
+            }
+            if tokio::time::Instant::now() >= until {
+                let what: Vec<String> = alive
+                    .iter()
+                    .map(|t| match &t.unreachable {
+                        Some(why) => format!("{}: tend-spawn does not answer ({why})", t.task),
+                        None => format!("{}: still {}", t.task, t.phase),
+                    })
+                    .collect();
+                return Err(AgentError::Timeout(format!(
+                    "allocation {alloc_id} is not stopped after {} s: {}",
+                    patience.as_secs(),
+                    what.join("; ")
+                )));
+            }
+            // An event wakes the check at once; the tick covers a lagging
+            // receiver and a change that made no event.
+            tokio::select! {
+                _ = events.recv() => {}
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
     }
 
     /// Send a signal to a running task.

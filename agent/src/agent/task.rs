@@ -18,7 +18,7 @@ use crate::ident::ProcId;
 use crate::jobspec::{Driver, Group, Task};
 use crate::paths;
 use crate::spawn::launch::LaunchError;
-use crate::spawn::{self, Client};
+use crate::spawn::{self, retry, Client};
 use crate::state::{AllocRecord, Desired, Handle, TaskPhase};
 
 /// What the API asks of a running task.
@@ -50,6 +50,19 @@ pub enum Resolved {
     Lost,
     /// A new run was started (or failed to start).
     Started,
+    /// Its tend-spawn lives but does not answer yet: it is being retried.
+    Unreachable,
+}
+
+/// Tells the agent's start, once, how a task was taken up.
+struct Ready(Option<oneshot::Sender<Resolved>>);
+
+impl Ready {
+    fn say(&mut self, r: Resolved) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(r);
+        }
+    }
 }
 
 /// How one run ended.
@@ -63,9 +76,10 @@ enum Ended {
 /// variant costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 enum Run {
-    /// A process under its tend-spawn.
+    /// A process under its tend-spawn; the connection is made by the wait
+    /// when there is none yet.
     Spawn {
-        client: Client,
+        client: Option<Client>,
         socket: PathBuf,
         token: Token,
         handle: Handle,
@@ -165,20 +179,16 @@ async fn task_life(
     name: String,
     mut ctl: mpsc::UnboundedReceiver<Ctl>,
     start: Start,
-    mut ready: Option<oneshot::Sender<Resolved>>,
+    ready: Option<oneshot::Sender<Resolved>>,
 ) {
-    let mut resolve = |r: Resolved| {
-        if let Some(tx) = ready.take() {
-            let _ = tx.send(r);
-        }
-    };
+    let mut ready = Ready(ready);
     let Some(alloc) = inner.alloc_record(&alloc_id) else {
-        resolve(Resolved::Lost);
+        ready.say(Resolved::Lost);
         return;
     };
     let Some((group, task)) = find(&alloc, &name).map(|(g, t)| (g.clone(), t.clone())) else {
         tracing::error!("the allocation's job has no such task");
-        resolve(Resolved::Lost);
+        ready.say(Resolved::Lost);
         return;
     };
     // Where an earlier agent left the restart window, if it did.
@@ -195,9 +205,19 @@ async fn task_life(
     let mut next = start;
     loop {
         let ended = match std::mem::replace(&mut next, Start::Fresh) {
-            Start::Reattach(h) => match reattach(&inner, &alloc_id, &task, h).await {
+            Start::Reattach(h) => match reattach(
+                &inner,
+                &alloc_id,
+                &task,
+                h,
+                &mut ctl,
+                &mut stopping,
+                &mut ready,
+            )
+            .await
+            {
                 Attach::Live(run) => {
-                    resolve(Resolved::Reattached);
+                    ready.say(Resolved::Reattached);
                     wait_run(&inner, &alloc_id, &task, *run, &mut ctl, &mut stopping).await
                 }
                 Attach::NeverLaunched(run) => {
@@ -209,21 +229,26 @@ async fn task_life(
                     continue;
                 }
                 Attach::Ended(e) => {
-                    resolve(match e {
+                    let r = match e {
                         Ended::Exit(_) => Resolved::Exited,
                         Ended::Lost(_) => Resolved::Lost,
-                    });
+                    };
+                    ready.say(r);
                     e
                 }
             },
             Start::Fresh => {
                 if stopping || desired_stop(&inner, &alloc_id) {
-                    resolve(Resolved::Started);
-                    finish(&inner, &alloc_id, &name, false, "stopped before it started");
+                    ready.say(Resolved::Started);
+                    inner.update_task(&alloc_id, &name, |r| {
+                        r.stopped = true;
+                        Some(finish_record(r, false, "stopped before it started"))
+                    });
+                    release_ports_if_done(&inner, &alloc_id);
                     return;
                 }
                 let r = start_run(&inner, &alloc, &group, &task).await;
-                resolve(Resolved::Started);
+                ready.say(Resolved::Started);
                 match r {
                     Ok(run) => {
                         wait_run(&inner, &alloc_id, &task, run, &mut ctl, &mut stopping).await
@@ -258,7 +283,13 @@ async fn task_life(
                 };
                 inner.update_task_events(&alloc_id, &name, |r| {
                     r.restart_window = window;
-                    vec![record_end(r, ended), finish_record(r, failed_for_good, why)]
+                    let end = record_end(r, ended);
+                    if stopping && !r.lost {
+                        // Ended as asked: the kill's 143 or 137 is no failure.
+                        r.failed = false;
+                        r.stopped = true;
+                    }
+                    vec![end, finish_record(r, failed_for_good, why)]
                 });
                 release_ports_if_done(&inner, &alloc_id);
                 return;
@@ -492,6 +523,8 @@ async fn start_run(
         // A new run has neither failed nor been lost (yet).
         r.failed = false;
         r.lost = false;
+        r.stopped = false;
+        r.unreachable = None;
         r.handle = Some(handle.clone());
         r.started_at = Some(tend_proto::time::now());
         r.finished_at = None;
@@ -500,30 +533,24 @@ async fn start_run(
             format!("run {run}: pid {task_pid} (tend-spawn {daemon_pid})"),
         ))
     });
-    match Client::connect(&socket, token).await {
-        Ok(client) if client.welcome().instance == instance => Ok(Run::Spawn {
-            client,
-            socket,
-            token,
-            handle,
-        }),
-        // The task started: whatever happens now, its daemon (or its absence)
-        // decides how the run ended, never a made-up "never started".
-        Ok(_) => Err(daemon_gone(
-            alloc_id,
-            &task.name,
-            &handle,
-            "the socket answers another tend-spawn than the one started",
-        )
-        .await),
-        Err(e) => Err(daemon_gone(
-            alloc_id,
-            &task.name,
-            &handle,
-            &format!("tend-spawn (pid {daemon_pid}) does not answer: {e}"),
-        )
-        .await),
-    }
+    // The task started: whatever happens now, its daemon (or its absence)
+    // decides how the run ended, never a made-up "never started". A first
+    // connection that fails is made again by the wait, for as long as the
+    // daemon lives.
+    let client = match retry::connect_once(&socket, token).await {
+        Ok(c) if c.welcome().instance == instance => Some(c),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, daemon_pid, "the first connection to tend-spawn failed");
+            None
+        }
+    };
+    Ok(Run::Spawn {
+        client,
+        socket,
+        token,
+        handle,
+    })
 }
 
 enum Attach {
@@ -571,8 +598,171 @@ async fn never_launched(alloc_id: &str, task: &str, handle: &Handle) -> bool {
     false
 }
 
+/// The daemon of a handle, when the handle names it by pid and start time.
+fn daemon_of(handle: &Handle) -> Option<ProcId> {
+    match (handle.daemon_pid, handle.daemon_start_time) {
+        (Some(pid), Some(start_time)) => Some(ProcId { pid, start_time }),
+        _ => None,
+    }
+}
+
+/// The task process of a handle, when the handle names it.
+fn task_proc_of(handle: &Handle) -> Option<ProcId> {
+    match (handle.task_pid, handle.task_start_time) {
+        (Some(pid), Some(start_time)) => Some(ProcId { pid, start_time }),
+        _ => None,
+    }
+}
+
+/// What came of trying to reach a run's tend-spawn.
+enum Reach {
+    /// Connected and welcomed by the run's own daemon.
+    Connected(Client),
+    /// Its process is gone (or, known by its socket only, it never answered).
+    Gone(String),
+}
+
+/// A daemon known by its socket alone (its handle was persisted before its
+/// start report) gets this many attempts: with no pid there is no telling
+/// whether it lives.
+const UNKNOWN_DAEMON_ATTEMPTS: u32 = 10;
+
+/// Reach the tend-spawn of a run, for as long as its process lives.
+///
+/// A live daemon that does not answer is marked `unreachable` (the reason in
+/// the record and in an event) and tried again with backoff, never declared
+/// lost. Meanwhile a stop is remembered, and once the task's kill_timeout has
+/// passed with the daemon still silent, the agent kills the task itself
+/// through its pidfd; a signal is refused with the reason.
+#[allow(clippy::too_many_arguments)]
+async fn reach_daemon(
+    inner: &Arc<Inner>,
+    alloc_id: &str,
+    task: &Task,
+    handle: &Handle,
+    socket: &Path,
+    token: Token,
+    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+    stopping: &mut bool,
+    ready: &mut Ready,
+) -> Reach {
+    let daemon = daemon_of(handle);
+    let mut backoff = retry::Backoff::default();
+    let mut attempts = 0u32;
+    let mut unreachable = false;
+    let mut stop_since: Option<Instant> = stopping.then(Instant::now);
+    let mut killed = false;
+    let mut ctl_open = true;
+    loop {
+        attempts += 1;
+        let why = match retry::connect_once(socket, token).await {
+            Ok(c) => match &handle.instance {
+                Some(i) if *i != c.welcome().instance.to_string() => format!(
+                    "{} answers another tend-spawn (instance {}) than the run's ({i})",
+                    socket.display(),
+                    c.welcome().instance
+                ),
+                _ => {
+                    if unreachable {
+                        inner.update_task(alloc_id, &task.name, |r| {
+                            r.unreachable = None;
+                            Some(r.event(
+                                "reachable",
+                                format!("tend-spawn answers again (after {attempts} attempts)"),
+                            ))
+                        });
+                    }
+                    return Reach::Connected(c);
+                }
+            },
+            Err(e) => e,
+        };
+        match daemon {
+            Some(d) if !d.alive() => return Reach::Gone(why),
+            None if attempts >= UNKNOWN_DAEMON_ATTEMPTS => return Reach::Gone(why),
+            _ => {}
+        }
+        if !unreachable && attempts >= 2 {
+            unreachable = true;
+            let pid = daemon.map_or_else(|| "?".to_string(), |d| d.pid.to_string());
+            tracing::warn!(error = %why, "tend-spawn is alive but does not answer; retrying");
+            inner.update_task(alloc_id, &task.name, |r| {
+                r.unreachable = Some(why.clone());
+                Some(r.event(
+                    "unreachable",
+                    format!("tend-spawn (pid {pid}) is alive but does not answer: {why}; retrying"),
+                ))
+            });
+            ready.say(Resolved::Unreachable);
+        }
+        if let Some(since) = stop_since {
+            if !killed && since.elapsed() >= task.kill_timeout {
+                killed = true;
+                kill_task_directly(inner, alloc_id, task, handle, &why);
+            }
+        }
+        let pause = tokio::time::sleep(backoff.step());
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                c = ctl.recv(), if ctl_open => match c {
+                    None => ctl_open = false,
+                    Some(Ctl::Stop) => {
+                        *stopping = true;
+                        stop_since.get_or_insert_with(Instant::now);
+                    }
+                    Some(Ctl::Signal(_, reply)) => {
+                        let _ = reply.send(Err(format!(
+                            "tend-spawn does not answer ({why}); the signal was not sent"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The last resort of a stop whose tend-spawn does not take it: SIGKILL to
+/// the task's process group and the task, through a pidfd checked against
+/// the task's start time (never a bare pid). The daemon, when it answers
+/// again, records the exit as usual.
+fn kill_task_directly(inner: &Inner, alloc_id: &str, task: &Task, handle: &Handle, why: &str) {
+    let Some(proc_id) = task_proc_of(handle) else {
+        tracing::error!(
+            "the stop was not taken and the task's pid is unknown: it cannot be killed"
+        );
+        return;
+    };
+    let left = crate::ident::Leftovers {
+        task: Some(proc_id),
+        ..Default::default()
+    };
+    for problem in left.kill() {
+        tracing::warn!("{problem}");
+    }
+    inner.update_task(alloc_id, &task.name, |r| {
+        Some(r.event(
+            "killed",
+            format!(
+                "tend-spawn did not take the stop within kill_timeout ({why}): \
+                 the agent sent SIGKILL to the task (pid {})",
+                proc_id.pid
+            ),
+        ))
+    });
+}
+
 /// Take up a run after an agent restart.
-async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: Handle) -> Attach {
+async fn reattach(
+    inner: &Arc<Inner>,
+    alloc_id: &str,
+    task: &Task,
+    mut handle: Handle,
+    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+    stopping: &mut bool,
+    ready: &mut Ready,
+) -> Attach {
     if let Some(id) = handle.container_id.clone() {
         return reattach_container(inner, alloc_id, task, &handle, id).await;
     }
@@ -580,62 +770,80 @@ async fn reattach(inner: &Arc<Inner>, alloc_id: &str, task: &Task, mut handle: H
         return Attach::NeverLaunched(handle.run);
     }
     let token = inner.store.token(alloc_id, &task.name).ok();
-    if let (Some(socket), Some(token)) = (handle.socket_path.clone(), token) {
-        let socket = PathBuf::from(socket);
-        let daemon = match (handle.daemon_pid, handle.daemon_start_time) {
-            (Some(pid), Some(st)) => Some(ProcId {
-                pid,
-                start_time: st,
-            }),
-            _ => None,
-        };
-        // A daemon recorded by pid must still be that very process; one persisted
-        // before its start report is found by its socket and token alone.
-        let plausible = daemon.is_none_or(|d| d.alive());
-        if plausible {
-            if let Ok(client) = Client::connect(&socket, token).await {
-                let w = *client.welcome();
-                let same = match &handle.instance {
-                    Some(i) => *i == w.instance.to_string(),
-                    None => true,
-                };
-                if same {
-                    let recorded_pid = handle.daemon_pid;
-                    if handle.daemon_pid.is_none() {
-                        handle.daemon_pid = Some(w.daemon_pid);
-                        handle.daemon_start_time = crate::ident::start_time(w.daemon_pid);
-                        handle.instance = Some(w.instance.to_string());
-                        handle.task_pid = Some(w.task_pid);
-                        handle.task_start_time = crate::ident::start_time(w.task_pid);
-                    }
-                    let h = handle.clone();
-                    // The record already names this daemon unless it was adopted
-                    // by its socket: only then is there something new to persist.
-                    let adopted = recorded_pid.is_none();
-                    let change = |r: &mut crate::state::TaskRecord| {
-                        r.phase = TaskPhase::Running;
-                        r.handle = Some(h);
-                        Some(r.event(
-                            "reattached",
-                            format!("run {}: tend-spawn answered", handle.run),
-                        ))
-                    };
-                    if adopted {
-                        inner.update_task(alloc_id, &task.name, change);
-                    } else {
-                        inner.note_task(alloc_id, &task.name, change);
-                    }
-                    return Attach::Live(Box::new(Run::Spawn {
-                        client,
-                        socket,
-                        token,
-                        handle,
-                    }));
-                }
-            }
-        }
+    let (Some(socket), Some(token)) = (handle.socket_path.clone(), token) else {
+        return Attach::Ended(
+            daemon_gone(
+                alloc_id,
+                &task.name,
+                &handle,
+                "no socket or token was recorded",
+            )
+            .await,
+        );
+    };
+    let socket = PathBuf::from(socket);
+    // A daemon recorded by pid must still be that very process; one persisted
+    // before its start report is found by its socket and token alone.
+    if daemon_of(&handle).is_some_and(|d| !d.alive()) {
+        return Attach::Ended(
+            daemon_gone(alloc_id, &task.name, &handle, "tend-spawn is gone").await,
+        );
     }
-    Attach::Ended(daemon_gone(alloc_id, &task.name, &handle, "tend-spawn is gone").await)
+    let client = match reach_daemon(
+        inner, alloc_id, task, &handle, &socket, token, ctl, stopping, ready,
+    )
+    .await
+    {
+        Reach::Connected(c) => c,
+        Reach::Gone(why) => {
+            return Attach::Ended(
+                daemon_gone(
+                    alloc_id,
+                    &task.name,
+                    &handle,
+                    &format!("tend-spawn is gone ({why})"),
+                )
+                .await,
+            )
+        }
+    };
+    let w = *client.welcome();
+    let recorded_pid = handle.daemon_pid;
+    if handle.daemon_pid.is_none() {
+        handle.daemon_pid = Some(w.daemon_pid);
+        handle.daemon_start_time = crate::ident::start_time(w.daemon_pid);
+        handle.instance = Some(w.instance.to_string());
+        handle.task_pid = Some(w.task_pid);
+        handle.task_start_time = crate::ident::start_time(w.task_pid);
+    }
+    let h = handle.clone();
+    // The record already names this daemon unless it was adopted by its
+    // socket (or was marked unreachable): only then is there something new
+    // to persist.
+    let persist = recorded_pid.is_none()
+        || inner
+            .task_record(alloc_id, &task.name)
+            .is_some_and(|r| r.unreachable.is_some());
+    let change = |r: &mut crate::state::TaskRecord| {
+        r.phase = TaskPhase::Running;
+        r.handle = Some(h);
+        r.unreachable = None;
+        Some(r.event(
+            "reattached",
+            format!("run {}: tend-spawn answered", handle.run),
+        ))
+    };
+    if persist {
+        inner.update_task(alloc_id, &task.name, change);
+    } else {
+        inner.note_task(alloc_id, &task.name, change);
+    }
+    Attach::Live(Box::new(Run::Spawn {
+        client: Some(client),
+        socket,
+        token,
+        handle,
+    }))
 }
 
 /// The daemon of a run is gone: its exit file decides; without one the run is
@@ -691,7 +899,10 @@ fn kill_leftovers(handle: &Handle, run_of: (String, String)) {
     }
 }
 
-/// Wait for the run's end, serving stop and signal requests meanwhile.
+/// Wait for the run's end, serving stop and signal requests meanwhile. A
+/// connection that fails while the daemon lives is made again (the daemon
+/// pushes the exit to every waiter, at once if the task has already ended);
+/// only the daemon's death hands the run to its exit file.
 async fn wait_run(
     inner: &Arc<Inner>,
     alloc_id: &str,
@@ -700,7 +911,7 @@ async fn wait_run(
     ctl: &mut mpsc::UnboundedReceiver<Ctl>,
     stopping: &mut bool,
 ) -> Ended {
-    let (mut client, socket, token, handle) = match run {
+    let (client, socket, token, handle) = match run {
         Run::Spawn {
             client,
             socket,
@@ -711,52 +922,48 @@ async fn wait_run(
             return wait_container(inner, alloc_id, task, id, meta, logs, ctl, stopping).await;
         }
     };
+    let daemon = daemon_of(&handle);
     if *stopping {
         // Taken up after a stop was asked for (the last agent may have died
         // before it reached the daemon): ask again; a second Stop is harmless.
-        request_stop(inner, alloc_id, task, &socket, token).await;
+        request_stop(inner, alloc_id, task, &socket, token, &handle);
     }
-    // The wait borrows the connection; it is free again for the Release.
-    let result = {
-        let wait = client.wait();
-        tokio::pin!(wait);
-        // The daemon's death is heard from its pidfd as well as from the end of
-        // its connection, whichever comes first.
-        let daemon_ended = async {
-            match (handle.daemon_pid, handle.daemon_start_time) {
-                (Some(pid), Some(start_time)) => {
-                    crate::pidwatch::ended(ProcId { pid, start_time }).await;
-                }
-                _ => std::future::pending::<()>().await,
-            }
+    let mut client = client;
+    let result = loop {
+        let mut c = match client.take() {
+            Some(c) => c,
+            None => match reach_daemon(
+                inner,
+                alloc_id,
+                task,
+                &handle,
+                &socket,
+                token,
+                ctl,
+                stopping,
+                &mut Ready(None),
+            )
+            .await
+            {
+                Reach::Connected(c) => c,
+                Reach::Gone(why) => break Err((None, why)),
+            },
         };
-        tokio::pin!(daemon_ended);
-        let mut ctl_open = true;
-        loop {
-            tokio::select! {
-                r = &mut wait => break r.map_err(|e| e.to_string()),
-                () = &mut daemon_ended => break Err("its pidfd says it exited".to_string()),
-                c = ctl.recv(), if ctl_open => match c {
-                    None => ctl_open = false,
-                    Some(Ctl::Stop) => {
-                        *stopping = true;
-                        request_stop(inner, alloc_id, task, &socket, token).await;
-                    }
-                    Some(Ctl::Signal(signo, reply)) => {
-                        let r = control(&socket, token, Request::Signal(signo)).await;
-                        if r.is_ok() {
-                            inner.update_task(alloc_id, &task.name, |rec| {
-                                Some(rec.event("signaled", format!("sent signal {signo}")))
-                            });
-                        }
-                        let _ = reply.send(r.map_err(|e| e.to_string()));
-                    }
-                }
+        match wait_on(
+            inner, alloc_id, task, &mut c, &socket, token, &handle, ctl, stopping,
+        )
+        .await
+        {
+            Ok(exit) => break Ok((c, exit)),
+            // The connection failed, not the daemon: reach it again.
+            Err(e) if daemon.is_some_and(|d| d.alive()) => {
+                tracing::warn!(error = %e, "the connection to a live tend-spawn failed; reconnecting");
             }
+            Err(e) => break Err((Some(c), e)),
         }
     };
     match result {
-        Ok(exit) => {
+        Ok((client, exit)) => {
             // Released before it is recorded: once recorded, no agent would
             // take this daemon up again, and an agent killed in between would
             // leave it lingering unreleased. Released first, a crash before
@@ -774,7 +981,7 @@ async fn wait_run(
             }
             Ended::Exit(exit)
         }
-        Err(e) => {
+        Err((_, e)) => {
             let pid = handle
                 .daemon_pid
                 .map_or_else(|| "?".to_string(), |p| p.to_string());
@@ -789,11 +996,81 @@ async fn wait_run(
     }
 }
 
+/// One wait on one connection, serving stop and signal requests meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn wait_on(
+    inner: &Arc<Inner>,
+    alloc_id: &str,
+    task: &Task,
+    client: &mut Client,
+    socket: &Path,
+    token: Token,
+    handle: &Handle,
+    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+    stopping: &mut bool,
+) -> Result<ExitStatus, String> {
+    let wait = client.wait();
+    tokio::pin!(wait);
+    // The daemon's death is heard from its pidfd as well as from the end of
+    // its connection, whichever comes first.
+    let daemon_ended = async {
+        match daemon_of(handle) {
+            Some(d) => crate::pidwatch::ended(d).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(daemon_ended);
+    let mut ctl_open = true;
+    loop {
+        tokio::select! {
+            r = &mut wait => return r.map_err(|e| e.to_string()),
+            () = &mut daemon_ended => return Err("its pidfd says it exited".to_string()),
+            c = ctl.recv(), if ctl_open => match c {
+                None => ctl_open = false,
+                Some(Ctl::Stop) => {
+                    *stopping = true;
+                    request_stop(inner, alloc_id, task, socket, token, handle);
+                }
+                Some(Ctl::Signal(signo, reply)) => {
+                    let until = Instant::now() + SIGNAL_PATIENCE;
+                    let r = retry::request_until(
+                        socket,
+                        token,
+                        Request::Signal(signo),
+                        daemon_of(handle),
+                        until,
+                    )
+                    .await;
+                    if r.is_ok() {
+                        inner.update_task(alloc_id, &task.name, |rec| {
+                            Some(rec.event("signaled", format!("sent signal {signo}")))
+                        });
+                    }
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                }
+            }
+        }
+    }
+}
+
 /// How long the agent waits for a daemon to take its Release.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Ask the daemon to stop the task with its kill signal and grace.
-async fn request_stop(inner: &Inner, alloc_id: &str, task: &Task, socket: &Path, token: Token) {
+/// How long a signal request is retried against a daemon that does not take it.
+const SIGNAL_PATIENCE: Duration = Duration::from_secs(8);
+
+/// Ask the daemon to stop the task with its kill signal and grace, in the
+/// background: retried with backoff until the daemon takes it; if it has not
+/// by the end of kill_timeout, the agent kills the task itself. The wait
+/// sees the end either way.
+fn request_stop(
+    inner: &Arc<Inner>,
+    alloc_id: &str,
+    task: &Task,
+    socket: &Path,
+    token: Token,
+    handle: &Handle,
+) {
     inner.update_task(alloc_id, &task.name, |r| {
         Some(r.event(
             "stopping",
@@ -808,15 +1085,27 @@ async fn request_stop(inner: &Inner, alloc_id: &str, task: &Task, socket: &Path,
         signal: task.kill_signal,
         grace_ms: u64::try_from(task.kill_timeout.as_millis()).unwrap_or(u64::MAX),
     };
-    if let Err(e) = control(socket, token, req).await {
-        tracing::warn!(error = %e, "stop request failed");
-    }
-}
-
-/// One request on a fresh connection.
-async fn control(socket: &Path, token: Token, req: Request) -> Result<(), spawn::ClientError> {
-    let mut c = Client::connect(socket, token).await?;
-    c.command(req).await
+    let (inner, alloc_id, task, socket, handle) = (
+        inner.clone(),
+        alloc_id.to_string(),
+        task.clone(),
+        socket.to_path_buf(),
+        handle.clone(),
+    );
+    tokio::spawn(
+        async move {
+            let until = Instant::now() + task.kill_timeout.max(retry::ATTEMPT_TIMEOUT);
+            match retry::request_until(&socket, token, req, daemon_of(&handle), until).await {
+                Ok(()) => {}
+                Err(retry::RetryError::Unanswered(why)) => {
+                    kill_task_directly(&inner, &alloc_id, &task, &handle, &why);
+                }
+                // Refused: the task has already ended; gone: the wait hears it.
+                Err(e) => tracing::info!(error = %e, "stop request not taken"),
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 fn docker_of(inner: &Inner) -> Result<&DockerDriver, String> {

@@ -21,7 +21,7 @@ pub async fn handle<W: AsyncWrite + Unpin>(agent: &Agent, req: Request, w: &mut 
         ("POST", ["v1", "jobs"]) => submit(agent, &req),
         ("GET", ["v1", "allocations"]) => Ok(list(agent)),
         ("GET", ["v1", "allocations", id]) => get(agent, id),
-        ("POST", ["v1", "allocations", id, "stop"]) => stop(agent, id),
+        ("POST", ["v1", "allocations", id, "stop"]) => stop(agent, id, &req).await,
         ("POST", ["v1", "allocations", id, "tasks", task, "signal"]) => {
             signal(agent, id, task, &req).await
         }
@@ -118,6 +118,8 @@ fn task_json(t: &TaskRecord, driver: &str) -> Value {
         "state": t.phase,
         "failed": t.failed,
         "lost": t.lost,
+        "stopped": t.stopped,
+        "unreachable": t.unreachable,
         "run": t.run,
         "restarts": t.restarts,
         "pid": t.handle.as_ref().and_then(|h| h.task_pid),
@@ -181,10 +183,31 @@ fn get(agent: &Agent, prefix: &str) -> Result<Response, Response> {
     Ok(Response::json(200, &alloc_json(&a, &t, agent, true)))
 }
 
-fn stop(agent: &Agent, prefix: &str) -> Result<Response, Response> {
+/// Stop an allocation. With `wait=true` the answer comes when every task is
+/// dead (200, with the tasks), or, past the allocation's patience, a 504 that
+/// says which task is still alive and why; without it, at once (202).
+async fn stop(agent: &Agent, prefix: &str, req: &Request) -> Result<Response, Response> {
     let id = agent.resolve_alloc(prefix).map_err(agent_err)?;
     agent.stop_alloc(&id).map_err(agent_err)?;
-    Ok(Response::json(202, &json!({ "id": id, "desired": "stop" })))
+    let wait = match req.query.get("wait").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(other) => {
+            return Err(Response::error(
+                400,
+                format!("wait: expected true or false, got {other:?}"),
+            ))
+        }
+    };
+    if !wait {
+        return Ok(Response::json(202, &json!({ "id": id, "desired": "stop" })));
+    }
+    let tasks = agent
+        .wait_dead(&id, agent.stop_patience(&id))
+        .await
+        .map_err(agent_err)?;
+    let (a, _) = agent.alloc(&id).map_err(agent_err)?;
+    Ok(Response::json(200, &alloc_json(&a, &tasks, agent, false)))
 }
 
 /// A signal by name ("SIGHUP", "HUP", "hup") or number.

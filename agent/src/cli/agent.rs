@@ -67,6 +67,7 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
             reattached = report.reattached,
             exited = report.exited,
             lost = report.lost,
+            unreachable = report.unreachable,
             started = report.started,
             unreadable = report.unreadable,
             millis = report.millis,

@@ -98,10 +98,13 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         offset: u64,
     },
-    /// Stop an allocation's tasks.
+    /// Stop an allocation's tasks and wait until they are dead.
     Stop {
         /// Allocation id or unique prefix.
         alloc: String,
+        /// Return once the stop is asked for, without waiting for the tasks to end.
+        #[arg(long, short = 'd')]
+        detach: bool,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -249,9 +252,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         } => runtime()?.block_on(logs::run(
             &client, &alloc, &task, follow, stderr, offset, &mut out,
         )),
-        Command::Stop { alloc, json } => {
-            runtime()?.block_on(stop::run(&client, &alloc, json, &mut out))
-        }
+        Command::Stop {
+            alloc,
+            detach,
+            json,
+        } => runtime()?.block_on(stop::run(&client, &alloc, detach, json, &mut out)),
         Command::Signal {
             alloc,
             task,

@@ -368,7 +368,7 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
         })
         .collect();
 
-    let outcome = watch_task(&socket, token, task, &ctx.alloc, &mut stop).await;
+    let outcome = watch_task(&socket, token, task, &ctx.alloc, &leftovers, &mut stop).await;
     if matches!(outcome, Outcome::Lost(_)) {
         // No supervisor and no exit file: whatever is left of the run would be
         // an orphan nobody waits for, logs or stops.
@@ -395,11 +395,12 @@ async fn watch_task(
     token: Token,
     task: &Task,
     alloc: &AllocDir,
+    run: &crate::ident::Leftovers,
     stop: &mut watch::Receiver<bool>,
 ) -> Outcome {
-    let mut waiter = match Client::connect(socket, token).await {
+    let mut waiter = match crate::spawn::retry::connect_once(socket, token).await {
         Ok(c) => c,
-        Err(e) => return from_exit_file(alloc, &task.name, &e.to_string()).await,
+        Err(e) => return from_exit_file(alloc, &task.name, &e).await,
     };
     let wait = waiter.wait();
     tokio::pin!(wait);
@@ -416,13 +417,21 @@ async fn watch_task(
                     signal: task.kill_signal,
                     grace_ms: u64::try_from(task.kill_timeout.as_millis()).unwrap_or(u64::MAX),
                 };
-                match Client::connect(socket, token).await {
-                    Ok(mut c) => {
-                        if let Err(e) = c.command(req).await {
-                            say(&format!("{}: stop: {e}", task.name));
+                // Retried until tend-spawn takes it; one that has not by the
+                // end of kill_timeout leaves the kill to us: Ctrl-C always
+                // ends the tasks.
+                let until = std::time::Instant::now()
+                    + task.kill_timeout.max(crate::spawn::retry::ATTEMPT_TIMEOUT);
+                let r = crate::spawn::retry::request_until(socket, token, req, run.daemon, until).await;
+                if let Err(e) = r {
+                    say(&format!("{}: stop: {e}", task.name));
+                    if matches!(e, crate::spawn::retry::RetryError::Unanswered(_)) {
+                        let task_only = crate::ident::Leftovers { task: run.task, ..Default::default() };
+                        say(&format!("{}: killing the task (SIGKILL)", task.name));
+                        for problem in task_only.kill() {
+                            say(&problem);
                         }
                     }
-                    Err(e) => say(&format!("{}: stop: {e}", task.name)),
                 }
             }
         }

@@ -23,6 +23,27 @@ fn exit_words(t: &Value) -> String {
     if t["lost"].as_bool() == Some(true) {
         return "lost".into();
     }
+    if t["stopped"].as_bool() == Some(true) {
+        let how = exit_code_words(t);
+        return if how == "-" {
+            "stopped".into()
+        } else {
+            format!("stopped ({how})")
+        };
+    }
+    exit_code_words(t)
+}
+
+/// A task's state, with what a person must know beside it.
+fn state_words(t: &Value) -> String {
+    match t["unreachable"].as_str() {
+        Some(_) => format!("{} (tend-spawn unreachable)", s(&t["state"])),
+        None => s(&t["state"]),
+    }
+}
+
+/// The code or signal of a task's last exit.
+fn exit_code_words(t: &Value) -> String {
     let e = &t["exit"];
     if e.is_null() {
         return "-".into();
@@ -115,7 +136,7 @@ pub async fn run(
                 rows.push(vec![
                     s(&t["name"]),
                     s(&t["driver"]),
-                    s(&t["state"]),
+                    state_words(t),
                     s(&t["run"]),
                     s(&t["restarts"]),
                     s(&t["pid"]),
@@ -125,6 +146,15 @@ pub async fn run(
                 ]);
             }
             write!(out, "{}", table(&rows))?;
+            for t in &tasks {
+                if let Some(why) = t["unreachable"].as_str() {
+                    writeln!(
+                        out,
+                        "\n{}: its tend-spawn lives but does not answer ({why}); the agent keeps trying",
+                        s(&t["name"])
+                    )?;
+                }
+            }
             for t in &tasks {
                 writeln!(out, "\nRecent events of {}:", s(&t["name"]))?;
                 let mut rows = vec![vec!["TIME".to_string(), "KIND".into(), "MESSAGE".into()]];

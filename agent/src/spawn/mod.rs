@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod launch;
+pub mod retry;
 
 pub use client::{Client, ClientError};
 pub use launch::{launch, LaunchError};
