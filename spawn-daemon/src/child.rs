@@ -15,8 +15,8 @@
 //!
 //! 1. `setpgid(0, 0)`: the task leads its own process group.
 //! 2. wait on the sync pipe: the parent places the child in the task's cgroup
-//!    meanwhile, then says go.
-//! 2b. `oom_score_adj` back to what the daemon started with (never below 0).
+//!    meanwhile, then says go; then `oom_score_adj` back to what the daemon
+//!    started with (never below 0).
 //! 3. mount namespace, the planned mounts and chroot (isolation with a root) —
 //!    see [`crate::chroot`]: the alloc-dir sources are opened beneath the alloc
 //!    dir with openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, a tmpfs is mounted

@@ -48,6 +48,9 @@ pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 pub const KILL_LIMIT: Duration = Duration::from_secs(2);
 /// Between two rounds of killing what is left of the task.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
+/// How long a sweep waits for the init of the task's pid namespace to die,
+/// once the task itself is reaped (see `Daemon::kill_ns_init`).
+pub const INIT_DEATH_WAIT: Duration = Duration::from_millis(20);
 /// Size of the one read buffer shared by pipes and clients.
 const READ_BUF: usize = 16 * 1024;
 
@@ -518,6 +521,7 @@ impl Daemon {
         self.note_reaped(&reaper::reap_all());
         // This round covers the main process's end, if it came now.
         self.main_just_ended();
+        self.kill_ns_init();
         let in_cgroup = match self.cgroup.as_ref().filter(|g| !g.removed) {
             Some(g) => g.cg.kill_once().unwrap_or_else(|e| {
                 warn!(error = %e, "killing the task's cgroup");
@@ -525,10 +529,6 @@ impl Daemon {
             }),
             None => false,
         };
-        if let Some(init) = &self.init {
-            // The whole pid namespace, whatever the cgroup says.
-            let _ = sys::pidfd_send_signal(init.pidfd.as_fd(), libc::SIGKILL);
-        }
         let descendants = reaper::sigkill_descendants(self.helper);
         let now = Instant::now();
         if !in_cgroup && descendants == 0 {
@@ -541,6 +541,28 @@ impl Daemon {
             self.sweep_at = None;
         } else {
             self.sweep_at = Some(now + SWEEP_INTERVAL);
+        }
+    }
+
+    /// SIGKILL the init of the task's pid namespace through its pidfd: its
+    /// death takes every process of the namespace with it. Once the task is
+    /// reaped that takes microseconds (the init's exit waits for every pid of
+    /// the namespace to be released, the task's among them, so never wait for
+    /// it before): wait for it here, [`INIT_DEATH_WAIT`] at most, and reap
+    /// it, so the cgroup is found empty this round rather than killed
+    /// (frozen, on v1) and looked at again a round later.
+    fn kill_ns_init(&mut self) {
+        let Some(init) = &self.init else {
+            return;
+        };
+        let _ = sys::pidfd_send_signal(init.pidfd.as_fd(), libc::SIGKILL);
+        if self.ended.is_none() {
+            return;
+        }
+        let mut fds = [PollFd::new(init.pidfd.as_fd(), PollFlags::POLLIN)];
+        let wait = PollTimeout::try_from(INIT_DEATH_WAIT).unwrap_or(PollTimeout::ZERO);
+        if matches!(poll(&mut fds, wait), Ok(n) if n > 0) {
+            self.note_reaped(&reaper::reap_all());
         }
     }
 

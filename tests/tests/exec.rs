@@ -1063,7 +1063,6 @@ fn an_exec_task_sees_kills_and_reads_only_its_own_pid_namespace() {
 /// the daemon and check that nothing of it is left (see [`finish`]).
 fn stop_and_finish(sb: &Sandbox, cfg: &SpawnConfig, daemon_pid: i32, signal: i32) -> ExitStatus {
     let mut c = Client::connect(cfg);
-    assert_eq!(c.request(Request::Wait), Response::Ok);
     let stop = Request::Stop {
         signal,
         grace_ms: 2000,
@@ -1246,9 +1245,12 @@ fn an_agent_runs_root_exec_tasks_only_where_its_config_allows_root() {
         agent.cli(&["run", "--json", path.to_str().unwrap()])
     };
 
+    // A cgroup parent of this test's own: tests of `tend run` watch "tend".
+    let parent = CgroupParent::new();
+    let cgroup_parent = format!("cgroup_parent = \"{}\"\n", parent.name);
     let sb = Sandbox::new();
     fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
-    let agent = tend_tests::AgentProc::start(&sb);
+    let agent = tend_tests::AgentProc::start_with_config(&sb, &cgroup_parent);
     let o = submit(&agent, &sb);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -1268,7 +1270,7 @@ fn an_agent_runs_root_exec_tasks_only_where_its_config_allows_root() {
     fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
     let agent = tend_tests::AgentProc::start_with_config(
         &sb,
-        "plugin \"exec\" {\n  allow_root = true\n}\n",
+        &format!("{cgroup_parent}plugin \"exec\" {{\n  allow_root = true\n}}\n"),
     );
     let o = submit(&agent, &sb);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
