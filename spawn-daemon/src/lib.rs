@@ -110,6 +110,13 @@ pub fn run() -> i32 {
         eprintln!("tend-spawn: {}", UsageError::Terminal);
         return EXIT_USAGE;
     }
+    // Whatever signal state the parent left (SIGCHLD ignored would reap the
+    // task behind the daemon's back, SIGTERM ignored would never reach it):
+    // gone, before any fork. The daemon sets its own below.
+    if let Err(e) = sys::reset_signals() {
+        eprintln!("tend-spawn: resetting the signal mask: {e}");
+        return EXIT_FAILED;
+    }
     let setuid_mode = setuid::is_setuid();
     if !setuid_mode {
         // Setuid mode did its own, stricter, first thing in main.

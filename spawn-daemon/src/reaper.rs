@@ -3,9 +3,9 @@
 //! everything left of it is killed.
 
 use std::collections::HashSet;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::sys;
@@ -99,15 +99,35 @@ fn scan_ppids() -> Vec<(Pid, Pid)> {
         .collect()
 }
 
+/// SIGKILL through pidfds each of `pids` that is still a descendant of the
+/// daemon once its pidfd is open, never a bare pid: a pid that ended and was
+/// reused by a stranger between the listing and the pidfd is not one of them
+/// on the second look, and a pidfd open before the second look names the
+/// process that look saw. Returns how many were signalled.
+fn sigkill_still_descendants(me: Pid, pids: &[Pid]) -> usize {
+    let opened: Vec<(Pid, std::os::fd::OwnedFd)> = pids
+        .iter()
+        .filter_map(|p| sys::pidfd_open(*p).ok().map(|fd| (*p, fd)))
+        .collect();
+    if opened.is_empty() {
+        return 0;
+    }
+    let still: HashSet<Pid> = descendants(me).into_iter().collect();
+    opened
+        .iter()
+        .filter(|(p, _)| still.contains(p))
+        .filter(|(_, fd)| sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL).is_ok())
+        .count()
+}
+
 /// One round: SIGKILL every descendant of the daemon but `spare` (setuid
 /// mode's cleanup helper), without waiting. Returns how many there were (the
 /// poll loop comes back until none is left).
 pub fn sigkill_descendants(spare: Option<Pid>) -> usize {
-    let mut left = descendants(nix::unistd::getpid());
+    let me = nix::unistd::getpid();
+    let mut left = descendants(me);
     left.retain(|p| Some(*p) != spare);
-    for p in &left {
-        let _ = kill(*p, Signal::SIGKILL);
-    }
+    sigkill_still_descendants(me, &left);
     left.len()
 }
 
@@ -124,9 +144,7 @@ pub fn kill_descendants(limit: Duration) -> Vec<Reaped> {
         if left.is_empty() || Instant::now() >= deadline {
             return reaped;
         }
-        for p in &left {
-            let _ = kill(*p, Signal::SIGKILL);
-        }
+        sigkill_still_descendants(me, &left);
         std::thread::sleep(Duration::from_millis(2));
     }
 }

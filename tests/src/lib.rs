@@ -275,10 +275,31 @@ impl Sandbox {
 
     /// Exec tend-spawn with `input` as its whole stdin and read the start report.
     pub fn start_raw(&self, input: &[u8]) -> Spawned {
+        self.start_through(&[], input)
+    }
+
+    /// [`Sandbox::start`] through a wrapper: `wrapper[0]` is run with the
+    /// rest of `wrapper` then tend-spawn's path as its arguments, and must
+    /// exec it (`env --ignore-signal=CHLD`, `sh -c '...; exec "$0"'`): how a
+    /// parent that leaves odd process state behind starts tend-spawn.
+    pub fn start_wrapped(&self, cfg: &SpawnConfig, wrapper: &[&str]) -> Spawned {
+        let bytes = frame::encode(cfg).expect("encode config");
+        self.start_through(wrapper, &bytes)
+    }
+
+    fn start_through(&self, wrapper: &[&str], input: &[u8]) -> Spawned {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let stderr_path = self.data.path().join(format!("spawn-{n}.stderr"));
         let stderr = fs::File::create(&stderr_path).expect("stderr file");
-        let mut child = Command::new(spawn_bin())
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(spawn_bin()),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(spawn_bin());
+                c
+            }
+        };
+        let mut child = cmd
             .env_clear()
             .current_dir(self.data.path())
             .stdin(Stdio::piped())

@@ -991,6 +991,12 @@ fn tend_run_refuses_bad_exec_tasks_naming_the_field_and_starts_nothing() {
             "chroot_env",
             "/nonexistent-tend-src",
         ),
+        // Root only where the agent config allows it; `tend run` has none.
+        (
+            "      user = \"root\"\n      config {\n        command = \"/bin/true\"\n      }",
+            "user",
+            "plugin \"exec\" { allow_root = true }",
+        ),
     ];
     for (body, field, detail) in cases {
         let sb = Sandbox::new();
@@ -1080,4 +1086,311 @@ fn a_setuid_file_a_root_exec_task_leaves_in_alloc_is_out_of_other_users_reach() 
     assert!(other.run("/usr/bin/stat", &[&suid]).is_err());
     let ran = other.run(suid.to_str().unwrap(), &["-u"]);
     assert!(ran.is_err(), "{} ran the setuid copy: {ran:?}", other.name);
+}
+
+/// The lines of the task's own mountinfo (printed by it) whose mount point is `point`.
+fn mount_line<'a>(mountinfo: &'a str, point: &str) -> Option<&'a str> {
+    mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(point))
+}
+
+/// The per-mount options (field 6) and the super options (last field) of a
+/// mountinfo line, as sets.
+fn mount_options(line: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let set = |f: &str| f.split(',').map(str::to_string).collect();
+    (set(fields[5]), set(fields.last().unwrap()))
+}
+
+fn has_all(set: &BTreeSet<String>, want: &[&str]) -> bool {
+    want.iter().all(|w| set.contains(*w))
+}
+
+/// Each exec task has a pid namespace and a /proc of it: another alloc's
+/// task (the same user, nobody) is neither listed, nor signalled, nor read;
+/// the host sees the task under its host pid (which the exit file records).
+#[test]
+fn an_exec_task_sees_kills_and_reads_only_its_own_pid_namespace() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let (sb_a, sb) = (Sandbox::new(), Sandbox::new());
+    let a = exec_config(&sb_a, &parent, "a", "echo ready; exec sleep 300");
+    let (a_daemon, a_pid, _) = sb_a.start(&a).pids();
+    assert!(wait_until(LONG, || out(&a).contains("ready")));
+    // From the host: the task is pid 2 of its namespace, and tend-init, the
+    // daemon's other child, pid 1, in the task's user.
+    let status = fs::read_to_string(format!("/proc/{a_pid}/status")).unwrap();
+    assert_eq!(
+        status_field(&status, "NSpid"),
+        [a_pid.to_string(), "2".to_string()],
+        "{status}"
+    );
+    let kids = fs::read_to_string(format!("/proc/{a_daemon}/task/{a_daemon}/children")).unwrap();
+    let init: Vec<String> = kids
+        .split_whitespace()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tend-init")
+        })
+        .map(|p| fs::read_to_string(format!("/proc/{p}/status")).unwrap())
+        .collect();
+    assert_eq!(init.len(), 1, "children {kids}");
+    assert_eq!(status_field(&init[0], "NSpid")[1], "1", "{}", init[0]);
+    assert_eq!(status_field(&init[0], "Uid"), ["65534"; 4], "{}", init[0]);
+    let b = exec_config(
+        &sb,
+        &parent,
+        "b",
+        &format!(
+            "echo self=$$; ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '; echo; \
+             if kill -0 {a_pid} 2>/dev/null; then echo KILL-REACHED; else echo KILL-REFUSED; fi; \
+             if cat /proc/{a_pid}/environ >/dev/null 2>&1; then echo ENVIRON-READ; else echo ENVIRON-DENIED; fi"
+        ),
+    );
+    let (b_daemon, b_pid, _) = sb.start(&b).pids();
+    let mut c = Client::connect(&b);
+    let exit = finish(&sb, &b, b_daemon, &mut c);
+    let text = out(&b);
+    assert_eq!(exit.exit_code, Some(0), "{text}{}", err(&b));
+    assert_eq!(exit.pid, Some(b_pid));
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("self=2"), "{text}");
+    let listed: Vec<i32> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    // Itself and its own children (its init, non-dumpable, is hidden too):
+    // nothing of the host.
+    assert!(listed.contains(&2), "{text}");
+    assert!(listed.iter().all(|p| *p < 50), "host pids listed: {text}");
+    for want in ["KILL-REFUSED", "ENVIRON-DENIED"] {
+        assert!(text.lines().any(|l| l == want), "{want} missing: {text}");
+    }
+    assert!(pid_alive(a_pid), "task a was killed");
+    let exit = stop_and_finish(&sb_a, &a, a_daemon, 15);
+    assert_eq!((exit.signal, exit.pid), (Some(15), Some(a_pid)), "{exit:?}");
+}
+
+/// Stop the task with `signal` (2 s of grace), wait for its exit, release
+/// the daemon and check that nothing of it is left (see [`finish`]).
+fn stop_and_finish(sb: &Sandbox, cfg: &SpawnConfig, daemon_pid: i32, signal: i32) -> ExitStatus {
+    let mut c = Client::connect(cfg);
+    let stop = Request::Stop {
+        signal,
+        grace_ms: 2000,
+    };
+    assert_eq!(c.request(stop), Response::Ok);
+    finish(sb, cfg, daemon_pid, &mut c)
+}
+
+/// A root exec task (the agent allowed it) still cannot reach the kernel's
+/// knobs: /proc/sys and /proc/sysrq-trigger are read-only, /proc/kcore and
+/// the other masked files read empty, /proc/acpi and the masked dirs are empty.
+#[test]
+fn a_root_exec_task_cannot_write_kernel_knobs_or_read_masked_files() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    // The same value written back: harmless on a host where the write works.
+    let mut cfg = exec_config(
+        &sb,
+        &parent,
+        "t",
+        "v=$(cat /proc/sys/kernel/core_pattern); \
+         if printf '%s\\n' \"$v\" > /proc/sys/kernel/core_pattern; then echo CORE-WRITTEN; else echo CORE-REFUSED; fi; \
+         if printf '' > /proc/sysrq-trigger; then echo SYSRQ-WRITTEN; else echo SYSRQ-REFUSED; fi; \
+         echo timer_list=$(wc -c < /proc/timer_list); \
+         echo acpi=$(ls -A /proc/acpi 2>/dev/null | wc -l); \
+         grep -E ' /proc/(sys|sysrq-trigger|timer_list) ' /proc/self/mountinfo; \
+         grep -E '^(Uid|CapEff):' /proc/self/status",
+    );
+    cfg.isolation.as_mut().unwrap().user = "root".into();
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    let text = out(&cfg);
+    assert_eq!(exit.exit_code, Some(0), "{text}{}", err(&cfg));
+    assert_eq!(status_field(&text, "Uid"), ["0"; 4], "{text}");
+    assert_eq!(
+        status_field(&text, "CapEff"),
+        ["0000000000000000"],
+        "{text}"
+    );
+    // timer_list is root's to read (0400): unmasked, root reads kilobytes.
+    for want in ["CORE-REFUSED", "SYSRQ-REFUSED", "timer_list=0", "acpi=0"] {
+        assert!(text.lines().any(|l| l == want), "{want} missing: {text}");
+    }
+    let line = mount_line(&text, "/proc/sys").unwrap_or_else(|| panic!("{text}"));
+    assert!(mount_options(line).0.contains("ro"), "{line}");
+    if Path::new("/proc/sysrq-trigger").exists() {
+        let line = mount_line(&text, "/proc/sysrq-trigger").unwrap_or_else(|| panic!("{text}"));
+        assert!(mount_options(line).0.contains("ro"), "{line}");
+    }
+    assert!(mount_line(&text, "/proc/timer_list").is_some(), "{text}");
+    assert!(err(&cfg).contains("Read-only file system"), "{}", err(&cfg));
+}
+
+/// A tmpfs unmounted on drop (lazily: a task may still hold it).
+struct TestMount(PathBuf);
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// chroot_env binds are read-only all the way down (a mount beneath a bound
+/// dir too), and the writable binds, /alloc and /local, are nosuid,nodev.
+#[test]
+fn chroot_env_is_read_only_beneath_too_and_writable_binds_are_nosuid_nodev() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    // Outside the sandbox: its dirs must show no mount on the host.
+    let env = tempfile::Builder::new()
+        .prefix("tend-env-")
+        .tempdir()
+        .unwrap();
+    let env_dir = env.path().to_path_buf();
+    fs::set_permissions(&env_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let sub = env_dir.join("sub");
+    fs::create_dir_all(&sub).unwrap();
+    nix::mount::mount(
+        Some("tendenv"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0777,size=1m"),
+    )
+    .unwrap();
+    let _mounted = TestMount(sub.clone());
+    let mut cfg = sb.config(
+        "t",
+        "/bin/sh",
+        &[
+            "-c",
+            "if touch /extra/sub/f 2>/dev/null; then echo SUB-RW; else echo SUB-RO; fi; \
+             cat /proc/self/mountinfo",
+        ],
+    );
+    let mut binds = default_binds();
+    binds.push(Bind {
+        source: env_dir.to_str().unwrap().into(),
+        target: "/extra".into(),
+    });
+    make_exec(&mut cfg, &parent, binds);
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    let text = out(&cfg);
+    assert_eq!(exit.exit_code, Some(0), "{text}{}", err(&cfg));
+    assert!(text.starts_with("SUB-RO\n"), "{text}");
+    assert!(!sub.join("f").exists());
+    let sub_line = mount_line(&text, "/extra/sub").unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        has_all(&mount_options(sub_line).0, &["ro", "nosuid", "nodev"]),
+        "{sub_line}"
+    );
+    for point in ["/alloc", "/local"] {
+        let line = mount_line(&text, point).unwrap_or_else(|| panic!("{point}: {text}"));
+        assert!(
+            has_all(&mount_options(line).0, &["rw", "nosuid", "nodev"]),
+            "{line}"
+        );
+    }
+}
+
+/// Each exec task has a /tmp of its own: a tmpfs, 1777, nosuid,nodev, a
+/// quarter of its memory limit (64 MB here: 16 MiB), TMPDIR=/tmp; what one
+/// task writes there another task (another alloc) does not see.
+#[test]
+fn each_exec_task_has_a_private_bounded_tmp() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let (sb_a, sb) = (Sandbox::new(), Sandbox::new());
+    let a = exec_config(
+        &sb_a,
+        &parent,
+        "a",
+        "echo secret > /tmp/x && echo WROTE; echo TMPDIR=$TMPDIR; \
+         if dd if=/dev/zero of=/tmp/big bs=1M count=20 2>/dev/null; then echo BIG-FIT; else echo BIG-REFUSED; fi; \
+         rm -f /tmp/big; grep ' /tmp ' /proc/self/mountinfo; stat -c %a /tmp; echo done; exec sleep 300",
+    );
+    let (a_daemon, _, _) = sb_a.start(&a).pids();
+    assert!(wait_until(LONG, || out(&a).contains("done")), "{}", out(&a));
+    let b = exec_config(
+        &sb,
+        &parent,
+        "b",
+        "if [ -e /tmp/x ]; then echo SEES-X; else echo NO-X; fi; echo entries=$(ls -A /tmp | wc -l)",
+    );
+    let (b_daemon, _, _) = sb.start(&b).pids();
+    let mut c = Client::connect(&b);
+    let exit = finish(&sb, &b, b_daemon, &mut c);
+    assert_eq!(exit.exit_code, Some(0), "{}{}", out(&b), err(&b));
+    assert_eq!(out(&b), "NO-X\nentries=0\n");
+
+    let text = out(&a);
+    for want in ["WROTE", "TMPDIR=/tmp", "BIG-REFUSED", "1777"] {
+        assert!(text.lines().any(|l| l == want), "{want} missing: {text}");
+    }
+    let line = mount_line(&text, "/tmp").unwrap_or_else(|| panic!("{text}"));
+    let (per_mount, fs_opts) = mount_options(line);
+    assert!(line.contains(" - tmpfs "), "{line}");
+    assert!(has_all(&per_mount, &["rw", "nosuid", "nodev"]), "{line}");
+    assert!(fs_opts.contains("size=16384k"), "{line}");
+    stop_and_finish(&sb_a, &a, a_daemon, 9);
+}
+
+/// `user = "root"` in an exec task is refused at submit by an agent whose
+/// config does not allow it (naming the option), and runs, still unable to
+/// write the kernel's knobs, where `plugin "exec" { allow_root = true }`.
+#[test]
+fn an_agent_runs_root_exec_tasks_only_where_its_config_allows_root() {
+    require_root!();
+    let job = exec_job(
+        "      user = \"root\"\n      config {\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"id -u; v=$(cat /proc/sys/kernel/core_pattern); if printf '%s\\\\n' \\\"$v\\\" > /proc/sys/kernel/core_pattern; then echo CORE-WRITTEN; else echo CORE-REFUSED; fi\"]\n      }\n      resources {\n        memory = 32\n      }",
+    );
+    let submit = |agent: &tend_tests::AgentProc, sb: &Sandbox| {
+        let path = sb.scratch_dir().join("root.hcl");
+        fs::write(&path, &job).unwrap();
+        agent.cli(&["run", "--json", path.to_str().unwrap()])
+    };
+
+    // A cgroup parent of this test's own: tests of `tend run` watch "tend".
+    let parent = CgroupParent::new();
+    let cgroup_parent = format!("cgroup_parent = \"{}\"\n", parent.name);
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = tend_tests::AgentProc::start_with_config(&sb, &cgroup_parent);
+    let o = submit(&agent, &sb);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        stderr.contains("task t: user:")
+            && stderr.contains("plugin \"exec\" { allow_root = true }"),
+        "{stderr}"
+    );
+    assert!(sb.alloc_dirs().is_empty(), "{:?}", sb.alloc_dirs());
+    drop(agent);
+
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = tend_tests::AgentProc::start_with_config(
+        &sb,
+        &format!("{cgroup_parent}plugin \"exec\" {{\n  allow_root = true\n}}\n"),
+    );
+    let o = submit(&agent, &sb);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let alloc = sb.find_alloc_dir();
+    let exit = tend_tests::wait_alloc_exit(&alloc, "t", LONG);
+    let log = fs::read_to_string(tend_tests::alloc_log_path(&alloc, "t", "stdout")).unwrap();
+    assert_eq!(exit.exit_code, Some(0), "{log}");
+    assert_eq!(log, "0\nCORE-REFUSED\n");
 }

@@ -119,8 +119,12 @@ pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
         }
         return Ok(());
     }
-    driver::check_task(task, &inner.settings.chroot_env)
-        .map_err(|e| AgentError::Invalid(e.to_string()))
+    driver::check_task(
+        task,
+        &inner.settings.chroot_env,
+        inner.settings.config.exec_allows_root(),
+    )
+    .map_err(|e| AgentError::Invalid(e.to_string()))
 }
 
 /// Create the allocation's dirs and hand its tasks what they need.
@@ -455,6 +459,7 @@ async fn start_run(
         token,
         chroot_env: &inner.settings.chroot_env,
         cgroup_parent: &inner.settings.cgroup_parent,
+        allow_root: inner.settings.config.exec_allows_root(),
     }) {
         Ok(mut c) => {
             c.linger_ms = u64::try_from(inner.settings.linger.as_millis()).unwrap_or(u64::MAX);

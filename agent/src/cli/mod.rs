@@ -129,6 +129,10 @@ pub enum Command {
     Validate {
         /// The job file.
         file: PathBuf,
+        /// The agent config (HCL) to check the job against [default: the
+        /// embedded defaults, as `tend agent` without --config]
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Job file helpers.
     Job {
@@ -280,7 +284,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             signal,
             json,
         } => runtime()?.block_on(signal::run(&client, &alloc, &task, &signal, json, &mut out)),
-        Command::Validate { file } => Ok(validate::run_validate(&file, &mut out)),
+        Command::Validate { file, config } => {
+            let config = config
+                .as_deref()
+                .map(crate::agent::config::AgentConfig::load)
+                .transpose()?;
+            Ok(validate::run_validate(&file, config.as_ref(), &mut out))
+        }
         Command::Job {
             command: JobCommand::Init { file },
         } => {

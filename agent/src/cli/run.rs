@@ -316,6 +316,8 @@ fn prepare(ctx: &TaskCtx) -> Result<SpawnConfig, driver::DriverError> {
         token: Token(paths::random_bytes::<32>()),
         chroot_env: &ctx.chroot_env,
         cgroup_parent: CGROUP_PARENT,
+        // The foreground run has no agent config: the embedded defaults.
+        allow_root: false,
     })
 }
 
