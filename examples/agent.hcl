@@ -16,6 +16,12 @@ plugin "raw_exec" {
   enabled = true
 }
 
+# An exec task runs as nobody by default; user = "root" is refused at submit
+# unless allowed here (root in its root still owns every file bound in).
+plugin "exec" {
+  allow_root = false
+}
+
 # What a docker task may ask of the host; each is refused at submit unless
 # allowed here.
 plugin "docker" {

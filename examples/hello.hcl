@@ -1,5 +1,5 @@
 # A first job: runs without isolation, prints a line and exits 3.
-# Run it with: cargo run --release --bin tend -- run examples/hello.hcl
+# Run it with: cargo build --release && target/release/tend run examples/hello.hcl
 job "hello" {
   group "g" {
     task "greet" {

@@ -157,6 +157,9 @@ pub struct Leftovers {
     /// `TEND_ALLOC_ID` and `TEND_TASK_NAME` of it is the run's. For a run whose
     /// tend-spawn died before its start report, nothing else names the task.
     pub env: Option<(String, String)>,
+    /// The run's tend-spawn socket: removed once nothing can be listening on
+    /// it (see [`remove_dead_socket`]).
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// Every process (but this one) whose environment holds `TEND_ALLOC_ID=alloc_id`
@@ -192,8 +195,8 @@ impl Leftovers {
     /// SIGKILL the daemon if it still is ours, the task's process group if the
     /// task still is ours (tend-spawn makes it a group leader), and everything in
     /// its cgroup, which is then removed (by root; a non-root agent in setuid
-    /// mode only kills, and says so). Returns what could not be done, one line
-    /// each, for the caller to report.
+    /// mode only kills, and says so); then the dead daemon's socket file goes.
+    /// Returns what could not be done, one line each, for the caller to report.
     pub fn kill(&self) -> Vec<String> {
         let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
         let mut problems = Vec::new();
@@ -251,7 +254,48 @@ impl Leftovers {
                 Err(e) => problems.push(format!("cannot open cgroup {path}: {e}")),
             }
         }
+        if let Some(socket) = &self.socket {
+            if let Err(problem) = remove_dead_socket(socket, self.daemon.as_ref()) {
+                problems.push(problem);
+            }
+        }
         problems
+    }
+}
+
+/// Remove the socket file of a tend-spawn that is gone, only when sure: its
+/// daemon (when known) is dead, and a connect is refused (nothing listens on
+/// it). A socket someone still answers on stays.
+pub fn remove_dead_socket(socket: &std::path::Path, daemon: Option<&ProcId>) -> Result<(), String> {
+    // A SIGKILLed daemon is gone within moments; one that is not stays ours.
+    for _ in 0..100 {
+        if !daemon.is_some_and(ProcId::alive) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if daemon.is_some_and(ProcId::alive) {
+        return Err(format!(
+            "tend-spawn (pid {}) still lives: its socket {} stays",
+            daemon.map_or(0, |d| d.pid),
+            socket.display()
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot check socket {}: {e}", socket.display())),
+        Ok(_) => {
+            return Err(format!(
+                "socket {} still answers: it stays",
+                socket.display()
+            ))
+        }
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove socket {}: {e}", socket.display())),
     }
 }
 

@@ -59,8 +59,19 @@ impl Dirs {
     /// `<data_dir>/allocs/<alloc_id>`.
     pub fn alloc(&self, alloc_id: &str) -> AllocDir {
         AllocDir {
-            root: self.data_dir.join("allocs").join(alloc_id),
+            root: self.allocs_dir().join(alloc_id),
         }
+    }
+
+    /// `<data_dir>/allocs`: 0700, the agent's (see [`AllocDir::create`]).
+    pub fn allocs_dir(&self) -> PathBuf {
+        self.data_dir.join("allocs")
+    }
+
+    /// `<run_dir>/binds`: 0700, where the docker driver mounts the sources of a
+    /// container's binds of the alloc dir for the engine, while it starts.
+    pub fn binds_dir(&self) -> PathBuf {
+        self.run_dir.join("binds")
     }
 
     /// `<data_dir>/state`.
@@ -94,7 +105,7 @@ pub struct AllocDir {
 impl AllocDir {
     /// `alloc/`: shared by the tasks of the allocation.
     pub fn shared(&self) -> PathBuf {
-        self.root.join("alloc")
+        self.root.join(names::SHARED_DIR)
     }
     /// `<task>/`: the task's root (its chroot under exec).
     pub fn task_root(&self, task: &str) -> PathBuf {
@@ -121,13 +132,22 @@ impl AllocDir {
         self.root.join(names::exit_status_file_of_run(task, run))
     }
 
-    /// Create the allocation's dirs for `tasks`: the root and `logs/` 0755 (logs are
-    /// written by tend-spawn only), `alloc/`, each `<task>/` and `<task>/local/`.
+    /// Create the allocation's dirs for `tasks`. `<data_dir>/allocs/` and the
+    /// alloc root are 0700 and the agent's own (made so, also when they exist):
+    /// no other host user reaches anything below, whatever a task or a
+    /// container leaves there (setuid files, device nodes, world-writable
+    /// dirs). Below them, `logs/` and `alloc/` 0755, each `<task>/` and
+    /// `<task>/local/` 0755: tasks reach theirs through binds made by root,
+    /// never through this chain.
     pub fn create(&self, tasks: &[&str]) -> std::io::Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Some(allocs) = self.root.parent() {
+            ensure_private_dir(allocs)?;
+        }
         let mut b = std::fs::DirBuilder::new();
         b.recursive(true).mode(0o755);
         b.create(&self.root)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))?;
         b.create(self.logs())?;
         b.create(self.shared())?;
         for t in tasks {

@@ -392,7 +392,10 @@ impl StateStore {
     }
 
     /// Every allocation with its tasks. A file that cannot be read is reported
-    /// and skipped, so one bad file never hides the others.
+    /// and skipped, so one bad file never hides the others. Called once, as
+    /// the agent starts and before it writes anything: the temp files an
+    /// agent killed mid-write left in the alloc dirs go (see
+    /// [`stale_temp_writer_alive`]).
     pub fn load(&self) -> Result<Loaded, StateError> {
         let mut out = Vec::new();
         let mut errors = Vec::new();
@@ -407,6 +410,16 @@ impl StateStore {
             .collect();
         dirs.sort();
         for d in dirs {
+            match atomic::remove_stale_temps(&d, stale_temp_writer_alive) {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!(dir = %d.display(), ?removed, "removed temp files of a writer that is gone");
+                }
+                Ok(_) => {}
+                Err(source) => errors.push(StateError::Write {
+                    path: d.clone(),
+                    source,
+                }),
+            }
             let alloc_path = d.join("alloc.json");
             let alloc: AllocRecord = match read_json(&alloc_path) {
                 Ok(v) => match serde_json::from_value(v) {
@@ -456,6 +469,17 @@ impl StateStore {
         }
         Ok((out, errors))
     }
+}
+
+/// Whether the writer of a temp file in the store may still be writing it:
+/// its pid lives, and is not this agent's own (the store is loaded before this
+/// agent writes anything, so a temp bearing its pid is an earlier process's
+/// that had the same pid, as an agent that is pid 1 of a container always has).
+fn stale_temp_writer_alive(pid: i32) -> bool {
+    let own = i32::try_from(std::process::id()).unwrap_or(0);
+    pid != own
+        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            != Err(nix::errno::Errno::ESRCH)
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, StateError> {

@@ -168,10 +168,9 @@ impl Client {
             Response::Ok => {}
             other => return Err(format!("Wait: expected Ok, got {other:?}")),
         }
-        match self.recv()? {
-            Response::Exited(e) => Ok(e),
-            other => Err(format!("expected Exited, got {other:?}")),
-        }
+        self.recv()?
+            .into_exit()
+            .map_err(|other| format!("expected Exited, got {other:?}"))
     }
 
     /// Release: the daemon may go.

@@ -7,8 +7,10 @@
 //! Where the file system has `O_TMPFILE`, the temp file has no name while it is
 //! written: a writer killed half-way leaves nothing behind, and a file that does
 //! not exist yet (an exit status file) is linked straight to its name. Only a
-//! replacement goes through a named temp file, for the two syscalls of link and
-//! rename.
+//! replacement goes through a named temp file, `.<name>.tmp-<pid>-<n>`, for the
+//! two syscalls of link and rename (no syscall links a file over another): a
+//! writer killed between them leaves that name, which its owner removes with
+//! [`remove_stale_temps`] when it starts again.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -152,8 +154,7 @@ fn write_at_inner(
         Err(Unnamed::Unsupported) => {}
         Err(Unnamed::Failed(e)) => return Err(e),
     }
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = format!(".{name}.tmp-{}-{n}", std::process::id());
+    let tmp = temp_name(name);
     let fd = openat(
         dir.as_fd(),
         tmp.as_str(),
@@ -188,6 +189,62 @@ fn write_at_inner(
         name: name.to_string(),
         unsynced: None,
     })
+}
+
+/// A fresh temp name for `name` in its dir: `.<name>.tmp-<pid>-<n>`.
+fn temp_name(name: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(".{name}.tmp-{}-{n}", std::process::id())
+}
+
+/// The pid of the writer that made `file_name`, when it is a temp name of
+/// this helper (`.<name>.tmp-<pid>-<n>`); None for any other name.
+pub fn temp_writer(file_name: &str) -> Option<i32> {
+    let rest = file_name.strip_prefix('.')?;
+    let (name, tail) = rest.rsplit_once(".tmp-")?;
+    let (pid, n) = tail.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if name.is_empty() || !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok().filter(|p| *p > 0)
+}
+
+/// Remove from `dir` the temp files of this helper whose writer is gone (a
+/// writer killed between the link and the rename of a replacement), for
+/// which `writer_alive` says false; the names removed. Files of other names,
+/// and temps of a live writer, stay.
+pub fn remove_stale_temps(
+    dir: &Path,
+    writer_alive: impl Fn(i32) -> bool,
+) -> Result<Vec<String>, AtomicError> {
+    let fd = open_dir(dir)?;
+    let read_err = |source: io::Error| AtomicError::OpenDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let name = entry.map_err(read_err)?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = temp_writer(name) else {
+            continue;
+        };
+        if writer_alive(pid) {
+            continue;
+        }
+        match unlinkat(fd.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => removed.push(name.to_string()),
+            Err(e) => {
+                return Err(AtomicError::Step {
+                    name: name.to_string(),
+                    step: "remove stale temp file",
+                    source: io_err(e),
+                })
+            }
+        }
+    }
+    Ok(removed)
 }
 
 enum Unnamed {
@@ -244,8 +301,7 @@ fn write_unnamed(
     match link(name) {
         Ok(()) => {}
         Err(Errno::EEXIST) => {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let tmp = format!(".{name}.tmp-{}-{n}", std::process::id());
+            let tmp = temp_name(name);
             match link(&tmp) {
                 Ok(()) => {}
                 Err(Errno::ENOENT) => return Err(Unnamed::Unsupported),
@@ -362,6 +418,52 @@ mod tests {
             write_at_deferred(&fd, "a/b", b"", 0o644),
             Err(AtomicError::BadName { .. })
         ));
+    }
+
+    #[test]
+    fn temp_names_carry_their_writer() {
+        let t = temp_name("t.json");
+        assert_eq!(
+            temp_writer(&t),
+            Some(i32::try_from(std::process::id()).unwrap())
+        );
+        assert_eq!(temp_writer(".t.json.tmp-13677-106"), Some(13677));
+        for other in [
+            "t.json",
+            ".t.json",
+            ".t.json.tmp-",
+            ".t.json.tmp-12",
+            ".t.json.tmp-x-1",
+            ".t.json.tmp-0-1",
+            ".t.json.tmp-1-2-3",
+            ".tmp-1-2",
+            "t.json.tmp-1-2",
+        ] {
+            assert_eq!(temp_writer(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn stale_temps_of_dead_writers_go_and_the_rest_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "t.json",
+            ".t.json.tmp-111-1",
+            ".t.json.tmp-222-7",
+            ".u.token.tmp-111-2",
+            "notes.tmp-111-1",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let mut removed = remove_stale_temps(dir.path(), |pid| pid == 222).unwrap();
+        removed.sort();
+        assert_eq!(removed, [".t.json.tmp-111-1", ".u.token.tmp-111-2"]);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".t.json.tmp-222-7", "notes.tmp-111-1", "t.json"]);
     }
 
     #[test]

@@ -36,12 +36,94 @@ pub struct ExitStatus {
     pub core_dumped: bool,
     /// Whether the kernel's OOM killer ended it (counter moved and SIGKILL).
     pub oom_killed: bool,
+    /// How many processes the kernel's OOM killer killed in the task's cgroup
+    /// during this run, the task or any process of it (0 in files written before
+    /// the field, and without a memory cgroup).
+    #[serde(default)]
+    pub oom_kills: u64,
     /// When it started (RFC 3339); null when it never started.
     pub started_at: Option<String>,
     /// When its end was seen (RFC 3339).
     pub finished_at: String,
     /// Why it never started, or what went wrong around it.
     pub error: Option<String>,
+}
+
+/// An exit as protocol version 1 carries it ([`crate::Response::Exited`],
+/// [`crate::msg::Status`]): the fields of the first exit status file. Frozen:
+/// the wire only grows, so a field added to [`ExitStatus`] travels beside it in
+/// a new variant ([`crate::Response::ExitedWithOomKills`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatusV1 {
+    /// [`ExitStatus::version`].
+    pub version: u32,
+    /// [`ExitStatus::alloc_id`].
+    pub alloc_id: String,
+    /// [`ExitStatus::task`].
+    pub task: String,
+    /// [`ExitStatus::run`].
+    pub run: u32,
+    /// [`ExitStatus::pid`].
+    pub pid: Option<i32>,
+    /// [`ExitStatus::wait_status`].
+    pub wait_status: Option<i32>,
+    /// [`ExitStatus::exit_code`].
+    pub exit_code: Option<i32>,
+    /// [`ExitStatus::signal`].
+    pub signal: Option<i32>,
+    /// [`ExitStatus::core_dumped`].
+    pub core_dumped: bool,
+    /// [`ExitStatus::oom_killed`].
+    pub oom_killed: bool,
+    /// [`ExitStatus::started_at`].
+    pub started_at: Option<String>,
+    /// [`ExitStatus::finished_at`].
+    pub finished_at: String,
+    /// [`ExitStatus::error`].
+    pub error: Option<String>,
+}
+
+impl From<&ExitStatus> for ExitStatusV1 {
+    fn from(e: &ExitStatus) -> ExitStatusV1 {
+        ExitStatusV1 {
+            version: e.version,
+            alloc_id: e.alloc_id.clone(),
+            task: e.task.clone(),
+            run: e.run,
+            pid: e.pid,
+            wait_status: e.wait_status,
+            exit_code: e.exit_code,
+            signal: e.signal,
+            core_dumped: e.core_dumped,
+            oom_killed: e.oom_killed,
+            started_at: e.started_at.clone(),
+            finished_at: e.finished_at.clone(),
+            error: e.error.clone(),
+        }
+    }
+}
+
+impl ExitStatusV1 {
+    /// The whole exit, with the OOM kill count that travelled beside it (0 from
+    /// a daemon that sends [`crate::Response::Exited`]: it did not count them).
+    pub fn with_oom_kills(self, oom_kills: u64) -> ExitStatus {
+        ExitStatus {
+            version: self.version,
+            alloc_id: self.alloc_id,
+            task: self.task,
+            run: self.run,
+            pid: self.pid,
+            wait_status: self.wait_status,
+            exit_code: self.exit_code,
+            signal: self.signal,
+            core_dumped: self.core_dumped,
+            oom_killed: self.oom_killed,
+            oom_kills,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            error: self.error,
+        }
+    }
 }
 
 /// Why an exit status file could not be read.
@@ -128,6 +210,7 @@ impl ExitStatus {
             signal: w.signal,
             core_dumped: w.core_dumped,
             oom_killed: false,
+            oom_kills: 0,
             started_at: Some(started_at),
             finished_at,
             error: None,
@@ -147,6 +230,7 @@ impl ExitStatus {
             signal: None,
             core_dumped: false,
             oom_killed: false,
+            oom_kills: 0,
             started_at: None,
             finished_at: crate::time::now(),
             error: Some(error),
@@ -280,6 +364,25 @@ mod tests {
         assert!(text.contains("\"signal\": 9"), "{text}");
         assert_eq!(ExitStatus::read(&path).unwrap(), s);
         assert_eq!(s.shell_code(), 137);
+    }
+
+    #[test]
+    fn a_file_from_before_oom_kills_reads_as_zero_kills() {
+        let s = ExitStatus::from_wait("a1", "t", 1, 42, 9, "s".into(), "f".into());
+        let mut v: serde_json::Value = serde_json::from_slice(&s.to_json()).unwrap();
+        v.as_object_mut().unwrap().remove("oom_kills").unwrap();
+        let old = serde_json::to_vec(&v).unwrap();
+        assert_eq!(ExitStatus::from_json(&old).unwrap(), s);
+    }
+
+    #[test]
+    fn the_v1_wire_form_round_trips_all_but_the_count() {
+        let mut s = ExitStatus::from_wait("a1", "t", 2, 42, 9, "s".into(), "f".into());
+        s.oom_killed = true;
+        s.oom_kills = 3;
+        let v1 = ExitStatusV1::from(&s);
+        assert_eq!(v1.clone().with_oom_kills(3), s);
+        assert_eq!(v1.with_oom_kills(0).oom_kills, 0);
     }
 
     #[test]

@@ -21,6 +21,6 @@ pub mod names;
 pub mod time;
 
 pub use config::SpawnConfig;
-pub use exit::ExitStatus;
+pub use exit::{ExitStatus, ExitStatusV1};
 pub use frame::{Frame, FrameDecoder, FrameError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use msg::{Hello, Instance, Request, Response, Stage, StartReport, Token};

@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::exit::ExitStatus;
+use crate::exit::ExitStatusV1;
 
 /// The per-task secret the agent puts in the spawn config and presents in [`Hello`].
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,8 +247,9 @@ pub struct Status {
     pub run: u32,
     /// When the task started (RFC 3339).
     pub started_at: String,
-    /// The exit, once there is one.
-    pub exit: Option<ExitStatus>,
+    /// The exit, once there is one (its OOM kill count comes only with
+    /// [`Response::ExitedWithOomKills`]).
+    pub exit: Option<ExitStatusV1>,
 }
 
 /// Answer to [`Request::Stats`].
@@ -288,8 +289,37 @@ pub enum Response {
     Ok,
     /// Answer to [`Request::Stats`].
     Stats(Stats),
-    /// Pushed after a [`Request::Wait`]: the task has ended.
-    Exited(ExitStatus),
+    /// Pushed after a [`Request::Wait`] by a daemon that predates
+    /// [`Response::ExitedWithOomKills`]: the task has ended.
+    Exited(ExitStatusV1),
     /// The request or the connection was refused; a fatal one is followed by close.
     Error(String),
+    /// Pushed after a [`Request::Wait`]: the task has ended, and the kernel's
+    /// OOM killer killed `oom_kills` processes in its cgroup during the run.
+    ExitedWithOomKills {
+        /// The exit.
+        exit: ExitStatusV1,
+        /// [`crate::ExitStatus::oom_kills`].
+        oom_kills: u64,
+    },
+}
+
+impl Response {
+    /// The exit of an [`Response::Exited`] or [`Response::ExitedWithOomKills`]
+    /// event, whole; any other response comes back as the error.
+    pub fn into_exit(self) -> Result<crate::ExitStatus, Box<Response>> {
+        match self {
+            Response::Exited(exit) => Ok(exit.with_oom_kills(0)),
+            Response::ExitedWithOomKills { exit, oom_kills } => Ok(exit.with_oom_kills(oom_kills)),
+            other => Err(Box::new(other)),
+        }
+    }
+
+    /// The event that carries `exit` whole to a waiting client.
+    pub fn exited(exit: &crate::ExitStatus) -> Response {
+        Response::ExitedWithOomKills {
+            exit: exit.into(),
+            oom_kills: exit.oom_kills,
+        }
+    }
 }

@@ -57,12 +57,22 @@ pub fn check_id(id: &str) -> Result<(), NameError> {
 
 /// Name of a task's exit status file inside its alloc dir.
 pub fn exit_status_file(task: &str) -> String {
-    format!("{task}_exit_status")
+    format!("{task}{EXIT_STATUS_SUFFIX}")
 }
+
+/// What follows the task's name in its exit status files.
+const EXIT_STATUS_SUFFIX: &str = "_exit_status";
+
+/// Name of the alloc's dir shared by its tasks, inside the alloc dir.
+pub const SHARED_DIR: &str = "alloc";
+
+/// What follows the task's name in the file where the copy of a container's
+/// logs keeps its cursor.
+pub const DOCKER_LOG_CURSOR_SUFFIX: &str = "_docker_log_cursor";
 
 /// Name an earlier run's exit status file is moved to.
 pub fn exit_status_file_of_run(task: &str, run: u32) -> String {
-    format!("{task}_exit_status.{run}")
+    format!("{task}{EXIT_STATUS_SUFFIX}.{run}")
 }
 
 /// Name of the alloc's log dir inside the alloc dir.
@@ -71,6 +81,29 @@ pub const LOG_DIR: &str = "logs";
 /// Name of the current log file of one stream (`stdout` or `stderr`).
 pub fn log_file(task: &str, stream: &str) -> String {
     format!("{task}.{stream}")
+}
+
+/// Why `task` cannot be a task's name: its dir (`<alloc_dir>/<task>`) would be,
+/// or would sit beside, one of tend's own entries of the alloc dir: `alloc/`,
+/// `logs/`, the exit status files, the docker log cursors, the temp names of
+/// atomic writes (a leading `.`). None when the name is free.
+pub fn reserved_in_alloc_dir(task: &str) -> Option<&'static str> {
+    if task == SHARED_DIR {
+        return Some("is the alloc's shared dir (alloc/)");
+    }
+    if task == LOG_DIR {
+        return Some("is the alloc's log dir (logs/)");
+    }
+    if task.starts_with('.') {
+        return Some("starts with '.', which tend keeps for its temp files");
+    }
+    if task.contains(EXIT_STATUS_SUFFIX) {
+        return Some("holds \"_exit_status\", which names tend's exit status files");
+    }
+    if task.contains(DOCKER_LOG_CURSOR_SUFFIX) {
+        return Some("holds \"_docker_log_cursor\", which names tend's log cursors");
+    }
+    None
 }
 
 /// Lowercase hex of `bytes`.
@@ -113,6 +146,32 @@ mod tests {
             Err(NameError::Separator(_))
         ));
         assert!(check_file_name(&"x".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn tend_s_own_names_in_the_alloc_dir_are_reserved() {
+        for name in [
+            "alloc",
+            "logs",
+            ".x",
+            "..hidden",
+            "web_exit_status",
+            "web_exit_status.3",
+            "web_docker_log_cursor",
+        ] {
+            assert!(reserved_in_alloc_dir(name).is_some(), "{name}");
+        }
+        for name in ["web", "alloc2", "my-logs", "exit_status", "web.x"] {
+            assert_eq!(reserved_in_alloc_dir(name), None, "{name}");
+        }
+        // Every name tend derives from a task's lands on a reserved one.
+        for derived in [
+            exit_status_file("t"),
+            exit_status_file_of_run("t", 2),
+            format!("t{DOCKER_LOG_CURSOR_SUFFIX}"),
+        ] {
+            assert!(reserved_in_alloc_dir(&derived).is_some(), "{derived}");
+        }
     }
 
     #[test]

@@ -11,7 +11,8 @@ use tend_proto::frame::{
     MIN_PROTOCOL_VERSION,
 };
 use tend_proto::{
-    ExitStatus, Hello, Request, Response, SpawnConfig, StartReport, Token, PROTOCOL_VERSION,
+    ExitStatus, ExitStatusV1, Hello, Request, Response, SpawnConfig, StartReport, Token,
+    PROTOCOL_VERSION,
 };
 
 fn config() -> ProptestConfig {
@@ -31,6 +32,7 @@ fn decode_as_everything(body: &[u8]) {
     let _ = decode_body::<StartReport>(body);
     let _ = decode_body::<SpawnConfig>(body);
     let _ = decode_body::<ExitStatus>(body);
+    let _ = decode_body::<ExitStatusV1>(body);
 }
 
 /// Push `bytes` into a decoder in chunks of the given sizes (cycled), taking every
@@ -127,6 +129,7 @@ fn exit_status() -> impl Strategy<Value = ExitStatus> {
         (
             any::<bool>(),
             any::<bool>(),
+            any::<u64>(),
             proptest::option::of(s()),
             s(),
             proptest::option::of(s()),
@@ -136,7 +139,7 @@ fn exit_status() -> impl Strategy<Value = ExitStatus> {
             |(
                 (version, alloc_id, task, run),
                 (pid, wait_status, exit_code, signal),
-                (core_dumped, oom_killed, started_at, finished_at, error),
+                (core_dumped, oom_killed, oom_kills, started_at, finished_at, error),
             )| ExitStatus {
                 version,
                 alloc_id,
@@ -148,6 +151,7 @@ fn exit_status() -> impl Strategy<Value = ExitStatus> {
                 signal,
                 core_dumped,
                 oom_killed,
+                oom_kills,
                 started_at,
                 finished_at,
                 error,
@@ -238,9 +242,14 @@ proptest! {
 
     #[test]
     fn exit_status_round_trips_through_frames(s in exit_status()) {
-        let bytes = frame::encode(&Response::Exited(s.clone())).expect("encode");
+        let bytes = frame::encode(&Response::exited(&s)).expect("encode");
         let f = frame::read_frame(&mut &bytes[..], MAX_FRAME_LEN).expect("read");
-        prop_assert_eq!(f.decode::<Response>().expect("decode"), Response::Exited(s));
+        prop_assert_eq!(f.decode::<Response>().expect("decode").into_exit(), Ok(s.clone()));
+        // The event of a daemon before the count: the same exit, 0 kills.
+        let bytes = frame::encode(&Response::Exited((&s).into())).expect("encode");
+        let f = frame::read_frame(&mut &bytes[..], MAX_FRAME_LEN).expect("read");
+        let old = f.decode::<Response>().expect("decode").into_exit();
+        prop_assert_eq!(old, Ok(ExitStatus { oom_kills: 0, ..s }));
     }
 
     #[test]

@@ -21,8 +21,8 @@ use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation, LogConfig};
 use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
 use tend_proto::msg::{Stats, Status, TaskState, Welcome};
 use tend_proto::{
-    ExitStatus, Hello, Instance, Request, Response, SpawnConfig, Stage, StartReport, Token,
-    PROTOCOL_VERSION,
+    ExitStatus, ExitStatusV1, Hello, Instance, Request, Response, SpawnConfig, Stage, StartReport,
+    Token, PROTOCOL_VERSION,
 };
 
 /// The protocol version these fixtures were written with. They stay at 1 forever;
@@ -193,8 +193,8 @@ fn instance() -> Instance {
     ])
 }
 
-fn exit_code_0() -> ExitStatus {
-    ExitStatus {
+fn exit_code_0() -> ExitStatusV1 {
+    ExitStatusV1 {
         version: 1,
         alloc_id: "0123abcd".into(),
         task: "web".into(),
@@ -211,8 +211,8 @@ fn exit_code_0() -> ExitStatus {
     }
 }
 
-fn exit_oom_killed() -> ExitStatus {
-    ExitStatus {
+fn exit_oom_killed() -> ExitStatusV1 {
+    ExitStatusV1 {
         version: 1,
         alloc_id: "0123abcd".into(),
         task: "web".into(),
@@ -229,8 +229,8 @@ fn exit_oom_killed() -> ExitStatus {
     }
 }
 
-fn exit_core_dumped() -> ExitStatus {
-    ExitStatus {
+fn exit_core_dumped() -> ExitStatusV1 {
+    ExitStatusV1 {
         version: 1,
         alloc_id: "0123abcd".into(),
         task: "worker".into(),
@@ -247,8 +247,8 @@ fn exit_core_dumped() -> ExitStatus {
     }
 }
 
-fn exit_never_started() -> ExitStatus {
-    ExitStatus {
+fn exit_never_started() -> ExitStatusV1 {
+    ExitStatusV1 {
         version: 1,
         alloc_id: "0123abcd".into(),
         task: "web".into(),
@@ -262,6 +262,25 @@ fn exit_never_started() -> ExitStatus {
         started_at: None,
         finished_at: "2024-05-01T12:00:00Z".into(),
         error: Some("exec /bin/nope: No such file or directory".into()),
+    }
+}
+
+/// A task that lived through a child's OOM kill and exited 137 itself.
+fn exit_child_oom_killed() -> ExitStatusV1 {
+    ExitStatusV1 {
+        version: 1,
+        alloc_id: "0123abcd".into(),
+        task: "batch".into(),
+        run: 1,
+        pid: Some(5150),
+        wait_status: Some(137 << 8),
+        exit_code: Some(137),
+        signal: None,
+        core_dumped: false,
+        oom_killed: false,
+        started_at: Some("2024-05-01T12:00:00Z".into()),
+        finished_at: "2024-05-01T12:00:02Z".into(),
+        error: None,
     }
 }
 
@@ -377,7 +396,15 @@ fn request_variant(r: &Request) -> &'static str {
     }
 }
 
-const RESPONSE_VARIANTS: &[&str] = &["Welcome", "Status", "Ok", "Stats", "Exited", "Error"];
+const RESPONSE_VARIANTS: &[&str] = &[
+    "Welcome",
+    "Status",
+    "Ok",
+    "Stats",
+    "Exited",
+    "Error",
+    "ExitedWithOomKills",
+];
 fn response_variant(r: &Response) -> &'static str {
     match r {
         Response::Welcome(_) => "Welcome",
@@ -386,6 +413,7 @@ fn response_variant(r: &Response) -> &'static str {
         Response::Stats(_) => "Stats",
         Response::Exited(_) => "Exited",
         Response::Error(_) => "Error",
+        Response::ExitedWithOomKills { .. } => "ExitedWithOomKills",
     }
 }
 
@@ -500,6 +528,13 @@ fn response_values() -> Vec<(&'static str, Response)> {
         ),
         ("response_exited", Response::Exited(exit_oom_killed())),
         ("response_error", Response::Error("hello: bad token".into())),
+        (
+            "response_exited_with_oom_kills",
+            Response::ExitedWithOomKills {
+                exit: exit_child_oom_killed(),
+                oom_kills: 2,
+            },
+        ),
     ]
 }
 
@@ -564,13 +599,40 @@ fn task_state_values() -> Vec<(&'static str, TaskState)> {
     ]
 }
 
-fn exit_status_values() -> Vec<(&'static str, ExitStatus)> {
+fn exit_status_values() -> Vec<(&'static str, ExitStatusV1)> {
     vec![
         ("exit_status_code_0", exit_code_0()),
         ("exit_status_oom_killed", exit_oom_killed()),
         ("exit_status_core_dumped", exit_core_dumped()),
         ("exit_status_never_started", exit_never_started()),
     ]
+}
+
+/// Exit status files: those written before `oom_kills` existed (which a new
+/// agent must still read, with 0 kills) and those written since (pinned byte
+/// for byte).
+fn exit_status_file_values() -> Vec<(&'static str, ExitStatus, FileFormat)> {
+    let old = |name, v1: ExitStatusV1| (name, v1.with_oom_kills(0), FileFormat::BeforeOomKills);
+    vec![
+        old("exit_status_code_0", exit_code_0()),
+        old("exit_status_oom_killed", exit_oom_killed()),
+        old("exit_status_core_dumped", exit_core_dumped()),
+        old("exit_status_never_started", exit_never_started()),
+        (
+            "exit_status_child_oom_killed",
+            exit_child_oom_killed().with_oom_kills(2),
+            FileFormat::Current,
+        ),
+    ]
+}
+
+/// Which writer made an exit status file fixture.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileFormat {
+    /// Before `oom_kills`: the file must read, it is not what `to_json` writes now.
+    BeforeOomKills,
+    /// What `to_json` writes now, byte for byte.
+    Current,
 }
 
 fn spawn_config_values() -> Vec<(&'static str, SpawnConfig)> {
@@ -742,24 +804,36 @@ fn no_orphan_fixtures() {
 }
 
 /// The exit status file is read by the next agent after an upgrade too: its JSON
-/// is pinned beside the frames.
+/// is pinned beside the frames. Fields only grow: a file written before a field
+/// existed still reads, and never gets rewritten here.
 #[test]
 fn exit_status_files() {
-    let failures: Vec<String> = exit_status_values()
+    let failures: Vec<String> = exit_status_file_values()
         .into_iter()
-        .filter_map(|(name, value)| {
+        .filter_map(|(name, value, format)| {
             let path = fixture_dir().join(format!("{name}.json"));
             let json = value.to_json();
-            let on_disk = match read_or_bless(name, &path, &json) {
-                Ok(b) => b,
-                Err(e) => return Some(e),
+            let on_disk = match format {
+                FileFormat::Current => match read_or_bless(name, &path, &json) {
+                    Ok(b) => b,
+                    Err(e) => return Some(e),
+                },
+                FileFormat::BeforeOomKills => match std::fs::read(&path) {
+                    Ok(b) => b,
+                    Err(e) => return Some(format!("{name}: {}: {e}", path.display())),
+                },
             };
-            if on_disk != json {
+            if format == FileFormat::Current && on_disk != json {
                 return Some(format!(
                     "{name}: exit status file format changed:\n--- fixture\n{}\n--- now\n{}",
                     String::from_utf8_lossy(&on_disk),
                     String::from_utf8_lossy(&json)
                 ));
+            }
+            if format == FileFormat::BeforeOomKills
+                && String::from_utf8_lossy(&on_disk).contains("oom_kills")
+            {
+                return Some(format!("{name}: an old file must stay old"));
             }
             match ExitStatus::from_json(&on_disk) {
                 Ok(v) if v == value => None,

@@ -1881,8 +1881,7 @@ mod tests {
 
     impl RealGuard {
         fn new() -> Option<RealGuard> {
-            if !nix::unistd::getuid().is_root() {
-                println!("skipped: needs root");
+            if !crate::test_have_root() {
                 return None;
             }
             let hier = Hierarchies::detect().expect("detect cgroups");

@@ -7,17 +7,24 @@
 //! which the parent turns into a [`StartFailure`] such as
 //! "exec /bin/nope: No such file or directory".
 //!
+//! With a root (the exec driver), the task gets a pid namespace of its own:
+//! the daemon unshares one and forks its init first ([`NsInit`], which only
+//! reaps), then the task, which is pid 2 there and the daemon's own child.
+//!
 //! The child's steps, in the one order they run (STYLE.md rule 5):
 //!
-//! 1. `setpgid(0, 0)`: the task leads its own process group (Stop signals it).
+//! 1. `setpgid(0, 0)`: the task leads its own process group.
 //! 2. wait on the sync pipe: the parent places the child in the task's cgroup
-//!    meanwhile, then says go.
+//!    meanwhile, then says go; then `oom_score_adj` back to what the daemon
+//!    started with (never below 0).
 //! 3. mount namespace, the planned mounts and chroot (isolation with a root) —
 //!    see [`crate::chroot`]: the alloc-dir sources are opened beneath the alloc
 //!    dir with openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, a tmpfs is mounted
 //!    over the task dir and the mount points made in it, every target is opened
-//!    beneath it the same way and mounted on through `/proc/self/fd/N`, the
-//!    tmpfs turns read-only, then `fchdir` + `chroot(".")`.
+//!    beneath it the same way and mounted on through `/proc/self/fd/N` (binds
+//!    then made read-only or nosuid,nodev all the way down with mount_setattr,
+//!    the task's /proc mounted from inside its pid namespace and its kernel
+//!    knobs covered), the tmpfs turns read-only, then `fchdir` + `chroot(".")`.
 //! 4. `chdir(cwd)`.
 //! 5. `setgroups([])` -> `setresgid` -> `setresuid` -> clear capabilities ->
 //!    `PR_SET_NO_NEW_PRIVS` (isolation with a user).
@@ -31,14 +38,14 @@
 use std::ffi::{c_char, CString};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 use tend_proto::{SpawnConfig, Stage};
 
-use crate::chroot::{PreparedRoot, MAX_ALLOC_SOURCES};
+use crate::chroot::{PreparedRoot, SourceKind, MAX_ALLOC_SOURCES};
 use crate::sys::{CapData, CapHeader, CAP_V3};
 
 /// Why the task did not start: the stage, its errno and one line for a person.
@@ -112,6 +119,11 @@ pub struct Prepared {
     cwd: CString,
     isolation: Option<Isolation>,
     root: Option<PreparedRoot>,
+    /// Whether the task gets a pid namespace of its own (it does with a root).
+    pid_ns: bool,
+    /// What the task's oom_score_adj is set to ("0\n"): the daemon's own
+    /// (-1000 where it could) is not the task's.
+    oom_score_adj: CString,
     /// Display forms for messages, indexed by stage.
     command_shown: String,
     cwd_shown: String,
@@ -135,20 +147,27 @@ fn cstring(field: &str, v: &str) -> Result<CString, StartFailure> {
 }
 
 impl Prepared {
-    /// Build the child's strings and arrays from a validated config.
+    /// Build the child's strings and arrays from a validated config. The
+    /// task's oom_score_adj becomes `oom_score_adj`; with a root the task
+    /// gets its own pid namespace, and `TMPDIR=/tmp` unless its env sets one.
     pub fn new(
         config: &SpawnConfig,
         isolation: Option<Isolation>,
         root: Option<PreparedRoot>,
+        oom_score_adj: i32,
     ) -> Result<Prepared, StartFailure> {
         let command = cstring("command", &config.command)?;
         let mut argv = vec![command.clone()];
         for a in &config.args {
             argv.push(cstring("args", a)?);
         }
-        let mut envp = Vec::with_capacity(config.env.len());
+        let mut envp = Vec::with_capacity(config.env.len() + 1);
         for (k, v) in &config.env {
             envp.push(cstring("env", &format!("{k}={v}"))?);
+        }
+        if root.is_some() && !config.env.iter().any(|(k, _)| k == "TMPDIR") {
+            // The private tmpfs of crate::chroot::plan.
+            envp.push(c"TMPDIR=/tmp".to_owned());
         }
         let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|s| s.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
@@ -162,7 +181,9 @@ impl Prepared {
             envp_ptrs,
             cwd: cstring("cwd", &config.cwd)?,
             isolation,
+            pid_ns: root.is_some(),
             root,
+            oom_score_adj: cstring("oom_score_adj", &format!("{oom_score_adj}\n"))?,
             command_shown: config.command.clone(),
             cwd_shown: config.cwd.clone(),
             root_shown: config.task_root().display().to_string(),
@@ -230,15 +251,128 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
     }
 }
 
+/// The task once it runs: its pid (in the daemon's pid namespace), a pidfd
+/// of it, and the first process of its pid namespace, if it has one.
+#[derive(Debug)]
+pub struct Child {
+    /// The task's pid as the daemon sees it.
+    pub pid: Pid,
+    /// A pidfd of the task: every signal to it goes through this.
+    pub pidfd: OwnedFd,
+    /// The init of the task's pid namespace.
+    pub init: Option<NsInit>,
+}
+
+/// The first process (pid 1) of a task's pid namespace: a fork of the
+/// daemon that drops to the task's user, holds no fd, and only reaps what
+/// is orphaned in the namespace (see [`init_main`]). The task itself is the
+/// daemon's own child, forked into the namespace next: its pid, its wait
+/// status and every signal to it are the daemon's, exactly as without one.
+/// The init goes with the task's cgroup; its death takes every process of
+/// the namespace with it.
+#[derive(Debug)]
+pub struct NsInit {
+    /// Its pid as the daemon sees it.
+    pub pid: Pid,
+    /// A pidfd of it (SIGKILL to it kills the whole namespace).
+    pub pidfd: OwnedFd,
+}
+
+impl NsInit {
+    /// SIGKILL through the pidfd and reap it: a start that failed.
+    fn kill(self) {
+        let _ = crate::sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        let _ = crate::sys::wait_blocking(self.pid);
+    }
+}
+
 /// Start the task. `place` runs in the parent while the child waits on the sync
-/// pipe (the cgroup step); its error aborts the start. Returns the task's pid
-/// once it has exec'd, or the failure of the step that stopped it.
+/// pipe (the cgroup step, for the namespace's init too); its error aborts the
+/// start. Returns the task once it has exec'd, or the failure of the step that
+/// stopped it.
 pub fn spawn(
     prep: &Prepared,
     stdio: ChildStdio,
-    place: impl FnOnce(Pid) -> Result<(), StartFailure>,
-) -> Result<Pid, StartFailure> {
+    place: impl Fn(Pid) -> Result<(), StartFailure>,
+) -> Result<Child, StartFailure> {
+    let init = if prep.pid_ns {
+        Some(start_ns_init(prep, &place)?)
+    } else {
+        None
+    };
+    match spawn_task(prep, stdio, &place, init.as_ref()) {
+        Ok((pid, pidfd)) => Ok(Child { pid, pidfd, init }),
+        Err(f) => {
+            if let Some(i) = init {
+                i.kill();
+            }
+            Err(f)
+        }
+    }
+}
+
+/// The daemon's own pid namespace, to go back to once the task is forked.
+fn own_pid_ns() -> io::Result<OwnedFd> {
+    nix::fcntl::open(
+        "/proc/self/ns/pid",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+/// Fork the init of a new pid namespace and place it; the daemon's next
+/// child (the task) goes into that namespace, the one after it no longer.
+fn start_ns_init(
+    prep: &Prepared,
+    place: &impl Fn(Pid) -> Result<(), StartFailure>,
+) -> Result<NsInit, StartFailure> {
+    let fail = |what: &str, e: &io::Error| StartFailure::io(Stage::Fork, what, e);
+    crate::sys::unshare_pid_ns().map_err(|e| fail("pid namespace", &e))?;
+    // SAFETY: the daemon is single-threaded; the child runs only init_main,
+    // which makes async-signal-safe calls and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        init_main(prep.isolation);
+    }
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        // No process of the new namespace exists: the next fork would fail.
+        let _ = own_pid_ns().and_then(|ns| crate::sys::set_children_pid_ns(ns.as_fd()));
+        return Err(fail("pid namespace init", &e));
+    }
+    let pid = Pid::from_raw(pid);
+    let pidfd = match crate::sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Our unreaped child: its pid cannot have been reused.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = crate::sys::wait_blocking(pid);
+            return Err(fail("pidfd of the pid namespace init", &e));
+        }
+    };
+    let init = NsInit { pid, pidfd };
+    if let Err(f) = place(pid) {
+        init.kill();
+        return Err(f);
+    }
+    Ok(init)
+}
+
+/// Fork and start the task itself; with `init`, into its pid namespace.
+fn spawn_task(
+    prep: &Prepared,
+    stdio: ChildStdio,
+    place: &impl Fn(Pid) -> Result<(), StartFailure>,
+    init: Option<&NsInit>,
+) -> Result<(Pid, OwnedFd), StartFailure> {
     let fork_err = |what: &str, e: Errno| StartFailure::new(Stage::Fork, what, e as i32);
+    let own_ns = match init {
+        Some(_) => {
+            Some(own_pid_ns().map_err(|e| StartFailure::io(Stage::Fork, "/proc/self/ns/pid", &e))?)
+        }
+        None => None,
+    };
     let (sync_r, sync_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fork_err("sync pipe", e))?;
     let (err_r, err_w) =
@@ -258,23 +392,43 @@ pub fn spawn(
     if pid == 0 {
         child_main(prep, &fds);
     }
+    let fork_errno = io::Error::last_os_error();
+    // Back in the daemon's own pid namespace for every later child (the
+    // setuid cleanup helper).
+    let restored = own_ns
+        .as_ref()
+        .map_or(Ok(()), |ns| crate::sys::set_children_pid_ns(ns.as_fd()));
     if pid < 0 {
-        return Err(StartFailure::io(
-            Stage::Fork,
-            "task",
-            &io::Error::last_os_error(),
-        ));
+        return Err(StartFailure::io(Stage::Fork, "task", &fork_errno));
     }
     let pid = Pid::from_raw(pid);
     // The child's ends are the child's now.
     drop(sync_r);
     drop(err_w);
     drop(stdio);
-
-    if let Err(failure) = place(pid) {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let pidfd = match crate::sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Our unreaped child: its pid cannot have been reused.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = crate::sys::wait_blocking(pid);
+            return Err(StartFailure::io(Stage::Fork, "pidfd of the task", &e));
+        }
+    };
+    let abort = |failure: StartFailure| {
+        let _ = crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
         let _ = crate::sys::wait_blocking(pid);
-        return Err(failure);
+        Err(failure)
+    };
+    if let Err(e) = restored {
+        return abort(StartFailure::io(
+            Stage::Fork,
+            "back to the daemon's pid namespace",
+            &e,
+        ));
+    }
+    if let Err(failure) = place(pid) {
+        return abort(failure);
     }
     // Go. A child that died already makes this EPIPE (SIGPIPE is ignored): the
     // error pipe below tells the rest.
@@ -288,11 +442,11 @@ pub fn spawn(
             Ok(0) => break,
             Ok(n) => got += n,
             Err(Errno::EINTR) => {}
-            Err(e) => return Err(fork_err("read error pipe", e)),
+            Err(e) => return abort(fork_err("read error pipe", e)),
         }
     }
     if got == 0 {
-        return Ok(pid);
+        return Ok((pid, pidfd));
     }
     // The child failed and _exit(127)s: reap it so it never shows as the task.
     let _ = crate::sys::wait_blocking(pid);
@@ -309,6 +463,88 @@ pub fn spawn(
     let errno = i32::from_le_bytes([record[1], record[2], record[3], record[4]]);
     let which = u32::from_le_bytes([record[5], record[6], record[7], record[8]]);
     Err(StartFailure::new(stage, &prep.what(stage, which), errno))
+}
+
+/// The init of a task's pid namespace, between its fork and its death: it
+/// holds no fd (the log pipes among them: the logs must end with the task),
+/// drops to the task's user, blocks every signal and takes them one by one,
+/// reaping on each SIGCHLD. Pid 1 of a namespace ignores what it does not
+/// handle, and SIGKILL from inside: the task cannot kill it; the daemon does
+/// (its pidfd, or the cgroup) once the task has ended.
+fn init_main(isolation: Option<Isolation>) -> ! {
+    // SAFETY: async-signal-safe system calls on stack data only, in a fork of
+    // the single-threaded daemon; nothing allocates and nothing returns.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            0 as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
+        libc::prctl(libc::PR_SET_NAME, c"tend-init".as_ptr(), 0, 0, 0);
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        if let Some(iso) = isolation {
+            if drop_privileges(iso).is_err() {
+                libc::_exit(127);
+            }
+        }
+        loop {
+            let sig = libc::sigwaitinfo(&all, std::ptr::null_mut());
+            if sig == libc::SIGCHLD {
+                while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            }
+        }
+    }
+}
+
+/// setgroups([]) -> setresgid -> setresuid -> every capability set emptied
+/// -> no_new_privs; the stage of the step that failed (errno set).
+///
+/// # Safety
+///
+/// Async-signal-safe: only system calls on stack data; call it between fork
+/// and exec only.
+unsafe fn drop_privileges(iso: Isolation) -> Result<(), Stage> {
+    // SAFETY: system calls with integer arguments and stack data that lives
+    // for each call.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(Stage::Setgroups);
+        }
+        if libc::setresgid(iso.gid, iso.gid, iso.gid) != 0 {
+            return Err(Stage::Setgid);
+        }
+        if libc::setresuid(iso.uid, iso.uid, iso.uid) != 0 {
+            return Err(Stage::Setuid);
+        }
+        // Every capability set goes: setresuid to non-root emptied permitted
+        // and effective (no keepcaps), not inheritable; ambient goes too.
+        let mut header = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
+        let data = [CapData::default(); 2];
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
+            return Err(Stage::Privileges);
+        }
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) != 0
+            && Errno::last_raw() != libc::EINVAL
+        {
+            return Err(Stage::Privileges);
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(Stage::Privileges);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -419,6 +655,37 @@ unsafe fn open_beneath(dir: libc::c_int, path: *const c_char, flags: libc::c_int
     libc::c_int::try_from(ret).unwrap_or(-1)
 }
 
+/// `struct mount_attr` of mount_setattr(2) (MOUNT_ATTR_SIZE_VER0).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// The `MS_*` flags a mount has, from its statvfs `f_flag` (`ST_*`): a remount
+/// that did not repeat them would clear them (and where the kernel locked
+/// them, fail). (glibc fills `f_flag` from fstatfs alone on every kernel
+/// since 2.6.36, without reading /proc/mounts.)
+fn kept_mount_flags(st: &libc::statvfs) -> libc::c_ulong {
+    let f = st.f_flag;
+    let same = libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC
+        | libc::MS_SYNCHRONOUS
+        | libc::MS_MANDLOCK
+        | libc::MS_NOATIME
+        | libc::MS_NODIRATIME;
+    let relatime = if f & libc::ST_RELATIME != 0 {
+        libc::MS_RELATIME
+    } else {
+        0
+    };
+    (f & same) | relatime
+}
+
 /// The child between fork and exec. Async-signal-safe calls only; no allocation.
 fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
     let err_w = fds.err_w;
@@ -430,7 +697,7 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
         // go, the sync pipe reads EOF and the child leaves.
         libc::close(fds.sync_w);
         libc::close(fds.err_r);
-        // 1. Own process group, so Stop reaches the whole task.
+        // 1. Own process group.
         if libc::setpgid(0, 0) != 0 {
             child_fail(err_w, Stage::Fork);
         }
@@ -450,18 +717,19 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
         libc::close(fds.sync_r);
 
         // 2b. The daemon's oom_score_adj (-1000 where it could) is not the
-        // task's: back to 0. /proc/self of a non-dumpable process is root's,
+        // task's: back to what the daemon had at its start, never below 0
+        // (raw_exec too). /proc/self of a non-dumpable process is root's,
         // so in setuid mode this needs root's fsuid for a moment; raising the
         // value needs no privilege. Best effort where /proc is not there.
-        if prep.isolation.is_some() {
+        {
             let old_fsuid = libc::setfsuid(0);
             let fd = libc::open(
                 c"/proc/self/oom_score_adj".as_ptr(),
                 libc::O_WRONLY | libc::O_CLOEXEC,
             );
             if fd >= 0 {
-                let zero = b"0\n";
-                let n = libc::write(fd, zero.as_ptr().cast(), zero.len());
+                let value = prep.oom_score_adj.as_bytes();
+                let n = libc::write(fd, value.as_ptr().cast(), value.len());
                 libc::close(fd);
                 if n < 0 {
                     child_fail(err_w, Stage::Privileges);
@@ -513,7 +781,7 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
             let mut alloc_sources = [-1 as libc::c_int; MAX_ALLOC_SOURCES];
             let mut n_sources = 0;
             for (i, op) in root.ops.iter().enumerate() {
-                if !op.source_in_alloc {
+                if op.kind != SourceKind::InAlloc {
                     continue;
                 }
                 let which = u32::try_from(i + 1).unwrap_or(u32::MAX);
@@ -584,47 +852,81 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
                 let which = u32::try_from(i + 1).unwrap_or(u32::MAX);
                 let target_fd = open_beneath(root_fd, op.target.as_ptr(), 0);
                 if target_fd < 0 {
+                    if op.existing && Errno::last_raw() == libc::ENOENT {
+                        // A kernel knob this kernel has not: nothing to hide.
+                        continue;
+                    }
                     child_fail_at(err_w, Stage::Mount, which);
                 }
-                let mut source_fd = -1;
-                let source = if op.source_in_alloc {
-                    source_fd = alloc_sources[next_source];
-                    next_source += 1;
-                    fd_path(&mut source_buf, source_fd)
+                let mounted = if op.kind == SourceKind::Existing {
+                    target_fd
                 } else {
-                    op.source.as_ptr()
-                };
-                let fstype = op.fstype.as_ref().map_or(null, |f| f.as_ptr());
-                if libc::mount(
-                    source,
-                    fd_path(&mut target_buf, target_fd),
-                    fstype,
-                    op.flags,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    child_fail_at(err_w, Stage::Mount, which);
-                }
-                libc::close(target_fd);
-                if source_fd >= 0 {
-                    libc::close(source_fd);
-                }
-                if let Some(flags) = op.remount {
+                    let mut source_fd = -1;
+                    let source = match op.kind {
+                        SourceKind::InAlloc => {
+                            source_fd = alloc_sources[next_source];
+                            next_source += 1;
+                            fd_path(&mut source_buf, source_fd)
+                        }
+                        SourceKind::Itself => fd_path(&mut source_buf, target_fd),
+                        _ => op.source.as_ptr(),
+                    };
+                    let fstype = op.fstype.as_ref().map_or(null, |f| f.as_ptr());
+                    let target = fd_path(&mut target_buf, target_fd);
+                    let data = op.data.as_ref().map_or(null, |d| d.as_ptr());
+                    let mut r = libc::mount(source, target, fstype, op.flags, data.cast());
+                    if r != 0 && op.data_optional && Errno::last_raw() == libc::EINVAL {
+                        r = libc::mount(source, target, fstype, op.flags, std::ptr::null());
+                    }
+                    if r != 0 {
+                        child_fail_at(err_w, Stage::Mount, which);
+                    }
+                    libc::close(target_fd);
+                    if source_fd >= 0 {
+                        libc::close(source_fd);
+                    }
+                    if op.attrs == 0 && op.remount.is_none() {
+                        continue;
+                    }
                     // Opened again, the target is now the root of the new mount.
                     let mounted = open_beneath(root_fd, op.target.as_ptr(), 0);
-                    if mounted < 0
+                    if mounted < 0 {
+                        child_fail_at(err_w, Stage::Mount, which);
+                    }
+                    mounted
+                };
+                if op.attrs != 0 {
+                    // On the mount and every mount beneath it, at once.
+                    let mut attr: MountAttr = std::mem::zeroed();
+                    attr.attr_set = op.attrs;
+                    if libc::syscall(
+                        libc::SYS_mount_setattr,
+                        mounted,
+                        c"".as_ptr(),
+                        libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+                        std::ptr::addr_of!(attr),
+                        std::mem::size_of::<MountAttr>(),
+                    ) != 0
+                    {
+                        child_fail_at(err_w, Stage::Mount, which);
+                    }
+                }
+                if let Some(flags) = op.remount {
+                    // A remount sets every flag: those the mount has stay.
+                    let mut st: libc::statvfs = std::mem::zeroed();
+                    if libc::fstatvfs(mounted, &mut st) != 0
                         || libc::mount(
                             null,
                             fd_path(&mut target_buf, mounted),
                             null,
-                            flags,
+                            flags | kept_mount_flags(&st),
                             std::ptr::null(),
                         ) != 0
                     {
                         child_fail_at(err_w, Stage::Mount, which);
                     }
-                    libc::close(mounted);
                 }
+                libc::close(mounted);
             }
             // The tmpfs read-only: the task writes only to /local and /alloc.
             if libc::mount(
@@ -659,38 +961,8 @@ fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
 
         // 5. Drop to the task's user: groups, then gid, then uid, then the rest.
         if let Some(iso) = prep.isolation {
-            if libc::setgroups(0, std::ptr::null()) != 0 {
-                child_fail(err_w, Stage::Setgroups);
-            }
-            if libc::setresgid(iso.gid, iso.gid, iso.gid) != 0 {
-                child_fail(err_w, Stage::Setgid);
-            }
-            if libc::setresuid(iso.uid, iso.uid, iso.uid) != 0 {
-                child_fail(err_w, Stage::Setuid);
-            }
-            // Every capability set goes: setresuid to non-root emptied permitted
-            // and effective (no keepcaps), not inheritable; ambient goes too.
-            let mut header = CapHeader {
-                version: CAP_V3,
-                pid: 0,
-            };
-            let data = [CapData::default(); 2];
-            if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
-                child_fail(err_w, Stage::Privileges);
-            }
-            if libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            ) != 0
-                && Errno::last_raw() != libc::EINVAL
-            {
-                child_fail(err_w, Stage::Privileges);
-            }
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                child_fail(err_w, Stage::Privileges);
+            if let Err(stage) = drop_privileges(iso) {
+                child_fail(err_w, stage);
             }
         }
 
@@ -782,6 +1054,7 @@ mod tests {
                 gid: 65533,
             }),
             None,
+            0,
         )
         .unwrap();
         assert_eq!(p.what(Stage::Exec, 0), "/bin/x");

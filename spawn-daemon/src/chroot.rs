@@ -5,8 +5,11 @@
 //! prepared lists (see [`crate::child`]). In its new mount namespace the child
 //! mounts a small tmpfs over `<alloc_dir>/<task>`, makes the mount points in it
 //! (dirs, and empty files for bound files), mounts in order (every
-//! `chroot.binds` entry read-only, nosuid, nodev; the minimal /dev nodes; /proc;
-//! /alloc and /local read-write), turns the tmpfs read-only and chroots into it.
+//! `chroot.binds` entry read-only, nosuid, nodev, submounts included; the
+//! minimal /dev nodes; a /proc of the task's pid namespace with runc's kernel
+//! knobs read-only or masked; a private /tmp; /alloc and /local read-write,
+//! nosuid, nodev), turns the tmpfs read-only and chroots into it. See
+//! `docs/exec.md`.
 //!
 //! Why a tmpfs: the mount points then cost no disk metadata writes (each mkdir
 //! on the host's disk was a journal commit, a third of a millisecond here, and
@@ -69,8 +72,12 @@ pub enum Source {
     /// A path relative to the alloc dir (`alloc`, `<task>/local`): opened
     /// beneath it without following symlinks.
     InAlloc(String),
-    /// A filesystem type with no source ("proc").
+    /// A filesystem type with no source ("proc", "tmpfs").
     Fs(&'static str),
+    /// The target itself, bound onto itself (a kernel knob made read-only).
+    Itself,
+    /// The mount already at the target (a submount of a bind): only remounted.
+    Existing,
 }
 
 /// One mount of the plan.
@@ -82,10 +89,22 @@ pub struct PlannedMount {
     pub target: String,
     /// mount(2) flags of the first call.
     pub flags: libc::c_ulong,
-    /// Flags of a remount right after it (read-only binds), if any.
+    /// Options of the filesystem ("mode=1777,size=..."), if any.
+    pub data: Option<String>,
+    /// Whether a mount refused for its options (EINVAL) is made again without
+    /// them: `hidepid` on kernels that lack it.
+    pub data_optional: bool,
+    /// Attributes set with mount_setattr(2) `AT_RECURSIVE` right after the
+    /// mount, on it and every mount beneath it (`MOUNT_ATTR_*`), 0 for none.
+    pub attrs: u64,
+    /// Flags of a remount right after it, where the kernel has no
+    /// mount_setattr (the flags the mount has are kept on top), if any.
     pub remount: Option<libc::c_ulong>,
     /// Whether the mount point is a file (a bound file), not a dir.
     pub file: bool,
+    /// Whether the target lies in a mount made before (a file of /proc, a
+    /// submount): no mount point is made, and a missing target is skipped.
+    pub existing: bool,
 }
 
 impl PlannedMount {
@@ -95,9 +114,156 @@ impl PlannedMount {
             Source::Host(p) => p.clone(),
             Source::InAlloc(p) => format!("<alloc_dir>/{p}"),
             Source::Fs(f) => (*f).to_string(),
+            Source::Itself => format!("/{} read-only", self.target),
+            Source::Existing => return format!("remount /{}", self.target),
         };
         format!("{src} on /{}", self.target)
     }
+
+    /// A mount made with `flags`, no options, no attributes, a new mount point.
+    fn simple(source: Source, target: String, flags: libc::c_ulong, file: bool) -> PlannedMount {
+        PlannedMount {
+            source,
+            target,
+            flags,
+            data: None,
+            data_optional: false,
+            attrs: 0,
+            remount: None,
+            file,
+            existing: false,
+        }
+    }
+
+    /// A recursive bind that then gets `attrs` on every mount of it: through
+    /// mount_setattr where the kernel has it, else by a remount of the bind
+    /// (and, by the planner, of each submount).
+    fn bind(source: Source, target: String, attrs: u64, file: bool, host: &dyn Host) -> Self {
+        let mut m = PlannedMount::simple(source, target, libc::MS_BIND | libc::MS_REC, file);
+        m.set_attrs(attrs, host);
+        m
+    }
+
+    fn set_attrs(&mut self, attrs: u64, host: &dyn Host) {
+        if host.has_mount_setattr() {
+            self.attrs = attrs;
+        } else {
+            self.remount = Some(libc::MS_BIND | libc::MS_REMOUNT | ms_flags(attrs));
+        }
+    }
+}
+
+/// The `MS_*` flags of `MOUNT_ATTR_*` attributes.
+fn ms_flags(attrs: u64) -> libc::c_ulong {
+    [
+        (libc::MOUNT_ATTR_RDONLY, libc::MS_RDONLY),
+        (libc::MOUNT_ATTR_NOSUID, libc::MS_NOSUID),
+        (libc::MOUNT_ATTR_NODEV, libc::MS_NODEV),
+        (libc::MOUNT_ATTR_NOEXEC, libc::MS_NOEXEC),
+    ]
+    .into_iter()
+    .filter(|(a, _)| attrs & a != 0)
+    .fold(0, |acc, (_, f)| acc | f)
+}
+
+/// What the plan needs to know of the host.
+pub trait Host {
+    /// Whether the chroot_env source `path` is a file (bound onto a file).
+    fn is_file(&self, path: &str) -> bool;
+    /// Whether the kernel has mount_setattr(2) (5.12).
+    fn has_mount_setattr(&self) -> bool;
+    /// The mount points strictly beneath `path`, relative to it, parents
+    /// first (read only where the kernel lacks mount_setattr).
+    fn submounts(&self, path: &str) -> Vec<String>;
+}
+
+/// This host: the files, the kernel and `/proc/self/mountinfo` as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThisHost;
+
+impl Host for ThisHost {
+    fn is_file(&self, path: &str) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| !m.is_dir())
+    }
+
+    fn has_mount_setattr(&self) -> bool {
+        sys::has_mount_setattr()
+    }
+
+    fn submounts(&self, path: &str) -> Vec<String> {
+        let Ok(real) = std::fs::canonicalize(path) else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        submounts_in(&text, real.to_str().unwrap_or(path))
+    }
+}
+
+/// The mount points strictly beneath `dir` in a mountinfo text, relative to
+/// it, in mount order (a parent is mounted before its children).
+pub fn submounts_in(mountinfo: &str, dir: &str) -> Vec<String> {
+    let prefix = format!("{}/", dir.trim_end_matches('/'));
+    let mut out: Vec<String> = Vec::new();
+    for line in mountinfo.lines() {
+        let Some(point) = line.split(' ').nth(4).map(unescape_mountinfo) else {
+            continue;
+        };
+        if let Some(rel) = point.strip_prefix(&prefix) {
+            if !rel.is_empty() && !out.iter().any(|o| o == rel) {
+                out.push(rel.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space) undone.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| {
+            let s = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(s, 8).ok()
+        });
+        match (b[i], octal) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Kernel knobs of the task's /proc made read-only, as runc's defaults.
+pub const PROC_READ_ONLY: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+/// Files of the task's /proc masked with /dev/null, as runc's defaults.
+pub const PROC_MASKED_FILES: [&str; 6] = [
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+];
+/// Dirs of the task's /proc masked with an empty read-only tmpfs, as runc's defaults.
+pub const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "asound", "scsi"];
+/// Dirs of a /sys bound into the root (a chroot_env target `/sys`) masked the same way.
+pub const SYS_MASKED_DIRS: [&str; 2] = ["firmware", "devices/virtual/powercap"];
+
+/// The task's /tmp: 64 MiB, or a quarter of the memory limit when that is
+/// smaller (tmpfs pages count against the task's memory cgroup, so a full
+/// /tmp leaves it three quarters), in whole pages, at least one.
+pub fn tmp_size(memory_bytes: Option<u64>) -> u64 {
+    const PAGE: u64 = 4096;
+    let quarter = memory_bytes.map_or(u64::MAX, |m| m / 4);
+    (quarter.min(64 * 1024 * 1024) / PAGE).max(1) * PAGE
 }
 
 /// `target` as a path relative to the root: no leading slash, no empty or `.`
@@ -110,55 +276,131 @@ fn relative(target: &str) -> String {
         .join("/")
 }
 
-/// The mounts of a task root, in order, for `config` with `spec`.
-pub fn plan(
-    config: &SpawnConfig,
-    spec: &ChrootSpec,
-    source_is_file: impl Fn(&str) -> bool,
-) -> Vec<PlannedMount> {
-    let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    let rw = libc::MS_BIND | libc::MS_REC | libc::MS_NOSUID | libc::MS_NODEV;
+/// The mounts of a task root, in order, for `config` with `spec`: the
+/// chroot_env read-only (recursively), the device nodes, a /proc of the
+/// task's pid namespace with its kernel knobs read-only or masked, a private
+/// /tmp, and /alloc and /local read-write; nothing writable is suid or dev.
+pub fn plan(config: &SpawnConfig, spec: &ChrootSpec, host: &dyn Host) -> Vec<PlannedMount> {
+    use libc::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+    let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    let rw = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    let fs_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let masked_dir = |target: String| {
+        let mut m = PlannedMount::simple(
+            Source::Fs("tmpfs"),
+            target,
+            fs_flags | libc::MS_RDONLY,
+            false,
+        );
+        m.existing = true;
+        m
+    };
     let mut out = Vec::new();
+    let mut sys_targets = Vec::new();
     for b in &spec.binds {
-        out.push(PlannedMount {
-            source: Source::Host(b.source.clone()),
-            target: relative(&b.target),
-            flags: libc::MS_BIND | libc::MS_REC,
-            remount: Some(ro),
-            file: source_is_file(&b.source),
-        });
+        let target = relative(&b.target);
+        let file = host.is_file(&b.source);
+        out.push(PlannedMount::bind(
+            Source::Host(b.source.clone()),
+            target.clone(),
+            ro,
+            file,
+            host,
+        ));
+        if !host.has_mount_setattr() && !file {
+            // A remount reaches one mount: each submount gets its own.
+            for sub in host.submounts(&b.source) {
+                let mut m =
+                    PlannedMount::simple(Source::Existing, format!("{target}/{sub}"), 0, false);
+                m.existing = true;
+                m.remount = Some(libc::MS_BIND | libc::MS_REMOUNT | ms_flags(ro));
+                out.push(m);
+            }
+        }
+        if target == "sys" {
+            sys_targets.push(target);
+        }
     }
     for node in DEV_NODES {
-        out.push(PlannedMount {
-            source: Source::Host(format!("/dev/{node}")),
-            target: format!("dev/{node}"),
-            flags: libc::MS_BIND,
-            remount: None,
-            file: true,
-        });
+        out.push(PlannedMount::simple(
+            Source::Host(format!("/dev/{node}")),
+            format!("dev/{node}"),
+            libc::MS_BIND,
+            true,
+        ));
     }
-    out.push(PlannedMount {
-        source: Source::Fs("proc"),
-        target: "proc".into(),
-        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        remount: None,
-        file: false,
-    });
-    out.push(PlannedMount {
-        source: Source::InAlloc("alloc".into()),
-        target: "alloc".into(),
-        flags: rw,
-        remount: None,
-        file: false,
-    });
-    out.push(PlannedMount {
-        source: Source::InAlloc(format!("{}/local", config.task)),
-        target: "local".into(),
-        flags: rw,
-        remount: None,
-        file: false,
-    });
+    // Mounted by the task's first process, in its own pid namespace: it
+    // shows the task's processes only, and with hidepid=2 only its user's.
+    let mut proc_ = PlannedMount::simple(Source::Fs("proc"), "proc".into(), fs_flags, false);
+    proc_.data = Some("hidepid=2".into());
+    proc_.data_optional = true;
+    out.push(proc_);
+    for knob in PROC_READ_ONLY {
+        let mut m = PlannedMount::bind(
+            Source::Itself,
+            format!("proc/{knob}"),
+            ro | MOUNT_ATTR_NOEXEC,
+            false,
+            host,
+        );
+        m.existing = true;
+        out.push(m);
+    }
+    for file in PROC_MASKED_FILES {
+        let mut m = PlannedMount::simple(
+            Source::Host("/dev/null".into()),
+            format!("proc/{file}"),
+            libc::MS_BIND,
+            true,
+        );
+        m.existing = true;
+        out.push(m);
+    }
+    for dir in PROC_MASKED_DIRS {
+        out.push(masked_dir(format!("proc/{dir}")));
+    }
+    for sys in sys_targets {
+        for dir in SYS_MASKED_DIRS {
+            out.push(masked_dir(format!("{sys}/{dir}")));
+        }
+    }
+    let mut tmp = PlannedMount::simple(
+        Source::Fs("tmpfs"),
+        "tmp".into(),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        false,
+    );
+    let size = tmp_size(config.cgroup.as_ref().and_then(|c| c.memory_bytes));
+    tmp.data = Some(format!("mode=1777,size={size}"));
+    out.push(tmp);
+    out.push(PlannedMount::bind(
+        Source::InAlloc("alloc".into()),
+        "alloc".into(),
+        rw,
+        false,
+        host,
+    ));
+    out.push(PlannedMount::bind(
+        Source::InAlloc(format!("{}/local", config.task)),
+        "local".into(),
+        rw,
+        false,
+        host,
+    ));
     out
+}
+
+/// Where a prepared mount's source is, for the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// `source` is a host path or a filesystem name.
+    Path,
+    /// `source` is relative to the alloc dir (opened beneath it).
+    InAlloc,
+    /// The target, bound onto itself.
+    Itself,
+    /// No mount: the mount at the target is only remounted.
+    Existing,
 }
 
 /// A planned mount in C strings, ready for the child.
@@ -166,16 +408,24 @@ pub fn plan(
 pub struct MountOp {
     /// Source: a host path, a path relative to the alloc dir, or a fs name.
     pub source: CString,
-    /// Whether `source` is relative to the alloc dir (opened beneath it).
-    pub source_in_alloc: bool,
+    /// What `source` is.
+    pub kind: SourceKind,
     /// Target, relative to the task root.
     pub target: CString,
     /// Filesystem type, if any.
     pub fstype: Option<CString>,
     /// Flags of the first call.
     pub flags: libc::c_ulong,
-    /// Flags of the remount, if any.
+    /// Filesystem options, if any.
+    pub data: Option<CString>,
+    /// Mount again without `data` if the kernel refuses it (EINVAL).
+    pub data_optional: bool,
+    /// mount_setattr attributes set recursively after the mount, 0 for none.
+    pub attrs: u64,
+    /// Flags of the remount, if any (the mount's own flags are kept on top).
     pub remount: Option<libc::c_ulong>,
+    /// The target is in an earlier mount: no mount point, skipped if missing.
+    pub existing: bool,
     /// "/usr on /usr", for the message of a failed mount.
     pub shown: String,
 }
@@ -246,6 +496,7 @@ pub fn prepare(
     config: &SpawnConfig,
     spec: &ChrootSpec,
     alloc: BorrowedFd<'_>,
+    host_facts: &dyn Host,
 ) -> Result<PreparedRoot, ChrootError> {
     let host = config.alloc_dir();
     let err = |rel: &str| {
@@ -256,9 +507,7 @@ pub fn prepare(
     let root = mkdir_beneath(alloc, &config.task).map_err(err(&config.task))?;
     let in_root = |rel: &str| format!("{}/{rel}", config.task);
     mkdir_beneath(root.as_fd(), "local").map_err(err(&in_root("local")))?;
-    let planned = plan(config, spec, |s| {
-        std::fs::metadata(s).is_ok_and(|m| !m.is_dir())
-    });
+    let planned = plan(config, spec, host_facts);
     let mut creates: Vec<MountPoint> = Vec::new();
     let mut made = std::collections::HashSet::new();
     let mut ops = Vec::with_capacity(planned.len());
@@ -271,33 +520,41 @@ pub fn prepare(
                 source: io::Error::from_raw_os_error(libc::EINVAL),
             });
         }
-        let comps: Vec<&str> = m.target.split('/').collect();
-        for i in 1..=comps.len() {
-            let path = comps[..i].join("/");
-            let file = i == comps.len() && m.file;
-            if made.insert(path.clone()) {
-                creates.push(MountPoint {
-                    path: cstr(&path)?,
-                    file,
-                });
+        if !m.existing {
+            let comps: Vec<&str> = m.target.split('/').collect();
+            for i in 1..=comps.len() {
+                let path = comps[..i].join("/");
+                let file = i == comps.len() && m.file;
+                if made.insert(path.clone()) {
+                    creates.push(MountPoint {
+                        path: cstr(&path)?,
+                        file,
+                    });
+                }
             }
         }
-        let (source, source_in_alloc, fstype) = match &m.source {
-            Source::Host(p) => (cstr(p)?, false, None),
-            Source::InAlloc(p) => (cstr(p)?, true, None),
-            Source::Fs(f) => (cstr(f)?, false, Some(cstr(f)?)),
+        let (source, kind, fstype) = match &m.source {
+            Source::Host(p) => (cstr(p)?, SourceKind::Path, None),
+            Source::InAlloc(p) => (cstr(p)?, SourceKind::InAlloc, None),
+            Source::Fs(f) => (cstr(f)?, SourceKind::Path, Some(cstr(f)?)),
+            Source::Itself => (CString::default(), SourceKind::Itself, None),
+            Source::Existing => (CString::default(), SourceKind::Existing, None),
         };
         ops.push(MountOp {
             source,
-            source_in_alloc,
+            kind,
             target: cstr(&m.target)?,
             fstype,
             flags: m.flags,
+            data: m.data.as_deref().map(cstr).transpose()?,
+            data_optional: m.data_optional,
+            attrs: m.attrs,
             remount: m.remount,
+            existing: m.existing,
             shown: m.describe(),
         });
     }
-    if ops.iter().filter(|o| o.source_in_alloc).count() > MAX_ALLOC_SOURCES {
+    if ops.iter().filter(|o| o.kind == SourceKind::InAlloc).count() > MAX_ALLOC_SOURCES {
         return Err(ChrootError {
             path: host.clone(),
             source: io::Error::from_raw_os_error(libc::E2BIG),
@@ -324,44 +581,142 @@ mod tests {
     use std::path::Path;
     use tend_proto::config::Bind;
 
+    fn binds(pairs: &[(&str, &str)]) -> ChrootSpec {
+        ChrootSpec {
+            binds: pairs
+                .iter()
+                .map(|(source, target)| Bind {
+                    source: (*source).into(),
+                    target: (*target).into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A host whose `.conf` paths are files, with or without mount_setattr,
+    /// where `/usr` has the submounts `local` and `local/share`.
+    struct FakeHost {
+        setattr: bool,
+    }
+
+    impl FakeHost {
+        fn new(setattr: bool) -> FakeHost {
+            FakeHost { setattr }
+        }
+    }
+
+    impl Host for FakeHost {
+        fn is_file(&self, path: &str) -> bool {
+            path.ends_with(".conf")
+        }
+        fn has_mount_setattr(&self) -> bool {
+            self.setattr
+        }
+        fn submounts(&self, path: &str) -> Vec<String> {
+            match path {
+                "/usr" => vec!["local".into(), "local/share".into()],
+                _ => Vec::new(),
+            }
+        }
+    }
+
     #[test]
-    fn plan_binds_read_only_then_dev_proc_alloc_local() {
+    fn plan_binds_read_only_then_dev_proc_tmp_alloc_local() {
         let mut c = tend_proto::config::example("/data/allocs/a1", "/run/s");
         c.task = "web".into();
-        let spec = ChrootSpec {
-            binds: vec![
-                Bind {
-                    source: "/usr".into(),
-                    target: "/usr".into(),
-                },
-                Bind {
-                    source: "/etc/resolv.conf".into(),
-                    target: "//etc/./resolv.conf".into(),
-                },
-            ],
-        };
-        let p = plan(&c, &spec, |s| s.ends_with(".conf"));
+        let spec = binds(&[
+            ("/usr", "/usr"),
+            ("/etc/resolv.conf", "//etc/./resolv.conf"),
+        ]);
+        let p = plan(&c, &spec, &FakeHost::new(true));
+        let ro = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+        let rw = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
         assert_eq!(p[0].target, "usr");
         assert_eq!(p[0].describe(), "/usr on /usr");
-        assert!(p[0]
-            .remount
-            .is_some_and(|f| f & libc::MS_RDONLY != 0 && f & libc::MS_NOSUID != 0));
+        assert_eq!((p[0].attrs, p[0].remount), (ro, None));
+        assert_eq!(p[0].flags, libc::MS_BIND | libc::MS_REC);
         assert!(p[1].file);
         assert_eq!(p[1].target, "etc/resolv.conf");
         assert_eq!(p[2].source, Source::Host("/dev/null".into()));
         assert_eq!(p[2].target, "dev/null");
-        let proc_ = &p[2 + DEV_NODES.len()];
-        assert_eq!(
-            (&proc_.source, proc_.target.as_str()),
-            (&Source::Fs("proc"), "proc")
-        );
-        let alloc = &p[3 + DEV_NODES.len()];
+        let at = |t: &str| p.iter().find(|m| m.target == t).unwrap();
+        let proc_ = at("proc");
+        assert_eq!(proc_.source, Source::Fs("proc"));
+        assert_eq!(proc_.data.as_deref(), Some("hidepid=2"));
+        assert!(proc_.data_optional && !proc_.existing);
+        let sys = at("proc/sys");
+        assert_eq!(sys.source, Source::Itself);
+        assert!(sys.existing && sys.attrs & libc::MOUNT_ATTR_RDONLY != 0);
+        let kcore = at("proc/kcore");
+        assert_eq!(kcore.source, Source::Host("/dev/null".into()));
+        assert!(kcore.existing && kcore.file);
+        let acpi = at("proc/acpi");
+        assert_eq!(acpi.source, Source::Fs("tmpfs"));
+        assert!(acpi.existing && acpi.flags & libc::MS_RDONLY != 0);
+        // Every knob comes after the /proc it lives in.
+        let proc_at = p.iter().position(|m| m.target == "proc").unwrap();
+        assert!(p
+            .iter()
+            .enumerate()
+            .all(|(i, m)| !m.target.starts_with("proc/") || i > proc_at));
+        let tmp = at("tmp");
+        assert_eq!(tmp.flags, libc::MS_NOSUID | libc::MS_NODEV);
+        // example() has no cgroup: the 64 MiB default.
+        assert_eq!(tmp.data.as_deref(), Some("mode=1777,size=67108864"));
+        let alloc = at("alloc");
         assert_eq!(alloc.source, Source::InAlloc("alloc".into()));
-        assert_eq!(alloc.target, "alloc");
-        assert!(alloc.remount.is_none());
+        assert_eq!((alloc.attrs, alloc.remount), (rw, None));
         let local = p.last().unwrap();
         assert_eq!(local.source, Source::InAlloc("web/local".into()));
         assert_eq!(local.target, "local");
+        assert_eq!(local.attrs, rw);
+        // No /sys bound: nothing of it masked.
+        assert!(!p.iter().any(|m| m.target.starts_with("sys")));
+    }
+
+    #[test]
+    fn without_mount_setattr_every_bind_and_submount_is_remounted() {
+        let c = tend_proto::config::example("/data/allocs/a1", "/run/s");
+        let spec = binds(&[("/usr", "/usr"), ("/sys", "/sys")]);
+        let p = plan(&c, &spec, &FakeHost::new(false));
+        let ro =
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        assert_eq!((p[0].attrs, p[0].remount), (0, Some(ro)));
+        assert_eq!(p[1].source, Source::Existing);
+        assert_eq!(p[1].target, "usr/local");
+        assert_eq!(p[2].target, "usr/local/share");
+        assert!(p[1].existing && p[1].remount == Some(ro));
+        assert_eq!(p[1].describe(), "remount /usr/local");
+        let local = p.last().unwrap();
+        assert_eq!(
+            local.remount,
+            Some(libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV)
+        );
+        // A /sys bound in gets its firmware masked.
+        assert!(p.iter().any(|m| m.target == "sys/firmware" && m.existing));
+    }
+
+    #[test]
+    fn submounts_come_from_mountinfo_beneath_the_dir_only() {
+        let info = "\
+22 1 8:1 / / rw - ext4 /dev/sda1 rw
+40 22 0:40 / /usr rw - ext4 /dev/sdb rw
+41 40 0:41 / /usr/my\\040dir rw - tmpfs t rw
+42 41 0:42 / /usr/my\\040dir/x rw - tmpfs t rw
+43 22 0:43 / /usrx rw - tmpfs t rw
+";
+        assert_eq!(submounts_in(info, "/usr"), ["my dir", "my dir/x"]);
+        assert_eq!(submounts_in(info, "/usr/"), ["my dir", "my dir/x"]);
+        assert!(submounts_in(info, "/opt").is_empty());
+    }
+
+    #[test]
+    fn tmp_is_64_mib_or_a_quarter_of_the_memory_limit() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(tmp_size(None), 64 * MIB);
+        assert_eq!(tmp_size(Some(1024 * MIB)), 64 * MIB);
+        assert_eq!(tmp_size(Some(64 * MIB)), 16 * MIB);
+        assert_eq!(tmp_size(Some(10)), 4096);
     }
 
     fn open_dir(p: &Path) -> OwnedFd {
@@ -420,7 +775,7 @@ mod tests {
             ],
         };
         let fd = open_dir(&alloc_dir);
-        let r = prepare(&c, &spec, fd.as_fd()).unwrap();
+        let r = prepare(&c, &spec, fd.as_fd(), &FakeHost::new(true)).unwrap();
         assert_eq!(r.ops[0].target.to_str().unwrap(), "usr/lib");
         assert_eq!(r.ops[0].shown, "/usr on /usr/lib");
         let created: Vec<(&str, bool)> = r
@@ -435,7 +790,12 @@ mod tests {
         );
         assert_eq!(created[3], ("dev", false));
         assert_eq!(created[4], ("dev/null", true));
-        assert!(created.ends_with(&[("proc", false), ("alloc", false), ("local", false)]));
+        assert!(created.ends_with(&[
+            ("proc", false),
+            ("tmp", false),
+            ("alloc", false),
+            ("local", false)
+        ]));
         // On disk: the alloc's shared dir and the task's local dir, nothing else.
         let mut on_disk: Vec<String> = walk(&alloc_dir);
         on_disk.sort();
@@ -469,7 +829,7 @@ mod tests {
         // A previous run left /local as a link to a host dir.
         symlink(outside.path(), alloc_dir.join("t/local")).unwrap();
         let spec = ChrootSpec { binds: vec![] };
-        let e = prepare(&c, &spec, fd.as_fd()).unwrap_err();
+        let e = prepare(&c, &spec, fd.as_fd(), &FakeHost::new(true)).unwrap_err();
         assert_eq!(e.path, alloc_dir.join("t/local"));
         assert!(
             e.to_string().starts_with(&format!(
@@ -487,7 +847,7 @@ mod tests {
                 target: "/usr/../../x".into(),
             }],
         };
-        let e = prepare(&c, &spec, fd.as_fd()).unwrap_err();
+        let e = prepare(&c, &spec, fd.as_fd(), &FakeHost::new(true)).unwrap_err();
         assert_eq!(e.source.raw_os_error(), Some(libc::EINVAL), "{e}");
         assert!(!alloc_dir.join("x").exists());
     }

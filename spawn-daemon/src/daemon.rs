@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{killpg, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::{fchmod, mkdirat, Mode};
 use nix::unistd::{getpid, Pid};
@@ -49,6 +49,9 @@ pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 pub const KILL_LIMIT: Duration = Duration::from_secs(2);
 /// Between two rounds of killing what is left of the task.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
+/// How long a sweep waits for the init of the task's pid namespace to die,
+/// once the task itself is reaped (see `Daemon::kill_ns_init`).
+pub const INIT_DEATH_WAIT: Duration = Duration::from_millis(20);
 /// Size of the one read buffer shared by pipes and clients.
 const READ_BUF: usize = 16 * 1024;
 
@@ -160,18 +163,15 @@ impl TaskCgroupGuard {
         }
     }
 
-    /// Whether the kernel's OOM killer ended the task: its counter moved since
-    /// the start AND the main process died by SIGKILL. Read before removal.
-    fn oom_killed(&self, signal: Option<i32>) -> bool {
-        if signal != Some(libc::SIGKILL) {
-            return false;
-        }
+    /// How many processes the kernel's OOM killer killed in the task's cgroup
+    /// since the start (the task or any process of it). Read before removal.
+    fn oom_kills(&self) -> u64 {
         match self.cg.oom_kill_count() {
-            Ok(Some(now)) => now > self.oom_at_start.unwrap_or(0),
-            Ok(None) => false,
+            Ok(Some(now)) => now.saturating_sub(self.oom_at_start.unwrap_or(0)),
+            Ok(None) => 0,
             Err(e) => {
                 warn!(error = %e, "cannot read the OOM counter");
-                false
+                0
             }
         }
     }
@@ -244,11 +244,19 @@ pub fn resolve_user(user: &str) -> Result<Isolation, StartFailure> {
 }
 
 /// Best effort: never chosen by the OOM killer. Without CAP_SYS_RESOURCE the
-/// kernel says no, which is a warning.
-fn protect_from_oom() {
-    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", b"-1000") {
-        warn!(error = %e, "cannot set oom_score_adj to -1000");
+/// kernel says no to -1000, which is a warning, and the daemon settles for 0
+/// where it started above that. Returns the value it had at its start (None
+/// where /proc does not say), which its tasks get back.
+fn protect_from_oom() -> Option<i32> {
+    const FILE: &str = "/proc/self/oom_score_adj";
+    let start = std::fs::read_to_string(FILE)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Err(e) = std::fs::write(FILE, b"-1000") {
+        let lowered = start.is_some_and(|v| v > 0) && std::fs::write(FILE, b"0").is_ok();
+        warn!(error = %e, lowered_to_0 = lowered, "cannot set oom_score_adj to -1000");
     }
+    start
 }
 
 fn stdio_to_dev_null() {
@@ -316,7 +324,10 @@ struct Daemon {
     instance: Instance,
     daemon_pid: Pid,
     task_pid: Pid,
+    /// The task's pidfd, until it is reaped: every signal to it goes here.
     pidfd: Option<OwnedFd>,
+    /// The init of the task's pid namespace, until it is reaped.
+    init: Option<child::NsInit>,
     started_at: String,
     /// Raw status and time of the main process's end, once reaped.
     ended: Option<(i32, String)>,
@@ -369,7 +380,7 @@ impl Handler for Daemon {
             daemon_pid: self.daemon_pid.as_raw(),
             run: self.config.run,
             started_at: self.started_at.clone(),
-            exit: self.exit.clone(),
+            exit: self.exit.as_ref().map(Into::into),
         }
     }
 
@@ -408,13 +419,11 @@ impl Handler for Daemon {
         if self.ended.is_some() {
             return Err("task has exited".into());
         }
+        // Through the pidfd, never the bare pid: it reaches the task or nothing.
         match &self.pidfd {
             Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signo)
                 .map_err(|e| format!("signal {signo}: {e}")),
-            None => {
-                // Not reaped yet, so the pid is still ours (a zombie at worst).
-                sys::kill_raw(self.task_pid, signo).map_err(|e| format!("signal {signo}: {e}"))
-            }
+            None => Err("task has exited".into()),
         }
     }
 
@@ -443,13 +452,13 @@ impl Daemon {
         }
         info!(signal, grace_ms, "stopping the task");
         self.stopping = true;
-        if self.ended.is_none() {
-            if let Ok(sig) = Signal::try_from(signal) {
-                // The whole process group: the task and what it started.
-                if let Err(e) = killpg(self.task_pid, sig) {
-                    if e != Errno::ESRCH {
-                        warn!(error = %e, "stop signal failed");
-                    }
+        if let (None, Some(fd)) = (&self.ended, &self.pidfd) {
+            // The task's main process, through its pidfd (as Docker and Nomad
+            // do); what it started goes with the cgroup once it ends or the
+            // grace is over.
+            if let Err(e) = sys::pidfd_send_signal(fd.as_fd(), signal) {
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    warn!(error = %e, "stop signal failed");
                 }
             }
         }
@@ -466,6 +475,9 @@ impl Daemon {
                 self.ended = Some((r.status, tend_proto::time::now()));
                 self.pidfd = None;
             }
+            if self.init.as_ref().is_some_and(|i| i.pid == r.pid) {
+                self.init = None;
+            }
         }
     }
 
@@ -474,6 +486,11 @@ impl Daemon {
         if self.main_just_ended() {
             // Nothing of the task outlives it.
             self.start_sweep();
+        } else if self.sweep_at.is_some() && !reaped.is_empty() {
+            // Something of the task just died: look again now rather than at
+            // the next round (the pid namespace's init dies right after the
+            // task, and the exit waits for it).
+            self.sweep();
         }
     }
 
@@ -502,6 +519,7 @@ impl Daemon {
         self.note_reaped(&reaper::reap_all());
         // This round covers the main process's end, if it came now.
         self.main_just_ended();
+        self.kill_ns_init();
         let in_cgroup = match self.cgroup.as_ref().filter(|g| !g.removed) {
             Some(g) => g.cg.kill_once().unwrap_or_else(|e| {
                 warn!(error = %e, "killing the task's cgroup");
@@ -524,6 +542,28 @@ impl Daemon {
         }
     }
 
+    /// SIGKILL the init of the task's pid namespace through its pidfd: its
+    /// death takes every process of the namespace with it. Once the task is
+    /// reaped that takes microseconds (the init's exit waits for every pid of
+    /// the namespace to be released, the task's among them, so never wait for
+    /// it before): wait for it here, [`INIT_DEATH_WAIT`] at most, and reap
+    /// it, so the cgroup is found empty this round rather than killed
+    /// (frozen, on v1) and looked at again a round later.
+    fn kill_ns_init(&mut self) {
+        let Some(init) = &self.init else {
+            return;
+        };
+        let _ = sys::pidfd_send_signal(init.pidfd.as_fd(), libc::SIGKILL);
+        if self.ended.is_none() {
+            return;
+        }
+        let mut fds = [PollFd::new(init.pidfd.as_fd(), PollFlags::POLLIN)];
+        let wait = PollTimeout::try_from(INIT_DEATH_WAIT).unwrap_or(PollTimeout::ZERO);
+        if matches!(poll(&mut fds, wait), Ok(n) if n > 0) {
+            self.note_reaped(&reaper::reap_all());
+        }
+    }
+
     fn finish(&mut self, clients: &mut [Client]) {
         let Some((status, finished_at)) = self.ended.clone() else {
             return;
@@ -538,8 +578,10 @@ impl Daemon {
             finished_at,
         );
         if let Some(g) = &self.cgroup {
-            // Before the cgroup goes: its counter goes with it.
-            exit.oom_killed = g.oom_killed(exit.signal);
+            // Before the cgroup goes: its counter goes with it. The task itself
+            // died of it only when the counter moved and SIGKILL ended it.
+            exit.oom_kills = g.oom_kills();
+            exit.oom_killed = exit.oom_kills > 0 && exit.signal == Some(libc::SIGKILL);
         }
         // In place for every reader first; on the disk right after Exited
         // is sent: the agent waits for the one, only a power loss for the other.
@@ -641,7 +683,9 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
             return fail(&config, Some(alloc.as_fd()), &f);
         }
     };
-    let own_log = logs::open_append(log_dir.as_fd(), &format!("{}.tend-spawn.log", config.task));
+    // One file for every run of the task, each run's lines after the last's.
+    let own_log =
+        logs::open_shared_append(log_dir.as_fd(), &format!("{}.tend-spawn.log", config.task));
     let own_log_err = own_log.as_ref().err().map(|e| e.to_string());
     DaemonLog::new(&config.alloc_id, &config.task, own_log.ok().map(File::from)).install();
     if let Some(e) = own_log_err {
@@ -649,6 +693,7 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
     }
     let _span =
         tracing::info_span!("task", alloc_id = %config.alloc_id, task = %config.task).entered();
+    info!("=== run {} ===", config.run);
 
     // The cgroups: find them, and leave the agent's for the daemon's own one,
     // outside the task's (its memory must not count against the task) and
@@ -696,7 +741,9 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
         }
         _ => None,
     };
-    privileged(protect_from_oom);
+    // The task's: what the daemon had, never below 0 (an agent protected
+    // from the OOM killer must not hand that to its tasks).
+    let task_oom_score_adj = privileged(protect_from_oom).flatten().unwrap_or(0).max(0);
 
     let signals = match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
     {
@@ -737,6 +784,7 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
         hier.as_ref(),
         ctx.as_ref(),
         helper,
+        task_oom_score_adj,
     ) {
         Ok(code) => code,
         Err(code) => code,
@@ -947,6 +995,7 @@ fn start(
     hier: Option<&Hierarchies>,
     ctx: Option<&Context>,
     helper: Option<Pid>,
+    task_oom_score_adj: i32,
 ) -> Result<i32, i32> {
     let failed = |config: &SpawnConfig, alloc: &OwnedFd, f: StartFailure| {
         fail(config, Some(alloc.as_fd()), &f)
@@ -1021,24 +1070,26 @@ fn start(
     // The task's root: mount points made now, mounts made by the child.
     let root = match config.isolation.as_ref().and_then(|i| i.chroot.as_ref()) {
         None => None,
-        Some(spec) => match crate::chroot::prepare(&config, spec, alloc.as_fd()) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                let f = StartFailure {
-                    stage: Stage::Mount,
-                    errno: e.source.raw_os_error().unwrap_or(0),
-                    message: e.to_string(),
-                };
-                return Err(failed(&config, &alloc, f));
+        Some(spec) => {
+            match crate::chroot::prepare(&config, spec, alloc.as_fd(), &crate::chroot::ThisHost) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let f = StartFailure {
+                        stage: Stage::Mount,
+                        errno: e.source.raw_os_error().unwrap_or(0),
+                        message: e.to_string(),
+                    };
+                    return Err(failed(&config, &alloc, f));
+                }
             }
-        },
+        }
     };
     if let (Some(c), Some(_)) = (ctx, &root) {
         if let Err(f) = give_local_to_task(c, alloc.as_fd(), &config.task) {
             return Err(failed(&config, &alloc, f));
         }
     }
-    let prep = match Prepared::new(&config, isolation, root) {
+    let prep = match Prepared::new(&config, isolation, root, task_oom_score_adj) {
         Ok(p) => p,
         Err(f) => return Err(failed(&config, &alloc, f)),
     };
@@ -1055,27 +1106,28 @@ fn start(
         }),
         None => Ok(()),
     };
-    let task_pid = match child::spawn(&prep, stdio, place) {
-        Ok(pid) => pid,
+    let child::Child {
+        pid: task_pid,
+        pidfd,
+        init,
+    } = match child::spawn(&prep, stdio, place) {
+        Ok(c) => c,
         Err(f) => return Err(failed(&config, &alloc, f)),
     };
     drop(prep);
     let started_at = tend_proto::time::now();
-    let pidfd = match sys::pidfd_open(task_pid) {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            warn!(error = %e, "pidfd_open failed; relying on SIGCHLD alone");
-            None
-        }
-    };
     // Setuid mode: the privileged phase ends here, before Started: never
     // report a task started by a half-privileged daemon.
     if let Some(c) = ctx {
         match drop_privileges(c) {
             Ok(()) => {}
             Err(f) => {
-                let _ = sys::kill_raw(task_pid, libc::SIGKILL);
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
                 let _ = sys::wait_blocking(task_pid);
+                if let Some(i) = &init {
+                    let _ = sys::pidfd_send_signal(i.pidfd.as_fd(), libc::SIGKILL);
+                    let _ = sys::wait_blocking(i.pid);
+                }
                 return Err(failed(&config, &alloc, f));
             }
         }
@@ -1097,7 +1149,8 @@ fn start(
         instance,
         daemon_pid,
         task_pid,
-        pidfd,
+        pidfd: Some(pidfd),
+        init,
         started_at,
         ended: None,
         exit: None,

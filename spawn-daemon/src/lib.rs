@@ -110,6 +110,13 @@ pub fn run() -> i32 {
         eprintln!("tend-spawn: {}", UsageError::Terminal);
         return EXIT_USAGE;
     }
+    // Whatever signal state the parent left (SIGCHLD ignored would reap the
+    // task behind the daemon's back, SIGTERM ignored would never reach it):
+    // gone, before any fork. The daemon sets its own below.
+    if let Err(e) = sys::reset_signals() {
+        eprintln!("tend-spawn: resetting the signal mask: {e}");
+        return EXIT_FAILED;
+    }
     let setuid_mode = setuid::is_setuid();
     if !setuid_mode {
         // Setuid mode did its own, stricter, first thing in main.
@@ -181,6 +188,22 @@ fn report_failure(f: &StartFailure) -> i32 {
         message: f.message.clone(),
     });
     EXIT_FAILED
+}
+
+/// For unit tests that need root: true as root; else prints "skipped: needs
+/// root" and returns false, or panics under `CI=true`, where a skipped test
+/// proves nothing. (tend-tests' `have_root`, which this crate cannot depend on.)
+#[cfg(test)]
+pub(crate) fn test_have_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none_or(|v| v != "true"),
+        "cannot run under CI=true: needs root"
+    );
+    println!("skipped: needs root");
+    false
 }
 
 #[cfg(test)]

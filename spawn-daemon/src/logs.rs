@@ -59,8 +59,20 @@ fn io_err(e: Errno) -> io::Error {
 /// writer and keeps the offset itself, which lets splice(2) move pipe pages into
 /// the file (splice refuses O_APPEND files).
 pub fn open_append(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, LogError> {
+    open_log(dir, name, 0)
+}
+
+/// [`open_append`] with O_APPEND, for a file that more than one process may
+/// write at once: the daemon's own log, where the daemon of a task's next run
+/// may start while the last one still lingers. Every write lands at the end,
+/// so no run's lines overwrite another's.
+pub fn open_shared_append(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, LogError> {
+    open_log(dir, name, libc::O_APPEND)
+}
+
+fn open_log(dir: BorrowedFd<'_>, name: &str, extra: i32) -> Result<OwnedFd, LogError> {
     let open = |flags: i32| sys::open_beneath(dir, name, flags, LOG_FILE_MODE);
-    let base = libc::O_WRONLY;
+    let base = libc::O_WRONLY | extra;
     let fd = match open(base | libc::O_CREAT | libc::O_EXCL) {
         Ok(fd) => {
             // The umask cut the mode; set it exactly.

@@ -213,7 +213,7 @@ impl Session {
     pub fn exited(&mut self, exit: &ExitStatus) -> Option<Response> {
         if self.waiting && !self.exit_sent && !self.closing {
             self.exit_sent = true;
-            Some(Response::Exited(exit.clone()))
+            Some(Response::exited(exit))
         } else {
             None
         }
@@ -559,7 +559,7 @@ mod tests {
             vec![Response::Ok]
         );
         let exit = ExitStatus::from_wait("a", "t", 1, 5, 0, "s".into(), "f".into());
-        assert_eq!(s.exited(&exit), Some(Response::Exited(exit.clone())));
+        assert_eq!(s.exited(&exit), Some(Response::exited(&exit)));
         assert_eq!(s.exited(&exit), None);
         // Waiting after the exit answers at once.
         let mut s = Session::default();
@@ -567,7 +567,7 @@ mod tests {
         s.on_frame(&hello([3; 32], PROTOCOL_VERSION), &mut h);
         assert_eq!(
             s.on_frame(&frame_of(&Request::Wait), &mut h),
-            vec![Response::Ok, Response::Exited(exit)]
+            vec![Response::Ok, Response::exited(&exit)]
         );
         assert_eq!(
             s.on_frame(&frame_of(&Request::Release), &mut h),

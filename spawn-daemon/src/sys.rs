@@ -1,5 +1,6 @@
 //! Raw system call wrappers that neither std nor nix offer: close_range, pidfd_open,
-//! pidfd_send_signal, openat2, getrandom, and a waitpid that keeps the raw status.
+//! pidfd_send_signal, openat2, getrandom, mount_setattr, setns, the signal
+//! state of a fresh process, and a waitpid that keeps the raw status.
 //!
 //! Each wrapper is a thin, checked shell around one call, so the unsafe surface of
 //! the daemon stays in this file and in [`crate::child`].
@@ -196,10 +197,64 @@ pub fn ignore_signal(sig: nix::sys::signal::Signal) -> io::Result<()> {
         .map_err(|e| io::Error::from_raw_os_error(e as i32))
 }
 
-/// `kill(pid, signo)` for any signal number (nix's `Signal` lacks the real-time ones).
-pub fn kill_raw(pid: Pid, signo: i32) -> io::Result<()> {
-    // SAFETY: kill takes plain integers and touches no memory of ours.
-    let ret = unsafe { libc::kill(pid.as_raw(), signo) };
+/// Every signal disposition back to SIG_DFL and an empty signal mask: what a
+/// parent left ignored or blocked is not ours (an ignored SIGCHLD would
+/// reap the task behind our back, an ignored SIGTERM would never reach the
+/// signalfd). Signals libc keeps for itself refuse the change (EINVAL): skipped.
+pub fn reset_signals() -> io::Result<()> {
+    // SAFETY: sigset_t is a plain C type for which all-zero is valid, and
+    // sigemptyset initialises it; sigaction with SIG_DFL installs no handler
+    // code, and sigprocmask only reads the set.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut dfl.sa_mask);
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        check(libc::c_long::from(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &empty,
+            std::ptr::null_mut(),
+        )))
+        .map(|_| ())
+    }
+}
+
+/// Whether the kernel has mount_setattr(2) (Linux 5.12): a call with no
+/// attributes on no fd answers EBADF or EINVAL where it does, ENOSYS where not.
+pub fn has_mount_setattr() -> bool {
+    // SAFETY: a NULL attr with size 0 is never read; -1 is no fd of ours.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1 as libc::c_int,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+        )
+    };
+    !(ret < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+}
+
+/// `unshare(CLONE_NEWPID)`: the next child of this process is the first
+/// process (pid 1) of a new pid namespace; this process stays where it is.
+pub fn unshare_pid_ns() -> io::Result<()> {
+    // SAFETY: unshare takes a plain integer and touches no memory of ours.
+    let ret = unsafe { libc::unshare(libc::CLONE_NEWPID) };
+    check(libc::c_long::from(ret)).map(|_| ())
+}
+
+/// `setns(ns, CLONE_NEWPID)`: later children of this process go into the pid
+/// namespace of `ns` (an fd of `/proc/<pid>/ns/pid`); this process does not move.
+pub fn set_children_pid_ns(ns: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: the fd is borrowed and valid for the call; plain integers else.
+    let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) };
     check(libc::c_long::from(ret)).map(|_| ())
 }
 

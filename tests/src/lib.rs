@@ -46,6 +46,44 @@ use tend_proto::{
     ExitStatus, Hello, Instance, Request, Response, StartReport, Token, PROTOCOL_VERSION,
 };
 
+/// Skip the calling test for `reason` ("needs root", "no docker engine at
+/// ..."): print `skipped: REASON` and let the caller return. Under `CI=true` a
+/// skipped test proves nothing, so this panics instead: CI runs as root with
+/// the test engine up, and a skip there means something is missing.
+pub fn skip_or_fail(reason: &str) {
+    skip_or_fail_when(std::env::var_os("CI").as_deref(), reason);
+}
+
+/// [`skip_or_fail`] with the value of `CI` given.
+fn skip_or_fail_when(ci: Option<&OsStr>, reason: &str) {
+    assert!(
+        ci != Some(OsStr::new("true")),
+        "cannot run under CI=true: {reason}"
+    );
+    println!("skipped: {reason}");
+}
+
+/// Whether this process is root; when not, the test is skipped (see
+/// [`skip_or_fail`]). Most callers use [`require_root!`].
+pub fn have_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip_or_fail("needs root");
+    false
+}
+
+/// Return from the calling test unless it runs as root: prints "skipped:
+/// needs root" as a normal user, panics under `CI=true` (see [`skip_or_fail`]).
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::have_root() {
+            return;
+        }
+    };
+}
+
 /// The dir the test executable's crate builds into (`target/debug`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -237,10 +275,31 @@ impl Sandbox {
 
     /// Exec tend-spawn with `input` as its whole stdin and read the start report.
     pub fn start_raw(&self, input: &[u8]) -> Spawned {
+        self.start_through(&[], input)
+    }
+
+    /// [`Sandbox::start`] through a wrapper: `wrapper[0]` is run with the
+    /// rest of `wrapper` then tend-spawn's path as its arguments, and must
+    /// exec it (`env --ignore-signal=CHLD`, `sh -c '...; exec "$0"'`): how a
+    /// parent that leaves odd process state behind starts tend-spawn.
+    pub fn start_wrapped(&self, cfg: &SpawnConfig, wrapper: &[&str]) -> Spawned {
+        let bytes = frame::encode(cfg).expect("encode config");
+        self.start_through(wrapper, &bytes)
+    }
+
+    fn start_through(&self, wrapper: &[&str], input: &[u8]) -> Spawned {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let stderr_path = self.data.path().join(format!("spawn-{n}.stderr"));
         let stderr = fs::File::create(&stderr_path).expect("stderr file");
-        let mut child = Command::new(spawn_bin())
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(spawn_bin()),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(spawn_bin());
+                c
+            }
+        };
+        let mut child = cmd
             .env_clear()
             .current_dir(self.data.path())
             .stdin(Stdio::piped())
@@ -495,6 +554,14 @@ impl Client {
         frame::read_frame(&mut self.stream, MAX_FRAME_LEN)?.decode()
     }
 
+    /// Receive the next frame, which must be the exit event (either form).
+    pub fn recv_exit(&mut self) -> ExitStatus {
+        match self.recv().map(Response::into_exit) {
+            Ok(Ok(e)) => e,
+            other => panic!("expected Exited, got {other:?}"),
+        }
+    }
+
     /// Send a request and receive its answer.
     pub fn request(&mut self, req: Request) -> Response {
         self.send(&req);
@@ -522,10 +589,7 @@ impl Client {
         self.stream
             .set_read_timeout(Some(timeout))
             .expect("timeout");
-        match self.recv() {
-            Ok(Response::Exited(e)) => e,
-            other => panic!("expected Exited, got {other:?}"),
-        }
+        self.recv_exit()
     }
 
     /// [`Client::wait_exit_within`] 30 s.
@@ -955,5 +1019,103 @@ pub fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(b.get(..size)?);
         b = b.get(size + 2..)?;
+    }
+}
+
+/// A host user (and its own group) made for one test with `useradd`, removed
+/// with `userdel` when dropped, even after a failed assertion. Stands for
+/// "another local user".
+#[derive(Debug)]
+pub struct ThrowawayUser {
+    /// Its name (`tt` and 8 hex digits).
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary group, of its own.
+    pub gid: u32,
+}
+
+impl ThrowawayUser {
+    /// Make one (root only). `useradd` takes a lock on /etc/passwd that tests
+    /// running at once may hold: it is tried again for a while.
+    pub fn create() -> ThrowawayUser {
+        let name = format!("tt{:08x}", random_u64() & 0xffff_ffff);
+        let mut last = String::new();
+        let made = wait_until(Duration::from_secs(30), || {
+            let out = Command::new("useradd")
+                .args(["--no-create-home", "--user-group", "--shell", "/bin/false"])
+                .arg(&name)
+                .output()
+                .expect("run useradd");
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status.success()
+        });
+        assert!(made, "useradd {name}: {last}");
+        // Removed on drop from here on, whatever happens next.
+        let mut user = ThrowawayUser {
+            name,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        };
+        let u = nix::unistd::User::from_name(&user.name)
+            .expect("read passwd")
+            .expect("the new user");
+        user.uid = u.uid.as_raw();
+        user.gid = u.gid.as_raw();
+        user
+    }
+
+    /// Run `cmd args` as this user: its uid and gid, no supplementary group, an
+    /// empty environment but PATH, from `/`. Its stdout when it succeeds; else
+    /// why not (its stderr, or why it could not even start: `cmd` itself may be
+    /// out of the user's reach).
+    pub fn run<S: AsRef<OsStr>>(&self, cmd: &str, args: &[S]) -> Result<String, String> {
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(cmd)
+            .args(args)
+            .uid(self.uid)
+            .gid(self.gid)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{cmd}: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        wait_until(Duration::from_secs(30), || {
+            Command::new("userdel")
+                .arg(&self.name)
+                .output()
+                .is_ok_and(|o| o.status.success() || o.status.code() == Some(6))
+        });
+        // userdel removes the user's own group with it; if it did not, this does.
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_is_a_skip_outside_ci() {
+        skip_or_fail_when(None, "needs root");
+        skip_or_fail_when(Some(OsStr::new("false")), "needs root");
+        skip_or_fail_when(Some(OsStr::new("")), "needs root");
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot run under CI=true: needs root")]
+    fn a_skip_fails_under_ci() {
+        skip_or_fail_when(Some(OsStr::new("true")), "needs root");
     }
 }

@@ -876,3 +876,349 @@ fn an_agent_restart_does_not_hand_a_failing_task_its_attempts_afresh() {
     assert_eq!(t["failed"], true, "{t:#}");
     assert_eq!(t["exit"]["exit_code"], 1, "{t:#}");
 }
+
+// ---------------------------------------------------------------------------
+// The CLI at its edges
+
+#[test]
+fn an_empty_alloc_id_is_a_clear_error_and_stops_nothing() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let file = write_job(
+        &sb,
+        "one.hcl",
+        &job("one", 1, NO_RESTART, &sh_task("t", WAIT_FOR_CODE, "")),
+    );
+    let id = submit(&agent, &file).remove(0);
+    wait_task(&agent, &id, "t", running);
+    for verb in [&["status", ""][..], &["stop", ""], &["logs", "", "t"]] {
+        let out = agent.cli(verb);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{verb:?}: {out:?}");
+        assert!(
+            stderr.contains("the allocation id is empty: give an id or a unique prefix of one"),
+            "{verb:?}: {stderr}"
+        );
+    }
+    // "" is a prefix of every id: the API refuses it too, rather than take the
+    // only allocation there is.
+    let r = agent.http("POST", "/v1/allocations//stop", b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("the allocation id is empty"),
+        "{}",
+        r.text()
+    );
+    let t = task_of(&agent, &id, "t");
+    assert!(running(&t), "an empty id stopped the allocation: {t:#}");
+    release(&sb, &id, "t", 0);
+    wait_task(&agent, &id, "t", dead);
+}
+
+#[test]
+fn a_job_over_the_api_limit_gets_the_agents_413_message_not_a_broken_pipe() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let big = "x".repeat(5 * 1024 * 1024);
+    let file = write_job(
+        &sb,
+        "big.hcl",
+        &job(
+            "big",
+            1,
+            NO_RESTART,
+            &sh_task("t", "true", &format!("      env {{ BIG = \"{big}\" }}")),
+        ),
+    );
+    for _ in 0..3 {
+        let out = agent.cli(&["run", file.to_str().expect("utf-8")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("request body over the API's limit of 4 MiB (4194304 bytes)"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    }
+    assert_eq!(
+        agent.get_json("/v1/allocations")["allocations"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn tend_status_of_an_alloc_shows_its_ports() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let ports = "      resources {\n        network {\n          port \"http\" {}\n          port \"admin\" {}\n        }\n      }";
+    let file = write_job(
+        &sb,
+        "ports.hcl",
+        &job(
+            "ports",
+            1,
+            NO_RESTART,
+            &sh_task("web", WAIT_FOR_CODE, ports),
+        ),
+    );
+    let id = submit(&agent, &file).remove(0);
+    wait_task(&agent, &id, "web", running);
+    let a = agent.get_json(&format!("/v1/allocations/{id}"));
+    let out = agent.cli(&["status", &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let given = a["ports"]["web"].as_array().expect("ports of web");
+    assert_eq!(given.len(), 2, "{a:#}");
+    let words: Vec<String> = given
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}:{}",
+                p["label"].as_str().expect("label"),
+                p["host_ip"].as_str().expect("ip"),
+                p["host_port"]
+            )
+        })
+        .collect();
+    assert!(
+        text.contains(&format!("Ports:\n  web: {}\n", words.join(", "))),
+        "{text}\n{a:#}"
+    );
+    release(&sb, &id, "web", 0);
+    wait_task(&agent, &id, "web", dead);
+}
+
+#[test]
+fn a_lost_run_leaves_no_socket_file_behind() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let file = write_job(
+        &sb,
+        "lost.hcl",
+        &job(
+            "lost",
+            1,
+            NO_RESTART,
+            &sh_task("t", "exec /bin/sleep 1000", ""),
+        ),
+    );
+    let id = submit(&agent, &file).remove(0);
+    let t = wait_task(&agent, &id, "t", running);
+    let s = wait_state(&sb, &id, "t", |s| s["handle"]["socket_path"].is_string());
+    let socket = PathBuf::from(s["handle"]["socket_path"].as_str().expect("socket"));
+    assert!(socket.exists(), "{}", socket.display());
+    // SIGKILL leaves tend-spawn no moment to remove its socket.
+    sigkill(pid_of(&t, "daemon_pid"));
+    let t = wait_task(&agent, &id, "t", dead);
+    assert_eq!(t["lost"], true, "{t:#}");
+    assert!(
+        wait_until(LONG, || !socket.exists()),
+        "the lost run's socket {} is still there",
+        socket.display()
+    );
+    let left: Vec<_> = fs::read_dir(sb.run_dir().join("s"))
+        .expect("socket dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "sockets left: {left:?}");
+}
+
+#[test]
+fn the_supervisors_log_keeps_every_run_each_under_its_header() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let restart = "    restart {\n      attempts = 2\n      delay    = \"0s\"\n      interval = \"10m\"\n      mode     = \"fail\"\n    }";
+    let file = write_job(
+        &sb,
+        "thrice.hcl",
+        &job("thrice", 1, restart, &sh_task("t", "exit 4", "")),
+    );
+    let id = submit(&agent, &file).remove(0);
+    let t = wait_task(&agent, &id, "t", dead);
+    assert_eq!(t["run"], 3, "{t:#}");
+    let log = fs::read_to_string(alloc_dir(&sb, &id).join("logs/t.tend-spawn.log"))
+        .expect("tend-spawn log");
+    let headers: Vec<usize> = (1..=3)
+        .map(|run| {
+            log.find(&format!(" === run {run} ===\n"))
+                .unwrap_or_else(|| panic!("no header of run {run} in:\n{log}"))
+        })
+        .collect();
+    assert!(headers.windows(2).all(|w| w[0] < w[1]), "{log}");
+    assert_eq!(log.matches("exit recorded").count(), 3, "{log}");
+    // Every line whole: none cut into by another run's.
+    for line in log.lines() {
+        assert!(line.contains(&format!("alloc_id={id} task=t ")), "{line:?}");
+    }
+}
+
+/// A docker task named after one of tend's own entries of the alloc dir (`logs`
+/// with the volume `.` would get every task's logs read-write) is refused by
+/// `tend validate` and by the API, each naming the place and the field.
+#[test]
+fn a_task_named_after_tend_s_own_alloc_dir_entries_is_refused() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    for name in ["logs", "alloc", "web_exit_status", ".hidden"] {
+        let text = format!(
+            "job \"j\" {{\n  group \"g\" {{\n    task \"{name}\" {{\n      driver = \"docker\"\n      config {{\n        image   = \"busybox\"\n        volumes = [\".:/all\"]\n      }}\n    }}\n  }}\n}}\n"
+        );
+        let file = write_job(&sb, "reserved.hcl", &text);
+        let out = sb.run_tend(&[std::ffi::OsStr::new("validate"), file.as_os_str()], LONG);
+        assert_eq!(out.code, Some(1), "{name}: {}", out.stdout);
+        let want = format!(
+            "{}:3:10: job.j.group.g.task.{name}: task name {name:?} ",
+            file.display()
+        );
+        let said = format!("{}{}", out.stdout, out.stderr);
+        assert!(said.contains(&want), "{name}: {said}");
+
+        let r = agent.http("POST", "/v1/jobs?file=r.hcl", text.as_bytes());
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        let v = r.json();
+        let d = &v["diagnostics"][0];
+        assert_eq!(
+            (d["line"].as_u64(), d["column"].as_u64()),
+            (Some(3), Some(10)),
+            "{v:#}"
+        );
+        assert_eq!(d["path"], format!("job.j.group.g.task.{name}"), "{v:#}");
+        assert!(
+            d["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("choose another name"),
+            "{v:#}"
+        );
+    }
+    assert!(agent.get_json("/v1/allocations")["allocations"]
+        .as_array()
+        .expect("allocations")
+        .is_empty());
+}
+
+/// Item 12.8: in root mode another local user can neither list the allocs,
+/// read a task's exit status file, nor write an alloc's shared dir, though
+/// that dir is 1777 for the tasks' users, and the data dir is walkable by all;
+/// the exec task running as nobody still writes its /alloc and /local, and the
+/// operator still reads the exit file (0644: its chain is what is closed).
+#[test]
+fn another_user_cannot_list_allocs_read_exit_files_or_write_alloc() {
+    use std::os::unix::fs::MetadataExt;
+    if !tend_tests::have_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let agent = AgentProc::start(&sb);
+    let exec_task = |name: &str, script: &str| {
+        let args = serde_json::to_string(&["-c", script]).expect("args");
+        format!(
+            "    task \"{name}\" {{\n      driver = \"exec\"\n      config {{\n        command = \"/bin/sh\"\n        args    = {args}\n      }}\n    }}\n"
+        )
+    };
+    let tasks = exec_task("done", "exit 3")
+        + &exec_task(
+            "sleeper",
+            "echo a > /alloc/from-task && echo l > /local/from-task && exec sleep 300",
+        );
+    let file = write_job(&sb, "j.hcl", &job("j", 1, NO_RESTART, &tasks));
+    let id = submit(&agent, &file).remove(0);
+    wait_task(&agent, &id, "done", dead);
+    wait_task(&agent, &id, "sleeper", running);
+    let dir = alloc_dir(&sb, &id);
+    assert!(
+        wait_until(LONG, || dir.join("alloc/from-task").exists()
+            && dir.join("sleeper/local/from-task").exists()),
+        "the task could not write its /alloc and /local"
+    );
+
+    let allocs = sb.data_dir().join("allocs");
+    let exit_file = dir.join("done_exit_status");
+    let other = tend_tests::ThrowawayUser::create();
+    let r = other.run("/bin/ls", &[&allocs]);
+    assert!(r.is_err(), "{} listed the allocs: {r:?}", other.name);
+    let r = other.run("/bin/cat", &[&exit_file]);
+    assert!(r.is_err(), "{} read an exit file: {r:?}", other.name);
+    let planted = dir.join("alloc/planted");
+    let r = other.run("/usr/bin/touch", &[&planted]);
+    assert!(
+        r.is_err() && !planted.exists(),
+        "{} wrote /alloc: {r:?}",
+        other.name
+    );
+    for d in [&allocs, &dir] {
+        assert_eq!(
+            fs::metadata(d).expect("stat").mode() & 0o7777,
+            0o700,
+            "{}",
+            d.display()
+        );
+    }
+    assert_eq!(
+        fs::metadata(&exit_file).expect("exit file").mode() & 0o777,
+        0o644
+    );
+    assert!(fs::read_to_string(&exit_file)
+        .expect("the operator reads it")
+        .contains("\"exit_code\": 3"));
+}
+
+/// Unmounts (lazily) what a test mounted, even when it fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn is_mount_point(p: &std::path::Path) -> bool {
+    let want = format!(" {} ", p.display());
+    fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .any(|l| l.contains(&want))
+}
+
+/// The binds the docker driver mounts for the engine live only while a
+/// container starts; those an agent that died meanwhile left in
+/// `<run_dir>/binds` are unmounted and removed by the next agent, and nothing
+/// of their sources goes with them.
+#[test]
+fn an_agent_clears_the_binds_a_dead_agent_left_staged() {
+    if !tend_tests::have_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let src = sb.scratch_dir().join("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    fs::write(src.join("keep"), "kept").expect("write");
+    let file_src = sb.scratch_dir().join("conf.txt");
+    fs::write(&file_src, "kept").expect("write");
+    let staged = sb.run_dir().join("binds/web-0123456789ab");
+    fs::create_dir_all(staged.join("0")).expect("mkdir");
+    fs::write(staged.join("1"), "").expect("point");
+    let mut guards = Vec::new();
+    for (from, point) in [(&src, staged.join("0")), (&file_src, staged.join("1"))] {
+        nix::mount::mount(
+            Some(from.as_path()),
+            &point,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        assert!(is_mount_point(&point));
+        guards.push(Unmount(point));
+    }
+
+    let _agent = AgentProc::start(&sb);
+    for g in &guards {
+        assert!(!is_mount_point(&g.0), "{} is still mounted", g.0.display());
+    }
+    assert!(!staged.exists(), "{} is left", staged.display());
+    assert_eq!(fs::read_to_string(src.join("keep")).expect("kept"), "kept");
+    assert_eq!(fs::read_to_string(&file_src).expect("kept"), "kept");
+}

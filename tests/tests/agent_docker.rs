@@ -1,14 +1,14 @@
 //! The docker driver under the agent: a container beside an exec task in one
 //! allocation, and a container that outlives an agent restart. Needs the engine
 //! of `.ci/docker-up` (`$TEND_TEST_DOCKER_SOCK`); without one each test prints
-//! "skipped: no docker engine" and passes.
+//! "skipped: no docker engine" and passes (under `CI=true` it fails).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tend_tests::{wait_until, AgentProc, Sandbox};
+use tend_tests::{have_root, skip_or_fail, wait_until, AgentProc, Sandbox};
 
 const IMAGE: &str = "tend-test/busybox:latest";
 const LONG: Duration = Duration::from_secs(60);
@@ -36,24 +36,19 @@ fn docker(args: &[&str]) -> Option<String> {
 
 fn engine_ready() -> bool {
     if docker(&["image", "inspect", IMAGE]).is_none() {
-        println!(
-            "skipped: no docker engine at {} with {IMAGE}",
+        skip_or_fail(&format!(
+            "no docker engine at {} with {IMAGE}",
             socket().display()
-        );
+        ));
         return false;
     }
     true
 }
 
-/// For tests that need root (an exec task, or files the engine makes as root
-/// in the sandbox) and the engine: false, with the reason printed, when either
-/// is missing.
+/// Root (the agent mounts each bind of the alloc dir for the engine) and the
+/// engine: false, with the reason printed, when either is missing.
 fn root_and_engine() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: needs root");
-        return false;
-    }
-    engine_ready()
+    have_root() && engine_ready()
 }
 
 /// The containers carrying `label` (`KEY=VALUE`).
@@ -208,7 +203,7 @@ fn a_container_and_an_exec_task_share_alloc() {
 
 #[test]
 fn a_container_outlives_an_agent_restart_and_its_exit_is_recorded() {
-    if !engine_ready() {
+    if !root_and_engine() {
         return;
     }
     let sb = Sandbox::new();
@@ -275,7 +270,7 @@ fn a_container_outlives_an_agent_restart_and_its_exit_is_recorded() {
 
 #[test]
 fn a_container_removed_while_the_agent_is_away_is_lost_never_zero() {
-    if !engine_ready() {
+    if !root_and_engine() {
         return;
     }
     let sb = Sandbox::new();

@@ -460,3 +460,61 @@ fn tend_spawn_killed_at_random_points_resolves_to_the_real_exit_or_lost() {
     let leftovers = temp_leftovers(&sb.data_dir().join("allocs"));
     assert!(leftovers.is_empty(), "torn writes left: {leftovers:?}");
 }
+
+/// An agent killed between linking a replacement state file under its temp
+/// name and renaming it leaves `.<name>.tmp-<pid>-<n>` (no syscall links a
+/// file over another). The next agent removes those of a writer that is gone
+/// as it starts, and leaves a live writer's and every other file alone.
+#[test]
+fn a_starting_agent_removes_the_temp_files_a_killed_agent_left() {
+    let sb = Sandbox::new();
+    let mut agent = AgentProc::start(&sb);
+    let ids = agent.submit(&job("temps", 1));
+    wait_all_dead(&agent, 1);
+    agent.kill9();
+
+    // A writer that is gone: a process that ran and was reaped.
+    let gone = std::process::Command::new("/bin/true")
+        .spawn()
+        .expect("spawn true");
+    let gone_pid = gone.id();
+    let _ = gone.wait_with_output();
+    // A writer that lives (its own temp must stay); in the sandbox's dir, so
+    // the sandbox kills it should the test fail first.
+    let mut live = std::process::Command::new("/bin/sleep")
+        .arg("100")
+        .current_dir(sb.data_dir())
+        .spawn()
+        .expect("spawn sleep");
+    let live_pid = live.id();
+
+    let state = sb.data_dir().join("state").join(&ids[0]);
+    let stale = [
+        state.join(format!(".t.json.tmp-{gone_pid}-106")),
+        state.join(format!(".alloc.json.tmp-{gone_pid}-3")),
+    ];
+    let kept = [
+        state.join(format!(".t.json.tmp-{live_pid}-1")),
+        state.join("notes.tmp-1-1"),
+    ];
+    for p in stale.iter().chain(&kept) {
+        fs::write(p, b"{\"half\": ").expect("plant temp");
+    }
+    agent.restart();
+    let _ = live.kill();
+    let _ = live.wait();
+
+    for p in &stale {
+        assert!(!p.exists(), "{} left", p.display());
+    }
+    for p in &kept {
+        assert!(p.exists(), "{} removed", p.display());
+    }
+    // The records themselves are untouched and read as before.
+    let list = wait_all_dead(&agent, 1);
+    assert_eq!(
+        task_t(&list[0])["exit"]["exit_code"],
+        code_of(0),
+        "{list:#?}"
+    );
+}

@@ -1,7 +1,7 @@
 //! The docker driver against a real engine: the one `.ci/docker-up` starts, found
 //! at `$TEND_TEST_DOCKER_SOCK` (default `/run/tend-test-docker.sock`), with the
 //! image `tend-test/busybox:latest` imported offline. Without an engine every
-//! test prints "skipped: no docker engine" and passes.
+//! test prints "skipped: no docker engine" and passes (under `CI=true` it fails).
 //!
 //! Every test labels its containers with an alloc id of its own, and a guard
 //! removes whatever carries that label when the test ends, failed or not.
@@ -20,6 +20,7 @@ use tend::jobspec::{Driver, LogSpec, Port, Resources, Task, TaskConfig};
 use tend::paths::AllocDir;
 use tend::ports::AssignedPort;
 use tend_proto::ExitStatus;
+use tend_tests::skip_or_fail;
 
 const IMAGE: &str = "tend-test/busybox:latest";
 
@@ -38,7 +39,7 @@ struct World {
     docker: Docker,
     alloc_id: String,
     alloc: AllocDir,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     _guard: Guard,
 }
 
@@ -82,12 +83,18 @@ async fn world(opts: DockerOptions) -> Option<World> {
     let docker = match tokio::time::timeout(Duration::from_secs(10), driver.engine()).await {
         Ok(Ok(d)) => d.clone(),
         _ => {
-            println!("skipped: no docker engine at {}", socket.display());
+            skip_or_fail(&format!("no docker engine at {}", socket.display()));
             return None;
         }
     };
     if docker.inspect_image(IMAGE).await.is_err() {
-        println!("skipped: no docker engine with {IMAGE} (run .ci/docker-up)");
+        skip_or_fail(&format!(
+            "no docker engine with {IMAGE} (run .ci/docker-up)"
+        ));
+        return None;
+    }
+    // The driver mounts each bind of the alloc dir for the engine itself.
+    if !tend_tests::have_root() {
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -104,7 +111,7 @@ async fn world(opts: DockerOptions) -> Option<World> {
             alloc_id: alloc_id.clone(),
         },
         alloc_id,
-        _tmp: tmp,
+        tmp,
     })
 }
 
@@ -142,6 +149,7 @@ impl World {
             .start(&DockerStart {
                 alloc_id: &self.alloc_id,
                 alloc: &self.alloc,
+                binds_dir: &self.tmp.path().join("run/binds"),
                 task: t,
                 job_labels: &labels,
                 command: t.config.command.clone(),
@@ -565,6 +573,7 @@ async fn a_missing_engine_fails_the_start_with_one_clear_error() {
         .start(&DockerStart {
             alloc_id: "a",
             alloc: &alloc,
+            binds_dir: &tmp.path().join("binds"),
             task: &t,
             job_labels: &BTreeMap::new(),
             command: t.config.command.clone(),
@@ -636,4 +645,164 @@ async fn a_log_copy_resumed_from_its_cursor_loses_nothing() {
     // Only what came after the last stored cursor (200 ms at most) is copied twice.
     assert!(seen.len() - unique.len() <= 5, "{text}");
     w.driver.remove(&id).await.unwrap();
+}
+
+/// Makes a path of the test's temp dir traversable by every user, as a data
+/// dir such as /var/lib/tend is: only tend's own modes then stand between
+/// another local user and the alloc dir.
+fn open_to_all(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Item 12.1: another task of the alloc (or another user, were the alloc dir
+/// reachable) swaps the volume source `alloc/conf` between a dir and a symlink
+/// to a host dir, as fast as it can, while containers with
+/// `../alloc/conf:/conf` start. Whatever the timing, no container ever sees or
+/// writes the host dir: the driver binds the dir it opened without following
+/// symlinks, never the path.
+#[tokio::test]
+async fn a_volume_source_swapped_for_a_symlink_never_brings_a_host_dir_in() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tend::jobspec::{Volume, VolumeSource};
+
+    let Some(w) = world(DockerOptions::default()).await else {
+        return;
+    };
+    let mut t = task(
+        "racer",
+        "if [ -e /conf/marker ]; then echo LEAK; exit 42; fi; touch /conf/written-$$",
+    );
+    t.config.volumes = vec![Volume {
+        source: VolumeSource::InAlloc("alloc/conf".into()),
+        target: "/conf".into(),
+        read_only: false,
+    }];
+    let secret = w.tmp.path().join("host-secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("marker"), "host").unwrap();
+    w.alloc.create(&[t.name.as_str()]).unwrap();
+    let conf = w.alloc.shared().join("conf");
+    let swap = w.alloc.shared().join("conf.swap");
+    std::fs::create_dir(&conf).unwrap();
+    std::os::unix::fs::symlink(&secret, &swap).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (stop, conf, swap) = (stop.clone(), conf.clone(), swap.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // Fails once the test is over and its dirs are gone.
+                if nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    &conf,
+                    nix::fcntl::AT_FDCWD,
+                    &swap,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                )
+                .is_err()
+                {
+                    break;
+                }
+                swaps += 1;
+                // Often enough to flip many times in a start, without taking a
+                // core from the tests running beside.
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            swaps
+        })
+    };
+    // A refused start is cheap; go on until a few dozen containers ran.
+    let (mut ran, mut refused) = (0, 0);
+    while ran < 30 && refused < 3000 {
+        match w.start(&t, &[]).await {
+            Ok(id) => {
+                let s = w.driver.wait(&id, &w.meta(&t.name)).await.unwrap();
+                w.driver.remove(&id).await.unwrap();
+                assert_eq!(
+                    s.exit_code,
+                    Some(0),
+                    "the container saw the host dir: {s:?}"
+                );
+                ran += 1;
+            }
+            Err(e) => {
+                assert!(e.contains("goes through the symlink"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = attacker.join().unwrap();
+    println!("{ran} containers ran, {refused} starts refused, {swaps} swaps");
+    assert_eq!(ran, 30, "too few containers ran: the test proved nothing");
+    let mut left: Vec<String> = std::fs::read_dir(&secret)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["marker"], "a container wrote into the host dir");
+    assert_eq!(
+        std::fs::read_dir(w.tmp.path().join("run/binds"))
+            .unwrap()
+            .count(),
+        0,
+        "a staged bind was left behind"
+    );
+}
+
+/// Item 12.2: a container under the default policy leaves a setuid-root copy
+/// of busybox and a world-writable device node in /alloc. Both are there on
+/// the host, and another local user can neither see, run nor open them: the
+/// chain to the alloc dir is the agent's alone. In the container /alloc and
+/// /local are nosuid,nodev too: the engine binds the agent's mounts, flags and all.
+#[tokio::test]
+async fn a_setuid_file_a_container_leaves_in_alloc_is_out_of_other_users_reach() {
+    use std::os::unix::fs::MetadataExt;
+
+    let Some(w) = world(DockerOptions::default()).await else {
+        return;
+    };
+    open_to_all(w.tmp.path());
+    let t = task(
+        "suid",
+        "cp /bin/busybox /alloc/sush && chmod 4755 /alloc/sush && \
+         mknod /alloc/mem c 1 1 && chmod 666 /alloc/mem && \
+         grep -E ' /(alloc|local) ' /proc/self/mountinfo",
+    );
+    let id = w.start(&t, &[]).await.unwrap();
+    let copy = w.driver.copy_logs(&id, &w.alloc, &t.name, t.logs, None);
+    let s = w.driver.wait(&id, &w.meta(&t.name)).await.unwrap();
+    copy.await.unwrap().unwrap();
+    w.driver.remove(&id).await.unwrap();
+    assert_eq!(s.exit_code, Some(0), "{s:?}: {}", w.log(&t.name, "stderr"));
+    let mounted = w.log(&t.name, "stdout");
+    let lines: Vec<&str> = mounted.lines().collect();
+    assert_eq!(lines.len(), 2, "{mounted}");
+    for l in lines {
+        let opts = l.split(' ').nth(5).unwrap_or_default();
+        assert!(
+            opts.split(',').any(|o| o == "nosuid") && opts.split(',').any(|o| o == "nodev"),
+            "in the container: {l}"
+        );
+    }
+
+    let sush = w.alloc.shared().join("sush");
+    let m = std::fs::metadata(&sush).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o4000), (0, 0o4000), "not setuid root");
+    let mem = w.alloc.shared().join("mem");
+
+    let other = tend_tests::ThrowawayUser::create();
+    let allocs = w.alloc.root.parent().unwrap();
+    for (cmd, args) in [
+        ("/bin/ls", vec![allocs.as_os_str()]),
+        ("/usr/bin/stat", vec![sush.as_os_str()]),
+        (sush.to_str().unwrap(), vec!["id".as_ref(), "-u".as_ref()]),
+        ("/usr/bin/head", vec!["-c1".as_ref(), mem.as_os_str()]),
+    ] {
+        let r = other.run(cmd, &args);
+        assert!(r.is_err(), "{} {cmd} {args:?} worked: {r:?}", other.name);
+    }
 }

@@ -4,7 +4,8 @@
 //! of exec job files. Every check is made from inside the task, or on the host
 //! where the task cannot lie (cgroup files, mountinfo, /proc).
 //!
-//! As a normal user each test prints "skipped: needs root" and passes.
+//! As a normal user each test prints "skipped: needs root" and passes (and
+//! fails under `CI=true`).
 //!
 //! Cgroups live under a parent unique to the test process
 //! (`tend-test-<pid>-<n>`); its guard kills and removes whatever is left there
@@ -21,24 +22,11 @@ use std::time::{Duration, Instant};
 use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation};
 use tend_proto::msg::TaskState;
 use tend_proto::{ExitStatus, Request, Response, SpawnConfig, Stage};
-use tend_tests::{pid_alive, wait_until, Client, Sandbox};
+use tend_tests::{pid_alive, require_root, wait_until, Client, Sandbox};
 
 const LONG: Duration = Duration::from_secs(30);
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const MB: u64 = 1024 * 1024;
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
 
 /// The hierarchies tend-spawn uses on this host: each v1 controller's mount
 /// and the cgroup2 tree (the root itself on a v2 host).
@@ -342,7 +330,7 @@ fn nobody_is_65534() -> bool {
 
 #[test]
 fn inside_an_exec_task_user_caps_cgroup_and_limit_are_as_configured() {
-    need_root!();
+    require_root!();
     assert!(
         nobody_is_65534(),
         "this test expects nobody to be 65534:65534"
@@ -424,7 +412,7 @@ fn inside_an_exec_task_user_caps_cgroup_and_limit_are_as_configured() {
 
 #[test]
 fn a_task_past_its_memory_limit_is_oom_killed_and_a_stopped_one_is_not() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     // dd really holds a 64 MB buffer: RSS grows past the 32 MB limit.
@@ -440,6 +428,7 @@ fn a_task_past_its_memory_limit_is_oom_killed_and_a_stopped_one_is_not() {
     let exit = finish(&sb, &cfg, daemon_pid, &mut c);
     assert_eq!(exit.signal, Some(9), "{exit:?} {}", err(&cfg));
     assert!(exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.oom_kills, 1, "{exit:?}");
     assert_eq!(Sandbox::wait_exit_file(&cfg, LONG), exit);
 
     // SIGKILL from a Stop is no OOM.
@@ -454,19 +443,84 @@ fn a_task_past_its_memory_limit_is_oom_killed_and_a_stopped_one_is_not() {
         }),
         Response::Ok
     );
-    let exit = match c.recv().unwrap() {
-        Response::Exited(e) => e,
-        other => panic!("{other:?}"),
-    };
+    let exit = c.recv_exit();
     assert_eq!(exit.signal, Some(9));
     assert!(!exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.oom_kills, 0, "{exit:?}");
     assert_eq!(c.request(Request::Release), Response::Ok);
     assert_clean(&sb, &cfg, daemon_pid);
 }
 
+/// A child of the task is killed for memory; the task lives on and exits 137
+/// itself: not `oom_killed` (the task did not die of it), but the kill is
+/// counted in `oom_kills`, in the exit event and in the exit file.
+const CHILD_OOM_SCRIPT: &str = "dd if=/dev/zero of=/dev/null bs=64M count=1; exit 137";
+
+#[test]
+fn a_childs_oom_kill_is_counted_though_the_task_survived_it() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let mut cfg = exec_config(&sb, &parent, "t", CHILD_OOM_SCRIPT);
+    cfg.cgroup.as_mut().unwrap().memory_bytes = Some(32 * MB);
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    assert_eq!(exit.exit_code, Some(137), "{exit:?} {}", err(&cfg));
+    assert!(!exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.oom_kills, 1, "{exit:?}");
+    let text = fs::read_to_string(Sandbox::exit_path(&cfg)).unwrap();
+    assert!(text.contains("\"oom_kills\": 1,"), "{text}");
+    assert_eq!(Sandbox::wait_exit_file(&cfg, LONG), exit);
+}
+
+/// The same task under the agent: `tend status ALLOC` says a process of it was
+/// killed for memory, and `--json` carries the count.
+#[test]
+fn tend_status_tells_of_a_childs_oom_kill() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = tend_tests::AgentProc::start_with_config(
+        &sb,
+        &format!("cgroup_parent = \"{}\"\n", parent.name),
+    );
+    let args = serde_json::to_string(&["-c", CHILD_OOM_SCRIPT]).unwrap();
+    let job = format!(
+        "job \"j\" {{\n  group \"g\" {{\n    restart {{\n      attempts = 0\n      mode = \"fail\"\n    }}\n    task \"t\" {{\n      driver = \"exec\"\n      config {{\n        command = \"/bin/sh\"\n        args = {args}\n      }}\n      resources {{\n        memory = 32\n      }}\n    }}\n  }}\n}}\n"
+    );
+    let file = sb.write_job("oom.hcl", &job);
+    let out = agent.cli(&["run", file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alloc = v["allocations"][0].as_str().unwrap().to_string();
+    let mut task = serde_json::Value::Null;
+    let ended = wait_until(LONG, || {
+        let a = agent.get_json(&format!("/v1/allocations/{alloc}"));
+        task = a["tasks"][0].clone();
+        !task["exit"].is_null()
+    });
+    assert!(ended, "{task:#}\n{}", agent.log());
+    assert_eq!(task["exit"]["exit_code"], 137, "{task:#}");
+    assert_eq!(task["exit"]["oom_killed"], false, "{task:#}");
+
+    let out = agent.cli(&["status", &alloc]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("t: a process of this task was killed for memory (1 OOM kill)"),
+        "{text}"
+    );
+    let out = agent.cli(&["status", &alloc, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tasks"][0]["exit"]["oom_kills"], 1, "{v:#}");
+    drop(agent);
+}
+
 #[test]
 fn a_fork_bomb_is_held_at_pids_max_and_the_stop_leaves_nothing() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     // Every process forks again and again; a failed fork is retried, so the
@@ -529,10 +583,8 @@ fn a_fork_bomb_is_held_at_pids_max_and_the_stop_leaves_nothing() {
         }),
         Response::Ok
     );
-    let exit = match c.stream.set_read_timeout(Some(LONG)).map(|_| c.recv()) {
-        Ok(Ok(Response::Exited(e))) => e,
-        other => panic!("{other:?}"),
-    };
+    c.stream.set_read_timeout(Some(LONG)).unwrap();
+    let exit = c.recv_exit();
     assert!(exit.signal.is_some(), "{exit:?}");
     for p in &members {
         assert!(!pid_alive(*p), "{p} survived the stop");
@@ -543,7 +595,7 @@ fn a_fork_bomb_is_held_at_pids_max_and_the_stop_leaves_nothing() {
 
 #[test]
 fn the_task_sees_only_its_root_and_tasks_of_an_alloc_share_alloc() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let cfg = exec_config(
@@ -583,7 +635,7 @@ fn the_task_sees_only_its_root_and_tasks_of_an_alloc_share_alloc() {
 
 #[test]
 fn a_double_forked_daemon_is_killed_on_stop() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let cfg = exec_config(
@@ -629,10 +681,8 @@ fn a_double_forked_daemon_is_killed_on_stop() {
         }),
         Response::Ok
     );
-    match c.recv().unwrap() {
-        Response::Exited(e) => assert_eq!(e.signal, Some(15), "{e:?}"),
-        other => panic!("{other:?}"),
-    }
+    let e = c.recv_exit();
+    assert_eq!(e.signal, Some(15), "{e:?}");
     for p in members {
         assert!(!pid_alive(p), "{p} survived the stop");
     }
@@ -642,7 +692,7 @@ fn a_double_forked_daemon_is_killed_on_stop() {
 
 #[test]
 fn a_cgroup_without_isolation_works_for_raw_exec() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let mut cfg = sb.config("t", "/bin/sh", &["-c", "cat /proc/self/cgroup; id -u"]);
@@ -667,7 +717,7 @@ fn a_cgroup_without_isolation_works_for_raw_exec() {
 
 #[test]
 fn tend_spawn_refuses_an_unknown_user_and_starts_nothing() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let mut cfg = exec_config(&sb, &parent, "t", "true");
@@ -684,7 +734,7 @@ fn tend_spawn_refuses_an_unknown_user_and_starts_nothing() {
 
 #[test]
 fn planted_symlinks_in_the_task_dir_never_reach_the_host() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let outside = tempfile::tempdir().unwrap();
@@ -741,7 +791,7 @@ fn planted_symlinks_in_the_task_dir_never_reach_the_host() {
 
 #[test]
 fn a_failed_mount_names_its_source_and_target() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let mut binds = default_binds();
@@ -768,7 +818,7 @@ fn a_failed_mount_names_its_source_and_target() {
 
 #[test]
 fn cgroup_errors_fail_at_the_cgroup_stage_naming_the_file() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     // The task's cgroup: a pids.max the kernel refuses.
@@ -807,7 +857,7 @@ fn cgroup_errors_fail_at_the_cgroup_stage_naming_the_file() {
 
 #[test]
 fn status_during_a_run_and_sigterm_to_the_daemon_cleans_up() {
-    need_root!();
+    require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
     let mut cfg = exec_config(&sb, &parent, "t", "sleep 100 & sleep 100");
@@ -874,7 +924,7 @@ fn allocs_of(sb: &Sandbox) -> Vec<PathBuf> {
 
 #[test]
 fn tend_run_of_an_exec_job_runs_unprivileged_in_its_root() {
-    need_root!();
+    require_root!();
     assert!(
         nobody_is_65534(),
         "this test expects nobody to be 65534:65534"
@@ -924,7 +974,7 @@ fn tend_run_of_an_exec_job_runs_unprivileged_in_its_root() {
 
 #[test]
 fn tend_run_refuses_bad_exec_tasks_naming_the_field_and_starts_nothing() {
-    need_root!();
+    require_root!();
     let cases = [
         (
             "      user = \"no-such-user-tend\"\n      config {\n        command = \"/bin/true\"\n      }",
@@ -940,6 +990,12 @@ fn tend_run_refuses_bad_exec_tasks_naming_the_field_and_starts_nothing() {
             "      config {\n        command = \"/bin/true\"\n      }\n      chroot_env = { \"/nonexistent-tend-src\" = \"/x\" }",
             "chroot_env",
             "/nonexistent-tend-src",
+        ),
+        // Root only where the agent config allows it; `tend run` has none.
+        (
+            "      user = \"root\"\n      config {\n        command = \"/bin/true\"\n      }",
+            "user",
+            "plugin \"exec\" { allow_root = true }",
         ),
     ];
     for (body, field, detail) in cases {
@@ -960,4 +1016,381 @@ fn tend_run_refuses_bad_exec_tasks_naming_the_field_and_starts_nothing() {
         assert!(new.is_empty(), "{field}: new cgroups {new:?}");
         assert!(sb.pids_inside().is_empty());
     }
+}
+
+/// `tend validate` and `tend run` refuse an unknown exec user in the same words.
+#[test]
+fn validate_and_run_refuse_an_unknown_user_in_the_same_words() {
+    require_root!();
+    let sb = Sandbox::new();
+    let body = "      user = \"no-such-user-tend\"\n      config {\n        command = \"/bin/true\"\n      }";
+    let words = "user: unknown user \"no-such-user-tend\"";
+    let o = tend(&sb, &exec_job(body));
+    let run_err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{run_err}");
+    assert!(run_err.contains(&format!("task t: {words}")), "{run_err}");
+    let file = sb.write_job("user.hcl", &exec_job(body));
+    let o = Command::new(tend_tests::bin("tend"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let validate_out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{validate_out}");
+    assert!(
+        validate_out.contains(&format!(
+            "{}:5:14: job.j.group.g.task.t.{words}\n",
+            file.display()
+        )),
+        "{validate_out}"
+    );
+    assert!(allocs_of(&sb).is_empty(), "{:?}", allocs_of(&sb));
+}
+
+/// Item 12.2: an exec task running as root (allowed) leaves a setuid-root copy
+/// of `id` in /alloc. It is there on the host, and another local user can
+/// neither list the allocs, see the file, nor run it to become root: the
+/// alloc dir's chain is the agent's alone, even with a data dir every user
+/// may walk.
+#[test]
+fn a_setuid_file_a_root_exec_task_leaves_in_alloc_is_out_of_other_users_reach() {
+    use std::os::unix::fs::MetadataExt;
+    if !tend_tests::have_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let job = exec_job(
+        r#"      user = "root"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "cp /usr/bin/id /alloc/suid-id && chmod 4755 /alloc/suid-id"]
+      }"#,
+    );
+    let o = tend(&sb, &job);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let allocs = allocs_of(&sb);
+    assert_eq!(allocs.len(), 1, "{allocs:?}");
+    let suid = allocs[0].join("alloc/suid-id");
+    let m = fs::metadata(&suid).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o4000), (0, 0o4000), "not setuid root");
+
+    let other = tend_tests::ThrowawayUser::create();
+    let allocs_dir = sb.data_dir().join("data/allocs");
+    assert!(other.run("/bin/ls", &[&allocs_dir]).is_err());
+    assert!(other.run("/usr/bin/stat", &[&suid]).is_err());
+    let ran = other.run(suid.to_str().unwrap(), &["-u"]);
+    assert!(ran.is_err(), "{} ran the setuid copy: {ran:?}", other.name);
+}
+
+/// The lines of the task's own mountinfo (printed by it) whose mount point is `point`.
+fn mount_line<'a>(mountinfo: &'a str, point: &str) -> Option<&'a str> {
+    mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(point))
+}
+
+/// The per-mount options (field 6) and the super options (last field) of a
+/// mountinfo line, as sets.
+fn mount_options(line: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let set = |f: &str| f.split(',').map(str::to_string).collect();
+    (set(fields[5]), set(fields.last().unwrap()))
+}
+
+fn has_all(set: &BTreeSet<String>, want: &[&str]) -> bool {
+    want.iter().all(|w| set.contains(*w))
+}
+
+/// Each exec task has a pid namespace and a /proc of it: another alloc's
+/// task (the same user, nobody) is neither listed, nor signalled, nor read;
+/// the host sees the task under its host pid (which the exit file records).
+#[test]
+fn an_exec_task_sees_kills_and_reads_only_its_own_pid_namespace() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let (sb_a, sb) = (Sandbox::new(), Sandbox::new());
+    let a = exec_config(&sb_a, &parent, "a", "echo ready; exec sleep 300");
+    let (a_daemon, a_pid, _) = sb_a.start(&a).pids();
+    assert!(wait_until(LONG, || out(&a).contains("ready")));
+    // From the host: the task is pid 2 of its namespace, and tend-init, the
+    // daemon's other child, pid 1, in the task's user.
+    let status = fs::read_to_string(format!("/proc/{a_pid}/status")).unwrap();
+    assert_eq!(
+        status_field(&status, "NSpid"),
+        [a_pid.to_string(), "2".to_string()],
+        "{status}"
+    );
+    let kids = fs::read_to_string(format!("/proc/{a_daemon}/task/{a_daemon}/children")).unwrap();
+    let init: Vec<String> = kids
+        .split_whitespace()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tend-init")
+        })
+        .map(|p| fs::read_to_string(format!("/proc/{p}/status")).unwrap())
+        .collect();
+    assert_eq!(init.len(), 1, "children {kids}");
+    assert_eq!(status_field(&init[0], "NSpid")[1], "1", "{}", init[0]);
+    assert_eq!(status_field(&init[0], "Uid"), ["65534"; 4], "{}", init[0]);
+    let b = exec_config(
+        &sb,
+        &parent,
+        "b",
+        &format!(
+            "echo self=$$; ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '; echo; \
+             if kill -0 {a_pid} 2>/dev/null; then echo KILL-REACHED; else echo KILL-REFUSED; fi; \
+             if cat /proc/{a_pid}/environ >/dev/null 2>&1; then echo ENVIRON-READ; else echo ENVIRON-DENIED; fi"
+        ),
+    );
+    let (b_daemon, b_pid, _) = sb.start(&b).pids();
+    let mut c = Client::connect(&b);
+    let exit = finish(&sb, &b, b_daemon, &mut c);
+    let text = out(&b);
+    assert_eq!(exit.exit_code, Some(0), "{text}{}", err(&b));
+    assert_eq!(exit.pid, Some(b_pid));
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("self=2"), "{text}");
+    let listed: Vec<i32> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    // Itself and its own children (its init, non-dumpable, is hidden too):
+    // nothing of the host.
+    assert!(listed.contains(&2), "{text}");
+    assert!(listed.iter().all(|p| *p < 50), "host pids listed: {text}");
+    for want in ["KILL-REFUSED", "ENVIRON-DENIED"] {
+        assert!(text.lines().any(|l| l == want), "{want} missing: {text}");
+    }
+    assert!(pid_alive(a_pid), "task a was killed");
+    let exit = stop_and_finish(&sb_a, &a, a_daemon, 15);
+    assert_eq!((exit.signal, exit.pid), (Some(15), Some(a_pid)), "{exit:?}");
+}
+
+/// Stop the task with `signal` (2 s of grace), wait for its exit, release
+/// the daemon and check that nothing of it is left (see [`finish`]).
+fn stop_and_finish(sb: &Sandbox, cfg: &SpawnConfig, daemon_pid: i32, signal: i32) -> ExitStatus {
+    let mut c = Client::connect(cfg);
+    let stop = Request::Stop {
+        signal,
+        grace_ms: 2000,
+    };
+    assert_eq!(c.request(stop), Response::Ok);
+    finish(sb, cfg, daemon_pid, &mut c)
+}
+
+/// A root exec task (the agent allowed it) still cannot reach the kernel's
+/// knobs: /proc/sys and /proc/sysrq-trigger are read-only, /proc/kcore and
+/// the other masked files read empty, /proc/acpi and the masked dirs are empty.
+#[test]
+fn a_root_exec_task_cannot_write_kernel_knobs_or_read_masked_files() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    // The same value written back: harmless on a host where the write works.
+    let mut cfg = exec_config(
+        &sb,
+        &parent,
+        "t",
+        "v=$(cat /proc/sys/kernel/core_pattern); \
+         if printf '%s\\n' \"$v\" > /proc/sys/kernel/core_pattern; then echo CORE-WRITTEN; else echo CORE-REFUSED; fi; \
+         if printf '' > /proc/sysrq-trigger; then echo SYSRQ-WRITTEN; else echo SYSRQ-REFUSED; fi; \
+         echo timer_list=$(wc -c < /proc/timer_list); \
+         echo acpi=$(ls -A /proc/acpi 2>/dev/null | wc -l); \
+         grep -E ' /proc/(sys|sysrq-trigger|timer_list) ' /proc/self/mountinfo; \
+         grep -E '^(Uid|CapEff):' /proc/self/status",
+    );
+    cfg.isolation.as_mut().unwrap().user = "root".into();
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    let text = out(&cfg);
+    assert_eq!(exit.exit_code, Some(0), "{text}{}", err(&cfg));
+    assert_eq!(status_field(&text, "Uid"), ["0"; 4], "{text}");
+    assert_eq!(
+        status_field(&text, "CapEff"),
+        ["0000000000000000"],
+        "{text}"
+    );
+    // timer_list is root's to read (0400): unmasked, root reads kilobytes.
+    for want in ["CORE-REFUSED", "SYSRQ-REFUSED", "timer_list=0", "acpi=0"] {
+        assert!(text.lines().any(|l| l == want), "{want} missing: {text}");
+    }
+    let line = mount_line(&text, "/proc/sys").unwrap_or_else(|| panic!("{text}"));
+    assert!(mount_options(line).0.contains("ro"), "{line}");
+    if Path::new("/proc/sysrq-trigger").exists() {
+        let line = mount_line(&text, "/proc/sysrq-trigger").unwrap_or_else(|| panic!("{text}"));
+        assert!(mount_options(line).0.contains("ro"), "{line}");
+    }
+    assert!(mount_line(&text, "/proc/timer_list").is_some(), "{text}");
+    assert!(err(&cfg).contains("Read-only file system"), "{}", err(&cfg));
+}
+
+/// A tmpfs unmounted on drop (lazily: a task may still hold it).
+struct TestMount(PathBuf);
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// chroot_env binds are read-only all the way down (a mount beneath a bound
+/// dir too), and the writable binds, /alloc and /local, are nosuid,nodev.
+#[test]
+fn chroot_env_is_read_only_beneath_too_and_writable_binds_are_nosuid_nodev() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    // Outside the sandbox: its dirs must show no mount on the host.
+    let env = tempfile::Builder::new()
+        .prefix("tend-env-")
+        .tempdir()
+        .unwrap();
+    let env_dir = env.path().to_path_buf();
+    fs::set_permissions(&env_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let sub = env_dir.join("sub");
+    fs::create_dir_all(&sub).unwrap();
+    nix::mount::mount(
+        Some("tendenv"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0777,size=1m"),
+    )
+    .unwrap();
+    let _mounted = TestMount(sub.clone());
+    let mut cfg = sb.config(
+        "t",
+        "/bin/sh",
+        &[
+            "-c",
+            "if touch /extra/sub/f 2>/dev/null; then echo SUB-RW; else echo SUB-RO; fi; \
+             cat /proc/self/mountinfo",
+        ],
+    );
+    let mut binds = default_binds();
+    binds.push(Bind {
+        source: env_dir.to_str().unwrap().into(),
+        target: "/extra".into(),
+    });
+    make_exec(&mut cfg, &parent, binds);
+    let (daemon_pid, _, _) = sb.start(&cfg).pids();
+    let mut c = Client::connect(&cfg);
+    let exit = finish(&sb, &cfg, daemon_pid, &mut c);
+    let text = out(&cfg);
+    assert_eq!(exit.exit_code, Some(0), "{text}{}", err(&cfg));
+    assert!(text.starts_with("SUB-RO\n"), "{text}");
+    assert!(!sub.join("f").exists());
+    let sub_line = mount_line(&text, "/extra/sub").unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        has_all(&mount_options(sub_line).0, &["ro", "nosuid", "nodev"]),
+        "{sub_line}"
+    );
+    for point in ["/alloc", "/local"] {
+        let line = mount_line(&text, point).unwrap_or_else(|| panic!("{point}: {text}"));
+        assert!(
+            has_all(&mount_options(line).0, &["rw", "nosuid", "nodev"]),
+            "{line}"
+        );
+    }
+}
+
+/// Each exec task has a /tmp of its own: a tmpfs, 1777, nosuid,nodev, a
+/// quarter of its memory limit (64 MB here: 16 MiB), TMPDIR=/tmp; what one
+/// task writes there another task (another alloc) does not see.
+#[test]
+fn each_exec_task_has_a_private_bounded_tmp() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let (sb_a, sb) = (Sandbox::new(), Sandbox::new());
+    let a = exec_config(
+        &sb_a,
+        &parent,
+        "a",
+        "echo secret > /tmp/x && echo WROTE; echo TMPDIR=$TMPDIR; \
+         if dd if=/dev/zero of=/tmp/big bs=1M count=20 2>/dev/null; then echo BIG-FIT; else echo BIG-REFUSED; fi; \
+         rm -f /tmp/big; grep ' /tmp ' /proc/self/mountinfo; stat -c %a /tmp; echo done; exec sleep 300",
+    );
+    let (a_daemon, _, _) = sb_a.start(&a).pids();
+    assert!(wait_until(LONG, || out(&a).contains("done")), "{}", out(&a));
+    let b = exec_config(
+        &sb,
+        &parent,
+        "b",
+        "if [ -e /tmp/x ]; then echo SEES-X; else echo NO-X; fi; echo entries=$(ls -A /tmp | wc -l)",
+    );
+    let (b_daemon, _, _) = sb.start(&b).pids();
+    let mut c = Client::connect(&b);
+    let exit = finish(&sb, &b, b_daemon, &mut c);
+    assert_eq!(exit.exit_code, Some(0), "{}{}", out(&b), err(&b));
+    assert_eq!(out(&b), "NO-X\nentries=0\n");
+
+    let text = out(&a);
+    for want in ["WROTE", "TMPDIR=/tmp", "BIG-REFUSED", "1777"] {
+        assert!(text.lines().any(|l| l == want), "{want} missing: {text}");
+    }
+    let line = mount_line(&text, "/tmp").unwrap_or_else(|| panic!("{text}"));
+    let (per_mount, fs_opts) = mount_options(line);
+    assert!(line.contains(" - tmpfs "), "{line}");
+    assert!(has_all(&per_mount, &["rw", "nosuid", "nodev"]), "{line}");
+    assert!(fs_opts.contains("size=16384k"), "{line}");
+    stop_and_finish(&sb_a, &a, a_daemon, 9);
+}
+
+/// `user = "root"` in an exec task is refused at submit by an agent whose
+/// config does not allow it (naming the option), and runs, still unable to
+/// write the kernel's knobs, where `plugin "exec" { allow_root = true }`.
+#[test]
+fn an_agent_runs_root_exec_tasks_only_where_its_config_allows_root() {
+    require_root!();
+    let job = exec_job(
+        "      user = \"root\"\n      config {\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"id -u; v=$(cat /proc/sys/kernel/core_pattern); if printf '%s\\\\n' \\\"$v\\\" > /proc/sys/kernel/core_pattern; then echo CORE-WRITTEN; else echo CORE-REFUSED; fi\"]\n      }\n      resources {\n        memory = 32\n      }",
+    );
+    let submit = |agent: &tend_tests::AgentProc, sb: &Sandbox| {
+        let path = sb.scratch_dir().join("root.hcl");
+        fs::write(&path, &job).unwrap();
+        agent.cli(&["run", "--json", path.to_str().unwrap()])
+    };
+
+    // A cgroup parent of this test's own: tests of `tend run` watch "tend".
+    let parent = CgroupParent::new();
+    let cgroup_parent = format!("cgroup_parent = \"{}\"\n", parent.name);
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = tend_tests::AgentProc::start_with_config(&sb, &cgroup_parent);
+    let o = submit(&agent, &sb);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        stderr.contains("task t: user:")
+            && stderr.contains("plugin \"exec\" { allow_root = true }"),
+        "{stderr}"
+    );
+    assert!(sb.alloc_dirs().is_empty(), "{:?}", sb.alloc_dirs());
+    drop(agent);
+
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = tend_tests::AgentProc::start_with_config(
+        &sb,
+        &format!("{cgroup_parent}plugin \"exec\" {{\n  allow_root = true\n}}\n"),
+    );
+    let o = submit(&agent, &sb);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let alloc = sb.find_alloc_dir();
+    let exit = tend_tests::wait_alloc_exit(&alloc, "t", LONG);
+    let log = fs::read_to_string(tend_tests::alloc_log_path(&alloc, "t", "stdout")).unwrap();
+    assert_eq!(exit.exit_code, Some(0), "{log}");
+    assert_eq!(log, "0\nCORE-REFUSED\n");
 }

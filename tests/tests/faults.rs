@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tend_proto::{frame, ExitStatus, Hello, Request, Response, PROTOCOL_VERSION};
-use tend_tests::{pid_alive, wait_until, Client, Sandbox};
+use tend_tests::{pid_alive, require_root, wait_until, Client, Sandbox};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -19,10 +19,6 @@ fn rounds(default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// A tmpfs mounted over a dir for the length of a test.
@@ -70,10 +66,7 @@ fn temp_leftovers(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_full_disk_loses_log_bytes_but_never_the_exit() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new();
     // The data dir's allocs live on a 1 MiB tmpfs; the task writes 4 MB.
     let allocs = sb.data_dir().join("allocs");

@@ -549,6 +549,52 @@ fn validate_prints_every_error_with_its_place_and_exits_1() {
     assert!(sb.alloc_dirs().is_empty());
 }
 
+/// An exec task of `user`, the user attribute at line 5, column 14.
+fn exec_job_of_user(user: &str) -> String {
+    format!(
+        "job \"j\" {{\n  group \"g\" {{\n    task \"t\" {{\n      driver = \"exec\"\n      user   = \"{user}\"\n      config {{\n        command = \"/bin/true\"\n      }}\n    }}\n  }}\n}}\n"
+    )
+}
+
+#[test]
+fn validate_refuses_an_unknown_exec_user_at_its_place() {
+    let sb = Sandbox::new();
+    let job = sb.write_job("user.hcl", &exec_job_of_user("no-such-user-tend"));
+    let out = sb.run_tend(&[OsStr::new("validate"), job.as_os_str()], LONG);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{0}:5:16: job.j.group.g.task.t.user: unknown user \"no-such-user-tend\"\n1 error in {0}\n",
+            job.display()
+        ),
+        "{out}"
+    );
+    // A user this host has is fine.
+    let job = sb.write_job("root.hcl", &exec_job_of_user("root"));
+    let out = sb.run_tend(&[OsStr::new("validate"), job.as_os_str()], LONG);
+    assert_eq!(out.code, Some(0), "{out}");
+}
+
+#[test]
+fn tend_run_without_an_agent_says_it_runs_in_the_foreground_naming_the_socket() {
+    let sb = Sandbox::new();
+    let job = sb.write_job("job.hcl", &sh_job("j", "t", "exit 0", ""));
+    let out = tend_run(&sb, &job, LONG);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        out.stderr.lines().next(),
+        Some(
+            format!(
+                "==> no agent answers on {}: running the job in the foreground",
+                sb.run_dir().join("tend.sock").display()
+            )
+            .as_str()
+        ),
+        "{out}"
+    );
+}
+
 #[test]
 fn validate_summarises_a_good_file_and_exits_0() {
     let sb = Sandbox::new();

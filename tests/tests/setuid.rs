@@ -3,7 +3,8 @@
 //! installs a copy of tend-spawn root:<group> 4750 in a root-only dir with its
 //! policy beside it, and runs it as those users through `setpriv`. Everything
 //! (users, groups, files, cgroups, processes) goes in a Drop guard.
-//! As a normal user every test prints "skipped: needs root" and passes.
+//! As a normal user every test prints "skipped: needs root" and passes (under
+//! `CI=true` it fails).
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -13,21 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation};
 use tend_proto::{frame, SpawnConfig, StartReport, Token};
-use tend_tests::{pid_alive, spawn_bin, wait_until, Client};
+use tend_tests::{pid_alive, require_root, spawn_bin, wait_until, Client};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "this test needs root, and CI=true: a skipped test proves nothing"
-    );
-    println!("skipped: needs root");
-    false
-}
 
 fn run(cmd: &str, args: &[&str]) {
     let o = Command::new(cmd).args(args).output().expect(cmd);
@@ -427,9 +416,7 @@ fn finish(cfg: &SpawnConfig) -> tend_proto::ExitStatus {
 
 #[test]
 fn an_exec_task_of_a_user_in_the_group_is_fully_isolated_and_the_daemon_keeps_only_cap_kill() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let cfg = w.exec_config(
         "t",
@@ -523,9 +510,7 @@ fn an_exec_task_of_a_user_in_the_group_is_fully_isolated_and_the_daemon_keeps_on
 
 #[test]
 fn raw_exec_runs_as_the_caller_and_the_callers_environment_has_no_effect() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     // A preload library that would leave a mark if a setuid process loaded it.
     let marker = w.base.join("preloaded");
@@ -588,9 +573,7 @@ fn raw_exec_runs_as_the_caller_and_the_callers_environment_has_no_effect() {
 
 #[test]
 fn a_user_outside_the_group_cannot_run_it_and_a_policy_it_can_write_is_refused() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let cfg = w.raw_config("r", "true");
     let o = w
@@ -641,9 +624,7 @@ fn a_user_outside_the_group_cannot_run_it_and_a_policy_it_can_write_is_refused()
 
 #[test]
 fn root_uid_0_and_users_outside_the_policy_are_refused_and_nothing_starts() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     for (user, want) in [
         ("root", "task_users"),
@@ -690,9 +671,7 @@ fn fingerprint(p: &Path) -> Option<(u64, SystemTime, u32, u32)> {
 
 #[test]
 fn paths_aimed_at_host_files_are_refused_and_nothing_outside_the_callers_reach_changes() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     // A dir in /root the caller cannot reach.
     let secret = PathBuf::from(format!("/root/tend-setuid-secret-{}", std::process::id()));
@@ -804,9 +783,7 @@ fn tend_as(w: &World, job: &Path) -> Output {
 
 #[test]
 fn the_agent_as_an_ordinary_user_runs_exec_isolated_and_raw_exec_as_itself() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     // The foreground agent's cgroup parent is "tend": allow it for this user.
     let mut policy = fs::read_to_string(&w.policy).unwrap();
@@ -877,9 +854,7 @@ impl Drop for TendCgroups {
 
 #[test]
 fn privileged_phase_figures() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let mut exec_us = Vec::new();
     let mut raw_us = Vec::new();
@@ -905,9 +880,7 @@ fn privileged_phase_figures() {
 
 #[test]
 fn tend_doctor_passes_a_good_install_and_names_each_problem_of_a_bad_one() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     // The doctor checks group "tend" by name: make it if the host has none.
     let made_group = nix::unistd::Group::from_name("tend").unwrap().is_none();
     if made_group {
@@ -1179,9 +1152,7 @@ fn hcl_task(name: &str, driver: &str, script: &str, extra: &str) -> String {
 #[test]
 fn the_long_running_agent_as_an_ordinary_user_runs_exec_isolated_raw_exec_as_itself_and_survives_kill_9(
 ) {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let mut agent = UserAgent::start(&w);
 
@@ -1395,9 +1366,7 @@ fn the_long_running_agent_as_an_ordinary_user_runs_exec_isolated_raw_exec_as_its
 
 #[test]
 fn a_sigkilled_tend_spawn_leaves_nothing_the_root_cleanup_helper_kills_its_task_and_cgroup() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let cfg = w.exec_config("t", "while :; do sleep 0.05; done");
     let (daemon, task) = w.spawn_as(&w.user, &cfg, &[]).started();
@@ -1433,9 +1402,7 @@ fn task_cgroup_file(w: &World, cfg: &SpawnConfig, file: &str) -> Option<PathBuf>
 
 #[test]
 fn an_isolated_task_without_a_chroot_is_refused_naming_the_field_and_nothing_starts() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     // nobody in the host's root: it would see every chrooted nobody task's
     // root through /proc/<pid>/root.
@@ -1451,9 +1418,7 @@ fn an_isolated_task_without_a_chroot_is_refused_naming_the_field_and_nothing_sta
 
 #[test]
 fn a_request_without_limits_gets_the_policys_default_limits_within_its_maxima() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     // The default pids limit (1024) is lowered to the max the file writes.
     w.write_policy("max_pids = 200\ndefault_memory_mb = 96\n");
@@ -1482,9 +1447,7 @@ fn a_request_without_limits_gets_the_policys_default_limits_within_its_maxima() 
 
 #[test]
 fn a_passwd_entry_sharing_a_task_users_uid_under_another_name_is_refused_naming_both() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     // A second entry with nobody's uid and the test group as its primary
     // group: matched by uid alone, the task would get that group.
@@ -1531,9 +1494,7 @@ impl Drop for UserEntry {
 
 #[test]
 fn the_caller_reaches_its_tasks_cgroup_stats_and_kill_file_and_a_stop_leaves_nothing() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let cfg = w.exec_config("t", "sleep 30 & sleep 30 & wait");
     let (daemon, task) = w.spawn_as(&w.user, &cfg, &[]).started();
@@ -1638,9 +1599,7 @@ fn processes_with_env(needle: &str) -> Vec<i32> {
 
 #[test]
 fn a_tend_spawn_sigkilled_at_any_stage_of_its_set_up_leaves_no_cgroup_and_no_task() {
-    if !is_root() {
-        return;
-    }
+    require_root!();
     let w = World::new();
     let rounds: u64 = std::env::var("TEND_FAULT_ROUNDS")
         .ok()

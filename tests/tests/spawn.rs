@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tend_proto::msg::TaskState;
 use tend_proto::{frame, Hello, Request, Response, Stage, Token, PROTOCOL_VERSION};
-use tend_tests::{pid_alive, wait_until, Client, Sandbox};
+use tend_tests::{pid_alive, require_root, wait_until, Client, Sandbox};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -41,7 +41,7 @@ fn exit_zero_and_three_are_recorded_and_pushed() {
         match c.request(Request::Status) {
             Response::Status(s) => {
                 assert_eq!(s.state, TaskState::Exited);
-                assert_eq!(s.exit, Some(exit));
+                assert_eq!(s.exit, Some((&exit).into()));
             }
             other => panic!("{other:?}"),
         }
@@ -56,10 +56,7 @@ fn a_task_killed_from_outside_has_signal_9() {
     let mut c = Client::connect(&cfg);
     assert_eq!(c.request(Request::Wait), Response::Ok);
     kill(Pid::from_raw(task_pid), Signal::SIGKILL).unwrap();
-    let exit = match c.recv().unwrap() {
-        Response::Exited(e) => e,
-        other => panic!("{other:?}"),
-    };
+    let exit = c.recv_exit();
     assert_eq!(exit.signal, Some(9));
     assert_eq!(exit.exit_code, None);
     assert_eq!(exit.wait_status, Some(9));
@@ -400,10 +397,7 @@ fn stop_escalates_to_sigkill_after_the_grace() {
         }),
         Response::Ok
     );
-    let exit = match c.recv().unwrap() {
-        Response::Exited(e) => e,
-        other => panic!("{other:?}"),
-    };
+    let exit = c.recv_exit();
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(450), "{took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
@@ -424,10 +418,7 @@ fn stop_with_a_signal_the_task_obeys() {
         }),
         Response::Ok
     );
-    match c.recv().unwrap() {
-        Response::Exited(e) => assert_eq!(e.signal, Some(15)),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(c.recv_exit().signal, Some(15));
 }
 
 #[test]
@@ -549,16 +540,9 @@ fn tasks_left_behind_are_killed_when_the_main_process_ends() {
     assert!(left.len() <= 1, "{left:?}");
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 #[test]
 fn isolation_drops_to_the_user_with_no_groups_caps_or_new_privs() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new();
     let mut cfg = sh(
         &sb,
@@ -608,10 +592,7 @@ fn an_unknown_user_fails_at_the_user_stage() {
 
 #[test]
 fn a_chroot_task_sees_its_own_root() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require_root!();
     use std::os::unix::fs::PermissionsExt;
     let sb = Sandbox::new();
     let mut cfg = sh(
@@ -693,6 +674,104 @@ fn the_task_starts_with_umask_022_not_the_daemons() {
     assert_eq!(exit.exit_code, Some(0));
     let out = fs::read_to_string(Sandbox::log_path(&cfg, "stdout")).unwrap();
     assert_eq!(out.trim(), "0022");
+}
+
+/// A parent that leaves SIGCHLD and SIGTERM ignored (and USR1 blocked) when it
+/// execs tend-spawn: an ignored SIGCHLD would have the kernel reap the task
+/// behind the daemon's back (no exit status, its pid free for reuse), an
+/// ignored SIGTERM would never reach the daemon's signalfd. tend-spawn starts
+/// from a clean signal state, so the task's own code is recorded, a Signal
+/// request reaches the task, and SIGTERM to the daemon stops its task.
+#[test]
+fn tend_spawn_started_with_sigchld_and_sigterm_ignored_records_and_signals() {
+    let wrapper = [
+        "/usr/bin/env",
+        "--ignore-signal=CHLD",
+        "--ignore-signal=TERM",
+        "--block-signal=USR1",
+    ];
+    let sb = Sandbox::new();
+    let cfg = sh(
+        &sb,
+        "trap 'echo got-usr1; exit 7' USR1; echo ready; while :; do sleep 0.05; done",
+    );
+    let (daemon_pid, task_pid, _) = sb.start_wrapped(&cfg, &wrapper).pids();
+    let status = fs::read_to_string(format!("/proc/{daemon_pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l[k.len()..].trim().to_string())
+            .unwrap()
+    };
+    // The daemon ignores SIGHUP, SIGINT and SIGPIPE of its own choosing,
+    // nothing else; it blocks SIGCHLD and SIGTERM for its signalfd.
+    let ignored = u64::from_str_radix(&field("SigIgn:"), 16).unwrap();
+    assert_eq!(ignored & (1 << (libc_sigchld() - 1)), 0, "{status}");
+    assert_eq!(ignored & (1 << 14), 0, "SIGTERM ignored: {status}");
+    assert!(wait_until(LONG, || fs::read_to_string(Sandbox::log_path(
+        &cfg, "stdout"
+    ))
+    .is_ok_and(|t| t.contains("ready"))));
+    let mut c = Client::connect(&cfg);
+    assert_eq!(c.request(Request::Wait), Response::Ok);
+    assert_eq!(c.request(Request::Signal(10)), Response::Ok);
+    let exit = c.recv_exit();
+    assert_eq!(exit.exit_code, Some(7), "{exit:?}");
+    assert_eq!(exit.pid, Some(task_pid));
+    assert_eq!(Sandbox::wait_exit_file(&cfg, LONG), exit);
+    assert!(fs::read_to_string(Sandbox::log_path(&cfg, "stdout"))
+        .unwrap()
+        .contains("got-usr1"));
+    // The task is reaped: a signal now is refused, never sent to its pid.
+    match c.request(Request::Signal(10)) {
+        Response::Error(m) => assert!(m.contains("exited"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.request(Request::Release), Response::Ok);
+    assert!(wait_until(LONG, || !pid_alive(daemon_pid)));
+
+    // SIGTERM to the daemon stops the task with its kill signal.
+    let cfg = sh(&sb, "echo ready; exec sleep 300");
+    let (daemon_pid, _, _) = sb.start_wrapped(&cfg, &wrapper).pids();
+    assert!(wait_until(LONG, || fs::read_to_string(Sandbox::log_path(
+        &cfg, "stdout"
+    ))
+    .is_ok_and(|t| t.contains("ready"))));
+    kill(Pid::from_raw(daemon_pid), Signal::SIGTERM).unwrap();
+    let exit = Sandbox::wait_exit_file(&cfg, LONG);
+    assert_eq!(exit.signal, Some(15), "{exit:?}");
+    assert!(wait_until(LONG, || !pid_alive(daemon_pid)));
+}
+
+fn libc_sigchld() -> u32 {
+    Signal::SIGCHLD as u32
+}
+
+/// tend-spawn lowers its own oom_score_adj (to -1000 where the kernel lets
+/// it, else to 0 from above it); the task gets back the value tend-spawn
+/// started with, raw_exec as much as exec, and not tend-spawn's own.
+#[test]
+fn a_raw_exec_task_gets_the_oom_score_adj_tend_spawn_started_with() {
+    let sb = Sandbox::new();
+    let cfg = sh(&sb, "cat /proc/self/oom_score_adj; sleep 0.3");
+    let wrapper = [
+        "/bin/sh",
+        "-c",
+        "echo 500 > /proc/self/oom_score_adj && exec \"$0\"",
+    ];
+    let (daemon_pid, _, _) = sb.start_wrapped(&cfg, &wrapper).pids();
+    let own: i32 = fs::read_to_string(format!("/proc/{daemon_pid}/oom_score_adj"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(own <= 0, "tend-spawn stayed at {own}");
+    let mut c = Client::connect(&cfg);
+    let exit = c.wait_exit();
+    let text = fs::read_to_string(Sandbox::log_path(&cfg, "stdout")).unwrap();
+    assert_eq!(exit.exit_code, Some(0), "{text}");
+    assert_eq!(text, "500\n");
 }
 
 /// A daemon nobody has talked to for longer than the Hello time still serves

@@ -19,6 +19,9 @@
 //! plugin "raw_exec" {
 //!   enabled = true
 //! }
+//! plugin "exec" {
+//!   allow_root = false                 # user = "root" in exec tasks
+//! }
 //! plugin "docker" {
 //!   endpoint           = "/var/run/docker.sock"
 //!   allow_privileged   = false
@@ -88,6 +91,9 @@ pub struct PluginConfig {
     /// docker: whether a task may bind host paths outside its alloc dir.
     #[serde(default)]
     pub allow_host_binds: bool,
+    /// exec: whether a task may run as root (`user = "root"` or uid 0).
+    #[serde(default)]
+    pub allow_root: bool,
 }
 
 /// The agent's configuration file, as written.
@@ -204,6 +210,11 @@ impl AgentConfig {
             source,
         })?;
         AgentConfig::parse(&text, path)
+    }
+
+    /// Whether exec tasks may run as root (`plugin "exec" { allow_root = true }`).
+    pub fn exec_allows_root(&self) -> bool {
+        self.plugin.get("exec").is_some_and(|p| p.allow_root)
     }
 
     /// Whether tasks may use `driver`.

@@ -301,6 +301,14 @@ impl Agent {
                 &e,
             )
         })?;
+        // Allocs made by an older agent were open to every user: closed now.
+        crate::paths::ensure_private_dir(&settings.dirs.allocs_dir()).map_err(|e| {
+            internal(
+                &format!("allocs dir {}", settings.dirs.allocs_dir().display()),
+                &e,
+            )
+        })?;
+        crate::driver::docker::binds::sweep(&settings.dirs.binds_dir());
         let docker = if settings.config.driver_enabled("docker") {
             let p = settings
                 .config
@@ -520,6 +528,12 @@ impl Agent {
 
     /// The allocation id that `prefix` names uniquely.
     pub fn resolve_alloc(&self, prefix: &str) -> Result<String, AgentError> {
+        if prefix.is_empty() {
+            // "" is a prefix of every id: it would pick the only allocation.
+            return Err(AgentError::Invalid(
+                "the allocation id is empty: give an id or a unique prefix of one".into(),
+            ));
+        }
         let allocs = self.inner.allocs.lock().expect("allocs lock");
         if allocs.contains_key(prefix) {
             return Ok(prefix.to_string());

@@ -107,11 +107,24 @@ pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
                 task.name
             ))
         })?;
-        return DockerDriver::check(d.options(), task)
-            .map_err(|e| AgentError::Invalid(e.to_string()));
+        DockerDriver::check(d.options(), task).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        // The driver mounts each bind of the alloc dir for the engine itself.
+        let uid = nix::unistd::geteuid().as_raw();
+        if uid != 0 {
+            return Err(AgentError::Invalid(format!(
+                "task {}: driver docker: {}",
+                task.name,
+                driver::docker::binds::BindError::NotRoot { uid }
+            )));
+        }
+        return Ok(());
     }
-    driver::check_task(task, &inner.settings.chroot_env)
-        .map_err(|e| AgentError::Invalid(e.to_string()))
+    driver::check_task(
+        task,
+        &inner.settings.chroot_env,
+        inner.settings.config.exec_allows_root(),
+    )
+    .map_err(|e| AgentError::Invalid(e.to_string()))
 }
 
 /// Create the allocation's dirs and hand its tasks what they need.
@@ -446,6 +459,7 @@ async fn start_run(
         token,
         chroot_env: &inner.settings.chroot_env,
         cgroup_parent: &inner.settings.cgroup_parent,
+        allow_root: inner.settings.config.exec_allows_root(),
     }) {
         Ok(mut c) => {
             c.linger_ms = u64::try_from(inner.settings.linger.as_millis()).unwrap_or(u64::MAX);
@@ -888,6 +902,7 @@ fn kill_leftovers(handle: &Handle, run_of: (String, String)) {
         task: proc_id(handle.task_pid, handle.task_start_time),
         cgroup: handle.cgroup.clone(),
         env: Some(run_of),
+        socket: handle.socket_path.as_ref().map(PathBuf::from),
     };
     for problem in left.kill() {
         tracing::warn!("{problem}");
@@ -1130,10 +1145,12 @@ async fn start_container(
         e
     };
     let docker = docker_of(inner).map_err(never)?;
+    let binds_dir = inner.settings.dirs.binds_dir();
     let id = docker
         .start(&DockerStart {
             alloc_id,
             alloc: &dir,
+            binds_dir: &binds_dir,
             task,
             job_labels: &alloc.job.meta,
             command: setup.command,

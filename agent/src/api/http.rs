@@ -4,6 +4,7 @@
 //! and a malformed request closes its own connection, never the agent.
 
 use std::collections::BTreeMap;
+use std::io::ErrorKind;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -40,7 +41,7 @@ pub enum HttpError {
     #[error("request head over {MAX_HEAD} bytes")]
     HeadTooLarge,
     /// Body over [`MAX_BODY`].
-    #[error("request body over {MAX_BODY} bytes")]
+    #[error("request body over the API's limit of 4 MiB ({MAX_BODY} bytes)")]
     BodyTooLarge,
     /// Chunked request bodies are not accepted.
     #[error("a request body needs Content-Length")]
@@ -337,11 +338,26 @@ where
         "{method} {target} HTTP/1.1\r\nHost: tend\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    reader.get_mut().write_all(head.as_bytes()).await?;
-    reader.get_mut().write_all(body).await?;
-    reader.get_mut().flush().await?;
+    let sent = async {
+        reader.get_mut().write_all(head.as_bytes()).await?;
+        reader.get_mut().write_all(body).await?;
+        reader.get_mut().flush().await
+    }
+    .await;
+    // A server that refuses a request before its end (a body over its limit)
+    // answers and closes: the write breaks, and the answer says why.
+    let unsent = match sent {
+        Ok(()) => None,
+        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => Some(e),
+        Err(e) => return Err(e.into()),
+    };
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).await?;
+    match (reader.read_line(&mut status_line).await, unsent) {
+        (Ok(n), _) if n > 0 => {}
+        (_, Some(unsent)) => return Err(unsent.into()),
+        (Ok(_), None) => {}
+        (Err(e), None) => return Err(e.into()),
+    }
     let status = status_line
         .split(' ')
         .nth(1)

@@ -52,6 +52,11 @@ impl ApiClient {
         }
     }
 
+    /// The API socket this client asks.
+    pub fn socket(&self) -> &Path {
+        &self.path
+    }
+
     /// Whether an agent answers.
     pub async fn alive(&self) -> bool {
         self.get("/v1/health").await.is_ok()

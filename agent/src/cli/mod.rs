@@ -77,6 +77,7 @@ pub enum Command {
     /// Show allocations, or one allocation (a unique id prefix is enough).
     Status {
         /// Allocation id or unique prefix.
+        #[arg(value_parser = alloc_id_arg)]
         alloc: Option<String>,
         /// JSON instead of tables.
         #[arg(long)]
@@ -85,6 +86,7 @@ pub enum Command {
     /// Show a task's stdout (or stderr).
     Logs {
         /// Allocation id or unique prefix.
+        #[arg(value_parser = alloc_id_arg)]
         alloc: String,
         /// Task name.
         task: String,
@@ -101,6 +103,7 @@ pub enum Command {
     /// Stop an allocation's tasks and wait until they are dead.
     Stop {
         /// Allocation id or unique prefix.
+        #[arg(value_parser = alloc_id_arg)]
         alloc: String,
         /// Return once the stop is asked for, without waiting for the tasks to end.
         #[arg(long, short = 'd')]
@@ -112,6 +115,7 @@ pub enum Command {
     /// Send a signal to a running task.
     Signal {
         /// Allocation id or unique prefix.
+        #[arg(value_parser = alloc_id_arg)]
         alloc: String,
         /// Task name.
         task: String,
@@ -125,6 +129,10 @@ pub enum Command {
     Validate {
         /// The job file.
         file: PathBuf,
+        /// The agent config (HCL) to check the job against [default: the
+        /// embedded defaults, as `tend agent` without --config]
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Job file helpers.
     Job {
@@ -132,6 +140,19 @@ pub enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+}
+
+/// An ALLOC argument: an id or a prefix of one, never empty ("" is a prefix
+/// of every id).
+fn alloc_id_arg(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err(
+            "the allocation id is empty: give an id or a unique prefix of one \
+                    (`tend status` lists them)"
+                .into(),
+        );
+    }
+    Ok(s.to_string())
 }
 
 /// `tend job` verbs.
@@ -188,6 +209,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             if client.alive().await {
                 return run::submit(&client, &file, json, &mut out).await;
             }
+            eprintln!(
+                "==> no agent answers on {}: running the job in the foreground",
+                client.socket().display()
+            );
             let spawn_bin = spawn_bin.unwrap_or_else(crate::spawn::launch::default_spawn_bin);
             crate::driver::use_spawn_bin(&spawn_bin);
             run::run_foreground(run::RunOptions {
@@ -259,7 +284,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             signal,
             json,
         } => runtime()?.block_on(signal::run(&client, &alloc, &task, &signal, json, &mut out)),
-        Command::Validate { file } => Ok(validate::run_validate(&file, &mut out)),
+        Command::Validate { file, config } => {
+            let config = config
+                .as_deref()
+                .map(crate::agent::config::AgentConfig::load)
+                .transpose()?;
+            Ok(validate::run_validate(&file, config.as_ref(), &mut out))
+        }
         Command::Job {
             command: JobCommand::Init { file },
         } => {

@@ -67,7 +67,7 @@ fn libc_eacces() -> i32 {
 
 /// Describe an exit for a person: "exited with code 3", "killed by signal 9 (SIGKILL)".
 pub fn describe_exit(e: &ExitStatus) -> String {
-    match (e.exit_code, e.signal) {
+    let d = match (e.exit_code, e.signal) {
         (Some(c), _) => format!("exited with code {c}"),
         (None, Some(s)) => {
             let name = nix::sys::signal::Signal::try_from(s)
@@ -86,6 +86,10 @@ pub fn describe_exit(e: &ExitStatus) -> String {
             Some(err) => format!("failed: {err}"),
             None => "ended, status unknown".to_string(),
         },
+    };
+    match super::status::oom_note(e.oom_kills) {
+        Some(note) if !e.oom_killed => format!("{d}; {note}"),
+        _ => d,
     }
 }
 
@@ -312,6 +316,8 @@ fn prepare(ctx: &TaskCtx) -> Result<SpawnConfig, driver::DriverError> {
         token: Token(paths::random_bytes::<32>()),
         chroot_env: &ctx.chroot_env,
         cgroup_parent: CGROUP_PARENT,
+        // The foreground run has no agent config: the embedded defaults.
+        allow_root: false,
     })
 }
 
@@ -346,6 +352,7 @@ async fn run_task(ctx: TaskCtx, config: SpawnConfig, mut stop: watch::Receiver<b
         task: ProcId::of(task_pid),
         cgroup: config.cgroup.as_ref().map(|c| c.path.clone()),
         env: None,
+        socket: Some(PathBuf::from(&config.socket_path)),
     };
     say(&format!(
         "{name}: started (pid {task_pid}, tend-spawn {daemon_pid})"
@@ -588,5 +595,22 @@ mod tests {
         };
         assert_eq!(enoent.code(), 127);
         assert_eq!(Outcome::Lost(String::new()).code(), 1);
+    }
+
+    #[test]
+    fn an_oom_kill_in_the_task_is_told_beside_its_exit() {
+        let mut e = ExitStatus::from_wait("a", "t", 1, 5, 137 << 8, "s".into(), "f".into());
+        e.oom_kills = 1;
+        assert_eq!(
+            describe_exit(&e),
+            "exited with code 137; a process of this task was killed for memory (1 OOM kill)"
+        );
+        e = ExitStatus::from_wait("a", "t", 1, 5, 9, "s".into(), "f".into());
+        e.oom_killed = true;
+        e.oom_kills = 2;
+        assert_eq!(
+            describe_exit(&e),
+            "killed by signal 9 (SIGKILL), out of memory"
+        );
     }
 }

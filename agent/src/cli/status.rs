@@ -64,6 +64,39 @@ fn exit_code_words(t: &Value) -> String {
         .map_or("-".into(), |m| format!("error: {m}"))
 }
 
+/// The line for a run in which the kernel's OOM killer killed `kills` processes
+/// in the task's cgroup (the task itself or any process of it); None for none.
+pub fn oom_note(kills: u64) -> Option<String> {
+    match kills {
+        0 => None,
+        1 => Some("a process of this task was killed for memory (1 OOM kill)".into()),
+        n => Some(format!(
+            "a process of this task was killed for memory ({n} OOM kills)"
+        )),
+    }
+}
+
+/// "http 127.0.0.1:23456 (to 80)" for each port given to a task.
+fn port_words(ports: &Value) -> Vec<String> {
+    ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let ip = s(&p["host_ip"]);
+            let addr = if ip.contains(':') {
+                format!("[{ip}]:{}", s(&p["host_port"]))
+            } else {
+                format!("{ip}:{}", s(&p["host_port"]))
+            };
+            match p["to"].as_u64() {
+                Some(to) => format!("{} {addr} (to {to})", s(&p["label"])),
+                None => format!("{} {addr}", s(&p["label"])),
+            }
+        })
+        .collect()
+}
+
 /// Run `tend status`.
 pub async fn run(
     client: &ApiClient,
@@ -153,6 +186,22 @@ pub async fn run(
                         "\n{}: its tend-spawn lives but does not answer ({why}); the agent keeps trying",
                         s(&t["name"])
                     )?;
+                }
+                if let Some(note) = oom_note(t["exit"]["oom_kills"].as_u64().unwrap_or(0)) {
+                    writeln!(out, "{}: {note}", s(&t["name"]))?;
+                }
+            }
+            let ports: Vec<(String, Vec<String>)> = a["ports"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(task, p)| (task.clone(), port_words(p)))
+                .filter(|(_, p)| !p.is_empty())
+                .collect();
+            if !ports.is_empty() {
+                writeln!(out, "\nPorts:")?;
+                for (task, p) in ports {
+                    writeln!(out, "  {task}: {}", p.join(", "))?;
                 }
             }
             for t in &tasks {

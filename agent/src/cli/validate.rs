@@ -4,16 +4,39 @@
 use std::io::Write;
 use std::path::Path;
 
+use crate::agent::config::AgentConfig;
+use crate::driver::check_exec_root;
 use crate::jobspec::duration::format_duration;
 use crate::jobspec::signal::signal_name;
-use crate::jobspec::{parse_file, Job, Task};
+use crate::jobspec::{parse_file_on_this_host, Job, Task};
 
-/// Validates the job file at `path` and writes the result to `out`: the
-/// errors, one per line as `FILE:LINE:COLUMN: path: message`, and exit code
-/// 1; or a summary of what would run and exit code 0.
-pub fn run_validate(path: &Path, out: &mut dyn Write) -> i32 {
-    let text = match parse_file(path) {
-        Ok(job) => return write_or_fail(out, &summary(&job), 0),
+/// Validates the job file at `path` for this host and writes the result to `out`: the
+/// errors, one per line as `FILE:LINE:COLUMN: path: message` (`FILE: task
+/// T: field: message` for what the agent config decides), and exit code 1;
+/// or a summary of what would run and exit code 0. `agent` is the agent
+/// config the job is checked against (the embedded defaults when None).
+pub fn run_validate(path: &Path, agent: Option<&AgentConfig>, out: &mut dyn Write) -> i32 {
+    let text = match parse_file_on_this_host(path) {
+        Ok(job) => {
+            let allow_root = agent.is_some_and(AgentConfig::exec_allows_root);
+            let refused: Vec<String> = job
+                .groups
+                .iter()
+                .flat_map(|g| &g.tasks)
+                .filter_map(|t| check_exec_root(t, allow_root).err())
+                .map(|e| format!("{}: {e}\n", path.display()))
+                .collect();
+            if refused.is_empty() {
+                return write_or_fail(out, &summary(&job), 0);
+            }
+            let n = refused.len();
+            format!(
+                "{}{n} error{} in {}\n",
+                refused.concat(),
+                if n == 1 { "" } else { "s" },
+                path.display()
+            )
+        }
         Err(diags) => {
             let n = diags.len();
             format!(
@@ -113,7 +136,7 @@ mod tests {
         let p = dir.path().join("job.hcl");
         std::fs::write(&p, src).unwrap();
         let mut out = Vec::new();
-        let code = run_validate(&p, &mut out);
+        let code = run_validate(&p, None, &mut out);
         let text = String::from_utf8(out)
             .unwrap()
             .replace(&p.display().to_string(), "job.hcl");
@@ -165,9 +188,37 @@ mod tests {
     }
 
     #[test]
+    fn a_root_exec_task_needs_the_agent_to_allow_it() {
+        let job = "job \"j\" {\n  group \"g\" {\n    task \"t\" {\n      driver = \"exec\"\n      user = \"root\"\n      config {\n        command = \"/bin/true\"\n      }\n    }\n  }\n}\n";
+        let (code, text) = run(job);
+        assert_eq!(code, 1, "{text}");
+        assert!(
+            text.starts_with("job.hcl: task t: user: \"root\" is root, which the exec driver refuses unless the agent config allows it with plugin \"exec\" { allow_root = true }\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("1 error in job.hcl\n"), "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("job.hcl");
+        std::fs::write(&p, job).unwrap();
+        let allows = AgentConfig::parse(
+            "plugin \"exec\" {\n  allow_root = true\n}\n",
+            Path::new("agent.hcl"),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(run_validate(&p, Some(&allows), &mut out), 0);
+        // raw_exec runs as the agent's user: nothing to allow.
+        let (code, text) = run(&job.replace("\"exec\"", "\"raw_exec\""));
+        assert_eq!(code, 0, "{text}");
+    }
+
+    #[test]
     fn missing_file_is_an_error() {
         let mut out = Vec::new();
-        assert_eq!(run_validate(Path::new("/nonexistent/job.hcl"), &mut out), 1);
+        assert_eq!(
+            run_validate(Path::new("/nonexistent/job.hcl"), None, &mut out),
+            1
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with("/nonexistent/job.hcl: cannot read job file"),

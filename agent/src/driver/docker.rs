@@ -14,12 +14,13 @@
 //! the main process: the engine does not tell the two apart, so neither do we),
 //! `OOMKilled`, the pid and the start and end times.
 
+pub mod binds;
 pub mod logs;
 pub mod spec;
 pub mod stamp;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use tokio::sync::OnceCell;
 pub use spec::{check as check_task, policy, HostBind, HostRequest};
 
 use crate::driver::DriverError;
-use crate::jobspec::{LogSpec, Task, VolumeSource};
+use crate::jobspec::{LogSpec, Task};
 use crate::paths::AllocDir;
 use crate::ports::AssignedPort;
 
@@ -98,6 +99,14 @@ pub enum DockerError {
     /// The task is refused before anything is created.
     #[error(transparent)]
     Refused(#[from] DriverError),
+    /// A bind of the alloc dir could not be made safe to hand to the engine.
+    #[error("docker driver: task {task}: bind of the alloc dir: {source}")]
+    Binds {
+        /// The task.
+        task: String,
+        /// Why.
+        source: binds::BindError,
+    },
     /// An engine call failed.
     #[error("docker driver: {op} {target}: {source}")]
     Engine {
@@ -156,6 +165,9 @@ pub struct DockerStart<'a> {
     /// Its dir (binds: `alloc/` at `/alloc`, the task's `local/` at `/local`,
     /// and the task's volumes of the alloc dir).
     pub alloc: &'a AllocDir,
+    /// Where those binds are mounted for the engine while the container
+    /// starts (`<run_dir>/binds`, see [`binds`]).
+    pub binds_dir: &'a Path,
     /// The task.
     pub task: &'a Task,
     /// The job's labels, under the task's own.
@@ -263,11 +275,20 @@ impl DockerDriver {
     /// earlier run with the same name is removed first if it is tend's and has
     /// ended. A missing image is pulled. Nothing is left behind on failure.
     pub async fn start(&self, req: &DockerStart<'_>) -> Result<String, DockerError> {
-        let (name, body) = spec::create_body(&self.opts, req)?;
-        if !self.opts.allow_host_binds {
-            no_symlink_in_volumes(req.alloc, req.task)?;
-        }
+        spec::check(&self.opts, req.task)?;
         let docker = self.engine().await?;
+        // Held until the container runs: its own binds hold the dirs from then on.
+        let (_staged, alloc_binds) = binds::StagedBinds::stage(
+            req.alloc,
+            req.binds_dir,
+            req.alloc_id,
+            &spec::alloc_binds(req.task),
+        )
+        .map_err(|source| DockerError::Binds {
+            task: req.task.name.clone(),
+            source,
+        })?;
+        let (name, body) = spec::create_body(&self.opts, req, &alloc_binds)?;
         let image = body.image.clone().unwrap_or_default();
         let create = || {
             docker.create_container(
@@ -514,40 +535,6 @@ impl DockerDriver {
     }
 }
 
-/// Refuse a volume of the alloc dir whose source goes through a symlink on the
-/// host: the engine would follow it out of the alloc dir (a task may make
-/// symlinks in the dirs it can write). The policy sees the path as written;
-/// this sees it as it is just before the container is made. What does not
-/// exist yet the engine makes as plain dirs.
-fn no_symlink_in_volumes(alloc: &AllocDir, task: &Task) -> Result<(), DriverError> {
-    for v in &task.config.volumes {
-        let VolumeSource::InAlloc(rel) = &v.source else {
-            continue;
-        };
-        let mut p = alloc.root.clone();
-        for comp in rel.components() {
-            p.push(comp);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(spec::refusal(
-                        &task.name,
-                        "config.volumes",
-                        &format!(
-                            "binds outside the alloc dir ({} goes through the symlink {})",
-                            HostBind::of_volume(alloc, v).source.display(),
-                            p.display()
-                        ),
-                        "allow_host_binds = true",
-                    ));
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The cause of a client error, in one line.
 fn cause_of(e: &EngineError) -> String {
     use std::error::Error;
@@ -591,6 +578,7 @@ pub fn exit_status(meta: &ExitMeta, c: &ContainerInspectResponse, pid: Option<i6
         s.finished_at = finished_at;
         return s;
     }
+    let oom_killed = st.oom_killed == Some(true);
     ExitStatus {
         version: EXIT_STATUS_VERSION,
         alloc_id: meta.alloc_id.clone(),
@@ -601,7 +589,9 @@ pub fn exit_status(meta: &ExitMeta, c: &ContainerInspectResponse, pid: Option<i6
         exit_code: st.exit_code.and_then(|c| i32::try_from(c).ok()),
         signal: None,
         core_dumped: false,
-        oom_killed: st.oom_killed == Some(true),
+        oom_killed,
+        // The engine says whether its OOM killer struck, not how often: once at least.
+        oom_kills: u64::from(oom_killed),
         started_at,
         finished_at,
         error: engine_error,
@@ -663,49 +653,6 @@ mod tests {
         assert_eq!(s.exit_code, None);
         assert!(!s.success());
         assert!(s.error.is_some());
-    }
-
-    #[test]
-    fn a_volume_through_a_symlink_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let alloc = AllocDir {
-            root: tmp.path().join("a1"),
-        };
-        alloc.create(&["web"]).unwrap();
-        std::os::unix::fs::symlink("/etc", alloc.task_local("web").join("etc")).unwrap();
-        let mut t = crate::jobspec::Task {
-            name: "web".into(),
-            driver: crate::jobspec::Driver::Docker,
-            user: None,
-            config: Default::default(),
-            env: BTreeMap::new(),
-            meta: BTreeMap::new(),
-            resources: Default::default(),
-            logs: LogSpec::default(),
-            kill_timeout: Duration::from_secs(5),
-            kill_signal: 15,
-            chroot_env: None,
-        };
-        let vol = |rel: &str| crate::jobspec::Volume {
-            source: VolumeSource::InAlloc(rel.into()),
-            target: "/data".into(),
-            read_only: false,
-        };
-        t.config.volumes = vec![vol("web/local"), vol("web/shared/not/yet")];
-        no_symlink_in_volumes(&alloc, &t).unwrap();
-        t.config.volumes = vec![vol("web/local/etc/sub")];
-        let e = no_symlink_in_volumes(&alloc, &t).unwrap_err().to_string();
-        let link = alloc.task_local("web").join("etc");
-        assert_eq!(
-            e,
-            format!(
-                "task web: config.volumes: the agent does not allow binds outside the alloc dir \
-                 ({}/sub goes through the symlink {}) (set allow_host_binds = true in plugin \
-                 \"docker\")",
-                link.display(),
-                link.display()
-            )
-        );
     }
 
     #[test]

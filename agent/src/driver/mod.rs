@@ -147,6 +147,8 @@ pub struct Launch<'a> {
     pub chroot_env: &'a [(String, String)],
     /// The cgroup parent of every task (relative to each hierarchy's root).
     pub cgroup_parent: &'a str,
+    /// Whether exec tasks may run as root (`plugin "exec" { allow_root = true }`).
+    pub allow_root: bool,
 }
 
 /// The tend-spawn this process uses, once known (see [`use_spawn_bin`]).
@@ -216,9 +218,53 @@ pub fn resolve_user(user: &str) -> Option<(u32, u32)> {
         .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
 }
 
+/// The agent config option that lets exec tasks run as root.
+pub const ALLOW_ROOT_OPTION: &str = "plugin \"exec\" { allow_root = true }";
+
+/// An exec task's user is not root (uid 0, by name or number) unless the
+/// agent allows it: root in a task's root is still root on the host files
+/// bound in and on the kernel's knobs; an operator says so in the agent
+/// config, a job file cannot. A user unknown here is not this check's to refuse.
+pub fn check_exec_root(task: &Task, allow_root: bool) -> Result<(), DriverError> {
+    if task.driver != Driver::Exec || allow_root {
+        return Ok(());
+    }
+    let user = task.user.as_deref().unwrap_or(DEFAULT_EXEC_USER);
+    match resolve_user(user) {
+        Some((0, _)) => Err(DriverError::Field {
+            task: task.name.clone(),
+            field: "user",
+            reason: format!(
+                "{user:?} is root, which the exec driver refuses unless the agent config \
+                 allows it with {ALLOW_ROOT_OPTION}"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The user of an exec task, checked: it exists here, and it is root only
+/// where the agent allows it (see [`check_exec_root`]).
+pub fn check_exec_user(task: &Task, allow_root: bool) -> Result<String, DriverError> {
+    let user = task
+        .user
+        .clone()
+        .unwrap_or_else(|| DEFAULT_EXEC_USER.to_string());
+    if resolve_user(&user).is_none() {
+        return Err(DriverError::Field {
+            task: task.name.clone(),
+            field: "user",
+            reason: format!("unknown user {user:?}"),
+        });
+    }
+    check_exec_root(task, allow_root)?;
+    Ok(user)
+}
+
 fn exec_isolation(
     task: &Task,
     agent_chroot_env: &[(String, String)],
+    allow_root: bool,
 ) -> Result<Isolation, DriverError> {
     let field = |field: &'static str, reason: String| DriverError::Field {
         task: task.name.clone(),
@@ -234,13 +280,7 @@ fn exec_isolation(
                 .into(),
         });
     }
-    let user = task
-        .user
-        .clone()
-        .unwrap_or_else(|| DEFAULT_EXEC_USER.to_string());
-    if resolve_user(&user).is_none() {
-        return Err(field("user", format!("unknown user {user:?}")));
-    }
+    let user = check_exec_user(task, allow_root)?;
     if task.resources.memory < MIN_EXEC_MEMORY_MB {
         return Err(field(
             "resources.memory",
@@ -309,13 +349,17 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Check what the driver can check before anything exists: for exec, root, the
-/// user, the memory floor and the chroot_env sources; for every process driver,
+/// user (root only with `allow_root`), the memory floor and the chroot_env sources; for every process driver,
 /// that a command is given.
-pub fn check_task(task: &Task, chroot_env: &[(String, String)]) -> Result<(), DriverError> {
+pub fn check_task(
+    task: &Task,
+    chroot_env: &[(String, String)],
+    allow_root: bool,
+) -> Result<(), DriverError> {
     match task.driver {
         Driver::RawExec => {}
         Driver::Exec => {
-            exec_isolation(task, chroot_env)?;
+            exec_isolation(task, chroot_env, allow_root)?;
         }
         Driver::Docker => return Ok(()),
     }
@@ -352,7 +396,7 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
             None,
         ),
         Driver::Exec => {
-            let iso = exec_isolation(task, l.chroot_env)?;
+            let iso = exec_isolation(task, l.chroot_env, l.allow_root)?;
             let base = cgroup_base(l.cgroup_parent);
             let cgroup = CgroupSpec {
                 path: format!("{base}/{}/{}", l.alloc_id, task.name),

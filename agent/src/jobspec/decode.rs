@@ -276,6 +276,13 @@ fn decode_task(
             );
             return None;
         }
+        if c.on_this_host
+            && driver == Some(Driver::Exec)
+            && crate::driver::resolve_user(&s).is_none()
+        {
+            // The words `tend run` and the agent refuse it with.
+            c.error(a.value.at, &p, format!("unknown user {s:?}"));
+        }
         Some(s)
     });
     let config = match v.single_block(c, "config", path) {
@@ -761,6 +768,17 @@ fn name_label(c: &mut Collector<'_>, b: &Block, kind: &str, parent: &str) -> Str
             &path,
             format!("{kind} name must be a plain file name (not empty, \".\" or \"..\", no \"/\" or NUL, at most 200 bytes), got {name:?}"),
         );
+    } else if kind == "task" {
+        // The task's dir is <alloc_dir>/<name>, beside tend's own entries.
+        if let Some(why) = tend_proto::names::reserved_in_alloc_dir(name) {
+            c.error(
+                *at,
+                &path,
+                format!(
+                    "task name {name:?} {why}: tend keeps it in the alloc dir, choose another name"
+                ),
+            );
+        }
     }
     name.clone()
 }

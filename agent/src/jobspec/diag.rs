@@ -82,6 +82,8 @@ pub(crate) struct Collector<'s> {
     file: String,
     src: &'s str,
     pub(crate) errors: Vec<Diagnostic>,
+    /// Check what only this host can tell too (the user of an exec task).
+    pub(crate) on_this_host: bool,
 }
 
 impl<'s> Collector<'s> {
@@ -90,6 +92,7 @@ impl<'s> Collector<'s> {
             file: file.to_string(),
             src,
             errors: Vec::new(),
+            on_this_host: false,
         }
     }
 

@@ -49,10 +49,20 @@ use diag::Collector;
 
 /// Reads and validates a job file. The file name in errors is `path` as given.
 pub fn parse_file(path: &Path) -> Result<Job, Diagnostics> {
+    read_and_parse(path, false)
+}
+
+/// [`parse_file`], and what only this host can tell too: that the user of
+/// each exec task exists here (`tend validate`).
+pub fn parse_file_on_this_host(path: &Path) -> Result<Job, Diagnostics> {
+    read_and_parse(path, true)
+}
+
+fn read_and_parse(path: &Path, on_this_host: bool) -> Result<Job, Diagnostics> {
     let name = path.display().to_string();
     match std::fs::read(path) {
         Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(src) => parse_str(&src, &name),
+            Ok(src) => parse(&src, &name, on_this_host),
             Err(e) => {
                 let valid = e.utf8_error().valid_up_to();
                 let src = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
@@ -72,7 +82,12 @@ pub fn parse_file(path: &Path) -> Result<Job, Diagnostics> {
 /// Parses and validates a job from text: JSON when the first non-blank
 /// character is `{`, HCL otherwise. `file_name` is used in the errors.
 pub fn parse_str(src: &str, file_name: &str) -> Result<Job, Diagnostics> {
+    parse(src, file_name, false)
+}
+
+fn parse(src: &str, file_name: &str, on_this_host: bool) -> Result<Job, Diagnostics> {
     let mut c = Collector::new(file_name, src);
+    c.on_this_host = on_this_host;
     let tree = if src.trim_start().starts_with('{') {
         match json::parse(src) {
             Ok(v) => tree::from_json(v, tree::BodyKind::Root, "", &mut c),

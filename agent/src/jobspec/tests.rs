@@ -398,6 +398,35 @@ fn duplicate_task_names() {
 }
 
 #[test]
+fn task_names_that_are_tend_s_own_entries_of_the_alloc_dir_are_refused() {
+    for name in [
+        "logs",
+        "alloc",
+        ".cache",
+        "web_exit_status",
+        "web_exit_status.2",
+        "web_docker_log_cursor",
+    ] {
+        let src = format!("job \"j\" {{\n  group \"g\" {{\n    task \"{name}\" {{\n      driver = \"docker\"\n      config {{\n        image = \"busybox\"\n        volumes = [\".:/x\"]\n      }}\n    }}\n  }}\n}}\n");
+        let e = errs(&src);
+        assert_eq!(e.len(), 1, "{name}: {e:#?}");
+        assert_eq!((e[0].line, e[0].column), (3, 10), "{name}");
+        assert_eq!(e[0].path, format!("job.j.group.g.task.{name}"));
+        assert!(
+            e[0].message.starts_with(&format!("task name {name:?} ")),
+            "{}",
+            e[0]
+        );
+        assert!(e[0].message.ends_with("choose another name"), "{}", e[0]);
+    }
+    // Names that only look alike are free.
+    for name in ["logs2", "my_alloc", "exit_status", "web.x"] {
+        let src = format!("job \"j\" {{\n  group \"g\" {{\n    task \"{name}\" {{\n      driver = \"raw_exec\"\n      config {{ command = \"/bin/true\" }}\n    }}\n  }}\n}}\n");
+        assert!(parse_str(&src, "t.hcl").is_ok(), "{name}");
+    }
+}
+
+#[test]
 fn task_names_must_be_plain_file_names() {
     for (name, shown) in [
         ("..", "\"..\""),

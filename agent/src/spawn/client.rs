@@ -191,10 +191,10 @@ impl Client {
     /// Ask for the exit and wait for it: it comes the moment the task ends.
     pub async fn wait(&mut self) -> Result<ExitStatus, ClientError> {
         self.command(Request::Wait).await?;
-        match self.next().await? {
-            Response::Exited(e) => Ok(e),
-            other => Err(self.unexpected(other)),
-        }
+        self.next()
+            .await?
+            .into_exit()
+            .map_err(|other| self.unexpected(*other))
     }
 
     fn unexpected(&self, got: Response) -> ClientError {

@@ -15,6 +15,16 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why tend-spawn gave no start report.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    /// There is no tend-spawn where the agent looked.
+    #[error(
+        "cannot execute tend-spawn: {looked}; build it with `cargo build --release` \
+         (it lands beside tend in target/release), or give its path with --spawn-bin \
+         or TEND_SPAWN_BIN"
+    )]
+    NotFound {
+        /// Where the agent looked, in words.
+        looked: String,
+    },
     /// The binary could not be executed.
     #[error("cannot execute {bin}: {source}")]
     Exec {
@@ -72,6 +82,20 @@ pub fn default_spawn_bin() -> PathBuf {
     PathBuf::from("tend-spawn")
 }
 
+/// Where the agent looked for `bin` when it is not there, for the error: the
+/// bare name [`default_spawn_bin`] falls back to means neither beside the
+/// agent's executable nor on PATH.
+fn where_looked(bin: &Path) -> String {
+    if bin.components().count() > 1 || bin.is_absolute() {
+        return format!("{} does not exist", bin.display());
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(bin)))
+        .map_or_else(String::new, |p| format!("{} nor ", p.display()));
+    format!("no {beside}{} on PATH", bin.display())
+}
+
 /// Start one task through `bin`: exec it with an empty environment (nothing of the
 /// task or the agent reaches its /proc/PID/environ), write `config` on its stdin,
 /// and return its report. A `Failed` report is a normal outcome, not an error.
@@ -88,9 +112,17 @@ pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<StartReport, Lau
         .stderr(Stdio::piped())
         .kill_on_drop(false)
         .spawn()
-        .map_err(|source| LaunchError::Exec {
-            bin: bin.to_path_buf(),
-            source,
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                LaunchError::NotFound {
+                    looked: where_looked(bin),
+                }
+            } else {
+                LaunchError::Exec {
+                    bin: bin.to_path_buf(),
+                    source,
+                }
+            }
         })?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut stdout = child.stdout.take().expect("piped stdout");

@@ -328,7 +328,7 @@ fn linux_read_backs() {
 #[test]
 fn linux_as_caller_creates_as_the_caller() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if !nix::unistd::geteuid().is_root() {
+    if !crate::test_have_root() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

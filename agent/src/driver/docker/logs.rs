@@ -34,7 +34,10 @@ use tend_spawn::logs::RotatingLog;
 
 /// Where the copy of a task's container logs keeps its cursor.
 pub fn cursor_path(alloc: &AllocDir, task: &str) -> PathBuf {
-    alloc.root.join(format!("{task}_docker_log_cursor"))
+    alloc.root.join(format!(
+        "{task}{}",
+        tend_proto::names::DOCKER_LOG_CURSOR_SUFFIX
+    ))
 }
 
 /// How far a log copy got: the engine timestamp (Unix nanoseconds) of the last

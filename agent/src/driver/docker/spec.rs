@@ -9,11 +9,12 @@ use bollard::models::{
     ContainerCreateBody, DeviceMapping, HostConfig, HostConfigLogConfig, PortBinding,
 };
 
+use super::binds::AllocBind;
 use super::{DockerOptions, DockerStart};
 use crate::driver::DriverError;
 use crate::jobspec::capability;
 use crate::jobspec::{Device, Task, Volume, VolumeSource};
-use crate::paths::AllocDir;
+use tend_proto::names;
 
 /// The network modes a task may name. `default` is the engine's default network.
 pub const NETWORK_MODES: [&str; 4] = ["bridge", "default", "host", "none"];
@@ -48,24 +49,6 @@ pub struct HostBind {
 }
 
 impl HostBind {
-    /// The bind of a volume in `alloc`: a source of the alloc dir is joined to
-    /// the alloc's root, a host source kept.
-    pub fn of_volume(alloc: &AllocDir, v: &Volume) -> HostBind {
-        let source = match &v.source {
-            VolumeSource::InAlloc(rel) => {
-                let mut p = alloc.root.clone();
-                p.extend(rel.components());
-                p
-            }
-            VolumeSource::Host(p) => p.clone(),
-        };
-        HostBind {
-            source,
-            target: v.target.clone(),
-            read_only: v.read_only,
-        }
-    }
-
     fn to_engine(&self) -> String {
         let mode = if self.read_only { ":ro" } else { "" };
         format!("{}:{}{mode}", self.source.display(), self.target)
@@ -289,11 +272,42 @@ pub fn check(opts: &DockerOptions, task: &Task) -> Result<(), DriverError> {
     policy(opts, &task.name, &HostRequest::of(task))
 }
 
+/// Every bind of the task's container whose source is in the alloc dir: the
+/// alloc's shared dir at `/alloc`, the task's `local/` at `/local`, then the
+/// task's volumes of the alloc dir. The driver hands them to the engine only
+/// through [`super::binds::StagedBinds`].
+pub fn alloc_binds(task: &Task) -> Vec<AllocBind> {
+    let mut binds = vec![
+        AllocBind {
+            rel: PathBuf::from(names::SHARED_DIR),
+            target: CONTAINER_ALLOC_DIR.to_string(),
+            read_only: false,
+        },
+        AllocBind {
+            rel: Path::new(&task.name).join("local"),
+            target: CONTAINER_TASK_DIR.to_string(),
+            read_only: false,
+        },
+    ];
+    binds.extend(task.config.volumes.iter().filter_map(|v| match &v.source {
+        VolumeSource::InAlloc(rel) => Some(AllocBind {
+            rel: rel.clone(),
+            target: v.target.clone(),
+            read_only: v.read_only,
+        }),
+        VolumeSource::Host(_) => None,
+    }));
+    binds
+}
+
 /// The name and create-container body of one run of a task. Runs [`check`]
 /// (and so the policy) first: nothing is returned that the agent refuses.
+/// `alloc_binds`: the binds of [`alloc_binds`], with the sources the engine is
+/// to get (the staged mounts), in that order; the task's host binds follow.
 pub fn create_body(
     opts: &DockerOptions,
     req: &DockerStart<'_>,
+    alloc_binds: &[HostBind],
 ) -> Result<(String, ContainerCreateBody), DriverError> {
     let task = req.task;
     check(opts, task)?;
@@ -305,24 +319,15 @@ pub fn create_body(
         });
     }
     let mode = network_mode(task);
-    let mut binds = vec![
-        HostBind {
-            source: req.alloc.shared(),
-            target: CONTAINER_ALLOC_DIR.to_string(),
-            read_only: false,
-        },
-        HostBind {
-            source: req.alloc.task_local(&task.name),
-            target: CONTAINER_TASK_DIR.to_string(),
-            read_only: false,
-        },
-    ];
-    binds.extend(
-        task.config
-            .volumes
-            .iter()
-            .map(|v| HostBind::of_volume(req.alloc, v)),
-    );
+    let mut binds = alloc_binds.to_vec();
+    binds.extend(task.config.volumes.iter().filter_map(|v| match &v.source {
+        VolumeSource::InAlloc(_) => None,
+        VolumeSource::Host(p) => Some(HostBind {
+            source: p.clone(),
+            target: v.target.clone(),
+            read_only: v.read_only,
+        }),
+    }));
 
     let mut labels: HashMap<String, String> = HashMap::new();
     labels.extend(req.job_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -517,11 +522,13 @@ mod tests {
         let alloc = alloc();
         let ports = ports();
         let labels = BTreeMap::from([("job".to_string(), "j".to_string())]);
+        let in_place: Vec<HostBind> = alloc_binds(t).iter().map(|b| b.in_place(&alloc)).collect();
         create_body(
             opts,
             &DockerStart {
                 alloc_id: "a1",
                 alloc: &alloc,
+                binds_dir: Path::new("/run/tend/binds"),
                 task: t,
                 job_labels: &labels,
                 command: t.config.command.clone(),
@@ -532,6 +539,7 @@ mod tests {
                 ],
                 ports: &ports,
             },
+            &in_place,
         )
     }
 
