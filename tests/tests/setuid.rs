@@ -1726,3 +1726,86 @@ fn a_tend_spawn_sigkilled_at_any_stage_of_its_set_up_leaves_no_cgroup_and_no_tas
          report: {before_start}, after: {after_start}"
     );
 }
+
+#[test]
+fn a_caller_that_ignores_sigchld_and_blocks_signals_still_gets_the_real_exit_and_a_late_signal_hits_nothing_else(
+) {
+    require_root!();
+    let w = World::new();
+    let cfg = w.exec_config(
+        "t",
+        "grep -E '^Sig(Blk|Ign):' /proc/self/status; sleep 0.2; exit 7",
+    );
+    // The caller ignores SIGCHLD and blocks signals, then execs the setuid
+    // binary: both survive exec (perl is the tool at hand that does both).
+    let bytes = frame::encode(&cfg).unwrap();
+    let script = "use POSIX; \
+                  $SIG{CHLD} = 'IGNORE'; \
+                  sigprocmask(SIG_BLOCK, POSIX::SigSet->new(SIGCHLD, SIGTERM, SIGUSR1, SIGHUP)) or die; \
+                  exec @ARGV or die";
+    let mut child = w
+        .as_user(&w.user)
+        .args(["perl", "-e", script])
+        .arg(&w.spawn)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let _ = child.stdin.take().unwrap().write_all(&bytes);
+    }
+    let o = child.wait_with_output().unwrap();
+    let report = frame::read_frame(&mut &o.stdout[..], frame::MAX_FRAME_LEN)
+        .ok()
+        .and_then(|f| f.decode::<StartReport>().ok());
+    let (daemon, task) = match report {
+        Some(StartReport::Started {
+            daemon_pid,
+            task_pid,
+            ..
+        }) => (daemon_pid, task_pid),
+        other => panic!("{other:?}: {}", String::from_utf8_lossy(&o.stderr)),
+    };
+    // The exit file has the task's real code, whatever the caller's SIGCHLD.
+    let mut c = Client::connect(&cfg);
+    let exit = c.wait_exit_within(Duration::from_secs(10));
+    assert_eq!(exit.exit_code, Some(7), "{exit:?}");
+    let on_disk = tend_proto::ExitStatus::read(&cfg.exit_status_path()).unwrap();
+    assert_eq!(on_disk.exit_code, Some(7), "{on_disk:?}");
+    // The task started with nothing blocked, and SIGCHLD not ignored.
+    let out = fs::read_to_string(cfg.log_dir().join("t.stdout")).unwrap();
+    assert_eq!(field(&out, "SigBlk"), ["0000000000000000"], "{out}");
+    let ignored = field(&out, "SigIgn")
+        .first()
+        .and_then(|m| u64::from_str_radix(m, 16).ok())
+        .unwrap_or_else(|| panic!("no SigIgn: {out}"));
+    let chld = 1u64 << (nix::libc::SIGCHLD - 1);
+    assert_eq!(ignored & chld, 0, "SIGCHLD ignored in the task: {out}");
+    // Its pid, now free, taken by another process (ns_last_pid; others
+    // forking meanwhile may beat it: a few tries), then Signal(9) to the
+    // daemon: the other process lives.
+    let mut victim = None;
+    for _ in 0..20 {
+        fs::write("/proc/sys/kernel/ns_last_pid", (task - 1).to_string()).unwrap();
+        let v = Command::new("/bin/sleep").arg("30").spawn().unwrap();
+        if i32::try_from(v.id()).unwrap() == task {
+            victim = Some(v);
+            break;
+        }
+        let mut v = v;
+        let _ = v.kill();
+        let _ = v.wait();
+    }
+    let mut victim = victim.expect("the task's pid was never reused in 20 tries");
+    let r = c.request(tend_proto::Request::Signal(9));
+    std::thread::sleep(Duration::from_millis(100));
+    let alive = victim.try_wait().unwrap().is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(alive, "Signal(9) after the exit killed pid {task}: {r:?}");
+    let _ = c.request(tend_proto::Request::Release);
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(daemon)));
+}
