@@ -1067,21 +1067,28 @@ fn a_setuid_file_a_root_exec_task_leaves_in_alloc_is_out_of_other_users_reach() 
         args    = ["-c", "cp /usr/bin/id /alloc/suid-id && chmod 4755 /alloc/suid-id"]
       }"#,
     );
-    let o = tend(&sb, &job);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    // Root only where the agent config allows it.
+    let parent = CgroupParent::new();
+    let agent = tend_tests::AgentProc::start_with_config(
+        &sb,
+        &format!(
+            "cgroup_parent = \"{}\"\nplugin \"exec\" {{\n  allow_root = true\n}}\n",
+            parent.name
+        ),
     );
-    let allocs = allocs_of(&sb);
-    assert_eq!(allocs.len(), 1, "{allocs:?}");
-    let suid = allocs[0].join("alloc/suid-id");
+    let path = sb.scratch_dir().join("suid.hcl");
+    fs::write(&path, &job).unwrap();
+    let o = agent.cli(&["run", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let alloc = sb.find_alloc_dir();
+    let exit = tend_tests::wait_alloc_exit(&alloc, "t", LONG);
+    assert_eq!(exit.exit_code, Some(0), "{exit:?}");
+    let suid = alloc.join("alloc/suid-id");
     let m = fs::metadata(&suid).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o4000), (0, 0o4000), "not setuid root");
 
     let other = tend_tests::ThrowawayUser::create();
-    let allocs_dir = sb.data_dir().join("data/allocs");
+    let allocs_dir = sb.data_dir().join("allocs");
     assert!(other.run("/bin/ls", &[&allocs_dir]).is_err());
     assert!(other.run("/usr/bin/stat", &[&suid]).is_err());
     let ran = other.run(suid.to_str().unwrap(), &["-u"]);
