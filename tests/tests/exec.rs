@@ -28,30 +28,7 @@ const LONG: Duration = Duration::from_secs(30);
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const MB: u64 = 1024 * 1024;
 
-/// The hierarchies tend-spawn uses on this host: each v1 controller's mount
-/// and the cgroup2 tree (the root itself on a v2 host).
-fn cgroup_mounts() -> Vec<PathBuf> {
-    let root = Path::new(CGROUP_ROOT);
-    if root.join("cgroup.controllers").is_file() {
-        return vec![root.to_path_buf()];
-    }
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(root) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let path = e.path();
-            let ours = name
-                .split(',')
-                .any(|c| ["memory", "cpu", "cpuacct", "pids", "freezer"].contains(&c));
-            let unified = name == "unified" && path.join("cgroup.controllers").is_file();
-            if (ours || unified) && path.join("cgroup.procs").is_file() && !path.is_symlink() {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
-}
+use tend_tests::cgroup_mounts;
 
 /// The dir holding memory files of a cgroup path, and the name of its limit file.
 fn memory_limit_file(rel: &str) -> PathBuf {
