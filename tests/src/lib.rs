@@ -84,6 +84,32 @@ macro_rules! require_root {
     };
 }
 
+/// The hierarchies tend-spawn uses on this host: each v1 controller's mount
+/// and the cgroup2 tree (the root itself on a v2 host, whose subdirs are
+/// child cgroups, not mounts).
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").is_file() {
+        return vec![root.to_path_buf()];
+    }
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let ours = name
+                .split(',')
+                .any(|c| ["memory", "cpu", "cpuacct", "pids", "freezer"].contains(&c));
+            let unified = name == "unified" && path.join("cgroup.controllers").is_file();
+            if (ours || unified) && path.join("cgroup.procs").is_file() && !path.is_symlink() {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The dir the test executable's crate builds into (`target/debug`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

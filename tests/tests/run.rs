@@ -571,7 +571,7 @@ fn validate_refuses_an_unknown_exec_user_at_its_place() {
         "{out}"
     );
     // A user this host has is fine.
-    let job = sb.write_job("root.hcl", &exec_job_of_user("root"));
+    let job = sb.write_job("daemon.hcl", &exec_job_of_user("daemon"));
     let out = sb.run_tend(&[OsStr::new("validate"), job.as_os_str()], LONG);
     assert_eq!(out.code, Some(0), "{out}");
 }

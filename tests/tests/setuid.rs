@@ -254,17 +254,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn cgroup_mounts() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
-        for e in rd.flatten() {
-            if e.path().join("cgroup.procs").exists() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
+use tend_tests::cgroup_mounts;
 
 /// Every process whose real uid is one of `uids`: ours to end, by pid.
 fn kill_processes_of(uids: &[u32]) {

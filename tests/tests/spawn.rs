@@ -71,7 +71,9 @@ fn a_missing_command_fails_fast_with_a_clear_message() {
     let cfg = sb.config("t", "/nonexistent", &[]);
     let t0 = Instant::now();
     let spawned = sb.start(&cfg);
-    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // Fails at once, never a hang (the bound is loose: a loaded or emulated
+    // host is slow, and speed is the benchmarks' business).
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     let (stage, errno, message) = spawned.failure();
     assert_eq!(stage, Stage::Exec);
     assert_eq!(errno, libc_enoent());

@@ -180,16 +180,7 @@ impl AgentConfig {
             }
         }
         if let Some(parent) = &cfg.cgroup_parent {
-            let p = Path::new(parent);
-            if parent.is_empty()
-                || p.is_absolute()
-                || p.components()
-                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
-                return Err(invalid(format!(
-                    "cgroup_parent: {parent:?} must be a relative path without '..'"
-                )));
-            }
+            check_cgroup_parent(parent).map_err(|e| invalid(format!("cgroup_parent: {e}")))?;
         }
         if let Some(env) = &cfg.chroot_env {
             for (src, dst) in env {
@@ -224,6 +215,20 @@ impl AgentConfig {
             .and_then(|p| p.enabled)
             .unwrap_or(true)
     }
+}
+
+/// A cgroup parent is a relative path of plain names: never absolute, never
+/// `..`, so that it stays under the hierarchy's root.
+pub fn check_cgroup_parent(parent: &str) -> Result<String, String> {
+    let p = Path::new(parent);
+    if parent.is_empty()
+        || p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!("{parent:?} must be a relative path without '..'"));
+    }
+    Ok(parent.to_string())
 }
 
 #[cfg(test)]

@@ -49,6 +49,10 @@ pub enum Command {
         /// Print the agent's answer as JSON.
         #[arg(long)]
         json: bool,
+        /// In the foreground: the cgroup under which each task gets its own.
+        #[arg(long, env = "TEND_CGROUP_PARENT", default_value = "tend",
+              value_parser = crate::agent::config::check_cgroup_parent)]
+        cgroup_parent: String,
     },
     /// Check a setuid install of tend-spawn: owner, group, mode, policy, cgroup
     /// parent; one line per problem, exit status 1 when anything is wrong.
@@ -205,6 +209,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             file,
             spawn_bin,
             json,
+            cgroup_parent,
         } => runtime()?.block_on(async {
             if client.alive().await {
                 return run::submit(&client, &file, json, &mut out).await;
@@ -219,6 +224,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 job_file: file,
                 dirs,
                 spawn_bin,
+                cgroup_parent,
             })
             .await
         }),

@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub dirs: Dirs,
     /// The tend-spawn binary.
     pub spawn_bin: PathBuf,
+    /// The cgroup parent of its tasks (`tend` by default).
+    pub cgroup_parent: String,
 }
 
 /// How one task ended, as far as `tend run` knows.
@@ -167,6 +169,7 @@ pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
                     spawn_bin: opts.spawn_bin.clone(),
                     prefixed,
                     chroot_env: chroot_env.clone(),
+                    cgroup_parent: opts.cgroup_parent.clone(),
                     ports,
                 };
                 match prepare(&ctx) {
@@ -267,10 +270,8 @@ struct TaskCtx {
     prefixed: bool,
     chroot_env: Vec<(String, String)>,
     ports: Vec<crate::ports::AssignedPort>,
+    cgroup_parent: String,
 }
-
-/// The cgroup parent of foreground tasks.
-const CGROUP_PARENT: &str = "tend";
 
 impl TaskCtx {
     fn task(&self) -> &Task {
@@ -315,7 +316,7 @@ fn prepare(ctx: &TaskCtx) -> Result<SpawnConfig, driver::DriverError> {
         args: setup.args,
         token: Token(paths::random_bytes::<32>()),
         chroot_env: &ctx.chroot_env,
-        cgroup_parent: CGROUP_PARENT,
+        cgroup_parent: &ctx.cgroup_parent,
         // The foreground run has no agent config: the embedded defaults.
         allow_root: false,
     })
