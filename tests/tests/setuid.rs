@@ -1778,6 +1778,13 @@ fn a_caller_that_ignores_sigchld_and_blocks_signals_still_gets_the_real_exit_and
     // forking meanwhile may beat it: a few tries), then Signal(9) to the
     // daemon: the other process lives.
     let mut victim = None;
+    if !Path::new("/proc/sys/kernel/ns_last_pid").exists() {
+        // A kernel without checkpoint/restore (the user-mode guest of
+        // .ci/v2-tests) cannot hand out a chosen pid; the rest was checked.
+        eprintln!("no ns_last_pid on this kernel: the pid-reuse part is not run");
+        let _ = c.request(tend_proto::Request::Release);
+        return;
+    }
     for _ in 0..20 {
         fs::write("/proc/sys/kernel/ns_last_pid", (task - 1).to_string()).unwrap();
         let v = Command::new("/bin/sleep").arg("30").spawn().unwrap();
