@@ -1357,7 +1357,7 @@ fn each_exec_task_has_a_private_bounded_tmp() {
 fn an_agent_runs_root_exec_tasks_only_where_its_config_allows_root() {
     require_root!();
     let job = exec_job(
-        "      user = \"root\"\n      config {\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"id -u; v=$(cat /proc/sys/kernel/core_pattern); if printf '%s\\\\n' \\\"$v\\\" > /proc/sys/kernel/core_pattern; then echo CORE-WRITTEN; else echo CORE-REFUSED; fi\"]\n      }\n      resources {\n        memory = 32\n      }",
+        "      user = \"root\"\n      config {\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"id -u; v=$(cat /proc/sys/kernel/core_pattern); if printf '%s\\\\n' \\\"$v\\\" > /proc/sys/kernel/core_pattern; then echo CORE-WRITTEN; else echo CORE-REFUSED; fi; if chmod 666 /dev/null 2>/dev/null; then echo DEV-CHMODDED; else echo DEV-REFUSED; fi; echo x > /dev/null && echo DEV-WRITES\"]\n      }\n      resources {\n        memory = 32\n      }",
     );
     let submit = |agent: &tend_tests::AgentProc, sb: &Sandbox| {
         let path = sb.scratch_dir().join("root.hcl");
@@ -1398,5 +1398,5 @@ fn an_agent_runs_root_exec_tasks_only_where_its_config_allows_root() {
     let exit = tend_tests::wait_alloc_exit(&alloc, "t", LONG);
     let log = fs::read_to_string(tend_tests::alloc_log_path(&alloc, "t", "stdout")).unwrap();
     assert_eq!(exit.exit_code, Some(0), "{log}");
-    assert_eq!(log, "0\nCORE-REFUSED\n");
+    assert_eq!(log, "0\nCORE-REFUSED\nDEV-REFUSED\nDEV-WRITES\n");
 }
