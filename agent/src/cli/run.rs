@@ -319,6 +319,7 @@ fn prepare(ctx: &TaskCtx) -> Result<SpawnConfig, driver::DriverError> {
         cgroup_parent: &ctx.cgroup_parent,
         // The foreground run has no agent config: the embedded defaults.
         allow_root: false,
+        cpu_total_compute: None,
     })
 }
 
