@@ -59,6 +59,14 @@ const FREEZE_PATIENCE: Duration = Duration::from_secs(1);
 /// What went wrong, naming the file or dir; io errors are kept as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// The cgroup parent cannot hold tasks (see [`Hierarchies::check_parent`]).
+    #[error("cgroup parent {dir}: {reason}")]
+    ParentUnusable {
+        /// The parent's dir in the hierarchy at fault.
+        dir: PathBuf,
+        /// What is missing, and what to do.
+        reason: String,
+    },
     /// Writing a control file failed.
     #[error("cgroup: write {}: {}", .path.display(), errno_text(.source))]
     Write {
@@ -400,6 +408,62 @@ impl Hierarchies {
         self.unified.as_deref()
     }
 
+    /// Check that tasks can be made under `parent` (relative to each
+    /// hierarchy's root) with the controllers every exec task needs (memory,
+    /// pids, cpu): in each hierarchy the parent, or the nearest dir above it
+    /// that exists, is a writable dir; on v2 the controllers are enabled in the
+    /// parent's `cgroup.subtree_control` (enabled here when they are not, as
+    /// tend-spawn would: refused when that fails) or, for a parent still to be
+    /// made, available in its nearest ancestor's `cgroup.controllers`.
+    pub fn check_parent(&self, parent: &str) -> Result<()> {
+        const NEEDED: [Controller; 3] = [Controller::Memory, Controller::Pids, Controller::Cpu];
+        let rel = check_rel(parent)?;
+        let mut mounts: Vec<&Path> = Vec::new();
+        if self.mode != Mode::V2 {
+            for c in NEEDED {
+                let mount = self
+                    .v1_mount(c)
+                    .ok_or_else(|| CgroupError::ParentUnusable {
+                        dir: self.root.join(c.name()).join(&rel),
+                        reason: format!(
+                            "no {} hierarchy is mounted under {}",
+                            c.name(),
+                            self.root.display()
+                        ),
+                    })?;
+                mounts.push(mount);
+            }
+        }
+        mounts.extend(self.unified_mount());
+        mounts.dedup();
+        for mount in mounts {
+            let dir = mount.join(&rel);
+            let unusable = |reason: String| CgroupError::ParentUnusable {
+                dir: dir.clone(),
+                reason,
+            };
+            let mut near = dir.as_path();
+            while near != mount && fs::symlink_metadata(near).is_err() {
+                near = near.parent().unwrap_or(mount);
+            }
+            if !near.is_dir() {
+                return Err(unusable(format!("{} is not a directory", near.display())));
+            }
+            if let Err(e) = nix::unistd::access(near, nix::unistd::AccessFlags::W_OK) {
+                return Err(unusable(format!(
+                    "{} is not writable ({}): tend-spawn makes each task's cgroup there",
+                    near.display(),
+                    e.desc()
+                )));
+            }
+            if self.mode == Mode::V2 {
+                let names: Vec<&str> = NEEDED.iter().map(|c| c.name()).collect();
+                check_v2_delegation(&dir, near, mount, &names).map_err(unusable)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `daemon_path` is the cgroup all tend-spawns share: its last
     /// component is [`SHARED_DAEMON_CGROUP`] (`<cgroup_parent>/tend-spawn`).
     ///
@@ -489,6 +553,69 @@ fn check_rel(path: &str) -> Result<PathBuf> {
         return Err(bad("must not contain . or .."));
     }
     Ok(p)
+}
+
+/// v2: the controllers `needed` reach the cgroups made under `dir`. `near` is
+/// `dir` when it exists, else its nearest existing ancestor.
+fn check_v2_delegation(
+    dir: &Path,
+    near: &Path,
+    mount: &Path,
+    needed: &[&str],
+) -> std::result::Result<(), String> {
+    // The needed controllers a control file does not list.
+    let missing_in = |path: &Path| -> std::result::Result<Vec<&str>, String> {
+        let text = fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {}", path.display(), errno_text(&e)))?;
+        let listed: Vec<&str> = text.split_whitespace().collect();
+        Ok(needed
+            .iter()
+            .copied()
+            .filter(|c| !listed.contains(c))
+            .collect())
+    };
+    if near != dir {
+        // Made later, from the mount down: the nearest dir that exists must
+        // offer them (the root offers every controller the kernel has).
+        let file = near.join("cgroup.controllers");
+        let missing = missing_in(&file)?;
+        if !missing.is_empty() {
+            let up = if near == mount {
+                "the kernel"
+            } else {
+                "its parent's cgroup.subtree_control"
+            };
+            return Err(format!(
+                "{} not in {} (enable it in {up})",
+                missing.join(", "),
+                file.display()
+            ));
+        }
+        return Ok(());
+    }
+    let file = dir.join("cgroup.subtree_control");
+    let missing = missing_in(&file)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let plus: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
+    write_file(&file, &plus.join(" ")).map_err(|e| {
+        let why = match &e {
+            CgroupError::Write { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
+                format!(
+                    "{} (it holds processes of its own: move them out)",
+                    errno_text(source)
+                )
+            }
+            CgroupError::Write { source, .. } => errno_text(source),
+            other => other.to_string(),
+        };
+        format!(
+            "{} not enabled in {} and enabling failed: {why}",
+            missing.join(", "),
+            file.display()
+        )
+    })
 }
 
 /// Memory, CPU and process counts of a task's cgroup; None where the host
@@ -1686,6 +1813,48 @@ mod tests {
         assert_eq!(blkio_weight(100), 19);
         assert_eq!(blkio_weight(10_000), 1000);
         assert_eq!(blkio_weight(0), 10);
+    }
+
+    #[test]
+    fn check_parent_on_fake_trees() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        let h = probe_fake(t.path());
+        // Still to be made: the root offers every controller.
+        h.check_parent("tend").unwrap();
+        // A path under a file.
+        let e = h.check_parent("cgroup.procs/x").unwrap_err().to_string();
+        assert!(e.ends_with("cgroup.procs is not a directory"), "{e}");
+        // An existing parent: what its subtree_control lacks is enabled.
+        put(
+            &t.path().join("tend"),
+            &[
+                ("cgroup.controllers", "cpu memory pids\n"),
+                ("cgroup.subtree_control", "memory\n"),
+            ],
+        );
+        h.check_parent("tend").unwrap();
+        assert_eq!(
+            read(t.path().join("tend/cgroup.subtree_control")),
+            "+pids +cpu"
+        );
+        // Below a dir that does not offer cpu: nothing can enable it there.
+        put(
+            &t.path().join("tend"),
+            &[("cgroup.controllers", "memory pids\n")],
+        );
+        let e = h.check_parent("tend/x").unwrap_err().to_string();
+        let file = t.path().join("tend/cgroup.controllers");
+        assert!(e.contains(&format!("cpu not in {}", file.display())), "{e}");
+
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        let h = probe_fake(t.path());
+        h.check_parent("tend").unwrap();
+        fs::remove_dir_all(t.path().join("pids")).unwrap();
+        let h = probe_fake(t.path());
+        let e = h.check_parent("tend").unwrap_err().to_string();
+        assert!(e.contains("no pids hierarchy is mounted"), "{e}");
     }
 
     #[test]

@@ -1414,30 +1414,47 @@ fn is_v2() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").is_file()
 }
 
-/// `tend run` of `job` in the background; killed and reaped on drop.
-struct Background(std::process::Child);
+/// `tend run` of `job` in the background, its stderr in a file; killed and
+/// reaped on drop.
+struct Background(std::process::Child, PathBuf);
 
 impl Background {
     fn start(sb: &Sandbox, job: &str, parent: &CgroupParent) -> Background {
+        Background::start_with(sb, job, parent, |_| {})
+    }
+
+    /// [`Background::start`], with `more` applied to the command first.
+    fn start_with(
+        sb: &Sandbox,
+        job: &str,
+        parent: &CgroupParent,
+        more: impl FnOnce(&mut Command),
+    ) -> Background {
         // The data dir must be walkable like /var/lib/tend.
         fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
-        let child = tend_command(sb, job, &parent.name)
+        let mut cmd = tend_command(sb, job, &parent.name);
+        more(&mut cmd);
+        let stderr = sb.data_dir().join(format!(
+            "tend-run-{}.stderr",
+            PARENTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        Background(child)
+        Background(child, stderr)
+    }
+
+    /// What `tend run` wrote on stderr so far.
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.1).unwrap_or_default()
     }
 
     /// Wait for `tend run` to end; its exit code and stderr.
     fn finish(mut self) -> (Option<i32>, String) {
-        let mut stderr = String::new();
-        if let Some(mut e) = self.0.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut stderr);
-        }
         let status = self.0.wait().unwrap();
-        (status.code(), stderr)
+        (status.code(), self.stderr())
     }
 }
 
@@ -1450,7 +1467,12 @@ impl Drop for Background {
 
 /// The task `t`'s cgroup dir under `parent` in the hierarchy of `controller`
 /// (the one dir on v2), once tend-spawn has made it and written `file` there.
-fn task_cgroup_file(parent: &CgroupParent, controller: &str, file: &str) -> PathBuf {
+fn task_cgroup_file(
+    run: &Background,
+    parent: &CgroupParent,
+    controller: &str,
+    file: &str,
+) -> PathBuf {
     let base = if is_v2() {
         Path::new(CGROUP_ROOT).join(&parent.name)
     } else {
@@ -1471,7 +1493,12 @@ fn task_cgroup_file(parent: &CgroupParent, controller: &str, file: &str) -> Path
                 .is_empty()
         })
     });
-    assert!(seen, "no task cgroup with {file} under {}", base.display());
+    assert!(
+        seen,
+        "no task cgroup with {file} under {}; tend run said:\n{}",
+        base.display(),
+        run.stderr()
+    );
     found.unwrap().join(file)
 }
 
@@ -1520,7 +1547,7 @@ fn memory_max_is_the_hard_limit_and_memory_the_soft_one() {
     } else {
         ("memory.limit_in_bytes", "memory.soft_limit_in_bytes")
     };
-    let hard = task_cgroup_file(&parent, "memory", hard);
+    let hard = task_cgroup_file(&run, &parent, "memory", hard);
     assert_eq!(read_trim(&hard), (96 * MB).to_string());
     assert_eq!(read_trim(&hard.with_file_name(soft)), (48 * MB).to_string());
     let (code, stderr) = run.finish();
@@ -1534,6 +1561,7 @@ fn memory_max_is_the_hard_limit_and_memory_the_soft_one() {
         &parent,
     );
     let hard = task_cgroup_file(
+        &run,
         &parent,
         "memory",
         if is_v2() {
@@ -1548,26 +1576,26 @@ fn memory_max_is_the_hard_limit_and_memory_the_soft_one() {
     assert_eq!(run.finish().0, Some(0));
 }
 
-/// One core's MHz as /proc/cpuinfo gives it.
-fn host_mhz_per_core() -> u64 {
+/// One core's MHz as /proc/cpuinfo gives it (none in a user-mode Linux).
+fn cpuinfo_mhz_per_core() -> Option<u64> {
     let text = fs::read_to_string("/proc/cpuinfo").unwrap();
     text.lines()
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim() == "cpu MHz")
         .and_then(|(_, v)| v.trim().split('.').next()?.parse().ok())
-        .expect("cpu MHz in /proc/cpuinfo")
+        .filter(|m| *m > 0)
 }
 
 /// CPU time the task's cgroup used so far, microseconds.
-fn cpu_usage_us(parent: &CgroupParent) -> u64 {
+fn cpu_usage_us(run: &Background, parent: &CgroupParent) -> u64 {
     if is_v2() {
-        let stat = read_trim(&task_cgroup_file(parent, "cpu", "cpu.stat"));
+        let stat = read_trim(&task_cgroup_file(run, parent, "cpu", "cpu.stat"));
         stat.lines()
             .find_map(|l| l.strip_prefix("usage_usec "))
             .and_then(|v| v.parse().ok())
             .expect("usage_usec")
     } else {
-        let ns: u64 = read_trim(&task_cgroup_file(parent, "cpuacct", "cpuacct.usage"))
+        let ns: u64 = read_trim(&task_cgroup_file(run, parent, "cpuacct", "cpuacct.usage"))
             .parse()
             .unwrap();
         ns / 1000
@@ -1579,23 +1607,30 @@ fn cpu_hard_limit_caps_a_spinning_task_at_its_share_of_a_core() {
     require_root!();
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
-    // A quarter of one core: quota = 100000 us * cpu / MHz per core.
-    let mhz = host_mhz_per_core();
+    // A quarter of one core: quota = 100000 us * cpu / MHz per core. One
+    // core's MHz from /proc/cpuinfo as tend reads it; where it says none,
+    // from the host's total given to `tend run` (`cpu_total_compute`).
+    let cores = u64::try_from(std::thread::available_parallelism().unwrap().get()).unwrap();
+    let (mhz, total) = match cpuinfo_mhz_per_core() {
+        Some(mhz) => (mhz, None),
+        None => (2000, Some(2000 * cores)),
+    };
     let cpu = mhz / 4;
     let want_quota = 100_000 * cpu / mhz;
-    let run = Background::start(
-        &sb,
-        &resources_job(
-            "timeout 6 sh -c 'while :; do :; done'; exit 0",
-            &format!("        cpu            = {cpu}\n        cpu_hard_limit = true"),
-        ),
-        &parent,
+    let job = resources_job(
+        "timeout 6 sh -c 'while :; do :; done'; exit 0",
+        &format!("        cpu            = {cpu}\n        cpu_hard_limit = true"),
     );
+    let run = Background::start_with(&sb, &job, &parent, |cmd| {
+        if let Some(total) = total {
+            cmd.env("TEND_CPU_TOTAL_COMPUTE", total.to_string());
+        }
+    });
     if is_v2() {
-        let max = read_trim(&task_cgroup_file(&parent, "cpu", "cpu.max"));
+        let max = read_trim(&task_cgroup_file(&run, &parent, "cpu", "cpu.max"));
         assert_eq!(max, format!("{want_quota} 100000"));
     } else {
-        let quota = task_cgroup_file(&parent, "cpu", "cpu.cfs_quota_us");
+        let quota = task_cgroup_file(&run, &parent, "cpu", "cpu.cfs_quota_us");
         assert_eq!(read_trim(&quota), want_quota.to_string());
         assert_eq!(
             read_trim(&quota.with_file_name("cpu.cfs_period_us")),
@@ -1604,10 +1639,10 @@ fn cpu_hard_limit_caps_a_spinning_task_at_its_share_of_a_core() {
     }
     // Over 2 s of wall time the task may use a quarter core: 0.5 s. Unlimited
     // it spins a whole core (2 s). Loosely: under twice its share.
-    let before = cpu_usage_us(&parent);
+    let before = cpu_usage_us(&run, &parent);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
-    let used = cpu_usage_us(&parent) - before;
+    let used = cpu_usage_us(&run, &parent) - before;
     let wall_us = u64::try_from(t0.elapsed().as_micros()).unwrap();
     let share = wall_us * want_quota / 100_000;
     assert!(
@@ -1629,7 +1664,7 @@ fn io_weight_is_written_where_the_kernel_takes_it_else_logged() {
         &parent,
     );
     // The task runs either way: a weight is a preference, not a limit.
-    let procs = task_cgroup_file(&parent, "memory", "cgroup.procs");
+    let procs = task_cgroup_file(&run, &parent, "memory", "cgroup.procs");
     let task_dir = procs.parent().unwrap();
     let (weight_dir, files): (PathBuf, &[(&str, &str)]) = if is_v2() {
         (
@@ -1698,4 +1733,124 @@ fn oom_kill_group_takes_the_whole_task_on_v2() {
             assert!(log.contains("oom_kill_group needs cgroup v2"), "{log}");
         }
     }
+}
+
+// ---------------------------------------------------------------- the agent's cgroup parent
+
+/// `tend agent` with `cgroup_parent`, expected to refuse to start: its exit
+/// code and what it said.
+fn agent_refusal(sb: &Sandbox, cgroup_parent: &str) -> (Option<i32>, String) {
+    let config = sb.data_dir().join("agent.hcl");
+    fs::write(&config, format!("cgroup_parent = \"{cgroup_parent}\"\n")).unwrap();
+    let mut child = Command::new(tend_tests::bin("tend"))
+        .arg("--data-dir")
+        .arg(sb.data_dir().join("data"))
+        .arg("--run-dir")
+        .arg(sb.run_dir())
+        .args(["agent", "--spawn-bin"])
+        .arg(tend_tests::spawn_bin())
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // An agent that starts serves until stopped: give it a bounded while.
+    let ended = wait_until(LONG, || child.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A cgroup dir of the test's own, bound read-only onto itself; unmounted and
+/// removed on drop.
+struct ReadOnlyCgroup(PathBuf);
+
+impl ReadOnlyCgroup {
+    fn new(mount: &Path, name: &str) -> ReadOnlyCgroup {
+        let dir = mount.join(name);
+        fs::create_dir(&dir).unwrap();
+        let guard = ReadOnlyCgroup(dir.clone());
+        for args in [
+            vec!["--bind", dir.to_str().unwrap(), dir.to_str().unwrap()],
+            vec!["-o", "remount,bind,ro", dir.to_str().unwrap()],
+        ] {
+            let st = Command::new("mount").args(&args).status().unwrap();
+            assert!(st.success(), "mount {args:?}");
+        }
+        guard
+    }
+}
+
+impl Drop for ReadOnlyCgroup {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn the_agent_refuses_a_cgroup_parent_it_cannot_make_tasks_under() {
+    require_root!();
+    let sb = Sandbox::new();
+    let first_mount = if is_v2() {
+        PathBuf::from(CGROUP_ROOT)
+    } else {
+        Path::new(CGROUP_ROOT).join("memory")
+    };
+
+    // A path under a file.
+    let (code, stderr) = agent_refusal(&sb, "cgroup.procs/tasks");
+    assert_ne!(code, Some(0), "{stderr}");
+    let want = format!(
+        "cgroup parent {}: {} is not a directory",
+        first_mount.join("cgroup.procs/tasks").display(),
+        first_mount.join("cgroup.procs").display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    // A parent on a read-only mount.
+    let name = format!("tend-ro-{}", std::process::id());
+    let ro = ReadOnlyCgroup::new(&first_mount, &name);
+    let (code, stderr) = agent_refusal(&sb, &name);
+    assert_ne!(code, Some(0), "{stderr}");
+    let want = format!("cgroup parent {0}: {0} is not writable", ro.0.display());
+    assert!(stderr.contains(&want), "{stderr}");
+    drop(ro);
+
+    // v2: a parent whose subtree_control lacks the controllers, and which
+    // cannot have them: it holds a process of its own.
+    if is_v2() {
+        let parent = CgroupParent::new();
+        let dir = Path::new(CGROUP_ROOT).join(&parent.name);
+        fs::create_dir(&dir).unwrap();
+        let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+        fs::write(dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+        let (code, stderr) = agent_refusal(&sb, &parent.name);
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert_ne!(code, Some(0), "{stderr}");
+        let want = format!(
+            "cgroup parent {}: memory, pids, cpu not enabled in {}",
+            dir.display(),
+            dir.join("cgroup.subtree_control").display()
+        );
+        assert!(stderr.contains(&want), "{stderr}");
+    }
+
+    // And a usable parent starts: the check refuses only what cannot work.
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let agent = tend_tests::AgentProc::start_with_config(
+        &sb,
+        &format!("cgroup_parent = \"{}\"\n", parent.name),
+    );
+    drop(agent);
 }
