@@ -188,6 +188,9 @@ pub struct Device {
     pub cgroup_permissions: String,
 }
 
+/// The pids.max of an exec task whose job names none, as root.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+
 /// `resources {}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
@@ -210,8 +213,11 @@ pub struct Resources {
     /// `oom_kill_group`: an OOM kill takes the whole task (memory.oom.group, v2).
     #[serde(default)]
     pub oom_kill_group: bool,
-    /// pids.max of the task's cgroup (default 4096).
-    pub pids_limit: u64,
+    /// pids.max of the task's cgroup, when the job names one. Unnamed: 4096
+    /// ([`DEFAULT_PIDS_LIMIT`]) as root; in setuid mode, the policy's
+    /// `default_pids` (docs/setuid.md).
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
     /// `network { port "LABEL" { static, to } }`.
     pub ports: Vec<Port>,
 }
@@ -225,7 +231,7 @@ impl Default for Resources {
             cpu_hard_limit: false,
             io_weight: None,
             oom_kill_group: false,
-            pids_limit: 4096,
+            pids_limit: None,
             ports: Vec::new(),
         }
     }

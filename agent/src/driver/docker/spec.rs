@@ -475,7 +475,7 @@ mod tests {
             resources: Resources {
                 cpu: 250,
                 memory: 64,
-                pids_limit: 100,
+                pids_limit: Some(100),
                 memory_max: None,
                 cpu_hard_limit: false,
                 io_weight: None,
