@@ -121,7 +121,12 @@ async fn ask(socket: &Path, token: Token) -> Result<CgroupStats, String> {
 
 /// One task's entry: the figures under the names of the wire struct, the
 /// pressure averages as percentages.
-pub fn task_stats_json(t: &TaskRecord, driver: &str, s: &CgroupStats, reason: Option<&str>) -> Value {
+pub fn task_stats_json(
+    t: &TaskRecord,
+    driver: &str,
+    s: &CgroupStats,
+    reason: Option<&str>,
+) -> Value {
     json!({
         "task": t.task,
         "driver": driver,

@@ -288,7 +288,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             alloc,
             follow,
             json,
-        } => runtime()?.block_on(stats::run(&client, alloc.as_deref(), follow, json, &mut out)),
+        } => runtime()?.block_on(stats::run(
+            &client,
+            alloc.as_deref(),
+            follow,
+            json,
+            &mut out,
+        )),
         Command::Logs {
             alloc,
             task,

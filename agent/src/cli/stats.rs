@@ -73,7 +73,10 @@ async fn sample(client: &ApiClient, alloc: Option<&str>) -> anyhow::Result<Vec<V
     };
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        match client.get(&format!("/v1/allocations/{}/stats", enc(&id))).await {
+        match client
+            .get(&format!("/v1/allocations/{}/stats", enc(&id)))
+            .await
+        {
             Ok(v) => out.push(v),
             // Collected between the list and this ask: it is not running.
             Err(e) if alloc.is_none() && e.to_string().contains("no allocation") => {}
@@ -94,14 +97,24 @@ pub fn rows(prev: &[Value], cur: &[Value]) -> Vec<Vec<String>> {
         }
     }
     let mut rows = vec![[
-        "ALLOC", "TASK", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS", "IO R / W",
+        "ALLOC",
+        "TASK",
+        "CPU %",
+        "MEM USAGE / LIMIT",
+        "MEM %",
+        "PIDS",
+        "IO R / W",
         "PSI SOME AVG10 CPU/MEM/IO",
     ]
     .map(String::from)
     .to_vec()];
     for a in cur {
         for t in a["tasks"].as_array().into_iter().flatten() {
-            let cpu = match (before.get(&key(a, t)), a["at_ms"].as_u64(), t["cpu"]["usage_us"].as_u64()) {
+            let cpu = match (
+                before.get(&key(a, t)),
+                a["at_ms"].as_u64(),
+                t["cpu"]["usage_us"].as_u64(),
+            ) {
                 (Some(&(at0, cpu0)), Some(at1), Some(cpu1)) if at1 > at0 => {
                     let used = cpu1.saturating_sub(cpu0) as f64;
                     format!("{:.2}%", used / ((at1 - at0) as f64 * 1000.0) * 100.0)
@@ -189,8 +202,14 @@ mod tests {
         assert_eq!(
             r[1],
             [
-                "01234567", "web", "50.00%", "50.0MiB / 100.0MiB", "50.00%", "3",
-                "1.5KiB / -", "1.25/-/-"
+                "01234567",
+                "web",
+                "50.00%",
+                "50.0MiB / 100.0MiB",
+                "50.00%",
+                "3",
+                "1.5KiB / -",
+                "1.25/-/-"
             ]
             .map(String::from)
             .to_vec()

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use tend_proto::msg::{
-    CgroupStats, CpuStats, IoStats, MemoryStats, Pressure, PressureLine, PsiStats,
-};
+use tend_proto::msg::{CgroupStats, CpuStats, IoStats, Pressure, PressureLine, PsiStats};
 
-use super::{keyed_u64, parse_u64, read_optional, CgroupError, Controller, Mode, Result, TaskCgroup};
+use super::{
+    keyed_u64, parse_u64, read_optional, CgroupError, Controller, Mode, Result, TaskCgroup,
+};
 
 /// v1 writes "no limit" as the largest page-aligned i64 (or near it).
 const V1_NO_LIMIT: u64 = 1 << 62;
@@ -184,17 +184,12 @@ fn parse_pressure(path: &Path, text: &str) -> Result<Pressure> {
 /// "12.34" as 1234: the kernel prints a percentage with two decimals.
 fn hundredths(path: &Path, value: &str) -> Result<u32> {
     let err = || bad(path, format!("{value:?} is not a percentage"));
-    let (whole, frac) = value.split_once('.').unwrap_or((value, "0"));
-    if frac.is_empty() || frac.len() > 2 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    let (whole, frac) = value.split_once('.').unwrap_or((value, ""));
+    if frac.len() > 2 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return Err(err());
     }
     let whole: u32 = whole.parse().map_err(|_| err())?;
-    let frac: u32 = frac.parse().map_err(|_| err())?;
-    let frac = if value.split_once('.').map_or(0, |(_, f)| f.len()) == 1 {
-        frac * 10
-    } else {
-        frac
-    };
+    let frac: u32 = format!("{frac:0<2}").parse().map_err(|_| err())?;
     whole
         .checked_mul(100)
         .and_then(|w| w.checked_add(frac))
@@ -204,6 +199,7 @@ fn hundredths(path: &Path, value: &str) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tend_proto::msg::MemoryStats;
 
     fn p() -> &'static Path {
         Path::new("/fake/cpu.pressure")
@@ -302,7 +298,10 @@ mod tests {
         );
         put(
             &task("cpu"),
-            &[("cpu.stat", "nr_periods 40\nnr_throttled 7\nthrottled_time 350000000\n")],
+            &[(
+                "cpu.stat",
+                "nr_periods 40\nnr_throttled 7\nthrottled_time 350000000\n",
+            )],
         );
         put(
             &task("cpuacct"),
@@ -370,7 +369,12 @@ mod tests {
 
     #[test]
     fn bad_pressure_names_the_file() {
-        for t in ["", "full avg10=0.00 total=0", "some avg10=x total=1", "some avg10=1.234"] {
+        for t in [
+            "",
+            "full avg10=0.00 total=0",
+            "some avg10=x total=1",
+            "some avg10=1.234",
+        ] {
             let e = parse_pressure(p(), t).unwrap_err().to_string();
             assert!(e.contains("/fake/cpu.pressure"), "{t:?}: {e}");
         }
@@ -391,7 +395,10 @@ mod tests {
     fn memory_max_word() {
         let path = Path::new("/fake/memory.max");
         assert_eq!(parse_limit_v2(path, "max\n").unwrap(), None);
-        assert_eq!(parse_limit_v2(path, "52428800\n").unwrap(), Some(52_428_800));
+        assert_eq!(
+            parse_limit_v2(path, "52428800\n").unwrap(),
+            Some(52_428_800)
+        );
         assert!(parse_limit_v2(path, "lots").is_err());
     }
 }
