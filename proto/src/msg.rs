@@ -401,7 +401,7 @@ pub enum Response {
         oom_kills: u64,
     },
     /// Answer to [`Request::StatsV2`].
-    StatsV2(CgroupStats),
+    StatsV2(Box<CgroupStats>),
 }
 
 impl Response {

@@ -546,7 +546,7 @@ fn response_values() -> Vec<(&'static str, Response)> {
         ),
         (
             "response_stats_v2_full",
-            Response::StatsV2(CgroupStats {
+            Response::StatsV2(Box::new(CgroupStats {
                 cgroup_version: Some(2),
                 cpu: CpuStats {
                     usage_us: Some(1_234_567),
@@ -595,11 +595,11 @@ fn response_values() -> Vec<(&'static str, Response)> {
                     }),
                     io: None,
                 },
-            }),
+            })),
         ),
         (
             "response_stats_v2_empty",
-            Response::StatsV2(CgroupStats {
+            Response::StatsV2(Box::new(CgroupStats {
                 cgroup_version: None,
                 cpu: CpuStats {
                     usage_us: None,
@@ -627,7 +627,7 @@ fn response_values() -> Vec<(&'static str, Response)> {
                     memory: None,
                     io: None,
                 },
-            }),
+            })),
         ),
     ]
 }

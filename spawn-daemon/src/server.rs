@@ -197,7 +197,7 @@ impl Session {
         match req {
             Request::Status => vec![Response::Status(h.status())],
             Request::Stats => vec![Response::Stats(h.stats())],
-            Request::StatsV2 => vec![Response::StatsV2(h.cgroup_stats())],
+            Request::StatsV2 => vec![Response::StatsV2(Box::new(h.cgroup_stats()))],
             Request::Wait => {
                 self.waiting = true;
                 let mut out = vec![Response::Ok];
@@ -552,7 +552,7 @@ mod tests {
         let old = s.on_frame(&frame_of(&Request::Stats), &mut h);
         assert!(matches!(old[..], [Response::Stats(_)]), "{old:?}");
         let new = s.on_frame(&frame_of(&Request::StatsV2), &mut h);
-        assert_eq!(new, vec![Response::StatsV2(h.cgroup_stats())]);
+        assert_eq!(new, vec![Response::StatsV2(Box::new(h.cgroup_stats()))]);
         assert!(!s.closing);
     }
 

@@ -99,7 +99,7 @@ async fn ask(socket: &Path, token: Token) -> Result<CgroupStats, String> {
     };
     let unexpected = |r: Response| format!("tend-spawn answered {r:?} to a stats request");
     match within(Request::StatsV2).await? {
-        Ok(Response::StatsV2(s)) => Ok(s),
+        Ok(Response::StatsV2(s)) => Ok(*s),
         // A supervisor older than StatsV2 cannot decode it and drops the connection.
         Err(ClientError::Refused { .. } | ClientError::Closed { .. }) => {
             match within(Request::Stats).await?.map_err(|e| e.to_string())? {
