@@ -30,6 +30,40 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
+/// Field 5 (the process group) of a /proc/PID/stat line.
+pub fn parse_pgrp(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(5 - 3)?.parse().ok()
+}
+
+fn pgrp_of(pid: i32) -> Option<i32> {
+    parse_pgrp(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every process whose process group is `pgid`, as /proc lists them now.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| pgrp_of(*pid) == Some(pgid))
+        .collect()
+}
+
+/// Whether the process of `pidfd` has exited (the pidfd is readable then).
+fn exited(pidfd: &OwnedFd) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    !matches!(
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+        Ok(0)
+    )
+}
+
 /// Whether the process is a zombie or gone (field 3 is 'Z' or 'X').
 pub fn is_dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -62,6 +96,39 @@ impl ProcId {
     /// Whether this very process is still alive (not a zombie).
     pub fn alive(&self) -> bool {
         self.open().is_some() && !is_dead(self.pid)
+    }
+
+    /// SIGKILL the other members of the process group this process leads
+    /// (tend-spawn makes each task a group leader), each through a pidfd,
+    /// never `killpg` of a bare pid. Each member's pidfd is opened first; it
+    /// is signalled only if it is then still in the group and the leader,
+    /// held by its own pidfd, has not exited, so no other group can have taken
+    /// the number. Members of a group whose leader is gone are left to the
+    /// cgroup and the environment sweep. Returns how many were signalled.
+    pub fn kill_group(&self) -> usize {
+        self.kill_group_listed(&group_members)
+    }
+
+    fn kill_group_listed(&self, members: &dyn Fn(i32) -> Vec<i32>) -> usize {
+        let Some(leader) = self.open() else {
+            return 0;
+        };
+        let mut killed = 0;
+        for pid in members(self.pid) {
+            let Some(p) = Pid::from_raw(pid).filter(|_| pid != self.pid) else {
+                continue;
+            };
+            let Ok(fd) = rustix::process::pidfd_open(p, PidfdFlags::empty()) else {
+                continue;
+            };
+            if pgrp_of(pid) != Some(self.pid) || exited(&leader) {
+                continue;
+            }
+            if rustix::process::pidfd_send_signal(&fd, Signal::KILL).is_ok() {
+                killed += 1;
+            }
+        }
+        killed
     }
 
     /// Send `signo` to this very process; false when it is gone or not it.
@@ -137,14 +204,9 @@ impl Leftovers {
             daemon.signal(sigkill);
         }
         if let Some(task) = &self.task {
-            // The pidfd pins the pid (and so its process group) while we signal.
-            if let Some(_pinned) = task.open() {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(task.pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                task.signal(sigkill);
-            }
+            // Its group first: a member is trusted only while the leader lives.
+            task.kill_group();
+            task.signal(sigkill);
         }
         if let Some((alloc_id, task)) = &self.env {
             // A task may fork while it is being killed: sweep until none is left.
@@ -289,6 +351,110 @@ mod tests {
         assert!(left.kill().is_empty());
         child.wait().unwrap();
         assert!(processes_of_task(&id, "t").is_empty());
+    }
+
+    fn needs_root() -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "this test needs root, and CI=true: a skipped test proves nothing"
+        );
+        println!("skipped: needs root");
+        false
+    }
+
+    fn group_leader(script: &str) -> (std::process::Child, ProcId) {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("/bin/sh")
+            .args(["-c", script])
+            .env_clear()
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let id = ProcId::of(i32::try_from(child.id()).unwrap()).unwrap();
+        (child, id)
+    }
+
+    #[test]
+    fn the_members_of_a_live_leaders_group_are_killed_through_pidfds() {
+        let (mut leader, id) = group_leader("/bin/sleep 30 & /bin/sleep 30 & exec /bin/sleep 30");
+        let mut members = Vec::new();
+        for _ in 0..500 {
+            members = group_members(id.pid);
+            if members.len() == 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(members.len(), 3, "{members:?}");
+        assert_eq!(id.kill_group(), 2);
+        // The leader is not among them: it is signalled on its own.
+        assert!(id.alive());
+        assert!(id.signal(9));
+        leader.wait().unwrap();
+        let gone = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            group_members(id.pid).is_empty()
+        });
+        assert!(gone, "{:?}", group_members(id.pid));
+    }
+
+    #[test]
+    fn a_group_whose_leader_died_and_whose_number_was_reused_is_not_killed() {
+        if !needs_root() {
+            return;
+        }
+        // The leader is checked, then dies and is reaped, and a new process
+        // takes its pid and leads a group of that number with a child in it:
+        // killpg of the remembered pid would kill both. Made so with
+        // ns_last_pid, which other processes forking meanwhile may beat:
+        // tried a few times.
+        let mut reused = None;
+        for _ in 0..20 {
+            let (leader, id) = group_leader("exec /bin/sleep 30");
+            let leader = std::cell::RefCell::new(leader);
+            let victim = std::cell::RefCell::new(None);
+            let list = |pgid: i32| {
+                let mut l = leader.borrow_mut();
+                l.kill().unwrap();
+                l.wait().unwrap();
+                std::fs::write("/proc/sys/kernel/ns_last_pid", (pgid - 1).to_string()).unwrap();
+                let (v, _) = group_leader("/bin/sleep 30 & wait");
+                let vpid = i32::try_from(v.id()).unwrap();
+                *victim.borrow_mut() = Some(v);
+                let mut members = Vec::new();
+                for _ in 0..500 {
+                    members = group_members(vpid);
+                    if members.len() == 2 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                members
+            };
+            let killed = id.kill_group_listed(&list);
+            let mut v = victim.into_inner().unwrap();
+            let vpid = i32::try_from(v.id()).unwrap();
+            let same = vpid == id.pid;
+            let alive = group_members(vpid).len() == 2;
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(vpid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = v.wait();
+            if same {
+                reused = Some((killed, alive));
+                break;
+            }
+        }
+        let (killed, alive) = reused.expect("the pid was never reused in 20 tries");
+        assert_eq!(killed, 0);
+        assert!(
+            alive,
+            "the group that reused the leader's number was killed"
+        );
     }
 
     #[test]

@@ -22,12 +22,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::{kill, Signal};
 use nix::unistd::{getpid, Pid};
 use tend_proto::config::CgroupSpec;
 
@@ -619,7 +619,15 @@ impl TaskCgroup {
                 continue;
             }
             match self.tree.mkdir(&path) {
-                Ok(()) => {}
+                // 0755 whatever the umask (setuid mode's is 077): the caller
+                // must reach the kill files chowned to it, and the usage
+                // files, as in any cgroup dir.
+                Ok(()) => fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(
+                    |source| CgroupError::Mkdir {
+                        path: path.clone(),
+                        source,
+                    },
+                )?,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(source) => return Err(CgroupError::Mkdir { path, source }),
             }
@@ -937,18 +945,37 @@ impl TaskCgroup {
 
     fn freeze_kill_thaw(&self) -> Result<()> {
         self.set_frozen(true)?;
-        let killed = self.pids().and_then(|pids| {
-            for pid in pids {
-                match kill(pid, Signal::SIGKILL) {
-                    Ok(()) | Err(Errno::ESRCH) => {}
-                    Err(source) => return Err(CgroupError::Kill { pid, source }),
-                }
-            }
-            Ok(())
-        });
+        let killed = self.sigkill_members();
         // Thaw even when a kill failed: a frozen task must not stay behind.
         let thawed = self.set_frozen(false);
         killed.and(thawed)
+    }
+
+    /// SIGKILL each process listed in the cgroup through a pidfd, never by
+    /// its bare pid: each pidfd is opened first, then the list is read again,
+    /// and only a pid still listed is signalled. A pid reused since the first
+    /// read by a process outside the cgroup is not listed the second time; if
+    /// the process the pidfd holds died meanwhile, the signal goes nowhere.
+    fn sigkill_members(&self) -> Result<()> {
+        let held: Vec<(Pid, std::os::fd::OwnedFd)> = self
+            .pids()?
+            .into_iter()
+            .filter_map(|pid| crate::sys::pidfd_open(pid).ok().map(|fd| (pid, fd)))
+            .collect();
+        let listed = self.pids()?;
+        for (pid, fd) in held.iter().filter(|(p, _)| listed.contains(p)) {
+            match crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(fd), libc::SIGKILL) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => {
+                    return Err(CgroupError::Kill {
+                        pid: *pid,
+                        source: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Freeze or thaw, waiting (bounded) for a freeze to complete. Without a
@@ -1494,6 +1521,25 @@ mod tests {
     }
 
     #[test]
+    fn dirs_made_under_umask_077_are_0755_and_dirs_already_there_are_left_alone() {
+        // Setuid mode's umask: without the chmod the caller could not reach
+        // the kill files chowned to it (each test is its own process).
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        let h = probe_fake(t.path());
+        TaskCgroup::create(&h, &spec("tend/a/t")).unwrap();
+        let mode = |p: &str| fs::metadata(t.path().join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("tend"), 0o755);
+        assert_eq!(mode("tend/a"), 0o755);
+        assert_eq!(mode("tend/a/t"), 0o755);
+        fs::set_permissions(t.path().join("tend"), fs::Permissions::from_mode(0o711)).unwrap();
+        TaskCgroup::create(&h, &spec("tend/b/t")).unwrap();
+        assert_eq!(mode("tend/b/t"), 0o755);
+        assert_eq!(mode("tend"), 0o711);
+    }
+
+    #[test]
     fn v2_missing_controller_fails_and_cleans_up() {
         let t = tempfile::tempdir().unwrap();
         fake_v2(t.path());
@@ -1873,7 +1919,8 @@ mod tests {
         let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
             if Pid::from_raw(pid) != me {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(3);

@@ -490,6 +490,10 @@ fn init_main(isolation: Option<Isolation>) -> ! {
                 libc::_exit(127);
             }
         }
+        // A daemon killed before it placed this init in the task's cgroup
+        // takes it along: no cgroup kill would reach it. After the drop: a
+        // credential change clears the parent-death signal.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         loop {
             let sig = libc::sigwaitinfo(&all, std::ptr::null_mut());
             if sig == libc::SIGCHLD {

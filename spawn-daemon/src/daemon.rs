@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::{fchmod, mkdirat, Mode};
 use nix::unistd::{getpid, Pid};
+use tend_proto::config::CgroupSpec;
 use tend_proto::msg::{CgroupStats, Stats, Status, TaskState, Welcome};
 use tend_proto::{
     names, ExitStatus, Instance, SpawnConfig, Stage, StartReport, Token, PROTOCOL_VERSION,
@@ -702,6 +703,15 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
             Err(f) => return fail(&config, Some(alloc.as_fd()), &f),
         },
     };
+    // Setuid mode: the root cleanup helper exists before any cgroup does, so
+    // whatever stage this daemon dies at, what it made is removed.
+    let helper = match (&ctx, &hier, &config.cgroup) {
+        (Some(_), Some(h), Some(spec)) => match fork_cleanup_helper(h, spec) {
+            Ok(pid) => Some(pid),
+            Err(f) => return fail(&config, Some(alloc.as_fd()), &f),
+        },
+        _ => None,
+    };
     let daemon_path = config.cgroup.as_ref().and_then(|c| c.daemon_path.clone());
     let _own_cgroup = match (&hier, daemon_path) {
         (Some(h), Some(path)) => {
@@ -714,6 +724,14 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
                 h.join_self(&own.path).map_err(|e| cgroup_failure(&e))
             }) {
                 return fail(&config, Some(alloc.as_fd()), &f);
+            }
+            if let Some(pid) = helper {
+                // Beside the daemon, outside the agent's cgroup, so stopping
+                // the agent's service does not take it either.
+                let moved = privileged(|| TaskCgroup::open(h, &own.path)?.add_pid(pid));
+                if let Some(Err(e)) = moved {
+                    warn!(error = %e, "the cleanup helper stays in the agent's cgroup");
+                }
             }
             Some(own)
         }
@@ -761,6 +779,7 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
         Started { listener, signals },
         hier.as_ref(),
         ctx.as_ref(),
+        helper,
         task_oom_score_adj,
     ) {
         Ok(code) => code,
@@ -834,39 +853,83 @@ fn give_local_to_task(
 }
 
 /// Setuid mode: fork the cleanup helper, a root process that does nothing but
-/// wait for the daemon to go (the pipe's write end closes when it exits, however
-/// it exits) and then kill and remove the task's cgroup and the daemon's own,
-/// which the daemon, once it is the caller, cannot rmdir. bubblewrap's
-/// `privileged_op` split, cut down to one operation with no input at all.
-fn fork_cleanup_helper(
-    hier: &Hierarchies,
-    task_path: Option<&str>,
-    daemon_path: Option<&str>,
-) -> Result<(OwnedFd, Pid), StartFailure> {
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|e| StartFailure::new(Stage::Fork, "cleanup pipe", errno_of(e)))?;
+/// wait for the daemon to go (its pidfd of the daemon turns readable when the
+/// daemon exits, however it exits) and then kill and remove the task's cgroup
+/// and the daemon's own, which the daemon, once it is the caller, cannot
+/// rmdir. bubblewrap's `privileged_op` split, cut down to one operation with
+/// no input at all.
+///
+/// Forked before any cgroup is made, and waited for until it holds all of
+/// root's ids (a process whose real uid is the caller's, the daemon until the
+/// drop, the caller may SIGKILL): from then on no stage of the set-up can
+/// leave a cgroup or a task behind. It watches the daemon itself, not a pipe
+/// a forked child could hold open: a child the daemon placed in the task's
+/// cgroup dies with it; one it had not placed yet waits on a sync pipe whose
+/// other end died with the daemon.
+fn fork_cleanup_helper(hier: &Hierarchies, spec: &CgroupSpec) -> Result<Pid, StartFailure> {
+    let pipe = || {
+        nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| StartFailure::new(Stage::Fork, "cleanup pipe", errno_of(e)))
+    };
+    let (ready_r, ready_w) = pipe()?;
+    let daemon = getpid();
+    // A shared daemon cgroup stays (see Hierarchies::is_shared_daemon_path).
+    let daemon_path = spec
+        .daemon_path
+        .as_deref()
+        .filter(|p| !Hierarchies::is_shared_daemon_path(p));
     match child::fork_single_threaded() {
         Err(e) => Err(StartFailure::io(Stage::Fork, "cleanup helper", &e)),
         Ok(child::Forked::Parent(pid)) => {
-            drop(r);
-            Ok((w, pid))
+            drop(ready_w);
+            // One byte once it is root; EOF if it died first.
+            let mut b = [0u8; 1];
+            let ready = loop {
+                match nix::unistd::read(&ready_r, &mut b) {
+                    Err(Errno::EINTR) => {}
+                    other => break other == Ok(1),
+                }
+            };
+            if !ready {
+                let _ = sys::wait_blocking(pid);
+                return Err(StartFailure::plain(
+                    Stage::Fork,
+                    "the setuid cleanup helper ended before it was ready; nothing was made"
+                        .to_string(),
+                ));
+            }
+            Ok(pid)
         }
         Ok(child::Forked::Child) => {
-            drop(w);
+            drop(ready_r);
             // Nothing is logged from here: the fds of the log are closed below.
             DaemonLog::all_off();
             stdio_to_dev_null();
-            let keep = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&r)).unwrap_or(u32::MAX);
-            if keep > 3 {
-                let _ = sys::close_range(3, keep - 1, 0);
+            // The daemon, checked to be this process's parent once its pidfd
+            // is open (gone already: the pidfd is of nobody, or of another
+            // process, and the cleanup starts at once).
+            let watched = sys::pidfd_open(daemon)
+                .ok()
+                .filter(|_| nix::unistd::getppid() == daemon);
+            let mut keep: Vec<i32> = vec![ready_w.as_raw_fd()];
+            keep.extend(watched.as_ref().map(AsRawFd::as_raw_fd));
+            keep.sort_unstable();
+            let mut from = 3u32;
+            for fd in keep.iter().filter_map(|fd| u32::try_from(*fd).ok()) {
+                if fd > from {
+                    let _ = sys::close_range(from, fd - 1, 0);
+                }
+                from = fd.saturating_add(1);
             }
-            let _ = sys::close_range(keep.saturating_add(1), u32::MAX, 0);
+            let _ = sys::close_range(from, u32::MAX, 0);
             // All of root's ids: the caller (the real uid until now) cannot signal it.
             let _ = nix::unistd::setgroups(&[]);
             let root_g = nix::unistd::Gid::from_raw(0);
             let root_u = nix::unistd::Uid::from_raw(0);
             let _ = nix::unistd::setresgid(root_g, root_g, root_g);
-            let _ = nix::unistd::setresuid(root_u, root_u, root_u);
+            if nix::unistd::setresuid(root_u, root_u, root_u).is_err() {
+                sys::exit_now(1);
+            }
             // The daemon ran with the caller's fsuid, which cleared the file
             // capabilities from its effective set; setresuid does not give
             // them back (only setfsuid does). Without CAP_DAC_OVERRIDE the
@@ -876,19 +939,21 @@ fn fork_cleanup_helper(
                 caps.effective = caps.permitted;
                 let _ = sys::capset(caps);
             }
-            let mut b = [0u8; 1];
-            loop {
-                match nix::unistd::read(&r, &mut b) {
-                    Ok(0) => break,
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(_) => break,
+            let _ = nix::unistd::write(&ready_w, b"r");
+            drop(ready_w);
+            if let Some(fd) = &watched {
+                loop {
+                    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                    match poll(&mut fds, PollTimeout::NONE) {
+                        Err(Errno::EINTR) => {}
+                        _ => break,
+                    }
                 }
             }
-            if let Some(p) = task_path {
-                if let Ok(cg) = TaskCgroup::open(hier, p) {
-                    let _ = cg.kill_all();
-                    let _ = cg.remove();
-                }
+            // Whatever exists of it, in whichever hierarchies it got to.
+            if let Ok(cg) = TaskCgroup::open(hier, &spec.path) {
+                let _ = cg.kill_all();
+                let _ = cg.remove();
             }
             if let Some(p) = daemon_path {
                 let _ = hier.leave_self(p);
@@ -898,25 +963,10 @@ fn fork_cleanup_helper(
     }
 }
 
-/// Setuid mode, once the task runs: fork the cleanup helper, then become the
-/// caller for good, keeping only [`setuid::KEPT_CAPS`]. Returns the helper's
-/// pid and the pipe whose close sets it off (held for the daemon's life).
-fn drop_privileges(
-    ctx: &Context,
-    config: &SpawnConfig,
-    hier: Option<&Hierarchies>,
-) -> Result<Option<(OwnedFd, Pid)>, StartFailure> {
-    let helper = match (hier, &config.cgroup) {
-        (Some(h), Some(spec)) => Some(fork_cleanup_helper(
-            h,
-            Some(&spec.path),
-            // A shared daemon cgroup stays (see Hierarchies::is_shared_daemon_path).
-            spec.daemon_path
-                .as_deref()
-                .filter(|p| !Hierarchies::is_shared_daemon_path(p)),
-        )?),
-        _ => None,
-    };
+/// Setuid mode, once the task runs: become the caller for good, keeping only
+/// [`setuid::KEPT_CAPS`] (the cleanup helper, forked before the first
+/// cgroup, stays root).
+fn drop_privileges(ctx: &Context) -> Result<(), StartFailure> {
     setuid::drop_to_caller(&setuid::Linux, &ctx.ids, &setuid::KEPT_CAPS)
         .map_err(|e| StartFailure::plain(Stage::Privileges, e.to_string()))?;
     DROPPED.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -927,7 +977,7 @@ fn drop_privileges(
         kept = "CAP_KILL",
         "dropped to the caller"
     );
-    Ok(helper)
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -940,6 +990,7 @@ fn start(
     started: Started,
     hier: Option<&Hierarchies>,
     ctx: Option<&Context>,
+    helper: Option<Pid>,
     task_oom_score_adj: i32,
 ) -> Result<i32, i32> {
     let failed = |config: &SpawnConfig, alloc: &OwnedFd, f: StartFailure| {
@@ -1063,16 +1114,9 @@ fn start(
     let started_at = tend_proto::time::now();
     // Setuid mode: the privileged phase ends here, before Started: never
     // report a task started by a half-privileged daemon.
-    let mut helper_pid = None;
     if let Some(c) = ctx {
-        match drop_privileges(c, &config, hier) {
-            Ok(Some((pipe, pid))) => {
-                helper_pid = Some(pid);
-                // Held until the process ends, however it ends (CLOEXEC: the
-                // task, forked before it existed, never had it).
-                std::mem::forget(pipe);
-            }
-            Ok(None) => {}
+        match drop_privileges(c) {
+            Ok(()) => {}
             Err(f) => {
                 let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
                 let _ = sys::wait_blocking(task_pid);
@@ -1127,7 +1171,7 @@ fn start(
             warned: false,
             splice: true,
         }),
-        helper: helper_pid,
+        helper,
     };
     Ok(event_loop(&mut d, started))
 }

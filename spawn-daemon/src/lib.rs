@@ -122,13 +122,13 @@ pub fn run() -> i32 {
         // Setuid mode did its own, stricter, first thing in main.
         sanitize();
     }
-    let config = match read_config(&mut io::stdin().lock()) {
+    let mut config = match read_config(&mut io::stdin().lock()) {
         Ok(c) => c,
         Err(f) => return report_failure(&f),
     };
     // Setuid: the policy decides, before anything is created or forked.
     let ctx = if setuid_mode {
-        match setuid::Context::establish(&config) {
+        match setuid::Context::establish(&mut config) {
             Ok(c) => Some(c),
             Err(line) => return report_failure(&StartFailure::plain(Stage::Config, line)),
         }

@@ -17,8 +17,10 @@
 //! cgroup_parent  = "tend"            # task cgroups: <parent>/<caller uid>/...
 //! data_roots     = ["/srv/tend"]     # alloc dirs must lie below, owned by the caller
 //! run_roots      = ["/run/tend-user"]
-//! max_memory_mb  = 4096
+//! max_memory_mb  = 4096            # bounds every task with a cgroup
 //! max_pids       = 1024
+//! default_memory_mb = 300           # what a task that names no limit gets
+//! default_pids   = 1024
 //! ```
 //!
 //! [`Policy::load`] refuses a file that anyone but root could have changed: the
@@ -58,6 +60,20 @@ pub const DEFAULT_ALLOW_GROUPS: [&str; 1] = ["tend"];
 
 /// The cgroup parent when the file names none.
 pub const DEFAULT_CGROUP_PARENT: &str = "tend";
+
+/// `max_memory_mb` when the file names none.
+pub const DEFAULT_MAX_MEMORY_MB: u64 = 4096;
+
+/// `max_pids` when the file names none.
+pub const DEFAULT_MAX_PIDS: u64 = 1024;
+
+/// `default_memory_mb` when the file names none (never above `max_memory_mb`).
+pub const DEFAULT_MEMORY_MB: u64 = 300;
+
+/// `default_pids` when the file names none (never above `max_pids`).
+pub const DEFAULT_PIDS: u64 = 1024;
+
+const MIB: u64 = 1024 * 1024;
 
 /// Why the policy file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +115,8 @@ pub enum PolicyError {
 pub struct PolicyRefusal {
     /// The policy file.
     pub policy: PathBuf,
-    /// The rule (the policy field) that refused.
+    /// The rule that refused: the policy field, or the config field the
+    /// policy requires (`isolation.chroot`).
     pub rule: &'static str,
     /// Why, naming the value.
     pub reason: String,
@@ -205,10 +222,15 @@ pub struct Policy {
     pub data_roots: Vec<PathBuf>,
     /// Dirs under which a caller's socket dirs must lie.
     pub run_roots: Vec<PathBuf>,
-    /// Upper bound on a task's memory limit, MB (a limit is then required).
-    pub max_memory_mb: Option<u64>,
-    /// Upper bound on a task's pids.max (a limit is then required).
-    pub max_pids: Option<u64>,
+    /// Upper bound on the memory limit of a task with a cgroup, MB.
+    pub max_memory_mb: u64,
+    /// Upper bound on the pids.max of a task with a cgroup.
+    pub max_pids: u64,
+    /// The memory limit, MB, of a task whose cgroup names none (at most
+    /// `max_memory_mb`).
+    pub default_memory_mb: u64,
+    /// The pids.max of a task whose cgroup names none (at most `max_pids`).
+    pub default_pids: u64,
 }
 
 /// One parsed value.
@@ -231,7 +253,7 @@ impl Value {
     }
 }
 
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 11] = [
     "allow_users",
     "allow_groups",
     "task_users",
@@ -241,6 +263,8 @@ const FIELDS: [&str; 9] = [
     "run_roots",
     "max_memory_mb",
     "max_pids",
+    "default_memory_mb",
+    "default_pids",
 ];
 
 fn is_root_name(user: &str) -> bool {
@@ -259,8 +283,10 @@ impl Policy {
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_string(),
             data_roots: Vec::new(),
             run_roots: Vec::new(),
-            max_memory_mb: None,
-            max_pids: None,
+            max_memory_mb: DEFAULT_MAX_MEMORY_MB,
+            max_pids: DEFAULT_MAX_PIDS,
+            default_memory_mb: DEFAULT_MEMORY_MB,
+            default_pids: DEFAULT_PIDS,
         }
     }
 
@@ -283,6 +309,8 @@ impl Policy {
         let mut p = Policy::defaults(path);
         let mut seen: Vec<&'static str> = Vec::new();
         let mut callers_named = false;
+        // Where each limit was set, for a default above its bound.
+        let mut lines: Vec<(&'static str, usize)> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             let err = |message: String| PolicyError::Syntax {
@@ -360,21 +388,23 @@ impl Policy {
                     }
                     p.cgroup_parent = s.trim_end_matches('/').to_string();
                 }
-                "max_memory_mb" | "max_pids" => {
+                "max_memory_mb" | "max_pids" | "default_memory_mb" | "default_pids" => {
                     let Value::Int(n) = value else {
                         return Err(want("a number"));
                     };
                     if n == 0 {
                         return Err(err(format!("{field}: must be more than 0")));
                     }
-                    if field == "max_memory_mb" {
-                        if n.checked_mul(1024 * 1024).is_none() {
-                            return Err(err(format!("max_memory_mb: {n} is too large")));
-                        }
-                        p.max_memory_mb = Some(n);
-                    } else {
-                        p.max_pids = Some(n);
+                    if field.ends_with("memory_mb") && n.checked_mul(MIB).is_none() {
+                        return Err(err(format!("{field}: {n} is too large")));
                     }
+                    match field {
+                        "max_memory_mb" => p.max_memory_mb = n,
+                        "max_pids" => p.max_pids = n,
+                        "default_memory_mb" => p.default_memory_mb = n,
+                        _ => p.default_pids = n,
+                    }
+                    lines.push((field, line));
                 }
                 _ => return Err(err(format!("unknown attribute {name:?}"))),
             }
@@ -383,7 +413,53 @@ impl Policy {
             // Naming callers by user replaces the default group, not adds to it.
             p.allow_groups.clear();
         }
+        p.bound_defaults(path, &lines)?;
         Ok(p)
+    }
+
+    /// A default above its bound: refused when the file wrote the default,
+    /// else lowered to the bound the file wrote (defaults are bounded by the
+    /// maxima, never the other way round).
+    fn bound_defaults(
+        &mut self,
+        path: &Path,
+        lines: &[(&'static str, usize)],
+    ) -> Result<(), PolicyError> {
+        let line_of = |f: &str| lines.iter().find(|(n, _)| *n == f).map(|(_, l)| *l);
+        for (dflt, max) in [
+            ("default_memory_mb", "max_memory_mb"),
+            ("default_pids", "max_pids"),
+        ] {
+            let (d, m) = if dflt == "default_pids" {
+                (&mut self.default_pids, self.max_pids)
+            } else {
+                (&mut self.default_memory_mb, self.max_memory_mb)
+            };
+            if *d <= m {
+                continue;
+            }
+            match line_of(dflt) {
+                Some(line) => {
+                    return Err(PolicyError::Syntax {
+                        path: path.to_path_buf(),
+                        line,
+                        message: format!("{dflt}: {d} is over {max} ({m})"),
+                    })
+                }
+                None => *d = m,
+            }
+        }
+        Ok(())
+    }
+
+    /// Fill in the limits a task's cgroup does not name: `default_memory_mb`
+    /// and `default_pids`. A config without a cgroup is left as it is (the
+    /// check refuses one that runs a task as another user).
+    pub fn apply_defaults(&self, config: &mut SpawnConfig) {
+        if let Some(cg) = config.cgroup.as_mut() {
+            cg.memory_bytes.get_or_insert(self.default_memory_mb * MIB);
+            cg.pids_max.get_or_insert(self.default_pids);
+        }
     }
 
     fn refuse(&self, rule: &'static str, reason: String) -> PolicyRefusal {
@@ -413,10 +489,19 @@ impl Policy {
         self.check_caller(caller, accounts)?;
         if let Some(iso) = &config.isolation {
             self.check_task_user(&iso.user, accounts)?;
-            if let Some(ch) = &iso.chroot {
-                for b in &ch.binds {
-                    self.check_chroot_source(&b.source)?;
-                }
+            // A task outside a chroot sees the host's root, and through
+            // /proc/<pid>/root the root of every chrooted task of its user.
+            let Some(ch) = &iso.chroot else {
+                return Err(self.refuse(
+                    "isolation.chroot",
+                    format!(
+                        "a task that runs as {:?} must have a chroot (its own mount namespace and root)",
+                        iso.user
+                    ),
+                ));
+            };
+            for b in &ch.binds {
+                self.check_chroot_source(&b.source)?;
             }
         }
         self.check_cgroup(caller, config)?;
@@ -481,17 +566,35 @@ impl Policy {
                 ),
             ));
         }
-        let listed = self.task_users.iter().any(|t| match parse_id(t) {
-            Some(uid) => uid == acct.uid,
-            None => accounts.user(t).is_some_and(|a| a.uid == acct.uid),
-        });
-        if !listed {
-            return Err(self.refuse(
+        // By name AND uid: the task's gid comes from its passwd entry, so an
+        // entry that shares a listed user's uid under another name (and maybe
+        // another group) is not that user.
+        let mut same_uid = None;
+        for t in &self.task_users {
+            let Some(listed) = accounts.user(t) else {
+                continue;
+            };
+            if listed == acct {
+                return Ok(acct);
+            }
+            if listed.uid == acct.uid {
+                same_uid.get_or_insert(listed);
+            }
+        }
+        match same_uid {
+            Some(listed) => Err(self.refuse(
+                "task_users",
+                format!(
+                    "user {:?} (uid {}, gid {}) shares its uid with {:?} (uid {}, gid {}) of task_users \
+                     but is another passwd entry: only the entry named in task_users is allowed",
+                    acct.name, acct.uid, acct.gid, listed.name, listed.uid, listed.gid
+                ),
+            )),
+            None => Err(self.refuse(
                 "task_users",
                 format!("user {user:?} is not in {:?}", self.task_users),
-            ));
+            )),
         }
-        Ok(acct)
     }
 
     /// Rule `chroot_sources`: the bind source is an allowed source or below one,
@@ -523,20 +626,20 @@ impl Policy {
     }
 
     /// Rules `max_memory_mb`, `max_pids`, `cgroup_parent`: the task's cgroup is
-    /// `<cgroup_parent>/<caller uid>/...` (the daemon's too), and its limits are
-    /// within the bounds (a bound makes a limit required).
+    /// `<cgroup_parent>/<caller uid>/...` (the daemon's too), and it names
+    /// limits within the bounds ([`Policy::apply_defaults`] fills in the ones a
+    /// request leaves out). A task that runs as another user (`isolation`)
+    /// must have a cgroup; one that runs as the caller (raw_exec) needs none:
+    /// it gets nothing the caller could not start itself.
     pub fn check_cgroup(&self, caller: &Caller, config: &SpawnConfig) -> Result<(), PolicyRefusal> {
         let Some(cg) = &config.cgroup else {
-            if self.max_memory_mb.is_some() {
+            if let Some(iso) = &config.isolation {
                 return Err(self.refuse(
                     "max_memory_mb",
-                    "the task has no cgroup, so no memory limit".into(),
-                ));
-            }
-            if self.max_pids.is_some() {
-                return Err(self.refuse(
-                    "max_pids",
-                    "the task has no cgroup, so no pids limit".into(),
+                    format!(
+                        "a task that runs as {:?} must have a cgroup, for its memory and pids limits",
+                        iso.user
+                    ),
                 ));
             }
             return Ok(());
@@ -569,42 +672,33 @@ impl Policy {
                 ));
             }
         }
-        if let Some(max) = self.max_memory_mb {
-            let bound = max.saturating_mul(1024 * 1024);
-            match cg.memory_bytes {
-                None => {
-                    return Err(self.refuse(
-                        "max_memory_mb",
-                        format!("the task has no memory limit (at most {max} MB)"),
-                    ))
-                }
-                Some(m) if m > bound => {
-                    return Err(self.refuse(
-                        "max_memory_mb",
-                        format!(
-                            "memory limit {} MB is over {max} MB",
-                            m.div_ceil(1024 * 1024)
-                        ),
-                    ))
-                }
-                Some(_) => {}
+        let max = self.max_memory_mb;
+        match cg.memory_bytes {
+            None => {
+                return Err(self.refuse(
+                    "max_memory_mb",
+                    format!("the task has no memory limit (at most {max} MB)"),
+                ))
             }
-        }
-        if let Some(max) = self.max_pids {
-            match cg.pids_max {
-                None => {
-                    return Err(self.refuse(
-                        "max_pids",
-                        format!("the task has no pids limit (at most {max})"),
-                    ))
-                }
-                Some(n) if n > max => {
-                    return Err(self.refuse("max_pids", format!("pids limit {n} is over {max}")))
-                }
-                Some(_) => {}
+            Some(m) if m > max.saturating_mul(MIB) => {
+                return Err(self.refuse(
+                    "max_memory_mb",
+                    format!("memory limit {} MB is over {max} MB", m.div_ceil(MIB)),
+                ))
             }
+            Some(_) => {}
         }
-        Ok(())
+        let max = self.max_pids;
+        match cg.pids_max {
+            None => Err(self.refuse(
+                "max_pids",
+                format!("the task has no pids limit (at most {max})"),
+            )),
+            Some(n) if n > max => {
+                Err(self.refuse("max_pids", format!("pids limit {n} is over {max}")))
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     /// Rules `data_roots` / `run_roots`: `dir` lies below one of `roots`, and
@@ -982,13 +1076,10 @@ impl fmt::Display for Policy {
         writeln!(f, "cgroup_parent = {}", quote(&self.cgroup_parent))?;
         writeln!(f, "data_roots = {}", list(&self.data_roots))?;
         writeln!(f, "run_roots = {}", list(&self.run_roots))?;
-        if let Some(m) = self.max_memory_mb {
-            writeln!(f, "max_memory_mb = {m}")?;
-        }
-        if let Some(m) = self.max_pids {
-            writeln!(f, "max_pids = {m}")?;
-        }
-        Ok(())
+        writeln!(f, "max_memory_mb = {}", self.max_memory_mb)?;
+        writeln!(f, "max_pids = {}", self.max_pids)?;
+        writeln!(f, "default_memory_mb = {}", self.default_memory_mb)?;
+        writeln!(f, "default_pids = {}", self.default_pids)
     }
 }
 

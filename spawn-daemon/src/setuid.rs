@@ -11,9 +11,11 @@
 //!    non-dumpable, no_new_privs.
 //! 2. The policy ([`crate::policy::Policy::load`] and `check`); any refusal is
 //!    one line, and nothing is started.
-//! 3. Privileged: create and join the cgroups under the policy's parent (the
-//!    kill files chowned to the caller), the mount namespace and read-only
-//!    binds, and (in the child) setgroups/setresgid/setresuid to the task user.
+//! 3. Privileged: fork the root cleanup helper (before any cgroup exists, so
+//!    no stage of the set-up can leave one behind), create and join the
+//!    cgroups under the policy's parent (dirs 0755, the kill files chowned to
+//!    the caller), the mount namespace and read-only binds, and (in the
+//!    child) setgroups/setresgid/setresuid to the task user.
 //! 4. Everything of the caller's (alloc dir, logs, exit file, socket) opened or
 //!    created inside [`as_caller`], without following symlinks.
 //! 5. [`drop_to_caller`]: the rest of the daemon's life runs as the caller.
@@ -478,9 +480,11 @@ pub struct Context {
 impl Context {
     /// Load the policy ([`policy_path`], as root: it may be root-only
     /// readable), switch file access to the caller's ([`enter_caller_fs`]),
-    /// and check `config` against every rule, as the caller. Any refusal is the
-    /// one line to report; nothing has been created or started then.
-    pub fn establish(config: &tend_proto::SpawnConfig) -> Result<Context, String> {
+    /// fill in the limits `config` leaves to the policy
+    /// ([`crate::policy::Policy::apply_defaults`]) and check it against every
+    /// rule, as the caller. Any refusal is the one line to report; nothing has
+    /// been created or started then.
+    pub fn establish(config: &mut tend_proto::SpawnConfig) -> Result<Context, String> {
         use crate::policy::{Caller, Policy, SystemAccounts};
         let caller =
             Caller::current().map_err(|e| format!("setuid: reading the caller's ids: {e}"))?;
@@ -488,6 +492,7 @@ impl Context {
         let path = as_caller(&Linux, &ids, policy_path).map_err(|e| e.to_string())?;
         let policy = Policy::load(&path).map_err(|e| e.to_string())?;
         enter_caller_fs(&Linux, &ids).map_err(|e| e.to_string())?;
+        policy.apply_defaults(config);
         policy.check(&caller, config).map_err(|e| e.to_string())?;
         let task = match &config.isolation {
             Some(iso) => {

@@ -131,7 +131,7 @@ fn task(name: &str, script: &str) -> Task {
         resources: Resources {
             cpu: 100,
             memory: 64,
-            pids_limit: 100,
+            pids_limit: Some(100),
             ports: Vec::new(),
         },
         logs: LogSpec::default(),

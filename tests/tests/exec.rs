@@ -535,7 +535,9 @@ fn a_fork_bomb_is_held_at_pids_max_and_the_stop_leaves_nothing() {
         // The host stays responsive: a process starts and ends at once.
         let s = Instant::now();
         host_ok &= Command::new("/bin/true").status().unwrap().success();
-        assert!(s.elapsed() < Duration::from_secs(2), "{:?}", s.elapsed());
+        // Loosely bounded: a loaded or user-mode kernel is slow, a held
+        // bomb does not stop the host.
+        assert!(s.elapsed() < Duration::from_secs(10), "{:?}", s.elapsed());
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(host_ok);

@@ -373,6 +373,14 @@ pub fn check_task(
     Ok(())
 }
 
+/// The pids.max an exec task's cgroup asks for: the job's `pids_limit`, else
+/// [`crate::jobspec::model::DEFAULT_PIDS_LIMIT`] as root; in setuid mode
+/// (not root) none, which a setuid tend-spawn's policy fills with its
+/// `default_pids` (bounded by its `max_pids`, which a 4096 would exceed).
+fn exec_pids_max(job: Option<u64>, as_root: bool) -> Option<u64> {
+    job.or_else(|| as_root.then_some(crate::jobspec::model::DEFAULT_PIDS_LIMIT))
+}
+
 /// The spawn config of one run of a task.
 pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
     let task = l.task;
@@ -399,7 +407,10 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
                 daemon_path: Some(format!("{base}/tend-spawn")),
                 memory_bytes: Some(task.resources.memory.saturating_mul(1024 * 1024)),
                 cpu_mhz: Some(task.resources.cpu),
-                pids_max: Some(task.resources.pids_limit),
+                pids_max: exec_pids_max(
+                    task.resources.pids_limit,
+                    nix::unistd::geteuid().is_root(),
+                ),
             };
             ("/".to_string(), Some(iso), Some(cgroup))
         }
@@ -446,6 +457,14 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unnamed_pids_limit_is_4096_as_root_and_the_policys_in_setuid_mode() {
+        assert_eq!(exec_pids_max(None, true), Some(4096));
+        assert_eq!(exec_pids_max(None, false), None);
+        assert_eq!(exec_pids_max(Some(64), true), Some(64));
+        assert_eq!(exec_pids_max(Some(64), false), Some(64));
+    }
 
     #[test]
     fn bare_names_are_found_on_path() {

@@ -505,7 +505,9 @@ fn decode_resources(c: &mut Collector<'_>, b: &Block, path: &str) -> (Resources,
     };
     r.cpu = pos("cpu", " (MHz)", r.cpu, c);
     r.memory = pos("memory", " (MB)", r.memory, c);
-    r.pids_limit = pos("pids_limit", "", r.pids_limit, c);
+    r.pids_limit = v
+        .attr("pids_limit")
+        .and_then(|a| positive(c, &a.value, &sub(path, "pids_limit"), ""));
     let mut statics = Vec::new();
     if let Some(nb) = v.single_block(c, "network", path) {
         let npath = sub(path, "network");

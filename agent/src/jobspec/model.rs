@@ -188,6 +188,9 @@ pub struct Device {
     pub cgroup_permissions: String,
 }
 
+/// The pids.max of an exec task whose job names none, as root.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+
 /// `resources {}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
@@ -195,8 +198,11 @@ pub struct Resources {
     pub cpu: u64,
     /// Memory in MB (default 300).
     pub memory: u64,
-    /// pids.max of the task's cgroup (default 4096).
-    pub pids_limit: u64,
+    /// pids.max of the task's cgroup, when the job names one. Unnamed: 4096
+    /// ([`DEFAULT_PIDS_LIMIT`]) as root; in setuid mode, the policy's
+    /// `default_pids` (docs/setuid.md).
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
     /// `network { port "LABEL" { static, to } }`.
     pub ports: Vec<Port>,
 }
@@ -206,7 +212,7 @@ impl Default for Resources {
         Resources {
             cpu: 100,
             memory: 300,
-            pids_limit: 4096,
+            pids_limit: None,
             ports: Vec::new(),
         }
     }

@@ -203,7 +203,7 @@ job "full" {
     assert_eq!(t.config.labels["team"], "a");
     assert_eq!(t.config.port_map["db"], 6379);
     assert_eq!(t.meta["version"], "1.5");
-    assert_eq!(t.resources.pids_limit, 64);
+    assert_eq!(t.resources.pids_limit, Some(64));
     assert_eq!(
         t.resources.ports[0],
         Port {

@@ -18,8 +18,9 @@ fn syntax(text: &str) -> (usize, String) {
     }
 }
 
-/// Accounts of a test: alice 1000/1000, bob 1001/1001, nobody 65534, root,
-/// toor (uid 0), wheelie (gid 0); groups tend 990, staff 50.
+/// Accounts of a test: alice 1000/1000, bob 1001/1001, nobody 65534, shadowy
+/// (nobody's uid, gid 42: a second passwd entry), root, toor (uid 0), wheelie
+/// (gid 0); groups tend 990, staff 50.
 struct Fake;
 
 impl Accounts for Fake {
@@ -28,6 +29,7 @@ impl Accounts for Fake {
             ("alice", 1000, 1000),
             ("bob", 1001, 1001),
             ("nobody", 65534, 65534),
+            ("shadowy", 65534, 42),
             ("root", 0, 0),
             ("toor", 0, 0),
             ("wheelie", 1500, 0),
@@ -85,8 +87,11 @@ fn every_field_parses() {
     assert_eq!(p.cgroup_parent, "tend/users");
     assert_eq!(p.data_roots, [PathBuf::from("/srv/tend")]);
     assert_eq!(p.run_roots, [PathBuf::from("/run/tend-user")]);
-    assert_eq!(p.max_memory_mb, Some(4096));
-    assert_eq!(p.max_pids, Some(512));
+    assert_eq!(p.max_memory_mb, 4096);
+    assert_eq!(p.max_pids, 512);
+    // The default pids limit is bounded by the max the file wrote.
+    assert_eq!(p.default_pids, 512);
+    assert_eq!(p.default_memory_mb, DEFAULT_MEMORY_MB);
     // Display writes a file that parses back to the same policy.
     assert_eq!(parse(&p.to_string()).unwrap(), p);
 }
@@ -215,8 +220,8 @@ impl Tree {
         p.allow_users = vec![self.me.to_string()];
         p.data_roots = vec![self.tmp.path().join("data")];
         p.run_roots = vec![self.tmp.path().join("run")];
-        p.max_memory_mb = Some(512);
-        p.max_pids = Some(100);
+        p.max_memory_mb = 512;
+        p.max_pids = 100;
         p
     }
     fn caller(&self) -> Caller {
@@ -425,20 +430,102 @@ fn cgroup_refusals() {
         assert!(r.reason.contains(want), "{r}");
     }
     with(&|c: &mut CgroupSpec| c.memory_bytes = Some(512 * 1024 * 1024)).unwrap();
+    // A task of another user without a cgroup has no limits: refused.
     let mut c = t.config();
     c.cgroup = None;
+    let r = p.check_with(&t.caller(), &c, &Fake).unwrap_err();
+    assert_eq!(r.rule, "max_memory_mb", "{r}");
+    assert!(r.reason.contains("must have a cgroup"), "{r}");
+    // raw_exec runs as the caller: no cgroup needed.
+    c.isolation = None;
+    p.check_with(&t.caller(), &c, &Fake).unwrap();
+}
+
+#[test]
+fn the_default_policy_bounds_memory_and_pids_and_fills_in_what_a_request_leaves_out() {
+    let p = parse("").unwrap();
+    assert_eq!((p.max_memory_mb, p.max_pids), (4096, 1024));
+    assert_eq!((p.default_memory_mb, p.default_pids), (300, 1024));
+    let t = Tree::new();
+    let mut p = t.policy();
+    p.default_memory_mb = 128;
+    p.default_pids = 64;
+    let mut c = t.config();
+    let cg = c.cgroup.as_mut().unwrap();
+    cg.memory_bytes = None;
+    cg.pids_max = None;
+    // Unfilled, the check refuses; filled in, it passes with the defaults.
     assert_eq!(
         p.check_with(&t.caller(), &c, &Fake).unwrap_err().rule,
         "max_memory_mb"
     );
-    let mut p2 = p.clone();
-    p2.max_memory_mb = None;
+    p.apply_defaults(&mut c);
+    p.check_with(&t.caller(), &c, &Fake).unwrap();
+    let cg = c.cgroup.as_ref().unwrap();
+    assert_eq!(cg.memory_bytes, Some(128 << 20));
+    assert_eq!(cg.pids_max, Some(64));
+    // What a request names stays (the bounds still refuse too much).
+    let mut c = t.config();
+    c.cgroup.as_mut().unwrap().pids_max = Some(101);
+    p.apply_defaults(&mut c);
+    assert_eq!(c.cgroup.as_ref().unwrap().pids_max, Some(101));
     assert_eq!(
-        p2.check_with(&t.caller(), &c, &Fake).unwrap_err().rule,
+        p.check_with(&t.caller(), &c, &Fake).unwrap_err().rule,
         "max_pids"
     );
-    p2.max_pids = None;
-    p2.check_with(&t.caller(), &c, &Fake).unwrap();
+}
+
+#[test]
+fn a_default_over_its_bound_is_refused_when_written_and_lowered_when_not() {
+    let (line, msg) = syntax("max_pids = 100\ndefault_pids = 101\n");
+    assert_eq!(line, 2);
+    assert_eq!(msg, "default_pids: 101 is over max_pids (100)");
+    let (line, msg) = syntax("default_memory_mb = 5000\n");
+    assert_eq!(line, 1);
+    assert_eq!(msg, "default_memory_mb: 5000 is over max_memory_mb (4096)");
+    let p = parse("max_memory_mb = 64\n").unwrap();
+    assert_eq!(p.default_memory_mb, 64);
+    let p = parse("default_pids = 10\nmax_pids = 20\n").unwrap();
+    assert_eq!((p.default_pids, p.max_pids), (10, 20));
+}
+
+#[test]
+fn an_isolated_task_without_a_chroot_is_refused_naming_the_field() {
+    let t = Tree::new();
+    let mut c = t.config();
+    c.isolation.as_mut().unwrap().chroot = None;
+    let r = t.policy().check_with(&t.caller(), &c, &Fake).unwrap_err();
+    assert_eq!(r.rule, "isolation.chroot");
+    assert_eq!(
+        r.to_string(),
+        "policy /etc/tend/spawn-policy.hcl: isolation.chroot: a task that runs as \"nobody\" \
+         must have a chroot (its own mount namespace and root)"
+    );
+    // A chroot with no binds at all is still a chroot: allowed.
+    c.isolation.as_mut().unwrap().chroot = Some(ChrootSpec { binds: vec![] });
+    t.policy().check_with(&t.caller(), &c, &Fake).unwrap();
+}
+
+#[test]
+fn a_task_user_is_matched_by_name_and_uid_not_by_uid_alone() {
+    let t = Tree::new();
+    let p = t.policy();
+    // shadowy has nobody's uid but gid 42: not nobody.
+    let r = p.check_task_user("shadowy", &Fake).unwrap_err();
+    assert_eq!(r.rule, "task_users");
+    assert!(
+        r.reason.contains("\"shadowy\" (uid 65534, gid 42)")
+            && r.reason.contains("\"nobody\" (uid 65534, gid 65534)"),
+        "{r}"
+    );
+    // nobody itself, by name or by uid (its first passwd entry).
+    assert_eq!(p.check_task_user("nobody", &Fake).unwrap().gid, 65534);
+    assert_eq!(p.check_task_user("65534", &Fake).unwrap().name, "nobody");
+    // Listed by uid, the entry that uid resolves to is the one allowed.
+    let mut p = p;
+    p.task_users = vec!["65534".into()];
+    p.check_task_user("nobody", &Fake).unwrap();
+    assert!(p.check_task_user("shadowy", &Fake).is_err());
 }
 
 #[test]
@@ -537,7 +624,7 @@ fn load_checks_the_chain() {
     fs::write(&file, "max_pids = 10\n").unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
     let p = Policy::load_under(tmp.path(), &file, me).unwrap();
-    assert_eq!(p.max_pids, Some(10));
+    assert_eq!(p.max_pids, 10);
     // Relative to the anchor works too.
     Policy::load_under(tmp.path(), Path::new("etc/tend/spawn-policy.hcl"), me).unwrap();
     // Another trusted owner: refused on the first component.

@@ -471,7 +471,7 @@ mod tests {
             resources: Resources {
                 cpu: 250,
                 memory: 64,
-                pids_limit: 100,
+                pids_limit: Some(100),
                 ports: vec![
                     Port {
                         label: "http".into(),
