@@ -60,10 +60,24 @@ impl Agent {
             .handle
             .as_ref()
             .ok_or_else(|| "the task has no handle yet".to_string())?;
+        if let Some(id) = handle.container_id.as_deref() {
+            let docker = self
+                .inner
+                .docker
+                .as_ref()
+                .ok_or_else(|| "the docker driver is not enabled".to_string())?;
+            return match tokio::time::timeout(STATS_TIMEOUT, docker.stats(id)).await {
+                Ok(Ok(Some(s))) => Ok(s),
+                Ok(Ok(None)) => Err(format!("container {id} is gone")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "the docker engine did not answer within {} s",
+                    STATS_TIMEOUT.as_secs()
+                )),
+            };
+        }
         let Some(socket) = handle.socket_path.as_deref() else {
-            return Err(format!(
-                "the {driver} driver does not report stats; ask the engine (docker stats)"
-            ));
+            return Err(format!("the {driver} driver does not report stats"));
         };
         let token = self
             .inner
