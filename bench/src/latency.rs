@@ -122,6 +122,7 @@ pub fn isolated(
             memory_bytes: Some(256 << 20),
             cpu_mhz: Some(100),
             pids_max: Some(1024),
+            options: Default::default(),
         });
         let t = Instant::now();
         let mut l = spawn::start(bin, &cfg)?;
@@ -473,6 +474,7 @@ pub fn chroot_sizes(
                     memory_bytes: Some(256 << 20),
                     cpu_mhz: Some(100),
                     pids_max: Some(1024),
+                    options: Default::default(),
                 });
             }
             let t = Instant::now();

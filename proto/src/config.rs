@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::frame::{self, Frame, FrameError};
 use crate::msg::Token;
 use crate::names;
 
@@ -59,6 +60,35 @@ pub struct CgroupSpec {
     pub cpu_mhz: Option<u64>,
     /// pids.max.
     pub pids_max: Option<u64>,
+    /// The limits added after the first wire form; they travel after the
+    /// config in the same frame ([`SpawnConfig::to_frame`]), so the frozen
+    /// encoding of the fields above never changes.
+    #[serde(skip)]
+    pub options: CgroupOptions,
+}
+
+/// cgroup limits beyond [`CgroupSpec`]'s first fields. All off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupOptions {
+    /// The soft memory limit in bytes (memory.low on v2,
+    /// memory.soft_limit_in_bytes on v1), with `memory_bytes` as the hard one.
+    pub memory_soft_bytes: Option<u64>,
+    /// A hard CPU cap: cpu.max on v2, cpu.cfs_quota_us / cpu.cfs_period_us on v1.
+    pub cpu_quota: Option<CpuQuota>,
+    /// The IO weight, 1-10000 (io.weight on v2, blkio.weight scaled to
+    /// 10-1000 on v1).
+    pub io_weight: Option<u16>,
+    /// memory.oom.group = 1: an OOM kill takes the whole task (v2 only).
+    pub oom_kill_group: bool,
+}
+
+/// A CFS bandwidth limit: `quota_us` of CPU time every `period_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuQuota {
+    /// CPU time allowed per period, microseconds (at least 1000).
+    pub quota_us: u64,
+    /// The period, microseconds (1000-1000000).
+    pub period_us: u64,
 }
 
 /// Isolation of the exec driver: who the task runs as and in what root.
@@ -189,6 +219,37 @@ impl SpawnConfig {
             if cg.pids_max == Some(0) {
                 return Err(bad("cgroup.pids_max", "must be more than 0"));
             }
+            let o = &cg.options;
+            if let (Some(soft), Some(hard)) = (o.memory_soft_bytes, cg.memory_bytes) {
+                if soft > hard {
+                    return Err(bad(
+                        "cgroup.options.memory_soft_bytes",
+                        format!("{soft} is over the hard limit memory_bytes {hard}"),
+                    ));
+                }
+            }
+            if let Some(q) = o.cpu_quota {
+                if !(1000..=1_000_000).contains(&q.period_us) {
+                    return Err(bad(
+                        "cgroup.options.cpu_quota.period_us",
+                        format!("{} is outside 1000-1000000", q.period_us),
+                    ));
+                }
+                if q.quota_us < 1000 {
+                    return Err(bad(
+                        "cgroup.options.cpu_quota.quota_us",
+                        format!("{} is under the kernel's minimum of 1000", q.quota_us),
+                    ));
+                }
+            }
+            if let Some(w) = o.io_weight {
+                if !(1..=10_000).contains(&w) {
+                    return Err(bad(
+                        "cgroup.options.io_weight",
+                        format!("{w} is outside 1-10000"),
+                    ));
+                }
+            }
         }
         if let Some(iso) = &self.isolation {
             if iso.user.is_empty() {
@@ -209,6 +270,45 @@ impl SpawnConfig {
             }
         }
         Ok(())
+    }
+
+    /// One whole frame: the config, then its [`CgroupOptions`] when any is set.
+    ///
+    /// The options ride after the frozen encoding rather than inside it, so a
+    /// config without them is byte for byte what it always was.
+    pub fn to_frame(&self) -> Result<Vec<u8>, FrameError> {
+        let encode_err = |what| move |source| FrameError::Encode { what, source };
+        let mut body = postcard::to_allocvec(self).map_err(encode_err("SpawnConfig"))?;
+        let options = self.cgroup.as_ref().map(|c| &c.options);
+        if let Some(o) = options.filter(|o| **o != CgroupOptions::default()) {
+            body.extend(postcard::to_allocvec(o).map_err(encode_err("CgroupOptions"))?);
+        }
+        frame::wrap_body(crate::PROTOCOL_VERSION, &body)
+    }
+
+    /// Decode a frame written by [`SpawnConfig::to_frame`]: the config, then
+    /// the cgroup options if bytes follow it (a config without them reads too).
+    pub fn from_frame(f: &Frame) -> Result<SpawnConfig, FrameError> {
+        let (mut config, rest) =
+            postcard::take_from_bytes::<SpawnConfig>(&f.body).map_err(|source| {
+                FrameError::Body {
+                    what: "SpawnConfig",
+                    source,
+                }
+            })?;
+        if !rest.is_empty() {
+            let options: CgroupOptions = frame::decode_body(rest)?;
+            match &mut config.cgroup {
+                Some(cg) => cg.options = options,
+                None => {
+                    return Err(FrameError::TrailingBytes {
+                        what: "SpawnConfig without a cgroup",
+                        extra: rest.len(),
+                    })
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// The alloc dir on the host.
@@ -320,6 +420,7 @@ mod tests {
             memory_bytes: None,
             cpu_mhz: None,
             pids_max: None,
+            options: CgroupOptions::default(),
         });
         assert_eq!(c.validate().unwrap_err().field, "cgroup.daemon_path");
     }

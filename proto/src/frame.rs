@@ -122,19 +122,24 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 /// Encode `msg` as one frame carrying `version` in its header.
 pub fn encode_with_version<T: Serialize>(version: u16, msg: &T) -> Result<Vec<u8>, FrameError> {
     let what = type_name::<T>();
-    let mut out = vec![0u8; HEADER_LEN];
-    out = postcard::to_extend(msg, out).map_err(|source| FrameError::Encode { what, source })?;
-    let body_len = out.len() - HEADER_LEN;
-    let len = u32::try_from(body_len)
+    let body = postcard::to_allocvec(msg).map_err(|source| FrameError::Encode { what, source })?;
+    wrap_body(version, &body)
+}
+
+/// One frame of the current protocol version around an already encoded body.
+pub fn wrap_body(version: u16, body: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let len = u32::try_from(body.len())
         .ok()
         .filter(|len| *len <= MAX_FRAME_LEN)
         .ok_or(FrameError::TooLong {
-            len: u32::try_from(body_len).unwrap_or(u32::MAX),
+            len: u32::try_from(body.len()).unwrap_or(u32::MAX),
             max: MAX_FRAME_LEN,
         })?;
-    out[..4].copy_from_slice(&MAGIC);
-    out[4..6].copy_from_slice(&version.to_le_bytes());
-    out[6..10].copy_from_slice(&len.to_le_bytes());
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(body);
     Ok(out)
 }
 

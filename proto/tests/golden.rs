@@ -17,7 +17,9 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Serialize};
-use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation, LogConfig};
+use tend_proto::config::{
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig,
+};
 use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
 use tend_proto::msg::{
     CgroupStats, CpuStats, IoStats, MemoryStats, Pressure, PressureLine, PsiStats, Stats, Status,
@@ -344,6 +346,7 @@ fn spawn_config_full() -> SpawnConfig {
             memory_bytes: Some(256 * 1024 * 1024),
             cpu_mhz: Some(500),
             pids_max: Some(1024),
+            options: Default::default(),
         }),
         isolation: Some(Isolation {
             user: "nobody".into(),
@@ -371,12 +374,76 @@ fn spawn_config_cgroup_bare() -> SpawnConfig {
             memory_bytes: None,
             cpu_mhz: None,
             pids_max: None,
+            options: Default::default(),
         }),
         isolation: Some(Isolation {
             user: "65534".into(),
             chroot: None,
         }),
         ..spawn_config_minimal()
+    }
+}
+
+/// A config whose cgroup carries options: they ride after the frozen config
+/// in the same frame ([`SpawnConfig::to_frame`]).
+fn spawn_config_cgroup_options() -> SpawnConfig {
+    SpawnConfig {
+        cgroup: Some(CgroupSpec {
+            path: "tend/0123abcd/t".into(),
+            daemon_path: Some("tend/tend-spawn".into()),
+            memory_bytes: Some(512 * 1024 * 1024),
+            cpu_mhz: Some(500),
+            pids_max: Some(4096),
+            options: CgroupOptions {
+                memory_soft_bytes: Some(256 * 1024 * 1024),
+                cpu_quota: Some(CpuQuota {
+                    quota_us: 25_000,
+                    period_us: 100_000,
+                }),
+                io_weight: Some(500),
+                oom_kill_group: true,
+            },
+        }),
+        isolation: Some(Isolation {
+            user: "nobody".into(),
+            chroot: None,
+        }),
+        ..spawn_config_minimal()
+    }
+}
+
+/// The options fixture: written by `to_frame`, read by `from_frame`, and its
+/// body starts with the config's frozen encoding, byte for byte.
+fn spawn_config_options_case() -> Case {
+    const NAME: &str = "spawn_config_cgroup_options";
+    Case {
+        name: NAME,
+        check: Box::new(|path| {
+            let value = spawn_config_cgroup_options();
+            value.validate().map_err(|e| format!("{NAME}: {e}"))?;
+            let encoded = value.to_frame().map_err(|e| format!("{NAME}: {e}"))?;
+            let on_disk = read_or_bless(NAME, path, &encoded)?;
+            if on_disk != encoded {
+                return Err(format!(
+                    "{NAME}: encoding changed\n  fixture: {}\n  encoded: {}",
+                    hex(&on_disk),
+                    hex(&encoded)
+                ));
+            }
+            let frozen = frame::encode(&value).map_err(|e| format!("{NAME}: {e}"))?;
+            if !on_disk[HEADER_LEN..].starts_with(&frozen[HEADER_LEN..]) {
+                return Err(format!(
+                    "{NAME}: the frozen config is not a prefix of the body"
+                ));
+            }
+            let f = frame::read_frame(&mut &on_disk[..], MAX_FRAME_LEN)
+                .map_err(|e| format!("{NAME}: {e}"))?;
+            let decoded = SpawnConfig::from_frame(&f).map_err(|e| format!("{NAME}: {e}"))?;
+            if decoded != value {
+                return Err(format!("{NAME}: decodes to {decoded:?}"));
+            }
+            Ok(())
+        }),
     }
 }
 
@@ -753,6 +820,7 @@ fn all_cases() -> Vec<Case> {
     all.extend(cases_of(task_state_values()));
     all.extend(cases_of(exit_status_values()));
     all.extend(cases_of(spawn_config_values()));
+    all.push(spawn_config_options_case());
     all
 }
 
@@ -801,6 +869,15 @@ fn spawn_configs() {
         c.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     run(cases_of(spawn_config_values()));
+    // Every config fixture from before the options reads through
+    // `from_frame` too, with no options.
+    for (name, c) in spawn_config_values() {
+        let bytes = std::fs::read(fixture_dir().join(format!("{name}.bin"))).unwrap();
+        let f = frame::read_frame(&mut &bytes[..], MAX_FRAME_LEN).unwrap();
+        assert_eq!(SpawnConfig::from_frame(&f).unwrap(), c, "{name}");
+        assert_eq!(c.to_frame().unwrap(), bytes, "{name}");
+    }
+    run(vec![spawn_config_options_case()]);
 }
 
 #[test]

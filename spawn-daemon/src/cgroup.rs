@@ -61,6 +61,14 @@ const FREEZE_PATIENCE: Duration = Duration::from_secs(1);
 /// What went wrong, naming the file or dir; io errors are kept as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// The cgroup parent cannot hold tasks (see [`Hierarchies::check_parent`]).
+    #[error("cgroup parent {dir}: {reason}")]
+    ParentUnusable {
+        /// The parent's dir in the hierarchy at fault.
+        dir: PathBuf,
+        /// What is missing, and what to do.
+        reason: String,
+    },
     /// Writing a control file failed.
     #[error("cgroup: write {}: {}", .path.display(), errno_text(.source))]
     Write {
@@ -184,16 +192,19 @@ pub enum Controller {
     Pids,
     /// Freezing the task while it is killed.
     Freezer,
+    /// IO weight (`io_weight`).
+    Blkio,
 }
 
 impl Controller {
     /// Every controller tend uses, in the order their dirs are made.
-    pub const ALL: [Controller; 5] = [
+    pub const ALL: [Controller; 6] = [
         Controller::Memory,
         Controller::Cpu,
         Controller::Cpuacct,
         Controller::Pids,
         Controller::Freezer,
+        Controller::Blkio,
     ];
 
     /// The kernel's name for it.
@@ -204,6 +215,7 @@ impl Controller {
             Controller::Cpuacct => "cpuacct",
             Controller::Pids => "pids",
             Controller::Freezer => "freezer",
+            Controller::Blkio => "blkio",
         }
     }
 
@@ -398,6 +410,62 @@ impl Hierarchies {
         self.unified.as_deref()
     }
 
+    /// Check that tasks can be made under `parent` (relative to each
+    /// hierarchy's root) with the controllers every exec task needs (memory,
+    /// pids, cpu): in each hierarchy the parent, or the nearest dir above it
+    /// that exists, is a writable dir; on v2 the controllers are enabled in the
+    /// parent's `cgroup.subtree_control` (enabled here when they are not, as
+    /// tend-spawn would: refused when that fails) or, for a parent still to be
+    /// made, available in its nearest ancestor's `cgroup.controllers`.
+    pub fn check_parent(&self, parent: &str) -> Result<()> {
+        const NEEDED: [Controller; 3] = [Controller::Memory, Controller::Pids, Controller::Cpu];
+        let rel = check_rel(parent)?;
+        let mut mounts: Vec<&Path> = Vec::new();
+        if self.mode != Mode::V2 {
+            for c in NEEDED {
+                let mount = self
+                    .v1_mount(c)
+                    .ok_or_else(|| CgroupError::ParentUnusable {
+                        dir: self.root.join(c.name()).join(&rel),
+                        reason: format!(
+                            "no {} hierarchy is mounted under {}",
+                            c.name(),
+                            self.root.display()
+                        ),
+                    })?;
+                mounts.push(mount);
+            }
+        }
+        mounts.extend(self.unified_mount());
+        mounts.dedup();
+        for mount in mounts {
+            let dir = mount.join(&rel);
+            let unusable = |reason: String| CgroupError::ParentUnusable {
+                dir: dir.clone(),
+                reason,
+            };
+            let mut near = dir.as_path();
+            while near != mount && fs::symlink_metadata(near).is_err() {
+                near = near.parent().unwrap_or(mount);
+            }
+            if !near.is_dir() {
+                return Err(unusable(format!("{} is not a directory", near.display())));
+            }
+            if let Err(e) = nix::unistd::access(near, nix::unistd::AccessFlags::W_OK) {
+                return Err(unusable(format!(
+                    "{} is not writable ({}): tend-spawn makes each task's cgroup there",
+                    near.display(),
+                    e.desc()
+                )));
+            }
+            if self.mode == Mode::V2 {
+                let names: Vec<&str> = NEEDED.iter().map(|c| c.name()).collect();
+                check_v2_delegation(&dir, near, mount, &names).map_err(unusable)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `daemon_path` is the cgroup all tend-spawns share: its last
     /// component is [`SHARED_DAEMON_CGROUP`] (`<cgroup_parent>/tend-spawn`).
     ///
@@ -487,6 +555,69 @@ fn check_rel(path: &str) -> Result<PathBuf> {
         return Err(bad("must not contain . or .."));
     }
     Ok(p)
+}
+
+/// v2: the controllers `needed` reach the cgroups made under `dir`. `near` is
+/// `dir` when it exists, else its nearest existing ancestor.
+fn check_v2_delegation(
+    dir: &Path,
+    near: &Path,
+    mount: &Path,
+    needed: &[&str],
+) -> std::result::Result<(), String> {
+    // The needed controllers a control file does not list.
+    let missing_in = |path: &Path| -> std::result::Result<Vec<&str>, String> {
+        let text = fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {}", path.display(), errno_text(&e)))?;
+        let listed: Vec<&str> = text.split_whitespace().collect();
+        Ok(needed
+            .iter()
+            .copied()
+            .filter(|c| !listed.contains(c))
+            .collect())
+    };
+    if near != dir {
+        // Made later, from the mount down: the nearest dir that exists must
+        // offer them (the root offers every controller the kernel has).
+        let file = near.join("cgroup.controllers");
+        let missing = missing_in(&file)?;
+        if !missing.is_empty() {
+            let up = if near == mount {
+                "the kernel"
+            } else {
+                "its parent's cgroup.subtree_control"
+            };
+            return Err(format!(
+                "{} not in {} (enable it in {up})",
+                missing.join(", "),
+                file.display()
+            ));
+        }
+        return Ok(());
+    }
+    let file = dir.join("cgroup.subtree_control");
+    let missing = missing_in(&file)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let plus: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
+    write_file(&file, &plus.join(" ")).map_err(|e| {
+        let why = match &e {
+            CgroupError::Write { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
+                format!(
+                    "{} (it holds processes of its own: move them out)",
+                    errno_text(source)
+                )
+            }
+            CgroupError::Write { source, .. } => errno_text(source),
+            other => other.to_string(),
+        };
+        format!(
+            "{} not enabled in {} and enabling failed: {why}",
+            missing.join(", "),
+            file.display()
+        )
+    })
 }
 
 /// Memory, CPU and process counts of a task's cgroup; None where the host
@@ -674,7 +805,48 @@ impl TaskCgroup {
             let dir = self.need(Controller::Pids)?;
             write_file(&dir.join("pids.max"), &max.to_string())?;
         }
+        let o = &spec.options;
+        if let Some(soft) = o.memory_soft_bytes {
+            let dir = self.need(Controller::Memory)?;
+            write_file(&dir.join("memory.soft_limit_in_bytes"), &soft.to_string())?;
+        }
+        if let Some(q) = o.cpu_quota {
+            let dir = self.need(Controller::Cpu)?;
+            // The period first: the quota is checked against it.
+            write_file(&dir.join("cpu.cfs_period_us"), &q.period_us.to_string())?;
+            write_file(&dir.join("cpu.cfs_quota_us"), &q.quota_us.to_string())?;
+        }
+        if let Some(w) = o.io_weight {
+            let files = self.dir_of(Controller::Blkio).map(|d| {
+                [
+                    (d.join("blkio.weight"), blkio_weight(w)),
+                    (d.join("blkio.bfq.weight"), blkio_weight(w)),
+                ]
+            });
+            self.write_weight(files.as_ref().map(|f| f.as_slice()), "blkio.weight")?;
+        }
+        if o.oom_kill_group {
+            tracing::warn!(
+                "cgroup: oom_kill_group needs cgroup v2 (memory.oom.group); this host is v1: an OOM kills one process"
+            );
+        }
         Ok(())
+    }
+
+    /// Write an IO weight to the first of `files` the kernel offers; with none
+    /// (no IO controller, or an IO scheduler without weights) only a warning:
+    /// a weight is a preference, not a limit the task may count on.
+    fn write_weight(&self, files: Option<&[(PathBuf, u64)]>, want: &str) -> Result<()> {
+        match files.into_iter().flatten().find(|(f, _)| f.is_file()) {
+            Some((file, value)) => write_file(file, &io_weight_text(file, *value)),
+            None => {
+                tracing::warn!(
+                    cgroup = %self.rel.display(),
+                    "cgroup: io_weight not set: no {want} (the IO controller or a weight-aware IO scheduler is missing)"
+                );
+                Ok(())
+            }
+        }
     }
 
     fn set_limits_v2(&self, spec: &CgroupSpec) -> Result<()> {
@@ -701,6 +873,24 @@ impl TaskCgroup {
         if let Some(max) = spec.pids_max {
             write_file(&dir.join("pids.max"), &max.to_string())?;
         }
+        let o = &spec.options;
+        if let Some(soft) = o.memory_soft_bytes {
+            write_file(&dir.join("memory.low"), &soft.to_string())?;
+        }
+        if let Some(q) = o.cpu_quota {
+            write_file(
+                &dir.join("cpu.max"),
+                &format!("{} {}", q.quota_us, q.period_us),
+            )?;
+        }
+        if let Some(w) = o.io_weight {
+            let w = u64::from(w);
+            let files = [(dir.join("io.weight"), w), (dir.join("io.bfq.weight"), w)];
+            self.write_weight(Some(&files), "io.weight")?;
+        }
+        if o.oom_kill_group {
+            write_file(&dir.join("memory.oom.group"), "1")?;
+        }
         Ok(())
     }
 
@@ -718,12 +908,22 @@ impl TaskCgroup {
         let wanted = [
             ("memory", spec.memory_bytes.is_some()),
             ("pids", spec.pids_max.is_some()),
-            ("cpu", spec.cpu_mhz.is_some()),
+            (
+                "cpu",
+                spec.cpu_mhz.is_some() || spec.options.cpu_quota.is_some(),
+            ),
+            ("io", false),
         ];
         let mut enable = Vec::new();
         for (name, needed) in wanted {
+            let optional = match name {
+                "cpu" => false,
+                // Only for a weight, and a missing one is a warning (set_limits_v2).
+                "io" => spec.options.io_weight.is_some(),
+                _ => true,
+            };
             if available.contains(&name) {
-                if needed || name != "cpu" {
+                if needed || optional {
                     enable.push(name);
                 }
             } else if needed {
@@ -1081,6 +1281,20 @@ fn cpu_shares(mhz: u64) -> u64 {
     mhz.clamp(MIN_SHARES, MAX_SHARES)
 }
 
+/// v1 blkio.weight (10-1000) from a v2-style io_weight (1-10000), linearly.
+fn blkio_weight(w: u16) -> u64 {
+    10 + (u64::from(w).clamp(1, 10_000) - 1) * 990 / 9999
+}
+
+/// What an IO weight file takes: `default N` for the v2 files (a bare N means
+/// the same to io.weight, but io.bfq.weight wants the keyword on old kernels).
+fn io_weight_text(file: &Path, value: u64) -> String {
+    match file.file_name().and_then(|n| n.to_str()) {
+        Some("io.weight" | "io.bfq.weight") => format!("default {value}"),
+        _ => value.to_string(),
+    }
+}
+
 /// v2 cpu.weight from v1 shares, runc's mapping of [2, 262144] onto [1, 10000].
 fn cpu_weight(shares: u64) -> u64 {
     let shares = shares.clamp(MIN_SHARES, MAX_SHARES);
@@ -1151,6 +1365,8 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
     use std::process::{Command, Stdio};
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tend_proto::config::{CgroupOptions, CpuQuota};
 
     use super::*;
 
@@ -1304,6 +1520,7 @@ mod tests {
             memory_bytes: Some(64 << 20),
             cpu_mhz: Some(500),
             pids_max: Some(64),
+            options: Default::default(),
         }
     }
 
@@ -1518,6 +1735,155 @@ mod tests {
             read(t.path().join("cgroup.subtree_control")),
             "cpu memory pids\n"
         );
+    }
+
+    fn spec_with_options(path: &str) -> CgroupSpec {
+        let mut s = spec(path);
+        s.options = CgroupOptions {
+            memory_soft_bytes: Some(32 << 20),
+            cpu_quota: Some(CpuQuota {
+                quota_us: 25_000,
+                period_us: 100_000,
+            }),
+            io_weight: Some(500),
+            oom_kill_group: true,
+        };
+        s
+    }
+
+    #[test]
+    fn v2_options_write_low_cpu_max_io_weight_and_oom_group() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        put(
+            t.path(),
+            &[
+                ("memory.low", "0\n"),
+                ("memory.oom.group", "0\n"),
+                ("cpu.max", "max 100000\n"),
+                ("io.weight", "default 100\n"),
+            ],
+        );
+        let h = probe_fake(t.path());
+        TaskCgroup::create(&h, &spec_with_options("tend/a/t")).unwrap();
+        let leaf = t.path().join("tend/a/t");
+        assert_eq!(read(leaf.join("memory.max")), "67108864");
+        assert_eq!(read(leaf.join("memory.low")), "33554432");
+        assert_eq!(read(leaf.join("cpu.max")), "25000 100000");
+        assert_eq!(read(leaf.join("io.weight")), "default 500");
+        assert_eq!(read(leaf.join("memory.oom.group")), "1");
+        for anc in ["", "tend", "tend/a"] {
+            let f = t.path().join(anc).join("cgroup.subtree_control");
+            assert_eq!(read(f), "+memory +pids +cpu +io", "{anc}");
+        }
+        // Without options none of them is touched, and io stays off.
+        TaskCgroup::create(&h, &spec("tend/b/t")).unwrap();
+        let leaf = t.path().join("tend/b/t");
+        assert_eq!(read(leaf.join("memory.low")), "0\n");
+        assert_eq!(read(leaf.join("memory.oom.group")), "0\n");
+        assert_eq!(read(leaf.join("cpu.max")), "max 100000\n");
+        assert_eq!(
+            read(t.path().join("tend/b/cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+    }
+
+    #[test]
+    fn an_io_weight_without_a_weight_file_is_a_warning_not_a_failure() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        fs::write(t.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let h = probe_fake(t.path());
+        let mut s = spec("tend/a/t");
+        s.options.io_weight = Some(500);
+        TaskCgroup::create(&h, &s).unwrap();
+        assert!(!t.path().join("tend/a/t/io.weight").exists());
+    }
+
+    #[test]
+    fn v1_options_write_soft_limit_cfs_quota_and_scaled_blkio_weight() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        put(
+            &t.path().join("memory"),
+            &[("memory.soft_limit_in_bytes", UNLIMITED_V1)],
+        );
+        put(
+            &t.path().join("cpu"),
+            &[
+                ("cpu.cfs_quota_us", "-1\n"),
+                ("cpu.cfs_period_us", "100000\n"),
+            ],
+        );
+        put(
+            &t.path().join("blkio"),
+            &[
+                ("cgroup.procs", ""),
+                ("tasks", ""),
+                ("blkio.weight", "500\n"),
+            ],
+        );
+        let h = probe_fake(t.path());
+        TaskCgroup::create(&h, &spec_with_options("tend/a/t")).unwrap();
+        let d = |c: &str| t.path().join(c).join("tend/a/t");
+        assert_eq!(read(d("memory").join("memory.limit_in_bytes")), "67108864");
+        assert_eq!(
+            read(d("memory").join("memory.soft_limit_in_bytes")),
+            "33554432"
+        );
+        assert_eq!(read(d("cpu").join("cpu.cfs_period_us")), "100000");
+        assert_eq!(read(d("cpu").join("cpu.cfs_quota_us")), "25000");
+        assert_eq!(read(d("blkio").join("blkio.weight")), "59");
+    }
+
+    #[test]
+    fn blkio_weight_scales_onto_10_to_1000() {
+        assert_eq!(blkio_weight(1), 10);
+        assert_eq!(blkio_weight(100), 19);
+        assert_eq!(blkio_weight(10_000), 1000);
+        assert_eq!(blkio_weight(0), 10);
+    }
+
+    #[test]
+    fn check_parent_on_fake_trees() {
+        let t = tempfile::tempdir().unwrap();
+        fake_v2(t.path());
+        let h = probe_fake(t.path());
+        // Still to be made: the root offers every controller.
+        h.check_parent("tend").unwrap();
+        // A path under a file.
+        let e = h.check_parent("cgroup.procs/x").unwrap_err().to_string();
+        assert!(e.ends_with("cgroup.procs is not a directory"), "{e}");
+        // An existing parent: what its subtree_control lacks is enabled.
+        put(
+            &t.path().join("tend"),
+            &[
+                ("cgroup.controllers", "cpu memory pids\n"),
+                ("cgroup.subtree_control", "memory\n"),
+            ],
+        );
+        h.check_parent("tend").unwrap();
+        assert_eq!(
+            read(t.path().join("tend/cgroup.subtree_control")),
+            "+pids +cpu"
+        );
+        // Below a dir that does not offer cpu: nothing can enable it there.
+        put(
+            &t.path().join("tend"),
+            &[("cgroup.controllers", "memory pids\n")],
+        );
+        let e = h.check_parent("tend/x").unwrap_err().to_string();
+        let file = t.path().join("tend/cgroup.controllers");
+        assert!(e.contains(&format!("cpu not in {}", file.display())), "{e}");
+
+        let t = tempfile::tempdir().unwrap();
+        fake_v1(t.path(), false);
+        let h = probe_fake(t.path());
+        h.check_parent("tend").unwrap();
+        fs::remove_dir_all(t.path().join("pids")).unwrap();
+        let h = probe_fake(t.path());
+        let e = h.check_parent("tend").unwrap_err().to_string();
+        assert!(e.contains("no pids hierarchy is mounted"), "{e}");
     }
 
     #[test]

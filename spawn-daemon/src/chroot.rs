@@ -321,12 +321,15 @@ pub fn plan(config: &SpawnConfig, spec: &ChrootSpec, host: &dyn Host) -> Vec<Pla
             sys_targets.push(target);
         }
     }
+    // Read-only binds: the nodes work as ever (a device's I/O is no write to
+    // the mount), but a root task cannot chmod or chown the host's nodes.
     for node in DEV_NODES {
-        out.push(PlannedMount::simple(
+        out.push(PlannedMount::bind(
             Source::Host(format!("/dev/{node}")),
             format!("dev/{node}"),
-            libc::MS_BIND,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
             true,
+            host,
         ));
     }
     // Mounted by the task's first process, in its own pid namespace: it

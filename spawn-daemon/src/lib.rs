@@ -85,7 +85,7 @@ pub fn read_config<R: io::Read>(input: &mut R) -> Result<SpawnConfig, StartFailu
     let frame = read_frame(input, MAX_FRAME_LEN).map_err(|e| {
         StartFailure::plain(Stage::Config, format!("reading the spawn config: {e}"))
     })?;
-    let config: SpawnConfig = frame.decode().map_err(|e| {
+    let config = SpawnConfig::from_frame(&frame).map_err(|e| {
         StartFailure::plain(Stage::Config, format!("decoding the spawn config: {e}"))
     })?;
     config

@@ -99,7 +99,7 @@ pub fn cgroup_mounts() -> Vec<PathBuf> {
             let path = e.path();
             let ours = name
                 .split(',')
-                .any(|c| ["memory", "cpu", "cpuacct", "pids", "freezer"].contains(&c));
+                .any(|c| ["memory", "cpu", "cpuacct", "pids", "freezer", "blkio"].contains(&c));
             let unified = name == "unified" && path.join("cgroup.controllers").is_file();
             if (ours || unified) && path.join("cgroup.procs").is_file() && !path.is_symlink() {
                 out.push(path);
@@ -295,7 +295,7 @@ impl Sandbox {
     /// Exec tend-spawn as the agent does (empty environment, config frame on
     /// stdin) and read its start report.
     pub fn start(&self, cfg: &SpawnConfig) -> Spawned {
-        let bytes = frame::encode(cfg).expect("encode config");
+        let bytes = cfg.to_frame().expect("encode config");
         self.start_raw(&bytes)
     }
 
@@ -309,7 +309,7 @@ impl Sandbox {
     /// exec it (`env --ignore-signal=CHLD`, `sh -c '...; exec "$0"'`): how a
     /// parent that leaves odd process state behind starts tend-spawn.
     pub fn start_wrapped(&self, cfg: &SpawnConfig, wrapper: &[&str]) -> Spawned {
-        let bytes = frame::encode(cfg).expect("encode config");
+        let bytes = cfg.to_frame().expect("encode config");
         self.start_through(wrapper, &bytes)
     }
 

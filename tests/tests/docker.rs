@@ -133,6 +133,7 @@ fn task(name: &str, script: &str) -> Task {
             memory: 64,
             pids_limit: Some(100),
             ports: Vec::new(),
+            ..Resources::default()
         },
         logs: LogSpec::default(),
         kill_timeout: Duration::from_secs(5),

@@ -153,6 +153,7 @@ fn make_exec(cfg: &mut SpawnConfig, parent: &CgroupParent, binds: Vec<Bind>) {
         memory_bytes: Some(64 * MB),
         cpu_mhz: Some(100),
         pids_max: Some(64),
+        options: Default::default(),
     });
     prepare_alloc(cfg);
 }
@@ -689,6 +690,7 @@ fn a_cgroup_without_isolation_works_for_raw_exec() {
         memory_bytes: Some(128 * MB),
         cpu_mhz: None,
         pids_max: None,
+        options: Default::default(),
     });
     let (daemon_pid, _, _) = sb.start(&cfg).pids();
     let mut c = Client::connect(&cfg);
@@ -870,24 +872,28 @@ fn status_during_a_run_and_sigterm_to_the_daemon_cleans_up() {
 /// `tend run` of `job` in the foreground, its tasks' cgroups under `parent`
 /// (the CLI's default, `tend`, when None).
 fn tend(sb: &Sandbox, job: &str, parent: Option<&CgroupParent>) -> std::process::Output {
+    tend_command(sb, job, parent.map_or("tend", |p| p.name.as_str()))
+        .output()
+        .unwrap()
+}
+
+/// The `tend run` command of `job` (written to a file of its own), with the
+/// sandbox's dirs and `cgroup_parent`.
+fn tend_command(sb: &Sandbox, job: &str, cgroup_parent: &str) -> Command {
     let file = sb.data_dir().join(format!(
         "job-{}.hcl",
         PARENTS.fetch_add(1, Ordering::Relaxed)
     ));
     fs::write(&file, job).unwrap();
-    Command::new(tend_tests::bin("tend"))
-        .arg("run")
+    let mut cmd = Command::new(tend_tests::bin("tend"));
+    cmd.arg("run")
         .arg(&file)
         .env("TEND_DATA_DIR", sb.data_dir().join("data"))
         .env("TEND_RUN_DIR", sb.run_dir())
         .env("TEND_SPAWN_BIN", tend_tests::spawn_bin())
-        .env(
-            "TEND_CGROUP_PARENT",
-            parent.map_or("tend", |p| p.name.as_str()),
-        )
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .env("TEND_CGROUP_PARENT", cgroup_parent)
+        .stdin(Stdio::null());
+    cmd
 }
 
 fn exec_job(task_body: &str) -> String {
@@ -1357,7 +1363,7 @@ fn each_exec_task_has_a_private_bounded_tmp() {
 fn an_agent_runs_root_exec_tasks_only_where_its_config_allows_root() {
     require_root!();
     let job = exec_job(
-        "      user = \"root\"\n      config {\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"id -u; v=$(cat /proc/sys/kernel/core_pattern); if printf '%s\\\\n' \\\"$v\\\" > /proc/sys/kernel/core_pattern; then echo CORE-WRITTEN; else echo CORE-REFUSED; fi\"]\n      }\n      resources {\n        memory = 32\n      }",
+        "      user = \"root\"\n      config {\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"id -u; v=$(cat /proc/sys/kernel/core_pattern); if printf '%s\\\\n' \\\"$v\\\" > /proc/sys/kernel/core_pattern; then echo CORE-WRITTEN; else echo CORE-REFUSED; fi; if chmod 666 /dev/null 2>/dev/null; then echo DEV-CHMODDED; else echo DEV-REFUSED; fi; echo x > /dev/null && echo DEV-WRITES\"]\n      }\n      resources {\n        memory = 32\n      }",
     );
     let submit = |agent: &tend_tests::AgentProc, sb: &Sandbox| {
         let path = sb.scratch_dir().join("root.hcl");
@@ -1398,7 +1404,457 @@ fn an_agent_runs_root_exec_tasks_only_where_its_config_allows_root() {
     let exit = tend_tests::wait_alloc_exit(&alloc, "t", LONG);
     let log = fs::read_to_string(tend_tests::alloc_log_path(&alloc, "t", "stdout")).unwrap();
     assert_eq!(exit.exit_code, Some(0), "{log}");
-    assert_eq!(log, "0\nCORE-REFUSED\n");
+    assert_eq!(log, "0\nCORE-REFUSED\nDEV-REFUSED\nDEV-WRITES\n");
+}
+
+// ---------------------------------------------------------------- resource options
+//
+// `resources { memory_max, cpu_hard_limit, io_weight, oom_kill_group }` of a
+// job file, run with `tend run`, checked in the task's cgroup files on the host.
+
+fn is_v2() -> bool {
+    Path::new(CGROUP_ROOT).join("cgroup.controllers").is_file()
+}
+
+/// `tend run` of `job` in the background, its stderr in a file; killed and
+/// reaped on drop.
+struct Background(std::process::Child, PathBuf);
+
+impl Background {
+    fn start(sb: &Sandbox, job: &str, parent: &CgroupParent) -> Background {
+        Background::start_with(sb, job, parent, |_| {})
+    }
+
+    /// [`Background::start`], with `more` applied to the command first.
+    fn start_with(
+        sb: &Sandbox,
+        job: &str,
+        parent: &CgroupParent,
+        more: impl FnOnce(&mut Command),
+    ) -> Background {
+        // The data dir must be walkable like /var/lib/tend.
+        fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cmd = tend_command(sb, job, &parent.name);
+        more(&mut cmd);
+        let stderr = sb.data_dir().join(format!(
+            "tend-run-{}.stderr",
+            PARENTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Background(child, stderr)
+    }
+
+    /// What `tend run` wrote on stderr so far.
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.1).unwrap_or_default()
+    }
+
+    /// Wait for `tend run` to end; its exit code and stderr.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let status = self.0.wait().unwrap();
+        (status.code(), self.stderr())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The task `t`'s cgroup dir under `parent` in the hierarchy of `controller`
+/// (the one dir on v2), once tend-spawn has made it and written `file` there.
+fn task_cgroup_file(
+    run: &Background,
+    parent: &CgroupParent,
+    controller: &str,
+    file: &str,
+) -> PathBuf {
+    let base = if is_v2() {
+        Path::new(CGROUP_ROOT).join(&parent.name)
+    } else {
+        Path::new(CGROUP_ROOT).join(controller).join(&parent.name)
+    };
+    let mut found = None;
+    let seen = wait_until(LONG, || {
+        found = fs::read_dir(&base).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path().join("t"))
+                .find(|d| d.join("cgroup.procs").is_file() && d.join(file).is_file())
+        });
+        // The limits are written before the task joins: wait for a member.
+        found.as_ref().is_some_and(|d| {
+            !fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .trim()
+                .is_empty()
+        })
+    });
+    assert!(
+        seen,
+        "no task cgroup with {file} under {}; tend run said:\n{}",
+        base.display(),
+        run.stderr()
+    );
+    found.unwrap().join(file)
+}
+
+fn read_trim(path: &Path) -> String {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+fn resources_job(script: &str, resources: &str) -> String {
+    exec_job(&format!(
+        "      config {{\n        command = \"/bin/sh\"\n        args    = [\"-c\", {script:?}]\n      }}\n      resources {{\n{resources}\n      }}"
+    ))
+}
+
+/// The one alloc's daemon log of task `t`.
+fn daemon_log(sb: &Sandbox) -> String {
+    let allocs = allocs_of(sb);
+    assert_eq!(allocs.len(), 1, "{allocs:?}");
+    fs::read_to_string(allocs[0].join("logs/t.tend-spawn.log")).unwrap_or_default()
+}
+
+/// The one alloc's exit status of task `t`.
+fn exit_of(sb: &Sandbox) -> ExitStatus {
+    let allocs = allocs_of(sb);
+    assert_eq!(allocs.len(), 1, "{allocs:?}");
+    ExitStatus::read(&allocs[0].join(tend_proto::names::exit_status_file("t"))).unwrap()
+}
+
+#[test]
+fn memory_max_is_the_hard_limit_and_memory_the_soft_one() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let run = Background::start(
+        &sb,
+        &resources_job(
+            "sleep 2",
+            "        memory     = 48\n        memory_max = 96",
+        ),
+        &parent,
+    );
+    let (hard, soft) = if is_v2() {
+        ("memory.max", "memory.low")
+    } else {
+        ("memory.limit_in_bytes", "memory.soft_limit_in_bytes")
+    };
+    let hard = task_cgroup_file(&run, &parent, "memory", hard);
+    assert_eq!(read_trim(&hard), (96 * MB).to_string());
+    assert_eq!(read_trim(&hard.with_file_name(soft)), (48 * MB).to_string());
+    let (code, stderr) = run.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Without memory_max, memory is the hard limit and no soft one is set.
+    let sb = Sandbox::new();
+    let run = Background::start(
+        &sb,
+        &resources_job("sleep 2", "        memory = 48"),
+        &parent,
+    );
+    let hard = task_cgroup_file(
+        &run,
+        &parent,
+        "memory",
+        if is_v2() {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        },
+    );
+    assert_eq!(read_trim(&hard), (48 * MB).to_string());
+    let soft = read_trim(&hard.with_file_name(soft));
+    assert_ne!(soft, (48 * MB).to_string());
+    assert_eq!(run.finish().0, Some(0));
+}
+
+/// One core's MHz as /proc/cpuinfo gives it (none in a user-mode Linux).
+fn cpuinfo_mhz_per_core() -> Option<u64> {
+    let text = fs::read_to_string("/proc/cpuinfo").unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == "cpu MHz")
+        .and_then(|(_, v)| v.trim().split('.').next()?.parse().ok())
+        .filter(|m| *m > 0)
+}
+
+/// CPU time the task's cgroup used so far, microseconds.
+fn cpu_usage_us(run: &Background, parent: &CgroupParent) -> u64 {
+    if is_v2() {
+        let stat = read_trim(&task_cgroup_file(run, parent, "cpu", "cpu.stat"));
+        stat.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.parse().ok())
+            .expect("usage_usec")
+    } else {
+        let ns: u64 = read_trim(&task_cgroup_file(run, parent, "cpuacct", "cpuacct.usage"))
+            .parse()
+            .unwrap();
+        ns / 1000
+    }
+}
+
+#[test]
+fn cpu_hard_limit_caps_a_spinning_task_at_its_share_of_a_core() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    // A quarter of one core: quota = 100000 us * cpu / MHz per core. One
+    // core's MHz from /proc/cpuinfo as tend reads it; where it says none,
+    // from the host's total given to `tend run` (`cpu_total_compute`).
+    let cores = u64::try_from(std::thread::available_parallelism().unwrap().get()).unwrap();
+    let (mhz, total) = match cpuinfo_mhz_per_core() {
+        Some(mhz) => (mhz, None),
+        None => (2000, Some(2000 * cores)),
+    };
+    let cpu = mhz / 4;
+    let want_quota = 100_000 * cpu / mhz;
+    let job = resources_job(
+        "timeout 6 sh -c 'while :; do :; done'; exit 0",
+        &format!("        cpu            = {cpu}\n        cpu_hard_limit = true"),
+    );
+    let run = Background::start_with(&sb, &job, &parent, |cmd| {
+        if let Some(total) = total {
+            cmd.env("TEND_CPU_TOTAL_COMPUTE", total.to_string());
+        }
+    });
+    if is_v2() {
+        let max = read_trim(&task_cgroup_file(&run, &parent, "cpu", "cpu.max"));
+        assert_eq!(max, format!("{want_quota} 100000"));
+    } else {
+        let quota = task_cgroup_file(&run, &parent, "cpu", "cpu.cfs_quota_us");
+        assert_eq!(read_trim(&quota), want_quota.to_string());
+        assert_eq!(
+            read_trim(&quota.with_file_name("cpu.cfs_period_us")),
+            "100000"
+        );
+    }
+    // Over 2 s of wall time the task may use a quarter core: 0.5 s. Unlimited
+    // it spins a whole core (2 s). Loosely: under twice its share.
+    let before = cpu_usage_us(&run, &parent);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_usage_us(&run, &parent) - before;
+    let wall_us = u64::try_from(t0.elapsed().as_micros()).unwrap();
+    let share = wall_us * want_quota / 100_000;
+    assert!(
+        used < 2 * share,
+        "used {used} us of CPU in {wall_us} us, quota share {share} us"
+    );
+    let (code, stderr) = run.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn io_weight_is_written_where_the_kernel_takes_it_else_logged() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let run = Background::start(
+        &sb,
+        &resources_job("sleep 2", "        io_weight = 500"),
+        &parent,
+    );
+    // The task runs either way: a weight is a preference, not a limit.
+    let procs = task_cgroup_file(&run, &parent, "memory", "cgroup.procs");
+    let task_dir = procs.parent().unwrap();
+    let (weight_dir, files): (PathBuf, &[(&str, &str)]) = if is_v2() {
+        (
+            task_dir.to_path_buf(),
+            &[
+                ("io.weight", "default 500"),
+                ("io.bfq.weight", "default 500"),
+            ],
+        )
+    } else {
+        let rel = task_dir
+            .strip_prefix(Path::new(CGROUP_ROOT).join("memory"))
+            .unwrap();
+        (
+            Path::new(CGROUP_ROOT).join("blkio").join(rel),
+            // 500 of 1-10000 onto 10-1000.
+            &[("blkio.weight", "59"), ("blkio.bfq.weight", "59")],
+        )
+    };
+    let written = files
+        .iter()
+        .find(|(f, _)| weight_dir.join(f).is_file())
+        .map(|(f, want)| (read_trim(&weight_dir.join(f)), *want));
+    let (code, stderr) = run.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    match written {
+        Some((got, want)) => assert!(got.starts_with(want), "{got} (want {want})"),
+        None => {
+            let log = daemon_log(&sb);
+            assert!(log.contains("io_weight not set"), "{log}");
+        }
+    }
+}
+
+/// A child of the task is OOM-killed. With oom_kill_group (v2) the whole task
+/// goes with it: the main process dies of SIGKILL. Without it only the child
+/// dies and the task exits on its own (137). On v1 there is no OOM group: the
+/// option is a warning in the supervisor's log and only the child dies.
+#[test]
+fn oom_kill_group_takes_the_whole_task_on_v2() {
+    require_root!();
+    let script = "dd if=/dev/zero of=/dev/null bs=64M count=1; exit 137";
+    for group in [true, false] {
+        let parent = CgroupParent::new();
+        let sb = Sandbox::new();
+        let run = Background::start(
+            &sb,
+            &resources_job(
+                script,
+                &format!("        memory         = 32\n        oom_kill_group = {group}"),
+            ),
+            &parent,
+        );
+        let (_, stderr) = run.finish();
+        let exit = exit_of(&sb);
+        assert!(exit.oom_kills >= 1, "group={group}: {exit:?} {stderr}");
+        if group && is_v2() {
+            assert_eq!(exit.signal, Some(9), "{exit:?}");
+            assert!(exit.oom_killed, "{exit:?}");
+        } else {
+            assert_eq!(exit.exit_code, Some(137), "group={group}: {exit:?}");
+            assert!(!exit.oom_killed, "{exit:?}");
+        }
+        if group && !is_v2() {
+            let log = daemon_log(&sb);
+            assert!(log.contains("oom_kill_group needs cgroup v2"), "{log}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the agent's cgroup parent
+
+/// `tend agent` with `cgroup_parent`, expected to refuse to start: its exit
+/// code and what it said.
+fn agent_refusal(sb: &Sandbox, cgroup_parent: &str) -> (Option<i32>, String) {
+    let config = sb.data_dir().join("agent.hcl");
+    fs::write(&config, format!("cgroup_parent = \"{cgroup_parent}\"\n")).unwrap();
+    let mut child = Command::new(tend_tests::bin("tend"))
+        .arg("--data-dir")
+        .arg(sb.data_dir().join("data"))
+        .arg("--run-dir")
+        .arg(sb.run_dir())
+        .args(["agent", "--spawn-bin"])
+        .arg(tend_tests::spawn_bin())
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // An agent that starts serves until stopped: give it a bounded while.
+    let ended = wait_until(LONG, || child.try_wait().ok().flatten().is_some());
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A cgroup dir of the test's own, bound read-only onto itself; unmounted and
+/// removed on drop.
+struct ReadOnlyCgroup(PathBuf);
+
+impl ReadOnlyCgroup {
+    fn new(mount: &Path, name: &str) -> ReadOnlyCgroup {
+        let dir = mount.join(name);
+        fs::create_dir(&dir).unwrap();
+        let guard = ReadOnlyCgroup(dir.clone());
+        for args in [
+            vec!["--bind", dir.to_str().unwrap(), dir.to_str().unwrap()],
+            vec!["-o", "remount,bind,ro", dir.to_str().unwrap()],
+        ] {
+            let st = Command::new("mount").args(&args).status().unwrap();
+            assert!(st.success(), "mount {args:?}");
+        }
+        guard
+    }
+}
+
+impl Drop for ReadOnlyCgroup {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn the_agent_refuses_a_cgroup_parent_it_cannot_make_tasks_under() {
+    require_root!();
+    let sb = Sandbox::new();
+    let first_mount = if is_v2() {
+        PathBuf::from(CGROUP_ROOT)
+    } else {
+        Path::new(CGROUP_ROOT).join("memory")
+    };
+
+    // A path under a file.
+    let (code, stderr) = agent_refusal(&sb, "cgroup.procs/tasks");
+    assert_ne!(code, Some(0), "{stderr}");
+    let want = format!(
+        "cgroup parent {}: {} is not a directory",
+        first_mount.join("cgroup.procs/tasks").display(),
+        first_mount.join("cgroup.procs").display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    // A parent on a read-only mount.
+    let name = format!("tend-ro-{}", std::process::id());
+    let ro = ReadOnlyCgroup::new(&first_mount, &name);
+    let (code, stderr) = agent_refusal(&sb, &name);
+    assert_ne!(code, Some(0), "{stderr}");
+    let want = format!("cgroup parent {0}: {0} is not writable", ro.0.display());
+    assert!(stderr.contains(&want), "{stderr}");
+    drop(ro);
+
+    // v2: a parent whose subtree_control lacks the controllers, and which
+    // cannot have them: it holds a process of its own.
+    if is_v2() {
+        let parent = CgroupParent::new();
+        let dir = Path::new(CGROUP_ROOT).join(&parent.name);
+        fs::create_dir(&dir).unwrap();
+        let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+        fs::write(dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+        let (code, stderr) = agent_refusal(&sb, &parent.name);
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert_ne!(code, Some(0), "{stderr}");
+        let want = format!(
+            "cgroup parent {}: memory, pids, cpu not enabled in {}",
+            dir.display(),
+            dir.join("cgroup.subtree_control").display()
+        );
+        assert!(stderr.contains(&want), "{stderr}");
+    }
+
+    // And a usable parent starts: the check refuses only what cannot work.
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let agent = tend_tests::AgentProc::start_with_config(
+        &sb,
+        &format!("cgroup_parent = \"{}\"\n", parent.name),
+    );
+    drop(agent);
 }
 
 // ---- stats ------------------------------------------------------------------

@@ -189,6 +189,7 @@ impl World {
             memory_bytes: Some(64 << 20),
             cpu_mhz: Some(100),
             pids_max: Some(64),
+            options: Default::default(),
         });
         c
     }
@@ -196,7 +197,7 @@ impl World {
     /// Run the installed tend-spawn as `uid` (with that user's groups), `env`
     /// in its environment, `cfg` on stdin.
     fn spawn_as(&self, name: &str, cfg: &SpawnConfig, env: &[(&str, &str)]) -> Spawn {
-        let bytes = frame::encode(cfg).unwrap();
+        let bytes = cfg.to_frame().unwrap();
         let mut cmd = self.as_user(name);
         cmd.arg(&self.spawn);
         cmd.env_clear();

@@ -7,6 +7,7 @@
 //! log_level     = "info"
 //! log_format    = "json"            # or "text"
 //! cgroup_parent = "tend"
+//! cpu_total_compute = 8000          # MHz of all cores; default: cores x cpuinfo MHz
 //! env_allowlist = ["PATH", "LANG"]  # agent variables a task may ask for with ${NAME}
 //! ports {
 //!   min = 20000
@@ -112,6 +113,9 @@ pub struct AgentConfig {
     pub log_format: Option<LogFormat>,
     /// cgroup parent of every task, relative to each hierarchy's root.
     pub cgroup_parent: Option<String>,
+    /// The host's CPU in MHz, all cores together, which `cpu_hard_limit`
+    /// divides; None reads it from /proc/cpuinfo.
+    pub cpu_total_compute: Option<u64>,
     /// Dynamic port range.
     pub ports: Option<PortRange>,
     /// Host path -> task path, bound read-only into exec tasks.
@@ -181,6 +185,11 @@ impl AgentConfig {
         }
         if let Some(parent) = &cfg.cgroup_parent {
             check_cgroup_parent(parent).map_err(|e| invalid(format!("cgroup_parent: {e}")))?;
+        }
+        if cfg.cpu_total_compute == Some(0) {
+            return Err(invalid(
+                "cpu_total_compute: must be more than 0 (MHz)".into(),
+            ));
         }
         if let Some(env) = &cfg.chroot_env {
             for (src, dst) in env {

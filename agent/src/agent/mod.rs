@@ -310,6 +310,15 @@ impl Agent {
             )
         })?;
         crate::driver::docker::binds::sweep(&settings.dirs.binds_dir());
+        // Exec tasks need a cgroup parent they can be made under: say so now,
+        // in one line, rather than at every task's start. A non-root agent
+        // goes through a setuid tend-spawn, whose policy and `tend doctor`
+        // own that question.
+        if settings.config.driver_enabled("exec") && nix::unistd::geteuid().is_root() {
+            tend_spawn::cgroup::Hierarchies::detect()
+                .and_then(|h| h.check_parent(&settings.cgroup_parent))
+                .map_err(|e| AgentError::Internal(format!("exec driver: {e}")))?;
+        }
         let docker = if settings.config.driver_enabled("docker") {
             let p = settings
                 .config

@@ -460,6 +460,7 @@ async fn start_run(
         chroot_env: &inner.settings.chroot_env,
         cgroup_parent: &inner.settings.cgroup_parent,
         allow_root: inner.settings.config.exec_allows_root(),
+        cpu_total_compute: inner.settings.config.cpu_total_compute,
     }) {
         Ok(mut c) => {
             c.linger_ms = u64::try_from(inner.settings.linger.as_millis()).unwrap_or(u64::MAX);

@@ -332,6 +332,16 @@ fn check_cgroup_parent(report: &mut Report<'_>, expect: &Expect, parent: &str) {
             expect.cgroup_root.display()
         ));
     }
+    // The check a root agent makes at start: writable, controllers
+    // delegated. Only root sees what root (tend-spawn) may write.
+    if nix::unistd::geteuid().is_root() {
+        match hier.check_parent(parent) {
+            Ok(()) => report.ok(format!(
+                "cgroup parent {parent:?} can hold tasks (memory, pids, cpu)"
+            )),
+            Err(e) => report.problem(e.to_string()),
+        }
+    }
     for m in mounts {
         let dir = m.join(parent);
         if dir.is_dir() {

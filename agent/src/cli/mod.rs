@@ -54,6 +54,11 @@ pub enum Command {
         #[arg(long, env = "TEND_CGROUP_PARENT", default_value = "tend",
               value_parser = crate::agent::config::check_cgroup_parent)]
         cgroup_parent: String,
+        /// In the foreground: the host's CPU in MHz, all cores together, for
+        /// `cpu_hard_limit` [default: cores x the `cpu MHz` of /proc/cpuinfo].
+        #[arg(long, env = "TEND_CPU_TOTAL_COMPUTE",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        cpu_total_compute: Option<u64>,
     },
     /// Check a setuid install of tend-spawn: owner, group, mode, policy, cgroup
     /// parent; one line per problem, exit status 1 when anything is wrong.
@@ -224,6 +229,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             spawn_bin,
             json,
             cgroup_parent,
+            cpu_total_compute,
         } => runtime()?.block_on(async {
             if client.alive().await {
                 return run::submit(&client, &file, json, &mut out).await;
@@ -239,6 +245,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 dirs,
                 spawn_bin,
                 cgroup_parent,
+                cpu_total_compute,
             })
             .await
         }),

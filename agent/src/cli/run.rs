@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub spawn_bin: PathBuf,
     /// The cgroup parent of its tasks (`tend` by default).
     pub cgroup_parent: String,
+    /// The host's MHz, all cores, for `cpu_hard_limit` (None: /proc/cpuinfo).
+    pub cpu_total_compute: Option<u64>,
 }
 
 /// How one task ended, as far as `tend run` knows.
@@ -170,6 +172,7 @@ pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
                     prefixed,
                     chroot_env: chroot_env.clone(),
                     cgroup_parent: opts.cgroup_parent.clone(),
+                    cpu_total_compute: opts.cpu_total_compute,
                     ports,
                 };
                 match prepare(&ctx) {
@@ -271,6 +274,7 @@ struct TaskCtx {
     chroot_env: Vec<(String, String)>,
     ports: Vec<crate::ports::AssignedPort>,
     cgroup_parent: String,
+    cpu_total_compute: Option<u64>,
 }
 
 impl TaskCtx {
@@ -319,6 +323,7 @@ fn prepare(ctx: &TaskCtx) -> Result<SpawnConfig, driver::DriverError> {
         cgroup_parent: &ctx.cgroup_parent,
         // The foreground run has no agent config: the embedded defaults.
         allow_root: false,
+        cpu_total_compute: ctx.cpu_total_compute,
     })
 }
 

@@ -6,7 +6,9 @@ pub mod docker;
 use std::path::Path;
 use std::time::Duration;
 
-use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation, LogConfig};
+use tend_proto::config::{
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig,
+};
 use tend_proto::{SpawnConfig, Token};
 
 use std::collections::BTreeMap;
@@ -149,6 +151,8 @@ pub struct Launch<'a> {
     pub cgroup_parent: &'a str,
     /// Whether exec tasks may run as root (`plugin "exec" { allow_root = true }`).
     pub allow_root: bool,
+    /// The agent's `cpu_total_compute` (MHz of all cores), for `cpu_hard_limit`.
+    pub cpu_total_compute: Option<u64>,
 }
 
 /// The tend-spawn this process uses, once known (see [`use_spawn_bin`]).
@@ -373,6 +377,68 @@ pub fn check_task(
     Ok(())
 }
 
+/// The CFS period of a `cpu_hard_limit` quota, microseconds (the kernel's default).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The options of an exec task's cgroup beyond its first limits: the memory
+/// reservation, the CPU cap, the IO weight, the OOM group.
+fn cgroup_options(task: &Task, cpu_total_compute: Option<u64>) -> Result<CgroupOptions, String> {
+    let r = &task.resources;
+    let cpu_quota = if r.cpu_hard_limit {
+        let per_core = mhz_per_core(cpu_total_compute)?;
+        Some(CpuQuota {
+            quota_us: cpu_quota_us(r.cpu, per_core),
+            period_us: CPU_PERIOD_US,
+        })
+    } else {
+        None
+    };
+    Ok(CgroupOptions {
+        memory_soft_bytes: r.memory_max.map(|_| r.memory.saturating_mul(1024 * 1024)),
+        cpu_quota,
+        io_weight: r.io_weight,
+        oom_kill_group: r.oom_kill_group,
+    })
+}
+
+/// The hard memory limit of an exec task in bytes: `memory_max` when set (then
+/// `memory` is the soft limit), else `memory`.
+fn memory_hard_bytes(task: &Task) -> u64 {
+    let r = &task.resources;
+    r.memory_max.unwrap_or(r.memory).saturating_mul(1024 * 1024)
+}
+
+/// A task's CFS quota: its share of one core's MHz, times the period.
+/// `cpu = 500` on 2000 MHz cores is a quarter core: 25000 us per 100000 us.
+/// Never under the kernel's 1000 us floor.
+pub fn cpu_quota_us(cpu_mhz: u64, mhz_per_core: u64) -> u64 {
+    let quota = u128::from(CPU_PERIOD_US) * u128::from(cpu_mhz) / u128::from(mhz_per_core.max(1));
+    u64::try_from(quota).unwrap_or(u64::MAX).max(1000)
+}
+
+/// One core's MHz: the agent's `cpu_total_compute` over the online cores, or
+/// the first `cpu MHz` of /proc/cpuinfo.
+fn mhz_per_core(cpu_total_compute: Option<u64>) -> Result<u64, String> {
+    if let Some(total) = cpu_total_compute {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return Ok((total / u64::try_from(cores).unwrap_or(1)).max(1));
+    }
+    let text = std::fs::read_to_string("/proc/cpuinfo")
+        .map_err(|e| format!("cpu_hard_limit: reading /proc/cpuinfo: {e}"))?;
+    cpuinfo_mhz(&text).ok_or_else(|| {
+        "cpu_hard_limit: /proc/cpuinfo gives no \"cpu MHz\": set cpu_total_compute (MHz of all cores) in the agent config".to_string()
+    })
+}
+
+/// The first `cpu MHz : N` of a /proc/cpuinfo text, rounded down, if above 0.
+fn cpuinfo_mhz(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == "cpu MHz")
+        .and_then(|(_, v)| v.trim().split('.').next()?.parse::<u64>().ok())
+        .filter(|m| *m > 0)
+}
+
 /// The pids.max an exec task's cgroup asks for: the job's `pids_limit`, else
 /// [`crate::jobspec::model::DEFAULT_PIDS_LIMIT`] as root; in setuid mode
 /// (not root) none, which a setuid tend-spawn's policy fills with its
@@ -405,12 +471,13 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
                 // the design asks, without a mkdir/rmdir per task and hierarchy
                 // (tend-spawn's Hierarchies::is_shared_daemon_path).
                 daemon_path: Some(format!("{base}/tend-spawn")),
-                memory_bytes: Some(task.resources.memory.saturating_mul(1024 * 1024)),
+                memory_bytes: Some(memory_hard_bytes(task)),
                 cpu_mhz: Some(task.resources.cpu),
                 pids_max: exec_pids_max(
                     task.resources.pids_limit,
                     nix::unistd::geteuid().is_root(),
                 ),
+                options: cgroup_options(task, l.cpu_total_compute).map_err(|r| unavailable(&r))?,
             };
             ("/".to_string(), Some(iso), Some(cgroup))
         }
@@ -478,5 +545,25 @@ mod tests {
             resolve_command("no-such-program-here", &[], Path::new("/")),
             None
         );
+    }
+
+    #[test]
+    fn cpu_quota_is_the_share_of_one_core() {
+        // A quarter of a 2000 MHz core; two whole cores; never under 1000 us.
+        assert_eq!(cpu_quota_us(500, 2000), 25_000);
+        assert_eq!(cpu_quota_us(4000, 2000), 200_000);
+        assert_eq!(cpu_quota_us(1, 3000), 1000);
+        assert_eq!(cpu_quota_us(u64::MAX, 1), u64::MAX);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let cores = u64::try_from(cores).unwrap();
+        assert_eq!(mhz_per_core(Some(8000 * cores)).unwrap(), 8000);
+    }
+
+    #[test]
+    fn cpuinfo_mhz_is_the_first_cpu_mhz_line() {
+        let text = "processor\t: 0\nmodel name\t: X\ncpu MHz\t\t: 2596.146\n\nprocessor\t: 1\ncpu MHz\t\t: 1200.000\n";
+        assert_eq!(cpuinfo_mhz(text), Some(2596));
+        assert_eq!(cpuinfo_mhz("processor\t: 0\nBogoMIPS\t: 50.00\n"), None);
+        assert_eq!(cpuinfo_mhz("cpu MHz\t: 0.000\n"), None);
     }
 }

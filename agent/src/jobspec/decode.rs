@@ -494,7 +494,15 @@ fn decode_resources(c: &mut Collector<'_>, b: &Block, path: &str) -> (Resources,
         c,
         &b.body,
         path,
-        &["cpu", "memory", "pids_limit"],
+        &[
+            "cpu",
+            "memory",
+            "memory_max",
+            "cpu_hard_limit",
+            "io_weight",
+            "oom_kill_group",
+            "pids_limit",
+        ],
         &["network"],
     );
     let mut r = Resources::default();
@@ -508,6 +516,38 @@ fn decode_resources(c: &mut Collector<'_>, b: &Block, path: &str) -> (Resources,
     r.pids_limit = v
         .attr("pids_limit")
         .and_then(|a| positive(c, &a.value, &sub(path, "pids_limit"), ""));
+    if let Some(a) = v.attr("memory_max") {
+        let p = sub(path, "memory_max");
+        r.memory_max = positive(c, &a.value, &p, " (MB)");
+        if r.memory_max.is_some_and(|max| max < r.memory) {
+            c.error(
+                a.value.at,
+                &p,
+                format!(
+                    "must be at least memory ({} MB): memory is the reservation, memory_max the hard limit",
+                    r.memory
+                ),
+            );
+        }
+    }
+    let flag = |name: &str, c: &mut Collector<'_>| {
+        v.attr(name)
+            .and_then(|a| boolean(c, &a.value, &sub(path, name)))
+            .unwrap_or(false)
+    };
+    r.cpu_hard_limit = flag("cpu_hard_limit", c);
+    r.oom_kill_group = flag("oom_kill_group", c);
+    if let Some(a) = v.attr("io_weight") {
+        r.io_weight = int_in(
+            c,
+            &a.value,
+            &sub(path, "io_weight"),
+            1,
+            10_000,
+            "an integer 1-10000",
+        )
+        .and_then(|n| u16::try_from(n).ok());
+    }
     let mut statics = Vec::new();
     if let Some(nb) = v.single_block(c, "network", path) {
         let npath = sub(path, "network");

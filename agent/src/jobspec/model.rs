@@ -196,8 +196,23 @@ pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
 pub struct Resources {
     /// CPU in MHz (default 100).
     pub cpu: u64,
-    /// Memory in MB (default 300).
+    /// Memory in MB (default 300): the hard limit, or with `memory_max` the
+    /// reservation (soft limit).
     pub memory: u64,
+    /// `memory_max`: the hard memory limit in MB, at least `memory` (Nomad's
+    /// oversubscription); None makes `memory` the hard limit.
+    #[serde(default)]
+    pub memory_max: Option<u64>,
+    /// `cpu_hard_limit`: cap the task at its `cpu` share of the host's MHz,
+    /// not only weigh it.
+    #[serde(default)]
+    pub cpu_hard_limit: bool,
+    /// `io_weight`: 1-10000 (io.weight on v2, blkio.weight scaled on v1).
+    #[serde(default)]
+    pub io_weight: Option<u16>,
+    /// `oom_kill_group`: an OOM kill takes the whole task (memory.oom.group, v2).
+    #[serde(default)]
+    pub oom_kill_group: bool,
     /// pids.max of the task's cgroup, when the job names one. Unnamed: 4096
     /// ([`DEFAULT_PIDS_LIMIT`]) as root; in setuid mode, the policy's
     /// `default_pids` (docs/setuid.md).
@@ -212,6 +227,10 @@ impl Default for Resources {
         Resources {
             cpu: 100,
             memory: 300,
+            memory_max: None,
+            cpu_hard_limit: false,
+            io_weight: None,
+            oom_kill_group: false,
             pids_limit: None,
             ports: Vec::new(),
         }

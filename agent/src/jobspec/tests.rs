@@ -322,7 +322,7 @@ fn unknown_attribute_in_resources() {
         9,
         9,
         "job.web.group.g.task.t.resources.disk",
-        "unknown attribute \"disk\" (expected one of: cpu, memory, pids_limit)",
+        "unknown attribute \"disk\" (expected one of: cpu, memory, memory_max, cpu_hard_limit, io_weight, oom_kill_group, pids_limit)",
     );
 }
 
@@ -598,7 +598,7 @@ fn a_job_with_three_errors_reports_three() {
         [
             "t.hcl:8:22: job.web.group.g.task.t.kill_timeout: bad duration \"5x\": expected a duration such as \"5s\", \"100ms\", \"1m30s\" or \"2h\" (units ns, us, ms, s, m, h)",
             "t.hcl:10:18: job.web.group.g.task.t.resources.memory: must be a positive integer (MB), got -5",
-            "t.hcl:11:9: job.web.group.g.task.t.resources.bogus: unknown attribute \"bogus\" (expected one of: cpu, memory, pids_limit)",
+            "t.hcl:11:9: job.web.group.g.task.t.resources.bogus: unknown attribute \"bogus\" (expected one of: cpu, memory, memory_max, cpu_hard_limit, io_weight, oom_kill_group, pids_limit)",
         ]
     );
 }
@@ -907,4 +907,61 @@ proptest::proptest! {
         s.insert_str(at, &insert);
         let _ = parse_str(&s, "p");
     }
+}
+
+#[test]
+fn resource_options_decode() {
+    let job = parse_str(
+        &task_with(
+            "      resources {\n        memory = 64\n        memory_max = 128\n        cpu_hard_limit = true\n        io_weight = 500\n        oom_kill_group = true\n      }",
+        ),
+        "t.hcl",
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let r = &job.groups[0].tasks[0].resources;
+    assert_eq!((r.memory, r.memory_max), (64, Some(128)));
+    assert!(r.cpu_hard_limit && r.oom_kill_group);
+    assert_eq!(r.io_weight, Some(500));
+    let d = Resources::default();
+    assert_eq!(
+        (
+            d.memory_max,
+            d.cpu_hard_limit,
+            d.io_weight,
+            d.oom_kill_group
+        ),
+        (None, false, None, false)
+    );
+}
+
+#[test]
+fn resource_options_are_checked_where_they_are_written() {
+    one_err(
+        &task_with("      resources {\n        memory = 64\n        memory_max = 32\n      }"),
+        10,
+        22,
+        "job.web.group.g.task.t.resources.memory_max",
+        "must be at least memory (64 MB)",
+    );
+    one_err(
+        &task_with("      resources {\n        io_weight = 0\n      }"),
+        9,
+        21,
+        "job.web.group.g.task.t.resources.io_weight",
+        "must be an integer 1-10000, got 0",
+    );
+    one_err(
+        &task_with("      resources {\n        io_weight = 10001\n      }"),
+        9,
+        21,
+        "job.web.group.g.task.t.resources.io_weight",
+        "must be an integer 1-10000",
+    );
+    one_err(
+        &task_with("      resources {\n        cpu_hard_limit = \"yes\"\n      }"),
+        9,
+        26,
+        "job.web.group.g.task.t.resources.cpu_hard_limit",
+        "must be true or false",
+    );
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tend_proto::frame::{self, FrameDecoder, FrameError};
+use tend_proto::frame::{FrameDecoder, FrameError};
 use tend_proto::{SpawnConfig, StartReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -100,7 +100,7 @@ fn where_looked(bin: &Path) -> String {
 /// task or the agent reaches its /proc/PID/environ), write `config` on its stdin,
 /// and return its report. A `Failed` report is a normal outcome, not an error.
 pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<StartReport, LaunchError> {
-    let bytes = frame::encode(config).map_err(|source| LaunchError::Send {
+    let bytes = config.to_frame().map_err(|source| LaunchError::Send {
         bin: bin.to_path_buf(),
         source,
     })?;

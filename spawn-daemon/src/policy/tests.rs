@@ -235,6 +235,7 @@ impl Tree {
             memory_bytes: Some(256 * 1024 * 1024),
             cpu_mhz: None,
             pids_max: Some(50),
+            options: Default::default(),
         });
         c.isolation = Some(Isolation {
             user: "nobody".into(),

@@ -364,8 +364,11 @@ pub fn create_body(
         }
     }
 
-    let memory =
-        i64::try_from(task.resources.memory.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+    let mb = |mb: u64| i64::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
+    let r = &task.resources;
+    // As the exec driver: with memory_max, memory is the reservation.
+    let memory = mb(r.memory_max.unwrap_or(r.memory));
+    let memory_reservation = r.memory_max.map(|_| mb(r.memory));
     // The kernel's floor for cpu.shares is 2.
     let cpu_shares = i64::try_from(task.resources.cpu.max(2)).unwrap_or(i64::MAX);
     let engine_log_mb = task
@@ -379,6 +382,7 @@ pub fn create_body(
     let host_config = HostConfig {
         memory: Some(memory),
         memory_swap: Some(memory),
+        memory_reservation,
         cpu_shares: Some(cpu_shares),
         binds: Some(binds.iter().map(HostBind::to_engine).collect()),
         network_mode: Some(mode.to_string()),
@@ -472,6 +476,10 @@ mod tests {
                 cpu: 250,
                 memory: 64,
                 pids_limit: Some(100),
+                memory_max: None,
+                cpu_hard_limit: false,
+                io_weight: None,
+                oom_kill_group: false,
                 ports: vec![
                     Port {
                         label: "http".into(),
@@ -547,6 +555,19 @@ mod tests {
         let e = body_of(opts, t).unwrap_err().to_string();
         assert_eq!(check(opts, t).unwrap_err().to_string(), e);
         e
+    }
+
+    #[test]
+    fn memory_max_is_the_containers_limit_and_memory_its_reservation() {
+        let mut t = task();
+        let (_, b) = body_of(&DockerOptions::default(), &t).unwrap();
+        assert_eq!(b.host_config.unwrap().memory_reservation, None);
+        t.resources.memory_max = Some(128);
+        let (_, b) = body_of(&DockerOptions::default(), &t).unwrap();
+        let h = b.host_config.unwrap();
+        assert_eq!(h.memory, Some(128 * 1024 * 1024));
+        assert_eq!(h.memory_swap, h.memory);
+        assert_eq!(h.memory_reservation, Some(64 * 1024 * 1024));
     }
 
     #[test]
