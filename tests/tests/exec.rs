@@ -1973,6 +1973,10 @@ fn tend_stats_figures_match_the_cgroup_files_of_a_busy_task() {
             t["io"]["read_bytes"].is_u64(),
             "{v:#}"
         );
+    } else {
+        let blkio = Path::new(CGROUP_ROOT).join("blkio").join(&rel);
+        let has = blkio.join("blkio.throttle.io_service_bytes").is_file();
+        assert_eq!(has, t["io"]["read_bytes"].is_u64(), "{v:#}");
     }
 
     // CPU use grows between two asks.

@@ -69,8 +69,14 @@ impl TaskCgroup {
                     s.memory.file = keyed_u64(&p, &t, "total_cache")?;
                     s.memory.swap = keyed_u64(&p, &t, "total_swap")?;
                 }
-                // tend makes no blkio cgroup on v1: the task's io is counted
-                // with its parent's, so there is nothing of its own to report.
+                let blkio = |name: &str| file(Controller::Blkio, name);
+                let bytes = match read_at(blkio("blkio.throttle.io_service_bytes_recursive"))? {
+                    Some(f) => Some(f),
+                    None => read_at(blkio("blkio.throttle.io_service_bytes"))?,
+                };
+                if let Some((p, t)) = bytes {
+                    s.io = parse_blkio_bytes(&p, &t)?;
+                }
             }
         }
         s.pids = single(file(Controller::Pids, "pids.current"))?;
@@ -143,6 +149,25 @@ fn parse_io_stat(path: &Path, text: &str) -> Result<IoStats> {
             };
             *slot = slot.saturating_add(parse_u64(path, value)?);
         }
+    }
+    Ok(IoStats {
+        read_bytes: Some(read),
+        write_bytes: Some(write),
+    })
+}
+
+/// blkio.throttle.io_service_bytes: "MAJ:MIN Read N" and "MAJ:MIN Write N"
+/// per device (then Sync, Async, Discard, Total), and a last "Total N".
+fn parse_blkio_bytes(path: &Path, text: &str) -> Result<IoStats> {
+    let (mut read, mut write) = (0u64, 0u64);
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let slot = match f.as_slice() {
+            [_, "Read", _] => &mut read,
+            [_, "Write", _] => &mut write,
+            _ => continue,
+        };
+        *slot = slot.saturating_add(parse_u64(path, f[2])?);
     }
     Ok(IoStats {
         read_bytes: Some(read),
@@ -280,7 +305,7 @@ mod tests {
     fn v1_tree_every_figure_and_no_psi() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        for c in ["memory", "cpu", "cpuacct", "pids"] {
+        for c in ["memory", "cpu", "cpuacct", "pids", "blkio"] {
             put(&root.join(c), &[("cgroup.procs", "")]);
         }
         let task = |c: &str| root.join(c).join("tend/a/web");
@@ -312,6 +337,13 @@ mod tests {
             ],
         );
         put(&task("pids"), &[("pids.current", "3\n")]);
+        put(
+            &task("blkio"),
+            &[(
+                "blkio.throttle.io_service_bytes",
+                "8:0 Read 10\n8:0 Write 20\n8:0 Total 30\nTotal 30\n",
+            )],
+        );
         let s = open(root).stats().unwrap();
         assert_eq!(s.cgroup_version, Some(1));
         assert_eq!(s.cpu.usage_us, Some(2_500_000));
@@ -326,7 +358,7 @@ mod tests {
         assert_eq!(s.memory.file, Some(2_097_152));
         assert_eq!(s.memory.swap, Some(0));
         assert_eq!(s.pids, Some(3));
-        assert_eq!(s.io, IoStats::default());
+        assert_eq!((s.io.read_bytes, s.io.write_bytes), (Some(10), Some(20)));
         assert_eq!(s.psi, PsiStats::default());
     }
 
@@ -389,6 +421,18 @@ mod tests {
         assert_eq!(got.write_bytes, Some(1_048_576));
         let empty = parse_io_stat(Path::new("/fake/io.stat"), "").unwrap();
         assert_eq!(empty.read_bytes, Some(0));
+    }
+
+    #[test]
+    fn blkio_bytes_sum_read_and_write_of_every_device() {
+        let t = "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Async 12288\n8:0 Discard 0\n\
+                 8:0 Total 12288\n8:16 Read 1\n8:16 Write 2\n8:16 Total 3\nTotal 12291\n";
+        let got = parse_blkio_bytes(Path::new("/fake/blkio"), t).unwrap();
+        assert_eq!((got.read_bytes, got.write_bytes), (Some(4097), Some(8194)));
+        let empty = parse_blkio_bytes(Path::new("/fake/blkio"), "Total 0\n").unwrap();
+        assert_eq!((empty.read_bytes, empty.write_bytes), (Some(0), Some(0)));
+        let e = parse_blkio_bytes(Path::new("/fake/blkio"), "8:0 Read lots\n").unwrap_err();
+        assert!(e.to_string().contains("/fake/blkio"), "{e}");
     }
 
     #[test]
