@@ -221,6 +221,8 @@ pub enum Request {
     Stats,
     /// The agent has recorded the exit; the daemon may leave.
     Release,
+    /// Answered by [`Response::StatsV2`]: every figure of the task's cgroup.
+    StatsV2,
 }
 
 /// Where the task is in its life.
@@ -265,6 +267,102 @@ pub struct Stats {
     pub pids: Option<u64>,
 }
 
+/// Answer to [`Request::StatsV2`]: what the task's cgroup files say, each
+/// read once when asked. A figure the host does not offer is None (no
+/// cgroup at all: every one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupStats {
+    /// 1 or 2 for the hierarchy the figures come from; None without a cgroup.
+    pub cgroup_version: Option<u8>,
+    /// CPU time and throttling.
+    pub cpu: CpuStats,
+    /// Memory use and limit.
+    pub memory: MemoryStats,
+    /// Processes in the cgroup (pids.current).
+    pub pids: Option<u64>,
+    /// Bytes read from and written to block devices.
+    pub io: IoStats,
+    /// Pressure stall information (v2 only).
+    pub psi: PsiStats,
+}
+
+/// CPU figures of a cgroup, microseconds unless said otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuStats {
+    /// All CPU time (v2 cpu.stat usage_usec, v1 cpuacct.usage).
+    pub usage_us: Option<u64>,
+    /// Time in user mode (v2 user_usec, v1 cpuacct.stat user).
+    pub user_us: Option<u64>,
+    /// Time in the kernel (v2 system_usec, v1 cpuacct.stat system).
+    pub system_us: Option<u64>,
+    /// Enforcement periods that have passed (cpu.stat nr_periods).
+    pub periods: Option<u64>,
+    /// Periods in which the cgroup was throttled (cpu.stat nr_throttled).
+    pub throttled_periods: Option<u64>,
+    /// Time spent throttled (v2 throttled_usec, v1 throttled_time / 1000).
+    pub throttled_us: Option<u64>,
+}
+
+/// Memory figures of a cgroup, bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryStats {
+    /// In use now (v2 memory.current, v1 memory.usage_in_bytes).
+    pub current: Option<u64>,
+    /// Highest use seen (v2 memory.peak, v1 memory.max_usage_in_bytes).
+    pub peak: Option<u64>,
+    /// The limit; None when there is none (v2 memory.max, v1 memory.limit_in_bytes).
+    pub limit: Option<u64>,
+    /// Anonymous memory (memory.stat anon, v1 total_rss).
+    pub anon: Option<u64>,
+    /// Page cache (memory.stat file, v1 total_cache).
+    pub file: Option<u64>,
+    /// Swap in use (v2 memory.swap.current, v1 total_swap of memory.stat).
+    pub swap: Option<u64>,
+}
+
+/// Block I/O of a cgroup, bytes, summed over devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoStats {
+    /// Read (v2 io.stat rbytes, v1 blkio.throttle.io_service_bytes Read).
+    pub read_bytes: Option<u64>,
+    /// Written (v2 io.stat wbytes, v1 blkio.throttle.io_service_bytes Write).
+    pub write_bytes: Option<u64>,
+}
+
+/// Pressure of each resource (cpu.pressure, memory.pressure, io.pressure).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsiStats {
+    /// cpu.pressure.
+    pub cpu: Option<Pressure>,
+    /// memory.pressure.
+    pub memory: Option<Pressure>,
+    /// io.pressure.
+    pub io: Option<Pressure>,
+}
+
+/// One pressure file: its `some` line and, where the kernel writes one, `full`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pressure {
+    /// Some task stalled.
+    pub some: PressureLine,
+    /// Every task stalled.
+    pub full: Option<PressureLine>,
+}
+
+/// One line of a pressure file. The averages are in hundredths of a percent,
+/// as exact as the kernel prints them ("avg10=1.25" is 125).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PressureLine {
+    /// Share of the last 10 s, hundredths of a percent.
+    pub avg10: u32,
+    /// Share of the last 60 s, hundredths of a percent.
+    pub avg60: u32,
+    /// Share of the last 300 s, hundredths of a percent.
+    pub avg300: u32,
+    /// Stalled time in all, microseconds.
+    pub total_us: u64,
+}
+
 /// The daemon's answer to the client's [`Hello`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
@@ -302,6 +400,8 @@ pub enum Response {
         /// [`crate::ExitStatus::oom_kills`].
         oom_kills: u64,
     },
+    /// Answer to [`Request::StatsV2`].
+    StatsV2(Box<CgroupStats>),
 }
 
 impl Response {

@@ -106,6 +106,7 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(signal, grace_ms)| Request::Stop { signal, grace_ms }),
         Just(Request::Stats),
         Just(Request::Release),
+        Just(Request::StatsV2),
     ]
 }
 

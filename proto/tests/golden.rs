@@ -21,7 +21,10 @@ use tend_proto::config::{
     Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig,
 };
 use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
-use tend_proto::msg::{Stats, Status, TaskState, Welcome};
+use tend_proto::msg::{
+    CgroupStats, CpuStats, IoStats, MemoryStats, Pressure, PressureLine, PsiStats, Stats, Status,
+    TaskState, Welcome,
+};
 use tend_proto::{
     ExitStatus, ExitStatusV1, Hello, Instance, Request, Response, SpawnConfig, Stage, StartReport,
     Token, PROTOCOL_VERSION,
@@ -451,7 +454,9 @@ fn spawn_config_options_case() -> Case {
 // add the name to the list beside it, and add a fixture below; the coverage tests
 // fail until every listed variant has one.
 
-const REQUEST_VARIANTS: &[&str] = &["Status", "Wait", "Signal", "Stop", "Stats", "Release"];
+const REQUEST_VARIANTS: &[&str] = &[
+    "Status", "Wait", "Signal", "Stop", "Stats", "Release", "StatsV2",
+];
 fn request_variant(r: &Request) -> &'static str {
     match r {
         Request::Status => "Status",
@@ -460,6 +465,7 @@ fn request_variant(r: &Request) -> &'static str {
         Request::Stop { .. } => "Stop",
         Request::Stats => "Stats",
         Request::Release => "Release",
+        Request::StatsV2 => "StatsV2",
     }
 }
 
@@ -471,6 +477,7 @@ const RESPONSE_VARIANTS: &[&str] = &[
     "Exited",
     "Error",
     "ExitedWithOomKills",
+    "StatsV2",
 ];
 fn response_variant(r: &Response) -> &'static str {
     match r {
@@ -481,6 +488,7 @@ fn response_variant(r: &Response) -> &'static str {
         Response::Exited(_) => "Exited",
         Response::Error(_) => "Error",
         Response::ExitedWithOomKills { .. } => "ExitedWithOomKills",
+        Response::StatsV2(_) => "StatsV2",
     }
 }
 
@@ -527,6 +535,7 @@ fn request_values() -> Vec<(&'static str, Request)> {
         ),
         ("request_stats", Request::Stats),
         ("request_release", Request::Release),
+        ("request_stats_v2", Request::StatsV2),
     ]
 }
 
@@ -601,6 +610,91 @@ fn response_values() -> Vec<(&'static str, Response)> {
                 exit: exit_child_oom_killed(),
                 oom_kills: 2,
             },
+        ),
+        (
+            "response_stats_v2_full",
+            Response::StatsV2(Box::new(CgroupStats {
+                cgroup_version: Some(2),
+                cpu: CpuStats {
+                    usage_us: Some(1_234_567),
+                    user_us: Some(1_000_000),
+                    system_us: Some(234_567),
+                    periods: Some(40),
+                    throttled_periods: Some(7),
+                    throttled_us: Some(350_000),
+                },
+                memory: MemoryStats {
+                    current: Some(50 * 1024 * 1024),
+                    peak: Some(64 * 1024 * 1024),
+                    limit: Some(256 * 1024 * 1024),
+                    anon: Some(48 * 1024 * 1024),
+                    file: Some(2 * 1024 * 1024),
+                    swap: Some(0),
+                },
+                pids: Some(3),
+                io: IoStats {
+                    read_bytes: Some(4096),
+                    write_bytes: Some(1 << 20),
+                },
+                psi: PsiStats {
+                    cpu: Some(Pressure {
+                        some: PressureLine {
+                            avg10: 125,
+                            avg60: 50,
+                            avg300: 10,
+                            total_us: 987_654,
+                        },
+                        full: Some(PressureLine {
+                            avg10: 0,
+                            avg60: 0,
+                            avg300: 0,
+                            total_us: 12,
+                        }),
+                    }),
+                    memory: Some(Pressure {
+                        some: PressureLine {
+                            avg10: 0,
+                            avg60: 0,
+                            avg300: 0,
+                            total_us: 0,
+                        },
+                        full: None,
+                    }),
+                    io: None,
+                },
+            })),
+        ),
+        (
+            "response_stats_v2_empty",
+            Response::StatsV2(Box::new(CgroupStats {
+                cgroup_version: None,
+                cpu: CpuStats {
+                    usage_us: None,
+                    user_us: None,
+                    system_us: None,
+                    periods: None,
+                    throttled_periods: None,
+                    throttled_us: None,
+                },
+                memory: MemoryStats {
+                    current: None,
+                    peak: None,
+                    limit: None,
+                    anon: None,
+                    file: None,
+                    swap: None,
+                },
+                pids: None,
+                io: IoStats {
+                    read_bytes: None,
+                    write_bytes: None,
+                },
+                psi: PsiStats {
+                    cpu: None,
+                    memory: None,
+                    io: None,
+                },
+            })),
         ),
     ]
 }

@@ -31,6 +31,8 @@ use nix::errno::Errno;
 use nix::unistd::{getpid, Pid};
 use tend_proto::config::CgroupSpec;
 
+mod stats;
+
 /// Where cgroup hierarchies are mounted on a host.
 pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
 

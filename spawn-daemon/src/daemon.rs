@@ -16,7 +16,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::{fchmod, mkdirat, Mode};
 use nix::unistd::{getpid, Pid};
 use tend_proto::config::CgroupSpec;
-use tend_proto::msg::{Stats, Status, TaskState, Welcome};
+use tend_proto::msg::{CgroupStats, Stats, Status, TaskState, Welcome};
 use tend_proto::{
     names, ExitStatus, Instance, SpawnConfig, Stage, StartReport, Token, PROTOCOL_VERSION,
 };
@@ -385,27 +385,23 @@ impl Handler for Daemon {
     }
 
     fn stats(&self) -> Stats {
-        let none = Stats {
-            memory_bytes: None,
-            memory_peak_bytes: None,
-            cpu_usage_us: None,
-            pids: None,
-        };
-        let Some(g) = self.cgroup.as_ref().filter(|g| !g.removed) else {
-            return none;
-        };
-        match g.cg.usage() {
-            Ok(u) => Stats {
-                memory_bytes: u.memory_bytes,
-                memory_peak_bytes: u.memory_peak_bytes,
-                cpu_usage_us: u.cpu_usec,
-                pids: u.pids,
-            },
-            Err(e) => {
-                warn!(error = %e, "cgroup usage");
-                none
-            }
+        let s = self.cgroup_stats();
+        Stats {
+            memory_bytes: s.memory.current,
+            memory_peak_bytes: s.memory.peak,
+            cpu_usage_us: s.cpu.usage_us,
+            pids: s.pids,
         }
+    }
+
+    fn cgroup_stats(&self) -> CgroupStats {
+        let Some(g) = self.cgroup.as_ref().filter(|g| !g.removed) else {
+            return CgroupStats::default();
+        };
+        g.cg.stats().unwrap_or_else(|e| {
+            warn!(error = %e, "cgroup stats");
+            CgroupStats::default()
+        })
     }
 
     fn exit(&self) -> Option<ExitStatus> {

@@ -17,7 +17,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tend_proto::frame::{
     self, Frame, FrameDecoder, MAX_FRAME_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
-use tend_proto::msg::{Stats, Status, Welcome};
+use tend_proto::msg::{CgroupStats, Stats, Status, Welcome};
 use tend_proto::{ExitStatus, Hello, Request, Response, Token};
 
 use crate::clock::Clock;
@@ -138,6 +138,8 @@ pub trait Handler {
     fn status(&self) -> Status;
     /// The answer to Stats.
     fn stats(&self) -> Stats;
+    /// The answer to StatsV2.
+    fn cgroup_stats(&self) -> CgroupStats;
     /// The exit, once recorded.
     fn exit(&self) -> Option<ExitStatus>;
     /// Signal the task's main process.
@@ -195,6 +197,7 @@ impl Session {
         match req {
             Request::Status => vec![Response::Status(h.status())],
             Request::Stats => vec![Response::Stats(h.stats())],
+            Request::StatsV2 => vec![Response::StatsV2(Box::new(h.cgroup_stats()))],
             Request::Wait => {
                 self.waiting = true;
                 let mut out = vec![Response::Ok];
@@ -479,6 +482,12 @@ mod tests {
                 pids: None,
             }
         }
+        fn cgroup_stats(&self) -> CgroupStats {
+            CgroupStats {
+                pids: Some(2),
+                ..CgroupStats::default()
+            }
+        }
         fn exit(&self) -> Option<ExitStatus> {
             self.exit.clone()
         }
@@ -532,6 +541,18 @@ mod tests {
         assert_eq!(h.signals, vec![10]);
         let out = s.on_frame(&frame_of(&Request::Release), &mut h);
         assert_eq!(out, vec![Response::Error("task still running".into())]);
+        assert!(!s.closing);
+    }
+
+    #[test]
+    fn stats_and_stats_v2_both_answer() {
+        let mut h = fake();
+        let mut s = Session::default();
+        s.on_frame(&hello([3; 32], PROTOCOL_VERSION), &mut h);
+        let old = s.on_frame(&frame_of(&Request::Stats), &mut h);
+        assert!(matches!(old[..], [Response::Stats(_)]), "{old:?}");
+        let new = s.on_frame(&frame_of(&Request::StatsV2), &mut h);
+        assert_eq!(new, vec![Response::StatsV2(Box::new(h.cgroup_stats()))]);
         assert!(!s.closing);
     }
 

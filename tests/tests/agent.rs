@@ -1222,3 +1222,107 @@ fn an_agent_clears_the_binds_a_dead_agent_left_staged() {
     assert_eq!(fs::read_to_string(src.join("keep")).expect("kept"), "kept");
     assert_eq!(fs::read_to_string(&file_src).expect("kept"), "kept");
 }
+
+#[test]
+fn api_stats_answer_per_task_stream_until_the_client_leaves_and_refuse_bad_input() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let file = write_job(
+        &sb,
+        "idle.hcl",
+        &job(
+            "idle",
+            1,
+            NO_RESTART,
+            &sh_task("s", "exec /bin/sleep 300", ""),
+        ),
+    );
+    let id = submit(&agent, &file).remove(0);
+    wait_task(&agent, &id, "s", running);
+
+    let v = agent.get_json(&format!("/v1/allocations/{}/stats", &id[..8]));
+    assert_eq!(v["id"], id.as_str(), "{v:#}");
+    let t = &v["tasks"][0];
+    assert_eq!(
+        (&t["task"], &t["state"]),
+        (&"s".into(), &"running".into()),
+        "{v:#}"
+    );
+    assert!(t["reason"].is_null(), "{v:#}");
+    // With a cgroup the figures are there; a raw_exec task without one
+    // (not root) answers with nulls, not an error.
+    assert_eq!(t["cgroup_version"].is_null(), t["pids"].is_null(), "{v:#}");
+    assert_eq!(
+        t["cgroup_version"].is_null(),
+        t["memory"]["current"].is_null(),
+        "{v:#}"
+    );
+
+    for (target, status, words) in [
+        (
+            format!("/v1/allocations/{id}/stats?interval=fast"),
+            400,
+            "interval",
+        ),
+        (
+            format!("/v1/allocations/{id}/stats?follow=maybe"),
+            400,
+            "follow",
+        ),
+        ("/v1/allocations/nope/stats".to_string(), 404, "nope"),
+    ] {
+        let r = agent.http("GET", &target, b"");
+        assert_eq!(r.status, status, "{target}: {}", r.text());
+        assert!(r.text().contains(words), "{target}: {}", r.text());
+    }
+    assert_eq!(
+        agent
+            .http("POST", &format!("/v1/allocations/{id}/stats"), b"")
+            .status,
+        405
+    );
+
+    // The stream: a line per interval, and the agent lets go when the reader leaves.
+    let sock = sb.run_dir().join("tend.sock");
+    let mut s = UnixStream::connect(&sock).expect("connect");
+    s.write_all(
+        format!(
+            "GET /v1/allocations/{id}/stats/stream?interval=100ms HTTP/1.1\r\nHost: tend\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    s.set_read_timeout(Some(LONG)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let lines = |got: &[u8]| {
+        String::from_utf8_lossy(got)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["id"] == id.as_str())
+            .count()
+    };
+    while lines(&got) < 3 {
+        let n = s.read(&mut buf).expect("read the stream");
+        assert!(n > 0, "the stream ended: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    drop(s);
+    assert!(
+        wait_until(LONG, || api_connections(&agent, &sock) == 0),
+        "the agent still holds {} API connections",
+        api_connections(&agent, &sock)
+    );
+
+    let out = agent.cli(&["stop", &id]);
+    assert!(out.status.success(), "{out:?}");
+    wait_task(&agent, &id, "s", dead);
+    let v = agent.get_json(&format!("/v1/allocations/{id}/stats"));
+    assert_eq!(v["tasks"][0]["reason"], "the task is dead", "{v:#}");
+    assert!(v["tasks"][0]["cpu"]["usage_us"].is_null(), "{v:#}");
+}

@@ -426,3 +426,58 @@ fn caps_and_a_task_dir_volume_reach_the_container_and_host_asks_are_refused_at_s
     );
     assert!(containers_labelled(&run_label).is_empty());
 }
+
+#[test]
+fn a_containers_stats_come_from_the_engine_and_match_docker_stats() {
+    if !root_and_engine() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let a = agent(&sb);
+    // Three processes: the shell and its two sleeps.
+    let job = format!(
+        r#"job "s" {{
+  group "g" {{
+    restart {{
+      attempts = 0
+    }}
+    task "c" {{
+      driver = "docker"
+      config {{
+        image   = "{IMAGE}"
+        command = "/bin/sh"
+        args    = ["-c", "sleep 300 & sleep 300 & wait"]
+      }}
+    }}
+  }}
+}}
+"#
+    );
+    let id = submit(&a, &sb, &job);
+    let _guard = Containers(vec![alloc_label(&id)]);
+    let mut v = Value::Null;
+    let ok = wait_until(LONG, || {
+        v = a.get_json(&format!("/v1/allocations/{id}/stats"));
+        v["tasks"][0]["pids"].as_u64() == Some(3)
+    });
+    assert!(ok, "the container's three processes never showed: {v:#}");
+    let t = &v["tasks"][0];
+    assert_eq!(t["driver"], "docker", "{v:#}");
+    assert!(t["reason"].is_null(), "{v:#}");
+    assert!(
+        t["memory"]["current"].as_u64().is_some_and(|m| m > 0),
+        "{v:#}"
+    );
+    assert!(t["cpu"]["usage_us"].is_u64(), "{v:#}");
+    // The engine's own count agrees.
+    let container = task(&a.get_json(&format!("/v1/allocations/{id}")), "c")["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let engine = docker(&["stats", "--no-stream", "--format", "{{.PIDs}}", &container]);
+    assert_eq!(engine.as_deref().map(str::trim), Some("3"), "{v:#}");
+    let out = a.cli(&["stop", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let v = a.get_json(&format!("/v1/allocations/{id}/stats"));
+    assert_eq!(v["tasks"][0]["reason"], "the task is dead", "{v:#}");
+}

@@ -1856,3 +1856,164 @@ fn the_agent_refuses_a_cgroup_parent_it_cannot_make_tasks_under() {
     );
     drop(agent);
 }
+
+// ---- stats ------------------------------------------------------------------
+
+/// Holds 50 MiB (written, so the pages are really in use) and spins.
+const HOLD_50M_AND_SPIN: &str = "b = b'x' * (50 << 20)\nwhile True:\n    pass\n";
+
+/// A number in a cgroup file: a lone value, or the `key` line of a keyed
+/// file; None while the file is not there (yet).
+fn cgroup_number(path: &Path, key: Option<&str>) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    let value = match key {
+        None => text.trim(),
+        Some(k) => text
+            .lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(' ')))?,
+    };
+    Some(value.trim().parse().expect("a number"))
+}
+
+/// The task's memory in use and CPU time (µs) as its cgroup files say now.
+fn cgroup_memory_and_cpu(rel: &str) -> Option<(u64, u64)> {
+    let root = Path::new(CGROUP_ROOT);
+    if root.join("cgroup.controllers").is_file() {
+        let dir = root.join(rel);
+        Some((
+            cgroup_number(&dir.join("memory.current"), None)?,
+            cgroup_number(&dir.join("cpu.stat"), Some("usage_usec"))?,
+        ))
+    } else {
+        let memory = root.join("memory").join(rel);
+        let cpuacct = root.join("cpuacct").join(rel);
+        Some((
+            cgroup_number(&memory.join("memory.usage_in_bytes"), None)?,
+            cgroup_number(&cpuacct.join("cpuacct.usage"), None)? / 1000,
+        ))
+    }
+}
+
+fn within_10_percent(got: u64, want: u64) -> bool {
+    got.abs_diff(want) * 10 <= want
+}
+
+#[test]
+fn tend_stats_figures_match_the_cgroup_files_of_a_busy_task() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = tend_tests::AgentProc::start_with_config(
+        &sb,
+        &format!("cgroup_parent = \"{}\"\n", parent.name),
+    );
+    let args = serde_json::to_string(&["-c", HOLD_50M_AND_SPIN]).unwrap();
+    let job = exec_job(&format!(
+        "      config {{\n        command = \"/usr/bin/python3\"\n        args = {args}\n      }}\n      resources {{\n        memory = 256\n      }}"
+    ));
+    let file = sb.write_job("busy.hcl", &job);
+    let out = agent.cli(&["run", file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alloc = v["allocations"][0].as_str().unwrap().to_string();
+    let rel = format!("{}/{alloc}/t", parent.name);
+
+    // Wait until the 50 MiB are written and the task has burnt 3 CPU seconds,
+    // so the CPU it burns between tend's read and ours is small beside its total.
+    let ok = wait_until(LONG, || {
+        cgroup_memory_and_cpu(&rel).is_some_and(|(mem, cpu)| mem >= 50 * MB && cpu >= 3_000_000)
+    });
+    assert!(
+        ok,
+        "the task never held 50 MiB and 3 CPU seconds\n{}",
+        agent.log()
+    );
+
+    let stats = |agent: &tend_tests::AgentProc| {
+        let before = cgroup_memory_and_cpu(&rel).expect("the task's cgroup files");
+        let out = agent.cli(&["stats", &alloc, "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let after = cgroup_memory_and_cpu(&rel).expect("the task's cgroup files");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v, before.1, after)
+    };
+    let (v, cpu_before, (mem_file, cpu_file)) = stats(&agent);
+    let t = &v["tasks"][0];
+    assert_eq!(t["task"], "t", "{v:#}");
+    let mem = t["memory"]["current"].as_u64().expect("memory.current");
+    let cpu = t["cpu"]["usage_us"].as_u64().expect("cpu usage");
+    assert!(
+        within_10_percent(mem, mem_file),
+        "tend stats {mem}, cgroup {mem_file}: {v:#}"
+    );
+    assert!(
+        (cpu_before..=cpu_file).contains(&cpu) && within_10_percent(cpu, cpu_file),
+        "tend stats {cpu} µs, cgroup {cpu_before} µs before it and {cpu_file} µs after: {v:#}"
+    );
+    assert!(
+        t["memory"]["anon"].as_u64().expect("anon") >= 50 * MB,
+        "{v:#}"
+    );
+    assert_eq!(t["memory"]["limit"], 256 * MB, "{v:#}");
+    assert!(t["pids"].as_u64().expect("pids") >= 1, "{v:#}");
+    let v2 = Path::new(CGROUP_ROOT).join("cgroup.controllers").is_file();
+    assert_eq!(t["cgroup_version"], if v2 { 2 } else { 1 }, "{v:#}");
+    if v2 {
+        // PSI where the kernel has it (CONFIG_PSI); io where the io
+        // controller is enabled for the task: present exactly when the file is.
+        let dir = Path::new(CGROUP_ROOT).join(&rel);
+        assert_eq!(
+            dir.join("cpu.pressure").is_file(),
+            !t["psi"]["cpu"].is_null(),
+            "{v:#}"
+        );
+        assert_eq!(
+            dir.join("io.stat").is_file(),
+            t["io"]["read_bytes"].is_u64(),
+            "{v:#}"
+        );
+    } else {
+        let blkio = Path::new(CGROUP_ROOT).join("blkio").join(&rel);
+        let has = blkio.join("blkio.throttle.io_service_bytes").is_file();
+        assert_eq!(has, t["io"]["read_bytes"].is_u64(), "{v:#}");
+    }
+
+    // CPU use grows between two asks.
+    let ok = wait_until(LONG, || {
+        let (v2, _, _) = stats(&agent);
+        v2["tasks"][0]["cpu"]["usage_us"]
+            .as_u64()
+            .is_some_and(|c| c > cpu)
+    });
+    assert!(ok, "CPU use did not grow past {cpu} µs");
+
+    // The table has the task's row with its memory in MiB.
+    let out = agent.cli(&["stats", &alloc]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.starts_with("ALLOC "), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&alloc[..8]))
+        .unwrap_or_else(|| panic!("no row of {alloc}: {text}"));
+    assert!(
+        row.contains(" t ") && row.contains("MiB / 256.0MiB"),
+        "{text}"
+    );
+    // Without an ALLOC: every running allocation, this one among them.
+    let out = agent.cli(&["stats", "--json"]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        all["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == alloc.as_str()),
+        "{all:#}"
+    );
+
+    let out = agent.cli(&["stop", &alloc]);
+    assert!(out.status.success(), "{out:?}");
+    drop(agent);
+}

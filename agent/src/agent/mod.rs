@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod restart;
+pub mod stats;
 pub mod task;
 
 use std::collections::BTreeMap;

@@ -28,12 +28,19 @@ pub async fn handle<W: AsyncWrite + Unpin>(agent: &Agent, req: Request, w: &mut 
         ("GET", ["v1", "allocations", id, "tasks", task, "logs"]) => {
             return logs(agent, id, task, &req, w, peer).await;
         }
+        ("GET", ["v1", "allocations", id, "stats"]) => {
+            return stats(agent, id, &req, false, w, peer).await;
+        }
+        ("GET", ["v1", "allocations", id, "stats", "stream"]) => {
+            return stats(agent, id, &req, true, w, peer).await;
+        }
         ("GET", ["v1", "events"]) => return events(agent, &req, w, peer).await,
         (_, ["v1", "health"])
         | (_, ["v1", "jobs"])
         | (_, ["v1", "allocations"])
         | (_, ["v1", "allocations", _])
-        | (_, ["v1", "allocations", _, "stop"])
+        | (_, ["v1", "allocations", _, "stop" | "stats"])
+        | (_, ["v1", "allocations", _, "stats", "stream"])
         | (_, ["v1", "allocations", _, "tasks", _, "signal" | "logs"])
         | (_, ["v1", "events"]) => Err(Response::error(
             405,
@@ -386,6 +393,87 @@ async fn logs<W: AsyncWrite + Unpin>(
 
 /// How often an idle event stream checks that its reader is still there.
 const PEER_CHECK: Duration = Duration::from_secs(1);
+
+/// The stats of an allocation's tasks: one JSON answer, or with `follow=true`
+/// (or `/stats/stream`) one JSON line per `interval` (default 1s) until the
+/// client leaves. Each line is read fresh from the supervisors.
+async fn stats<W: AsyncWrite + Unpin>(
+    agent: &Agent,
+    prefix: &str,
+    req: &Request,
+    stream: bool,
+    w: &mut W,
+    peer: &Peer,
+) {
+    let head = async {
+        let id = agent.resolve_alloc(prefix).map_err(agent_err)?;
+        let follow = match req.query.get("follow").map(String::as_str) {
+            None => stream,
+            Some("true" | "1") => true,
+            Some("false" | "0") => false,
+            Some(other) => {
+                return Err(Response::error(
+                    400,
+                    format!("follow: expected true or false, got {other:?}"),
+                ))
+            }
+        };
+        let interval = match req.query.get("interval") {
+            None => Duration::from_secs(1),
+            Some(s) => jobspec::duration::parse_duration(s)
+                .filter(|d| *d >= Duration::from_millis(100))
+                .ok_or_else(|| {
+                    Response::error(
+                        400,
+                        format!("interval: expected a duration of 100ms or more such as 1s or 500ms, got {s:?}"),
+                    )
+                })?,
+        };
+        let first = agent.alloc_stats(&id).await.map_err(agent_err)?;
+        Ok((id, follow, interval, first))
+    };
+    let (id, follow, interval, first) = match head.await {
+        Ok(h) => h,
+        Err(resp) => {
+            let _ = http::write_response(w, &resp).await;
+            return;
+        }
+    };
+    if !follow {
+        let _ = http::write_response(w, &Response::json(200, &first)).await;
+        return;
+    }
+    if http::write_stream_head(w, 200, "application/x-ndjson")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut next = Some(first);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if peer.gone() {
+            tracing::debug!(alloc_id = %id, "api: a stats follower left");
+            return;
+        }
+        let line = match next.take() {
+            Some(v) => v,
+            None => match agent.alloc_stats(&id).await {
+                Ok(v) => v,
+                // The allocation was collected: the stream ends.
+                Err(_) => break,
+            },
+        };
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        if http::write_chunk(w, &bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = http::write_last_chunk(w).await;
+}
 
 async fn events<W: AsyncWrite + Unpin>(agent: &Agent, req: &Request, w: &mut W, peer: &Peer) {
     let follow = req

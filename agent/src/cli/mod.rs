@@ -7,6 +7,7 @@ pub mod job_init;
 pub mod logs;
 pub mod run;
 pub mod signal;
+pub mod stats;
 pub mod status;
 pub mod stop;
 pub mod validate;
@@ -89,6 +90,19 @@ pub enum Command {
         #[arg(value_parser = alloc_id_arg)]
         alloc: Option<String>,
         /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the tasks of an allocation (or of every running one) use: CPU,
+    /// memory, processes, I/O and pressure, from their cgroups.
+    Stats {
+        /// Allocation id or unique prefix [default: every running allocation]
+        #[arg(value_parser = alloc_id_arg)]
+        alloc: Option<String>,
+        /// Refresh every second until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+        /// The API's JSON instead of a table (one line per sample with -f).
         #[arg(long)]
         json: bool,
     },
@@ -277,6 +291,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Status { alloc, json } => {
             runtime()?.block_on(status::run(&client, alloc.as_deref(), json, &mut out))
         }
+        Command::Stats {
+            alloc,
+            follow,
+            json,
+        } => runtime()?.block_on(stats::run(
+            &client,
+            alloc.as_deref(),
+            follow,
+            json,
+            &mut out,
+        )),
         Command::Logs {
             alloc,
             task,

@@ -18,6 +18,7 @@ pub mod binds;
 pub mod logs;
 pub mod spec;
 pub mod stamp;
+pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
