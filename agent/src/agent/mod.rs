@@ -335,6 +335,7 @@ impl Agent {
                 allowed_caps: p.allowed_caps,
                 allow_devices: p.allow_devices,
                 allow_host_binds: p.allow_host_binds,
+                cpu_total_compute: settings.config.cpu_total_compute,
             };
             Some(
                 crate::driver::docker::DockerDriver::new(opts)

@@ -71,6 +71,8 @@ pub struct DockerOptions {
     pub allow_devices: bool,
     /// `allow_host_binds`: tasks may bind host paths outside their alloc dir.
     pub allow_host_binds: bool,
+    /// The agent's `cpu_total_compute` (MHz of all cores), for `cpu_hard_limit`.
+    pub cpu_total_compute: Option<u64>,
 }
 
 impl Default for DockerOptions {
@@ -82,6 +84,7 @@ impl Default for DockerOptions {
             allowed_caps: Vec::new(),
             allow_devices: false,
             allow_host_binds: false,
+            cpu_total_compute: None,
         }
     }
 }

@@ -418,7 +418,7 @@ pub fn cpu_quota_us(cpu_mhz: u64, mhz_per_core: u64) -> u64 {
 
 /// One core's MHz: the agent's `cpu_total_compute` over the online cores, or
 /// the first `cpu MHz` of /proc/cpuinfo.
-fn mhz_per_core(cpu_total_compute: Option<u64>) -> Result<u64, String> {
+pub(crate) fn mhz_per_core(cpu_total_compute: Option<u64>) -> Result<u64, String> {
     if let Some(total) = cpu_total_compute {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         return Ok((total / u64::try_from(cores).unwrap_or(1)).max(1));

@@ -269,7 +269,41 @@ pub fn check(opts: &DockerOptions, task: &Task) -> Result<(), DriverError> {
             ));
         }
     }
+    if task.resources.oom_kill_group {
+        return Err(field(
+            "resources.oom_kill_group",
+            "the docker driver cannot set it: the engine has no option for memory.oom.group \
+             (the exec driver has)"
+                .to_string(),
+        ));
+    }
+    cpu_quota(opts, task)?;
     policy(opts, &task.name, &HostRequest::of(task))
+}
+
+/// The container's CFS quota and period (µs) for `cpu_hard_limit`, as the exec
+/// driver computes them: the task's `cpu` share of one core's MHz.
+fn cpu_quota(opts: &DockerOptions, task: &Task) -> Result<Option<(i64, i64)>, DriverError> {
+    if !task.resources.cpu_hard_limit {
+        return Ok(None);
+    }
+    let per_core = crate::driver::mhz_per_core(opts.cpu_total_compute).map_err(|reason| {
+        DriverError::Field {
+            task: task.name.clone(),
+            field: "resources.cpu_hard_limit",
+            reason,
+        }
+    })?;
+    let quota = crate::driver::cpu_quota_us(task.resources.cpu, per_core);
+    let us = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    Ok(Some((us(quota), us(crate::driver::CPU_PERIOD_US))))
+}
+
+/// The engine's BlkioWeight (10-1000) from `io_weight` (1-10000), linearly, as
+/// the exec driver writes blkio.weight on v1; the engine writes io.weight on v2.
+fn blkio_weight(w: u16) -> u16 {
+    let scaled = 10 + (u32::from(w).clamp(1, 10_000) - 1) * 990 / 9999;
+    u16::try_from(scaled).unwrap_or(1000)
 }
 
 /// Every bind of the task's container whose source is in the alloc dir: the
@@ -369,6 +403,7 @@ pub fn create_body(
     // As the exec driver: with memory_max, memory is the reservation.
     let memory = mb(r.memory_max.unwrap_or(r.memory));
     let memory_reservation = r.memory_max.map(|_| mb(r.memory));
+    let quota = cpu_quota(opts, task)?;
     // The kernel's floor for cpu.shares is 2.
     let cpu_shares = i64::try_from(task.resources.cpu.max(2)).unwrap_or(i64::MAX);
     let engine_log_mb = task
@@ -384,6 +419,9 @@ pub fn create_body(
         memory_swap: Some(memory),
         memory_reservation,
         cpu_shares: Some(cpu_shares),
+        cpu_quota: quota.map(|(q, _)| q),
+        cpu_period: quota.map(|(_, p)| p),
+        blkio_weight: r.io_weight.map(blkio_weight),
         binds: Some(binds.iter().map(HostBind::to_engine).collect()),
         network_mode: Some(mode.to_string()),
         dns: (!task.config.dns_servers.is_empty()).then(|| task.config.dns_servers.clone()),
@@ -555,6 +593,50 @@ mod tests {
         let e = body_of(opts, t).unwrap_err().to_string();
         assert_eq!(check(opts, t).unwrap_err().to_string(), e);
         e
+    }
+
+    #[test]
+    fn cpu_hard_limit_is_a_cfs_quota_and_io_weight_a_blkio_weight() {
+        let (_, b) = body_of(&DockerOptions::default(), &task()).unwrap();
+        let h = b.host_config.unwrap();
+        assert_eq!(
+            (h.cpu_quota, h.cpu_period, h.blkio_weight),
+            (None, None, None)
+        );
+        let mut t = task();
+        t.resources.cpu = 500;
+        t.resources.cpu_hard_limit = true;
+        t.resources.io_weight = Some(10_000);
+        // Two cores of 2000 MHz: 500 MHz is a quarter of one.
+        let opts = DockerOptions {
+            cpu_total_compute: Some(2000 * 2),
+            ..Default::default()
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_core = 4000 / u64::try_from(cores).unwrap();
+        let (_, b) = body_of(&opts, &t).unwrap();
+        let h = b.host_config.unwrap();
+        assert_eq!(h.cpu_period, Some(100_000));
+        assert_eq!(
+            h.cpu_quota,
+            Some(i64::try_from(crate::driver::cpu_quota_us(500, per_core)).unwrap())
+        );
+        assert_eq!(h.blkio_weight, Some(1000));
+        assert_eq!(
+            (blkio_weight(1), blkio_weight(100), blkio_weight(10_000)),
+            (10, 19, 1000)
+        );
+    }
+
+    #[test]
+    fn oom_kill_group_is_refused_with_its_field() {
+        let mut t = task();
+        t.resources.oom_kill_group = true;
+        let e = err_of(&DockerOptions::default(), &t);
+        assert!(
+            e.starts_with("task web: resources.oom_kill_group: the docker driver cannot set it"),
+            "{e}"
+        );
     }
 
     #[test]
