@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod completions;
 pub mod doctor;
 pub mod job_init;
 pub mod logs;
@@ -163,6 +164,19 @@ pub enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Print the shell completion script (e.g. `tend completions bash >
+    /// /etc/bash_completion.d/tend`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page tend(1); with --dir, write it and one page per verb
+    /// (tend-run(1), tend-stop(1), ...) there.
+    Man {
+        /// Where to write every page (e.g. /usr/local/share/man/man1).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// An ALLOC argument: an id or a prefix of one, never empty ("" is a prefix
@@ -219,6 +233,18 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    // Neither touches the data dir: they work for any user, anywhere.
+    match &cli.command {
+        Command::Completions { shell } => {
+            completions::completions(*shell, &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man { dir } => {
+            completions::man(dir.as_deref(), &mut std::io::stdout())?;
+            return Ok(0);
+        }
+        _ => {}
+    }
     let dirs = Dirs::new(cli.data_dir.clone(), cli.run_dir.clone())?;
     let client = ApiClient::new(&dirs.run_dir);
     // Not locked: the foreground run writes task output from other threads.
@@ -336,5 +362,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let _ = path;
             Ok(0)
         }
+        Command::Completions { .. } | Command::Man { .. } => Ok(0),
     }
 }
