@@ -43,6 +43,8 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
         LogFormat::Text => builder.try_init(),
     };
     raise_nofile();
+    // Before any thread: it takes the variables out of the environment.
+    let notifier = crate::notify::Notifier::from_env().map(std::sync::Arc::new);
     let settings = Settings::resolve(config, opts.data_dir, opts.run_dir, opts.spawn_bin)?;
     crate::driver::use_spawn_bin(&settings.spawn_bin);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -58,10 +60,19 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
         // still end the agent cleanly (exit 0), not by the default action.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let notify = |msg: &str| {
+            if let Some(n) = &notifier {
+                n.send(msg);
+            }
+        };
+        notify(&format!(
+            "STATUS=taking up the tasks of {}",
+            agent.settings().dirs.data_dir.display()
+        ));
         let report = tokio::select! {
             r = agent.reattach() => r?,
-            _ = term.recv() => return stopped(&socket, "SIGTERM"),
-            _ = int.recv() => return stopped(&socket, "SIGINT"),
+            _ = term.recv() => return stopped(&socket, "SIGTERM", notifier.as_deref()),
+            _ = int.recv() => return stopped(&socket, "SIGINT", notifier.as_deref()),
         };
         tracing::info!(
             reattached = report.reattached,
@@ -74,18 +85,73 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
             "state taken up"
         );
         let server = tokio::spawn(crate::api::serve(agent.clone(), listener));
+        notify(&format!(
+            "READY=1\nSTATUS=ready: {} reattached, {} exited meanwhile, {} lost, {} unreachable, {} started ({} ms)",
+            report.reattached,
+            report.exited,
+            report.lost,
+            report.unreachable,
+            report.started,
+            report.millis
+        ));
+        let watchdog = notifier
+            .clone()
+            .map(|n| tokio::spawn(keep_notifying(agent.clone(), n)));
         let why = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         server.abort();
-        stopped(&socket, why)
+        stopped(&socket, why, notifier.as_deref())
     })
 }
 
+/// Under systemd: `WATCHDOG=1` every half `WatchdogSec` (10 s without one),
+/// each after a look at the agent's state (a wedged state lock or runtime
+/// stops the pings, and systemd restarts the agent), with the tasks by phase
+/// as `STATUS=`.
+async fn keep_notifying(agent: Agent, n: std::sync::Arc<crate::notify::Notifier>) {
+    let every = n
+        .watchdog_every()
+        .unwrap_or(std::time::Duration::from_secs(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let allocs = agent.snapshot();
+        let phase = |p| {
+            allocs
+                .iter()
+                .flat_map(|(_, tasks)| tasks)
+                .filter(|t| t.phase == p)
+                .count()
+        };
+        let status = crate::notify::status_line(
+            phase(crate::state::TaskPhase::Running),
+            phase(crate::state::TaskPhase::Pending),
+            allocs.len(),
+        );
+        if n.watchdog_every().is_some() {
+            n.send(&format!("WATCHDOG=1\n{status}"));
+        } else {
+            n.send(&status);
+        }
+    }
+}
+
 /// The agent leaves on a signal: its socket goes, the tasks stay.
-fn stopped(socket: &std::path::Path, why: &str) -> anyhow::Result<i32> {
+fn stopped(
+    socket: &std::path::Path,
+    why: &str,
+    notifier: Option<&crate::notify::Notifier>,
+) -> anyhow::Result<i32> {
     tracing::info!("{why}: the agent stops; tasks keep running");
+    if let Some(n) = notifier {
+        n.send(&format!(
+            "STOPPING=1\nSTATUS=stopping on {why}: tasks keep running"
+        ));
+    }
     let _ = std::fs::remove_file(socket);
     Ok(0)
 }
