@@ -1,7 +1,14 @@
-//! `tend doctor`: check a setuid install of `tend-spawn` and say what is wrong,
-//! one line each (see `docs/setuid.md`).
+//! `tend doctor`: check the install for the mode the agent runs in, and say
+//! what is wrong, one line each.
 //!
-//! Checked: `tend-spawn` is owned by root and group `tend`, mode 4750 exactly;
+//! As root (the common install) it checks a root agent ([`root`]): the
+//! `tend-spawn` root execs and the dirs above it, the data and run dirs, the
+//! cgroup parent of the exec driver, the docker engine. The setuid install is
+//! checked only where it is used: for a user who is not root (their agent
+//! needs it for exec tasks), or as root with `--setuid` or when `tend-spawn`
+//! carries the setuid bit (see `docs/setuid.md`).
+//!
+//! Checked for a setuid install: `tend-spawn` is owned by root and group `tend`, mode 4750 exactly;
 //! the policy file and every dir above it are root's and not group/other
 //! writable, and it parses (with tend-spawn's own parser); the policy's cgroup
 //! parent exists in each hierarchy (or its parent does, so tend-spawn can make
@@ -19,6 +26,9 @@ use std::path::{Path, PathBuf};
 
 use tend_spawn::cgroup::{Controller, Hierarchies};
 use tend_spawn::policy::Policy;
+
+mod root;
+pub use root::RootAgent;
 
 /// The group whose members may run a setuid `tend-spawn`.
 pub const GROUP: &str = "tend";
@@ -88,16 +98,58 @@ pub fn policy_for(spawn_bin: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(tend_spawn::policy::DEFAULT_PATH))
 }
 
-/// Check the install on this host (and, for a non-root user, `agent`'s side);
-/// 0 when all is fine, 1 otherwise.
+/// Check the install on this host for the mode the agent runs in: as root,
+/// `root_agent`, and the setuid install only when `setuid` asks for it or
+/// the binary has the bit; as another user, the setuid install and `agent`'s
+/// side of it. 0 when all is fine, 1 otherwise; a last line says which.
 pub fn run_doctor(
     spawn_bin: &Path,
     policy: &Path,
     agent: Option<&AgentSide>,
+    root_agent: &RootAgent,
+    setuid: bool,
     out: &mut dyn Write,
 ) -> i32 {
-    let agent = agent.filter(|_| !nix::unistd::geteuid().is_root());
-    run_doctor_for(&Expect::host(), spawn_bin, policy, agent, out)
+    let is_root = nix::unistd::geteuid().is_root();
+    let has_bit = std::fs::metadata(spawn_bin).is_ok_and(|m| m.mode() & 0o4000 != 0);
+    let mut code = 0;
+    if is_root {
+        let _ = writeln!(
+            out,
+            "root agent: the agent runs as root and execs {} as root",
+            spawn_bin.display()
+        );
+        let mut report = Report { out, problems: 0 };
+        root::check(&mut report, root_agent);
+        code = i32::from(report.problems > 0);
+    }
+    if !is_root || setuid || has_bit {
+        let why = if !is_root {
+            "your agent runs exec tasks through it"
+        } else if setuid {
+            "--setuid"
+        } else {
+            "tend-spawn has the setuid bit"
+        };
+        let _ = writeln!(out, "setuid install ({why}):");
+        let agent = agent.filter(|_| !is_root);
+        code |= run_doctor_for(&Expect::host(), spawn_bin, policy, agent, out);
+    } else {
+        let _ = writeln!(
+            out,
+            "setuid install: not checked (tend-spawn has no setuid bit; --setuid checks it)"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        if code == 0 {
+            "tend doctor: all is well"
+        } else {
+            "tend doctor: fix the errors above"
+        }
+    );
+    code
 }
 
 /// [`run_doctor`] against `expect`, without the agent's side.
@@ -196,6 +248,10 @@ impl Report<'_> {
     fn problem(&mut self, line: String) {
         self.problems += 1;
         let _ = writeln!(self.out, "error: {line}");
+    }
+    /// Worth knowing, not a fault of the install.
+    fn note(&mut self, line: String) {
+        let _ = writeln!(self.out, "note: {line}");
     }
 }
 

@@ -61,8 +61,10 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(1..))]
         cpu_total_compute: Option<u64>,
     },
-    /// Check a setuid install of tend-spawn: owner, group, mode, policy, cgroup
-    /// parent; one line per problem, exit status 1 when anything is wrong.
+    /// Check the install for the mode the agent runs in (as root: tend-spawn,
+    /// the dirs, the cgroup parent, the docker engine; the setuid install for
+    /// other users, or with --setuid); one line per problem, exit status 1
+    /// when anything is wrong.
     Doctor {
         /// The installed tend-spawn [default: next to tend]
         #[arg(long, env = "TEND_SPAWN_BIN")]
@@ -75,6 +77,10 @@ pub enum Command {
         /// check against the policy (for the user running the doctor).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// As root, check the setuid install too (for other users' agents),
+        /// even when tend-spawn has no setuid bit yet.
+        #[arg(long)]
+        setuid: bool,
     },
     /// Run the long-running host agent.
     Agent {
@@ -279,6 +285,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             spawn_bin,
             policy,
             config,
+            setuid,
         } => {
             let config = match &config {
                 Some(p) => crate::agent::config::AgentConfig::load(p)?,
@@ -292,18 +299,34 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 cli.data_dir.clone().or_else(|| config.data_dir.clone()),
                 cli.run_dir.clone().or_else(|| config.run_dir.clone()),
             )?;
+            let cgroup_parent = config
+                .cgroup_parent
+                .clone()
+                .unwrap_or_else(|| "tend".into());
+            let root_agent = doctor::RootAgent {
+                spawn_bin: spawn_bin.clone(),
+                data_dir: dirs.data_dir.clone(),
+                run_dir: dirs.run_dir.clone(),
+                exec: config.driver_enabled("exec").then(|| cgroup_parent.clone()),
+                docker: config.driver_enabled("docker").then(|| {
+                    config
+                        .plugin
+                        .get("docker")
+                        .and_then(|p| p.endpoint.clone())
+                        .unwrap_or_else(|| PathBuf::from(crate::driver::docker::DEFAULT_ENDPOINT))
+                }),
+            };
             let agent = doctor::AgentSide {
                 data_dir: dirs.data_dir,
                 run_dir: dirs.run_dir,
-                cgroup_parent: config
-                    .cgroup_parent
-                    .clone()
-                    .unwrap_or_else(|| "tend".into()),
+                cgroup_parent,
             };
             Ok(doctor::run_doctor(
                 &spawn_bin,
                 &policy,
                 Some(&agent),
+                &root_agent,
+                setuid,
                 &mut out,
             ))
         }
