@@ -9,6 +9,7 @@ pub mod driver;
 pub mod ident;
 pub mod jobspec;
 pub mod logtail;
+pub mod metrics;
 pub mod notify;
 pub mod paths;
 pub mod pidwatch;
