@@ -23,7 +23,7 @@
 //! create, membership, usage, remove), `limits` with `v1` and `v2` (the limit
 //! files of each layout), `kill`, `stats` (the figures a client asks for),
 //! `fs` (reading and writing control files) and [`error`].
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 
