@@ -222,12 +222,12 @@ impl Leftovers {
             }
         }
         if let Some(path) = &self.cgroup {
-            match tend_spawn::cgroup::Hierarchies::detect()
-                .and_then(|h| tend_spawn::cgroup::TaskCgroup::open(&h, path))
+            match tend_cgroup::Hierarchies::detect()
+                .and_then(|h| tend_cgroup::TaskCgroup::open(&h, path))
             {
                 Ok(cg) => {
                     // Gone already: the setuid cleanup helper got there first.
-                    let gone = |cg: &tend_spawn::cgroup::TaskCgroup| cg.dirs().all(|d| !d.exists());
+                    let gone = |cg: &tend_cgroup::TaskCgroup| cg.dirs().all(|d| !d.exists());
                     if let Err(e) = cg.kill_all() {
                         if !gone(&cg) {
                             problems

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use tend_proto::frame::{decode_body, FrameDecoder};
 use tend_proto::SpawnConfig;
-use tend_spawn::policy::{Account, Accounts, Caller, Policy};
+use tend_policy::{Account, Accounts, Caller, Policy};
 
 /// Fixed accounts: no NSS lookups while fuzzing.
 struct Fixed;

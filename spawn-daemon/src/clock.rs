@@ -3,8 +3,11 @@
 //! from the start of the poll round that accepted it); tests drive the deadline
 //! logic with a [`FakeClock`] instead of waiting.
 
+#[cfg(test)]
 use std::cell::Cell;
-use std::time::{Duration, Instant};
+#[cfg(test)]
+use std::time::Duration;
+use std::time::Instant;
 
 /// A source of monotonic time.
 pub trait Clock {
@@ -22,12 +25,14 @@ impl Clock for Monotonic {
     }
 }
 
-/// A clock that moves only when told to.
+/// A clock that moves only when told to (for the server's unit tests).
+#[cfg(test)]
 #[derive(Debug)]
 pub struct FakeClock {
     now: Cell<Instant>,
 }
 
+#[cfg(test)]
 impl FakeClock {
     /// A clock standing at the real now.
     pub fn new() -> FakeClock {
@@ -42,12 +47,14 @@ impl FakeClock {
     }
 }
 
+#[cfg(test)]
 impl Default for FakeClock {
     fn default() -> Self {
         FakeClock::new()
     }
 }
 
+#[cfg(test)]
 impl Clock for FakeClock {
     fn now(&self) -> Instant {
         self.now.get()

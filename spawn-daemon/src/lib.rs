@@ -10,18 +10,21 @@
 //! Unsafe code lives only in [`child`] (fork/exec) and [`sys`] (raw syscalls).
 #![deny(unsafe_code)]
 
-pub mod cgroup;
-pub mod child;
-pub mod chroot;
-pub mod clock;
-pub mod daemon;
-pub mod daemon_log;
-pub mod logs;
-pub mod policy;
-pub mod reaper;
-pub mod server;
+mod child;
+mod chroot;
+mod clock;
+mod daemon;
+mod daemon_log;
+mod reaper;
+mod server;
 pub mod setuid;
-pub mod sys;
+mod sys;
+
+// The crates tend-spawn shares with the agent, under the module names its code
+// has always used (`crate::cgroup::TaskCgroup`, ...).
+use tend_cgroup as cgroup;
+use tend_logs as logs;
+use tend_policy as policy;
 
 use std::io;
 
@@ -190,21 +193,9 @@ fn report_failure(f: &StartFailure) -> i32 {
     EXIT_FAILED
 }
 
-/// For unit tests that need root: true as root; else prints "skipped: needs
-/// root" and returns false, or panics under `CI=true`, where a skipped test
-/// proves nothing. (tend-tests' `have_root`, which this crate cannot depend on.)
+/// For unit tests that need root (see [`tend_sys::test_have_root`]).
 #[cfg(test)]
-pub(crate) fn test_have_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none_or(|v| v != "true"),
-        "cannot run under CI=true: needs root"
-    );
-    println!("skipped: needs root");
-    false
-}
+pub(crate) use tend_sys::test_have_root;
 
 #[cfg(test)]
 mod tests {

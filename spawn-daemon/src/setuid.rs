@@ -44,6 +44,7 @@
 
 use std::io;
 
+use crate::policy::POLICY_BESIDE_BINARY;
 use crate::sys::{self, CapSets};
 
 /// A capability tend-spawn may keep after [`drop_to_caller`].
@@ -318,9 +319,6 @@ pub fn enter_caller_fs(sys: &dyn Syscall, caller: &CallerIds) -> Result<(), Setu
     sys.setfsuid(caller.uid);
     verify_fs(sys, "fsuid", caller.uid, false)
 }
-
-/// The name of a policy beside the installed binary (see [`policy_path`]).
-pub const POLICY_BESIDE_BINARY: &str = "spawn-policy.hcl";
 
 /// Where the policy is: `<dir of this executable>/spawn-policy.hcl` when that
 /// file exists, else [`crate::policy::DEFAULT_PATH`].

@@ -1,31 +1,18 @@
-//! Raw system call wrappers that neither std nor nix offer: close_range, pidfd_open,
-//! pidfd_send_signal, openat2, getrandom, mount_setattr, setns, the signal
-//! state of a fresh process, and a waitpid that keeps the raw status.
+//! Raw system call wrappers that neither std nor nix offer: close_range,
+//! getrandom, mount_setattr, setns, the signal state of a fresh process, and a
+//! waitpid that keeps the raw status; pidfd_open, pidfd_send_signal and openat2
+//! come from `tend-sys`, which the shared crates use too.
 //!
 //! Each wrapper is a thin, checked shell around one call, so the unsafe surface of
 //! the daemon stays in this file and in [`crate::child`].
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use nix::unistd::Pid;
-
-fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn owned_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
-    let fd = check(ret)?;
-    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: the kernel just returned this fd to us and nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
+use tend_sys::check;
+pub use tend_sys::{open_beneath, pidfd_open, pidfd_send_signal};
 
 /// `close_range(first, last, flags)`.
 pub fn close_range(first: u32, last: u32, flags: u32) -> io::Result<()> {
@@ -60,67 +47,6 @@ pub fn close_fds_above_stdio() {
         // SAFETY: closing an fd number; at startup no Rust object owns any fd
         // above 2 (the read_dir handle above is already dropped).
         unsafe { libc::close(fd) };
-    }
-}
-
-/// `pidfd_open(pid, 0)`: an fd that becomes readable when `pid` exits.
-pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
-    // SAFETY: plain integer arguments; the result is a new fd we take ownership of.
-    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0 as libc::c_uint) };
-    owned_fd(ret)
-}
-
-/// `pidfd_send_signal(pidfd, sig, NULL, 0)`: signal exactly the process of the
-/// pidfd, never one that reused its pid.
-pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
-    // SAFETY: the fd is borrowed and valid for the call; a NULL siginfo is allowed.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0 as libc::c_uint,
-        )
-    };
-    check(ret).map(|_| ())
-}
-
-/// Open `name` beneath `dir` without following any symlink: openat2 with
-/// RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, or openat with O_NOFOLLOW where the
-/// kernel has no openat2 (then `name` must be a single component).
-pub fn open_beneath(dir: BorrowedFd<'_>, name: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let flags = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
-    // SAFETY: open_how is a plain C struct for which all-zero is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = u64::from(flags.unsigned_abs());
-    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
-        u64::from(mode)
-    } else {
-        0
-    };
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
-    // SAFETY: cname and how outlive the call; the size passed is how's size.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            cname.as_ptr(),
-            std::ptr::addr_of!(how),
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    match owned_fd(ret) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-            if name.contains('/') {
-                return Err(io::Error::from_raw_os_error(libc::EINVAL));
-            }
-            // SAFETY: cname outlives the call; openat returns a new fd or -1.
-            let ret = unsafe { libc::openat(dir.as_raw_fd(), cname.as_ptr(), flags, mode) };
-            owned_fd(libc::c_long::from(ret))
-        }
-        other => other,
     }
 }
 
@@ -388,12 +314,8 @@ pub fn setfsgid(gid: u32) -> u32 {
 }
 
 /// The current fsuid: `setfsuid(-1)` changes nothing (-1 is never a valid id)
-/// and returns it.
+/// and returns it. The setuid tests read it back.
+#[cfg(test)]
 pub fn fsuid() -> u32 {
     setfsuid(u32::MAX)
-}
-
-/// The current fsgid (see [`fsuid`]).
-pub fn fsgid() -> u32 {
-    setfsgid(u32::MAX)
 }

@@ -315,7 +315,7 @@ impl Agent {
         // goes through a setuid tend-spawn, whose policy and `tend doctor`
         // own that question.
         if settings.config.driver_enabled("exec") && nix::unistd::geteuid().is_root() {
-            tend_spawn::cgroup::Hierarchies::detect()
+            tend_cgroup::Hierarchies::detect()
                 .and_then(|h| h.check_parent(&settings.cgroup_parent))
                 .map_err(|e| AgentError::Internal(format!("exec driver: {e}")))?;
         }

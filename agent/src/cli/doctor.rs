@@ -24,8 +24,8 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use tend_spawn::cgroup::{Controller, Hierarchies};
-use tend_spawn::policy::Policy;
+use tend_cgroup::{Controller, Hierarchies};
+use tend_policy::Policy;
 
 mod root;
 pub use root::RootAgent;
@@ -70,8 +70,8 @@ impl Expect {
             owner: 0,
             group: GROUP.to_string(),
             gid: None,
-            cgroup_root: PathBuf::from(tend_spawn::cgroup::DEFAULT_ROOT),
-            mountinfo: PathBuf::from(tend_spawn::cgroup::DEFAULT_MOUNTINFO),
+            cgroup_root: PathBuf::from(tend_cgroup::DEFAULT_ROOT),
+            mountinfo: PathBuf::from(tend_cgroup::DEFAULT_MOUNTINFO),
             user_groups,
         }
     }
@@ -89,13 +89,13 @@ pub struct AgentSide {
 }
 
 /// The policy tend-spawn at `spawn_bin` reads (see
-/// `tend_spawn::setuid::policy_path`): the one beside it when that exists.
+/// tend-spawn's `setuid::policy_path`): the one beside it when that exists.
 pub fn policy_for(spawn_bin: &Path) -> PathBuf {
     spawn_bin
         .parent()
-        .map(|d| d.join(tend_spawn::setuid::POLICY_BESIDE_BINARY))
+        .map(|d| d.join(tend_policy::POLICY_BESIDE_BINARY))
         .filter(|p| std::fs::symlink_metadata(p).is_ok())
-        .unwrap_or_else(|| PathBuf::from(tend_spawn::policy::DEFAULT_PATH))
+        .unwrap_or_else(|| PathBuf::from(tend_policy::DEFAULT_PATH))
 }
 
 /// Check the install on this host for the mode the agent runs in: as root,
@@ -332,7 +332,7 @@ fn check_agent_side(report: &mut Report<'_>, policy: &Policy, a: &AgentSide) {
             a.cgroup_parent, policy.cgroup_parent, policy.cgroup_parent
         ));
     }
-    let caller = match tend_spawn::policy::Caller::current() {
+    let caller = match tend_policy::Caller::current() {
         Ok(c) => c,
         Err(e) => {
             report.problem(format!("who am I: {e}"));

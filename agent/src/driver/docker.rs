@@ -132,7 +132,7 @@ pub enum DockerError {
     ExitFile(#[from] ExitFileError),
     /// A log file could not be written.
     #[error("docker driver: {0}")]
-    Log(tend_spawn::logs::LogError),
+    Log(tend_logs::LogError),
     /// The log copy's cursor could not be stored.
     #[error("docker driver: log cursor {path}: {source}")]
     Cursor {

@@ -29,8 +29,8 @@ use crate::jobspec::LogSpec;
 use std::os::fd::AsFd;
 
 use crate::paths::AllocDir;
+use tend_logs::RotatingLog;
 use tend_proto::config::LogConfig;
-use tend_spawn::logs::RotatingLog;
 
 /// Where the copy of a task's container logs keeps its cursor.
 pub fn cursor_path(alloc: &AllocDir, task: &str) -> PathBuf {
@@ -126,7 +126,7 @@ fn open_log(
     logs: LogSpec,
 ) -> Result<RotatingLog, DockerError> {
     let fd = std::fs::File::open(dir).map_err(|source| {
-        DockerError::Log(tend_spawn::logs::LogError::Open {
+        DockerError::Log(tend_logs::LogError::Open {
             name: dir.display().to_string(),
             source,
         })

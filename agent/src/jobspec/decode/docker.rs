@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use super::{expected, list, string, sub, View};
+use super::value::{list, string};
+use super::view::{expected, sub, View};
 use crate::driver::docker::spec::{CONTAINER_ALLOC_DIR, CONTAINER_TASK_DIR};
 use crate::jobspec::capability;
 use crate::jobspec::diag::Collector;

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use tend_proto::msg::{CgroupStats, CpuStats, IoStats, Pressure, PressureLine, PsiStats};
 
-use super::{
-    keyed_u64, parse_u64, read_optional, CgroupError, Controller, Mode, Result, TaskCgroup,
-};
+use crate::fs::{keyed_u64, parse_u64, read_optional};
+use crate::{CgroupError, Controller, Mode, Result, TaskCgroup};
 
 /// v1 writes "no limit" as the largest page-aligned i64 (or near it).
 const V1_NO_LIMIT: u64 = 1 << 62;
@@ -238,7 +237,7 @@ mod tests {
     }
 
     fn open(root: &Path) -> TaskCgroup {
-        let hier = super::super::Hierarchies::probe(root).unwrap();
+        let hier = crate::Hierarchies::probe(root).unwrap();
         TaskCgroup::open(&hier, "tend/a/web").unwrap()
     }
 

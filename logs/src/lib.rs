@@ -6,6 +6,10 @@
 //! A chunk that would carry the current file over `max_file_size` is split, so
 //! every file holds at most `max_file_size` bytes. Files are never truncated, and
 //! a failing write never blocks the task: the bytes are counted as dropped.
+//!
+//! tend-spawn writes a raw_exec/exec task's logs with it, the agent a docker
+//! task's: one format, one writer.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -16,7 +20,7 @@ use nix::sys::stat::{fchmod, fstat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use tend_proto::config::LogConfig;
 
-use crate::sys;
+use tend_sys as sys;
 
 /// Mode of log files.
 pub const LOG_FILE_MODE: u32 = 0o640;

@@ -3,7 +3,10 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 
 use tend_proto::config::{example, Bind, CgroupSpec, ChrootSpec, Isolation};
 
+use tend_proto::SpawnConfig;
+
 use super::*;
+use crate::caller::parse_id;
 
 const P: &str = "/etc/tend/spawn-policy.hcl";
 

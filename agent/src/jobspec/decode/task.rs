@@ -1,0 +1,330 @@
+//! A task block: its driver, the driver's config, env, resources and logs.
+
+use std::time::Duration;
+
+use super::docker;
+use super::resources::{decode_resources, StaticPort};
+use super::value::{
+    boolean, duration, int_in, map_entries, positive, string, string_list, string_map,
+};
+use super::view::{no_labels, sub, view};
+use crate::jobspec::diag::Collector;
+use crate::jobspec::model::*;
+use crate::jobspec::signal::{parse_signal, signal_names};
+use crate::jobspec::tree::{Block, Item};
+
+/// Config fields every process driver takes.
+pub(super) const EXEC_CONFIG: &[&str] = &["command", "args"];
+/// Config fields of the docker driver.
+pub(super) const DOCKER_CONFIG: &[&str] = &[
+    "image",
+    "command",
+    "args",
+    "hostname",
+    "labels",
+    "network_mode",
+    "dns_servers",
+    "dns_search_domains",
+    "port_map",
+    "privileged",
+    "volumes",
+    "devices",
+    "cap_add",
+    "cap_drop",
+];
+
+pub(super) fn decode_task(
+    c: &mut Collector<'_>,
+    b: &Block,
+    name: String,
+    path: &str,
+) -> (Task, Vec<StaticPort>) {
+    let v = view(
+        c,
+        &b.body,
+        path,
+        &[
+            "driver",
+            "user",
+            "env",
+            "meta",
+            "kill_timeout",
+            "kill_signal",
+            "chroot_env",
+        ],
+        &["config", "env", "meta", "resources", "logs", "chroot_env"],
+    );
+    let driver = match v.attr("driver") {
+        None => {
+            c.error(
+                b.at,
+                path,
+                "missing driver: expected driver = \"raw_exec\", \"exec\" or \"docker\"",
+            );
+            None
+        }
+        Some(a) => {
+            let p = sub(path, "driver");
+            match string(c, &a.value, &p).as_deref() {
+                Some("raw_exec") => Some(Driver::RawExec),
+                Some("exec") => Some(Driver::Exec),
+                Some("docker") => Some(Driver::Docker),
+                Some(other) => {
+                    c.error(
+                        a.value.at,
+                        &p,
+                        format!(
+                            "unknown driver {other:?} (expected one of: raw_exec, exec, docker)"
+                        ),
+                    );
+                    None
+                }
+                None => None,
+            }
+        }
+    };
+    let user = v.attr("user").and_then(|a| {
+        let p = sub(path, "user");
+        let s = string(c, &a.value, &p)?;
+        if s.is_empty() || s.contains('\0') {
+            c.error(
+                a.value.at,
+                &p,
+                "must be a user name or uid, got an empty string",
+            );
+            return None;
+        }
+        if c.on_this_host
+            && driver == Some(Driver::Exec)
+            && crate::driver::resolve_user(&s).is_none()
+        {
+            // The words `tend run` and the agent refuse it with.
+            c.error(a.value.at, &p, format!("unknown user {s:?}"));
+        }
+        Some(s)
+    });
+    let config = match v.single_block(c, "config", path) {
+        Some(cb) => decode_config(c, cb, driver, &name, &sub(path, "config")),
+        None => {
+            match driver {
+                Some(Driver::RawExec | Driver::Exec) => {
+                    c.error(b.at, path, "missing config { command = \"...\" } block")
+                }
+                Some(Driver::Docker) => {
+                    c.error(b.at, path, "missing config { image = \"...\" } block")
+                }
+                None => {}
+            }
+            TaskConfig::default()
+        }
+    };
+    let env = string_map(c, &v, "env", path, true);
+    let meta = string_map(c, &v, "meta", path, false);
+    let (resources, statics) = match v.single_block(c, "resources", path) {
+        Some(rb) => decode_resources(c, rb, &sub(path, "resources")),
+        None => (Resources::default(), Vec::new()),
+    };
+    let logs = match v.single_block(c, "logs", path) {
+        Some(lb) => decode_logs(c, lb, &sub(path, "logs")),
+        None => LogSpec::default(),
+    };
+    let kill_timeout = v
+        .attr("kill_timeout")
+        .and_then(|a| duration(c, &a.value, &sub(path, "kill_timeout")))
+        .unwrap_or(Duration::from_secs(5));
+    let kill_signal = v
+        .attr("kill_signal")
+        .and_then(|a| {
+            let p = sub(path, "kill_signal");
+            let s = string(c, &a.value, &p)?;
+            let n = parse_signal(&s);
+            if n.is_none() {
+                c.error(
+                    a.value.at,
+                    &p,
+                    format!("unknown signal {s:?} (expected a signal name such as SIGTERM or TERM; one of: {})", signal_names().join(", ")),
+                );
+            }
+            n
+        })
+        .unwrap_or(nix::libc::SIGTERM);
+    let chroot_env = if v.has("chroot_env") {
+        let m = string_map(c, &v, "chroot_env", path, false);
+        for (k, val) in &m {
+            if !k.starts_with('/') || !val.starts_with('/') {
+                let at = v.first_at("chroot_env");
+                c.error(
+                    at,
+                    &sub(path, "chroot_env"),
+                    format!(
+                        "must map absolute host paths to absolute task paths, got {k:?} = {val:?}"
+                    ),
+                );
+            }
+        }
+        Some(m)
+    } else {
+        None
+    };
+    let task = Task {
+        name,
+        driver: driver.unwrap_or(Driver::RawExec),
+        user,
+        config,
+        env,
+        meta,
+        resources,
+        logs,
+        kill_timeout,
+        kill_signal,
+        chroot_env,
+    };
+    (task, statics)
+}
+
+pub(super) fn decode_config(
+    c: &mut Collector<'_>,
+    b: &Block,
+    driver: Option<Driver>,
+    task: &str,
+    path: &str,
+) -> TaskConfig {
+    no_labels(c, b, path);
+    let v = view(c, &b.body, path, DOCKER_CONFIG, &["labels", "port_map"]);
+    if let Some(d) = driver {
+        let allowed = if d == Driver::Docker {
+            DOCKER_CONFIG
+        } else {
+            EXEC_CONFIG
+        };
+        for item in &b.body.items {
+            let (key, at) = match item {
+                Item::Attr(a) => (&a.key, a.at),
+                Item::Block(bl) => (&bl.ident, bl.at),
+            };
+            if DOCKER_CONFIG.contains(&key.as_str()) && !allowed.contains(&key.as_str()) {
+                c.error(
+                    at,
+                    &sub(path, key),
+                    format!(
+                        "\"{key}\" is not a field of the {} driver ({} accepts: {})",
+                        d.name(),
+                        d.name(),
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    let mut cfg = TaskConfig::default();
+    if let Some(a) = v.attr("command") {
+        let p = sub(path, "command");
+        if let Some(s) = string(c, &a.value, &p) {
+            if s.trim().is_empty() || s.contains('\0') {
+                c.error(a.value.at, &p, "must be a non-empty program path or name");
+            } else {
+                cfg.command = Some(s);
+            }
+        }
+    }
+    if let Some(a) = v.attr("args") {
+        cfg.args = string_list(c, &a.value, &sub(path, "args")).unwrap_or_default();
+        if cfg.args.iter().any(|s| s.contains('\0')) {
+            c.error(
+                a.value.at,
+                &sub(path, "args"),
+                "arguments must not contain NUL",
+            );
+        }
+    }
+    if let Some(a) = v.attr("image") {
+        let p = sub(path, "image");
+        if let Some(s) = string(c, &a.value, &p) {
+            if s.trim().is_empty() {
+                c.error(a.value.at, &p, "must be a non-empty image name");
+            } else {
+                cfg.image = Some(s);
+            }
+        }
+    }
+    cfg.hostname = v
+        .attr("hostname")
+        .and_then(|a| string(c, &a.value, &sub(path, "hostname")));
+    cfg.network_mode = v
+        .attr("network_mode")
+        .and_then(|a| string(c, &a.value, &sub(path, "network_mode")));
+    cfg.dns_servers = v
+        .attr("dns_servers")
+        .and_then(|a| string_list(c, &a.value, &sub(path, "dns_servers")))
+        .unwrap_or_default();
+    cfg.dns_search_domains = v
+        .attr("dns_search_domains")
+        .and_then(|a| string_list(c, &a.value, &sub(path, "dns_search_domains")))
+        .unwrap_or_default();
+    cfg.privileged = v
+        .attr("privileged")
+        .and_then(|a| boolean(c, &a.value, &sub(path, "privileged")))
+        .unwrap_or(false);
+    cfg.volumes = docker::volumes(c, &v, task, path);
+    cfg.devices = docker::devices(c, &v, path);
+    cfg.cap_add = docker::capabilities(c, &v, "cap_add", path);
+    cfg.cap_drop = docker::capabilities(c, &v, "cap_drop", path);
+    cfg.labels = string_map(c, &v, "labels", path, false);
+    for (label, _, value) in map_entries(c, &v, "port_map", path) {
+        let p = format!("{path}.port_map.{label}");
+        if let Some(n) = int_in(c, value, &p, 1, 65535, "a port number 1-65535") {
+            cfg.port_map.insert(label, u16::try_from(n).unwrap_or(0));
+        }
+    }
+    match driver {
+        Some(Driver::RawExec | Driver::Exec)
+            if cfg.command.is_none() && v.attr("command").is_none() =>
+        {
+            c.error(
+                b.at,
+                path,
+                format!(
+                    "missing command: the {} driver needs command = \"/path/to/program\"",
+                    driver.map_or("", Driver::name)
+                ),
+            );
+        }
+        Some(Driver::Docker) => {
+            if cfg.image.is_none() && v.attr("image").is_none() {
+                c.error(
+                    b.at,
+                    path,
+                    "missing image: the docker driver needs image = \"name:tag\"",
+                );
+            }
+            if let (Some(a), None) = (v.attr("args"), v.attr("command")) {
+                c.error(a.at, &sub(path, "args"), "args without command: set command too, or drop args to run the image's own command");
+            }
+        }
+        _ => {}
+    }
+    cfg
+}
+
+pub(super) fn decode_logs(c: &mut Collector<'_>, b: &Block, path: &str) -> LogSpec {
+    no_labels(c, b, path);
+    let v = view(c, &b.body, path, &["max_files", "max_file_size"], &[]);
+    let mut l = LogSpec::default();
+    if let Some(a) = v.attr("max_files") {
+        if let Some(n) = int_in(
+            c,
+            &a.value,
+            &sub(path, "max_files"),
+            1,
+            i64::from(u32::MAX),
+            "an integer >= 1",
+        ) {
+            l.max_files = u32::try_from(n).unwrap_or(l.max_files);
+        }
+    }
+    if let Some(a) = v.attr("max_file_size") {
+        l.max_file_size_mb = positive(c, &a.value, &sub(path, "max_file_size"), " (MB)")
+            .unwrap_or(l.max_file_size_mb);
+    }
+    l
+}

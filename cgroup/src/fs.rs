@@ -1,0 +1,66 @@
+//! Reading and writing cgroup control files: one value per write, errors that
+//! name the file.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use crate::{CgroupError, Result};
+
+/// Write a whole value in one write: cgroup files take one value per write(2).
+/// Never creates: a missing control file is an error, as on the kernel.
+pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
+    let err = |source| CgroupError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(value.as_bytes()).map_err(err)
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A file the host may not offer: None when it does not exist.
+pub(crate) fn read_optional(path: &Path) -> Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CgroupError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+pub(crate) fn read_u64(path: &Path) -> Result<u64> {
+    parse_u64(path, &read_file(path)?)
+}
+
+pub(crate) fn parse_u64(path: &Path, text: &str) -> Result<u64> {
+    let t = text.trim();
+    t.parse().map_err(|_| CgroupError::Parse {
+        path: path.to_path_buf(),
+        reason: format!("not a number: {t:?}"),
+    })
+}
+
+/// The value of `key` in "key value" lines (memory.events, cpu.stat, memory.oom_control).
+pub(crate) fn keyed_u64(path: &Path, text: &str, key: &str) -> Result<Option<u64>> {
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        if parts.next() == Some(key) {
+            let value = parts.next().unwrap_or("");
+            return parse_u64(path, value).map(Some);
+        }
+    }
+    Ok(None)
+}
