@@ -356,10 +356,12 @@ impl Text {
     }
 }
 
-/// A sample value as the format writes it: integers without a point.
+/// A sample value as the format writes it (Rust writes 3.0 as `3`).
 fn number(v: f64) -> String {
-    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
     } else {
         format!("{v}")
     }
