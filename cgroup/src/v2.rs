@@ -77,8 +77,10 @@ impl TaskCgroup {
         for (name, needed) in wanted {
             let optional = match name {
                 "cpu" => false,
-                // Only for a weight, and a missing one is a warning (set_limits_v2).
-                "io" => spec.options.io_weight.is_some(),
+                // Where the host has it: the task's io.stat (its bytes read
+                // and written in stats) and io.weight need it; a missing one
+                // is never a reason to refuse the task (an io_weight without
+                // it is a warning, set_limits_v2).
                 _ => true,
             };
             if available.contains(&name) {

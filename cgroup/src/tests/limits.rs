@@ -71,16 +71,20 @@ fn v2_create_enables_controllers_and_writes_limits() {
     assert_eq!(read(leaf.join("pids.max")), "64");
     for anc in ["", "tend", "tend/a"] {
         let f = t.path().join(anc).join("cgroup.subtree_control");
-        assert_eq!(read(f), "+memory +pids +cpu", "{anc}");
+        assert_eq!(read(f), "+memory +pids +cpu +io", "{anc}");
     }
     assert_eq!(read(leaf.join("cgroup.subtree_control")), "");
 
     // Already enabled: nothing is written again.
-    fs::write(t.path().join("cgroup.subtree_control"), "cpu memory pids\n").unwrap();
+    fs::write(
+        t.path().join("cgroup.subtree_control"),
+        "cpu io memory pids\n",
+    )
+    .unwrap();
     TaskCgroup::create(&h, &spec("tend/a/u")).unwrap();
     assert_eq!(
         read(t.path().join("cgroup.subtree_control")),
-        "cpu memory pids\n"
+        "cpu io memory pids\n"
     );
 }
 
@@ -123,7 +127,8 @@ fn v2_options_write_low_cpu_max_io_weight_and_oom_group() {
         let f = t.path().join(anc).join("cgroup.subtree_control");
         assert_eq!(read(f), "+memory +pids +cpu +io", "{anc}");
     }
-    // Without options none of them is touched, and io stays off.
+    // Without options none of them is touched; io is on all the same (the
+    // task's io.stat).
     TaskCgroup::create(&h, &spec("tend/b/t")).unwrap();
     let leaf = t.path().join("tend/b/t");
     assert_eq!(read(leaf.join("memory.low")), "0\n");
@@ -131,7 +136,7 @@ fn v2_options_write_low_cpu_max_io_weight_and_oom_group() {
     assert_eq!(read(leaf.join("cpu.max")), "max 100000\n");
     assert_eq!(
         read(t.path().join("tend/b/cgroup.subtree_control")),
-        "+memory +pids +cpu"
+        "+memory +pids +cpu +io"
     );
 }
 
