@@ -92,7 +92,7 @@ fn decode_group(c: &mut Collector<'_>, b: &Block, name: String, path: &str) -> G
         &b.body,
         path,
         &["count", "meta"],
-        &["task", "restart", "meta"],
+        &["task", "restart", "meta", "network"],
     );
     let count = v
         .attr("count")
@@ -115,6 +115,13 @@ fn decode_group(c: &mut Collector<'_>, b: &Block, name: String, path: &str) -> G
     let mut tasks = Vec::new();
     let mut seen = HashSet::new();
     let mut statics: HashSet<u16> = HashSet::new();
+    let (network, group_statics) = match v.single_block(c, "network", path) {
+        Some(nb) => resources::decode_network(c, nb, &sub(path, "network"), true),
+        None => (Vec::new(), Vec::new()),
+    };
+    for (port, _, _) in &group_statics {
+        statics.insert(*port);
+    }
     for t in v.blocks("task") {
         let tname = name_label(c, t, "task", path);
         let tpath = format!("{path}.task.{tname}");
@@ -126,6 +133,7 @@ fn decode_group(c: &mut Collector<'_>, b: &Block, name: String, path: &str) -> G
             );
         }
         let (task, static_at) = decode_task(c, t, tname, &tpath);
+        check_group_ports(c, t, &tpath, &task, &network);
         for (port, at, ppath) in static_at {
             if !statics.insert(port) {
                 c.error(
@@ -149,8 +157,64 @@ fn decode_group(c: &mut Collector<'_>, b: &Block, name: String, path: &str) -> G
         count,
         restart,
         meta,
+        network,
         tasks,
     }
+}
+
+/// A task beside its group's ports: no port label of both (one
+/// `TEND_PORT_<label>` each), and a docker task's `config.ports` names only
+/// the group's.
+fn check_group_ports(c: &mut Collector<'_>, t: &Block, tpath: &str, task: &Task, group: &[Port]) {
+    for p in &task.resources.ports {
+        if group.iter().any(|g| g.label == p.label) {
+            c.error(
+                t.at,
+                &format!("{tpath}.resources.network.port.{}", p.label),
+                format!(
+                    "port label \"{}\" is the group's too: each label names one TEND_PORT_{}",
+                    p.label, p.label
+                ),
+            );
+        }
+    }
+    let at = config_attr_at(t, "ports").unwrap_or(t.at);
+    for label in &task.config.ports {
+        if !group.iter().any(|g| &g.label == label) {
+            c.error(
+                at,
+                &format!("{tpath}.config.ports"),
+                format!(
+                    "\"{label}\" is not a port of the group's network block{}",
+                    if group.is_empty() {
+                        " (the group has none)".to_string()
+                    } else {
+                        format!(
+                            " (it has {})",
+                            group
+                                .iter()
+                                .map(|g| format!("{:?}", g.label))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                ),
+            );
+        }
+    }
+}
+
+/// Where the task's `config { KEY = ... }` attribute is, if it is there.
+fn config_attr_at(t: &Block, key: &str) -> Option<usize> {
+    t.body.items.iter().find_map(|i| match i {
+        super::tree::Item::Block(b) if b.ident == "config" => {
+            b.body.items.iter().find_map(|j| match j {
+                super::tree::Item::Attr(a) if a.key == key => Some(a.value.at),
+                _ => None,
+            })
+        }
+        _ => None,
+    })
 }
 
 fn decode_restart(c: &mut Collector<'_>, b: &Block, path: &str) -> RestartPolicy {

@@ -31,6 +31,11 @@ pub struct Group {
     pub restart: RestartPolicy,
     /// `meta {}` of the group.
     pub meta: BTreeMap<String, String>,
+    /// `network { port "LABEL" {} }` of the group (Nomad 1.x): ports given
+    /// once per allocation to every task of it (`TEND_PORT_<label>` in each);
+    /// a docker task publishes those its `config.ports` names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<Port>,
     /// Tasks in file order; names are unique.
     pub tasks: Vec<Task>,
 }
@@ -138,6 +143,9 @@ pub struct TaskConfig {
     pub dns_search_domains: Vec<String>,
     /// docker: port label -> container port.
     pub port_map: BTreeMap<String, u16>,
+    /// docker: `ports = ["http"]`, the group's ports this container publishes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
     /// docker: privileged container.
     pub privileged: bool,
     /// docker: paths bound into the container.

@@ -965,3 +965,91 @@ fn resource_options_are_checked_where_they_are_written() {
         "must be true or false",
     );
 }
+
+const GROUP_NET: &str = r#"job "web" {
+  group "g" {
+    network {
+      mode = "host"
+      port "http" {}
+      port "admin" { static = 9090 }
+    }
+    task "server" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/true"
+      }
+      resources {
+        network {
+          port "debug" {}
+        }
+      }
+    }
+    task "box" {
+      driver = "docker"
+      config {
+        image = "busybox"
+        ports = ["http"]
+      }
+    }
+  }
+}
+"#;
+
+#[test]
+fn a_group_network_gives_ports_to_the_group_and_docker_names_those_it_publishes() {
+    let job = parse_str(GROUP_NET, "t.hcl").unwrap();
+    let g = &job.groups[0];
+    let labels: Vec<&str> = g.network.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(labels, ["http", "admin"]);
+    assert_eq!(g.network[1].static_port, Some(9090));
+    assert_eq!(g.tasks[0].resources.ports[0].label, "debug");
+    assert_eq!(g.tasks[1].config.ports, ["http"]);
+}
+
+#[test]
+fn group_ports_are_checked_against_the_tasks_and_the_mode() {
+    // A docker task names a port the group does not have.
+    let src = GROUP_NET.replace("ports = [\"http\"]", "ports = [\"web\"]");
+    one_err(
+        &src,
+        23,
+        17,
+        "job.web.group.g.task.box.config.ports",
+        "\"web\" is not a port of the group's network block (it has \"http\", \"admin\")",
+    );
+    // A task's port label is the group's too.
+    let src = GROUP_NET.replace("port \"debug\" {}", "port \"http\" {}");
+    let e = errs(&src);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(
+        e[0].path,
+        "job.web.group.g.task.server.resources.network.port.http"
+    );
+    assert!(e[0].message.contains("is the group's too"), "{e:?}");
+    // A task's static port is the group's static port.
+    let src = GROUP_NET.replace("port \"debug\" {}", "port \"debug\" { static = 9090 }");
+    let e = errs(&src);
+    assert!(
+        e.iter()
+            .any(|d| d.message.contains("static port 9090 is used twice")),
+        "{e:#?}"
+    );
+    // Bridge mode needs namespaces tend does not make.
+    let src = GROUP_NET.replace("mode = \"host\"", "mode = \"bridge\"");
+    one_err(
+        &src,
+        4,
+        14,
+        "job.web.group.g.network.mode",
+        "\"host\" is the only mode",
+    );
+    // Labels are unique in the group's block.
+    let src = GROUP_NET.replace("port \"admin\"", "port \"http\"");
+    let e = errs(&src);
+    assert!(
+        e.iter().any(|d| d
+            .message
+            .contains("duplicate port label \"http\" in this group")),
+        "{e:#?}"
+    );
+}

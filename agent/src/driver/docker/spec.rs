@@ -379,7 +379,13 @@ pub fn create_body(
     let mut exposed: BTreeMap<String, ()> = BTreeMap::new();
     let mut bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
     if publish {
-        for p in req.ports {
+        // The task's own ports, and those of the group's it names in
+        // `config.ports` (two containers cannot publish one host port).
+        let own = |label: &str| {
+            task.resources.ports.iter().any(|p| p.label == label)
+                || task.config.ports.iter().any(|l| l == label)
+        };
+        for p in req.ports.iter().filter(|p| own(&p.label)) {
             let to = task
                 .config
                 .port_map

@@ -26,6 +26,7 @@ pub(super) const DOCKER_CONFIG: &[&str] = &[
     "dns_servers",
     "dns_search_domains",
     "port_map",
+    "ports",
     "privileged",
     "volumes",
     "devices",
@@ -270,6 +271,10 @@ pub(super) fn decode_config(
     cfg.cap_add = docker::capabilities(c, &v, "cap_add", path);
     cfg.cap_drop = docker::capabilities(c, &v, "cap_drop", path);
     cfg.labels = string_map(c, &v, "labels", path, false);
+    cfg.ports = v
+        .attr("ports")
+        .and_then(|a| string_list(c, &a.value, &sub(path, "ports")))
+        .unwrap_or_default();
     for (label, _, value) in map_entries(c, &v, "port_map", path) {
         let p = format!("{path}.port_map.{label}");
         if let Some(n) = int_in(c, value, &p, 1, 65535, "a port number 1-65535") {
