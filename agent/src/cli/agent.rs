@@ -44,7 +44,7 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
     };
     raise_nofile();
     let settings = Settings::resolve(config, opts.data_dir, opts.run_dir, opts.spawn_bin)?;
-    crate::driver::use_spawn_bin(&settings.spawn_bin);
+    crate::driver::spawn::config::use_spawn_bin(&settings.spawn_bin);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
