@@ -178,8 +178,15 @@ impl SpawnDriver {
         let report = match launch(&self.spawn_bin, &config).await {
             Ok(r) => r,
             // Nothing ran: the binary did not execute or never had its config.
-            Err(e @ (LaunchError::Exec { .. } | LaunchError::Send { .. })) => {
-                return Err(never(e.to_string()))
+            Err(
+                e @ (LaunchError::NotFound { .. }
+                | LaunchError::Exec { .. }
+                | LaunchError::Send { .. }),
+            ) => {
+                let message = e.to_string();
+                cx.journal
+                    .update(|r| Some(r.event("failed", format!("failed to start: {message}"))));
+                return Err(never(message));
             }
             // tend-spawn read its config and then died or went silent: it may have
             // started the task, so "never started" would be a guess. Its exit file
