@@ -39,6 +39,10 @@ pub struct Settings {
     /// The state store's dir (the data dir's `state` unless set apart, as
     /// for the agent a foreground `tend run` embeds).
     pub state_dir: PathBuf,
+    /// Whether the agent clears, at its start, the binds a dead agent left
+    /// staged in the run dir: not one embedded in a foreground `tend run`,
+    /// which shares the run dir with whatever else runs there.
+    pub sweep_binds: bool,
     /// The file as written.
     pub config: AgentConfig,
 }
@@ -57,6 +61,7 @@ impl Settings {
         )?;
         Ok(Settings {
             state_dir: dirs.state_dir(),
+            sweep_binds: true,
             dirs,
             spawn_bin: spawn_bin
                 .or_else(|| config.spawn_bin.clone())
@@ -312,7 +317,9 @@ impl Agent {
                 &e,
             )
         })?;
-        crate::driver::docker::binds::sweep(&settings.dirs.binds_dir());
+        if settings.sweep_binds {
+            crate::driver::docker::binds::sweep(&settings.dirs.binds_dir());
+        }
         // Exec tasks need a cgroup parent they can be made under: say so now,
         // in one line, rather than at every task's start. A non-root agent
         // goes through a setuid tend-spawn, whose policy and `tend doctor`

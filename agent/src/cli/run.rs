@@ -82,9 +82,9 @@ pub async fn run_foreground(opts: RunOptions) -> anyhow::Result<i32> {
 
 /// The settings of the embedded agent: the dirs and options `tend run` was
 /// given, its state store in a dir of its own (removed at the end) so that
-/// foreground runs side by side on one data dir do not share a lock, and
-/// only the drivers its job names (an agent checks each enabled one when it
-/// starts).
+/// foreground runs side by side on one data dir do not share a lock, the
+/// binds other agents stage in the run dir left alone, and only the drivers
+/// its job names (an agent checks each enabled one when it starts).
 fn embedded_settings(opts: &RunOptions, job: &Job) -> anyhow::Result<Settings> {
     let mut config = opts.config.clone();
     config.cgroup_parent = Some(opts.cgroup_parent.clone());
@@ -116,6 +116,7 @@ fn embedded_settings(opts: &RunOptions, job: &Job) -> anyhow::Result<Settings> {
         Some(opts.spawn_bin.clone()),
     )?;
     settings.linger = crate::driver::spawn::config::DEFAULT_LINGER;
+    settings.sweep_binds = false;
     settings.state_dir = opts
         .dirs
         .run_dir

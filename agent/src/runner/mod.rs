@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tend_proto::Token;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::agent::Inner;
 use crate::driver::setup::{task_setup, TaskContext};
-use crate::driver::{AnyDriver, Control, Ended, Journal, Recovered, RunCtx, StartSpec, TaskDriver};
+use crate::driver::{
+    AnyDriver, Control, Controls, Ended, Journal, Recovered, RunCtx, StartSpec, TaskDriver,
+};
 use crate::jobspec::{Group, Task};
 use crate::outcome::humanize;
 use crate::state::{AllocRecord, Desired, Handle, TaskEvent, TaskPhase, TaskRecord};
@@ -33,7 +35,7 @@ pub enum Start {
 /// How a task was taken up when the loop began (reported to the agent's start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
-    /// Its tend-spawn answered.
+    /// Its run answers (its tend-spawn, its container).
     Reattached,
     /// It had ended; its exit file was recorded.
     Exited,
@@ -41,7 +43,7 @@ pub enum Resolved {
     Lost,
     /// A new run was started (or failed to start).
     Started,
-    /// Its tend-spawn lives but does not answer yet: it is being retried.
+    /// Its supervisor lives but does not answer yet: it is being retried.
     Unreachable,
 }
 
@@ -68,7 +70,7 @@ pub(crate) async fn task_loop(
     inner: Arc<Inner>,
     alloc_id: String,
     name: String,
-    ctl: mpsc::UnboundedReceiver<Control>,
+    ctl: Controls,
     start: Start,
     ready: Option<oneshot::Sender<Resolved>>,
 ) {
@@ -82,7 +84,7 @@ async fn task_life(
     inner: Arc<Inner>,
     alloc_id: String,
     name: String,
-    mut ctl: mpsc::UnboundedReceiver<Control>,
+    mut ctl: Controls,
     start: Start,
     ready: Option<oneshot::Sender<Resolved>>,
 ) {
@@ -338,7 +340,7 @@ async fn reattach(
     inner: &Arc<Inner>,
     cx: &RunCtx<'_>,
     handle: Handle,
-    ctl: &mut mpsc::UnboundedReceiver<Control>,
+    ctl: &mut Controls,
     stopping: &mut bool,
     ready: &mut Ready,
 ) -> Recovered<(AnyDriver, crate::driver::AnyRun)> {

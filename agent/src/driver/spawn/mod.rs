@@ -115,9 +115,7 @@ impl TaskDriver for SpawnDriver {
     }
 
     async fn destroy(&self, cx: &RunCtx<'_>, handle: &Handle) {
-        let h = handle.clone();
-        let run_of = (cx.alloc_id.to_string(), cx.task.name.clone());
-        let _ = tokio::task::spawn_blocking(move || kill_leftovers(&h, run_of)).await;
+        destroy_run(cx, handle).await;
     }
 }
 
@@ -545,12 +543,17 @@ async fn daemon_gone(cx: &RunCtx<'_>, handle: &Handle, why: &str) -> Ended {
             return Ended::Exit(e);
         }
     }
-    let h = handle.clone();
-    let run_of = (cx.alloc_id.to_string(), cx.task.name.clone());
-    let _ = tokio::task::spawn_blocking(move || kill_leftovers(&h, run_of)).await;
+    destroy_run(cx, handle).await;
     Ended::Lost(format!(
         "{why}, and it left no exit status file: the exit is unknown"
     ))
+}
+
+/// Kill what is left of a lost run, off the runtime's threads.
+async fn destroy_run(cx: &RunCtx<'_>, handle: &Handle) {
+    let h = handle.clone();
+    let run_of = (cx.alloc_id.to_string(), cx.task.name.clone());
+    let _ = tokio::task::spawn_blocking(move || kill_leftovers(&h, run_of)).await;
 }
 
 /// Kill what is left of a lost run (see [`crate::ident::Leftovers`]).
