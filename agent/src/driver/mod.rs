@@ -71,8 +71,26 @@ pub enum Control {
     Signal(i32, oneshot::Sender<Result<(), String>>),
 }
 
-/// The runner's controls of one task, served by the driver while it waits.
-pub type Controls = mpsc::UnboundedReceiver<Control>;
+/// The runner's controls of one task, served by its driver while it waits,
+/// and whether a stop was asked for (before or during the wait).
+#[derive(Debug)]
+pub struct Controls {
+    rx: mpsc::UnboundedReceiver<Control>,
+    /// A stop was asked for: no restart follows the run.
+    pub stopping: bool,
+}
+
+impl Controls {
+    /// The controls that come through `rx`.
+    pub fn new(rx: mpsc::UnboundedReceiver<Control>, stopping: bool) -> Controls {
+        Controls { rx, stopping }
+    }
+
+    /// The next control; None once the runner's channel is closed.
+    pub async fn recv(&mut self) -> Option<Control> {
+        self.rx.recv().await
+    }
+}
 
 /// How one run ended.
 #[derive(Debug, Clone)]
@@ -216,19 +234,17 @@ pub trait TaskDriver {
         cx: &RunCtx<'_>,
         handle: Handle,
         ctl: &mut Controls,
-        stopping: &mut bool,
         unreachable: &mut (dyn FnMut() + Send),
     ) -> impl Future<Output = Recovered<Self::Run>> + Send;
 
     /// Wait for the run's end, serving controls meanwhile (with
-    /// [`signal`](Self::signal) and [`stop`](Self::stop)); `stopping` says a
-    /// stop was asked for, before or during the wait.
+    /// [`signal`](Self::signal) and [`stop`](Self::stop)); a stop asked for
+    /// before the wait is asked of the run again.
     fn wait(
         &self,
         cx: &RunCtx<'_>,
         run: Self::Run,
         ctl: &mut Controls,
-        stopping: &mut bool,
     ) -> impl Future<Output = Ended> + Send;
 
     /// Send the run a signal.
@@ -324,31 +340,24 @@ impl TaskDriver for AnyDriver {
         cx: &RunCtx<'_>,
         handle: Handle,
         ctl: &mut Controls,
-        stopping: &mut bool,
         unreachable: &mut (dyn FnMut() + Send),
     ) -> Recovered<AnyRun> {
         match self {
             AnyDriver::Spawn(d) => d
-                .recover(cx, handle, ctl, stopping, unreachable)
+                .recover(cx, handle, ctl, unreachable)
                 .await
                 .map(AnyRun::Spawn),
             AnyDriver::Docker(d) => d
-                .recover(cx, handle, ctl, stopping, unreachable)
+                .recover(cx, handle, ctl, unreachable)
                 .await
                 .map(AnyRun::Docker),
         }
     }
 
-    async fn wait(
-        &self,
-        cx: &RunCtx<'_>,
-        run: AnyRun,
-        ctl: &mut Controls,
-        stopping: &mut bool,
-    ) -> Ended {
+    async fn wait(&self, cx: &RunCtx<'_>, run: AnyRun, ctl: &mut Controls) -> Ended {
         match (self, run) {
-            (AnyDriver::Spawn(d), AnyRun::Spawn(r)) => d.wait(cx, r, ctl, stopping).await,
-            (AnyDriver::Docker(d), AnyRun::Docker(r)) => d.wait(cx, r, ctl, stopping).await,
+            (AnyDriver::Spawn(d), AnyRun::Spawn(r)) => d.wait(cx, r, ctl).await,
+            (AnyDriver::Docker(d), AnyRun::Docker(r)) => d.wait(cx, r, ctl).await,
             _ => Ended::Lost(MIXED.into()),
         }
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tend_proto::Token;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::agent::Inner;
@@ -70,7 +70,7 @@ pub(crate) async fn task_loop(
     inner: Arc<Inner>,
     alloc_id: String,
     name: String,
-    ctl: Controls,
+    ctl: mpsc::UnboundedReceiver<Control>,
     start: Start,
     ready: Option<oneshot::Sender<Resolved>>,
 ) {
@@ -84,7 +84,7 @@ async fn task_life(
     inner: Arc<Inner>,
     alloc_id: String,
     name: String,
-    mut ctl: Controls,
+    ctl: mpsc::UnboundedReceiver<Control>,
     start: Start,
     ready: Option<oneshot::Sender<Resolved>>,
 ) {
@@ -119,15 +119,15 @@ async fn task_life(
             task: name.clone(),
         }),
     };
-    let mut stopping = alloc.desired == Desired::Stop;
+    let mut ctl = Controls::new(ctl, alloc.desired == Desired::Stop);
     let mut next = start;
     loop {
         let ended = match std::mem::replace(&mut next, Start::Fresh) {
             Start::Reattach(h) => {
-                match reattach(&inner, &cx, h, &mut ctl, &mut stopping, &mut ready).await {
+                match reattach(&inner, &cx, h, &mut ctl, &mut ready).await {
                     Recovered::Live((driver, run)) => {
                         ready.say(Resolved::Reattached);
-                        driver.wait(&cx, run, &mut ctl, &mut stopping).await
+                        driver.wait(&cx, run, &mut ctl).await
                     }
                     Recovered::NeverLaunched(run) => {
                         // Started as the run it was meant to be.
@@ -148,7 +148,7 @@ async fn task_life(
                 }
             }
             Start::Fresh => {
-                if stopping || desired_stop(&inner, &alloc_id) {
+                if ctl.stopping || desired_stop(&inner, &alloc_id) {
                     ready.say(Resolved::Started);
                     inner.update_task(&alloc_id, &name, |r| {
                         r.stopped = true;
@@ -160,7 +160,7 @@ async fn task_life(
                 let r = start_run(&inner, &cx, &alloc, &group).await;
                 ready.say(Resolved::Started);
                 match r {
-                    Ok((driver, run)) => driver.wait(&cx, run, &mut ctl, &mut stopping).await,
+                    Ok((driver, run)) => driver.wait(&cx, run, &mut ctl).await,
                     Err(e) => e,
                 }
             }
@@ -173,7 +173,8 @@ async fn task_life(
         // write as its end: a record that had the end without the decision
         // (handle gone, phase still running) would be started again, as a
         // task that never ran, by the next agent.
-        stopping |= desired_stop(&inner, &alloc_id);
+        ctl.stopping |= desired_stop(&inner, &alloc_id);
+        let stopping = ctl.stopping;
         let next_step = if stopping || !failed {
             Decision::Fail
         } else {
@@ -341,7 +342,6 @@ async fn reattach(
     cx: &RunCtx<'_>,
     handle: Handle,
     ctl: &mut Controls,
-    stopping: &mut bool,
     ready: &mut Ready,
 ) -> Recovered<(AnyDriver, crate::driver::AnyRun)> {
     let driver = match inner.drivers.for_handle(&handle) {
@@ -349,9 +349,7 @@ async fn reattach(
         Err(e) => return Recovered::Ended(Ended::Lost(e)),
     };
     let mut unreachable = || ready.say(Resolved::Unreachable);
-    let found = driver
-        .recover(cx, handle, ctl, stopping, &mut unreachable)
-        .await;
+    let found = driver.recover(cx, handle, ctl, &mut unreachable).await;
     found.map(|run| (driver, run))
 }
 

@@ -142,7 +142,6 @@ impl TaskDriver for ContainerDriver {
         cx: &RunCtx<'_>,
         handle: Handle,
         _ctl: &mut Controls,
-        _stopping: &mut bool,
         _unreachable: &mut (dyn FnMut() + Send),
     ) -> Recovered<ContainerRun> {
         let (alloc_id, task) = (cx.alloc_id, cx.task);
@@ -191,15 +190,9 @@ impl TaskDriver for ContainerDriver {
     }
 
     /// Wait for a container's end, serving stop and signal requests meanwhile.
-    async fn wait(
-        &self,
-        cx: &RunCtx<'_>,
-        run: ContainerRun,
-        ctl: &mut Controls,
-        stopping: &mut bool,
-    ) -> Ended {
+    async fn wait(&self, cx: &RunCtx<'_>, run: ContainerRun, ctl: &mut Controls) -> Ended {
         let docker = &self.engine;
-        if *stopping {
+        if ctl.stopping {
             // Taken up after a stop was asked for: ask again.
             self.stop(cx, &run);
         }
@@ -213,7 +206,7 @@ impl TaskDriver for ContainerDriver {
                     c = ctl.recv(), if ctl_open => match c {
                         None => ctl_open = false,
                         Some(Control::Stop) => {
-                            *stopping = true;
+                            ctl.stopping = true;
                             self.stop(cx, &run);
                         }
                         Some(Control::Signal(signo, reply)) => {

@@ -74,20 +74,13 @@ impl TaskDriver for SpawnDriver {
         cx: &RunCtx<'_>,
         handle: Handle,
         ctl: &mut Controls,
-        stopping: &mut bool,
         unreachable: &mut (dyn FnMut() + Send),
     ) -> Recovered<SpawnRun> {
-        reattach(cx, handle, ctl, stopping, unreachable).await
+        reattach(cx, handle, ctl, unreachable).await
     }
 
-    async fn wait(
-        &self,
-        cx: &RunCtx<'_>,
-        run: SpawnRun,
-        ctl: &mut Controls,
-        stopping: &mut bool,
-    ) -> Ended {
-        wait_run(cx, run, ctl, stopping).await
+    async fn wait(&self, cx: &RunCtx<'_>, run: SpawnRun, ctl: &mut Controls) -> Ended {
+        wait_run(cx, run, ctl).await
     }
 
     async fn signal(&self, cx: &RunCtx<'_>, run: &SpawnRun, signo: i32) -> Result<(), String> {
@@ -335,7 +328,6 @@ async fn reach_daemon(
     socket: &Path,
     token: Token,
     ctl: &mut Controls,
-    stopping: &mut bool,
     on_unreachable: &mut (dyn FnMut() + Send),
 ) -> Reach {
     let task = cx.task;
@@ -343,7 +335,7 @@ async fn reach_daemon(
     let mut backoff = retry::Backoff::default();
     let mut attempts = 0u32;
     let mut unreachable = false;
-    let mut stop_since: Option<Instant> = stopping.then(Instant::now);
+    let mut stop_since: Option<Instant> = ctl.stopping.then(Instant::now);
     let mut killed = false;
     let mut ctl_open = true;
     loop {
@@ -402,7 +394,7 @@ async fn reach_daemon(
                 c = ctl.recv(), if ctl_open => match c {
                     None => ctl_open = false,
                     Some(Control::Stop) => {
-                        *stopping = true;
+                        ctl.stopping = true;
                         stop_since.get_or_insert_with(Instant::now);
                     }
                     Some(Control::Signal(_, reply)) => {
@@ -451,7 +443,6 @@ async fn reattach(
     cx: &RunCtx<'_>,
     mut handle: Handle,
     ctl: &mut Controls,
-    stopping: &mut bool,
     on_unreachable: &mut (dyn FnMut() + Send),
 ) -> Recovered<SpawnRun> {
     if never_launched(cx.alloc_id, &cx.task.name, &handle).await {
@@ -467,15 +458,14 @@ async fn reattach(
     if daemon_of(&handle).is_some_and(|d| !d.alive()) {
         return Recovered::Ended(daemon_gone(cx, &handle, "tend-spawn is gone").await);
     }
-    let client =
-        match reach_daemon(cx, &handle, &socket, token, ctl, stopping, on_unreachable).await {
-            Reach::Connected(c) => c,
-            Reach::Gone(why) => {
-                return Recovered::Ended(
-                    daemon_gone(cx, &handle, &format!("tend-spawn is gone ({why})")).await,
-                )
-            }
-        };
+    let client = match reach_daemon(cx, &handle, &socket, token, ctl, on_unreachable).await {
+        Reach::Connected(c) => c,
+        Reach::Gone(why) => {
+            return Recovered::Ended(
+                daemon_gone(cx, &handle, &format!("tend-spawn is gone ({why})")).await,
+            )
+        }
+    };
     let w = *client.welcome();
     let recorded_pid = handle.daemon_pid;
     if handle.daemon_pid.is_none() {
@@ -578,16 +568,11 @@ fn kill_leftovers(handle: &Handle, run_of: (String, String)) {
 /// connection that fails while the daemon lives is made again (the daemon
 /// pushes the exit to every waiter, at once if the task has already ended);
 /// only the daemon's death hands the run to its exit file.
-async fn wait_run(
-    cx: &RunCtx<'_>,
-    run: SpawnRun,
-    ctl: &mut Controls,
-    stopping: &mut bool,
-) -> Ended {
+async fn wait_run(cx: &RunCtx<'_>, run: SpawnRun, ctl: &mut Controls) -> Ended {
     let SpawnRun { client, link } = run;
     let (socket, token, handle) = (&link.socket, link.token, &link.handle);
     let daemon = daemon_of(handle);
-    if *stopping {
+    if ctl.stopping {
         // Taken up after a stop was asked for (the last agent may have died
         // before it reached the daemon): ask again; a second Stop is harmless.
         request_stop(cx, &link);
@@ -596,14 +581,12 @@ async fn wait_run(
     let result = loop {
         let mut c = match client.take() {
             Some(c) => c,
-            None => {
-                match reach_daemon(cx, handle, socket, token, ctl, stopping, &mut || {}).await {
-                    Reach::Connected(c) => c,
-                    Reach::Gone(why) => break Err((None, why)),
-                }
-            }
+            None => match reach_daemon(cx, handle, socket, token, ctl, &mut || {}).await {
+                Reach::Connected(c) => c,
+                Reach::Gone(why) => break Err((None, why)),
+            },
         };
-        match wait_on(cx, &mut c, &link, ctl, stopping).await {
+        match wait_on(cx, &mut c, &link, ctl).await {
             Ok(exit) => break Ok((c, exit)),
             // The connection failed, not the daemon: reach it again.
             Err(e) if daemon.is_some_and(|d| d.alive()) => {
@@ -646,7 +629,6 @@ async fn wait_on(
     client: &mut Client,
     link: &Link,
     ctl: &mut Controls,
-    stopping: &mut bool,
 ) -> Result<ExitStatus, String> {
     let handle = &link.handle;
     let wait = client.wait();
@@ -668,7 +650,7 @@ async fn wait_on(
             c = ctl.recv(), if ctl_open => match c {
                 None => ctl_open = false,
                 Some(Control::Stop) => {
-                    *stopping = true;
+                    ctl.stopping = true;
                     request_stop(cx, link);
                 }
                 Some(Control::Signal(signo, reply)) => {
