@@ -279,7 +279,8 @@ pub enum AnyDriver {
     Docker(Arc<ContainerDriver>),
 }
 
-/// A run of any driver.
+/// A run of any driver. One lives per task, so the size of the larger
+/// variant costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 pub enum AnyRun {
     /// Under tend-spawn.
