@@ -830,3 +830,28 @@ fn a_foreground_job_with_a_restart_block_is_restarted_by_its_policy() {
         assert_eq!((earlier.run, earlier.exit_code), (run, Some(9)));
     }
 }
+
+#[test]
+fn the_state_a_killed_foreground_run_left_is_removed_by_the_next_one() {
+    let sb = Sandbox::new();
+    let states = sb.run_dir().join("foreground");
+    let job = sb.write_job("job.hcl", &sh_job("j", "sleeper", "exec sleep 30", ""));
+    let run = sb.spawn_tend(&run_args(&job));
+    let (task_pid, _) = run.wait_started("sleeper", LONG);
+    run.signal(Signal::SIGKILL);
+    run.wait(LONG);
+    // Its embedded agent's state stays behind, its lock held by nobody.
+    assert_eq!(fs::read_dir(&states).map(|d| d.count()).ok(), Some(1));
+    assert!(pid_alive(task_pid));
+
+    let quick = sb.write_job("quick.hcl", &sh_job("q", "t", "exit 0", ""));
+    let out = tend_run(&sb, &quick, LONG);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        !states.exists(),
+        "{:?}",
+        fs::read_dir(&states).map(|d| d.count())
+    );
+    // The task of the killed run is left alone.
+    assert!(pid_alive(task_pid));
+}

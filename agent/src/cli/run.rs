@@ -156,6 +156,7 @@ async fn run_embedded(settings: Settings, job: Job) -> anyhow::Result<(i32, bool
     if let Some(parent) = settings.state_dir.parent() {
         crate::paths::ensure_private_dir(parent)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
+        remove_dead_states(parent);
     }
     let agent = Agent::new(settings).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut events = agent.events();
@@ -255,6 +256,32 @@ async fn run_embedded(settings: Settings, job: Job) -> anyhow::Result<(i32, bool
         }
     }
     Ok((code, watches.iter().all(|w| w.dead)))
+}
+
+/// Remove the state dirs that foreground runs killed before their end left
+/// in `dir`: those whose agent lock nobody holds. Their tasks, if any still
+/// run, keep their tend-spawn, logs and exit files; no agent takes them up
+/// from there.
+fn remove_dead_states(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let state = e.path();
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(state.join("agent.lock"))
+        else {
+            continue;
+        };
+        if let Ok(held) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
+            if let Err(e) = std::fs::remove_dir_all(&state) {
+                tracing::warn!(dir = %state.display(), error = %e, "cannot remove a dead foreground state");
+            }
+            drop(held);
+        }
+    }
 }
 
 fn record_of(agent: &Agent, w: &Watch) -> Option<TaskRecord> {
