@@ -316,7 +316,9 @@ async fn on_event(agent: &Agent, watches: &mut [Watch], line: &EventLine) {
                     h.task_pid.unwrap_or(0),
                     h.daemon_pid.unwrap_or(0)
                 )),
-                None => say(&format!("{}: {msg}", w.label)),
+                // Ended already (the record has let its handle go): the
+                // event says what started.
+                None => say(&format!("{}: {}", w.label, started_words(msg))),
             }
         }
         "exited" => w.last_end = Some(msg.clone()),
@@ -332,6 +334,19 @@ async fn on_event(agent: &Agent, watches: &mut [Watch], line: &EventLine) {
             say(&format!("{}: {msg}", w.label));
         }
         _ => {}
+    }
+}
+
+/// "started (pid 12, tend-spawn 11)" from a started event's message, "run 1:
+/// pid 12 (tend-spawn 11)"; the message itself when it is not of that form.
+fn started_words(msg: &str) -> String {
+    let what = msg.split_once(": ").map_or(msg, |(_, w)| w);
+    match what.split_once(" (tend-spawn ") {
+        Some((pid, daemon)) => format!(
+            "started ({pid}, tend-spawn {})",
+            daemon.trim_end_matches(')')
+        ),
+        None => format!("started ({what})"),
     }
 }
 
@@ -470,6 +485,18 @@ pub async fn submit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_started_event_is_said_as_the_handle_would() {
+        assert_eq!(
+            started_words("run 2: pid 12 (tend-spawn 11)"),
+            "started (pid 12, tend-spawn 11)"
+        );
+        assert_eq!(
+            started_words("run 1: container 0123456789ab"),
+            "started (container 0123456789ab)"
+        );
+    }
 
     #[test]
     fn prefixes_whole_lines_only() {
