@@ -194,6 +194,10 @@ pub struct TaskRecord {
     /// ended as asked, whatever code or signal the kill left (143, 137).
     #[serde(default)]
     pub stopped: bool,
+    /// The errno of the step that kept its last run from starting (ENOENT
+    /// for a missing command), when its supervisor reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_errno: Option<i32>,
 }
 
 /// Where a task stands in its restart policy's interval.
@@ -226,6 +230,7 @@ impl TaskRecord {
             restart_window: None,
             unreachable: None,
             stopped: false,
+            start_errno: None,
         }
     }
 

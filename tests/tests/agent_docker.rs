@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tend_tests::{have_root, skip_or_fail, wait_until, AgentProc, Sandbox};
+use tend_tests::{
+    have_root, random_u64, skip_or_fail, wait_alloc_exit, wait_until, AgentProc, Sandbox,
+};
 
 const IMAGE: &str = "tend-test/busybox:latest";
 const LONG: Duration = Duration::from_secs(60);
@@ -517,6 +519,25 @@ fn cpu_hard_limit_caps_the_container_and_oom_kill_group_is_refused_at_submit() {
         cpu_hard_limit = true
         io_weight      = 500
 {extra}      }}
+/// A one-task docker job whose task has a name of its own (its containers
+/// are found and removed by the `tend.task` label), and the config of the
+/// agent `tend run` embeds: the test engine's endpoint.
+fn foreground_job(sb: &Sandbox, script: &str, extra: &str) -> (String, std::path::PathBuf) {
+    let name = format!("fg{}", random_u64() % 1_000_000_000);
+    let args = serde_json::to_string(&["-c", script]).unwrap();
+    let job = sb.write_job(
+        "job.hcl",
+        &format!(
+            r#"job "fg" {{
+  group "g" {{
+    task "{name}" {{
+      driver = "docker"
+{extra}
+      config {{
+        image   = "{IMAGE}"
+        command = "/bin/sh"
+        args    = {args}
+      }}
     }}
   }}
 }}
@@ -543,4 +564,100 @@ fn cpu_hard_limit_caps_the_container_and_oom_kill_group_is_refused_at_submit() {
         e.contains("resources.oom_kill_group: the docker driver cannot set it"),
         "{e}"
     );
+}
+        ),
+    );
+    sb.write_job(
+        "agent.hcl",
+        &format!(
+            "plugin \"docker\" {{\n  endpoint = \"{}\"\n}}\n",
+            socket().display()
+        ),
+    );
+    (name, job)
+}
+
+#[test]
+fn tend_run_runs_a_docker_task_with_no_agent() {
+    if !root_and_engine() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let (name, job) = foreground_job(
+        &sb,
+        "echo out from $TEND_TASK_NAME; echo err line >&2; exit 4",
+        "",
+    );
+    let _guard = Containers(vec![format!("tend.task={name}")]);
+    let out = sb.run_tend(
+        &["run", "--config", "agent.hcl", job.to_str().unwrap()],
+        LONG,
+    );
+    assert_eq!(out.code, Some(4), "{out}");
+    assert!(
+        out.stderr.contains("running the job in the foreground"),
+        "{out}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("==> {name}: started (container ")),
+        "{out}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("==> {name}: exited with code 4\n")),
+        "{out}"
+    );
+    // The output is echoed as the agent copies it from the engine.
+    assert!(out.stdout.contains(&format!("out from {name}\n")), "{out}");
+    assert!(out.stderr.contains("err line\n"), "{out}");
+    // The same exit and log files as under the agent.
+    let alloc = sb.find_alloc_dir();
+    let exit = wait_alloc_exit(&alloc, &name, LONG);
+    assert_eq!(exit.exit_code, Some(4), "{exit:?}");
+    assert_eq!(exit.run, 1);
+    let log = std::fs::read_to_string(tend_tests::alloc_log_path(&alloc, &name, "stdout"))
+        .unwrap_or_default();
+    assert_eq!(log, format!("out from {name}\n"));
+    assert!(
+        containers_labelled(&format!("tend.task={name}")).is_empty(),
+        "the container is removed once its exit is recorded"
+    );
+    // The embedded agent's state goes with it.
+    assert!(
+        !sb.run_dir().join("foreground").exists(),
+        "{:?}",
+        std::fs::read_dir(sb.run_dir().join("foreground")).map(|d| d.count())
+    );
+}
+
+#[test]
+fn ctrl_c_stops_a_foreground_container_with_its_kill_signal() {
+    if !root_and_engine() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let (name, job) = foreground_job(
+        &sb,
+        r#"trap "echo got TERM; exit 5" TERM; echo ready; while :; do sleep 0.1; done"#,
+        "      kill_signal  = \"SIGTERM\"\n      kill_timeout = \"20s\"",
+    );
+    let _guard = Containers(vec![format!("tend.task={name}")]);
+    let run = sb.spawn_tend(&["run", "--config", "agent.hcl", job.to_str().unwrap()]);
+    run.wait_stderr(&format!("==> {name}: started (container "), LONG);
+    let alloc = sb.find_alloc_dir();
+    let log = tend_tests::alloc_log_path(&alloc, &name, "stdout");
+    assert!(wait_until(LONG, || std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready")));
+    run.signal(nix::sys::signal::Signal::SIGINT);
+    let out = run.wait(LONG);
+    assert_eq!(out.code, Some(5), "{out}");
+    assert!(
+        out.stderr.contains("==> interrupt: stopping the tasks"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("got TERM\n"), "{out}");
+    assert_eq!(wait_alloc_exit(&alloc, &name, LONG).exit_code, Some(5));
+    assert!(containers_labelled(&format!("tend.task={name}")).is_empty());
 }

@@ -118,7 +118,7 @@ impl Drop for CgroupParent {
 
 /// The default chroot_env of this host, as binds.
 fn default_binds() -> Vec<Bind> {
-    tend::driver::default_chroot_env()
+    tend::driver::spawn::config::default_chroot_env()
         .into_iter()
         .map(|(source, target)| Bind { source, target })
         .collect()

@@ -769,3 +769,89 @@ fn ctrl_c_at_a_terminal_reaches_tend_run_and_not_the_tasks() {
     assert!(log.contains("got TERM\n"), "{log}");
     assert!(!log.contains("got INT"), "{log}");
 }
+
+#[test]
+fn a_foreground_job_with_a_restart_block_is_restarted_by_its_policy() {
+    let sb = Sandbox::new();
+    // Each run leaves a mark in the alloc dir; the third run succeeds.
+    let job = sb.write_job(
+        "job.hcl",
+        r#"job "j" {
+  group "g" {
+    restart {
+      attempts = 2
+      delay    = "100ms"
+      interval = "1m"
+      mode     = "fail"
+    }
+    task "flaky" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "echo run >> $TEND_ALLOC_DIR/runs; n=$(wc -l < $TEND_ALLOC_DIR/runs); echo try $n; [ $n -ge 3 ] || exit 9"]
+      }
+    }
+  }
+}
+"#,
+    );
+    let out = tend_run(&sb, &job, LONG);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        out.stderr
+            .matches("==> flaky: exited with code 9\n")
+            .count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        out.stderr
+            .matches("==> flaky: restarting in 100ms\n")
+            .count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        out.stderr.ends_with("==> flaky: exited with code 0\n"),
+        "{out}"
+    );
+    assert_eq!(out.stdout, "try 1\ntry 2\ntry 3\n", "{out}");
+    let (alloc, exit) = exit_of(&sb, "flaky");
+    assert_eq!(exit.run, 3, "{exit:?}");
+    assert_eq!(exit.exit_code, Some(0));
+    // The earlier runs' exit files are kept beside it, as under the agent.
+    for run in 1..=2 {
+        let earlier = fs::read_to_string(format!(
+            "{}.{run}",
+            tend_tests::alloc_exit_path(&alloc, "flaky").display()
+        ))
+        .unwrap_or_else(|e| panic!("run {run}: {e}"));
+        let earlier = ExitStatus::from_json(earlier.as_bytes()).unwrap();
+        assert_eq!((earlier.run, earlier.exit_code), (run, Some(9)));
+    }
+}
+
+#[test]
+fn the_state_a_killed_foreground_run_left_is_removed_by_the_next_one() {
+    let sb = Sandbox::new();
+    let states = sb.run_dir().join("foreground");
+    let job = sb.write_job("job.hcl", &sh_job("j", "sleeper", "exec sleep 30", ""));
+    let run = sb.spawn_tend(&run_args(&job));
+    let (task_pid, _) = run.wait_started("sleeper", LONG);
+    run.signal(Signal::SIGKILL);
+    run.wait(LONG);
+    // Its embedded agent's state stays behind, its lock held by nobody.
+    assert_eq!(fs::read_dir(&states).map(|d| d.count()).ok(), Some(1));
+    assert!(pid_alive(task_pid));
+
+    let quick = sb.write_job("quick.hcl", &sh_job("q", "t", "exit 0", ""));
+    let out = tend_run(&sb, &quick, LONG);
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        !states.exists(),
+        "{:?}",
+        fs::read_dir(&states).map(|d| d.count())
+    );
+    // The task of the killed run is left alone.
+    assert!(pid_alive(task_pid));
+}

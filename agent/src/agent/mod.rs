@@ -2,9 +2,7 @@
 //! task through its driver, and on start reattaches to every task it had.
 
 pub mod config;
-pub mod restart;
 pub mod stats;
-pub mod task;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,11 +12,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::driver::Control;
 use crate::jobspec::Job;
 use crate::paths::Dirs;
+use crate::runner::{self, Start};
 use crate::state::{AllocRecord, Desired, StateStore, TaskEvent, TaskPhase, TaskRecord, SCHEMA};
 use config::{AgentConfig, PortRange};
-use task::{Ctl, Start};
 
 /// The agent's settings: the config file with every default filled in.
 #[derive(Debug, Clone)]
@@ -37,6 +36,13 @@ pub struct Settings {
     pub port_range: PortRange,
     /// How long a tend-spawn waits for Release after its task ended.
     pub linger: Duration,
+    /// The state store's dir (the data dir's `state` unless set apart, as
+    /// for the agent a foreground `tend run` embeds).
+    pub state_dir: PathBuf,
+    /// Whether the agent clears, at its start, the binds a dead agent left
+    /// staged in the run dir: not one embedded in a foreground `tend run`,
+    /// which shares the run dir with whatever else runs there.
+    pub sweep_binds: bool,
     /// The file as written.
     pub config: AgentConfig,
 }
@@ -54,10 +60,12 @@ impl Settings {
             run_dir.or_else(|| config.run_dir.clone()),
         )?;
         Ok(Settings {
+            state_dir: dirs.state_dir(),
+            sweep_binds: true,
             dirs,
             spawn_bin: spawn_bin
                 .or_else(|| config.spawn_bin.clone())
-                .unwrap_or_else(crate::spawn::launch::default_spawn_bin),
+                .unwrap_or_else(crate::driver::spawn::launch::default_spawn_bin),
             cgroup_parent: config
                 .cgroup_parent
                 .clone()
@@ -66,7 +74,7 @@ impl Settings {
                 .chroot_env
                 .as_ref()
                 .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_else(crate::driver::default_chroot_env),
+                .unwrap_or_else(crate::driver::spawn::config::default_chroot_env),
             env_allowlist: config.env_allowlist.clone(),
             port_range: config.ports.unwrap_or_default(),
             linger: Duration::from_secs(3600),
@@ -125,7 +133,7 @@ pub struct EventLine {
 
 pub(crate) struct TaskSlot {
     pub(crate) record: TaskRecord,
-    pub(crate) ctl: mpsc::UnboundedSender<Ctl>,
+    pub(crate) ctl: mpsc::UnboundedSender<Control>,
 }
 
 pub(crate) struct AllocSlot {
@@ -139,7 +147,7 @@ pub(crate) struct Inner {
     pub(crate) allocs: Mutex<BTreeMap<String, AllocSlot>>,
     pub(crate) events: broadcast::Sender<EventLine>,
     pub(crate) ports: crate::ports::PortAllocator,
-    pub(crate) docker: Option<crate::driver::docker::DockerDriver>,
+    pub(crate) drivers: crate::driver::Drivers,
     /// The exclusive lock on the state store, held for the agent's life: two
     /// agents on one data dir would each reattach and restart the same tasks.
     pub(crate) _lock: nix::fcntl::Flock<std::fs::File>,
@@ -309,7 +317,9 @@ impl Agent {
                 &e,
             )
         })?;
-        crate::driver::docker::binds::sweep(&settings.dirs.binds_dir());
+        if settings.sweep_binds {
+            crate::driver::docker::binds::sweep(&settings.dirs.binds_dir());
+        }
         // Exec tasks need a cgroup parent they can be made under: say so now,
         // in one line, rather than at every task's start. A non-root agent
         // goes through a setuid tend-spawn, whose policy and `tend doctor`
@@ -337,16 +347,30 @@ impl Agent {
                 allow_host_binds: p.allow_host_binds,
                 cpu_total_compute: settings.config.cpu_total_compute,
             };
-            Some(
-                crate::driver::docker::DockerDriver::new(opts)
-                    .map_err(|e| internal("docker driver", &e))?,
-            )
+            let engine = crate::driver::docker::DockerDriver::new(opts)
+                .map_err(|e| internal("docker driver", &e))?;
+            Some(Arc::new(crate::driver::docker::run::ContainerDriver::new(
+                engine,
+                settings.dirs.clone(),
+            )))
         } else {
             None
         };
-        let store = StateStore::open(&settings.dirs.state_dir())
-            .map_err(|e| internal("state store", &e))?;
-        let lock_path = settings.dirs.state_dir().join("agent.lock");
+        let drivers = crate::driver::Drivers {
+            spawn: Arc::new(crate::driver::spawn::SpawnDriver {
+                spawn_bin: settings.spawn_bin.clone(),
+                dirs: settings.dirs.clone(),
+                chroot_env: settings.chroot_env.clone(),
+                cgroup_parent: settings.cgroup_parent.clone(),
+                allow_root: settings.config.exec_allows_root(),
+                cpu_total_compute: settings.config.cpu_total_compute,
+                linger: settings.linger,
+            }),
+            docker,
+        };
+        let store =
+            StateStore::open(&settings.state_dir).map_err(|e| internal("state store", &e))?;
+        let lock_path = settings.state_dir.join("agent.lock");
         let lock_file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -374,7 +398,7 @@ impl Agent {
                 allocs: Mutex::new(BTreeMap::new()),
                 events,
                 ports,
-                docker,
+                drivers,
                 _lock: lock,
             }),
         })
@@ -436,7 +460,7 @@ impl Agent {
             }
             for (name, rx, start) in starts {
                 let (ready_tx, ready_rx) = oneshot::channel();
-                tokio::spawn(task::task_loop(
+                tokio::spawn(runner::task_loop(
                     self.inner.clone(),
                     alloc_id.clone(),
                     name,
@@ -453,11 +477,11 @@ impl Agent {
         };
         for w in waits {
             match w.await {
-                Ok(task::Resolved::Reattached) => report.reattached += 1,
-                Ok(task::Resolved::Exited) => report.exited += 1,
-                Ok(task::Resolved::Lost) => report.lost += 1,
-                Ok(task::Resolved::Started) => report.started += 1,
-                Ok(task::Resolved::Unreachable) => report.unreachable += 1,
+                Ok(runner::Resolved::Reattached) => report.reattached += 1,
+                Ok(runner::Resolved::Exited) => report.exited += 1,
+                Ok(runner::Resolved::Lost) => report.lost += 1,
+                Ok(runner::Resolved::Started) => report.started += 1,
+                Ok(runner::Resolved::Unreachable) => report.unreachable += 1,
                 Err(_) => report.lost += 1,
             }
         }
@@ -476,7 +500,7 @@ impl Agent {
                     t.driver.name()
                 )));
             }
-            task::preflight(&self.inner, t)?;
+            crate::alloc::preflight(&self.inner, t)?;
         }
         let mut ids = Vec::new();
         for group in &job.groups {
@@ -492,7 +516,7 @@ impl Agent {
                     created_at: tend_proto::time::now(),
                     ports: Default::default(),
                 };
-                let record = task::prepare_alloc(&self.inner, record)?;
+                let record = crate::alloc::prepare(&self.inner, record)?;
                 self.inner
                     .store
                     .put_alloc(&record)
@@ -522,7 +546,7 @@ impl Agent {
                     allocs.insert(alloc_id.clone(), slot);
                 }
                 for (name, rx) in starts {
-                    tokio::spawn(task::task_loop(
+                    tokio::spawn(runner::task_loop(
                         self.inner.clone(),
                         alloc_id.clone(),
                         name,
@@ -577,7 +601,7 @@ impl Agent {
             return Err(AgentError::Internal(e.to_string()));
         }
         for t in slot.tasks.values() {
-            let _ = t.ctl.send(Ctl::Stop);
+            let _ = t.ctl.send(Control::Stop);
         }
         Ok(())
     }
@@ -663,7 +687,7 @@ impl Agent {
                 )));
             }
             t.ctl
-                .send(Ctl::Signal(signo, tx))
+                .send(Control::Signal(signo, tx))
                 .map_err(|_| AgentError::Conflict(format!("task {task} is not running")))?;
         }
         match tokio::time::timeout(Duration::from_secs(10), rx).await {

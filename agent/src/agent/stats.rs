@@ -1,19 +1,14 @@
 //! What each task of an allocation uses, asked of its supervisor when a
 //! client wants it: one request per task per ask, nothing polled meanwhile.
 
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tend_proto::msg::{CgroupStats, Pressure, PressureLine};
-use tend_proto::{Request, Response, Token};
 
 use super::{Agent, AgentError};
-use crate::spawn::{Client, ClientError};
+use crate::driver::TaskDriver;
 use crate::state::{TaskPhase, TaskRecord};
-
-/// How long one task's supervisor may take to answer a stats request.
-const STATS_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Agent {
     /// The stats of every task of an allocation, as the API serves them:
@@ -32,7 +27,7 @@ impl Agent {
         let mut out = Vec::with_capacity(tasks.len());
         for t in &tasks {
             let driver = driver_of(&t.task);
-            let (stats, reason) = match self.task_stats(t, driver).await {
+            let (stats, reason) = match self.task_stats(t).await {
                 Ok(s) => (s, None),
                 Err(why) => (CgroupStats::default(), Some(why)),
             };
@@ -52,7 +47,7 @@ impl Agent {
     }
 
     /// One task's figures, or why there are none.
-    async fn task_stats(&self, t: &TaskRecord, driver: &str) -> Result<CgroupStats, String> {
+    async fn task_stats(&self, t: &TaskRecord) -> Result<CgroupStats, String> {
         if t.phase != TaskPhase::Running {
             return Err(format!("the task is {}", t.phase));
         }
@@ -60,76 +55,9 @@ impl Agent {
             .handle
             .as_ref()
             .ok_or_else(|| "the task has no handle yet".to_string())?;
-        if let Some(id) = handle.container_id.as_deref() {
-            let docker = self
-                .inner
-                .docker
-                .as_ref()
-                .ok_or_else(|| "the docker driver is not enabled".to_string())?;
-            return match tokio::time::timeout(STATS_TIMEOUT, docker.stats(id)).await {
-                Ok(Ok(Some(s))) => Ok(s),
-                Ok(Ok(None)) => Err(format!("container {id} is gone")),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!(
-                    "the docker engine did not answer within {} s",
-                    STATS_TIMEOUT.as_secs()
-                )),
-            };
-        }
-        let Some(socket) = handle.socket_path.as_deref() else {
-            return Err(format!("the {driver} driver does not report stats"));
-        };
-        let token = self
-            .inner
-            .store
-            .token(&t.alloc_id, &t.task)
-            .map_err(|e| format!("its token: {e}"))?;
-        let mut stats = ask(Path::new(socket), token).await?;
-        if handle.cgroup.is_none() {
-            // No cgroup of its own: whatever the supervisor says is not the task's.
-            stats = CgroupStats::default();
-        }
-        Ok(stats)
-    }
-}
-
-/// StatsV2 on a fresh connection; a supervisor that predates it is asked
-/// for the old Stats instead.
-async fn ask(socket: &Path, token: Token) -> Result<CgroupStats, String> {
-    let attempt = |req: Request| async move {
-        let mut c = Client::connect(socket, token).await?;
-        c.request(req).await
-    };
-    let within = |req: Request| async move {
-        tokio::time::timeout(STATS_TIMEOUT, attempt(req))
-            .await
-            .map_err(|_| {
-                format!(
-                    "tend-spawn at {} did not answer within {} s",
-                    socket.display(),
-                    STATS_TIMEOUT.as_secs()
-                )
-            })
-    };
-    let unexpected = |r: Response| format!("tend-spawn answered {r:?} to a stats request");
-    match within(Request::StatsV2).await? {
-        Ok(Response::StatsV2(s)) => Ok(*s),
-        // A supervisor older than StatsV2 cannot decode it and drops the connection.
-        Err(ClientError::Refused { .. } | ClientError::Closed { .. }) => {
-            match within(Request::Stats).await?.map_err(|e| e.to_string())? {
-                Response::Stats(old) => {
-                    let mut s = CgroupStats::default();
-                    s.memory.current = old.memory_bytes;
-                    s.memory.peak = old.memory_peak_bytes;
-                    s.cpu.usage_us = old.cpu_usage_us;
-                    s.pids = old.pids;
-                    Ok(s)
-                }
-                other => Err(unexpected(other)),
-            }
-        }
-        Ok(other) => Err(unexpected(other)),
-        Err(e) => Err(e.to_string()),
+        let driver = self.inner.drivers.for_handle(handle)?;
+        let token = self.inner.store.token(&t.alloc_id, &t.task).ok();
+        driver.stats(handle, token).await
     }
 }
 

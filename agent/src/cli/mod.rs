@@ -60,6 +60,11 @@ pub enum Command {
         #[arg(long, env = "TEND_CPU_TOTAL_COMPUTE",
               value_parser = clap::value_parser!(u64).range(1..))]
         cpu_total_compute: Option<u64>,
+        /// In the foreground: the config (HCL) of the agent that runs the job,
+        /// as `tend agent --config` takes it (drivers' plugin blocks, ports)
+        /// [default: the embedded defaults].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Check the install for the mode the agent runs in (as root: tend-spawn,
     /// the dirs, the cgroup parent, the docker engine; the setuid install for
@@ -262,6 +267,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             json,
             cgroup_parent,
             cpu_total_compute,
+            config,
         } => runtime()?.block_on(async {
             if client.alive().await {
                 return run::submit(&client, &file, json, &mut out).await;
@@ -270,14 +276,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 "==> no agent answers on {}: running the job in the foreground",
                 client.socket().display()
             );
-            let spawn_bin = spawn_bin.unwrap_or_else(crate::spawn::launch::default_spawn_bin);
-            crate::driver::use_spawn_bin(&spawn_bin);
+            let spawn_bin =
+                spawn_bin.unwrap_or_else(crate::driver::spawn::launch::default_spawn_bin);
+            crate::driver::spawn::config::use_spawn_bin(&spawn_bin);
+            let config = match &config {
+                Some(p) => crate::agent::config::AgentConfig::load(p)?,
+                None => crate::agent::config::AgentConfig::default(),
+            };
             run::run_foreground(run::RunOptions {
                 job_file: file,
                 dirs,
                 spawn_bin,
                 cgroup_parent,
                 cpu_total_compute,
+                config,
             })
             .await
         }),
@@ -293,7 +305,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             };
             let spawn_bin = spawn_bin
                 .or_else(|| config.spawn_bin.clone())
-                .unwrap_or_else(crate::spawn::launch::default_spawn_bin);
+                .unwrap_or_else(crate::driver::spawn::launch::default_spawn_bin);
             let policy = policy.unwrap_or_else(|| doctor::policy_for(&spawn_bin));
             let dirs = Dirs::new(
                 cli.data_dir.clone().or_else(|| config.data_dir.clone()),

@@ -5,6 +5,7 @@ use std::io::Write;
 use serde_json::Value;
 
 use super::client::{enc, table, ApiClient};
+use crate::outcome::oom_note;
 
 fn s(v: &Value) -> String {
     match v {
@@ -62,18 +63,6 @@ fn exit_code_words(t: &Value) -> String {
     e["error"]
         .as_str()
         .map_or("-".into(), |m| format!("error: {m}"))
-}
-
-/// The line for a run in which the kernel's OOM killer killed `kills` processes
-/// in the task's cgroup (the task itself or any process of it); None for none.
-pub fn oom_note(kills: u64) -> Option<String> {
-    match kills {
-        0 => None,
-        1 => Some("a process of this task was killed for memory (1 OOM kill)".into()),
-        n => Some(format!(
-            "a process of this task was killed for memory ({n} OOM kills)"
-        )),
-    }
 }
 
 /// "http 127.0.0.1:23456 (to 80)" for each port given to a task.

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::agent::config::AgentConfig;
-use crate::driver::check_exec_root;
+use crate::driver::spawn::config::check_exec_root;
 use crate::jobspec::duration::format_duration;
 use crate::jobspec::signal::signal_name;
 use crate::jobspec::{parse_file_on_this_host, Job, Task};

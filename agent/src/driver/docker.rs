@@ -16,6 +16,7 @@
 
 pub mod binds;
 pub mod logs;
+pub mod run;
 pub mod spec;
 pub mod stamp;
 pub mod stats;

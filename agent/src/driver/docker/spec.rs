@@ -287,16 +287,20 @@ fn cpu_quota(opts: &DockerOptions, task: &Task) -> Result<Option<(i64, i64)>, Dr
     if !task.resources.cpu_hard_limit {
         return Ok(None);
     }
-    let per_core = crate::driver::mhz_per_core(opts.cpu_total_compute).map_err(|reason| {
-        DriverError::Field {
-            task: task.name.clone(),
-            field: "resources.cpu_hard_limit",
-            reason,
-        }
-    })?;
-    let quota = crate::driver::cpu_quota_us(task.resources.cpu, per_core);
+    let per_core =
+        crate::driver::spawn::config::mhz_per_core(opts.cpu_total_compute).map_err(|reason| {
+            DriverError::Field {
+                task: task.name.clone(),
+                field: "resources.cpu_hard_limit",
+                reason,
+            }
+        })?;
+    let quota = crate::driver::spawn::config::cpu_quota_us(task.resources.cpu, per_core);
     let us = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    Ok(Some((us(quota), us(crate::driver::CPU_PERIOD_US))))
+    Ok(Some((
+        us(quota),
+        us(crate::driver::spawn::config::CPU_PERIOD_US),
+    )))
 }
 
 /// The engine's BlkioWeight (10-1000) from `io_weight` (1-10000), linearly, as
@@ -625,7 +629,7 @@ mod tests {
         assert_eq!(h.cpu_period, Some(100_000));
         assert_eq!(
             h.cpu_quota,
-            Some(i64::try_from(crate::driver::cpu_quota_us(500, per_core)).unwrap())
+            Some(i64::try_from(crate::driver::spawn::config::cpu_quota_us(500, per_core)).unwrap())
         );
         assert_eq!(h.blkio_weight, Some(1000));
         assert_eq!(

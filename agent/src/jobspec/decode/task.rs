@@ -97,7 +97,7 @@ pub(super) fn decode_task(
         }
         if c.on_this_host
             && driver == Some(Driver::Exec)
-            && crate::driver::resolve_user(&s).is_none()
+            && crate::driver::spawn::config::resolve_user(&s).is_none()
         {
             // The words `tend run` and the agent refuse it with.
             c.error(a.value.at, &p, format!("unknown user {s:?}"));

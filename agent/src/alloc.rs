@@ -1,0 +1,86 @@
+//! An allocation: a group of a job's tasks sharing one alloc dir, its ports
+//! and its users. What the agent checks and makes before any task of it runs.
+
+use crate::agent::{AgentError, Inner};
+use crate::driver::docker::DockerDriver;
+use crate::driver::spawn;
+use crate::jobspec::{Driver, Task};
+use crate::state::AllocRecord;
+
+/// Check what can be checked before anything exists.
+pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
+    if task.driver == Driver::Docker {
+        let d = inner.drivers.docker.as_ref().ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "task {}: driver docker is disabled on this agent",
+                task.name
+            ))
+        })?;
+        DockerDriver::check(d.engine().options(), task)
+            .map_err(|e| AgentError::Invalid(e.to_string()))?;
+        // The driver mounts each bind of the alloc dir for the engine itself.
+        let uid = nix::unistd::geteuid().as_raw();
+        if uid != 0 {
+            return Err(AgentError::Invalid(format!(
+                "task {}: driver docker: {}",
+                task.name,
+                crate::driver::docker::binds::BindError::NotRoot { uid }
+            )));
+        }
+        return Ok(());
+    }
+    spawn::config::check_task(
+        task,
+        &inner.settings.chroot_env,
+        inner.settings.config.exec_allows_root(),
+    )
+    .map_err(|e| AgentError::Invalid(e.to_string()))
+}
+
+/// Create the allocation's dirs and hand its tasks what they need.
+pub(crate) fn prepare(inner: &Inner, mut record: AllocRecord) -> Result<AllocRecord, AgentError> {
+    let alloc = inner.settings.dirs.alloc(&record.alloc_id);
+    let group = record
+        .job
+        .groups
+        .iter()
+        .find(|g| g.name == record.group)
+        .ok_or_else(|| AgentError::Invalid(format!("no group {}", record.group)))?;
+    let names: Vec<&str> = group.tasks.iter().map(|t| t.name.as_str()).collect();
+    alloc.create(&names).map_err(|e| {
+        AgentError::Internal(format!("create alloc dir {}: {e}", alloc.root.display()))
+    })?;
+    // The group's ports: once for the allocation, then every task's too.
+    let group_ports = inner
+        .ports
+        .allocate(&record.alloc_id, &group.network)
+        .map_err(|e| {
+            inner.ports.release(&record.alloc_id);
+            AgentError::Conflict(format!("group {}: {e}", group.name))
+        })?;
+    for t in &group.tasks {
+        match inner.ports.allocate(&record.alloc_id, &t.resources.ports) {
+            Ok(mut p) => {
+                p.extend(group_ports.iter().cloned());
+                record.ports.insert(t.name.clone(), p);
+            }
+            Err(e) => {
+                inner.ports.release(&record.alloc_id);
+                return Err(AgentError::Conflict(format!("task {}: {e}", t.name)));
+            }
+        }
+        if t.driver == Driver::Exec {
+            let user = t
+                .user
+                .as_deref()
+                .unwrap_or(spawn::config::DEFAULT_EXEC_USER);
+            let (uid, gid) = spawn::config::resolve_user(user).ok_or_else(|| {
+                AgentError::Invalid(format!("task {}: user: unknown user {user:?}", t.name))
+            })?;
+            alloc.prepare_for_user(&t.name, uid, gid).map_err(|e| {
+                AgentError::Internal(format!("prepare {}: {e}", alloc.root.display()))
+            })?;
+        }
+    }
+    Ok(record)
+}
