@@ -484,41 +484,6 @@ fn a_containers_stats_come_from_the_engine_and_match_docker_stats() {
     assert_eq!(v["tasks"][0]["reason"], "the task is dead", "{v:#}");
 }
 
-#[test]
-fn cpu_hard_limit_caps_the_container_and_oom_kill_group_is_refused_at_submit() {
-    if !root_and_engine() {
-        return;
-    }
-    let sb = Sandbox::new();
-    // One core of 1000 MHz per core: cpu = 250 is a quarter core.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let a = AgentProc::start_with_config(
-        &sb,
-        &format!(
-            "cpu_total_compute = {}\nplugin \"docker\" {{\n  endpoint = \"{}\"\n}}\n",
-            1000 * cores,
-            socket().display()
-        ),
-    );
-    let job = |extra: &str| {
-        format!(
-            r#"job "capped" {{
-  group "g" {{
-    restart {{
-      attempts = 0
-    }}
-    task "box" {{
-      driver = "docker"
-      config {{
-        image   = "{IMAGE}"
-        command = "/bin/sh"
-        args    = ["-c", "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us > /local/quota 2>/dev/null || cat /sys/fs/cgroup/cpu.max > /local/quota"]
-      }}
-      resources {{
-        cpu            = 250
-        cpu_hard_limit = true
-        io_weight      = 500
-{extra}      }}
 /// A one-task docker job whose task has a name of its own (its containers
 /// are found and removed by the `tend.task` label), and the config of the
 /// agent `tend run` embeds: the test engine's endpoint.
@@ -542,29 +507,6 @@ fn foreground_job(sb: &Sandbox, script: &str, extra: &str) -> (String, std::path
   }}
 }}
 "#
-        )
-    };
-    let id = submit(&a, &sb, &job(""));
-    let _guard = Containers(vec![alloc_label(&id)]);
-    let t = wait_dead(&a, &id, "box");
-    assert_eq!(t["exit"]["exit_code"], 0, "{t:#}");
-    // What the kernel holds for the container, read from inside it.
-    let quota = std::fs::read_to_string(
-        sb.data_dir()
-            .join("allocs")
-            .join(&id)
-            .join("box/local/quota"),
-    )
-    .unwrap();
-    let figures: Vec<&str> = quota.split_whitespace().collect();
-    assert_eq!(figures, ["25000", "100000"], "{quota:?}");
-
-    let e = refused(&a, &sb, &job("        oom_kill_group = true\n"));
-    assert!(
-        e.contains("resources.oom_kill_group: the docker driver cannot set it"),
-        "{e}"
-    );
-}
         ),
     );
     sb.write_job(
@@ -660,4 +602,67 @@ fn ctrl_c_stops_a_foreground_container_with_its_kill_signal() {
     assert!(out.stdout.contains("got TERM\n"), "{out}");
     assert_eq!(wait_alloc_exit(&alloc, &name, LONG).exit_code, Some(5));
     assert!(containers_labelled(&format!("tend.task={name}")).is_empty());
+}
+
+#[test]
+fn cpu_hard_limit_caps_the_container_and_oom_kill_group_is_refused_at_submit() {
+    if !root_and_engine() {
+        return;
+    }
+    let sb = Sandbox::new();
+    // One core of 1000 MHz per core: cpu = 250 is a quarter core.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let a = AgentProc::start_with_config(
+        &sb,
+        &format!(
+            "cpu_total_compute = {}\nplugin \"docker\" {{\n  endpoint = \"{}\"\n}}\n",
+            1000 * cores,
+            socket().display()
+        ),
+    );
+    let job = |extra: &str| {
+        format!(
+            r#"job "capped" {{
+  group "g" {{
+    restart {{
+      attempts = 0
+    }}
+    task "box" {{
+      driver = "docker"
+      config {{
+        image   = "{IMAGE}"
+        command = "/bin/sh"
+        args    = ["-c", "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us > /local/quota 2>/dev/null || cat /sys/fs/cgroup/cpu.max > /local/quota"]
+      }}
+      resources {{
+        cpu            = 250
+        cpu_hard_limit = true
+        io_weight      = 500
+{extra}      }}
+    }}
+  }}
+}}
+"#
+        )
+    };
+    let id = submit(&a, &sb, &job(""));
+    let _guard = Containers(vec![alloc_label(&id)]);
+    let t = wait_dead(&a, &id, "box");
+    assert_eq!(t["exit"]["exit_code"], 0, "{t:#}");
+    // What the kernel holds for the container, read from inside it.
+    let quota = std::fs::read_to_string(
+        sb.data_dir()
+            .join("allocs")
+            .join(&id)
+            .join("box/local/quota"),
+    )
+    .unwrap();
+    let figures: Vec<&str> = quota.split_whitespace().collect();
+    assert_eq!(figures, ["25000", "100000"], "{quota:?}");
+
+    let e = refused(&a, &sb, &job("        oom_kill_group = true\n"));
+    assert!(
+        e.contains("resources.oom_kill_group: the docker driver cannot set it"),
+        "{e}"
+    );
 }
