@@ -1,0 +1,742 @@
+//! Fork and exec: the daemon's own double fork and the task's start.
+//!
+//! Everything the task's child needs (CStrings, argv and envp arrays, fds, ids) is
+//! prepared in [`Prepared`] before the fork; between fork and exec the child makes
+//! only async-signal-safe calls through libc, allocates nothing and takes no lock.
+//! A failing step writes its stage and errno to a CLOEXEC pipe and `_exit(127)`s,
+//! which the parent turns into a [`StartFailure`] such as
+//! "exec /bin/nope: No such file or directory".
+//!
+//! With a root (the exec driver), the task gets a pid namespace of its own:
+//! the daemon unshares one and forks its init first ([`NsInit`], which only
+//! reaps), then the task, which is pid 2 there and the daemon's own child.
+//!
+//! The init arms its parent-death signal and says ready on a socketpair
+//! before the daemon places it and forks the task: no init outlives a
+//! daemon killed at any instant of the start (see `start_ns_init`).
+//!
+//! The child's steps, in the one order they run (STYLE.md rule 5), each a
+//! function of [`task`] (and [`mount`] for the root) over the
+//! async-signal-safe wrappers of [`raw`]:
+//!
+//! 1. `setpgid(0, 0)`: the task leads its own process group.
+//! 2. wait on the sync pipe: the parent places the child in the task's cgroup
+//!    meanwhile, then says go; then `oom_score_adj` back to what the daemon
+//!    started with (never below 0).
+//! 3. mount namespace, the planned mounts and chroot (isolation with a root) —
+//!    see [`crate::chroot`]: the alloc-dir sources are opened beneath the alloc
+//!    dir with openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, a tmpfs is mounted
+//!    over the task dir and the mount points made in it, every target is opened
+//!    beneath it the same way and mounted on through `/proc/self/fd/N` (binds
+//!    then made read-only or nosuid,nodev all the way down with mount_setattr,
+//!    the task's /proc mounted from inside its pid namespace and its kernel
+//!    knobs covered), the tmpfs turns read-only, then `fchdir` + `chroot(".")`.
+//! 4. `chdir(cwd)`.
+//! 5. `setgroups([])` -> `setresgid` -> `setresuid` -> clear capabilities ->
+//!    `PR_SET_NO_NEW_PRIVS` (isolation with a user).
+//! 6. signal mask and every disposition back to default; the umask back to 022
+//!    (the daemon's own 077 is for its files, not the task's).
+//! 7. stdin from /dev/null, the log pipes on 1 and 2, every other fd marked
+//!    close-on-exec.
+//! 8. `execve(command, args, env)`.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, CString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::unistd::Pid;
+use tend_proto::{SpawnConfig, Stage};
+
+use crate::chroot::PreparedRoot;
+
+mod mount;
+mod raw;
+mod task;
+
+/// Why the task did not start: the stage, its errno and one line for a person.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StartFailure {
+    /// The step that failed.
+    pub stage: Stage,
+    /// The errno, 0 when no system call failed.
+    pub errno: i32,
+    /// "exec /nonexistent: No such file or directory".
+    pub message: String,
+}
+
+impl StartFailure {
+    /// A failure of `stage` on `what` (a path or a value) with `errno`.
+    pub fn new(stage: Stage, what: &str, errno: i32) -> StartFailure {
+        StartFailure {
+            stage,
+            errno,
+            message: failure_message(stage, what, errno),
+        }
+    }
+
+    /// A failure from an io::Error.
+    pub fn io(stage: Stage, what: &str, err: &io::Error) -> StartFailure {
+        StartFailure::new(stage, what, err.raw_os_error().unwrap_or(0))
+    }
+
+    /// A failure that is no system call's (errno 0).
+    pub fn plain(stage: Stage, message: impl Into<String>) -> StartFailure {
+        StartFailure {
+            stage,
+            errno: 0,
+            message: message.into(),
+        }
+    }
+}
+
+/// The text of an errno without the "(os error N)" tail std adds.
+pub fn strerror(errno: i32) -> &'static str {
+    Errno::from_raw(errno).desc()
+}
+
+/// "<stage> <what>: <strerror>", the one line a person reads.
+pub fn failure_message(stage: Stage, what: &str, errno: i32) -> String {
+    if errno == 0 {
+        format!("{stage} {what}: failed")
+    } else {
+        format!("{stage} {what}: {}", strerror(errno))
+    }
+}
+
+/// What the child becomes: the user to drop to (the root it gets is a
+/// [`PreparedRoot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isolation {
+    /// The uid to run as.
+    pub uid: u32,
+    /// The primary gid of that user.
+    pub gid: u32,
+}
+
+/// Everything the child needs, built before the fork.
+pub struct Prepared {
+    command: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const c_char>,
+    cwd: CString,
+    isolation: Option<Isolation>,
+    root: Option<PreparedRoot>,
+    /// Whether the task gets a pid namespace of its own (it does with a root).
+    pid_ns: bool,
+    /// What the task's oom_score_adj is set to ("0\n"): the daemon's own
+    /// (-1000 where it could) is not the task's.
+    oom_score_adj: CString,
+    /// Display forms for messages, indexed by stage.
+    command_shown: String,
+    cwd_shown: String,
+    root_shown: String,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Arguments and env may hold secrets: never in a log line.
+        f.debug_struct("Prepared")
+            .field("command", &self.command_shown)
+            .field("cwd", &self.cwd_shown)
+            .field("isolation", &self.isolation)
+            .finish_non_exhaustive()
+    }
+}
+
+fn cstring(field: &str, v: &str) -> Result<CString, StartFailure> {
+    CString::new(v)
+        .map_err(|_| StartFailure::plain(Stage::Config, format!("{field} holds a NUL byte")))
+}
+
+impl Prepared {
+    /// Build the child's strings and arrays from a validated config. The
+    /// task's oom_score_adj becomes `oom_score_adj`; with a root the task
+    /// gets its own pid namespace, and `TMPDIR=/tmp` unless its env sets one.
+    pub fn new(
+        config: &SpawnConfig,
+        isolation: Option<Isolation>,
+        root: Option<PreparedRoot>,
+        oom_score_adj: i32,
+    ) -> Result<Prepared, StartFailure> {
+        let command = cstring("command", &config.command)?;
+        let mut argv = vec![command.clone()];
+        for a in &config.args {
+            argv.push(cstring("args", a)?);
+        }
+        let mut envp = Vec::with_capacity(config.env.len() + 1);
+        for (k, v) in &config.env {
+            envp.push(cstring("env", &format!("{k}={v}"))?);
+        }
+        if root.is_some() && !config.env.iter().any(|(k, _)| k == "TMPDIR") {
+            // The private tmpfs of crate::chroot::plan.
+            envp.push(c"TMPDIR=/tmp".to_owned());
+        }
+        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        Ok(Prepared {
+            command,
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+            cwd: cstring("cwd", &config.cwd)?,
+            isolation,
+            pid_ns: root.is_some(),
+            root,
+            oom_score_adj: cstring("oom_score_adj", &format!("{oom_score_adj}\n"))?,
+            command_shown: config.command.clone(),
+            cwd_shown: config.cwd.clone(),
+            root_shown: config.task_root().display().to_string(),
+        })
+    }
+
+    /// The path or value a failure of `stage` (item `which` of it, from 1; 0
+    /// for the stage as a whole) is about.
+    fn what(&self, stage: Stage, which: u32) -> String {
+        let op = usize::try_from(which)
+            .ok()
+            .and_then(|w| w.checked_sub(1))
+            .and_then(|i| self.root.as_ref()?.ops.get(i));
+        if let (Stage::Mount, Some(op)) = (stage, op) {
+            return format!("{} in {}", op.shown, self.root_shown);
+        }
+        match (stage, self.isolation) {
+            (Stage::Chdir, _) => self.cwd_shown.clone(),
+            (Stage::Mount | Stage::Chroot, _) => self.root_shown.clone(),
+            (Stage::Setuid, Some(i)) => format!("uid {}", i.uid),
+            (Stage::Setgid, Some(i)) => format!("gid {}", i.gid),
+            (Stage::Setgroups, _) => "[]".to_string(),
+            (Stage::Stdio, _) => "/dev/null and log pipes".to_string(),
+            (Stage::Signals, _) => "mask and dispositions".to_string(),
+            (Stage::Privileges, _) => "capabilities and no_new_privs".to_string(),
+            (Stage::Fork, _) => "setpgid".to_string(),
+            _ => self.command_shown.clone(),
+        }
+    }
+}
+
+/// The fds the child gets: its stdin (/dev/null) and the write ends of the log pipes.
+#[derive(Debug)]
+pub struct ChildStdio {
+    /// /dev/null, opened read-only.
+    pub stdin: OwnedFd,
+    /// Write end of the stdout pipe.
+    pub stdout: OwnedFd,
+    /// Write end of the stderr pipe.
+    pub stderr: OwnedFd,
+}
+
+/// What fork returned, in the process that sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// fork(2) for the daemon's own double fork.
+///
+/// tend-spawn never starts a thread, so the child is a full copy of a
+/// single-threaded process and may go on running Rust code.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    // SAFETY: tend-spawn is single-threaded (no runtime, no threads are ever
+    // spawned), so no lock can be held by another thread at the fork and the
+    // child may keep running ordinary code.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid))),
+    }
+}
+
+/// The task once it runs: its pid (in the daemon's pid namespace), a pidfd
+/// of it, and the first process of its pid namespace, if it has one.
+#[derive(Debug)]
+pub struct Child {
+    /// The task's pid as the daemon sees it.
+    pub pid: Pid,
+    /// A pidfd of the task: every signal to it goes through this.
+    pub pidfd: OwnedFd,
+    /// The init of the task's pid namespace.
+    pub init: Option<NsInit>,
+}
+
+/// The first process (pid 1) of a task's pid namespace: a fork of the
+/// daemon that drops to the task's user, holds no fd, and only reaps what
+/// is orphaned in the namespace (see [`init_main`]). The task itself is the
+/// daemon's own child, forked into the namespace next: its pid, its wait
+/// status and every signal to it are the daemon's, exactly as without one.
+/// The init goes with the task's cgroup; its death takes every process of
+/// the namespace with it.
+#[derive(Debug)]
+pub struct NsInit {
+    /// Its pid as the daemon sees it.
+    pub pid: Pid,
+    /// A pidfd of it (SIGKILL to it kills the whole namespace).
+    pub pidfd: OwnedFd,
+    /// From its fork to its ready: what waiting for it cost the start.
+    pub ready_after: Duration,
+}
+
+impl NsInit {
+    /// SIGKILL through the pidfd and reap it: a start that failed.
+    fn kill(self) {
+        let _ = crate::sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        let _ = crate::sys::wait_blocking(self.pid);
+    }
+}
+
+/// Start the task. `place` runs in the parent while the child waits on the sync
+/// pipe (the cgroup step, for the namespace's init too); its error aborts the
+/// start. Returns the task once it has exec'd, or the failure of the step that
+/// stopped it.
+pub fn spawn(
+    prep: &Prepared,
+    stdio: ChildStdio,
+    place: impl Fn(Pid) -> Result<(), StartFailure>,
+) -> Result<Child, StartFailure> {
+    let init = if prep.pid_ns {
+        Some(start_ns_init(prep, &place)?)
+    } else {
+        None
+    };
+    match spawn_task(prep, stdio, &place, init.as_ref()) {
+        Ok((pid, pidfd)) => Ok(Child { pid, pidfd, init }),
+        Err(f) => {
+            if let Some(i) = init {
+                i.kill();
+            }
+            Err(f)
+        }
+    }
+}
+
+/// The daemon's own pid namespace, to go back to once the task is forked.
+fn own_pid_ns() -> io::Result<OwnedFd> {
+    nix::fcntl::open(
+        "/proc/self/ns/pid",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+/// Fork the init of a new pid namespace, wait until it is ready, and place
+/// it; the daemon's next child (the task) goes into that namespace, the one
+/// after it no longer.
+///
+/// Ready means its parent-death signal is armed (after its drop to the
+/// task's user, which clears it): it then writes one byte on its end of a
+/// socketpair, which fails with EPIPE, and the init leaves, when the daemon
+/// died before the signal was armed. Either way no init outlives its daemon,
+/// whatever instant the daemon is killed at: one placed in no cgroup would
+/// be reached by no kill. A failed init writes its stage and errno instead.
+fn start_ns_init(
+    prep: &Prepared,
+    place: &impl Fn(Pid) -> Result<(), StartFailure>,
+) -> Result<NsInit, StartFailure> {
+    let fail = |what: &str, e: &io::Error| StartFailure::io(Stage::Fork, what, e);
+    let (ready_r, ready_w) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| StartFailure::new(Stage::Fork, "init socketpair", e as i32))?;
+    crate::sys::unshare_pid_ns().map_err(|e| fail("pid namespace", &e))?;
+    let forked_at = Instant::now();
+    // SAFETY: the daemon is single-threaded; the child runs only init_main,
+    // which makes async-signal-safe calls and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        task::init_main(prep.isolation, ready_w.as_raw_fd());
+    }
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        // No process of the new namespace exists: the next fork would fail.
+        let _ = own_pid_ns().and_then(|ns| crate::sys::set_children_pid_ns(ns.as_fd()));
+        return Err(fail("pid namespace init", &e));
+    }
+    drop(ready_w);
+    let pid = Pid::from_raw(pid);
+    let pidfd = match crate::sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Our unreaped child: its pid cannot have been reused.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = crate::sys::wait_blocking(pid);
+            return Err(fail("pidfd of the pid namespace init", &e));
+        }
+    };
+    let init = NsInit {
+        pid,
+        pidfd,
+        ready_after: Duration::ZERO,
+    };
+    let record = match read_record(&ready_r) {
+        Ok(r) => r,
+        Err(e) => {
+            init.kill();
+            return Err(StartFailure::new(Stage::Fork, "read init socket", e as i32));
+        }
+    };
+    match record {
+        (1, [INIT_READY, ..]) => {}
+        (RECORD_LEN, r) => {
+            // It _exit(127)s after the record.
+            let _ = crate::sys::wait_blocking(pid);
+            let (stage, errno, which) = parse_record(&r);
+            let what = format!("{} (pid namespace init)", prep.what(stage, which));
+            return Err(StartFailure::new(stage, &what, errno));
+        }
+        _ => {
+            init.kill();
+            return Err(StartFailure::plain(
+                Stage::Fork,
+                "fork pid namespace init: it died during its start",
+            ));
+        }
+    }
+    // The wait this costs the start, in the daemon's log.
+    let init = NsInit {
+        ready_after: forked_at.elapsed(),
+        ..init
+    };
+    tracing::info!(
+        ready_us = u64::try_from(init.ready_after.as_micros()).unwrap_or(u64::MAX),
+        "pid namespace init ready"
+    );
+    if let Err(f) = place(pid) {
+        init.kill();
+        return Err(f);
+    }
+    Ok(init)
+}
+
+/// Read from `fd` until EOF or a whole error record: how many bytes came.
+fn read_record(fd: &OwnedFd) -> Result<(usize, [u8; RECORD_LEN]), Errno> {
+    let mut record = [0u8; RECORD_LEN];
+    let mut got = 0;
+    while got < record.len() {
+        match nix::unistd::read(fd, &mut record[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((got, record))
+}
+
+/// Stage, errno and item of an error record.
+fn parse_record(record: &[u8; RECORD_LEN]) -> (Stage, i32, u32) {
+    let stage = Stage::from_index(record[0]).unwrap_or(Stage::Exec);
+    let errno = i32::from_le_bytes([record[1], record[2], record[3], record[4]]);
+    let which = u32::from_le_bytes([record[5], record[6], record[7], record[8]]);
+    (stage, errno, which)
+}
+
+/// Fork and start the task itself; with `init`, into its pid namespace.
+fn spawn_task(
+    prep: &Prepared,
+    stdio: ChildStdio,
+    place: &impl Fn(Pid) -> Result<(), StartFailure>,
+    init: Option<&NsInit>,
+) -> Result<(Pid, OwnedFd), StartFailure> {
+    let fork_err = |what: &str, e: Errno| StartFailure::new(Stage::Fork, what, e as i32);
+    let own_ns = match init {
+        Some(_) => {
+            Some(own_pid_ns().map_err(|e| StartFailure::io(Stage::Fork, "/proc/self/ns/pid", &e))?)
+        }
+        None => None,
+    };
+    let (sync_r, sync_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fork_err("sync pipe", e))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fork_err("error pipe", e))?;
+    let fds = ChildFds {
+        sync_r: sync_r.as_raw_fd(),
+        sync_w: sync_w.as_raw_fd(),
+        err_w: err_w.as_raw_fd(),
+        err_r: err_r.as_raw_fd(),
+        stdin: stdio.stdin.as_raw_fd(),
+        stdout: stdio.stdout.as_raw_fd(),
+        stderr: stdio.stderr.as_raw_fd(),
+    };
+    // SAFETY: the daemon is single-threaded; the child runs only child_main,
+    // which makes async-signal-safe calls on data prepared above and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        task::child_main(prep, &fds);
+    }
+    let fork_errno = io::Error::last_os_error();
+    // Back in the daemon's own pid namespace for every later child (the
+    // setuid cleanup helper).
+    let restored = own_ns
+        .as_ref()
+        .map_or(Ok(()), |ns| crate::sys::set_children_pid_ns(ns.as_fd()));
+    if pid < 0 {
+        return Err(StartFailure::io(Stage::Fork, "task", &fork_errno));
+    }
+    let pid = Pid::from_raw(pid);
+    // The child's ends are the child's now.
+    drop(sync_r);
+    drop(err_w);
+    drop(stdio);
+    let pidfd = match crate::sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Our unreaped child: its pid cannot have been reused.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = crate::sys::wait_blocking(pid);
+            return Err(StartFailure::io(Stage::Fork, "pidfd of the task", &e));
+        }
+    };
+    let abort = |failure: StartFailure| {
+        let _ = crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+        let _ = crate::sys::wait_blocking(pid);
+        Err(failure)
+    };
+    if let Err(e) = restored {
+        return abort(StartFailure::io(
+            Stage::Fork,
+            "back to the daemon's pid namespace",
+            &e,
+        ));
+    }
+    if let Err(failure) = place(pid) {
+        return abort(failure);
+    }
+    // Go. A child that died already makes this EPIPE (SIGPIPE is ignored): the
+    // error pipe below tells the rest.
+    let _ = nix::unistd::write(&sync_w, &[1u8]);
+    drop(sync_w);
+
+    let (got, record) = match read_record(&err_r) {
+        Ok(r) => r,
+        Err(e) => return abort(fork_err("read error pipe", e)),
+    };
+    if got == 0 {
+        return Ok((pid, pidfd));
+    }
+    // The child failed and _exit(127)s: reap it so it never shows as the task.
+    let _ = crate::sys::wait_blocking(pid);
+    if got < record.len() {
+        return Err(StartFailure::plain(
+            Stage::Exec,
+            format!(
+                "exec {}: the child died during its start",
+                prep.command_shown
+            ),
+        ));
+    }
+    let (stage, errno, which) = parse_record(&record);
+    Err(StartFailure::new(stage, &prep.what(stage, which), errno))
+}
+
+/// What a ready init writes on its socket (a failed one writes an error
+/// record, [`RECORD_LEN`] bytes).
+const INIT_READY: u8 = b'r';
+
+/// Raw fd numbers the child works with (no Rust ownership crosses the fork).
+struct ChildFds {
+    sync_r: RawFd,
+    /// The parent's end of the sync pipe, closed first thing in the child: a
+    /// copy held by the child would keep it waiting forever for a parent that
+    /// died before saying go.
+    sync_w: RawFd,
+    err_w: RawFd,
+    /// The parent's end of the error pipe, closed in the child too.
+    err_r: RawFd,
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+}
+
+/// Size of the error record: stage, errno (i32 LE), which item of the stage
+/// failed (u32 LE; 1-based mount index, 0 when the stage has one item).
+const RECORD_LEN: usize = 9;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As root, in this test's own process (nextest): `start_ns_init` with
+    /// the task user nobody and a `place` that notes the pid.
+    fn init_for_nobody() -> (Prepared, std::cell::Cell<Option<Pid>>) {
+        let c = tend_proto::config::example("/tmp/a", "/tmp/s");
+        let prep = Prepared::new(
+            &c,
+            Some(Isolation {
+                uid: 65534,
+                gid: 65534,
+            }),
+            None,
+            0,
+        )
+        .unwrap();
+        (prep, std::cell::Cell::new(None))
+    }
+
+    #[test]
+    fn an_init_whose_drop_fails_is_reported_with_its_stage_and_reaped() {
+        if !crate::test_have_root() {
+            return;
+        }
+        // Root without CAP_SETGID and CAP_SETUID (this thread's sets, which
+        // the fork copies): the init's setgroups fails.
+        let mut caps = crate::sys::capget().unwrap();
+        // CAP_SETGID is 6, CAP_SETUID 7.
+        caps.effective &= !((1 << 6) | (1 << 7));
+        crate::sys::capset(caps).unwrap();
+        let (prep, placed) = init_for_nobody();
+        let f = start_ns_init(&prep, &|pid| {
+            placed.set(Some(pid));
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(f.stage, Stage::Setgroups, "{f:?}");
+        assert_eq!(f.errno, libc::EPERM, "{f:?}");
+        assert_eq!(
+            f.message,
+            "setgroups [] (pid namespace init): Operation not permitted"
+        );
+        assert_eq!(placed.get(), None, "a failed init is never placed");
+        // Reaped: no child is left.
+        assert_eq!(
+            nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Err(Errno::ECHILD)
+        );
+    }
+
+    #[test]
+    fn a_ready_init_is_placed_as_the_task_user_and_dies_with_its_daemon() {
+        if !crate::test_have_root() {
+            return;
+        }
+        // The daemon: a fork of this process that starts the init, says its
+        // pid and then waits to be killed.
+        let (pid_r, pid_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let daemon = match fork_single_threaded().unwrap() {
+            Forked::Child => {
+                let (prep, placed) = init_for_nobody();
+                let code = match start_ns_init(&prep, &|pid| {
+                    placed.set(Some(pid));
+                    Ok(())
+                }) {
+                    Ok(init) if placed.get() == Some(init.pid) => {
+                        let _ = nix::unistd::write(&pid_w, &init.pid.as_raw().to_le_bytes());
+                        std::mem::forget(init);
+                        loop {
+                            nix::unistd::pause();
+                        }
+                    }
+                    _ => 1,
+                };
+                crate::sys::exit_now(code)
+            }
+            Forked::Parent(pid) => pid,
+        };
+        drop(pid_w);
+        let mut b = [0u8; 4];
+        assert_eq!(nix::unistd::read(&pid_r, &mut b), Ok(4), "no init started");
+        let init = Pid::from_raw(i32::from_le_bytes(b));
+        let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+        assert!(
+            status.contains("Uid:\t65534\t65534\t65534\t65534"),
+            "{status}"
+        );
+        assert!(status.contains("Name:\ttend-init"), "{status}");
+        let init_fd = crate::sys::pidfd_open(init).unwrap();
+        nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let _ = crate::sys::wait_blocking(daemon);
+        let mut fds = [nix::poll::PollFd::new(
+            init_fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let gone = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).unwrap();
+        assert_eq!(gone, 1, "the init outlived its daemon");
+    }
+
+    #[test]
+    fn the_wait_for_a_ready_init_is_short() {
+        if !crate::test_have_root() {
+            return;
+        }
+        let (prep, _) = init_for_nobody();
+        let mut took = Vec::new();
+        let mut waited = Vec::new();
+        for _ in 0..50 {
+            let t0 = Instant::now();
+            let init = start_ns_init(&prep, &|_| Ok(())).unwrap();
+            took.push(t0.elapsed());
+            waited.push(init.ready_after);
+            init.kill();
+            // Each init's namespace is its own: the next one unshares anew.
+            let ns = own_pid_ns().unwrap();
+            crate::sys::set_children_pid_ns(ns.as_fd()).unwrap();
+        }
+        took.sort();
+        waited.sort();
+        let median = waited[waited.len() / 2];
+        println!(
+            "start_ns_init: median {:?}, of which the wait from fork to ready: median {median:?}, max {:?}",
+            took[took.len() / 2],
+            waited[waited.len() - 1]
+        );
+        assert!(median < Duration::from_millis(50), "{waited:?}");
+    }
+
+    #[test]
+    fn messages_name_stage_value_and_error() {
+        assert_eq!(
+            failure_message(Stage::Exec, "/nonexistent", libc::ENOENT),
+            "exec /nonexistent: No such file or directory"
+        );
+        assert_eq!(
+            failure_message(Stage::Chdir, "/nope", libc::ENOTDIR),
+            "chdir /nope: Not a directory"
+        );
+        assert_eq!(
+            failure_message(Stage::Setuid, "uid 5", 0),
+            "setuid uid 5: failed"
+        );
+    }
+
+    #[test]
+    fn what_names_the_value_of_the_stage() {
+        let mut c = tend_proto::config::example("/tmp/a", "/tmp/s");
+        c.command = "/bin/x".into();
+        c.cwd = "/w".into();
+        let p = Prepared::new(
+            &c,
+            Some(Isolation {
+                uid: 65534,
+                gid: 65533,
+            }),
+            None,
+            0,
+        )
+        .unwrap();
+        assert_eq!(p.what(Stage::Exec, 0), "/bin/x");
+        assert_eq!(p.what(Stage::Chdir, 0), "/w");
+        assert_eq!(p.what(Stage::Setuid, 0), "uid 65534");
+        assert_eq!(p.what(Stage::Setgid, 0), "gid 65533");
+        assert_eq!(p.what(Stage::Mount, 0), "/tmp/a/t");
+        assert_eq!(p.what(Stage::Mount, 3), "/tmp/a/t");
+        assert!(!format!("{p:?}").contains("PATH"));
+    }
+}
