@@ -274,6 +274,18 @@ pub struct Child {
     pub init: Option<NsInit>,
 }
 
+impl Child {
+    /// SIGKILL the task and its namespace's init through their pidfds and
+    /// reap them: a start that failed after the fork.
+    pub fn kill(self) {
+        let _ = crate::sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        let _ = crate::sys::wait_blocking(self.pid);
+        if let Some(i) = self.init {
+            i.kill();
+        }
+    }
+}
+
 /// The first process (pid 1) of a task's pid namespace: a fork of the
 /// daemon that drops to the task's user, holds no fd, and only reaps what
 /// is orphaned in the namespace (see [`init_main`]). The task itself is the
