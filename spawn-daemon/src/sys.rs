@@ -1,12 +1,15 @@
-//! Raw system call wrappers that neither std nor nix offer: close_range, pidfd_open,
-//! pidfd_send_signal, openat2, getrandom, mount_setattr, setns, the signal
-//! state of a fresh process, and a waitpid that keeps the raw status.
+//! System call wrappers for the daemon (outside a forked child, whose own
+//! are in `child::raw`). Raw where neither std nor nix offers the call:
+//! close_range, pidfd_open, pidfd_send_signal, getrandom, mount_setattr,
+//! capget/capset, the signal state of a fresh process, and a waitpid that
+//! keeps the raw status; through nix's safe calls for openat2, unshare,
+//! setns and the fs ids. (rustix has pidfd, capabilities and getrandom, but
+//! would add two crates to a setuid binary for a few lines each.)
 //!
 //! Each wrapper is a thin, checked shell around one call, so the unsafe surface of
 //! the daemon stays in this file and in [`crate::child`].
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -90,37 +93,26 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
 /// RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, or openat with O_NOFOLLOW where the
 /// kernel has no openat2 (then `name` must be a single component).
 pub fn open_beneath(dir: BorrowedFd<'_>, name: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let flags = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
-    // SAFETY: open_how is a plain C struct for which all-zero is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = u64::from(flags.unsigned_abs());
-    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
-        u64::from(mode)
-    } else {
-        0
-    };
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
-    // SAFETY: cname and how outlive the call; the size passed is how's size.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            cname.as_ptr(),
-            std::ptr::addr_of!(how),
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    match owned_fd(ret) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::from_bits_retain(flags) | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let mode = Mode::from_bits_truncate(mode);
+    let how = OpenHow::new()
+        .flags(flags)
+        .mode(if flags.intersects(OFlag::O_CREAT | OFlag::O_TMPFILE) {
+            mode
+        } else {
+            Mode::empty()
+        })
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match nix::fcntl::openat2(dir, name, how) {
+        Err(nix::errno::Errno::ENOSYS) => {
             if name.contains('/') {
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));
             }
-            // SAFETY: cname outlives the call; openat returns a new fd or -1.
-            let ret = unsafe { libc::openat(dir.as_raw_fd(), cname.as_ptr(), flags, mode) };
-            owned_fd(libc::c_long::from(ret))
+            nix::fcntl::openat(dir, name, flags, mode).map_err(io::Error::from)
         }
-        other => other,
+        other => other.map_err(io::Error::from),
     }
 }
 
@@ -202,27 +194,8 @@ pub fn ignore_signal(sig: nix::sys::signal::Signal) -> io::Result<()> {
 /// reap the task behind our back, an ignored SIGTERM would never reach the
 /// signalfd). Signals libc keeps for itself refuse the change (EINVAL): skipped.
 pub fn reset_signals() -> io::Result<()> {
-    // SAFETY: sigset_t is a plain C type for which all-zero is valid, and
-    // sigemptyset initialises it; sigaction with SIG_DFL installs no handler
-    // code, and sigprocmask only reads the set.
-    unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut dfl.sa_mask);
-        for sig in 1..libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        check(libc::c_long::from(libc::sigprocmask(
-            libc::SIG_SETMASK,
-            &empty,
-            std::ptr::null_mut(),
-        )))
-        .map(|_| ())
-    }
+    // The same reset as a forked child's before its exec.
+    crate::child::raw::reset_signals().map_err(io::Error::from)
 }
 
 /// Whether the kernel has mount_setattr(2) (Linux 5.12): a call with no
@@ -245,17 +218,13 @@ pub fn has_mount_setattr() -> bool {
 /// `unshare(CLONE_NEWPID)`: the next child of this process is the first
 /// process (pid 1) of a new pid namespace; this process stays where it is.
 pub fn unshare_pid_ns() -> io::Result<()> {
-    // SAFETY: unshare takes a plain integer and touches no memory of ours.
-    let ret = unsafe { libc::unshare(libc::CLONE_NEWPID) };
-    check(libc::c_long::from(ret)).map(|_| ())
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(io::Error::from)
 }
 
 /// `setns(ns, CLONE_NEWPID)`: later children of this process go into the pid
 /// namespace of `ns` (an fd of `/proc/<pid>/ns/pid`); this process does not move.
 pub fn set_children_pid_ns(ns: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: the fd is borrowed and valid for the call; plain integers else.
-    let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) };
-    check(libc::c_long::from(ret)).map(|_| ())
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWPID).map_err(io::Error::from)
 }
 
 /// `_exit(code)`: leave at once, without running exit handlers (the
@@ -375,16 +344,12 @@ pub fn clear_ambient_caps() -> io::Result<()> {
 /// `setfsuid(uid)`: returns the previous fsuid. The call never reports an
 /// error, so callers read back with [`fsuid`].
 pub fn setfsuid(uid: u32) -> u32 {
-    // SAFETY: setfsuid takes a plain integer and touches no memory of ours.
-    let prev = unsafe { libc::setfsuid(uid) };
-    prev.unsigned_abs()
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid)).as_raw()
 }
 
 /// `setfsgid(gid)`: returns the previous fsgid (see [`setfsuid`]).
 pub fn setfsgid(gid: u32) -> u32 {
-    // SAFETY: setfsgid takes a plain integer and touches no memory of ours.
-    let prev = unsafe { libc::setfsgid(gid) };
-    prev.unsigned_abs()
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid)).as_raw()
 }
 
 /// The current fsuid: `setfsuid(-1)` changes nothing (-1 is never a valid id)

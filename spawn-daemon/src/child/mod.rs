@@ -56,7 +56,7 @@ use tend_proto::{SpawnConfig, Stage};
 use crate::chroot::PreparedRoot;
 
 mod mount;
-mod raw;
+pub(crate) mod raw;
 mod task;
 
 /// Why the task did not start: the stage, its errno and one line for a person.

@@ -177,7 +177,7 @@ pub(super) fn reap_all_nohang() {
 
 /// An empty signal mask and every disposition back to SIG_DFL: a fresh
 /// process's signals. (EINVAL for the signals libc keeps: nothing to reset.)
-pub(super) fn reset_signals() -> Sys {
+pub(crate) fn reset_signals() -> Sys {
     // SAFETY: sigset_t and sigaction are plain C types for which all-zero is
     // valid.
     let (mut empty, mut dfl): (libc::sigset_t, libc::sigaction) =
