@@ -15,31 +15,12 @@
 //! before the daemon places it and forks the task: no init outlives a
 //! daemon killed at any instant of the start (see `start_ns_init`).
 //!
-//! The child's steps, in the one order they run (STYLE.md rule 5), each a
-//! function of [`task`] (and [`mount`] for the root) over the
-//! async-signal-safe wrappers of [`raw`]:
-//!
-//! 1. `setpgid(0, 0)`: the task leads its own process group.
-//! 2. wait on the sync pipe: the parent places the child in the task's cgroup
-//!    meanwhile, then says go; then `oom_score_adj` back to what the daemon
-//!    started with (never below 0).
-//! 3. mount namespace, the planned mounts and chroot (isolation with a root) —
-//!    see [`crate::chroot`]: the alloc-dir sources are opened beneath the alloc
-//!    dir with openat2 RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, a tmpfs is mounted
-//!    over the task dir and the mount points made in it, every target is opened
-//!    beneath it the same way and mounted on through `/proc/self/fd/N` (binds
-//!    then made read-only or nosuid,nodev all the way down with mount_setattr,
-//!    the task's /proc mounted from inside its pid namespace and its kernel
-//!    knobs covered), the tmpfs turns read-only, then `fchdir` + `chroot(".")`.
-//! 4. `chdir(cwd)`.
-//! 5. `setgroups([])` -> `setresgid` -> `setresuid` -> clear capabilities ->
-//!    `PR_SET_NO_NEW_PRIVS` (isolation with a user).
-//! 6. signal mask and every disposition back to default; the umask back to 022
-//!    (the daemon's own 077 is for its files, not the task's).
-//! 7. stdin from /dev/null, the log pipes on 1 and 2, every other fd marked
-//!    close-on-exec.
-//! 8. `execve(command, args, env)`.
-#![allow(unsafe_code)]
+//! The child's steps, in the one order they run (STYLE.md rule 5), are
+//! `task::task_steps`: process group, the go on the sync pipe (the parent
+//! places the child in the task's cgroup meanwhile), oom_score_adj, the root
+//! (`mount::enter_root`), the working dir, the drop to the task's user,
+//! signals and umask, stdio, execve. Each is a function over the
+//! async-signal-safe wrappers of `raw`.
 
 use std::ffi::{c_char, CString};
 use std::fmt;
@@ -251,12 +232,7 @@ pub enum Forked {
 /// tend-spawn never starts a thread, so the child is a full copy of a
 /// single-threaded process and may go on running Rust code.
 pub fn fork_single_threaded() -> io::Result<Forked> {
-    // SAFETY: tend-spawn is single-threaded (no runtime, no threads are ever
-    // spawned), so no lock can be held by another thread at the fork and the
-    // child may keep running ordinary code.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(io::Error::last_os_error()),
+    match raw::fork()? {
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent(Pid::from_raw(pid))),
     }
@@ -370,20 +346,17 @@ fn start_ns_init(
     .map_err(|e| StartFailure::new(Stage::Fork, "init socketpair", e as i32))?;
     crate::sys::unshare_pid_ns().map_err(|e| fail("pid namespace", &e))?;
     let forked_at = Instant::now();
-    // SAFETY: the daemon is single-threaded; the child runs only init_main,
-    // which makes async-signal-safe calls and never returns.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        task::init_main(prep.isolation, ready_w.as_raw_fd());
-    }
-    if pid < 0 {
-        let e = io::Error::last_os_error();
-        // No process of the new namespace exists: the next fork would fail.
-        let _ = own_pid_ns().and_then(|ns| crate::sys::set_children_pid_ns(ns.as_fd()));
-        return Err(fail("pid namespace init", &e));
-    }
+    let pid = match raw::fork() {
+        // The init: async-signal-safe steps only, never returns.
+        Ok(0) => task::init_main(prep.isolation, ready_w.as_raw_fd()),
+        Ok(pid) => Pid::from_raw(pid),
+        Err(e) => {
+            // No process of the new namespace exists: the next fork would fail.
+            let _ = own_pid_ns().and_then(|ns| crate::sys::set_children_pid_ns(ns.as_fd()));
+            return Err(fail("pid namespace init", &io::Error::from(e)));
+        }
+    };
     drop(ready_w);
-    let pid = Pid::from_raw(pid);
     let pidfd = match crate::sys::pidfd_open(pid) {
         Ok(fd) => fd,
         Err(e) => {
@@ -488,22 +461,21 @@ fn spawn_task(
         stdout: stdio.stdout.as_raw_fd(),
         stderr: stdio.stderr.as_raw_fd(),
     };
-    // SAFETY: the daemon is single-threaded; the child runs only child_main,
-    // which makes async-signal-safe calls on data prepared above and never returns.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        task::child_main(prep, &fds);
-    }
-    let fork_errno = io::Error::last_os_error();
+    let forked = match raw::fork() {
+        // The task: async-signal-safe steps on the data prepared above only,
+        // until its exec or _exit.
+        Ok(0) => task::child_main(prep, &fds),
+        other => other,
+    };
     // Back in the daemon's own pid namespace for every later child (the
     // setuid cleanup helper).
     let restored = own_ns
         .as_ref()
         .map_or(Ok(()), |ns| crate::sys::set_children_pid_ns(ns.as_fd()));
-    if pid < 0 {
-        return Err(StartFailure::io(Stage::Fork, "task", &fork_errno));
-    }
-    let pid = Pid::from_raw(pid);
+    let pid = match forked {
+        Ok(pid) => Pid::from_raw(pid),
+        Err(e) => return Err(StartFailure::new(Stage::Fork, "task", e as i32)),
+    };
     // The child's ends are the child's now.
     drop(sync_r);
     drop(err_w);

@@ -1,5 +1,12 @@
 //! Step 3 of the task's child: a private mount namespace, the planned
-//! mounts and the chroot (see [`crate::chroot`] for the plan).
+//! mounts and the chroot (see [`crate::chroot`] for the plan). The
+//! alloc-dir sources are opened beneath the alloc dir with openat2
+//! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, a tmpfs is mounted over the task
+//! dir and the mount points made in it, every target is opened beneath it
+//! the same way and mounted on through `/proc/self/fd/N` (binds then made
+//! read-only or nosuid,nodev all the way down with mount_setattr, the
+//! task's /proc mounted from inside its pid namespace and its kernel knobs
+//! covered), the tmpfs turns read-only, then `fchdir` + `chroot(".")`.
 //!
 //! Between fork and exec: every call goes through [`super::raw`]
 //! (async-signal-safe, no allocation); fds are raw numbers on the stack and

@@ -34,6 +34,18 @@ fn check_long(ret: libc::c_long) -> Sys<libc::c_long> {
     }
 }
 
+/// `fork(2)`: the child's pid in the parent, 0 in the child.
+///
+/// Every caller's child either is a copy of the single-threaded daemon (its
+/// own double fork, the cleanup helper) or runs only the async-signal-safe
+/// steps over this module until it execs or `_exit`s (the task, the init),
+/// which holds even when a test forks from a process with threads.
+pub(crate) fn fork() -> Sys<libc::pid_t> {
+    // SAFETY: see above: no child touches a lock or the allocator another
+    // thread may have held at the fork, unless there is no other thread.
+    check(unsafe { libc::fork() })
+}
+
 /// `close(fd)`; its result is of no use where the child closes.
 pub(super) fn close(fd: RawFd) {
     // SAFETY: async-signal-safe; closes an fd number the fork copied, owned
