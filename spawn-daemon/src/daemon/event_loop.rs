@@ -28,6 +28,8 @@ pub struct Started {
     pub listener: UnixListener,
     /// SIGCHLD and SIGTERM, blocked and read here.
     pub signals: SignalFd,
+    /// The socket's file, removed as the loop returns.
+    pub _socket_file: super::SocketFile,
 }
 
 const SLOT_SIGNALS: usize = 0;

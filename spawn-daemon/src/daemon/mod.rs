@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -191,7 +191,6 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
         }
         Err(f) => fail(&config, Some(alloc.as_fd()), &f),
     };
-    let _ = std::fs::remove_file(&config.socket_path);
     info!(code, "leaving");
     code
 }
@@ -230,6 +229,7 @@ fn start(
     let signals = SignalFd::with_flags(signal_mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| StartFailure::new(Stage::Fork, "signalfd", errno_of(e)))?;
     let listener = bind_socket(config, ctx)?;
+    let socket_file = SocketFile(PathBuf::from(&config.socket_path));
     let cgroup = create_task_cgroup(config, hier.as_ref(), ctx, life)?;
     let (out_log, err_log) = open_task_logs(config, log_dir)?;
     let ((out_r, out_w), (err_r, err_w)) = (log_pipe()?, log_pipe()?);
@@ -291,7 +291,12 @@ fn start(
         helper,
         Rc::clone(life),
     );
-    Ok((daemon, Started { listener, signals }, own_cgroup))
+    let started = Started {
+        listener,
+        signals,
+        _socket_file: socket_file,
+    };
+    Ok((daemon, started, own_cgroup))
 }
 
 /// The daemon's own process state, before anything can arrive: no dir of
@@ -404,6 +409,16 @@ fn bind_socket(config: &SpawnConfig, ctx: Option<&Context>) -> Result<UnixListen
         errno: e.errno(),
         message: e.to_string(),
     })
+}
+
+/// The control socket's file once bound: removed when the poll loop is done
+/// with it, or when a later step of the start fails.
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The task's cgroup with its limits, before any fd of the task is opened
