@@ -264,7 +264,7 @@ impl Child {
 
 /// The first process (pid 1) of a task's pid namespace: a fork of the
 /// daemon that drops to the task's user, holds no fd, and only reaps what
-/// is orphaned in the namespace (see [`init_main`]). The task itself is the
+/// is orphaned in the namespace (see `task::init_main`). The task itself is the
 /// daemon's own child, forked into the namespace next: its pid, its wait
 /// status and every signal to it are the daemon's, exactly as without one.
 /// The init goes with the task's cgroup; its death takes every process of

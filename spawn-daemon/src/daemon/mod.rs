@@ -1,6 +1,6 @@
 //! The daemon's life: from the grandchild's first instruction ([`run`]),
-//! through the privileged sequence that starts the task ([`start`]), the
-//! poll loop ([`event_loop`]) while it runs ([`supervise`]), to the exit.
+//! through the privileged sequence that starts the task (`start`), the
+//! poll loop (`event_loop`) while it runs (`supervise`), to the exit.
 //! [`life`] holds the phase it is in and what that allows.
 
 use std::fs::File;
@@ -152,7 +152,7 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
 }
 
 /// The daemon, from the grandchild's first instruction to its exit code:
-/// its own process state, the alloc dir and its logs, then [`start`], then
+/// its own process state, the alloc dir and its logs, then `start`, then
 /// the poll loop until the exit is recorded and released.
 ///
 /// `ctx` is set in setuid mode: the policy allowed the config, file access is
