@@ -656,6 +656,39 @@ mod tests {
     }
 
     #[test]
+    fn an_init_whose_daemon_is_gone_before_it_is_ready_leaves() {
+        // The daemon's end is closed before the init runs (the daemon died
+        // before the parent-death signal was armed): the ready byte finds
+        // no reader and the init leaves at once rather than wait forever.
+        let (daemon_end, init_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        drop(daemon_end);
+        let pid = match raw::fork().unwrap() {
+            0 => task::init_main(None, init_end.as_raw_fd()),
+            pid => Pid::from_raw(pid),
+        };
+        drop(init_end);
+        let fd = crate::sys::pidfd_open(pid).unwrap();
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ended = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).unwrap();
+        if ended == 0 {
+            let _ = crate::sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+        }
+        let status = crate::sys::wait_blocking(pid).unwrap();
+        assert_eq!(ended, 1, "the init waited for a daemon that is gone");
+        assert!(libc::WIFEXITED(status), "{status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 127);
+    }
+
+    #[test]
     fn the_wait_for_a_ready_init_is_short() {
         if !crate::test_have_root() {
             return;
