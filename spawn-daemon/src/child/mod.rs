@@ -412,12 +412,16 @@ fn start_ns_init(
 }
 
 /// Read from `fd` until EOF or a whole error record: how many bytes came.
+///
+/// A first byte that is [`INIT_READY`] (no stage has that index) is the
+/// whole answer: returned at once, without waiting for the init to close.
 fn read_record(fd: &OwnedFd) -> Result<(usize, [u8; RECORD_LEN]), Errno> {
     let mut record = [0u8; RECORD_LEN];
     let mut got = 0;
     while got < record.len() {
         match nix::unistd::read(fd, &mut record[got..]) {
             Ok(0) => break,
+            Ok(n) if record[0] == INIT_READY => return Ok((n.min(1), record)),
             Ok(n) => got += n,
             Err(Errno::EINTR) => {}
             Err(e) => return Err(e),
