@@ -1,13 +1,15 @@
 //! tend-spawn: the per-task supervisor.
 //!
-//! The agent execs `tend-spawn` with a [`SpawnConfig`] frame on stdin. It checks
-//! the config, cleans its own process state, double-forks (so the agent is never
-//! its parent), binds its control socket, starts the task, writes one
-//! [`StartReport`] frame to stdout and then serves the agent over the socket until
-//! the task's exit is recorded and released. See `DESIGN.md`, "The spawn protocol"
-//! and "Inside tend-spawn".
+//! The agent execs `tend-spawn` with a [`SpawnConfig`] frame on stdin; it
+//! writes one [`StartReport`] frame to stdout and then serves the agent over
+//! its control socket until the task's exit is recorded and released. The
+//! order of its start is written once, in code: [`run`] (the first process),
+//! then `daemon::run` and `daemon::start` (the daemon's privileged sequence),
+//! then `child::task` (its children between fork and exec). See `DESIGN.md`,
+//! "The spawn protocol" and "Inside tend-spawn".
 //!
-//! Unsafe code lives only in [`child`] (fork/exec) and [`sys`] (raw syscalls).
+//! Unsafe code lives only in `child::raw` (the system calls of a forked child,
+//! fork itself among them) and [`sys`] (the daemon's raw syscalls).
 #![deny(unsafe_code)]
 
 mod child;
@@ -108,6 +110,13 @@ pub fn sanitize() {
 
 /// The whole run of `tend-spawn` with no arguments; returns the exit code of the
 /// process that returns (the first process, or the daemon when it leaves).
+///
+/// The first process's part of the start, in order: refuse a terminal, reset
+/// the signal state, clean the inherited process state (setuid mode did its
+/// own in `main`), read and check the config, apply the setuid policy, look up
+/// the task's user, then double-fork into the daemon ([`daemon::run`], whose
+/// [`daemon::start`](crate::daemon) is the privileged sequence, and whose
+/// children run `child::task`'s steps).
 pub fn run() -> i32 {
     if sys::is_tty(io::stdin()) {
         eprintln!("tend-spawn: {}", UsageError::Terminal);
@@ -115,43 +124,64 @@ pub fn run() -> i32 {
     }
     // Whatever signal state the parent left (SIGCHLD ignored would reap the
     // task behind the daemon's back, SIGTERM ignored would never reach it):
-    // gone, before any fork. The daemon sets its own below.
+    // gone, before any fork. The daemon sets its own.
     if let Err(e) = sys::reset_signals() {
         eprintln!("tend-spawn: resetting the signal mask: {e}");
         return EXIT_FAILED;
     }
-    let setuid_mode = setuid::is_setuid();
-    if !setuid_mode {
-        // Setuid mode did its own, stricter, first thing in main.
+    if !setuid::is_setuid() {
         sanitize();
     }
     let mut config = match read_config(&mut io::stdin().lock()) {
         Ok(c) => c,
         Err(f) => return report_failure(&f),
     };
-    // Setuid: the policy decides, before anything is created or forked.
-    let ctx = if setuid_mode {
-        match setuid::Context::establish(&mut config) {
-            Ok(c) => Some(c),
-            Err(line) => return report_failure(&StartFailure::plain(Stage::Config, line)),
-        }
-    } else {
-        None
+    let ctx = match apply_policy(&mut config) {
+        Ok(c) => c,
+        Err(f) => return report_failure(&f),
     };
-    // Who the task runs as is looked up before any fork. In setuid mode, the
-    // policy's task user; raw_exec runs as the caller, never as root.
-    let isolation = match &ctx {
+    let isolation = match task_user(&config, ctx.as_ref()) {
+        Ok(i) => i,
+        Err(f) => return report_failure(&f),
+    };
+    detach(config, isolation, ctx)
+}
+
+/// Setuid mode: the policy decides, before anything is created or forked
+/// (None outside setuid mode).
+fn apply_policy(config: &mut SpawnConfig) -> Result<Option<setuid::Context>, StartFailure> {
+    if !setuid::is_setuid() {
+        return Ok(None);
+    }
+    setuid::Context::establish(config)
+        .map(Some)
+        .map_err(|line| StartFailure::plain(Stage::Config, line))
+}
+
+/// Who the task runs as, looked up before any fork: in setuid mode the
+/// policy's task user; raw_exec (no isolation) runs as the caller.
+fn task_user(
+    config: &SpawnConfig,
+    ctx: Option<&setuid::Context>,
+) -> Result<Option<child::Isolation>, StartFailure> {
+    match ctx {
         Some(c) => Ok(Some(c.task)),
         None => config
             .isolation
             .as_ref()
             .map(|i| daemon::resolve_user(&i.user))
             .transpose(),
-    };
-    let isolation = match isolation {
-        Ok(i) => i,
-        Err(f) => return report_failure(&f),
-    };
+    }
+}
+
+/// The double fork: the first process waits for the intermediate and
+/// returns its status; the intermediate starts a session, forks the daemon
+/// and leaves, so the agent is never the daemon's parent.
+fn detach(
+    config: SpawnConfig,
+    isolation: Option<child::Isolation>,
+    ctx: Option<setuid::Context>,
+) -> i32 {
     match child::fork_single_threaded() {
         Err(e) => report_failure(&StartFailure::io(Stage::Fork, "daemon", &e)),
         Ok(Forked::Parent(intermediate)) => match sys::wait_blocking(intermediate) {
@@ -166,7 +196,6 @@ pub fn run() -> i32 {
             }
         },
         Ok(Forked::Child) => {
-            // The intermediate: a new session, then the daemon, then leave.
             if let Err(e) = nix::unistd::setsid() {
                 report_failure(&StartFailure::new(Stage::Fork, "setsid", e as i32));
                 sys::exit_now(EXIT_FAILED);

@@ -1,14 +1,18 @@
-//! Raw system call wrappers that neither std nor nix offer: close_range,
-//! getrandom, mount_setattr, setns, the signal state of a fresh process, and a
-//! waitpid that keeps the raw status; pidfd_open, pidfd_send_signal and openat2
-//! come from `tend-sys`, which the shared crates use too.
+//! System call wrappers for the daemon (outside a forked child, whose own
+//! are in `child::raw`). Raw where neither std nor nix offers the call:
+//! close_range, getrandom, mount_setattr, capget/capset, the signal state of a
+//! fresh process, and a waitpid that keeps the raw status; through nix's safe
+//! calls for unshare, setns and the fs ids; pidfd_open, pidfd_send_signal and
+//! open_beneath come from `tend-sys`, which the shared crates use too.
+//! (rustix has pidfd, capabilities and getrandom, but would add two crates to
+//! a setuid binary for a few lines each.)
 //!
 //! Each wrapper is a thin, checked shell around one call, so the unsafe surface of
 //! the daemon stays in this file and in [`crate::child`].
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use nix::unistd::Pid;
 use tend_sys::check;
@@ -128,27 +132,8 @@ pub fn ignore_signal(sig: nix::sys::signal::Signal) -> io::Result<()> {
 /// reap the task behind our back, an ignored SIGTERM would never reach the
 /// signalfd). Signals libc keeps for itself refuse the change (EINVAL): skipped.
 pub fn reset_signals() -> io::Result<()> {
-    // SAFETY: sigset_t is a plain C type for which all-zero is valid, and
-    // sigemptyset initialises it; sigaction with SIG_DFL installs no handler
-    // code, and sigprocmask only reads the set.
-    unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut dfl.sa_mask);
-        for sig in 1..libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        check(libc::c_long::from(libc::sigprocmask(
-            libc::SIG_SETMASK,
-            &empty,
-            std::ptr::null_mut(),
-        )))
-        .map(|_| ())
-    }
+    // The same reset as a forked child's before its exec.
+    crate::child::raw::reset_signals().map_err(io::Error::from)
 }
 
 /// Whether the kernel has mount_setattr(2) (Linux 5.12): a call with no
@@ -171,17 +156,13 @@ pub fn has_mount_setattr() -> bool {
 /// `unshare(CLONE_NEWPID)`: the next child of this process is the first
 /// process (pid 1) of a new pid namespace; this process stays where it is.
 pub fn unshare_pid_ns() -> io::Result<()> {
-    // SAFETY: unshare takes a plain integer and touches no memory of ours.
-    let ret = unsafe { libc::unshare(libc::CLONE_NEWPID) };
-    check(libc::c_long::from(ret)).map(|_| ())
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(io::Error::from)
 }
 
 /// `setns(ns, CLONE_NEWPID)`: later children of this process go into the pid
 /// namespace of `ns` (an fd of `/proc/<pid>/ns/pid`); this process does not move.
 pub fn set_children_pid_ns(ns: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: the fd is borrowed and valid for the call; plain integers else.
-    let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) };
-    check(libc::c_long::from(ret)).map(|_| ())
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWPID).map_err(io::Error::from)
 }
 
 /// `_exit(code)`: leave at once, without running exit handlers (the
@@ -301,16 +282,12 @@ pub fn clear_ambient_caps() -> io::Result<()> {
 /// `setfsuid(uid)`: returns the previous fsuid. The call never reports an
 /// error, so callers read back with [`fsuid`].
 pub fn setfsuid(uid: u32) -> u32 {
-    // SAFETY: setfsuid takes a plain integer and touches no memory of ours.
-    let prev = unsafe { libc::setfsuid(uid) };
-    prev.unsigned_abs()
+    nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid)).as_raw()
 }
 
 /// `setfsgid(gid)`: returns the previous fsgid (see [`setfsuid`]).
 pub fn setfsgid(gid: u32) -> u32 {
-    // SAFETY: setfsgid takes a plain integer and touches no memory of ours.
-    let prev = unsafe { libc::setfsgid(gid) };
-    prev.unsigned_abs()
+    nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid)).as_raw()
 }
 
 /// The current fsuid: `setfsuid(-1)` changes nothing (-1 is never a valid id)

@@ -2017,3 +2017,114 @@ fn tend_stats_figures_match_the_cgroup_files_of_a_busy_task() {
     assert!(out.status.success(), "{out:?}");
     drop(agent);
 }
+
+/// Every process whose environment holds `entry` ("K=V"): its pid and comm.
+fn processes_with_env(entry: &str) -> Vec<(i32, String)> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == entry.as_bytes()))
+        })
+        .map(|pid| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn no_init_and_no_task_outlive_a_tend_spawn_sigkilled_during_its_start() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let rounds: u64 = std::env::var("TEND_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    // How long a whole start takes here, so the kills spread over all of it.
+    let cfg = exec_config(&sb, &parent, "m", "sleep 30");
+    let t0 = Instant::now();
+    let (daemon, _, _) = sb.start(&cfg).pids();
+    let setup = t0.elapsed();
+    let mut c = Client::connect(&cfg);
+    let _ = c.request(Request::Stop {
+        signal: 9,
+        grace_ms: 0,
+    });
+    finish(&sb, &cfg, daemon, &mut c);
+    let span = u64::try_from(setup.as_micros()).unwrap() * 5 / 4;
+    let (mut before_init, mut with_init) = (0, 0);
+    for round in 0..rounds {
+        // In tend-spawn's environment (so in its init's, a fork of it) and
+        // in the task's.
+        let (key, value) = (
+            "TEND_INIT_KILL_ROUND",
+            format!("{}-{round}", std::process::id()),
+        );
+        let entry = format!("{key}={value}");
+        let mut cfg = exec_config(&sb, &parent, &format!("t{round}"), "sleep 30");
+        cfg.env.push((key.into(), value.clone()));
+        let mut first = Command::new(tend_tests::spawn_bin())
+            .env_clear()
+            .env(key, &value)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let _ = first
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(&cfg.to_frame().unwrap());
+        }
+        std::thread::sleep(Duration::from_micros(
+            tend_tests::random_u64() % span.max(1),
+        ));
+        // SIGKILL every tend-spawn of the round (the first, the
+        // intermediate, the daemon, a task child before its exec) until
+        // none is left; an init is tend-init by then, and not killed here.
+        let mut quiet = 0;
+        let mut saw_init = false;
+        while quiet < 3 {
+            let procs = processes_with_env(&entry);
+            saw_init |= procs.iter().any(|(_, comm)| comm == "tend-init");
+            let spawns: Vec<i32> = procs
+                .iter()
+                .filter(|(_, comm)| comm == "tend-spawn")
+                .map(|(pid, _)| *pid)
+                .collect();
+            quiet = if spawns.is_empty() { quiet + 1 } else { 0 };
+            for pid in spawns {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = first.wait();
+        if saw_init {
+            with_init += 1;
+        } else {
+            before_init += 1;
+        }
+        let gone = wait_until(Duration::from_secs(10), || {
+            processes_with_env(&entry).is_empty()
+        });
+        assert!(
+            gone,
+            "round {round}: left after tend-spawn's SIGKILL: {:?}",
+            processes_with_env(&entry)
+        );
+    }
+    println!(
+        "start {setup:?}; {rounds} rounds: killed with an init up: {with_init}, before: {before_init}"
+    );
+}
