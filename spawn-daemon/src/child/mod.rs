@@ -11,9 +11,11 @@
 //! the daemon unshares one and forks its init first ([`NsInit`], which only
 //! reaps), then the task, which is pid 2 there and the daemon's own child.
 //!
-//! The init arms its parent-death signal and says ready on a socketpair
-//! before the daemon places it and forks the task: no init outlives a
-//! daemon killed at any instant of the start (see `start_ns_init`).
+//! The init arms its parent-death signal and then says ready on a
+//! socketpair; the daemon places it and forks the task meanwhile and reads
+//! the answer once the task has exec'd: no init outlives a daemon killed at
+//! any instant of the start (see `start_ns_init`), and the start does not
+//! wait for the init to be scheduled.
 //!
 //! The child's steps, in the one order they run (STYLE.md rule 5), are
 //! `task::task_steps`: process group, the go on the sync pipe (the parent
@@ -275,8 +277,11 @@ pub struct NsInit {
     pub pid: Pid,
     /// A pidfd of it (SIGKILL to it kills the whole namespace).
     pub pidfd: OwnedFd,
-    /// From its fork to its ready: what waiting for it cost the start.
+    /// From its fork to its ready, once read (see [`NsInit::await_ready`]).
     pub ready_after: Duration,
+    /// The daemon's end of the ready socketpair, until the answer is read.
+    ready: Option<OwnedFd>,
+    forked_at: Instant,
 }
 
 impl NsInit {
@@ -284,6 +289,43 @@ impl NsInit {
     fn kill(self) {
         let _ = crate::sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
         let _ = crate::sys::wait_blocking(self.pid);
+    }
+
+    /// The init's answer: ready (its parent-death signal armed), or the step
+    /// of its drop that failed (it is reaped then), or its death. Read once
+    /// the task has exec'd, by when a ready init has long answered; the
+    /// daemon's end stays open until then, so a live daemon never makes its
+    /// init's answer fail.
+    fn await_ready(&mut self, prep: &Prepared) -> Result<(), StartFailure> {
+        let Some(fd) = self.ready.take() else {
+            return Ok(());
+        };
+        let waited_from = Instant::now();
+        let record = read_record(&fd)
+            .map_err(|e| StartFailure::new(Stage::Fork, "read init socket", e as i32))?;
+        match record {
+            (1, [INIT_READY, ..]) => {
+                self.ready_after = self.forked_at.elapsed();
+                tracing::info!(
+                    ready_us = u64::try_from(self.ready_after.as_micros()).unwrap_or(u64::MAX),
+                    waited_us =
+                        u64::try_from(waited_from.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    "pid namespace init ready"
+                );
+                Ok(())
+            }
+            (RECORD_LEN, r) => {
+                // It _exit(127)s after the record.
+                let _ = crate::sys::wait_blocking(self.pid);
+                let (stage, errno, which) = parse_record(&r);
+                let what = format!("{} (pid namespace init)", prep.what(stage, which));
+                Err(StartFailure::new(stage, &what, errno))
+            }
+            _ => Err(StartFailure::plain(
+                Stage::Fork,
+                "fork pid namespace init: it died during its start",
+            )),
+        }
     }
 }
 
@@ -296,18 +338,35 @@ pub fn spawn(
     stdio: ChildStdio,
     place: impl Fn(Pid) -> Result<(), StartFailure>,
 ) -> Result<Child, StartFailure> {
-    let init = if prep.pid_ns {
+    let mut init = if prep.pid_ns {
         Some(start_ns_init(prep, &place)?)
     } else {
         None
     };
     match spawn_task(prep, stdio, &place, init.as_ref()) {
-        Ok((pid, pidfd)) => Ok(Child { pid, pidfd, init }),
-        Err(f) => {
-            if let Some(i) = init {
-                i.kill();
+        Ok((pid, pidfd)) => {
+            if let Some(i) = init.as_mut() {
+                if let Err(f) = i.await_ready(prep) {
+                    // The task dies with its namespace's init, if not already.
+                    let _ = crate::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                    let _ = crate::sys::wait_blocking(pid);
+                    if let Some(i) = init {
+                        i.kill();
+                    }
+                    return Err(f);
+                }
             }
-            Err(f)
+            Ok(Child { pid, pidfd, init })
+        }
+        Err(f) => {
+            let Some(mut i) = init else {
+                return Err(f);
+            };
+            // A task that could not start in the namespace of an init that
+            // failed (the fork finds no init: ENOMEM): the init says why.
+            let why = i.await_ready(prep).err();
+            i.kill();
+            Err(why.unwrap_or(f))
         }
     }
 }
@@ -322,16 +381,18 @@ fn own_pid_ns() -> io::Result<OwnedFd> {
     .map_err(|e| io::Error::from_raw_os_error(e as i32))
 }
 
-/// Fork the init of a new pid namespace, wait until it is ready, and place
-/// it; the daemon's next child (the task) goes into that namespace, the one
-/// after it no longer.
+/// Fork the init of a new pid namespace and place it; the daemon's next
+/// child (the task) goes into that namespace, the one after it no longer.
+/// Its answer is read later ([`NsInit::await_ready`]).
 ///
 /// Ready means its parent-death signal is armed (after its drop to the
 /// task's user, which clears it): it then writes one byte on its end of a
 /// socketpair, which fails with EPIPE, and the init leaves, when the daemon
-/// died before the signal was armed. Either way no init outlives its daemon,
-/// whatever instant the daemon is killed at: one placed in no cgroup would
-/// be reached by no kill. A failed init writes its stage and errno instead.
+/// died before the signal was armed. A daemon killed before it placed the
+/// init held the only other end (the task is not forked yet): the init is
+/// gone then either way. Once placed, it is in the task's cgroup, which the
+/// agent's (or the setuid cleanup helper's) kill of a lost run reaches. A
+/// failed init writes its stage and errno instead.
 fn start_ns_init(
     prep: &Prepared,
     place: &impl Fn(Pid) -> Result<(), StartFailure>,
@@ -370,40 +431,9 @@ fn start_ns_init(
         pid,
         pidfd,
         ready_after: Duration::ZERO,
+        ready: Some(ready_r),
+        forked_at,
     };
-    let record = match read_record(&ready_r) {
-        Ok(r) => r,
-        Err(e) => {
-            init.kill();
-            return Err(StartFailure::new(Stage::Fork, "read init socket", e as i32));
-        }
-    };
-    match record {
-        (1, [INIT_READY, ..]) => {}
-        (RECORD_LEN, r) => {
-            // It _exit(127)s after the record.
-            let _ = crate::sys::wait_blocking(pid);
-            let (stage, errno, which) = parse_record(&r);
-            let what = format!("{} (pid namespace init)", prep.what(stage, which));
-            return Err(StartFailure::new(stage, &what, errno));
-        }
-        _ => {
-            init.kill();
-            return Err(StartFailure::plain(
-                Stage::Fork,
-                "fork pid namespace init: it died during its start",
-            ));
-        }
-    }
-    // The wait this costs the start, in the daemon's log.
-    let init = NsInit {
-        ready_after: forked_at.elapsed(),
-        ..init
-    };
-    tracing::info!(
-        ready_us = u64::try_from(init.ready_after.as_micros()).unwrap_or(u64::MAX),
-        "pid namespace init ready"
-    );
     if let Err(f) = place(pid) {
         init.kill();
         return Err(f);

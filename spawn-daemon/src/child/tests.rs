@@ -31,18 +31,22 @@ fn an_init_whose_drop_fails_is_reported_with_its_stage_and_reaped() {
     caps.effective &= !((1 << 6) | (1 << 7));
     crate::sys::capset(caps).unwrap();
     let (prep, placed) = init_for_nobody();
-    let f = start_ns_init(&prep, &|pid| {
+    let mut init = start_ns_init(&prep, &|pid| {
         placed.set(Some(pid));
         Ok(())
     })
-    .unwrap_err();
+    .unwrap();
+    assert_eq!(placed.get(), Some(init.pid), "placed before its answer");
+    let f = init.await_ready(&prep).unwrap_err();
     assert_eq!(f.stage, Stage::Setgroups, "{f:?}");
     assert_eq!(f.errno, libc::EPERM, "{f:?}");
     assert_eq!(
         f.message,
         "setgroups [] (pid namespace init): Operation not permitted"
     );
-    assert_eq!(placed.get(), None, "a failed init is never placed");
+    drop(init);
+    let ns = own_pid_ns().unwrap();
+    crate::sys::set_children_pid_ns(ns.as_fd()).unwrap();
     // Reaped: no child is left.
     assert_eq!(
         nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
@@ -64,7 +68,9 @@ fn a_ready_init_is_placed_as_the_task_user_and_dies_with_its_daemon() {
             let code = match start_ns_init(&prep, &|pid| {
                 placed.set(Some(pid));
                 Ok(())
-            }) {
+            })
+            .and_then(|mut init| init.await_ready(&prep).map(|()| init))
+            {
                 Ok(init) if placed.get() == Some(init.pid) => {
                     let _ = nix::unistd::write(&pid_w, &init.pid.as_raw().to_le_bytes());
                     std::mem::forget(init);
@@ -130,44 +136,6 @@ fn an_init_whose_daemon_is_gone_before_it_is_ready_leaves() {
     assert_eq!(ended, 1, "the init waited for a daemon that is gone");
     assert!(libc::WIFEXITED(status), "{status:#x}");
     assert_eq!(libc::WEXITSTATUS(status), 127);
-}
-
-#[test]
-fn the_wait_for_a_ready_init_is_short() {
-    if !crate::test_have_root() {
-        return;
-    }
-    let (nobody, _) = init_for_nobody();
-    let as_root = Prepared::new(
-        &tend_proto::config::example("/tmp/a", "/tmp/s"),
-        None,
-        None,
-        0,
-    )
-    .unwrap();
-    // The wait from fork to ready, with the drop to nobody and without
-    // one (the round trip alone).
-    let mut medians = Vec::new();
-    for prep in [&nobody, &as_root] {
-        let mut waited = Vec::new();
-        for _ in 0..50 {
-            let init = start_ns_init(prep, &|_| Ok(())).unwrap();
-            waited.push(init.ready_after);
-            init.kill();
-            // Each init's namespace is its own: the next one unshares anew.
-            let ns = own_pid_ns().unwrap();
-            crate::sys::set_children_pid_ns(ns.as_fd()).unwrap();
-        }
-        waited.sort();
-        medians.push((waited[waited.len() / 2], waited[waited.len() - 1]));
-    }
-    println!(
-        "wait from the init's fork to its ready: with the drop median {:?} (max {:?}), \
-         without median {:?} (max {:?})",
-        medians[0].0, medians[0].1, medians[1].0, medians[1].1
-    );
-    let median = medians[0].0;
-    assert!(median < Duration::from_millis(50), "{medians:?}");
 }
 
 #[test]
