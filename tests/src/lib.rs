@@ -905,12 +905,7 @@ impl AgentProc {
     pub fn submit(&self, hcl: &str) -> Vec<String> {
         let r = self.http("POST", "/v1/jobs", hcl.as_bytes());
         assert_eq!(r.status, 201, "{}", r.text());
-        r.json()["allocations"]
-            .as_array()
-            .expect("allocations")
-            .iter()
-            .map(|v| v.as_str().expect("id").to_string())
-            .collect()
+        r.typed::<tend::api::wire::Submitted>().allocations
     }
 
     /// A GET answered by JSON with status 200.
@@ -964,6 +959,17 @@ impl HttpReply {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
+    /// The body as one of the API's typed answers; panics when it is not.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not a {} ({e}): {}",
+                std::any::type_name::<T>(),
+                self.text()
+            )
+        })
+    }
+
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -973,22 +979,59 @@ impl HttpReply {
     }
 }
 
-/// One HTTP/1.1 request over `<run_dir>/tend.sock` (reads until the agent closes,
-/// at most 30 s).
+/// A runtime for one blocking exchange with the agent.
+fn exchange_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// The reply to an answer read by the agent's own client.
+async fn reply_of(answer: tend::api::client::Answer) -> std::io::Result<HttpReply> {
+    let status = answer.status;
+    let headers = answer
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = answer
+        .bytes()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_vec();
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One request over `<run_dir>/tend.sock` with the agent's own client,
+/// whatever its status (at most 30 s).
 pub fn try_http(
     run_dir: &Path,
     method: &str,
     target: &str,
     body: &[u8],
 ) -> std::io::Result<HttpReply> {
-    let mut raw = format!(
-        "{method} {target} HTTP/1.1\r\nHost: tend\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(body);
-    let bytes = raw_exchange(run_dir, &raw, Duration::from_secs(30))?;
-    parse_reply(&bytes)
+    let client = tend::api::client::ApiClient::new(run_dir);
+    let exchange = async {
+        let answer = client
+            .send(method, target, body, "application/json")
+            .await
+            .map_err(std::io::Error::other)?;
+        reply_of(answer).await
+    };
+    exchange_runtime()?.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .map_err(std::io::Error::other)?
+    })
 }
 
 /// Send `raw` bytes to the agent's socket and read until it closes.
@@ -1001,51 +1044,37 @@ pub fn raw_exchange(run_dir: &Path, raw: &[u8], timeout: Duration) -> std::io::R
     Ok(out)
 }
 
-/// Parse a whole HTTP response (de-chunking a chunked body).
+/// Parse a whole HTTP response (de-chunking a chunked body), as the agent's
+/// client reads it: the bytes are served to hyper's client as the answer to a
+/// request of its own.
 pub fn parse_reply(bytes: &[u8]) -> std::io::Result<HttpReply> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let end = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of head"))?;
-    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| bad("head not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = bytes[end + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
-    {
-        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    }
-    Ok(HttpReply {
-        status,
-        headers,
-        body,
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, mut theirs) = tokio::io::duplex(bytes.len() + 4096);
+    let bytes = bytes.to_vec();
+    exchange_runtime()?.block_on(async move {
+        tokio::spawn(async move {
+            // The answer comes after the request, as from a server.
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                request.push(theirs.read_u8().await?);
+            }
+            theirs.write_all(&bytes).await?;
+            theirs.shutdown().await
+        });
+        let io = hyper_util::rt::TokioIo::new(ours);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/")
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        reply_of(resp.into()).await
     })
-}
-
-/// The data of a chunked body (None when it is malformed or cut short).
-pub fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let nl = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..nl]).ok()?.trim(), 16).ok()?;
-        b = &b[nl + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
 }
 
 /// A host user (and its own group) made for one test with `useradd`, removed

@@ -54,6 +54,17 @@ pub struct Answer {
     body: Incoming,
 }
 
+impl From<hyper::Response<Incoming>> for Answer {
+    fn from(resp: hyper::Response<Incoming>) -> Answer {
+        let (parts, body) = resp.into_parts();
+        Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
 impl Answer {
     /// The next piece of the body; None at its end.
     pub async fn next(&mut self) -> Result<Option<Bytes>, hyper::Error> {
@@ -136,12 +147,7 @@ impl ApiClient {
             .send_request(req)
             .await
             .map_err(|e| self.exchange_error(e))?;
-        let (parts, body) = resp.into_parts();
-        Ok(Answer {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        })
+        Ok(resp.into())
     }
 
     /// A request answered by JSON; a status of 400 and above is an error.
