@@ -46,6 +46,12 @@ use tend_proto::{
     ExitStatus, Hello, Instance, Request, Response, StartReport, Token, PROTOCOL_VERSION,
 };
 
+pub mod docker;
+pub mod job;
+pub mod setuid;
+
+pub use setuid::ThrowawayUser;
+
 /// Skip the calling test for `reason` ("needs root", "no docker engine at
 /// ..."): print `skipped: REASON` and let the caller return. Under `CI=true` a
 /// skipped test proves nothing, so this panics instead: CI runs as root with
@@ -73,13 +79,17 @@ pub fn have_root() -> bool {
     false
 }
 
-/// Return from the calling test unless it runs as root: prints "skipped:
-/// needs root" as a normal user, panics under `CI=true` (see [`skip_or_fail`]).
+/// Return from the calling test (with the value given, if any) unless it
+/// runs as root: prints "skipped: needs root" as a normal user, panics under
+/// `CI=true` (see [`skip_or_fail`]).
 #[macro_export]
 macro_rules! require_root {
     () => {
+        $crate::require_root!(())
+    };
+    ($ret:expr) => {
         if !$crate::have_root() {
-            return;
+            return $ret;
         }
     };
 }
@@ -1075,86 +1085,6 @@ pub fn parse_reply(bytes: &[u8]) -> std::io::Result<HttpReply> {
             .map_err(std::io::Error::other)?;
         reply_of(resp.into()).await
     })
-}
-
-/// A host user (and its own group) made for one test with `useradd`, removed
-/// with `userdel` when dropped, even after a failed assertion. Stands for
-/// "another local user".
-#[derive(Debug)]
-pub struct ThrowawayUser {
-    /// Its name (`tt` and 8 hex digits).
-    pub name: String,
-    /// Its uid.
-    pub uid: u32,
-    /// Its primary group, of its own.
-    pub gid: u32,
-}
-
-impl ThrowawayUser {
-    /// Make one (root only). `useradd` takes a lock on /etc/passwd that tests
-    /// running at once may hold: it is tried again for a while.
-    pub fn create() -> ThrowawayUser {
-        let name = format!("tt{:08x}", random_u64() & 0xffff_ffff);
-        let mut last = String::new();
-        let made = wait_until(Duration::from_secs(30), || {
-            let out = Command::new("useradd")
-                .args(["--no-create-home", "--user-group", "--shell", "/bin/false"])
-                .arg(&name)
-                .output()
-                .expect("run useradd");
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            out.status.success()
-        });
-        assert!(made, "useradd {name}: {last}");
-        // Removed on drop from here on, whatever happens next.
-        let mut user = ThrowawayUser {
-            name,
-            uid: u32::MAX,
-            gid: u32::MAX,
-        };
-        let u = nix::unistd::User::from_name(&user.name)
-            .expect("read passwd")
-            .expect("the new user");
-        user.uid = u.uid.as_raw();
-        user.gid = u.gid.as_raw();
-        user
-    }
-
-    /// Run `cmd args` as this user: its uid and gid, no supplementary group, an
-    /// empty environment but PATH, from `/`. Its stdout when it succeeds; else
-    /// why not (its stderr, or why it could not even start: `cmd` itself may be
-    /// out of the user's reach).
-    pub fn run<S: AsRef<OsStr>>(&self, cmd: &str, args: &[S]) -> Result<String, String> {
-        use std::os::unix::process::CommandExt;
-        let out = Command::new(cmd)
-            .args(args)
-            .uid(self.uid)
-            .gid(self.gid)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{cmd}: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-}
-
-impl Drop for ThrowawayUser {
-    fn drop(&mut self) {
-        wait_until(Duration::from_secs(30), || {
-            Command::new("userdel")
-                .arg(&self.name)
-                .output()
-                .is_ok_and(|o| o.status.success() || o.status.code() == Some(6))
-        });
-        // userdel removes the user's own group with it; if it did not, this does.
-        let _ = Command::new("groupdel").arg(&self.name).output();
-    }
 }
 
 #[cfg(test)]

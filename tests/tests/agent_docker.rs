@@ -3,53 +3,14 @@
 //! of `.ci/docker-up` (`$TEND_TEST_DOCKER_SOCK`); without one each test prints
 //! "skipped: no docker engine" and passes (under `CI=true` it fails).
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tend_tests::{have_root, skip_or_fail, wait_until, AgentProc, Sandbox};
+use tend_tests::docker::{cli as docker, socket, TEST_IMAGE};
+use tend_tests::{require_docker, require_root, wait_until, AgentProc, Sandbox};
 
-const IMAGE: &str = "tend-test/busybox:latest";
+const IMAGE: &str = TEST_IMAGE;
 const LONG: Duration = Duration::from_secs(60);
-
-fn socket() -> PathBuf {
-    std::env::var_os("TEND_TEST_DOCKER_SOCK")
-        .filter(|s| !s.is_empty())
-        .map_or_else(
-            || PathBuf::from("/run/tend-test-docker.sock"),
-            PathBuf::from,
-        )
-}
-
-fn docker(args: &[&str]) -> Option<String> {
-    let host = format!("unix://{}", socket().display());
-    let out = Command::new("/usr/bin/docker")
-        .args(["-H", &host])
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn engine_ready() -> bool {
-    if docker(&["image", "inspect", IMAGE]).is_none() {
-        skip_or_fail(&format!(
-            "no docker engine at {} with {IMAGE}",
-            socket().display()
-        ));
-        return false;
-    }
-    true
-}
-
-/// Root (the agent mounts each bind of the alloc dir for the engine) and the
-/// engine: false, with the reason printed, when either is missing.
-fn root_and_engine() -> bool {
-    have_root() && engine_ready()
-}
 
 /// The containers carrying `label` (`KEY=VALUE`).
 fn containers_labelled(label: &str) -> Vec<String> {
@@ -150,9 +111,8 @@ fn wait_dead(a: &AgentProc, id: &str, name: &str) -> Value {
 
 #[test]
 fn a_container_and_an_exec_task_share_alloc() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let a = agent(&sb);
     let job = format!(
@@ -203,9 +163,8 @@ fn a_container_and_an_exec_task_share_alloc() {
 
 #[test]
 fn a_container_outlives_an_agent_restart_and_its_exit_is_recorded() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let mut a = agent(&sb);
     let job = format!(
@@ -270,9 +229,8 @@ fn a_container_outlives_an_agent_restart_and_its_exit_is_recorded() {
 
 #[test]
 fn a_container_removed_while_the_agent_is_away_is_lost_never_zero() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let mut a = agent(&sb);
     let job = format!(
@@ -317,9 +275,8 @@ fn a_container_removed_while_the_agent_is_away_is_lost_never_zero() {
 
 #[test]
 fn caps_and_a_task_dir_volume_reach_the_container_and_host_asks_are_refused_at_submit() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let a = agent_with(&sb, "  allowed_caps = [\"NET_ADMIN\"]\n");
     let job = format!(
@@ -429,9 +386,8 @@ fn caps_and_a_task_dir_volume_reach_the_container_and_host_asks_are_refused_at_s
 
 #[test]
 fn a_containers_stats_come_from_the_engine_and_match_docker_stats() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let a = agent(&sb);
     // Three processes: the shell and its two sleeps.
