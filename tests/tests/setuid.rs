@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tend_proto::config::Bind;
 use tend_proto::{frame, SpawnConfig, StartReport};
+use tend_tests::job::{JobFile, Task};
 use tend_tests::setuid::{field, mkdir, processes_running, run, walk, World};
 use tend_tests::{cgroup_mounts, pid_alive, require_root, wait_until, Client};
 
@@ -420,7 +421,16 @@ fn the_agent_as_an_ordinary_user_runs_exec_isolated_and_raw_exec_as_itself() {
     let job = w.base.join("exec.hcl");
     fs::write(
         &job,
-        "job \"j\" {\n  group \"g\" {\n    task \"t\" {\n      driver = \"exec\"\n      config {\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"grep -E '^(Uid|Groups|CapEff|CapPrm|NoNewPrivs):' /proc/self/status; cat /proc/self/cgroup; echo hi > $TEND_TASK_DIR/f && cat /local/f\"]\n      }\n      resources {\n        memory = 64\n      }\n    }\n  }\n}\n",
+        JobFile::new("j")
+            .task(
+                Task::sh(
+                    "t",
+                    "grep -E '^(Uid|Groups|CapEff|CapPrm|NoNewPrivs):' /proc/self/status; cat /proc/self/cgroup; echo hi > $TEND_TASK_DIR/f && cat /local/f",
+                )
+                .driver("exec")
+                .hcl("      resources {\n        memory = 64\n      }"),
+            )
+            .to_string(),
     )
     .unwrap();
     fs::set_permissions(&job, fs::Permissions::from_mode(0o644)).unwrap();
@@ -438,7 +448,12 @@ fn the_agent_as_an_ordinary_user_runs_exec_isolated_and_raw_exec_as_itself() {
     let job = w.base.join("raw.hcl");
     fs::write(
         &job,
-        "job \"j\" {\n  group \"g\" {\n    task \"t\" {\n      driver = \"raw_exec\"\n      config {\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"id -u; grep -E '^(CapEff):' /proc/self/status\"]\n      }\n    }\n  }\n}\n",
+        JobFile::new("j")
+            .task(Task::sh(
+                "t",
+                "id -u; grep -E '^(CapEff):' /proc/self/status",
+            ))
+            .to_string(),
     )
     .unwrap();
     fs::set_permissions(&job, fs::Permissions::from_mode(0o644)).unwrap();
