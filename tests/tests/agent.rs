@@ -1303,3 +1303,38 @@ fn api_stats_answer_per_task_stream_until_the_client_leaves_and_refuse_bad_input
     assert_eq!(v["tasks"][0]["reason"], "the task is dead", "{v:#}");
     assert!(v["tasks"][0]["cpu"]["usage_us"].is_null(), "{v:#}");
 }
+
+/// Only root and the agent's own user may use the API: with the socket and its
+/// dir opened to all, another local user still gets a 403, and the agent goes
+/// on answering its own.
+#[test]
+fn a_peer_that_is_neither_root_nor_the_agents_user_is_refused() {
+    require_root!();
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let sock = sb.run_dir().join("tend.sock");
+    fs::set_permissions(sb.run_dir(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let other = tend_tests::ThrowawayUser::create();
+    let answer = other
+        .run(
+            "/usr/bin/curl",
+            &[
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+                sock.to_str().expect("utf-8"),
+                "http://tend/v1/health",
+            ],
+        )
+        .expect("curl as another user");
+    let (body, status) = answer.rsplit_once('\n').expect("a status line");
+    assert_eq!(status, "403", "{answer}");
+    let v: Value = serde_json::from_str(body).expect("a JSON error");
+    assert_eq!(
+        v["error"], "this socket serves root and the agent's user only",
+        "{v:#}"
+    );
+    assert_eq!(agent.get_json("/v1/health")["ok"], true);
+}

@@ -1,5 +1,5 @@
 //! The API's HTTP/1.1 server: hyper, one request per connection, with the
-//! limits a local socket still needs. The head must arrive within
+//! limits a local socket still needs ([`Limits`]). The head must arrive within
 //! [`REQUEST_TIMEOUT`] and fit in [`MAX_HEAD`]; the body must announce its
 //! length, fit in [`MAX_BODY`] and arrive within [`REQUEST_TIMEOUT`] too. Every
 //! failed answer, hyper's own included, is `{"error": "..."}`. A malformed or
@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Channel, Full, Limited};
@@ -77,8 +78,43 @@ pub fn stream(content_type: &'static str) -> (http_body_util::channel::Sender<By
     (tx, reply)
 }
 
-/// Serve the API until the listener fails. Each connection is its own task.
+/// What a client is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request head; at least 8 KiB (hyper's least buffer).
+    pub head: usize,
+    /// Largest request body.
+    pub body: usize,
+    /// Time to send the head, and again the body.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            head: MAX_HEAD,
+            body: MAX_BODY,
+            timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl Limits {
+    fn timed_out(&self) -> ErrorBody {
+        ErrorBody::new(format!(
+            "request not received within {}",
+            crate::jobspec::duration::format_duration(self.timeout)
+        ))
+    }
+}
+
+/// Serve the API until the listener fails, with the default [`Limits`].
 pub async fn serve(agent: Agent, listener: UnixListener) {
+    serve_with(agent, listener, Limits::default()).await;
+}
+
+/// Serve the API until the listener fails. Each connection is its own task.
+pub async fn serve_with(agent: Agent, listener: UnixListener, limits: Limits) {
     let me = nix::unistd::geteuid().as_raw();
     loop {
         let stream = match listener.accept().await {
@@ -93,11 +129,11 @@ pub async fn serve(agent: Agent, listener: UnixListener) {
         let allowed = stream
             .peer_cred()
             .is_ok_and(|c| c.uid() == 0 || c.uid() == me);
-        tokio::spawn(connection(agent.clone(), stream, allowed));
+        tokio::spawn(connection(agent.clone(), stream, allowed, limits));
     }
 }
 
-async fn connection(agent: Agent, stream: UnixStream, allowed: bool) {
+async fn connection(agent: Agent, stream: UnixStream, allowed: bool, limits: Limits) {
     let peer = Arc::new(Peer::of(&stream));
     let called = Arc::new(AtomicBool::new(false));
     let io = TokioIo::new(HoldBack {
@@ -110,13 +146,13 @@ async fn connection(agent: Agent, stream: UnixStream, allowed: bool) {
         hyper::service::service_fn(move |req| {
             called.store(true, Ordering::Release);
             let (agent, peer) = (agent.clone(), Arc::clone(&peer));
-            async move { Ok::<_, Infallible>(answer(agent, req, peer, allowed).await) }
+            async move { Ok::<_, Infallible>(answer(agent, req, peer, allowed, limits).await) }
         })
     };
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(REQUEST_TIMEOUT)
-        .max_buf_size(MAX_HEAD)
+        .header_read_timeout(limits.timeout)
+        .max_buf_size(limits.head)
         .keep_alive(false)
         // A client may shut its write side after the request: it still reads.
         .half_close(true)
@@ -124,17 +160,18 @@ async fn connection(agent: Agent, stream: UnixStream, allowed: bool) {
         .await;
     if let Err(e) = served {
         if !called.load(Ordering::Acquire) {
-            let (status, message) = if e.is_parse_too_large() {
-                (431, format!("request head over {MAX_HEAD} bytes"))
-            } else if e.is_timeout() {
+            let (status, body) = if e.is_parse_too_large() {
+                let head = limits.head;
                 (
-                    408,
-                    format!("request not received within {}s", REQUEST_TIMEOUT.as_secs()),
+                    431,
+                    ErrorBody::new(format!("request head over {head} bytes")),
                 )
+            } else if e.is_timeout() {
+                (408, limits.timed_out())
             } else {
-                (400, format!("bad request: {e}"))
+                (400, ErrorBody::new(format!("bad request: {e}")))
             };
-            peer.answer(status, &ErrorBody::new(message));
+            peer.answer(status, &body);
         }
     }
 }
@@ -145,18 +182,19 @@ async fn answer(
     req: hyper::Request<Incoming>,
     peer: Arc<Peer>,
     allowed: bool,
+    limits: Limits,
 ) -> Reply {
     if !allowed {
         return error(403, "this socket serves root and the agent's user only");
     }
-    match read(req).await {
+    match read(req, limits).await {
         Ok(req) => routes::handle(&agent, req, peer).await,
         Err(reply) => reply,
     }
 }
 
 /// Read a request's body within the limits.
-async fn read(req: hyper::Request<Incoming>) -> Result<Request, Reply> {
+async fn read(req: hyper::Request<Incoming>, limits: Limits) -> Result<Request, Reply> {
     let (parts, body) = req.into_parts();
     if parts
         .headers
@@ -166,34 +204,29 @@ async fn read(req: hyper::Request<Incoming>) -> Result<Request, Reply> {
         return Err(error(411, "a request body needs Content-Length"));
     }
     let too_large = || {
-        error(
-            413,
-            format!("request body over the API's limit of 4 MiB ({MAX_BODY} bytes)"),
-        )
+        let max = limits.body;
+        let mib = max / (1024 * 1024);
+        let message = format!("request body over the API's limit of {mib} MiB ({max} bytes)");
+        error(413, message)
     };
     let announced = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+    if announced.is_some_and(|n| n > limits.body as u64) {
         // Read what was sent (up to a bound) before answering: a client still
         // writing its body would otherwise see a broken pipe, not the answer.
-        let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain(body, 16 * MAX_BODY)).await;
+        let _ = tokio::time::timeout(limits.timeout, drain(body, 16 * limits.body)).await;
         return Err(too_large());
     }
-    let body =
-        match tokio::time::timeout(REQUEST_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-            Ok(Err(e)) => return Err(error(400, format!("bad request: {e}"))),
-            Err(_) => {
-                return Err(error(
-                    408,
-                    format!("request not received within {}s", REQUEST_TIMEOUT.as_secs()),
-                ))
-            }
-        };
+    let collect = Limited::new(body, limits.body).collect();
+    let body = match tokio::time::timeout(limits.timeout, collect).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(e)) => return Err(error(400, format!("bad request: {e}"))),
+        Err(_) => return Err(json(408, &limits.timed_out())),
+    };
     let path = wire::percent_decode(parts.uri.path());
     if !path.starts_with('/') {
         return Err(error(400, format!("target {:?} is not a path", parts.uri)));
@@ -292,6 +325,10 @@ mod tests {
 
     /// An agent serving its API on a temp dir: the dir, the agent, and its run dir.
     async fn served() -> (tempfile::TempDir, Agent, std::path::PathBuf) {
+        served_with(Limits::default()).await
+    }
+
+    async fn served_with(limits: Limits) -> (tempfile::TempDir, Agent, std::path::PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let run = d.path().join("run");
         let settings = Settings::resolve(
@@ -305,7 +342,7 @@ mod tests {
         let listener = super::super::bind(&super::super::socket_path(&run))
             .await
             .unwrap();
-        tokio::spawn(serve(agent.clone(), listener));
+        tokio::spawn(serve_with(agent.clone(), listener, limits));
         (d, agent, run)
     }
 
@@ -376,6 +413,34 @@ mod tests {
             let shown = String::from_utf8_lossy(&request[..request.len().min(40)]).into_owned();
             assert_eq!(got, status, "{shown}: {body}");
             assert!(body["error"].is_string(), "{shown}: {body}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_client_gets_408_for_its_head_and_for_its_body() {
+        let timeout = Duration::from_millis(300);
+        let (_d, _agent, run) = served_with(Limits {
+            timeout,
+            ..Limits::default()
+        })
+        .await;
+        for part in [
+            &b""[..],
+            b"GET /v1/hea",
+            b"POST /v1/jobs HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+        ] {
+            let mut s = UnixStream::connect(super::super::socket_path(&run))
+                .await
+                .unwrap();
+            s.write_all(part).await.unwrap();
+            // The connection stays open, the request unfinished.
+            let t0 = std::time::Instant::now();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+            assert!(text.contains("request not received within 300ms"), "{text}");
+            assert!(t0.elapsed() >= timeout, "{:?}", t0.elapsed());
         }
     }
 }
