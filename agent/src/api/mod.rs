@@ -56,7 +56,7 @@ impl Peer {
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Error");
         let mut raw = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
             body.len()
         )
         .into_bytes();

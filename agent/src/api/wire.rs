@@ -289,16 +289,19 @@ pub fn flag(query: &BTreeMap<String, String>, name: &str) -> Result<Option<bool>
     }
 }
 
-/// The JSON of a value: pretty, with a final newline.
+/// The JSON of a value: pretty, keys sorted (through [`Value`], as the API
+/// has always written them), with a final newline.
 pub fn to_json(value: &impl Serialize) -> Vec<u8> {
-    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let value = serde_json::to_value(value).unwrap_or_default();
+    let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
     body.push(b'\n');
     body
 }
 
-/// The JSON of a value as one line of a stream.
+/// The JSON of a value as one line of a stream, keys sorted.
 pub fn to_json_line(value: &impl Serialize) -> Vec<u8> {
-    let mut line = serde_json::to_vec(value).unwrap_or_default();
+    let value = serde_json::to_value(value).unwrap_or_default();
+    let mut line = serde_json::to_vec(&value).unwrap_or_default();
     line.push(b'\n');
     line
 }
@@ -376,6 +379,19 @@ mod tests {
         assert_eq!(q["bare"], "");
         assert_eq!(enc("a b/c"), "a%20b%2Fc");
         assert_eq!(percent_decode(&enc("a b/c%")), "a b/c%");
+    }
+
+    #[test]
+    fn answers_are_written_with_their_keys_sorted() {
+        let sent = SignalSent {
+            task: "t".into(),
+            id: "a".into(),
+            signal: 1,
+        };
+        assert_eq!(
+            String::from_utf8(to_json_line(&sent)).unwrap(),
+            "{\"id\":\"a\",\"signal\":1,\"task\":\"t\"}\n"
+        );
     }
 
     #[test]
