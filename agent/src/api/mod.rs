@@ -1,6 +1,10 @@
 //! The agent's HTTP/JSON API on its Unix socket, `<run_dir>/tend.sock` (0600;
 //! the peer must be root or the agent's own user). `docs/api.md` documents every
 //! route with curl examples.
+//!
+//! `server` serves it (hyper, with the socket's limits), `routes` answers each
+//! request, `wire` holds the limits and the typed bodies both ends share, and
+//! `client` is the other end, the CLI's and the tests'.
 
 pub mod client;
 pub mod routes;

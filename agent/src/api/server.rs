@@ -121,7 +121,7 @@ pub async fn serve_with(agent: Agent, listener: UnixListener, limits: Limits) {
             Ok((stream, _)) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "api: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
