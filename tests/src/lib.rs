@@ -46,6 +46,12 @@ use tend_proto::{
     ExitStatus, Hello, Instance, Request, Response, StartReport, Token, PROTOCOL_VERSION,
 };
 
+pub mod docker;
+pub mod job;
+pub mod setuid;
+
+pub use setuid::ThrowawayUser;
+
 /// Skip the calling test for `reason` ("needs root", "no docker engine at
 /// ..."): print `skipped: REASON` and let the caller return. Under `CI=true` a
 /// skipped test proves nothing, so this panics instead: CI runs as root with
@@ -73,13 +79,17 @@ pub fn have_root() -> bool {
     false
 }
 
-/// Return from the calling test unless it runs as root: prints "skipped:
-/// needs root" as a normal user, panics under `CI=true` (see [`skip_or_fail`]).
+/// Return from the calling test (with the value given, if any) unless it
+/// runs as root: prints "skipped: needs root" as a normal user, panics under
+/// `CI=true` (see [`skip_or_fail`]).
 #[macro_export]
 macro_rules! require_root {
     () => {
+        $crate::require_root!(())
+    };
+    ($ret:expr) => {
         if !$crate::have_root() {
-            return;
+            return $ret;
         }
     };
 }
@@ -905,12 +915,7 @@ impl AgentProc {
     pub fn submit(&self, hcl: &str) -> Vec<String> {
         let r = self.http("POST", "/v1/jobs", hcl.as_bytes());
         assert_eq!(r.status, 201, "{}", r.text());
-        r.json()["allocations"]
-            .as_array()
-            .expect("allocations")
-            .iter()
-            .map(|v| v.as_str().expect("id").to_string())
-            .collect()
+        r.typed::<tend::api::wire::Submitted>().allocations
     }
 
     /// A GET answered by JSON with status 200.
@@ -964,6 +969,17 @@ impl HttpReply {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
+    /// The body as one of the API's typed answers; panics when it is not.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not a {} ({e}): {}",
+                std::any::type_name::<T>(),
+                self.text()
+            )
+        })
+    }
+
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -973,22 +989,59 @@ impl HttpReply {
     }
 }
 
-/// One HTTP/1.1 request over `<run_dir>/tend.sock` (reads until the agent closes,
-/// at most 30 s).
+/// A runtime for one blocking exchange with the agent.
+fn exchange_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// The reply to an answer read by the agent's own client.
+async fn reply_of(answer: tend::api::client::Answer) -> std::io::Result<HttpReply> {
+    let status = answer.status;
+    let headers = answer
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = answer
+        .bytes()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_vec();
+    Ok(HttpReply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One request over `<run_dir>/tend.sock` with the agent's own client,
+/// whatever its status (at most 30 s).
 pub fn try_http(
     run_dir: &Path,
     method: &str,
     target: &str,
     body: &[u8],
 ) -> std::io::Result<HttpReply> {
-    let mut raw = format!(
-        "{method} {target} HTTP/1.1\r\nHost: tend\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    raw.extend_from_slice(body);
-    let bytes = raw_exchange(run_dir, &raw, Duration::from_secs(30))?;
-    parse_reply(&bytes)
+    let client = tend::api::client::ApiClient::new(run_dir);
+    let exchange = async {
+        let answer = client
+            .send(method, target, body, "application/json")
+            .await
+            .map_err(std::io::Error::other)?;
+        reply_of(answer).await
+    };
+    exchange_runtime()?.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .map_err(std::io::Error::other)?
+    })
 }
 
 /// Send `raw` bytes to the agent's socket and read until it closes.
@@ -1001,131 +1054,37 @@ pub fn raw_exchange(run_dir: &Path, raw: &[u8], timeout: Duration) -> std::io::R
     Ok(out)
 }
 
-/// Parse a whole HTTP response (de-chunking a chunked body).
+/// Parse a whole HTTP response (de-chunking a chunked body), as the agent's
+/// client reads it: the bytes are served to hyper's client as the answer to a
+/// request of its own.
 pub fn parse_reply(bytes: &[u8]) -> std::io::Result<HttpReply> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let end = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of head"))?;
-    let head = std::str::from_utf8(&bytes[..end]).map_err(|_| bad("head not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = bytes[end + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
-    {
-        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    }
-    Ok(HttpReply {
-        status,
-        headers,
-        body,
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, mut theirs) = tokio::io::duplex(bytes.len() + 4096);
+    let bytes = bytes.to_vec();
+    exchange_runtime()?.block_on(async move {
+        tokio::spawn(async move {
+            // The answer comes after the request, as from a server.
+            let mut request = Vec::new();
+            while !request.ends_with(b"\r\n\r\n") {
+                request.push(theirs.read_u8().await?);
+            }
+            theirs.write_all(&bytes).await?;
+            theirs.shutdown().await
+        });
+        let io = hyper_util::rt::TokioIo::new(ours);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/")
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        reply_of(resp.into()).await
     })
-}
-
-/// The data of a chunked body (None when it is malformed or cut short).
-pub fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let nl = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..nl]).ok()?.trim(), 16).ok()?;
-        b = &b[nl + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
-}
-
-/// A host user (and its own group) made for one test with `useradd`, removed
-/// with `userdel` when dropped, even after a failed assertion. Stands for
-/// "another local user".
-#[derive(Debug)]
-pub struct ThrowawayUser {
-    /// Its name (`tt` and 8 hex digits).
-    pub name: String,
-    /// Its uid.
-    pub uid: u32,
-    /// Its primary group, of its own.
-    pub gid: u32,
-}
-
-impl ThrowawayUser {
-    /// Make one (root only). `useradd` takes a lock on /etc/passwd that tests
-    /// running at once may hold: it is tried again for a while.
-    pub fn create() -> ThrowawayUser {
-        let name = format!("tt{:08x}", random_u64() & 0xffff_ffff);
-        let mut last = String::new();
-        let made = wait_until(Duration::from_secs(30), || {
-            let out = Command::new("useradd")
-                .args(["--no-create-home", "--user-group", "--shell", "/bin/false"])
-                .arg(&name)
-                .output()
-                .expect("run useradd");
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            out.status.success()
-        });
-        assert!(made, "useradd {name}: {last}");
-        // Removed on drop from here on, whatever happens next.
-        let mut user = ThrowawayUser {
-            name,
-            uid: u32::MAX,
-            gid: u32::MAX,
-        };
-        let u = nix::unistd::User::from_name(&user.name)
-            .expect("read passwd")
-            .expect("the new user");
-        user.uid = u.uid.as_raw();
-        user.gid = u.gid.as_raw();
-        user
-    }
-
-    /// Run `cmd args` as this user: its uid and gid, no supplementary group, an
-    /// empty environment but PATH, from `/`. Its stdout when it succeeds; else
-    /// why not (its stderr, or why it could not even start: `cmd` itself may be
-    /// out of the user's reach).
-    pub fn run<S: AsRef<OsStr>>(&self, cmd: &str, args: &[S]) -> Result<String, String> {
-        use std::os::unix::process::CommandExt;
-        let out = Command::new(cmd)
-            .args(args)
-            .uid(self.uid)
-            .gid(self.gid)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{cmd}: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-}
-
-impl Drop for ThrowawayUser {
-    fn drop(&mut self) {
-        wait_until(Duration::from_secs(30), || {
-            Command::new("userdel")
-                .arg(&self.name)
-                .output()
-                .is_ok_and(|o| o.status.success() || o.status.code() == Some(6))
-        });
-        // userdel removes the user's own group with it; if it did not, this does.
-        let _ = Command::new("groupdel").arg(&self.name).output();
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use tend_tests::{pid_alive, raw_exchange, wait_until, AgentProc, Sandbox};
+use tend_tests::job::{job, sh_task, Task, NO_RESTART};
+use tend_tests::{pid_alive, raw_exchange, require_root, wait_until, AgentProc, Sandbox};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -25,21 +26,6 @@ fn write_job(sb: &Sandbox, name: &str, text: &str) -> PathBuf {
     fs::write(&p, text).expect("write job file");
     p
 }
-
-/// A job of one group: `count` allocations of the tasks given as HCL.
-fn job(name: &str, count: u32, group_extra: &str, tasks: &str) -> String {
-    format!("job \"{name}\" {{\n  group \"g\" {{\n    count = {count}\n{group_extra}\n{tasks}\n  }}\n}}\n")
-}
-
-/// One raw_exec task running `/bin/sh -c script`.
-fn sh_task(name: &str, script: &str, extra: &str) -> String {
-    let args = serde_json::to_string(&["-c", script]).expect("args");
-    format!(
-        "    task \"{name}\" {{\n      driver = \"raw_exec\"\n      config {{\n        command = \"/bin/sh\"\n        args    = {args}\n      }}\n{extra}\n    }}\n"
-    )
-}
-
-const NO_RESTART: &str = "    restart {\n      attempts = 0\n      mode     = \"fail\"\n    }";
 
 /// `tend run FILE --json` against the agent: the allocation ids.
 fn submit(agent: &AgentProc, file: &std::path::Path) -> Vec<String> {
@@ -1106,18 +1092,11 @@ fn a_task_named_after_tend_s_own_alloc_dir_entries_is_refused() {
 #[test]
 fn another_user_cannot_list_allocs_read_exit_files_or_write_alloc() {
     use std::os::unix::fs::MetadataExt;
-    if !tend_tests::have_root() {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new();
     fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let agent = AgentProc::start(&sb);
-    let exec_task = |name: &str, script: &str| {
-        let args = serde_json::to_string(&["-c", script]).expect("args");
-        format!(
-            "    task \"{name}\" {{\n      driver = \"exec\"\n      config {{\n        command = \"/bin/sh\"\n        args    = {args}\n      }}\n    }}\n"
-        )
-    };
+    let exec_task = |name: &str, script: &str| Task::sh(name, script).driver("exec").to_string();
     let tasks = exec_task("done", "exit 3")
         + &exec_task(
             "sleeper",
@@ -1188,9 +1167,7 @@ fn is_mount_point(p: &std::path::Path) -> bool {
 /// of their sources goes with them.
 #[test]
 fn an_agent_clears_the_binds_a_dead_agent_left_staged() {
-    if !tend_tests::have_root() {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new();
     let src = sb.scratch_dir().join("src");
     fs::create_dir_all(&src).expect("mkdir");
@@ -1325,4 +1302,39 @@ fn api_stats_answer_per_task_stream_until_the_client_leaves_and_refuse_bad_input
     let v = agent.get_json(&format!("/v1/allocations/{id}/stats"));
     assert_eq!(v["tasks"][0]["reason"], "the task is dead", "{v:#}");
     assert!(v["tasks"][0]["cpu"]["usage_us"].is_null(), "{v:#}");
+}
+
+/// Only root and the agent's own user may use the API: with the socket and its
+/// dir opened to all, another local user still gets a 403, and the agent goes
+/// on answering its own.
+#[test]
+fn a_peer_that_is_neither_root_nor_the_agents_user_is_refused() {
+    require_root!();
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let sock = sb.run_dir().join("tend.sock");
+    fs::set_permissions(sb.run_dir(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let other = tend_tests::ThrowawayUser::create();
+    let answer = other
+        .run(
+            "/usr/bin/curl",
+            &[
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+                sock.to_str().expect("utf-8"),
+                "http://tend/v1/health",
+            ],
+        )
+        .expect("curl as another user");
+    let (body, status) = answer.rsplit_once('\n').expect("a status line");
+    assert_eq!(status, "403", "{answer}");
+    let v: Value = serde_json::from_str(body).expect("a JSON error");
+    assert_eq!(
+        v["error"], "this socket serves root and the agent's user only",
+        "{v:#}"
+    );
+    assert_eq!(agent.get_json("/v1/health")["ok"], true);
 }

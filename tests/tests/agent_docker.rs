@@ -3,55 +3,16 @@
 //! of `.ci/docker-up` (`$TEND_TEST_DOCKER_SOCK`); without one each test prints
 //! "skipped: no docker engine" and passes (under `CI=true` it fails).
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use tend_tests::docker::{cli as docker, socket, TEST_IMAGE};
 use tend_tests::{
-    have_root, random_u64, skip_or_fail, wait_alloc_exit, wait_until, AgentProc, Sandbox,
+    random_u64, require_docker, require_root, wait_alloc_exit, wait_until, AgentProc, Sandbox,
 };
 
-const IMAGE: &str = "tend-test/busybox:latest";
+const IMAGE: &str = TEST_IMAGE;
 const LONG: Duration = Duration::from_secs(60);
-
-fn socket() -> PathBuf {
-    std::env::var_os("TEND_TEST_DOCKER_SOCK")
-        .filter(|s| !s.is_empty())
-        .map_or_else(
-            || PathBuf::from("/run/tend-test-docker.sock"),
-            PathBuf::from,
-        )
-}
-
-fn docker(args: &[&str]) -> Option<String> {
-    let host = format!("unix://{}", socket().display());
-    let out = Command::new("/usr/bin/docker")
-        .args(["-H", &host])
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn engine_ready() -> bool {
-    if docker(&["image", "inspect", IMAGE]).is_none() {
-        skip_or_fail(&format!(
-            "no docker engine at {} with {IMAGE}",
-            socket().display()
-        ));
-        return false;
-    }
-    true
-}
-
-/// Root (the agent mounts each bind of the alloc dir for the engine) and the
-/// engine: false, with the reason printed, when either is missing.
-fn root_and_engine() -> bool {
-    have_root() && engine_ready()
-}
 
 /// The containers carrying `label` (`KEY=VALUE`).
 fn containers_labelled(label: &str) -> Vec<String> {
@@ -152,9 +113,8 @@ fn wait_dead(a: &AgentProc, id: &str, name: &str) -> Value {
 
 #[test]
 fn a_container_and_an_exec_task_share_alloc() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let a = agent(&sb);
     let job = format!(
@@ -205,9 +165,8 @@ fn a_container_and_an_exec_task_share_alloc() {
 
 #[test]
 fn a_container_outlives_an_agent_restart_and_its_exit_is_recorded() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let mut a = agent(&sb);
     let job = format!(
@@ -272,9 +231,8 @@ fn a_container_outlives_an_agent_restart_and_its_exit_is_recorded() {
 
 #[test]
 fn a_container_removed_while_the_agent_is_away_is_lost_never_zero() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let mut a = agent(&sb);
     let job = format!(
@@ -319,9 +277,8 @@ fn a_container_removed_while_the_agent_is_away_is_lost_never_zero() {
 
 #[test]
 fn caps_and_a_task_dir_volume_reach_the_container_and_host_asks_are_refused_at_submit() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let a = agent_with(&sb, "  allowed_caps = [\"NET_ADMIN\"]\n");
     let job = format!(
@@ -431,9 +388,8 @@ fn caps_and_a_task_dir_volume_reach_the_container_and_host_asks_are_refused_at_s
 
 #[test]
 fn a_containers_stats_come_from_the_engine_and_match_docker_stats() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let a = agent(&sb);
     // Three processes: the shell and its two sleeps.
@@ -521,9 +477,8 @@ fn foreground_job(sb: &Sandbox, script: &str, extra: &str) -> (String, std::path
 
 #[test]
 fn tend_run_runs_a_docker_task_with_no_agent() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let (name, job) = foreground_job(
         &sb,
@@ -575,9 +530,8 @@ fn tend_run_runs_a_docker_task_with_no_agent() {
 
 #[test]
 fn ctrl_c_stops_a_foreground_container_with_its_kill_signal() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     let (name, job) = foreground_job(
         &sb,
@@ -606,9 +560,8 @@ fn ctrl_c_stops_a_foreground_container_with_its_kill_signal() {
 
 #[test]
 fn cpu_hard_limit_caps_the_container_and_oom_kill_group_is_refused_at_submit() {
-    if !root_and_engine() {
-        return;
-    }
+    require_root!();
+    require_docker!();
     let sb = Sandbox::new();
     // One core of 1000 MHz per core: cpu = 250 is a quarter core.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

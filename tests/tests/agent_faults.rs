@@ -16,6 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use tend_proto::ExitStatus;
+use tend_tests::job::{JobFile, Task, NO_RESTART};
 use tend_tests::{pid_alive, random_u64, wait_until, AgentProc, Sandbox};
 
 /// How long every task of a test has to end once the faults stop.
@@ -55,26 +56,11 @@ exit $(( (i * 7 + 3) % 256 ))"#;
 
 /// A job of `count` allocations of the task [`TASK`], never restarted.
 fn job(name: &str, count: u32) -> String {
-    let args = serde_json::to_string(&["-c", TASK]).expect("args");
-    format!(
-        r#"job "{name}" {{
-  group "g" {{
-    count = {count}
-    restart {{
-      attempts = 0
-      mode     = "fail"
-    }}
-    task "t" {{
-      driver = "raw_exec"
-      config {{
-        command = "/bin/sh"
-        args    = {args}
-      }}
-    }}
-  }}
-}}
-"#
-    )
+    JobFile::new(name)
+        .count(count)
+        .group_hcl(NO_RESTART)
+        .task(Task::sh("t", TASK))
+        .to_string()
 }
 
 /// Every allocation as `GET /v1/allocations` lists it.

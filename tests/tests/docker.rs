@@ -20,18 +20,10 @@ use tend::jobspec::{Driver, LogSpec, Port, Resources, Task, TaskConfig};
 use tend::paths::AllocDir;
 use tend::ports::AssignedPort;
 use tend_proto::ExitStatus;
-use tend_tests::skip_or_fail;
+use tend_tests::docker::{socket, TEST_IMAGE};
+use tend_tests::{require_root, skip_or_fail};
 
-const IMAGE: &str = "tend-test/busybox:latest";
-
-fn socket() -> PathBuf {
-    std::env::var_os("TEND_TEST_DOCKER_SOCK")
-        .filter(|s| !s.is_empty())
-        .map_or_else(
-            || PathBuf::from("/run/tend-test-docker.sock"),
-            PathBuf::from,
-        )
-}
+const IMAGE: &str = TEST_IMAGE;
 
 /// One test's world: a driver, a raw client, an alloc dir and the cleanup guard.
 struct World {
@@ -94,9 +86,7 @@ async fn world(opts: DockerOptions) -> Option<World> {
         return None;
     }
     // The driver mounts each bind of the alloc dir for the engine itself.
-    if !tend_tests::have_root() {
-        return None;
-    }
+    require_root!(None);
     let tmp = tempfile::tempdir().unwrap();
     let alloc_id = tend::paths::new_alloc_id();
     let alloc = AllocDir {

@@ -1060,9 +1060,7 @@ fn validate_and_run_refuse_an_unknown_user_in_the_same_words() {
 #[test]
 fn a_setuid_file_a_root_exec_task_leaves_in_alloc_is_out_of_other_users_reach() {
     use std::os::unix::fs::MetadataExt;
-    if !tend_tests::have_root() {
-        return;
-    }
+    require_root!();
     let sb = Sandbox::new();
     fs::set_permissions(sb.data_dir(), fs::Permissions::from_mode(0o755)).unwrap();
     let job = exec_job(

@@ -9,379 +9,13 @@ use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation};
-use tend_proto::{frame, SpawnConfig, StartReport, Token};
-use tend_tests::{pid_alive, require_root, spawn_bin, wait_until, Client};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn run(cmd: &str, args: &[&str]) {
-    let o = Command::new(cmd).args(args).output().expect(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn mkdir(p: &Path, uid: u32, gid: u32, mode: u32) {
-    fs::create_dir_all(p).unwrap();
-    std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// One test's world: users, group, install, policy, dirs.
-struct World {
-    base: PathBuf,
-    spawn: PathBuf,
-    policy: PathBuf,
-    data_root: PathBuf,
-    run_root: PathBuf,
-    group: String,
-    gid: u32,
-    user: String,
-    uid: u32,
-    ugid: u32,
-    outsider: String,
-    ouid: u32,
-    cgroup_parent: String,
-}
-
-fn id_of(flag: &str, name: &str) -> u32 {
-    let o = Command::new("id").args([flag, name]).output().unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
-}
-
-impl World {
-    fn new() -> World {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{}{n}", std::process::id());
-        let group = format!("tsg{tag}");
-        let user = format!("tsu{tag}");
-        let outsider = format!("tso{tag}");
-        let base = PathBuf::from(format!("/var/lib/tend-setuid-test-{tag}"));
-        let cgroup_parent = format!("tend-setuid-{tag}");
-        // The guard exists before anything is made: a failure below cleans up too.
-        let mut w = World {
-            spawn: base.join("bin/tend-spawn"),
-            policy: base.join("bin/spawn-policy.hcl"),
-            data_root: base.join("data"),
-            run_root: base.join("run"),
-            base,
-            group,
-            gid: 0,
-            user,
-            uid: 0,
-            ugid: 0,
-            outsider,
-            ouid: 0,
-            cgroup_parent,
-        };
-        run("groupadd", &[&w.group]);
-        run(
-            "useradd",
-            &["-M", "-U", "-s", "/bin/sh", "-G", &w.group, &w.user],
-        );
-        run("useradd", &["-M", "-U", "-s", "/bin/sh", &w.outsider]);
-        w.gid = nix::unistd::Group::from_name(&w.group)
-            .unwrap()
-            .unwrap()
-            .gid
-            .as_raw();
-        w.uid = id_of("-u", &w.user);
-        w.ugid = id_of("-g", &w.user);
-        w.ouid = id_of("-u", &w.outsider);
-        mkdir(&w.base, 0, 0, 0o755);
-        mkdir(&w.base.join("bin"), 0, 0, 0o755);
-        mkdir(&w.data_root, 0, 0, 0o755);
-        mkdir(&w.run_root, 0, 0, 0o755);
-        mkdir(&w.user_data(), w.uid, w.ugid, 0o700);
-        mkdir(&w.user_run(), w.uid, w.ugid, 0o700);
-        fs::copy(spawn_bin(), &w.spawn).unwrap();
-        std::os::unix::fs::chown(&w.spawn, Some(0), Some(w.gid)).unwrap();
-        fs::set_permissions(&w.spawn, fs::Permissions::from_mode(0o4750)).unwrap();
-        w.write_policy("");
-        w
-    }
-
-    fn user_data(&self) -> PathBuf {
-        self.data_root.join(&self.user)
-    }
-
-    fn user_run(&self) -> PathBuf {
-        self.run_root.join(&self.user)
-    }
-
-    /// The policy: the test's group, its roots and cgroup parent, plus `extra`.
-    fn write_policy(&self, extra: &str) {
-        let text = format!(
-            "allow_groups = [\"{}\"]\ncgroup_parent = \"{}\"\ndata_roots = [\"{}\"]\nrun_roots = [\"{}\"]\n{extra}",
-            self.group,
-            self.cgroup_parent,
-            self.data_root.display(),
-            self.run_root.display()
-        );
-        fs::write(&self.policy, text).unwrap();
-        std::os::unix::fs::chown(&self.policy, Some(0), Some(0)).unwrap();
-        fs::set_permissions(&self.policy, fs::Permissions::from_mode(0o644)).unwrap();
-    }
-
-    /// An alloc dir of the user's, with `task/local` made as the agent makes it.
-    fn alloc(&self, task: &str) -> (String, PathBuf) {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let id = format!("a{}x{n}", std::process::id());
-        let dir = self.user_data().join("allocs").join(&id);
-        for d in [
-            self.user_data().join("allocs"),
-            dir.clone(),
-            dir.join("alloc"),
-            dir.join("logs"),
-            dir.join(task),
-            dir.join(task).join("local"),
-        ] {
-            mkdir(&d, self.uid, self.ugid, 0o755);
-        }
-        (id, dir)
-    }
-
-    /// A raw_exec config of the user's.
-    fn raw_config(&self, task: &str, script: &str) -> SpawnConfig {
-        let (id, dir) = self.alloc(task);
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let sock = self.user_run().join(format!("{n}.sock"));
-        let mut c = tend_proto::config::example(dir.to_str().unwrap(), sock.to_str().unwrap());
-        c.alloc_id = id;
-        c.task = task.into();
-        c.token = Token([7u8; 32]);
-        c.command = "/bin/sh".into();
-        c.args = vec!["-c".into(), script.into()];
-        c.cwd = dir.join(task).display().to_string();
-        c.linger_ms = 30_000;
-        c
-    }
-
-    /// An exec config (nobody, default binds, cgroup below the policy's parent).
-    fn exec_config(&self, task: &str, script: &str) -> SpawnConfig {
-        let mut c = self.raw_config(task, script);
-        c.cwd = "/".into();
-        c.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
-        let binds = ["/bin", "/etc", "/lib", "/lib64", "/usr", "/sbin"]
-            .iter()
-            .filter(|p| Path::new(p).exists())
-            // Canonical sources, as the policy wants (/bin is /usr/bin on
-            // merged-usr hosts); the agent does the same in setuid mode.
-            .map(|p| Bind {
-                source: fs::canonicalize(p).unwrap().display().to_string(),
-                target: p.to_string(),
-            })
-            .collect();
-        c.isolation = Some(Isolation {
-            user: "nobody".into(),
-            chroot: Some(ChrootSpec { binds }),
-        });
-        let base = format!("{}/{}/{}", self.cgroup_parent, self.uid, c.alloc_id);
-        c.cgroup = Some(CgroupSpec {
-            path: format!("{base}/{task}"),
-            daemon_path: Some(format!("{base}/{task}.tend-spawn")),
-            memory_bytes: Some(64 << 20),
-            cpu_mhz: Some(100),
-            pids_max: Some(64),
-            options: Default::default(),
-        });
-        c
-    }
-
-    /// Run the installed tend-spawn as `uid` (with that user's groups), `env`
-    /// in its environment, `cfg` on stdin.
-    fn spawn_as(&self, name: &str, cfg: &SpawnConfig, env: &[(&str, &str)]) -> Spawn {
-        let bytes = cfg.to_frame().unwrap();
-        let mut cmd = self.as_user(name);
-        cmd.arg(&self.spawn);
-        cmd.env_clear();
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            let _ = stdin.write_all(&bytes);
-        }
-        let o = child.wait_with_output().unwrap();
-        let report = frame::read_frame(&mut &o.stdout[..], frame::MAX_FRAME_LEN)
-            .ok()
-            .and_then(|f| f.decode::<StartReport>().ok());
-        Spawn {
-            report,
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-            code: o.status.code(),
-        }
-    }
-
-    fn as_user(&self, name: &str) -> Command {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid", name, "--regid", name, "--init-groups", "--"]);
-        cmd.current_dir("/");
-        cmd
-    }
-
-    /// The task cgroup dirs still present under the test's parent.
-    fn cgroups_left(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for m in cgroup_mounts() {
-            let p = m.join(&self.cgroup_parent);
-            walk(&p, &mut out);
-        }
-        out
-    }
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&e.path(), out);
-                out.push(e.path());
-            }
-        }
-    }
-}
-
-use tend_tests::cgroup_mounts;
-
-/// Every process whose real uid is one of `uids`: ours to end, by pid.
-fn kill_processes_of(uids: &[u32]) {
-    for _ in 0..50 {
-        let mut found = false;
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-                continue;
-            };
-            let ruid = field(&status, "Uid")
-                .first()
-                .and_then(|u| u.parse::<u32>().ok());
-            if ruid.is_some_and(|u| uids.contains(&u)) {
-                found = true;
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        if !found {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let mut uids = vec![self.uid, self.ouid];
-        uids.retain(|u| *u != 0);
-        kill_processes_of(&uids);
-        // The cleanup helpers remove the cgroups as their daemons leave: give
-        // them a moment, then remove what is left (deepest first).
-        wait_until(Duration::from_secs(3), || self.cgroups_left().is_empty());
-        // Forks of the world's own tend-spawn copy a bug left behind, whoever
-        // they run as (a test that found one must not leak them).
-        if let Ok(exe) = fs::canonicalize(&self.spawn) {
-            for (pid, _) in processes_running(&exe) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        // A task the helpers missed (a test that found a bug): SIGKILL by pid
-        // whatever is still in the test's cgroups, then remove them.
-        for _ in 0..50 {
-            let mut found = false;
-            for d in self.cgroups_left() {
-                for pid in fs::read_to_string(d.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse::<i32>().ok())
-                {
-                    found = true;
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            if !found {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for m in cgroup_mounts() {
-            let top = m.join(&self.cgroup_parent);
-            let mut dirs = Vec::new();
-            walk(&top, &mut dirs);
-            for d in dirs {
-                let _ = fs::remove_dir(d);
-            }
-            let _ = fs::remove_dir(top);
-        }
-        let _ = fs::remove_dir_all(&self.base);
-        let _ = Command::new("userdel").arg(&self.user).output();
-        let _ = Command::new("userdel").arg(&self.outsider).output();
-        let _ = Command::new("groupdel").arg(&self.user).output();
-        let _ = Command::new("groupdel").arg(&self.outsider).output();
-        let _ = Command::new("groupdel").arg(&self.group).output();
-    }
-}
-
-struct Spawn {
-    report: Option<StartReport>,
-    stderr: String,
-    code: Option<i32>,
-}
-
-impl Spawn {
-    fn started(&self) -> (i32, i32) {
-        match &self.report {
-            Some(StartReport::Started {
-                daemon_pid,
-                task_pid,
-                ..
-            }) => (*daemon_pid, *task_pid),
-            other => panic!("not started: {other:?}\nstderr: {}", self.stderr),
-        }
-    }
-
-    /// The refusal line; asserts that it names `rule`.
-    fn refused(&self, rule: &str) -> String {
-        let msg = match &self.report {
-            Some(StartReport::Failed { message, .. }) => message.clone(),
-            other => panic!("not refused: {other:?}\nstderr: {}", self.stderr),
-        };
-        assert!(msg.contains(rule), "{rule}: {msg}");
-        assert!(!msg.contains('\n'), "one line: {msg}");
-        assert_eq!(self.code, Some(1), "{}", self.stderr);
-        msg
-    }
-}
-
-fn field(status: &str, key: &str) -> Vec<String> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .map(|v| v.split_whitespace().map(String::from).collect())
-        .unwrap_or_default()
-}
+use tend_proto::config::Bind;
+use tend_proto::{frame, SpawnConfig, StartReport};
+use tend_tests::job::{JobFile, Task};
+use tend_tests::setuid::{field, mkdir, processes_running, run, walk, World};
+use tend_tests::{cgroup_mounts, pid_alive, require_root, wait_until, Client};
 
 fn privileged_us(log: &str) -> Option<u64> {
     log.lines()
@@ -787,7 +421,16 @@ fn the_agent_as_an_ordinary_user_runs_exec_isolated_and_raw_exec_as_itself() {
     let job = w.base.join("exec.hcl");
     fs::write(
         &job,
-        "job \"j\" {\n  group \"g\" {\n    task \"t\" {\n      driver = \"exec\"\n      config {\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"grep -E '^(Uid|Groups|CapEff|CapPrm|NoNewPrivs):' /proc/self/status; cat /proc/self/cgroup; echo hi > $TEND_TASK_DIR/f && cat /local/f\"]\n      }\n      resources {\n        memory = 64\n      }\n    }\n  }\n}\n",
+        JobFile::new("j")
+            .task(
+                Task::sh(
+                    "t",
+                    "grep -E '^(Uid|Groups|CapEff|CapPrm|NoNewPrivs):' /proc/self/status; cat /proc/self/cgroup; echo hi > $TEND_TASK_DIR/f && cat /local/f",
+                )
+                .driver("exec")
+                .hcl("      resources {\n        memory = 64\n      }"),
+            )
+            .to_string(),
     )
     .unwrap();
     fs::set_permissions(&job, fs::Permissions::from_mode(0o644)).unwrap();
@@ -805,7 +448,12 @@ fn the_agent_as_an_ordinary_user_runs_exec_isolated_and_raw_exec_as_itself() {
     let job = w.base.join("raw.hcl");
     fs::write(
         &job,
-        "job \"j\" {\n  group \"g\" {\n    task \"t\" {\n      driver = \"raw_exec\"\n      config {\n        command = \"/bin/sh\"\n        args    = [\"-c\", \"id -u; grep -E '^(CapEff):' /proc/self/status\"]\n      }\n    }\n  }\n}\n",
+        JobFile::new("j")
+            .task(Task::sh(
+                "t",
+                "id -u; grep -E '^(CapEff):' /proc/self/status",
+            ))
+            .to_string(),
     )
     .unwrap();
     fs::set_permissions(&job, fs::Permissions::from_mode(0o644)).unwrap();
@@ -1550,26 +1198,6 @@ fn ended_by(w: &World, c: &mut Client, (daemon, task): (i32, i32), signal: i32) 
         "{:?}",
         w.cgroups_left()
     );
-}
-
-/// The processes whose executable is `exe`, with their real uid.
-fn processes_running(exe: &Path) -> Vec<(i32, u32)> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() != Some(exe) {
-            continue;
-        }
-        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        if let Some(uid) = field(&status, "Uid").first().and_then(|u| u.parse().ok()) {
-            out.push((pid, uid));
-        }
-    }
-    out
 }
 
 /// Every process whose environment holds `needle` (the task's, after exec).

@@ -1,17 +1,23 @@
 //! The agent's HTTP/JSON API on its Unix socket, `<run_dir>/tend.sock` (0600;
 //! the peer must be root or the agent's own user). `docs/api.md` documents every
 //! route with curl examples.
+//!
+//! `server` serves it (hyper, with the socket's limits), `routes` answers each
+//! request, `wire` holds the limits and the typed bodies both ends share, and
+//! `client` is the other end, the CLI's and the tests'.
 
-pub mod http;
+pub mod client;
 pub mod routes;
+pub mod server;
+pub mod wire;
+
+pub use server::serve;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
-
-use crate::agent::Agent;
 
 /// The API socket of a run dir.
 pub fn socket_path(run_dir: &Path) -> PathBuf {
@@ -40,6 +46,32 @@ impl Peer {
             && fds[0]
                 .revents()
                 .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+    }
+
+    /// Answer a request the server could not read, on the watching copy: the
+    /// connection itself is gone with the server's state by then. Best effort,
+    /// as the client may be gone too; the answer is small enough for an empty
+    /// socket buffer.
+    pub fn answer(&self, status: u16, body: &wire::ErrorBody) {
+        let Some(fd) = &self.0 else { return };
+        let body = wire::to_json(body);
+        let reason = hyper::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let mut raw = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        let mut left = &raw[..];
+        while !left.is_empty() {
+            match nix::unistd::write(fd, left) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = &left[n..],
+            }
+        }
     }
 }
 
@@ -80,50 +112,4 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
         }
     })?;
     Ok(listener)
-}
-
-/// Serve the API until the listener fails. Each connection is its own task: a
-/// malformed or slow client costs only its connection.
-pub async fn serve(agent: Agent, listener: UnixListener) {
-    let me = nix::unistd::geteuid().as_raw();
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "api: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            let allowed = stream
-                .peer_cred()
-                .map(|c| c.uid() == 0 || c.uid() == me)
-                .unwrap_or(false);
-            let peer = Peer::of(&stream);
-            let (r, mut w) = stream.into_split();
-            if !allowed {
-                let _ = http::write_response(
-                    &mut w,
-                    &http::Response::error(
-                        403,
-                        "this socket serves root and the agent's user only",
-                    ),
-                )
-                .await;
-                return;
-            }
-            match http::read_request(r).await {
-                Ok(req) => routes::handle(&agent, req, &mut w, &peer).await,
-                Err(e) => {
-                    let _ = http::write_response(
-                        &mut w,
-                        &http::Response::error(e.status(), e.to_string()),
-                    )
-                    .await;
-                }
-            }
-        });
-    }
 }

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use super::client::{enc, ApiClient};
+use crate::api::wire::{SignalName, SignalRequest, SignalSent};
 
 /// Run `tend signal`.
 pub async fn run(
@@ -13,24 +14,21 @@ pub async fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    let body = serde_json::json!({ "signal": signal }).to_string();
-    let v = client
-        .call(
+    let body = SignalRequest {
+        signal: SignalName::Name(signal.to_string()),
+    };
+    let sent: SignalSent = client
+        .call_as(
             "POST",
             &format!("/v1/allocations/{}/tasks/{}/signal", enc(alloc), enc(task)),
-            body.as_bytes(),
+            &serde_json::to_vec(&body)?,
             "application/json",
         )
         .await?;
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&sent)?)?;
     } else {
-        writeln!(
-            out,
-            "sent signal {} to {task} of {}",
-            v["signal"],
-            v["id"].as_str().unwrap_or(alloc)
-        )?;
+        writeln!(out, "sent signal {} to {task} of {}", sent.signal, sent.id)?;
     }
     Ok(0)
 }

@@ -3,9 +3,8 @@
 
 use std::io::Write;
 
-use serde_json::Value;
-
 use super::client::{enc, ApiClient};
+use crate::api::wire::{self, AllocView, StopAccepted, TaskView};
 
 /// Run `tend stop`. Exits 0 once every task is dead; a stop the agent could
 /// not carry out in time is an error that names each task still alive.
@@ -17,57 +16,55 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     let wait = if detach { "false" } else { "true" };
-    let v = client
-        .call(
-            "POST",
-            &format!("/v1/allocations/{}/stop?wait={wait}", enc(alloc)),
-            b"",
-            "application/json",
-        )
+    let target = format!("/v1/allocations/{}/stop?wait={wait}", enc(alloc));
+    if detach {
+        let stop: StopAccepted = client
+            .call_as("POST", &target, b"", "application/json")
+            .await?;
+        if json {
+            out.write_all(&wire::to_json(&stop))?;
+        } else {
+            writeln!(out, "stopping allocation {}", stop.id)?;
+        }
+        return Ok(0);
+    }
+    let stopped: AllocView = client
+        .call_as("POST", &target, b"", "application/json")
         .await?;
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        out.write_all(&wire::to_json(&stopped))?;
         return Ok(0);
     }
-    let id = v["id"].as_str().unwrap_or(alloc);
-    if detach {
-        writeln!(out, "stopping allocation {id}")?;
-        return Ok(0);
-    }
-    let tasks: Vec<String> = v["tasks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|t| format!("{} {}", name(t), end(t)))
+    let tasks: Vec<String> = stopped
+        .tasks
+        .iter()
+        .map(|t| format!("{} {}", t.name, end(t)))
         .collect();
     writeln!(
         out,
-        "allocation {id} stopped ({}): {}",
-        v["status"].as_str().unwrap_or("?"),
+        "allocation {} stopped ({}): {}",
+        stopped.id,
+        stopped.status,
         tasks.join(", ")
     )?;
     Ok(0)
 }
 
-fn name(t: &Value) -> &str {
-    t["name"].as_str().unwrap_or("?")
-}
-
 /// How a task ended, in a few words.
-fn end(t: &Value) -> String {
-    let e = &t["exit"];
-    let how = if let Some(c) = e["exit_code"].as_i64() {
+fn end(t: &TaskView) -> String {
+    let e = t.exit.as_ref();
+    let how = if let Some(c) = e.and_then(|e| e.exit_code) {
         format!("code {c}")
-    } else if let Some(s) = e["signal"].as_i64() {
+    } else if let Some(s) = e.and_then(|e| e.signal) {
         format!("signal {s}")
     } else {
         "before it ran".to_string()
     };
-    if t["lost"].as_bool() == Some(true) {
+    if t.lost {
         "lost".to_string()
-    } else if t["stopped"].as_bool() == Some(true) {
+    } else if t.stopped {
         format!("stopped ({how})")
-    } else if t["failed"].as_bool() == Some(true) {
+    } else if t.failed {
         format!("failed ({how})")
     } else {
         format!("complete ({how})")
