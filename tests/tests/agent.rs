@@ -1338,3 +1338,74 @@ fn a_peer_that_is_neither_root_nor_the_agents_user_is_refused() {
     );
     assert_eq!(agent.get_json("/v1/health")["ok"], true);
 }
+
+/// The samples of a Prometheus exposition: `name{labels}` -> value.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').expect("sample line");
+            (k.to_string(), v.parse().expect("sample value"))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_count_tasks_starts_supervisors_logs_and_the_reattach() {
+    let sb = Sandbox::new();
+    let mut agent = AgentProc::start(&sb);
+    let text = job(
+        "m",
+        1,
+        NO_RESTART,
+        &sh_task("t", "echo twelve-bytes; exec sleep 300", ""),
+    );
+    let id = agent.submit(&text)[0].clone();
+    wait_task(&agent, &id, "t", |t| t["state"] == "running");
+    assert!(wait_until(LONG, || {
+        fs::read_dir(sb.data_dir().join("allocs").join(&id).join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() >= 12))
+    }));
+    let r = agent.http("GET", "/v1/metrics", b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let m = samples(&r.text());
+    assert_eq!(m["tend_tasks{state=\"running\"}"], 1.0, "{m:#?}");
+    assert_eq!(m["tend_allocations"], 1.0);
+    assert_eq!(m["tend_task_starts_total{driver=\"raw_exec\"}"], 1.0);
+    assert_eq!(m["tend_task_start_duration_seconds_count"], 1.0);
+    assert_eq!(
+        m["tend_task_start_duration_seconds_bucket{le=\"+Inf\"}"],
+        1.0
+    );
+    assert_eq!(m["tend_supervisors"], 1.0);
+    // One tend-spawn: more than nothing, less than 64 MiB.
+    let rss = m["tend_supervisor_memory_bytes{kind=\"rss\"}"];
+    let uss = m["tend_supervisor_memory_bytes{kind=\"uss\"}"];
+    assert!(
+        rss > 0.0 && rss < 64.0 * 1024.0 * 1024.0 && uss > 0.0 && uss <= rss,
+        "{m:#?}"
+    );
+    assert!(m["tend_log_bytes{stream=\"stdout\"}"] >= 12.0, "{m:#?}");
+    assert!(m["tend_agent_memory_bytes{kind=\"rss\"}"] > 0.0);
+    assert_eq!(m["tend_reattach_tasks{outcome=\"reattached\"}"], 0.0);
+
+    // A new agent takes the task up: the reattach says so; the counters of
+    // starts are this agent's own.
+    agent.kill9();
+    agent.restart();
+    let m = samples(&agent.http("GET", "/v1/metrics", b"").text());
+    assert_eq!(
+        m["tend_reattach_tasks{outcome=\"reattached\"}"], 1.0,
+        "{m:#?}"
+    );
+    assert_eq!(m["tend_task_starts_total{driver=\"raw_exec\"}"], 0.0);
+    assert_eq!(m["tend_tasks{state=\"running\"}"], 1.0);
+    assert!(m.contains_key("tend_reattach_duration_seconds"));
+}

@@ -148,6 +148,8 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<EventLine>,
     pub(crate) ports: crate::ports::PortAllocator,
     pub(crate) drivers: crate::driver::Drivers,
+    /// Counters and the start-latency histogram of `GET /v1/metrics`.
+    pub(crate) metrics: crate::metrics::Metrics,
     /// The exclusive lock on the state store, held for the agent's life: two
     /// agents on one data dir would each reattach and restart the same tasks.
     pub(crate) _lock: nix::fcntl::Flock<std::fs::File>,
@@ -399,6 +401,7 @@ impl Agent {
                 events,
                 ports,
                 drivers,
+                metrics: crate::metrics::Metrics::default(),
                 _lock: lock,
             }),
         })
@@ -486,7 +489,52 @@ impl Agent {
             }
         }
         report.millis = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .metrics
+            .reattached(crate::metrics::ReattachFigures {
+                millis: report.millis,
+                reattached: report.reattached,
+                exited: report.exited,
+                lost: report.lost,
+                unreachable: report.unreachable,
+            });
         Ok(report)
+    }
+
+    /// `GET /v1/metrics`: the Prometheus exposition of the agent, with what
+    /// the host says now of its supervisors' memory and its tasks' logs.
+    pub fn metrics_text(&self) -> String {
+        let snapshot = self.snapshot();
+        let mut host = crate::metrics::HostFigures::default();
+        if let Some((rss, _)) =
+            crate::metrics::memory_of(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
+        {
+            host.agent_rss = rss;
+        }
+        for (alloc, tasks) in &snapshot {
+            let (out, err) =
+                crate::metrics::log_bytes(&self.inner.settings.dirs.alloc(&alloc.alloc_id).logs());
+            host.log_stdout += out;
+            host.log_stderr += err;
+            for t in tasks.iter().filter(|t| t.phase == TaskPhase::Running) {
+                let Some(h) = &t.handle else { continue };
+                let Some(pid) = h.daemon_pid else { continue };
+                // The same process that was started, not a reuse of its pid.
+                let same = h
+                    .daemon_start_time
+                    .is_none_or(|st| crate::ident::start_time(pid).is_some_and(|now| now == st));
+                if let (true, Some((rss, uss))) = (same, crate::metrics::memory_of(pid)) {
+                    host.supervisors += 1;
+                    host.supervisor_rss += rss;
+                    host.supervisor_uss += uss;
+                }
+            }
+        }
+        let tasks: Vec<TaskRecord> = snapshot
+            .iter()
+            .flat_map(|(_, t)| t.iter().cloned())
+            .collect();
+        self.inner.metrics.render(snapshot.len(), &tasks, &host)
     }
 
     /// Run a validated job: one allocation per group and count. Returns the ids.

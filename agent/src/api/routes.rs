@@ -40,7 +40,13 @@ pub async fn handle(agent: &Agent, req: Request, peer: Arc<Peer>) -> Reply {
             stats(agent, id, &req, true, peer).await
         }
         (&Method::GET, ["v1", "events"]) => Ok(events(agent, &req, peer)),
+        (&Method::GET, ["v1", "metrics"]) => Ok(server::bytes(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            agent.metrics_text().into_bytes(),
+        )),
         (_, ["v1", "health"])
+        | (_, ["v1", "metrics"])
         | (_, ["v1", "jobs"])
         | (_, ["v1", "allocations"])
         | (_, ["v1", "allocations", _])

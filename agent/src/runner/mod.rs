@@ -332,8 +332,18 @@ async fn start_run(
         setup,
         ports: &ports,
     };
-    let r = driver.start(cx, spec).await?;
-    Ok((driver, r))
+    let t0 = Instant::now();
+    let driver_name = task.driver.name();
+    match driver.start(cx, spec).await {
+        Ok(r) => {
+            inner.metrics.started(driver_name, t0.elapsed());
+            Ok((driver, r))
+        }
+        Err(e) => {
+            inner.metrics.start_failed(driver_name);
+            Err(e)
+        }
+    }
 }
 
 /// Take up a run after an agent restart, through the driver its handle names.
