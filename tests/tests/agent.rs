@@ -1409,3 +1409,45 @@ fn metrics_count_tasks_starts_supervisors_logs_and_the_reattach() {
     assert_eq!(m["tend_tasks{state=\"running\"}"], 1.0);
     assert!(m.contains_key("tend_reattach_duration_seconds"));
 }
+
+#[test]
+fn a_group_network_gives_every_task_the_same_ports() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let group = "    network {\n      port \"http\" {}\n    }\n";
+    let script = "echo $TEND_PORT_http $TEND_PORT_own > $TEND_TASK_DIR/ports";
+    let tasks = sh_task(
+        "a",
+        script,
+        "      resources {\n        network {\n          port \"own\" {}\n        }\n      }\n",
+    ) + &sh_task("b", script, "");
+    let text = tend_tests::job::JobFile::new("net")
+        .group_hcl(NO_RESTART)
+        .group_hcl(group)
+        .tasks_hcl(&tasks)
+        .to_string();
+    let id = agent.submit(&text)[0].clone();
+    for t in ["a", "b"] {
+        wait_task(&agent, &id, t, |t| t["state"] == "dead");
+    }
+    let read = |t: &str| {
+        fs::read_to_string(
+            sb.data_dir()
+                .join("allocs")
+                .join(&id)
+                .join(t)
+                .join("local/ports"),
+        )
+        .unwrap_or_else(|e| panic!("{t}: {e}"))
+    };
+    let (a, b) = (read("a"), read("b"));
+    let a: Vec<&str> = a.split_whitespace().collect();
+    let b: Vec<&str> = b.split_whitespace().collect();
+    let http: u16 = a[0].parse().expect("a port");
+    assert_eq!(b[0], a[0], "both tasks see the group's one port");
+    let own: u16 = a[1].parse().expect("a's own port");
+    assert_ne!(own, http);
+    assert_eq!(b.len(), 1, "b has no port of a's: {b:?}");
+    let alloc = agent.get_json(&format!("/v1/allocations/{id}"));
+    assert!(alloc.to_string().contains(&http.to_string()), "{alloc:#}");
+}

@@ -606,6 +606,22 @@ mod tests {
     }
 
     #[test]
+    fn a_group_port_is_published_only_by_the_container_that_names_it() {
+        // `dns` as a port of the group: assigned to the task, not its own.
+        let mut t = task();
+        t.resources.ports.retain(|p| p.label != "dns");
+        let exposed = |t: &Task| {
+            let (_, b) = body_of(&DockerOptions::default(), t).unwrap();
+            let mut e = b.exposed_ports.unwrap_or_default();
+            e.sort();
+            e
+        };
+        assert_eq!(exposed(&t), ["8080/tcp", "8080/udp"]);
+        t.config.ports = vec!["dns".into()];
+        assert_eq!(exposed(&t), ["53/tcp", "53/udp", "8080/tcp", "8080/udp"]);
+    }
+
+    #[test]
     fn cpu_hard_limit_is_a_cfs_quota_and_io_weight_a_blkio_weight() {
         let (_, b) = body_of(&DockerOptions::default(), &task()).unwrap();
         let h = b.host_config.unwrap();
