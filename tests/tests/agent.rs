@@ -1451,3 +1451,84 @@ fn a_group_network_gives_every_task_the_same_ports() {
     let alloc = agent.get_json(&format!("/v1/allocations/{id}"));
     assert!(alloc.to_string().contains(&http.to_string()), "{alloc:#}");
 }
+
+#[test]
+fn logs_tail_and_json_and_events_by_alloc_and_task_and_followed() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let a = agent.submit(&job(
+        "lines",
+        1,
+        NO_RESTART,
+        &sh_task(
+            "t",
+            "for i in 1 2 3 4 5; do echo line $i; done; exec sleep 300",
+            "",
+        ),
+    ))[0]
+        .clone();
+    let b = agent.submit(&job(
+        "other",
+        1,
+        NO_RESTART,
+        &sh_task("u", "exec sleep 300", ""),
+    ))[0]
+        .clone();
+    wait_task(&agent, &a, "t", |t| t["state"] == "running");
+    wait_task(&agent, &b, "u", |t| t["state"] == "running");
+    let text = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert!(wait_until(LONG, || text(agent.cli(&["logs", &a, "t"]))
+        .ends_with("line 5\n")));
+    assert_eq!(
+        text(agent.cli(&["logs", "-n", "2", &a, "t"])),
+        "line 4\nline 5\n"
+    );
+    assert_eq!(
+        text(agent.cli(&["logs", "--tail", "1", "--json", &a, "t"])),
+        "{\"line\":\"line 5\",\"stream\":\"stdout\"}\n"
+    );
+
+    // Events: every kept one of a's task t, none of b's.
+    let evs = text(agent.cli(&["events", "--alloc", &a[..8], "--json"]));
+    let evs: Vec<Value> = evs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!evs.is_empty());
+    assert!(
+        evs.iter()
+            .all(|e| e["alloc_id"] == a.as_str() && e["task"] == "t"),
+        "{evs:?}"
+    );
+    assert!(evs.iter().any(|e| e["kind"] == "started"), "{evs:?}");
+    let none = text(agent.cli(&["events", "--task", "nope"]));
+    assert_eq!(none, "");
+
+    // Followed: a new event of b arrives after the kept ones; none of a's.
+    let mut follow = std::process::Command::new(tend_tests::bin("tend"))
+        .args(["--run-dir"])
+        .arg(sb.run_dir())
+        .args(["events", "-f", "--json", "--alloc", &b])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    // The kept "started" of b first.
+    lines.read_line(&mut line).unwrap();
+    assert!(line.contains("\"kind\":\"started\""), "{line}");
+    // An event of a's first: not in b's stream.
+    let _ = agent.cli(&["signal", &a, "t", "SIGUSR2"]);
+    assert!(agent.cli(&["signal", &b, "u", "SIGHUP"]).status.success());
+    line.clear();
+    lines.read_line(&mut line).unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let e: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(e["alloc_id"], b.as_str(), "{line}");
+    assert_eq!(e["kind"], "signaled", "{line}");
+}

@@ -39,7 +39,7 @@ pub async fn handle(agent: &Agent, req: Request, peer: Arc<Peer>) -> Reply {
         (&Method::GET, ["v1", "allocations", id, "stats", "stream"]) => {
             stats(agent, id, &req, true, peer).await
         }
-        (&Method::GET, ["v1", "events"]) => Ok(events(agent, &req, peer)),
+        (&Method::GET, ["v1", "events"]) => events(agent, &req, peer),
         (&Method::GET, ["v1", "metrics"]) => Ok(server::bytes(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -60,6 +60,21 @@ pub async fn handle(agent: &Agent, req: Request, peer: Arc<Peer>) -> Reply {
         _ => Err(refuse(404, format!("no route {} {}", req.method, req.path))),
     };
     resp.unwrap_or_else(|Refusal(status, body)| server::json(status, &body))
+}
+
+/// Where the last `n` lines of `bytes` begin (a last line without its
+/// newline counts as a line).
+fn tail_start(bytes: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return bytes.len();
+    }
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    body.iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(n - 1)
+        .map_or(0, |(i, _)| i + 1)
 }
 
 /// A request refused: its status and why.
@@ -253,6 +268,11 @@ fn logs(
         .query
         .get("follow")
         .is_some_and(|f| f == "true" || f == "1");
+    let tail: Option<usize> = match req.query.get("tail").map(|t| t.parse::<usize>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return Err(refuse(400, "tail: expected a number of lines")),
+    };
     let max_files = alloc
         .job
         .groups
@@ -273,6 +293,10 @@ fn logs(
     let _ = follower.read_available(&mut all);
     let start = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
     all.drain(..start);
+    if let Some(n) = tail {
+        let from = tail_start(&all, n);
+        all.drain(..from);
+    }
     if !follow {
         return Ok(server::bytes(200, "application/octet-stream", all));
     }
@@ -375,30 +399,41 @@ async fn stats(
 
 /// The events the allocations keep; with `follow` (the default), then every
 /// new one as a JSON line until the client leaves.
-fn events(agent: &Agent, req: &Request, peer: Arc<Peer>) -> Reply {
+fn events(agent: &Agent, req: &Request, peer: Arc<Peer>) -> Result<Reply, Refusal> {
     let follow = req
         .query
         .get("follow")
         .is_none_or(|f| f == "true" || f == "1");
+    // `alloc` (an id or unique prefix) and `task` keep only their events.
+    let alloc = match req.query.get("alloc") {
+        Some(prefix) => Some(agent.resolve_alloc(prefix).map_err(agent_err)?),
+        None => None,
+    };
+    let task = req.query.get("task").cloned();
+    let wanted = move |a: &str, t: &str| {
+        alloc.as_deref().is_none_or(|x| x == a) && task.as_deref().is_none_or(|x| x == t)
+    };
     let mut rx = agent.events();
     let mut recent: Vec<EventView> = agent
         .snapshot()
         .iter()
         .flat_map(|(a, ts)| {
-            ts.iter().flat_map(move |t| {
-                t.events.iter().map(move |e| EventView {
-                    alloc_id: a.alloc_id.clone(),
-                    task: t.task.clone(),
-                    time: e.time.clone(),
-                    kind: e.kind.clone(),
-                    message: e.message.clone(),
+            ts.iter()
+                .filter(|t| wanted(&a.alloc_id, &t.task))
+                .flat_map(move |t| {
+                    t.events.iter().map(move |e| EventView {
+                        alloc_id: a.alloc_id.clone(),
+                        task: t.task.clone(),
+                        time: e.time.clone(),
+                        kind: e.kind.clone(),
+                        message: e.message.clone(),
+                    })
                 })
-            })
         })
         .collect();
     recent.sort_by(|a, b| a.time.cmp(&b.time));
     if !follow {
-        return server::json(200, &EventList { events: recent });
+        return Ok(server::json(200, &EventList { events: recent }));
     }
     let (mut tx, reply) = server::stream("application/x-ndjson");
     tokio::spawn(async move {
@@ -414,6 +449,7 @@ fn events(agent: &Agent, req: &Request, peer: Arc<Peer>) -> Reply {
                 }
             };
             let line = match next {
+                Ok(ev) if !wanted(&ev.alloc_id, &ev.task) => continue,
                 Ok(ev) => wire::to_json_line(&ev),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     format!("{{\"lagged\": {n}}}\n").into_bytes()
@@ -425,5 +461,23 @@ fn events(agent: &Agent, req: &Request, peer: Arc<Peer>) -> Reply {
             }
         }
     });
-    reply
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail_start;
+
+    #[test]
+    fn the_tail_is_the_last_lines_a_partial_one_counting() {
+        let b = b"one\ntwo\nthree\n";
+        assert_eq!(&b[tail_start(b, 1)..], b"three\n");
+        assert_eq!(&b[tail_start(b, 2)..], b"two\nthree\n");
+        assert_eq!(&b[tail_start(b, 9)..], b);
+        assert_eq!(&b[tail_start(b, 0)..], b"");
+        let p = b"one\ntwo\npart";
+        assert_eq!(&p[tail_start(p, 1)..], b"part");
+        assert_eq!(&p[tail_start(p, 2)..], b"two\npart");
+        assert_eq!(tail_start(b"", 3), 0);
+    }
 }

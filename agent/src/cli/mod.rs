@@ -4,6 +4,7 @@ pub mod agent;
 pub mod client;
 pub mod completions;
 pub mod doctor;
+pub mod events;
 pub mod job_init;
 pub mod logs;
 pub mod run;
@@ -134,6 +135,28 @@ pub enum Command {
         /// Start this many bytes into what is kept.
         #[arg(long, default_value_t = 0)]
         offset: u64,
+        /// Only the last N lines of what is kept (then new ones with -f).
+        #[arg(short = 'n', long = "tail", value_name = "N")]
+        tail: Option<usize>,
+        /// One JSON object per line: {"stream": "stdout", "line": "..."}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What happened to the tasks (started, exited, restarting, ...), oldest
+    /// first; with -f, then each new event until Ctrl-C.
+    Events {
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only this allocation's (an id or unique prefix).
+        #[arg(long, value_parser = alloc_id_arg)]
+        alloc: Option<String>,
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<String>,
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop an allocation's tasks and wait until they are dead.
     Stop {
@@ -369,8 +392,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             follow,
             stderr,
             offset,
+            tail,
+            json,
         } => runtime()?.block_on(logs::run(
-            &client, &alloc, &task, follow, stderr, offset, &mut out,
+            &client,
+            &logs::LogsArgs {
+                alloc: &alloc,
+                task: &task,
+                follow,
+                stderr,
+                offset,
+                tail,
+                json,
+            },
+            &mut out,
+        )),
+        Command::Events {
+            follow,
+            alloc,
+            task,
+            json,
+        } => runtime()?.block_on(events::run(
+            &client,
+            alloc.as_deref(),
+            task.as_deref(),
+            follow,
+            json,
+            &mut out,
         )),
         Command::Stop {
             alloc,
