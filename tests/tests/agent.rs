@@ -1532,3 +1532,53 @@ fn logs_tail_and_json_and_events_by_alloc_and_task_and_followed() {
     assert_eq!(e["alloc_id"], b.as_str(), "{line}");
     assert_eq!(e["kind"], "signaled", "{line}");
 }
+
+#[test]
+fn tend_run_follows_the_tasks_until_they_run_and_detach_does_not() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let ok = write_job(
+        &sb,
+        "ok.hcl",
+        &job(
+            "ok",
+            1,
+            NO_RESTART,
+            &(sh_task("web", "exec sleep 300", "") + &sh_task("once", "true", "")),
+        ),
+    );
+    let out = agent.cli(&["run", ok.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("submitted"), "{stdout}");
+    assert!(stdout.contains(" web: started run 1: pid "), "{stdout}");
+    assert!(stdout.contains(" web: running\n"), "{stdout}");
+    assert!(stdout.contains(" once: completed\n"), "{stdout}");
+
+    let bad = write_job(
+        &sb,
+        "bad.hcl",
+        &job(
+            "bad",
+            1,
+            NO_RESTART,
+            &tend_tests::job::Task::command("t", "/nonexistent/cmd", &[]).to_string(),
+        ),
+    );
+    let out = agent.cli(&["run", bad.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(" t: failed\n"), "{stdout}");
+
+    // --detach: the ids and nothing more, at once.
+    let out = agent.cli(&["run", "--detach", ok.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.ends_with(" submitted\n"), "{stdout}");
+}

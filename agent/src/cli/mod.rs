@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod events;
 pub mod job_init;
 pub mod logs;
+pub mod monitor;
 pub mod run;
 pub mod signal;
 pub mod stats;
@@ -49,9 +50,13 @@ pub enum Command {
         /// The tend-spawn binary [default: next to tend]
         #[arg(long, env = "TEND_SPAWN_BIN")]
         spawn_bin: Option<PathBuf>,
-        /// Print the agent's answer as JSON.
+        /// Print the agent's answer as JSON (and return at once, as --detach).
         #[arg(long)]
         json: bool,
+        /// With an agent: return once the job is submitted instead of
+        /// following its tasks until they run.
+        #[arg(long, short = 'd')]
+        detach: bool,
         /// In the foreground: the cgroup under which each task gets its own.
         #[arg(long, env = "TEND_CGROUP_PARENT", default_value = "tend",
               value_parser = crate::agent::config::check_cgroup_parent)]
@@ -288,12 +293,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             file,
             spawn_bin,
             json,
+            detach,
             cgroup_parent,
             cpu_total_compute,
             config,
         } => runtime()?.block_on(async {
             if client.alive().await {
-                return run::submit(&client, &file, json, &mut out).await;
+                return run::submit(&client, &file, json, detach, &mut out).await;
             }
             eprintln!(
                 "==> no agent answers on {}: running the job in the foreground",

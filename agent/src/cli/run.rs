@@ -456,6 +456,7 @@ pub async fn submit(
     client: &super::client::ApiClient,
     file: &std::path::Path,
     json: bool,
+    detach: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     let text = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -467,12 +468,22 @@ pub async fn submit(
         Ok(v) => {
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-            } else {
-                for id in v["allocations"].as_array().into_iter().flatten() {
-                    writeln!(out, "allocation {} submitted", id.as_str().unwrap_or("?"))?;
-                }
+                return Ok(0);
             }
-            Ok(0)
+            let ids: Vec<String> = v["allocations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|id| id.as_str().map(str::to_string))
+                .collect();
+            for id in &ids {
+                writeln!(out, "allocation {id} submitted")?;
+            }
+            if detach {
+                return Ok(0);
+            }
+            out.flush()?;
+            super::monitor::monitor(client, &ids, out).await
         }
         Err(super::client::ApiError::Refused { message, .. }) => {
             eprintln!("{message}");
