@@ -1582,3 +1582,113 @@ fn tend_run_follows_the_tasks_until_they_run_and_detach_does_not() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.ends_with(" submitted\n"), "{stdout}");
 }
+
+#[test]
+fn jobs_by_name_list_status_stop_purge_and_gc_never_a_live_one() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start_with_config(&sb, "gc_retention = \"1h\"\n");
+    let web = write_job(
+        &sb,
+        "web.hcl",
+        &job("web", 2, NO_RESTART, &sh_task("t", "exec sleep 300", "")),
+    );
+    let once = write_job(
+        &sb,
+        "once.hcl",
+        &job("once", 1, NO_RESTART, &sh_task("t", "true", "")),
+    );
+    let text = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    text(agent.cli(&["run", web.to_str().unwrap()]));
+    text(agent.cli(&["run", once.to_str().unwrap()]));
+    let once_id = submit(&agent, &once)[0].clone();
+    wait_task(&agent, &once_id, "t", |t| t["state"] == "dead");
+
+    let list: Value = serde_json::from_str(&text(agent.cli(&["job", "list", "--json"]))).unwrap();
+    let jobs = list["jobs"].as_array().unwrap();
+    let web_row = jobs.iter().find(|j| j["name"] == "web").unwrap();
+    assert_eq!(web_row["allocations"], 2, "{list:#}");
+    assert_eq!(web_row["by_status"]["running"], 2, "{list:#}");
+    assert_eq!(
+        jobs.iter().find(|j| j["name"] == "once").unwrap()["allocations"],
+        2
+    );
+
+    let status: Value =
+        serde_json::from_str(&text(agent.cli(&["status", "web", "--json"]))).unwrap();
+    assert_eq!(
+        status["allocations"].as_array().unwrap().len(),
+        2,
+        "{status:#}"
+    );
+    let none = agent.cli(&["status", "no-such-job"]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no allocation or job \"no-such-job\""));
+
+    // gc: only the dead ones, of the job asked; never web's running ones.
+    let gc: Value = serde_json::from_str(&text(agent.cli(&["gc", "--json"]))).unwrap();
+    let collected: Vec<&str> = gc["collected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(collected.len(), 2, "both of once's: {gc:#}");
+    assert!(collected.contains(&once_id.as_str()));
+    assert!(!sb.data_dir().join("allocs").join(&once_id).exists());
+    assert_eq!(
+        agent
+            .http("GET", &format!("/v1/allocations/{once_id}"), b"")
+            .status,
+        404
+    );
+    assert_eq!(
+        agent.get_json("/v1/allocations")["allocations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // stop JOB stops each of its allocations; purge removes them.
+    let stopped = text(agent.cli(&["stop", "web"]));
+    assert_eq!(stopped.matches("allocation ").count(), 2, "{stopped}");
+    let purged = text(agent.cli(&["job", "purge", "web"]));
+    assert_eq!(purged.matches("removed allocation ").count(), 2, "{purged}");
+    assert_eq!(
+        agent.get_json("/v1/allocations")["allocations"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        fs::read_dir(sb.data_dir().join("allocs")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn the_agent_collects_dead_allocations_after_gc_retention_on_its_own() {
+    let sb = Sandbox::new();
+    let agent =
+        AgentProc::start_with_config(&sb, "gc_retention = \"1s\"\ngc_interval = \"200ms\"\n");
+    let dead = agent.submit(&job("d", 1, NO_RESTART, &sh_task("t", "true", "")))[0].clone();
+    let live = agent.submit(&job(
+        "l",
+        1,
+        NO_RESTART,
+        &sh_task("t", "exec sleep 300", ""),
+    ))[0]
+        .clone();
+    wait_task(&agent, &dead, "t", |t| t["state"] == "dead");
+    assert!(wait_until(LONG, || {
+        agent
+            .http("GET", &format!("/v1/allocations/{dead}"), b"")
+            .status
+            == 404
+    }));
+    assert!(!sb.data_dir().join("allocs").join(&dead).exists());
+    // The live one stays, however old.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(task_of(&agent, &live, "t")["state"], "running");
+}

@@ -9,6 +9,8 @@
 //! cgroup_parent = "tend"
 //! cpu_total_compute = 8000          # MHz of all cores; default: cores x cpuinfo MHz
 //! env_allowlist = ["PATH", "LANG"]  # agent variables a task may ask for with ${NAME}
+//! gc_retention  = "4h"              # dead allocations kept this long, then removed
+//! gc_interval   = "1m"              # how often the agent looks for them
 //! ports {
 //!   min = 20000
 //!   max = 32000
@@ -126,6 +128,32 @@ pub struct AgentConfig {
     /// Driver options by driver name.
     #[serde(default)]
     pub plugin: BTreeMap<String, PluginConfig>,
+    /// How long a dead allocation (every task dead) is kept, records, logs
+    /// and exit files, before the agent removes it (default "4h", as Nomad's
+    /// job_gc_threshold); "0s" keeps nothing dead past the next collection.
+    pub gc_retention: Option<String>,
+    /// How often the agent looks for dead allocations to remove (default "1m").
+    pub gc_interval: Option<String>,
+}
+
+/// The defaults of `gc_retention` and `gc_interval`.
+pub const GC_RETENTION: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+/// See [`GC_RETENTION`].
+pub const GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl AgentConfig {
+    /// `gc_retention` and `gc_interval`, or their defaults (checked at load).
+    pub fn gc(&self) -> (std::time::Duration, std::time::Duration) {
+        let d = |v: &Option<String>, dflt| {
+            v.as_deref()
+                .and_then(crate::jobspec::duration::parse_duration)
+                .unwrap_or(dflt)
+        };
+        (
+            d(&self.gc_retention, GC_RETENTION),
+            d(&self.gc_interval, GC_INTERVAL),
+        )
+    }
 }
 
 /// Why the configuration file cannot be used.
@@ -185,6 +213,24 @@ impl AgentConfig {
         }
         if let Some(parent) = &cfg.cgroup_parent {
             check_cgroup_parent(parent).map_err(|e| invalid(format!("cgroup_parent: {e}")))?;
+        }
+        for (name, v) in [
+            ("gc_retention", &cfg.gc_retention),
+            ("gc_interval", &cfg.gc_interval),
+        ] {
+            if let Some(text) = v {
+                match crate::jobspec::duration::parse_duration(text) {
+                    None => {
+                        return Err(invalid(format!(
+                            "{name}: {text:?} is not a duration (e.g. \"4h\", \"30m\")"
+                        )))
+                    }
+                    Some(d) if name == "gc_interval" && d.is_zero() => {
+                        return Err(invalid("gc_interval: must be more than 0s".into()))
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         if cfg.cpu_total_compute == Some(0) {
             return Err(invalid(

@@ -40,6 +40,7 @@ pub async fn handle(agent: &Agent, req: Request, peer: Arc<Peer>) -> Reply {
             stats(agent, id, &req, true, peer).await
         }
         (&Method::GET, ["v1", "events"]) => events(agent, &req, peer),
+        (&Method::POST, ["v1", "gc"]) => gc(agent, &req),
         (&Method::GET, ["v1", "metrics"]) => Ok(server::bytes(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -47,6 +48,7 @@ pub async fn handle(agent: &Agent, req: Request, peer: Arc<Peer>) -> Reply {
         )),
         (_, ["v1", "health"])
         | (_, ["v1", "metrics"])
+        | (_, ["v1", "gc"])
         | (_, ["v1", "jobs"])
         | (_, ["v1", "allocations"])
         | (_, ["v1", "allocations", _])
@@ -60,6 +62,23 @@ pub async fn handle(agent: &Agent, req: Request, peer: Arc<Peer>) -> Reply {
         _ => Err(refuse(404, format!("no route {} {}", req.method, req.path))),
     };
     resp.unwrap_or_else(|Refusal(status, body)| server::json(status, &body))
+}
+
+/// `POST /v1/gc[?job=NAME][&older_than=DURATION]`: remove dead allocations
+/// now (all of them by default, whatever the agent's gc_retention).
+fn gc(agent: &Agent, req: &Request) -> Result<Reply, Refusal> {
+    let older_than = match req.query.get("older_than") {
+        None => Duration::ZERO,
+        Some(s) => jobspec::duration::parse_duration(s).ok_or_else(|| {
+            refuse(
+                400,
+                format!("older_than: {s:?} is not a duration (e.g. \"1h\")"),
+            )
+        })?,
+    };
+    let job = req.query.get("job").map(String::as_str);
+    let collected = agent.collect_garbage(older_than, job).map_err(agent_err)?;
+    Ok(server::json(200, &wire::Collected { collected }))
 }
 
 /// Where the last `n` lines of `bytes` begin (a last line without its

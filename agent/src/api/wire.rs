@@ -264,6 +264,13 @@ pub struct EventList {
     pub events: Vec<EventView>,
 }
 
+/// `POST /v1/gc`: the allocations removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collected {
+    /// Their ids.
+    pub collected: Vec<String>,
+}
+
 /// One kept event of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventView {

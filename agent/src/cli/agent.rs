@@ -94,6 +94,8 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
             report.started,
             report.millis
         ));
+        let (retention, every) = agent.settings().config.gc();
+        let collector = tokio::spawn(collect_garbage(agent.clone(), retention, every));
         let watchdog = notifier
             .clone()
             .map(|n| tokio::spawn(keep_notifying(agent.clone(), n)));
@@ -104,6 +106,7 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
         if let Some(w) = watchdog {
             w.abort();
         }
+        collector.abort();
         server.abort();
         stopped(&socket, why, notifier.as_deref())
     })
@@ -136,6 +139,21 @@ async fn keep_notifying(agent: Agent, n: std::sync::Arc<crate::notify::Notifier>
             n.send(&format!("WATCHDOG=1\n{status}"));
         } else {
             n.send(&status);
+        }
+    }
+}
+
+/// Every `every`, remove the allocations dead for `retention` or more.
+async fn collect_garbage(agent: Agent, retention: std::time::Duration, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let a = agent.clone();
+        match tokio::task::spawn_blocking(move || a.collect_garbage(retention, None)).await {
+            Ok(Ok(ids)) if !ids.is_empty() => {
+                tracing::info!(count = ids.len(), "dead allocations collected");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "collecting dead allocations"),
+            _ => {}
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod completions;
 pub mod doctor;
 pub mod events;
 pub mod job_init;
+pub mod jobs;
 pub mod logs;
 pub mod monitor;
 pub mod run;
@@ -102,9 +103,10 @@ pub enum Command {
         #[arg(long, env = "TEND_SPAWN_BIN")]
         spawn_bin: Option<PathBuf>,
     },
-    /// Show allocations, or one allocation (a unique id prefix is enough).
+    /// Show allocations, one allocation (a unique id prefix is enough), or
+    /// the allocations of a job by its name.
     Status {
-        /// Allocation id or unique prefix.
+        /// Allocation id or unique prefix, or a job's name.
         #[arg(value_parser = alloc_id_arg)]
         alloc: Option<String>,
         /// JSON instead of tables.
@@ -163,9 +165,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stop an allocation's tasks and wait until they are dead.
+    /// Stop an allocation's tasks (or every allocation of a job) and wait
+    /// until they are dead.
     Stop {
-        /// Allocation id or unique prefix.
+        /// Allocation id or unique prefix, or a job's name.
         #[arg(value_parser = alloc_id_arg)]
         alloc: String,
         /// Return once the stop is asked for, without waiting for the tasks to end.
@@ -203,6 +206,16 @@ pub enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Remove every dead allocation now (records, dirs, logs, exit files);
+    /// the agent also does it on its own after gc_retention (default 4h).
+    Gc {
+        /// Only the allocations of this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shell completion script (e.g. `tend completions bash >
     /// /etc/bash_completion.d/tend`).
     Completions {
@@ -238,6 +251,21 @@ pub enum JobCommand {
     Init {
         /// Where [default: example.tend.hcl]
         file: Option<PathBuf>,
+    },
+    /// The jobs the agent holds, with their allocations by status.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every allocation of a job, wait until they are dead, and remove
+    /// them (records, dirs, logs, exit files).
+    Purge {
+        /// The job's name.
+        job: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -430,7 +458,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             alloc,
             detach,
             json,
-        } => runtime()?.block_on(stop::run(&client, &alloc, detach, json, &mut out)),
+        } => runtime()?.block_on(jobs::stop(&client, &alloc, detach, json, &mut out)),
         Command::Signal {
             alloc,
             task,
@@ -450,6 +478,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let path = job_init::run_job_init(file.as_deref(), &mut out)?;
             let _ = path;
             Ok(0)
+        }
+        Command::Job {
+            command: JobCommand::List { json },
+        } => runtime()?.block_on(jobs::list(&client, json, &mut out)),
+        Command::Job {
+            command: JobCommand::Purge { job, json },
+        } => runtime()?.block_on(jobs::purge(&client, &job, json, &mut out)),
+        Command::Gc { job, json } => {
+            runtime()?.block_on(jobs::gc(&client, job.as_deref(), json, &mut out))
         }
         Command::Completions { .. } | Command::Man { .. } => Ok(0),
     }

@@ -86,6 +86,41 @@ fn port_words(ports: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Allocations as the table of `tend status`, or their JSON.
+fn print_list(allocs: &[Value], json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
+    if json {
+        let v = serde_json::json!({ "allocations": allocs });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(0);
+    }
+    let mut rows = vec![vec![
+        "ID".to_string(),
+        "NAME".into(),
+        "STATUS".into(),
+        "DESIRED".into(),
+        "TASKS".into(),
+        "CREATED".into(),
+    ]];
+    for a in allocs {
+        let tasks: Vec<String> = a["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| format!("{}={}", s(&t["name"]), s(&t["state"])))
+            .collect();
+        rows.push(vec![
+            short(a["id"].as_str().unwrap_or("")),
+            s(&a["name"]),
+            s(&a["status"]),
+            s(&a["desired"]),
+            tasks.join(","),
+            s(&a["created_at"]),
+        ]);
+    }
+    write!(out, "{}", table(&rows))?;
+    Ok(0)
+}
+
 /// Run `tend status`.
 pub async fn run(
     client: &ApiClient,
@@ -96,36 +131,16 @@ pub async fn run(
     match alloc {
         None => {
             let v = client.get("/v1/allocations").await?;
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-                return Ok(0);
+            let all: Vec<Value> = v["allocations"].as_array().cloned().unwrap_or_default();
+            print_list(&all, json, out)
+        }
+        // An allocation id or prefix first; else a job's name: its allocations.
+        Some(prefix) if !super::jobs::is_alloc(client, prefix).await? => {
+            let of_job = super::jobs::allocs_of_job(client, prefix).await?;
+            if of_job.is_empty() {
+                anyhow::bail!("no allocation or job {prefix:?}");
             }
-            let mut rows = vec![vec![
-                "ID".to_string(),
-                "NAME".into(),
-                "STATUS".into(),
-                "DESIRED".into(),
-                "TASKS".into(),
-                "CREATED".into(),
-            ]];
-            for a in v["allocations"].as_array().into_iter().flatten() {
-                let tasks: Vec<String> = a["tasks"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|t| format!("{}={}", s(&t["name"]), s(&t["state"])))
-                    .collect();
-                rows.push(vec![
-                    short(a["id"].as_str().unwrap_or("")),
-                    s(&a["name"]),
-                    s(&a["status"]),
-                    s(&a["desired"]),
-                    tasks.join(","),
-                    s(&a["created_at"]),
-                ]);
-            }
-            write!(out, "{}", table(&rows))?;
-            Ok(0)
+            print_list(&of_job, json, out)
         }
         Some(prefix) => {
             let a = client
