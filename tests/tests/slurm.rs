@@ -1,0 +1,606 @@
+//! Slurm runs job steps through oci.conf: a one-node cluster from `.ci/slurm`
+//! with `tests/slurm/oci-standin` as the runtime. srun's output and exit code
+//! come through the runtime, Slurm records the exit code, scancel stops a
+//! running step, and `.ci/slurm down` leaves nothing behind.
+//!
+//! Assertions marked `[runtime]` are about what any runtime sees and does;
+//! they move to `tend-spawn oci` when it replaces the stand-in. Those marked
+//! `[stand-in]` read the stand-in's call log and stay with it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use tend_tests::{cgroup_mounts, pid_alive, require_root, wait_until};
+
+/// The uid and gid srun runs as for the unprivileged case: nobody/nogroup.
+const NOBODY: u32 = 65534;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// One call the stand-in recorded: `NNNN-VERB` under its log dir.
+#[derive(Debug)]
+struct Call {
+    dir: PathBuf,
+    verb: String,
+    argv: Vec<String>,
+}
+
+impl Call {
+    fn read(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    fn exit(&self) -> Option<i32> {
+        self.read("exit").trim().parse().ok()
+    }
+
+    /// The runtime's arguments after the stand-in's own --log/--root.
+    fn runtime_args(&self) -> Vec<&str> {
+        self.argv.iter().skip(5).map(String::as_str).collect()
+    }
+}
+
+/// A running one-node cluster in a temp dir, with oci.conf naming the
+/// stand-in; `.ci/slurm down` runs on drop, also when the test fails.
+struct Cluster {
+    base: PathBuf,
+    dir: PathBuf,
+    bundle: PathBuf,
+    log: PathBuf,
+    port: u16,
+    up: bool,
+}
+
+impl Cluster {
+    fn up() -> Cluster {
+        // The daemons and slurmstepd detach from the harness; as their
+        // subreaper this test reaps them, so `down` leaves not even a zombie
+        // (this host's PID 1 does not reap).
+        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+        let base = tempfile::Builder::new()
+            .prefix("tend-slurm-")
+            .tempdir_in("/tmp")
+            .expect("tempdir")
+            .keep();
+        // srun as nobody reads slurm.conf and the bundle, and the stand-in
+        // then runs as nobody and writes its log and state.
+        chmod(&base, 0o755);
+        let log = base.join("log");
+        let state = base.join("state");
+        for d in [&log, &state] {
+            fs::create_dir(d).unwrap();
+            chmod(d, 0o1777);
+        }
+        let bundle = base.join("bundle");
+        fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        chmod(&bundle, 0o755);
+        // The least a bundle holds; slurmstepd fills in args, env and the
+        // rootfs path.
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": { "uid": 0, "gid": 0 },
+                "args": ["true"],
+                "env": ["PATH=/usr/local/bin:/usr/bin:/bin"],
+                "cwd": "/"
+            },
+            "root": { "path": "rootfs" },
+            "linux": { "namespaces": [] }
+        });
+        fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
+        let standin = repo_root().join("tests/slurm/oci-standin");
+        let rt = format!(
+            "{} --log {} --root {}",
+            standin.display(),
+            log.display(),
+            state.display()
+        );
+        let oci_conf = base.join("oci.conf");
+        fs::write(
+            &oci_conf,
+            format!(
+                "RunTimeQuery=\"{rt} state %n.%u.%j.%s.%t\"\n\
+                 RunTimeKill=\"{rt} kill -a %n.%u.%j.%s.%t\"\n\
+                 RunTimeDelete=\"{rt} delete --force %n.%u.%j.%s.%t\"\n\
+                 RunTimeRun=\"{rt} run %n.%u.%j.%s.%t -b %b\"\n"
+            ),
+        )
+        .unwrap();
+        // Tests run side by side: a port pair of each one's own.
+        let port = 20000 + 2 * u16::try_from(std::process::id() % 10000).unwrap();
+        let c = Cluster {
+            dir: base.join("cluster"),
+            base,
+            bundle,
+            log,
+            port,
+            up: true,
+        };
+        let out = c
+            .harness(&[
+                "up",
+                &c.dir.display().to_string(),
+                &oci_conf.display().to_string(),
+            ])
+            .output()
+            .expect("run .ci/slurm up");
+        print!("{}", String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            c.dump_logs();
+            panic!(".ci/slurm up failed: {}", out.status);
+        }
+        c
+    }
+
+    fn harness(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(repo_root().join(".ci/slurm"));
+        cmd.args(args)
+            .env("TEND_SLURM_PORT", self.port.to_string())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.join("slurm.conf")
+    }
+
+    /// A Slurm client command (srun, scontrol, ...) for this cluster.
+    fn client(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("SLURM_CONF", self.conf())
+            .current_dir("/")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `srun --container=BUNDLE ARGS...`, as root or, with `as_user`, as
+    /// that uid and gid with no supplementary groups (setpriv).
+    fn srun(&self, as_user: Option<u32>, args: &[&str]) -> Command {
+        let mut cmd = match as_user {
+            None => self.client("srun"),
+            Some(id) => {
+                let mut cmd = self.client("setpriv");
+                cmd.arg(format!("--reuid={id}"))
+                    .arg(format!("--regid={id}"))
+                    .args(["--clear-groups", "srun"]);
+                cmd
+            }
+        };
+        cmd.arg(format!("--container={}", self.bundle.display()))
+            .arg("--chdir=/")
+            .args(args);
+        cmd
+    }
+
+    fn run_client(&self, program: &str, args: &[&str]) -> String {
+        let out = self.client(program).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The stand-in's calls in order.
+    fn calls(&self) -> Vec<Call> {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(&self.log)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        dirs.into_iter()
+            .map(|dir| {
+                let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+                let verb = name.split_once('-').map(|(_, v)| v.to_string()).unwrap();
+                let argv = fs::read_to_string(dir.join("argv"))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(String::from)
+                    .collect();
+                Call { dir, verb, argv }
+            })
+            .collect()
+    }
+
+    /// The verbs for `id` once they are `want` and every call has returned:
+    /// slurmstepd's state and delete come after srun has its exit code.
+    fn wait_verbs(&self, id: &str, want: &[&str]) -> Vec<String> {
+        let mut got = Vec::new();
+        wait_until(Duration::from_secs(10), || {
+            let calls: Vec<Call> = self
+                .calls()
+                .into_iter()
+                .filter(|c| c.runtime_args().contains(&id))
+                .collect();
+            got = calls.iter().map(|c| c.verb.clone()).collect();
+            got == want && calls.iter().all(|c| c.exit().is_some())
+        });
+        got
+    }
+
+    /// The exit code `scontrol show job` reports ("7:0": code, signal).
+    /// Waits out RUNNING and COMPLETING: the record is final only once
+    /// slurmstepd's cleanup is done.
+    fn scontrol_exit(&self, job: u32) -> (String, String) {
+        let mut fields = (String::new(), String::new());
+        wait_until(Duration::from_secs(15), || {
+            let text = self.run_client("scontrol", &["show", "job", &job.to_string()]);
+            let field = |name: &str| {
+                text.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            fields = (field("JobState="), field("ExitCode="));
+            !matches!(fields.0.as_str(), "RUNNING" | "COMPLETING")
+        });
+        fields
+    }
+
+    /// `sacct -c`'s state and exit code: the jobcomp file, since no slurmdbd
+    /// runs. The record is written as the job ends, so wait for it.
+    fn sacct_exit(&self, job: u32) -> String {
+        let mut line = String::new();
+        wait_until(Duration::from_secs(10), || {
+            line = self.run_client(
+                "sacct",
+                &[
+                    "-c",
+                    "-j",
+                    &job.to_string(),
+                    "-o",
+                    "State,ExitCode",
+                    "-P",
+                    "-n",
+                ],
+            );
+            !line.trim().is_empty()
+        });
+        line.trim().to_string()
+    }
+
+    fn dump_logs(&self) {
+        for name in ["slurmctld.log", "slurmd.log", "munged.log"] {
+            let p = self.dir.join("log").join(name);
+            if let Ok(text) = fs::read_to_string(&p) {
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!("--- {}", p.display());
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+
+    /// `.ci/slurm down`, then: no daemon or step process left, the cluster
+    /// dir and its munge socket gone.
+    fn down(mut self) {
+        let pids = self.daemon_pids();
+        assert_eq!(pids.len(), 3, "munged, slurmctld and slurmd were tracked");
+        self.up = false;
+        let out = self
+            .harness(&["down", &self.dir.display().to_string()])
+            .output()
+            .unwrap();
+        print!("{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), ".ci/slurm down: {}", out.status);
+        reap_orphans();
+        for pid in pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "pid {pid} outlived .ci/slurm down"
+            );
+        }
+        assert!(!self.dir.exists(), "{} is left", self.dir.display());
+        // proctrack/linuxproc and task/none make no cgroup; none appears.
+        for m in cgroup_mounts() {
+            let slurm: Vec<_> = fs::read_dir(&m)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("slurm"))
+                .map(|e| e.path())
+                .collect();
+            assert!(slurm.is_empty(), "cgroups left: {slurm:?}");
+        }
+        let left = holders_under(&self.base);
+        assert!(
+            left.is_empty(),
+            "processes still in {}: {left:?}",
+            self.base.display()
+        );
+    }
+
+    fn daemon_pids(&self) -> Vec<i32> {
+        ["munged", "slurmctld", "slurmd"]
+            .iter()
+            .filter_map(|n| {
+                fs::read_to_string(self.dir.join(format!("run/{n}.tracked")))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.up {
+            if std::thread::panicking() {
+                self.dump_logs();
+            }
+            let _ = self
+                .harness(&["down", &self.dir.display().to_string()])
+                .status();
+            reap_orphans();
+        }
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+/// Reaps every exited child, the daemons reparented to this test included.
+fn reap_orphans() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// Live processes whose cwd, executable or an open file is under `dir`.
+fn holders_under(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let p = e.path();
+        let mut links = vec![p.join("cwd"), p.join("exe")];
+        if let Ok(fds) = fs::read_dir(p.join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        if links
+            .iter()
+            .any(|l| fs::read_link(l).is_ok_and(|t| t.starts_with(dir)))
+            && pid_alive(pid)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The job id srun printed through the step (`job=N`).
+fn job_id(out: &Output) -> u32 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("job="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no job= line in {text:?}"))
+}
+
+/// A step's command runs through RunTimeRun: its stdout and stderr reach
+/// srun, its exit code is srun's and Slurm's record of the job.
+#[test]
+fn srun_output_and_exit_code_pass_through_the_runtime() {
+    require_root!();
+    let c = Cluster::up();
+    let out = c
+        .srun(
+            None,
+            &[
+                "sh",
+                "-c",
+                "echo job=$SLURM_JOB_ID; echo to-stderr >&2; exit 7",
+            ],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // [runtime] The runtime's own stdio is the step's: output reaches srun.
+    let job = job_id(&out);
+    assert!(stderr.contains("to-stderr"), "stderr: {stderr}");
+    // [runtime] The runtime's exit code is the step's.
+    assert_eq!(out.status.code(), Some(7), "srun: {stderr}");
+    let (state, exit) = c.scontrol_exit(job);
+    assert_eq!((state.as_str(), exit.as_str()), ("FAILED", "7:0"));
+    assert_eq!(c.sacct_exit(job), "FAILED|7:0");
+
+    // [stand-in] The call sequence: run (slurmstepd execs it as the task,
+    // through /bin/sh -c), then state, then delete once state answers.
+    let id = format!("localhost.root.{job}.0.0");
+    assert_eq!(
+        c.wait_verbs(&id, &["run", "state", "delete"]),
+        ["run", "state", "delete"]
+    );
+    let calls = c.calls();
+    let run = calls.iter().find(|k| k.verb == "run").unwrap();
+    let spool = c.dir.join(format!("spool/oci-job{job:05}-00000"));
+    assert_eq!(
+        run.runtime_args(),
+        ["run", id.as_str(), "-b", &format!("{}/", spool.display())]
+    );
+    assert_eq!(run.exit(), Some(7));
+    // [runtime] run is called in the bundle slurmstepd wrote, whose
+    // config.json carries the command, the step's env and the rootfs made
+    // absolute; the bundle's own fields pass unchanged.
+    assert_eq!(run.read("cwd").trim(), spool.display().to_string());
+    let config: serde_json::Value =
+        serde_json::from_str(&run.read("config.json")).expect("config.json copied");
+    assert_eq!(
+        config["process"]["args"],
+        serde_json::json!([
+            "sh",
+            "-c",
+            "echo job=$SLURM_JOB_ID; echo to-stderr >&2; exit 7"
+        ])
+    );
+    let env: Vec<&str> = config["process"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        env.contains(&format!("SLURM_JOB_ID={job}").as_str()),
+        "{env:?}"
+    );
+    assert!(env.contains(&"SLURM_STEP_ID=0"), "{env:?}");
+    assert_eq!(
+        config["root"]["path"],
+        c.bundle.join("rootfs").display().to_string()
+    );
+    assert_eq!(config["process"]["cwd"], "/");
+    assert_eq!(config["linux"]["namespaces"], serde_json::json!([]));
+    // slurmstepd removes its bundle copy when the step is done.
+    assert!(!spool.exists());
+    c.down();
+}
+
+/// srun as a user: run (the task) is called as that user, the cleanup calls
+/// as root, and config.json's process.user is left as the bundle had it.
+#[test]
+fn srun_as_a_user_calls_the_runtime_as_that_user() {
+    require_root!();
+    let c = Cluster::up();
+    let out = c
+        .srun(Some(NOBODY), &["sh", "-c", "echo job=$SLURM_JOB_ID; id -u"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "srun: {stderr}");
+    let job = job_id(&out);
+    // [runtime] The command runs as the user.
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l == "65534"),
+        "{:?}",
+        out.stdout
+    );
+    let id = format!("localhost.nobody.{job}.0.0");
+    assert_eq!(
+        c.wait_verbs(&id, &["run", "state", "delete"]),
+        ["run", "state", "delete"]
+    );
+    for call in c.calls() {
+        // [runtime] run is the task: it runs as the user, unprivileged, so a
+        // runtime that needs root cannot be named in oci.conf as it is. The
+        // cleanup calls (state, delete) come from slurmstepd itself, as root.
+        let want = if call.verb == "run" {
+            "uid=65534(nobody) gid=65534"
+        } else {
+            "uid=0(root) gid=0(root)"
+        };
+        assert!(
+            call.read("ids").starts_with(want),
+            "{} ran as {}",
+            call.verb,
+            call.read("ids")
+        );
+    }
+    let run = c.calls().into_iter().find(|k| k.verb == "run").unwrap();
+    let config: serde_json::Value = serde_json::from_str(&run.read("config.json")).unwrap();
+    assert_eq!(
+        config["process"]["user"],
+        serde_json::json!({"uid": 0, "gid": 0})
+    );
+    assert_eq!(c.scontrol_exit(job), ("COMPLETED".into(), "0:0".into()));
+    c.down();
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status
+}
+
+/// scancel stops a sleeping step: slurmstepd signals the runtime (the task)
+/// and its children, then asks state and deletes; the job is CANCELLED.
+#[test]
+fn scancel_stops_a_running_step() {
+    require_root!();
+    let c = Cluster::up();
+    let mut child = c
+        .srun(None, &["sleep", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The container's process: the stand-in writes ID/pid once started.
+    let state = c.base.join("state");
+    let mut started = None;
+    wait_until(Duration::from_secs(20), || {
+        started = fs::read_dir(&state)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| {
+                let pid = fs::read_to_string(e.path().join("pid")).ok()?;
+                let pid: i32 = pid.trim().parse().ok()?;
+                Some((e.file_name().to_string_lossy().into_owned(), pid))
+            });
+        started.is_some()
+    });
+    let Some((id, sleeper)) = started else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the step never started");
+    };
+    let job: u32 = id.split('.').nth(2).unwrap().parse().unwrap();
+    assert!(pid_alive(sleeper));
+
+    c.run_client("scancel", &[&job.to_string()]);
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // [runtime] The step ends and its process with it.
+    let status = status.expect("srun outlived scancel");
+    assert!(!status.success());
+    assert!(
+        wait_until(Duration::from_secs(5), || !pid_alive(sleeper)),
+        "the step's process {sleeper} outlived scancel"
+    );
+    let (state, exit) = c.scontrol_exit(job);
+    assert_eq!(state, "CANCELLED");
+    // SIGTERM reaches every process of the task at once: when the task's
+    // /bin/sh dies of it Slurm records the signal, when it first sees the
+    // runtime exit 128+15 it exits 143 itself. Both happen here.
+    assert!(exit == "0:15" || exit == "143:0", "ExitCode={exit}");
+    // [stand-in] With RunTimeRun, scancel never calls RunTimeKill: SIGTERM
+    // goes to the runtime's process tree (proctrack/linuxproc), which ends
+    // 128+15; then state (stopped) and delete as after any step.
+    assert_eq!(
+        c.wait_verbs(&id, &["run", "state", "delete"]),
+        ["run", "state", "delete"]
+    );
+    let run = c.calls().into_iter().find(|k| k.verb == "run").unwrap();
+    assert_eq!(run.exit(), Some(143));
+    c.down();
+}
