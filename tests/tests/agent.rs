@@ -1364,7 +1364,8 @@ fn metrics_count_tasks_starts_supervisors_logs_and_the_reattach() {
     wait_task(&agent, &id, "t", |t| t["state"] == "running");
     // The task's stdout log holds its line (not only tend-spawn's own log).
     let stdout_log = sb.data_dir().join("allocs").join(&id).join("logs/t.stdout");
-    assert!(wait_until(LONG, || fs::metadata(&stdout_log).is_ok_and(|m| m.len() >= 13)));
+    assert!(wait_until(LONG, || fs::metadata(&stdout_log)
+        .is_ok_and(|m| m.len() >= 13)));
     let r = agent.http("GET", "/v1/metrics", b"");
     assert_eq!(r.status, 200);
     assert_eq!(

@@ -1,0 +1,244 @@
+//! Tests of the module above.
+use super::*;
+use tend_proto::msg::{Instance, TaskState};
+
+struct Fake {
+    token: Token,
+    exit: Option<ExitStatus>,
+    signals: Vec<i32>,
+    released: bool,
+}
+
+impl Handler for Fake {
+    fn token(&self) -> &Token {
+        &self.token
+    }
+    fn welcome(&self) -> Welcome {
+        Welcome {
+            version: PROTOCOL_VERSION,
+            instance: Instance([1; 16]),
+            daemon_pid: 10,
+            task_pid: 11,
+        }
+    }
+    fn status(&self) -> Status {
+        Status {
+            state: TaskState::Running,
+            task_pid: 11,
+            daemon_pid: 10,
+            run: 1,
+            started_at: "s".into(),
+            exit: None,
+        }
+    }
+    fn stats(&self) -> Stats {
+        Stats {
+            memory_bytes: None,
+            memory_peak_bytes: None,
+            cpu_usage_us: None,
+            pids: None,
+        }
+    }
+    fn cgroup_stats(&self) -> CgroupStats {
+        CgroupStats {
+            pids: Some(2),
+            ..CgroupStats::default()
+        }
+    }
+    fn exit(&self) -> Option<ExitStatus> {
+        self.exit.clone()
+    }
+    fn signal(&mut self, signo: i32) -> Result<(), String> {
+        self.signals.push(signo);
+        Ok(())
+    }
+    fn stop(&mut self, _signal: i32, _grace_ms: u64) -> Result<(), String> {
+        Ok(())
+    }
+    fn release(&mut self) -> Result<(), String> {
+        if self.exit.is_none() {
+            return Err("task still running".into());
+        }
+        self.released = true;
+        Ok(())
+    }
+}
+
+fn fake() -> Fake {
+    Fake {
+        token: Token([3; 32]),
+        exit: None,
+        signals: vec![],
+        released: false,
+    }
+}
+
+fn frame_of<T: serde::Serialize>(v: &T) -> Frame {
+    let bytes = frame::encode(v).unwrap();
+    let mut d = FrameDecoder::new();
+    d.push(&bytes);
+    d.next_frame().unwrap().unwrap()
+}
+
+fn hello(token: [u8; 32], version: u16) -> Frame {
+    frame_of(&Hello {
+        version,
+        token: Token(token),
+    })
+}
+
+#[test]
+fn hello_then_requests() {
+    let mut h = fake();
+    let mut s = Session::default();
+    let out = s.on_frame(&hello([3; 32], PROTOCOL_VERSION), &mut h);
+    assert!(matches!(out[..], [Response::Welcome(_)]));
+    let out = s.on_frame(&frame_of(&Request::Signal(10)), &mut h);
+    assert_eq!(out, vec![Response::Ok]);
+    assert_eq!(h.signals, vec![10]);
+    let out = s.on_frame(&frame_of(&Request::Release), &mut h);
+    assert_eq!(out, vec![Response::Error("task still running".into())]);
+    assert!(!s.closing);
+}
+
+#[test]
+fn stats_and_stats_v2_both_answer() {
+    let mut h = fake();
+    let mut s = Session::default();
+    s.on_frame(&hello([3; 32], PROTOCOL_VERSION), &mut h);
+    let old = s.on_frame(&frame_of(&Request::Stats), &mut h);
+    assert!(matches!(old[..], [Response::Stats(_)]), "{old:?}");
+    let new = s.on_frame(&frame_of(&Request::StatsV2), &mut h);
+    assert_eq!(new, vec![Response::StatsV2(Box::new(h.cgroup_stats()))]);
+    assert!(!s.closing);
+}
+
+#[test]
+fn wrong_token_version_or_request_first_close() {
+    for f in [
+        hello([4; 32], PROTOCOL_VERSION),
+        hello([3; 32], PROTOCOL_VERSION + 1),
+        frame_of(&Request::Status),
+    ] {
+        let mut s = Session::default();
+        let out = s.on_frame(&f, &mut fake());
+        assert!(matches!(out[..], [Response::Error(_)]), "{out:?}");
+        assert!(s.closing && !s.welcomed);
+    }
+}
+
+#[test]
+fn wait_answers_ok_then_exited_once() {
+    let mut h = fake();
+    let mut s = Session::default();
+    s.on_frame(&hello([3; 32], PROTOCOL_VERSION), &mut h);
+    assert_eq!(
+        s.on_frame(&frame_of(&Request::Wait), &mut h),
+        vec![Response::Ok]
+    );
+    let exit = ExitStatus::from_wait("a", "t", 1, 5, 0, "s".into(), "f".into());
+    assert_eq!(s.exited(&exit), Some(Response::exited(&exit)));
+    assert_eq!(s.exited(&exit), None);
+    // Waiting after the exit answers at once.
+    let mut s = Session::default();
+    h.exit = Some(exit.clone());
+    s.on_frame(&hello([3; 32], PROTOCOL_VERSION), &mut h);
+    assert_eq!(
+        s.on_frame(&frame_of(&Request::Wait), &mut h),
+        vec![Response::Ok, Response::exited(&exit)]
+    );
+    assert_eq!(
+        s.on_frame(&frame_of(&Request::Release), &mut h),
+        vec![Response::Ok]
+    );
+    assert!(h.released);
+}
+
+#[test]
+fn socket_dir_must_be_private() {
+    let d = tempfile::tempdir().unwrap();
+    let euid = nix::unistd::geteuid().as_raw();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(matches!(
+        check_socket_dir(d.path(), euid),
+        Err(SocketError::UnsafeDir { .. })
+    ));
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    check_socket_dir(d.path(), euid).unwrap();
+    assert!(check_socket_dir(d.path(), euid + 1).is_err());
+}
+
+#[test]
+fn stale_socket_is_replaced_live_one_refused() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let euid = nix::unistd::geteuid().as_raw();
+    let p = d.path().join("s.sock");
+    let l = bind(&p, euid).unwrap();
+    assert!(matches!(bind(&p, euid), Err(SocketError::InUse { .. })));
+    drop(l);
+    let _l = bind(&p, euid).unwrap();
+    let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+/// The bug this guards against: a round's time taken before a poll that
+/// slept for an hour made every client accepted after it expire at once.
+#[test]
+fn a_client_after_an_hour_of_idle_gets_its_whole_hello_time() {
+    use crate::clock::FakeClock;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let uid = nix::unistd::getuid().as_raw();
+    let clock = FakeClock::new();
+    let round_began = clock.now();
+    // The poll of this round slept for an hour, then the client came.
+    clock.advance(Duration::from_secs(3600));
+    let mut peer = UnixStream::connect(&path).unwrap();
+    let mut clients = Vec::new();
+    accept_all(&listener, &mut clients, uid, &clock);
+    assert_eq!(clients.len(), 1);
+    assert!(!clients[0].expired(clock.now()), "expired at its accept");
+    assert!(clients[0].deadline.unwrap() >= round_began + Duration::from_secs(3600));
+    // It says Hello just inside its time and is welcomed.
+    clock.advance(HELLO_TIMEOUT - Duration::from_millis(1));
+    assert!(!clients[0].expired(clock.now()));
+    peer.write_all(
+        &frame::encode(&Hello {
+            version: PROTOCOL_VERSION,
+            token: Token([3; 32]),
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let mut h = fake();
+    let mut buf = vec![0u8; 4096];
+    clients[0].on_readable(&mut buf, &mut h);
+    clients[0].flush(clock.now());
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut dec = FrameDecoder::new();
+    let welcome = loop {
+        if let Some(f) = dec.next_frame().unwrap() {
+            break f.decode::<Response>().unwrap();
+        }
+        let n = peer.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the welcome");
+        dec.push(&buf[..n]);
+    };
+    assert!(matches!(welcome, Response::Welcome(_)), "{welcome:?}");
+    // Welcomed, it has no deadline: ten idle hours later it is still served.
+    clock.advance(Duration::from_secs(36_000));
+    assert!(!clients[0].expired(clock.now()));
+    // A client that never says Hello is closed HELLO_TIMEOUT after its
+    // own accept, not before.
+    let _silent = UnixStream::connect(&path).unwrap();
+    accept_all(&listener, &mut clients, uid, &clock);
+    assert_eq!(clients.len(), 2);
+    clock.advance(HELLO_TIMEOUT - Duration::from_millis(1));
+    assert!(!clients[1].expired(clock.now()));
+    clock.advance(Duration::from_millis(1));
+    assert!(clients[1].expired(clock.now()));
+    assert!(!clients[0].expired(clock.now()));
+}
