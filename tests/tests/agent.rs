@@ -1366,6 +1366,13 @@ fn metrics_count_tasks_starts_supervisors_logs_and_the_reattach() {
     let stdout_log = sb.data_dir().join("allocs").join(&id).join("logs/t.stdout");
     assert!(wait_until(LONG, || fs::metadata(&stdout_log)
         .is_ok_and(|m| m.len() >= 13)));
+    // The start is counted once the driver hands the run back, a moment
+    // after the task shows running.
+    assert!(wait_until(LONG, || {
+        samples(&agent.http("GET", "/v1/metrics", b"").text())
+            .get("tend_task_starts_total{driver=\"raw_exec\"}")
+            == Some(&1.0)
+    }));
     let r = agent.http("GET", "/v1/metrics", b"");
     assert_eq!(r.status, 200);
     assert_eq!(

@@ -12,8 +12,9 @@
 //! reaps), then the task, which is pid 2 there and the daemon's own child.
 //!
 //! The init arms its parent-death signal and then says ready on a
-//! socketpair; the daemon places it and forks the task meanwhile and reads
-//! the answer once the task has exec'd: no init outlives a daemon killed at
+//! socketpair; the daemon places it and forks the task meanwhile, reads the
+//! answer once the task has exec'd and answers it in turn (the init leaves
+//! without that answer): no init outlives a daemon killed at
 //! any instant of the start (see `start_ns_init`), and the start does not
 //! wait for the init to be scheduled.
 //!
@@ -305,6 +306,19 @@ impl NsInit {
             .map_err(|e| StartFailure::new(Stage::Fork, "read init socket", e as i32))?;
         match record {
             (1, [INIT_READY, ..]) => {
+                // The init waits for this before it reaps: it is armed, and
+                // this daemon lives.
+                if let Err(e) = nix::sys::socket::send(
+                    fd.as_raw_fd(),
+                    &[INIT_READY],
+                    nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                ) {
+                    return Err(StartFailure::new(
+                        Stage::Fork,
+                        "answer the pid namespace init",
+                        e as i32,
+                    ));
+                }
                 self.ready_after = self.forked_at.elapsed();
                 tracing::info!(
                     ready_us = u64::try_from(self.ready_after.as_micros()).unwrap_or(u64::MAX),
@@ -390,9 +404,10 @@ fn own_pid_ns() -> io::Result<OwnedFd> {
 /// socketpair, which fails with EPIPE, and the init leaves, when the daemon
 /// died before the signal was armed. A daemon killed before it placed the
 /// init held the only other end (the task is not forked yet): the init is
-/// gone then either way. Once placed, it is in the task's cgroup, which the
-/// agent's (or the setuid cleanup helper's) kill of a lost run reaches. A
-/// failed init writes its stage and errno instead.
+/// gone then either way. Later, the task's child holds a copy of the
+/// daemon's end until its exec (or its exit, which the daemon's death
+/// brings): so the init also waits for the daemon's answer to its ready,
+/// and leaves on EOF instead. A failed init writes its stage and errno.
 fn start_ns_init(
     prep: &Prepared,
     place: &impl Fn(Pid) -> Result<(), StartFailure>,

@@ -185,6 +185,13 @@ pub(super) fn init_main(isolation: Option<Isolation>, ready: RawFd) -> ! {
     if raw::send_byte(ready, INIT_READY) != Ok(1) {
         raw::exit_now(127);
     }
+    // The daemon answers once the task has exec'd. Without its answer (EOF:
+    // the daemon died before the signal was armed, and the task's child,
+    // which held a copy of its end until its exec or exit, is gone too),
+    // leave: no init outlives its daemon, at any instant of the start.
+    if raw::read_byte(ready) != Ok(true) {
+        raw::exit_now(127);
+    }
     raw::close(ready);
     loop {
         if raw::wait_signal(&all) == libc::SIGCHLD {

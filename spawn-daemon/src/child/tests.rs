@@ -177,3 +177,39 @@ fn what_names_the_value_of_the_stage() {
     assert_eq!(p.what(Stage::Mount, 3), "/tmp/a/t");
     assert!(!format!("{p:?}").contains("PATH"));
 }
+
+#[test]
+fn an_init_whose_ready_is_read_but_never_answered_leaves() {
+    // The other end outlived the daemon in a copy (the task's child before
+    // its exec) that read nothing and then closed: the init's ready went
+    // through, no answer came, and the init leaves on the EOF.
+    let (daemon_end, init_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    let pid = match raw::fork().unwrap() {
+        0 => task::init_main(None, init_end.as_raw_fd()),
+        pid => Pid::from_raw(pid),
+    };
+    drop(init_end);
+    let mut b = [0u8; 1];
+    assert_eq!(nix::unistd::read(&daemon_end, &mut b), Ok(1), "no ready");
+    assert_eq!(b[0], INIT_READY);
+    drop(daemon_end);
+    let fd = crate::sys::pidfd_open(pid).unwrap();
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ended = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).unwrap();
+    if ended == 0 {
+        let _ = crate::sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+    }
+    let status = crate::sys::wait_blocking(pid).unwrap();
+    assert_eq!(ended, 1, "the init waited for an answer from no one");
+    assert!(libc::WIFEXITED(status), "{status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 127);
+}
