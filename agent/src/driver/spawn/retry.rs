@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tend_proto::{Request, Token};
 
 use super::{Client, ClientError};
+use crate::driver::RunError;
 use crate::ident::ProcId;
 
 /// The first pause between attempts; it doubles up to [`RETRY_MAX`].
@@ -40,15 +41,14 @@ impl Backoff {
 }
 
 /// Connect and say Hello, within [`ATTEMPT_TIMEOUT`].
-pub async fn connect_once(socket: &Path, token: Token) -> Result<Client, String> {
+pub async fn connect_once(socket: &Path, token: Token) -> Result<Client, RunError> {
     match tokio::time::timeout(ATTEMPT_TIMEOUT, Client::connect(socket, token)).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "tend-spawn at {} did not answer within {} s",
-            socket.display(),
-            ATTEMPT_TIMEOUT.as_secs()
-        )),
+        Ok(Err(e)) => Err(RunError::Client(e)),
+        Err(_) => Err(RunError::SupervisorTimeout {
+            socket: socket.to_path_buf(),
+            secs: ATTEMPT_TIMEOUT.as_secs(),
+        }),
     }
 }
 
