@@ -71,6 +71,9 @@ pub enum RunError {
     /// Talking to the run's tend-spawn failed.
     #[error(transparent)]
     Client(#[from] spawn::client::ClientError),
+    /// The run's tend-spawn exited (its pidfd says so) while waited on.
+    #[error("its pidfd says it exited")]
+    DaemonExited,
     /// The run's tend-spawn did not answer in time.
     #[error("tend-spawn at {} did not answer within {secs} s", .socket.display())]
     SupervisorTimeout {

@@ -278,7 +278,7 @@ async fn wait_run(cx: &RunCtx<'_>, run: SpawnRun, ctl: &mut Controls) -> Ended {
             Err(e) if daemon.is_some_and(|d| d.alive()) => {
                 tracing::warn!(error = %e, "the connection to a live tend-spawn failed; reconnecting");
             }
-            Err(e) => break Err((Some(c), e)),
+            Err(e) => break Err((Some(c), e.to_string())),
         }
     };
     match result {
@@ -315,7 +315,7 @@ async fn wait_on(
     client: &mut Client,
     link: &Link,
     ctl: &mut Controls,
-) -> Result<ExitStatus, String> {
+) -> Result<ExitStatus, RunError> {
     let handle = &link.handle;
     let wait = client.wait();
     tokio::pin!(wait);
@@ -331,8 +331,8 @@ async fn wait_on(
     let mut ctl_open = true;
     loop {
         tokio::select! {
-            r = &mut wait => return r.map_err(|e| e.to_string()),
-            () = &mut daemon_ended => return Err("its pidfd says it exited".to_string()),
+            r = &mut wait => return Ok(r?),
+            () = &mut daemon_ended => return Err(RunError::DaemonExited),
             c = ctl.recv(), if ctl_open => match c {
                 None => ctl_open = false,
                 Some(Control::Stop) => {
