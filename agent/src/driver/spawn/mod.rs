@@ -376,7 +376,7 @@ fn request_stop(cx: &RunCtx<'_>, link: &Link) {
             match retry::request_until(&socket, token, req, daemon_of(&handle), until).await {
                 Ok(()) => {}
                 Err(retry::RetryError::Unanswered(why)) => {
-                    kill_task_directly(journal.as_ref(), &handle, &why);
+                    kill_task_directly(journal.as_ref(), &handle, &why.to_string());
                 }
                 // Refused: the task has already ended; gone: the wait hears it.
                 Err(e) => tracing::info!(error = %e, "stop request not taken"),
