@@ -10,22 +10,21 @@ use crate::state::AllocRecord;
 /// Check what can be checked before anything exists.
 pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
     if task.driver == Driver::Docker {
-        let d = inner.drivers.docker.as_ref().ok_or_else(|| {
-            AgentError::Invalid(format!(
-                "task {}: driver docker is disabled on this agent",
-                task.name
-            ))
-        })?;
-        DockerDriver::check(d.engine().options(), task)
-            .map_err(|e| AgentError::Invalid(e.to_string()))?;
+        let d = inner
+            .drivers
+            .docker
+            .as_ref()
+            .ok_or_else(|| AgentError::DockerDisabled {
+                task: task.name.clone(),
+            })?;
+        DockerDriver::check(d.engine().options(), task)?;
         // The driver mounts each bind of the alloc dir for the engine itself.
         let uid = nix::unistd::geteuid().as_raw();
         if uid != 0 {
-            return Err(AgentError::Invalid(format!(
-                "task {}: driver docker: {}",
-                task.name,
-                crate::driver::docker::binds::BindError::NotRoot { uid }
-            )));
+            return Err(AgentError::DockerBinds {
+                task: task.name.clone(),
+                source: crate::driver::docker::binds::BindError::NotRoot { uid },
+            });
         }
         return Ok(());
     }
@@ -33,8 +32,8 @@ pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
         task,
         &inner.settings.chroot_env,
         inner.settings.config.exec_allows_root(),
-    )
-    .map_err(|e| AgentError::Invalid(e.to_string()))
+    )?;
+    Ok(())
 }
 
 /// Create the allocation's dirs and hand its tasks what they need.
@@ -45,18 +44,26 @@ pub(crate) fn prepare(inner: &Inner, mut record: AllocRecord) -> Result<AllocRec
         .groups
         .iter()
         .find(|g| g.name == record.group)
-        .ok_or_else(|| AgentError::Invalid(format!("no group {}", record.group)))?;
+        .ok_or_else(|| AgentError::NoGroup {
+            group: record.group.clone(),
+        })?;
     let names: Vec<&str> = group.tasks.iter().map(|t| t.name.as_str()).collect();
-    alloc.create(&names).map_err(|e| {
-        AgentError::Internal(format!("create alloc dir {}: {e}", alloc.root.display()))
-    })?;
+    alloc
+        .create(&names)
+        .map_err(|source| AgentError::AllocDir {
+            path: alloc.root.clone(),
+            source,
+        })?;
     // The group's ports: once for the allocation, then every task's too.
     let group_ports = inner
         .ports
         .allocate(&record.alloc_id, &group.network)
-        .map_err(|e| {
+        .map_err(|source| {
             inner.ports.release(&record.alloc_id);
-            AgentError::Conflict(format!("group {}: {e}", group.name))
+            AgentError::GroupPorts {
+                group: group.name.clone(),
+                source,
+            }
         })?;
     for t in &group.tasks {
         match inner.ports.allocate(&record.alloc_id, &t.resources.ports) {
@@ -64,9 +71,12 @@ pub(crate) fn prepare(inner: &Inner, mut record: AllocRecord) -> Result<AllocRec
                 p.extend(group_ports.iter().cloned());
                 record.ports.insert(t.name.clone(), p);
             }
-            Err(e) => {
+            Err(source) => {
                 inner.ports.release(&record.alloc_id);
-                return Err(AgentError::Conflict(format!("task {}: {e}", t.name)));
+                return Err(AgentError::TaskPorts {
+                    task: t.name.clone(),
+                    source,
+                });
             }
         }
         if t.driver == Driver::Exec {
@@ -74,12 +84,17 @@ pub(crate) fn prepare(inner: &Inner, mut record: AllocRecord) -> Result<AllocRec
                 .user
                 .as_deref()
                 .unwrap_or(spawn::config::DEFAULT_EXEC_USER);
-            let (uid, gid) = spawn::config::resolve_user(user).ok_or_else(|| {
-                AgentError::Invalid(format!("task {}: user: unknown user {user:?}", t.name))
-            })?;
-            alloc.prepare_for_user(&t.name, uid, gid).map_err(|e| {
-                AgentError::Internal(format!("prepare {}: {e}", alloc.root.display()))
-            })?;
+            let (uid, gid) =
+                spawn::config::resolve_user(user).ok_or_else(|| AgentError::UnknownUser {
+                    task: t.name.clone(),
+                    user: user.to_string(),
+                })?;
+            alloc
+                .prepare_for_user(&t.name, uid, gid)
+                .map_err(|source| AgentError::PrepareAlloc {
+                    path: alloc.root.clone(),
+                    source,
+                })?;
         }
     }
     Ok(record)

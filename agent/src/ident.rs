@@ -4,6 +4,7 @@
 //! never reaches an unrelated process that inherited the number.
 
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 use rustix::process::{Pid, PidfdFlags, Signal};
 
@@ -256,17 +257,52 @@ impl Leftovers {
         }
         if let Some(socket) = &self.socket {
             if let Err(problem) = remove_dead_socket(socket, self.daemon.as_ref()) {
-                problems.push(problem);
+                problems.push(problem.to_string());
             }
         }
         problems
     }
 }
 
+/// Why the socket of a tend-spawn was left in place.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Its daemon still lives.
+    #[error("tend-spawn (pid {pid}) still lives: its socket {} stays", .socket.display())]
+    DaemonLives {
+        /// The daemon.
+        pid: i32,
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// Whether something listens on it cannot be told.
+    #[error("cannot check socket {}: {source}", .socket.display())]
+    Check {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Something still answers on it.
+    #[error("socket {} still answers: it stays", .socket.display())]
+    Answers {
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// It cannot be removed.
+    #[error("cannot remove socket {}: {source}", .socket.display())]
+    Remove {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// Remove the socket file of a tend-spawn that is gone, only when sure: its
 /// daemon (when known) is dead, and a connect is refused (nothing listens on
 /// it). A socket someone still answers on stays.
-pub fn remove_dead_socket(socket: &std::path::Path, daemon: Option<&ProcId>) -> Result<(), String> {
+pub fn remove_dead_socket(socket: &Path, daemon: Option<&ProcId>) -> Result<(), SocketError> {
     // A SIGKILLed daemon is gone within moments; one that is not stays ours.
     for _ in 0..100 {
         if !daemon.is_some_and(ProcId::alive) {
@@ -275,27 +311,33 @@ pub fn remove_dead_socket(socket: &std::path::Path, daemon: Option<&ProcId>) -> 
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     if daemon.is_some_and(ProcId::alive) {
-        return Err(format!(
-            "tend-spawn (pid {}) still lives: its socket {} stays",
-            daemon.map_or(0, |d| d.pid),
-            socket.display()
-        ));
+        return Err(SocketError::DaemonLives {
+            pid: daemon.map_or(0, |d| d.pid),
+            socket: socket.to_path_buf(),
+        });
     }
     match std::os::unix::net::UnixStream::connect(socket) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot check socket {}: {e}", socket.display())),
+        Err(source) => {
+            return Err(SocketError::Check {
+                socket: socket.to_path_buf(),
+                source,
+            })
+        }
         Ok(_) => {
-            return Err(format!(
-                "socket {} still answers: it stays",
-                socket.display()
-            ))
+            return Err(SocketError::Answers {
+                socket: socket.to_path_buf(),
+            })
         }
     }
     match std::fs::remove_file(socket) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot remove socket {}: {e}", socket.display())),
+        Err(source) => Err(SocketError::Remove {
+            socket: socket.to_path_buf(),
+            source,
+        }),
     }
 }
 

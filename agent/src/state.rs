@@ -28,13 +28,27 @@ pub enum StateError {
         /// The error.
         source: std::io::Error,
     },
-    /// A file is not valid.
-    #[error("state: {path}: {reason}")]
-    Invalid {
+    /// A file is not valid JSON of its record.
+    #[error("state: {path}: {source}")]
+    Json {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        /// The error.
+        source: serde_json::Error,
+    },
+    /// A token file does not hold a token.
+    #[error("state: {path}: not a 64-digit hex token")]
+    Token {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A task file cannot be brought to the current schema.
+    #[error("state: {path}: {source}")]
+    Upgrade {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: UpgradeError,
     },
     /// A file could not be written.
     #[error("state: write {path}: {source}")]
@@ -250,15 +264,35 @@ impl TaskRecord {
     }
 }
 
+/// Why a task file cannot be brought to the current schema.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// A schema 1 file that is not an object.
+    #[error("not a JSON object")]
+    NotObject,
+    /// A schema 1 file whose upgrade does not decode.
+    #[error("schema 1 upgrade: {0}")]
+    Schema1(#[source] serde_json::Error),
+    /// A current file that does not decode.
+    #[error(transparent)]
+    Decode(serde_json::Error),
+    /// Written by a newer tend.
+    #[error("schema {schema} is newer than this tend understands ({SCHEMA}); upgrade tend")]
+    Newer {
+        /// The file's schema.
+        schema: u64,
+    },
+}
+
 /// Turn a task file of any schema this build knows into the current one.
 ///
 /// Schema 1 kept the daemon's pid, socket and instance at the top level of the
 /// record and had no task start time; schema 2 groups them in `handle`.
-pub fn upgrade_task(mut v: serde_json::Value) -> Result<TaskRecord, String> {
+pub fn upgrade_task(mut v: serde_json::Value) -> Result<TaskRecord, UpgradeError> {
     let schema = v.get("schema").and_then(|s| s.as_u64()).unwrap_or(1);
     match schema {
         1 => {
-            let obj = v.as_object_mut().ok_or("not a JSON object")?;
+            let obj = v.as_object_mut().ok_or(UpgradeError::NotObject)?;
             let pid = obj.remove("daemon_pid");
             let socket = obj.remove("socket_path");
             let instance = obj.remove("instance");
@@ -284,12 +318,10 @@ pub fn upgrade_task(mut v: serde_json::Value) -> Result<TaskRecord, String> {
             obj.remove("driver");
             obj.insert("handle".into(), handle);
             obj.insert("schema".into(), serde_json::json!(SCHEMA));
-            serde_json::from_value(v).map_err(|e| format!("schema 1 upgrade: {e}"))
+            serde_json::from_value(v).map_err(UpgradeError::Schema1)
         }
-        2 => serde_json::from_value(v).map_err(|e| e.to_string()),
-        n => Err(format!(
-            "schema {n} is newer than this tend understands ({SCHEMA}); upgrade tend"
-        )),
+        2 => serde_json::from_value(v).map_err(UpgradeError::Decode),
+        n => Err(UpgradeError::Newer { schema: n }),
     }
 }
 
@@ -339,9 +371,9 @@ impl StateStore {
     }
 
     fn write_json<T: Serialize>(&self, path: &Path, v: &T, mode: u32) -> Result<(), StateError> {
-        let mut bytes = serde_json::to_vec_pretty(v).map_err(|e| StateError::Invalid {
+        let mut bytes = serde_json::to_vec_pretty(v).map_err(|source| StateError::Json {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         })?;
         bytes.push(b'\n');
         atomic::write(path, &bytes, mode).map_err(|source| StateError::Write {
@@ -379,10 +411,7 @@ impl StateStore {
         })?;
         let bytes = names::from_hex(text.trim())
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            .ok_or_else(|| StateError::Invalid {
-                path,
-                reason: "not a 64-digit hex token".into(),
-            })?;
+            .ok_or(StateError::Token { path })?;
         Ok(Token(bytes))
     }
 
@@ -429,10 +458,10 @@ impl StateStore {
             let alloc: AllocRecord = match read_json(&alloc_path) {
                 Ok(v) => match serde_json::from_value(v) {
                     Ok(a) => a,
-                    Err(e) => {
-                        errors.push(StateError::Invalid {
+                    Err(source) => {
+                        errors.push(StateError::Json {
                             path: alloc_path,
-                            reason: e.to_string(),
+                            source,
                         });
                         continue;
                     }
@@ -461,9 +490,9 @@ impl StateStore {
             files.sort();
             for f in files {
                 match read_json(&f).and_then(|v| {
-                    upgrade_task(v).map_err(|reason| StateError::Invalid {
+                    upgrade_task(v).map_err(|source| StateError::Upgrade {
                         path: f.clone(),
-                        reason,
+                        source,
                     })
                 }) {
                     Ok(t) => tasks.push(t),
@@ -492,9 +521,9 @@ fn read_json(path: &Path) -> Result<serde_json::Value, StateError> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| StateError::Invalid {
+    serde_json::from_slice(&bytes).map_err(|source| StateError::Json {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source,
     })
 }
 
@@ -561,6 +590,7 @@ mod tests {
     fn newer_schemas_and_bad_files_are_reported_not_fatal() {
         assert!(upgrade_task(serde_json::json!({"schema": 99}))
             .unwrap_err()
+            .to_string()
             .contains("newer"));
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();

@@ -155,7 +155,7 @@ fn apply_policy(config: &mut SpawnConfig) -> Result<Option<setuid::Context>, Sta
     }
     setuid::Context::establish(config)
         .map(Some)
-        .map_err(|line| StartFailure::plain(Stage::Config, line))
+        .map_err(|e| StartFailure::plain(Stage::Config, e.to_string()))
 }
 
 /// Who the task runs as, looked up before any fork: in setuid mode the

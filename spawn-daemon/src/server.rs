@@ -143,11 +143,33 @@ pub trait Handler {
     /// The exit, once recorded.
     fn exit(&self) -> Option<ExitStatus>;
     /// Signal the task's main process.
-    fn signal(&mut self, signo: i32) -> Result<(), String>;
+    fn signal(&mut self, signo: i32) -> Result<(), CommandError>;
     /// Stop the task: `signal`, then SIGKILL after `grace_ms`.
-    fn stop(&mut self, signal: i32, grace_ms: u64) -> Result<(), String>;
+    fn stop(&mut self, signal: i32, grace_ms: u64) -> Result<(), CommandError>;
     /// The agent has recorded the exit: leave if the task has exited.
-    fn release(&mut self) -> Result<(), String>;
+    fn release(&mut self) -> Result<(), CommandError>;
+}
+
+/// Why the daemon refused a command; its line is the Error response's text.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The number is no signal.
+    #[error("{0} is not a signal")]
+    NotASignal(i32),
+    /// The task has exited: there is nothing to signal.
+    #[error("task has exited")]
+    Exited,
+    /// The kernel refused the signal.
+    #[error("signal {signo}: {source}")]
+    Signal {
+        /// The signal.
+        signo: i32,
+        /// Why.
+        source: io::Error,
+    },
+    /// Release before the exit is recorded.
+    #[error("task still running")]
+    StillRunning,
 }
 
 /// One connection's protocol state, free of I/O.
@@ -190,9 +212,9 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.fatal(format!("bad request: {e}")),
         };
-        let reply = |r: Result<(), String>| match r {
+        let reply = |r: Result<(), CommandError>| match r {
             Ok(()) => Response::Ok,
-            Err(e) => Response::Error(e),
+            Err(e) => Response::Error(e.to_string()),
         };
         match req {
             Request::Status => vec![Response::Status(h.status())],

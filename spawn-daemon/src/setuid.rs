@@ -110,6 +110,34 @@ pub enum SetuidError {
     },
 }
 
+/// Why a setuid start is refused before anything is created: the one line
+/// its start failure reports.
+#[derive(Debug, thiserror::Error)]
+pub enum EstablishError {
+    /// The caller's ids cannot be read.
+    #[error("setuid: reading the caller's ids: {0}")]
+    CallerIds(#[source] io::Error),
+    /// A change of file ids failed.
+    #[error(transparent)]
+    Setuid(#[from] SetuidError),
+    /// The policy file cannot be used.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The policy refuses the config.
+    #[error(transparent)]
+    Refused(#[from] crate::policy::PolicyRefusal),
+    /// The task's user would be root, whatever the policy says.
+    #[error("policy {}: task_users: a task never runs as uid 0 or gid 0 (uid {uid}, gid {gid})", .policy.display())]
+    RootTask {
+        /// The policy file.
+        policy: std::path::PathBuf,
+        /// The task's uid.
+        uid: u32,
+        /// The task's gid.
+        gid: u32,
+    },
+}
+
 fn step<T>(name: impl Into<String>, r: io::Result<T>) -> Result<T, SetuidError> {
     r.map_err(|source| SetuidError::Step {
         step: name.into(),
@@ -482,21 +510,18 @@ impl Context {
     /// ([`crate::policy::Policy::apply_defaults`]) and check it against every
     /// rule, as the caller. Any refusal is the one line to report; nothing has
     /// been created or started then.
-    pub fn establish(config: &mut tend_proto::SpawnConfig) -> Result<Context, String> {
+    pub fn establish(config: &mut tend_proto::SpawnConfig) -> Result<Context, EstablishError> {
         use crate::policy::{Caller, Policy, SystemAccounts};
-        let caller =
-            Caller::current().map_err(|e| format!("setuid: reading the caller's ids: {e}"))?;
+        let caller = Caller::current().map_err(EstablishError::CallerIds)?;
         let ids = CallerIds::from(&caller);
-        let path = as_caller(&Linux, &ids, policy_path).map_err(|e| e.to_string())?;
-        let policy = Policy::load(&path).map_err(|e| e.to_string())?;
-        enter_caller_fs(&Linux, &ids).map_err(|e| e.to_string())?;
+        let path = as_caller(&Linux, &ids, policy_path)?;
+        let policy = Policy::load(&path)?;
+        enter_caller_fs(&Linux, &ids)?;
         policy.apply_defaults(config);
-        policy.check(&caller, config).map_err(|e| e.to_string())?;
+        policy.check(&caller, config)?;
         let task = match &config.isolation {
             Some(iso) => {
-                let acct = policy
-                    .check_task_user(&iso.user, &SystemAccounts)
-                    .map_err(|e| e.to_string())?;
+                let acct = policy.check_task_user(&iso.user, &SystemAccounts)?;
                 crate::child::Isolation {
                     uid: acct.uid,
                     gid: acct.gid,
@@ -508,12 +533,11 @@ impl Context {
             },
         };
         if task.uid == 0 || task.gid == 0 {
-            return Err(format!(
-                "policy {}: task_users: a task never runs as uid 0 or gid 0 (uid {}, gid {})",
-                policy.path.display(),
-                task.uid,
-                task.gid
-            ));
+            return Err(EstablishError::RootTask {
+                policy: policy.path.clone(),
+                uid: task.uid,
+                gid: task.gid,
+            });
         }
         Ok(Context {
             caller,

@@ -175,6 +175,14 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// Its cgroup_parent would leave the hierarchy's root.
+    #[error("agent config {path}: cgroup_parent: {source}")]
+    CgroupParent {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: CgroupParentError,
+    },
 }
 
 /// The drivers the agent knows.
@@ -212,7 +220,10 @@ impl AgentConfig {
             }
         }
         if let Some(parent) = &cfg.cgroup_parent {
-            check_cgroup_parent(parent).map_err(|e| invalid(format!("cgroup_parent: {e}")))?;
+            check_cgroup_parent(parent).map_err(|source| ConfigError::CgroupParent {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
         for (name, v) in [
             ("gc_retention", &cfg.gc_retention),
@@ -272,16 +283,26 @@ impl AgentConfig {
     }
 }
 
+/// A cgroup parent that would leave the hierarchy's root.
+#[derive(Debug, thiserror::Error)]
+#[error("{parent:?} must be a relative path without '..'")]
+pub struct CgroupParentError {
+    /// The parent given.
+    pub parent: String,
+}
+
 /// A cgroup parent is a relative path of plain names: never absolute, never
 /// `..`, so that it stays under the hierarchy's root.
-pub fn check_cgroup_parent(parent: &str) -> Result<String, String> {
+pub fn check_cgroup_parent(parent: &str) -> Result<String, CgroupParentError> {
     let p = Path::new(parent);
     if parent.is_empty()
         || p.is_absolute()
         || p.components()
             .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
-        return Err(format!("{parent:?} must be a relative path without '..'"));
+        return Err(CgroupParentError {
+            parent: parent.to_string(),
+        });
     }
     Ok(parent.to_string())
 }
@@ -344,6 +365,17 @@ plugin "docker" {
         assert!(e.to_string().contains("range"), "{e}");
         let e = AgentConfig::parse("cgroup_parent = \"../x\"\n", Path::new("a.hcl")).unwrap_err();
         assert!(e.to_string().contains("cgroup_parent"), "{e}");
+    }
+
+    #[test]
+    fn a_cgroup_parent_outside_the_root_is_named_with_the_file() {
+        let e = AgentConfig::parse("cgroup_parent = \"/x\"\n", Path::new("a.hcl")).unwrap_err();
+        assert!(matches!(&e, ConfigError::CgroupParent { source, .. } if source.parent == "/x"));
+        assert_eq!(
+            e.to_string(),
+            "agent config a.hcl: cgroup_parent: \"/x\" must be a relative path without '..'"
+        );
+        assert!(check_cgroup_parent("tend/jobs").is_ok());
     }
 
     #[test]

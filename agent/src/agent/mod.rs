@@ -2,6 +2,7 @@
 //! task through its driver, and on start reattaches to every task it had.
 
 pub mod config;
+pub mod error;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use crate::paths::Dirs;
 use crate::runner::{self, Start};
 use crate::state::{AllocRecord, Desired, StateStore, TaskEvent, TaskPhase, TaskRecord, SCHEMA};
 use config::{AgentConfig, PortRange};
+pub use error::{AgentError, Straggler};
 
 /// The agent's settings: the config file with every default filled in.
 #[derive(Debug, Clone)]
@@ -80,42 +82,6 @@ impl Settings {
             linger: Duration::from_secs(3600),
             config,
         })
-    }
-}
-
-/// Why the agent refused a request.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// No such allocation or task.
-    #[error("{0}")]
-    NotFound(String),
-    /// A prefix names several allocations.
-    #[error("{0}")]
-    Ambiguous(String),
-    /// The request is not valid.
-    #[error("{0}")]
-    Invalid(String),
-    /// The request conflicts with the state (e.g. signalling a dead task).
-    #[error("{0}")]
-    Conflict(String),
-    /// Something on the host failed.
-    #[error("{0}")]
-    Internal(String),
-    /// It did not happen within the time it had; says what is still waited for.
-    #[error("{0}")]
-    Timeout(String),
-}
-
-impl AgentError {
-    /// The HTTP status that answers it.
-    pub fn status(&self) -> u16 {
-        match self {
-            AgentError::NotFound(_) => 404,
-            AgentError::Ambiguous(_) | AgentError::Conflict(_) => 409,
-            AgentError::Invalid(_) => 400,
-            AgentError::Internal(_) => 500,
-            AgentError::Timeout(_) => 504,
-        }
     }
 }
 
@@ -300,25 +266,18 @@ fn lock_data_dir(
 impl Agent {
     /// An agent over `settings`; creates its dirs.
     pub fn new(settings: Settings) -> Result<Agent, AgentError> {
-        let internal =
-            |what: &str, e: &dyn std::fmt::Display| AgentError::Internal(format!("{what}: {e}"));
+        let dir = |what: &'static str, path: PathBuf| {
+            move |source| AgentError::Dir { what, path, source }
+        };
         std::fs::create_dir_all(&settings.dirs.data_dir)
-            .map_err(|e| internal(&format!("create {}", settings.dirs.data_dir.display()), &e))?;
+            .map_err(dir("create", settings.dirs.data_dir.clone()))?;
         crate::paths::ensure_private_dir(&settings.dirs.run_dir)
-            .map_err(|e| internal(&format!("run dir {}", settings.dirs.run_dir.display()), &e))?;
-        crate::paths::ensure_private_dir(&settings.dirs.socket_dir()).map_err(|e| {
-            internal(
-                &format!("socket dir {}", settings.dirs.socket_dir().display()),
-                &e,
-            )
-        })?;
+            .map_err(dir("run dir", settings.dirs.run_dir.clone()))?;
+        crate::paths::ensure_private_dir(&settings.dirs.socket_dir())
+            .map_err(dir("socket dir", settings.dirs.socket_dir()))?;
         // Allocs made by an older agent were open to every user: closed now.
-        crate::paths::ensure_private_dir(&settings.dirs.allocs_dir()).map_err(|e| {
-            internal(
-                &format!("allocs dir {}", settings.dirs.allocs_dir().display()),
-                &e,
-            )
-        })?;
+        crate::paths::ensure_private_dir(&settings.dirs.allocs_dir())
+            .map_err(dir("allocs dir", settings.dirs.allocs_dir()))?;
         if settings.sweep_binds {
             crate::driver::docker::binds::sweep(&settings.dirs.binds_dir());
         }
@@ -329,7 +288,7 @@ impl Agent {
         if settings.config.driver_enabled("exec") && nix::unistd::geteuid().is_root() {
             tend_cgroup::Hierarchies::detect()
                 .and_then(|h| h.check_parent(&settings.cgroup_parent))
-                .map_err(|e| AgentError::Internal(format!("exec driver: {e}")))?;
+                .map_err(AgentError::ExecCgroup)?;
         }
         let docker = if settings.config.driver_enabled("docker") {
             let p = settings
@@ -349,8 +308,8 @@ impl Agent {
                 allow_host_binds: p.allow_host_binds,
                 cpu_total_compute: settings.config.cpu_total_compute,
             };
-            let engine = crate::driver::docker::DockerDriver::new(opts)
-                .map_err(|e| internal("docker driver", &e))?;
+            let engine =
+                crate::driver::docker::DockerDriver::new(opts).map_err(AgentError::DockerDriver)?;
             Some(Arc::new(crate::driver::docker::run::ContainerDriver::new(
                 engine,
                 settings.dirs.clone(),
@@ -370,29 +329,30 @@ impl Agent {
             }),
             docker,
         };
-        let store =
-            StateStore::open(&settings.state_dir).map_err(|e| internal("state store", &e))?;
+        let store = StateStore::open(&settings.state_dir).map_err(AgentError::StateStore)?;
         let lock_path = settings.state_dir.join("agent.lock");
         let lock_file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| internal(&format!("open {}", lock_path.display()), &e))?;
-        let lock = lock_data_dir(lock_file, LOCK_WAIT).map_err(|e| {
-            AgentError::Conflict(format!(
-                "another agent holds the data dir {} ({}: {e})",
-                settings.dirs.data_dir.display(),
-                lock_path.display()
-            ))
-        })?;
+            .map_err(|source| AgentError::LockFile {
+                path: lock_path.clone(),
+                source,
+            })?;
+        let lock =
+            lock_data_dir(lock_file, LOCK_WAIT).map_err(|source| AgentError::DataDirLocked {
+                data_dir: settings.dirs.data_dir.clone(),
+                lock: lock_path.clone(),
+                source,
+            })?;
         let (events, _) = broadcast::channel(1024);
         let r = settings.port_range;
         let ports = crate::ports::PortAllocator::new(
             r.min..=r.max,
             std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         )
-        .map_err(|e| internal("ports", &e))?;
+        .map_err(AgentError::PortRange)?;
         Ok(Agent {
             inner: Arc::new(Inner {
                 settings,
@@ -417,11 +377,7 @@ impl Agent {
     /// Returns when every task is resolved.
     pub async fn reattach(&self) -> Result<ReattachReport, AgentError> {
         let t0 = Instant::now();
-        let (loaded, errors) = self
-            .inner
-            .store
-            .load()
-            .map_err(|e| AgentError::Internal(e.to_string()))?;
+        let (loaded, errors) = self.inner.store.load()?;
         for e in &errors {
             tracing::error!(error = %e, "unreadable state file: skipped");
         }
@@ -541,12 +497,10 @@ impl Agent {
     pub fn submit(&self, job: Job) -> Result<Vec<String>, AgentError> {
         for t in job.groups.iter().flat_map(|g| &g.tasks) {
             if !self.inner.settings.config.driver_enabled(t.driver.name()) {
-                return Err(AgentError::Invalid(format!(
-                    "task {}: driver {} is disabled on this agent (plugin \"{}\" {{ enabled = false }})",
-                    t.name,
-                    t.driver.name(),
-                    t.driver.name()
-                )));
+                return Err(AgentError::DriverDisabled {
+                    task: t.name.clone(),
+                    driver: t.driver.name(),
+                });
             }
             crate::alloc::preflight(&self.inner, t)?;
         }
@@ -565,10 +519,7 @@ impl Agent {
                     ports: Default::default(),
                 };
                 let record = crate::alloc::prepare(&self.inner, record)?;
-                self.inner
-                    .store
-                    .put_alloc(&record)
-                    .map_err(|e| AgentError::Internal(e.to_string()))?;
+                self.inner.store.put_alloc(&record)?;
                 let mut starts = Vec::new();
                 {
                     let mut allocs = self.inner.allocs.lock().expect("allocs lock");
@@ -579,9 +530,7 @@ impl Agent {
                     for t in &group.tasks {
                         let (tx, rx) = mpsc::unbounded_channel();
                         let rec = TaskRecord::new(&alloc_id, &t.name);
-                        if let Err(e) = self.inner.store.put_task(&rec) {
-                            return Err(AgentError::Internal(e.to_string()));
-                        }
+                        self.inner.store.put_task(&rec)?;
                         slot.tasks.insert(
                             t.name.clone(),
                             TaskSlot {
@@ -613,9 +562,7 @@ impl Agent {
     pub fn resolve_alloc(&self, prefix: &str) -> Result<String, AgentError> {
         if prefix.is_empty() {
             // "" is a prefix of every id: it would pick the only allocation.
-            return Err(AgentError::Invalid(
-                "the allocation id is empty: give an id or a unique prefix of one".into(),
-            ));
+            return Err(AgentError::EmptyAllocId);
         }
         let allocs = self.inner.allocs.lock().expect("allocs lock");
         if allocs.contains_key(prefix) {
@@ -623,18 +570,14 @@ impl Agent {
         }
         let hits: Vec<&String> = allocs.keys().filter(|k| k.starts_with(prefix)).collect();
         match hits.as_slice() {
-            [] => Err(AgentError::NotFound(format!(
-                "no allocation matches {prefix:?}"
-            ))),
+            [] => Err(AgentError::NoAllocMatch {
+                prefix: prefix.to_string(),
+            }),
             [one] => Ok((*one).clone()),
-            many => Err(AgentError::Ambiguous(format!(
-                "{prefix:?} matches {} allocations: {}",
-                many.len(),
-                many.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+            many => Err(AgentError::AmbiguousAlloc {
+                prefix: prefix.to_string(),
+                matches: many.iter().map(|s| (*s).clone()).collect(),
+            }),
         }
     }
 
@@ -681,16 +624,15 @@ impl Agent {
                 continue;
             }
             self.inner.ports.release(&id);
-            if let Err(e) = self.inner.store.remove_alloc(&id) {
-                return Err(AgentError::Internal(format!("gc of {id}: {e}")));
-            }
+            self.inner.store.remove_alloc(&id)?;
             let dir = self.inner.settings.dirs.alloc(&id);
             if let Err(e) = std::fs::remove_dir_all(&dir.root) {
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(AgentError::Internal(format!(
-                        "gc of {id}: removing {}: {e}",
-                        dir.root.display()
-                    )));
+                    return Err(AgentError::CollectDir {
+                        alloc: id,
+                        path: dir.root.clone(),
+                        source: e,
+                    });
                 }
             }
             tracing::info!(alloc = %id, "allocation collected");
@@ -704,11 +646,11 @@ impl Agent {
         let mut allocs = self.inner.allocs.lock().expect("allocs lock");
         let slot = allocs
             .get_mut(alloc_id)
-            .ok_or_else(|| AgentError::NotFound(format!("no allocation {alloc_id}")))?;
+            .ok_or_else(|| AgentError::NoAlloc {
+                alloc: alloc_id.to_string(),
+            })?;
         slot.record.desired = Desired::Stop;
-        if let Err(e) = self.inner.store.put_alloc(&slot.record) {
-            return Err(AgentError::Internal(e.to_string()));
-        }
+        self.inner.store.put_alloc(&slot.record)?;
         for t in slot.tasks.values() {
             let _ = t.ctl.send(Control::Stop);
         }
@@ -750,18 +692,18 @@ impl Agent {
                 return Ok(tasks);
             }
             if tokio::time::Instant::now() >= until {
-                let what: Vec<String> = alive
-                    .iter()
-                    .map(|t| match &t.unreachable {
-                        Some(why) => format!("{}: tend-spawn does not answer ({why})", t.task),
-                        None => format!("{}: still {}", t.task, t.phase),
-                    })
-                    .collect();
-                return Err(AgentError::Timeout(format!(
-                    "allocation {alloc_id} is not stopped after {} s: {}",
-                    patience.as_secs(),
-                    what.join("; ")
-                )));
+                return Err(AgentError::StopTimeout {
+                    alloc: alloc_id.to_string(),
+                    secs: patience.as_secs(),
+                    alive: alive
+                        .iter()
+                        .map(|t| Straggler {
+                            task: t.task.clone(),
+                            phase: t.phase,
+                            unreachable: t.unreachable.clone(),
+                        })
+                        .collect(),
+                });
             }
             // An event wakes the check at once; the tick covers a lagging
             // receiver and a change that made no event.
@@ -783,27 +725,33 @@ impl Agent {
         let (tx, rx) = oneshot::channel();
         {
             let allocs = self.inner.allocs.lock().expect("allocs lock");
-            let slot = allocs
-                .get(alloc_id)
-                .ok_or_else(|| AgentError::NotFound(format!("no allocation {alloc_id}")))?;
-            let t = slot.tasks.get(task).ok_or_else(|| {
-                AgentError::NotFound(format!("allocation {alloc_id} has no task {task:?}"))
+            let slot = allocs.get(alloc_id).ok_or_else(|| AgentError::NoAlloc {
+                alloc: alloc_id.to_string(),
+            })?;
+            let t = slot.tasks.get(task).ok_or_else(|| AgentError::NoTask {
+                alloc: alloc_id.to_string(),
+                task: task.to_string(),
             })?;
             if t.record.phase != TaskPhase::Running {
-                return Err(AgentError::Conflict(format!(
-                    "task {task} is not running ({})",
-                    t.record.phase
-                )));
+                return Err(AgentError::NotRunning {
+                    task: task.to_string(),
+                    phase: t.record.phase,
+                });
             }
             t.ctl
                 .send(Control::Signal(signo, tx))
-                .map_err(|_| AgentError::Conflict(format!("task {task} is not running")))?;
+                .map_err(|_| AgentError::RunnerGone {
+                    task: task.to_string(),
+                })?;
         }
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
-            Ok(Ok(r)) => r.map_err(AgentError::Conflict),
-            _ => Err(AgentError::Conflict(format!(
-                "task {task} did not take the signal"
-            ))),
+            Ok(Ok(r)) => r.map_err(|source| AgentError::Signal {
+                task: task.to_string(),
+                source,
+            }),
+            _ => Err(AgentError::SignalUnanswered {
+                task: task.to_string(),
+            }),
         }
     }
 
@@ -824,9 +772,9 @@ impl Agent {
     /// A snapshot of one allocation.
     pub fn alloc(&self, alloc_id: &str) -> Result<(AllocRecord, Vec<TaskRecord>), AgentError> {
         let allocs = self.inner.allocs.lock().expect("allocs lock");
-        let a = allocs
-            .get(alloc_id)
-            .ok_or_else(|| AgentError::NotFound(format!("no allocation {alloc_id}")))?;
+        let a = allocs.get(alloc_id).ok_or_else(|| AgentError::NoAlloc {
+            alloc: alloc_id.to_string(),
+        })?;
         Ok((
             a.record.clone(),
             a.tasks.values().map(|t| t.record.clone()).collect(),
@@ -858,7 +806,8 @@ mod tests {
         let first = Agent::new(settings()).unwrap();
         let second = Agent::new(settings());
         assert!(
-            matches!(&second, Err(AgentError::Conflict(m)) if m.contains("another agent")),
+            matches!(&second, Err(e @ AgentError::DataDirLocked { .. })
+                if e.status() == 409 && e.to_string().contains("another agent")),
             "{:?}",
             second.as_ref().err()
         );

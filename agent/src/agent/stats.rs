@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tend_proto::msg::{CgroupStats, Pressure, PressureLine};
 
 use super::{Agent, AgentError};
-use crate::driver::TaskDriver;
+use crate::driver::{RunError, TaskDriver};
 use crate::state::{TaskPhase, TaskRecord};
 
 impl Agent {
@@ -29,7 +29,7 @@ impl Agent {
             let driver = driver_of(&t.task);
             let (stats, reason) = match self.task_stats(t).await {
                 Ok(s) => (s, None),
-                Err(why) => (CgroupStats::default(), Some(why)),
+                Err(why) => (CgroupStats::default(), Some(why.to_string())),
             };
             out.push(task_stats_json(t, driver, &stats, reason.as_deref()));
         }
@@ -47,18 +47,29 @@ impl Agent {
     }
 
     /// One task's figures, or why there are none.
-    async fn task_stats(&self, t: &TaskRecord) -> Result<CgroupStats, String> {
+    async fn task_stats(&self, t: &TaskRecord) -> Result<CgroupStats, NoStats> {
         if t.phase != TaskPhase::Running {
-            return Err(format!("the task is {}", t.phase));
+            return Err(NoStats::NotRunning(t.phase));
         }
-        let handle = t
-            .handle
-            .as_ref()
-            .ok_or_else(|| "the task has no handle yet".to_string())?;
+        let handle = t.handle.as_ref().ok_or(NoStats::NoHandle)?;
         let driver = self.inner.drivers.for_handle(handle)?;
         let token = self.inner.store.token(&t.alloc_id, &t.task).ok();
-        driver.stats(handle, token).await
+        Ok(driver.stats(handle, token).await?)
     }
+}
+
+/// Why a task has no figures to show.
+#[derive(Debug, thiserror::Error)]
+enum NoStats {
+    /// Only a running task uses anything.
+    #[error("the task is {0}")]
+    NotRunning(TaskPhase),
+    /// It runs but its driver has not handed back its handle yet.
+    #[error("the task has no handle yet")]
+    NoHandle,
+    /// Its driver could not say.
+    #[error(transparent)]
+    Driver(#[from] RunError),
 }
 
 /// One task's entry: the figures under the names of the wire struct, the

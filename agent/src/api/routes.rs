@@ -223,7 +223,7 @@ async fn stop(agent: &Agent, prefix: &str, req: &Request) -> Result<Reply, Refus
     let id = agent.resolve_alloc(prefix).map_err(agent_err)?;
     agent.stop_alloc(&id).map_err(agent_err)?;
     let wait = wire::flag(&req.query, "wait")
-        .map_err(|e| refuse(400, e))?
+        .map_err(|e| refuse(400, e.to_string()))?
         .unwrap_or(false);
     if !wait {
         let desired = "stop".to_string();
@@ -367,7 +367,7 @@ async fn stats(
 ) -> Result<Reply, Refusal> {
     let id = agent.resolve_alloc(prefix).map_err(agent_err)?;
     let follow = wire::flag(&req.query, "follow")
-        .map_err(|e| refuse(400, e))?
+        .map_err(|e| refuse(400, e.to_string()))?
         .unwrap_or(stream);
     let interval = match req.query.get("interval") {
         None => Duration::from_secs(1),

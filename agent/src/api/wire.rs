@@ -286,13 +286,26 @@ pub struct EventView {
     pub message: String,
 }
 
+/// A boolean query parameter that is neither true nor false.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: expected true or false, got {got:?}")]
+pub struct FlagError {
+    /// The parameter.
+    pub name: String,
+    /// What was given.
+    pub got: String,
+}
+
 /// A boolean query parameter: `true`/`1`, `false`/`0`, else what was given.
-pub fn flag(query: &BTreeMap<String, String>, name: &str) -> Result<Option<bool>, String> {
+pub fn flag(query: &BTreeMap<String, String>, name: &str) -> Result<Option<bool>, FlagError> {
     match query.get(name).map(String::as_str) {
         None => Ok(None),
         Some("true" | "1") => Ok(Some(true)),
         Some("false" | "0") => Ok(Some(false)),
-        Some(other) => Err(format!("{name}: expected true or false, got {other:?}")),
+        Some(other) => Err(FlagError {
+            name: name.to_string(),
+            got: other.to_string(),
+        }),
     }
 }
 
@@ -369,6 +382,19 @@ pub fn enc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flag_is_true_false_absent_or_named_in_its_error() {
+        let q: BTreeMap<String, String> = [("wait", "1"), ("follow", "no")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(flag(&q, "wait").unwrap(), Some(true));
+        assert_eq!(flag(&q, "other").unwrap(), None);
+        let e = flag(&q, "follow").unwrap_err();
+        assert_eq!(e.got, "no");
+        assert_eq!(e.to_string(), "follow: expected true or false, got \"no\"");
+    }
 
     #[test]
     fn percent_decoding_keeps_invalid_escapes() {

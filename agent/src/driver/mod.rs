@@ -62,13 +62,86 @@ pub enum DriverError {
     },
 }
 
+/// Why a driver could not signal a run or report what it uses.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The run's tend-spawn did not take the request.
+    #[error(transparent)]
+    Supervisor(#[from] spawn::retry::RetryError),
+    /// Talking to the run's tend-spawn failed.
+    #[error(transparent)]
+    Client(#[from] spawn::client::ClientError),
+    /// The run's tend-spawn exited (its pidfd says so) while waited on.
+    #[error("its pidfd says it exited")]
+    DaemonExited,
+    /// The run's tend-spawn did not answer in time.
+    #[error("tend-spawn at {} did not answer within {secs} s", .socket.display())]
+    SupervisorTimeout {
+        /// Its socket.
+        socket: std::path::PathBuf,
+        /// How long it had, seconds.
+        secs: u64,
+    },
+    /// The run's tend-spawn answered something else than asked for.
+    #[error("tend-spawn answered {answer:?} to a stats request")]
+    Unexpected {
+        /// The answer.
+        answer: Box<tend_proto::Response>,
+    },
+    /// The run's driver has no stats to give.
+    #[error("the {driver} driver does not report stats")]
+    NoStats {
+        /// The driver.
+        driver: String,
+    },
+    /// The run's per-run secret is not kept, so its tend-spawn cannot be asked.
+    #[error("its token is not kept")]
+    NoToken,
+    /// The handle of a docker run names no container.
+    #[error("the handle names no container")]
+    NoContainer,
+    /// The container is not running.
+    #[error("the container is not running")]
+    ContainerNotRunning,
+    /// The container no longer exists.
+    #[error("container {id} is gone")]
+    ContainerGone {
+        /// Its id.
+        id: String,
+    },
+    /// The docker engine failed the call.
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
+    /// The docker engine did not answer in time.
+    #[error("the docker engine did not answer within {secs} s")]
+    EngineTimeout {
+        /// How long it had, seconds.
+        secs: u64,
+    },
+    /// The run's driver is docker, disabled on this agent.
+    #[error("driver docker is disabled on this agent")]
+    DockerDisabled,
+    /// The task is between runs, waiting to restart.
+    #[error("the task is waiting to restart")]
+    Restarting,
+    /// The run's tend-spawn does not answer, so the signal was not sent.
+    #[error("tend-spawn does not answer ({why}); the signal was not sent")]
+    Unreachable {
+        /// Why, as last seen.
+        why: String,
+    },
+    /// A run of one driver was handed to another.
+    #[error("{MIXED}")]
+    Mixed,
+}
+
 /// What the runner asks of a run while its driver waits on it.
 #[derive(Debug)]
 pub enum Control {
     /// Stop it with its kill signal and timeout; no restart follows.
     Stop,
     /// Send it a signal.
-    Signal(i32, oneshot::Sender<Result<(), String>>),
+    Signal(i32, oneshot::Sender<Result<(), RunError>>),
 }
 
 /// The runner's controls of one task, served by its driver while it waits,
@@ -132,7 +205,7 @@ pub trait Journal: Send + Sync {
     /// The record (a copy).
     fn record(&self) -> Option<TaskRecord>;
     /// Keep the per-run secret of a supervisor.
-    fn put_token(&self, token: &Token) -> Result<(), String>;
+    fn put_token(&self, token: &Token) -> Result<(), crate::state::StateError>;
     /// The per-run secret kept for the task.
     fn token(&self) -> Option<Token>;
 }
@@ -253,7 +326,7 @@ pub trait TaskDriver {
         cx: &RunCtx<'_>,
         run: &Self::Run,
         signo: i32,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), RunError>> + Send;
 
     /// Stop the run with the task's kill signal and kill_timeout, in the
     /// background; the wait sees the end.
@@ -264,7 +337,7 @@ pub trait TaskDriver {
         &self,
         handle: &Handle,
         token: Option<Token>,
-    ) -> impl Future<Output = Result<CgroupStats, String>> + Send;
+    ) -> impl Future<Output = Result<CgroupStats, RunError>> + Send;
 
     /// Clean up what is left of a run that ended or was lost.
     fn destroy(&self, cx: &RunCtx<'_>, handle: &Handle) -> impl Future<Output = ()> + Send;
@@ -300,7 +373,7 @@ pub struct Drivers {
 
 impl Drivers {
     /// The driver of a task.
-    pub fn for_task(&self, task: &Task) -> Result<AnyDriver, String> {
+    pub fn for_task(&self, task: &Task) -> Result<AnyDriver, RunError> {
         match task.driver {
             Driver::RawExec | Driver::Exec => Ok(AnyDriver::Spawn(self.spawn.clone())),
             Driver::Docker => self.docker(),
@@ -308,7 +381,7 @@ impl Drivers {
     }
 
     /// The driver of the run a handle describes.
-    pub fn for_handle(&self, handle: &Handle) -> Result<AnyDriver, String> {
+    pub fn for_handle(&self, handle: &Handle) -> Result<AnyDriver, RunError> {
         if handle.container_id.is_some() {
             self.docker()
         } else {
@@ -316,11 +389,11 @@ impl Drivers {
         }
     }
 
-    fn docker(&self) -> Result<AnyDriver, String> {
+    fn docker(&self) -> Result<AnyDriver, RunError> {
         self.docker
             .clone()
             .map(AnyDriver::Docker)
-            .ok_or_else(|| "driver docker is disabled on this agent".to_string())
+            .ok_or(RunError::DockerDisabled)
     }
 }
 
@@ -363,11 +436,11 @@ impl TaskDriver for AnyDriver {
         }
     }
 
-    async fn signal(&self, cx: &RunCtx<'_>, run: &AnyRun, signo: i32) -> Result<(), String> {
+    async fn signal(&self, cx: &RunCtx<'_>, run: &AnyRun, signo: i32) -> Result<(), RunError> {
         match (self, run) {
             (AnyDriver::Spawn(d), AnyRun::Spawn(r)) => d.signal(cx, r, signo).await,
             (AnyDriver::Docker(d), AnyRun::Docker(r)) => d.signal(cx, r, signo).await,
-            _ => Err(MIXED.into()),
+            _ => Err(RunError::Mixed),
         }
     }
 
@@ -379,7 +452,7 @@ impl TaskDriver for AnyDriver {
         }
     }
 
-    async fn stats(&self, handle: &Handle, token: Option<Token>) -> Result<CgroupStats, String> {
+    async fn stats(&self, handle: &Handle, token: Option<Token>) -> Result<CgroupStats, RunError> {
         match self {
             AnyDriver::Spawn(d) => d.stats(handle, token).await,
             AnyDriver::Docker(d) => d.stats(handle, token).await,

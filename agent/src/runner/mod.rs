@@ -16,11 +16,12 @@ use tracing::Instrument;
 use crate::agent::Inner;
 use crate::driver::setup::{task_setup, TaskContext};
 use crate::driver::{
-    AnyDriver, Control, Controls, Ended, Journal, Recovered, RunCtx, StartSpec, TaskDriver,
+    AnyDriver, Control, Controls, Ended, Journal, Recovered, RunCtx, RunError, StartSpec,
+    TaskDriver,
 };
 use crate::jobspec::{Group, Task};
 use crate::outcome::humanize;
-use crate::state::{AllocRecord, Desired, Handle, TaskEvent, TaskPhase, TaskRecord};
+use crate::state::{AllocRecord, Desired, Handle, StateError, TaskEvent, TaskPhase, TaskRecord};
 use restart::{Decision, RestartTracker};
 
 /// How a task loop begins.
@@ -225,7 +226,7 @@ async fn task_life(
                                 return;
                             }
                             Some(Control::Signal(_, reply)) => {
-                                let _ = reply.send(Err("the task is waiting to restart".into()));
+                                let _ = reply.send(Err(RunError::Restarting));
                             }
                         }
                     }
@@ -313,7 +314,7 @@ async fn start_run(
     let driver = inner
         .drivers
         .for_task(task)
-        .map_err(|e| crate::driver::never_started(cx, run, e))?;
+        .map_err(|e| crate::driver::never_started(cx, run, e.to_string()))?;
     let ports = alloc.ports.get(&task.name).cloned().unwrap_or_default();
     let setup = task_setup(&TaskContext {
         job: &alloc.job,
@@ -356,7 +357,7 @@ async fn reattach(
 ) -> Recovered<(AnyDriver, crate::driver::AnyRun)> {
     let driver = match inner.drivers.for_handle(&handle) {
         Ok(d) => d,
-        Err(e) => return Recovered::Ended(Ended::Lost(e)),
+        Err(e) => return Recovered::Ended(Ended::Lost(e.to_string())),
     };
     let mut unreachable = || ready.say(Resolved::Unreachable);
     let found = driver.recover(cx, handle, ctl, &mut unreachable).await;
@@ -383,11 +384,10 @@ impl Journal for TaskJournal {
         self.inner.task_record(&self.alloc_id, &self.task)
     }
 
-    fn put_token(&self, token: &Token) -> Result<(), String> {
+    fn put_token(&self, token: &Token) -> Result<(), StateError> {
         self.inner
             .store
             .put_token(&self.alloc_id, &self.task, token)
-            .map_err(|e| e.to_string())
     }
 
     fn token(&self) -> Option<Token> {

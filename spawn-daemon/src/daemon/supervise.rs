@@ -19,7 +19,7 @@ use super::{DRAIN_LIMIT, INIT_DEATH_WAIT, KILL_LIMIT, SWEEP_INTERVAL};
 use crate::child;
 use crate::logs::{RotatingLog, Spliced};
 use crate::reaper;
-use crate::server::{Client, Handler};
+use crate::server::{Client, CommandError, Handler};
 use crate::sys;
 
 /// One log pipe: its read end and the file it goes to.
@@ -210,32 +210,32 @@ impl Handler for Daemon {
         self.exit.clone()
     }
 
-    fn signal(&mut self, signo: i32) -> Result<(), String> {
+    fn signal(&mut self, signo: i32) -> Result<(), CommandError> {
         if !(0..=64).contains(&signo) {
-            return Err(format!("{signo} is not a signal"));
+            return Err(CommandError::NotASignal(signo));
         }
         if self.ended.is_some() {
-            return Err("task has exited".into());
+            return Err(CommandError::Exited);
         }
         // Through the pidfd, never the bare pid: it reaches the task or nothing.
         match &self.pidfd {
             Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signo)
-                .map_err(|e| format!("signal {signo}: {e}")),
-            None => Err("task has exited".into()),
+                .map_err(|source| CommandError::Signal { signo, source }),
+            None => Err(CommandError::Exited),
         }
     }
 
-    fn stop(&mut self, signal: i32, grace_ms: u64) -> Result<(), String> {
+    fn stop(&mut self, signal: i32, grace_ms: u64) -> Result<(), CommandError> {
         if !(1..=64).contains(&signal) {
-            return Err(format!("{signal} is not a signal"));
+            return Err(CommandError::NotASignal(signal));
         }
         self.begin_stop(signal, grace_ms);
         Ok(())
     }
 
-    fn release(&mut self) -> Result<(), String> {
+    fn release(&mut self) -> Result<(), CommandError> {
         if self.exit.is_none() {
-            return Err("task still running".into());
+            return Err(CommandError::StillRunning);
         }
         info!("released");
         self.life.enter(Phase::Leaving);

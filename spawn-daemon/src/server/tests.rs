@@ -48,16 +48,16 @@ impl Handler for Fake {
     fn exit(&self) -> Option<ExitStatus> {
         self.exit.clone()
     }
-    fn signal(&mut self, signo: i32) -> Result<(), String> {
+    fn signal(&mut self, signo: i32) -> Result<(), CommandError> {
         self.signals.push(signo);
         Ok(())
     }
-    fn stop(&mut self, _signal: i32, _grace_ms: u64) -> Result<(), String> {
+    fn stop(&mut self, _signal: i32, _grace_ms: u64) -> Result<(), CommandError> {
         Ok(())
     }
-    fn release(&mut self) -> Result<(), String> {
+    fn release(&mut self) -> Result<(), CommandError> {
         if self.exit.is_none() {
-            return Err("task still running".into());
+            return Err(CommandError::StillRunning);
         }
         self.released = true;
         Ok(())

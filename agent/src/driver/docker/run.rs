@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::{ContainerState, DockerDriver, DockerError, DockerStart, ExitMeta};
 use crate::driver::{
-    never_started, Control, Controls, Ended, Recovered, RunCtx, StartSpec, TaskDriver,
+    never_started, Control, Controls, Ended, Recovered, RunCtx, RunError, StartSpec, TaskDriver,
 };
 use crate::paths::Dirs;
 use crate::state::{Handle, TaskPhase};
@@ -235,11 +235,16 @@ impl TaskDriver for ContainerDriver {
         ended
     }
 
-    async fn signal(&self, cx: &RunCtx<'_>, run: &ContainerRun, signo: i32) -> Result<(), String> {
+    async fn signal(
+        &self,
+        cx: &RunCtx<'_>,
+        run: &ContainerRun,
+        signo: i32,
+    ) -> Result<(), RunError> {
         let r = match self.engine.signal(&run.id, signo).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err("the container is not running".to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(false) => Err(RunError::ContainerNotRunning),
+            Err(e) => Err(RunError::Docker(e)),
         };
         if r.is_ok() {
             cx.note_signaled(signo);
@@ -251,19 +256,18 @@ impl TaskDriver for ContainerDriver {
         self.stop_container(cx, &run.id);
     }
 
-    async fn stats(&self, handle: &Handle, _token: Option<Token>) -> Result<CgroupStats, String> {
+    async fn stats(&self, handle: &Handle, _token: Option<Token>) -> Result<CgroupStats, RunError> {
         let id = handle
             .container_id
             .as_deref()
-            .ok_or_else(|| "the handle names no container".to_string())?;
+            .ok_or(RunError::NoContainer)?;
         match tokio::time::timeout(STATS_TIMEOUT, self.engine.stats(id)).await {
             Ok(Ok(Some(s))) => Ok(s),
-            Ok(Ok(None)) => Err(format!("container {id} is gone")),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "the docker engine did not answer within {} s",
-                STATS_TIMEOUT.as_secs()
-            )),
+            Ok(Ok(None)) => Err(RunError::ContainerGone { id: id.to_string() }),
+            Ok(Err(e)) => Err(RunError::Docker(e)),
+            Err(_) => Err(RunError::EngineTimeout {
+                secs: STATS_TIMEOUT.as_secs(),
+            }),
         }
     }
 

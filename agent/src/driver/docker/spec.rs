@@ -288,11 +288,11 @@ fn cpu_quota(opts: &DockerOptions, task: &Task) -> Result<Option<(i64, i64)>, Dr
         return Ok(None);
     }
     let per_core =
-        crate::driver::spawn::config::mhz_per_core(opts.cpu_total_compute).map_err(|reason| {
+        crate::driver::spawn::config::mhz_per_core(opts.cpu_total_compute).map_err(|e| {
             DriverError::Field {
                 task: task.name.clone(),
                 field: "resources.cpu_hard_limit",
-                reason,
+                reason: e.to_string(),
             }
         })?;
     let quota = crate::driver::spawn::config::cpu_quota_us(task.resources.cpu, per_core);

@@ -274,7 +274,10 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 
 /// The options of an exec task's cgroup beyond its first limits: the memory
 /// reservation, the CPU cap, the IO weight, the OOM group.
-fn cgroup_options(task: &Task, cpu_total_compute: Option<u64>) -> Result<CgroupOptions, String> {
+fn cgroup_options(
+    task: &Task,
+    cpu_total_compute: Option<u64>,
+) -> Result<CgroupOptions, CpuMhzError> {
     let r = &task.resources;
     let cpu_quota = if r.cpu_hard_limit {
         let per_core = mhz_per_core(cpu_total_compute)?;
@@ -308,18 +311,26 @@ pub fn cpu_quota_us(cpu_mhz: u64, mhz_per_core: u64) -> u64 {
     u64::try_from(quota).unwrap_or(u64::MAX).max(1000)
 }
 
+/// Why one core's MHz is not known, so a `cpu_hard_limit` cannot be set.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuMhzError {
+    /// /proc/cpuinfo cannot be read.
+    #[error("cpu_hard_limit: reading /proc/cpuinfo: {0}")]
+    Cpuinfo(#[source] std::io::Error),
+    /// /proc/cpuinfo gives no MHz (as on some arm hosts).
+    #[error("cpu_hard_limit: /proc/cpuinfo gives no \"cpu MHz\": set cpu_total_compute (MHz of all cores) in the agent config")]
+    NoMhz,
+}
+
 /// One core's MHz: the agent's `cpu_total_compute` over the online cores, or
 /// the first `cpu MHz` of /proc/cpuinfo.
-pub(crate) fn mhz_per_core(cpu_total_compute: Option<u64>) -> Result<u64, String> {
+pub(crate) fn mhz_per_core(cpu_total_compute: Option<u64>) -> Result<u64, CpuMhzError> {
     if let Some(total) = cpu_total_compute {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         return Ok((total / u64::try_from(cores).unwrap_or(1)).max(1));
     }
-    let text = std::fs::read_to_string("/proc/cpuinfo")
-        .map_err(|e| format!("cpu_hard_limit: reading /proc/cpuinfo: {e}"))?;
-    cpuinfo_mhz(&text).ok_or_else(|| {
-        "cpu_hard_limit: /proc/cpuinfo gives no \"cpu MHz\": set cpu_total_compute (MHz of all cores) in the agent config".to_string()
-    })
+    let text = std::fs::read_to_string("/proc/cpuinfo").map_err(CpuMhzError::Cpuinfo)?;
+    cpuinfo_mhz(&text).ok_or(CpuMhzError::NoMhz)
 }
 
 /// The first `cpu MHz : N` of a /proc/cpuinfo text, rounded down, if above 0.
@@ -369,7 +380,8 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
                     task.resources.pids_limit,
                     nix::unistd::geteuid().is_root(),
                 ),
-                options: cgroup_options(task, l.cpu_total_compute).map_err(|r| unavailable(&r))?,
+                options: cgroup_options(task, l.cpu_total_compute)
+                    .map_err(|r| unavailable(&r.to_string()))?,
             };
             ("/".to_string(), Some(iso), Some(cgroup))
         }

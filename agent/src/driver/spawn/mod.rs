@@ -20,7 +20,7 @@ use tend_proto::msg::CgroupStats;
 use tend_proto::{ExitStatus, Request, Response, StartReport, Token, PROTOCOL_VERSION};
 use tracing::Instrument;
 
-use super::{Control, Controls, Ended, Recovered, RunCtx, StartSpec, TaskDriver};
+use super::{Control, Controls, Ended, Recovered, RunCtx, RunError, StartSpec, TaskDriver};
 use crate::paths::{self, Dirs};
 use crate::state::{Handle, TaskPhase};
 use config::Launch;
@@ -86,7 +86,7 @@ impl TaskDriver for SpawnDriver {
         wait_run(cx, run, ctl).await
     }
 
-    async fn signal(&self, cx: &RunCtx<'_>, run: &SpawnRun, signo: i32) -> Result<(), String> {
+    async fn signal(&self, cx: &RunCtx<'_>, run: &SpawnRun, signo: i32) -> Result<(), RunError> {
         signal_run(cx, &run.link, signo).await
     }
 
@@ -94,14 +94,13 @@ impl TaskDriver for SpawnDriver {
         request_stop(cx, &run.link);
     }
 
-    async fn stats(&self, handle: &Handle, token: Option<Token>) -> Result<CgroupStats, String> {
+    async fn stats(&self, handle: &Handle, token: Option<Token>) -> Result<CgroupStats, RunError> {
         let Some(socket) = handle.socket_path.as_deref() else {
-            return Err(format!(
-                "the {} driver does not report stats",
-                handle.driver
-            ));
+            return Err(RunError::NoStats {
+                driver: handle.driver.clone(),
+            });
         };
-        let token = token.ok_or_else(|| "its token is not kept".to_string())?;
+        let token = token.ok_or(RunError::NoToken)?;
         let mut stats = ask_stats(Path::new(socket), token).await?;
         if handle.cgroup.is_none() {
             // No cgroup of its own: whatever the supervisor says is not the task's.
@@ -147,7 +146,7 @@ impl SpawnDriver {
             Err(e) => return Err(never(e.to_string())),
         };
         if let Err(e) = cx.journal.put_token(&token) {
-            return Err(never(e));
+            return Err(never(e.to_string()));
         }
         let mut handle = Handle {
             driver: task.driver.name().to_string(),
@@ -279,7 +278,7 @@ async fn wait_run(cx: &RunCtx<'_>, run: SpawnRun, ctl: &mut Controls) -> Ended {
             Err(e) if daemon.is_some_and(|d| d.alive()) => {
                 tracing::warn!(error = %e, "the connection to a live tend-spawn failed; reconnecting");
             }
-            Err(e) => break Err((Some(c), e)),
+            Err(e) => break Err((Some(c), e.to_string())),
         }
     };
     match result {
@@ -316,7 +315,7 @@ async fn wait_on(
     client: &mut Client,
     link: &Link,
     ctl: &mut Controls,
-) -> Result<ExitStatus, String> {
+) -> Result<ExitStatus, RunError> {
     let handle = &link.handle;
     let wait = client.wait();
     tokio::pin!(wait);
@@ -332,8 +331,8 @@ async fn wait_on(
     let mut ctl_open = true;
     loop {
         tokio::select! {
-            r = &mut wait => return r.map_err(|e| e.to_string()),
-            () = &mut daemon_ended => return Err("its pidfd says it exited".to_string()),
+            r = &mut wait => return Ok(r?),
+            () = &mut daemon_ended => return Err(RunError::DaemonExited),
             c = ctl.recv(), if ctl_open => match c {
                 None => ctl_open = false,
                 Some(Control::Stop) => {
@@ -377,7 +376,7 @@ fn request_stop(cx: &RunCtx<'_>, link: &Link) {
             match retry::request_until(&socket, token, req, daemon_of(&handle), until).await {
                 Ok(()) => {}
                 Err(retry::RetryError::Unanswered(why)) => {
-                    kill_task_directly(journal.as_ref(), &handle, &why);
+                    kill_task_directly(journal.as_ref(), &handle, &why.to_string());
                 }
                 // Refused: the task has already ended; gone: the wait hears it.
                 Err(e) => tracing::info!(error = %e, "stop request not taken"),
@@ -389,7 +388,7 @@ fn request_stop(cx: &RunCtx<'_>, link: &Link) {
 
 /// Send a signal through the run's tend-spawn, retried for a while against
 /// one that does not take it at once.
-async fn signal_run(cx: &RunCtx<'_>, link: &Link, signo: i32) -> Result<(), String> {
+async fn signal_run(cx: &RunCtx<'_>, link: &Link, signo: i32) -> Result<(), RunError> {
     let until = Instant::now() + SIGNAL_PATIENCE;
     let r = retry::request_until(
         &link.socket,
@@ -402,12 +401,12 @@ async fn signal_run(cx: &RunCtx<'_>, link: &Link, signo: i32) -> Result<(), Stri
     if r.is_ok() {
         cx.note_signaled(signo);
     }
-    r.map_err(|e| e.to_string())
+    Ok(r?)
 }
 
 /// StatsV2 on a fresh connection; a supervisor that predates it is asked
 /// for the old Stats instead.
-async fn ask_stats(socket: &Path, token: Token) -> Result<CgroupStats, String> {
+async fn ask_stats(socket: &Path, token: Token) -> Result<CgroupStats, RunError> {
     let attempt = |req: Request| async move {
         let mut c = Client::connect(socket, token).await?;
         c.request(req).await
@@ -415,20 +414,19 @@ async fn ask_stats(socket: &Path, token: Token) -> Result<CgroupStats, String> {
     let within = |req: Request| async move {
         tokio::time::timeout(STATS_TIMEOUT, attempt(req))
             .await
-            .map_err(|_| {
-                format!(
-                    "tend-spawn at {} did not answer within {} s",
-                    socket.display(),
-                    STATS_TIMEOUT.as_secs()
-                )
+            .map_err(|_| RunError::SupervisorTimeout {
+                socket: socket.to_path_buf(),
+                secs: STATS_TIMEOUT.as_secs(),
             })
     };
-    let unexpected = |r: Response| format!("tend-spawn answered {r:?} to a stats request");
+    let unexpected = |r: Response| RunError::Unexpected {
+        answer: Box::new(r),
+    };
     match within(Request::StatsV2).await? {
         Ok(Response::StatsV2(s)) => Ok(*s),
         // A supervisor older than StatsV2 cannot decode it and drops the connection.
         Err(ClientError::Refused { .. } | ClientError::Closed { .. }) => {
-            match within(Request::Stats).await?.map_err(|e| e.to_string())? {
+            match within(Request::Stats).await?? {
                 Response::Stats(old) => {
                     let mut s = CgroupStats::default();
                     s.memory.current = old.memory_bytes;
@@ -441,6 +439,6 @@ async fn ask_stats(socket: &Path, token: Token) -> Result<CgroupStats, String> {
             }
         }
         Ok(other) => Err(unexpected(other)),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tend_proto::{ExitStatus, Token};
 
 use super::{retry, Client, Link, SpawnRun};
-use crate::driver::{Control, Controls, Ended, Journal, Recovered, RunCtx};
+use crate::driver::{Control, Controls, Ended, Journal, Recovered, RunCtx, RunError};
 use crate::ident::ProcId;
 use crate::state::{Handle, TaskPhase};
 
@@ -125,7 +125,7 @@ pub(super) async fn reach_daemon(
                     return Reach::Connected(c);
                 }
             },
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         match daemon {
             Some(d) if !d.alive() => return Reach::Gone(why),
@@ -163,9 +163,7 @@ pub(super) async fn reach_daemon(
                         stop_since.get_or_insert_with(Instant::now);
                     }
                     Some(Control::Signal(_, reply)) => {
-                        let _ = reply.send(Err(format!(
-                            "tend-spawn does not answer ({why}); the signal was not sent"
-                        )));
+                        let _ = reply.send(Err(RunError::Unreachable { why: why.clone() }));
                     }
                 }
             }

@@ -40,15 +40,11 @@ impl Backoff {
 }
 
 /// Connect and say Hello, within [`ATTEMPT_TIMEOUT`].
-pub async fn connect_once(socket: &Path, token: Token) -> Result<Client, String> {
+pub async fn connect_once(socket: &Path, token: Token) -> Result<Client, AttemptError> {
     match tokio::time::timeout(ATTEMPT_TIMEOUT, Client::connect(socket, token)).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "tend-spawn at {} did not answer within {} s",
-            socket.display(),
-            ATTEMPT_TIMEOUT.as_secs()
-        )),
+        Ok(Err(e)) => Err(AttemptError::Client(e)),
+        Err(_) => Err(AttemptError::timeout(socket)),
     }
 }
 
@@ -62,27 +58,50 @@ pub async fn request_once(socket: &Path, token: Token, req: Request) -> Result<(
         Ok(Ok(())) => Ok(()),
         // The daemon said no: asking again gets the same answer.
         Ok(Err(ClientError::Refused { message, .. })) => Err(RetryError::Refused(message)),
-        Ok(Err(e)) => Err(RetryError::Unanswered(e.to_string())),
-        Err(_) => Err(RetryError::Unanswered(format!(
-            "tend-spawn at {} did not answer within {} s",
-            socket.display(),
-            ATTEMPT_TIMEOUT.as_secs()
-        ))),
+        Ok(Err(e)) => Err(RetryError::Unanswered(AttemptError::Client(e))),
+        Err(_) => Err(RetryError::Unanswered(AttemptError::timeout(socket))),
+    }
+}
+
+/// Why one attempt to reach a tend-spawn failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// The connection or the exchange failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// No answer within [`ATTEMPT_TIMEOUT`].
+    #[error("tend-spawn at {} did not answer within {secs} s", .socket.display())]
+    Timeout {
+        /// Its socket.
+        socket: std::path::PathBuf,
+        /// How long it had, seconds.
+        secs: u64,
+    },
+}
+
+impl AttemptError {
+    fn timeout(socket: &Path) -> AttemptError {
+        AttemptError::Timeout {
+            socket: socket.to_path_buf(),
+            secs: ATTEMPT_TIMEOUT.as_secs(),
+        }
     }
 }
 
 /// Why a request with retries did not get through.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RetryError {
-    /// The daemon answered with a refusal; retrying would not change it.
+    /// The daemon answered with a refusal (its own line); retrying would not
+    /// change it.
     #[error("tend-spawn refused: {0}")]
     Refused(String),
-    /// The daemon's process is gone.
+    /// The daemon's process is gone; the last attempt's error.
     #[error("tend-spawn is gone: {0}")]
-    Gone(String),
-    /// It lives but did not take the request before the deadline.
+    Gone(#[source] AttemptError),
+    /// It lives but did not take the request before the deadline; the last
+    /// attempt's error.
     #[error("tend-spawn did not take the request: {0}")]
-    Unanswered(String),
+    Unanswered(#[source] AttemptError),
 }
 
 /// Send `req` on fresh connections until one takes it, `until` passes, or
