@@ -1,0 +1,293 @@
+//! One container's dir under the state root, and the spawn config of its task.
+//!
+//! `ROOT/ID/` holds `state.json` (the bundle and the socket's token, written
+//! atomically), `ctl/sock` (tend-spawn's control socket, in a 0700 dir),
+//! `logs/task.stdout` and `logs/task.stderr`, `task_exit_status`, and the
+//! task's root (`task/`) while it runs with its own.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use tend_proto::config::{Bind, ChrootSpec, Isolation, LogConfig};
+use tend_proto::{SpawnConfig, Token};
+
+use crate::bundle::Bundle;
+
+/// The task's name inside its tend-spawn alloc.
+pub const TASK: &str = "task";
+
+/// What went wrong with a container's dir or record.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The id is not one a dir can be named by.
+    #[error("container id {0:?}: want 1-200 of [A-Za-z0-9._-], not starting with '.'")]
+    BadId(String),
+    /// No container by that id.
+    #[error("container {id} does not exist (no {path})")]
+    Missing {
+        /// The id.
+        id: String,
+        /// Its dir.
+        path: PathBuf,
+    },
+    /// A container by that id already exists.
+    #[error("container {0} already exists")]
+    Exists(String),
+    /// A file of the record.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The command cannot be found.
+    #[error("config.json: process.args[0]: {0:?} not found in the root's PATH")]
+    NoCommand(String),
+    /// The socket path is too long for sun_path.
+    #[error("{0}: too long for a unix socket; use a shorter --root")]
+    SocketPath(PathBuf),
+}
+
+fn file_err(path: &Path, reason: impl ToString) -> ContainerError {
+    ContainerError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Check an OCI container id: it names a dir.
+pub fn check_id(id: &str) -> Result<(), ContainerError> {
+    let ok = !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ContainerError::BadId(id.to_string()))
+    }
+}
+
+/// A container's dir and record.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// Its id.
+    pub id: String,
+    /// `ROOT/ID`.
+    pub dir: PathBuf,
+    /// The bundle it was run from.
+    pub bundle: PathBuf,
+    /// The control socket's token.
+    pub token: Token,
+}
+
+impl Container {
+    /// The dir a container of `id` has under `root`.
+    pub fn dir_of(root: &Path, id: &str) -> Result<PathBuf, ContainerError> {
+        check_id(id)?;
+        Ok(root.join(id))
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("ctl/sock")
+    }
+
+    /// The task's log of `stream` ("stdout", "stderr").
+    pub fn log(&self, stream: &str) -> PathBuf {
+        self.dir
+            .join(tend_proto::names::LOG_DIR)
+            .join(format!("{TASK}.{stream}"))
+    }
+
+    /// Make the dir of a new container and write its record.
+    pub fn create(root: &Path, id: &str, bundle: &Path) -> Result<Container, ContainerError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = Container::dir_of(root, id)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(root)
+            .map_err(|e| file_err(root, e))?;
+        match std::fs::DirBuilder::new().mode(0o711).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(ContainerError::Exists(id.to_string()))
+            }
+            Err(e) => return Err(file_err(&dir, e)),
+        }
+        let ctl = dir.join("ctl");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&ctl)
+            .map_err(|e| file_err(&ctl, e))?;
+        let c = Container {
+            id: id.to_string(),
+            dir,
+            bundle: bundle.to_path_buf(),
+            token: random_token()?,
+        };
+        if c.socket().as_os_str().len() > tend_proto::config::MAX_SOCKET_PATH {
+            return Err(ContainerError::SocketPath(c.socket()));
+        }
+        let record = serde_json::json!({
+            "id": c.id,
+            "bundle": c.bundle,
+            "token": hex(&c.token.0),
+        });
+        let path = c.dir.join("state.json");
+        tend_proto::atomic::write(&path, record.to_string().as_bytes(), 0o600)
+            .map_err(|e| file_err(&path, e))?;
+        Ok(c)
+    }
+
+    /// Read the record of an existing container.
+    pub fn open(root: &Path, id: &str) -> Result<Container, ContainerError> {
+        let dir = Container::dir_of(root, id)?;
+        let path = dir.join("state.json");
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ContainerError::Missing {
+                    id: id.to_string(),
+                    path,
+                })
+            }
+            Err(e) => return Err(file_err(&path, e)),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| file_err(&path, e))?;
+        let token = v["token"]
+            .as_str()
+            .and_then(tend_proto::names::from_hex)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| file_err(&path, "no token"))?;
+        Ok(Container {
+            id: id.to_string(),
+            dir,
+            bundle: PathBuf::from(v["bundle"].as_str().unwrap_or_default()),
+            token: Token(token),
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_token() -> Result<Token, ContainerError> {
+    let mut t = [0u8; 32];
+    let path = Path::new("/dev/urandom");
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut t))
+        .map_err(|e| file_err(path, e))?;
+    Ok(Token(t))
+}
+
+/// Where a path inside the task's root is on the host: the last bind whose
+/// destination holds it, else the rootfs.
+fn host_path(bundle: &Bundle, inside: &str) -> PathBuf {
+    for b in bundle.binds.iter().rev() {
+        let dest = b.destination.trim_end_matches('/');
+        if let Some(rest) = inside.strip_prefix(dest) {
+            if rest.is_empty() || rest.starts_with('/') {
+                return PathBuf::from(format!("{}{rest}", b.source));
+            }
+        }
+    }
+    match &bundle.rootfs {
+        Some(r) => r.join(inside.trim_start_matches('/')),
+        None => PathBuf::from(inside),
+    }
+}
+
+/// The absolute command for `process.args[0]`: as given when it has a '/',
+/// else the first `PATH` entry (the bundle's env) that holds it, looked up in
+/// the task's root.
+pub fn resolve_command(bundle: &Bundle) -> Result<String, ContainerError> {
+    let arg0 = &bundle.args[0];
+    if arg0.contains('/') {
+        return Ok(if arg0.starts_with('/') {
+            arg0.clone()
+        } else {
+            format!("{}/{arg0}", bundle.cwd.trim_end_matches('/'))
+        });
+    }
+    let path = bundle
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or("/usr/local/bin:/usr/bin:/bin", |(_, v)| v.as_str());
+    for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let inside = format!("{}/{arg0}", dir.trim_end_matches('/'));
+        if host_path(bundle, &inside).is_file() {
+            return Ok(inside);
+        }
+    }
+    Err(ContainerError::NoCommand(arg0.clone()))
+}
+
+/// The spawn config that runs `bundle` as the task of `c`; `isolate` gives the
+/// task its own root (the rootfs) as user `bundle.uid`.
+pub fn spawn_config(c: &Container, bundle: &Bundle) -> Result<SpawnConfig, ContainerError> {
+    let command = resolve_command(bundle)?;
+    let isolation = bundle.rootfs.as_ref().map(|rootfs| {
+        let mut binds = Vec::new();
+        // The rootfs's top-level entries make the task's root (read-only);
+        // the bundle's binds go over them.
+        if let Ok(entries) = std::fs::read_dir(rootfs) {
+            let mut names: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !matches!(n.as_str(), "proc" | "dev" | "tmp" | "alloc" | "local"))
+                .collect();
+            names.sort();
+            for n in names {
+                binds.push(Bind {
+                    source: rootfs.join(&n).display().to_string(),
+                    target: format!("/{n}"),
+                });
+            }
+        }
+        for b in &bundle.binds {
+            binds.push(Bind {
+                source: b.source.clone(),
+                target: b.destination.clone(),
+            });
+        }
+        Isolation {
+            user: bundle.uid.to_string(),
+            chroot: Some(ChrootSpec { binds }),
+        }
+    });
+    Ok(SpawnConfig {
+        alloc_id: "oci".into(),
+        task: TASK.into(),
+        run: 1,
+        token: c.token,
+        args: bundle.args[1..].to_vec(),
+        command,
+        env: bundle.env.clone(),
+        cwd: bundle.cwd.clone(),
+        alloc_dir: c.dir.display().to_string(),
+        socket_path: c.socket().display().to_string(),
+        // One file per stream, never rotated: `run` copies it to its own
+        // stdout and stderr as it grows.
+        logs: LogConfig {
+            max_files: 1,
+            max_file_size: u64::MAX / 2,
+        },
+        kill_signal: libc_sigterm(),
+        kill_timeout_ms: 10_000,
+        // The record stays until `delete` releases it.
+        linger_ms: 7 * 24 * 3600 * 1000,
+        cgroup: None,
+        isolation,
+    })
+}
+
+fn libc_sigterm() -> i32 {
+    nix::sys::signal::Signal::SIGTERM as i32
+}
