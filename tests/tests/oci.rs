@@ -1,0 +1,286 @@
+//! `tend-spawn oci`: a bundle whose rootfs is this host's /bin, /lib, /lib64
+//! and /usr bound read-only, run in the foreground; state, kill and delete
+//! from other processes; refusals that name the field; nothing left after
+//! delete.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use tend_tests::{pid_alive, require_root, spawn_bin, wait_until};
+
+/// A bundle and a state root in one temp dir, removed on drop.
+struct Oci {
+    dir: tempfile::TempDir,
+}
+
+impl Oci {
+    fn new(args: &[&str]) -> Oci {
+        let o = Oci {
+            dir: tempfile::Builder::new()
+                .prefix("tend-oci-")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        };
+        o.write_config(&config(args));
+        o
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn write_config(&self, config: &serde_json::Value) {
+        let rootfs = self.bundle().join("rootfs");
+        for d in ["bin", "lib", "lib64", "usr", "etc"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::write(
+            self.bundle().join("config.json"),
+            serde_json::to_vec_pretty(config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// `tend-spawn oci --root ROOT VERB ARGS...`
+    fn cmd(&self, verb: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(spawn_bin());
+        c.arg("oci")
+            .arg("--root")
+            .arg(self.root())
+            .arg(verb)
+            .args(args);
+        c
+    }
+
+    fn run(&self, id: &str) -> Command {
+        let mut c = self.cmd("run", &["-b", &self.bundle().display().to_string(), id]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn state(&self, id: &str) -> Option<serde_json::Value> {
+        let out = self.cmd("state", &[id]).output().unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("state prints JSON"))
+    }
+
+    fn wait_running(&self, id: &str) -> i32 {
+        let mut pid = 0;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                match self.state(id) {
+                    Some(s) if s["status"] == "running" => {
+                        pid = i32::try_from(s["pid"].as_i64().unwrap()).unwrap();
+                        true
+                    }
+                    _ => false,
+                }
+            }),
+            "{id} never ran"
+        );
+        pid
+    }
+}
+
+impl Drop for Oci {
+    /// A failed test leaves no daemon: every container left is deleted.
+    fn drop(&mut self) {
+        if let Ok(rd) = fs::read_dir(self.root()) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.cmd("delete", &["--force", &id]).output();
+            }
+        }
+    }
+}
+
+/// A bundle's config.json: the host's binaries bound into an empty rootfs.
+fn config(args: &[&str]) -> serde_json::Value {
+    let mounts: Vec<serde_json::Value> = ["/bin", "/lib", "/lib64", "/usr"]
+        .iter()
+        .filter(|d| Path::new(d).is_dir())
+        .map(|d| {
+            serde_json::json!({
+                "destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            "args": args,
+            "env": ["PATH=/usr/bin:/bin", "GREETING=hello"],
+            "cwd": "/",
+            "noNewPrivileges": true
+        },
+        "root": { "path": "rootfs", "readonly": true },
+        "mounts": mounts,
+        "linux": { "namespaces": [{ "type": "pid" }, { "type": "mount" }] }
+    })
+}
+
+fn wait_child(child: &mut Child) -> Output {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < end {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+    }
+    let mut out = Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    use std::io::Read;
+    if let Some(mut s) = child.stdout.take() {
+        s.read_to_end(&mut out.stdout).unwrap();
+    }
+    if let Some(mut s) = child.stderr.take() {
+        s.read_to_end(&mut out.stderr).unwrap();
+    }
+    out
+}
+
+#[test]
+fn run_passes_output_and_exit_code_and_delete_leaves_nothing() {
+    require_root!();
+    let o = Oci::new(&["sh", "-c", "echo out $GREETING; ls /; echo err >&2; exit 7"]);
+    let out = o.run("c1").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "stderr: {stderr}");
+    assert!(stdout.starts_with("out hello\n"), "stdout: {stdout}");
+    // The task's root is the rootfs: its entries and the binds, not the host's.
+    let listing: Vec<&str> = stdout.lines().skip(1).collect();
+    assert!(
+        listing.contains(&"usr") && listing.contains(&"etc"),
+        "{listing:?}"
+    );
+    assert!(
+        !listing.contains(&"root") && !listing.contains(&"home"),
+        "{listing:?}"
+    );
+    assert_eq!(stderr, "err\n");
+    // The usual exit status file, and the state says stopped.
+    let exit: serde_json::Value =
+        serde_json::from_slice(&fs::read(o.root().join("c1/task_exit_status")).unwrap()).unwrap();
+    assert_eq!(exit["exit_code"], 7);
+    let s = o.state("c1").unwrap();
+    assert_eq!(s["status"], "stopped");
+    assert_eq!(s["id"], "c1");
+    assert_eq!(s["ociVersion"], "1.0.2");
+    assert_eq!(s["bundle"], o.bundle().display().to_string());
+    // A second run of the same id is refused while the first is recorded.
+    let again = o.run("c1").output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let del = o.cmd("delete", &["c1"]).output().unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+    assert!(o.state("c1").is_none());
+}
+
+#[test]
+fn state_and_kill_from_another_process() {
+    require_root!();
+    let o = Oci::new(&["sleep", "300"]);
+    let mut run = o
+        .run("c2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = o.wait_running("c2");
+    assert!(pid_alive(pid), "state's pid {pid} is not alive");
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep");
+
+    let kill = o.cmd("kill", &["c2", "TERM"]).output().unwrap();
+    assert!(
+        kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    let out = wait_child(&mut run);
+    assert_eq!(out.status.code(), Some(128 + 15));
+    assert_eq!(o.state("c2").unwrap()["status"], "stopped");
+    // kill of a stopped container is refused.
+    assert!(!o.cmd("kill", &["c2"]).status().unwrap().success());
+    assert!(o.cmd("delete", &["c2"]).status().unwrap().success());
+    assert!(!pid_alive(pid));
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+#[test]
+fn run_forwards_its_signals_and_delete_force_ends_a_running_task() {
+    require_root!();
+    let o = Oci::new(&["sleep", "300"]);
+    let mut run = o.run("c3").spawn().unwrap();
+    let pid = o.wait_running("c3");
+    // Without --force a running container stays.
+    let del = o.cmd("delete", &["c3"]).output().unwrap();
+    assert!(!del.status.success());
+    assert!(String::from_utf8_lossy(&del.stderr).contains("is running"));
+    assert!(pid_alive(pid));
+    let del = o.cmd("delete", &["--force", "c3"]).output().unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert_eq!(wait_child(&mut run).status.code(), Some(128 + 9));
+    assert!(!pid_alive(pid));
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+
+    // A signal to run reaches the task.
+    let mut run = o.run("c4").spawn().unwrap();
+    let pid = o.wait_running("c4");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(run.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(wait_child(&mut run).status.code(), Some(128 + 2));
+    assert!(!pid_alive(pid));
+    assert!(o.cmd("delete", &["c4"]).status().unwrap().success());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+#[test]
+fn unsupported_fields_are_refused_by_name() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let mut c = config(&["true"]);
+    c["linux"]["namespaces"] =
+        serde_json::json!([{ "type": "pid" }, { "type": "mount" }, { "type": "user" }]);
+    o.write_config(&c);
+    let out = o.run("c5").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "tend-oci: config.json: linux.namespaces[2]: type \"user\" is not supported"
+    );
+    // Nothing was made for it.
+    assert!(!o.root().join("c5").exists());
+    let create = o.cmd("create", &["-b", "x", "c6"]).output().unwrap();
+    assert_eq!(create.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&create.stderr).contains("create is not supported yet"));
+}
