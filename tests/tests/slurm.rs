@@ -59,12 +59,27 @@ struct Cluster {
     dir: PathBuf,
     bundle: PathBuf,
     log: PathBuf,
+    state: PathBuf,
     port: u16,
     up: bool,
 }
 
+/// The runtime oci.conf names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    /// tests/slurm/oci-standin, recording its calls.
+    StandIn,
+    /// `tend-spawn oci`, with a bundle whose rootfs is the host's binaries
+    /// bound read-only.
+    Tend,
+}
+
 impl Cluster {
     fn up() -> Cluster {
+        Cluster::up_with(Runtime::StandIn)
+    }
+
+    fn up_with(runtime: Runtime) -> Cluster {
         // The daemons and slurmstepd detach from the harness; as their
         // subreaper this test reaps them, so `down` leaves not even a zombie
         // (this host's PID 1 does not reap).
@@ -105,13 +120,26 @@ impl Cluster {
             serde_json::to_vec_pretty(&config).unwrap(),
         )
         .unwrap();
-        let standin = repo_root().join("tests/slurm/oci-standin");
-        let rt = format!(
-            "{} --log {} --root {}",
-            standin.display(),
-            log.display(),
-            state.display()
-        );
+        let rt = match runtime {
+            Runtime::StandIn => format!(
+                "{} --log {} --root {}",
+                repo_root().join("tests/slurm/oci-standin").display(),
+                log.display(),
+                state.display()
+            ),
+            Runtime::Tend => {
+                fs::write(
+                    bundle.join("config.json"),
+                    serde_json::to_vec_pretty(&tend_bundle_config(&bundle)).unwrap(),
+                )
+                .unwrap();
+                format!(
+                    "{} oci --root {}",
+                    tend_tests::spawn_bin().display(),
+                    state.display()
+                )
+            }
+        };
         let oci_conf = base.join("oci.conf");
         fs::write(
             &oci_conf,
@@ -130,6 +158,7 @@ impl Cluster {
             base,
             bundle,
             log,
+            state,
             port,
             up: true,
         };
@@ -359,6 +388,34 @@ impl Drop for Cluster {
 }
 
 /// Reaps every exited child, the daemons reparented to this test included.
+/// The bundle tend-spawn runs: an empty rootfs with the host's /bin, /lib,
+/// /lib64 and /usr bound read-only over it.
+fn tend_bundle_config(bundle: &Path) -> serde_json::Value {
+    let mounts: Vec<serde_json::Value> = ["/bin", "/lib", "/lib64", "/usr"]
+        .iter()
+        .filter(|d| Path::new(d).is_dir())
+        .map(|d| {
+            fs::create_dir_all(bundle.join("rootfs").join(&d[1..])).unwrap();
+            serde_json::json!({
+                "destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            "args": ["true"],
+            "env": ["PATH=/usr/bin:/bin"],
+            "cwd": "/"
+        },
+        "root": { "path": "rootfs", "readonly": true },
+        "mounts": mounts,
+        "linux": { "namespaces": [{ "type": "pid" }, { "type": "mount" }] }
+    })
+}
+
 fn reap_orphans() {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -475,6 +532,52 @@ fn srun_output_and_exit_code_pass_through_the_runtime() {
     assert_eq!(config["linux"]["namespaces"], serde_json::json!([]));
     // slurmstepd removes its bundle copy when the step is done.
     assert!(!spool.exists());
+    c.down();
+}
+
+/// With `tend-spawn oci` as the runtime: the step runs under tend-spawn in
+/// the bundle's root, its output reaches srun, its exit code is srun's and
+/// Slurm's, and slurmstepd's state and delete leave nothing of it.
+#[test]
+fn srun_through_tend_spawn_oci() {
+    require_root!();
+    let c = Cluster::up_with(Runtime::Tend);
+    let out = c
+        .srun(
+            None,
+            &[
+                "sh",
+                "-c",
+                "echo job=$SLURM_JOB_ID; echo to-stderr >&2; \
+                 tr '\\0' ' ' </proc/1/cmdline; echo; ls /; exit 7",
+            ],
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let job = job_id(&out);
+    assert!(stderr.contains("to-stderr"), "stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(7), "srun: {stderr}");
+    // Its own pid namespace, whose first process is tend-spawn's, and the
+    // bundle's root, not the host's.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[1].contains("tend-spawn"), "stdout: {stdout}");
+    assert!(
+        lines.contains(&"usr") && !lines.contains(&"home"),
+        "stdout: {stdout}"
+    );
+    let (state, exit) = c.scontrol_exit(job);
+    assert_eq!((state.as_str(), exit.as_str()), ("FAILED", "7:0"));
+    assert_eq!(c.sacct_exit(job), "FAILED|7:0");
+    // slurmstepd's state and delete remove the container once the step ends.
+    assert!(
+        wait_until(Duration::from_secs(20), || fs::read_dir(&c.state)
+            .map(|d| d.count() == 0)
+            .unwrap_or(false)),
+        "the container's state is left in {}",
+        c.state.display()
+    );
     c.down();
 }
 
