@@ -4,11 +4,11 @@
 //! delete.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use tend_tests::{pid_alive, require_root, spawn_bin, wait_until};
+use tend_tests::{oci_bundle_config, pid_alive, require_root, spawn_bin, wait_until};
 
 /// A bundle and a state root in one temp dir, removed on drop.
 struct Oci {
@@ -23,7 +23,7 @@ impl Oci {
                 .tempdir_in("/tmp")
                 .unwrap(),
         };
-        o.write_config(&config(args));
+        o.write_config(&o.config(args));
         o
     }
 
@@ -35,11 +35,11 @@ impl Oci {
         self.dir.path().join("state")
     }
 
+    fn config(&self, args: &[&str]) -> serde_json::Value {
+        oci_bundle_config(&self.bundle(), args)
+    }
+
     fn write_config(&self, config: &serde_json::Value) {
-        let rootfs = self.bundle().join("rootfs");
-        for d in ["bin", "lib", "lib64", "usr", "etc"] {
-            fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
         fs::write(
             self.bundle().join("config.json"),
             serde_json::to_vec_pretty(config).unwrap(),
@@ -99,33 +99,6 @@ impl Drop for Oci {
             }
         }
     }
-}
-
-/// A bundle's config.json: the host's binaries bound into an empty rootfs.
-fn config(args: &[&str]) -> serde_json::Value {
-    let mounts: Vec<serde_json::Value> = ["/bin", "/lib", "/lib64", "/usr"]
-        .iter()
-        .filter(|d| Path::new(d).is_dir())
-        .map(|d| {
-            serde_json::json!({
-                "destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": { "uid": 0, "gid": 0 },
-            "args": args,
-            "env": ["PATH=/usr/bin:/bin", "GREETING=hello"],
-            "cwd": "/",
-            "noNewPrivileges": true
-        },
-        "root": { "path": "rootfs", "readonly": true },
-        "mounts": mounts,
-        "linux": { "namespaces": [{ "type": "pid" }, { "type": "mount" }] }
-    })
 }
 
 fn wait_child(child: &mut Child) -> Output {
@@ -268,7 +241,7 @@ fn run_forwards_its_signals_and_delete_force_ends_a_running_task() {
 fn unsupported_fields_are_refused_by_name() {
     require_root!();
     let o = Oci::new(&["true"]);
-    let mut c = config(&["true"]);
+    let mut c = o.config(&["true"]);
     c["linux"]["namespaces"] =
         serde_json::json!([{ "type": "pid" }, { "type": "mount" }, { "type": "user" }]);
     o.write_config(&c);

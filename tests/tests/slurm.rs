@@ -130,7 +130,8 @@ impl Cluster {
             Runtime::Tend => {
                 fs::write(
                     bundle.join("config.json"),
-                    serde_json::to_vec_pretty(&tend_bundle_config(&bundle)).unwrap(),
+                    serde_json::to_vec_pretty(&tend_tests::oci_bundle_config(&bundle, &["true"]))
+                        .unwrap(),
                 )
                 .unwrap();
                 format!(
@@ -388,34 +389,6 @@ impl Drop for Cluster {
 }
 
 /// Reaps every exited child, the daemons reparented to this test included.
-/// The bundle tend-spawn runs: an empty rootfs with the host's /bin, /lib,
-/// /lib64 and /usr bound read-only over it.
-fn tend_bundle_config(bundle: &Path) -> serde_json::Value {
-    let mounts: Vec<serde_json::Value> = ["/bin", "/lib", "/lib64", "/usr"]
-        .iter()
-        .filter(|d| Path::new(d).is_dir())
-        .map(|d| {
-            fs::create_dir_all(bundle.join("rootfs").join(&d[1..])).unwrap();
-            serde_json::json!({
-                "destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": { "uid": 0, "gid": 0 },
-            "args": ["true"],
-            "env": ["PATH=/usr/bin:/bin"],
-            "cwd": "/"
-        },
-        "root": { "path": "rootfs", "readonly": true },
-        "mounts": mounts,
-        "linux": { "namespaces": [{ "type": "pid" }, { "type": "mount" }] }
-    })
-}
-
 fn reap_orphans() {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
