@@ -67,6 +67,23 @@ pub struct BindMount {
     pub destination: String,
 }
 
+/// `linux.resources` and `linux.cgroupsPath`: the task's cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cgroup {
+    /// `linux.cgroupsPath` without its leading '/'; None picks one.
+    pub path: Option<String>,
+    /// `memory.limit`, bytes.
+    pub memory_bytes: Option<u64>,
+    /// `memory.reservation`, bytes.
+    pub memory_soft_bytes: Option<u64>,
+    /// `cpu.shares`.
+    pub cpu_shares: Option<u64>,
+    /// `cpu.quota` and `cpu.period`, microseconds.
+    pub cpu_quota: Option<(u64, u64)>,
+    /// `pids.limit`.
+    pub pids_max: Option<u64>,
+}
+
 /// What of a bundle tend-spawn runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {
@@ -88,6 +105,8 @@ pub struct Bundle {
     pub rootfs: Option<PathBuf>,
     /// Bind mounts (all read-only).
     pub binds: Vec<BindMount>,
+    /// The task's cgroup, when the bundle asks for limits or a path.
+    pub cgroup: Option<Cgroup>,
 }
 
 /// Read and map `DIR/config.json`.
@@ -306,9 +325,10 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
     if rootfs.is_none() && !binds.is_empty() {
         return Err(refuse("mounts", "need a root.path other than /"));
     }
-    if let Some(l) = top.get("linux") {
-        linux(l)?;
-    }
+    let cgroup = match top.get("linux") {
+        Some(l) => linux(l)?,
+        None => None,
+    };
     Ok(Bundle {
         dir: dir.to_path_buf(),
         args,
@@ -319,6 +339,7 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
         rlimits,
         rootfs,
         binds,
+        cgroup,
     })
 }
 
@@ -440,9 +461,69 @@ fn mounts(v: Option<&Value>) -> Result<Vec<BindMount>, BundleError> {
     Ok(out)
 }
 
-fn linux(v: &Value) -> Result<(), BundleError> {
+/// A limit where a negative number (-1) means none.
+fn limit(o: &Map<String, Value>, prefix: &str, key: &str) -> Result<Option<u64>, BundleError> {
+    let Some(v) = o.get(key) else { return Ok(None) };
+    let field = format!("{prefix}.{key}");
+    let n = v
+        .as_i64()
+        .ok_or_else(|| refuse(&field, "must be an integer"))?;
+    Ok(u64::try_from(n).ok().filter(|n| *n > 0))
+}
+
+fn resources(v: &Value) -> Result<Cgroup, BundleError> {
+    let r = object(v, "linux.resources")?;
+    only(r, "linux.resources", &["memory", "cpu", "pids"])?;
+    let mut cg = Cgroup::default();
+    if let Some(m) = r.get("memory") {
+        let f = "linux.resources.memory";
+        let m = object(m, f)?;
+        only(m, f, &["limit", "reservation"])?;
+        cg.memory_bytes = limit(m, f, "limit")?;
+        cg.memory_soft_bytes = limit(m, f, "reservation")?;
+    }
+    if let Some(c) = r.get("cpu") {
+        let f = "linux.resources.cpu";
+        let c = object(c, f)?;
+        only(c, f, &["shares", "quota", "period"])?;
+        cg.cpu_shares = limit(c, f, "shares")?;
+        let quota = limit(c, f, "quota")?;
+        let period = limit(c, f, "period")?.unwrap_or(100_000);
+        cg.cpu_quota = quota.map(|q| (q, period));
+    }
+    if let Some(p) = r.get("pids") {
+        let f = "linux.resources.pids";
+        let p = object(p, f)?;
+        only(p, f, &["limit"])?;
+        cg.pids_max = limit(p, f, "limit")?;
+    }
+    Ok(cg)
+}
+
+fn linux(v: &Value) -> Result<Option<Cgroup>, BundleError> {
     let l = object(v, "linux")?;
-    only(l, "linux", &["namespaces"])?;
+    only(l, "linux", &["namespaces", "resources", "cgroupsPath"])?;
+    let mut cgroup = l.get("resources").map(resources).transpose()?;
+    if let Some(p) = l.get("cgroupsPath") {
+        let path = string(p, "linux.cgroupsPath")?;
+        if path.contains(':') {
+            return Err(refuse(
+                "linux.cgroupsPath",
+                format!("{path:?}: systemd's slice:prefix:name form is not supported"),
+            ));
+        }
+        let rel = path.trim_matches('/');
+        if rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(refuse(
+                "linux.cgroupsPath",
+                format!("{path:?} is not a plain path"),
+            ));
+        }
+        cgroup.get_or_insert_with(Cgroup::default).path = Some(rel.to_string());
+    }
     if let Some(ns) = l.get("namespaces") {
         for (i, n) in array(ns, "linux.namespaces")?.iter().enumerate() {
             let field = format!("linux.namespaces[{i}]");
@@ -460,7 +541,7 @@ fn linux(v: &Value) -> Result<(), BundleError> {
             }
         }
     }
-    Ok(())
+    Ok(cgroup)
 }
 
 #[cfg(test)]

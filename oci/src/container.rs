@@ -8,7 +8,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use tend_proto::config::{Bind, ChrootSpec, Isolation, LogConfig};
+use tend_proto::config::{
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig,
+};
 use tend_proto::{SpawnConfig, Token};
 
 use crate::bundle::Bundle;
@@ -283,9 +285,33 @@ pub fn spawn_config(c: &Container, bundle: &Bundle) -> Result<SpawnConfig, Conta
         kill_timeout_ms: 10_000,
         // The record stays until `delete` releases it.
         linger_ms: 7 * 24 * 3600 * 1000,
-        cgroup: None,
+        cgroup: bundle.cgroup.as_ref().map(|cg| cgroup_spec(c, cg)),
         isolation,
     })
+}
+
+/// The task's cgroup: the bundle's `linux.cgroupsPath`, else
+/// `tend-oci/ID` (dots, which the id may hold, kept).
+fn cgroup_spec(c: &Container, cg: &crate::bundle::Cgroup) -> CgroupSpec {
+    CgroupSpec {
+        path: cg
+            .path
+            .clone()
+            .unwrap_or_else(|| format!("tend-oci/{}", c.id)),
+        daemon_path: None,
+        memory_bytes: cg.memory_bytes,
+        // cpu.shares on v1 is tend's MHz figure one to one.
+        cpu_mhz: cg.cpu_shares,
+        pids_max: cg.pids_max,
+        options: CgroupOptions {
+            memory_soft_bytes: cg.memory_soft_bytes,
+            cpu_quota: cg.cpu_quota.map(|(quota_us, period_us)| CpuQuota {
+                quota_us,
+                period_us,
+            }),
+            ..CgroupOptions::default()
+        },
+    }
 }
 
 fn libc_sigterm() -> i32 {

@@ -257,3 +257,67 @@ fn unsupported_fields_are_refused_by_name() {
     assert_eq!(create.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&create.stderr).contains("create is not supported yet"));
 }
+
+/// The cgroup path of `pid` in the v1 hierarchy holding `controller`.
+fn v1_cgroup(pid: i32, controller: &str) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            ctl.split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+}
+
+#[test]
+fn resources_reach_the_task_cgroup_and_delete_removes_it() {
+    require_root!();
+    if !std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").is_file() {
+        return tend_tests::skip_or_fail("no cgroup v1 memory hierarchy");
+    }
+    let o = Oci::new(&["sleep", "300"]);
+    let mut c = o.config(&["sleep", "300"]);
+    let path = format!("tend-oci-test/{}-c7", std::process::id());
+    c["linux"]["cgroupsPath"] = serde_json::json!(format!("/{path}"));
+    c["linux"]["resources"] = serde_json::json!({
+        "memory": { "limit": 64 << 20 },
+        "pids": { "limit": 32 }
+    });
+    o.write_config(&c);
+    let mut run = o.run("c7").spawn().unwrap();
+    let pid = o.wait_running("c7");
+    assert_eq!(
+        v1_cgroup(pid, "memory").as_deref(),
+        Some(&*format!("/{path}"))
+    );
+    let mem = PathBuf::from("/sys/fs/cgroup/memory").join(&path);
+    let limit = fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    let pids = PathBuf::from("/sys/fs/cgroup/pids").join(&path);
+    if pids.is_dir() {
+        assert_eq!(
+            fs::read_to_string(pids.join("pids.max")).unwrap().trim(),
+            "32"
+        );
+    }
+    assert!(o
+        .cmd("delete", &["--force", "c7"])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait_child(&mut run).status.code(), Some(128 + 9));
+    assert!(
+        wait_until(Duration::from_secs(5), || !mem.exists()),
+        "{} is left",
+        mem.display()
+    );
+    // tend-spawn removes the task's cgroup; its parent here is the test's.
+    for m in tend_tests::cgroup_mounts() {
+        let parent = m.join("tend-oci-test");
+        let _ = fs::remove_dir(&parent);
+        assert!(!parent.join(format!("{}-c7", std::process::id())).exists());
+    }
+}

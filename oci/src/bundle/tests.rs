@@ -52,6 +52,31 @@ fn maps_process_root_and_binds() {
 }
 
 #[test]
+fn maps_resources_and_cgroups_path() {
+    let mut d = base();
+    d["linux"]["resources"] = json!({
+        "memory": { "limit": 67108864, "reservation": -1 },
+        "cpu": { "shares": 512, "quota": 50000, "period": 100000 },
+        "pids": { "limit": 64 }
+    });
+    d["linux"]["cgroupsPath"] = json!("/tend-oci/job1");
+    let cg = map(Path::new("/b"), &d).unwrap().cgroup.unwrap();
+    assert_eq!(
+        cg,
+        Cgroup {
+            path: Some("tend-oci/job1".into()),
+            memory_bytes: Some(64 << 20),
+            memory_soft_bytes: None,
+            cpu_shares: Some(512),
+            cpu_quota: Some((50000, 100000)),
+            pids_max: Some(64),
+        }
+    );
+    // No resources and no path: no cgroup.
+    assert_eq!(map(Path::new("/b"), &base()).unwrap().cgroup, None);
+}
+
+#[test]
 fn host_root_needs_no_readonly() {
     let mut d = base();
     d["root"] = json!({ "path": "/" });
@@ -75,8 +100,24 @@ fn refusals_name_the_field() {
             "config.json: linux.seccomp: is not supported",
         ),
         (
-            Box::new(|d| d["linux"]["resources"] = json!({ "memory": { "limit": 1000 } })),
-            "config.json: linux.resources: is not supported",
+            Box::new(|d| d["linux"]["resources"] = json!({ "memory": { "swap": 1000 } })),
+            "config.json: linux.resources.memory.swap: is not supported",
+        ),
+        (
+            Box::new(|d| d["linux"]["resources"] = json!({ "devices": [{ "allow": false }] })),
+            "config.json: linux.resources.devices: is not supported",
+        ),
+        (
+            Box::new(|d| d["linux"]["cgroupsPath"] = json!("system.slice:tend:x")),
+            "config.json: linux.cgroupsPath: \"system.slice:tend:x\": systemd's",
+        ),
+        (
+            Box::new(|d| d["linux"]["cgroupsPath"] = json!("/a/../b")),
+            "config.json: linux.cgroupsPath: \"/a/../b\" is not a plain path",
+        ),
+        (
+            Box::new(|d| d["linux"]["maskedPaths"] = json!(["/proc/kcore"])),
+            "config.json: linux.maskedPaths: is not supported",
         ),
         (
             Box::new(|d| d["process"]["terminal"] = json!(true)),
