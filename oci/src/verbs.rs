@@ -35,8 +35,15 @@ const FORWARDED: [Signal; 7] = [
 pub fn run(root: &Path, spawn: &Path, bundle_dir: &Path, id: &str) -> anyhow::Result<i32> {
     let bundle_dir = std::path::absolute(bundle_dir).context("the bundle's path")?;
     let b = bundle::load(&bundle_dir)?;
-    if b.rootfs.is_some() && !nix::unistd::geteuid().is_root() {
-        bail!("config.json: root.path: a task root of its own needs root (docs/oci.md)");
+    if !nix::unistd::geteuid().is_root() {
+        // Unprivileged (slurmstepd runs `run` as the job's user): the task
+        // runs as the caller, in the host's root, without a cgroup.
+        if b.rootfs.is_some() {
+            bail!("config.json: root.path: a root of its own needs root; as an unprivileged user only \"/\" runs (docs/oci.md)");
+        }
+        if b.cgroup.is_some() {
+            bail!("config.json: linux.resources: a cgroup needs root (docs/oci.md)");
+        }
     }
     for r in &b.rlimits {
         // Best effort: inherited by tend-spawn and so by the task.

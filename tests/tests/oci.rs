@@ -321,3 +321,57 @@ fn resources_reach_the_task_cgroup_and_delete_removes_it() {
         assert!(!parent.join(format!("{}-c7", std::process::id())).exists());
     }
 }
+
+/// As an unprivileged user (slurmstepd runs `run` as the job's user): the
+/// task runs as the caller in the host's root; a rootfs is refused by name;
+/// root's delete removes what the user's run made.
+#[test]
+fn run_as_an_unprivileged_user() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    let o = Oci::new(&["true"]);
+    fs::set_permissions(o.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(o.root()).unwrap();
+    fs::set_permissions(o.root(), fs::Permissions::from_mode(0o1777)).unwrap();
+    let as_nobody = |verb: &str, args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .arg(spawn_bin())
+            .arg("oci")
+            .arg("--root")
+            .arg(o.root())
+            .arg(verb)
+            .args(args)
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    let bundle = o.bundle().display().to_string();
+    let out = as_nobody("run", &["-b", &bundle, "u1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("config.json: root.path: a root of its own needs root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = o.config(&["sh", "-c", "id -u; exit 5"]);
+    c["root"] = serde_json::json!({ "path": "/" });
+    c["mounts"] = serde_json::json!([]);
+    o.write_config(&c);
+    let out = as_nobody("run", &["-b", &bundle, "u1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{NOBODY}\n"));
+    let state = as_nobody("state", &["u1"]);
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+    assert_eq!(state["status"], "stopped");
+    assert!(o.cmd("delete", &["u1"]).status().unwrap().success());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
