@@ -46,6 +46,16 @@ pub enum ContainerError {
     /// The command cannot be found.
     #[error("config.json: process.args[0]: {0:?} not found in the root's PATH")]
     NoCommand(String),
+    /// process.user.gid is not the user's primary group.
+    #[error("config.json: process.user.gid: {gid} is not the primary group of uid {uid} ({primary}); only that one is supported")]
+    Group {
+        /// The uid.
+        uid: u32,
+        /// The bundle's gid.
+        gid: u32,
+        /// The passwd entry's.
+        primary: String,
+    },
     /// The socket path is too long for sun_path.
     #[error("{0}: too long for a unix socket; use a shorter --root")]
     SocketPath(PathBuf),
@@ -231,11 +241,17 @@ pub fn resolve_command(bundle: &Bundle) -> Result<String, ContainerError> {
     Err(ContainerError::NoCommand(arg0.clone()))
 }
 
-/// The spawn config that runs `bundle` as the task of `c`; `isolate` gives the
-/// task its own root (the rootfs) as user `bundle.uid`.
-pub fn spawn_config(c: &Container, bundle: &Bundle) -> Result<SpawnConfig, ContainerError> {
+/// The spawn config that runs `bundle` as the task of `c`. `privileged`
+/// (the runtime runs as root): the task runs as `process.user` and, when the
+/// bundle has a rootfs, in a root of its own; else it runs as the caller in
+/// the host's root.
+pub fn spawn_config(
+    c: &Container,
+    bundle: &Bundle,
+    privileged: bool,
+) -> Result<SpawnConfig, ContainerError> {
     let command = resolve_command(bundle)?;
-    let isolation = bundle.rootfs.as_ref().map(|rootfs| {
+    let chroot = bundle.rootfs.as_ref().map(|rootfs| {
         let mut binds = Vec::new();
         // The rootfs's top-level entries make the task's root (read-only);
         // the bundle's binds go over them.
@@ -259,10 +275,11 @@ pub fn spawn_config(c: &Container, bundle: &Bundle) -> Result<SpawnConfig, Conta
                 target: b.destination.clone(),
             });
         }
-        Isolation {
-            user: bundle.uid.to_string(),
-            chroot: Some(ChrootSpec { binds }),
-        }
+        ChrootSpec { binds }
+    });
+    let isolation = privileged.then(|| Isolation {
+        user: bundle.uid.to_string(),
+        chroot,
     });
     Ok(SpawnConfig {
         alloc_id: "oci".into(),
@@ -287,6 +304,23 @@ pub fn spawn_config(c: &Container, bundle: &Bundle) -> Result<SpawnConfig, Conta
         linger_ms: 7 * 24 * 3600 * 1000,
         cgroup: bundle.cgroup.as_ref().map(|cg| cgroup_spec(c, cg)),
         isolation,
+    })
+}
+
+/// Check that `process.user.gid` is uid's primary group: tend-spawn takes
+/// the group from the passwd entry.
+pub fn check_group(bundle: &Bundle) -> Result<(), ContainerError> {
+    let found = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(bundle.uid));
+    let primary = match found {
+        Ok(Some(u)) if u.gid.as_raw() == bundle.gid => return Ok(()),
+        Ok(Some(u)) => u.gid.as_raw().to_string(),
+        Ok(None) => "no passwd entry".to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(ContainerError::Group {
+        uid: bundle.uid,
+        gid: bundle.gid,
+        primary,
     })
 }
 
@@ -316,4 +350,102 @@ fn cgroup_spec(c: &Container, cg: &crate::bundle::Cgroup) -> CgroupSpec {
 
 fn libc_sigterm() -> i32 {
     nix::sys::signal::Signal::SIGTERM as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::{BindMount, Cgroup};
+
+    fn bundle(rootfs: &Path) -> Bundle {
+        Bundle {
+            dir: rootfs.parent().unwrap().to_path_buf(),
+            args: vec!["sh".into(), "-c".into(), "true".into()],
+            env: vec![("PATH".into(), "/nope:/usr/bin".into())],
+            cwd: "/".into(),
+            uid: 65534,
+            gid: 65534,
+            rlimits: vec![],
+            rootfs: Some(rootfs.to_path_buf()),
+            binds: vec![BindMount {
+                source: "/usr".into(),
+                destination: "/usr".into(),
+            }],
+            cgroup: None,
+        }
+    }
+
+    fn container(dir: &Path) -> Container {
+        Container {
+            id: "job.1".into(),
+            dir: dir.join("job.1"),
+            bundle: dir.to_path_buf(),
+            token: Token([1; 32]),
+        }
+    }
+
+    #[test]
+    fn privileged_with_a_rootfs_gets_its_entries_then_the_binds() {
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path().join("rootfs");
+        for e in ["etc", "bin", "proc", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(e)).unwrap();
+        }
+        let b = bundle(&rootfs);
+        let cfg = spawn_config(&container(d.path()), &b, true).unwrap();
+        cfg.validate().unwrap();
+        // sh is found through the bind of /usr (the rootfs has no /nope/sh).
+        assert_eq!(cfg.command, "/usr/bin/sh");
+        assert_eq!(cfg.args, ["-c", "true"]);
+        let iso = cfg.isolation.unwrap();
+        assert_eq!(iso.user, "65534");
+        let targets: Vec<&str> = iso
+            .chroot
+            .as_ref()
+            .unwrap()
+            .binds
+            .iter()
+            .map(|b| b.target.as_str())
+            .collect();
+        assert_eq!(targets, ["/bin", "/etc", "/usr"]);
+        assert_eq!(
+            cfg.socket_path,
+            d.path().join("job.1/ctl/sock").display().to_string()
+        );
+        assert_eq!(cfg.cgroup, None);
+    }
+
+    #[test]
+    fn unprivileged_runs_as_the_caller_and_a_cgroup_defaults_to_the_id() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = bundle(&d.path().join("rootfs"));
+        b.rootfs = None;
+        b.binds.clear();
+        b.cgroup = Some(Cgroup {
+            memory_bytes: Some(1 << 20),
+            cpu_quota: Some((50_000, 100_000)),
+            ..Cgroup::default()
+        });
+        let cfg = spawn_config(&container(d.path()), &b, false).unwrap();
+        assert_eq!(cfg.isolation, None);
+        let cg = cfg.cgroup.unwrap();
+        assert_eq!(cg.path, "tend-oci/job.1");
+        assert_eq!(cg.memory_bytes, Some(1 << 20));
+        assert_eq!(cg.options.cpu_quota.unwrap().quota_us, 50_000);
+        b.args[0] = "no-such-command".into();
+        assert_eq!(
+            spawn_config(&container(d.path()), &b, false)
+                .unwrap_err()
+                .to_string(),
+            "config.json: process.args[0]: \"no-such-command\" not found in the root's PATH"
+        );
+    }
+
+    #[test]
+    fn ids_name_dirs() {
+        check_id("localhost.root.7.0.0").unwrap();
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(201)] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -35,7 +35,10 @@ const FORWARDED: [Signal; 7] = [
 pub fn run(root: &Path, spawn: &Path, bundle_dir: &Path, id: &str) -> anyhow::Result<i32> {
     let bundle_dir = std::path::absolute(bundle_dir).context("the bundle's path")?;
     let b = bundle::load(&bundle_dir)?;
-    if !nix::unistd::geteuid().is_root() {
+    let privileged = nix::unistd::geteuid().is_root();
+    if privileged {
+        container::check_group(&b)?;
+    } else {
         // Unprivileged (slurmstepd runs `run` as the job's user): the task
         // runs as the caller, in the host's root, without a cgroup.
         if b.rootfs.is_some() {
@@ -52,7 +55,7 @@ pub fn run(root: &Path, spawn: &Path, bundle_dir: &Path, id: &str) -> anyhow::Re
         }
     }
     let c = Container::create(root, id, &bundle_dir)?;
-    match start(&c, &b, spawn) {
+    match start(&c, &b, spawn, privileged) {
         Ok(code) => Ok(code),
         Err(e) => {
             // Nothing runs: nothing stays.
@@ -62,8 +65,8 @@ pub fn run(root: &Path, spawn: &Path, bundle_dir: &Path, id: &str) -> anyhow::Re
     }
 }
 
-fn start(c: &Container, b: &bundle::Bundle, spawn: &Path) -> anyhow::Result<i32> {
-    let config = container::spawn_config(c, b)?;
+fn start(c: &Container, b: &bundle::Bundle, spawn: &Path, privileged: bool) -> anyhow::Result<i32> {
+    let config = container::spawn_config(c, b, privileged)?;
     let frame = config.to_frame().context("encoding the spawn config")?;
     let mut child = Command::new(spawn)
         .stdin(Stdio::piped())

@@ -375,3 +375,36 @@ fn run_as_an_unprivileged_user() {
     assert!(o.cmd("delete", &["u1"]).status().unwrap().success());
     assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
 }
+
+/// As root, process.user is the task's user, in the host's root too; a gid
+/// other than the user's primary group is refused by name.
+#[test]
+fn process_user_is_the_tasks_user() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let mut c = o.config(&["sh", "-c", "id -u; id -g"]);
+    c["root"] = serde_json::json!({ "path": "/" });
+    c["mounts"] = serde_json::json!([]);
+    c["process"]["user"] = serde_json::json!({ "uid": 65534, "gid": 65534 });
+    o.write_config(&c);
+    let out = o.run("p1").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "65534\n65534\n");
+    assert!(o.cmd("delete", &["p1"]).status().unwrap().success());
+    c["process"]["user"]["gid"] = serde_json::json!(0);
+    o.write_config(&c);
+    let out = o.run("p2").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("config.json: process.user.gid: 0 is not the primary group of uid 65534"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
