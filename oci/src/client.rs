@@ -68,7 +68,7 @@ impl Client {
             token,
         };
         write_frame(&mut c.stream, &hello).map_err(|source| c.frame_err(source))?;
-        match c.next()? {
+        match c.receive()? {
             Response::Welcome(w) => {
                 c.welcome = w;
                 Ok(c)
@@ -105,7 +105,7 @@ impl Client {
     }
 
     /// Read the next response or pushed event.
-    pub fn next(&mut self) -> Result<Response, ClientError> {
+    pub fn receive(&mut self) -> Result<Response, ClientError> {
         let frame =
             read_frame(&mut self.stream, MAX_FRAME_LEN).map_err(|source| self.frame_err(source))?;
         frame.decode().map_err(|source| self.frame_err(source))
@@ -114,7 +114,7 @@ impl Client {
     /// Send a request and read its answer; an `Error` answer is the error.
     pub fn ask(&mut self, r: Request) -> Result<Response, ClientError> {
         self.send(r)?;
-        match self.next()? {
+        match self.receive()? {
             Response::Error(m) => Err(ClientError::Refused {
                 path: self.path.clone(),
                 message: m,

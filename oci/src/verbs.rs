@@ -120,7 +120,7 @@ fn start(c: &Container, b: &bundle::Bundle, spawn: &Path, privileged: bool) -> a
             }
         }
         if sock_ready {
-            match client.next()? {
+            match client.receive()? {
                 Response::Ok => {}
                 Response::Error(m) => bail!("tend-spawn: {m}"),
                 other => {
@@ -249,7 +249,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<()> {
         }
         client.ask(Request::Wait)?;
         loop {
-            match client.next()? {
+            match client.receive()? {
                 Response::Ok => {}
                 other => {
                     other

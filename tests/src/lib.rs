@@ -1087,24 +1087,6 @@ pub fn parse_reply(bytes: &[u8]) -> std::io::Result<HttpReply> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_skip_is_a_skip_outside_ci() {
-        skip_or_fail_when(None, "needs root");
-        skip_or_fail_when(Some(OsStr::new("false")), "needs root");
-        skip_or_fail_when(Some(OsStr::new("")), "needs root");
-    }
-
-    #[test]
-    #[should_panic(expected = "cannot run under CI=true: needs root")]
-    fn a_skip_fails_under_ci() {
-        skip_or_fail_when(Some(OsStr::new("true")), "needs root");
-    }
-}
-
 /// An OCI bundle's config.json running `args` as root in a root of its own:
 /// an empty `BUNDLE/rootfs` (its mount points made here) with this host's
 /// /bin, /lib, /lib64 and /usr bound read-only over it.
@@ -1133,4 +1115,22 @@ pub fn oci_bundle_config(bundle: &Path, args: &[&str]) -> serde_json::Value {
         "mounts": mounts,
         "linux": { "namespaces": [{ "type": "pid" }, { "type": "mount" }] }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_is_a_skip_outside_ci() {
+        skip_or_fail_when(None, "needs root");
+        skip_or_fail_when(Some(OsStr::new("false")), "needs root");
+        skip_or_fail_when(Some(OsStr::new("")), "needs root");
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot run under CI=true: needs root")]
+    fn a_skip_fails_under_ci() {
+        skip_or_fail_when(Some(OsStr::new("true")), "needs root");
+    }
 }

@@ -23,6 +23,9 @@ fn base() -> Value {
     })
 }
 
+/// An edit of the base document.
+type Change = Box<dyn Fn(&mut Value)>;
+
 fn refusal(doc: &Value) -> String {
     map(Path::new("/b"), doc).unwrap_err().to_string()
 }
@@ -86,7 +89,7 @@ fn host_root_needs_no_readonly() {
 
 #[test]
 fn refusals_name_the_field() {
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+    let cases: Vec<(Change, &str)> = vec![
         (
             Box::new(|d| d["linux"]["namespaces"][1] = json!({ "type": "user" })),
             "config.json: linux.namespaces[1]: type \"user\" is not supported",
