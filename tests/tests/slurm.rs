@@ -219,6 +219,15 @@ impl Cluster {
         cmd
     }
 
+    /// `srun sleep 300` as root, started, its output dropped.
+    fn srun_sleeper(&self) -> Child {
+        self.srun(None, &["sleep", "300"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     fn run_client(&self, program: &str, args: &[&str]) -> String {
         let out = self.client(program).args(args).output().unwrap();
         assert!(
@@ -359,6 +368,19 @@ impl Cluster {
             "processes still in {}: {left:?}",
             self.base.display()
         );
+    }
+
+    /// Wait for slurmstepd's state and delete to leave the runtime's state
+    /// root empty, then [`Cluster::down`].
+    fn down_with_no_container_left(self) {
+        assert!(
+            wait_until(Duration::from_secs(20), || fs::read_dir(&self.state)
+                .map(|d| d.count() == 0)
+                .unwrap_or(false)),
+            "the container's state is left in {}",
+            self.state.display()
+        );
+        self.down();
     }
 
     fn daemon_pids(&self) -> Vec<i32> {
@@ -544,14 +566,7 @@ fn srun_through_tend_spawn_oci() {
     assert_eq!((state.as_str(), exit.as_str()), ("FAILED", "7:0"));
     assert_eq!(c.sacct_exit(job), "FAILED|7:0");
     // slurmstepd's state and delete remove the container once the step ends.
-    assert!(
-        wait_until(Duration::from_secs(20), || fs::read_dir(&c.state)
-            .map(|d| d.count() == 0)
-            .unwrap_or(false)),
-        "the container's state is left in {}",
-        c.state.display()
-    );
-    c.down();
+    c.down_with_no_container_left();
 }
 
 /// srun as a user: run (the task) is called as that user, the cleanup calls
@@ -615,18 +630,45 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::Exit
     status
 }
 
+/// The step `started` (its container id and process), running under srun
+/// `child`: scancel it; srun fails, the process ends, the job is CANCELLED.
+/// Returns the id and Slurm's ExitCode; srun is killed if it outlives
+/// scancel.
+fn scancel_step(
+    c: &Cluster,
+    child: &mut Child,
+    started: Option<(String, i32)>,
+) -> (String, String) {
+    let Some((id, sleeper)) = started else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the step never started");
+    };
+    let job: u32 = id.split('.').nth(2).unwrap().parse().unwrap();
+    assert!(pid_alive(sleeper));
+    c.run_client("scancel", &[&job.to_string()]);
+    let status = wait_child(child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(!status.expect("srun outlived scancel").success());
+    assert!(
+        wait_until(Duration::from_secs(10), || !pid_alive(sleeper)),
+        "the step's process {sleeper} outlived scancel"
+    );
+    let (state, exit) = c.scontrol_exit(job);
+    assert_eq!(state, "CANCELLED");
+    (id, exit)
+}
+
 /// scancel stops a sleeping step: slurmstepd signals the runtime (the task)
 /// and its children, then asks state and deletes; the job is CANCELLED.
 #[test]
 fn scancel_stops_a_running_step() {
     require_root!();
     let c = Cluster::up();
-    let mut child = c
-        .srun(None, &["sleep", "300"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = c.srun_sleeper();
     // The container's process: the stand-in writes ID/pid once started.
     let state = c.base.join("state");
     let mut started = None;
@@ -642,29 +684,8 @@ fn scancel_stops_a_running_step() {
             });
         started.is_some()
     });
-    let Some((id, sleeper)) = started else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the step never started");
-    };
-    let job: u32 = id.split('.').nth(2).unwrap().parse().unwrap();
-    assert!(pid_alive(sleeper));
-
-    c.run_client("scancel", &[&job.to_string()]);
-    let status = wait_child(&mut child, Duration::from_secs(20));
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    // [runtime] The step ends and its process with it.
-    let status = status.expect("srun outlived scancel");
-    assert!(!status.success());
-    assert!(
-        wait_until(Duration::from_secs(5), || !pid_alive(sleeper)),
-        "the step's process {sleeper} outlived scancel"
-    );
-    let (state, exit) = c.scontrol_exit(job);
-    assert_eq!(state, "CANCELLED");
+    // [runtime] The step ends and its process with it; CANCELLED.
+    let (id, exit) = scancel_step(&c, &mut child, started);
     // SIGTERM reaches every process of the task at once: when the task's
     // /bin/sh dies of it Slurm records the signal, when it first sees the
     // runtime exit 128+15 it exits 143 itself. Both happen here.
@@ -679,4 +700,41 @@ fn scancel_stops_a_running_step() {
     let run = c.calls().into_iter().find(|k| k.verb == "run").unwrap();
     assert_eq!(run.exit(), Some(143));
     c.down();
+}
+
+/// scancel of a step run by `tend-spawn oci`: the task (outside the step's
+/// process tree) ends through the runtime, and the container is deleted.
+#[test]
+fn scancel_stops_a_step_run_by_tend_spawn_oci() {
+    require_root!();
+    let c = Cluster::up_with(Runtime::Tend);
+    let mut child = c.srun_sleeper();
+    let state_of = |id: &str| -> Option<serde_json::Value> {
+        let out = Command::new(tend_tests::spawn_bin())
+            .args(["oci", "--root"])
+            .arg(&c.state)
+            .args(["state", id])
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let mut started = None;
+    wait_until(Duration::from_secs(20), || {
+        started = fs::read_dir(&c.state)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let s = state_of(&id)?;
+                if s["status"] != "running" {
+                    return None;
+                }
+                let pid = i32::try_from(s["pid"].as_i64()?).ok()?;
+                Some((id, pid))
+            });
+        started.is_some()
+    });
+    scancel_step(&c, &mut child, started);
+    c.down_with_no_container_left();
 }
