@@ -326,7 +326,7 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
         return Err(refuse("mounts", "need a root.path other than /"));
     }
     let cgroup = match top.get("linux") {
-        Some(l) => linux(l)?,
+        Some(l) => linux(l, rootfs.is_some())?,
         None => None,
     };
     Ok(Bundle {
@@ -500,9 +500,65 @@ fn resources(v: &Value) -> Result<Cgroup, BundleError> {
     Ok(cg)
 }
 
-fn linux(v: &Value) -> Result<Option<Cgroup>, BundleError> {
+/// `linux.maskedPaths` or `linux.readonlyPaths`: accepted where every entry
+/// is one tend-spawn masks (or write-protects) in every root it builds.
+fn fixed_paths(
+    l: &Map<String, Value>,
+    key: &str,
+    covered: &dyn Fn(&str) -> bool,
+    own_root: bool,
+) -> Result<(), BundleError> {
+    let Some(v) = l.get(key) else { return Ok(()) };
+    let field = format!("linux.{key}");
+    let entries = array(v, &field)?;
+    if !entries.is_empty() && !own_root {
+        return Err(refuse(
+            &field,
+            "needs a root.path other than / (the host's /proc is not masked)",
+        ));
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let path = string(e, &f)?;
+        if !covered(path) {
+            return Err(refuse(
+                &f,
+                format!("{path:?} is not supported: tend-spawn's fixed set is (docs/oci.md)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn masked(path: &str) -> bool {
+    use tend_proto::config::{PROC_MASKED_DIRS, PROC_MASKED_FILES, SYS_MASKED_DIRS};
+    match (path.strip_prefix("/proc/"), path.strip_prefix("/sys/")) {
+        (Some(p), _) => PROC_MASKED_FILES.contains(&p) || PROC_MASKED_DIRS.contains(&p),
+        (_, Some(p)) => SYS_MASKED_DIRS.contains(&p),
+        _ => false,
+    }
+}
+
+fn read_only(path: &str) -> bool {
+    path.strip_prefix("/proc/")
+        .is_some_and(|p| tend_proto::config::PROC_READ_ONLY.contains(&p))
+}
+
+fn linux(v: &Value, own_root: bool) -> Result<Option<Cgroup>, BundleError> {
     let l = object(v, "linux")?;
-    only(l, "linux", &["namespaces", "resources", "cgroupsPath"])?;
+    only(
+        l,
+        "linux",
+        &[
+            "namespaces",
+            "resources",
+            "cgroupsPath",
+            "maskedPaths",
+            "readonlyPaths",
+        ],
+    )?;
+    fixed_paths(l, "maskedPaths", &masked, own_root)?;
+    fixed_paths(l, "readonlyPaths", &read_only, own_root)?;
     let mut cgroup = l.get("resources").map(resources).transpose()?;
     if let Some(p) = l.get("cgroupsPath") {
         let path = string(p, "linux.cgroupsPath")?;

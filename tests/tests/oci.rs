@@ -408,3 +408,41 @@ fn process_user_is_the_tasks_user() {
     );
     assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
 }
+
+/// runc's default maskedPaths and readonlyPaths are tend-spawn's own: a
+/// bundle naming them runs, and they are masked and read-only in its root.
+#[test]
+fn runc_default_masked_and_readonly_paths_run() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let mut c = o.config(&[
+        "sh",
+        "-c",
+        "wc -c </proc/keys; echo 1 >/proc/sys/kernel/domainname 2>/dev/null || echo ro",
+    ]);
+    // The unit tests of tend-oci pin runc's own list; here, every entry.
+    use tend_proto::config::{
+        PROC_MASKED_DIRS, PROC_MASKED_FILES, PROC_READ_ONLY, SYS_MASKED_DIRS,
+    };
+    let proc_ = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("/proc/{n}"))
+            .collect::<Vec<_>>()
+    };
+    let mut masked = proc_(&PROC_MASKED_FILES);
+    masked.extend(proc_(&PROC_MASKED_DIRS));
+    masked.extend(SYS_MASKED_DIRS.iter().map(|n| format!("/sys/{n}")));
+    c["linux"]["maskedPaths"] = serde_json::json!(masked);
+    c["linux"]["readonlyPaths"] = serde_json::json!(proc_(&PROC_READ_ONLY));
+    o.write_config(&c);
+    let out = o.run("m1").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\nro\n");
+    assert!(o.cmd("delete", &["m1"]).status().unwrap().success());
+}

@@ -119,8 +119,20 @@ fn refusals_name_the_field() {
             "config.json: linux.cgroupsPath: \"/a/../b\" is not a plain path",
         ),
         (
-            Box::new(|d| d["linux"]["maskedPaths"] = json!(["/proc/kcore"])),
-            "config.json: linux.maskedPaths: is not supported",
+            Box::new(|d| d["linux"]["maskedPaths"] = json!(["/proc/kcore", "/etc/shadow"])),
+            "config.json: linux.maskedPaths[1]: \"/etc/shadow\" is not supported",
+        ),
+        (
+            Box::new(|d| d["linux"]["readonlyPaths"] = json!(["/proc/kcore"])),
+            "config.json: linux.readonlyPaths[0]: \"/proc/kcore\" is not supported",
+        ),
+        (
+            Box::new(|d| {
+                d["root"] = json!({ "path": "/" });
+                d["mounts"] = json!([]);
+                d["linux"]["maskedPaths"] = json!(["/proc/kcore"]);
+            }),
+            "config.json: linux.maskedPaths: needs a root.path other than /",
         ),
         (
             Box::new(|d| d["process"]["terminal"] = json!(true)),
@@ -172,6 +184,31 @@ fn refusals_name_the_field() {
             "{got:?} does not start with {want:?}"
         );
     }
+}
+
+#[test]
+fn runc_default_masked_and_readonly_paths_are_tend_spawns() {
+    let mut d = base();
+    d["linux"]["maskedPaths"] = json!([
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/sys/firmware",
+        "/proc/scsi"
+    ]);
+    d["linux"]["readonlyPaths"] = json!([
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger"
+    ]);
+    map(Path::new("/b"), &d).unwrap();
 }
 
 #[test]
