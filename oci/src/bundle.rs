@@ -381,7 +381,9 @@ fn root(v: Option<&Value>, dir: &Path) -> Result<Option<PathBuf>, BundleError> {
         .get("readonly")
         .map_or(Ok(false), |v| bool_of(v, "root.readonly"))?;
     let abs = dir.join(path);
-    if abs == Path::new("/") {
+    // slurmstepd rewrites root.path against the bundle, so the host's root
+    // may come as a path (a symlink) that resolves to it.
+    if abs == Path::new("/") || std::fs::canonicalize(&abs).is_ok_and(|p| p == Path::new("/")) {
         return Ok(None);
     }
     // tend-spawn builds the root from read-only binds of the rootfs's entries.

@@ -72,6 +72,9 @@ enum Runtime {
     /// `tend-spawn oci`, with a bundle whose rootfs is the host's binaries
     /// bound read-only.
     Tend,
+    /// `tend-spawn oci`, with a bundle whose root is the host's `/` (what an
+    /// unprivileged run can do).
+    TendHostRoot,
 }
 
 impl Cluster {
@@ -127,11 +130,20 @@ impl Cluster {
                 log.display(),
                 state.display()
             ),
-            Runtime::Tend => {
+            Runtime::Tend | Runtime::TendHostRoot => {
+                let mut config = tend_tests::oci_bundle_config(&bundle, &["true"]);
+                if runtime == Runtime::TendHostRoot {
+                    // slurmstepd makes root.path absolute against the bundle
+                    // ("/" too): the host's root is a rootfs linking to it.
+                    let rootfs = bundle.join("rootfs");
+                    fs::remove_dir_all(&rootfs).unwrap();
+                    std::os::unix::fs::symlink("/", &rootfs).unwrap();
+                    config["root"] = serde_json::json!({ "path": "rootfs" });
+                    config["mounts"] = serde_json::json!([]);
+                }
                 fs::write(
                     bundle.join("config.json"),
-                    serde_json::to_vec_pretty(&tend_tests::oci_bundle_config(&bundle, &["true"]))
-                        .unwrap(),
+                    serde_json::to_vec_pretty(&config).unwrap(),
                 )
                 .unwrap();
                 format!(
@@ -566,6 +578,30 @@ fn srun_through_tend_spawn_oci() {
     assert_eq!((state.as_str(), exit.as_str()), ("FAILED", "7:0"));
     assert_eq!(c.sacct_exit(job), "FAILED|7:0");
     // slurmstepd's state and delete remove the container once the step ends.
+    c.down_with_no_container_left();
+}
+
+/// srun as a user through `tend-spawn oci`: run, called as the user, runs
+/// the step as the user in the host's root; root's state and delete remove
+/// the container.
+#[test]
+fn srun_as_a_user_through_tend_spawn_oci() {
+    require_root!();
+    let c = Cluster::up_with(Runtime::TendHostRoot);
+    let out = c
+        .srun(
+            Some(NOBODY),
+            &["sh", "-c", "echo job=$SLURM_JOB_ID; id -u; exit 3"],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "srun: {stderr}");
+    let job = job_id(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout, format!("job={job}\n{NOBODY}\n"));
+    let (state, exit) = c.scontrol_exit(job);
+    assert_eq!((state.as_str(), exit.as_str()), ("FAILED", "3:0"));
     c.down_with_no_container_left();
 }
 

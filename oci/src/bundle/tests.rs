@@ -85,6 +85,11 @@ fn host_root_needs_no_readonly() {
     d["root"] = json!({ "path": "/" });
     d["mounts"] = json!([]);
     assert_eq!(map(Path::new("/b"), &d).unwrap().rootfs, None);
+    // A rootfs that resolves to / is the host's root too.
+    let b = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/", b.path().join("rootfs")).unwrap();
+    d["root"] = json!({ "path": "rootfs" });
+    assert_eq!(map(b.path(), &d).unwrap().rootfs, None);
 }
 
 #[test]
