@@ -100,6 +100,22 @@ pub struct Isolation {
     pub chroot: Option<ChrootSpec>,
 }
 
+/// Kernel knobs of the task's /proc made read-only, as runc's defaults.
+pub const PROC_READ_ONLY: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+/// Files of the task's /proc masked with /dev/null, as runc's defaults.
+pub const PROC_MASKED_FILES: [&str; 6] = [
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+];
+/// Dirs of the task's /proc masked with an empty read-only tmpfs, as runc's defaults.
+pub const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "asound", "scsi"];
+/// Dirs of a /sys bound into the root (a chroot_env target `/sys`) masked the same way.
+pub const SYS_MASKED_DIRS: [&str; 2] = ["firmware", "devices/virtual/powercap"];
+
 /// Everything tend-spawn needs to run one task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnConfig {

@@ -241,21 +241,11 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Kernel knobs of the task's /proc made read-only, as runc's defaults.
-pub const PROC_READ_ONLY: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
-/// Files of the task's /proc masked with /dev/null, as runc's defaults.
-pub const PROC_MASKED_FILES: [&str; 6] = [
-    "kcore",
-    "keys",
-    "latency_stats",
-    "timer_list",
-    "timer_stats",
-    "sched_debug",
-];
-/// Dirs of the task's /proc masked with an empty read-only tmpfs, as runc's defaults.
-pub const PROC_MASKED_DIRS: [&str; 3] = ["acpi", "asound", "scsi"];
-/// Dirs of a /sys bound into the root (a chroot_env target `/sys`) masked the same way.
-pub const SYS_MASKED_DIRS: [&str; 2] = ["firmware", "devices/virtual/powercap"];
+// What every task root masks and write-protects; in tend-proto, where
+// tend-oci reads them to accept a bundle's maskedPaths and readonlyPaths.
+pub use tend_proto::config::{
+    PROC_MASKED_DIRS, PROC_MASKED_FILES, PROC_READ_ONLY, SYS_MASKED_DIRS,
+};
 
 /// The task's /tmp: 64 MiB, or a quarter of the memory limit when that is
 /// smaller (tmpfs pages count against the task's memory cgroup, so a full

@@ -56,7 +56,7 @@ pub enum UsageError {
 }
 
 /// What the command line asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run as the agent's supervisor (no arguments).
     Run,
@@ -64,6 +64,9 @@ pub enum Command {
     Version,
     /// Print the help.
     Help,
+    /// `oci VERB ...`: the OCI runtime command line, served by `tend-oci`
+    /// next to this binary (docs/oci.md).
+    Oci(Vec<String>),
 }
 
 /// The help text.
@@ -71,6 +74,9 @@ pub const HELP: &str = "tend-spawn: tend's per-task supervisor.\n\
 \n\
 Started by the tend agent, which writes the task's spawn config as one frame to\n\
 stdin and reads one start report from stdout. It takes no other arguments.\n\
+\n\
+`tend-spawn oci run|state|kill|delete ...` is the OCI runtime command line,\n\
+served by tend-oci next to this binary (docs/oci.md).\n\
 \n\
 Options:\n  --version  print the version\n  --help     print this help\n";
 
@@ -81,6 +87,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Us
         [] => Ok(Command::Run),
         [a] if a == "--version" || a == "-V" => Ok(Command::Version),
         [a] if a == "--help" || a == "-h" => Ok(Command::Help),
+        [a, rest @ ..] if a == "oci" => Ok(Command::Oci(rest.to_vec())),
         [a, ..] => Err(UsageError::UnknownArgument(a.clone())),
     }
 }
@@ -222,6 +229,28 @@ fn report_failure(f: &StartFailure) -> i32 {
     EXIT_FAILED
 }
 
+/// `tend-spawn oci ...`: exec `tend-oci` from this binary's dir with the
+/// same arguments. Refused in setuid mode: the front end parses JSON from the
+/// caller and must never hold the setuid binary's privileges; it runs as the
+/// caller and starts tend-spawn (setuid or not) itself. Returns only on failure.
+pub fn exec_oci(args: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    if setuid::is_setuid() {
+        eprintln!("tend-spawn: oci: run tend-oci directly, not through the setuid tend-spawn");
+        return EXIT_USAGE;
+    }
+    let front = match std::env::current_exe() {
+        Ok(p) => p.with_file_name("tend-oci"),
+        Err(e) => {
+            eprintln!("tend-spawn: oci: finding this binary: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let e = std::process::Command::new(&front).args(args).exec();
+    eprintln!("tend-spawn: oci: exec {}: {e}", front.display());
+    EXIT_FAILED
+}
+
 /// For unit tests that need root (see [`tend_sys::test_have_root`]).
 #[cfg(test)]
 pub(crate) use tend_sys::test_have_root;
@@ -240,6 +269,10 @@ mod tests {
             Err(UsageError::UnknownArgument(_))
         ));
         assert!(parse_args(vec!["--version".into(), "x".into()]).is_err());
+        assert_eq!(
+            parse_args(vec!["oci".into(), "state".into(), "x".into()]),
+            Ok(Command::Oci(vec!["state".into(), "x".into()]))
+        );
     }
 
     #[test]

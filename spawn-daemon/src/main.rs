@@ -20,6 +20,7 @@ fn main() {
             0
         }
         Ok(Command::Run) => tend_spawn::run(),
+        Ok(Command::Oci(args)) => tend_spawn::exec_oci(&args),
         Err(e) => {
             eprintln!("tend-spawn: {e}");
             EXIT_USAGE

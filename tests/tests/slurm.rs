@@ -59,12 +59,30 @@ struct Cluster {
     dir: PathBuf,
     bundle: PathBuf,
     log: PathBuf,
+    state: PathBuf,
     port: u16,
     up: bool,
 }
 
+/// The runtime oci.conf names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    /// tests/slurm/oci-standin, recording its calls.
+    StandIn,
+    /// `tend-spawn oci`, with a bundle whose rootfs is the host's binaries
+    /// bound read-only.
+    Tend,
+    /// `tend-spawn oci`, with a bundle whose root is the host's `/` (what an
+    /// unprivileged run can do).
+    TendHostRoot,
+}
+
 impl Cluster {
     fn up() -> Cluster {
+        Cluster::up_with(Runtime::StandIn)
+    }
+
+    fn up_with(runtime: Runtime) -> Cluster {
         // The daemons and slurmstepd detach from the harness; as their
         // subreaper this test reaps them, so `down` leaves not even a zombie
         // (this host's PID 1 does not reap).
@@ -105,13 +123,36 @@ impl Cluster {
             serde_json::to_vec_pretty(&config).unwrap(),
         )
         .unwrap();
-        let standin = repo_root().join("tests/slurm/oci-standin");
-        let rt = format!(
-            "{} --log {} --root {}",
-            standin.display(),
-            log.display(),
-            state.display()
-        );
+        let rt = match runtime {
+            Runtime::StandIn => format!(
+                "{} --log {} --root {}",
+                repo_root().join("tests/slurm/oci-standin").display(),
+                log.display(),
+                state.display()
+            ),
+            Runtime::Tend | Runtime::TendHostRoot => {
+                let mut config = tend_tests::oci_bundle_config(&bundle, &["true"]);
+                if runtime == Runtime::TendHostRoot {
+                    // slurmstepd makes root.path absolute against the bundle
+                    // ("/" too): the host's root is a rootfs linking to it.
+                    let rootfs = bundle.join("rootfs");
+                    fs::remove_dir_all(&rootfs).unwrap();
+                    std::os::unix::fs::symlink("/", &rootfs).unwrap();
+                    config["root"] = serde_json::json!({ "path": "rootfs" });
+                    config["mounts"] = serde_json::json!([]);
+                }
+                fs::write(
+                    bundle.join("config.json"),
+                    serde_json::to_vec_pretty(&config).unwrap(),
+                )
+                .unwrap();
+                format!(
+                    "{} oci --root {}",
+                    tend_tests::spawn_bin().display(),
+                    state.display()
+                )
+            }
+        };
         let oci_conf = base.join("oci.conf");
         fs::write(
             &oci_conf,
@@ -130,6 +171,7 @@ impl Cluster {
             base,
             bundle,
             log,
+            state,
             port,
             up: true,
         };
@@ -187,6 +229,15 @@ impl Cluster {
             .arg("--chdir=/")
             .args(args);
         cmd
+    }
+
+    /// `srun sleep 300` as root, started, its output dropped.
+    fn srun_sleeper(&self) -> Child {
+        self.srun(None, &["sleep", "300"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
     }
 
     fn run_client(&self, program: &str, args: &[&str]) -> String {
@@ -329,6 +380,19 @@ impl Cluster {
             "processes still in {}: {left:?}",
             self.base.display()
         );
+    }
+
+    /// Wait for slurmstepd's state and delete to leave the runtime's state
+    /// root empty, then [`Cluster::down`].
+    fn down_with_no_container_left(self) {
+        assert!(
+            wait_until(Duration::from_secs(20), || fs::read_dir(&self.state)
+                .map(|d| d.count() == 0)
+                .unwrap_or(false)),
+            "the container's state is left in {}",
+            self.state.display()
+        );
+        self.down();
     }
 
     fn daemon_pids(&self) -> Vec<i32> {
@@ -478,6 +542,69 @@ fn srun_output_and_exit_code_pass_through_the_runtime() {
     c.down();
 }
 
+/// With `tend-spawn oci` as the runtime: the step runs under tend-spawn in
+/// the bundle's root, its output reaches srun, its exit code is srun's and
+/// Slurm's, and slurmstepd's state and delete leave nothing of it.
+#[test]
+fn srun_through_tend_spawn_oci() {
+    require_root!();
+    let c = Cluster::up_with(Runtime::Tend);
+    let out = c
+        .srun(
+            None,
+            &[
+                "sh",
+                "-c",
+                "echo job=$SLURM_JOB_ID; echo to-stderr >&2; \
+                 tr '\\0' ' ' </proc/1/cmdline; echo; ls /; exit 7",
+            ],
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let job = job_id(&out);
+    assert!(stderr.contains("to-stderr"), "stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(7), "srun: {stderr}");
+    // Its own pid namespace, whose first process is tend-spawn's, and the
+    // bundle's root, not the host's.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[1].contains("tend-spawn"), "stdout: {stdout}");
+    assert!(
+        lines.contains(&"usr") && !lines.contains(&"home"),
+        "stdout: {stdout}"
+    );
+    let (state, exit) = c.scontrol_exit(job);
+    assert_eq!((state.as_str(), exit.as_str()), ("FAILED", "7:0"));
+    assert_eq!(c.sacct_exit(job), "FAILED|7:0");
+    // slurmstepd's state and delete remove the container once the step ends.
+    c.down_with_no_container_left();
+}
+
+/// srun as a user through `tend-spawn oci`: run, called as the user, runs
+/// the step as the user in the host's root; root's state and delete remove
+/// the container.
+#[test]
+fn srun_as_a_user_through_tend_spawn_oci() {
+    require_root!();
+    let c = Cluster::up_with(Runtime::TendHostRoot);
+    let out = c
+        .srun(
+            Some(NOBODY),
+            &["sh", "-c", "echo job=$SLURM_JOB_ID; id -u; exit 3"],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "srun: {stderr}");
+    let job = job_id(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout, format!("job={job}\n{NOBODY}\n"));
+    let (state, exit) = c.scontrol_exit(job);
+    assert_eq!((state.as_str(), exit.as_str()), ("FAILED", "3:0"));
+    c.down_with_no_container_left();
+}
+
 /// srun as a user: run (the task) is called as that user, the cleanup calls
 /// as root, and config.json's process.user is left as the bundle had it.
 #[test]
@@ -539,18 +666,45 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::Exit
     status
 }
 
+/// The step `started` (its container id and process), running under srun
+/// `child`: scancel it; srun fails, the process ends, the job is CANCELLED.
+/// Returns the id and Slurm's ExitCode; srun is killed if it outlives
+/// scancel.
+fn scancel_step(
+    c: &Cluster,
+    child: &mut Child,
+    started: Option<(String, i32)>,
+) -> (String, String) {
+    let Some((id, sleeper)) = started else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the step never started");
+    };
+    let job: u32 = id.split('.').nth(2).unwrap().parse().unwrap();
+    assert!(pid_alive(sleeper));
+    c.run_client("scancel", &[&job.to_string()]);
+    let status = wait_child(child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(!status.expect("srun outlived scancel").success());
+    assert!(
+        wait_until(Duration::from_secs(10), || !pid_alive(sleeper)),
+        "the step's process {sleeper} outlived scancel"
+    );
+    let (state, exit) = c.scontrol_exit(job);
+    assert_eq!(state, "CANCELLED");
+    (id, exit)
+}
+
 /// scancel stops a sleeping step: slurmstepd signals the runtime (the task)
 /// and its children, then asks state and deletes; the job is CANCELLED.
 #[test]
 fn scancel_stops_a_running_step() {
     require_root!();
     let c = Cluster::up();
-    let mut child = c
-        .srun(None, &["sleep", "300"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = c.srun_sleeper();
     // The container's process: the stand-in writes ID/pid once started.
     let state = c.base.join("state");
     let mut started = None;
@@ -566,29 +720,8 @@ fn scancel_stops_a_running_step() {
             });
         started.is_some()
     });
-    let Some((id, sleeper)) = started else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the step never started");
-    };
-    let job: u32 = id.split('.').nth(2).unwrap().parse().unwrap();
-    assert!(pid_alive(sleeper));
-
-    c.run_client("scancel", &[&job.to_string()]);
-    let status = wait_child(&mut child, Duration::from_secs(20));
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    // [runtime] The step ends and its process with it.
-    let status = status.expect("srun outlived scancel");
-    assert!(!status.success());
-    assert!(
-        wait_until(Duration::from_secs(5), || !pid_alive(sleeper)),
-        "the step's process {sleeper} outlived scancel"
-    );
-    let (state, exit) = c.scontrol_exit(job);
-    assert_eq!(state, "CANCELLED");
+    // [runtime] The step ends and its process with it; CANCELLED.
+    let (id, exit) = scancel_step(&c, &mut child, started);
     // SIGTERM reaches every process of the task at once: when the task's
     // /bin/sh dies of it Slurm records the signal, when it first sees the
     // runtime exit 128+15 it exits 143 itself. Both happen here.
@@ -603,4 +736,41 @@ fn scancel_stops_a_running_step() {
     let run = c.calls().into_iter().find(|k| k.verb == "run").unwrap();
     assert_eq!(run.exit(), Some(143));
     c.down();
+}
+
+/// scancel of a step run by `tend-spawn oci`: the task (outside the step's
+/// process tree) ends through the runtime, and the container is deleted.
+#[test]
+fn scancel_stops_a_step_run_by_tend_spawn_oci() {
+    require_root!();
+    let c = Cluster::up_with(Runtime::Tend);
+    let mut child = c.srun_sleeper();
+    let state_of = |id: &str| -> Option<serde_json::Value> {
+        let out = Command::new(tend_tests::spawn_bin())
+            .args(["oci", "--root"])
+            .arg(&c.state)
+            .args(["state", id])
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let mut started = None;
+    wait_until(Duration::from_secs(20), || {
+        started = fs::read_dir(&c.state)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let s = state_of(&id)?;
+                if s["status"] != "running" {
+                    return None;
+                }
+                let pid = i32::try_from(s["pid"].as_i64()?).ok()?;
+                Some((id, pid))
+            });
+        started.is_some()
+    });
+    scancel_step(&c, &mut child, started);
+    c.down_with_no_container_left();
 }

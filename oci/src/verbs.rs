@@ -1,0 +1,299 @@
+//! The runtime-spec's verbs: `run`, `state`, `kill`, `delete`.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use tend_proto::frame::read_frame;
+use tend_proto::msg::TaskState;
+use tend_proto::{Request, Response, StartReport, MAX_FRAME_LEN};
+
+use crate::bundle;
+use crate::client::Client;
+use crate::container::{self, Container};
+
+/// The signals `run` passes on to the task, as runc's run forwards them.
+const FORWARDED: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCONT,
+];
+
+/// `run [-b DIR] ID`: start the bundle's process under tend-spawn and stay in
+/// the foreground as it: its output copied to ours, its signals forwarded,
+/// and its shell code (128+N for signal N) returned.
+pub fn run(root: &Path, spawn: &Path, bundle_dir: &Path, id: &str) -> anyhow::Result<i32> {
+    let bundle_dir = std::path::absolute(bundle_dir).context("the bundle's path")?;
+    let b = bundle::load(&bundle_dir)?;
+    let privileged = nix::unistd::geteuid().is_root();
+    if privileged {
+        container::check_group(&b)?;
+    } else {
+        // Unprivileged (slurmstepd runs `run` as the job's user): the task
+        // runs as the caller, in the host's root, without a cgroup.
+        if b.rootfs.is_some() {
+            bail!("config.json: root.path: a root of its own needs root; as an unprivileged user only \"/\" runs (docs/oci.md)");
+        }
+        if b.cgroup.is_some() {
+            bail!("config.json: linux.resources: a cgroup needs root (docs/oci.md)");
+        }
+    }
+    for r in &b.rlimits {
+        // Best effort: inherited by tend-spawn and so by the task.
+        if let Some(res) = bundle::rlimit_resource(&r.kind) {
+            let _ = nix::sys::resource::setrlimit(res, r.soft, r.hard);
+        }
+    }
+    let c = Container::create(root, id, &bundle_dir)?;
+    match start(&c, &b, spawn, privileged) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            // Nothing runs: nothing stays.
+            let _ = std::fs::remove_dir_all(&c.dir);
+            Err(e)
+        }
+    }
+}
+
+fn start(c: &Container, b: &bundle::Bundle, spawn: &Path, privileged: bool) -> anyhow::Result<i32> {
+    let config = container::spawn_config(c, b, privileged)?;
+    let frame = config.to_frame().context("encoding the spawn config")?;
+    let mut child = Command::new(spawn)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        // Its own log is in the container's log dir; a start failure comes back in the report.
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", spawn.display()))?;
+    let mut stdin = child.stdin.take().context("tend-spawn's stdin")?;
+    stdin
+        .write_all(&frame)
+        .context("writing the spawn config")?;
+    drop(stdin);
+    let mut stdout = child.stdout.take().context("tend-spawn's stdout")?;
+    let report = read_frame(&mut stdout, MAX_FRAME_LEN)
+        .context("reading tend-spawn's start report")?
+        .decode::<StartReport>()
+        .context("decoding tend-spawn's start report")?;
+    let _ = child.wait();
+    if let StartReport::Failed { stage, message, .. } = report {
+        bail!("the task did not start ({stage}): {message}");
+    }
+    // From here a forwarded signal reaches the task, not this process.
+    let mut mask = SigSet::empty();
+    for s in FORWARDED {
+        mask.add(s);
+    }
+    mask.thread_block()
+        .context("blocking the forwarded signals")?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)?;
+    let mut client = Client::connect(&c.socket(), c.token)?;
+    client.ask(Request::Wait)?;
+    let mut out = Follow::new(c.log("stdout"));
+    let mut err = Follow::new(c.log("stderr"));
+    loop {
+        let (sock_ready, sig_ready) = {
+            let mut fds = [
+                PollFd::new(client.stream().as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            ];
+            poll(&mut fds, PollTimeout::from(50u16))?;
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        out.copy_to(&mut std::io::stdout());
+        err.copy_to(&mut std::io::stderr());
+        if sig_ready {
+            if let Some(info) = signals.read_signal()? {
+                let signo = i32::try_from(info.ssi_signo).unwrap_or(15);
+                client.send(Request::Signal(signo))?;
+            }
+        }
+        if sock_ready {
+            match client.receive()? {
+                Response::Ok => {}
+                Response::Error(m) => bail!("tend-spawn: {m}"),
+                other => {
+                    let exit = other
+                        .into_exit()
+                        .map_err(|r| anyhow!("unexpected answer {r:?}"))?;
+                    out.copy_to(&mut std::io::stdout());
+                    err.copy_to(&mut std::io::stderr());
+                    return Ok(exit.shell_code());
+                }
+            }
+        }
+    }
+}
+
+/// Copies what a log file gains to a stream.
+struct Follow {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    offset: u64,
+}
+
+impl Follow {
+    fn new(path: PathBuf) -> Follow {
+        Follow {
+            path,
+            file: None,
+            offset: 0,
+        }
+    }
+
+    fn copy_to(&mut self, to: &mut dyn Write) {
+        if self.file.is_none() {
+            self.file = std::fs::File::open(&self.path).ok();
+        }
+        let Some(f) = self.file.as_mut() else { return };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        if let Ok(n) = f.read_to_end(&mut buf) {
+            self.offset += n as u64;
+            let _ = to.write_all(&buf);
+            let _ = to.flush();
+        }
+    }
+}
+
+/// The runtime-spec's status of a container.
+fn status_of(c: &Container) -> (&'static str, i32) {
+    let Ok(mut client) = Client::connect(&c.socket(), c.token) else {
+        return ("stopped", 0);
+    };
+    let pid = client.welcome.task_pid;
+    match client.ask(Request::Status) {
+        Ok(Response::Status(s)) => match s.state {
+            TaskState::Running | TaskState::Stopping => ("running", pid),
+            TaskState::Exited => ("stopped", 0),
+        },
+        _ => ("stopped", 0),
+    }
+}
+
+/// `state ID`: the runtime-spec's state JSON.
+pub fn state(root: &Path, id: &str) -> anyhow::Result<String> {
+    let c = Container::open(root, id)?;
+    let (status, pid) = status_of(&c);
+    Ok(serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": c.id,
+        "status": status,
+        "pid": pid,
+        "bundle": c.bundle,
+    })
+    .to_string())
+}
+
+/// A signal by name (`TERM`, `SIGTERM`) or number.
+pub fn parse_signal(s: &str) -> anyhow::Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n)
+            .map(|s| s as i32)
+            .map_err(|_| anyhow!("signal {n}: no such signal"));
+    }
+    let name = if s.starts_with("SIG") {
+        s.to_string()
+    } else {
+        format!("SIG{s}")
+    };
+    name.parse::<Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| anyhow!("signal {s:?}: no such signal"))
+}
+
+/// `kill ID [SIGNAL]`: signal the task's main process (SIGTERM by default).
+pub fn kill(root: &Path, id: &str, signal: i32) -> anyhow::Result<()> {
+    let c = Container::open(root, id)?;
+    let mut client = Client::connect(&c.socket(), c.token)
+        .map_err(|_| anyhow!("container {id} is not running"))?;
+    match client.ask(Request::Status)? {
+        Response::Status(s) if s.state != TaskState::Exited => {}
+        _ => bail!("container {id} is not running"),
+    }
+    client.ask(Request::Signal(signal))?;
+    Ok(())
+}
+
+/// `delete [--force] ID`: end the task (with --force), let its tend-spawn go
+/// and remove everything of the container.
+pub fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<()> {
+    let c = Container::open(root, id)?;
+    if let Ok(mut client) = Client::connect(&c.socket(), c.token) {
+        let daemon = client.welcome.daemon_pid;
+        let running = matches!(
+            client.ask(Request::Status)?,
+            Response::Status(s) if s.state != TaskState::Exited
+        );
+        if running {
+            if !force {
+                bail!("container {id} is running: stop it first or use --force");
+            }
+            client.ask(Request::Stop {
+                signal: Signal::SIGKILL as i32,
+                grace_ms: 0,
+            })?;
+        }
+        client.ask(Request::Wait)?;
+        loop {
+            match client.receive()? {
+                Response::Ok => {}
+                other => {
+                    other
+                        .into_exit()
+                        .map_err(|r| anyhow!("unexpected answer {r:?}"))?;
+                    break;
+                }
+            }
+        }
+        let _ = client.ask(Request::Release);
+        drop(client);
+        wait_gone(daemon, Duration::from_secs(10));
+    }
+    if has_mounts_under(&c.dir) {
+        bail!("{}: mounts remain under it; not removed", c.dir.display());
+    }
+    std::fs::remove_dir_all(&c.dir).with_context(|| format!("removing {}", c.dir.display()))?;
+    Ok(())
+}
+
+/// Wait for a process to be gone (or a zombie: init here may not reap).
+fn wait_gone(pid: i32, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return,
+            Ok(s) => {
+                if s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+                {
+                    return;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn has_mounts_under(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let prefix = format!("{}/", dir.display());
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| m.starts_with(&prefix))
+}

@@ -1,0 +1,448 @@
+//! `tend-spawn oci`: a bundle whose rootfs is this host's /bin, /lib, /lib64
+//! and /usr bound read-only, run in the foreground; state, kill and delete
+//! from other processes; refusals that name the field; nothing left after
+//! delete.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use tend_tests::{oci_bundle_config, pid_alive, require_root, spawn_bin, wait_until};
+
+/// A bundle and a state root in one temp dir, removed on drop.
+struct Oci {
+    dir: tempfile::TempDir,
+}
+
+impl Oci {
+    fn new(args: &[&str]) -> Oci {
+        let o = Oci {
+            dir: tempfile::Builder::new()
+                .prefix("tend-oci-")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        };
+        o.write_config(&o.config(args));
+        o
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn config(&self, args: &[&str]) -> serde_json::Value {
+        oci_bundle_config(&self.bundle(), args)
+    }
+
+    fn write_config(&self, config: &serde_json::Value) {
+        fs::write(
+            self.bundle().join("config.json"),
+            serde_json::to_vec_pretty(config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// `tend-spawn oci --root ROOT VERB ARGS...`
+    fn cmd(&self, verb: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(spawn_bin());
+        c.arg("oci")
+            .arg("--root")
+            .arg(self.root())
+            .arg(verb)
+            .args(args);
+        c
+    }
+
+    fn run(&self, id: &str) -> Command {
+        let mut c = self.cmd("run", &["-b", &self.bundle().display().to_string(), id]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn state(&self, id: &str) -> Option<serde_json::Value> {
+        let out = self.cmd("state", &[id]).output().unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("state prints JSON"))
+    }
+
+    fn wait_running(&self, id: &str) -> i32 {
+        let mut pid = 0;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                match self.state(id) {
+                    Some(s) if s["status"] == "running" => {
+                        pid = i32::try_from(s["pid"].as_i64().unwrap()).unwrap();
+                        true
+                    }
+                    _ => false,
+                }
+            }),
+            "{id} never ran"
+        );
+        pid
+    }
+}
+
+impl Drop for Oci {
+    /// A failed test leaves no daemon: every container left is deleted.
+    fn drop(&mut self) {
+        if let Ok(rd) = fs::read_dir(self.root()) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.cmd("delete", &["--force", &id]).output();
+            }
+        }
+    }
+}
+
+fn wait_child(child: &mut Child) -> Output {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < end {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+    }
+    let mut out = Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    use std::io::Read;
+    if let Some(mut s) = child.stdout.take() {
+        s.read_to_end(&mut out.stdout).unwrap();
+    }
+    if let Some(mut s) = child.stderr.take() {
+        s.read_to_end(&mut out.stderr).unwrap();
+    }
+    out
+}
+
+#[test]
+fn run_passes_output_and_exit_code_and_delete_leaves_nothing() {
+    require_root!();
+    let o = Oci::new(&["sh", "-c", "echo out $GREETING; ls /; echo err >&2; exit 7"]);
+    let out = o.run("c1").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "stderr: {stderr}");
+    assert!(stdout.starts_with("out hello\n"), "stdout: {stdout}");
+    // The task's root is the rootfs: its entries and the binds, not the host's.
+    let listing: Vec<&str> = stdout.lines().skip(1).collect();
+    assert!(
+        listing.contains(&"usr") && listing.contains(&"etc"),
+        "{listing:?}"
+    );
+    assert!(
+        !listing.contains(&"root") && !listing.contains(&"home"),
+        "{listing:?}"
+    );
+    assert_eq!(stderr, "err\n");
+    // The usual exit status file, and the state says stopped.
+    let exit: serde_json::Value =
+        serde_json::from_slice(&fs::read(o.root().join("c1/task_exit_status")).unwrap()).unwrap();
+    assert_eq!(exit["exit_code"], 7);
+    let s = o.state("c1").unwrap();
+    assert_eq!(s["status"], "stopped");
+    assert_eq!(s["id"], "c1");
+    assert_eq!(s["ociVersion"], "1.0.2");
+    assert_eq!(s["bundle"], o.bundle().display().to_string());
+    // A second run of the same id is refused while the first is recorded.
+    let again = o.run("c1").output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let del = o.cmd("delete", &["c1"]).output().unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+    assert!(o.state("c1").is_none());
+}
+
+#[test]
+fn state_and_kill_from_another_process() {
+    require_root!();
+    let o = Oci::new(&["sleep", "300"]);
+    let mut run = o
+        .run("c2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = o.wait_running("c2");
+    assert!(pid_alive(pid), "state's pid {pid} is not alive");
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep");
+
+    let kill = o.cmd("kill", &["c2", "TERM"]).output().unwrap();
+    assert!(
+        kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    let out = wait_child(&mut run);
+    assert_eq!(out.status.code(), Some(128 + 15));
+    assert_eq!(o.state("c2").unwrap()["status"], "stopped");
+    // kill of a stopped container is refused.
+    assert!(!o.cmd("kill", &["c2"]).status().unwrap().success());
+    assert!(o.cmd("delete", &["c2"]).status().unwrap().success());
+    assert!(!pid_alive(pid));
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+#[test]
+fn run_forwards_its_signals_and_delete_force_ends_a_running_task() {
+    require_root!();
+    let o = Oci::new(&["sleep", "300"]);
+    let mut run = o.run("c3").spawn().unwrap();
+    let pid = o.wait_running("c3");
+    // Without --force a running container stays.
+    let del = o.cmd("delete", &["c3"]).output().unwrap();
+    assert!(!del.status.success());
+    assert!(String::from_utf8_lossy(&del.stderr).contains("is running"));
+    assert!(pid_alive(pid));
+    let del = o.cmd("delete", &["--force", "c3"]).output().unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert_eq!(wait_child(&mut run).status.code(), Some(128 + 9));
+    assert!(!pid_alive(pid));
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+
+    // A signal to run reaches the task.
+    let mut run = o.run("c4").spawn().unwrap();
+    let pid = o.wait_running("c4");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(run.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(wait_child(&mut run).status.code(), Some(128 + 2));
+    assert!(!pid_alive(pid));
+    assert!(o.cmd("delete", &["c4"]).status().unwrap().success());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+#[test]
+fn unsupported_fields_are_refused_by_name() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let mut c = o.config(&["true"]);
+    c["linux"]["namespaces"] =
+        serde_json::json!([{ "type": "pid" }, { "type": "mount" }, { "type": "user" }]);
+    o.write_config(&c);
+    let out = o.run("c5").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "tend-oci: config.json: linux.namespaces[2]: type \"user\" is not supported"
+    );
+    // Nothing was made for it.
+    assert!(!o.root().join("c5").exists());
+    let create = o.cmd("create", &["-b", "x", "c6"]).output().unwrap();
+    assert_eq!(create.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&create.stderr).contains("create is not supported yet"));
+}
+
+/// The cgroup path of `pid` in the v1 hierarchy holding `controller`.
+fn v1_cgroup(pid: i32, controller: &str) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            ctl.split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+}
+
+#[test]
+fn resources_reach_the_task_cgroup_and_delete_removes_it() {
+    require_root!();
+    if !std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").is_file() {
+        return tend_tests::skip_or_fail("no cgroup v1 memory hierarchy");
+    }
+    let o = Oci::new(&["sleep", "300"]);
+    let mut c = o.config(&["sleep", "300"]);
+    let path = format!("tend-oci-test/{}-c7", std::process::id());
+    c["linux"]["cgroupsPath"] = serde_json::json!(format!("/{path}"));
+    c["linux"]["resources"] = serde_json::json!({
+        "memory": { "limit": 64 << 20 },
+        "pids": { "limit": 32 }
+    });
+    o.write_config(&c);
+    let mut run = o.run("c7").spawn().unwrap();
+    let pid = o.wait_running("c7");
+    assert_eq!(
+        v1_cgroup(pid, "memory").as_deref(),
+        Some(&*format!("/{path}"))
+    );
+    let mem = PathBuf::from("/sys/fs/cgroup/memory").join(&path);
+    let limit = fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    let pids = PathBuf::from("/sys/fs/cgroup/pids").join(&path);
+    if pids.is_dir() {
+        assert_eq!(
+            fs::read_to_string(pids.join("pids.max")).unwrap().trim(),
+            "32"
+        );
+    }
+    assert!(o
+        .cmd("delete", &["--force", "c7"])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait_child(&mut run).status.code(), Some(128 + 9));
+    assert!(
+        wait_until(Duration::from_secs(5), || !mem.exists()),
+        "{} is left",
+        mem.display()
+    );
+    // tend-spawn removes the task's cgroup; its parent here is the test's.
+    for m in tend_tests::cgroup_mounts() {
+        let parent = m.join("tend-oci-test");
+        let _ = fs::remove_dir(&parent);
+        assert!(!parent.join(format!("{}-c7", std::process::id())).exists());
+    }
+}
+
+/// As an unprivileged user (slurmstepd runs `run` as the job's user): the
+/// task runs as the caller in the host's root; a rootfs is refused by name;
+/// root's delete removes what the user's run made.
+#[test]
+fn run_as_an_unprivileged_user() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    let o = Oci::new(&["true"]);
+    fs::set_permissions(o.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(o.root()).unwrap();
+    fs::set_permissions(o.root(), fs::Permissions::from_mode(0o1777)).unwrap();
+    let as_nobody = |verb: &str, args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .arg(spawn_bin())
+            .arg("oci")
+            .arg("--root")
+            .arg(o.root())
+            .arg(verb)
+            .args(args)
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    let bundle = o.bundle().display().to_string();
+    let out = as_nobody("run", &["-b", &bundle, "u1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("config.json: root.path: a root of its own needs root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = o.config(&["sh", "-c", "id -u; exit 5"]);
+    c["root"] = serde_json::json!({ "path": "/" });
+    c["mounts"] = serde_json::json!([]);
+    o.write_config(&c);
+    let out = as_nobody("run", &["-b", &bundle, "u1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{NOBODY}\n"));
+    let state = as_nobody("state", &["u1"]);
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+    assert_eq!(state["status"], "stopped");
+    assert!(o.cmd("delete", &["u1"]).status().unwrap().success());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// As root, process.user is the task's user, in the host's root too; a gid
+/// other than the user's primary group is refused by name.
+#[test]
+fn process_user_is_the_tasks_user() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let mut c = o.config(&["sh", "-c", "id -u; id -g"]);
+    c["root"] = serde_json::json!({ "path": "/" });
+    c["mounts"] = serde_json::json!([]);
+    c["process"]["user"] = serde_json::json!({ "uid": 65534, "gid": 65534 });
+    o.write_config(&c);
+    let out = o.run("p1").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "65534\n65534\n");
+    assert!(o.cmd("delete", &["p1"]).status().unwrap().success());
+    c["process"]["user"]["gid"] = serde_json::json!(0);
+    o.write_config(&c);
+    let out = o.run("p2").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("config.json: process.user.gid: 0 is not the primary group of uid 65534"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// runc's default maskedPaths and readonlyPaths are tend-spawn's own: a
+/// bundle naming them runs, and they are masked and read-only in its root.
+#[test]
+fn runc_default_masked_and_readonly_paths_run() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let mut c = o.config(&[
+        "sh",
+        "-c",
+        "wc -c </proc/keys; echo 1 >/proc/sys/kernel/domainname 2>/dev/null || echo ro",
+    ]);
+    // The unit tests of tend-oci pin runc's own list; here, every entry.
+    use tend_proto::config::{
+        PROC_MASKED_DIRS, PROC_MASKED_FILES, PROC_READ_ONLY, SYS_MASKED_DIRS,
+    };
+    let proc_ = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("/proc/{n}"))
+            .collect::<Vec<_>>()
+    };
+    let mut masked = proc_(&PROC_MASKED_FILES);
+    masked.extend(proc_(&PROC_MASKED_DIRS));
+    masked.extend(SYS_MASKED_DIRS.iter().map(|n| format!("/sys/{n}")));
+    c["linux"]["maskedPaths"] = serde_json::json!(masked);
+    c["linux"]["readonlyPaths"] = serde_json::json!(proc_(&PROC_READ_ONLY));
+    o.write_config(&c);
+    let out = o.run("m1").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\nro\n");
+    assert!(o.cmd("delete", &["m1"]).status().unwrap().success());
+}
