@@ -1684,7 +1684,8 @@ fn the_agent_collects_dead_allocations_after_gc_retention_on_its_own() {
         &sh_task("t", "exec sleep 300", ""),
     ))[0]
         .clone();
-    wait_task(&agent, &dead, "t", |t| t["state"] == "dead");
+    // Gone a retention after its end (on a loaded host it may be gone
+    // before a poll sees it dead: only its going is waited for).
     assert!(wait_until(LONG, || {
         agent
             .http("GET", &format!("/v1/allocations/{dead}"), b"")
