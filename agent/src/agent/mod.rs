@@ -2,6 +2,7 @@
 //! task through its driver, and on start reattaches to every task it had.
 
 pub mod config;
+mod exec;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -129,6 +130,27 @@ pub struct EventLine {
     /// The event.
     #[serde(flatten)]
     pub event: TaskEvent,
+}
+
+/// Task `task` of `alloc_id` among `allocs`, refused unless it is running.
+pub(crate) fn running_task<'a>(
+    allocs: &'a BTreeMap<String, AllocSlot>,
+    alloc_id: &str,
+    task: &str,
+) -> Result<&'a TaskSlot, AgentError> {
+    let slot = allocs
+        .get(alloc_id)
+        .ok_or_else(|| AgentError::NotFound(format!("no allocation {alloc_id}")))?;
+    let t = slot.tasks.get(task).ok_or_else(|| {
+        AgentError::NotFound(format!("allocation {alloc_id} has no task {task:?}"))
+    })?;
+    if t.record.phase != TaskPhase::Running {
+        return Err(AgentError::Conflict(format!(
+            "task {task} is not running ({})",
+            t.record.phase
+        )));
+    }
+    Ok(t)
 }
 
 pub(crate) struct TaskSlot {
@@ -783,18 +805,7 @@ impl Agent {
         let (tx, rx) = oneshot::channel();
         {
             let allocs = self.inner.allocs.lock().expect("allocs lock");
-            let slot = allocs
-                .get(alloc_id)
-                .ok_or_else(|| AgentError::NotFound(format!("no allocation {alloc_id}")))?;
-            let t = slot.tasks.get(task).ok_or_else(|| {
-                AgentError::NotFound(format!("allocation {alloc_id} has no task {task:?}"))
-            })?;
-            if t.record.phase != TaskPhase::Running {
-                return Err(AgentError::Conflict(format!(
-                    "task {task} is not running ({})",
-                    t.record.phase
-                )));
-            }
+            let t = running_task(&allocs, alloc_id, task)?;
             t.ctl
                 .send(Control::Signal(signo, tx))
                 .map_err(|_| AgentError::Conflict(format!("task {task} is not running")))?;

@@ -83,6 +83,7 @@ fn event_loop_on(d: &mut Daemon, s: Started, clock: &dyn Clock) -> i32 {
                 d.life.enter(Phase::Leaving);
             }
         }
+        d.deliver_exec_exits(&mut clients);
         for c in clients.iter_mut() {
             if c.wants_write() || c.session.closing {
                 c.flush(now);
@@ -179,6 +180,7 @@ fn event_loop_on(d: &mut Daemon, s: Started, clock: &dyn Clock) -> i32 {
             if chld {
                 d.on_reaped(&reaper::reap_all());
             }
+            d.deliver_exec_exits(&mut clients);
         }
         if ready(SLOT_PIDFD) {
             d.on_reaped(&reaper::reap_all());

@@ -1,0 +1,254 @@
+//! End-to-end tests of `tend exec ALLOC TASK -- CMD...` as root: the built
+//! agent and tend-spawn, a real task, and the command checked from inside
+//! (its root, pid namespace, user, env, stdio) and from the host (nothing of
+//! it left once it has ended).
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tend_tests::{bin, require_root, wait_until, AgentProc, Sandbox};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Submit `hcl` and wait until task `t` runs: the allocation id and the task.
+fn start(agent: &AgentProc, hcl: &str) -> (String, Value) {
+    let id = agent.submit(hcl).remove(0);
+    let t = wait_task(agent, &id, |t| t["state"] == "running");
+    (id, t)
+}
+
+fn wait_task(agent: &AgentProc, id: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(LONG, || {
+        let a = agent.get_json(&format!("/v1/allocations/{id}"));
+        last = a["tasks"][0].clone();
+        f(&last)
+    });
+    assert!(ok, "task never got there: {last:#}");
+    last
+}
+
+/// `tend exec ID t -- ARGV...` with `stdin` as its input.
+fn exec(sb: &Sandbox, id: &str, argv: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(bin("tend"))
+        .arg("--data-dir")
+        .arg(sb.data_dir())
+        .arg("--run-dir")
+        .arg(sb.run_dir())
+        .args(["exec", id, "t", "--"])
+        .args(argv)
+        .env_remove("TEND_DATA_DIR")
+        .env_remove("TEND_RUN_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exec tend");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().expect("wait tend exec")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ok(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout(o)
+}
+
+/// The pids of the daemon's children that are zombies.
+fn zombie_children(daemon: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // "pid (comm) S ppid ...": after the last ')'.
+        let rest: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        if rest.len() > 1 && rest[0] == "Z" && rest[1] == daemon.to_string() {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+const EXEC_JOB: &str = r#"job "x" {
+  group "g" {
+    task "t" {
+      driver = "exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "echo written-by-the-task > /local/note; exec sleep 300"]
+      }
+      env {
+        GREETING = "hello from the env"
+      }
+    }
+  }
+}
+"#;
+
+#[test]
+fn exec_runs_in_the_tasks_root_pid_namespace_user_and_env() {
+    require_root!();
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let (id, t) = start(&agent, EXEC_JOB);
+    let task_pid = t["pid"].as_i64().unwrap() as i32;
+    let daemon = t["daemon_pid"].as_i64().unwrap() as i32;
+    let note = sb.data_dir().join("allocs").join(&id).join("t/local/note");
+    assert!(wait_until(LONG, || note.exists()), "the task wrote no note");
+    let task_fds = fd_count(task_pid);
+
+    // Its root: the file the task wrote, and the chroot's own listing.
+    assert_eq!(
+        ok(&exec(&sb, &id, &["cat", "/local/note"], b"")).trim(),
+        "written-by-the-task"
+    );
+    let root = ok(&exec(&sb, &id, &["ls", "/"], b""));
+    let listed: Vec<&str> = root.lines().collect();
+    assert!(
+        listed.contains(&"local") && listed.contains(&"alloc"),
+        "{root}"
+    );
+    assert!(!listed.contains(&"work"), "the host's root shows: {root}");
+    // Its pid namespace: the task's processes and itself, not the host's.
+    let procs = ok(&exec(&sb, &id, &["sh", "-c", "echo $$; ls /proc"], b""));
+    let mut lines = procs.lines();
+    let me: i32 = lines.next().unwrap().parse().unwrap();
+    let pids: Vec<i32> = lines.filter_map(|l| l.parse().ok()).collect();
+    assert!(pids.contains(&me), "{procs}");
+    assert!(pids.iter().all(|p| *p < 100), "host pids show: {procs}");
+    // What the task has there, without this sh and its ls.
+    let task_side: Vec<i32> = pids.iter().copied().filter(|p| *p < me).collect();
+    assert!(!task_side.is_empty(), "{procs}");
+    // Its user, without groups, and its env.
+    assert_eq!(ok(&exec(&sb, &id, &["id", "-u"], b"")).trim(), "65534");
+    assert_eq!(ok(&exec(&sb, &id, &["id", "-G"], b"")).trim(), "65534");
+    assert_eq!(
+        ok(&exec(&sb, &id, &["sh", "-c", "echo $GREETING"], b"")).trim(),
+        "hello from the env"
+    );
+    // No fd of the daemon or the agent reaches it: ls sees 0, 1, 2 and its dir.
+    let fds = ok(&exec(&sb, &id, &["ls", "/proc/self/fd"], b""));
+    assert_eq!(
+        fds.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2", "3"]
+    );
+    // stdin reaches the command; exit codes and signals pass through.
+    assert_eq!(ok(&exec(&sb, &id, &["cat"], b"piped in\n")), "piped in\n");
+    assert_eq!(
+        exec(&sb, &id, &["sh", "-c", "exit 7"], b"").status.code(),
+        Some(7)
+    );
+    assert_eq!(
+        exec(&sb, &id, &["sh", "-c", "kill -TERM $$"], b"")
+            .status
+            .code(),
+        Some(143)
+    );
+    let missing = exec(&sb, &id, &["no-such-command"], b"");
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no-such-command"),
+        "{missing:?}"
+    );
+
+    // Nothing is left: every exec reaped, the task's fds as they were, the
+    // task still running.
+    assert!(
+        wait_until(LONG, || zombie_children(daemon).is_empty()),
+        "zombies of the daemon: {:?}",
+        zombie_children(daemon)
+    );
+    let left = ok(&exec(&sb, &id, &["ls", "/proc"], b""));
+    let mut left: Vec<i32> = left.lines().filter_map(|l| l.parse().ok()).collect();
+    left.sort_unstable();
+    // This ls is the newest.
+    left.pop();
+    assert_eq!(
+        left, task_side,
+        "the task's processes and nothing of the execs"
+    );
+    assert_eq!(fd_count(task_pid), task_fds);
+    assert_eq!(wait_task(&agent, &id, |_| true)["state"], "running");
+}
+
+#[test]
+fn exec_in_a_raw_exec_task_has_its_cwd_and_env() {
+    require_root!();
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let (id, _) = start(
+        &agent,
+        r#"job "r" {
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sleep"
+        args    = ["300"]
+      }
+      env {
+        MARK = "raw"
+      }
+    }
+  }
+}
+"#,
+    );
+    let out = ok(&exec(&sb, &id, &["sh", "-c", "pwd; echo $MARK"], b""));
+    let task_dir = sb.data_dir().join("allocs").join(&id).join("t");
+    assert_eq!(out, format!("{}\nraw\n", task_dir.display()));
+    assert_eq!(exec(&sb, &id, &["false"], b"").status.code(), Some(1));
+}
+
+#[test]
+fn exec_is_refused_for_a_task_that_is_not_running() {
+    require_root!();
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let id = agent
+        .submit(
+            r#"job "d" {
+  group "g" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/true"
+      }
+    }
+  }
+}
+"#,
+        )
+        .remove(0);
+    wait_task(&agent, &id, |t| t["state"] == "dead");
+    let out = exec(&sb, &id, &["true"], b"");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("task t is not running (dead)"), "{err}");
+}
