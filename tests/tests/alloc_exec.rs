@@ -113,8 +113,8 @@ fn exec_runs_in_the_tasks_root_pid_namespace_user_and_env() {
     let sb = Sandbox::new();
     let agent = AgentProc::start(&sb);
     let (id, t) = start(&agent, EXEC_JOB);
-    let task_pid = t["pid"].as_i64().unwrap() as i32;
-    let daemon = t["daemon_pid"].as_i64().unwrap() as i32;
+    let task_pid = i32::try_from(t["pid"].as_i64().unwrap()).unwrap();
+    let daemon = i32::try_from(t["daemon_pid"].as_i64().unwrap()).unwrap();
     let note = sb.data_dir().join("allocs").join(&id).join("t/local/note");
     assert!(wait_until(LONG, || note.exists()), "the task wrote no note");
     let task_fds = fd_count(task_pid);
