@@ -30,17 +30,30 @@ fn wait_task(agent: &AgentProc, id: &str, f: impl Fn(&Value) -> bool) -> Value {
     last
 }
 
-/// `tend exec ID t -- ARGV...` with `stdin` as its input.
-fn exec(sb: &Sandbox, id: &str, argv: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(bin("tend"))
-        .arg("--data-dir")
+/// Start [`EXEC_JOB`]: its allocation id, the task's pid and its daemon's.
+fn start_exec_task(agent: &AgentProc) -> (String, i32, i32) {
+    let (id, t) = start(agent, EXEC_JOB);
+    let pid = |k: &str| i32::try_from(t[k].as_i64().unwrap()).unwrap();
+    (id, pid("pid"), pid("daemon_pid"))
+}
+
+/// `tend exec ID t -- ARGV...`, not started.
+fn exec_command(sb: &Sandbox, id: &str, argv: &[&str]) -> Command {
+    let mut c = Command::new(bin("tend"));
+    c.arg("--data-dir")
         .arg(sb.data_dir())
         .arg("--run-dir")
         .arg(sb.run_dir())
         .args(["exec", id, "t", "--"])
         .args(argv)
         .env_remove("TEND_DATA_DIR")
-        .env_remove("TEND_RUN_DIR")
+        .env_remove("TEND_RUN_DIR");
+    c
+}
+
+/// `tend exec ID t -- ARGV...` with `stdin` as its input.
+fn exec(sb: &Sandbox, id: &str, argv: &[&str], stdin: &[u8]) -> Output {
+    let mut child = exec_command(sb, id, argv)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -112,9 +125,7 @@ fn exec_runs_in_the_tasks_root_pid_namespace_user_and_env() {
     require_root!();
     let sb = Sandbox::new();
     let agent = AgentProc::start(&sb);
-    let (id, t) = start(&agent, EXEC_JOB);
-    let task_pid = i32::try_from(t["pid"].as_i64().unwrap()).unwrap();
-    let daemon = i32::try_from(t["daemon_pid"].as_i64().unwrap()).unwrap();
+    let (id, task_pid, daemon) = start_exec_task(&agent);
     let note = sb.data_dir().join("allocs").join(&id).join("t/local/note");
     assert!(wait_until(LONG, || note.exists()), "the task wrote no note");
     let task_fds = fd_count(task_pid);
@@ -251,4 +262,50 @@ fn exec_is_refused_for_a_task_that_is_not_running() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("task t is not running (dead)"), "{err}");
+}
+
+/// Host pids whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+#[test]
+fn exec_joins_the_tasks_cgroup_and_dies_when_its_caller_goes() {
+    require_root!();
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let (id, task_pid, daemon) = start_exec_task(&agent);
+    let task_cgroups = std::fs::read_to_string(format!("/proc/{task_pid}/cgroup")).unwrap();
+    let mine = ok(&exec(&sb, &id, &["cat", "/proc/self/cgroup"], b""));
+    assert_eq!(mine, task_cgroups, "the exec's cgroups are the task's");
+
+    let argv = ["sleep", "299"];
+    let mut caller = exec_command(&sb, &id, &argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(LONG, || pids_running(&argv).len() == 1),
+        "the exec never ran"
+    );
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    assert!(
+        wait_until(LONG, || pids_running(&argv).is_empty()
+            && zombie_children(daemon).is_empty()),
+        "the exec outlived its caller: {:?}",
+        pids_running(&argv)
+    );
+    assert_eq!(wait_task(&agent, &id, |_| true)["state"], "running");
 }

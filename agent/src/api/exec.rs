@@ -165,7 +165,30 @@ async fn run(
         let _ = nix::unistd::close(fd);
     }
     let mut c = started.map_err(|e| exec_error(&e))?;
-    c.exec_exit().await.map_err(|e| exec_error(&e))
+    tokio::select! {
+        code = c.exec_exit() => code.map_err(|e| exec_error(&e)),
+        () = hung_up(conn) => {
+            // Dropping the connection tells tend-spawn: it kills the command.
+            drop(c);
+            Err("the client went away; the command was killed".into())
+        }
+    }
+}
+
+/// Returns once the client has closed its end (it sends nothing after the
+/// fds, so anything readable is the close).
+async fn hung_up(conn: &UnixStream) {
+    let mut b = [0u8; 64];
+    loop {
+        if conn.readable().await.is_err() {
+            return;
+        }
+        match conn.try_read(&mut b) {
+            Ok(0) => return,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return,
+            _ => {}
+        }
+    }
 }
 
 fn exec_error(e: &crate::driver::spawn::client::ClientError) -> String {

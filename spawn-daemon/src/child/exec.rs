@@ -11,7 +11,10 @@
 //! forks the command, which is the first of its processes inside the task's
 //! pid namespace (a setns of a pid namespace counts for children only), and
 //! waits for it: the shim's exit code is the command's, 128+N for a death by
-//! signal N, and the daemon reaps the shim. A step that fails says so on the
+//! signal N, and the daemon reaps the shim. The command dies with the shim
+//! (its parent-death signal), which the daemon kills when the connection
+//! that asked for it closes: a caller that goes away (Ctrl-C on `tend
+//! exec`) leaves nothing running. A step that fails says so on the
 //! caller's stderr ("tend exec: chdir: No such file or directory") and exits
 //! 126, or 127 when the command is not found, as `docker exec` does.
 
@@ -221,8 +224,13 @@ fn shim_steps(
     raw::exit_now(raw::wait_exit_code(pid))
 }
 
-/// The command: execve each candidate path in turn, as execvp does.
+/// The command: execve each candidate path in turn, as execvp does. It dies
+/// with the shim, which the daemon kills when the caller goes away.
 fn command_main(prep: &ExecPrepared) -> ! {
+    if let Err(e) = raw::set_parent_death_signal() {
+        say_failed(2, "parent death signal", e);
+        raw::exit_now(126);
+    }
     let mut worst = Errno::ENOENT;
     for c in &prep.candidates {
         let e = raw::execve(c, prep.argv_ptrs.as_ptr(), prep.envp_ptrs.as_ptr());

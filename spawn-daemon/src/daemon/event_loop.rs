@@ -92,6 +92,7 @@ fn event_loop_on(d: &mut Daemon, s: Started, clock: &dyn Clock) -> i32 {
                 c.dead = true;
             }
         }
+        d.abandon_execs(&clients);
         clients.retain(|c| !c.dead);
         if d.life.phase() == Phase::Leaving {
             for c in clients.iter_mut() {

@@ -69,6 +69,21 @@ impl Daemon {
         }
     }
 
+    /// SIGKILL the shim of every exec whose client is gone (its command dies
+    /// with it): nobody is left to take its output or its end. The shim is
+    /// an unreaped child of the daemon, so its pid is still its own.
+    pub(super) fn abandon_execs(&mut self, clients: &[Client]) {
+        for c in clients.iter().filter(|c| c.dead) {
+            let Some(pid) = c.session.exec_pid.map(Pid::from_raw) else {
+                continue;
+            };
+            if self.execs.contains(&pid) {
+                info!(pid = pid.as_raw(), "exec's client is gone: killing it");
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+
     /// Send each ended exec's code to the client that started it.
     pub(super) fn deliver_exec_exits(&mut self, clients: &mut [Client]) {
         for (pid, code) in self.exec_exits.drain(..) {
