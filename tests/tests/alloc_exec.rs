@@ -37,14 +37,16 @@ fn start_exec_task(agent: &AgentProc) -> (String, i32, i32) {
     (id, pid("pid"), pid("daemon_pid"))
 }
 
-/// `tend exec ID t -- ARGV...`, not started.
-fn exec_command(sb: &Sandbox, id: &str, argv: &[&str]) -> Command {
+/// `tend exec FLAGS... ID t -- ARGV...`, not started.
+fn exec_command(sb: &Sandbox, flags: &[&str], id: &str, argv: &[&str]) -> Command {
     let mut c = Command::new(bin("tend"));
     c.arg("--data-dir")
         .arg(sb.data_dir())
         .arg("--run-dir")
         .arg(sb.run_dir())
-        .args(["exec", id, "t", "--"])
+        .arg("exec")
+        .args(flags)
+        .args([id, "t", "--"])
         .args(argv)
         .env_remove("TEND_DATA_DIR")
         .env_remove("TEND_RUN_DIR");
@@ -53,7 +55,7 @@ fn exec_command(sb: &Sandbox, id: &str, argv: &[&str]) -> Command {
 
 /// `tend exec ID t -- ARGV...` with `stdin` as its input.
 fn exec(sb: &Sandbox, id: &str, argv: &[&str], stdin: &[u8]) -> Output {
-    let mut child = exec_command(sb, id, argv)
+    let mut child = exec_command(sb, &[], id, argv)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -289,7 +291,7 @@ fn exec_joins_the_tasks_cgroup_and_dies_when_its_caller_goes() {
     assert_eq!(mine, task_cgroups, "the exec's cgroups are the task's");
 
     let argv = ["sleep", "299"];
-    let mut caller = exec_command(&sb, &id, &argv)
+    let mut caller = exec_command(&sb, &[], &id, &argv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -308,4 +310,26 @@ fn exec_joins_the_tasks_cgroup_and_dies_when_its_caller_goes() {
         pids_running(&argv)
     );
     assert_eq!(wait_task(&agent, &id, |_| true)["state"], "running");
+}
+
+#[test]
+fn exec_with_a_tty_gets_a_pty_as_its_controlling_terminal() {
+    require_root!();
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let (id, _, daemon) = start_exec_task(&agent);
+    let run = |script: &str| {
+        exec_command(&sb, &["-t"], &id, &["sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Field 7 of stat is the controlling terminal's device: 0 for none.
+    let out = run("test -t 0 && test -t 1 && echo on-a-tty; cut -d' ' -f7 /proc/$$/stat");
+    let text = ok(&out);
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(lines[0], "on-a-tty", "{text:?}");
+    assert_ne!(lines[1], "0", "no controlling terminal: {text:?}");
+    assert_eq!(run("exit 5").status.code(), Some(5));
+    assert!(wait_until(LONG, || zombie_children(daemon).is_empty()));
 }

@@ -2,6 +2,12 @@
 //! isolation, on this process's own stdin, stdout and stderr (see
 //! `api::exec` for the exchange: an upgraded request, then the three fds as
 //! SCM_RIGHTS, then the exit code). The exit code is the command's.
+//!
+//! With `-t`, the command gets a pty this process opens: its slave end is
+//! the command's stdin, stdout and stderr (and controlling terminal), and
+//! this process copies between its own stdio and the master, with its
+//! terminal, if it has one, in raw mode meanwhile, as `ssh -t` does. Only
+//! then is a byte copied, and by the caller alone.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -51,9 +57,30 @@ pub fn run(
             .unwrap_or_else(|_| format!("the agent answered {status}"));
         bail!("{message}");
     }
-    send_stdio(&conn, [0, 1, 2]).context("pass stdio to the agent")?;
     let mut line = Vec::new();
-    conn.read_to_end(&mut line)?;
+    if tty {
+        let pty = nix::pty::openpty(None, None).context("open a pty")?;
+        let slave = pty.slave.as_raw_fd();
+        send_stdio(&conn, [slave, slave, slave]).context("pass the pty to the agent")?;
+        // The command holds the slave now: once it ends, the master reads EOF.
+        drop(pty.slave);
+        let _raw = RawMode::enter();
+        let master = std::fs::File::from(pty.master);
+        let mut to_master = master.try_clone()?;
+        // Not joined: it blocks on this process's stdin until the exit.
+        std::thread::spawn(move || std::io::copy(&mut std::io::stdin(), &mut to_master));
+        let out = std::thread::spawn(move || {
+            let mut master = master;
+            // EIO ends it: the last slave is closed.
+            let _ = std::io::copy(&mut master, &mut std::io::stdout());
+            let _ = std::io::stdout().flush();
+        });
+        conn.read_to_end(&mut line)?;
+        let _ = out.join();
+    } else {
+        send_stdio(&conn, [0, 1, 2]).context("pass stdio to the agent")?;
+        conn.read_to_end(&mut line)?;
+    }
     let ended: ExecEnded = serde_json::from_slice(&line)
         .with_context(|| format!("the agent's answer {:?}", String::from_utf8_lossy(&line)))?;
     match (ended.exit_code, ended.error) {
@@ -98,4 +125,35 @@ fn send_stdio(conn: &UnixStream, fds: [RawFd; 3]) -> anyhow::Result<()> {
         None,
     )?;
     Ok(())
+}
+
+/// This process's terminal in raw mode, if stdin is one, until dropped.
+struct RawMode(Option<nix::sys::termios::Termios>);
+
+impl RawMode {
+    fn enter() -> RawMode {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let Ok(saved) = tcgetattr(&stdin) else {
+            return RawMode(None);
+        };
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        if tcsetattr(&stdin, SetArg::TCSANOW, &raw).is_err() {
+            return RawMode(None);
+        }
+        RawMode(Some(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
+        }
+    }
 }

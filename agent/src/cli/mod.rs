@@ -188,6 +188,10 @@ pub enum Command {
         alloc: String,
         /// Task name.
         task: String,
+        /// Give the command a pty of its own (its controlling terminal),
+        /// relayed to this terminal in raw mode.
+        #[arg(long, short = 't')]
+        tty: bool,
         /// The command and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -476,8 +480,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Exec {
             alloc,
             task,
+            tty,
             command,
-        } => exec::run(client.socket(), &alloc, &task, &command, false),
+        } => exec::run(client.socket(), &alloc, &task, &command, tty),
         Command::Signal {
             alloc,
             task,

@@ -75,6 +75,8 @@ pub struct ExecPrepared {
     envp_ptrs: Vec<*const c_char>,
     cwd: CString,
     isolation: Option<Isolation>,
+    /// Whether stdin is a terminal to make the command's controlling one.
+    tty: bool,
 }
 
 impl std::fmt::Debug for ExecPrepared {
@@ -98,6 +100,7 @@ impl ExecPrepared {
         argv: &[String],
         isolation: Option<Isolation>,
         chrooted: bool,
+        tty: bool,
     ) -> Result<ExecPrepared, String> {
         let Some(first) = argv.first().filter(|a| !a.is_empty()) else {
             return Err("exec: no command given".into());
@@ -132,6 +135,7 @@ impl ExecPrepared {
             envp_ptrs,
             cwd: cstring("cwd", &config.cwd)?,
             isolation,
+            tty,
         })
     }
 }
@@ -230,6 +234,14 @@ fn command_main(prep: &ExecPrepared) -> ! {
     if let Err(e) = raw::set_parent_death_signal() {
         say_failed(2, "parent death signal", e);
         raw::exit_now(126);
+    }
+    // With a terminal (the caller's pty, `tend exec -t`): a session of its
+    // own with it as the controlling terminal, so ^C and job control work.
+    if prep.tty {
+        if let Err(e) = raw::setsid().and_then(|()| raw::set_controlling_tty(0)) {
+            say_failed(2, "controlling terminal", e);
+            raw::exit_now(126);
+        }
     }
     let mut worst = Errno::ENOENT;
     for c in &prep.candidates {

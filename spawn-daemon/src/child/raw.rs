@@ -473,3 +473,16 @@ pub(super) fn wait_exit_code(pid: libc::pid_t) -> i32 {
         libc::WEXITSTATUS(status)
     }
 }
+
+/// `setsid()`: lead a new session (and so have no controlling terminal).
+pub(super) fn setsid() -> Sys {
+    // SAFETY: async-signal-safe; no arguments.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// `ioctl(fd, TIOCSCTTY, 0)`: the terminal on `fd` becomes the session's
+/// controlling terminal.
+pub(super) fn set_controlling_tty(fd: RawFd) -> Sys {
+    // SAFETY: async-signal-safe; integers only, no pointer is passed.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }).map(drop)
+}

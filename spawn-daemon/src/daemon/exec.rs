@@ -36,7 +36,7 @@ impl Daemon {
         } else {
             None
         };
-        let prep = ExecPrepared::new(&self.config, &req.argv, isolation, chrooted)?;
+        let prep = ExecPrepared::new(&self.config, &req.argv, isolation, chrooted, req.tty)?;
         let shim = fork_exec(&prep, &stdio, ns.as_ref()).map_err(|e| format!("exec: fork: {e}"))?;
         // The shim waits for this: in the task's cgroup before anything of
         // the command runs, so a stop or a limit reaches it too.
