@@ -264,6 +264,13 @@ fn exec_is_refused_for_a_task_that_is_not_running() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("task t is not running (dead)"), "{err}");
+    // Over plain HTTP: without the upgrade, and for a task there is not.
+    let target = format!("/v1/allocations/{id}/tasks/t/exec");
+    let r = agent.http("POST", &target, br#"{"argv": ["true"]}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("Upgrade: tend-exec"), "{}", r.text());
+    let r = agent.http("GET", &target, b"");
+    assert_eq!(r.status, 405, "{}", r.text());
 }
 
 /// Host pids whose command line is exactly `argv`.
