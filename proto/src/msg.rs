@@ -202,7 +202,7 @@ pub struct Hello {
 }
 
 /// What a client may ask once welcomed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Answered by [`Response::Status`].
     Status,
@@ -223,6 +223,21 @@ pub enum Request {
     Release,
     /// Answered by [`Response::StatsV2`]: every figure of the task's cgroup.
     StatsV2,
+    /// Run a command in the task's isolation. The frame carries the
+    /// command's stdin, stdout and stderr as SCM_RIGHTS, in that order.
+    /// Answered by [`Response::Ok`] once it runs, then
+    /// [`Response::ExecExited`] when it ends. A daemon that predates it
+    /// cannot decode it and answers [`Response::Error`].
+    Exec(ExecRequest),
+}
+
+/// What [`Request::Exec`] runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The command and its arguments; a bare name is looked up in the task's PATH.
+    pub argv: Vec<String>,
+    /// Whether the stdio fds are a terminal the caller set up.
+    pub tty: bool,
 }
 
 /// Where the task is in its life.
@@ -402,6 +417,9 @@ pub enum Response {
     },
     /// Answer to [`Request::StatsV2`].
     StatsV2(Box<CgroupStats>),
+    /// Pushed after a [`Request::Exec`] once its command has ended: its exit
+    /// code, 128+N for a death by signal N.
+    ExecExited(i32),
 }
 
 impl Response {

@@ -22,8 +22,8 @@ use tend_proto::config::{
 };
 use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
 use tend_proto::msg::{
-    CgroupStats, CpuStats, IoStats, MemoryStats, Pressure, PressureLine, PsiStats, Stats, Status,
-    TaskState, Welcome,
+    CgroupStats, CpuStats, ExecRequest, IoStats, MemoryStats, Pressure, PressureLine, PsiStats,
+    Stats, Status, TaskState, Welcome,
 };
 use tend_proto::{
     ExitStatus, ExitStatusV1, Hello, Instance, Request, Response, SpawnConfig, Stage, StartReport,
@@ -455,7 +455,7 @@ fn spawn_config_options_case() -> Case {
 // fail until every listed variant has one.
 
 const REQUEST_VARIANTS: &[&str] = &[
-    "Status", "Wait", "Signal", "Stop", "Stats", "Release", "StatsV2",
+    "Status", "Wait", "Signal", "Stop", "Stats", "Release", "StatsV2", "Exec",
 ];
 fn request_variant(r: &Request) -> &'static str {
     match r {
@@ -466,6 +466,7 @@ fn request_variant(r: &Request) -> &'static str {
         Request::Stats => "Stats",
         Request::Release => "Release",
         Request::StatsV2 => "StatsV2",
+        Request::Exec(_) => "Exec",
     }
 }
 
@@ -478,6 +479,7 @@ const RESPONSE_VARIANTS: &[&str] = &[
     "Error",
     "ExitedWithOomKills",
     "StatsV2",
+    "ExecExited",
 ];
 fn response_variant(r: &Response) -> &'static str {
     match r {
@@ -489,6 +491,7 @@ fn response_variant(r: &Response) -> &'static str {
         Response::Error(_) => "Error",
         Response::ExitedWithOomKills { .. } => "ExitedWithOomKills",
         Response::StatsV2(_) => "StatsV2",
+        Response::ExecExited(_) => "ExecExited",
     }
 }
 
@@ -536,6 +539,13 @@ fn request_values() -> Vec<(&'static str, Request)> {
         ("request_stats", Request::Stats),
         ("request_release", Request::Release),
         ("request_stats_v2", Request::StatsV2),
+        (
+            "request_exec",
+            Request::Exec(ExecRequest {
+                argv: vec!["cat".into(), "/local/x".into()],
+                tty: false,
+            }),
+        ),
     ]
 }
 
@@ -696,6 +706,7 @@ fn response_values() -> Vec<(&'static str, Response)> {
                 },
             })),
         ),
+        ("response_exec_exited", Response::ExecExited(130)),
     ]
 }
 

@@ -6,8 +6,8 @@
 //! only its own small buffers; one whose unread output passes [`MAX_OUTPUT`] is
 //! dropped.
 
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tend_proto::frame::{
     self, Frame, FrameDecoder, MAX_FRAME_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
-use tend_proto::msg::{CgroupStats, Stats, Status, Welcome};
+use tend_proto::msg::{CgroupStats, ExecRequest, Stats, Status, Welcome};
 use tend_proto::{ExitStatus, Hello, Request, Response, Token};
 
 use crate::clock::Clock;
@@ -148,6 +148,12 @@ pub trait Handler {
     fn stop(&mut self, signal: i32, grace_ms: u64) -> Result<(), CommandError>;
     /// The agent has recorded the exit: leave if the task has exited.
     fn release(&mut self) -> Result<(), CommandError>;
+    /// Run `req` in the task's isolation on `stdio` (stdin, stdout, stderr):
+    /// the pid the daemon reaps it by.
+    fn exec(&mut self, req: &ExecRequest, stdio: [OwnedFd; 3]) -> Result<i32, CommandError> {
+        let _ = (req, stdio);
+        Err(CommandError::NoExec)
+    }
 }
 
 /// Why the daemon refused a command; its line is the Error response's text.
@@ -170,6 +176,12 @@ pub enum CommandError {
     /// Release before the exit is recorded.
     #[error("task still running")]
     StillRunning,
+    /// A handler that cannot exec (a test's, or a daemon in no state to).
+    #[error("exec is not supported here")]
+    NoExec,
+    /// The exec could not start: its step and reason.
+    #[error("{0}")]
+    Exec(String),
 }
 
 /// One connection's protocol state, free of I/O.
@@ -183,6 +195,10 @@ pub struct Session {
     pub exit_sent: bool,
     /// Whether the connection is to close once its output is out.
     pub closing: bool,
+    /// The fds that came with the frames so far (SCM_RIGHTS), for an Exec.
+    pub fds: Vec<OwnedFd>,
+    /// The pid of the exec this connection started, until it has ended.
+    pub exec_pid: Option<i32>,
 }
 
 impl Session {
@@ -231,6 +247,36 @@ impl Session {
             Request::Signal(n) => vec![reply(h.signal(n))],
             Request::Stop { signal, grace_ms } => vec![reply(h.stop(signal, grace_ms))],
             Request::Release => vec![reply(h.release())],
+            Request::Exec(req) => vec![self.exec(&req, h)],
+        }
+    }
+
+    fn exec(&mut self, req: &ExecRequest, h: &mut dyn Handler) -> Response {
+        if self.exec_pid.is_some() {
+            return Response::Error("exec: this connection runs one already".into());
+        }
+        let fds = std::mem::take(&mut self.fds);
+        let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
+            return Response::Error(
+                "exec: the request must carry 3 fds (stdin, stdout, stderr)".into(),
+            );
+        };
+        match h.exec(req, stdio) {
+            Ok(pid) => {
+                self.exec_pid = Some(pid);
+                Response::Ok
+            }
+            Err(e) => Response::Error(e.to_string()),
+        }
+    }
+
+    /// The ExecExited event for this session, if `pid` is its exec.
+    pub fn exec_exited(&mut self, pid: i32, code: i32) -> Option<Response> {
+        if self.exec_pid == Some(pid) {
+            self.exec_pid = None;
+            Some(Response::ExecExited(code))
+        } else {
+            None
         }
     }
 
@@ -357,12 +403,14 @@ impl Client {
             if !self.wants_read() {
                 return;
             }
-            match self.stream.read(buf) {
+            match crate::sys::recv_with_fds(self.stream.as_fd(), buf, &mut self.session.fds) {
                 Ok(0) => {
                     self.dead = true;
                     return;
                 }
                 Ok(n) => {
+                    // An exec carries 3; more is no request's.
+                    self.session.fds.truncate(crate::sys::MAX_PASSED_FDS);
                     self.decoder.push(&buf[..n]);
                     self.process(h);
                     if n < buf.len() {

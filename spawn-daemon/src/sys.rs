@@ -296,3 +296,38 @@ pub fn setfsgid(gid: u32) -> u32 {
 pub fn fsuid() -> u32 {
     setfsuid(u32::MAX)
 }
+
+/// The most fds one message may carry (an exec's stdin, stdout, stderr).
+pub const MAX_PASSED_FDS: usize = 3;
+
+/// `recvmsg` into `buf` without blocking, taking the fds an SCM_RIGHTS
+/// message carries (close-on-exec; any over [`MAX_PASSED_FDS`] the kernel
+/// closes) into `fds`. Ok(0) at EOF.
+pub fn recv_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+) -> io::Result<usize> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; MAX_PASSED_FDS]);
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let n = msg.bytes;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for r in raw {
+                // SAFETY: the kernel installed `r` in this process for this
+                // message just now; nothing else holds it.
+                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    Ok(n)
+}

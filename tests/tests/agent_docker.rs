@@ -619,3 +619,41 @@ fn cpu_hard_limit_caps_the_container_and_oom_kill_group_is_refused_at_submit() {
         "{e}"
     );
 }
+
+#[test]
+fn tend_exec_refuses_a_docker_task_and_names_the_driver() {
+    require_root!();
+    require_docker!();
+    let sb = Sandbox::new();
+    let a = agent(&sb);
+    let job = format!(
+        r#"job "ex" {{
+  group "g" {{
+    task "box" {{
+      driver = "docker"
+      config {{
+        image   = "{IMAGE}"
+        command = "/bin/sleep"
+        args    = ["300"]
+      }}
+    }}
+  }}
+}}
+"#
+    );
+    let id = submit(&a, &sb, &job);
+    let _guard = Containers(vec![alloc_label(&id)]);
+    let ok = wait_until(LONG, || {
+        task(&a.get_json(&format!("/v1/allocations/{id}")), "box")["state"] == "running"
+    });
+    assert!(ok, "the container never ran");
+    let out = a.cli(&["exec", &id, "box", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runs under the docker driver") && err.contains("docker exec"),
+        "{err}"
+    );
+    let stopped = a.cli(&["stop", &id]);
+    assert!(stopped.status.success(), "{stopped:?}");
+}

@@ -195,6 +195,29 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+    /// A running task whose handle is not recorded yet (its start is
+    /// finishing): an exec must wait.
+    #[error("task {task} has no handle yet: try again")]
+    NoHandleYet {
+        /// The task.
+        task: String,
+    },
+    /// An exec into a task whose driver has no tend-spawn.
+    #[error("task {task} runs under the {driver} driver, which tend exec does not support (use `docker exec` on its container)")]
+    NoExec {
+        /// The task.
+        task: String,
+        /// Its driver.
+        driver: String,
+    },
+    /// A task's token cannot be read.
+    #[error("task {task}: its token: {source}")]
+    Token {
+        /// The task.
+        task: String,
+        /// Why.
+        source: StateError,
+    },
     /// A dead allocation's dir cannot be removed by the garbage collection.
     #[error("gc of {alloc}: removing {}: {source}", .path.display())]
     CollectDir {
@@ -266,7 +289,9 @@ impl AgentError {
             | E::State(_)
             | E::AllocDir { .. }
             | E::PrepareAlloc { .. }
-            | E::CollectDir { .. } => 500,
+            | E::CollectDir { .. }
+            | E::Token { .. } => 500,
+            E::NoHandleYet { .. } | E::NoExec { .. } => 409,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+mod exec;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -95,6 +96,28 @@ pub struct EventLine {
     /// The event.
     #[serde(flatten)]
     pub event: TaskEvent,
+}
+
+/// Task `task` of `alloc_id` among `allocs`, refused unless it is running.
+pub(crate) fn running_task<'a>(
+    allocs: &'a BTreeMap<String, AllocSlot>,
+    alloc_id: &str,
+    task: &str,
+) -> Result<&'a TaskSlot, AgentError> {
+    let slot = allocs.get(alloc_id).ok_or_else(|| AgentError::NoAlloc {
+        alloc: alloc_id.to_string(),
+    })?;
+    let t = slot.tasks.get(task).ok_or_else(|| AgentError::NoTask {
+        alloc: alloc_id.to_string(),
+        task: task.to_string(),
+    })?;
+    if t.record.phase != TaskPhase::Running {
+        return Err(AgentError::NotRunning {
+            task: task.to_string(),
+            phase: t.record.phase,
+        });
+    }
+    Ok(t)
 }
 
 pub(crate) struct TaskSlot {
@@ -725,19 +748,7 @@ impl Agent {
         let (tx, rx) = oneshot::channel();
         {
             let allocs = self.inner.allocs.lock().expect("allocs lock");
-            let slot = allocs.get(alloc_id).ok_or_else(|| AgentError::NoAlloc {
-                alloc: alloc_id.to_string(),
-            })?;
-            let t = slot.tasks.get(task).ok_or_else(|| AgentError::NoTask {
-                alloc: alloc_id.to_string(),
-                task: task.to_string(),
-            })?;
-            if t.record.phase != TaskPhase::Running {
-                return Err(AgentError::NotRunning {
-                    task: task.to_string(),
-                    phase: t.record.phase,
-                });
-            }
+            let t = running_task(&allocs, alloc_id, task)?;
             t.ctl
                 .send(Control::Signal(signo, tx))
                 .map_err(|_| AgentError::RunnerGone {

@@ -7,6 +7,7 @@
 //! `client` is the other end, the CLI's and the tests'.
 
 pub mod client;
+pub mod exec;
 pub mod routes;
 pub mod server;
 pub mod wire;

@@ -56,6 +56,11 @@ pub fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Reply {
         .unwrap_or_default()
 }
 
+/// An empty body.
+pub fn empty() -> ApiBody {
+    Full::new(Bytes::new()).boxed_unsync()
+}
+
 /// A JSON answer.
 pub fn json(status: u16, value: &impl Serialize) -> Reply {
     bytes(status, "application/json", wire::to_json(value))
@@ -157,6 +162,8 @@ async fn connection(agent: Agent, stream: UnixStream, allowed: bool, limits: Lim
         // A client may shut its write side after the request: it still reads.
         .half_close(true)
         .serve_connection(io, service)
+        // An exec takes the connection over (see `exec`).
+        .with_upgrades()
         .await;
     if let Err(e) = served {
         if !called.load(Ordering::Acquire) {
@@ -187,6 +194,9 @@ async fn answer(
     if !allowed {
         return error(403, "this socket serves root and the agent's user only");
     }
+    if super::exec::is_exec_path(req.uri().path()) {
+        return super::exec::answer(agent, req, limits).await;
+    }
     match read(req, limits).await {
         Ok(req) => routes::handle(&agent, req, peer).await,
         Err(reply) => reply,
@@ -194,7 +204,7 @@ async fn answer(
 }
 
 /// Read a request's body within the limits.
-async fn read(req: hyper::Request<Incoming>, limits: Limits) -> Result<Request, Reply> {
+pub(super) async fn read(req: hyper::Request<Incoming>, limits: Limits) -> Result<Request, Reply> {
     let (parts, body) = req.into_parts();
     if parts
         .headers
@@ -254,12 +264,17 @@ async fn drain(mut body: Incoming, max: usize) {
 /// request it cannot read, hyper answers with a bare status and no body, and
 /// the API's answer (JSON that says why) is written in its place once hyper
 /// gives up. Once a request reaches the routes, everything passes.
-struct HoldBack {
+pub(super) struct HoldBack {
     inner: UnixStream,
     called: Arc<AtomicBool>,
 }
 
 impl HoldBack {
+    /// The connection itself (an upgraded one, for an exec).
+    pub(super) fn into_inner(self) -> UnixStream {
+        self.inner
+    }
+
     fn passing(&self) -> bool {
         self.called.load(Ordering::Acquire)
     }

@@ -5,6 +5,7 @@ pub mod client;
 pub mod completions;
 pub mod doctor;
 pub mod events;
+pub mod exec;
 pub mod job_init;
 pub mod jobs;
 pub mod logs;
@@ -177,6 +178,23 @@ pub enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
+    },
+    /// Run a command inside a running task (its root, namespaces, cgroup,
+    /// user and env), on this terminal's stdin, stdout and stderr; exits
+    /// with the command's code.
+    Exec {
+        /// Allocation id or unique prefix.
+        #[arg(value_parser = alloc_id_arg)]
+        alloc: String,
+        /// Task name.
+        task: String,
+        /// Give the command a pty of its own (its controlling terminal),
+        /// relayed to this terminal in raw mode.
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
     /// Send a signal to a running task.
     Signal {
@@ -459,6 +477,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             detach,
             json,
         } => runtime()?.block_on(jobs::stop(&client, &alloc, detach, json, &mut out)),
+        Command::Exec {
+            alloc,
+            task,
+            tty,
+            command,
+        } => exec::run(client.socket(), &alloc, &task, &command, tty),
         Command::Signal {
             alloc,
             task,

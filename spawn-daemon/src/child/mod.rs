@@ -39,6 +39,7 @@ use tend_proto::{SpawnConfig, Stage};
 
 use crate::chroot::PreparedRoot;
 
+pub mod exec;
 mod mount;
 pub(crate) mod raw;
 mod task;
@@ -136,6 +137,28 @@ impl fmt::Debug for Prepared {
     }
 }
 
+/// The task's environment as `K=V` C strings; with a root, `TMPDIR=/tmp`
+/// unless it sets one (the private tmpfs of crate::chroot::plan). Err names
+/// the field with a NUL byte.
+fn task_envp(config: &SpawnConfig, chrooted: bool) -> Result<Vec<CString>, &'static str> {
+    let mut envp = Vec::with_capacity(config.env.len() + 1);
+    for (k, v) in &config.env {
+        envp.push(CString::new(format!("{k}={v}")).map_err(|_| "env")?);
+    }
+    if chrooted && !config.env.iter().any(|(k, _)| k == "TMPDIR") {
+        envp.push(c"TMPDIR=/tmp".to_owned());
+    }
+    Ok(envp)
+}
+
+/// The NULL-terminated array of pointers execve takes; `strings` must
+/// outlive it.
+fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
+    let mut ptrs: Vec<*const c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    ptrs
+}
+
 fn cstring(field: &str, v: &str) -> Result<CString, StartFailure> {
     CString::new(v)
         .map_err(|_| StartFailure::plain(Stage::Config, format!("{field} holds a NUL byte")))
@@ -156,18 +179,11 @@ impl Prepared {
         for a in &config.args {
             argv.push(cstring("args", a)?);
         }
-        let mut envp = Vec::with_capacity(config.env.len() + 1);
-        for (k, v) in &config.env {
-            envp.push(cstring("env", &format!("{k}={v}"))?);
-        }
-        if root.is_some() && !config.env.iter().any(|(k, _)| k == "TMPDIR") {
-            // The private tmpfs of crate::chroot::plan.
-            envp.push(c"TMPDIR=/tmp".to_owned());
-        }
-        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|s| s.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-        let mut envp_ptrs: Vec<*const c_char> = envp.iter().map(|s| s.as_ptr()).collect();
-        envp_ptrs.push(std::ptr::null());
+        let envp = task_envp(config, root.is_some()).map_err(|field| {
+            StartFailure::plain(Stage::Config, format!("{field} holds a NUL byte"))
+        })?;
+        let argv_ptrs = null_terminated(&argv);
+        let envp_ptrs = null_terminated(&envp);
         Ok(Prepared {
             command,
             _argv: argv,

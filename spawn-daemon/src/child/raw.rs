@@ -432,3 +432,57 @@ pub(super) fn execve(
     unsafe { libc::execve(command.as_ptr(), argv, envp) };
     Errno::last()
 }
+
+/// `setns(fd, nstype)`: join the namespace `fd` refers to.
+pub(super) fn setns(fd: RawFd, nstype: libc::c_int) -> Sys {
+    // SAFETY: async-signal-safe; integers only.
+    check(unsafe { libc::setns(fd, nstype) }).map(drop)
+}
+
+/// Close every fd from `first` up.
+pub(super) fn close_from(first: libc::c_uint) {
+    // SAFETY: async-signal-safe; plain integers; the fds closed are the
+    // fork's copies, owned by nothing in this process.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
+    }
+}
+
+/// `waitpid(pid)` until it ends, again on EINTR: its exit code, 128+N for a
+/// death by signal N (as a shell reports it).
+pub(super) fn wait_exit_code(pid: libc::pid_t) -> i32 {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: async-signal-safe; status is a writable stack int.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && Errno::last() != Errno::EINTR {
+            return 126;
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// `setsid()`: lead a new session (and so have no controlling terminal).
+pub(super) fn setsid() -> Sys {
+    // SAFETY: async-signal-safe; no arguments.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// `ioctl(fd, TIOCSCTTY, 0)`: the terminal on `fd` becomes the session's
+/// controlling terminal.
+pub(super) fn set_controlling_tty(fd: RawFd) -> Sys {
+    // SAFETY: async-signal-safe; integers only, no pointer is passed.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }).map(drop)
+}

@@ -23,7 +23,7 @@ use super::{ChildFds, Isolation, Prepared, INIT_READY, RECORD_LEN};
 pub(super) struct Failed {
     stage: Stage,
     which: u32,
-    errno: Errno,
+    pub(super) errno: Errno,
 }
 
 impl Failed {

@@ -83,6 +83,7 @@ fn event_loop_on(d: &mut Daemon, s: Started, clock: &dyn Clock) -> i32 {
                 d.life.enter(Phase::Leaving);
             }
         }
+        d.deliver_exec_exits(&mut clients);
         for c in clients.iter_mut() {
             if c.wants_write() || c.session.closing {
                 c.flush(now);
@@ -91,6 +92,7 @@ fn event_loop_on(d: &mut Daemon, s: Started, clock: &dyn Clock) -> i32 {
                 c.dead = true;
             }
         }
+        d.abandon_execs(&clients);
         clients.retain(|c| !c.dead);
         if d.life.phase() == Phase::Leaving {
             for c in clients.iter_mut() {
@@ -179,6 +181,7 @@ fn event_loop_on(d: &mut Daemon, s: Started, clock: &dyn Clock) -> i32 {
             if chld {
                 d.on_reaped(&reaper::reap_all());
             }
+            d.deliver_exec_exits(&mut clients);
         }
         if ready(SLOT_PIDFD) {
             d.on_reaped(&reaper::reap_all());

@@ -32,6 +32,7 @@ use crate::sys;
 mod alloc;
 mod cgroups;
 mod event_loop;
+mod exec;
 mod helper;
 pub mod life;
 mod supervise;

@@ -112,6 +112,10 @@ pub struct Daemon {
     pub(super) helper: Option<Pid>,
     /// The phase of the daemon's life.
     pub(super) life: Rc<Life>,
+    /// The shims of running execs.
+    pub(super) execs: super::exec::Execs,
+    /// Execs reaped whose exit code is not sent yet.
+    pub(super) exec_exits: Vec<(Pid, i32)>,
 }
 
 impl Daemon {
@@ -152,6 +156,8 @@ impl Daemon {
             stderr: Some(pipes.1),
             helper,
             life,
+            execs: Vec::new(),
+            exec_exits: Vec::new(),
         }
     }
 }
@@ -241,6 +247,15 @@ impl Handler for Daemon {
         self.life.enter(Phase::Leaving);
         Ok(())
     }
+
+    fn exec(
+        &mut self,
+        req: &tend_proto::msg::ExecRequest,
+        stdio: [OwnedFd; 3],
+    ) -> Result<i32, crate::server::CommandError> {
+        self.start_exec(req, stdio)
+            .map_err(crate::server::CommandError::Exec)
+    }
 }
 
 impl Daemon {
@@ -267,6 +282,7 @@ impl Daemon {
     /// Note the main process's end among what was reaped (the rest are
     /// orphans of the task, reaped as the subreaper).
     pub(super) fn note_reaped(&mut self, reaped: &[reaper::Reaped]) {
+        self.note_exec_reaped(reaped);
         for r in reaped {
             if r.pid == self.task_pid && self.ended.is_none() {
                 info!(pid = r.pid.as_raw(), status = r.status, "task ended");

@@ -1,5 +1,7 @@
 //! Tests of the module above.
 use super::*;
+use std::io::Read;
+use tend_proto::frame::MAGIC as MAGIC_FRAME;
 use tend_proto::msg::{Instance, TaskState};
 
 struct Fake {
@@ -99,6 +101,58 @@ fn hello_then_requests() {
     let out = s.on_frame(&frame_of(&Request::Release), &mut h);
     assert_eq!(out, vec![Response::Error("task still running".into())]);
     assert!(!s.closing);
+}
+
+#[test]
+fn an_exec_needs_its_three_fds_and_its_end_goes_to_its_session_once() {
+    let mut h = fake();
+    let mut s = Session::default();
+    s.on_frame(&hello([3; 32], PROTOCOL_VERSION), &mut h);
+    let exec = Request::Exec(ExecRequest {
+        argv: vec!["true".into()],
+        tty: false,
+    });
+    let out = s.on_frame(&frame_of(&exec), &mut h);
+    assert!(
+        matches!(&out[..], [Response::Error(e)] if e.contains("3 fds")),
+        "{out:?}"
+    );
+    // A handler without exec (as in a test, or a daemon in no state to) says so.
+    for _ in 0..3 {
+        s.fds.push(std::fs::File::open("/dev/null").unwrap().into());
+    }
+    let out = s.on_frame(&frame_of(&exec), &mut h);
+    assert_eq!(
+        out,
+        vec![Response::Error("exec is not supported here".into())]
+    );
+    assert!(s.fds.is_empty(), "the fds went to the handler");
+    assert!(!s.closing);
+    s.exec_pid = Some(42);
+    assert_eq!(s.exec_exited(41, 0), None);
+    assert_eq!(s.exec_exited(42, 130), Some(Response::ExecExited(130)));
+    assert_eq!(s.exec_exited(42, 130), None);
+}
+
+#[test]
+fn a_request_from_a_newer_client_is_refused_with_an_error_not_a_crash() {
+    // What a daemon older than a variant sees: an index it does not know.
+    let body = [0xC8u8, 0x01];
+    let mut bytes = MAGIC_FRAME.to_vec();
+    bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
+    bytes.extend_from_slice(&body);
+    let mut d = FrameDecoder::new();
+    d.push(&bytes);
+    let f = d.next_frame().unwrap().unwrap();
+    let mut h = fake();
+    let mut s = Session::default();
+    s.on_frame(&hello([3; 32], PROTOCOL_VERSION), &mut h);
+    let out = s.on_frame(&f, &mut h);
+    assert!(
+        matches!(&out[..], [Response::Error(e)] if e.starts_with("bad request")),
+        "{out:?}"
+    );
 }
 
 #[test]

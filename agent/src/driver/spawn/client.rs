@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use tend_proto::frame::{self, FrameDecoder, FrameError};
-use tend_proto::msg::Welcome;
+use tend_proto::msg::{ExecRequest, Welcome};
 use tend_proto::{ExitStatus, Hello, Request, Response, Token, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -195,6 +195,55 @@ impl Client {
             .await?
             .into_exit()
             .map_err(|other| self.unexpected(*other))
+    }
+
+    /// Ask for an exec of `req` on `stdio` (stdin, stdout, stderr), which go
+    /// with the request's frame as SCM_RIGHTS: the daemon's copies are the
+    /// command's own, so no byte of its I/O passes through here. Returns
+    /// once it runs; [`Client::exec_exit`] then waits for its end.
+    pub async fn exec(
+        &mut self,
+        req: ExecRequest,
+        stdio: [std::os::fd::RawFd; 3],
+    ) -> Result<(), ClientError> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source: std::io::Error| ClientError::Io { path, source }
+        };
+        let bytes = frame::encode(&Request::Exec(req)).map_err(|source| ClientError::Frame {
+            path: self.path.clone(),
+            source,
+        })?;
+        let sock = self.stream.as_raw_fd();
+        // The fds ride on the frame's first bytes; the rest follows plainly.
+        let n = self
+            .stream
+            .async_io(tokio::io::Interest::WRITABLE, || {
+                let iov = [std::io::IoSlice::new(&bytes)];
+                let rights = [ControlMessage::ScmRights(&stdio)];
+                sendmsg::<()>(sock, &iov, &rights, MsgFlags::MSG_NOSIGNAL, None)
+                    .map_err(std::io::Error::from)
+            })
+            .await
+            .map_err(io(&self.path))?;
+        self.stream
+            .write_all(&bytes[n..])
+            .await
+            .map_err(io(&self.path))?;
+        match self.next().await? {
+            Response::Ok => Ok(()),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// Wait for the end of the exec this connection started: its exit code.
+    pub async fn exec_exit(&mut self) -> Result<i32, ClientError> {
+        match self.next().await? {
+            Response::ExecExited(code) => Ok(code),
+            other => Err(self.unexpected(other)),
+        }
     }
 
     fn unexpected(&self, got: Response) -> ClientError {

@@ -115,7 +115,7 @@ pub async fn request_until(
 ) -> Result<(), RetryError> {
     let mut backoff = Backoff::default();
     loop {
-        let why = match request_once(socket, token, req).await {
+        let why = match request_once(socket, token, req.clone()).await {
             Ok(()) => return Ok(()),
             Err(RetryError::Unanswered(why) | RetryError::Gone(why)) => why,
             Err(refused) => return Err(refused),
