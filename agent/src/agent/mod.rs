@@ -4,6 +4,8 @@
 pub mod config;
 pub mod error;
 mod exec;
+mod gc;
+mod scrape;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -480,42 +482,6 @@ impl Agent {
         Ok(report)
     }
 
-    /// `GET /v1/metrics`: the Prometheus exposition of the agent, with what
-    /// the host says now of its supervisors' memory and its tasks' logs.
-    pub fn metrics_text(&self) -> String {
-        let snapshot = self.snapshot();
-        let mut host = crate::metrics::HostFigures::default();
-        if let Some((rss, _)) =
-            crate::metrics::memory_of(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
-        {
-            host.agent_rss = rss;
-        }
-        for (alloc, tasks) in &snapshot {
-            let (out, err) =
-                crate::metrics::log_bytes(&self.inner.settings.dirs.alloc(&alloc.alloc_id).logs());
-            host.log_stdout += out;
-            host.log_stderr += err;
-            for t in tasks.iter().filter(|t| t.phase == TaskPhase::Running) {
-                let Some(h) = &t.handle else { continue };
-                let Some(pid) = h.daemon_pid else { continue };
-                // The same process that was started, not a reuse of its pid.
-                let same = h
-                    .daemon_start_time
-                    .is_none_or(|st| crate::ident::start_time(pid).is_some_and(|now| now == st));
-                if let (true, Some((rss, uss))) = (same, crate::metrics::memory_of(pid)) {
-                    host.supervisors += 1;
-                    host.supervisor_rss += rss;
-                    host.supervisor_uss += uss;
-                }
-            }
-        }
-        let tasks: Vec<TaskRecord> = snapshot
-            .iter()
-            .flat_map(|(_, t)| t.iter().cloned())
-            .collect();
-        self.inner.metrics.render(snapshot.len(), &tasks, &host)
-    }
-
     /// Run a validated job: one allocation per group and count. Returns the ids.
     pub fn submit(&self, job: Job) -> Result<Vec<String>, AgentError> {
         for t in job.groups.iter().flat_map(|g| &g.tasks) {
@@ -602,66 +568,6 @@ impl Agent {
                 matches: many.iter().map(|s| (*s).clone()).collect(),
             }),
         }
-    }
-
-    /// Remove the allocations whose every task is dead and ended at least
-    /// `older_than` ago (of job `job` only, when given): their records, their
-    /// dirs (logs and exit files included) and their slots. A live or
-    /// pending task keeps its allocation, whatever its age. The ids removed.
-    pub fn collect_garbage(
-        &self,
-        older_than: Duration,
-        job: Option<&str>,
-    ) -> Result<Vec<String>, AgentError> {
-        let now = std::time::SystemTime::now();
-        let dead: Vec<String> = {
-            let allocs = self.inner.allocs.lock().expect("allocs lock");
-            allocs
-                .values()
-                .filter(|a| job.is_none_or(|j| a.record.job.name == j))
-                .filter(|a| {
-                    a.tasks.values().all(|t| t.record.phase == TaskPhase::Dead)
-                        && a.tasks.values().all(|t| {
-                            t.record
-                                .finished_at
-                                .as_deref()
-                                .and_then(tend_proto::time::parse_rfc3339)
-                                .and_then(|end| now.duration_since(end).ok())
-                                .is_some_and(|age| age >= older_than)
-                        })
-                })
-                .map(|a| a.record.alloc_id.clone())
-                .collect()
-        };
-        let mut removed = Vec::new();
-        for id in dead {
-            // Out of the map first: nothing reaches it any more, then its files.
-            if self
-                .inner
-                .allocs
-                .lock()
-                .expect("allocs lock")
-                .remove(&id)
-                .is_none()
-            {
-                continue;
-            }
-            self.inner.ports.release(&id);
-            self.inner.store.remove_alloc(&id)?;
-            let dir = self.inner.settings.dirs.alloc(&id);
-            if let Err(e) = std::fs::remove_dir_all(&dir.root) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(AgentError::CollectDir {
-                        alloc: id,
-                        path: dir.root.clone(),
-                        source: e,
-                    });
-                }
-            }
-            tracing::info!(alloc = %id, "allocation collected");
-            removed.push(id);
-        }
-        Ok(removed)
     }
 
     /// Stop every task of an allocation (with their kill signals and timeouts).
@@ -799,63 +705,4 @@ impl Agent {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_second_agent_on_the_same_data_dir_is_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let settings = || {
-            Settings::resolve(
-                AgentConfig::default(),
-                Some(d.path().join("data")),
-                Some(d.path().join("run")),
-                None,
-            )
-            .unwrap()
-        };
-        let first = Agent::new(settings()).unwrap();
-        let second = Agent::new(settings());
-        assert!(
-            matches!(&second, Err(e @ AgentError::DataDirLocked { .. })
-                if e.status() == 409 && e.to_string().contains("another agent")),
-            "{:?}",
-            second.as_ref().err()
-        );
-        drop(first);
-        Agent::new(settings()).unwrap();
-    }
-
-    #[test]
-    fn a_lock_held_for_a_moment_is_waited_for() {
-        let d = tempfile::tempdir().unwrap();
-        let settings = Settings::resolve(
-            AgentConfig::default(),
-            Some(d.path().join("data")),
-            Some(d.path().join("run")),
-            None,
-        )
-        .unwrap();
-        // The lock as a dying agent's forked child holds it: on another open
-        // file description, let go 300 ms later.
-        let first = Agent::new(settings.clone()).unwrap();
-        let lock_path = settings.dirs.state_dir().join("agent.lock");
-        drop(first);
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&lock_path)
-            .unwrap();
-        let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| e)
-            .unwrap();
-        let t0 = std::time::Instant::now();
-        let holder = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            drop(held);
-        });
-        let agent = Agent::new(settings);
-        holder.join().unwrap();
-        assert!(agent.is_ok(), "{:?}", agent.err());
-        assert!(t0.elapsed() >= std::time::Duration::from_millis(250));
-    }
-}
+mod tests;
