@@ -84,7 +84,8 @@ fn a_root_install_is_fine_and_each_hole_is_one_error() {
     assert!(out.contains("can hold tasks"), "{out}");
     assert!(out.contains("setuid install: not checked"), "{out}");
     assert!(out.ends_with("tend doctor: all is well\n"), "{out}");
-    if !engine.is_empty() {
+    // The engine of .ci/docker-up where it runs (not inside the v2 guest).
+    if !engine.is_empty() && std::os::unix::net::UnixStream::connect(&engine).is_ok() {
         assert!(
             out.contains(&format!("ok: docker: the engine at {engine} answers")),
             "{out}"
