@@ -15,8 +15,16 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use nix::unistd::Pid;
-use tend_sys::check;
 pub use tend_sys::{open_beneath, pidfd_open, pidfd_send_signal};
+
+/// A raw syscall return: the OS error when negative, else the value.
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
 
 /// `close_range(first, last, flags)`.
 pub fn close_range(first: u32, last: u32, flags: u32) -> io::Result<()> {
