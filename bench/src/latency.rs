@@ -143,6 +143,122 @@ pub fn isolated(
     Ok(out)
 }
 
+/// How much of tend-spawn's isolation the bare sequence repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareLevel {
+    /// Cgroups, nobody; no mount namespace or chroot.
+    NoChroot,
+    /// Cgroups, mount namespace, read-only binds, chroot, nobody.
+    Chroot,
+    /// The same in a pid namespace of its own with its /proc (hidepid=2).
+    PidProc,
+    /// The same with /proc's masks, as tend-spawn gives a task that is not
+    /// root (files under /dev/null, dirs under an empty tmpfs).
+    PidProcMasks,
+}
+
+/// What the bare child needs, prepared once.
+pub struct BareRig {
+    hs: Vec<crate::cgroups::Hier>,
+    cg_prefix: String,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    root: PathBuf,
+    binds: Vec<(CString, CString)>,
+}
+
+impl BareRig {
+    /// The rig under `base`: its root dir with a mount point per default
+    /// bind and /proc; cgroups under `cg_prefix`.
+    pub fn new(base: &Path, cg_prefix: &str) -> Result<BareRig, String> {
+        let hs = crate::cgroups::hierarchies();
+        if hs.is_empty() {
+            return Err("no cgroup hierarchy found under /sys/fs/cgroup".into());
+        }
+        let (uid, gid) = nix::unistd::User::from_name("nobody")
+            .ok()
+            .flatten()
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+            .ok_or("no user nobody")?;
+        let root = base.join("bare-root");
+        let mut binds = Vec::new();
+        for p in default_binds() {
+            let target = root.join(p.trim_start_matches('/'));
+            fs::create_dir_all(&target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
+            binds.push((cstr(&p)?, cstr_path(&target)?));
+        }
+        let proc_ = root.join("proc");
+        fs::create_dir_all(&proc_).map_err(|e| format!("mkdir {}: {e}", proc_.display()))?;
+        Ok(BareRig {
+            hs,
+            cg_prefix: cg_prefix.to_string(),
+            uid,
+            gid,
+            root,
+            binds,
+        })
+    }
+
+    /// One run at `level` (`i` names its cgroup): milliseconds from mkdir of
+    /// the cgroups to their rmdir after the wait.
+    pub fn run(&self, level: BareLevel, i: usize) -> Result<f64, String> {
+        let chroot = level != BareLevel::NoChroot;
+        let proc_ = match level {
+            BareLevel::NoChroot | BareLevel::Chroot => None,
+            BareLevel::PidProc => Some(self.proc_plan(false)?),
+            BareLevel::PidProcMasks => Some(self.proc_plan(true)?),
+        };
+        let rel = format!("{}/bare{level:?}/i{i}", self.cg_prefix);
+        let t = Instant::now();
+        let fds = crate::cgroups::make_task_cgroup(&self.hs, &rel)?;
+        let plan = BarePlan {
+            cgroup_procs: fds,
+            binds: if chroot {
+                self.binds.clone()
+            } else {
+                Vec::new()
+            },
+            root: if chroot {
+                cstr_path(&self.root)?
+            } else {
+                cstr("/")?
+            },
+            uid: self.uid,
+            gid: self.gid,
+            argv: Argv::new(&["/bin/true"]).map_err(|e| e.to_string())?,
+            proc_,
+        };
+        let st = sys::bare_run(&plan).map_err(|e| format!("fork: {e}"))?;
+        drop(plan);
+        crate::cgroups::remove_tree(&self.hs, &rel);
+        let d = ms(t);
+        match st {
+            nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(d),
+            nix::sys::wait::WaitStatus::Exited(_, c) if (101..=111).contains(&c) => {
+                let step = usize::try_from(c - 100).unwrap_or(0);
+                Err(format!("bare child failed at {}", BARE_STEPS[step]))
+            }
+            other => Err(format!("bare child: {other:?}")),
+        }
+    }
+
+    fn proc_plan(&self, masks: bool) -> Result<sys::ProcPlan, String> {
+        use tend_proto::config::{PROC_MASKED_DIRS, PROC_MASKED_FILES};
+        let target = self.root.join("proc");
+        let under = |names: &[&str]| -> Result<Vec<CString>, String> {
+            if !masks {
+                return Ok(Vec::new());
+            }
+            names.iter().map(|n| cstr_path(&target.join(n))).collect()
+        };
+        Ok(sys::ProcPlan {
+            target: cstr_path(&target)?,
+            masked_files: under(&PROC_MASKED_FILES)?,
+            masked_dirs: under(&PROC_MASKED_DIRS)?,
+        })
+    }
+}
+
 /// The bare baseline of 1(c): per run, make a cgroup in every hierarchy with
 /// the same limits, fork, join it, private mount namespace with the same
 /// read-only binds, chroot, drop to nobody, exec /bin/true; wait; rmdir.
@@ -154,57 +270,51 @@ pub fn bare(
     n: usize,
     warm: usize,
 ) -> Result<Vec<f64>, String> {
-    let hs = crate::cgroups::hierarchies();
-    if hs.is_empty() {
-        return Err("no cgroup hierarchy found under /sys/fs/cgroup".into());
-    }
-    let (uid, gid) = nix::unistd::User::from_name("nobody")
-        .ok()
-        .flatten()
-        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
-        .ok_or("no user nobody")?;
-    let root = base.join("bare-root");
-    let mut binds = Vec::new();
-    for p in default_binds() {
-        let target = root.join(p.trim_start_matches('/'));
-        fs::create_dir_all(&target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
-        binds.push((cstr(&p)?, cstr_path(&target)?));
-    }
-    let root_c = if chroot {
-        cstr_path(&root)?
+    let rig = BareRig::new(base, cg_prefix)?;
+    let level = if chroot {
+        BareLevel::Chroot
     } else {
-        cstr("/")?
+        BareLevel::NoChroot
     };
-    if !chroot {
-        binds.clear();
-    }
     let mut out = Vec::with_capacity(n);
     for i in 0..n + warm {
-        let rel = format!("{cg_prefix}/bare{}/i{i}", u8::from(chroot));
-        let t = Instant::now();
-        let fds = crate::cgroups::make_task_cgroup(&hs, &rel)?;
-        let plan = BarePlan {
-            cgroup_procs: fds,
-            binds: binds.clone(),
-            root: root_c.clone(),
-            uid,
-            gid,
-            argv: Argv::new(&["/bin/true"]).map_err(|e| e.to_string())?,
-        };
-        let st = sys::bare_run(&plan).map_err(|e| format!("fork: {e}"))?;
-        drop(plan);
-        crate::cgroups::remove_tree(&hs, &rel);
-        let d = ms(t);
-        match st {
-            nix::sys::wait::WaitStatus::Exited(_, 0) => {}
-            nix::sys::wait::WaitStatus::Exited(_, c) if (101..=109).contains(&c) => {
-                let step = usize::try_from(c - 100).unwrap_or(0);
-                return Err(format!("bare child failed at {}", BARE_STEPS[step]));
-            }
-            other => return Err(format!("bare child: {other:?}")),
-        }
+        let d = rig.run(level, i)?;
         if i >= warm {
             out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// 1(e): what the pid namespace and /proc cost, round-robin in one run:
+/// the bare sequence (chroot), the same in a pid namespace with its /proc,
+/// the same with the /proc masks, and tend-spawn's exec-style start (which
+/// has all three). Returns the four series in that order.
+pub fn isolation_levels(
+    bin: &Path,
+    world: &mut World,
+    base: &Path,
+    cg_prefix: &str,
+    n: usize,
+    warm: usize,
+) -> Result<[Vec<f64>; 4], String> {
+    let rig = BareRig::new(base, cg_prefix)?;
+    let levels = [
+        BareLevel::Chroot,
+        BareLevel::PidProc,
+        BareLevel::PidProcMasks,
+    ];
+    let mut out: [Vec<f64>; 4] = Default::default();
+    for i in 0..n + warm {
+        for (k, level) in levels.iter().enumerate() {
+            let d = rig.run(*level, i)?;
+            if i >= warm {
+                out[k].push(d);
+            }
+        }
+        let d = isolated(bin, world, cg_prefix, true, 1, 0)?;
+        if i >= warm {
+            out[3].extend(d);
         }
     }
     Ok(out)

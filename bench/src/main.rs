@@ -121,8 +121,10 @@ fn parse_args() -> Result<Args, String> {
             "--only" => {
                 let v = it.next().ok_or("--only FIG[,FIG]...")?;
                 for f in v.split(',').filter(|f| !f.is_empty()) {
-                    if !["1", "1d", "2", "3", "4", "5"].contains(&f) {
-                        return Err(format!("--only: unknown figure {f:?} (1, 1d, 2, 3, 4, 5)"));
+                    if !["1", "1d", "1e", "2", "3", "4", "5"].contains(&f) {
+                        return Err(format!(
+                            "--only: unknown figure {f:?} (1, 1d, 1e, 2, 3, 4, 5)"
+                        ));
                     }
                     a.only.push(f.to_string());
                 }
@@ -619,6 +621,81 @@ impl Bench {
         }
     }
 
+    /// 1(e): what the task's pid namespace and /proc cost: the bare
+    /// sequence with and without them, beside tend-spawn's exec start,
+    /// round-robin in one run.
+    fn isolation_levels(&mut self) {
+        let p = self.plan;
+        let what = "pid namespace + /proc (hidepid=2) + masks";
+        if !self.root {
+            self.rows.push(Row::not_measured("1e", what, "needs root"));
+            return;
+        }
+        say("1e: bare with and without the pid namespace and /proc, beside tend-spawn exec");
+        nix::unistd::sync();
+        let r = spawn::World::new(&self.base, "e").and_then(|mut w| {
+            latency::isolation_levels(
+                &self.spawn_bin,
+                &mut w,
+                &self.base,
+                &self.cg_prefix,
+                p.fast,
+                p.warm,
+            )
+        });
+        let v = match r {
+            Ok(v) => v,
+            Err(e) => {
+                self.rows.push(Row::not_measured("1e", what, e));
+                return;
+            }
+        };
+        let bare = sum(&v[0]);
+        self.rows.push(
+            Row::measured(
+                "1e base",
+                "bare (as 1c base): cgroups, mount ns, ro binds, chroot, nobody",
+                "ms",
+                bare,
+            )
+            .note("round-robin with the rows below"),
+        );
+        self.rows.push(
+            Row::measured(
+                "1e",
+                "bare + pid namespace (a reaping pid 1) + its /proc",
+                "ms",
+                sum(&v[1]),
+            )
+            .vs("bare", bare),
+        );
+        let full = sum(&v[2]);
+        self.rows.push(
+            Row::measured(
+                "1e",
+                "bare + pid namespace + /proc + masks (as for a task that is not root)",
+                "ms",
+                full,
+            )
+            .vs("bare", bare),
+        );
+        if let (Some(b), Some(f)) = (bare, full) {
+            self.rows.push(
+                Row::measured("1e", "the kernel's cost of the pid namespace, /proc and masks (difference of medians)", "ms", one(f.median - b.median))
+                    .note("what any supervisor doing the same pays"),
+            );
+        }
+        self.rows.push(
+            Row::measured(
+                "1e",
+                "tend-spawn exec-style /bin/true (as 1c)",
+                "ms",
+                sum(&v[3]),
+            )
+            .vs("bare + pid ns + /proc + masks", full),
+        );
+    }
+
     /// What of 1(c) the tend-spawn at hand can do: cgroup + nobody, no chroot.
     fn isolated_without_chroot(&mut self, runc: Option<Summary>) {
         let p = self.plan;
@@ -1096,6 +1173,9 @@ fn run(args: Args) -> Result<(), String> {
     }
     if args.wants("1d") {
         b.chroot_sizes();
+    }
+    if args.wants("1e") {
+        b.isolation_levels();
     }
     if args.wants("2") {
         b.footprint();

@@ -79,10 +79,27 @@ pub struct BarePlan {
     pub gid: libc::gid_t,
     /// The program.
     pub argv: Argv,
+    /// A pid namespace with its own /proc (and masks), as tend-spawn's
+    /// exec tasks have: None for the plain sequence.
+    pub proc_: Option<ProcPlan>,
+}
+
+/// The /proc of a bare child in its own pid namespace: mounted with
+/// hidepid=2 at `target` by the namespace's first process, then (if any)
+/// files covered with /dev/null and dirs with an empty read-only tmpfs, as
+/// tend-spawn does for a task that is not root (missing ones skipped).
+#[derive(Debug)]
+pub struct ProcPlan {
+    /// `<root>/proc`.
+    pub target: CString,
+    /// `<root>/proc/<file>` covered with /dev/null.
+    pub masked_files: Vec<CString>,
+    /// `<root>/proc/<dir>` covered with an empty tmpfs.
+    pub masked_dirs: Vec<CString>,
 }
 
 /// Exit codes of the bare child when a step fails (the step's number).
-pub const BARE_STEPS: [&str; 10] = [
+pub const BARE_STEPS: [&str; 12] = [
     "ok",
     "cgroup join",
     "unshare(CLONE_NEWNS)",
@@ -93,6 +110,8 @@ pub const BARE_STEPS: [&str; 10] = [
     "setgroups/setresgid/setresuid",
     "no_new_privs/sigmask",
     "execve",
+    "fork in the pid namespace",
+    "mount /proc or its masks",
 ];
 
 /// fork; the child joins the cgroups, binds the root's dirs in a private mount
@@ -116,7 +135,11 @@ pub fn bare_run(p: &BarePlan) -> io::Result<WaitStatus> {
                     libc::_exit(101);
                 }
             }
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            let ns = match p.proc_ {
+                Some(_) => libc::CLONE_NEWNS | libc::CLONE_NEWPID,
+                None => libc::CLONE_NEWNS,
+            };
+            if libc::unshare(ns) != 0 {
                 libc::_exit(102);
             }
             if libc::mount(
@@ -155,6 +178,9 @@ pub fn bare_run(p: &BarePlan) -> io::Result<WaitStatus> {
                     libc::_exit(105);
                 }
             }
+            if let Some(proc_) = &p.proc_ {
+                bare_pid_one(proc_);
+            }
             if libc::chroot(p.root.as_ptr()) != 0 || libc::chdir(slash.as_ptr()) != 0 {
                 libc::_exit(106);
             }
@@ -180,4 +206,72 @@ pub fn bare_run(p: &BarePlan) -> io::Result<WaitStatus> {
         }
     }
     wait_status(pid)
+}
+
+/// In the bare child after `unshare(CLONE_NEWPID)`: fork the namespace's
+/// first process and return in it, once its /proc is mounted and masked;
+/// the child itself waits for it and exits with its status.
+///
+/// # Safety
+/// Only between fork and exec of [`bare_run`]'s child: raw system calls on
+/// memory prepared before the fork.
+unsafe fn bare_pid_one(p: &ProcPlan) {
+    // SAFETY: as the caller promises (see above).
+    unsafe {
+        let fail = || libc::_exit(111);
+        let pid = libc::fork();
+        if pid < 0 {
+            libc::_exit(110);
+        }
+        if pid > 0 {
+            let mut st = 0;
+            if libc::waitpid(pid, &mut st, 0) != pid {
+                libc::_exit(110);
+            }
+            libc::_exit(if libc::WIFEXITED(st) {
+                libc::WEXITSTATUS(st)
+            } else {
+                128 + libc::WTERMSIG(st)
+            });
+        }
+        let none = ptr::null();
+        let fs_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if libc::mount(
+            c"proc".as_ptr(),
+            p.target.as_ptr(),
+            c"proc".as_ptr(),
+            fs_flags,
+            c"hidepid=2".as_ptr().cast(),
+        ) != 0
+        {
+            fail();
+        }
+        let missing = || *libc::__errno_location() == libc::ENOENT;
+        for file in &p.masked_files {
+            if libc::mount(
+                c"/dev/null".as_ptr(),
+                file.as_ptr(),
+                none,
+                libc::MS_BIND,
+                ptr::null(),
+            ) != 0
+                && !missing()
+            {
+                fail();
+            }
+        }
+        for dir in &p.masked_dirs {
+            if libc::mount(
+                c"tmpfs".as_ptr(),
+                dir.as_ptr(),
+                c"tmpfs".as_ptr(),
+                fs_flags | libc::MS_RDONLY,
+                ptr::null(),
+            ) != 0
+                && !missing()
+            {
+                fail();
+            }
+        }
+    }
 }

@@ -270,7 +270,19 @@ fn relative(target: &str) -> String {
 /// chroot_env read-only (recursively), the device nodes, a /proc of the
 /// task's pid namespace with its kernel knobs read-only or masked, a private
 /// /tmp, and /alloc and /local read-write; nothing writable is suid or dev.
-pub fn plan(config: &SpawnConfig, spec: &ChrootSpec, host: &dyn Host) -> Vec<PlannedMount> {
+///
+/// The knobs ([`PROC_READ_ONLY`]) are made read-only for a `root_user` task
+/// only: every file under them is writable by uid 0 alone (or by a
+/// capability, and tasks keep none), so for any other user the kernel's own
+/// permission check already refuses the write, and four binds and their
+/// attributes would be paid for nothing at every start. The masks, which
+/// hide what the files show, apply to every task.
+pub fn plan(
+    config: &SpawnConfig,
+    spec: &ChrootSpec,
+    root_user: bool,
+    host: &dyn Host,
+) -> Vec<PlannedMount> {
     use libc::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
     let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
     let rw = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
@@ -328,7 +340,7 @@ pub fn plan(config: &SpawnConfig, spec: &ChrootSpec, host: &dyn Host) -> Vec<Pla
     proc_.data = Some("hidepid=2".into());
     proc_.data_optional = true;
     out.push(proc_);
-    for knob in PROC_READ_ONLY {
+    for knob in PROC_READ_ONLY.iter().filter(|_| root_user) {
         let mut m = PlannedMount::bind(
             Source::Itself,
             format!("proc/{knob}"),
@@ -484,11 +496,12 @@ pub fn mkdir_beneath(dir: BorrowedFd<'_>, rel: &str) -> io::Result<OwnedFd> {
 
 /// Make the dirs the root needs on disk beneath the alloc dir `alloc` (`alloc/`,
 /// `<task>/`, `<task>/local/`), list the mount points to make in the root's
-/// tmpfs, and turn the plan into C strings.
+/// tmpfs, and turn the plan into C strings (`root_user`: see [`plan`]).
 pub fn prepare(
     config: &SpawnConfig,
     spec: &ChrootSpec,
     alloc: BorrowedFd<'_>,
+    root_user: bool,
     host_facts: &dyn Host,
 ) -> Result<PreparedRoot, ChrootError> {
     let host = config.alloc_dir();
@@ -500,7 +513,7 @@ pub fn prepare(
     let root = mkdir_beneath(alloc, &config.task).map_err(err(&config.task))?;
     let in_root = |rel: &str| format!("{}/{rel}", config.task);
     mkdir_beneath(root.as_fd(), "local").map_err(err(&in_root("local")))?;
-    let planned = plan(config, spec, host_facts);
+    let planned = plan(config, spec, root_user, host_facts);
     let mut creates: Vec<MountPoint> = Vec::new();
     let mut made = std::collections::HashSet::new();
     let mut ops = Vec::with_capacity(planned.len());

@@ -1195,15 +1195,13 @@ fn stop_and_finish(sb: &Sandbox, cfg: &SpawnConfig, daemon_pid: i32, signal: i32
     finish(sb, cfg, daemon_pid, &mut c)
 }
 
-/// A root exec task (the agent allowed it) still cannot reach the kernel's
-/// knobs: /proc/sys and /proc/sysrq-trigger are read-only, /proc/kcore and
-/// the other masked files read empty, /proc/acpi and the masked dirs are empty.
-#[test]
-fn a_root_exec_task_cannot_write_kernel_knobs_or_read_masked_files() {
-    require_root!();
+/// Run, as `user`, a task that tries to write the kernel's knobs and read
+/// the masked files; returns its stdout (the answers, its /proc mounts and
+/// its ids) and stderr. The value written is the one read: harmless on a
+/// host where the write works.
+fn probe_kernel_knobs(user: &str) -> (String, String) {
     let parent = CgroupParent::new();
     let sb = Sandbox::new();
-    // The same value written back: harmless on a host where the write works.
     let mut cfg = exec_config(
         &sb,
         &parent,
@@ -1216,13 +1214,12 @@ fn a_root_exec_task_cannot_write_kernel_knobs_or_read_masked_files() {
          grep -E ' /proc/(sys|sysrq-trigger|timer_list) ' /proc/self/mountinfo; \
          grep -E '^(Uid|CapEff):' /proc/self/status",
     );
-    cfg.isolation.as_mut().unwrap().user = "root".into();
+    cfg.isolation.as_mut().unwrap().user = user.into();
     let (daemon_pid, _, _) = sb.start(&cfg).pids();
     let mut c = Client::connect(&cfg);
     let exit = finish(&sb, &cfg, daemon_pid, &mut c);
     let text = out(&cfg);
     assert_eq!(exit.exit_code, Some(0), "{text}{}", err(&cfg));
-    assert_eq!(status_field(&text, "Uid"), ["0"; 4], "{text}");
     assert_eq!(
         status_field(&text, "CapEff"),
         ["0000000000000000"],
@@ -1232,14 +1229,38 @@ fn a_root_exec_task_cannot_write_kernel_knobs_or_read_masked_files() {
     for want in ["CORE-REFUSED", "SYSRQ-REFUSED", "timer_list=0", "acpi=0"] {
         assert!(text.lines().any(|l| l == want), "{want} missing: {text}");
     }
+    assert!(mount_line(&text, "/proc/timer_list").is_some(), "{text}");
+    (text, err(&cfg))
+}
+
+/// A root exec task (the agent allowed it) still cannot reach the kernel's
+/// knobs: /proc/sys and /proc/sysrq-trigger are read-only, /proc/kcore and
+/// the other masked files read empty, /proc/acpi and the masked dirs are empty.
+#[test]
+fn a_root_exec_task_cannot_write_kernel_knobs_or_read_masked_files() {
+    require_root!();
+    let (text, stderr) = probe_kernel_knobs("root");
+    assert_eq!(status_field(&text, "Uid"), ["0"; 4], "{text}");
     let line = mount_line(&text, "/proc/sys").unwrap_or_else(|| panic!("{text}"));
     assert!(mount_options(line).0.contains("ro"), "{line}");
     if Path::new("/proc/sysrq-trigger").exists() {
         let line = mount_line(&text, "/proc/sysrq-trigger").unwrap_or_else(|| panic!("{text}"));
         assert!(mount_options(line).0.contains("ro"), "{line}");
     }
-    assert!(mount_line(&text, "/proc/timer_list").is_some(), "{text}");
-    assert!(err(&cfg).contains("Read-only file system"), "{}", err(&cfg));
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+}
+
+/// A task of any other user gets no read-only binds on the knobs (the
+/// kernel's permission check refuses its writes already: the binds would
+/// cost every start for nothing) but the same masks.
+#[test]
+fn a_nobody_exec_task_is_refused_kernel_knobs_by_their_permissions() {
+    require_root!();
+    let (text, stderr) = probe_kernel_knobs("nobody");
+    assert_ne!(status_field(&text, "Uid"), ["0"; 4], "{text}");
+    assert!(mount_line(&text, "/proc/sys").is_none(), "{text}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(!stderr.contains("Read-only file system"), "{stderr}");
 }
 
 /// A tmpfs unmounted on drop (lazily: a task may still hold it).

@@ -51,7 +51,7 @@ fn plan_binds_read_only_then_dev_proc_tmp_alloc_local() {
         ("/usr", "/usr"),
         ("/etc/resolv.conf", "//etc/./resolv.conf"),
     ]);
-    let p = plan(&c, &spec, &FakeHost::new(true));
+    let p = plan(&c, &spec, true, &FakeHost::new(true));
     let ro = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
     let rw = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
     assert_eq!(p[0].target, "usr");
@@ -98,10 +98,26 @@ fn plan_binds_read_only_then_dev_proc_tmp_alloc_local() {
 }
 
 #[test]
+fn knobs_are_read_only_for_a_root_task_and_masks_are_for_every_task() {
+    let c = tend_proto::config::example("/data/allocs/a1", "/run/s");
+    let spec = binds(&[("/usr", "/usr")]);
+    let has = |p: &[PlannedMount], t: &str| p.iter().any(|m| m.target == t);
+    let root = plan(&c, &spec, true, &FakeHost::new(true));
+    let other = plan(&c, &spec, false, &FakeHost::new(true));
+    for knob in PROC_READ_ONLY {
+        let t = format!("proc/{knob}");
+        assert!(has(&root, &t) && !has(&other, &t), "{t}");
+    }
+    for t in ["proc/kcore", "proc/keys", "proc/timer_list", "proc/acpi"] {
+        assert!(has(&root, t) && has(&other, t), "{t}");
+    }
+}
+
+#[test]
 fn without_mount_setattr_every_bind_and_submount_is_remounted() {
     let c = tend_proto::config::example("/data/allocs/a1", "/run/s");
     let spec = binds(&[("/usr", "/usr"), ("/sys", "/sys")]);
-    let p = plan(&c, &spec, &FakeHost::new(false));
+    let p = plan(&c, &spec, false, &FakeHost::new(false));
     let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
     assert_eq!((p[0].attrs, p[0].remount), (0, Some(ro)));
     assert_eq!(p[1].source, Source::Existing);
@@ -197,7 +213,7 @@ fn prepare_makes_only_alloc_and_local_on_disk_and_lists_mount_points() {
         ],
     };
     let fd = open_dir(&alloc_dir);
-    let r = prepare(&c, &spec, fd.as_fd(), &FakeHost::new(true)).unwrap();
+    let r = prepare(&c, &spec, fd.as_fd(), false, &FakeHost::new(true)).unwrap();
     assert_eq!(r.ops[0].target.to_str().unwrap(), "usr/lib");
     assert_eq!(r.ops[0].shown, "/usr on /usr/lib");
     let created: Vec<(&str, bool)> = r
@@ -251,7 +267,7 @@ fn prepare_refuses_a_planted_local_symlink_and_a_climbing_target() {
     // A previous run left /local as a link to a host dir.
     symlink(outside.path(), alloc_dir.join("t/local")).unwrap();
     let spec = ChrootSpec { binds: vec![] };
-    let e = prepare(&c, &spec, fd.as_fd(), &FakeHost::new(true)).unwrap_err();
+    let e = prepare(&c, &spec, fd.as_fd(), false, &FakeHost::new(true)).unwrap_err();
     assert_eq!(e.path, alloc_dir.join("t/local"));
     assert!(
         e.to_string().starts_with(&format!(
@@ -269,7 +285,7 @@ fn prepare_refuses_a_planted_local_symlink_and_a_climbing_target() {
             target: "/usr/../../x".into(),
         }],
     };
-    let e = prepare(&c, &spec, fd.as_fd(), &FakeHost::new(true)).unwrap_err();
+    let e = prepare(&c, &spec, fd.as_fd(), false, &FakeHost::new(true)).unwrap_err();
     assert_eq!(e.source.raw_os_error(), Some(libc::EINVAL), "{e}");
     assert!(!alloc_dir.join("x").exists());
 }

@@ -242,7 +242,8 @@ fn start(
     .map_err(|e| StartFailure::new(Stage::Stdio, "/dev/null", errno_of(e)))?;
     let mut instance = [0u8; 16];
     sys::getrandom(&mut instance).map_err(|e| StartFailure::io(Stage::Fork, "getrandom", &e))?;
-    let root = prepare_root(config, alloc.as_fd(), ctx, life)?;
+    let root_user = isolation.is_some_and(|i| i.uid == 0);
+    let root = prepare_root(config, alloc.as_fd(), ctx, life, root_user)?;
     let prep = Prepared::new(config, isolation, root, task_oom_score_adj)?;
     let stdio = ChildStdio {
         stdin,
@@ -475,23 +476,23 @@ fn log_pipe() -> Result<(OwnedFd, OwnedFd), StartFailure> {
 }
 
 /// The task's root: mount points made now, mounts made by the child; in
-/// setuid mode its `local/` handed to the task's user.
+/// setuid mode its `local/` handed to the task's user. `root_user`: the
+/// task runs as uid 0 (see [`crate::chroot::plan`]).
 fn prepare_root(
     config: &SpawnConfig,
     alloc: BorrowedFd<'_>,
     ctx: Option<&Context>,
     life: &Life,
+    root_user: bool,
 ) -> Result<Option<PreparedRoot>, StartFailure> {
     let Some(spec) = config.isolation.as_ref().and_then(|i| i.chroot.as_ref()) else {
         return Ok(None);
     };
-    let root =
-        crate::chroot::prepare(config, spec, alloc, &crate::chroot::ThisHost).map_err(|e| {
-            StartFailure {
-                stage: Stage::Mount,
-                errno: e.source.raw_os_error().unwrap_or(0),
-                message: e.to_string(),
-            }
+    let root = crate::chroot::prepare(config, spec, alloc, root_user, &crate::chroot::ThisHost)
+        .map_err(|e| StartFailure {
+            stage: Stage::Mount,
+            errno: e.source.raw_os_error().unwrap_or(0),
+            message: e.to_string(),
         })?;
     if let Some(c) = ctx {
         alloc::give_local_to_task(life, c, alloc, &config.task)?;
