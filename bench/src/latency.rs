@@ -104,6 +104,7 @@ pub fn isolated(
         let mut cfg = world.config("/bin/true", &[])?;
         cfg.cwd = "/".into();
         cfg.isolation = Some(Isolation {
+            ids: None,
             user: "nobody".into(),
             chroot: chroot.then(|| ChrootSpec {
                 binds: default_binds()
@@ -573,6 +574,7 @@ pub fn chroot_sizes(
             if k > 0 {
                 cfg.cwd = "/".into();
                 cfg.isolation = Some(Isolation {
+                    ids: None,
                     user: "nobody".into(),
                     chroot: Some(ChrootSpec {
                         binds: binds_of(sizes[k - 1]),

@@ -278,6 +278,7 @@ pub fn spawn_config(
         ChrootSpec { binds }
     });
     let isolation = privileged.then(|| Isolation {
+        ids: None,
         user: bundle.uid.to_string(),
         chroot,
     });

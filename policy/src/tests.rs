@@ -241,6 +241,7 @@ impl Tree {
             options: Default::default(),
         });
         c.isolation = Some(Isolation {
+            ids: None,
             user: "nobody".into(),
             chroot: Some(ChrootSpec {
                 binds: vec![Bind {

@@ -98,6 +98,23 @@ pub struct Isolation {
     pub user: String,
     /// The task's own root; None runs it in the host's root.
     pub chroot: Option<ChrootSpec>,
+    /// `user`'s uid and primary gid as the agent resolved them (through the
+    /// host's NSS, LDAP included): a root tend-spawn takes them as they are
+    /// and looks nothing up, so a static build needs no NSS. A setuid
+    /// tend-spawn ignores them and resolves `user` from /etc/passwd itself.
+    /// Added after the first wire form: travels after the config in the
+    /// frame ([`SpawnConfig::to_frame`]).
+    #[serde(skip)]
+    pub ids: Option<TaskIds>,
+}
+
+/// A task user's ids, resolved by the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskIds {
+    /// The uid.
+    pub uid: u32,
+    /// The primary gid.
+    pub gid: u32,
 }
 
 /// Kernel knobs of the task's /proc made read-only, as runc's defaults.
@@ -288,41 +305,52 @@ impl SpawnConfig {
         Ok(())
     }
 
-    /// One whole frame: the config, then its [`CgroupOptions`] when any is set.
+    /// One whole frame: the config, then its [`CgroupOptions`] when any is
+    /// set, then the task's [`TaskIds`] when the agent resolved them.
     ///
-    /// The options ride after the frozen encoding rather than inside it, so a
-    /// config without them is byte for byte what it always was.
+    /// Both ride after the frozen encoding rather than inside it, so a config
+    /// without them is byte for byte what it always was. With ids and a
+    /// cgroup, the options are written even when all are off: what follows
+    /// the config is read in this order, each part only where its owner
+    /// (the cgroup, the isolation) exists.
     pub fn to_frame(&self) -> Result<Vec<u8>, FrameError> {
         let encode_err = |what| move |source| FrameError::Encode { what, source };
         let mut body = postcard::to_allocvec(self).map_err(encode_err("SpawnConfig"))?;
+        let ids = self.isolation.as_ref().and_then(|i| i.ids);
         let options = self.cgroup.as_ref().map(|c| &c.options);
-        if let Some(o) = options.filter(|o| **o != CgroupOptions::default()) {
+        if let Some(o) = options.filter(|o| **o != CgroupOptions::default() || ids.is_some()) {
             body.extend(postcard::to_allocvec(o).map_err(encode_err("CgroupOptions"))?);
+        }
+        if let Some(ids) = ids {
+            body.extend(postcard::to_allocvec(&ids).map_err(encode_err("TaskIds"))?);
         }
         frame::wrap_body(crate::PROTOCOL_VERSION, &body)
     }
 
     /// Decode a frame written by [`SpawnConfig::to_frame`]: the config, then
-    /// the cgroup options if bytes follow it (a config without them reads too).
+    /// the cgroup options and the task ids if bytes follow it (a config
+    /// without them reads too).
     pub fn from_frame(f: &Frame) -> Result<SpawnConfig, FrameError> {
-        let (mut config, rest) =
-            postcard::take_from_bytes::<SpawnConfig>(&f.body).map_err(|source| {
-                FrameError::Body {
-                    what: "SpawnConfig",
-                    source,
-                }
-            })?;
+        let body_err = |what| move |source| FrameError::Body { what, source };
+        let (mut config, mut rest) =
+            postcard::take_from_bytes::<SpawnConfig>(&f.body).map_err(body_err("SpawnConfig"))?;
+        if let Some(cg) = config.cgroup.as_mut().filter(|_| !rest.is_empty()) {
+            let (options, more) = postcard::take_from_bytes::<CgroupOptions>(rest)
+                .map_err(body_err("CgroupOptions"))?;
+            cg.options = options;
+            rest = more;
+        }
+        if let Some(iso) = config.isolation.as_mut().filter(|_| !rest.is_empty()) {
+            let (ids, more) =
+                postcard::take_from_bytes::<TaskIds>(rest).map_err(body_err("TaskIds"))?;
+            iso.ids = Some(ids);
+            rest = more;
+        }
         if !rest.is_empty() {
-            let options: CgroupOptions = frame::decode_body(rest)?;
-            match &mut config.cgroup {
-                Some(cg) => cg.options = options,
-                None => {
-                    return Err(FrameError::TrailingBytes {
-                        what: "SpawnConfig without a cgroup",
-                        extra: rest.len(),
-                    })
-                }
-            }
+            return Err(FrameError::TrailingBytes {
+                what: "SpawnConfig",
+                extra: rest.len(),
+            });
         }
         Ok(config)
     }

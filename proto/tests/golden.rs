@@ -349,6 +349,7 @@ fn spawn_config_full() -> SpawnConfig {
             options: Default::default(),
         }),
         isolation: Some(Isolation {
+            ids: None,
             user: "nobody".into(),
             chroot: Some(ChrootSpec {
                 binds: vec![
@@ -377,6 +378,7 @@ fn spawn_config_cgroup_bare() -> SpawnConfig {
             options: Default::default(),
         }),
         isolation: Some(Isolation {
+            ids: None,
             user: "65534".into(),
             chroot: None,
         }),
@@ -405,6 +407,7 @@ fn spawn_config_cgroup_options() -> SpawnConfig {
             },
         }),
         isolation: Some(Isolation {
+            ids: None,
             user: "nobody".into(),
             chroot: None,
         }),

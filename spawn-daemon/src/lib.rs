@@ -173,11 +173,7 @@ fn task_user(
 ) -> Result<Option<child::Isolation>, StartFailure> {
     match ctx {
         Some(c) => Ok(Some(c.task)),
-        None => config
-            .isolation
-            .as_ref()
-            .map(|i| daemon::resolve_user(&i.user))
-            .transpose(),
+        None => config.isolation.as_ref().map(daemon::task_ids).transpose(),
     }
 }
 

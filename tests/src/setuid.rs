@@ -201,6 +201,7 @@ impl World {
             })
             .collect();
         c.isolation = Some(Isolation {
+            ids: None,
             user: "nobody".into(),
             chroot: Some(ChrootSpec { binds }),
         });

@@ -141,6 +141,7 @@ fn make_exec(cfg: &mut SpawnConfig, parent: &CgroupParent, binds: Vec<Bind>) {
         ("TEND_TASK_DIR".into(), "/local".into()),
     ];
     cfg.isolation = Some(Isolation {
+        ids: None,
         user: "nobody".into(),
         chroot: Some(ChrootSpec { binds }),
     });

@@ -552,6 +552,7 @@ fn isolation_drops_to_the_user_with_no_groups_caps_or_new_privs() {
     );
     cfg.cwd = "/".into();
     cfg.isolation = Some(tend_proto::config::Isolation {
+        ids: None,
         user: "nobody".into(),
         chroot: None,
     });
@@ -584,6 +585,7 @@ fn an_unknown_user_fails_at_the_user_stage() {
     let sb = Sandbox::new();
     let mut cfg = sb.config("t", "/bin/true", &[]);
     cfg.isolation = Some(tend_proto::config::Isolation {
+        ids: None,
         user: "no-such-user-tend".into(),
         chroot: None,
     });
@@ -619,6 +621,7 @@ fn a_chroot_task_sees_its_own_root() {
         })
         .collect();
     cfg.isolation = Some(tend_proto::config::Isolation {
+        ids: None,
         user: "nobody".into(),
         chroot: Some(tend_proto::config::ChrootSpec { binds }),
     });

@@ -60,7 +60,9 @@ pub(super) fn kept_mount_flags(f: libc::c_ulong) -> libc::c_ulong {
         | libc::MS_MANDLOCK
         | libc::MS_NOATIME
         | libc::MS_NODIRATIME;
-    let relatime = if f & libc::ST_RELATIME != 0 {
+    // statvfs(3)'s ST_RELATIME, the kernel's (libc names it for glibc only).
+    const ST_RELATIME: libc::c_ulong = 0x1000;
+    let relatime = if f & ST_RELATIME != 0 {
         libc::MS_RELATIME
     } else {
         0

@@ -27,7 +27,8 @@ impl Daemon {
         }
         let iso = self.config.isolation.as_ref();
         let isolation = match iso {
-            Some(i) => Some(super::resolve_user(&i.user).map_err(|e| format!("exec: {e}"))?),
+            // Set at the start, from the policy or the agent (see `start`).
+            Some(i) => Some(super::task_ids(i).map_err(|e| format!("exec: {e}"))?),
             None => None,
         };
         let chrooted = iso.is_some_and(|i| i.chroot.is_some());

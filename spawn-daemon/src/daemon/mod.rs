@@ -102,7 +102,21 @@ fn fail(config: &SpawnConfig, alloc: Option<BorrowedFd<'_>>, f: &StartFailure) -
     1
 }
 
-/// Resolve the task's user before any fork: a name or a numeric uid.
+/// The task's ids: as the agent resolved them when it sent them (no lookup:
+/// a static build has no NSS), else [`resolve_user`]. Only for a root
+/// tend-spawn: in setuid mode the policy resolves the user itself.
+pub fn task_ids(iso: &tend_proto::config::Isolation) -> Result<Isolation, StartFailure> {
+    match iso.ids {
+        Some(ids) => Ok(Isolation {
+            uid: ids.uid,
+            gid: ids.gid,
+        }),
+        None => resolve_user(&iso.user),
+    }
+}
+
+/// Resolve the task's user before any fork: a name or a numeric uid, from
+/// the host's user database (/etc/passwd in a static build).
 pub fn resolve_user(user: &str) -> Result<Isolation, StartFailure> {
     let found = match user.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
@@ -280,8 +294,16 @@ fn start(
     });
     stdio_to_dev_null();
     info!(pid = task.pid.as_raw(), %instance, "task started");
+    // The ids the task runs with, kept for `tend exec`: resolved once.
+    let mut kept = config.clone();
+    if let (Some(iso), Some(ids)) = (kept.isolation.as_mut(), isolation) {
+        iso.ids = Some(tend_proto::config::TaskIds {
+            uid: ids.uid,
+            gid: ids.gid,
+        });
+    }
     let daemon = Daemon::new(
-        config.clone(),
+        kept,
         alloc
             .try_clone()
             .map_err(|e| StartFailure::io(Stage::Fork, "alloc dir", &e))?,

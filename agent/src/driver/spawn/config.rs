@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskIds,
 };
 use tend_proto::{SpawnConfig, Token};
 
@@ -210,7 +210,11 @@ fn exec_isolation(
         };
         binds.push(Bind { source, target });
     }
+    // Resolved here, through the host's NSS: tend-spawn (static, with no
+    // NSS of its own) takes the numbers as they are.
+    let ids = resolve_user(&user).map(|(uid, gid)| TaskIds { uid, gid });
     Ok(Isolation {
+        ids,
         user,
         chroot: Some(ChrootSpec { binds }),
     })
