@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskStdin,
 };
 use tend_proto::{SpawnConfig, Token};
 
@@ -304,6 +304,7 @@ pub fn spawn_config(
         linger_ms: 7 * 24 * 3600 * 1000,
         cgroup: bundle.cgroup.as_ref().map(|cg| cgroup_spec(c, cg)),
         isolation,
+        stdin: TaskStdin::Null,
     })
 }
 

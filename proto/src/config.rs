@@ -151,6 +151,22 @@ pub struct SpawnConfig {
     pub cgroup: Option<CgroupSpec>,
     /// User, root and mounts of the exec driver; None for raw_exec.
     pub isolation: Option<Isolation>,
+    /// Where the task's stdin comes from. Added after the first wire form:
+    /// it travels after the config (and its cgroup options) in the same
+    /// frame ([`SpawnConfig::to_frame`]).
+    #[serde(skip)]
+    pub stdin: TaskStdin,
+}
+
+/// The task's stdin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStdin {
+    /// /dev/null (the agent's tasks).
+    #[default]
+    Null,
+    /// What follows the config frame on tend-spawn's own stdin, until the
+    /// writer closes it (`tend-oci run` relays its stdin this way).
+    AfterConfig,
 }
 
 /// What is wrong with a spawn config; the field is named.
@@ -288,41 +304,41 @@ impl SpawnConfig {
         Ok(())
     }
 
-    /// One whole frame: the config, then its [`CgroupOptions`] when any is set.
+    /// One whole frame: the config, then its [`CgroupOptions`] when any is
+    /// set (or when a [`TaskStdin`] follows and there is a cgroup), then the
+    /// [`TaskStdin`] when it is not [`TaskStdin::Null`].
     ///
-    /// The options ride after the frozen encoding rather than inside it, so a
-    /// config without them is byte for byte what it always was.
+    /// The additions ride after the frozen encoding rather than inside it, so
+    /// a config without them is byte for byte what it always was.
     pub fn to_frame(&self) -> Result<Vec<u8>, FrameError> {
         let encode_err = |what| move |source| FrameError::Encode { what, source };
         let mut body = postcard::to_allocvec(self).map_err(encode_err("SpawnConfig"))?;
+        let stdin = (self.stdin != TaskStdin::Null).then_some(self.stdin);
         let options = self.cgroup.as_ref().map(|c| &c.options);
-        if let Some(o) = options.filter(|o| **o != CgroupOptions::default()) {
+        if let Some(o) = options.filter(|o| **o != CgroupOptions::default() || stdin.is_some()) {
             body.extend(postcard::to_allocvec(o).map_err(encode_err("CgroupOptions"))?);
+        }
+        if let Some(s) = stdin {
+            body.extend(postcard::to_allocvec(&s).map_err(encode_err("TaskStdin"))?);
         }
         frame::wrap_body(crate::PROTOCOL_VERSION, &body)
     }
 
     /// Decode a frame written by [`SpawnConfig::to_frame`]: the config, then
-    /// the cgroup options if bytes follow it (a config without them reads too).
+    /// the cgroup options if bytes follow it and it has a cgroup, then the
+    /// task's stdin if bytes still follow (a config without them reads too).
     pub fn from_frame(f: &Frame) -> Result<SpawnConfig, FrameError> {
-        let (mut config, rest) =
-            postcard::take_from_bytes::<SpawnConfig>(&f.body).map_err(|source| {
-                FrameError::Body {
-                    what: "SpawnConfig",
-                    source,
-                }
-            })?;
+        let body_err = |what| move |source| FrameError::Body { what, source };
+        let (mut config, mut rest) =
+            postcard::take_from_bytes::<SpawnConfig>(&f.body).map_err(body_err("SpawnConfig"))?;
+        if let Some(cg) = config.cgroup.as_mut().filter(|_| !rest.is_empty()) {
+            let (options, after) = postcard::take_from_bytes::<CgroupOptions>(rest)
+                .map_err(body_err("CgroupOptions"))?;
+            cg.options = options;
+            rest = after;
+        }
         if !rest.is_empty() {
-            let options: CgroupOptions = frame::decode_body(rest)?;
-            match &mut config.cgroup {
-                Some(cg) => cg.options = options,
-                None => {
-                    return Err(FrameError::TrailingBytes {
-                        what: "SpawnConfig without a cgroup",
-                        extra: rest.len(),
-                    })
-                }
-            }
+            config.stdin = frame::decode_body(rest)?;
         }
         Ok(config)
     }
@@ -404,6 +420,7 @@ pub fn example(alloc_dir: &str, socket_path: &str) -> SpawnConfig {
         linger_ms: 60_000,
         cgroup: None,
         isolation: None,
+        stdin: TaskStdin::Null,
     }
 }
 
