@@ -304,7 +304,8 @@ pub fn spawn_config(
         linger_ms: 7 * 24 * 3600 * 1000,
         cgroup: bundle.cgroup.as_ref().map(|cg| cgroup_spec(c, cg)),
         isolation,
-        stdin: TaskStdin::Null,
+        // The runtime's stdin, relayed by `run` after the config.
+        stdin: TaskStdin::AfterConfig,
     })
 }
 
