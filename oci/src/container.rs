@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskStdin,
 };
 use tend_proto::{SpawnConfig, Token};
 
@@ -305,6 +305,8 @@ pub fn spawn_config(
         linger_ms: 7 * 24 * 3600 * 1000,
         cgroup: bundle.cgroup.as_ref().map(|cg| cgroup_spec(c, cg)),
         isolation,
+        // The runtime's stdin, relayed by `run` after the config.
+        stdin: TaskStdin::AfterConfig,
     })
 }
 

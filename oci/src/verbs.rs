@@ -79,7 +79,6 @@ fn start(c: &Container, b: &bundle::Bundle, spawn: &Path, privileged: bool) -> a
     stdin
         .write_all(&frame)
         .context("writing the spawn config")?;
-    drop(stdin);
     let mut stdout = child.stdout.take().context("tend-spawn's stdout")?;
     let report = read_frame(&mut stdout, MAX_FRAME_LEN)
         .context("reading tend-spawn's start report")?
@@ -97,6 +96,10 @@ fn start(c: &Container, b: &bundle::Bundle, spawn: &Path, privileged: bool) -> a
     mask.thread_block()
         .context("blocking the forwarded signals")?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)?;
+    // The task reads what follows the config on tend-spawn's stdin: ours,
+    // copied until it ends (or the task stops reading). The thread starts
+    // with the forwarded signals blocked, so they reach the signalfd.
+    std::thread::spawn(move || relay_stdin(stdin));
     let mut client = Client::connect(&c.socket(), c.token)?;
     client.ask(Request::Wait)?;
     let mut out = Follow::new(c.log("stdout"));
@@ -129,10 +132,30 @@ fn start(c: &Container, b: &bundle::Bundle, spawn: &Path, privileged: bool) -> a
                         .map_err(|r| anyhow!("unexpected answer {r:?}"))?;
                     out.copy_to(&mut std::io::stdout());
                     err.copy_to(&mut std::io::stderr());
+                    release(client);
                     return Ok(exit.shell_code());
                 }
             }
         }
+    }
+}
+
+/// Copy our stdin to the task's until either ends; closing the pipe is the
+/// task's end of input.
+fn relay_stdin(mut to: std::process::ChildStdin) {
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to);
+}
+
+/// Let the task's tend-spawn go once the task has exited, and wait for it to
+/// leave: nothing is left to supervise, and a daemon that stays keeps the
+/// caller's cgroup busy (slurmstepd removes the step's cgroup before it calls
+/// state and delete). The record stays: state answers `stopped`, delete
+/// removes it.
+fn release(mut client: Client) {
+    let daemon = client.welcome.daemon_pid;
+    if client.ask(Request::Release).is_ok() {
+        drop(client);
+        wait_gone(daemon, Duration::from_secs(10));
     }
 }
 

@@ -168,6 +168,22 @@ pub struct SpawnConfig {
     pub cgroup: Option<CgroupSpec>,
     /// User, root and mounts of the exec driver; None for raw_exec.
     pub isolation: Option<Isolation>,
+    /// Where the task's stdin comes from. Added after the first wire form:
+    /// it travels after the config (and its cgroup options) in the same
+    /// frame ([`SpawnConfig::to_frame`]).
+    #[serde(skip)]
+    pub stdin: TaskStdin,
+}
+
+/// The task's stdin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStdin {
+    /// /dev/null (the agent's tasks).
+    #[default]
+    Null,
+    /// What follows the config frame on tend-spawn's own stdin, until the
+    /// writer closes it (`tend-oci run` relays its stdin this way).
+    AfterConfig,
 }
 
 /// What is wrong with a spawn config; the field is named.
@@ -306,20 +322,26 @@ impl SpawnConfig {
     }
 
     /// One whole frame: the config, then its [`CgroupOptions`] when any is
-    /// set, then the task's [`TaskIds`] when the agent resolved them.
+    /// set, then the task's [`TaskStdin`] when it is not
+    /// [`TaskStdin::Null`], then the task's [`TaskIds`] when the agent
+    /// resolved them.
     ///
-    /// Both ride after the frozen encoding rather than inside it, so a config
-    /// without them is byte for byte what it always was. With ids and a
-    /// cgroup, the options are written even when all are off: what follows
-    /// the config is read in this order, each part only where its owner
-    /// (the cgroup, the isolation) exists.
+    /// The additions ride after the frozen encoding rather than inside it, so
+    /// a config without them is byte for byte what it always was. They are
+    /// read back in this order, so a later part brings the earlier ones with
+    /// it: the options (where there is a cgroup) even when all are off, the
+    /// stdin even when it is /dev/null.
     pub fn to_frame(&self) -> Result<Vec<u8>, FrameError> {
         let encode_err = |what| move |source| FrameError::Encode { what, source };
         let mut body = postcard::to_allocvec(self).map_err(encode_err("SpawnConfig"))?;
         let ids = self.isolation.as_ref().and_then(|i| i.ids);
+        let stdin = (self.stdin != TaskStdin::Null || ids.is_some()).then_some(self.stdin);
         let options = self.cgroup.as_ref().map(|c| &c.options);
-        if let Some(o) = options.filter(|o| **o != CgroupOptions::default() || ids.is_some()) {
+        if let Some(o) = options.filter(|o| **o != CgroupOptions::default() || stdin.is_some()) {
             body.extend(postcard::to_allocvec(o).map_err(encode_err("CgroupOptions"))?);
+        }
+        if let Some(s) = stdin {
+            body.extend(postcard::to_allocvec(&s).map_err(encode_err("TaskStdin"))?);
         }
         if let Some(ids) = ids {
             body.extend(postcard::to_allocvec(&ids).map_err(encode_err("TaskIds"))?);
@@ -328,23 +350,30 @@ impl SpawnConfig {
     }
 
     /// Decode a frame written by [`SpawnConfig::to_frame`]: the config, then
-    /// the cgroup options and the task ids if bytes follow it (a config
-    /// without them reads too).
+    /// the cgroup options if bytes follow it and it has a cgroup, then the
+    /// task's stdin and its ids if bytes still follow (a config without them
+    /// reads too).
     pub fn from_frame(f: &Frame) -> Result<SpawnConfig, FrameError> {
         let body_err = |what| move |source| FrameError::Body { what, source };
         let (mut config, mut rest) =
             postcard::take_from_bytes::<SpawnConfig>(&f.body).map_err(body_err("SpawnConfig"))?;
         if let Some(cg) = config.cgroup.as_mut().filter(|_| !rest.is_empty()) {
-            let (options, more) = postcard::take_from_bytes::<CgroupOptions>(rest)
+            let (options, after) = postcard::take_from_bytes::<CgroupOptions>(rest)
                 .map_err(body_err("CgroupOptions"))?;
             cg.options = options;
-            rest = more;
+            rest = after;
+        }
+        if !rest.is_empty() {
+            let (stdin, after) =
+                postcard::take_from_bytes::<TaskStdin>(rest).map_err(body_err("TaskStdin"))?;
+            config.stdin = stdin;
+            rest = after;
         }
         if let Some(iso) = config.isolation.as_mut().filter(|_| !rest.is_empty()) {
-            let (ids, more) =
+            let (ids, after) =
                 postcard::take_from_bytes::<TaskIds>(rest).map_err(body_err("TaskIds"))?;
             iso.ids = Some(ids);
-            rest = more;
+            rest = after;
         }
         if !rest.is_empty() {
             return Err(FrameError::TrailingBytes {
@@ -432,6 +461,7 @@ pub fn example(alloc_dir: &str, socket_path: &str) -> SpawnConfig {
         linger_ms: 60_000,
         cgroup: None,
         isolation: None,
+        stdin: TaskStdin::Null,
     }
 }
 

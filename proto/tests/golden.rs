@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskIds, TaskStdin,
 };
 use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
 use tend_proto::msg::{
@@ -310,6 +310,7 @@ fn spawn_config_minimal() -> SpawnConfig {
         linger_ms: 60_000,
         cgroup: None,
         isolation: None,
+        stdin: TaskStdin::Null,
     }
 }
 
@@ -364,6 +365,7 @@ fn spawn_config_full() -> SpawnConfig {
                 ],
             }),
         }),
+        stdin: TaskStdin::Null,
     }
 }
 
@@ -415,39 +417,94 @@ fn spawn_config_cgroup_options() -> SpawnConfig {
     }
 }
 
-/// The options fixture: written by `to_frame`, read by `from_frame`, and its
-/// body starts with the config's frozen encoding, byte for byte.
-fn spawn_config_options_case() -> Case {
-    const NAME: &str = "spawn_config_cgroup_options";
+/// A config whose task reads the rest of tend-spawn's stdin: the stdin rides
+/// after the config and, with a cgroup, after its options (here the defaults).
+fn spawn_config_stdin(cgroup: bool) -> SpawnConfig {
+    let base = if cgroup {
+        spawn_config_cgroup_bare()
+    } else {
+        spawn_config_minimal()
+    };
+    SpawnConfig {
+        stdin: TaskStdin::AfterConfig,
+        ..base
+    }
+}
+
+/// A config whose task ids the agent resolved (with a cgroup or without):
+/// they follow the options and the stdin, which come along even when off.
+fn spawn_config_ids(cgroup: bool) -> SpawnConfig {
+    let mut c = if cgroup {
+        spawn_config_cgroup_bare()
+    } else {
+        SpawnConfig {
+            isolation: Some(Isolation {
+                ids: None,
+                user: "nobody".into(),
+                chroot: None,
+            }),
+            ..spawn_config_minimal()
+        }
+    };
+    if let Some(iso) = c.isolation.as_mut() {
+        iso.ids = Some(TaskIds {
+            uid: 65534,
+            gid: 65534,
+        });
+    }
+    c
+}
+
+/// The configs with additions after the frozen encoding.
+fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
+    vec![
+        ("spawn_config_cgroup_options", spawn_config_cgroup_options()),
+        ("spawn_config_stdin", spawn_config_stdin(false)),
+        ("spawn_config_cgroup_stdin", spawn_config_stdin(true)),
+        ("spawn_config_ids", spawn_config_ids(false)),
+        ("spawn_config_cgroup_ids", spawn_config_ids(true)),
+    ]
+}
+
+/// An extended config's fixture: written by `to_frame`, read by
+/// `from_frame`, and its body starts with the config's frozen encoding,
+/// byte for byte.
+fn spawn_config_extended_case(name: &'static str, value: SpawnConfig) -> Case {
     Case {
-        name: NAME,
-        check: Box::new(|path| {
-            let value = spawn_config_cgroup_options();
-            value.validate().map_err(|e| format!("{NAME}: {e}"))?;
-            let encoded = value.to_frame().map_err(|e| format!("{NAME}: {e}"))?;
-            let on_disk = read_or_bless(NAME, path, &encoded)?;
+        name,
+        check: Box::new(move |path| {
+            value.validate().map_err(|e| format!("{name}: {e}"))?;
+            let encoded = value.to_frame().map_err(|e| format!("{name}: {e}"))?;
+            let on_disk = read_or_bless(name, path, &encoded)?;
             if on_disk != encoded {
                 return Err(format!(
-                    "{NAME}: encoding changed\n  fixture: {}\n  encoded: {}",
+                    "{name}: encoding changed\n  fixture: {}\n  encoded: {}",
                     hex(&on_disk),
                     hex(&encoded)
                 ));
             }
-            let frozen = frame::encode(&value).map_err(|e| format!("{NAME}: {e}"))?;
+            let frozen = frame::encode(&value).map_err(|e| format!("{name}: {e}"))?;
             if !on_disk[HEADER_LEN..].starts_with(&frozen[HEADER_LEN..]) {
                 return Err(format!(
-                    "{NAME}: the frozen config is not a prefix of the body"
+                    "{name}: the frozen config is not a prefix of the body"
                 ));
             }
             let f = frame::read_frame(&mut &on_disk[..], MAX_FRAME_LEN)
-                .map_err(|e| format!("{NAME}: {e}"))?;
-            let decoded = SpawnConfig::from_frame(&f).map_err(|e| format!("{NAME}: {e}"))?;
+                .map_err(|e| format!("{name}: {e}"))?;
+            let decoded = SpawnConfig::from_frame(&f).map_err(|e| format!("{name}: {e}"))?;
             if decoded != value {
-                return Err(format!("{NAME}: decodes to {decoded:?}"));
+                return Err(format!("{name}: decodes to {decoded:?}"));
             }
             Ok(())
         }),
     }
+}
+
+fn spawn_config_extended_cases() -> Vec<Case> {
+    spawn_config_extended_values()
+        .into_iter()
+        .map(|(n, v)| spawn_config_extended_case(n, v))
+        .collect()
 }
 
 // ---------------------------------------------------------------- coverage
@@ -834,7 +891,7 @@ fn all_cases() -> Vec<Case> {
     all.extend(cases_of(task_state_values()));
     all.extend(cases_of(exit_status_values()));
     all.extend(cases_of(spawn_config_values()));
-    all.push(spawn_config_options_case());
+    all.extend(spawn_config_extended_cases());
     all
 }
 
@@ -891,7 +948,7 @@ fn spawn_configs() {
         assert_eq!(SpawnConfig::from_frame(&f).unwrap(), c, "{name}");
         assert_eq!(c.to_frame().unwrap(), bytes, "{name}");
     }
-    run(vec![spawn_config_options_case()]);
+    run(spawn_config_extended_cases());
 }
 
 #[test]

@@ -29,9 +29,11 @@ use tend_logs as logs;
 use tend_policy as policy;
 
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::stat::{umask, Mode};
+use tend_proto::config::TaskStdin;
 use tend_proto::frame::{read_frame, MAX_FRAME_LEN};
 use tend_proto::{SpawnConfig, Stage, StartReport};
 
@@ -139,10 +141,17 @@ pub fn run() -> i32 {
     if !setuid::is_setuid() {
         sanitize();
     }
-    let mut config = match read_config(&mut io::stdin().lock()) {
+    // Read unbuffered, through a dup of stdin: what follows the frame stays
+    // in the stream, for a task that reads it (TaskStdin::AfterConfig).
+    let mut input = match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => return report_failure(&StartFailure::io(Stage::Config, "stdin", &e)),
+    };
+    let mut config = match read_config(&mut input) {
         Ok(c) => c,
         Err(f) => return report_failure(&f),
     };
+    let task_stdin = (config.stdin == TaskStdin::AfterConfig).then(|| OwnedFd::from(input));
     let ctx = match apply_policy(&mut config) {
         Ok(c) => c,
         Err(f) => return report_failure(&f),
@@ -151,7 +160,7 @@ pub fn run() -> i32 {
         Ok(i) => i,
         Err(f) => return report_failure(&f),
     };
-    detach(config, isolation, ctx)
+    detach(config, isolation, ctx, task_stdin)
 }
 
 /// Setuid mode: the policy decides, before anything is created or forked
@@ -179,11 +188,13 @@ fn task_user(
 
 /// The double fork: the first process waits for the intermediate and
 /// returns its status; the intermediate starts a session, forks the daemon
-/// and leaves, so the agent is never the daemon's parent.
+/// and leaves, so the agent is never the daemon's parent. `task_stdin`, the
+/// rest of the config's stream, goes with the daemon to its task.
 fn detach(
     config: SpawnConfig,
     isolation: Option<child::Isolation>,
     ctx: Option<setuid::Context>,
+    task_stdin: Option<OwnedFd>,
 ) -> i32 {
     match child::fork_single_threaded() {
         Err(e) => report_failure(&StartFailure::io(Stage::Fork, "daemon", &e)),
@@ -209,7 +220,7 @@ fn detach(
                     sys::exit_now(EXIT_FAILED)
                 }
                 Ok(Forked::Parent(_)) => sys::exit_now(0),
-                Ok(Forked::Child) => daemon::run(config, isolation, ctx),
+                Ok(Forked::Child) => daemon::run(config, isolation, ctx, task_stdin),
             }
         }
     }

@@ -179,6 +179,29 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// Live processes whose cwd, executable or an open file is under `dir`.
+pub fn holders_under(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let p = e.path();
+        let mut links = vec![p.join("cwd"), p.join("exe")];
+        if let Ok(fds) = fs::read_dir(p.join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        if links
+            .iter()
+            .any(|l| fs::read_link(l).is_ok_and(|t| t.starts_with(dir)))
+            && pid_alive(pid)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// A random number from the kernel (for fault timings, not for secrets).
 pub fn random_u64() -> u64 {
     u64::from_le_bytes(random_bytes::<8>())

@@ -171,6 +171,48 @@ fn run_passes_output_and_exit_code_and_delete_leaves_nothing() {
     assert!(o.state("c1").is_none());
 }
 
+/// run's stdin reaches the task as it comes, to its end; once the task has
+/// exited run lets its tend-spawn go, so nothing holds the container's files
+/// (the record stays for state and delete).
+#[test]
+fn run_passes_its_stdin_to_the_task_and_lets_its_daemon_go() {
+    require_root!();
+    let o = Oci::new(&["sh", "-c", "read a; echo got $a; cat; echo end"]);
+    let mut run = o
+        .run("c8")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = run.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        input.write_all(b"hi\n").unwrap();
+        // The task answers the first line before the rest is written.
+        let log = o.root().join("c8/logs/task.stdout");
+        assert!(
+            wait_until(Duration::from_secs(10), || fs::read_to_string(&log)
+                .is_ok_and(|t| t == "got hi\n")),
+            "the first line did not reach the task"
+        );
+        input.write_all(b"there\n").unwrap();
+    }
+    drop(input);
+    let out = wait_child(&mut run);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got hi\nthere\nend\n");
+    let dir = o.root().join("c8");
+    let holders = tend_tests::holders_under(&dir);
+    assert!(
+        holders.is_empty(),
+        "still in {}: {holders:?}",
+        dir.display()
+    );
+    assert_eq!(o.state("c8").unwrap()["status"], "stopped");
+    assert!(o.cmd("delete", &["c8"]).status().unwrap().success());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
 #[test]
 fn state_and_kill_from_another_process() {
     require_root!();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use tend_tests::{cgroup_mounts, pid_alive, require_root, wait_until};
+use tend_tests::{cgroup_mounts, holders_under, pid_alive, require_root, wait_until};
 
 /// The uid and gid srun runs as for the unprivileged case: nobody/nogroup.
 const NOBODY: u32 = 65534;
@@ -77,12 +77,26 @@ enum Runtime {
     TendHostRoot,
 }
 
+/// Whether the cluster enforces `--mem`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Memory {
+    /// task/none: nothing does.
+    Unenforced,
+    /// task/cgroup in a memory cgroup of the cluster's own
+    /// (`TEND_SLURM_MEMORY=cgroup`).
+    Cgroup,
+}
+
 impl Cluster {
     fn up() -> Cluster {
         Cluster::up_with(Runtime::StandIn)
     }
 
     fn up_with(runtime: Runtime) -> Cluster {
+        Cluster::up_with_memory(runtime, Memory::Unenforced)
+    }
+
+    fn up_with_memory(runtime: Runtime, memory: Memory) -> Cluster {
         // The daemons and slurmstepd detach from the harness; as their
         // subreaper this test reaps them, so `down` leaves not even a zombie
         // (this host's PID 1 does not reap).
@@ -175,14 +189,15 @@ impl Cluster {
             port,
             up: true,
         };
-        let out = c
-            .harness(&[
-                "up",
-                &c.dir.display().to_string(),
-                &oci_conf.display().to_string(),
-            ])
-            .output()
-            .expect("run .ci/slurm up");
+        let mut up = c.harness(&[
+            "up",
+            &c.dir.display().to_string(),
+            &oci_conf.display().to_string(),
+        ]);
+        if memory == Memory::Cgroup {
+            up.env("TEND_SLURM_MEMORY", "cgroup");
+        }
+        let out = up.output().expect("run .ci/slurm up");
         print!("{}", String::from_utf8_lossy(&out.stderr));
         if !out.status.success() {
             c.dump_logs();
@@ -204,9 +219,12 @@ impl Cluster {
     }
 
     /// A Slurm client command (srun, scontrol, ...) for this cluster.
+    /// `program` of the cluster's, bounded at 120 s (exit 124): a step
+    /// whose slurmstepd died leaves srun waiting for ever.
     fn client(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env("SLURM_CONF", self.conf())
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-k", "5", "120", program])
+            .env("SLURM_CONF", self.conf())
             .current_dir("/")
             .stdin(Stdio::null());
         cmd
@@ -432,29 +450,6 @@ fn reap_orphans() {
     }
 }
 
-/// Live processes whose cwd, executable or an open file is under `dir`.
-fn holders_under(dir: &Path) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let p = e.path();
-        let mut links = vec![p.join("cwd"), p.join("exe")];
-        if let Ok(fds) = fs::read_dir(p.join("fd")) {
-            links.extend(fds.flatten().map(|f| f.path()));
-        }
-        if links
-            .iter()
-            .any(|l| fs::read_link(l).is_ok_and(|t| t.starts_with(dir)))
-            && pid_alive(pid)
-        {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// The job id srun printed through the step (`job=N`).
 fn job_id(out: &Output) -> u32 {
     let text = String::from_utf8_lossy(&out.stdout);
@@ -666,6 +661,15 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::Exit
     status
 }
 
+/// End a client started through `timeout` (see `Cluster::client`): TERM,
+/// which timeout passes on to it (and KILLs it 5 s later); a KILL would end
+/// timeout alone.
+fn stop_client(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+}
+
 /// The step `started` (its container id and process), running under srun
 /// `child`: scancel it; srun fails, the process ends, the job is CANCELLED.
 /// Returns the id and Slurm's ExitCode; srun is killed if it outlives
@@ -676,8 +680,7 @@ fn scancel_step(
     started: Option<(String, i32)>,
 ) -> (String, String) {
     let Some((id, sleeper)) = started else {
-        let _ = child.kill();
-        let _ = child.wait();
+        stop_client(child);
         panic!("the step never started");
     };
     let job: u32 = id.split('.').nth(2).unwrap().parse().unwrap();
@@ -685,8 +688,7 @@ fn scancel_step(
     c.run_client("scancel", &[&job.to_string()]);
     let status = wait_child(child, Duration::from_secs(20));
     if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
+        stop_client(child);
     }
     assert!(!status.expect("srun outlived scancel").success());
     assert!(
@@ -772,5 +774,97 @@ fn scancel_stops_a_step_run_by_tend_spawn_oci() {
         started.is_some()
     });
     scancel_step(&c, &mut child, started);
+    c.down_with_no_container_left();
+}
+
+/// The cluster's own memory cgroup (`.ci/slurm`'s `tend-slurm-PORT`).
+fn cluster_memcg(port: u16) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/cgroup/memory/tend-slurm-{port}"))
+}
+
+/// `--mem` is enforced with task/cgroup: the step runs in the job's memory
+/// cgroup, under the limit, with tend-spawn (which does not move a task of a
+/// bundle without resources) and its task inside it; 200 MB under
+/// `--mem=32M` is OOM-killed and Slurm records OUT_OF_MEMORY, the same under
+/// `--mem=256M` runs to the end. `down` removes the cluster's cgroups.
+#[test]
+fn mem_is_enforced_on_a_step_through_tend_spawn_oci() {
+    require_root!();
+    if !Path::new("/sys/fs/cgroup/memory/cgroup.procs").is_file() {
+        return tend_tests::skip_or_fail("no cgroup v1 memory hierarchy");
+    }
+    let c = Cluster::up_with_memory(Runtime::Tend, Memory::Cgroup);
+    let memcg = cluster_memcg(c.port);
+    assert!(memcg.is_dir(), "{} was not made", memcg.display());
+    // tail keeps a line without a newline whole: 200 MB of it. The eater
+    // is the OOM killer's first choice, never slurmstepd in the same cgroup
+    // (srun would wait for a step that is gone).
+    let eat = "echo job=$SLURM_JOB_ID; grep memory /proc/self/cgroup; \
+               echo 1000 > /proc/self/oom_score_adj; \
+               head -c 200M /dev/zero | tail | wc -c";
+    let out = c
+        .srun(None, &["--mem=32M", "sh", "-c", eat])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let job = job_id(&out);
+    // The task's memory cgroup is the step's, in the cluster's own.
+    let step = format!(
+        "memory:/tend-slurm-{}/slurm_localhost/uid_0/job_{job}/step_0/",
+        c.port
+    );
+    assert!(stdout.contains(&step), "stdout: {stdout}");
+    assert!(!stdout.contains("209715200"), "not killed: {stdout}");
+    assert!(!out.status.success(), "srun: {stderr}");
+    assert!(stderr.contains("Out Of Memory"), "srun: {stderr}");
+    let (state, _) = c.scontrol_exit(job);
+    assert_eq!(state, "OUT_OF_MEMORY");
+    assert!(
+        c.sacct_exit(job).starts_with("OUT_OF_MEMORY|"),
+        "{}",
+        c.sacct_exit(job)
+    );
+
+    let out = c
+        .srun(None, &["--mem=256M", "sh", "-c", eat])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "srun: {stderr}");
+    assert!(stdout.ends_with("209715200\n"), "stdout: {stdout}");
+    let job = job_id(&out);
+    let (state, exit) = c.scontrol_exit(job);
+    assert_eq!((state.as_str(), exit.as_str()), ("COMPLETED", "0:0"));
+    c.down_with_no_container_left();
+    assert!(!memcg.exists(), "{} is left", memcg.display());
+}
+
+/// srun's stdin reaches the step through `tend-spawn oci run`.
+#[test]
+fn srun_stdin_reaches_a_step_through_tend_spawn_oci() {
+    require_root!();
+    let c = Cluster::up_with(Runtime::Tend);
+    let mut child = c
+        .srun(None, &["sh", "-c", "echo job=$SLURM_JOB_ID; cat; echo end"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(b"hi\nthere\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "srun: {stderr}");
+    let job = job_id(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("job={job}\nhi\nthere\nend\n")
+    );
     c.down_with_no_container_left();
 }

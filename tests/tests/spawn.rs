@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use tend_proto::config::TaskStdin;
 use tend_proto::msg::TaskState;
 use tend_proto::{frame, Hello, Request, Response, Stage, Token, PROTOCOL_VERSION};
 use tend_tests::{pid_alive, require_root, wait_until, Client, Sandbox};
@@ -45,6 +46,29 @@ fn exit_zero_and_three_are_recorded_and_pushed() {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// The task's stdin is /dev/null, whatever follows the config frame (the
+/// agent's tasks); with `TaskStdin::AfterConfig` it is the rest of
+/// tend-spawn's stdin, to its end (`tend-oci run` relays its own this way).
+#[test]
+fn a_task_reads_what_follows_the_config_only_when_asked() {
+    for (stdin, want) in [
+        (TaskStdin::Null, "end\n"),
+        (TaskStdin::AfterConfig, "hi\nthere\nend\n"),
+    ] {
+        let sb = Sandbox::new();
+        let mut cfg = sh(&sb, "cat; echo end");
+        cfg.stdin = stdin;
+        let mut input = cfg.to_frame().unwrap();
+        input.extend_from_slice(b"hi\nthere\n");
+        assert_eq!(sb.start_raw(&input).exit_code, Some(0));
+        let mut c = Client::connect(&cfg);
+        assert_eq!(c.request(Request::Wait), Response::Ok);
+        assert_eq!(c.recv_exit().exit_code, Some(0), "{stdin:?}");
+        let out = fs::read_to_string(Sandbox::log_path(&cfg, "stdout")).unwrap();
+        assert_eq!(out, want, "{stdin:?}");
     }
 }
 

@@ -172,7 +172,16 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
 ///
 /// `ctx` is set in setuid mode: the policy allowed the config, file access is
 /// the caller's already, and every root step goes through [`Life::privileged`].
-pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Context>) -> i32 {
+///
+/// `task_stdin` is the task's stdin when the config asks for the rest of
+/// tend-spawn's own ([`TaskStdin::AfterConfig`](tend_proto::config::TaskStdin)),
+/// else the task gets /dev/null.
+pub fn run(
+    config: SpawnConfig,
+    isolation: Option<Isolation>,
+    ctx: Option<Context>,
+    task_stdin: Option<OwnedFd>,
+) -> i32 {
     let life = Life::new(ctx.as_ref());
     let ctx = ctx.as_ref();
     let signal_mask = own_process_state();
@@ -198,6 +207,7 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
         ctx,
         &life,
         &signal_mask,
+        task_stdin,
     ) {
         Ok((mut daemon, started, _own_cgroup)) => {
             // The daemon holds its own.
@@ -219,6 +229,7 @@ pub fn run(config: SpawnConfig, isolation: Option<Isolation>, ctx: Option<Contex
 /// the start report. On a failure, whatever was made so far is undone as
 /// its guard drops (the daemon's own cgroup last, after the poll loop on
 /// success).
+#[allow(clippy::too_many_arguments)] // the sequence's inputs, each used once
 fn start(
     config: &SpawnConfig,
     alloc: &OwnedFd,
@@ -227,6 +238,7 @@ fn start(
     ctx: Option<&Context>,
     life: &Rc<Life>,
     signal_mask: &SigSet,
+    task_stdin: Option<OwnedFd>,
 ) -> Result<(Daemon, Started, Option<OwnCgroup>), StartFailure> {
     let hier = detect_cgroups(config, life)?;
     let helper = match (ctx, &hier, &config.cgroup) {
@@ -248,12 +260,15 @@ fn start(
     let cgroup = create_task_cgroup(config, hier.as_ref(), ctx, life)?;
     let (out_log, err_log) = open_task_logs(config, log_dir)?;
     let ((out_r, out_w), (err_r, err_w)) = (log_pipe()?, log_pipe()?);
-    let stdin = nix::fcntl::open(
-        "/dev/null",
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| StartFailure::new(Stage::Stdio, "/dev/null", errno_of(e)))?;
+    let stdin = match task_stdin {
+        Some(fd) => fd,
+        None => nix::fcntl::open(
+            "/dev/null",
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StartFailure::new(Stage::Stdio, "/dev/null", errno_of(e)))?,
+    };
     let mut instance = [0u8; 16];
     sys::getrandom(&mut instance).map_err(|e| StartFailure::io(Stage::Fork, "getrandom", &e))?;
     let root_user = isolation.is_some_and(|i| i.uid == 0);

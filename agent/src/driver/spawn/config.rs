@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskIds,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskIds, TaskStdin,
 };
 use tend_proto::{SpawnConfig, Token};
 
@@ -426,6 +426,7 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         linger_ms: u64::try_from(DEFAULT_LINGER.as_millis()).unwrap_or(u64::MAX),
         cgroup,
         isolation,
+        stdin: TaskStdin::Null,
     })
 }
 
