@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod check;
 pub mod api;
 pub mod cli;
 pub mod driver;
