@@ -8,8 +8,8 @@
 
 pub mod agent;
 pub mod alloc;
-pub mod check;
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod driver;
 pub mod ident;

@@ -157,7 +157,7 @@ pub async fn http(
     };
     let buf = match tokio::time::timeout(timeout, run).await {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => return (CheckState::Critical, format!("{method} {url}: {e}")),
+        Ok(Err(e)) => return (CheckState::Critical, format!("HTTP {method} {url}: {e}")),
         Err(_) => return timed_out(timeout),
     };
     match parse_head(&buf) {
@@ -216,7 +216,10 @@ mod tests {
     fn heads() {
         let r = b"HTTP/1.0 404 File not found\r\nServer: x\r\n\r\nnope\n";
         let (s, reason, body) = parse_head(r).unwrap();
-        assert_eq!((s, reason.as_str(), body), (404, "File not found", &b"nope\n"[..]));
+        assert_eq!(
+            (s, reason.as_str(), body),
+            (404, "File not found", &b"nope\n"[..])
+        );
         assert!(parse_head(b"SSH-2.0-OpenSSH\r\n").is_none());
         assert!(parse_head(b"").is_none());
     }

@@ -207,12 +207,7 @@ fn check_group_ports(c: &mut Collector<'_>, t: &Block, tpath: &str, task: &Task,
 }
 
 /// Each port label a check names is the task's or the group's.
-fn check_check_ports(
-    c: &mut Collector<'_>,
-    task: &Task,
-    refs: &[check::PortRef],
-    group: &[Port],
-) {
+fn check_check_ports(c: &mut Collector<'_>, task: &Task, refs: &[check::PortRef], group: &[Port]) {
     for r in refs {
         let known = task.resources.ports.iter().chain(group);
         if known.clone().any(|p| p.label == r.label) {

@@ -17,8 +17,7 @@ pub const MIN_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 const SERVICE_ATTRS: &[&str] = &["name", "port", "provider", "tags"];
 const CHECK_ATTRS: &[&str] = &[
-    "type", "name", "command", "args", "port", "path", "method", "protocol", "interval",
-    "timeout",
+    "type", "name", "command", "args", "port", "path", "method", "protocol", "interval", "timeout",
 ];
 /// The fields that belong to one type of check only, and that type.
 const TYPED_FIELDS: &[(&str, &str)] = &[
@@ -97,19 +96,10 @@ pub(super) fn decode_checks(
             );
         }
         for (j, cb) in checks_of_service.into_iter().enumerate() {
-            let default_name = name
-                .as_ref()
-                .map(|n| format!("service: {n:?} check"));
+            let default_name = name.as_ref().map(|n| format!("service: {n:?} check"));
             let cpath = format!("{spath}.check[{j}]");
-            let (check, port_ref) = decode_check(
-                c,
-                cb,
-                &cpath,
-                driver,
-                default_name,
-                port.as_ref(),
-                restart,
-            );
+            let (check, port_ref) =
+                decode_check(c, cb, &cpath, driver, default_name, port.as_ref(), restart);
             ports.extend(port_ref);
             checks.push((cb.at, cpath, check));
         }
@@ -243,7 +233,10 @@ fn decode_check(
         },
         _ => None,
     };
-    let port = port_ref.as_ref().map(|p| p.label.clone()).unwrap_or_default();
+    let port = port_ref
+        .as_ref()
+        .map(|p| p.label.clone())
+        .unwrap_or_default();
     let kind = match ty {
         Some("script") => {
             let command = v.attr("command").and_then(|a| {
@@ -391,7 +384,13 @@ fn required_period(
 
 fn decode_check_restart(c: &mut Collector<'_>, b: &Block, path: &str) -> CheckRestart {
     no_labels(c, b, path);
-    let v = view(c, &b.body, path, &["limit", "grace", "ignore_warnings"], &[]);
+    let v = view(
+        c,
+        &b.body,
+        path,
+        &["limit", "grace", "ignore_warnings"],
+        &[],
+    );
     let mut r = CheckRestart::default();
     if let Some(a) = v.attr("limit") {
         if let Some(n) = int_in(
@@ -409,8 +408,7 @@ fn decode_check_restart(c: &mut Collector<'_>, b: &Block, path: &str) -> CheckRe
         r.grace = duration(c, &a.value, &sub(path, "grace")).unwrap_or(r.grace);
     }
     if let Some(a) = v.attr("ignore_warnings") {
-        r.ignore_warnings =
-            boolean(c, &a.value, &sub(path, "ignore_warnings")).unwrap_or(false);
+        r.ignore_warnings = boolean(c, &a.value, &sub(path, "ignore_warnings")).unwrap_or(false);
     }
     r
 }

@@ -164,7 +164,10 @@ fn the_json_form_gives_the_same_checks() {
           "service": [{"port": "http", "check": [{"type": "tcp", "interval": "2s", "timeout": "1s",
             "check_restart": {"limit": 2}}]}]
         }}}}}}}"#);
-    assert_eq!(hcl.groups[0].tasks[0].checks, json.groups[0].tasks[0].checks);
+    assert_eq!(
+        hcl.groups[0].tasks[0].checks,
+        json.groups[0].tasks[0].checks
+    );
 }
 
 const TCP: &str = "      check {\n        type = \"tcp\"\n        port = \"http\"\n";
@@ -212,7 +215,12 @@ fn unknown_fields_are_refused_by_name() {
     ));
     let said: Vec<String> = e.iter().map(ToString::to_string).collect();
     assert_eq!(e.len(), 2, "{said:#?}");
-    assert!(said[0].starts_with("t.hcl:22:9: job.j.group.g.task.t.check[0].header: unknown attribute \"header\""), "{said:#?}");
+    assert!(
+        said[0].starts_with(
+            "t.hcl:22:9: job.j.group.g.task.t.check[0].header: unknown attribute \"header\""
+        ),
+        "{said:#?}"
+    );
     assert!(said[1].starts_with("t.hcl:24:11: job.j.group.g.task.t.check[0].check_restart.attempts: unknown attribute \"attempts\""), "{said:#?}");
     one(
         &job("exec", "      service {\n        meta = {}\n        check {\n          type = \"script\"\n          command = \"/bin/true\"\n          interval = \"1s\"\n          timeout = \"1s\"\n        }\n      }"),
@@ -230,26 +238,71 @@ fn bad_values_are_refused_where_they_are() {
             &format!("      check {{\n        interval = \"1s\"\n        timeout = \"1s\"\n{extra}\n      }}"),
         )
     };
-    one(&base("        type = \"grpc\""), 20, 16, "unknown check type \"grpc\"");
+    one(
+        &base("        type = \"grpc\""),
+        20,
+        16,
+        "unknown check type \"grpc\"",
+    );
     one(&base("        type = \"tcp\"\n        port = \"nope\""), 21, 16, "\"nope\" is not a port of the task's or the group's network block (they have \"http\", \"admin\")");
     one(&base("        type = \"tcp\""), 17, 7, "missing port");
-    one(&base("        type = \"http\"\n        port = \"http\""), 17, 7, "missing path");
-    one(&base("        type = \"http\"\n        port = \"http\"\n        path = \"health\""), 22, 16, "must be a URL path");
+    one(
+        &base("        type = \"http\"\n        port = \"http\""),
+        17,
+        7,
+        "missing path",
+    );
+    one(
+        &base("        type = \"http\"\n        port = \"http\"\n        path = \"health\""),
+        22,
+        16,
+        "must be a URL path",
+    );
     one(&base("        type = \"http\"\n        port = \"http\"\n        path = \"/\"\n        protocol = \"https\""), 23, 20, "plain HTTP only");
     one(&base("        type = \"http\"\n        port = \"http\"\n        path = \"/\"\n        method = \"get\""), 23, 18, "in capitals");
     one(&base("        type = \"script\""), 17, 7, "missing command");
-    one(&base("        type = \"tcp\"\n        port = \"http\"\n        command = \"/bin/true\""), 22, 9, "\"command\" is a field of script checks, not of tcp checks");
-    one(&base("        type = \"script\"\n        command = \"/bin/true\"\n        port = \"http\""), 22, 9, "\"port\" is a field of tcp and http checks");
+    one(
+        &base("        type = \"tcp\"\n        port = \"http\"\n        command = \"/bin/true\""),
+        22,
+        9,
+        "\"command\" is a field of script checks, not of tcp checks",
+    );
+    one(
+        &base(
+            "        type = \"script\"\n        command = \"/bin/true\"\n        port = \"http\"",
+        ),
+        22,
+        9,
+        "\"port\" is a field of tcp and http checks",
+    );
     one(&base("        type = \"tcp\"\n        port = \"http\"\n        check_restart {\n          limit = -1\n        }"), 23, 19, "an integer >= 0");
     one(&base("        type = \"tcp\"\n        port = \"http\"\n        check_restart {\n          ignore_warnings = \"yes\"\n        }"), 23, 29, "must be true or false");
-    one(&job("exec", "      check {\n        interval = \"1s\"\n        timeout = \"1s\"\n      }"), 17, 7, "missing type");
+    one(
+        &job(
+            "exec",
+            "      check {\n        interval = \"1s\"\n        timeout = \"1s\"\n      }",
+        ),
+        17,
+        7,
+        "missing type",
+    );
 }
 
 #[test]
 fn names_are_unique_and_services_need_checks() {
     let two = format!("{TCP}        interval = \"1s\"\n        timeout = \"1s\"\n      }}\n");
-    one(&job("exec", &format!("{two}{two}")), 23, 7, "two checks of the task are named \"tcp\"");
-    one(&job("exec", "      service {\n        port = \"http\"\n      }"), 17, 7, "a service without a check does nothing here");
+    one(
+        &job("exec", &format!("{two}{two}")),
+        23,
+        7,
+        "two checks of the task are named \"tcp\"",
+    );
+    one(
+        &job("exec", "      service {\n        port = \"http\"\n      }"),
+        17,
+        7,
+        "a service without a check does nothing here",
+    );
     one(&job("exec", "      service {\n        provider = \"consul\"\n        check {\n          type = \"script\"\n          command = \"/bin/true\"\n          interval = \"1s\"\n          timeout = \"1s\"\n        }\n      }"), 18, 20, "registers no service");
 }
 
