@@ -142,7 +142,10 @@ struct CheckRun {
 
 impl CheckRun {
     async fn run(mut self) {
-        let mut tick = tokio::time::interval(self.check.interval);
+        // The first run one interval in, not at once: a task just started
+        // is rarely listening yet, and its first result would be noise.
+        let every = self.check.interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unhealthy = 0u32;
         loop {
