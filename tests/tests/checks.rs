@@ -425,3 +425,129 @@ fn bad_checks_are_refused_where_they_are_written() {
         assert!(err.contains(&line), "no {line:?} in:\n{err}");
     }
 }
+
+#[test]
+fn a_foreground_run_says_each_change_of_a_check() {
+    let sb = Sandbox::new();
+    let file = sb.write_job(
+        "fg.hcl",
+        r#"job "fg" {
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sleep"
+        args    = ["2.5"]
+      }
+      check {
+        name     = "fine"
+        type     = "script"
+        command  = "/bin/sh"
+        args     = ["-c", "echo all is well in $TEND_TASK_NAME"]
+        interval = "1s"
+        timeout  = "1s"
+      }
+    }
+  }
+}
+"#,
+    );
+    let out = sb.run_tend(&["run", file.to_str().unwrap()], LONG);
+    assert_eq!(out.code, Some(0), "{out}");
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("check 'fine'"))
+        .collect();
+    assert_eq!(
+        said,
+        ["==> t: check 'fine' is passing: all is well in t"],
+        "{out}"
+    );
+}
+
+#[test]
+fn a_docker_task_is_checked_through_the_engine() {
+    require_root!();
+    tend_tests::require_docker!();
+    let sb = Sandbox::new();
+    let agent = AgentProc::start_with_config(
+        &sb,
+        &format!(
+            "plugin \"docker\" {{\n  endpoint = \"{}\"\n}}\n",
+            tend_tests::docker::socket().display()
+        ),
+    );
+    let job = format!(
+        r#"job "boxed" {{
+  group "g" {{
+    task "t" {{
+      driver = "docker"
+      config {{
+        image   = "{}"
+        command = "/bin/sh"
+        args    = ["-c", "touch /tmp/mark; exec httpd -f -p 8080"]
+      }}
+      env {{
+        GREETING = "hello from the container's env"
+      }}
+      resources {{
+        network {{
+          port "http" {{
+            to = 8080
+          }}
+        }}
+      }}
+      check {{
+        name     = "inside"
+        type     = "script"
+        command  = "/bin/sh"
+        args     = ["-c", "echo \"$GREETING\"; test -f /tmp/mark"]
+        interval = "1s"
+        timeout  = "5s"
+      }}
+      check {{
+        name     = "port"
+        type     = "tcp"
+        port     = "http"
+        interval = "1s"
+        timeout  = "1s"
+      }}
+    }}
+  }}
+}}
+"#,
+        tend_tests::docker::TEST_IMAGE
+    );
+    let id = agent.submit(&job).remove(0);
+    let label = format!("tend.alloc_id={id}");
+    let _cleanup = RemoveContainers(label.clone());
+    let t = wait_task(&agent, &id, "had its checks pass", |t| {
+        status_is(t, "inside", "passing") && status_is(t, "port", "passing")
+    });
+    assert_eq!(
+        check(&t, "inside")["output"],
+        "hello from the container's env"
+    );
+    let out = agent.cli(&["stop", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left = tend_tests::docker::cli(&["ps", "-aq", "--filter", &format!("label={label}")]);
+    assert_eq!(left.as_deref().map(str::trim), Some(""), "containers left");
+}
+
+/// Removes the containers with this label when dropped (a failed test's).
+struct RemoveContainers(String);
+
+impl Drop for RemoveContainers {
+    fn drop(&mut self) {
+        let filter = format!("label={}", self.0);
+        let ids = tend_tests::docker::cli(&["ps", "-aq", "--filter", &filter]).unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = tend_tests::docker::cli(&["rm", "-f", "-v", id]);
+        }
+    }
+}

@@ -14,14 +14,14 @@ pub mod probe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::agent::{Agent, Inner};
 use crate::driver::Control;
-use crate::jobspec::{Check, CheckKind, Task};
+use crate::jobspec::{Check, CheckKind, CheckRestart, Driver, Task};
 use crate::ports::AssignedPort;
 use crate::state::{CheckState, CheckStatus};
 
@@ -108,6 +108,7 @@ pub(crate) fn watch(
                 task: task.name.clone(),
                 check: ch.clone(),
                 target,
+                docker: task.driver == Driver::Docker,
                 started,
                 last: status.status,
             };
@@ -120,13 +121,46 @@ pub(crate) fn watch(
 
 /// Where a check goes.
 enum Target {
-    /// Into the task, through its tend-spawn.
+    /// Into the task, through its tend-spawn (or the docker engine).
     Script,
     /// To the host address and port its label was given.
     Addr(SocketAddr),
     /// The label has no port in the allocation (the job is checked at
     /// submit, so only a record of an older job could say this).
     NoPort(String),
+}
+
+/// `check_restart`'s count of unhealthy results in a row, as Nomad's.
+#[derive(Debug, Default)]
+struct Unhealthy(u32);
+
+impl Unhealthy {
+    /// Count one result, `since_start` into the run: the number of
+    /// unhealthy results in a row when that reaches the limit (the task is
+    /// to restart, and the count starts again), else None. A healthy result
+    /// (passing; a warning with `ignore_warnings`) resets the count; one
+    /// within `grace` is not counted; a limit of 0 never restarts.
+    fn count(
+        &mut self,
+        cr: &CheckRestart,
+        state: CheckState,
+        since_start: Duration,
+    ) -> Option<u32> {
+        let healthy =
+            state == CheckState::Passing || (state == CheckState::Warning && cr.ignore_warnings);
+        if healthy {
+            self.0 = 0;
+            return None;
+        }
+        if cr.limit == 0 || since_start < cr.grace {
+            return None;
+        }
+        self.0 += 1;
+        if self.0 < cr.limit {
+            return None;
+        }
+        Some(std::mem::take(&mut self.0))
+    }
 }
 
 /// One check's loop.
@@ -136,6 +170,8 @@ struct CheckRun {
     task: String,
     check: Check,
     target: Target,
+    /// Whether the task is a container: a script goes through the engine.
+    docker: bool,
     started: Instant,
     last: CheckState,
 }
@@ -147,27 +183,15 @@ impl CheckRun {
         let every = self.check.interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut unhealthy = 0u32;
+        let mut unhealthy = Unhealthy::default();
         loop {
             tick.tick().await;
             let (state, output) = self.probe().await;
             self.record(state, output);
-            let Some(cr) = self.check.check_restart else {
-                continue;
-            };
-            let healthy = state == CheckState::Passing
-                || (state == CheckState::Warning && cr.ignore_warnings);
-            if healthy {
-                unhealthy = 0;
-                continue;
-            }
-            if cr.limit == 0 || self.started.elapsed() < cr.grace {
-                continue;
-            }
-            unhealthy += 1;
-            if unhealthy >= cr.limit {
-                self.restart(unhealthy);
-                unhealthy = 0;
+            if let Some(cr) = self.check.check_restart {
+                if let Some(times) = unhealthy.count(&cr, state, self.started.elapsed()) {
+                    self.restart(times);
+                }
             }
         }
     }
@@ -175,6 +199,26 @@ impl CheckRun {
     async fn probe(&self) -> (CheckState, String) {
         let timeout = self.check.timeout;
         match (&self.check.kind, &self.target) {
+            (CheckKind::Script { command, args }, _) if self.docker => {
+                let argv = std::iter::once(command.clone())
+                    .chain(args.iter().cloned())
+                    .collect();
+                let container = self
+                    .inner
+                    .task_record(&self.alloc_id, &self.task)
+                    .and_then(|r| r.handle)
+                    .and_then(|h| h.container_id);
+                match (&self.inner.drivers.docker, container) {
+                    (Some(d), Some(id)) => {
+                        probe::container_script(d.engine(), &id, argv, timeout).await
+                    }
+                    (None, _) => (
+                        CheckState::Critical,
+                        "the docker driver is disabled on this agent".into(),
+                    ),
+                    (_, None) => (CheckState::Critical, "the task has no container".into()),
+                }
+            }
             (CheckKind::Script { command, args }, _) => {
                 let agent = Agent {
                     inner: self.inner.clone(),
@@ -250,5 +294,86 @@ impl CheckRun {
                 Some(r.event("restart_signaled", format!("{why}: restarting the task")))
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASS: CheckState = CheckState::Passing;
+    const WARN: CheckState = CheckState::Warning;
+    const CRIT: CheckState = CheckState::Critical;
+
+    fn restart(limit: u32, grace_s: u64, ignore_warnings: bool) -> CheckRestart {
+        CheckRestart {
+            limit,
+            grace: Duration::from_secs(grace_s),
+            ignore_warnings,
+        }
+    }
+
+    /// The results at `secs` into the run: which ones ask for a restart.
+    fn asks(cr: &CheckRestart, results: &[(CheckState, u64)]) -> Vec<Option<u32>> {
+        let mut u = Unhealthy::default();
+        results
+            .iter()
+            .map(|(st, secs)| u.count(cr, *st, Duration::from_secs(*secs)))
+            .collect()
+    }
+
+    #[test]
+    fn the_limit_in_a_row_restarts_and_counts_again() {
+        let cr = restart(3, 0, false);
+        let got = asks(
+            &cr,
+            &[
+                (CRIT, 1),
+                (CRIT, 2),
+                (CRIT, 3),
+                (CRIT, 4),
+                (CRIT, 5),
+                (CRIT, 6),
+            ],
+        );
+        assert_eq!(got, [None, None, Some(3), None, None, Some(3)]);
+    }
+
+    #[test]
+    fn a_healthy_result_resets_the_count() {
+        let cr = restart(2, 0, false);
+        let got = asks(&cr, &[(CRIT, 1), (PASS, 2), (CRIT, 3), (CRIT, 4)]);
+        assert_eq!(got, [None, None, None, Some(2)]);
+    }
+
+    #[test]
+    fn warnings_count_unless_ignored() {
+        let got = asks(&restart(2, 0, false), &[(WARN, 1), (WARN, 2)]);
+        assert_eq!(got, [None, Some(2)]);
+        let got = asks(&restart(2, 0, true), &[(CRIT, 1), (WARN, 2), (CRIT, 3)]);
+        assert_eq!(
+            got,
+            [None, None, None],
+            "an ignored warning resets as a pass does"
+        );
+    }
+
+    #[test]
+    fn results_within_grace_are_not_counted() {
+        let cr = restart(2, 10, false);
+        let got = asks(
+            &cr,
+            &[(CRIT, 1), (CRIT, 5), (CRIT, 9), (CRIT, 10), (CRIT, 11)],
+        );
+        assert_eq!(got, [None, None, None, None, Some(2)]);
+    }
+
+    #[test]
+    fn a_limit_of_zero_never_restarts() {
+        let cr = restart(0, 0, false);
+        assert_eq!(
+            asks(&cr, &[(CRIT, 1), (CRIT, 2), (CRIT, 3)]),
+            [None, None, None]
+        );
     }
 }

@@ -32,6 +32,16 @@ pub fn script_state(code: i32) -> CheckState {
     }
 }
 
+/// A script's result: its state, and its output (or, when it said nothing
+/// and failed, its code).
+fn script_result(code: i32, out: &[u8]) -> (CheckState, String) {
+    let mut output = trim_output(out);
+    if output.is_empty() && !matches!(code, 0 | 1) {
+        output = format!("exited with code {code}");
+    }
+    (script_state(code), output)
+}
+
 /// An HTTP status as a state: 2xx passing, 429 warning, else critical.
 pub fn http_state(status: u16) -> CheckState {
     match status {
@@ -92,14 +102,25 @@ pub async fn script(
         Ok::<_, String>((code, buf))
     };
     match tokio::time::timeout(timeout, run).await {
-        Ok(Ok((code, buf))) => {
-            let mut output = trim_output(&buf);
-            if code > 1 && output.is_empty() {
-                output = format!("exited with code {code}");
-            }
-            (script_state(code), output)
-        }
+        Ok(Ok((code, buf))) => script_result(code, &buf),
         Ok(Err(why)) => (CheckState::Critical, why),
+        Err(_) => timed_out(timeout),
+    }
+}
+
+/// `argv` in the docker container `id` through the engine's exec API: its
+/// state from its exit code as a script's. At the timeout the result is
+/// critical; the engine cannot kill the exec, which ends with the container
+/// if not before.
+pub async fn container_script(
+    engine: &crate::driver::docker::DockerDriver,
+    id: &str,
+    argv: Vec<String>,
+    timeout: Duration,
+) -> (CheckState, String) {
+    match tokio::time::timeout(timeout, engine.exec_output(id, argv, OUTPUT_LIMIT)).await {
+        Ok(Ok((code, buf))) => script_result(i32::try_from(code).unwrap_or(-1), &buf),
+        Ok(Err(e)) => (CheckState::Critical, e.to_string()),
         Err(_) => timed_out(timeout),
     }
 }

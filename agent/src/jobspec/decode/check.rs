@@ -42,7 +42,6 @@ pub(super) struct PortRef {
 pub(super) fn decode_checks(
     c: &mut Collector<'_>,
     v: &View<'_>,
-    driver: Option<Driver>,
     path: &str,
 ) -> (Vec<Check>, Vec<PortRef>) {
     let mut checks = Vec::new();
@@ -99,14 +98,14 @@ pub(super) fn decode_checks(
             let default_name = name.as_ref().map(|n| format!("service: {n:?} check"));
             let cpath = format!("{spath}.check[{j}]");
             let (check, port_ref) =
-                decode_check(c, cb, &cpath, driver, default_name, port.as_ref(), restart);
+                decode_check(c, cb, &cpath, default_name, port.as_ref(), restart);
             ports.extend(port_ref);
             checks.push((cb.at, cpath, check));
         }
     }
     for (j, cb) in v.blocks("check").into_iter().enumerate() {
         let cpath = format!("{path}.check[{j}]");
-        let (check, port_ref) = decode_check(c, cb, &cpath, driver, None, None, None);
+        let (check, port_ref) = decode_check(c, cb, &cpath, None, None, None);
         ports.extend(port_ref);
         checks.push((cb.at, cpath, check));
     }
@@ -130,7 +129,6 @@ fn decode_check(
     c: &mut Collector<'_>,
     b: &Block,
     path: &str,
-    driver: Option<Driver>,
     default_name: Option<String>,
     service_port: Option<&PortRef>,
     service_restart: Option<CheckRestart>,
@@ -141,7 +139,7 @@ fn decode_check(
         let p = sub(path, "type");
         let s = string(c, &a.value, &p)?;
         match s.as_str() {
-            "script" | "tcp" | "http" => Some((s, a.value.at)),
+            "script" | "tcp" | "http" => Some(s),
             other => {
                 c.error(
                     a.value.at,
@@ -159,7 +157,7 @@ fn decode_check(
             "missing type: expected type = \"script\", \"tcp\" or \"http\"",
         );
     }
-    let ty = kind.as_ref().map(|(s, _)| s.as_str());
+    let ty = kind.as_deref();
     for (field, of) in TYPED_FIELDS {
         if let (Some(a), Some(t)) = (v.attr(field), ty) {
             if t != *of {
@@ -177,15 +175,6 @@ fn decode_check(
             &sub(path, "port"),
             "\"port\" is a field of tcp and http checks: a script check runs inside the task",
         );
-    }
-    if let (Some((_, at)), Some(Driver::Docker)) = (&kind, driver) {
-        if ty == Some("script") {
-            c.error(
-                *at,
-                &sub(path, "type"),
-                "script checks run through the task's tend-spawn, and a docker task has none: use a tcp or http check",
-            );
-        }
     }
     let name = match v.attr("name") {
         Some(a) => {

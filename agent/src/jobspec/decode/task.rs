@@ -177,7 +177,7 @@ pub(super) fn decode_task(
     } else {
         None
     };
-    let (checks, check_ports) = decode_checks(c, &v, driver, path);
+    let (checks, check_ports) = decode_checks(c, &v, path);
     let task = Task {
         name,
         driver: driver.unwrap_or(Driver::RawExec),

@@ -307,14 +307,10 @@ fn names_are_unique_and_services_need_checks() {
 }
 
 #[test]
-fn docker_tasks_take_no_script_check() {
-    one(
-        &job(
-            "docker",
-            "      check {\n        type = \"script\"\n        command = \"/bin/true\"\n        interval = \"1s\"\n        timeout = \"1s\"\n      }",
-        ),
-        17,
-        16,
-        "a docker task has none: use a tcp or http check",
-    );
+fn docker_tasks_take_script_checks_too() {
+    let j = ok(&job(
+        "docker",
+        "      check {\n        type = \"script\"\n        command = \"/bin/true\"\n        interval = \"1s\"\n        timeout = \"1s\"\n      }",
+    ));
+    assert_eq!(j.groups[0].tasks[0].checks[0].kind.name(), "script");
 }
