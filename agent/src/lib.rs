@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod driver;
 pub mod ident;

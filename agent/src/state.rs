@@ -212,6 +212,52 @@ pub struct TaskRecord {
     /// for a missing command), when its supervisor reported one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_errno: Option<i32>,
+    /// Its health checks' last results, in the job's order, while it runs
+    /// (and as they last were once it has ended).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckStatus>,
+}
+
+/// A health check's state, as Consul and Nomad name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    /// Not run yet in this run of the task.
+    Pending,
+    /// Healthy.
+    Passing,
+    /// Degraded: an exit code 1, an HTTP 429.
+    Warning,
+    /// Unhealthy.
+    Critical,
+}
+
+impl CheckState {
+    /// The word status and events use.
+    pub fn word(self) -> &'static str {
+        match self {
+            CheckState::Pending => "pending",
+            CheckState::Passing => "passing",
+            CheckState::Warning => "warning",
+            CheckState::Critical => "critical",
+        }
+    }
+}
+
+/// One health check of a task: its last result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// The check's name.
+    pub name: String,
+    /// `script`, `tcp` or `http`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its state.
+    pub status: CheckState,
+    /// What its last run said (trimmed, at most a few KiB).
+    pub output: String,
+    /// When its last run ended (RFC 3339); None before the first.
+    pub time: Option<String>,
 }
 
 /// Where a task stands in its restart policy's interval.
@@ -245,6 +291,7 @@ impl TaskRecord {
             unreachable: None,
             stopped: false,
             start_errno: None,
+            checks: Vec::new(),
         }
     }
 

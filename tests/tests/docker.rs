@@ -129,6 +129,7 @@ fn task(name: &str, script: &str) -> Task {
         kill_timeout: Duration::from_secs(5),
         kill_signal: 15,
         chroot_env: None,
+        checks: Vec::new(),
     }
 }
 

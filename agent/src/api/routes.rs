@@ -171,6 +171,7 @@ fn task_view(t: &TaskRecord, driver: &str, full: bool) -> TaskView {
         finished_at: t.finished_at.clone(),
         exit: t.last_exit.clone(),
         events: full.then(|| t.events.clone()),
+        checks: t.checks.clone(),
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::jobspec::Diagnostics;
 use crate::ports::AssignedPort;
-use crate::state::{Desired, TaskEvent, TaskPhase};
+use crate::state::{CheckStatus, Desired, TaskEvent, TaskPhase};
 use tend_proto::ExitStatus;
 
 /// Longest request head (request line and headers).
@@ -255,6 +255,9 @@ pub struct TaskView {
     /// Its recent events (one allocation only, not in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<TaskEvent>>,
+    /// Its health checks' last results (none when the job has no check).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckStatus>,
 }
 
 /// `GET /v1/events?follow=false`: the events the allocations keep, oldest first.

@@ -83,6 +83,18 @@ job "example" {
       # How the task is stopped: kill_signal, then SIGKILL after kill_timeout.
       kill_signal  = "SIGTERM"
       kill_timeout = "5s"
+
+      # Health checks run while the task runs: "tcp" or "http" to a port
+      # label, or "script" inside the task; tend status shows their state.
+      # check_restart { limit = 3 } restarts the task after 3 unhealthy
+      # results in a row. (This task exits at once, so none is set here.)
+      # check {
+      #   type     = "http"
+      #   port     = "http"
+      #   path     = "/"
+      #   interval = "10s"
+      #   timeout  = "2s"
+      # }
     }
   }
 }

@@ -330,7 +330,8 @@ async fn on_event(agent: &Agent, watches: &mut [Watch], line: &EventLine) {
             say(&format!("{}: {msg}", w.label));
         }
         "dead" => finish(agent, w).await,
-        "failed" | "stopping" | "killed" | "unreachable" | "reachable" => {
+        "failed" | "stopping" | "killed" | "unreachable" | "reachable" | "check"
+        | "restart_signaled" => {
             say(&format!("{}: {msg}", w.label));
         }
         _ => {}

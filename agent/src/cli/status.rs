@@ -87,6 +87,39 @@ fn port_words(ports: &Value) -> Vec<String> {
 }
 
 /// Allocations as the table of `tend status`, or their JSON.
+/// A task's health checks: state, when, and the last output's first line
+/// (`--json` has it whole).
+fn print_checks(t: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
+    let checks = t["checks"].as_array().cloned().unwrap_or_default();
+    if checks.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nChecks of {}:", s(&t["name"]))?;
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "TYPE".into(),
+        "STATUS".into(),
+        "TIME".into(),
+        "OUTPUT".into(),
+    ]];
+    for c in &checks {
+        let output = c["output"].as_str().unwrap_or("");
+        let mut line = output.lines().next().unwrap_or("").to_string();
+        if line.chars().count() > 100 {
+            line = line.chars().take(99).collect::<String>() + "…";
+        }
+        rows.push(vec![
+            s(&c["name"]),
+            s(&c["type"]),
+            s(&c["status"]),
+            s(&c["time"]),
+            line,
+        ]);
+    }
+    write!(out, "{}", table(&rows))?;
+    Ok(())
+}
+
 fn print_list(allocs: &[Value], json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
     if json {
         let v = serde_json::json!({ "allocations": allocs });
@@ -207,6 +240,9 @@ pub async fn run(
                 for (task, p) in ports {
                     writeln!(out, "  {task}: {}", p.join(", "))?;
                 }
+            }
+            for t in &tasks {
+                print_checks(t, out)?;
             }
             for t in &tasks {
                 writeln!(out, "\nRecent events of {}:", s(&t["name"]))?;

@@ -8,7 +8,7 @@ use crate::agent::config::AgentConfig;
 use crate::driver::spawn::config::check_exec_root;
 use crate::jobspec::duration::format_duration;
 use crate::jobspec::signal::signal_name;
-use crate::jobspec::{parse_file_on_this_host, Job, Task};
+use crate::jobspec::{parse_file_on_this_host, CheckKind, Job, Task};
 
 /// Validates the job file at `path` for this host and writes the result to `out`: the
 /// errors, one per line as `FILE:LINE:COLUMN: path: message` (`FILE: task
@@ -123,6 +123,25 @@ fn task_line(t: &Task) -> String {
             })
             .collect();
         s.push_str(&format!("      ports: {}\n", ports.join(", ")));
+    }
+    for c in &t.checks {
+        let what = match &c.kind {
+            CheckKind::Script { command, .. } => format!("script {command:?}"),
+            CheckKind::Tcp { port } => format!("tcp to {port}"),
+            CheckKind::Http { port, path, method } => format!("http {method} {path} on {port}"),
+        };
+        let restart = c
+            .check_restart
+            .filter(|r| r.limit > 0)
+            .map_or(String::new(), |r| {
+                format!(", restart after {} unhealthy", r.limit)
+            });
+        s.push_str(&format!(
+            "      check {:?}: {what} every {} (timeout {}){restart}\n",
+            c.name,
+            format_duration(c.interval),
+            format_duration(c.timeout),
+        ));
     }
     s
 }

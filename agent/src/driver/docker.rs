@@ -15,6 +15,7 @@
 //! `OOMKilled`, the pid and the start and end times.
 
 pub mod binds;
+mod exec;
 pub mod logs;
 pub mod run;
 pub mod spec;

@@ -142,6 +142,10 @@ pub enum Control {
     Stop,
     /// Send it a signal.
     Signal(i32, oneshot::Sender<Result<(), RunError>>),
+    /// Stop it with its kill signal and timeout, then hand its end to the
+    /// restart policy as a failure's, whatever its exit code: a
+    /// `check_restart`. The reason goes in the task's events.
+    Restart(String),
 }
 
 /// The runner's controls of one task, served by its driver while it waits,
@@ -151,12 +155,29 @@ pub struct Controls {
     rx: mpsc::UnboundedReceiver<Control>,
     /// A stop was asked for: no restart follows the run.
     pub stopping: bool,
+    /// A restart was asked for, and why: the run is being stopped, and its
+    /// end counts as a failure.
+    pub restart: Option<String>,
 }
 
 impl Controls {
     /// The controls that come through `rx`.
     pub fn new(rx: mpsc::UnboundedReceiver<Control>, stopping: bool) -> Controls {
-        Controls { rx, stopping }
+        Controls {
+            rx,
+            stopping,
+            restart: None,
+        }
+    }
+
+    /// Take a restart request: true when the run should be stopped for it
+    /// now (not when a stop or another restart is already under way).
+    pub fn take_restart(&mut self, why: String) -> bool {
+        if self.stopping || self.restart.is_some() {
+            return false;
+        }
+        self.restart = Some(why);
+        true
     }
 
     /// The next control; None once the runner's channel is closed.

@@ -8,6 +8,7 @@ use super::diag::Collector;
 use super::model::*;
 use super::tree::{Block, Body};
 
+mod check;
 mod docker;
 mod resources;
 mod task;
@@ -132,8 +133,9 @@ fn decode_group(c: &mut Collector<'_>, b: &Block, name: String, path: &str) -> G
                 format!("duplicate task name \"{tname}\" in group \"{name}\""),
             );
         }
-        let (task, static_at) = decode_task(c, t, tname, &tpath);
+        let (task, static_at, check_ports) = decode_task(c, t, tname, &tpath);
         check_group_ports(c, t, &tpath, &task, &network);
+        check_check_ports(c, &task, &check_ports, &network);
         for (port, at, ppath) in static_at {
             if !statics.insert(port) {
                 c.error(
@@ -201,6 +203,30 @@ fn check_group_ports(c: &mut Collector<'_>, t: &Block, tpath: &str, task: &Task,
                 ),
             );
         }
+    }
+}
+
+/// Each port label a check names is the task's or the group's.
+fn check_check_ports(c: &mut Collector<'_>, task: &Task, refs: &[check::PortRef], group: &[Port]) {
+    for r in refs {
+        let known = task.resources.ports.iter().chain(group);
+        if known.clone().any(|p| p.label == r.label) {
+            continue;
+        }
+        let labels: Vec<String> = known.map(|p| format!("{:?}", p.label)).collect();
+        c.error(
+            r.at,
+            &r.path,
+            format!(
+                "\"{}\" is not a port of the task's or the group's network block ({})",
+                r.label,
+                if labels.is_empty() {
+                    "there are none".to_string()
+                } else {
+                    format!("they have {}", labels.join(", "))
+                }
+            ),
+        );
     }
 }
 

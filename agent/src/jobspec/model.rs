@@ -120,6 +120,95 @@ pub struct Task {
     pub kill_signal: i32,
     /// `chroot_env`: host path -> path in the task's root; None uses the agent's.
     pub chroot_env: Option<BTreeMap<String, String>>,
+    /// `check {}` blocks, bare or inside `service {}`, in file order; names
+    /// are unique in the task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckKind {
+    /// `type = "script"`: a command run inside the task, as `tend exec` runs
+    /// it; exit 0 passing, 1 warning, anything else critical.
+    Script {
+        /// `command`.
+        command: String,
+        /// `args`.
+        args: Vec<String>,
+    },
+    /// `type = "tcp"`: a connection to the port; made is passing.
+    Tcp {
+        /// The port label.
+        port: String,
+    },
+    /// `type = "http"`: a request to the port; 2xx passing, 429 warning,
+    /// anything else critical.
+    Http {
+        /// The port label.
+        port: String,
+        /// `path`, from `/`.
+        path: String,
+        /// `method` (default GET).
+        method: String,
+    },
+}
+
+impl CheckKind {
+    /// The `type` as job files write it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::Script { .. } => "script",
+            CheckKind::Tcp { .. } => "tcp",
+            CheckKind::Http { .. } => "http",
+        }
+    }
+
+    /// The port label it connects to, for tcp and http.
+    pub fn port(&self) -> Option<&str> {
+        match self {
+            CheckKind::Script { .. } => None,
+            CheckKind::Tcp { port } | CheckKind::Http { port, .. } => Some(port),
+        }
+    }
+}
+
+/// One health check of a task, as Nomad's `check {}` with the Nomad
+/// provider: run every `interval` while the task runs, never registered
+/// anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// `name`: unique in the task (default: the type, `"tcp"`).
+    pub name: String,
+    /// What it does.
+    pub kind: CheckKind,
+    /// `interval`: between the starts of two runs, at least 1s.
+    pub interval: Duration,
+    /// `timeout`: how long one run may take, at least 1s.
+    pub timeout: Duration,
+    /// `check_restart {}` (its own or its service's).
+    pub check_restart: Option<CheckRestart>,
+}
+
+/// `check_restart { limit, grace, ignore_warnings }`, as Nomad's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRestart {
+    /// Restart after this many unhealthy results in a row (0: never).
+    pub limit: u32,
+    /// Results within this time of the task's start are not counted (default 1s).
+    pub grace: Duration,
+    /// Whether a warning counts as healthy (default false: it counts as unhealthy).
+    pub ignore_warnings: bool,
+}
+
+impl Default for CheckRestart {
+    fn default() -> Self {
+        CheckRestart {
+            limit: 0,
+            grace: Duration::from_secs(1),
+            ignore_warnings: false,
+        }
+    }
 }
 
 /// `config {}`: driver-specific settings.

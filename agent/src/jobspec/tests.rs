@@ -307,11 +307,11 @@ fn unknown_attribute() {
 #[test]
 fn unknown_block() {
     one_err(
-        &task_with("      service {\n      }"),
+        &task_with("      template {\n      }"),
         8,
         7,
-        "job.web.group.g.task.t.service",
-        "unknown block \"service\" (expected one of: config,",
+        "job.web.group.g.task.t.template",
+        "unknown block \"template\" (expected one of: config,",
     );
 }
 

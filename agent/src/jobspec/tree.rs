@@ -208,6 +208,8 @@ pub(crate) enum BodyKind {
     Leaf,
     Resources,
     Network,
+    Service,
+    Check,
 }
 
 /// Child blocks of a body kind: (ident, number of labels, body kind).
@@ -220,7 +222,14 @@ fn child_blocks(kind: BodyKind) -> &'static [(&'static str, usize, BodyKind)] {
             ("config", 0, BodyKind::Leaf),
             ("resources", 0, BodyKind::Resources),
             ("logs", 0, BodyKind::Leaf),
+            ("service", 0, BodyKind::Service),
+            ("check", 0, BodyKind::Check),
         ],
+        BodyKind::Service => &[
+            ("check", 0, BodyKind::Check),
+            ("check_restart", 0, BodyKind::Leaf),
+        ],
+        BodyKind::Check => &[("check_restart", 0, BodyKind::Leaf)],
         BodyKind::Resources => &[("network", 0, BodyKind::Network)],
         BodyKind::Network => &[("port", 1, BodyKind::Leaf)],
         BodyKind::Leaf => &[],

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::agent::Inner;
+use crate::check::{RunStart, Watch};
 use crate::driver::setup::{task_setup, TaskContext};
 use crate::driver::{
     AnyDriver, Control, Controls, Ended, Journal, Recovered, RunCtx, RunError, StartSpec,
@@ -128,6 +129,7 @@ async fn task_life(
                 match reattach(&inner, &cx, h, &mut ctl, &mut ready).await {
                     Recovered::Live((driver, run)) => {
                         ready.say(Resolved::Reattached);
+                        let _checks = watch_checks(&inner, &alloc, &task, RunStart::Reattached);
                         driver.wait(&cx, run, &mut ctl).await
                     }
                     Recovered::NeverLaunched(run) => {
@@ -161,15 +163,21 @@ async fn task_life(
                 let r = start_run(&inner, &cx, &alloc, &group).await;
                 ready.say(Resolved::Started);
                 match r {
-                    Ok((driver, run)) => driver.wait(&cx, run, &mut ctl).await,
+                    Ok((driver, run)) => {
+                        let _checks = watch_checks(&inner, &alloc, &task, RunStart::Fresh);
+                        driver.wait(&cx, run, &mut ctl).await
+                    }
                     Err(e) => e,
                 }
             }
         };
-        let failed = match &ended {
-            Ended::Exit(e) => !e.success(),
-            Ended::Lost(_) => true,
-        };
+        // A run ended for a check_restart failed, whatever its exit code.
+        let restart_why = ctl.restart.take();
+        let failed = restart_why.is_some()
+            || match &ended {
+                Ended::Exit(e) => !e.success(),
+                Ended::Lost(_) => true,
+            };
         // What follows the run is decided first and persisted in the same
         // write as its end: a record that had the end without the decision
         // (handle gone, phase still running) would be started again, as a
@@ -210,9 +218,15 @@ async fn task_life(
                     r.phase = TaskPhase::Pending;
                     r.restarts += 1;
                     r.restart_window = window;
+                    let why = restart_why
+                        .as_deref()
+                        .map_or(String::new(), |w| format!(": {w}"));
                     vec![
                         end,
-                        r.event("restarting", format!("restarting in {}", humanize(delay))),
+                        r.event(
+                            "restarting",
+                            format!("restarting in {}{why}", humanize(delay)),
+                        ),
                     ]
                 });
                 let sleep = tokio::time::sleep(delay);
@@ -228,12 +242,20 @@ async fn task_life(
                             Some(Control::Signal(_, reply)) => {
                                 let _ = reply.send(Err(RunError::Restarting));
                             }
+                            // Already restarting.
+                            Some(Control::Restart(_)) => {}
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// The checks of the task's run, for as long as the runner holds them.
+fn watch_checks(inner: &Arc<Inner>, alloc: &AllocRecord, task: &Task, how: RunStart) -> Watch {
+    let ports = alloc.ports.get(&task.name).cloned().unwrap_or_default();
+    crate::check::watch(inner, &alloc.alloc_id, task, &ports, how)
 }
 
 fn desired_stop(inner: &Inner, alloc_id: &str) -> bool {

@@ -212,6 +212,11 @@ impl TaskDriver for ContainerDriver {
                         Some(Control::Signal(signo, reply)) => {
                             let _ = reply.send(self.signal(cx, &run, signo).await);
                         }
+                        Some(Control::Restart(why)) => {
+                            if ctl.take_restart(why) {
+                                self.stop(cx, &run);
+                            }
+                        }
                     }
                 }
             }

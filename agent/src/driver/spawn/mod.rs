@@ -342,6 +342,11 @@ async fn wait_on(
                 Some(Control::Signal(signo, reply)) => {
                     let _ = reply.send(signal_run(cx, link, signo).await);
                 }
+                Some(Control::Restart(why)) => {
+                    if ctl.take_restart(why) {
+                        request_stop(cx, link);
+                    }
+                }
             }
         }
     }

@@ -165,6 +165,11 @@ pub(super) async fn reach_daemon(
                     Some(Control::Signal(_, reply)) => {
                         let _ = reply.send(Err(RunError::Unreachable { why: why.clone() }));
                     }
+                    Some(Control::Restart(why)) => {
+                        if ctl.take_restart(why) {
+                            stop_since.get_or_insert_with(Instant::now);
+                        }
+                    }
                 }
             }
         }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::check::{decode_checks, PortRef};
 use super::docker;
 use super::resources::{decode_resources, StaticPort};
 use super::value::{
@@ -39,7 +40,7 @@ pub(super) fn decode_task(
     b: &Block,
     name: String,
     path: &str,
-) -> (Task, Vec<StaticPort>) {
+) -> (Task, Vec<StaticPort>, Vec<PortRef>) {
     let v = view(
         c,
         &b.body,
@@ -53,7 +54,16 @@ pub(super) fn decode_task(
             "kill_signal",
             "chroot_env",
         ],
-        &["config", "env", "meta", "resources", "logs", "chroot_env"],
+        &[
+            "config",
+            "env",
+            "meta",
+            "resources",
+            "logs",
+            "chroot_env",
+            "service",
+            "check",
+        ],
     );
     let driver = match v.attr("driver") {
         None => {
@@ -167,6 +177,7 @@ pub(super) fn decode_task(
     } else {
         None
     };
+    let (checks, check_ports) = decode_checks(c, &v, path);
     let task = Task {
         name,
         driver: driver.unwrap_or(Driver::RawExec),
@@ -179,8 +190,9 @@ pub(super) fn decode_task(
         kill_timeout,
         kill_signal,
         chroot_env,
+        checks,
     };
-    (task, statics)
+    (task, statics, check_ports)
 }
 
 pub(super) fn decode_config(

@@ -48,6 +48,7 @@ fn task() -> Task {
         kill_timeout: Duration::from_secs(7),
         kill_signal: 15,
         chroot_env: None,
+        checks: Vec::new(),
     }
 }
 
