@@ -203,7 +203,11 @@ mod tests {
         let p = Piece::timed(b"one\ntwo\nthree\n".to_vec(), 0, None, &marks, 99);
         assert_eq!(
             lines(&[p], false),
-            vec![(10, "one\n".into()), (20, "two\n".into()), (30, "three\n".into())]
+            vec![
+                (10, "one\n".into()),
+                (20, "two\n".into()),
+                (30, "three\n".into())
+            ]
         );
         // A line cut across two reads keeps the time of its start.
         let a = Piece::timed(b"tw".to_vec(), 4, None, &marks, 99);
@@ -218,7 +222,10 @@ mod tests {
     fn bytes_before_the_first_record_take_an_upper_bound() {
         // An index begun after the file: the old bytes take the first record's time.
         let p = Piece::timed(b"old\nnew\n".to_vec(), 0, None, &[mark(50, 4)], 99);
-        assert_eq!(lines(&[p], false), vec![(50, "old\n".into()), (50, "new\n".into())]);
+        assert_eq!(
+            lines(&[p], false),
+            vec![(50, "old\n".into()), (50, "new\n".into())]
+        );
         // No index at all: the file's last modification.
         let p = Piece::timed(b"x\n".to_vec(), 0, None, &[], 99);
         assert_eq!(lines(&[p], false), vec![(99, "x\n".into())]);
@@ -257,6 +264,9 @@ mod tests {
             Some(1_796_284_800 * 1_000_000_000)
         );
         assert_eq!(parse_since("yesterday", now), None);
-        assert_eq!(rfc3339_ns(1_796_284_800_000_001_000), "2026-12-03T08:00:00.000001Z");
+        assert_eq!(
+            rfc3339_ns(1_796_284_800_000_001_000),
+            "2026-12-03T08:00:00.000001Z"
+        );
     }
 }

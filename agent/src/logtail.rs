@@ -299,7 +299,12 @@ mod tests {
         }
         let got: Vec<(bool, String)> = lines
             .iter()
-            .map(|l| (l.time_ns >= middle, String::from_utf8_lossy(&l.bytes).into()))
+            .map(|l| {
+                (
+                    l.time_ns >= middle,
+                    String::from_utf8_lossy(&l.bytes).into(),
+                )
+            })
             .collect();
         assert_eq!(
             got,

@@ -269,8 +269,7 @@ impl RotatingLog {
         self.file = None;
         self.index = None;
         let dir = self.dir.as_fd();
-        let remove = |name: String| match unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir)
-        {
+        let remove = |name: String| match unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(LogError::Rotate {
                 name,
@@ -536,7 +535,10 @@ mod tests {
         let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(2, 100)).unwrap();
         log.write(b"def").unwrap();
         let marks = marks_of(d.path(), "x");
-        assert_eq!(marks.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![0, 3]);
+        assert_eq!(
+            marks.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![0, 3]
+        );
         drop(log);
         // The log replaced under its index (no index of it): the index starts over.
         // (Made before the old one goes, so it cannot reuse its inode.)

@@ -66,15 +66,13 @@ fn parse(req: &Request) -> Result<Query, Refusal> {
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return Err(refuse(400, "tail: expected a number of lines")),
     };
-    let since = match req.query.get("since") {
-        None => None,
-        Some(s) => Some(loglines::parse_since(s, SystemTime::now()).ok_or_else(|| {
-            refuse(
-                400,
-                format!("since: {s:?} is not {}", loglines::SINCE_FORM),
-            )
-        })?),
-    };
+    let since =
+        match req.query.get("since") {
+            None => None,
+            Some(s) => Some(loglines::parse_since(s, SystemTime::now()).ok_or_else(|| {
+                refuse(400, format!("since: {s:?} is not {}", loglines::SINCE_FORM))
+            })?),
+        };
     Ok(Query {
         stream,
         offset,
