@@ -160,7 +160,12 @@ impl IndexWriter {
     /// failed append is not retried: the bytes keep the time of the record
     /// before, and the log itself is never held up by its index.
     pub fn mark(&mut self, offset: u64) {
-        let now = now_ns();
+        self.mark_at(offset, now_ns());
+    }
+
+    /// [`IndexWriter::mark`] with a time the caller has (a container engine's
+    /// stamp of the message, which a copy may write much later).
+    pub fn mark_at(&mut self, offset: u64, now: i64) {
         let every = i64::try_from(INDEX_EVERY.as_nanos()).unwrap_or(i64::MAX);
         // A clock stepped back also makes a record.
         if self.last.is_some_and(|l| now >= l && now - l < every) {

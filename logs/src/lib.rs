@@ -184,7 +184,13 @@ impl RotatingLog {
 
     /// Write all of `data`, rotating as needed. What cannot be written is
     /// counted as dropped; the first error of a call is returned for a warning.
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), LogError> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), LogError> {
+        self.write_stamped(data, None)
+    }
+
+    /// [`RotatingLog::write`] of bytes written at `time_ns` (ns since the
+    /// epoch), for the index; None: now.
+    pub fn write_stamped(&mut self, mut data: &[u8], time_ns: Option<i64>) -> Result<(), LogError> {
         let mut first_err = None;
         while !data.is_empty() {
             if let Err(e) = self.ensure_room() {
@@ -195,8 +201,8 @@ impl RotatingLog {
             let room = self.max_file_size - self.size;
             let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
             let Some(file) = &self.file else { break };
-            if let Some(index) = &mut self.index {
-                index.mark(self.size);
+            if let Some(ix) = &mut self.index {
+                ix.mark_at(self.size, time_ns.unwrap_or_else(index::now_ns));
             }
             let at = libc::off_t::try_from(self.size).unwrap_or(libc::off_t::MAX);
             match nix::sys::uio::pwrite(file, &data[..take], at) {
