@@ -101,7 +101,7 @@ fn index_path(log: &Path) -> PathBuf {
 }
 
 /// Last modification of `m`, ns since the epoch.
-fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+pub fn mtime_ns(m: &std::fs::Metadata) -> i64 {
     m.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(m.mtime_nsec())

@@ -19,7 +19,7 @@ use super::super::Peer;
 use super::{agent_err, refuse, Refusal};
 use crate::agent::Agent;
 use crate::loglines::{self, LineSplitter, Piece, TimedLine};
-use crate::logtail::{read_timed, LogFollower};
+use crate::logtail::{mtime_ns, read_timed, LogFollower};
 use crate::state::TaskPhase;
 
 /// How often a follower looks for new bytes.
@@ -115,7 +115,7 @@ pub(super) fn logs(
         }
     };
     if q.stream == "all" || q.since.is_some() {
-        let streams = Streams::open(&dir, task, q.stream, max_files);
+        let streams = Streams::open(&dir, task, q.stream, max_files, q.since);
         return Ok(timed(streams, &q, task_dead, peer, id));
     }
     let stream = q.stream;
@@ -176,7 +176,15 @@ struct Streams {
 }
 
 impl Streams {
-    fn open(dir: &std::path::Path, task: &str, stream: &'static str, max_files: u32) -> Streams {
+    /// The streams of `task`; rotated files last changed before `since` are
+    /// not read (every line of them is older).
+    fn open(
+        dir: &std::path::Path,
+        task: &str,
+        stream: &'static str,
+        max_files: u32,
+        since: Option<i64>,
+    ) -> Streams {
         let all = stream == "all";
         let names = if all {
             vec!["stdout", "stderr"]
@@ -190,7 +198,9 @@ impl Streams {
                 // Everything kept so far, oldest file first.
                 let rotated = (1..max_files)
                     .rev()
-                    .filter_map(|n| read_timed(&dir.join(format!("{base}.{n}"))).ok().flatten())
+                    .map(|n| dir.join(format!("{base}.{n}")))
+                    .filter(|p| since.is_none_or(|t| !changed_before(p, t)))
+                    .filter_map(|p| read_timed(&p).ok().flatten())
                     .collect();
                 (
                     rotated,
@@ -252,6 +262,20 @@ impl Streams {
             "application/octet-stream"
         }
     }
+}
+
+/// Whether the file at `path` was last changed before `t` (ns since the
+/// epoch) and ends a line: then none of its lines is at or after `t`, nor the
+/// start of one that goes on in the next file.
+fn changed_before(path: &std::path::Path, t: i64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(m) = f.metadata() else { return false };
+    let mut last = [0u8; 1];
+    mtime_ns(&m) < t
+        && (m.len() == 0 || f.read_exact_at(&mut last, m.len() - 1).is_ok() && last == *b"\n")
 }
 
 /// The log as timed lines: `since`, `stream=all`.
