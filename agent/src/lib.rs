@@ -14,6 +14,7 @@ pub mod cli;
 pub mod driver;
 pub mod ident;
 pub mod jobspec;
+pub mod loglines;
 pub mod logtail;
 pub mod metrics;
 pub mod notify;

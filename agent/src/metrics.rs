@@ -294,7 +294,7 @@ fn rss_uss(text: &str) -> (u64, u64) {
 }
 
 /// Bytes of the stdout and stderr logs under `logs_dir` (`<task>.stdout.N`,
-/// `<task>.stderr.N`); a missing dir counts 0.
+/// `<task>.stderr.N`), their time indexes left out; a missing dir counts 0.
 pub fn log_bytes(logs_dir: &std::path::Path) -> (u64, u64) {
     let mut out = (0, 0);
     let Ok(entries) = std::fs::read_dir(logs_dir) else {
@@ -306,6 +306,9 @@ pub fn log_bytes(logs_dir: &std::path::Path) -> (u64, u64) {
         let size = e
             .metadata()
             .map_or(0, |m| if m.is_file() { m.len() } else { 0 });
+        if name.ends_with(tend_logs::index::INDEX_SUFFIX) {
+            continue;
+        }
         if name.contains(".stdout") {
             out.0 += size;
         } else if name.contains(".stderr") {

@@ -24,7 +24,12 @@ pub fn through_spawn(bin: &Path, world: &mut World, bytes: u64) -> Result<(f64, 
     let kept: u64 = fs::read_dir(cfg.log_dir())
         .map(|rd| {
             rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("t.stdout"))
+                .filter(|e| {
+                    // The log files, not their time indexes (`t.stdout.idx`, ...).
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.starts_with("t.stdout") && !name.ends_with(".idx")
+                })
                 .filter_map(|e| e.metadata().ok())
                 .map(|m| m.len())
                 .sum()

@@ -7,9 +7,14 @@
 //! every file holds at most `max_file_size` bytes. Files are never truncated, and
 //! a failing write never blocks the task: the bytes are counted as dropped.
 //!
+//! Beside each file, its time index (`<name>.idx`, see [`index`]) says when
+//! its bytes were written; it is rotated with its file.
+//!
 //! tend-spawn writes a raw_exec/exec task's logs with it, the agent a docker
 //! task's: one format, one writer.
 #![forbid(unsafe_code)]
+
+pub mod index;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -21,6 +26,8 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 use tend_proto::config::LogConfig;
 
 use tend_sys as sys;
+
+use index::{index_name, IndexWriter};
 
 /// Mode of log files.
 pub const LOG_FILE_MODE: u32 = 0o640;
@@ -123,6 +130,9 @@ pub struct RotatingLog {
     max_files: u32,
     max_file_size: u64,
     file: Option<OwnedFd>,
+    /// The current file's index; None when it could not be opened (the log
+    /// goes on without times).
+    index: Option<IndexWriter>,
     size: u64,
     dropped: u64,
     written: u64,
@@ -143,12 +153,14 @@ impl RotatingLog {
         let size = fstat(&file)
             .map(|st| st.st_size.unsigned_abs())
             .unwrap_or(0);
+        let index = IndexWriter::open(dir.as_fd(), &index_name(name), file.as_fd()).ok();
         Ok(RotatingLog {
             dir,
             name: name.to_string(),
             max_files: config.max_files.max(1),
             max_file_size: config.max_file_size.max(1),
             file: Some(file),
+            index,
             size,
             dropped: 0,
             written: 0,
@@ -172,7 +184,13 @@ impl RotatingLog {
 
     /// Write all of `data`, rotating as needed. What cannot be written is
     /// counted as dropped; the first error of a call is returned for a warning.
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), LogError> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), LogError> {
+        self.write_stamped(data, None)
+    }
+
+    /// [`RotatingLog::write`] of bytes written at `time_ns` (ns since the
+    /// epoch), for the index; None: now.
+    pub fn write_stamped(&mut self, mut data: &[u8], time_ns: Option<i64>) -> Result<(), LogError> {
         let mut first_err = None;
         while !data.is_empty() {
             if let Err(e) = self.ensure_room() {
@@ -183,6 +201,9 @@ impl RotatingLog {
             let room = self.max_file_size - self.size;
             let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
             let Some(file) = &self.file else { break };
+            if let Some(ix) = &mut self.index {
+                ix.mark_at(self.size, time_ns.unwrap_or_else(index::now_ns));
+            }
             let at = libc::off_t::try_from(self.size).unwrap_or(libc::off_t::MAX);
             match nix::sys::uio::pwrite(file, &data[..take], at) {
                 Ok(n) => {
@@ -223,6 +244,12 @@ impl RotatingLog {
         };
         let room = usize::try_from(self.max_file_size - self.size).unwrap_or(usize::MAX);
         let mut at = libc::loff_t::try_from(self.size).unwrap_or(libc::loff_t::MAX);
+        // The record goes in before the bytes, so a reader that sees the bytes
+        // sees their time. An empty pipe makes a record too, at most every
+        // INDEX_EVERY: one that a later chunk at this offset still reads right.
+        if let Some(index) = &mut self.index {
+            index.mark(self.size);
+        }
         let flags =
             nix::fcntl::SpliceFFlags::SPLICE_F_MOVE | nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK;
         match nix::fcntl::splice(pipe, None, file, Some(&mut at), room.min(1 << 20), flags) {
@@ -242,39 +269,45 @@ impl RotatingLog {
     }
 
     /// Shift the older files up by one, drop the one beyond `max_files`, move the
-    /// current file to `.1` and open a new current file.
+    /// current file to `.1` and open a new current file. Each file's index
+    /// moves with it, right after it.
     pub fn rotate(&mut self) -> Result<(), LogError> {
         self.file = None;
+        self.index = None;
         let dir = self.dir.as_fd();
-        let rot = |name: String| {
-            move |e: Errno| LogError::Rotate {
+        let remove = |name: String| match unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(LogError::Rotate {
                 name,
                 source: io_err(e),
-            }
+            }),
         };
+        let rename = |from: String, to: String| match renameat(dir, from.as_str(), dir, to.as_str())
+        {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(LogError::Rotate {
+                name: from,
+                source: io_err(e),
+            }),
+        };
+        let both = |name: String| [index_name(&name), name];
         if self.max_files == 1 {
-            match unlinkat(dir, self.name.as_str(), UnlinkatFlags::NoRemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e) => return Err(rot(self.name.clone())(e)),
+            for name in both(self.name.clone()) {
+                remove(name)?;
             }
         } else {
-            let last = Self::older_name(&self.name, self.max_files - 1);
-            match unlinkat(dir, last.as_str(), UnlinkatFlags::NoRemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e) => return Err(rot(last)(e)),
+            for name in both(Self::older_name(&self.name, self.max_files - 1)) {
+                remove(name)?;
             }
-            for n in (1..self.max_files - 1).rev() {
-                let from = Self::older_name(&self.name, n);
+            for n in (0..self.max_files - 1).rev() {
+                let from = if n == 0 {
+                    self.name.clone()
+                } else {
+                    Self::older_name(&self.name, n)
+                };
                 let to = Self::older_name(&self.name, n + 1);
-                match renameat(dir, from.as_str(), dir, to.as_str()) {
-                    Ok(()) | Err(Errno::ENOENT) => {}
-                    Err(e) => return Err(rot(from)(e)),
-                }
-            }
-            let to = Self::older_name(&self.name, 1);
-            match renameat(dir, self.name.as_str(), dir, to.as_str()) {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e) => return Err(rot(self.name.clone())(e)),
+                rename(from.clone(), to.clone())?;
+                rename(index_name(&from), index_name(&to))?;
             }
         }
         let file = sys::open_beneath(
@@ -288,6 +321,7 @@ impl RotatingLog {
             source,
         })?;
         let _ = fchmod(&file, Mode::from_bits_truncate(LOG_FILE_MODE));
+        self.index = IndexWriter::open(dir, &index_name(&self.name), file.as_fd()).ok();
         self.file = Some(file);
         self.size = 0;
         Ok(())
@@ -303,6 +337,7 @@ mod tests {
         tend_proto::atomic::open_dir(p).unwrap()
     }
 
+    /// The log files in `p`, their indexes left out.
     fn files(p: &Path) -> Vec<(String, u64)> {
         let mut v: Vec<_> = std::fs::read_dir(p)
             .unwrap()
@@ -313,6 +348,7 @@ mod tests {
                     e.metadata().unwrap().len(),
                 )
             })
+            .filter(|(name, _)| !name.ends_with(index::INDEX_SUFFIX))
             .collect();
         v.sort();
         v
@@ -431,5 +467,92 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o640);
+    }
+
+    fn marks_of(p: &Path, name: &str) -> Vec<index::Mark> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(p.join(name)).unwrap().ino();
+        let bytes = std::fs::read(p.join(index::index_name(name))).unwrap();
+        index::parse(&bytes, ino).expect("the index of this file")
+    }
+
+    #[test]
+    fn each_file_has_its_index_and_rotation_moves_it_along() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "t.stdout", cfg(3, 10)).unwrap();
+        log.write(b"0123456789abcdef").unwrap();
+        std::thread::sleep(index::INDEX_EVERY * 2);
+        log.write(b"gh").unwrap();
+        // t.stdout.1 holds "0123456789", t.stdout "abcdefgh": the split chunk
+        // starts the new file's index, the later write has a record of its own.
+        let old = marks_of(d.path(), "t.stdout.1");
+        assert_eq!(old.len(), 1, "{old:?}");
+        assert_eq!(old[0].offset, 0);
+        let cur = marks_of(d.path(), "t.stdout");
+        assert_eq!(cur.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![0, 6]);
+        assert!(cur[0].time_ns >= old[0].time_ns);
+        assert!(cur[1].time_ns - cur[0].time_ns >= 20_000_000, "{cur:?}");
+        // Rotated past max_files: the index goes with its file.
+        log.write(&pattern(25)).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "t.stdout",
+                "t.stdout.1",
+                "t.stdout.1.idx",
+                "t.stdout.2",
+                "t.stdout.2.idx",
+                "t.stdout.idx"
+            ]
+        );
+        for name in ["t.stdout", "t.stdout.1", "t.stdout.2"] {
+            let marks = marks_of(d.path(), name);
+            assert_eq!(marks.first().map(|m| m.offset), Some(0), "{name}");
+        }
+    }
+
+    #[test]
+    fn records_are_rate_limited() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(2, 1 << 20)).unwrap();
+        for _ in 0..1000 {
+            log.write(b"line\n").unwrap();
+        }
+        // A thousand writes within a few ms: one record, maybe two.
+        assert!(marks_of(d.path(), "x").len() <= 2);
+    }
+
+    #[test]
+    fn a_reopened_log_appends_to_its_index_and_a_foreign_one_starts_over() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(2, 100)).unwrap();
+        log.write(b"abc").unwrap();
+        drop(log);
+        // A torn record at the end, as a crash mid-append leaves it.
+        let idx = d.path().join("x.idx");
+        let mut bytes = std::fs::read(&idx).unwrap();
+        bytes.extend_from_slice(&[1, 2, 3]);
+        std::fs::write(&idx, &bytes).unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(2, 100)).unwrap();
+        log.write(b"def").unwrap();
+        let marks = marks_of(d.path(), "x");
+        assert_eq!(
+            marks.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![0, 3]
+        );
+        drop(log);
+        // The log replaced under its index (no index of it): the index starts over.
+        // (Made before the old one goes, so it cannot reuse its inode.)
+        std::fs::write(d.path().join("x.new"), b"older\n").unwrap();
+        std::fs::rename(d.path().join("x.new"), d.path().join("x")).unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(2, 100)).unwrap();
+        log.write(b"z").unwrap();
+        let marks = marks_of(d.path(), "x");
+        assert_eq!(marks.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![6]);
     }
 }

@@ -83,6 +83,7 @@ pub struct Task {
     driver: String,
     command: String,
     args: Vec<String>,
+    image: Option<String>,
     body: Vec<String>,
 }
 
@@ -94,6 +95,7 @@ impl Task {
             driver: "raw_exec".to_string(),
             command: command.to_string(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            image: None,
             body: Vec::new(),
         }
     }
@@ -106,6 +108,13 @@ impl Task {
     /// Run under `driver` instead.
     pub fn driver(mut self, driver: &str) -> Task {
         self.driver = driver.to_string();
+        self
+    }
+
+    /// A docker task of `image`, running the command in it.
+    pub fn docker(mut self, image: &str) -> Task {
+        self.driver = "docker".to_string();
+        self.image = Some(image.to_string());
         self
     }
 
@@ -123,7 +132,15 @@ impl fmt::Display for Task {
         let command = serde_json::to_string(&self.command).map_err(|_| fmt::Error)?;
         writeln!(f, "    task \"{}\" {{", self.name)?;
         writeln!(f, "      driver = \"{}\"", self.driver)?;
-        writeln!(f, "      config {{\n        command = {command}")?;
+        writeln!(f, "      config {{")?;
+        if let Some(image) = &self.image {
+            writeln!(
+                f,
+                "        image   = {}",
+                serde_json::to_string(image).map_err(|_| fmt::Error)?
+            )?;
+        }
+        writeln!(f, "        command = {command}")?;
         if !self.args.is_empty() {
             writeln!(f, "        args    = {args}")?;
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tend_tests::docker::{cli as docker, socket, TEST_IMAGE};
+use tend_tests::job::{JobFile, Task};
 use tend_tests::{
     random_u64, require_docker, require_root, wait_alloc_exit, wait_until, AgentProc, Sandbox,
 };
@@ -656,4 +657,52 @@ fn tend_exec_refuses_a_docker_task_and_names_the_driver() {
     );
     let stopped = a.cli(&["stop", &id]);
     assert!(stopped.status.success(), "{stopped:?}");
+}
+
+/// A container's two streams, copied by the agent, come back in the order the
+/// container wrote them, by the engine's own stamps (the log index's times).
+#[test]
+fn a_containers_log_shows_both_streams_in_order_and_since_cuts_between_writes() {
+    require_root!();
+    require_docker!();
+    let sb = Sandbox::new();
+    let a = agent(&sb);
+    let script = "for i in 1 2 3; do echo out $i; sleep 0.3; echo err $i >&2; sleep 0.3; done";
+    let job = JobFile::new("turns")
+        .task(Task::sh("box", script).docker(IMAGE))
+        .to_string();
+    let id = submit(&a, &sb, &job);
+    let _guard = Containers(vec![alloc_label(&id)]);
+    wait_dead(&a, &id, "box");
+    let logs = |args: &[&str]| {
+        let mut all = vec!["logs"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[&id, "box"]);
+        let o = a.cli(&all);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let expected = "stdout | out 1\nstderr | err 1\nstdout | out 2\nstderr | err 2\nstdout | out 3\nstderr | err 3\n";
+    // The copy may end a moment after the container.
+    let mut got = String::new();
+    let copied = wait_until(LONG, || {
+        got = logs(&["--all"]);
+        got == expected
+    });
+    assert!(copied, "{got}");
+    let lines: Vec<Value> = logs(&["--all", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let time =
+        |i: usize| tend_proto::time::parse_rfc3339(lines[i]["time"].as_str().unwrap()).unwrap();
+    // Halfway between "out 2" and "err 2".
+    let gap = time(3).duration_since(time(2)).unwrap();
+    assert!(gap >= Duration::from_millis(200), "{lines:?}");
+    let t = tend_proto::time::rfc3339(time(2) + gap / 2);
+    assert_eq!(logs(&["--since", &t]), "out 3\n");
+    assert_eq!(
+        logs(&["--since", &t, "--all"]),
+        "stderr | err 2\nstdout | out 3\nstderr | err 3\n"
+    );
 }

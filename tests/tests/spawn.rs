@@ -309,7 +309,11 @@ fn rotated_files(cfg: &tend_proto::SpawnConfig, stream: &str) -> Vec<(String, u6
             let name = e.file_name().into_string().ok()?;
             // A file rotated away between the listing and the stat is skipped.
             let len = e.metadata().ok()?.len();
-            (name == prefix || name.starts_with(&format!("{prefix}."))).then_some((name, len))
+            // The log files, their time indexes (`.idx`) left out.
+            let log = name == prefix
+                || (name.starts_with(&format!("{prefix}."))
+                    && !name.ends_with(tend_logs::index::INDEX_SUFFIX));
+            log.then_some((name, len))
         })
         .collect();
     v.sort();

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Bytes;
 use hyper::Method;
 
 use super::server::{self, Reply, Request};
@@ -15,8 +14,10 @@ use super::wire::{
 use super::Peer;
 use crate::agent::{Agent, AgentError};
 use crate::jobspec;
-use crate::logtail::LogFollower;
 use crate::state::{AllocRecord, TaskPhase, TaskRecord};
+
+mod logs;
+use logs::logs;
 
 /// Answer one request.
 pub async fn handle(agent: &Agent, req: Request, peer: Arc<Peer>) -> Reply {
@@ -79,21 +80,6 @@ fn gc(agent: &Agent, req: &Request) -> Result<Reply, Refusal> {
     let job = req.query.get("job").map(String::as_str);
     let collected = agent.collect_garbage(older_than, job).map_err(agent_err)?;
     Ok(server::json(200, &wire::Collected { collected }))
-}
-
-/// Where the last `n` lines of `bytes` begin (a last line without its
-/// newline counts as a line).
-fn tail_start(bytes: &[u8], n: usize) -> usize {
-    if n == 0 {
-        return bytes.len();
-    }
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    body.iter()
-        .enumerate()
-        .rev()
-        .filter(|(_, b)| **b == b'\n')
-        .nth(n - 1)
-        .map_or(0, |(i, _)| i + 1)
 }
 
 /// A request refused: its status and why.
@@ -258,101 +244,6 @@ async fn signal(agent: &Agent, prefix: &str, task: &str, req: &Request) -> Resul
     Ok(server::json(200, &SignalSent { id, task, signal }))
 }
 
-/// A task's log: what is kept of it, from `offset`; with `follow=true`, then
-/// what it writes until it is dead or the client leaves.
-fn logs(
-    agent: &Agent,
-    prefix: &str,
-    task: &str,
-    req: &Request,
-    peer: Arc<Peer>,
-) -> Result<Reply, Refusal> {
-    let id = agent.resolve_alloc(prefix).map_err(agent_err)?;
-    let (alloc, tasks) = agent.alloc(&id).map_err(agent_err)?;
-    if !tasks.iter().any(|t| t.task == task) {
-        return Err(refuse(404, format!("allocation {id} has no task {task:?}")));
-    }
-    let stream = req.query.get("stream").map_or("stdout", String::as_str);
-    if stream != "stdout" && stream != "stderr" {
-        return Err(refuse(
-            400,
-            format!("stream: {stream:?} (expected stdout or stderr)"),
-        ));
-    }
-    let offset: u64 = match req.query.get("offset").map(|o| o.parse::<u64>()) {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return Err(refuse(400, "offset: expected a byte count")),
-    };
-    let follow = req
-        .query
-        .get("follow")
-        .is_some_and(|f| f == "true" || f == "1");
-    let tail: Option<usize> = match req.query.get("tail").map(|t| t.parse::<usize>()) {
-        None => None,
-        Some(Ok(n)) => Some(n),
-        Some(Err(_)) => return Err(refuse(400, "tail: expected a number of lines")),
-    };
-    let max_files = alloc
-        .job
-        .groups
-        .iter()
-        .find(|g| g.name == alloc.group)
-        .and_then(|g| g.tasks.iter().find(|t| t.name == task))
-        .map_or(10, |t| t.logs.max_files);
-    let dir = agent.settings().dirs.alloc(&id).logs();
-    let base = tend_proto::names::log_file(task, stream);
-    // Everything kept so far, oldest file first.
-    let mut all = Vec::new();
-    for n in (1..max_files).rev() {
-        if let Ok(b) = std::fs::read(dir.join(format!("{base}.{n}"))) {
-            all.extend_from_slice(&b);
-        }
-    }
-    let mut follower = LogFollower::new(&dir, task, stream, max_files);
-    let _ = follower.read_available(&mut all);
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
-    all.drain(..start);
-    if let Some(n) = tail {
-        let from = tail_start(&all, n);
-        all.drain(..from);
-    }
-    if !follow {
-        return Ok(server::bytes(200, "application/octet-stream", all));
-    }
-    let (mut tx, reply) = server::stream("application/octet-stream");
-    let (agent, task) = (agent.clone(), task.to_string());
-    tokio::spawn(async move {
-        let mut next = all;
-        loop {
-            if !next.is_empty() && tx.send_data(Bytes::from(next)).await.is_err() {
-                return;
-            }
-            let mut buf = Vec::new();
-            if follower.read_available(&mut buf).is_err() {
-                return;
-            }
-            let dead = agent
-                .alloc(&id)
-                .ok()
-                .and_then(|(_, ts)| ts.into_iter().find(|t| t.task == task))
-                .is_none_or(|t| t.phase == TaskPhase::Dead);
-            if buf.is_empty() {
-                if dead {
-                    return;
-                }
-                if peer.gone() {
-                    tracing::debug!(alloc = %id, task, "api: a log follower left");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            next = buf;
-        }
-    });
-    Ok(reply)
-}
-
 /// How often an idle event stream checks that its reader is still there.
 const PEER_CHECK: Duration = Duration::from_secs(1);
 
@@ -482,22 +373,4 @@ fn events(agent: &Agent, req: &Request, peer: Arc<Peer>) -> Result<Reply, Refusa
         }
     });
     Ok(reply)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tail_start;
-
-    #[test]
-    fn the_tail_is_the_last_lines_a_partial_one_counting() {
-        let b = b"one\ntwo\nthree\n";
-        assert_eq!(&b[tail_start(b, 1)..], b"three\n");
-        assert_eq!(&b[tail_start(b, 2)..], b"two\nthree\n");
-        assert_eq!(&b[tail_start(b, 9)..], b);
-        assert_eq!(&b[tail_start(b, 0)..], b"");
-        let p = b"one\ntwo\npart";
-        assert_eq!(&p[tail_start(p, 1)..], b"part");
-        assert_eq!(&p[tail_start(p, 2)..], b"two\npart");
-        assert_eq!(tail_start(b"", 3), 0);
-    }
 }

@@ -289,6 +289,17 @@ pub struct EventView {
     pub message: String,
 }
 
+/// One line of a task's log with `stream=all`: a JSON line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, its newline left out (bytes that are not UTF-8 become U+FFFD).
+    pub line: String,
+    /// When it was written (RFC 3339, UTC; exact to the log index's granularity).
+    pub time: String,
+}
+
 /// A boolean query parameter that is neither true nor false.
 #[derive(Debug, thiserror::Error)]
 #[error("{name}: expected true or false, got {got:?}")]

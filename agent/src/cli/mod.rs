@@ -127,7 +127,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show a task's stdout (or stderr).
+    /// Show a task's stdout (or stderr, or both).
     Logs {
         /// Allocation id or unique prefix.
         #[arg(value_parser = alloc_id_arg)]
@@ -146,7 +146,16 @@ pub enum Command {
         /// Only the last N lines of what is kept (then new ones with -f).
         #[arg(short = 'n', long = "tail", value_name = "N")]
         tail: Option<usize>,
-        /// One JSON object per line: {"stream": "stdout", "line": "..."}.
+        /// Only the lines written at or after this time: a duration back from
+        /// now ("10m", "2h") or an RFC 3339 UTC time ("2026-12-03T08:00:00Z").
+        #[arg(long, value_name = "DURATION|TIMESTAMP")]
+        since: Option<String>,
+        /// stdout and stderr together, in the order they were written, each
+        /// line prefixed with its stream ("stderr | ...").
+        #[arg(long, conflicts_with = "stderr")]
+        all: bool,
+        /// One JSON object per line: {"stream": "stdout", "line": "..."}, with
+        /// "time" too under --all.
         #[arg(long)]
         json: bool,
     },
@@ -445,6 +454,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             stderr,
             offset,
             tail,
+            since,
+            all,
             json,
         } => runtime()?.block_on(logs::run(
             &client,
@@ -455,6 +466,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 stderr,
                 offset,
                 tail,
+                since: since.as_deref(),
+                all,
                 json,
             },
             &mut out,

@@ -169,7 +169,8 @@ impl Copier {
             *cursor = Some(ts);
         }
         // A full disk must not stop the copy: the bytes are counted as dropped.
-        if let Err(e) = w.write(body) {
+        // The engine's stamp is when the container wrote them: the index's time.
+        if let Err(e) = w.write_stamped(body, ts) {
             tracing::warn!(error = %e, dropped = w.dropped(), "container log bytes dropped");
         }
         Ok(())
