@@ -244,11 +244,18 @@ pub fn resolve_command(bundle: &Bundle) -> Result<String, ContainerError> {
 /// The task's own root for a rootfs and a bundle's binds, as tend-spawn
 /// builds it: a read-only bind of each top-level entry of the rootfs (but
 /// `proc`, `dev` and `tmp`, which tend-spawn makes, and `alloc` and `local`,
-/// which it binds from the alloc dir), then the binds over them. The agent's
-/// `oci` driver builds its tasks' roots with this too.
-pub fn task_root(rootfs: &Path, binds: &[BindMount]) -> ChrootSpec {
+/// which it binds from the alloc dir), then the binds over them; a
+/// `writable` root is the rootfs itself as the image of an overlay (a first
+/// bind onto `/`), the binds over it. The agent's `oci` driver builds its
+/// tasks' roots with this too.
+pub fn task_root(rootfs: &Path, binds: &[BindMount], writable: bool) -> ChrootSpec {
     let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(rootfs) {
+    if writable {
+        out.push(Bind {
+            source: rootfs.display().to_string(),
+            target: "/".into(),
+        });
+    } else if let Ok(entries) = std::fs::read_dir(rootfs) {
         let mut names: Vec<String> = entries
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -284,7 +291,7 @@ pub fn spawn_config(
     let chroot = bundle
         .rootfs
         .as_ref()
-        .map(|rootfs| task_root(rootfs, &bundle.binds));
+        .map(|rootfs| task_root(rootfs, &bundle.binds, bundle.writable));
     let isolation = privileged.then(|| Isolation {
         user: bundle.uid.to_string(),
         chroot,
@@ -379,6 +386,7 @@ mod tests {
                 source: "/usr".into(),
                 destination: "/usr".into(),
             }],
+            writable: false,
             cgroup: None,
         }
     }

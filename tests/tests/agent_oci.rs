@@ -7,6 +7,7 @@
 //! checked from the host.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ fn bundle(dir: &Path, args: &[&str]) -> Value {
     if static_busybox() {
         let bin = dir.join("rootfs/bin");
         fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
-        for applet in ["sh", "echo", "sleep", "cat", "ls", "touch", "id"] {
+        for applet in ["sh", "echo", "sleep", "cat", "ls", "touch", "id", "grep"] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
         }
         cfg["mounts"] = json!([]);
@@ -251,5 +252,57 @@ fn a_bundle_field_tend_cannot_do_is_refused_at_submit_by_its_path() {
             "c.hcl:10:18: job.c.group.g.task.t.config.bundle: config.json: process.capabilities"
         ) && text.contains("process.capabilities"),
         "{text}"
+    );
+}
+
+#[test]
+fn a_writable_root_takes_the_tasks_writes_and_the_image_stays_as_it_was() {
+    require_root!();
+    if !static_busybox() {
+        eprintln!("skipped: no static {BUSYBOX} to make an image of");
+        return;
+    }
+    let r = rig();
+    let (agent, sb) = (&r.agent, &r.sb);
+    let dir = sb.scratch_dir().join("rw");
+    let script = "echo new > /data/note && echo changed > /data/old && cat /data/old /data/note \
+                  && grep -E '^[0-9]+ [0-9]+ [^ ]+ / / ' /proc/self/mountinfo";
+    let mut cfg = bundle(&dir, &["sh", "-c", script]);
+    // As `runc spec` writes a bundle: the root is not read-only.
+    cfg["root"]["readonly"] = json!(false);
+    write_bundle(&dir, &cfg);
+    let data = dir.join("rootfs/data");
+    fs::create_dir(&data).expect("rootfs/data");
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o777)).expect("chmod data");
+    fs::write(data.join("old"), "image\n").expect("data/old");
+    fs::set_permissions(data.join("old"), fs::Permissions::from_mode(0o666)).expect("chmod old");
+    let job = oci_job("w", &format!("        bundle = \"{}\"", dir.display()));
+    let id = agent.submit(&job).remove(0);
+    let t = wait_task(agent, &id, |t| t["state"] == "dead");
+    let out = logs(agent, &id);
+    assert_eq!(t["exit"]["exit_code"], 0, "{t:#}\n{out}");
+    assert!(out.starts_with("changed\nnew\n"), "{out}");
+    // The root is an overlay, nosuid and nodev.
+    let root_line = out.lines().nth(2).unwrap_or_default();
+    assert!(
+        root_line.contains("nosuid")
+            && root_line.contains("nodev")
+            && root_line.contains(" - overlay "),
+        "{root_line}"
+    );
+    // The image is as it was; the writes are in the task dir's upper dir.
+    assert_eq!(
+        fs::read_to_string(data.join("old")).expect("old"),
+        "image\n"
+    );
+    assert!(!data.join("note").exists());
+    let upper = alloc_dir(sb, &id).join("t/.tend-root/upper/data");
+    assert_eq!(
+        fs::read_to_string(upper.join("note")).expect("upper note"),
+        "new\n"
+    );
+    assert_eq!(
+        fs::read_to_string(upper.join("old")).expect("upper old"),
+        "changed\n"
     );
 }

@@ -170,6 +170,10 @@ pub struct TaskConfig {
     /// oci: a prepared root filesystem, run with `command` and `args`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
+    /// oci: the task writes its root (an overlay of the rootfs, which stays
+    /// as it is).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable: bool,
 }
 
 /// docker: one of `volumes`, written `"SOURCE:TARGET"` or `"SOURCE:TARGET:MODE"`.

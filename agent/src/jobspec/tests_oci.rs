@@ -49,14 +49,14 @@ fn oci_mistakes_are_located_and_named() {
         shown(&oci("        image = \"redis\"")),
         [
             "t.hcl:5:7: job.j.group.g.task.t.config: missing bundle or rootfs: the oci driver needs bundle = \"/path/to/bundle\" or rootfs = \"/path\" with command = \"...\"",
-            "t.hcl:6:9: job.j.group.g.task.t.config.image: \"image\" is not a field of the oci driver (oci accepts: bundle, rootfs, command, args)",
+            "t.hcl:6:9: job.j.group.g.task.t.config.image: \"image\" is not a field of the oci driver (oci accepts: bundle, rootfs, command, args, writable)",
         ]
     );
     assert_eq!(
         shown(&oci("        bundel = \"/srv/b\"")),
         [
             "t.hcl:5:7: job.j.group.g.task.t.config: missing bundle or rootfs: the oci driver needs bundle = \"/path/to/bundle\" or rootfs = \"/path\" with command = \"...\"",
-            "t.hcl:6:9: job.j.group.g.task.t.config.bundel: unknown attribute \"bundel\" (expected one of: image, command, args, hostname, labels, network_mode, dns_servers, dns_search_domains, port_map, ports, privileged, volumes, devices, cap_add, cap_drop, bundle, rootfs)",
+            "t.hcl:6:9: job.j.group.g.task.t.config.bundel: unknown attribute \"bundel\" (expected one of: image, command, args, hostname, labels, network_mode, dns_servers, dns_search_domains, port_map, ports, privileged, volumes, devices, cap_add, cap_drop, bundle, rootfs, writable)",
         ]
     );
     assert_eq!(

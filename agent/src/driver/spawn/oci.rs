@@ -116,7 +116,7 @@ pub fn oci_run(
             let command = tend_oci::container::resolve_command(&b)
                 .map_err(|e| field(task, "config.bundle", format!("{dir}: {e}")))?;
             let chroot = match &b.rootfs {
-                Some(r) => tend_oci::container::task_root(r, &b.binds),
+                Some(r) => tend_oci::container::task_root(r, &b.binds, b.writable),
                 None => {
                     return Err(bundle_field(
                         task,
@@ -140,6 +140,14 @@ pub fn oci_run(
         }
         (None, Some(rootfs)) => {
             let root = Path::new(rootfs);
+            let writable = task.config.writable;
+            if writable && rootfs.contains(tend_proto::config::OVERLAY_SPECIAL) {
+                return Err(field(
+                    task,
+                    "config.rootfs",
+                    format!("{rootfs:?}: a writable root's path may not hold ',', ':' or '\\'"),
+                ));
+            }
             if !root.is_dir() {
                 return Err(field(
                     task,
@@ -157,7 +165,7 @@ pub fn oci_run(
             Ok(OciRun {
                 isolation: Isolation {
                     user,
-                    chroot: Some(tend_oci::container::task_root(root, &[])),
+                    chroot: Some(tend_oci::container::task_root(root, &[], writable)),
                 },
                 command,
                 args: args.to_vec(),

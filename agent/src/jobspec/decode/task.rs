@@ -16,7 +16,7 @@ use crate::jobspec::tree::{Block, Item};
 /// Config fields every process driver takes.
 pub(super) const EXEC_CONFIG: &[&str] = &["command", "args"];
 /// Config fields of the oci driver: a bundle, or a rootfs with a command.
-pub(super) const OCI_CONFIG: &[&str] = &["bundle", "rootfs", "command", "args"];
+pub(super) const OCI_CONFIG: &[&str] = &["bundle", "rootfs", "command", "args", "writable"];
 /// Config fields of the docker driver.
 pub(super) const DOCKER_CONFIG: &[&str] = &[
     "image",
@@ -310,6 +310,10 @@ pub(super) fn decode_config(
             }
         }
     }
+    cfg.writable = v
+        .attr("writable")
+        .and_then(|a| boolean(c, &a.value, &sub(path, "writable")))
+        .unwrap_or(false);
     if driver == Some(Driver::Oci) {
         oci_config(c, b, &v, &cfg, path);
     }
@@ -367,6 +371,13 @@ fn oci_config(c: &mut Collector<'_>, b: &Block, v: &View<'_>, cfg: &TaskConfig, 
                         format!("\"{key}\" is not taken with a bundle: the command is its config.json's process.args"),
                     );
                 }
+            }
+            if let Some(a) = v.attr("writable") {
+                c.error(
+                    a.at,
+                    &sub(path, "writable"),
+                    "\"writable\" is not taken with a bundle: its config.json's root.readonly says",
+                );
             }
             if let (true, Some(dir)) = (c.on_this_host, &cfg.bundle) {
                 if let Err(e) = tend_oci::bundle::load(std::path::Path::new(dir)) {
