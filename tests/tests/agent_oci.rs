@@ -305,4 +305,23 @@ fn a_writable_root_takes_the_tasks_writes_and_the_image_stays_as_it_was() {
         fs::read_to_string(upper.join("old")).expect("upper old"),
         "changed\n"
     );
+
+    // The same image as a rootfs with `writable = true`.
+    let job = oci_job(
+        "wr",
+        &format!(
+            "        rootfs   = \"{}\"\n        writable = true\n        command  = \"/bin/sh\"\n        args     = [\"-c\", \"echo again > /data/old && cat /data/old\"]",
+            dir.join("rootfs").display()
+        ),
+    );
+    let id = agent.submit(&job).remove(0);
+    let t = wait_task(agent, &id, |t| t["state"] == "dead");
+    assert_eq!(t["exit"]["exit_code"], 0, "{t:#}\n{}", logs(agent, &id));
+    assert_eq!(logs(agent, &id), "again\n");
+    assert_eq!(
+        fs::read_to_string(data.join("old")).expect("old"),
+        "image\n"
+    );
+    let upper = alloc_dir(sb, &id).join("t/.tend-root/upper/data/old");
+    assert_eq!(fs::read_to_string(upper).expect("upper old"), "again\n");
 }
