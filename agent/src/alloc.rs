@@ -31,7 +31,7 @@ pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
     spawn::config::check_task(
         task,
         &inner.settings.chroot_env,
-        inner.settings.config.exec_allows_root(),
+        inner.settings.config.allows_root(task.driver.name()),
     )?;
     Ok(())
 }
@@ -79,15 +79,12 @@ pub(crate) fn prepare(inner: &Inner, mut record: AllocRecord) -> Result<AllocRec
                 });
             }
         }
-        if t.driver == Driver::Exec {
-            let user = t
-                .user
-                .as_deref()
-                .unwrap_or(spawn::config::DEFAULT_EXEC_USER);
+        if matches!(t.driver, Driver::Exec | Driver::Oci) {
+            let user = spawn::config::task_user(t);
             let (uid, gid) =
-                spawn::config::resolve_user(user).ok_or_else(|| AgentError::UnknownUser {
+                spawn::config::resolve_user(&user).ok_or_else(|| AgentError::UnknownUser {
                     task: t.name.clone(),
-                    user: user.to_string(),
+                    user: user.clone(),
                 })?;
             alloc
                 .prepare_for_user(&t.name, uid, gid)

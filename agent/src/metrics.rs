@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::state::{TaskPhase, TaskRecord};
 
 /// The drivers, in the order of the per-driver counters.
-pub const DRIVERS: [&str; 3] = ["raw_exec", "exec", "docker"];
+pub const DRIVERS: [&str; 4] = ["raw_exec", "exec", "docker", "oci"];
 
 /// Upper bounds (seconds) of the start-latency buckets: a process start is
 /// milliseconds, a container's can be seconds.
@@ -60,8 +60,8 @@ impl Histogram {
 /// What the agent counts as it goes.
 #[derive(Debug)]
 pub struct Metrics {
-    starts: [AtomicU64; 3],
-    start_failures: [AtomicU64; 3],
+    starts: [AtomicU64; DRIVERS.len()],
+    start_failures: [AtomicU64; DRIVERS.len()],
     start_seconds: Histogram,
     reattach: std::sync::Mutex<Option<ReattachFigures>>,
 }

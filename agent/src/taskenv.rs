@@ -89,7 +89,9 @@ impl TaskEnvInputs<'_> {
                 self.host_alloc_dir.display().to_string(),
                 self.host_task_dir.display().to_string(),
             ),
-            Driver::Exec | Driver::Docker => ("/alloc".to_string(), "/local".to_string()),
+            Driver::Exec | Driver::Docker | Driver::Oci => {
+                ("/alloc".to_string(), "/local".to_string())
+            }
         };
         let mut env = vec![
             ("TEND_ALLOC_DIR".to_string(), alloc_dir),
@@ -258,7 +260,8 @@ pub fn prepare_command(
 ) -> Result<TaskCommand, CommandError> {
     let args = config.args.iter().map(|a| interpolate(a, vars)).collect();
     let command = match &config.command {
-        None if driver == Driver::Docker => None,
+        // A container runs its image's command, a bundle its process.args.
+        None if matches!(driver, Driver::Docker | Driver::Oci) => None,
         None => return Err(CommandError::Missing),
         Some(written) => {
             let result = interpolate(written, vars);

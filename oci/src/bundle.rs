@@ -105,6 +105,9 @@ pub struct Bundle {
     pub rootfs: Option<PathBuf>,
     /// Bind mounts (all read-only).
     pub binds: Vec<BindMount>,
+    /// `root.readonly: false` with a rootfs: the task writes its root (an
+    /// overlay of the rootfs; the rootfs itself is never written).
+    pub writable: bool,
     /// The task's cgroup, when the bundle asks for limits or a path.
     pub cgroup: Option<Cgroup>,
 }
@@ -320,7 +323,7 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
             });
         }
     }
-    let rootfs = root(top.get("root"), dir)?;
+    let (rootfs, writable) = root(top.get("root"), dir)?;
     let binds = mounts(top.get("mounts"))?;
     if rootfs.is_none() && !binds.is_empty() {
         return Err(refuse("mounts", "need a root.path other than /"));
@@ -339,6 +342,7 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
         rlimits,
         rootfs,
         binds,
+        writable,
         cgroup,
     })
 }
@@ -366,7 +370,8 @@ pub fn rlimit_resource(kind: &str) -> Option<nix::sys::resource::Resource> {
     })
 }
 
-fn root(v: Option<&Value>, dir: &Path) -> Result<Option<PathBuf>, BundleError> {
+/// `root`: the rootfs (None: the host's root) and whether it is writable.
+fn root(v: Option<&Value>, dir: &Path) -> Result<(Option<PathBuf>, bool), BundleError> {
     let Some(v) = v else {
         return Err(refuse("root", "is missing"));
     };
@@ -384,16 +389,24 @@ fn root(v: Option<&Value>, dir: &Path) -> Result<Option<PathBuf>, BundleError> {
     // slurmstepd rewrites root.path against the bundle, so the host's root
     // may come as a path (a symlink) that resolves to it.
     if abs == Path::new("/") || std::fs::canonicalize(&abs).is_ok_and(|p| p == Path::new("/")) {
-        return Ok(None);
+        return Ok((None, false));
     }
-    // tend-spawn builds the root from read-only binds of the rootfs's entries.
-    if !readonly {
+    // A writable root is an overlay of the rootfs, whose path the kernel
+    // reads from a comma-separated option string.
+    if !readonly
+        && abs
+            .to_str()
+            .is_none_or(|p| p.contains(tend_proto::config::OVERLAY_SPECIAL))
+    {
         return Err(refuse(
-            "root.readonly",
-            "must be true: tend-spawn binds the rootfs read-only (docs/oci.md)",
+            "root.path",
+            format!(
+                "{}: a writable root's path may not hold ',', ':' or '\\'",
+                abs.display()
+            ),
         ));
     }
-    Ok(Some(abs))
+    Ok((Some(abs), !readonly))
 }
 
 fn mounts(v: Option<&Value>) -> Result<Vec<BindMount>, BundleError> {

@@ -13,7 +13,7 @@ use tend_proto::config::{
 };
 use tend_proto::{SpawnConfig, Token};
 
-use crate::bundle::Bundle;
+use crate::bundle::{BindMount, Bundle};
 
 /// The task's name inside its tend-spawn alloc.
 pub const TASK: &str = "task";
@@ -241,6 +241,43 @@ pub fn resolve_command(bundle: &Bundle) -> Result<String, ContainerError> {
     Err(ContainerError::NoCommand(arg0.clone()))
 }
 
+/// The task's own root for a rootfs and a bundle's binds, as tend-spawn
+/// builds it: a read-only bind of each top-level entry of the rootfs (but
+/// `proc`, `dev` and `tmp`, which tend-spawn makes, and `alloc` and `local`,
+/// which it binds from the alloc dir), then the binds over them; a
+/// `writable` root is the rootfs itself as the image of an overlay (a first
+/// bind onto `/`), the binds over it. The agent's `oci` driver builds its
+/// tasks' roots with this too.
+pub fn task_root(rootfs: &Path, binds: &[BindMount], writable: bool) -> ChrootSpec {
+    let mut out = Vec::new();
+    if writable {
+        out.push(Bind {
+            source: rootfs.display().to_string(),
+            target: "/".into(),
+        });
+    } else if let Ok(entries) = std::fs::read_dir(rootfs) {
+        let mut names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !matches!(n.as_str(), "proc" | "dev" | "tmp" | "alloc" | "local"))
+            .collect();
+        names.sort();
+        for n in names {
+            out.push(Bind {
+                source: rootfs.join(&n).display().to_string(),
+                target: format!("/{n}"),
+            });
+        }
+    }
+    for b in binds {
+        out.push(Bind {
+            source: b.source.clone(),
+            target: b.destination.clone(),
+        });
+    }
+    ChrootSpec { binds: out }
+}
+
 /// The spawn config that runs `bundle` as the task of `c`. `privileged`
 /// (the runtime runs as root): the task runs as `process.user` and, when the
 /// bundle has a rootfs, in a root of its own; else it runs as the caller in
@@ -251,32 +288,10 @@ pub fn spawn_config(
     privileged: bool,
 ) -> Result<SpawnConfig, ContainerError> {
     let command = resolve_command(bundle)?;
-    let chroot = bundle.rootfs.as_ref().map(|rootfs| {
-        let mut binds = Vec::new();
-        // The rootfs's top-level entries make the task's root (read-only);
-        // the bundle's binds go over them.
-        if let Ok(entries) = std::fs::read_dir(rootfs) {
-            let mut names: Vec<String> = entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !matches!(n.as_str(), "proc" | "dev" | "tmp" | "alloc" | "local"))
-                .collect();
-            names.sort();
-            for n in names {
-                binds.push(Bind {
-                    source: rootfs.join(&n).display().to_string(),
-                    target: format!("/{n}"),
-                });
-            }
-        }
-        for b in &bundle.binds {
-            binds.push(Bind {
-                source: b.source.clone(),
-                target: b.destination.clone(),
-            });
-        }
-        ChrootSpec { binds }
-    });
+    let chroot = bundle
+        .rootfs
+        .as_ref()
+        .map(|rootfs| task_root(rootfs, &bundle.binds, bundle.writable));
     let isolation = privileged.then(|| Isolation {
         ids: None,
         user: bundle.uid.to_string(),
@@ -358,7 +373,7 @@ fn libc_sigterm() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::{BindMount, Cgroup};
+    use crate::bundle::Cgroup;
 
     fn bundle(rootfs: &Path) -> Bundle {
         Bundle {
@@ -374,6 +389,7 @@ mod tests {
                 source: "/usr".into(),
                 destination: "/usr".into(),
             }],
+            writable: false,
             cgroup: None,
         }
     }

@@ -58,6 +58,14 @@ impl Policy {
                     ),
                 ));
             };
+            // A writable root's upper dir is named by path in the alloc
+            // dir, which is the caller's here: never mounted for a caller.
+            if ch.writable_root().is_some() {
+                return Err(self.refuse(
+                    "isolation.chroot.binds[0]",
+                    "a writable root (an overlay of an image) needs tend-spawn run by root, not setuid".into(),
+                ));
+            }
             for b in &ch.binds {
                 self.check_chroot_source(&b.source)?;
             }

@@ -698,3 +698,14 @@ fn load_checks_the_chain() {
         "{e}"
     );
 }
+
+#[test]
+fn a_writable_root_is_refused_in_setuid_mode() {
+    let t = Tree::new();
+    let mut c = t.config();
+    let binds = &mut c.isolation.as_mut().unwrap().chroot.as_mut().unwrap().binds;
+    binds[0].target = "/".into();
+    let r = t.policy().check_with(&t.caller(), &c, &Fake).unwrap_err();
+    assert_eq!(r.rule, "isolation.chroot.binds[0]");
+    assert!(r.reason.contains("writable root"), "{r}");
+}

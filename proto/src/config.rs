@@ -30,7 +30,9 @@ impl Default for LogConfig {
     }
 }
 
-/// One read-only bind of a host path into the task's root.
+/// One read-only bind of a host path into the task's root; or, as the first
+/// of [`ChrootSpec::binds`] with the target `/`, the image of a writable root
+/// (see [`ChrootSpec::writable_root`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bind {
     /// Host path (absolute).
@@ -42,8 +44,27 @@ pub struct Bind {
 /// The task's own root: a private mount namespace and a chroot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChrootSpec {
-    /// Host paths bound read-only, nosuid, nodev (the `chroot_env`).
+    /// Host paths bound read-only, nosuid, nodev (the `chroot_env`). A first
+    /// entry with the target `/` makes the root writable instead of a tmpfs
+    /// of binds: an overlay of its source (never written) with the upper dir
+    /// in the task dir.
     pub binds: Vec<Bind>,
+}
+
+/// Bytes a writable root's image path may not hold: overlayfs's option
+/// separators and its escape.
+pub const OVERLAY_SPECIAL: [char; 3] = [',', ':', '\\'];
+
+impl ChrootSpec {
+    /// The image of a writable root: the source of a first bind onto `/`.
+    /// (A target once refused, so a tend-spawn that predates it refuses it
+    /// too, and the frozen encoding stays as it was.)
+    pub fn writable_root(&self) -> Option<&str> {
+        self.binds
+            .first()
+            .filter(|b| b.target == "/")
+            .map(|b| b.source.as_str())
+    }
 }
 
 /// The task's cgroup.
@@ -309,10 +330,16 @@ impl SpawnConfig {
                 for (i, b) in ch.binds.iter().enumerate() {
                     absolute(&format!("isolation.chroot.binds[{i}].source"), &b.source)?;
                     absolute(&format!("isolation.chroot.binds[{i}].target"), &b.target)?;
-                    if b.target == "/" {
+                    if b.target == "/" && i > 0 {
                         return Err(bad(
                             &format!("isolation.chroot.binds[{i}].target"),
-                            "cannot bind over the task's root",
+                            "cannot bind over the task's root (only the first bind, the image of a writable root, may)",
+                        ));
+                    }
+                    if b.target == "/" && b.source.contains(OVERLAY_SPECIAL) {
+                        return Err(bad(
+                            &format!("isolation.chroot.binds[{i}].source"),
+                            "the image of a writable root may not hold ',', ':' or '\\'",
                         ));
                     }
                 }
@@ -497,5 +524,34 @@ mod tests {
             options: CgroupOptions::default(),
         });
         assert_eq!(c.validate().unwrap_err().field, "cgroup.daemon_path");
+    }
+
+    #[test]
+    fn only_a_first_bind_onto_the_root_makes_it_writable() {
+        let bind = |source: &str, target: &str| Bind {
+            source: source.into(),
+            target: target.into(),
+        };
+        let mut c = example("/tmp/a", "/tmp/s.sock");
+        let mut spec = ChrootSpec {
+            binds: vec![bind("/srv/image", "/"), bind("/usr", "/usr")],
+        };
+        assert_eq!(spec.writable_root(), Some("/srv/image"));
+        c.isolation = Some(Isolation {
+            ids: None,
+            user: "nobody".into(),
+            chroot: Some(spec.clone()),
+        });
+        c.validate().unwrap();
+        spec.binds.swap(0, 1);
+        assert_eq!(spec.writable_root(), None);
+        c.isolation.as_mut().unwrap().chroot = Some(spec);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "isolation.chroot.binds[1].target");
+        c.isolation.as_mut().unwrap().chroot = Some(ChrootSpec {
+            binds: vec![bind("/srv/a,upperdir=/etc", "/")],
+        });
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "isolation.chroot.binds[0].source");
     }
 }

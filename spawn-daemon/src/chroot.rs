@@ -22,6 +22,14 @@
 //! at a time when they are made; the child opens them again the same way after
 //! `unshare` and mounts onto `/proc/self/fd/N`. A planted symlink there makes
 //! the start fail; it never makes root create or mount anything on the host.
+//!
+//! A writable root (a first bind onto `/`, [`ChrootSpec::writable_root`]) is
+//! an overlay instead of the tmpfs: the image as its lower dir, never
+//! written, and the upper and work dirs in `<task>/.tend-root/` on the
+//! host, made here beneath the alloc dir without following symlinks; it is
+//! nosuid, nodev and stays writable. Its mount points may already be in the
+//! image, so the child makes each one from its parent opened beneath the
+//! root without following symlinks (an image's symlink fails the start).
 
 use std::ffi::CString;
 use std::io;
@@ -37,6 +45,9 @@ use crate::sys;
 
 /// The device nodes bound into every task root.
 pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The dir of a writable root's upper and work dirs, in the task dir.
+pub const OVERLAY_DIR: &str = ".tend-root";
 
 /// Options of the tmpfs that becomes the task root: it only ever holds empty
 /// mount points, and it is read-only once they are mounted on.
@@ -299,7 +310,12 @@ pub fn plan(
     };
     let mut out = Vec::new();
     let mut sys_targets = Vec::new();
-    for b in &spec.binds {
+    // The image of a writable root is the root itself, not a mount in it.
+    for b in spec
+        .binds
+        .iter()
+        .skip(usize::from(spec.writable_root().is_some()))
+    {
         let target = relative(&b.target);
         let file = host.is_file(&b.source);
         out.push(PlannedMount::bind(
@@ -440,6 +456,10 @@ pub struct MountOp {
 pub struct MountPoint {
     /// Relative to the task root, no `.` or `..` components ("usr/lib").
     pub path: CString,
+    /// Its parent, the same way ("usr"; "." for the root).
+    pub parent: CString,
+    /// Its last component ("lib").
+    pub name: CString,
     /// An empty file (the mount point of a bound file), not a dir.
     pub file: bool,
 }
@@ -457,6 +477,9 @@ pub struct PreparedRoot {
     pub root: CString,
     /// The tmpfs options of the root (see [`ROOT_TMPFS_OPTIONS`]).
     pub tmpfs_options: CString,
+    /// A writable root: the overlay's options (`lowerdir=IMAGE,upperdir=..,
+    /// workdir=..`), mounted over the task dir in place of the tmpfs.
+    pub overlay: Option<CString>,
     /// The mount points, parents first.
     pub creates: Vec<MountPoint>,
     /// The mounts, in order.
@@ -513,6 +536,31 @@ pub fn prepare(
     let root = mkdir_beneath(alloc, &config.task).map_err(err(&config.task))?;
     let in_root = |rel: &str| format!("{}/{rel}", config.task);
     mkdir_beneath(root.as_fd(), "local").map_err(err(&in_root("local")))?;
+    let overlay = match spec.writable_root() {
+        Some(image) => {
+            let rel = format!("{OVERLAY_DIR}/upper");
+            mkdir_beneath(root.as_fd(), &rel).map_err(err(&in_root(&rel)))?;
+            let rel = format!("{OVERLAY_DIR}/work");
+            mkdir_beneath(root.as_fd(), &rel).map_err(err(&in_root(&rel)))?;
+            // The option string is parsed by the kernel: the alloc dir's
+            // path (the image's is checked by validate) holds no separator.
+            if config
+                .alloc_dir
+                .contains(tend_proto::config::OVERLAY_SPECIAL)
+            {
+                return Err(ChrootError {
+                    path: host.clone(),
+                    source: io::Error::from_raw_os_error(libc::EINVAL),
+                });
+            }
+            let dir = host.join(&config.task).join(OVERLAY_DIR);
+            let dir = dir.display();
+            Some(cstr(&format!(
+                "lowerdir={image},upperdir={dir}/upper,workdir={dir}/work"
+            ))?)
+        }
+        None => None,
+    };
     let planned = plan(config, spec, root_user, host_facts);
     let mut creates: Vec<MountPoint> = Vec::new();
     let mut made = std::collections::HashSet::new();
@@ -532,8 +580,15 @@ pub fn prepare(
                 let path = comps[..i].join("/");
                 let file = i == comps.len() && m.file;
                 if made.insert(path.clone()) {
+                    let parent = if i == 1 {
+                        ".".to_string()
+                    } else {
+                        comps[..i - 1].join("/")
+                    };
                     creates.push(MountPoint {
                         path: cstr(&path)?,
+                        parent: cstr(&parent)?,
+                        name: cstr(comps[i - 1])?,
                         file,
                     });
                 }
@@ -575,6 +630,7 @@ pub fn prepare(
         alloc_dir: cstr(&config.alloc_dir)?,
         root: cstr(&config.task)?,
         tmpfs_options: cstr(ROOT_TMPFS_OPTIONS)?,
+        overlay,
         creates,
         ops,
     })

@@ -1110,6 +1110,82 @@ pub fn parse_reply(bytes: &[u8]) -> std::io::Result<HttpReply> {
     })
 }
 
+/// How many cgroup parents this process made.
+static PARENTS: AtomicU32 = AtomicU32::new(0);
+
+/// A cgroup parent of this test alone; on drop everything in it is killed and
+/// every dir under it removed, in every hierarchy.
+pub struct CgroupParent {
+    /// Its path relative to each hierarchy's root.
+    pub name: String,
+}
+
+impl Default for CgroupParent {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CgroupParent {
+    /// A new one, named after this process.
+    pub fn new() -> CgroupParent {
+        let n = PARENTS.fetch_add(1, Ordering::Relaxed);
+        CgroupParent {
+            name: format!("tend-test-{}-{n}", std::process::id()),
+        }
+    }
+
+    /// Every dir at or under `rel` in every hierarchy, deepest first.
+    pub fn dirs_under(rel: &str) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        walk(&e.path(), out);
+                    }
+                }
+            }
+            out.push(dir.to_path_buf());
+        }
+        let mut out = Vec::new();
+        for m in cgroup_mounts() {
+            let top = m.join(rel);
+            if top.is_dir() {
+                walk(&top, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Whether any dir of `rel` exists in any hierarchy.
+    pub fn exists(rel: &str) -> bool {
+        cgroup_mounts().iter().any(|m| m.join(rel).exists())
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let dirs = CgroupParent::dirs_under(&self.name);
+            if dirs.is_empty() {
+                return;
+            }
+            for d in &dirs {
+                if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
+                    for pid in text.split_whitespace().filter_map(|p| p.parse().ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+                let _ = fs::remove_dir(d);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// An OCI bundle's config.json running `args` as root in a root of its own:
 /// an empty `BUNDLE/rootfs` (its mount points made here) with this host's
 /// /bin, /lib, /lib64 and /usr bound read-only over it.

@@ -28,7 +28,10 @@ const LONG: Duration = Duration::from_secs(30);
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const MB: u64 = 1024 * 1024;
 
-use tend_tests::cgroup_mounts;
+use tend_tests::CgroupParent;
+
+/// Numbers the job and output files of this process.
+static FILES: AtomicU32 = AtomicU32::new(0);
 
 /// The dir holding memory files of a cgroup path, and the name of its limit file.
 fn memory_limit_file(rel: &str) -> PathBuf {
@@ -46,73 +49,6 @@ fn pids_dir(rel: &str) -> PathBuf {
         root.join(rel)
     } else {
         root.join("pids").join(rel)
-    }
-}
-
-static PARENTS: AtomicU32 = AtomicU32::new(0);
-
-/// A cgroup parent of this test alone; on drop everything in it is killed and
-/// every dir under it removed, in every hierarchy.
-struct CgroupParent {
-    name: String,
-}
-
-impl CgroupParent {
-    fn new() -> CgroupParent {
-        let n = PARENTS.fetch_add(1, Ordering::Relaxed);
-        CgroupParent {
-            name: format!("tend-test-{}-{n}", std::process::id()),
-        }
-    }
-
-    /// Every dir at or under `rel` in every hierarchy, deepest first.
-    fn dirs_under(rel: &str) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            if let Ok(rd) = fs::read_dir(dir) {
-                for e in rd.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        walk(&e.path(), out);
-                    }
-                }
-            }
-            out.push(dir.to_path_buf());
-        }
-        let mut out = Vec::new();
-        for m in cgroup_mounts() {
-            let top = m.join(rel);
-            if top.is_dir() {
-                walk(&top, &mut out);
-            }
-        }
-        out
-    }
-
-    /// Whether any dir of `rel` exists in any hierarchy.
-    fn exists(rel: &str) -> bool {
-        cgroup_mounts().iter().any(|m| m.join(rel).exists())
-    }
-}
-
-impl Drop for CgroupParent {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            let dirs = CgroupParent::dirs_under(&self.name);
-            if dirs.is_empty() {
-                return;
-            }
-            for d in &dirs {
-                if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
-                    for pid in text.split_whitespace().filter_map(|p| p.parse().ok()) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-                let _ = fs::remove_dir(d);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }
 
@@ -881,10 +817,9 @@ fn tend(sb: &Sandbox, job: &str, parent: Option<&CgroupParent>) -> std::process:
 /// The `tend run` command of `job` (written to a file of its own), with the
 /// sandbox's dirs and `cgroup_parent`.
 fn tend_command(sb: &Sandbox, job: &str, cgroup_parent: &str) -> Command {
-    let file = sb.data_dir().join(format!(
-        "job-{}.hcl",
-        PARENTS.fetch_add(1, Ordering::Relaxed)
-    ));
+    let file = sb
+        .data_dir()
+        .join(format!("job-{}.hcl", FILES.fetch_add(1, Ordering::Relaxed)));
     fs::write(&file, job).unwrap();
     let mut cmd = Command::new(tend_tests::bin("tend"));
     cmd.arg("run")
@@ -1458,7 +1393,7 @@ impl Background {
         more(&mut cmd);
         let stderr = sb.data_dir().join(format!(
             "tend-run-{}.stderr",
-            PARENTS.fetch_add(1, Ordering::Relaxed)
+            FILES.fetch_add(1, Ordering::Relaxed)
         ));
         let child = cmd
             .stdout(Stdio::null())

@@ -213,6 +213,37 @@ fn run_passes_its_stdin_to_the_task_and_lets_its_daemon_go() {
     assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
 }
 
+/// A bundle as `runc spec` leaves the root (`readonly: false`): the task
+/// writes its root, the rootfs is not written, delete removes the writes.
+#[test]
+fn a_root_that_is_not_read_only_is_written_through_an_overlay() {
+    require_root!();
+    let script = "echo written > /etc/note && mkdir /made && cat /etc/note";
+    let o = Oci::new(&["sh", "-c", script]);
+    let mut config = o.config(&["sh", "-c", script]);
+    config["root"]["readonly"] = serde_json::json!(false);
+    o.write_config(&config);
+    let out = o.run("w1").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "written\n");
+    let rootfs = o.bundle().join("rootfs");
+    assert!(!rootfs.join("etc/note").exists() && !rootfs.join("made").exists());
+    let upper = o.root().join("w1/task/.tend-root/upper");
+    assert_eq!(
+        fs::read_to_string(upper.join("etc/note")).unwrap(),
+        "written\n"
+    );
+    assert!(upper.join("made").is_dir());
+    let del = o.cmd("delete", &["w1"]).output().unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
 #[test]
 fn state_and_kill_from_another_process() {
     require_root!();

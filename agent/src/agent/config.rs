@@ -186,7 +186,7 @@ pub enum ConfigError {
 }
 
 /// The drivers the agent knows.
-pub const DRIVERS: [&str; 3] = ["raw_exec", "exec", "docker"];
+pub const DRIVERS: [&str; 4] = ["raw_exec", "exec", "docker", "oci"];
 
 impl AgentConfig {
     /// Parse the text of a configuration file; `path` names it in errors.
@@ -272,6 +272,12 @@ impl AgentConfig {
     /// Whether exec tasks may run as root (`plugin "exec" { allow_root = true }`).
     pub fn exec_allows_root(&self) -> bool {
         self.plugin.get("exec").is_some_and(|p| p.allow_root)
+    }
+
+    /// Whether tasks of `driver` may run as root (`plugin "exec" { allow_root
+    /// = true }`, `plugin "oci" { allow_root = true }`).
+    pub fn allows_root(&self, driver: &str) -> bool {
+        self.plugin.get(driver).is_some_and(|p| p.allow_root)
     }
 
     /// Whether tasks may use `driver`.

@@ -310,7 +310,9 @@ impl Agent {
         // in one line, rather than at every task's start. A non-root agent
         // goes through a setuid tend-spawn, whose policy and `tend doctor`
         // own that question.
-        if settings.config.driver_enabled("exec") && nix::unistd::geteuid().is_root() {
+        let isolating =
+            settings.config.driver_enabled("exec") || settings.config.driver_enabled("oci");
+        if isolating && nix::unistd::geteuid().is_root() {
             tend_cgroup::Hierarchies::detect()
                 .and_then(|h| h.check_parent(&settings.cgroup_parent))
                 .map_err(AgentError::ExecCgroup)?;
@@ -349,6 +351,7 @@ impl Agent {
                 chroot_env: settings.chroot_env.clone(),
                 cgroup_parent: settings.cgroup_parent.clone(),
                 allow_root: settings.config.exec_allows_root(),
+                oci_allow_root: settings.config.allows_root("oci"),
                 cpu_total_compute: settings.config.cpu_total_compute,
                 linger: settings.linger,
             }),

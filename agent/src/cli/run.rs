@@ -95,6 +95,7 @@ fn embedded_settings(opts: &RunOptions, job: &Job) -> anyhow::Result<Settings> {
         jobspec::Driver::RawExec,
         jobspec::Driver::Exec,
         jobspec::Driver::Docker,
+        jobspec::Driver::Oci,
     ] {
         let used = job
             .groups

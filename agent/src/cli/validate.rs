@@ -18,12 +18,13 @@ use crate::jobspec::{parse_file_on_this_host, CheckKind, Job, Task};
 pub fn run_validate(path: &Path, agent: Option<&AgentConfig>, out: &mut dyn Write) -> i32 {
     let text = match parse_file_on_this_host(path) {
         Ok(job) => {
-            let allow_root = agent.is_some_and(AgentConfig::exec_allows_root);
+            // Per driver: `plugin "exec"` and `plugin "oci"` each say.
+            let allow_root = |t: &Task| agent.is_some_and(|a| a.allows_root(t.driver.name()));
             let refused: Vec<String> = job
                 .groups
                 .iter()
                 .flat_map(|g| &g.tasks)
-                .filter_map(|t| check_exec_root(t, allow_root).err())
+                .filter_map(|t| check_exec_root(t, allow_root(t)).err())
                 .map(|e| format!("{}: {e}\n", path.display()))
                 .collect();
             if refused.is_empty() {

@@ -396,7 +396,9 @@ impl Drivers {
     /// The driver of a task.
     pub fn for_task(&self, task: &Task) -> Result<AnyDriver, RunError> {
         match task.driver {
-            Driver::RawExec | Driver::Exec => Ok(AnyDriver::Spawn(self.spawn.clone())),
+            Driver::RawExec | Driver::Exec | Driver::Oci => {
+                Ok(AnyDriver::Spawn(self.spawn.clone()))
+            }
             Driver::Docker => self.docker(),
         }
     }

@@ -120,3 +120,5 @@ fn parse(src: &str, file_name: &str, on_this_host: bool) -> Result<Job, Diagnost
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_oci;

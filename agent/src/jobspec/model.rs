@@ -82,6 +82,9 @@ pub enum Driver {
     Exec,
     /// A container through the Docker Engine API.
     Docker,
+    /// A runtime-spec bundle or a prepared root filesystem, run under
+    /// tend-spawn's isolation as exec runs a command (docs/oci.md).
+    Oci,
 }
 
 impl Driver {
@@ -91,6 +94,7 @@ impl Driver {
             Driver::RawExec => "raw_exec",
             Driver::Exec => "exec",
             Driver::Docker => "docker",
+            Driver::Oci => "oci",
         }
     }
 }
@@ -249,6 +253,16 @@ pub struct TaskConfig {
     /// docker: capabilities dropped, by canonical name (`NET_ADMIN`, or `ALL`).
     #[serde(default)]
     pub cap_drop: Vec<String>,
+    /// oci: a runtime-spec bundle dir (config.json and its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+    /// oci: a prepared root filesystem, run with `command` and `args`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
+    /// oci: the task writes its root (an overlay of the rootfs, which stays
+    /// as it is).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable: bool,
 }
 
 /// docker: one of `volumes`, written `"SOURCE:TARGET"` or `"SOURCE:TARGET:MODE"`.

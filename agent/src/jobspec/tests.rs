@@ -370,7 +370,7 @@ fn unknown_driver() {
         4,
         16,
         "job.j.group.g.task.t.driver",
-        "unknown driver \"podman\" (expected one of: raw_exec, exec, docker)",
+        "unknown driver \"podman\" (expected one of: raw_exec, exec, docker, oci)",
     );
 }
 

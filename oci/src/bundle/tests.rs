@@ -52,6 +52,23 @@ fn maps_process_root_and_binds() {
         }]
     );
     assert_eq!(b.rlimits[0].kind, "RLIMIT_NOFILE");
+    assert!(!b.writable);
+}
+
+#[test]
+fn a_root_that_is_not_read_only_is_a_writable_one() {
+    let mut d = base();
+    d["root"]["readonly"] = json!(false);
+    let b = map(Path::new("/b"), &d).unwrap();
+    assert!(b.writable);
+    assert_eq!(b.rootfs.as_deref(), Some(Path::new("/b/rootfs")));
+    // Without the key, as `runc spec` writes it: false.
+    d["root"] = json!({ "path": "rootfs" });
+    assert!(map(Path::new("/b"), &d).unwrap().writable);
+    // The host's root is never written through this.
+    d["root"] = json!({ "path": "/" });
+    d["mounts"] = json!([]);
+    assert!(!map(Path::new("/b"), &d).unwrap().writable);
 }
 
 #[test]
@@ -160,8 +177,10 @@ fn refusals_name_the_field() {
             "config.json: mounts[1].type: \"proc\" at /sys is not supported",
         ),
         (
-            Box::new(|d| d["root"]["readonly"] = json!(false)),
-            "config.json: root.readonly: must be true",
+            Box::new(|d| {
+                d["root"] = json!({ "path": "root,fs", "readonly": false });
+            }),
+            "config.json: root.path: /b/root,fs: a writable root's path may not hold",
         ),
         (
             Box::new(|d| d["process"]["rlimits"][0]["type"] = json!("RLIMIT_NOPE")),

@@ -7,12 +7,15 @@
 //! read-only or nosuid,nodev all the way down with mount_setattr, the
 //! task's /proc mounted from inside its pid namespace and its kernel knobs
 //! covered), the tmpfs turns read-only, then `fchdir` + `chroot(".")`.
+//! A writable root is an overlay of its image in place of the tmpfs (its
+//! mount points made beneath it without following symlinks, and it stays
+//! writable).
 //!
 //! Between fork and exec: every call goes through [`super::raw`]
 //! (async-signal-safe, no allocation); fds are raw numbers on the stack and
 //! paths were built before the fork or are written into stack buffers.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, CStr};
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
@@ -107,8 +110,20 @@ pub(super) fn enter_root(root: &PreparedRoot) -> Result<(), Failed> {
             .at_item(Stage::Mount, item(i))?;
         n_sources += 1;
     }
-    let root_fd = mount_tmpfs_root(root, alloc_fd).at(Stage::Mount)?;
-    make_mount_points(root, root_fd).at(Stage::Mount)?;
+    let root_fd = match &root.overlay {
+        Some(options) => {
+            let fd =
+                mount_root(root, alloc_fd, c"overlay", options, OVERLAY_FLAGS).at(Stage::Mount)?;
+            make_mount_points_in_image(root, fd).at(Stage::Mount)?;
+            fd
+        }
+        None => {
+            let fd = mount_root(root, alloc_fd, c"tmpfs", &root.tmpfs_options, TMPFS_FLAGS)
+                .at(Stage::Mount)?;
+            make_mount_points(root, fd).at(Stage::Mount)?;
+            fd
+        }
+    };
     let mut next_source = 0;
     for (i, op) in root.ops.iter().enumerate() {
         let source = if op.kind == SourceKind::InAlloc {
@@ -119,21 +134,19 @@ pub(super) fn enter_root(root: &PreparedRoot) -> Result<(), Failed> {
         };
         mount_one(root_fd, op, source).at_item(Stage::Mount, item(i))?;
     }
-    // The tmpfs read-only: the task writes only to /local and /alloc.
-    let mut buf = [0u8; FD_PATH_LEN];
-    raw::mount(
-        NULL,
-        fd_path(&mut buf, root_fd),
-        NULL,
-        libc::MS_REMOUNT
-            | libc::MS_BIND
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC,
-        NULL,
-    )
-    .at(Stage::Mount)?;
+    // The tmpfs read-only: the task writes only to /local and /alloc (and,
+    // in a writable root, to the overlay's upper dir).
+    if root.overlay.is_none() {
+        let mut buf = [0u8; FD_PATH_LEN];
+        raw::mount(
+            NULL,
+            fd_path(&mut buf, root_fd),
+            NULL,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | TMPFS_FLAGS,
+            NULL,
+        )
+        .at(Stage::Mount)?;
+    }
     raw::chroot_to(root_fd).at(Stage::Chroot)?;
     raw::close(root_fd);
     raw::close(alloc_fd);
@@ -151,17 +164,29 @@ fn open_alloc_dir(root: &PreparedRoot) -> Sys<RawFd> {
     Ok(fd)
 }
 
-/// A tmpfs over the task dir, seen only in this namespace: the root, opened
-/// again so the fd is the tmpfs (checked: never make mount points on disk).
-fn mount_tmpfs_root(root: &PreparedRoot, alloc_fd: RawFd) -> Sys<RawFd> {
+/// The tmpfs root: it holds only mount points, so nothing in it runs.
+const TMPFS_FLAGS: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+/// The overlay root: the image's programs run from it.
+const OVERLAY_FLAGS: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
+
+/// A tmpfs (or a writable root's overlay) over the task dir, seen only in
+/// this namespace: the root, opened again so the fd is the new mount
+/// (checked: never make mount points on disk).
+fn mount_root(
+    root: &PreparedRoot,
+    alloc_fd: RawFd,
+    fstype: &CStr,
+    options: &CStr,
+    flags: libc::c_ulong,
+) -> Sys<RawFd> {
     let disk_root = raw::open_beneath(alloc_fd, root.root.as_ptr(), libc::O_DIRECTORY)?;
     let mut buf = [0u8; FD_PATH_LEN];
     raw::mount(
         c"tend-root".as_ptr(),
         fd_path(&mut buf, disk_root),
-        c"tmpfs".as_ptr(),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        root.tmpfs_options.as_ptr(),
+        fstype.as_ptr(),
+        flags,
+        options.as_ptr(),
     )?;
     let (disk_dev, _) = raw::dev_ino(disk_root)?;
     raw::close(disk_root);
@@ -182,6 +207,30 @@ fn make_mount_points(root: &PreparedRoot, root_fd: RawFd) -> Sys {
             raw::close(raw::openat(root_fd, &mp.path, flags, 0o644)?);
         } else {
             raw::mkdirat(root_fd, &mp.path, 0o755)?;
+        }
+    }
+    Ok(())
+}
+
+/// The mount points in a writable root, parents first. The image may hold
+/// them already, or a symlink in their place: each is made (or found) from
+/// its parent opened beneath the root without following a symlink; one that
+/// exists is taken as it is (the mount opens it beneath the root without
+/// following a symlink, so a symlink there fails the start, ELOOP).
+fn make_mount_points_in_image(root: &PreparedRoot, root_fd: RawFd) -> Sys {
+    raw::umask(0o022);
+    for mp in &root.creates {
+        let parent = raw::open_beneath(root_fd, mp.parent.as_ptr(), libc::O_DIRECTORY)?;
+        let made = if mp.file {
+            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW;
+            raw::openat(parent, &mp.name, flags, 0o644).map(raw::close)
+        } else {
+            raw::mkdirat(parent, &mp.name, 0o755)
+        };
+        raw::close(parent);
+        match made {
+            Err(Errno::EEXIST) | Ok(()) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

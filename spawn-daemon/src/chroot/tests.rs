@@ -193,13 +193,20 @@ fn mkdir_beneath_makes_0755_dirs_and_refuses_symlinks() {
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
 
-#[test]
-fn prepare_makes_only_alloc_and_local_on_disk_and_lists_mount_points() {
+/// An empty alloc dir `a1` in a temp dir (kept while the first is) and the
+/// config of its task `t`.
+fn task_t_in_alloc() -> (tempfile::TempDir, PathBuf, SpawnConfig) {
     let tmp = tempfile::tempdir().unwrap();
     let alloc_dir = tmp.path().join("a1");
     std::fs::create_dir_all(&alloc_dir).unwrap();
     let mut c = tend_proto::config::example(alloc_dir.to_str().unwrap(), "/run/s");
     c.task = "t".into();
+    (tmp, alloc_dir, c)
+}
+
+#[test]
+fn prepare_makes_only_alloc_and_local_on_disk_and_lists_mount_points() {
+    let (_tmp, alloc_dir, c) = task_t_in_alloc();
     let spec = ChrootSpec {
         binds: vec![
             Bind {
@@ -288,4 +295,63 @@ fn prepare_refuses_a_planted_local_symlink_and_a_climbing_target() {
     let e = prepare(&c, &spec, fd.as_fd(), false, &FakeHost::new(true)).unwrap_err();
     assert_eq!(e.source.raw_os_error(), Some(libc::EINVAL), "{e}");
     assert!(!alloc_dir.join("x").exists());
+}
+
+#[test]
+fn a_writable_root_is_an_overlay_of_its_image_with_the_upper_dir_in_the_task_dir() {
+    let (_tmp, alloc_dir, c) = task_t_in_alloc();
+    let spec = ChrootSpec {
+        binds: vec![
+            Bind {
+                source: "/srv/image".into(),
+                target: "/".into(),
+            },
+            Bind {
+                source: "/usr".into(),
+                target: "/usr/lib".into(),
+            },
+        ],
+    };
+    let fd = open_dir(&alloc_dir);
+    let r = prepare(&c, &spec, fd.as_fd(), false, &FakeHost::new(true)).unwrap();
+    let task = alloc_dir.join("t/.tend-root");
+    assert_eq!(
+        r.overlay.as_deref().unwrap().to_str().unwrap(),
+        format!(
+            "lowerdir=/srv/image,upperdir={0}/upper,workdir={0}/work",
+            task.display()
+        )
+    );
+    // The image is the root, not a mount in it: the first mount is the bind.
+    assert_eq!(r.ops[0].shown, "/usr on /usr/lib");
+    assert!(r.ops.iter().all(|o| !o.target.is_empty()));
+    // Each mount point names its parent and its own name.
+    let parts: Vec<(&str, &str)> = r
+        .creates
+        .iter()
+        .take(2)
+        .map(|m| (m.parent.to_str().unwrap(), m.name.to_str().unwrap()))
+        .collect();
+    assert_eq!(parts, [(".", "usr"), ("usr", "lib")]);
+    let mut on_disk: Vec<String> = walk(&alloc_dir);
+    on_disk.sort();
+    assert_eq!(
+        on_disk,
+        [
+            "alloc",
+            "t",
+            "t/.tend-root",
+            "t/.tend-root/upper",
+            "t/.tend-root/work",
+            "t/local"
+        ]
+    );
+    // A read-only root has no overlay.
+    let ro = ChrootSpec {
+        binds: spec.binds[1..].to_vec(),
+    };
+    assert!(prepare(&c, &ro, fd.as_fd(), false, &FakeHost::new(true))
+        .unwrap()
+        .overlay
+        .is_none());
 }

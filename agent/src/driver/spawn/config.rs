@@ -10,6 +10,8 @@ use tend_proto::config::{
 use tend_proto::{SpawnConfig, Token};
 
 use super::super::DriverError;
+pub use super::oci::task_user;
+use super::oci::{merge_env, oci_run, tighten, OciRun};
 use crate::jobspec::{Driver, Task};
 use crate::paths::{AllocDir, Dirs};
 
@@ -114,25 +116,38 @@ pub fn resolve_user(user: &str) -> Option<(u32, u32)> {
         .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
 }
 
+/// `user`'s ids as the host's NSS gives them, for tend-spawn to take as
+/// they are (see [`Isolation::ids`]).
+pub fn ids_of(user: &str) -> Option<TaskIds> {
+    resolve_user(user).map(|(uid, gid)| TaskIds { uid, gid })
+}
+
 /// The agent config option that lets exec tasks run as root.
 pub const ALLOW_ROOT_OPTION: &str = "plugin \"exec\" { allow_root = true }";
+
+/// The agent config option that lets tasks of `driver` run as root.
+fn allow_root_option(driver: Driver) -> String {
+    format!("plugin \"{}\" {{ allow_root = true }}", driver.name())
+}
 
 /// An exec task's user is not root (uid 0, by name or number) unless the
 /// agent allows it: root in a task's root is still root on the host files
 /// bound in and on the kernel's knobs; an operator says so in the agent
 /// config, a job file cannot. A user unknown here is not this check's to refuse.
 pub fn check_exec_root(task: &Task, allow_root: bool) -> Result<(), DriverError> {
-    if task.driver != Driver::Exec || allow_root {
+    if !matches!(task.driver, Driver::Exec | Driver::Oci) || allow_root {
         return Ok(());
     }
-    let user = task.user.as_deref().unwrap_or(DEFAULT_EXEC_USER);
-    match resolve_user(user) {
+    let user = task_user(task);
+    match resolve_user(&user) {
         Some((0, _)) => Err(DriverError::Field {
             task: task.name.clone(),
             field: "user",
             reason: format!(
-                "{user:?} is root, which the exec driver refuses unless the agent config \
-                 allows it with {ALLOW_ROOT_OPTION}"
+                "{user:?} is root, which the {} driver refuses unless the agent config \
+                 allows it with {}",
+                task.driver.name(),
+                allow_root_option(task.driver),
             ),
         }),
         _ => Ok(()),
@@ -142,10 +157,7 @@ pub fn check_exec_root(task: &Task, allow_root: bool) -> Result<(), DriverError>
 /// The user of an exec task, checked: it exists here, and it is root only
 /// where the agent allows it (see [`check_exec_root`]).
 pub fn check_exec_user(task: &Task, allow_root: bool) -> Result<String, DriverError> {
-    let user = task
-        .user
-        .clone()
-        .unwrap_or_else(|| DEFAULT_EXEC_USER.to_string());
+    let user = task_user(task);
     if resolve_user(&user).is_none() {
         return Err(DriverError::Field {
             task: task.name.clone(),
@@ -212,7 +224,7 @@ fn exec_isolation(
     }
     // Resolved here, through the host's NSS: tend-spawn (static, with no
     // NSS of its own) takes the numbers as they are.
-    let ids = resolve_user(&user).map(|(uid, gid)| TaskIds { uid, gid });
+    let ids = ids_of(&user);
     Ok(Isolation {
         ids,
         user,
@@ -262,6 +274,10 @@ pub fn check_task(
             exec_isolation(task, chroot_env, allow_root)?;
         }
         Driver::Docker => return Ok(()),
+        Driver::Oci => {
+            oci_checked(task, allow_root, "", &[])?;
+            return Ok(());
+        }
     }
     if task.config.command.as_deref().is_none_or(str::is_empty) {
         return Err(DriverError::Field {
@@ -271,6 +287,57 @@ pub fn check_task(
         });
     }
     Ok(())
+}
+
+/// An oci task checked as exec's is (root, its user, the memory floor), then
+/// its bundle or rootfs mapped; `command` and `args` are the rootfs's run's.
+fn oci_checked(
+    task: &Task,
+    allow_root: bool,
+    command: &str,
+    args: &[String],
+) -> Result<OciRun, DriverError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DriverError::Unavailable {
+            task: task.name.clone(),
+            driver: task.driver.name(),
+            reason: "the oci driver needs an agent running as root".into(),
+        });
+    }
+    let user = check_exec_user(task, allow_root)?;
+    if task.resources.memory < MIN_EXEC_MEMORY_MB {
+        return Err(DriverError::Field {
+            task: task.name.clone(),
+            field: "resources.memory",
+            reason: format!(
+                "{} MB is below the {MIN_EXEC_MEMORY_MB} MB the oci driver needs",
+                task.resources.memory
+            ),
+        });
+    }
+    // At submit the command is the job file's as written: a rootfs task's
+    // is checked at its start, once interpolated.
+    match (&task.config.bundle, command.is_empty()) {
+        (None, true) => {
+            if task
+                .config
+                .rootfs
+                .as_deref()
+                .is_some_and(|r| !Path::new(r).is_dir())
+            {
+                return Err(DriverError::Field {
+                    task: task.name.clone(),
+                    field: "config.rootfs",
+                    reason: format!(
+                        "{:?} is not a directory on this host",
+                        task.config.rootfs.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+            oci_run(task, user, "/", args)
+        }
+        _ => oci_run(task, user, command, args),
+    }
 }
 
 /// The CFS period of a `cpu_hard_limit` quota, microseconds (the kernel's default).
@@ -362,6 +429,25 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         driver: task.driver.name(),
         reason: reason.to_string(),
     };
+    let exec_cgroup = || -> Result<CgroupSpec, DriverError> {
+        let base = cgroup_base(l.cgroup_parent);
+        Ok(CgroupSpec {
+            path: format!("{base}/{}/{}", l.alloc_id, task.name),
+            // One cgroup for every tend-spawn, made once and never
+            // removed: outside every task's and the agent's, which is all
+            // the design asks, without a mkdir/rmdir per task and hierarchy
+            // (tend-spawn's Hierarchies::is_shared_daemon_path).
+            daemon_path: Some(format!("{base}/tend-spawn")),
+            memory_bytes: Some(memory_hard_bytes(task)),
+            cpu_mhz: Some(task.resources.cpu),
+            pids_max: exec_pids_max(task.resources.pids_limit, nix::unistd::geteuid().is_root()),
+            options: cgroup_options(task, l.cpu_total_compute)
+                .map_err(|r| unavailable(&r.to_string()))?,
+        })
+    };
+    let mut env = l.env.clone();
+    let mut args = l.args.clone();
+    let mut command = None;
     let (cwd, isolation, cgroup) = match task.driver {
         Driver::RawExec => (
             l.alloc.task_root(&task.name).display().to_string(),
@@ -370,24 +456,18 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         ),
         Driver::Exec => {
             let iso = exec_isolation(task, l.chroot_env, l.allow_root)?;
-            let base = cgroup_base(l.cgroup_parent);
-            let cgroup = CgroupSpec {
-                path: format!("{base}/{}/{}", l.alloc_id, task.name),
-                // One cgroup for every tend-spawn, made once and never
-                // removed: outside every task's and the agent's, which is all
-                // the design asks, without a mkdir/rmdir per task and hierarchy
-                // (tend-spawn's Hierarchies::is_shared_daemon_path).
-                daemon_path: Some(format!("{base}/tend-spawn")),
-                memory_bytes: Some(memory_hard_bytes(task)),
-                cpu_mhz: Some(task.resources.cpu),
-                pids_max: exec_pids_max(
-                    task.resources.pids_limit,
-                    nix::unistd::geteuid().is_root(),
-                ),
-                options: cgroup_options(task, l.cpu_total_compute)
-                    .map_err(|r| unavailable(&r.to_string()))?,
-            };
-            ("/".to_string(), Some(iso), Some(cgroup))
+            ("/".to_string(), Some(iso), Some(exec_cgroup()?))
+        }
+        Driver::Oci => {
+            let run = oci_checked(task, l.allow_root, &l.command, &l.args)?;
+            let mut cgroup = exec_cgroup()?;
+            if let Some(limits) = &run.limits {
+                tighten(&mut cgroup, limits);
+            }
+            env = merge_env(run.env, &l.env);
+            args = run.args;
+            command = Some(run.command);
+            (run.cwd, Some(run.isolation), Some(cgroup))
         }
         // Containers are the engine's to supervise: no tend-spawn for them.
         Driver::Docker => {
@@ -396,20 +476,23 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
             ))
         }
     };
-    let command = resolve_command(&l.command, &l.env, Path::new("/")).ok_or_else(|| {
-        DriverError::Command {
-            task: task.name.clone(),
-            reason: format!("{:?} is not found in the task's PATH", l.command),
-        }
-    })?;
+    let command = match command {
+        Some(c) => c,
+        None => resolve_command(&l.command, &l.env, Path::new("/")).ok_or_else(|| {
+            DriverError::Command {
+                task: task.name.clone(),
+                reason: format!("{:?} is not found in the task's PATH", l.command),
+            }
+        })?,
+    };
     Ok(SpawnConfig {
         alloc_id: l.alloc_id.to_string(),
         task: task.name.clone(),
         run: l.run,
         token: l.token,
         command,
-        args: l.args.clone(),
-        env: l.env.clone(),
+        args,
+        env,
         cwd,
         alloc_dir: l.alloc.root.display().to_string(),
         socket_path: l

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod config;
 pub mod launch;
+pub mod oci;
 mod reach;
 pub mod retry;
 
@@ -41,6 +42,8 @@ pub struct SpawnDriver {
     pub cgroup_parent: String,
     /// Whether exec tasks may run as root.
     pub allow_root: bool,
+    /// Whether oci tasks may run as root.
+    pub oci_allow_root: bool,
     /// The host's MHz, all cores, for `cpu_hard_limit` (None: /proc/cpuinfo).
     pub cpu_total_compute: Option<u64>,
     /// How long a tend-spawn waits for Release after its task ended.
@@ -136,7 +139,11 @@ impl SpawnDriver {
             token,
             chroot_env: &self.chroot_env,
             cgroup_parent: &self.cgroup_parent,
-            allow_root: self.allow_root,
+            allow_root: if task.driver == crate::jobspec::Driver::Oci {
+                self.oci_allow_root
+            } else {
+                self.allow_root
+            },
             cpu_total_compute: self.cpu_total_compute,
         }) {
             Ok(mut c) => {

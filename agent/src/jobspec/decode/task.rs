@@ -8,7 +8,7 @@ use super::resources::{decode_resources, StaticPort};
 use super::value::{
     boolean, duration, int_in, map_entries, positive, string, string_list, string_map,
 };
-use super::view::{no_labels, sub, view};
+use super::view::{no_labels, sub, view, View};
 use crate::jobspec::diag::Collector;
 use crate::jobspec::model::*;
 use crate::jobspec::signal::{parse_signal, signal_names};
@@ -16,6 +16,8 @@ use crate::jobspec::tree::{Block, Item};
 
 /// Config fields every process driver takes.
 pub(super) const EXEC_CONFIG: &[&str] = &["command", "args"];
+/// Config fields of the oci driver: a bundle, or a rootfs with a command.
+pub(super) const OCI_CONFIG: &[&str] = &["bundle", "rootfs", "command", "args", "writable"];
 /// Config fields of the docker driver.
 pub(super) const DOCKER_CONFIG: &[&str] = &[
     "image",
@@ -65,12 +67,13 @@ pub(super) fn decode_task(
             "check",
         ],
     );
+    const DRIVER_NAMES: &str = "raw_exec, exec, docker, oci";
     let driver = match v.attr("driver") {
         None => {
             c.error(
                 b.at,
                 path,
-                "missing driver: expected driver = \"raw_exec\", \"exec\" or \"docker\"",
+                "missing driver: expected driver = \"raw_exec\", \"exec\", \"docker\" or \"oci\"",
             );
             None
         }
@@ -80,13 +83,12 @@ pub(super) fn decode_task(
                 Some("raw_exec") => Some(Driver::RawExec),
                 Some("exec") => Some(Driver::Exec),
                 Some("docker") => Some(Driver::Docker),
+                Some("oci") => Some(Driver::Oci),
                 Some(other) => {
                     c.error(
                         a.value.at,
                         &p,
-                        format!(
-                            "unknown driver {other:?} (expected one of: raw_exec, exec, docker)"
-                        ),
+                        format!("unknown driver {other:?} (expected one of: {DRIVER_NAMES})"),
                     );
                     None
                 }
@@ -106,7 +108,7 @@ pub(super) fn decode_task(
             return None;
         }
         if c.on_this_host
-            && driver == Some(Driver::Exec)
+            && matches!(driver, Some(Driver::Exec | Driver::Oci))
             && crate::driver::spawn::config::resolve_user(&s).is_none()
         {
             // The words `tend run` and the agent refuse it with.
@@ -124,6 +126,11 @@ pub(super) fn decode_task(
                 Some(Driver::Docker) => {
                     c.error(b.at, path, "missing config { image = \"...\" } block")
                 }
+                Some(Driver::Oci) => c.error(
+                    b.at,
+                    path,
+                    "missing config { bundle = \"/path\" } (or { rootfs = \"/path\", command = \"...\" }) block",
+                ),
                 None => {}
             }
             TaskConfig::default()
@@ -203,19 +210,24 @@ pub(super) fn decode_config(
     path: &str,
 ) -> TaskConfig {
     no_labels(c, b, path);
-    let v = view(c, &b.body, path, DOCKER_CONFIG, &["labels", "port_map"]);
+    let every: Vec<&str> = DOCKER_CONFIG
+        .iter()
+        .chain(OCI_CONFIG.iter().filter(|k| !DOCKER_CONFIG.contains(k)))
+        .copied()
+        .collect();
+    let v = view(c, &b.body, path, &every, &["labels", "port_map"]);
     if let Some(d) = driver {
-        let allowed = if d == Driver::Docker {
-            DOCKER_CONFIG
-        } else {
-            EXEC_CONFIG
+        let allowed = match d {
+            Driver::Docker => DOCKER_CONFIG,
+            Driver::Oci => OCI_CONFIG,
+            Driver::RawExec | Driver::Exec => EXEC_CONFIG,
         };
         for item in &b.body.items {
             let (key, at) = match item {
                 Item::Attr(a) => (&a.key, a.at),
                 Item::Block(bl) => (&bl.ident, bl.at),
             };
-            if DOCKER_CONFIG.contains(&key.as_str()) && !allowed.contains(&key.as_str()) {
+            if every.contains(&key.as_str()) && !allowed.contains(&key.as_str()) {
                 c.error(
                     at,
                     &sub(path, key),
@@ -293,6 +305,30 @@ pub(super) fn decode_config(
             cfg.port_map.insert(label, u16::try_from(n).unwrap_or(0));
         }
     }
+    for key in ["bundle", "rootfs"] {
+        let Some(a) = v.attr(key) else { continue };
+        let p = sub(path, key);
+        if let Some(s) = string(c, &a.value, &p) {
+            if !s.starts_with('/') || s.contains('\0') {
+                c.error(
+                    a.value.at,
+                    &p,
+                    format!("must be an absolute path, got {s:?}"),
+                );
+            } else if key == "bundle" {
+                cfg.bundle = Some(s);
+            } else {
+                cfg.rootfs = Some(s);
+            }
+        }
+    }
+    cfg.writable = v
+        .attr("writable")
+        .and_then(|a| boolean(c, &a.value, &sub(path, "writable")))
+        .unwrap_or(false);
+    if driver == Some(Driver::Oci) {
+        oci_config(c, b, &v, &cfg, path);
+    }
     match driver {
         Some(Driver::RawExec | Driver::Exec)
             if cfg.command.is_none() && v.attr("command").is_none() =>
@@ -321,6 +357,65 @@ pub(super) fn decode_config(
         _ => {}
     }
     cfg
+}
+
+/// The oci driver's config: a bundle alone, or a rootfs with a command. On
+/// this host (`tend validate`, `tend run`) the bundle is read and mapped
+/// now, so what it asks that tend cannot do is named at the `bundle` line.
+fn oci_config(c: &mut Collector<'_>, b: &Block, v: &View<'_>, cfg: &TaskConfig, path: &str) {
+    match (v.attr("bundle"), v.attr("rootfs")) {
+        (None, None) => c.error(
+            b.at,
+            path,
+            "missing bundle or rootfs: the oci driver needs bundle = \"/path/to/bundle\" or rootfs = \"/path\" with command = \"...\"",
+        ),
+        (Some(_), Some(r)) => c.error(
+            r.at,
+            &sub(path, "rootfs"),
+            "bundle and rootfs exclude each other: a bundle's root is its config.json's root.path",
+        ),
+        (Some(bundle), None) => {
+            for key in ["command", "args"] {
+                if let Some(a) = v.attr(key) {
+                    c.error(
+                        a.at,
+                        &sub(path, key),
+                        format!("\"{key}\" is not taken with a bundle: the command is its config.json's process.args"),
+                    );
+                }
+            }
+            if let Some(a) = v.attr("writable") {
+                c.error(
+                    a.at,
+                    &sub(path, "writable"),
+                    "\"writable\" is not taken with a bundle: its config.json's root.readonly says",
+                );
+            }
+            if let (true, Some(dir)) = (c.on_this_host, &cfg.bundle) {
+                if let Err(e) = tend_oci::bundle::load(std::path::Path::new(dir)) {
+                    c.error(bundle.value.at, &sub(path, "bundle"), e.to_string());
+                }
+            }
+        }
+        (None, Some(rootfs)) => {
+            if v.attr("command").is_none() {
+                c.error(
+                    b.at,
+                    path,
+                    "missing command: the oci driver with a rootfs needs command = \"/path/in/rootfs\"",
+                );
+            }
+            if let (true, Some(dir)) = (c.on_this_host, &cfg.rootfs) {
+                if !std::path::Path::new(dir).is_dir() {
+                    c.error(
+                        rootfs.value.at,
+                        &sub(path, "rootfs"),
+                        format!("{dir:?} is not a directory on this host"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 pub(super) fn decode_logs(c: &mut Collector<'_>, b: &Block, path: &str) -> LogSpec {
