@@ -67,8 +67,17 @@ pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut got = 0;
     while got < buf.len() {
         let rest = &mut buf[got..];
+        // The system call itself: a static musl build links libc's
+        // getrandom weakly, as a null function.
         // SAFETY: rest is a valid, writable slice of rest.len() bytes.
-        let ret = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_getrandom,
+                rest.as_mut_ptr(),
+                rest.len(),
+                0 as libc::c_uint,
+            )
+        };
         if ret < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -76,7 +85,7 @@ pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
             }
             return Err(e);
         }
-        got += ret.unsigned_abs();
+        got += usize::try_from(ret).unwrap_or(0);
     }
     Ok(())
 }
