@@ -125,6 +125,9 @@ pub(crate) fn running_task<'a>(
 pub(crate) struct TaskSlot {
     pub(crate) record: TaskRecord,
     pub(crate) ctl: mpsc::UnboundedSender<Control>,
+    /// Held across one change of `record`, from the copy it is made on to
+    /// its publication after the write (see [`Inner::update_task`]).
+    pub(crate) writing: Arc<Mutex<()>>,
 }
 
 pub(crate) struct AllocSlot {
@@ -181,6 +184,11 @@ impl Inner {
         self.change_task(alloc_id, task, false, f)
     }
 
+    /// One change of a task's record: made on a copy, written to the store
+    /// (when `persist`), and only then put where the API reads it. A state
+    /// the API has shown (running, say) is on disk, so an agent killed just
+    /// after showing it finds it again. The task's `writing` lock keeps
+    /// changes of one task in order; other tasks' changes go on meanwhile.
     fn change_task<E: IntoIterator<Item = TaskEvent>>(
         &self,
         alloc_id: &str,
@@ -188,16 +196,26 @@ impl Inner {
         persist: bool,
         f: impl FnOnce(&mut TaskRecord) -> E,
     ) -> Option<TaskRecord> {
+        let gate = {
+            let allocs = self.allocs.lock().expect("allocs lock");
+            Arc::clone(&allocs.get(alloc_id)?.tasks.get(task)?.writing)
+        };
+        let _writing = gate.lock().expect("task write lock");
         let (rec, ev) = {
-            let mut allocs = self.allocs.lock().expect("allocs lock");
-            let slot = allocs.get_mut(alloc_id)?.tasks.get_mut(task)?;
-            let ev = f(&mut slot.record);
-            (slot.record.clone(), ev)
+            let allocs = self.allocs.lock().expect("allocs lock");
+            let mut rec = allocs.get(alloc_id)?.tasks.get(task)?.record.clone();
+            let ev = f(&mut rec);
+            (rec, ev)
         };
         if persist {
             if let Err(e) = self.store.put_task(&rec) {
                 tracing::error!(alloc_id, task, error = %e, "cannot persist task state");
             }
+        }
+        {
+            let mut allocs = self.allocs.lock().expect("allocs lock");
+            let slot = allocs.get_mut(alloc_id)?.tasks.get_mut(task)?;
+            slot.record = rec.clone();
         }
         for event in ev {
             tracing::info!(alloc_id, task, kind = %event.kind, "{}", event.message);
@@ -438,6 +456,7 @@ impl Agent {
                         TaskSlot {
                             record: rec,
                             ctl: tx,
+                            writing: Arc::default(),
                         },
                     );
                     if let Some(s) = start {
@@ -528,6 +547,7 @@ impl Agent {
                             TaskSlot {
                                 record: rec,
                                 ctl: tx,
+                                writing: Arc::default(),
                             },
                         );
                         starts.push((t.name.clone(), rx));
