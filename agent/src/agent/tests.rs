@@ -1,6 +1,17 @@
 //! Tests of the agent.
 use super::*;
 
+/// The agent's settings with its data and run dirs under `dir`.
+fn settings_in(dir: &std::path::Path) -> Settings {
+    Settings::resolve(
+        AgentConfig::default(),
+        Some(dir.join("data")),
+        Some(dir.join("run")),
+        None,
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_second_agent_on_the_same_data_dir_is_refused() {
     let d = tempfile::tempdir().unwrap();
@@ -28,13 +39,7 @@ fn a_second_agent_on_the_same_data_dir_is_refused() {
 #[test]
 fn a_lock_held_for_a_moment_is_waited_for() {
     let d = tempfile::tempdir().unwrap();
-    let settings = Settings::resolve(
-        AgentConfig::default(),
-        Some(d.path().join("data")),
-        Some(d.path().join("run")),
-        None,
-    )
-    .unwrap();
+    let settings = settings_in(d.path());
     // The lock as a dying agent's forked child holds it: on another open
     // file description, let go 300 ms later.
     let first = Agent::new(settings.clone()).unwrap();
@@ -56,4 +61,69 @@ fn a_lock_held_for_a_moment_is_waited_for() {
     holder.join().unwrap();
     assert!(agent.is_ok(), "{:?}", agent.err());
     assert!(t0.elapsed() >= std::time::Duration::from_millis(250));
+}
+
+/// What the API shows of a task is on disk already: while one thread
+/// changes a task's record 200 times, every run number read from memory is
+/// at most the one the store holds (the write came first, then the show).
+#[test]
+fn a_task_change_is_on_disk_before_it_is_shown() {
+    let d = tempfile::tempdir().unwrap();
+    let settings = settings_in(d.path());
+    let agent = Agent::new(settings).unwrap();
+    let inner = Arc::clone(&agent.inner);
+    let alloc = AllocRecord {
+        schema: crate::state::SCHEMA,
+        alloc_id: "a1".into(),
+        job: crate::jobspec::Job {
+            name: "j".into(),
+            datacenters: vec![],
+            meta: Default::default(),
+            groups: vec![],
+        },
+        group: "g".into(),
+        index: 0,
+        desired: Desired::Run,
+        created_at: tend_proto::time::now(),
+        ports: Default::default(),
+    };
+    inner.store.put_alloc(&alloc).unwrap();
+    let record = TaskRecord::new("a1", "web");
+    inner.store.put_task(&record).unwrap();
+    let (ctl, _rx) = mpsc::unbounded_channel();
+    let task = TaskSlot {
+        record,
+        ctl,
+        writing: Arc::default(),
+    };
+    inner.allocs.lock().unwrap().insert(
+        "a1".into(),
+        AllocSlot {
+            record: alloc,
+            tasks: [("web".to_string(), task)].into_iter().collect(),
+        },
+    );
+    let writer = {
+        let inner = Arc::clone(&inner);
+        std::thread::spawn(move || {
+            for run in 1..=200 {
+                inner.update_task("a1", "web", |r| {
+                    r.run = run;
+                    None
+                });
+            }
+        })
+    };
+    let on_disk = || {
+        let path = d.path().join("data/state/a1/web.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        serde_json::from_str::<TaskRecord>(&text).unwrap().run
+    };
+    let mut shown = 0;
+    while shown < 200 {
+        shown = inner.task_record("a1", "web").unwrap().run;
+        let stored = on_disk();
+        assert!(stored >= shown, "shown run {shown}, on disk {stored}");
+    }
+    writer.join().unwrap();
 }
