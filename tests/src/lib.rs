@@ -515,6 +515,17 @@ impl Drop for Sandbox {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The task cgroups an agent of this sandbox made under its default
+        // parent (`tend/<alloc>/<task>`), which no tend-spawn removes once
+        // the sandbox's processes are killed.
+        if let Ok(rd) = fs::read_dir(self.data_dir.join("allocs")) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if !id.is_empty() && !id.starts_with('.') {
+                    remove_cgroups(&format!("tend/{id}"));
+                }
+            }
+        }
     }
 }
 
@@ -1165,24 +1176,30 @@ impl CgroupParent {
 
 impl Drop for CgroupParent {
     fn drop(&mut self) {
-        for _ in 0..100 {
-            let dirs = CgroupParent::dirs_under(&self.name);
-            if dirs.is_empty() {
-                return;
-            }
-            for d in &dirs {
-                if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
-                    for pid in text.split_whitespace().filter_map(|p| p.parse().ok()) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-                let _ = fs::remove_dir(d);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        remove_cgroups(&self.name);
+    }
+}
+
+/// Remove `rel` and everything under it in every hierarchy, killing what
+/// is still inside; gives up after 2 s.
+pub fn remove_cgroups(rel: &str) {
+    for _ in 0..100 {
+        let dirs = CgroupParent::dirs_under(rel);
+        if dirs.is_empty() {
+            return;
         }
+        for d in &dirs {
+            if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in text.split_whitespace().filter_map(|p| p.parse().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let _ = fs::remove_dir(d);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
