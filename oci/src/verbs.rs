@@ -15,7 +15,7 @@ use tend_proto::msg::TaskState;
 use tend_proto::{Request, Response, StartReport, MAX_FRAME_LEN};
 
 use crate::bundle;
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::container::{self, Container};
 
 /// The signals `run` passes on to the task, as runc's run forwards them.
@@ -270,19 +270,16 @@ pub fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<()> {
                 grace_ms: 0,
             })?;
         }
-        client.ask(Request::Wait)?;
-        loop {
-            match client.receive()? {
-                Response::Ok => {}
-                other => {
-                    other
-                        .into_exit()
-                        .map_err(|r| anyhow!("unexpected answer {r:?}"))?;
-                    break;
-                }
+        match wait_exit(&mut client) {
+            // The task has ended and its `run` let the daemon go meanwhile
+            // (it does once the task ends): the connection closes under us.
+            Err(WaitError::Client(ClientError::Frame { .. })) => {}
+            Err(WaitError::Client(e)) => return Err(e.into()),
+            Err(WaitError::Answer(r)) => bail!("unexpected answer {r:?}"),
+            Ok(()) => {
+                let _ = client.ask(Request::Release);
             }
         }
-        let _ = client.ask(Request::Release);
         drop(client);
         wait_gone(daemon, Duration::from_secs(10));
     }
@@ -291,6 +288,27 @@ pub fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<()> {
     }
     std::fs::remove_dir_all(&c.dir).with_context(|| format!("removing {}", c.dir.display()))?;
     Ok(())
+}
+
+/// Why [`wait_exit`] saw no exit.
+enum WaitError {
+    /// The connection failed (or the daemon said no).
+    Client(ClientError),
+    /// An answer other than the exit.
+    Answer(Box<Response>),
+}
+
+/// Ask for the task's exit and read until it comes.
+fn wait_exit(client: &mut Client) -> Result<(), WaitError> {
+    client.ask(Request::Wait).map_err(WaitError::Client)?;
+    loop {
+        match client.receive().map_err(WaitError::Client)? {
+            Response::Ok => {}
+            other => {
+                return other.into_exit().map(|_| ()).map_err(WaitError::Answer);
+            }
+        }
+    }
 }
 
 /// Wait for a process to be gone (or a zombie: init here may not reap).
