@@ -195,6 +195,26 @@ impl TaskCgroup {
         Ok(())
     }
 
+    /// Move a process into the one hierarchy whose kill reaches it: the
+    /// cgroup2 dir where it has `cgroup.kill` (v2, and hybrid on 5.14 and
+    /// later), else v1's freezer; every hierarchy where there is neither. For
+    /// a process of the supervisor's own that only reaps (the init of the
+    /// task's pid namespace): a cgroup kill still takes it along, and no
+    /// limit or figure counts it. One v1 attach where [`TaskCgroup::add_pid`]
+    /// makes one per hierarchy (seven on a hybrid host), each under the
+    /// kernel's cgroup-wide write lock.
+    pub fn add_pid_to_kill(&self, pid: Pid) -> Result<()> {
+        let unified = self
+            .unified
+            .as_ref()
+            .filter(|d| self.mode == Mode::V2 || d.join("cgroup.kill").is_file());
+        let dir = match (unified, self.v1.get(&Controller::Freezer)) {
+            (Some(d), _) | (None, Some(d)) => d,
+            (None, None) => return self.add_pid(pid),
+        };
+        write_file(&dir.join("cgroup.procs"), &pid.to_string())
+    }
+
     /// The processes in the task's cgroup, in any of its hierarchies. A cgroup
     /// that does not exist holds none.
     pub fn pids(&self) -> Result<Vec<Pid>> {

@@ -1073,16 +1073,30 @@ fn an_exec_task_sees_kills_and_reads_only_its_own_pid_namespace() {
         "{status}"
     );
     let kids = fs::read_to_string(format!("/proc/{a_daemon}/task/{a_daemon}/children")).unwrap();
-    let init: Vec<String> = kids
+    let inits: Vec<&str> = kids
         .split_whitespace()
         .filter(|p| {
             fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tend-init")
         })
-        .map(|p| fs::read_to_string(format!("/proc/{p}/status")).unwrap())
         .collect();
-    assert_eq!(init.len(), 1, "children {kids}");
-    assert_eq!(status_field(&init[0], "NSpid")[1], "1", "{}", init[0]);
-    assert_eq!(status_field(&init[0], "Uid"), ["65534"; 4], "{}", init[0]);
+    assert_eq!(inits.len(), 1, "children {kids}");
+    let init = fs::read_to_string(format!("/proc/{}/status", inits[0])).unwrap();
+    assert_eq!(status_field(&init, "NSpid")[1], "1", "{init}");
+    assert_eq!(status_field(&init, "Uid"), ["65534"; 4], "{init}");
+    // The init is in the task's cgroup where a kill of it reaches (cgroup2,
+    // or v1's freezer), and in no hierarchy that limits or counts the task.
+    let task_cg = format!("/{}", a.cgroup.as_ref().unwrap().path);
+    let init_cg = fs::read_to_string(format!("/proc/{}/cgroup", inits[0])).unwrap();
+    let in_task = |line: &&str| line.ends_with(&format!(":{task_cg}"));
+    let kill = init_cg
+        .lines()
+        .filter(in_task)
+        .map(|l| l.split(':').nth(1).unwrap_or(""))
+        .collect::<Vec<_>>();
+    assert!(
+        kill == [""] || kill == ["freezer"],
+        "the init is in the task's cgroup {task_cg} only where a kill reaches it:\n{init_cg}"
+    );
     let b = exec_config(
         &sb,
         &parent,

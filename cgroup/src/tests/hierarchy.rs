@@ -182,6 +182,40 @@ fn v2_add_pid_and_join_self() {
 }
 
 #[test]
+fn a_process_added_to_kill_joins_only_the_hierarchy_whose_kill_reaches_it() {
+    let procs = |root: &Path, dir: &str| read(root.join(dir).join("tend/a/t/cgroup.procs"));
+    // Hybrid with cgroup.kill: the cgroup2 dir alone.
+    let t = tempfile::tempdir().unwrap();
+    fake_hybrid(t.path());
+    let cg = TaskCgroup::create(&probe_fake(t.path()), &spec("tend/a/t")).unwrap();
+    cg.add_pid_to_kill(Pid::from_raw(77)).unwrap();
+    assert_eq!(procs(t.path(), "unified"), "77");
+    for c in ["memory", "cpu", "cpuacct", "pids", "freezer"] {
+        assert_eq!(procs(t.path(), c), "", "{c}");
+    }
+    // Hybrid on a kernel without cgroup.kill, and v1: the freezer alone.
+    fs::remove_file(t.path().join("unified/tend/a/t/cgroup.kill")).unwrap();
+    cg.add_pid_to_kill(Pid::from_raw(78)).unwrap();
+    assert_eq!(procs(t.path(), "freezer"), "78");
+    assert_eq!(procs(t.path(), "memory"), "");
+    let t = tempfile::tempdir().unwrap();
+    fake_v1(t.path(), true);
+    let cg = TaskCgroup::create(&probe_fake(t.path()), &spec("tend/a/t")).unwrap();
+    cg.add_pid_to_kill(Pid::from_raw(79)).unwrap();
+    assert_eq!(procs(t.path(), "freezer"), "79");
+    for c in ["memory", "cpu,cpuacct", "pids"] {
+        assert_eq!(procs(t.path(), c), "", "{c}");
+    }
+    // v2: the one dir, where cgroup.freeze kills when cgroup.kill is missing.
+    let t = tempfile::tempdir().unwrap();
+    fake_v2(t.path());
+    let cg = TaskCgroup::create(&probe_fake(t.path()), &spec("tend/a/t")).unwrap();
+    fs::remove_file(t.path().join("tend/a/t/cgroup.kill")).unwrap();
+    cg.add_pid_to_kill(Pid::from_raw(80)).unwrap();
+    assert_eq!(procs(t.path(), ""), "80");
+}
+
+#[test]
 fn v1_join_self_in_every_hierarchy() {
     let t = tempfile::tempdir().unwrap();
     fake_v1(t.path(), true);

@@ -286,8 +286,9 @@ impl Child {
 /// is orphaned in the namespace (see `task::init_main`). The task itself is the
 /// daemon's own child, forked into the namespace next: its pid, its wait
 /// status and every signal to it are the daemon's, exactly as without one.
-/// The init goes with the task's cgroup; its death takes every process of
-/// the namespace with it.
+/// The init is in the task's cgroup where a kill of it reaches (see
+/// `TaskCgroup::add_pid_to_kill`); its death takes every process of the
+/// namespace with it.
 #[derive(Debug)]
 pub struct NsInit {
     /// Its pid as the daemon sees it.
@@ -360,16 +361,17 @@ impl NsInit {
 }
 
 /// Start the task. `place` runs in the parent while the child waits on the sync
-/// pipe (the cgroup step, for the namespace's init too); its error aborts the
-/// start. Returns the task once it has exec'd, or the failure of the step that
-/// stopped it.
+/// pipe (the cgroup step), and `place_init` for the namespace's init; an error
+/// of either aborts the start. Returns the task once it has exec'd, or the
+/// failure of the step that stopped it.
 pub fn spawn(
     prep: &Prepared,
     stdio: ChildStdio,
     place: impl Fn(Pid) -> Result<(), StartFailure>,
+    place_init: impl Fn(Pid) -> Result<(), StartFailure>,
 ) -> Result<Child, StartFailure> {
     let mut init = if prep.pid_ns {
-        Some(start_ns_init(prep, &place)?)
+        Some(start_ns_init(prep, &place_init)?)
     } else {
         None
     };

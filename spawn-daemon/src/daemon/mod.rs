@@ -287,7 +287,15 @@ fn start(
         }),
         None => Ok(()),
     };
-    let task = child::spawn(&prep, stdio, place)?;
+    // The namespace's init only reaps: it joins the one hierarchy whose kill
+    // takes it along, not the six more a task joins on a hybrid host.
+    let place_init = |pid: Pid| match &cgroup {
+        Some(g) => life.privileged_or(Stage::Cgroup, || {
+            g.cg.add_pid_to_kill(pid).map_err(|e| cgroup_failure(&e))
+        }),
+        None => Ok(()),
+    };
+    let task = child::spawn(&prep, stdio, place, place_init)?;
     drop(prep);
     let started_at = tend_proto::time::now();
     // Setuid mode: the privileged phase ends here, before Started: never
