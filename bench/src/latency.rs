@@ -289,23 +289,27 @@ pub fn bare(
 
 /// 1(e): what the pid namespace and /proc cost, round-robin in one run:
 /// the bare sequence (chroot), the same in a pid namespace with its /proc,
-/// the same with the /proc masks, and tend-spawn's exec-style start (which
-/// has all three). Returns the four series in that order.
+/// the same with the /proc masks, tend-spawn's exec-style start (which
+/// has all three), and, given `no_pid_ns_bin`, the same start by a
+/// tend-spawn built without the pid namespace and /proc
+/// (`bench-no-pid-namespace`). Returns the five series in that order (the
+/// last empty without that build).
 pub fn isolation_levels(
     bin: &Path,
+    no_pid_ns_bin: Option<&Path>,
     world: &mut World,
     base: &Path,
     cg_prefix: &str,
     n: usize,
     warm: usize,
-) -> Result<[Vec<f64>; 4], String> {
+) -> Result<[Vec<f64>; 5], String> {
     let rig = BareRig::new(base, cg_prefix)?;
     let levels = [
         BareLevel::Chroot,
         BareLevel::PidProc,
         BareLevel::PidProcMasks,
     ];
-    let mut out: [Vec<f64>; 4] = Default::default();
+    let mut out: [Vec<f64>; 5] = Default::default();
     for i in 0..n + warm {
         for (k, level) in levels.iter().enumerate() {
             let d = rig.run(*level, i)?;
@@ -316,6 +320,12 @@ pub fn isolation_levels(
         let d = isolated(bin, world, cg_prefix, true, 1, 0)?;
         if i >= warm {
             out[3].extend(d);
+        }
+        if let Some(without) = no_pid_ns_bin {
+            let d = isolated(without, world, cg_prefix, true, 1, 0)?;
+            if i >= warm {
+                out[4].extend(d);
+            }
         }
     }
     Ok(out)

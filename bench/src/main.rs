@@ -93,6 +93,8 @@ struct Args {
     commit: String,
     /// Figures to run (`1`, `1d`, `2`, `3`, `4`, `5`); empty: all.
     only: Vec<String>,
+    /// Figure 1e's baseline: tend-spawn built with `bench-no-pid-namespace`.
+    no_pid_ns_bin: Option<PathBuf>,
 }
 
 impl Args {
@@ -110,6 +112,7 @@ fn parse_args() -> Result<Args, String> {
         variants: Vec::new(),
         commit: String::from("unknown"),
         only: Vec::new(),
+        no_pid_ns_bin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -129,13 +132,16 @@ fn parse_args() -> Result<Args, String> {
                     a.only.push(f.to_string());
                 }
             }
+            "--no-pid-ns-bin" => {
+                a.no_pid_ns_bin = Some(it.next().ok_or("--no-pid-ns-bin FILE")?.into());
+            }
             "--variant" => {
                 let v = it.next().ok_or("--variant NAME=DIR")?;
                 let (n, d) = v.rsplit_once('=').ok_or("--variant NAME=DIR")?;
                 a.variants.push((n.to_string(), d.into()));
             }
             "-h" | "--help" => {
-                return Err("usage: tend-bench [--quick] [--only FIG,...] --bin-dir DIR --out DIR [--commit SHA] [--variant NAME=DIR]...".into())
+                return Err("usage: tend-bench [--quick] [--only FIG,...] --bin-dir DIR --out DIR [--commit SHA] [--variant NAME=DIR]... [--no-pid-ns-bin FILE]".into())
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -212,6 +218,8 @@ struct Bench {
     base: PathBuf,
     cg_prefix: String,
     spawn_bin: PathBuf,
+    /// tend-spawn without the pid namespace and /proc (figure 1e's baseline).
+    no_pid_ns_bin: Option<PathBuf>,
     tend_bin: PathBuf,
     root: bool,
     rows: Vec<Row>,
@@ -636,6 +644,7 @@ impl Bench {
         let r = spawn::World::new(&self.base, "e").and_then(|mut w| {
             latency::isolation_levels(
                 &self.spawn_bin,
+                self.no_pid_ns_bin.as_deref(),
                 &mut w,
                 &self.base,
                 &self.cg_prefix,
@@ -685,15 +694,37 @@ impl Bench {
                     .note("what any supervisor doing the same pays"),
             );
         }
+        let tend = sum(&v[3]);
+        self.rows.push(
+            Row::measured("1e", "tend-spawn exec-style /bin/true (as 1c)", "ms", tend)
+                .vs("bare + pid ns + /proc + masks", full),
+        );
+        if self.no_pid_ns_bin.is_none() {
+            return;
+        }
+        let without = sum(&v[4]);
         self.rows.push(
             Row::measured(
                 "1e",
-                "tend-spawn exec-style /bin/true (as 1c)",
+                "same, tend-spawn built without the pid namespace and /proc (bench-no-pid-namespace)",
                 "ms",
-                sum(&v[3]),
+                without,
             )
-            .vs("bare + pid ns + /proc + masks", full),
+            .vs("tend-spawn (as 1c)", tend)
+            .note("the same sequence otherwise; round-robin with the rows above"),
         );
+        if let (Some(t), Some(w)) = (tend, without) {
+            let cost = t.median - w.median;
+            self.rows.push(
+                Row::measured(
+                    "1e",
+                    "tend-spawn's cost of the pid namespace, /proc and masks (difference of medians)",
+                    "ms",
+                    one(cost),
+                )
+                .target("<= 0.5 ms", Some(cost <= 0.5)),
+            );
+        }
     }
 
     /// What of 1(c) the tend-spawn at hand can do: cgroup + nobody, no chroot.
@@ -1156,6 +1187,10 @@ fn run(args: Args) -> Result<(), String> {
         base,
         cg_prefix,
         spawn_bin: bin_dir.join("tend-spawn"),
+        no_pid_ns_bin: match &args.no_pid_ns_bin {
+            Some(f) => Some(fs::canonicalize(f).map_err(|e| format!("{}: {e}", f.display()))?),
+            None => None,
+        },
         tend_bin: bin_dir.join("tend"),
         root: nix::unistd::geteuid().is_root(),
         rows: Vec::new(),

@@ -352,11 +352,13 @@ pub fn plan(
     }
     // Mounted by the task's first process, in its own pid namespace: it
     // shows the task's processes only, and with hidepid=2 only its user's.
+    // (Not in figure 1e's baseline build: see Cargo.toml.)
+    let own_proc = !cfg!(feature = "bench-no-pid-namespace");
     let mut proc_ = PlannedMount::simple(Source::Fs("proc"), "proc".into(), fs_flags, false);
     proc_.data = Some("hidepid=2".into());
     proc_.data_optional = true;
-    out.push(proc_);
-    for knob in PROC_READ_ONLY.iter().filter(|_| root_user) {
+    out.extend(own_proc.then_some(proc_));
+    for knob in PROC_READ_ONLY.iter().filter(|_| root_user && own_proc) {
         let mut m = PlannedMount::bind(
             Source::Itself,
             format!("proc/{knob}"),
@@ -367,7 +369,7 @@ pub fn plan(
         m.existing = true;
         out.push(m);
     }
-    for file in PROC_MASKED_FILES {
+    for file in PROC_MASKED_FILES.iter().filter(|_| own_proc) {
         let mut m = PlannedMount::simple(
             Source::Host("/dev/null".into()),
             format!("proc/{file}"),
@@ -377,7 +379,7 @@ pub fn plan(
         m.existing = true;
         out.push(m);
     }
-    for dir in PROC_MASKED_DIRS {
+    for dir in PROC_MASKED_DIRS.iter().filter(|_| own_proc) {
         out.push(masked_dir(format!("proc/{dir}")));
     }
     for sys in sys_targets {

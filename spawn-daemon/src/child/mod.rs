@@ -192,7 +192,8 @@ impl Prepared {
             envp_ptrs,
             cwd: cstring("cwd", &config.cwd)?,
             isolation,
-            pid_ns: root.is_some(),
+            // (Not in figure 1e's baseline build: see Cargo.toml.)
+            pid_ns: root.is_some() && !cfg!(feature = "bench-no-pid-namespace"),
             root,
             oom_score_adj: cstring("oom_score_adj", &format!("{oom_score_adj}\n"))?,
             command_shown: config.command.clone(),
