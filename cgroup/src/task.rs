@@ -139,28 +139,37 @@ impl TaskCgroup {
     }
 
     pub(crate) fn make_dir_chain(&self, mount: &Path, dir: &Path) -> Result<()> {
+        // The task's own dir first: its parents are there for every task of
+        // an alloc but the first (one mkdir, no lookup per level).
+        match self.make_dir(dir) {
+            Err(CgroupError::Mkdir { source, .. })
+                if source.kind() == io::ErrorKind::NotFound => {}
+            r => return r,
+        }
         let mut path = mount.to_path_buf();
         for comp in self.rel.components() {
             path.push(comp);
-            if path.is_dir() {
-                continue;
-            }
-            match self.tree.mkdir(&path) {
-                // 0755 whatever the umask (setuid mode's is 077): the caller
-                // must reach the kill files chowned to it, and the usage
-                // files, as in any cgroup dir.
-                Ok(()) => fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(
-                    |source| CgroupError::Mkdir {
-                        path: path.clone(),
-                        source,
-                    },
-                )?,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(source) => return Err(CgroupError::Mkdir { path, source }),
+            if !path.is_dir() {
+                self.make_dir(&path)?;
             }
         }
         debug_assert_eq!(path, dir);
         Ok(())
+    }
+
+    /// mkdir of one cgroup dir, 0755 whatever the umask (setuid mode's is
+    /// 077): the caller must reach the kill files chowned to it, and the
+    /// usage files, as in any cgroup dir. One that exists is left as it is.
+    fn make_dir(&self, path: &Path) -> Result<()> {
+        let failed = |source| CgroupError::Mkdir {
+            path: path.to_path_buf(),
+            source,
+        };
+        match self.tree.mkdir(path) {
+            Ok(()) => fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(failed),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(source) => Err(failed(source)),
+        }
     }
 
     /// Setuid mode: give the files that kill the cgroup to the caller, so the

@@ -155,19 +155,23 @@ pub fn reset_signals() -> io::Result<()> {
 
 /// Whether the kernel has mount_setattr(2) (Linux 5.12): a call with no
 /// attributes on no fd answers EBADF or EINVAL where it does, ENOSYS where not.
+/// Asked once per process (a plan asks for every bind).
 pub fn has_mount_setattr() -> bool {
-    // SAFETY: a NULL attr with size 0 is never read; -1 is no fd of ours.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            -1 as libc::c_int,
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-        )
-    };
-    !(ret < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // SAFETY: a NULL attr with size 0 is never read; -1 is no fd of ours.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                -1 as libc::c_int,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+            )
+        };
+        !(ret < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+    })
 }
 
 /// `unshare(CLONE_NEWPID)`: the next child of this process is the first

@@ -149,6 +149,19 @@ pub(crate) struct Inner {
     pub(crate) _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
+/// Run `f`, a write that waits for the disk (fsync), with the runtime's
+/// other tasks moved off this worker meanwhile (`block_in_place`): the agent
+/// runs two workers, and a burst of task changes (a thousand exits at once)
+/// would otherwise wait for each other's fsyncs two at a time. Writes that
+/// overlap reach the file system together, whose journal commits them in
+/// one go. Anywhere else (a current-thread runtime, no runtime) `f` just runs.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl Inner {
     /// Change a task's record, persist it, and publish the event it carries.
     pub(crate) fn update_task(
@@ -208,7 +221,7 @@ impl Inner {
             (rec, ev)
         };
         if persist {
-            if let Err(e) = self.store.put_task(&rec) {
+            if let Err(e) = off_the_workers(|| self.store.put_task(&rec)) {
                 tracing::error!(alloc_id, task, error = %e, "cannot persist task state");
             }
         }
