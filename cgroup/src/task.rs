@@ -142,8 +142,7 @@ impl TaskCgroup {
         // The task's own dir first: its parents are there for every task of
         // an alloc but the first (one mkdir, no lookup per level).
         match self.make_dir(dir) {
-            Err(CgroupError::Mkdir { source, .. })
-                if source.kind() == io::ErrorKind::NotFound => {}
+            Err(CgroupError::Mkdir { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
             r => return r,
         }
         let mut path = mount.to_path_buf();
