@@ -127,3 +127,57 @@ fn a_task_change_is_on_disk_before_it_is_shown() {
     }
     writer.join().unwrap();
 }
+
+/// A job is taken whole or not at all: the second of five allocations
+/// cannot have its static port (the first holds it), and the first, made
+/// already, goes again: no record, no dir, no port is left.
+#[test]
+fn a_job_refused_midway_leaves_no_allocation_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let settings = settings_in(d.path());
+    let agent = Agent::new(settings.clone()).unwrap();
+    let job = crate::jobspec::parse_str(
+        r#"
+job "j" {
+  group "g" {
+    count = 5
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/true"
+      }
+      resources {
+        network {
+          port "p" {
+            static = 47219
+          }
+        }
+      }
+    }
+  }
+}
+"#,
+        "j.hcl",
+    )
+    .unwrap();
+    let e = agent.submit(job).unwrap_err();
+    assert!(e.to_string().contains("47219"), "{e}");
+    assert!(agent.inner.ports.reserved().is_empty());
+    assert!(agent.inner.allocs.lock().unwrap().is_empty());
+    let (loaded, errors) = agent.inner.store.load().unwrap();
+    assert!(
+        loaded.is_empty() && errors.is_empty(),
+        "{loaded:?} {errors:?}"
+    );
+    let allocs_dir = settings
+        .dirs
+        .alloc("x")
+        .root
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let left: Vec<_> = std::fs::read_dir(&allocs_dir)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?} in {}", allocs_dir.display());
+}

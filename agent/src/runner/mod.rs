@@ -407,9 +407,13 @@ impl Journal for TaskJournal {
     }
 
     fn put_token(&self, token: &Token) -> Result<(), StateError> {
-        self.inner
-            .store
-            .put_token(&self.alloc_id, &self.task, token)
+        // A durable write at every start: a thousand starts at once overlap
+        // their fsyncs rather than take the two workers in turn.
+        crate::agent::off_the_workers(|| {
+            self.inner
+                .store
+                .put_token(&self.alloc_id, &self.task, token)
+        })
     }
 
     fn token(&self) -> Option<Token> {
