@@ -1,7 +1,7 @@
 //! `tend-spawn oci`: a bundle whose rootfs is this host's /bin, /lib, /lib64
-//! and /usr bound read-only, run in the foreground; state, kill and delete
-//! from other processes; refusals that name the field; nothing left after
-//! delete.
+//! and /usr bound read-only, run in the foreground, or created and started;
+//! state, kill and delete from other processes; refusals that name the
+//! field; nothing left after delete.
 
 use std::fs;
 use std::path::PathBuf;
@@ -62,6 +62,52 @@ impl Oci {
         let mut c = self.cmd("run", &["-b", &self.bundle().display().to_string(), id]);
         c.stdin(Stdio::null());
         c
+    }
+
+    /// `create -b BUNDLE --pid-file DIR/ID.pid ID`, which must succeed: the
+    /// pid it wrote.
+    fn create(&self, id: &str) -> i32 {
+        let pid_file = self.dir.path().join(format!("{id}.pid"));
+        let out = self
+            .cmd(
+                "create",
+                &[
+                    "-b",
+                    &self.bundle().display().to_string(),
+                    "--pid-file",
+                    &pid_file.display().to_string(),
+                    id,
+                ],
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "create {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "create {id} printed {:?}",
+            out.stdout
+        );
+        fs::read_to_string(&pid_file).unwrap().parse().unwrap()
+    }
+
+    /// The task's stdout log.
+    fn stdout_log(&self, id: &str) -> String {
+        fs::read_to_string(self.root().join(id).join("logs/task.stdout")).unwrap_or_default()
+    }
+
+    fn wait_status(&self, id: &str, status: &str) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .state(id)
+                .is_some_and(|s| s["status"] == status)),
+            "{id} never became {status}: {:?}",
+            self.state(id)
+        );
     }
 
     fn state(&self, id: &str) -> Option<serde_json::Value> {
@@ -326,9 +372,18 @@ fn unsupported_fields_are_refused_by_name() {
     );
     // Nothing was made for it.
     assert!(!o.root().join("c5").exists());
-    let create = o.cmd("create", &["-b", "x", "c6"]).output().unwrap();
+    // A console socket is refused by name, and nothing is made for it.
+    let bundle = o.bundle().display().to_string();
+    let create = o
+        .cmd(
+            "create",
+            &["-b", &bundle, "--console-socket", "/x.sock", "c6"],
+        )
+        .output()
+        .unwrap();
     assert_eq!(create.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&create.stderr).contains("create is not supported yet"));
+    assert!(String::from_utf8_lossy(&create.stderr).contains("--console-socket is not supported"));
+    assert!(!o.root().join("c6").exists());
 }
 
 /// The cgroup path of `pid` in the v1 hierarchy holding `controller`.
@@ -518,4 +573,148 @@ fn runc_default_masked_and_readonly_paths_run() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0\nro\n");
     assert!(o.cmd("delete", &["m1"]).status().unwrap().success());
+}
+
+/// The comm of a live pid.
+fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// create leaves the process prepared and not yet exec'd (state "created",
+/// its pid the held process's, the pid file's); start runs it; its output
+/// is in its log; state follows it to "stopped"; delete removes it.
+#[test]
+fn create_then_start_runs_the_process_and_state_follows_it() {
+    require_root!();
+    let o = Oci::new(&["sh", "-c", "echo out $GREETING; sleep 0.3"]);
+    let pid = o.create("l1");
+    let s = o.state("l1").unwrap();
+    assert_eq!(s["status"], "created", "{s}");
+    assert_eq!(s["pid"], pid);
+    assert_eq!(s["bundle"], o.bundle().display().to_string());
+    assert!(pid_alive(pid));
+    // Held before its execve: still tend-spawn's image, nothing of the command ran.
+    assert_eq!(comm(pid), "tend-spawn");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(o.stdout_log("l1"), "");
+    assert_eq!(o.state("l1").unwrap()["status"], "created");
+
+    let start = o.cmd("start", &["l1"]).output().unwrap();
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    // The same process, now the command.
+    let s = o.state("l1").unwrap();
+    assert_eq!(s["status"], "running", "{s}");
+    assert_eq!(s["pid"], pid);
+    assert_eq!(comm(pid), "sh");
+    // A second start is refused.
+    let again = o.cmd("start", &["l1"]).output().unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not created"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    o.wait_status("l1", "stopped");
+    assert_eq!(o.stdout_log("l1"), "out hello\n");
+    assert_eq!(o.state("l1").unwrap()["pid"], 0);
+    let exit: serde_json::Value =
+        serde_json::from_slice(&fs::read(o.root().join("l1/task_exit_status")).unwrap()).unwrap();
+    assert_eq!(exit["exit_code"], 0);
+    let del = o.cmd("delete", &["l1"]).output().unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+    assert!(!pid_alive(pid));
+}
+
+/// delete of a created container ends it without the process ever running,
+/// and leaves nothing: no process, no cgroup, no mount, no state dir.
+#[test]
+fn delete_of_a_created_container_leaves_nothing_and_never_runs_it() {
+    require_root!();
+    let script = "echo ran";
+    let o = Oci::new(&["sh", "-c", script]);
+    let v1_memory = std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").is_file();
+    let path = format!("tend-oci-test/{}-l2", std::process::id());
+    if v1_memory {
+        let mut c = o.config(&["sh", "-c", script]);
+        c["linux"]["cgroupsPath"] = serde_json::json!(format!("/{path}"));
+        c["linux"]["resources"] = serde_json::json!({ "memory": { "limit": 64 << 20 } });
+        o.write_config(&c);
+    }
+    let pid = o.create("l2");
+    assert_eq!(o.state("l2").unwrap()["status"], "created");
+    let mem = PathBuf::from("/sys/fs/cgroup/memory").join(&path);
+    if v1_memory {
+        // The held process is in its cgroup already.
+        assert_eq!(
+            v1_cgroup(pid, "memory").as_deref(),
+            Some(&*format!("/{path}"))
+        );
+    }
+    let dir = o.root().join("l2");
+    let del = o.cmd("delete", &["l2"]).output().unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert!(!dir.exists());
+    assert!(
+        wait_until(Duration::from_secs(5), || !pid_alive(pid)),
+        "{pid} lives"
+    );
+    assert!(tend_tests::holders_under(&dir).is_empty());
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&*dir.display().to_string()),
+        "a mount is left under {}",
+        dir.display()
+    );
+    if v1_memory {
+        assert!(
+            wait_until(Duration::from_secs(5), || !mem.exists()),
+            "{} is left",
+            mem.display()
+        );
+        for m in tend_tests::cgroup_mounts() {
+            let _ = fs::remove_dir(m.join("tend-oci-test"));
+        }
+    }
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// kill of a created container ends the held process (the command never
+/// runs); state says stopped; delete removes it.
+#[test]
+fn kill_of_a_created_container_stops_it() {
+    require_root!();
+    let o = Oci::new(&["sleep", "300"]);
+    let pid = o.create("l3");
+    let kill = o.cmd("kill", &["l3", "KILL"]).output().unwrap();
+    assert!(
+        kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    o.wait_status("l3", "stopped");
+    assert!(!pid_alive(pid));
+    let exit: serde_json::Value =
+        serde_json::from_slice(&fs::read(o.root().join("l3/task_exit_status")).unwrap()).unwrap();
+    assert_eq!(exit["signal"], 9, "{exit}");
+    // A stopped container neither starts nor takes a signal.
+    assert!(!o.cmd("start", &["l3"]).status().unwrap().success());
+    assert!(!o.cmd("kill", &["l3"]).status().unwrap().success());
+    assert!(o.cmd("delete", &["l3"]).status().unwrap().success());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
 }
