@@ -329,6 +329,7 @@ pub fn spawn_config(
         // The runtime's stdin, relayed by `run` after the config.
         stdin: TaskStdin::AfterConfig,
         start: TaskStart::Now,
+        namespaces: bundle.namespaces.clone(),
     })
 }
 
@@ -398,6 +399,7 @@ mod tests {
             }],
             writable: false,
             cgroup: None,
+            namespaces: tend_proto::config::Namespaces::default(),
         }
     }
 

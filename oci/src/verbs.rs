@@ -136,6 +136,9 @@ fn make(
         if b.cgroup.is_some() {
             bail!("config.json: linux.resources: a cgroup needs root (docs/oci.md)");
         }
+        if b.namespaces != tend_proto::config::Namespaces::default() {
+            bail!("config.json: linux.namespaces: uts, ipc and network namespaces need root (docs/oci.md)");
+        }
     }
     for r in &b.rlimits {
         // Best effort: inherited by tend-spawn and so by the task.

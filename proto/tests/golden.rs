@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskIds,
-    TaskStart, TaskStdin,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, Namespaces,
+    TaskIds, TaskStart, TaskStdin,
 };
 use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
 use tend_proto::msg::{
@@ -313,6 +313,7 @@ fn spawn_config_minimal() -> SpawnConfig {
         isolation: None,
         stdin: TaskStdin::Null,
         start: TaskStart::Now,
+        namespaces: Namespaces::default(),
     }
 }
 
@@ -369,6 +370,7 @@ fn spawn_config_full() -> SpawnConfig {
         }),
         stdin: TaskStdin::Null,
         start: TaskStart::Now,
+        namespaces: Namespaces::default(),
     }
 }
 
@@ -472,6 +474,20 @@ fn spawn_config_start(isolated: bool) -> SpawnConfig {
     }
 }
 
+/// A config whose task gets uts (with a host name), ipc and network
+/// namespaces: they follow the start (Now) and the ids.
+fn spawn_config_namespaces() -> SpawnConfig {
+    SpawnConfig {
+        namespaces: Namespaces {
+            uts: true,
+            hostname: Some("box1".into()),
+            ipc: true,
+            net: true,
+        },
+        ..spawn_config_ids(false)
+    }
+}
+
 /// The configs with additions after the frozen encoding.
 fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
     vec![
@@ -482,6 +498,7 @@ fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
         ("spawn_config_cgroup_ids", spawn_config_ids(true)),
         ("spawn_config_start", spawn_config_start(false)),
         ("spawn_config_isolated_start", spawn_config_start(true)),
+        ("spawn_config_namespaces", spawn_config_namespaces()),
     ]
 }
 

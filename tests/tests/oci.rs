@@ -718,3 +718,135 @@ fn kill_of_a_created_container_stops_it() {
     assert!(o.cmd("delete", &["l3"]).status().unwrap().success());
     assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
 }
+
+/// `linux.namespaces` of `config` with `extra` types after pid and mount.
+fn with_namespaces(config: &mut serde_json::Value, extra: &[&str]) {
+    let mut ns = vec![
+        serde_json::json!({ "type": "pid" }),
+        serde_json::json!({ "type": "mount" }),
+    ];
+    ns.extend(extra.iter().map(|t| serde_json::json!({ "type": t })));
+    config["linux"]["namespaces"] = serde_json::json!(ns);
+}
+
+/// A uts namespace with the bundle's hostname: the task's name is its own,
+/// the host's stays as it was.
+#[test]
+fn a_uts_namespace_has_the_bundles_hostname_and_the_host_keeps_its_own() {
+    require_root!();
+    let host = nix::unistd::gethostname().unwrap();
+    let args = ["hostname"];
+    let o = Oci::new(&args);
+    let mut c = o.config(&args);
+    with_namespaces(&mut c, &["uts"]);
+    c["hostname"] = serde_json::json!("box1");
+    o.write_config(&c);
+    let out = o.run("u1").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "box1\n");
+    assert_eq!(nix::unistd::gethostname().unwrap(), host);
+    assert!(o.cmd("delete", &["u1"]).status().unwrap().success());
+    // Without one, a hostname is refused by name.
+    with_namespaces(&mut c, &[]);
+    o.write_config(&c);
+    let out = o.run("u2").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hostname: needs a uts namespace"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A host SysV shared memory segment, removed on drop.
+struct HostShm(i32);
+
+impl HostShm {
+    fn new() -> HostShm {
+        let out = Command::new("ipcmk").args(["-M", "4096"]).output().unwrap();
+        assert!(out.status.success(), "ipcmk: {:?}", out);
+        // "Shared memory id: N"
+        let text = String::from_utf8_lossy(&out.stdout);
+        let id = text
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("ipcmk said {text:?}"));
+        HostShm(id)
+    }
+}
+
+impl Drop for HostShm {
+    fn drop(&mut self) {
+        let _ = Command::new("ipcrm")
+            .args(["-m", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The shmids a task lists in its /proc/sysvipc/shm.
+fn task_shmids(o: &Oci, id: &str) -> Vec<i32> {
+    let out = o.run(id).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(o.cmd("delete", &[id]).status().unwrap().success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect()
+}
+
+/// An ipc namespace: the host's SysV objects are out of the task's sight
+/// (a task without one sees them).
+#[test]
+fn an_ipc_namespace_sees_no_host_sysv_objects() {
+    require_root!();
+    let shm = HostShm::new();
+    let args = ["cat", "/proc/sysvipc/shm"];
+    let o = Oci::new(&args);
+    assert!(
+        task_shmids(&o, "i1").contains(&shm.0),
+        "without an ipc namespace the host's segment {} is seen",
+        shm.0
+    );
+    let mut c = o.config(&args);
+    with_namespaces(&mut c, &["ipc"]);
+    o.write_config(&c);
+    let ids = task_shmids(&o, "i2");
+    assert!(!ids.contains(&shm.0), "{ids:?} holds the host's {}", shm.0);
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// A network namespace: nothing but its loopback, up.
+#[test]
+fn a_network_namespace_has_only_its_loopback_up() {
+    require_root!();
+    let args = ["/usr/sbin/ip", "-o", "link", "show"];
+    let o = Oci::new(&args);
+    let mut c = o.config(&args);
+    with_namespaces(&mut c, &["network"]);
+    o.write_config(&c);
+    let out = o.run("n1").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let links: Vec<&str> = stdout.lines().collect();
+    assert_eq!(links.len(), 1, "{stdout}");
+    assert!(links[0].starts_with("1: lo: <LOOPBACK,UP,"), "{stdout}");
+    assert!(o.cmd("delete", &["n1"]).status().unwrap().success());
+}

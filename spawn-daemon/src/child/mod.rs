@@ -122,6 +122,13 @@ pub struct Prepared {
     /// Whether the task is held before its execve until a Start
     /// ([`TaskStart::OnRequest`]).
     held: bool,
+    /// The CLONE_NEW* flags of the uts, ipc and network namespaces the task
+    /// unshares (0: none).
+    ns_flags: libc::c_int,
+    /// The host name set in its uts namespace.
+    hostname: Option<CString>,
+    /// The namespaces, for a message ("uts ipc network").
+    ns_shown: String,
     /// What the task's oom_score_adj is set to ("0\n"): the daemon's own
     /// (-1000 where it could) is not the task's.
     oom_score_adj: CString,
@@ -189,6 +196,24 @@ impl Prepared {
         })?;
         let argv_ptrs = null_terminated(&argv);
         let envp_ptrs = null_terminated(&envp);
+        let ns = &config.namespaces;
+        let mut ns_flags = 0;
+        let mut ns_shown = Vec::new();
+        for (on, flag, name) in [
+            (ns.uts, libc::CLONE_NEWUTS, "uts"),
+            (ns.ipc, libc::CLONE_NEWIPC, "ipc"),
+            (ns.net, libc::CLONE_NEWNET, "network"),
+        ] {
+            if on {
+                ns_flags |= flag;
+                ns_shown.push(name);
+            }
+        }
+        let hostname = ns
+            .hostname
+            .as_deref()
+            .map(|h| cstring("namespaces.hostname", h))
+            .transpose()?;
         Ok(Prepared {
             command,
             _argv: argv,
@@ -199,6 +224,9 @@ impl Prepared {
             isolation,
             pid_ns: root.is_some(),
             held: config.start == TaskStart::OnRequest,
+            ns_flags,
+            hostname,
+            ns_shown: ns_shown.join(" "),
             root,
             oom_score_adj: cstring("oom_score_adj", &format!("{oom_score_adj}\n"))?,
             command_shown: config.command.clone(),
@@ -216,6 +244,17 @@ impl Prepared {
             .and_then(|i| self.root.as_ref()?.ops.get(i));
         if let (Stage::Mount, Some(op)) = (stage, op) {
             return format!("{} in {}", op.shown, self.root_shown);
+        }
+        if stage == Stage::Fork {
+            match which {
+                NS_UNSHARE => return format!("{} namespaces", self.ns_shown),
+                NS_HOSTNAME => {
+                    let h = self.hostname.as_deref().unwrap_or_default();
+                    return format!("sethostname {}", h.to_string_lossy());
+                }
+                NS_LOOPBACK => return "lo up in the network namespace".to_string(),
+                _ => {}
+            }
         }
         match (stage, self.isolation) {
             (Stage::Chdir, _) => self.cwd_shown.clone(),
@@ -665,6 +704,13 @@ fn spawn_task(
     let (stage, errno, which) = parse_record(&record);
     Err(StartFailure::new(stage, &prep.what(stage, which), errno))
 }
+
+/// Items of [`Stage::Fork`] in the task's namespaces step (0 is its setpgid).
+const NS_UNSHARE: u32 = 1;
+/// The host name set in the new uts namespace.
+const NS_HOSTNAME: u32 = 2;
+/// The loopback of the new network namespace.
+const NS_LOOPBACK: u32 = 3;
 
 /// What a ready init writes on its socket (a failed one writes an error
 /// record, [`RECORD_LEN`] bytes).

@@ -15,7 +15,10 @@ use nix::errno::Errno;
 use tend_proto::Stage;
 
 use super::raw::{self, Sys};
-use super::{ChildFds, Isolation, Prepared, INIT_READY, RECORD_LEN, TASK_HELD};
+use super::{
+    ChildFds, Isolation, Prepared, INIT_READY, NS_HOSTNAME, NS_LOOPBACK, NS_UNSHARE, RECORD_LEN,
+    TASK_HELD,
+};
 
 /// The step that failed in a child: its stage, which item of it (1-based
 /// mount index, 0 when the stage has one item) and the errno.
@@ -99,6 +102,9 @@ fn task_steps(prep: &Prepared, fds: &ChildFds) -> Result<Infallible, Failed> {
     raw::own_process_group().at(Stage::Fork)?;
     wait_for_go(fds.sync_r);
     reset_oom_score_adj(prep).at(Stage::Privileges)?;
+    if prep.ns_flags != 0 {
+        enter_namespaces(prep)?;
+    }
     if let Some(root) = &prep.root {
         super::mount::enter_root(root)?;
     }
@@ -128,6 +134,19 @@ fn wait_for_go(sync_r: RawFd) {
         raw::exit_now(127);
     }
     raw::close(sync_r);
+}
+
+/// The uts, ipc and network namespaces of the task's own, before its root:
+/// unshared, the host name set, the loopback up.
+fn enter_namespaces(prep: &Prepared) -> Result<(), Failed> {
+    raw::unshare(prep.ns_flags).at_item(Stage::Fork, NS_UNSHARE)?;
+    if let Some(h) = &prep.hostname {
+        raw::sethostname(h).at_item(Stage::Fork, NS_HOSTNAME)?;
+    }
+    if prep.ns_flags & libc::CLONE_NEWNET != 0 {
+        raw::loopback_up().at_item(Stage::Fork, NS_LOOPBACK)?;
+    }
+    Ok(())
 }
 
 /// A held task (`tend-oci create`): say so on the error pipe, then wait for

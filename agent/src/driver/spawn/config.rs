@@ -511,6 +511,7 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         isolation,
         stdin: TaskStdin::Null,
         start: tend_proto::config::TaskStart::Now,
+        namespaces: tend_proto::config::Namespaces::default(),
     })
 }
 
