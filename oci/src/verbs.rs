@@ -206,11 +206,10 @@ fn follow(
     privileged: bool,
     pid_file: Option<&Path>,
 ) -> anyhow::Result<i32> {
-    let (stdin, task_pid) = launch(c, b, spawn, privileged, TaskStart::Now)?;
-    if let Some(path) = pid_file {
-        write_pid_file(path, task_pid)?;
-    }
-    // From here a forwarded signal reaches the task, not this process.
+    // From before the task exists, a forwarded signal waits on the signalfd
+    // for the task instead of ending this process: a caller that signals
+    // run as soon as state says running finds them blocked. (tend-spawn
+    // starts with an empty mask whatever its parent's.)
     let mut mask = SigSet::empty();
     for s in FORWARDED {
         mask.add(s);
@@ -218,6 +217,10 @@ fn follow(
     mask.thread_block()
         .context("blocking the forwarded signals")?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)?;
+    let (stdin, task_pid) = launch(c, b, spawn, privileged, TaskStart::Now)?;
+    if let Some(path) = pid_file {
+        write_pid_file(path, task_pid)?;
+    }
     // The task reads what follows the config on tend-spawn's stdin: ours,
     // copied until it ends (or the task stops reading). The thread starts
     // with the forwarded signals blocked, so they reach the signalfd.
