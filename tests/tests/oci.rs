@@ -64,24 +64,29 @@ impl Oci {
         c
     }
 
+    /// `VERB -b BUNDLE --pid-file DIR/ID.pid ID` (run or create), stdin
+    /// /dev/null, and the pid file.
+    fn with_pid_file(&self, verb: &str, id: &str) -> (Command, PathBuf) {
+        let pid_file = self.dir.path().join(format!("{id}.pid"));
+        let mut c = self.cmd(
+            verb,
+            &[
+                "-b",
+                &self.bundle().display().to_string(),
+                "--pid-file",
+                &pid_file.display().to_string(),
+                id,
+            ],
+        );
+        c.stdin(Stdio::null());
+        (c, pid_file)
+    }
+
     /// `create -b BUNDLE --pid-file DIR/ID.pid ID`, which must succeed: the
     /// pid it wrote.
     fn create(&self, id: &str) -> i32 {
-        let pid_file = self.dir.path().join(format!("{id}.pid"));
-        let out = self
-            .cmd(
-                "create",
-                &[
-                    "-b",
-                    &self.bundle().display().to_string(),
-                    "--pid-file",
-                    &pid_file.display().to_string(),
-                    id,
-                ],
-            )
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let (mut create, pid_file) = self.with_pid_file("create", id);
+        let out = create.output().unwrap();
         assert!(
             out.status.success(),
             "create {id}: {}",
@@ -691,6 +696,52 @@ fn delete_of_a_created_container_leaves_nothing_and_never_runs_it() {
             let _ = fs::remove_dir(m.join("tend-oci-test"));
         }
     }
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// An execve that fails once started: start says why, and the container
+/// is stopped (its held process left with 127).
+#[test]
+fn a_start_whose_exec_fails_says_why_and_the_container_stops() {
+    require_root!();
+    let o = Oci::new(&["/etc/plain"]);
+    fs::write(o.bundle().join("rootfs/etc/plain"), "not a program\n").unwrap();
+    o.create("l4");
+    let start = o.cmd("start", &["l4"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&start.stderr);
+    assert_eq!(start.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("exec /etc/plain: Permission denied"),
+        "{stderr}"
+    );
+    o.wait_status("l4", "stopped");
+    let exit: serde_json::Value =
+        serde_json::from_slice(&fs::read(o.root().join("l4/task_exit_status")).unwrap()).unwrap();
+    assert_eq!(exit["exit_code"], 127, "{exit}");
+    assert!(o.cmd("delete", &["l4"]).status().unwrap().success());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// run's --pid-file holds the task's pid, the one state gives.
+#[test]
+fn run_writes_the_tasks_pid_to_its_pid_file() {
+    require_root!();
+    let o = Oci::new(&["sleep", "300"]);
+    let (mut run, pid_file) = o.with_pid_file("run", "r1");
+    let mut run = run.spawn().unwrap();
+    let pid = o.wait_running("r1");
+    assert!(
+        wait_until(Duration::from_secs(5), || fs::read_to_string(&pid_file)
+            .is_ok_and(|p| p == pid.to_string())),
+        "{:?} is not {pid}",
+        fs::read_to_string(&pid_file)
+    );
+    assert!(o
+        .cmd("delete", &["--force", "r1"])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait_child(&mut run).status.code(), Some(128 + 9));
     assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
 }
 
