@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
+use tend_proto::config::{Namespaces, MAX_HOSTNAME};
 
 /// Why a bundle cannot be run.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,9 @@ pub struct Bundle {
     pub writable: bool,
     /// The task's cgroup, when the bundle asks for limits or a path.
     pub cgroup: Option<Cgroup>,
+    /// The uts (with `hostname`), ipc and network namespaces of
+    /// `linux.namespaces`; mount and pid come with a root of its own.
+    pub namespaces: Namespaces,
 }
 
 /// Read and map `DIR/config.json`.
@@ -210,15 +214,19 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
             format!("{version:?}: only 1.x is supported"),
         ));
     }
-    if let Some(h) = top.get("hostname") {
-        // No uts namespace: a hostname other than the host's cannot be had.
-        if !is_empty(h) {
-            return Err(refuse(
-                "hostname",
-                "needs a uts namespace, which is not supported",
-            ));
+    let hostname = match top.get("hostname") {
+        Some(h) if !is_empty(h) => {
+            let h = string(h, "hostname")?;
+            if h.len() > MAX_HOSTNAME || h.contains('\0') {
+                return Err(refuse(
+                    "hostname",
+                    format!("{h:?}: want at most {MAX_HOSTNAME} bytes"),
+                ));
+            }
+            Some(h.to_string())
         }
-    }
+        _ => None,
+    };
     let process = object(
         top.get("process")
             .ok_or_else(|| refuse("process", "is missing"))?,
@@ -328,10 +336,18 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
     if rootfs.is_none() && !binds.is_empty() {
         return Err(refuse("mounts", "need a root.path other than /"));
     }
-    let cgroup = match top.get("linux") {
+    let (cgroup, mut namespaces) = match top.get("linux") {
         Some(l) => linux(l, rootfs.is_some())?,
-        None => None,
+        None => (None, Namespaces::default()),
     };
+    if hostname.is_some() && !namespaces.uts {
+        // The host's name is not the bundle's to set.
+        return Err(refuse(
+            "hostname",
+            "needs a uts namespace: add {\"type\": \"uts\"} to linux.namespaces",
+        ));
+    }
+    namespaces.hostname = hostname;
     Ok(Bundle {
         dir: dir.to_path_buf(),
         args,
@@ -344,6 +360,7 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
         binds,
         writable,
         cgroup,
+        namespaces,
     })
 }
 
@@ -559,7 +576,7 @@ fn read_only(path: &str) -> bool {
         .is_some_and(|p| tend_proto::config::PROC_READ_ONLY.contains(&p))
 }
 
-fn linux(v: &Value, own_root: bool) -> Result<Option<Cgroup>, BundleError> {
+fn linux(v: &Value, own_root: bool) -> Result<(Option<Cgroup>, Namespaces), BundleError> {
     let l = object(v, "linux")?;
     only(
         l,
@@ -595,6 +612,7 @@ fn linux(v: &Value, own_root: bool) -> Result<Option<Cgroup>, BundleError> {
         }
         cgroup.get_or_insert_with(Cgroup::default).path = Some(rel.to_string());
     }
+    let mut namespaces = Namespaces::default();
     if let Some(ns) = l.get("namespaces") {
         for (i, n) in array(ns, "linux.namespaces")?.iter().enumerate() {
             let field = format!("linux.namespaces[{i}]");
@@ -606,13 +624,18 @@ fn linux(v: &Value, own_root: bool) -> Result<Option<Cgroup>, BundleError> {
                 &format!("{field}.type"),
             )?;
             // A task with its own root always has its own mount and pid
-            // namespaces; the network is always the host's.
-            if !matches!(kind, "mount" | "pid") {
-                return Err(refuse(&field, format!("type {kind:?} is not supported")));
+            // namespaces; the others are made new (a `path` to join one is
+            // refused above).
+            match kind {
+                "mount" | "pid" => {}
+                "uts" => namespaces.uts = true,
+                "ipc" => namespaces.ipc = true,
+                "network" => namespaces.net = true,
+                _ => return Err(refuse(&field, format!("type {kind:?} is not supported"))),
             }
         }
     }
-    Ok(cgroup)
+    Ok((cgroup, namespaces))
 }
 
 #[cfg(test)]

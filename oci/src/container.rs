@@ -9,7 +9,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskStdin,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskIds,
+    TaskStart, TaskStdin,
 };
 use tend_proto::{SpawnConfig, Token};
 
@@ -292,8 +293,13 @@ pub fn spawn_config(
         .rootfs
         .as_ref()
         .map(|rootfs| task_root(rootfs, &bundle.binds, bundle.writable));
+    // The ids as check_group found them (uid's primary group): they travel
+    // before the parts added after them (a held start).
     let isolation = privileged.then(|| Isolation {
-        ids: None,
+        ids: Some(TaskIds {
+            uid: bundle.uid,
+            gid: bundle.gid,
+        }),
         user: bundle.uid.to_string(),
         chroot,
     });
@@ -322,6 +328,8 @@ pub fn spawn_config(
         isolation,
         // The runtime's stdin, relayed by `run` after the config.
         stdin: TaskStdin::AfterConfig,
+        start: TaskStart::Now,
+        namespaces: bundle.namespaces.clone(),
     })
 }
 
@@ -391,6 +399,7 @@ mod tests {
             }],
             writable: false,
             cgroup: None,
+            namespaces: tend_proto::config::Namespaces::default(),
         }
     }
 

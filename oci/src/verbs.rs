@@ -1,4 +1,5 @@
-//! The runtime-spec's verbs: `run`, `state`, `kill`, `delete`.
+//! The runtime-spec's verbs: `create`, `start`, `run`, `state`, `kill`,
+//! `delete`.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
@@ -10,6 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use tend_proto::config::{TaskStart, TaskStdin};
 use tend_proto::frame::read_frame;
 use tend_proto::msg::TaskState;
 use tend_proto::{Request, Response, StartReport, MAX_FRAME_LEN};
@@ -29,10 +31,97 @@ const FORWARDED: [Signal; 7] = [
     Signal::SIGCONT,
 ];
 
-/// `run [-b DIR] ID`: start the bundle's process under tend-spawn and stay in
-/// the foreground as it: its output copied to ours, its signals forwarded,
-/// and its shell code (128+N for signal N) returned.
-pub fn run(root: &Path, spawn: &Path, bundle_dir: &Path, id: &str) -> anyhow::Result<i32> {
+/// `run [-b DIR] [--pid-file F] ID`: start the bundle's process under
+/// tend-spawn and stay in the foreground as it: its output copied to ours,
+/// its signals forwarded, and its shell code (128+N for signal N) returned.
+pub fn run(
+    root: &Path,
+    spawn: &Path,
+    bundle_dir: &Path,
+    id: &str,
+    pid_file: Option<&Path>,
+) -> anyhow::Result<i32> {
+    let (c, b, privileged) = make(root, bundle_dir, id)?;
+    match follow(&c, &b, spawn, privileged, pid_file) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            // Nothing runs: nothing stays.
+            let _ = std::fs::remove_dir_all(&c.dir);
+            Err(e)
+        }
+    }
+}
+
+/// `create [-b DIR] [--pid-file F] ID`: tend-spawn started with the task
+/// prepared to its last step (cgroup, root, namespaces, user, stdio) and held
+/// before its execve, until `start`. The task's stdio are its log files (and
+/// /dev/null): nothing of this process's is kept, so a caller reading our
+/// output to its end (slurmstepd) is not held by the container. The pid file
+/// holds the held process's pid, as the host sees it.
+pub fn create(
+    root: &Path,
+    spawn: &Path,
+    bundle_dir: &Path,
+    id: &str,
+    pid_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let (c, b, privileged) = make(root, bundle_dir, id)?;
+    let task_pid = match launch(&c, &b, spawn, privileged, TaskStart::OnRequest) {
+        Ok((_, pid)) => pid,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&c.dir);
+            return Err(e);
+        }
+    };
+    if let Some(path) = pid_file {
+        if let Err(e) = write_pid_file(path, task_pid) {
+            // The task is held: end it and its daemon, and remove the rest.
+            let _ = delete(root, id, true);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// `start ID`: run the process of a created container.
+pub fn start(root: &Path, id: &str) -> anyhow::Result<()> {
+    let c = Container::open(root, id)?;
+    let mut client = Client::connect(&c.socket(), c.token)
+        .map_err(|_| anyhow!("container {id} is stopped, not created"))?;
+    match client.ask(Request::Status)? {
+        Response::Status(s) if s.state == TaskState::Created => {}
+        Response::Status(s) => bail!(
+            "container {id} is {}, not created: only a created container starts",
+            oci_status(s.state)
+        ),
+        other => bail!("unexpected answer {other:?}"),
+    }
+    match client.ask(Request::Start) {
+        Ok(Response::Ok) => Ok(()),
+        Ok(other) => bail!("unexpected answer {other:?}"),
+        Err(ClientError::Refused { message, .. }) if message.starts_with("bad request") => {
+            bail!("container {id}: its tend-spawn predates start ({message}); use run with it")
+        }
+        Err(e) => Err(anyhow!("container {id}: start: {e}")),
+    }
+}
+
+/// The pid file: the pid in decimal, written atomically.
+fn write_pid_file(path: &Path, pid: i32) -> anyhow::Result<()> {
+    let path = std::path::absolute(path).context("the pid file's path")?;
+    tend_proto::atomic::write(&path, pid.to_string().as_bytes(), 0o644)
+        .with_context(|| format!("writing the pid file {}", path.display()))
+}
+
+/// What `run` and `create` do first: the bundle mapped and checked against
+/// the caller's privilege, its rlimits set on this process (for tend-spawn
+/// and so the task to inherit), and the container's dir made. Returns the
+/// container, the bundle and whether the caller is root.
+fn make(
+    root: &Path,
+    bundle_dir: &Path,
+    id: &str,
+) -> anyhow::Result<(Container, bundle::Bundle, bool)> {
     let bundle_dir = std::path::absolute(bundle_dir).context("the bundle's path")?;
     let b = bundle::load(&bundle_dir)?;
     let privileged = nix::unistd::geteuid().is_root();
@@ -47,6 +136,9 @@ pub fn run(root: &Path, spawn: &Path, bundle_dir: &Path, id: &str) -> anyhow::Re
         if b.cgroup.is_some() {
             bail!("config.json: linux.resources: a cgroup needs root (docs/oci.md)");
         }
+        if b.namespaces != tend_proto::config::Namespaces::default() {
+            bail!("config.json: linux.namespaces: uts, ipc and network namespaces need root (docs/oci.md)");
+        }
     }
     for r in &b.rlimits {
         // Best effort: inherited by tend-spawn and so by the task.
@@ -55,18 +147,25 @@ pub fn run(root: &Path, spawn: &Path, bundle_dir: &Path, id: &str) -> anyhow::Re
         }
     }
     let c = Container::create(root, id, &bundle_dir)?;
-    match start(&c, &b, spawn, privileged) {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            // Nothing runs: nothing stays.
-            let _ = std::fs::remove_dir_all(&c.dir);
-            Err(e)
-        }
-    }
+    Ok((c, b, privileged))
 }
 
-fn start(c: &Container, b: &bundle::Bundle, spawn: &Path, privileged: bool) -> anyhow::Result<i32> {
-    let config = container::spawn_config(c, b, privileged)?;
+/// Start tend-spawn with the task's config and read its report: the task
+/// runs, or with [`TaskStart::OnRequest`] waits at its gate with /dev/null
+/// for stdin. Returns tend-spawn's stdin (the task's, for `run`) and the
+/// task's pid.
+fn launch(
+    c: &Container,
+    b: &bundle::Bundle,
+    spawn: &Path,
+    privileged: bool,
+    start: TaskStart,
+) -> anyhow::Result<(std::process::ChildStdin, i32)> {
+    let mut config = container::spawn_config(c, b, privileged)?;
+    config.start = start;
+    if start == TaskStart::OnRequest {
+        config.stdin = TaskStdin::Null;
+    }
     let frame = config.to_frame().context("encoding the spawn config")?;
     let mut child = Command::new(spawn)
         .stdin(Stdio::piped())
@@ -85,10 +184,32 @@ fn start(c: &Container, b: &bundle::Bundle, spawn: &Path, privileged: bool) -> a
         .decode::<StartReport>()
         .context("decoding tend-spawn's start report")?;
     let _ = child.wait();
-    if let StartReport::Failed { stage, message, .. } = report {
-        bail!("the task did not start ({stage}): {message}");
+    match report {
+        StartReport::Failed { stage, message, .. } => {
+            let hint = if start == TaskStart::OnRequest && message.contains("trailing bytes") {
+                " (this tend-spawn predates create: use run)"
+            } else {
+                ""
+            };
+            bail!("the task did not start ({stage}): {message}{hint}");
+        }
+        StartReport::Started { task_pid, .. } => Ok((stdin, task_pid)),
     }
-    // From here a forwarded signal reaches the task, not this process.
+}
+
+/// `run`'s foreground: the task started, its output followed, its signals
+/// forwarded, until it exits.
+fn follow(
+    c: &Container,
+    b: &bundle::Bundle,
+    spawn: &Path,
+    privileged: bool,
+    pid_file: Option<&Path>,
+) -> anyhow::Result<i32> {
+    // From before the task exists, a forwarded signal waits on the signalfd
+    // for the task instead of ending this process: a caller that signals
+    // run as soon as state says running finds them blocked. (tend-spawn
+    // starts with an empty mask whatever its parent's.)
     let mut mask = SigSet::empty();
     for s in FORWARDED {
         mask.add(s);
@@ -96,6 +217,10 @@ fn start(c: &Container, b: &bundle::Bundle, spawn: &Path, privileged: bool) -> a
     mask.thread_block()
         .context("blocking the forwarded signals")?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)?;
+    let (stdin, task_pid) = launch(c, b, spawn, privileged, TaskStart::Now)?;
+    if let Some(path) = pid_file {
+        write_pid_file(path, task_pid)?;
+    }
     // The task reads what follows the config on tend-spawn's stdin: ours,
     // copied until it ends (or the task stops reading). The thread starts
     // with the forwarded signals blocked, so they reach the signalfd.
@@ -192,7 +317,17 @@ impl Follow {
     }
 }
 
-/// The runtime-spec's status of a container.
+/// The runtime-spec's name of a task state.
+fn oci_status(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Created => "created",
+        TaskState::Running | TaskState::Stopping => "running",
+        TaskState::Exited => "stopped",
+    }
+}
+
+/// The runtime-spec's status of a container, and its pid: the task's as the
+/// host sees it while it lives (held, for a created one), else 0.
 fn status_of(c: &Container) -> (&'static str, i32) {
     let Ok(mut client) = Client::connect(&c.socket(), c.token) else {
         return ("stopped", 0);
@@ -200,8 +335,8 @@ fn status_of(c: &Container) -> (&'static str, i32) {
     let pid = client.welcome.task_pid;
     match client.ask(Request::Status) {
         Ok(Response::Status(s)) => match s.state {
-            TaskState::Running | TaskState::Stopping => ("running", pid),
             TaskState::Exited => ("stopped", 0),
+            live => (oci_status(live), pid),
         },
         _ => ("stopped", 0),
     }
@@ -251,18 +386,19 @@ pub fn kill(root: &Path, id: &str, signal: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `delete [--force] ID`: end the task (with --force), let its tend-spawn go
-/// and remove everything of the container.
+/// `delete [--force] ID`: end the task (with --force, or when it is created
+/// and never started, as runc does), let its tend-spawn go and remove
+/// everything of the container.
 pub fn delete(root: &Path, id: &str, force: bool) -> anyhow::Result<()> {
     let c = Container::open(root, id)?;
     if let Ok(mut client) = Client::connect(&c.socket(), c.token) {
         let daemon = client.welcome.daemon_pid;
-        let running = matches!(
-            client.ask(Request::Status)?,
-            Response::Status(s) if s.state != TaskState::Exited
-        );
-        if running {
-            if !force {
+        let state = match client.ask(Request::Status)? {
+            Response::Status(s) => Some(s.state),
+            _ => None,
+        };
+        if state.is_some_and(|s| s != TaskState::Exited) {
+            if !force && state != Some(TaskState::Created) {
                 bail!("container {id} is running: stop it first or use --force");
             }
             client.ask(Request::Stop {

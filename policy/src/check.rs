@@ -70,6 +70,14 @@ impl Policy {
                 self.check_chroot_source(&b.source)?;
             }
         }
+        // Namespaces a caller's task could name its host or network in: not
+        // for a caller yet.
+        if config.namespaces != tend_proto::config::Namespaces::default() {
+            return Err(self.refuse(
+                "namespaces",
+                "uts, ipc and network namespaces need tend-spawn run by root, not setuid".into(),
+            ));
+        }
         self.check_cgroup(caller, config)?;
         self.check_caller_dir("data_roots", &self.data_roots, caller, &config.alloc_dir)?;
         let sock = Path::new(&config.socket_path);

@@ -256,6 +256,16 @@ impl Tree {
 }
 
 #[test]
+fn namespaces_beyond_mount_and_pid_are_refused_to_a_caller() {
+    let t = Tree::new();
+    let mut c = t.config();
+    c.namespaces.ipc = true;
+    let r = t.policy().check_with(&t.caller(), &c, &Fake).unwrap_err();
+    assert_eq!(r.rule, "namespaces");
+    assert!(r.reason.contains("not setuid"), "{}", r.reason);
+}
+
+#[test]
 fn a_good_config_passes() {
     let t = Tree::new();
     t.policy()

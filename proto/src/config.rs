@@ -194,6 +194,47 @@ pub struct SpawnConfig {
     /// frame ([`SpawnConfig::to_frame`]).
     #[serde(skip)]
     pub stdin: TaskStdin,
+    /// When the task's process runs: at once, or held before its execve
+    /// until a [`Request::Start`](crate::Request::Start) (`tend-oci create`).
+    /// Added after the first wire form: travels after the task's ids
+    /// ([`SpawnConfig::to_frame`]).
+    #[serde(skip)]
+    pub start: TaskStart,
+    /// Namespaces of the task's own beyond the mount and pid ones a root
+    /// brings; only with an isolation. Added after the first wire form:
+    /// travels after the task's start ([`SpawnConfig::to_frame`]).
+    #[serde(skip)]
+    pub namespaces: Namespaces,
+}
+
+/// Namespaces a task gets of its own, unshared by its child before it
+/// enters its root (none by default: the host's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespaces {
+    /// A UTS namespace: its host and domain names are its own.
+    pub uts: bool,
+    /// The host name set in it (with `uts` only); None keeps the copy of
+    /// the host's that a new one starts with.
+    pub hostname: Option<String>,
+    /// An IPC namespace: SysV IPC objects and POSIX message queues of its own.
+    pub ipc: bool,
+    /// A network namespace with nothing but its loopback, up.
+    pub net: bool,
+}
+
+/// Longest host name the kernel takes (HOST_NAME_MAX).
+pub const MAX_HOSTNAME: usize = 64;
+
+/// When the task's process runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStart {
+    /// At once (the agent's tasks, `tend-oci run`).
+    #[default]
+    Now,
+    /// Prepared to its last step (cgroup, root, user, stdio) and held
+    /// before its execve until a [`Request::Start`](crate::Request::Start)
+    /// arrives on the control socket: the OCI runtime's `create`.
+    OnRequest,
 }
 
 /// The task's stdin.
@@ -321,7 +362,31 @@ impl SpawnConfig {
                 }
             }
         }
+        let ns = &self.namespaces;
+        if *ns != Namespaces::default() && self.isolation.is_none() {
+            return Err(bad(
+                "namespaces",
+                "need an isolation (a task of raw_exec keeps the host's)",
+            ));
+        }
+        if let Some(h) = &ns.hostname {
+            if !ns.uts {
+                return Err(bad("namespaces.hostname", "needs a uts namespace"));
+            }
+            if h.is_empty() || h.len() > MAX_HOSTNAME || h.contains('\0') {
+                return Err(bad(
+                    "namespaces.hostname",
+                    format!("{h:?}: want 1-{MAX_HOSTNAME} bytes without NUL"),
+                ));
+            }
+        }
         if let Some(iso) = &self.isolation {
+            if (self.start != TaskStart::Now || *ns != Namespaces::default()) && iso.ids.is_none() {
+                return Err(bad(
+                    "isolation.ids",
+                    "must be set with a start on request or namespaces (they travel after them)",
+                ));
+            }
             if iso.user.is_empty() {
                 return Err(bad("isolation.user", "is empty"));
             }
@@ -351,18 +416,29 @@ impl SpawnConfig {
     /// One whole frame: the config, then its [`CgroupOptions`] when any is
     /// set, then the task's [`TaskStdin`] when it is not
     /// [`TaskStdin::Null`], then the task's [`TaskIds`] when the agent
-    /// resolved them.
+    /// resolved them, then its [`TaskStart`] when it is not
+    /// [`TaskStart::Now`], then its [`Namespaces`] when it has any.
     ///
     /// The additions ride after the frozen encoding rather than inside it, so
     /// a config without them is byte for byte what it always was. They are
     /// read back in this order, so a later part brings the earlier ones with
     /// it: the options (where there is a cgroup) even when all are off, the
-    /// stdin even when it is /dev/null.
+    /// stdin even when it is /dev/null, the ids (where there is an
+    /// isolation), which must then be set.
     pub fn to_frame(&self) -> Result<Vec<u8>, FrameError> {
         let encode_err = |what| move |source| FrameError::Encode { what, source };
         let mut body = postcard::to_allocvec(self).map_err(encode_err("SpawnConfig"))?;
         let ids = self.isolation.as_ref().and_then(|i| i.ids);
-        let stdin = (self.stdin != TaskStdin::Null || ids.is_some()).then_some(self.stdin);
+        let namespaces = (self.namespaces != Namespaces::default()).then_some(&self.namespaces);
+        let start = (self.start != TaskStart::Now || namespaces.is_some()).then_some(self.start);
+        if start.is_some() && self.isolation.is_some() && ids.is_none() {
+            return Err(FrameError::Missing {
+                what: "TaskIds",
+                needed_by: "TaskStart",
+            });
+        }
+        let stdin = (self.stdin != TaskStdin::Null || ids.is_some() || start.is_some())
+            .then_some(self.stdin);
         let options = self.cgroup.as_ref().map(|c| &c.options);
         if let Some(o) = options.filter(|o| **o != CgroupOptions::default() || stdin.is_some()) {
             body.extend(postcard::to_allocvec(o).map_err(encode_err("CgroupOptions"))?);
@@ -373,13 +449,19 @@ impl SpawnConfig {
         if let Some(ids) = ids {
             body.extend(postcard::to_allocvec(&ids).map_err(encode_err("TaskIds"))?);
         }
+        if let Some(s) = start {
+            body.extend(postcard::to_allocvec(&s).map_err(encode_err("TaskStart"))?);
+        }
+        if let Some(n) = namespaces {
+            body.extend(postcard::to_allocvec(n).map_err(encode_err("Namespaces"))?);
+        }
         frame::wrap_body(crate::PROTOCOL_VERSION, &body)
     }
 
     /// Decode a frame written by [`SpawnConfig::to_frame`]: the config, then
     /// the cgroup options if bytes follow it and it has a cgroup, then the
-    /// task's stdin and its ids if bytes still follow (a config without them
-    /// reads too).
+    /// task's stdin, its ids, its start and its namespaces if bytes still
+    /// follow (a config without them reads too).
     pub fn from_frame(f: &Frame) -> Result<SpawnConfig, FrameError> {
         let body_err = |what| move |source| FrameError::Body { what, source };
         let (mut config, mut rest) =
@@ -400,6 +482,18 @@ impl SpawnConfig {
             let (ids, after) =
                 postcard::take_from_bytes::<TaskIds>(rest).map_err(body_err("TaskIds"))?;
             iso.ids = Some(ids);
+            rest = after;
+        }
+        if !rest.is_empty() {
+            let (start, after) =
+                postcard::take_from_bytes::<TaskStart>(rest).map_err(body_err("TaskStart"))?;
+            config.start = start;
+            rest = after;
+        }
+        if !rest.is_empty() {
+            let (namespaces, after) =
+                postcard::take_from_bytes::<Namespaces>(rest).map_err(body_err("Namespaces"))?;
+            config.namespaces = namespaces;
             rest = after;
         }
         if !rest.is_empty() {
@@ -489,6 +583,8 @@ pub fn example(alloc_dir: &str, socket_path: &str) -> SpawnConfig {
         cgroup: None,
         isolation: None,
         stdin: TaskStdin::Null,
+        start: TaskStart::Now,
+        namespaces: Namespaces::default(),
     }
 }
 
@@ -524,6 +620,58 @@ mod tests {
             options: CgroupOptions::default(),
         });
         assert_eq!(c.validate().unwrap_err().field, "cgroup.daemon_path");
+    }
+
+    #[test]
+    fn a_held_start_of_an_isolated_task_needs_its_ids_before_it() {
+        let mut c = example("/tmp/a", "/tmp/s.sock");
+        c.start = TaskStart::OnRequest;
+        c.validate().unwrap();
+        c.isolation = Some(Isolation {
+            ids: None,
+            user: "nobody".into(),
+            chroot: None,
+        });
+        assert_eq!(c.validate().unwrap_err().field, "isolation.ids");
+        assert!(matches!(
+            c.to_frame(),
+            Err(FrameError::Missing {
+                what: "TaskIds",
+                ..
+            })
+        ));
+        c.isolation.as_mut().unwrap().ids = Some(TaskIds {
+            uid: 65534,
+            gid: 65534,
+        });
+        c.validate().unwrap();
+        let f = frame::read_frame(&mut &c.to_frame().unwrap()[..], crate::MAX_FRAME_LEN).unwrap();
+        assert_eq!(SpawnConfig::from_frame(&f).unwrap(), c);
+    }
+
+    #[test]
+    fn namespaces_need_an_isolation_and_a_hostname_its_uts_namespace() {
+        let mut c = example("/tmp/a", "/tmp/s.sock");
+        c.namespaces.ipc = true;
+        assert_eq!(c.validate().unwrap_err().field, "namespaces");
+        c.isolation = Some(Isolation {
+            ids: Some(TaskIds { uid: 1, gid: 1 }),
+            user: "1".into(),
+            chroot: None,
+        });
+        c.validate().unwrap();
+        c.namespaces.hostname = Some("box1".into());
+        assert_eq!(c.validate().unwrap_err().field, "namespaces.hostname");
+        c.namespaces.uts = true;
+        c.validate().unwrap();
+        c.namespaces.hostname = Some("h".repeat(MAX_HOSTNAME + 1));
+        assert_eq!(c.validate().unwrap_err().field, "namespaces.hostname");
+        c.namespaces.hostname = Some("box1".into());
+        // They bring the start (Now) and the ids before them on the wire.
+        let f = frame::read_frame(&mut &c.to_frame().unwrap()[..], crate::MAX_FRAME_LEN).unwrap();
+        assert_eq!(SpawnConfig::from_frame(&f).unwrap(), c);
+        c.isolation.as_mut().unwrap().ids = None;
+        assert_eq!(c.validate().unwrap_err().field, "isolation.ids");
     }
 
     #[test]

@@ -55,6 +55,15 @@ pub enum FrameError {
         /// How many bytes were left.
         extra: usize,
     },
+    /// A later part of a message was set without an earlier one it needs
+    /// on the wire (they are read back in order).
+    #[error("frame: {needed_by} travels after {what}, which is not set")]
+    Missing {
+        /// The earlier part.
+        what: &'static str,
+        /// The later part.
+        needed_by: &'static str,
+    },
     /// The message could not be encoded.
     #[error("frame: cannot encode {what}: {source}")]
     Encode {

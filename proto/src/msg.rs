@@ -229,6 +229,13 @@ pub enum Request {
     /// [`Response::ExecExited`] when it ends. A daemon that predates it
     /// cannot decode it and answers [`Response::Error`].
     Exec(ExecRequest),
+    /// Run the task's process, held before its execve since the start (a
+    /// config with [`TaskStart::OnRequest`](crate::config::TaskStart)).
+    /// Answered by [`Response::Ok`] once it has exec'd, or
+    /// [`Response::Error`] (the task is not held, or its exec failed). A
+    /// daemon that predates it cannot decode it and answers
+    /// [`Response::Error`].
+    Start,
 }
 
 /// What [`Request::Exec`] runs.
@@ -249,6 +256,9 @@ pub enum TaskState {
     Stopping,
     /// It has ended; the exit is recorded.
     Exited,
+    /// Held before its execve until a [`Request::Start`]; only a config with
+    /// [`TaskStart::OnRequest`](crate::config::TaskStart) gets here.
+    Created,
 }
 
 /// Answer to [`Request::Status`].

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskIds, TaskStdin,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, Namespaces,
+    TaskIds, TaskStart, TaskStdin,
 };
 use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
 use tend_proto::msg::{
@@ -311,6 +312,8 @@ fn spawn_config_minimal() -> SpawnConfig {
         cgroup: None,
         isolation: None,
         stdin: TaskStdin::Null,
+        start: TaskStart::Now,
+        namespaces: Namespaces::default(),
     }
 }
 
@@ -366,6 +369,8 @@ fn spawn_config_full() -> SpawnConfig {
             }),
         }),
         stdin: TaskStdin::Null,
+        start: TaskStart::Now,
+        namespaces: Namespaces::default(),
     }
 }
 
@@ -455,6 +460,34 @@ fn spawn_config_ids(cgroup: bool) -> SpawnConfig {
     c
 }
 
+/// A config whose task is held until a Start (isolated or not): the start
+/// follows the stdin and, where there is an isolation, the ids.
+fn spawn_config_start(isolated: bool) -> SpawnConfig {
+    let base = if isolated {
+        spawn_config_ids(false)
+    } else {
+        spawn_config_minimal()
+    };
+    SpawnConfig {
+        start: TaskStart::OnRequest,
+        ..base
+    }
+}
+
+/// A config whose task gets uts (with a host name), ipc and network
+/// namespaces: they follow the start (Now) and the ids.
+fn spawn_config_namespaces() -> SpawnConfig {
+    SpawnConfig {
+        namespaces: Namespaces {
+            uts: true,
+            hostname: Some("box1".into()),
+            ipc: true,
+            net: true,
+        },
+        ..spawn_config_ids(false)
+    }
+}
+
 /// The configs with additions after the frozen encoding.
 fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
     vec![
@@ -463,6 +496,9 @@ fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
         ("spawn_config_cgroup_stdin", spawn_config_stdin(true)),
         ("spawn_config_ids", spawn_config_ids(false)),
         ("spawn_config_cgroup_ids", spawn_config_ids(true)),
+        ("spawn_config_start", spawn_config_start(false)),
+        ("spawn_config_isolated_start", spawn_config_start(true)),
+        ("spawn_config_namespaces", spawn_config_namespaces()),
     ]
 }
 
@@ -515,7 +551,7 @@ fn spawn_config_extended_cases() -> Vec<Case> {
 // fail until every listed variant has one.
 
 const REQUEST_VARIANTS: &[&str] = &[
-    "Status", "Wait", "Signal", "Stop", "Stats", "Release", "StatsV2", "Exec",
+    "Status", "Wait", "Signal", "Stop", "Stats", "Release", "StatsV2", "Exec", "Start",
 ];
 fn request_variant(r: &Request) -> &'static str {
     match r {
@@ -527,6 +563,7 @@ fn request_variant(r: &Request) -> &'static str {
         Request::Release => "Release",
         Request::StatsV2 => "StatsV2",
         Request::Exec(_) => "Exec",
+        Request::Start => "Start",
     }
 }
 
@@ -563,12 +600,13 @@ fn start_report_variant(r: &StartReport) -> &'static str {
     }
 }
 
-const TASK_STATE_VARIANTS: &[&str] = &["Running", "Stopping", "Exited"];
+const TASK_STATE_VARIANTS: &[&str] = &["Running", "Stopping", "Exited", "Created"];
 fn task_state_variant(s: &TaskState) -> &'static str {
     match s {
         TaskState::Running => "Running",
         TaskState::Stopping => "Stopping",
         TaskState::Exited => "Exited",
+        TaskState::Created => "Created",
     }
 }
 
@@ -606,6 +644,7 @@ fn request_values() -> Vec<(&'static str, Request)> {
                 tty: false,
             }),
         ),
+        ("request_start", Request::Start),
     ]
 }
 
@@ -651,6 +690,17 @@ fn response_values() -> Vec<(&'static str, Response)> {
                 run: 1,
                 started_at: "2024-05-01T12:00:00Z".into(),
                 exit: Some(exit_code_0()),
+            }),
+        ),
+        (
+            "response_status_created",
+            Response::Status(Status {
+                state: TaskState::Created,
+                task_pid: 1240,
+                daemon_pid: 1234,
+                run: 1,
+                started_at: "2024-05-01T12:00:00Z".into(),
+                exit: None,
             }),
         ),
         ("response_ok", Response::Ok),
@@ -828,6 +878,7 @@ fn task_state_values() -> Vec<(&'static str, TaskState)> {
         ("task_state_running", TaskState::Running),
         ("task_state_stopping", TaskState::Stopping),
         ("task_state_exited", TaskState::Exited),
+        ("task_state_created", TaskState::Created),
     ]
 }
 

@@ -77,8 +77,8 @@ pub const HELP: &str = "tend-spawn: tend's per-task supervisor.\n\
 Started by the tend agent, which writes the task's spawn config as one frame to\n\
 stdin and reads one start report from stdout. It takes no other arguments.\n\
 \n\
-`tend-spawn oci run|state|kill|delete ...` is the OCI runtime command line,\n\
-served by tend-oci next to this binary (docs/oci.md).\n\
+`tend-spawn oci create|start|run|state|kill|delete ...` is the OCI runtime\n\
+command line, served by tend-oci next to this binary (docs/oci.md).\n\
 \n\
 Options:\n  --version  print the version\n  --help     print this help\n";
 

@@ -148,6 +148,10 @@ pub trait Handler {
     fn stop(&mut self, signal: i32, grace_ms: u64) -> Result<(), CommandError>;
     /// The agent has recorded the exit: leave if the task has exited.
     fn release(&mut self) -> Result<(), CommandError>;
+    /// Let a task held before its execve run (Request::Start).
+    fn start(&mut self) -> Result<(), CommandError> {
+        Err(CommandError::NotHeld)
+    }
     /// Run `req` in the task's isolation on `stdio` (stdin, stdout, stderr):
     /// the pid the daemon reaps it by.
     fn exec(&mut self, req: &ExecRequest, stdio: [OwnedFd; 3]) -> Result<i32, CommandError> {
@@ -176,6 +180,9 @@ pub enum CommandError {
     /// Release before the exit is recorded.
     #[error("task still running")]
     StillRunning,
+    /// Start for a task that is not held (it runs already, or was never).
+    #[error("the task is not held for a start: it was started already, or not created to wait")]
+    NotHeld,
     /// A handler that cannot exec (a test's, or a daemon in no state to).
     #[error("exec is not supported here")]
     NoExec,
@@ -248,6 +255,7 @@ impl Session {
             Request::Stop { signal, grace_ms } => vec![reply(h.stop(signal, grace_ms))],
             Request::Release => vec![reply(h.release())],
             Request::Exec(req) => vec![self.exec(&req, h)],
+            Request::Start => vec![reply(h.start())],
         }
     }
 

@@ -1,7 +1,7 @@
 //! `tend-spawn oci`: a bundle whose rootfs is this host's /bin, /lib, /lib64
-//! and /usr bound read-only, run in the foreground; state, kill and delete
-//! from other processes; refusals that name the field; nothing left after
-//! delete.
+//! and /usr bound read-only, run in the foreground, or created and started;
+//! state, kill and delete from other processes; refusals that name the
+//! field; nothing left after delete.
 
 use std::fs;
 use std::path::PathBuf;
@@ -62,6 +62,57 @@ impl Oci {
         let mut c = self.cmd("run", &["-b", &self.bundle().display().to_string(), id]);
         c.stdin(Stdio::null());
         c
+    }
+
+    /// `VERB -b BUNDLE --pid-file DIR/ID.pid ID` (run or create), stdin
+    /// /dev/null, and the pid file.
+    fn with_pid_file(&self, verb: &str, id: &str) -> (Command, PathBuf) {
+        let pid_file = self.dir.path().join(format!("{id}.pid"));
+        let mut c = self.cmd(
+            verb,
+            &[
+                "-b",
+                &self.bundle().display().to_string(),
+                "--pid-file",
+                &pid_file.display().to_string(),
+                id,
+            ],
+        );
+        c.stdin(Stdio::null());
+        (c, pid_file)
+    }
+
+    /// `create -b BUNDLE --pid-file DIR/ID.pid ID`, which must succeed: the
+    /// pid it wrote.
+    fn create(&self, id: &str) -> i32 {
+        let (mut create, pid_file) = self.with_pid_file("create", id);
+        let out = create.output().unwrap();
+        assert!(
+            out.status.success(),
+            "create {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "create {id} printed {:?}",
+            out.stdout
+        );
+        fs::read_to_string(&pid_file).unwrap().parse().unwrap()
+    }
+
+    /// The task's stdout log.
+    fn stdout_log(&self, id: &str) -> String {
+        fs::read_to_string(self.root().join(id).join("logs/task.stdout")).unwrap_or_default()
+    }
+
+    fn wait_status(&self, id: &str, status: &str) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .state(id)
+                .is_some_and(|s| s["status"] == status)),
+            "{id} never became {status}: {:?}",
+            self.state(id)
+        );
     }
 
     fn state(&self, id: &str) -> Option<serde_json::Value> {
@@ -326,9 +377,18 @@ fn unsupported_fields_are_refused_by_name() {
     );
     // Nothing was made for it.
     assert!(!o.root().join("c5").exists());
-    let create = o.cmd("create", &["-b", "x", "c6"]).output().unwrap();
+    // A console socket is refused by name, and nothing is made for it.
+    let bundle = o.bundle().display().to_string();
+    let create = o
+        .cmd(
+            "create",
+            &["-b", &bundle, "--console-socket", "/x.sock", "c6"],
+        )
+        .output()
+        .unwrap();
     assert_eq!(create.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&create.stderr).contains("create is not supported yet"));
+    assert!(String::from_utf8_lossy(&create.stderr).contains("--console-socket is not supported"));
+    assert!(!o.root().join("c6").exists());
 }
 
 /// The cgroup path of `pid` in the v1 hierarchy holding `controller`.
@@ -518,4 +578,326 @@ fn runc_default_masked_and_readonly_paths_run() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0\nro\n");
     assert!(o.cmd("delete", &["m1"]).status().unwrap().success());
+}
+
+/// The comm of a live pid.
+fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// create leaves the process prepared and not yet exec'd (state "created",
+/// its pid the held process's, the pid file's); start runs it; its output
+/// is in its log; state follows it to "stopped"; delete removes it.
+#[test]
+fn create_then_start_runs_the_process_and_state_follows_it() {
+    require_root!();
+    let o = Oci::new(&["sh", "-c", "echo out $GREETING; sleep 0.3"]);
+    let pid = o.create("l1");
+    let s = o.state("l1").unwrap();
+    assert_eq!(s["status"], "created", "{s}");
+    assert_eq!(s["pid"], pid);
+    assert_eq!(s["bundle"], o.bundle().display().to_string());
+    assert!(pid_alive(pid));
+    // Held before its execve: still tend-spawn's image, nothing of the command ran.
+    assert_eq!(comm(pid), "tend-spawn");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(o.stdout_log("l1"), "");
+    assert_eq!(o.state("l1").unwrap()["status"], "created");
+
+    let start = o.cmd("start", &["l1"]).output().unwrap();
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    // The same process, now the command.
+    let s = o.state("l1").unwrap();
+    assert_eq!(s["status"], "running", "{s}");
+    assert_eq!(s["pid"], pid);
+    assert_eq!(comm(pid), "sh");
+    // A second start is refused.
+    let again = o.cmd("start", &["l1"]).output().unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not created"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    o.wait_status("l1", "stopped");
+    assert_eq!(o.stdout_log("l1"), "out hello\n");
+    assert_eq!(o.state("l1").unwrap()["pid"], 0);
+    let exit: serde_json::Value =
+        serde_json::from_slice(&fs::read(o.root().join("l1/task_exit_status")).unwrap()).unwrap();
+    assert_eq!(exit["exit_code"], 0);
+    let del = o.cmd("delete", &["l1"]).output().unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+    assert!(!pid_alive(pid));
+}
+
+/// delete of a created container ends it without the process ever running,
+/// and leaves nothing: no process, no cgroup, no mount, no state dir.
+#[test]
+fn delete_of_a_created_container_leaves_nothing_and_never_runs_it() {
+    require_root!();
+    let script = "echo ran";
+    let o = Oci::new(&["sh", "-c", script]);
+    let v1_memory = std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").is_file();
+    let path = format!("tend-oci-test/{}-l2", std::process::id());
+    if v1_memory {
+        let mut c = o.config(&["sh", "-c", script]);
+        c["linux"]["cgroupsPath"] = serde_json::json!(format!("/{path}"));
+        c["linux"]["resources"] = serde_json::json!({ "memory": { "limit": 64 << 20 } });
+        o.write_config(&c);
+    }
+    let pid = o.create("l2");
+    assert_eq!(o.state("l2").unwrap()["status"], "created");
+    let mem = PathBuf::from("/sys/fs/cgroup/memory").join(&path);
+    if v1_memory {
+        // The held process is in its cgroup already.
+        assert_eq!(
+            v1_cgroup(pid, "memory").as_deref(),
+            Some(&*format!("/{path}"))
+        );
+    }
+    let dir = o.root().join("l2");
+    let del = o.cmd("delete", &["l2"]).output().unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert!(!dir.exists());
+    assert!(
+        wait_until(Duration::from_secs(5), || !pid_alive(pid)),
+        "{pid} lives"
+    );
+    assert!(tend_tests::holders_under(&dir).is_empty());
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&*dir.display().to_string()),
+        "a mount is left under {}",
+        dir.display()
+    );
+    if v1_memory {
+        assert!(
+            wait_until(Duration::from_secs(5), || !mem.exists()),
+            "{} is left",
+            mem.display()
+        );
+        for m in tend_tests::cgroup_mounts() {
+            let _ = fs::remove_dir(m.join("tend-oci-test"));
+        }
+    }
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// An execve that fails once started: start says why, and the container
+/// is stopped (its held process left with 127).
+#[test]
+fn a_start_whose_exec_fails_says_why_and_the_container_stops() {
+    require_root!();
+    let o = Oci::new(&["/etc/plain"]);
+    fs::write(o.bundle().join("rootfs/etc/plain"), "not a program\n").unwrap();
+    o.create("l4");
+    let start = o.cmd("start", &["l4"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&start.stderr);
+    assert_eq!(start.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("exec /etc/plain: Permission denied"),
+        "{stderr}"
+    );
+    o.wait_status("l4", "stopped");
+    let exit: serde_json::Value =
+        serde_json::from_slice(&fs::read(o.root().join("l4/task_exit_status")).unwrap()).unwrap();
+    assert_eq!(exit["exit_code"], 127, "{exit}");
+    assert!(o.cmd("delete", &["l4"]).status().unwrap().success());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// run's --pid-file holds the task's pid, the one state gives.
+#[test]
+fn run_writes_the_tasks_pid_to_its_pid_file() {
+    require_root!();
+    let o = Oci::new(&["sleep", "300"]);
+    let (mut run, pid_file) = o.with_pid_file("run", "r1");
+    let mut run = run.spawn().unwrap();
+    let pid = o.wait_running("r1");
+    assert!(
+        wait_until(Duration::from_secs(5), || fs::read_to_string(&pid_file)
+            .is_ok_and(|p| p == pid.to_string())),
+        "{:?} is not {pid}",
+        fs::read_to_string(&pid_file)
+    );
+    assert!(o
+        .cmd("delete", &["--force", "r1"])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait_child(&mut run).status.code(), Some(128 + 9));
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// kill of a created container ends the held process (the command never
+/// runs); state says stopped; delete removes it.
+#[test]
+fn kill_of_a_created_container_stops_it() {
+    require_root!();
+    let o = Oci::new(&["sleep", "300"]);
+    let pid = o.create("l3");
+    let kill = o.cmd("kill", &["l3", "KILL"]).output().unwrap();
+    assert!(
+        kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    o.wait_status("l3", "stopped");
+    assert!(!pid_alive(pid));
+    let exit: serde_json::Value =
+        serde_json::from_slice(&fs::read(o.root().join("l3/task_exit_status")).unwrap()).unwrap();
+    assert_eq!(exit["signal"], 9, "{exit}");
+    // A stopped container neither starts nor takes a signal.
+    assert!(!o.cmd("start", &["l3"]).status().unwrap().success());
+    assert!(!o.cmd("kill", &["l3"]).status().unwrap().success());
+    assert!(o.cmd("delete", &["l3"]).status().unwrap().success());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// `linux.namespaces` of `config` with `extra` types after pid and mount.
+fn with_namespaces(config: &mut serde_json::Value, extra: &[&str]) {
+    let mut ns = vec![
+        serde_json::json!({ "type": "pid" }),
+        serde_json::json!({ "type": "mount" }),
+    ];
+    ns.extend(extra.iter().map(|t| serde_json::json!({ "type": t })));
+    config["linux"]["namespaces"] = serde_json::json!(ns);
+}
+
+/// A uts namespace with the bundle's hostname: the task's name is its own,
+/// the host's stays as it was.
+#[test]
+fn a_uts_namespace_has_the_bundles_hostname_and_the_host_keeps_its_own() {
+    require_root!();
+    let host = nix::unistd::gethostname().unwrap();
+    let args = ["hostname"];
+    let o = Oci::new(&args);
+    let mut c = o.config(&args);
+    with_namespaces(&mut c, &["uts"]);
+    c["hostname"] = serde_json::json!("box1");
+    o.write_config(&c);
+    let out = o.run("u1").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "box1\n");
+    assert_eq!(nix::unistd::gethostname().unwrap(), host);
+    assert!(o.cmd("delete", &["u1"]).status().unwrap().success());
+    // Without one, a hostname is refused by name.
+    with_namespaces(&mut c, &[]);
+    o.write_config(&c);
+    let out = o.run("u2").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hostname: needs a uts namespace"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A host SysV shared memory segment, removed on drop.
+struct HostShm(i32);
+
+impl HostShm {
+    fn new() -> HostShm {
+        let out = Command::new("ipcmk").args(["-M", "4096"]).output().unwrap();
+        assert!(out.status.success(), "ipcmk: {:?}", out);
+        // "Shared memory id: N"
+        let text = String::from_utf8_lossy(&out.stdout);
+        let id = text
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("ipcmk said {text:?}"));
+        HostShm(id)
+    }
+}
+
+impl Drop for HostShm {
+    fn drop(&mut self) {
+        let _ = Command::new("ipcrm")
+            .args(["-m", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The shmids a task lists in its /proc/sysvipc/shm.
+fn task_shmids(o: &Oci, id: &str) -> Vec<i32> {
+    let out = o.run(id).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(o.cmd("delete", &[id]).status().unwrap().success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect()
+}
+
+/// An ipc namespace: the host's SysV objects are out of the task's sight
+/// (a task without one sees them).
+#[test]
+fn an_ipc_namespace_sees_no_host_sysv_objects() {
+    require_root!();
+    let shm = HostShm::new();
+    let args = ["cat", "/proc/sysvipc/shm"];
+    let o = Oci::new(&args);
+    assert!(
+        task_shmids(&o, "i1").contains(&shm.0),
+        "without an ipc namespace the host's segment {} is seen",
+        shm.0
+    );
+    let mut c = o.config(&args);
+    with_namespaces(&mut c, &["ipc"]);
+    o.write_config(&c);
+    let ids = task_shmids(&o, "i2");
+    assert!(!ids.contains(&shm.0), "{ids:?} holds the host's {}", shm.0);
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
+
+/// A network namespace: nothing but its loopback, up.
+#[test]
+fn a_network_namespace_has_only_its_loopback_up() {
+    require_root!();
+    let args = ["/usr/sbin/ip", "-o", "link", "show"];
+    let o = Oci::new(&args);
+    let mut c = o.config(&args);
+    with_namespaces(&mut c, &["network"]);
+    o.write_config(&c);
+    let out = o.run("n1").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let links: Vec<&str> = stdout.lines().collect();
+    assert_eq!(links.len(), 1, "{stdout}");
+    assert!(links[0].starts_with("1: lo: <LOOPBACK,UP,"), "{stdout}");
+    assert!(o.cmd("delete", &["n1"]).status().unwrap().success());
 }

@@ -75,6 +75,9 @@ enum Runtime {
     /// `tend-spawn oci`, with a bundle whose root is the host's `/` (what an
     /// unprivileged run can do).
     TendHostRoot,
+    /// As [`Runtime::TendHostRoot`], with oci.conf's RunTimeCreate and
+    /// RunTimeStart in place of RunTimeRun.
+    TendCreateStart,
 }
 
 /// Whether the cluster enforces `--mem`.
@@ -144,9 +147,9 @@ impl Cluster {
                 log.display(),
                 state.display()
             ),
-            Runtime::Tend | Runtime::TendHostRoot => {
+            Runtime::Tend | Runtime::TendHostRoot | Runtime::TendCreateStart => {
                 let mut config = tend_tests::oci_bundle_config(&bundle, &["true"]);
-                if runtime == Runtime::TendHostRoot {
+                if runtime != Runtime::Tend {
                     // slurmstepd makes root.path absolute against the bundle
                     // ("/" too): the host's root is a rootfs linking to it.
                     let rootfs = bundle.join("rootfs");
@@ -168,13 +171,21 @@ impl Cluster {
             }
         };
         let oci_conf = base.join("oci.conf");
+        let launch = if runtime == Runtime::TendCreateStart {
+            format!(
+                "RunTimeCreate=\"{rt} create %n.%u.%j.%s.%t -b %b\"\n\
+                 RunTimeStart=\"{rt} start %n.%u.%j.%s.%t\"\n"
+            )
+        } else {
+            format!("RunTimeRun=\"{rt} run %n.%u.%j.%s.%t -b %b\"\n")
+        };
         fs::write(
             &oci_conf,
             format!(
                 "RunTimeQuery=\"{rt} state %n.%u.%j.%s.%t\"\n\
                  RunTimeKill=\"{rt} kill -a %n.%u.%j.%s.%t\"\n\
                  RunTimeDelete=\"{rt} delete --force %n.%u.%j.%s.%t\"\n\
-                 RunTimeRun=\"{rt} run %n.%u.%j.%s.%t -b %b\"\n"
+                 {launch}"
             ),
         )
         .unwrap();
@@ -573,6 +584,31 @@ fn srun_through_tend_spawn_oci() {
     assert_eq!((state.as_str(), exit.as_str()), ("FAILED", "7:0"));
     assert_eq!(c.sacct_exit(job), "FAILED|7:0");
     // slurmstepd's state and delete remove the container once the step ends.
+    c.down_with_no_container_left();
+}
+
+/// With RunTimeCreate and RunTimeStart: slurmstepd creates the container,
+/// polls state until it is created, starts it, polls state until it is
+/// stopped, then deletes it. The step runs under tend-spawn; its output stays
+/// in the container's logs (slurmstepd hands create no stdio of the step's)
+/// and srun's exit code is start's (docs/slurm.md).
+#[test]
+fn srun_through_tend_spawn_oci_create_and_start() {
+    require_root!();
+    let c = Cluster::up_with(Runtime::TendCreateStart);
+    let marker = c.base.join("ran");
+    let script = format!(
+        "echo job=$SLURM_JOB_ID parent=$(cat /proc/$PPID/comm) > {}; exit 5",
+        marker.display()
+    );
+    let out = c.srun(None, &["sh", "-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "srun: {stderr}");
+    let ran = fs::read_to_string(&marker).unwrap_or_default();
+    assert!(
+        ran.starts_with("job=") && ran.trim_end().ends_with(" parent=tend-spawn"),
+        "the step wrote {ran:?}; srun: {stderr}"
+    );
     c.down_with_no_container_left();
 }
 

@@ -56,6 +56,31 @@ fn maps_process_root_and_binds() {
 }
 
 #[test]
+fn uts_ipc_and_network_namespaces_are_mapped_with_the_hostname() {
+    assert_eq!(
+        map(Path::new("/b"), &base()).unwrap().namespaces,
+        Namespaces::default()
+    );
+    let mut d = base();
+    d["hostname"] = json!("box1");
+    d["linux"]["namespaces"] = json!([
+        { "type": "pid" }, { "type": "mount" }, { "type": "uts" }, { "type": "ipc" },
+        { "type": "network" }
+    ]);
+    assert_eq!(
+        map(Path::new("/b"), &d).unwrap().namespaces,
+        Namespaces {
+            uts: true,
+            hostname: Some("box1".into()),
+            ipc: true,
+            net: true,
+        }
+    );
+    d["hostname"] = json!("h".repeat(65));
+    assert!(refusal(&d).starts_with("config.json: hostname: "));
+}
+
+#[test]
 fn a_root_that_is_not_read_only_is_a_writable_one() {
     let mut d = base();
     d["root"]["readonly"] = json!(false);
@@ -117,8 +142,10 @@ fn refusals_name_the_field() {
             "config.json: linux.namespaces[1]: type \"user\" is not supported",
         ),
         (
-            Box::new(|d| d["linux"]["namespaces"][0] = json!({ "type": "network" })),
-            "config.json: linux.namespaces[0]: type \"network\" is not supported",
+            Box::new(|d| {
+                d["linux"]["namespaces"][0] = json!({ "type": "network", "path": "/run/netns/x" })
+            }),
+            "config.json: linux.namespaces[0].path: is not supported",
         ),
         (
             Box::new(|d| d["linux"]["seccomp"] = json!({ "defaultAction": "SCMP_ACT_ALLOW" })),

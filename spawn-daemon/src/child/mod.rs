@@ -22,7 +22,8 @@
 //! `task::task_steps`: process group, the go on the sync pipe (the parent
 //! places the child in the task's cgroup meanwhile), oom_score_adj, the root
 //! (`mount::enter_root`), the working dir, the drop to the task's user,
-//! signals and umask, stdio, execve. Each is a function over the
+//! signals and umask, stdio, the gate of a held task ([`Held`]: `tend-oci
+//! create` waits there for its start), execve. Each is a function over the
 //! async-signal-safe wrappers of `raw`.
 
 use std::ffi::{c_char, CString};
@@ -35,6 +36,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
+use tend_proto::config::TaskStart;
 use tend_proto::{SpawnConfig, Stage};
 
 use crate::chroot::PreparedRoot;
@@ -117,6 +119,16 @@ pub struct Prepared {
     root: Option<PreparedRoot>,
     /// Whether the task gets a pid namespace of its own (it does with a root).
     pid_ns: bool,
+    /// Whether the task is held before its execve until a Start
+    /// ([`TaskStart::OnRequest`]).
+    held: bool,
+    /// The CLONE_NEW* flags of the uts, ipc and network namespaces the task
+    /// unshares (0: none).
+    ns_flags: libc::c_int,
+    /// The host name set in its uts namespace.
+    hostname: Option<CString>,
+    /// The namespaces, for a message ("uts ipc network").
+    ns_shown: String,
     /// What the task's oom_score_adj is set to ("0\n"): the daemon's own
     /// (-1000 where it could) is not the task's.
     oom_score_adj: CString,
@@ -184,6 +196,24 @@ impl Prepared {
         })?;
         let argv_ptrs = null_terminated(&argv);
         let envp_ptrs = null_terminated(&envp);
+        let ns = &config.namespaces;
+        let mut ns_flags = 0;
+        let mut ns_shown = Vec::new();
+        for (on, flag, name) in [
+            (ns.uts, libc::CLONE_NEWUTS, "uts"),
+            (ns.ipc, libc::CLONE_NEWIPC, "ipc"),
+            (ns.net, libc::CLONE_NEWNET, "network"),
+        ] {
+            if on {
+                ns_flags |= flag;
+                ns_shown.push(name);
+            }
+        }
+        let hostname = ns
+            .hostname
+            .as_deref()
+            .map(|h| cstring("namespaces.hostname", h))
+            .transpose()?;
         Ok(Prepared {
             command,
             _argv: argv,
@@ -194,6 +224,10 @@ impl Prepared {
             isolation,
             // (Not in figure 1e's baseline build: see Cargo.toml.)
             pid_ns: root.is_some() && !cfg!(feature = "bench-no-pid-namespace"),
+            held: config.start == TaskStart::OnRequest,
+            ns_flags,
+            hostname,
+            ns_shown: ns_shown.join(" "),
             root,
             oom_score_adj: cstring("oom_score_adj", &format!("{oom_score_adj}\n"))?,
             command_shown: config.command.clone(),
@@ -211,6 +245,17 @@ impl Prepared {
             .and_then(|i| self.root.as_ref()?.ops.get(i));
         if let (Stage::Mount, Some(op)) = (stage, op) {
             return format!("{} in {}", op.shown, self.root_shown);
+        }
+        if stage == Stage::Fork {
+            match which {
+                NS_UNSHARE => return format!("{} namespaces", self.ns_shown),
+                NS_HOSTNAME => {
+                    let h = self.hostname.as_deref().unwrap_or_default();
+                    return format!("sethostname {}", h.to_string_lossy());
+                }
+                NS_LOOPBACK => return "lo up in the network namespace".to_string(),
+                _ => {}
+            }
         }
         match (stage, self.isolation) {
             (Stage::Chdir, _) => self.cwd_shown.clone(),
@@ -268,6 +313,8 @@ pub struct Child {
     pub pidfd: OwnedFd,
     /// The init of the task's pid namespace.
     pub init: Option<NsInit>,
+    /// The task held before its execve, until a Start.
+    pub held: Option<Held>,
 }
 
 impl Child {
@@ -279,6 +326,38 @@ impl Child {
         if let Some(i) = self.init {
             i.kill();
         }
+    }
+}
+
+/// A task held before its execve ([`TaskStart::OnRequest`]): every step of
+/// its start is done but the execve, and it waits on its gate pipe for one
+/// byte (EOF, the daemon gone, makes it leave).
+#[derive(Debug)]
+pub struct Held {
+    /// The write end of the gate.
+    gate: OwnedFd,
+    /// The read end of the task's error pipe: EOF once it has exec'd, a
+    /// record if its execve failed.
+    errors: OwnedFd,
+    /// The command, for a message.
+    command: String,
+}
+
+impl Held {
+    /// Let the task exec, and wait for its execve's outcome (a failed one
+    /// leaves the task to `_exit(127)`, reaped as any end of the task).
+    pub fn release(self) -> Result<(), StartFailure> {
+        nix::unistd::write(&self.gate, &[1u8])
+            .map_err(|e| StartFailure::new(Stage::Exec, "the held task's gate", e as i32))?;
+        drop(self.gate);
+        let (got, record) = read_record(&self.errors)
+            .map_err(|e| StartFailure::new(Stage::Exec, "read error pipe", e as i32))?;
+        if got < RECORD_LEN {
+            // EOF: it has exec'd (or died meanwhile, which the reaper tells).
+            return Ok(());
+        }
+        let (stage, errno, _) = parse_record(&record);
+        Err(StartFailure::new(stage, &self.command, errno))
     }
 }
 
@@ -377,7 +456,7 @@ pub fn spawn(
         None
     };
     match spawn_task(prep, stdio, &place, init.as_ref()) {
-        Ok((pid, pidfd)) => {
+        Ok((pid, pidfd, held)) => {
             if let Some(i) = init.as_mut() {
                 if let Err(f) = i.await_ready(prep) {
                     // The task dies with its namespace's init, if not already.
@@ -389,7 +468,12 @@ pub fn spawn(
                     return Err(f);
                 }
             }
-            Ok(Child { pid, pidfd, init })
+            Ok(Child {
+                pid,
+                pidfd,
+                init,
+                held,
+            })
         }
         Err(f) => {
             let Some(mut i) = init else {
@@ -477,15 +561,18 @@ fn start_ns_init(
 
 /// Read from `fd` until EOF or a whole error record: how many bytes came.
 ///
-/// A first byte that is [`INIT_READY`] (no stage has that index) is the
-/// whole answer: returned at once, without waiting for the init to close.
+/// A first byte that is [`INIT_READY`] or [`TASK_HELD`] (no stage has that
+/// index) is the whole answer: returned at once, without waiting for the
+/// writer to close.
 fn read_record(fd: &OwnedFd) -> Result<(usize, [u8; RECORD_LEN]), Errno> {
     let mut record = [0u8; RECORD_LEN];
     let mut got = 0;
     while got < record.len() {
         match nix::unistd::read(fd, &mut record[got..]) {
             Ok(0) => break,
-            Ok(n) if record[0] == INIT_READY => return Ok((n.min(1), record)),
+            Ok(n) if got == 0 && matches!(record[0], INIT_READY | TASK_HELD) => {
+                return Ok((n.min(1), record))
+            }
             Ok(n) => got += n,
             Err(Errno::EINTR) => {}
             Err(e) => return Err(e),
@@ -503,12 +590,13 @@ fn parse_record(record: &[u8; RECORD_LEN]) -> (Stage, i32, u32) {
 }
 
 /// Fork and start the task itself; with `init`, into its pid namespace.
+/// A held task comes back at its gate, with its [`Held`].
 fn spawn_task(
     prep: &Prepared,
     stdio: ChildStdio,
     place: &impl Fn(Pid) -> Result<(), StartFailure>,
     init: Option<&NsInit>,
-) -> Result<(Pid, OwnedFd), StartFailure> {
+) -> Result<(Pid, OwnedFd, Option<Held>), StartFailure> {
     let fork_err = |what: &str, e: Errno| StartFailure::new(Stage::Fork, what, e as i32);
     let own_ns = match init {
         Some(_) => {
@@ -520,7 +608,14 @@ fn spawn_task(
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fork_err("sync pipe", e))?;
     let (err_r, err_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fork_err("error pipe", e))?;
+    let gate = if prep.held {
+        Some(nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| fork_err("gate pipe", e))?)
+    } else {
+        None
+    };
     let fds = ChildFds {
+        gate_r: gate.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
+        gate_w: gate.as_ref().map_or(-1, |(_, w)| w.as_raw_fd()),
         sync_r: sync_r.as_raw_fd(),
         sync_w: sync_w.as_raw_fd(),
         err_w: err_w.as_raw_fd(),
@@ -548,6 +643,10 @@ fn spawn_task(
     drop(sync_r);
     drop(err_w);
     drop(stdio);
+    let gate_w = gate.map(|(r, w)| {
+        drop(r);
+        w
+    });
     let pidfd = match crate::sys::pidfd_open(pid) {
         Ok(fd) => fd,
         Err(e) => {
@@ -582,7 +681,17 @@ fn spawn_task(
         Err(e) => return abort(fork_err("read error pipe", e)),
     };
     if got == 0 {
-        return Ok((pid, pidfd));
+        return Ok((pid, pidfd, None));
+    }
+    if let (1, Some(gate)) = (got, gate_w) {
+        if record[0] == TASK_HELD {
+            let held = Held {
+                gate,
+                errors: err_r,
+                command: prep.command_shown.clone(),
+            };
+            return Ok((pid, pidfd, Some(held)));
+        }
     }
     // The child failed and _exit(127)s: reap it so it never shows as the task.
     let _ = crate::sys::wait_blocking(pid);
@@ -599,12 +708,26 @@ fn spawn_task(
     Err(StartFailure::new(stage, &prep.what(stage, which), errno))
 }
 
+/// Items of [`Stage::Fork`] in the task's namespaces step (0 is its setpgid).
+const NS_UNSHARE: u32 = 1;
+/// The host name set in the new uts namespace.
+const NS_HOSTNAME: u32 = 2;
+/// The loopback of the new network namespace.
+const NS_LOOPBACK: u32 = 3;
+
 /// What a ready init writes on its socket (a failed one writes an error
 /// record, [`RECORD_LEN`] bytes).
 const INIT_READY: u8 = b'r';
 
+/// What a held task writes on its error pipe once it waits at its gate.
+const TASK_HELD: u8 = b'h';
+
 /// Raw fd numbers the child works with (no Rust ownership crosses the fork).
 struct ChildFds {
+    /// The read end of a held task's gate; -1 for a task that execs at once.
+    gate_r: RawFd,
+    /// The daemon's end of the gate, closed first thing in the child; -1 without one.
+    gate_w: RawFd,
     sync_r: RawFd,
     /// The parent's end of the sync pipe, closed first thing in the child: a
     /// copy held by the child would keep it waiting forever for a parent that

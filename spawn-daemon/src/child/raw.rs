@@ -294,6 +294,45 @@ pub(super) fn statvfs_flags(fd: RawFd) -> Sys<libc::c_ulong> {
     Ok(st.f_flag)
 }
 
+/// `unshare(flags)`: the CLONE_NEW* namespaces of the task's own.
+pub(super) fn unshare(flags: libc::c_int) -> Sys {
+    // SAFETY: async-signal-safe; integers only.
+    check(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// `sethostname(name)`, in the child's own uts namespace.
+pub(super) fn sethostname(name: &CStr) -> Sys {
+    // SAFETY: async-signal-safe; name is a C string prepared before the
+    // fork, read for its length without its NUL.
+    check(unsafe { libc::sethostname(name.as_ptr(), name.to_bytes().len()) }).map(drop)
+}
+
+/// The loopback of the child's new network namespace up: its flags read
+/// and written back with IFF_UP through a datagram socket (SIOCGIFFLAGS,
+/// SIOCSIFFLAGS), closed after.
+pub(super) fn loopback_up() -> Sys {
+    // SAFETY: async-signal-safe; integers only.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: ifreq is plain old data, all zeroes a valid value; on the stack.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (to, from) in req.ifr_name.iter_mut().zip(b"lo") {
+        *to = c_char::from_ne_bytes([*from]);
+    }
+    // SAFETY: async-signal-safe; req is a valid ifreq on the stack naming
+    // "lo", which SIOCGIFFLAGS fills in.
+    let got = check(unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) });
+    let set = got.and_then(|_| {
+        // SAFETY: SIOCGIFFLAGS wrote the flags member of the union.
+        let flags = unsafe { req.ifr_ifru.ifru_flags };
+        req.ifr_ifru.ifru_flags = flags | libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
+        // SAFETY: async-signal-safe; req as above, its flags with IFF_UP.
+        check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) })
+    });
+    close(fd);
+    set.map(drop)
+}
+
 /// `unshare(CLONE_NEWNS)`.
 pub(super) fn unshare_mount_ns() -> Sys {
     // SAFETY: async-signal-safe; integers only.

@@ -15,7 +15,10 @@ use nix::errno::Errno;
 use tend_proto::Stage;
 
 use super::raw::{self, Sys};
-use super::{ChildFds, Isolation, Prepared, INIT_READY, RECORD_LEN};
+use super::{
+    ChildFds, Isolation, Prepared, INIT_READY, NS_HOSTNAME, NS_LOOPBACK, NS_UNSHARE, RECORD_LEN,
+    TASK_HELD,
+};
 
 /// The step that failed in a child: its stage, which item of it (1-based
 /// mount index, 0 when the stage has one item) and the errno.
@@ -85,6 +88,9 @@ pub(super) fn child_main(prep: &Prepared, fds: &ChildFds) -> ! {
     // the sync pipe reads EOF and the child leaves.
     raw::close(fds.sync_w);
     raw::close(fds.err_r);
+    if fds.gate_w >= 0 {
+        raw::close(fds.gate_w);
+    }
     match task_steps(prep, fds) {
         Ok(never) => match never {},
         Err(f) => f.report(fds.err_w),
@@ -96,6 +102,9 @@ fn task_steps(prep: &Prepared, fds: &ChildFds) -> Result<Infallible, Failed> {
     raw::own_process_group().at(Stage::Fork)?;
     wait_for_go(fds.sync_r);
     reset_oom_score_adj(prep).at(Stage::Privileges)?;
+    if prep.ns_flags != 0 {
+        enter_namespaces(prep)?;
+    }
     if let Some(root) = &prep.root {
         super::mount::enter_root(root)?;
     }
@@ -107,6 +116,9 @@ fn task_steps(prep: &Prepared, fds: &ChildFds) -> Result<Infallible, Failed> {
     // The task's files in /alloc are for the other tasks too.
     raw::umask(0o022);
     stdio(fds).at(Stage::Stdio)?;
+    if fds.gate_r >= 0 {
+        wait_at_gate(fds);
+    }
     let errno = raw::execve(
         &prep.command,
         prep.argv_ptrs.as_ptr(),
@@ -122,6 +134,28 @@ fn wait_for_go(sync_r: RawFd) {
         raw::exit_now(127);
     }
     raw::close(sync_r);
+}
+
+/// The uts, ipc and network namespaces of the task's own, before its root:
+/// unshared, the host name set, the loopback up.
+fn enter_namespaces(prep: &Prepared) -> Result<(), Failed> {
+    raw::unshare(prep.ns_flags).at_item(Stage::Fork, NS_UNSHARE)?;
+    if let Some(h) = &prep.hostname {
+        raw::sethostname(h).at_item(Stage::Fork, NS_HOSTNAME)?;
+    }
+    if prep.ns_flags & libc::CLONE_NEWNET != 0 {
+        raw::loopback_up().at_item(Stage::Fork, NS_LOOPBACK)?;
+    }
+    Ok(())
+}
+
+/// A held task (`tend-oci create`): say so on the error pipe, then wait for
+/// the daemon's Start on the gate. EOF (the daemon gone) or an error: leave.
+fn wait_at_gate(fds: &ChildFds) {
+    if raw::write(fds.err_w, &[TASK_HELD]) != Ok(1) || raw::read_byte(fds.gate_r) != Ok(true) {
+        raw::exit_now(127);
+    }
+    raw::close(fds.gate_r);
 }
 
 /// The daemon's oom_score_adj (-1000 where it could) is not the task's: back

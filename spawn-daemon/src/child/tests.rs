@@ -179,6 +179,23 @@ fn what_names_the_value_of_the_stage() {
 }
 
 #[test]
+fn the_namespaces_step_names_its_item() {
+    let mut c = tend_proto::config::example("/tmp/a", "/tmp/s");
+    c.namespaces.uts = true;
+    c.namespaces.hostname = Some("box1".into());
+    c.namespaces.net = true;
+    let p = Prepared::new(&c, None, None, 0).unwrap();
+    assert_eq!(p.ns_flags, libc::CLONE_NEWUTS | libc::CLONE_NEWNET);
+    assert_eq!(p.what(Stage::Fork, 0), "setpgid");
+    assert_eq!(p.what(Stage::Fork, NS_UNSHARE), "uts network namespaces");
+    assert_eq!(p.what(Stage::Fork, NS_HOSTNAME), "sethostname box1");
+    assert_eq!(
+        failure_message(Stage::Fork, &p.what(Stage::Fork, NS_LOOPBACK), libc::EPERM),
+        "fork lo up in the network namespace: Operation not permitted"
+    );
+}
+
+#[test]
 fn an_init_whose_ready_is_read_but_never_answered_leaves() {
     // The other end outlived the daemon in a copy (the task's child before
     // its exec) that read nothing and then closed: the init's ready went

@@ -116,6 +116,8 @@ pub struct Daemon {
     pub(super) execs: super::exec::Execs,
     /// Execs reaped whose exit code is not sent yet.
     pub(super) exec_exits: Vec<(Pid, i32)>,
+    /// The task held before its execve, until a Start (`tend-oci create`).
+    pub(super) held: Option<child::Held>,
 }
 
 impl Daemon {
@@ -158,6 +160,7 @@ impl Daemon {
             life,
             execs: Vec::new(),
             exec_exits: Vec::new(),
+            held: task.held,
         }
     }
 }
@@ -180,6 +183,7 @@ impl Handler for Daemon {
         let state = match self.life.phase() {
             Phase::Exited | Phase::Leaving => TaskState::Exited,
             _ if self.stopping => TaskState::Stopping,
+            _ if self.held.is_some() && self.ended.is_none() => TaskState::Created,
             _ => TaskState::Running,
         };
         Status {
@@ -248,11 +252,27 @@ impl Handler for Daemon {
         Ok(())
     }
 
+    fn start(&mut self) -> Result<(), CommandError> {
+        if self.ended.is_some() || self.stopping {
+            return Err(CommandError::Exited);
+        }
+        let held = self.held.take().ok_or(CommandError::NotHeld)?;
+        held.release().map_err(|f| CommandError::Exec(f.message))?;
+        self.started_at = tend_proto::time::now();
+        info!("started on request");
+        Ok(())
+    }
+
     fn exec(
         &mut self,
         req: &tend_proto::msg::ExecRequest,
         stdio: [OwnedFd; 3],
     ) -> Result<i32, crate::server::CommandError> {
+        if self.held.is_some() {
+            return Err(crate::server::CommandError::Exec(
+                "exec: the task is not started yet".into(),
+            ));
+        }
         self.start_exec(req, stdio)
             .map_err(crate::server::CommandError::Exec)
     }

@@ -135,6 +135,21 @@ fn an_exec_needs_its_three_fds_and_its_end_goes_to_its_session_once() {
 }
 
 #[test]
+fn start_of_a_task_not_held_is_refused_and_the_session_goes_on() {
+    let mut h = fake();
+    let mut s = Session::default();
+    s.on_frame(&hello([3; 32], PROTOCOL_VERSION), &mut h);
+    let out = s.on_frame(&frame_of(&Request::Start), &mut h);
+    assert!(
+        matches!(&out[..], [Response::Error(e)] if e.starts_with("the task is not held")),
+        "{out:?}"
+    );
+    assert!(!s.closing);
+    let out = s.on_frame(&frame_of(&Request::Status), &mut h);
+    assert!(matches!(out[..], [Response::Status(_)]), "{out:?}");
+}
+
+#[test]
 fn a_request_from_a_newer_client_is_refused_with_an_error_not_a_crash() {
     // What a daemon older than a variant sees: an index it does not know.
     let body = [0xC8u8, 0x01];

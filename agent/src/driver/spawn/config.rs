@@ -510,6 +510,8 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         cgroup,
         isolation,
         stdin: TaskStdin::Null,
+        start: tend_proto::config::TaskStart::Now,
+        namespaces: tend_proto::config::Namespaces::default(),
     })
 }
 

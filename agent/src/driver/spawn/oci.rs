@@ -68,6 +68,15 @@ pub fn load_bundle(task: &Task, dir: &str) -> Result<Bundle, DriverError> {
             "is not supported by the oci driver: the agent places the task's cgroup",
         ));
     }
+    // Not carried into the agent's spawn config yet (nor into `tend exec`).
+    if b.namespaces != tend_proto::config::Namespaces::default() {
+        return Err(bundle_field(
+            task,
+            dir,
+            "linux.namespaces",
+            "uts, ipc and network namespaces are not supported by the oci driver",
+        ));
+    }
     Ok(b)
 }
 
