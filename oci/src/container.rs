@@ -9,7 +9,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskStdin,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, FirstConnection, Isolation, LogConfig,
+    TaskStdin,
 };
 use tend_proto::{SpawnConfig, Token};
 
@@ -322,6 +323,7 @@ pub fn spawn_config(
         isolation,
         // The runtime's stdin, relayed by `run` after the config.
         stdin: TaskStdin::AfterConfig,
+        first_connection: FirstConnection::Socket,
     })
 }
 
