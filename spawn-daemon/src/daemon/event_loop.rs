@@ -54,7 +54,8 @@ fn event_loop_on(d: &mut Daemon, mut s: Started, clock: &dyn Clock) -> i32 {
     let my_uid = nix::unistd::getuid().as_raw();
     match s.handed.take().map(Client::handed) {
         Some(Ok(mut c)) => {
-            if c.check_peer(my_uid) {
+            let admitted = c.check_peer(my_uid);
+            if admitted {
                 clients.push(c);
             }
         }
