@@ -120,18 +120,12 @@ pub struct Launched {
 /// A config that asks for the first connection on stdin
 /// ([`FirstConnection::Stdin`]) gets one end of a socketpair as tend-spawn's
 /// stdin instead of a pipe. A tend-spawn that predates the part refuses the
-/// frame at the config stage, before it starts anything: the start is made
-/// once more without it (and with whatever that attempt reports).
+/// frame at the config stage, before it starts anything, for the bytes it
+/// does not know after the config: the start is made once more without it
+/// (and with whatever that attempt reports).
 pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<Launched, LaunchError> {
     let first = launch_once(bin, config).await?;
-    let refused_config = matches!(
-        first.report,
-        StartReport::Failed {
-            stage: Stage::Config,
-            ..
-        }
-    );
-    if config.first_connection == FirstConnection::Socket || !refused_config {
+    if config.first_connection == FirstConnection::Socket || !predates_the_part(&first.report) {
         return Ok(first);
     }
     tracing::debug!(
@@ -141,6 +135,21 @@ pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<Launched, Launch
     let mut plain = config.clone();
     plain.first_connection = FirstConnection::Socket;
     launch_once(bin, &plain).await
+}
+
+/// Whether `report` is how a tend-spawn that predates the first connection
+/// on stdin answers a config with it: refused at the config stage for the
+/// trailing bytes (its words are fixed: it is an older build). Any other
+/// refusal, of a config or by a setuid policy, is the answer as it stands.
+fn predates_the_part(report: &StartReport) -> bool {
+    matches!(
+        report,
+        StartReport::Failed {
+            stage: Stage::Config,
+            message,
+            ..
+        } if message.contains("trailing bytes after SpawnConfig")
+    )
 }
 
 /// The stdin tend-spawn gets: a pipe, or, for a config that asks for the
@@ -247,4 +256,28 @@ async fn launch_once(bin: &Path, config: &SpawnConfig) -> Result<Launched, Launc
     // of it is closed here.
     let connection = connection.filter(|_| matches!(report, StartReport::StartedWithConnection(_)));
     Ok(Launched { report, connection })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_of_the_trailing_part_is_taken_for_an_older_tend_spawn() {
+        let failed = |stage, message: String| StartReport::Failed {
+            stage,
+            errno: 0,
+            message,
+        };
+        // What a tend-spawn that predates the part says (lib.rs, read_config).
+        let trailing = FrameError::TrailingBytes {
+            what: "SpawnConfig",
+            extra: 1,
+        };
+        let old = format!("decoding the spawn config: {trailing}");
+        assert!(predates_the_part(&failed(Stage::Config, old.clone())));
+        assert!(!predates_the_part(&failed(Stage::Exec, old)));
+        let policy = "policy: user root is not allowed".to_string();
+        assert!(!predates_the_part(&failed(Stage::Config, policy)));
+    }
 }
