@@ -2,7 +2,9 @@
 //!
 //! The agent execs `tend-spawn` with a [`SpawnConfig`] frame on stdin; it
 //! writes one [`StartReport`] frame to stdout and then serves the agent over
-//! its control socket until the task's exit is recorded and released. The
+//! its control socket (and, when the config asks for it, over its stdin, a
+//! socketpair that is the agent's first connection) until the task's exit is
+//! recorded and released. The
 //! order of its start is written once, in code: [`run`] (the first process),
 //! then `daemon::run` and `daemon::start` (the daemon's privileged sequence),
 //! then `child::task` (its children between fork and exec). See `DESIGN.md`,
