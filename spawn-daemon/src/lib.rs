@@ -4,11 +4,11 @@
 //! writes one [`StartReport`] frame to stdout and then serves the agent over
 //! its control socket (and, when the config asks for it, over its stdin, a
 //! socketpair that is the agent's first connection) until the task's exit is
-//! recorded and released. The
-//! order of its start is written once, in code: [`run`] (the first process),
-//! then `daemon::run` and `daemon::start` (the daemon's privileged sequence),
-//! then `child::task` (its children between fork and exec). See `DESIGN.md`,
-//! "The spawn protocol" and "Inside tend-spawn".
+//! recorded and released. The order of its start is written once, in code:
+//! [`run`] (the first process), then `daemon::run` and `daemon::start` (the
+//! daemon's privileged sequence), then `child::task` (its children between
+//! fork and exec). See `DESIGN.md`, "The spawn protocol" and "Inside
+//! tend-spawn".
 //!
 //! Unsafe code lives only in `child::raw` (the system calls of a forked child,
 //! fork itself among them) and [`sys`] (the daemon's raw syscalls).
@@ -32,12 +32,11 @@ use tend_policy as policy;
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
-use nix::sys::stat::{umask, Mode};
 use std::os::unix::net::UnixStream;
 
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
+use nix::sys::stat::{umask, Mode};
 use tend_proto::config::{FirstConnection, TaskStdin};
 use tend_proto::frame::{read_frame, MAX_FRAME_LEN};
 use tend_proto::{SpawnConfig, Stage, StartReport};
@@ -174,8 +173,8 @@ pub fn run() -> i32 {
 
 /// What the rest of the stream the config came on is for: the task's stdin
 /// ([`TaskStdin::AfterConfig`]), the starter's first connection
-/// ([`FirstConnection::Stdin`], which must be a stream socket: the starter's
-/// end of a socketpair), or nothing.
+/// ([`FirstConnection::Stdin`], which must be a stream socket: one end of
+/// the starter's socketpair), or nothing.
 fn own_stdin(config: &SpawnConfig, input: std::fs::File) -> Result<OwnStdin, StartFailure> {
     if config.stdin == TaskStdin::AfterConfig {
         return Ok(OwnStdin::Task(OwnedFd::from(input)));
