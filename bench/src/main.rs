@@ -327,8 +327,8 @@ impl Bench {
                 self.notify = sum(&notify);
                 for (k, what) in [
                     "1a phase: exec tend-spawn -> StartReport read",
-                    "1a phase: StartReport -> connect + Hello -> Welcome",
-                    "1a phase: Welcome -> Wait -> Exited (includes /bin/true itself)",
+                    "1a phase: StartReport -> first connection (handed over on stdin: no connect, no Hello)",
+                    "1a phase: first connection -> Wait -> Exited (includes /bin/true itself)",
                 ]
                 .iter()
                 .enumerate()
@@ -339,7 +339,7 @@ impl Bench {
                 }
                 let r = Row::measured(
                     "1a",
-                    "tend-spawn raw_exec /bin/true: exec, config frame, StartReport, connect, Hello, Wait, Exited",
+                    "tend-spawn raw_exec /bin/true: exec, config frame, StartReport, Wait, Exited",
                     "ms",
                     self.direct,
                 )

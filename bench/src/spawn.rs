@@ -1,5 +1,7 @@
-//! Driving tend-spawn directly through tend-proto, as the agent does: exec it,
-//! write the SpawnConfig frame, read the StartReport, connect, Hello, Wait.
+//! Driving tend-spawn directly through tend-proto, as the agent does: exec it
+//! with one end of a socketpair as its stdin, write the SpawnConfig frame on
+//! it, read the StartReport, then Wait on that same stream, the first
+//! connection the daemon took over (connect and Hello only where it did not).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -10,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde::Serialize;
-use tend_proto::config::{example, SpawnConfig};
+use tend_proto::config::{example, FirstConnection, SpawnConfig};
 use tend_proto::frame::{self, MAX_FRAME_LEN};
 use tend_proto::{ExitStatus, Hello, Request, Response, StartReport, Token, PROTOCOL_VERSION};
 
@@ -61,6 +63,7 @@ impl World {
         c.args = args.iter().map(|s| s.to_string()).collect();
         c.cwd = utf8(&task_dir)?;
         c.kill_timeout_ms = 2000;
+        c.first_connection = FirstConnection::Stdin;
         Ok(c)
     }
 
@@ -77,9 +80,19 @@ pub struct Launched {
     /// The daemon (after its double fork).
     pub daemon_pid: i32,
     launcher: Child,
+    handed: Option<Client>,
 }
 
 impl Launched {
+    /// The first connection: the one handed over at the start, else one
+    /// made to the socket file (connect, Hello, Welcome).
+    pub fn client(&mut self, cfg: &SpawnConfig) -> Result<Client, String> {
+        match self.handed.take() {
+            Some(c) => Ok(c),
+            None => Client::connect(cfg),
+        }
+    }
+
     /// Reap the process we exec'd (it leaves once the daemon is on its own).
     pub fn reap_launcher(&mut self) {
         let _ = self.launcher.wait();
@@ -87,18 +100,32 @@ impl Launched {
 }
 
 /// Exec `bin` with `cfg` as one frame on stdin and read its start report.
+/// A config that asks for the first connection on stdin gets a socketpair
+/// there, which becomes [`Launched::client`] when the daemon takes it over.
 pub fn start(bin: &Path, cfg: &SpawnConfig) -> Result<Launched, String> {
-    let bytes = frame::encode(cfg).map_err(|e| format!("encode config: {e}"))?;
+    let bytes = cfg.to_frame().map_err(|e| format!("encode config: {e}"))?;
+    let (stdin, mut ours) = if cfg.first_connection == FirstConnection::Stdin {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        (Stdio::from(std::os::fd::OwnedFd::from(theirs)), Some(ours))
+    } else {
+        (Stdio::piped(), None)
+    };
     let mut child = Command::new(bin)
         .env_clear()
         .current_dir("/")
-        .stdin(Stdio::piped())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("exec {}: {e}", bin.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(&bytes);
+    match (child.stdin.take(), ours.as_mut()) {
+        (Some(mut pipe), _) => {
+            let _ = pipe.write_all(&bytes);
+        }
+        (None, Some(s)) => {
+            let _ = s.write_all(&bytes);
+        }
+        (None, None) => {}
     }
     let mut out = child.stdout.take().ok_or("no stdout")?;
     let report = frame::read_frame(&mut out, MAX_FRAME_LEN).and_then(|f| f.decode::<StartReport>());
@@ -108,6 +135,16 @@ pub fn start(bin: &Path, cfg: &SpawnConfig) -> Result<Launched, String> {
             Ok(Launched {
                 daemon_pid,
                 launcher: child,
+                handed: None,
+            })
+        }
+        Ok(StartReport::StartedWithConnection(w)) => {
+            crate::cleanup::add_pid(w.daemon_pid);
+            let s = ours.ok_or("a connection taken over that was never handed")?;
+            Ok(Launched {
+                daemon_pid: w.daemon_pid,
+                launcher: child,
+                handed: Some(Client::on(s)),
             })
         }
         Ok(StartReport::Failed {
@@ -134,12 +171,17 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client on a connection the daemon already welcomed.
+    fn on(s: UnixStream) -> Client {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+        Client { s }
+    }
+
     /// Connect, say Hello with the task's token, expect Welcome.
     pub fn connect(cfg: &SpawnConfig) -> Result<Client, String> {
         let s = UnixStream::connect(&cfg.socket_path)
             .map_err(|e| format!("connect {}: {e}", cfg.socket_path))?;
-        let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
-        let mut c = Client { s };
+        let mut c = Client::on(s);
         c.send(&Hello {
             version: PROTOCOL_VERSION,
             token: cfg.token,
@@ -186,7 +228,7 @@ impl Client {
 /// before Release.
 pub fn run_to_exit(bin: &Path, cfg: &SpawnConfig) -> Result<(ExitStatus, f64), String> {
     let mut l = start(bin, cfg)?;
-    let mut c = Client::connect(cfg)?;
+    let mut c = l.client(cfg)?;
     let e = c.wait_exit()?;
     let cpu = crate::procfs::cpu_seconds(l.daemon_pid).unwrap_or(f64::NAN);
     c.release();

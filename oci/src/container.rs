@@ -9,8 +9,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskIds,
-    TaskStart, TaskStdin,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, FirstConnection, Isolation, LogConfig,
+    TaskIds, TaskStart, TaskStdin,
 };
 use tend_proto::{SpawnConfig, Token};
 
@@ -330,6 +330,7 @@ pub fn spawn_config(
         stdin: TaskStdin::AfterConfig,
         start: TaskStart::Now,
         namespaces: bundle.namespaces.clone(),
+        first_connection: FirstConnection::Socket,
     })
 }
 

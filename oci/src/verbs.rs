@@ -194,6 +194,8 @@ fn launch(
             bail!("the task did not start ({stage}): {message}{hint}");
         }
         StartReport::Started { task_pid, .. } => Ok((stdin, task_pid)),
+        // Not asked for (the runtime connects to the socket file), but as good.
+        StartReport::StartedWithConnection(w) => Ok((stdin, w.task_pid)),
     }
 }
 

@@ -205,6 +205,28 @@ pub struct SpawnConfig {
     /// travels after the task's start ([`SpawnConfig::to_frame`]).
     #[serde(skip)]
     pub namespaces: Namespaces,
+    /// How the starter's first connection to the daemon is made. Added
+    /// after the first wire form: it travels last in the frame
+    /// ([`SpawnConfig::to_frame`]).
+    #[serde(skip)]
+    pub first_connection: FirstConnection,
+}
+
+/// How the starter's first connection to the daemon is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FirstConnection {
+    /// The starter connects to the socket file and says Hello, as every
+    /// later client does (what a config without this part means).
+    #[default]
+    Socket,
+    /// tend-spawn's stdin is one end of a socketpair the starter made: once
+    /// the config frame is read, the daemon keeps it as the starter's first
+    /// connection, welcomed from the start (only the process that started
+    /// tend-spawn holds the other end), and reports
+    /// [`StartReport::StartedWithConnection`](crate::StartReport). A
+    /// tend-spawn that predates this part refuses the frame at the config
+    /// stage, before it starts anything.
+    Stdin,
 }
 
 /// Namespaces a task gets of its own, unshared by its child before it
@@ -380,6 +402,12 @@ impl SpawnConfig {
                 ));
             }
         }
+        if self.stdin == TaskStdin::AfterConfig && self.first_connection == FirstConnection::Stdin {
+            return Err(bad(
+                "first_connection",
+                "tend-spawn's stdin cannot be both the first connection and the task's stdin",
+            ));
+        }
         if let Some(iso) = &self.isolation {
             if (self.start != TaskStart::Now || *ns != Namespaces::default()) && iso.ids.is_none() {
                 return Err(bad(
@@ -417,19 +445,28 @@ impl SpawnConfig {
     /// set, then the task's [`TaskStdin`] when it is not
     /// [`TaskStdin::Null`], then the task's [`TaskIds`] when the agent
     /// resolved them, then its [`TaskStart`] when it is not
-    /// [`TaskStart::Now`], then its [`Namespaces`] when it has any.
+    /// [`TaskStart::Now`], then its [`Namespaces`] when it has any, then the
+    /// [`FirstConnection`] when it is not [`FirstConnection::Socket`].
     ///
     /// The additions ride after the frozen encoding rather than inside it, so
     /// a config without them is byte for byte what it always was. They are
     /// read back in this order, so a later part brings the earlier ones with
     /// it: the options (where there is a cgroup) even when all are off, the
     /// stdin even when it is /dev/null, the ids (where there is an
-    /// isolation), which must then be set.
+    /// isolation), which must then be set, the start and the namespaces even
+    /// when they are the defaults. The ids cannot come along unset, so an
+    /// isolated config without them leaves its first connection out (the
+    /// daemon then answers `Started`, and the starter connects to the socket
+    /// file as it would with a tend-spawn that predates the part).
     pub fn to_frame(&self) -> Result<Vec<u8>, FrameError> {
         let encode_err = |what| move |source| FrameError::Encode { what, source };
         let mut body = postcard::to_allocvec(self).map_err(encode_err("SpawnConfig"))?;
         let ids = self.isolation.as_ref().and_then(|i| i.ids);
-        let namespaces = (self.namespaces != Namespaces::default()).then_some(&self.namespaces);
+        let connection = (self.first_connection != FirstConnection::Socket
+            && (self.isolation.is_none() || ids.is_some()))
+        .then_some(self.first_connection);
+        let namespaces = (self.namespaces != Namespaces::default() || connection.is_some())
+            .then_some(&self.namespaces);
         let start = (self.start != TaskStart::Now || namespaces.is_some()).then_some(self.start);
         if start.is_some() && self.isolation.is_some() && ids.is_none() {
             return Err(FrameError::Missing {
@@ -455,13 +492,16 @@ impl SpawnConfig {
         if let Some(n) = namespaces {
             body.extend(postcard::to_allocvec(n).map_err(encode_err("Namespaces"))?);
         }
+        if let Some(c) = connection {
+            body.extend(postcard::to_allocvec(&c).map_err(encode_err("FirstConnection"))?);
+        }
         frame::wrap_body(crate::PROTOCOL_VERSION, &body)
     }
 
     /// Decode a frame written by [`SpawnConfig::to_frame`]: the config, then
     /// the cgroup options if bytes follow it and it has a cgroup, then the
-    /// task's stdin, its ids, its start and its namespaces if bytes still
-    /// follow (a config without them reads too).
+    /// task's stdin, its ids, its start, its namespaces and the first
+    /// connection if bytes still follow (a config without them reads too).
     pub fn from_frame(f: &Frame) -> Result<SpawnConfig, FrameError> {
         let body_err = |what| move |source| FrameError::Body { what, source };
         let (mut config, mut rest) =
@@ -494,6 +534,12 @@ impl SpawnConfig {
             let (namespaces, after) =
                 postcard::take_from_bytes::<Namespaces>(rest).map_err(body_err("Namespaces"))?;
             config.namespaces = namespaces;
+            rest = after;
+        }
+        if !rest.is_empty() {
+            let (connection, after) = postcard::take_from_bytes::<FirstConnection>(rest)
+                .map_err(body_err("FirstConnection"))?;
+            config.first_connection = connection;
             rest = after;
         }
         if !rest.is_empty() {
@@ -585,6 +631,7 @@ pub fn example(alloc_dir: &str, socket_path: &str) -> SpawnConfig {
         stdin: TaskStdin::Null,
         start: TaskStart::Now,
         namespaces: Namespaces::default(),
+        first_connection: FirstConnection::Socket,
     }
 }
 
@@ -620,6 +667,33 @@ mod tests {
             options: CgroupOptions::default(),
         });
         assert_eq!(c.validate().unwrap_err().field, "cgroup.daemon_path");
+    }
+
+    #[test]
+    fn the_first_connection_rides_last_and_only_where_it_can() {
+        let mut c = example("/tmp/a", "/tmp/s.sock");
+        c.first_connection = FirstConnection::Stdin;
+        c.validate().unwrap();
+        let f = crate::frame::read_frame(&mut &c.to_frame().unwrap()[..], u32::MAX).unwrap();
+        assert_eq!(SpawnConfig::from_frame(&f).unwrap(), c);
+        // An isolated config without ids cannot carry it: the frame is the
+        // plain one, and the daemon answers as to a config without the part.
+        c.isolation = Some(Isolation {
+            ids: None,
+            user: "nobody".into(),
+            chroot: None,
+        });
+        let mut without = c.clone();
+        without.first_connection = FirstConnection::Socket;
+        assert_eq!(c.to_frame().unwrap(), without.to_frame().unwrap());
+        // With the ids it rides after the start and namespaces it brings.
+        c.isolation.as_mut().unwrap().ids = Some(TaskIds { uid: 1, gid: 1 });
+        let f = crate::frame::read_frame(&mut &c.to_frame().unwrap()[..], u32::MAX).unwrap();
+        assert_eq!(SpawnConfig::from_frame(&f).unwrap(), c);
+        // stdin cannot be both the connection and the task's.
+        c.isolation = None;
+        c.stdin = TaskStdin::AfterConfig;
+        assert_eq!(c.validate().unwrap_err().field, "first_connection");
     }
 
     #[test]

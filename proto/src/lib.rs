@@ -2,8 +2,9 @@
 //!
 //! - [`config::SpawnConfig`]: what `tend-spawn` needs to run one task; it travels as
 //!   one frame on the daemon's stdin, never on argv or in the environment.
-//! - [`msg`]: the start report, the `Hello` that opens every connection, requests,
-//!   responses and events of the daemon socket.
+//! - [`msg`]: the start report, the `Hello` that opens every connection (but
+//!   the first one, handed over at spawn), requests, responses and events of
+//!   the daemon socket.
 //! - [`frame`]: the fixed frame header (magic, version, length) and the codec.
 //! - [`exit`]: the exit status file, a format for programs and for people.
 //! - [`atomic`]: the one helper that every persisted file goes through.

@@ -1,7 +1,9 @@
 //! Messages between the agent and `tend-spawn`.
 //!
 //! Order of a connection: the client sends [`Hello`]; the daemon answers
-//! [`Response::Welcome`] or [`Response::Error`] and closes. Then the client sends
+//! [`Response::Welcome`] or [`Response::Error`] and closes (the starter's
+//! first connection, handed over at spawn, skips both: its welcome comes in
+//! [`StartReport::StartedWithConnection`]). Then the client sends
 //! [`Request`]s; each is answered by one [`Response`], in order. After a
 //! [`Request::Wait`], the daemon also pushes [`Response::Exited`] the moment the
 //! task ends (at once if it already has).
@@ -190,6 +192,28 @@ pub enum StartReport {
         /// One line for a person: "exec /nope: No such file or directory".
         message: String,
     },
+    /// The task runs, and tend-spawn's stdin, on which the config came
+    /// ([`FirstConnection::Stdin`](crate::config::FirstConnection)), is the
+    /// starter's first connection: already welcomed, with this welcome, so
+    /// the next frame on it is a [`Request`]. Sent only to a starter that
+    /// asked for it.
+    StartedWithConnection(Welcome),
+}
+
+impl StartReport {
+    /// The daemon's pid, the task's pid and the daemon's instance of a
+    /// started task, whichever way it was reported.
+    pub fn started(&self) -> Option<(i32, i32, Instance)> {
+        match self {
+            StartReport::Started {
+                daemon_pid,
+                task_pid,
+                instance,
+            } => Some((*daemon_pid, *task_pid, *instance)),
+            StartReport::StartedWithConnection(w) => Some((w.daemon_pid, w.task_pid, w.instance)),
+            StartReport::Failed { .. } => None,
+        }
+    }
 }
 
 /// Opens every connection.

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, Namespaces,
-    TaskIds, TaskStart, TaskStdin,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, FirstConnection, Isolation, LogConfig,
+    Namespaces, TaskIds, TaskStart, TaskStdin,
 };
 use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
 use tend_proto::msg::{
@@ -314,6 +314,7 @@ fn spawn_config_minimal() -> SpawnConfig {
         stdin: TaskStdin::Null,
         start: TaskStart::Now,
         namespaces: Namespaces::default(),
+        first_connection: FirstConnection::Socket,
     }
 }
 
@@ -371,6 +372,7 @@ fn spawn_config_full() -> SpawnConfig {
         stdin: TaskStdin::Null,
         start: TaskStart::Now,
         namespaces: Namespaces::default(),
+        first_connection: FirstConnection::Socket,
     }
 }
 
@@ -488,6 +490,22 @@ fn spawn_config_namespaces() -> SpawnConfig {
     }
 }
 
+/// A config whose starter takes its first connection on tend-spawn's stdin:
+/// it rides last, after the stdin, the start and the namespaces (and, with a
+/// cgroup and isolation, after the options and the ids), which come along
+/// even when off.
+fn spawn_config_connection(cgroup_and_ids: bool) -> SpawnConfig {
+    let base = if cgroup_and_ids {
+        spawn_config_ids(true)
+    } else {
+        spawn_config_minimal()
+    };
+    SpawnConfig {
+        first_connection: FirstConnection::Stdin,
+        ..base
+    }
+}
+
 /// The configs with additions after the frozen encoding.
 fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
     vec![
@@ -499,6 +517,11 @@ fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
         ("spawn_config_start", spawn_config_start(false)),
         ("spawn_config_isolated_start", spawn_config_start(true)),
         ("spawn_config_namespaces", spawn_config_namespaces()),
+        ("spawn_config_connection", spawn_config_connection(false)),
+        (
+            "spawn_config_cgroup_ids_connection",
+            spawn_config_connection(true),
+        ),
     ]
 }
 
@@ -592,11 +615,12 @@ fn response_variant(r: &Response) -> &'static str {
     }
 }
 
-const START_REPORT_VARIANTS: &[&str] = &["Started", "Failed"];
+const START_REPORT_VARIANTS: &[&str] = &["Started", "Failed", "StartedWithConnection"];
 fn start_report_variant(r: &StartReport) -> &'static str {
     match r {
         StartReport::Started { .. } => "Started",
         StartReport::Failed { .. } => "Failed",
+        StartReport::StartedWithConnection(_) => "StartedWithConnection",
     }
 }
 
@@ -869,6 +893,15 @@ fn start_report_values() -> Vec<(&'static str, StartReport)> {
                 errno: 0,
                 message: "policy: user root is not allowed".into(),
             },
+        ),
+        (
+            "start_report_started_with_connection",
+            StartReport::StartedWithConnection(Welcome {
+                version: 1,
+                instance: instance(),
+                daemon_pid: 1234,
+                task_pid: 1240,
+            }),
         ),
     ]
 }

@@ -2,11 +2,13 @@
 //!
 //! The agent execs `tend-spawn` with a [`SpawnConfig`] frame on stdin; it
 //! writes one [`StartReport`] frame to stdout and then serves the agent over
-//! its control socket until the task's exit is recorded and released. The
-//! order of its start is written once, in code: [`run`] (the first process),
-//! then `daemon::run` and `daemon::start` (the daemon's privileged sequence),
-//! then `child::task` (its children between fork and exec). See `DESIGN.md`,
-//! "The spawn protocol" and "Inside tend-spawn".
+//! its control socket (and, when the config asks for it, over its stdin, a
+//! socketpair that is the agent's first connection) until the task's exit is
+//! recorded and released. The order of its start is written once, in code:
+//! [`run`] (the first process), then `daemon::run` and `daemon::start` (the
+//! daemon's privileged sequence), then `child::task` (its children between
+//! fork and exec). See `DESIGN.md`, "The spawn protocol" and "Inside
+//! tend-spawn".
 //!
 //! Unsafe code lives only in `child::raw` (the system calls of a forked child,
 //! fork itself among them) and [`sys`] (the daemon's raw syscalls).
@@ -30,14 +32,17 @@ use tend_policy as policy;
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::socket::{getsockopt, sockopt, SockType};
 use nix::sys::stat::{umask, Mode};
-use tend_proto::config::TaskStdin;
+use tend_proto::config::{FirstConnection, TaskStdin};
 use tend_proto::frame::{read_frame, MAX_FRAME_LEN};
 use tend_proto::{SpawnConfig, Stage, StartReport};
 
 use crate::child::{Forked, StartFailure};
+use crate::daemon::OwnStdin;
 
 /// Exit code of a start that failed (the report says why).
 pub const EXIT_FAILED: i32 = 1;
@@ -151,7 +156,10 @@ pub fn run() -> i32 {
         Ok(c) => c,
         Err(f) => return report_failure(&f),
     };
-    let task_stdin = (config.stdin == TaskStdin::AfterConfig).then(|| OwnedFd::from(input));
+    let own_stdin = match own_stdin(&config, input) {
+        Ok(s) => s,
+        Err(f) => return report_failure(&f),
+    };
     let ctx = match apply_policy(&mut config) {
         Ok(c) => c,
         Err(f) => return report_failure(&f),
@@ -160,7 +168,33 @@ pub fn run() -> i32 {
         Ok(i) => i,
         Err(f) => return report_failure(&f),
     };
-    detach(config, isolation, ctx, task_stdin)
+    detach(config, isolation, ctx, own_stdin)
+}
+
+/// What the rest of the stream the config came on is for: the task's stdin
+/// ([`TaskStdin::AfterConfig`]), the starter's first connection
+/// ([`FirstConnection::Stdin`], which must be a stream socket: one end of
+/// the starter's socketpair), or nothing.
+fn own_stdin(config: &SpawnConfig, input: std::fs::File) -> Result<OwnStdin, StartFailure> {
+    if config.stdin == TaskStdin::AfterConfig {
+        return Ok(OwnStdin::Task(OwnedFd::from(input)));
+    }
+    if config.first_connection != FirstConnection::Stdin {
+        return Ok(OwnStdin::Unused);
+    }
+    let fd = OwnedFd::from(input);
+    match getsockopt(&fd, sockopt::SockType) {
+        Ok(SockType::Stream) => Ok(OwnStdin::Connection(UnixStream::from(fd))),
+        Ok(other) => Err(StartFailure::plain(
+            Stage::Config,
+            format!("first_connection: stdin is a {other:?} socket, not a stream socket"),
+        )),
+        Err(e) => Err(StartFailure::new(
+            Stage::Config,
+            "first_connection: stdin is not a socket",
+            e as i32,
+        )),
+    }
 }
 
 /// Setuid mode: the policy decides, before anything is created or forked
@@ -188,13 +222,14 @@ fn task_user(
 
 /// The double fork: the first process waits for the intermediate and
 /// returns its status; the intermediate starts a session, forks the daemon
-/// and leaves, so the agent is never the daemon's parent. `task_stdin`, the
-/// rest of the config's stream, goes with the daemon to its task.
+/// and leaves, so the agent is never the daemon's parent. `own_stdin`, the
+/// rest of the config's stream, goes with the daemon (to its task, or as
+/// its first client).
 fn detach(
     config: SpawnConfig,
     isolation: Option<child::Isolation>,
     ctx: Option<setuid::Context>,
-    task_stdin: Option<OwnedFd>,
+    own_stdin: OwnStdin,
 ) -> i32 {
     match child::fork_single_threaded() {
         Err(e) => report_failure(&StartFailure::io(Stage::Fork, "daemon", &e)),
@@ -220,7 +255,7 @@ fn detach(
                     sys::exit_now(EXIT_FAILED)
                 }
                 Ok(Forked::Parent(_)) => sys::exit_now(0),
-                Ok(Forked::Child) => daemon::run(config, isolation, ctx, task_stdin),
+                Ok(Forked::Child) => daemon::run(config, isolation, ctx, own_stdin),
             }
         }
     }

@@ -332,6 +332,42 @@ impl Client {
         }
     }
 
+    /// The starter's first connection, handed over at spawn (tend-spawn's
+    /// stdin, see [`FirstConnection::Stdin`](tend_proto::config::FirstConnection)):
+    /// welcomed from the start, so no Hello and no Hello deadline. Only the
+    /// process that started tend-spawn holds its other end; its peer's uid
+    /// is still checked as any client's ([`Client::check_peer`]).
+    pub fn handed(stream: UnixStream) -> io::Result<Client> {
+        stream.set_nonblocking(true)?;
+        let mut c = Client::new(stream, Instant::now());
+        c.session.welcomed = true;
+        c.deadline = None;
+        Ok(c)
+    }
+
+    /// SO_PEERCRED: the daemon's own uid or root may talk to it. Another
+    /// user's client is told so and closed (false only when the check itself
+    /// failed: the client is to be dropped at once).
+    pub fn check_peer(&mut self, my_uid: u32) -> bool {
+        match self.peer_uid() {
+            Ok(uid) if uid == my_uid || uid == 0 => true,
+            Ok(uid) => {
+                tracing::warn!(uid, "refused a client of another user");
+                let out = self
+                    .session
+                    .fatal(format!("uid {uid} may not talk to this daemon"));
+                for r in &out {
+                    self.send(r);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SO_PEERCRED failed; client refused");
+                false
+            }
+        }
+    }
+
     /// Whether its deadline (Hello, or the last write) has passed at `now`.
     pub fn expired(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|t| now >= t)
@@ -481,21 +517,8 @@ pub fn accept_all(
                 }
                 let now = clock.now();
                 let mut c = Client::new(stream, now);
-                match c.peer_uid() {
-                    Ok(uid) if uid == my_uid || uid == 0 => {}
-                    Ok(uid) => {
-                        tracing::warn!(uid, "refused a client of another user");
-                        let out = c
-                            .session
-                            .fatal(format!("uid {uid} may not talk to this daemon"));
-                        for r in &out {
-                            c.send(r);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "SO_PEERCRED failed; client refused");
-                        continue;
-                    }
+                if !c.check_peer(my_uid) {
+                    continue;
                 }
                 c.flush(now);
                 clients.push(c);

@@ -346,7 +346,39 @@ impl Sandbox {
         self.start_through(wrapper, &bytes)
     }
 
+    /// [`Sandbox::start`] as the agent starts tend-spawn: its stdin one end
+    /// of a socketpair, the config written on the other, which comes back as
+    /// a client (welcomed when the report is `StartedWithConnection`, with
+    /// the report's welcome; else a stream the daemon does not serve).
+    pub fn start_handed(&self, cfg: &SpawnConfig) -> (Spawned, Client) {
+        let bytes = cfg.to_frame().expect("encode config");
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        ours.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let spawned = self.start_on(&[], &bytes, Some((theirs, &ours)));
+        let welcome = match &spawned.report {
+            Ok(StartReport::StartedWithConnection(w)) => Some(*w),
+            _ => None,
+        };
+        let client = Client {
+            stream: ours,
+            welcome,
+        };
+        (spawned, client)
+    }
+
     fn start_through(&self, wrapper: &[&str], input: &[u8]) -> Spawned {
+        self.start_on(wrapper, input, None)
+    }
+
+    /// Exec tend-spawn (through `wrapper`) with `input` on its stdin: a pipe,
+    /// or the first of `socket` with the input written on the second.
+    fn start_on(
+        &self,
+        wrapper: &[&str],
+        input: &[u8],
+        socket: Option<(UnixStream, &UnixStream)>,
+    ) -> Spawned {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let stderr_path = self.data.path().join(format!("spawn-{n}.stderr"));
         let stderr = fs::File::create(&stderr_path).expect("stderr file");
@@ -358,18 +390,27 @@ impl Sandbox {
                 c
             }
         };
+        let (stdin, mut writer) = match socket {
+            Some((theirs, ours)) => (Stdio::from(std::os::fd::OwnedFd::from(theirs)), Some(ours)),
+            None => (Stdio::piped(), None),
+        };
         let mut child = cmd
             .env_clear()
             .current_dir(self.data.path())
-            .stdin(Stdio::piped())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .expect("exec tend-spawn");
-        {
-            let mut stdin = child.stdin.take().expect("stdin");
-            // A daemon refusing early may close its end: that is its answer.
-            let _ = stdin.write_all(input);
+        // A daemon refusing early may close its end: that is its answer.
+        match (child.stdin.take(), writer.as_mut()) {
+            (Some(mut pipe), _) => {
+                let _ = pipe.write_all(input);
+            }
+            (None, Some(s)) => {
+                let _ = s.write_all(input);
+            }
+            (None, None) => {}
         }
         let mut stdout = child.stdout.take().expect("stdout");
         let report =

@@ -6,6 +6,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -220,6 +221,28 @@ impl World {
     /// Run the installed tend-spawn as `uid` (with that user's groups), `env`
     /// in its environment, `cfg` on stdin.
     pub fn spawn_as(&self, name: &str, cfg: &SpawnConfig, env: &[(&str, &str)]) -> Spawn {
+        self.spawn_on(name, cfg, env, None)
+    }
+
+    /// [`World::spawn_as`] with tend-spawn's stdin one end of a socketpair,
+    /// the config written on the other, which is returned: the first
+    /// connection, once the report is `StartedWithConnection`.
+    pub fn spawn_handed_as(&self, name: &str, cfg: &SpawnConfig) -> (Spawn, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let s = self.spawn_on(name, cfg, &[], Some((theirs, &ours)));
+        (s, ours)
+    }
+
+    fn spawn_on(
+        &self,
+        name: &str,
+        cfg: &SpawnConfig,
+        env: &[(&str, &str)],
+        socket: Option<(UnixStream, &UnixStream)>,
+    ) -> Spawn {
+        use std::io::Write;
         let bytes = cfg.to_frame().unwrap();
         let mut cmd = self.as_user(name);
         cmd.arg(&self.spawn);
@@ -227,16 +250,24 @@ impl World {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let (stdin, writer) = match socket {
+            Some((theirs, ours)) => (Stdio::from(std::os::fd::OwnedFd::from(theirs)), Some(ours)),
+            None => (Stdio::piped(), None),
+        };
         let mut child = cmd
-            .stdin(Stdio::piped())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            let _ = stdin.write_all(&bytes);
+        match (child.stdin.take(), writer) {
+            (Some(mut pipe), _) => {
+                let _ = pipe.write_all(&bytes);
+            }
+            (None, Some(mut s)) => {
+                let _ = s.write_all(&bytes);
+            }
+            (None, None) => {}
         }
         let o = child.wait_with_output().unwrap();
         let report = frame::read_frame(&mut &o.stdout[..], frame::MAX_FRAME_LEN)

@@ -855,3 +855,52 @@ fn the_state_a_killed_foreground_run_left_is_removed_by_the_next_one() {
     // The task of the killed run is left alone.
     assert!(pid_alive(task_pid));
 }
+
+/// A tend-spawn that predates the first connection on stdin: it refuses the
+/// config that asks for it at the config stage, as an old one does (trailing
+/// bytes after the config it knows), and starts the task from a pipe. The
+/// agent starts it once more without the part, then connects to the socket.
+#[test]
+fn a_tend_spawn_without_the_handover_is_started_again_and_reached_by_its_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let dir = sb.scratch_dir();
+    let refusal = dir.join("refusal.frame");
+    let report = tend_proto::StartReport::Failed {
+        stage: tend_proto::Stage::Config,
+        errno: 0,
+        message: "decoding the spawn config: frame: 1 trailing bytes after SpawnConfig".into(),
+    };
+    fs::write(&refusal, tend_proto::frame::encode(&report).unwrap()).unwrap();
+    let asked = dir.join("asked");
+    let old = dir.join("old-tend-spawn");
+    fs::write(
+        &old,
+        format!(
+            "#!/bin/sh\nif [ -S /dev/stdin ]; then touch {}; cat {}; exit 1; fi\nexec {}\n",
+            asked.display(),
+            refusal.display(),
+            tend_tests::spawn_bin().display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&old, fs::Permissions::from_mode(0o755)).unwrap();
+    let job = sb.write_job("job.hcl", &sh_job("old", "greet", "echo hi; exit 3", ""));
+    let out = sb.run_tend(
+        &[
+            OsStr::new("run"),
+            OsStr::new("--spawn-bin"),
+            old.as_os_str(),
+            job.as_os_str(),
+        ],
+        LONG,
+    );
+    assert_eq!(out.code, Some(3), "{out}");
+    assert!(
+        asked.exists(),
+        "the first start did not ask for the handover"
+    );
+    assert!(out.stdout.contains("hi\n"), "{out}");
+    let (_, exit) = exit_of(&sb, "greet");
+    assert_eq!(exit.exit_code, Some(3));
+}

@@ -1435,3 +1435,35 @@ fn a_caller_that_ignores_sigchld_and_blocks_signals_still_gets_the_real_exit_and
     let _ = c.request(tend_proto::Request::Release);
     assert!(wait_until(Duration::from_secs(5), || !pid_alive(daemon)));
 }
+
+/// A caller's first connection, handed over on stdin, reaches its own task
+/// and nothing more: the daemon, already the caller, answers on it with no
+/// Hello, and Wait -> Exited arrives over it.
+#[test]
+fn a_callers_handed_connection_serves_its_own_task() {
+    require_root!();
+    let w = World::new();
+    let mut cfg = w.raw_config("h", "id -u; exit 6");
+    cfg.first_connection = tend_proto::config::FirstConnection::Stdin;
+    let (s, stream) = w.spawn_handed_as(&w.user, &cfg);
+    let welcome = match &s.report {
+        Some(StartReport::StartedWithConnection(wl)) => *wl,
+        other => panic!(
+            "not started with the connection: {other:?}\nstderr: {}",
+            s.stderr
+        ),
+    };
+    let mut c = Client {
+        stream,
+        welcome: Some(welcome),
+    };
+    let exit = c.wait_exit_within(Duration::from_secs(20));
+    assert_eq!(exit.exit_code, Some(6), "{exit:?}");
+    assert_eq!(exit.pid, Some(welcome.task_pid));
+    assert_eq!(
+        c.request(tend_proto::Request::Release),
+        tend_proto::Response::Ok
+    );
+    let out = fs::read_to_string(cfg.log_dir().join("h.stdout")).unwrap();
+    assert_eq!(out.trim(), w.uid.to_string());
+}

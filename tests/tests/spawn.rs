@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tend_proto::config::TaskStdin;
+use tend_proto::config::{FirstConnection, TaskStdin};
 use tend_proto::msg::TaskState;
 use tend_proto::{frame, Hello, Request, Response, Stage, Token, PROTOCOL_VERSION};
 use tend_tests::{pid_alive, require_root, wait_until, Client, Sandbox};
@@ -136,11 +136,10 @@ fn the_task_sees_only_fds_0_1_2() {
     assert_eq!(&fds[..3], ["0", "1", "2"], "{out}");
 }
 
-#[test]
-fn the_task_holds_exactly_fds_0_1_2_seen_from_outside() {
-    let sb = Sandbox::new();
-    let cfg = sb.config("t", "/bin/sleep", &["100"]);
-    let (_, task_pid, _) = sb.start(&cfg).pids();
+/// The fds a task holds, seen from outside, once it has settled: right
+/// after exec the dynamic loader opens libc on fd 3 for a moment, so look
+/// once it has mapped libc (and so closed that fd again), up to 5 s.
+fn settled_fds(task_pid: i32) -> Vec<i32> {
     let fds = || {
         let mut v: Vec<i32> = fs::read_dir(format!("/proc/{task_pid}/fd"))
             .unwrap()
@@ -149,12 +148,18 @@ fn the_task_holds_exactly_fds_0_1_2_seen_from_outside() {
         v.sort();
         v
     };
-    // Right after exec the dynamic loader opens libc on fd 3 for a moment:
-    // look once it has mapped libc (and so closed that fd again).
     let loaded =
         || fs::read_to_string(format!("/proc/{task_pid}/maps")).is_ok_and(|m| m.contains("libc"));
     wait_until(Duration::from_secs(5), || loaded() && fds() == [0, 1, 2]);
-    assert_eq!(fds(), [0, 1, 2]);
+    fds()
+}
+
+#[test]
+fn the_task_holds_exactly_fds_0_1_2_seen_from_outside() {
+    let sb = Sandbox::new();
+    let cfg = sb.config("t", "/bin/sleep", &["100"]);
+    let (_, task_pid, _) = sb.start(&cfg).pids();
+    assert_eq!(settled_fds(task_pid), [0, 1, 2]);
     let null = fs::read_link(format!("/proc/{task_pid}/fd/0")).unwrap();
     assert_eq!(null, Path::new("/dev/null"));
     for fd in [1, 2] {
@@ -836,4 +841,115 @@ fn a_daemon_idle_for_31_s_serves_a_new_client() {
         Response::Ok
     );
     assert_eq!(c.wait_exit().signal, Some(15));
+}
+
+// ------------------------------------------------ the first connection, handed over
+
+fn handed(sb: &Sandbox, script: &str) -> tend_proto::SpawnConfig {
+    let mut cfg = sh(sb, script);
+    cfg.first_connection = FirstConnection::Stdin;
+    cfg
+}
+
+/// The stream the config went out on is the first connection: the report
+/// carries its welcome, and Wait -> Exited arrives over it with the socket
+/// file moved away before it is used (no connect, no Hello).
+#[test]
+fn the_first_connection_comes_with_the_start_without_the_socket_file() {
+    let sb = Sandbox::new();
+    let cfg = handed(&sb, "sleep 0.3; exit 5");
+    let (spawned, mut c) = sb.start_handed(&cfg);
+    assert_eq!(spawned.exit_code, Some(0), "{}", spawned.stderr());
+    let w = c.welcome.expect("a StartedWithConnection report");
+    assert_eq!(w.version, PROTOCOL_VERSION);
+    let moved = Path::new(&cfg.socket_path).with_extension("moved");
+    fs::rename(&cfg.socket_path, &moved).unwrap();
+    match c.request(Request::Status) {
+        Response::Status(s) => {
+            assert_eq!((s.daemon_pid, s.task_pid), (w.daemon_pid, w.task_pid));
+        }
+        other => panic!("{other:?}"),
+    }
+    let exit = c.wait_exit();
+    assert_eq!(exit.exit_code, Some(5));
+    assert_eq!(exit.pid, Some(w.task_pid));
+    assert_eq!(Sandbox::wait_exit_file(&cfg, LONG), exit);
+    assert_eq!(c.request(Request::Release), Response::Ok);
+    assert!(wait_until(LONG, || !pid_alive(w.daemon_pid)));
+    fs::remove_file(&moved).unwrap();
+}
+
+/// Closing the handed connection is no end of the task: it runs on, and a
+/// client of the socket file (the reattach of a new agent) is welcomed by
+/// the same daemon and gets the exit.
+#[test]
+fn the_handed_connection_closing_leaves_the_task_to_a_reattach() {
+    let sb = Sandbox::new();
+    let cfg = handed(&sb, "sleep 0.5; exit 7");
+    let (spawned, c) = sb.start_handed(&cfg);
+    let w = c.welcome.expect("a StartedWithConnection report");
+    assert_eq!(spawned.exit_code, Some(0));
+    drop(c);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(pid_alive(w.task_pid));
+    let mut again = Client::connect(&cfg);
+    assert_eq!(again.welcome.unwrap(), w);
+    assert_eq!(again.wait_exit().exit_code, Some(7));
+    assert_eq!(again.request(Request::Release), Response::Ok);
+    assert!(wait_until(LONG, || !pid_alive(w.daemon_pid)));
+}
+
+/// The handed socket is the daemon's alone: the task holds fds 0, 1, 2 and
+/// nothing else, its stdin /dev/null; Stop over the handed connection ends it.
+#[test]
+fn the_handed_connection_does_not_leak_into_the_task() {
+    let sb = Sandbox::new();
+    let mut cfg = sb.config("t", "/bin/sleep", &["100"]);
+    cfg.first_connection = FirstConnection::Stdin;
+    let (_, mut c) = sb.start_handed(&cfg);
+    let task_pid = c.welcome.expect("a StartedWithConnection report").task_pid;
+    assert_eq!(settled_fds(task_pid), [0, 1, 2]);
+    let stdin = fs::read_link(format!("/proc/{task_pid}/fd/0")).unwrap();
+    assert_eq!(stdin, Path::new("/dev/null"));
+    let stop = Request::Stop {
+        signal: 15,
+        grace_ms: 2000,
+    };
+    assert_eq!(c.request(stop), Response::Ok);
+    assert_eq!(c.wait_exit().signal, Some(15));
+}
+
+/// A config without the part is started as it always was: `Started`, and
+/// the first connection made to the socket file with a Hello, whatever
+/// tend-spawn's stdin is.
+#[test]
+fn a_start_without_the_part_reports_started_and_takes_a_hello() {
+    let sb = Sandbox::new();
+    let cfg = sh(&sb, "exit 4");
+    let (spawned, mut on_stdin) = sb.start_handed(&cfg);
+    let (daemon_pid, task_pid, instance) = spawned.pids();
+    assert_eq!(on_stdin.welcome, None);
+    let mut c = Client::connect(&cfg);
+    let w = c.welcome.unwrap();
+    assert_eq!(
+        (w.daemon_pid, w.task_pid, w.instance),
+        (daemon_pid, task_pid, instance)
+    );
+    assert_eq!(c.wait_exit().exit_code, Some(4));
+    // The stream on stdin is nobody's client: it ends with the daemon.
+    assert_eq!(c.request(Request::Release), Response::Ok);
+    assert!(matches!(on_stdin.recv(), Err(frame::FrameError::Closed)));
+}
+
+/// Asked for on a stdin that is no socket, the first connection is refused
+/// at the config stage, before anything starts.
+#[test]
+fn a_first_connection_on_a_pipe_is_refused_at_the_config_stage() {
+    let sb = Sandbox::new();
+    let cfg = handed(&sb, "exit 0");
+    let spawned = sb.start(&cfg);
+    let (stage, _, message) = spawned.failure();
+    assert_eq!(stage, Stage::Config);
+    assert!(message.contains("first_connection"), "{message}");
+    assert!(!Path::new(&cfg.socket_path).exists());
 }

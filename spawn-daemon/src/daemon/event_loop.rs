@@ -3,7 +3,7 @@
 //! sweeps, the drain and the linger.
 
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -30,6 +30,8 @@ pub struct Started {
     pub signals: SignalFd,
     /// The socket's file, removed as the loop returns.
     pub _socket_file: super::SocketFile,
+    /// The starter's first connection, handed over at spawn.
+    pub handed: Option<UnixStream>,
 }
 
 const SLOT_SIGNALS: usize = 0;
@@ -46,10 +48,20 @@ pub fn event_loop(d: &mut Daemon, s: Started) -> i32 {
 /// The loop, reading the time from `clock`. Each step reads it afresh: a
 /// time taken before the blocking poll is hours old after it for a daemon
 /// nobody talked to, and a deadline counted from it has passed at birth.
-fn event_loop_on(d: &mut Daemon, s: Started, clock: &dyn Clock) -> i32 {
+fn event_loop_on(d: &mut Daemon, mut s: Started, clock: &dyn Clock) -> i32 {
     let mut clients: Vec<Client> = Vec::new();
     let mut buf = vec![0u8; READ_BUF];
     let my_uid = nix::unistd::getuid().as_raw();
+    match s.handed.take().map(Client::handed) {
+        Some(Ok(mut c)) => {
+            let admitted = c.check_peer(my_uid);
+            if admitted {
+                clients.push(c);
+            }
+        }
+        Some(Err(e)) => warn!(error = %e, "the handed connection cannot be served"),
+        None => {}
+    }
     let mut revents: Vec<PollFlags> = Vec::new();
     loop {
         let now = clock.now();

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -62,6 +62,18 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// How long a sweep waits for the init of the task's pid namespace to die,
 /// once the task itself is reaped (see `Daemon::kill_ns_init`).
 pub const INIT_DEATH_WAIT: Duration = Duration::from_millis(20);
+
+/// What the rest of tend-spawn's own stdin, after the config frame, is for.
+#[derive(Debug)]
+pub enum OwnStdin {
+    /// Nothing: the task gets /dev/null.
+    Unused,
+    /// The task's stdin ([`TaskStdin::AfterConfig`](tend_proto::config::TaskStdin)).
+    Task(OwnedFd),
+    /// The starter's first connection
+    /// ([`FirstConnection::Stdin`](tend_proto::config::FirstConnection)).
+    Connection(UnixStream),
+}
 
 /// Write the start report to stdout (fd 1).
 pub fn report(r: &StartReport) {
@@ -173,14 +185,14 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
 /// `ctx` is set in setuid mode: the policy allowed the config, file access is
 /// the caller's already, and every root step goes through [`Life::privileged`].
 ///
-/// `task_stdin` is the task's stdin when the config asks for the rest of
-/// tend-spawn's own ([`TaskStdin::AfterConfig`](tend_proto::config::TaskStdin)),
-/// else the task gets /dev/null.
+/// `own_stdin` is what the rest of tend-spawn's own stdin is for: the
+/// task's stdin, the starter's first connection, or nothing (the task then
+/// gets /dev/null).
 pub fn run(
     config: SpawnConfig,
     isolation: Option<Isolation>,
     ctx: Option<Context>,
-    task_stdin: Option<OwnedFd>,
+    own_stdin: OwnStdin,
 ) -> i32 {
     let life = Life::new(ctx.as_ref());
     let ctx = ctx.as_ref();
@@ -207,7 +219,7 @@ pub fn run(
         ctx,
         &life,
         &signal_mask,
-        task_stdin,
+        own_stdin,
     ) {
         Ok((mut daemon, started, _own_cgroup)) => {
             // The daemon holds its own.
@@ -238,7 +250,7 @@ fn start(
     ctx: Option<&Context>,
     life: &Rc<Life>,
     signal_mask: &SigSet,
-    task_stdin: Option<OwnedFd>,
+    own_stdin: OwnStdin,
 ) -> Result<(Daemon, Started, Option<OwnCgroup>), StartFailure> {
     let hier = detect_cgroups(config, life)?;
     let helper = match (ctx, &hier, &config.cgroup) {
@@ -260,6 +272,11 @@ fn start(
     let cgroup = create_task_cgroup(config, hier.as_ref(), ctx, life)?;
     let (out_log, err_log) = open_task_logs(config, log_dir)?;
     let ((out_r, out_w), (err_r, err_w)) = (log_pipe()?, log_pipe()?);
+    let (task_stdin, handed) = match own_stdin {
+        OwnStdin::Unused => (None, None),
+        OwnStdin::Task(fd) => (Some(fd), None),
+        OwnStdin::Connection(s) => (None, Some(s)),
+    };
     let stdin = match task_stdin {
         Some(fd) => fd,
         None => nix::fcntl::open(
@@ -309,11 +326,21 @@ fn start(
     life.enter(Phase::Running);
     let instance = Instance(instance);
     // Started reaches the agent before anything can report the exit: the first
-    // reap happens in the poll loop.
-    report(&StartReport::Started {
-        daemon_pid: getpid().as_raw(),
-        task_pid: task.pid.as_raw(),
-        instance,
+    // reap happens in the poll loop. With a handed connection it carries the
+    // welcome that connection would have had.
+    let (daemon_pid, task_pid) = (getpid().as_raw(), task.pid.as_raw());
+    report(&match handed {
+        Some(_) => StartReport::StartedWithConnection(tend_proto::msg::Welcome {
+            version: tend_proto::PROTOCOL_VERSION,
+            instance,
+            daemon_pid,
+            task_pid,
+        }),
+        None => StartReport::Started {
+            daemon_pid,
+            task_pid,
+            instance,
+        },
     });
     stdio_to_dev_null();
     info!(pid = task.pid.as_raw(), %instance, "task started");
@@ -342,6 +369,7 @@ fn start(
         listener,
         signals,
         _socket_file: socket_file,
+        handed,
     };
     Ok((daemon, started, own_cgroup))
 }

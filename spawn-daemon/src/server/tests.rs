@@ -82,6 +82,16 @@ fn frame_of<T: serde::Serialize>(v: &T) -> Frame {
     d.next_frame().unwrap().unwrap()
 }
 
+/// Write a good Hello on a client's end of a socket.
+fn say_hello(peer: &mut UnixStream) {
+    let bytes = frame::encode(&Hello {
+        version: PROTOCOL_VERSION,
+        token: Token([3; 32]),
+    })
+    .unwrap();
+    peer.write_all(&bytes).unwrap();
+}
+
 fn hello(token: [u8; 32], version: u16) -> Frame {
     frame_of(&Hello {
         version,
@@ -274,14 +284,7 @@ fn a_client_after_an_hour_of_idle_gets_its_whole_hello_time() {
     // It says Hello just inside its time and is welcomed.
     clock.advance(HELLO_TIMEOUT - Duration::from_millis(1));
     assert!(!clients[0].expired(clock.now()));
-    peer.write_all(
-        &frame::encode(&Hello {
-            version: PROTOCOL_VERSION,
-            token: Token([3; 32]),
-        })
-        .unwrap(),
-    )
-    .unwrap();
+    say_hello(&mut peer);
     let mut h = fake();
     let mut buf = vec![0u8; 4096];
     clients[0].on_readable(&mut buf, &mut h);
@@ -310,4 +313,33 @@ fn a_client_after_an_hour_of_idle_gets_its_whole_hello_time() {
     clock.advance(Duration::from_millis(1));
     assert!(clients[1].expired(clock.now()));
     assert!(!clients[0].expired(clock.now()));
+}
+
+/// The handed connection is welcomed from the start: its first frame is a
+/// request (a Hello there is a bad request, not a second welcome), it has no
+/// Hello deadline, and its peer passes the same uid check as any client's.
+#[test]
+fn a_handed_connection_takes_requests_at_once_and_has_no_hello_deadline() {
+    let (mut peer, ours) = UnixStream::pair().unwrap();
+    let mut c = Client::handed(ours).unwrap();
+    assert!(c.check_peer(nix::unistd::getuid().as_raw()));
+    assert!(!c.session.closing);
+    assert!(!c.expired(Instant::now() + Duration::from_secs(36_000)));
+    peer.write_all(&frame::encode(&Request::Signal(10)).unwrap())
+        .unwrap();
+    let mut h = fake();
+    let mut buf = vec![0u8; 4096];
+    c.on_readable(&mut buf, &mut h);
+    c.flush(Instant::now());
+    assert_eq!(h.signals, vec![10]);
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let answer = frame::read_frame(&mut peer, MAX_FRAME_LEN)
+        .unwrap()
+        .decode::<Response>()
+        .unwrap();
+    assert_eq!(answer, Response::Ok);
+    // A Hello is no request: it closes the connection with an error.
+    say_hello(&mut peer);
+    c.on_readable(&mut buf, &mut h);
+    assert!(c.session.closing);
 }

@@ -102,6 +102,18 @@ impl Client {
         }
     }
 
+    /// The first connection, handed over at the start: the stream the
+    /// config went out on, welcomed by the start report with `welcome`
+    /// (`path` names the daemon in errors).
+    pub fn handed(path: &Path, stream: UnixStream, welcome: Welcome) -> Client {
+        Client {
+            path: path.to_path_buf(),
+            stream,
+            decoder: FrameDecoder::new(),
+            welcome,
+        }
+    }
+
     /// The daemon's welcome: its instance id and pids.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome

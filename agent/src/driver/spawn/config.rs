@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Isolation, LogConfig, TaskIds, TaskStdin,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, FirstConnection, Isolation, LogConfig,
+    TaskIds, TaskStdin,
 };
 use tend_proto::{SpawnConfig, Token};
 
@@ -512,6 +513,8 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         stdin: TaskStdin::Null,
         start: tend_proto::config::TaskStart::Now,
         namespaces: tend_proto::config::Namespaces::default(),
+        // The first connection comes with the start (see `launch`).
+        first_connection: FirstConnection::Stdin,
     })
 }
 

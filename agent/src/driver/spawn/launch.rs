@@ -1,13 +1,18 @@
 //! Exec `tend-spawn`, hand it the [`SpawnConfig`] as one frame on stdin, and read
-//! the one [`StartReport`] frame it writes to stdout.
+//! the one [`StartReport`] frame it writes to stdout. Its stdin is one end of
+//! a socketpair when the config asks for it: after the config, that stream is
+//! the agent's first connection to the daemon, with no connect and no Hello.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use tend_proto::config::FirstConnection;
 use tend_proto::frame::{FrameDecoder, FrameError};
-use tend_proto::{SpawnConfig, StartReport};
+use tend_proto::{SpawnConfig, Stage, StartReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
 
 /// How long tend-spawn may take to report; it never should come near.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,18 +101,87 @@ fn where_looked(bin: &Path) -> String {
     format!("no {beside}{} on PATH", bin.display())
 }
 
+/// What a start gave: tend-spawn's report and, when it took the first
+/// connection over ([`StartReport::StartedWithConnection`]), that connection.
+#[derive(Debug)]
+pub struct Launched {
+    /// The report.
+    pub report: StartReport,
+    /// The starter's end of tend-spawn's stdin, now a welcomed client of the
+    /// daemon; None when the daemon reported plain `Started` (the first
+    /// connection is then made to the socket file).
+    pub connection: Option<UnixStream>,
+}
+
 /// Start one task through `bin`: exec it with an empty environment (nothing of the
 /// task or the agent reaches its /proc/PID/environ), write `config` on its stdin,
 /// and return its report. A `Failed` report is a normal outcome, not an error.
-pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<StartReport, LaunchError> {
+///
+/// A config that asks for the first connection on stdin
+/// ([`FirstConnection::Stdin`]) gets one end of a socketpair as tend-spawn's
+/// stdin instead of a pipe. A tend-spawn that predates the part refuses the
+/// frame at the config stage, before it starts anything, for the bytes it
+/// does not know after the config: the start is made once more without it
+/// (and with whatever that attempt reports).
+pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<Launched, LaunchError> {
+    let first = launch_once(bin, config).await?;
+    if config.first_connection == FirstConnection::Socket || !predates_the_part(&first.report) {
+        return Ok(first);
+    }
+    tracing::debug!(
+        report = ?first.report,
+        "tend-spawn refused a config with the first connection on stdin; starting without"
+    );
+    let mut plain = config.clone();
+    plain.first_connection = FirstConnection::Socket;
+    launch_once(bin, &plain).await
+}
+
+/// Whether `report` is how a tend-spawn that predates the first connection
+/// on stdin answers a config with it: refused at the config stage for the
+/// trailing bytes (its words are fixed: it is an older build). Any other
+/// refusal, of a config or by a setuid policy, is the answer as it stands.
+fn predates_the_part(report: &StartReport) -> bool {
+    matches!(
+        report,
+        StartReport::Failed {
+            stage: Stage::Config,
+            message,
+            ..
+        } if message.contains("trailing bytes after SpawnConfig")
+    )
+}
+
+/// The stdin tend-spawn gets: a pipe, or, for a config that asks for the
+/// first connection there, one end of a socketpair (close-on-exec here; the
+/// child's fd 0 is a dup of it), whose other end is returned.
+fn spawn_stdin(
+    config: &SpawnConfig,
+    bin: &Path,
+) -> Result<(Stdio, Option<UnixStream>), LaunchError> {
+    if config.first_connection != FirstConnection::Stdin {
+        return Ok((Stdio::piped(), None));
+    }
+    let exec_err = |source| LaunchError::Exec {
+        bin: bin.to_path_buf(),
+        source,
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(exec_err)?;
+    ours.set_nonblocking(true).map_err(exec_err)?;
+    let ours = UnixStream::from_std(ours).map_err(exec_err)?;
+    Ok((Stdio::from(OwnedFd::from(theirs)), Some(ours)))
+}
+
+async fn launch_once(bin: &Path, config: &SpawnConfig) -> Result<Launched, LaunchError> {
     let bytes = config.to_frame().map_err(|source| LaunchError::Send {
         bin: bin.to_path_buf(),
         source,
     })?;
+    let (stdin, mut connection) = spawn_stdin(config, bin)?;
     let mut child = tokio::process::Command::new(bin)
         .env_clear()
         .current_dir("/")
-        .stdin(Stdio::piped())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false)
@@ -124,17 +198,23 @@ pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<StartReport, Lau
                 }
             }
         })?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut pipe = child.stdin.take();
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let bin_owned = bin.to_path_buf();
-    let io = async move {
-        if let Err(e) = stdin.write_all(&bytes).await {
+    let io = async {
+        let sent = match (&mut pipe, &mut connection) {
+            (Some(p), _) => p.write_all(&bytes).await,
+            (None, Some(c)) => c.write_all(&bytes).await,
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = sent {
             // A daemon that refused the config early may have closed stdin; its
             // report (or stderr) says why, so read on.
             tracing::debug!(error = %e, "writing spawn config");
         }
-        drop(stdin);
+        // The end of a piped stdin; the socketpair stays open, for the daemon.
+        drop(pipe);
         let mut dec = FrameDecoder::new();
         let mut buf = [0u8; 512];
         loop {
@@ -171,5 +251,33 @@ pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<StartReport, Lau
     };
     // The first process exits right after the double fork; reap it.
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-    result
+    let report = result?;
+    // Only a daemon that says so took the connection over; any other end
+    // of it is closed here.
+    let connection = connection.filter(|_| matches!(report, StartReport::StartedWithConnection(_)));
+    Ok(Launched { report, connection })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_of_the_trailing_part_is_taken_for_an_older_tend_spawn() {
+        let failed = |stage, message: String| StartReport::Failed {
+            stage,
+            errno: 0,
+            message,
+        };
+        // What a tend-spawn that predates the part says (lib.rs, read_config).
+        let trailing = FrameError::TrailingBytes {
+            what: "SpawnConfig",
+            extra: 1,
+        };
+        let old = format!("decoding the spawn config: {trailing}");
+        assert!(predates_the_part(&failed(Stage::Config, old.clone())));
+        assert!(!predates_the_part(&failed(Stage::Exec, old)));
+        let policy = "policy: user root is not allowed".to_string();
+        assert!(!predates_the_part(&failed(Stage::Config, policy)));
+    }
 }

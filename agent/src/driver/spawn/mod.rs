@@ -175,8 +175,8 @@ impl SpawnDriver {
             r.handle = Some(handle.clone());
             None
         });
-        let report = match launch(&self.spawn_bin, &config).await {
-            Ok(r) => r,
+        let launched = match launch(&self.spawn_bin, &config).await {
+            Ok(l) => l,
             // Nothing ran: the binary did not execute or never had its config.
             Err(
                 e @ (LaunchError::NotFound { .. }
@@ -196,12 +196,15 @@ impl SpawnDriver {
                 return Err(daemon_gone(cx, &handle, &e.to_string()).await);
             }
         };
-        let (daemon_pid, task_pid, instance) = match report {
+        let (daemon_pid, task_pid, instance, welcome) = match launched.report {
             StartReport::Started {
                 daemon_pid,
                 task_pid,
                 instance,
-            } => (daemon_pid, task_pid, instance),
+            } => (daemon_pid, task_pid, instance, None),
+            StartReport::StartedWithConnection(w) => {
+                (w.daemon_pid, w.task_pid, w.instance, Some(w))
+            }
             StartReport::Failed { errno, message, .. } => {
                 cx.journal.update(|r| {
                     r.start_errno = (errno != 0).then_some(errno);
@@ -236,16 +239,20 @@ impl SpawnDriver {
             ))
         });
         // The task started: whatever happens now, its daemon (or its absence)
-        // decides how the run ended, never a made-up "never started". A first
-        // connection that fails is made again by the wait, for as long as the
-        // daemon lives.
-        let client = match retry::connect_once(&socket, token).await {
-            Ok(c) if c.welcome().instance == instance => Some(c),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, daemon_pid, "the first connection to tend-spawn failed");
-                None
-            }
+        // decides how the run ended, never a made-up "never started". The
+        // first connection came with the start where the daemon took it
+        // over; else it is made here. One that fails is made again by the
+        // wait, for as long as the daemon lives.
+        let client = match (launched.connection, welcome) {
+            (Some(stream), Some(w)) => Some(Client::handed(&socket, stream, w)),
+            _ => match retry::connect_once(&socket, token).await {
+                Ok(c) if c.welcome().instance == instance => Some(c),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, daemon_pid, "the first connection to tend-spawn failed");
+                    None
+                }
+            },
         };
         Ok(SpawnRun {
             client,
