@@ -196,7 +196,7 @@ fn abandon<'a>(inner: &Inner, alloc_ids: impl Iterator<Item = &'a str>) {
 }
 
 /// How many threads write a job's new records at once.
-const SUBMIT_WRITERS: usize = 16;
+const SUBMIT_WRITERS: usize = 8;
 
 /// Write the records of a job's new allocations (each alloc's own first, then
 /// its tasks'), [`SUBMIT_WRITERS`] at a time, so that their fsyncs overlap and

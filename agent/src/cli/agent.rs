@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use crate::agent::config::{AgentConfig, LogFormat};
 use crate::agent::{Agent, Settings};
 
+/// How many threads the agent's runtime keeps for blocking work at most.
+const BLOCKING_THREADS: usize = 8;
+
 /// Options of `tend agent`.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -49,6 +52,12 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
     crate::driver::spawn::config::use_spawn_bin(&settings.spawn_bin);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Durable writes leave their worker (block_in_place): a thousand
+        // changes at once overlap BLOCKING_THREADS at a time, enough for the
+        // journal to commit them together, without a thread (and its stack
+        // and allocator arena) per change; idle ones go after a second.
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .enable_all()
         .build()?;
     rt.block_on(async move {
