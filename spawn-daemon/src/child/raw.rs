@@ -307,6 +307,11 @@ pub(super) fn sethostname(name: &CStr) -> Sys {
     check(unsafe { libc::sethostname(name.as_ptr(), name.to_bytes().len()) }).map(drop)
 }
 
+/// SIOCGIFFLAGS and SIOCSIFFLAGS (<linux/sockios.h>): the same numbers on
+/// every architecture, typed differently by glibc and musl.
+const GET_FLAGS: u16 = 0x8913;
+const SET_FLAGS: u16 = 0x8914;
+
 /// The loopback of the child's new network namespace up: its flags read
 /// and written back with IFF_UP through a datagram socket (SIOCGIFFLAGS,
 /// SIOCSIFFLAGS), closed after.
@@ -319,15 +324,31 @@ pub(super) fn loopback_up() -> Sys {
     for (to, from) in req.ifr_name.iter_mut().zip(b"lo") {
         *to = c_char::from_ne_bytes([*from]);
     }
+    // ioctl(2) as the raw call: glibc's wrapper takes the request as an
+    // unsigned long, musl's as an int.
     // SAFETY: async-signal-safe; req is a valid ifreq on the stack naming
     // "lo", which SIOCGIFFLAGS fills in.
-    let got = check(unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) });
+    let got = check_long(unsafe {
+        libc::syscall(
+            libc::SYS_ioctl,
+            fd,
+            libc::c_ulong::from(GET_FLAGS),
+            &mut req as *mut libc::ifreq,
+        )
+    });
     let set = got.and_then(|_| {
         // SAFETY: SIOCGIFFLAGS wrote the flags member of the union.
         let flags = unsafe { req.ifr_ifru.ifru_flags };
         req.ifr_ifru.ifru_flags = flags | libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
         // SAFETY: async-signal-safe; req as above, its flags with IFF_UP.
-        check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) })
+        check_long(unsafe {
+            libc::syscall(
+                libc::SYS_ioctl,
+                fd,
+                libc::c_ulong::from(SET_FLAGS),
+                &req as *const libc::ifreq,
+            )
+        })
     });
     close(fd);
     set.map(drop)
@@ -524,4 +545,16 @@ pub(super) fn setsid() -> Sys {
 pub(super) fn set_controlling_tty(fd: RawFd) -> Sys {
     // SAFETY: async-signal-safe; integers only, no pointer is passed.
     check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interface_flag_requests_are_the_kernels() {
+        // i128 holds glibc's unsigned long and musl's int alike.
+        assert_eq!(i128::from(libc::SIOCGIFFLAGS), i128::from(GET_FLAGS));
+        assert_eq!(i128::from(libc::SIOCSIFFLAGS), i128::from(SET_FLAGS));
+    }
 }
