@@ -594,7 +594,9 @@ fn comm(pid: i32) -> String {
 #[test]
 fn create_then_start_runs_the_process_and_state_follows_it() {
     require_root!();
-    let o = Oci::new(&["sh", "-c", "echo out $GREETING; sleep 0.3"]);
+    // Long enough to be seen running after start on the slowest lane (a
+    // user-mode Linux guest, where each tend-oci call takes its time).
+    let o = Oci::new(&["sh", "-c", "echo out $GREETING; sleep 2"]);
     let pid = o.create("l1");
     let s = o.state("l1").unwrap();
     assert_eq!(s["status"], "created", "{s}");

@@ -877,7 +877,7 @@ fn a_tend_spawn_without_the_handover_is_started_again_and_reached_by_its_socket(
     fs::write(
         &old,
         format!(
-            "#!/bin/sh\nif [ -S /dev/stdin ]; then touch {}; cat {}; exit 1; fi\nexec {}\n",
+            "#!/bin/sh\nif [ -S /proc/self/fd/0 ]; then touch {}; cat {}; exit 1; fi\nexec {}\n",
             asked.display(),
             refusal.display(),
             tend_tests::spawn_bin().display()
