@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Agent, AgentError};
+use super::{Agent, AgentError, Inner};
 use crate::state::TaskPhase;
 
 impl Agent {
@@ -49,21 +49,28 @@ impl Agent {
             {
                 continue;
             }
-            self.inner.ports.release(&id);
-            self.inner.store.remove_alloc(&id)?;
-            let dir = self.inner.settings.dirs.alloc(&id);
-            if let Err(e) = std::fs::remove_dir_all(&dir.root) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(AgentError::CollectDir {
-                        alloc: id,
-                        path: dir.root.clone(),
-                        source: e,
-                    });
-                }
-            }
+            self.inner.remove_alloc_files(&id)?;
             tracing::info!(alloc = %id, "allocation collected");
             removed.push(id);
         }
         Ok(removed)
+    }
+}
+
+impl Inner {
+    /// An allocation's port reservation, its records and its dir (logs and
+    /// exit files included) gone; one already gone is no error.
+    pub(crate) fn remove_alloc_files(&self, id: &str) -> Result<(), AgentError> {
+        self.ports.release(id);
+        self.store.remove_alloc(id)?;
+        let dir = self.settings.dirs.alloc(id);
+        match std::fs::remove_dir_all(&dir.root) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::CollectDir {
+                alloc: id.to_string(),
+                path: dir.root.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
     }
 }

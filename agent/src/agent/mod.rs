@@ -181,16 +181,8 @@ pub(crate) fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
 /// their ports, their records and their dirs.
 fn abandon<'a>(inner: &Inner, alloc_ids: impl Iterator<Item = &'a str>) {
     for id in alloc_ids {
-        inner.ports.release(id);
-        if let Err(e) = inner.store.remove_alloc(id) {
-            tracing::warn!(alloc = %id, error = %e, "removing the records of a refused job");
-        }
-        let dir = inner.settings.dirs.alloc(id);
-        match std::fs::remove_dir_all(&dir.root) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(path = %dir.root.display(), error = %e, "removing the dir of a refused job");
-            }
-            _ => {}
+        if let Err(e) = inner.remove_alloc_files(id) {
+            tracing::warn!(alloc = %id, error = %e, "removing what a refused job made");
         }
     }
 }
