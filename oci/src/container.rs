@@ -331,6 +331,7 @@ pub fn spawn_config(
         start: TaskStart::Now,
         namespaces: bundle.namespaces.clone(),
         first_connection: FirstConnection::Socket,
+        extras: Vec::new(),
     })
 }
 

@@ -78,6 +78,13 @@ impl Policy {
                 "uts, ipc and network namespaces need tend-spawn run by root, not setuid".into(),
             ));
         }
+        // Mounts and namespaces beyond the chroot_env: not for a caller yet.
+        if let Some(e) = config.extras.first() {
+            return Err(self.refuse(
+                "extras",
+                format!("{} needs tend-spawn run by root, not setuid", e.name()),
+            ));
+        }
         self.check_cgroup(caller, config)?;
         self.check_caller_dir("data_roots", &self.data_roots, caller, &config.alloc_dir)?;
         let sock = Path::new(&config.socket_path);

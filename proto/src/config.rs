@@ -210,6 +210,80 @@ pub struct SpawnConfig {
     /// ([`SpawnConfig::to_frame`]).
     #[serde(skip)]
     pub first_connection: FirstConnection,
+    /// What a task's isolation holds beyond the parts above, each at most
+    /// once. They travel as the frame's last part, one list
+    /// ([`SpawnConfig::to_frame`]): a new kind is a new [`ConfigExtra`]
+    /// variant there, not one more part in the chain, and a tend-spawn that
+    /// predates a variant refuses the frame naming the part.
+    #[serde(skip)]
+    pub extras: Vec<ConfigExtra>,
+}
+
+/// One addition to a task's isolation, carried in the frame's last part.
+/// Variants are only ever appended: the index is the wire form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigExtra {
+    /// Mounts in the task's root after its read-only binds, made in order.
+    Mounts(Vec<Mount>),
+    /// Paths in the task's root it may not read: `/dev/null` bound over a
+    /// file, an empty read-only tmpfs over a dir; a path that does not
+    /// exist in the root is skipped (runc's rule).
+    MaskedPaths(Vec<String>),
+    /// Paths in the task's root bound read-only over themselves; a path
+    /// that does not exist in the root is skipped.
+    ReadonlyPaths(Vec<String>),
+    /// A cgroup namespace of the task's own, rooted at its cgroup.
+    CgroupNamespace,
+}
+
+impl ConfigExtra {
+    /// The variant's name, for errors and for the at-most-once rule.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConfigExtra::Mounts(_) => "Mounts",
+            ConfigExtra::MaskedPaths(_) => "MaskedPaths",
+            ConfigExtra::ReadonlyPaths(_) => "ReadonlyPaths",
+            ConfigExtra::CgroupNamespace => "CgroupNamespace",
+        }
+    }
+}
+
+/// One mount in the task's root ([`ConfigExtra::Mounts`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Path inside the task's root (absolute); its mount point is made
+    /// beneath the root, never through a symlink.
+    pub target: String,
+    /// What is mounted there.
+    pub kind: MountKind,
+    /// Read-only.
+    pub read_only: bool,
+    /// No set-user-ID or file capabilities take effect from it.
+    pub nosuid: bool,
+    /// No device files open from it.
+    pub nodev: bool,
+    /// Nothing executes from it.
+    pub noexec: bool,
+}
+
+/// What a [`Mount`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountKind {
+    /// A host path bound in.
+    Bind {
+        /// The host path (absolute).
+        source: String,
+        /// The mounts beneath it come along (`rbind`).
+        recursive: bool,
+    },
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Its size limit in bytes (the kernel's default, half of memory,
+        /// when None).
+        size_bytes: Option<u64>,
+        /// Its root dir's mode (the kernel's 1777 when None).
+        mode: Option<u32>,
+    },
 }
 
 /// How the starter's first connection to the daemon is made.
@@ -408,6 +482,7 @@ impl SpawnConfig {
                 "tend-spawn's stdin cannot be both the first connection and the task's stdin",
             ));
         }
+        self.validate_extras()?;
         if let Some(iso) = &self.isolation {
             if (self.start != TaskStart::Now || *ns != Namespaces::default()) && iso.ids.is_none() {
                 return Err(bad(
@@ -441,12 +516,79 @@ impl SpawnConfig {
         Ok(())
     }
 
+    /// The extras: each kind at most once, each with an isolation (with its
+    /// ids, which travel before them), mounts and paths with a root of the
+    /// task's own, every path absolute without `..`.
+    fn validate_extras(&self) -> Result<(), ConfigError> {
+        let mut seen: Vec<&'static str> = Vec::new();
+        for (i, e) in self.extras.iter().enumerate() {
+            let field = format!("extras[{i}]");
+            if seen.contains(&e.name()) {
+                return Err(bad(&field, format!("{} is given twice", e.name())));
+            }
+            seen.push(e.name());
+            let Some(iso) = &self.isolation else {
+                return Err(bad(&field, format!("{} needs an isolation", e.name())));
+            };
+            if iso.ids.is_none() {
+                return Err(bad(
+                    "isolation.ids",
+                    "must be set with extras (they travel before them)",
+                ));
+            }
+            let paths = match e {
+                ConfigExtra::CgroupNamespace => continue,
+                ConfigExtra::Mounts(m) => {
+                    for (j, m) in m.iter().enumerate() {
+                        let f = format!("{field}.mounts[{j}]");
+                        absolute(&format!("{f}.target"), &m.target)?;
+                        if Path::new(&m.target).parent().is_none() {
+                            return Err(bad(
+                                &format!("{f}.target"),
+                                "cannot mount over the task's root",
+                            ));
+                        }
+                        match &m.kind {
+                            MountKind::Bind { source, .. } => {
+                                absolute(&format!("{f}.kind.source"), source)?;
+                            }
+                            MountKind::Tmpfs { size_bytes, mode } => {
+                                if *size_bytes == Some(0) {
+                                    return Err(bad(&format!("{f}.kind.size_bytes"), "is 0"));
+                                }
+                                if let Some(m) = mode.filter(|m| *m > 0o7777) {
+                                    return Err(bad(
+                                        &format!("{f}.kind.mode"),
+                                        format!("{m:o} is not a mode (at most 7777)"),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    Vec::new()
+                }
+                ConfigExtra::MaskedPaths(p) | ConfigExtra::ReadonlyPaths(p) => p.iter().collect(),
+            };
+            for (j, p) in paths.into_iter().enumerate() {
+                absolute(&format!("{field}.paths[{j}]"), p)?;
+            }
+            if iso.chroot.is_none() {
+                return Err(bad(
+                    &field,
+                    format!("{} needs a root of the task's own", e.name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// One whole frame: the config, then its [`CgroupOptions`] when any is
     /// set, then the task's [`TaskStdin`] when it is not
     /// [`TaskStdin::Null`], then the task's [`TaskIds`] when the agent
     /// resolved them, then its [`TaskStart`] when it is not
     /// [`TaskStart::Now`], then its [`Namespaces`] when it has any, then the
-    /// [`FirstConnection`] when it is not [`FirstConnection::Socket`].
+    /// [`FirstConnection`] when it is not [`FirstConnection::Socket`], then
+    /// the [`ConfigExtra`] list when it is not empty.
     ///
     /// The additions ride after the frozen encoding rather than inside it, so
     /// a config without them is byte for byte what it always was. They are
@@ -462,8 +604,16 @@ impl SpawnConfig {
         let encode_err = |what| move |source| FrameError::Encode { what, source };
         let mut body = postcard::to_allocvec(self).map_err(encode_err("SpawnConfig"))?;
         let ids = self.isolation.as_ref().and_then(|i| i.ids);
-        let connection = (self.first_connection != FirstConnection::Socket
+        let extras = (!self.extras.is_empty()).then_some(&self.extras);
+        if extras.is_some() && self.isolation.is_some() && ids.is_none() {
+            return Err(FrameError::Missing {
+                what: "TaskIds",
+                needed_by: "ConfigExtra",
+            });
+        }
+        let connection = ((self.first_connection != FirstConnection::Socket
             && (self.isolation.is_none() || ids.is_some()))
+            || extras.is_some())
         .then_some(self.first_connection);
         let namespaces = (self.namespaces != Namespaces::default() || connection.is_some())
             .then_some(&self.namespaces);
@@ -495,13 +645,17 @@ impl SpawnConfig {
         if let Some(c) = connection {
             body.extend(postcard::to_allocvec(&c).map_err(encode_err("FirstConnection"))?);
         }
+        if let Some(e) = extras {
+            body.extend(postcard::to_allocvec(e).map_err(encode_err("ConfigExtra"))?);
+        }
         frame::wrap_body(crate::PROTOCOL_VERSION, &body)
     }
 
     /// Decode a frame written by [`SpawnConfig::to_frame`]: the config, then
     /// the cgroup options if bytes follow it and it has a cgroup, then the
-    /// task's stdin, its ids, its start, its namespaces and the first
-    /// connection if bytes still follow (a config without them reads too).
+    /// task's stdin, its ids, its start, its namespaces, the first
+    /// connection and the extras if bytes still follow (a config without
+    /// them reads too).
     pub fn from_frame(f: &Frame) -> Result<SpawnConfig, FrameError> {
         let body_err = |what| move |source| FrameError::Body { what, source };
         let (mut config, mut rest) =
@@ -540,6 +694,12 @@ impl SpawnConfig {
             let (connection, after) = postcard::take_from_bytes::<FirstConnection>(rest)
                 .map_err(body_err("FirstConnection"))?;
             config.first_connection = connection;
+            rest = after;
+        }
+        if !rest.is_empty() {
+            let (extras, after) = postcard::take_from_bytes::<Vec<ConfigExtra>>(rest)
+                .map_err(body_err("ConfigExtra"))?;
+            config.extras = extras;
             rest = after;
         }
         if !rest.is_empty() {
@@ -632,12 +792,111 @@ pub fn example(alloc_dir: &str, socket_path: &str) -> SpawnConfig {
         start: TaskStart::Now,
         namespaces: Namespaces::default(),
         first_connection: FirstConnection::Socket,
+        extras: Vec::new(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn isolated_with_root() -> SpawnConfig {
+        let mut c = example("/tmp/a", "/tmp/s.sock");
+        c.isolation = Some(Isolation {
+            ids: Some(TaskIds {
+                uid: 65534,
+                gid: 65534,
+            }),
+            user: "nobody".into(),
+            chroot: Some(ChrootSpec { binds: vec![] }),
+        });
+        c
+    }
+
+    #[test]
+    fn extras_ride_last_and_an_unknown_one_is_named() {
+        let mut c = isolated_with_root();
+        c.extras = vec![
+            ConfigExtra::ReadonlyPaths(vec!["/etc".into()]),
+            ConfigExtra::CgroupNamespace,
+        ];
+        c.validate().unwrap();
+        let f = crate::frame::read_frame(&mut &c.to_frame().unwrap()[..], u32::MAX).unwrap();
+        assert_eq!(SpawnConfig::from_frame(&f).unwrap(), c);
+        // A variant index past the known ones, as a newer starter would send.
+        let mut body = f.body;
+        let last = body.len() - 1;
+        assert_eq!(body[last], 3, "CgroupNamespace is variant 3");
+        body[last] = 200;
+        let f = crate::frame::Frame {
+            version: crate::PROTOCOL_VERSION,
+            body,
+        };
+        let e = SpawnConfig::from_frame(&f).unwrap_err().to_string();
+        assert!(e.contains("ConfigExtra"), "{e}");
+    }
+
+    #[test]
+    fn extras_are_checked_by_field() {
+        let mut c = example("/tmp/a", "/tmp/s.sock");
+        c.extras = vec![ConfigExtra::CgroupNamespace];
+        assert_eq!(c.validate().unwrap_err().field, "extras[0]");
+        let mut c = isolated_with_root();
+        c.extras = vec![ConfigExtra::CgroupNamespace, ConfigExtra::CgroupNamespace];
+        assert_eq!(c.validate().unwrap_err().field, "extras[1]");
+        c.extras = vec![ConfigExtra::MaskedPaths(vec!["/proc/../etc".into()])];
+        assert_eq!(c.validate().unwrap_err().field, "extras[0].paths[0]");
+        let m = |target: &str, kind| Mount {
+            target: target.into(),
+            kind,
+            read_only: false,
+            nosuid: true,
+            nodev: true,
+            noexec: false,
+        };
+        let tmpfs = |size_bytes, mode| MountKind::Tmpfs { size_bytes, mode };
+        c.extras = vec![ConfigExtra::Mounts(vec![m("/", tmpfs(None, None))])];
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "extras[0].mounts[0].target"
+        );
+        c.extras = vec![ConfigExtra::Mounts(vec![m("/run", tmpfs(Some(0), None))])];
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "extras[0].mounts[0].kind.size_bytes"
+        );
+        c.extras = vec![ConfigExtra::Mounts(vec![m(
+            "/run",
+            tmpfs(None, Some(0o10000)),
+        )])];
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "extras[0].mounts[0].kind.mode"
+        );
+        let bind = MountKind::Bind {
+            source: "data".into(),
+            recursive: false,
+        };
+        c.extras = vec![ConfigExtra::Mounts(vec![m("/data", bind)])];
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "extras[0].mounts[0].kind.source"
+        );
+        c.isolation.as_mut().unwrap().chroot = None;
+        c.extras = vec![ConfigExtra::ReadonlyPaths(vec!["/etc".into()])];
+        assert_eq!(c.validate().unwrap_err().field, "extras[0]");
+        c.extras = vec![ConfigExtra::CgroupNamespace];
+        c.validate().unwrap();
+        c.isolation.as_mut().unwrap().ids = None;
+        assert_eq!(c.validate().unwrap_err().field, "isolation.ids");
+        assert!(matches!(
+            c.to_frame(),
+            Err(FrameError::Missing {
+                needed_by: "ConfigExtra",
+                ..
+            })
+        ));
+    }
 
     #[test]
     fn example_is_valid() {

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, FirstConnection, Isolation, LogConfig,
-    Namespaces, TaskIds, TaskStart, TaskStdin,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, ConfigExtra, CpuQuota, FirstConnection, Isolation,
+    LogConfig, Mount, MountKind, Namespaces, TaskIds, TaskStart, TaskStdin,
 };
 use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
 use tend_proto::msg::{
@@ -315,6 +315,7 @@ fn spawn_config_minimal() -> SpawnConfig {
         start: TaskStart::Now,
         namespaces: Namespaces::default(),
         first_connection: FirstConnection::Socket,
+        extras: Vec::new(),
     }
 }
 
@@ -373,6 +374,7 @@ fn spawn_config_full() -> SpawnConfig {
         start: TaskStart::Now,
         namespaces: Namespaces::default(),
         first_connection: FirstConnection::Socket,
+        extras: Vec::new(),
     }
 }
 
@@ -506,6 +508,48 @@ fn spawn_config_connection(cgroup_and_ids: bool) -> SpawnConfig {
     }
 }
 
+/// A config with every extra: they ride last, after a first connection of
+/// `Socket` and the default namespaces, which come along.
+fn spawn_config_extras() -> SpawnConfig {
+    let mut c = spawn_config_ids(false);
+    c.isolation.as_mut().unwrap().chroot = Some(ChrootSpec {
+        binds: vec![Bind {
+            source: "/usr".into(),
+            target: "/usr".into(),
+        }],
+    });
+    c.extras = vec![
+        ConfigExtra::Mounts(vec![
+            Mount {
+                target: "/data".into(),
+                kind: MountKind::Bind {
+                    source: "/srv/data".into(),
+                    recursive: true,
+                },
+                read_only: false,
+                nosuid: true,
+                nodev: true,
+                noexec: false,
+            },
+            Mount {
+                target: "/run".into(),
+                kind: MountKind::Tmpfs {
+                    size_bytes: Some(65536 * 1024),
+                    mode: Some(0o755),
+                },
+                read_only: false,
+                nosuid: true,
+                nodev: true,
+                noexec: true,
+            },
+        ]),
+        ConfigExtra::MaskedPaths(vec!["/proc/kcore".into(), "/sys/firmware".into()]),
+        ConfigExtra::ReadonlyPaths(vec!["/proc/sys".into()]),
+        ConfigExtra::CgroupNamespace,
+    ];
+    c
+}
+
 /// The configs with additions after the frozen encoding.
 fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
     vec![
@@ -522,6 +566,7 @@ fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
             "spawn_config_cgroup_ids_connection",
             spawn_config_connection(true),
         ),
+        ("spawn_config_extras", spawn_config_extras()),
     ]
 }
 

@@ -110,6 +110,12 @@ pub fn read_config<R: io::Read>(input: &mut R) -> Result<SpawnConfig, StartFailu
     config
         .validate()
         .map_err(|e| StartFailure::plain(Stage::Config, e.to_string()))?;
+    if let Some(e) = config.extras.first() {
+        return Err(StartFailure::plain(
+            Stage::Config,
+            format!("spawn config: extras: {} is not supported yet", e.name()),
+        ));
+    }
     Ok(config)
 }
 

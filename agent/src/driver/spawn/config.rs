@@ -515,6 +515,7 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         namespaces: tend_proto::config::Namespaces::default(),
         // The first connection comes with the start (see `launch`).
         first_connection: FirstConnection::Stdin,
+        extras: Vec::new(),
     })
 }
 
