@@ -11,6 +11,7 @@ mod cleanup;
 mod footprint;
 mod latency;
 mod logs;
+mod oci;
 mod procfs;
 mod report;
 mod spawn;
@@ -124,9 +125,9 @@ fn parse_args() -> Result<Args, String> {
             "--only" => {
                 let v = it.next().ok_or("--only FIG[,FIG]...")?;
                 for f in v.split(',').filter(|f| !f.is_empty()) {
-                    if !["1", "1d", "1e", "2", "3", "4", "5"].contains(&f) {
+                    if !["1", "1d", "1e", "2", "3", "4", "5", "6"].contains(&f) {
                         return Err(format!(
-                            "--only: unknown figure {f:?} (1, 1d, 1e, 2, 3, 4, 5)"
+                            "--only: unknown figure {f:?} (1, 1d, 1e, 2, 3, 4, 5, 6)"
                         ));
                     }
                     a.only.push(f.to_string());
@@ -1225,6 +1226,9 @@ fn run(args: Args) -> Result<(), String> {
     }
     if args.wants("3") {
         b.scale();
+    }
+    if args.wants("6") {
+        b.oci();
     }
     cleanup::run_processes_only(&b.base);
     let variants = if args.variants.is_empty() {

@@ -449,21 +449,39 @@ fn wait_exit(client: &mut Client) -> Result<(), WaitError> {
     }
 }
 
-/// Wait for a process to be gone (or a zombie: init here may not reap).
+/// Wait for a process to be gone or a zombie (init here may not reap): its
+/// pidfd turns readable as it exits, after it has left its cgroups. Where
+/// the kernel has no pidfd (before 5.3), /proc is polled every 10 ms.
 fn wait_gone(pid: i32, timeout: Duration) {
     let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return,
-            Ok(s) => {
-                if s.rsplit_once(')')
-                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-                {
-                    return;
+    match tend_sys::pidfd_open(nix::unistd::Pid::from_raw(pid)) {
+        Ok(fd) => {
+            let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            while Instant::now() < end {
+                match poll(&mut fds, PollTimeout::from(ms)) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    _ => return,
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // ESRCH: gone already.
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+        Err(_) => {
+            while Instant::now() < end {
+                match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                    Err(_) => return,
+                    Ok(s) => {
+                        if s.rsplit_once(')')
+                            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+                        {
+                            return;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 
