@@ -192,6 +192,25 @@ fn loadavg() -> String {
         .join(" ")
 }
 
+/// An ELF with no program interpreter (PT_INTERP) is statically linked.
+fn is_static(bin: &Path) -> bool {
+    let Ok(b) = fs::read(bin) else { return false };
+    if b.len() < 64 || &b[..4] != b"\x7fELF" {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let Ok(phoff) = usize::try_from(u64::from_le_bytes(b[32..40].try_into().unwrap_or([0; 8])))
+    else {
+        return false;
+    };
+    let (size, count) = (u16_at(54), u16_at(56));
+    (0..count).all(|i| {
+        let o = phoff + i * size;
+        // p_type 3 is PT_INTERP.
+        b.get(o..o + 4) != Some(&3u32.to_le_bytes()[..])
+    })
+}
+
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -1252,6 +1271,15 @@ fn run(args: Args) -> Result<(), String> {
             args.only.join(",")
         ));
     }
+    b.notes.push(format!(
+        "tend-spawn measured: {} ({})",
+        b.spawn_bin.display(),
+        if is_static(&b.spawn_bin) {
+            "static, as it ships"
+        } else {
+            "dynamically linked"
+        }
+    ));
     if plan.quick {
         b.notes.push("--quick: fewer runs, 100 tasks for figure 3, 100 MB for figure 4, only the current release profile for figure 5".into());
     }
