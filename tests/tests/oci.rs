@@ -903,3 +903,43 @@ fn a_network_namespace_has_only_its_loopback_up() {
     assert!(links[0].starts_with("1: lo: <LOOPBACK,UP,"), "{stdout}");
     assert!(o.cmd("delete", &["n1"]).status().unwrap().success());
 }
+
+/// Whether every line of a /proc/<pid>/cgroup text is at its hierarchy's
+/// root (`0::/`, `N:ctrl:/`), on cgroup v1, hybrid and v2 alike.
+fn all_at_root(cgroup: &str) -> bool {
+    cgroup.lines().count() > 0 && cgroup.lines().all(|l| l.ends_with(":/"))
+}
+
+/// A cgroup namespace: the task's cgroup is the root of every hierarchy it
+/// sees; without one it sees where it is.
+#[test]
+fn a_cgroup_namespace_is_rooted_at_the_tasks_cgroup() {
+    require_root!();
+    let args = ["cat", "/proc/self/cgroup"];
+    let o = Oci::new(&args);
+    let mut c = o.config(&args);
+    c["linux"]["resources"] = serde_json::json!({ "pids": { "limit": 64 } });
+    o.write_config(&c);
+    let run = |id: &str| {
+        let out = o.run(id).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(o.cmd("delete", &[id]).status().unwrap().success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let outside = run("g1");
+    assert!(
+        outside.lines().any(|l| l.ends_with(":/tend-oci/g1")),
+        "{outside}"
+    );
+    with_namespaces(&mut c, &["cgroup"]);
+    o.write_config(&c);
+    let inside = run("g2");
+    assert!(all_at_root(&inside), "{inside}");
+    assert_eq!(inside.lines().count(), outside.lines().count());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
+}
