@@ -355,7 +355,8 @@ mod tests {
         c.extras = vec![ConfigExtra::CgroupNamespace];
         let frame = c.to_frame().unwrap();
         assert_eq!(read_config(&mut &frame[..]).unwrap(), c);
-        c.extras.push(ConfigExtra::ReadonlyPaths(vec!["/etc".into()]));
+        c.extras
+            .push(ConfigExtra::ReadonlyPaths(vec!["/etc".into()]));
         let frame = c.to_frame().unwrap();
         let f = read_config(&mut &frame[..]).unwrap_err();
         assert_eq!(f.stage, Stage::Config);

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tend_tests::{
-    alloc_exit_path, oci_bundle_config, pid_alive, require_root, wait_until, AgentProc,
-    CgroupParent, Sandbox,
+    alloc_exit_path, cgroup_at_root, oci_bundle_config, pid_alive, require_root, wait_until,
+    AgentProc, CgroupParent, Sandbox,
 };
 
 const LONG: Duration = Duration::from_secs(30);
@@ -328,12 +328,6 @@ fn a_writable_root_takes_the_tasks_writes_and_the_image_stays_as_it_was() {
     assert_eq!(fs::read_to_string(upper).expect("upper old"), "again\n");
 }
 
-/// Whether every line of a /proc/<pid>/cgroup text is at its hierarchy's
-/// root (`0::/`, `N:ctrl:/`), on cgroup v1, hybrid and v2 alike.
-fn all_at_root(cgroup: &str) -> bool {
-    cgroup.lines().count() > 0 && cgroup.lines().all(|l| l.ends_with(":/"))
-}
-
 /// The interfaces a /proc/net/dev text lists (the reader's network namespace).
 fn net_devices(dev: &str) -> Vec<String> {
     dev.lines()
@@ -368,7 +362,10 @@ fn a_bundles_namespaces_are_the_tasks_and_tend_exec_joins_them_after_a_restart()
     ]);
     write_bundle(&dir, &cfg);
     let id = agent
-        .submit(&oci_job("n", &format!("        bundle = \"{}\"", dir.display())))
+        .submit(&oci_job(
+            "n",
+            &format!("        bundle = \"{}\"", dir.display()),
+        ))
         .remove(0);
     let t = wait_task(agent, &id, |t| t["state"] == "running");
     let (task_pid, daemon_pid) = (pid(&t, "pid"), pid(&t, "daemon_pid"));
@@ -382,18 +379,21 @@ fn a_bundles_namespaces_are_the_tasks_and_tend_exec_joins_them_after_a_restart()
     assert_eq!(parts[0], "box-ns\n", "{out}");
     assert_eq!(nix::unistd::gethostname().expect("hostname"), host);
     assert_eq!(net_devices(parts[1]), ["lo"], "{out}");
-    assert!(all_at_root(parts[2]), "{out}");
+    assert!(cgroup_at_root(parts[2]), "{out}");
     // The namespaces are the task's: an agent that restarts takes the task
     // up again as it is, and `tend exec` joins them.
     agent.kill9();
     agent.restart();
     let t = wait_task(agent, &id, |t| t["state"] == "running");
-    assert_eq!((pid(&t, "pid"), pid(&t, "daemon_pid")), (task_pid, daemon_pid));
+    assert_eq!(
+        (pid(&t, "pid"), pid(&t, "daemon_pid")),
+        (task_pid, daemon_pid)
+    );
     assert_eq!(exec_ok(agent, &id, &["hostname"]), "box-ns\n");
     let dev = exec_ok(agent, &id, &["cat", "/proc/net/dev"]);
     assert_eq!(net_devices(&dev), ["lo"], "{dev}");
     let cgroup = exec_ok(agent, &id, &["cat", "/proc/self/cgroup"]);
-    assert!(all_at_root(&cgroup), "{cgroup}");
+    assert!(cgroup_at_root(&cgroup), "{cgroup}");
     let out = agent.cli(&["stop", &id]);
     assert!(out.status.success(), "{out:?}");
     wait_task(agent, &id, |t| t["state"] == "dead");

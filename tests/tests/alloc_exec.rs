@@ -9,7 +9,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use tend_tests::{bin, oci_bundle_config, require_root, wait_until, AgentProc, Sandbox};
+use tend_tests::{
+    bin, cgroup_at_root, oci_bundle_config, require_root, wait_until, AgentProc, Sandbox,
+};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -387,7 +389,12 @@ fn exec_joins_the_uts_ipc_network_and_cgroup_namespaces_of_an_oci_task() {
         agent.cli(&["logs", "--all", &id, "t"])
     );
     assert_eq!(ok(&exec(&sb, &id, &["hostname"], b"")), "exec-box\n");
-    let links = ok(&exec(&sb, &id, &["/usr/sbin/ip", "-o", "link", "show"], b""));
+    let links = ok(&exec(
+        &sb,
+        &id,
+        &["/usr/sbin/ip", "-o", "link", "show"],
+        b"",
+    ));
     let links: Vec<&str> = links.lines().collect();
     assert_eq!(links.len(), 1, "{links:?}");
     assert!(links[0].starts_with("1: lo: <LOOPBACK,UP,"), "{links:?}");
@@ -395,10 +402,10 @@ fn exec_joins_the_uts_ipc_network_and_cgroup_namespaces_of_an_oci_task() {
     let shm = ok(&exec(&sb, &id, &["cat", "/proc/sysvipc/shm"], b""));
     assert_eq!(shm_sizes(&shm), [TASK_SHM_SIZE], "{shm}");
     let host = std::fs::read_to_string("/proc/sysvipc/shm").expect("host shm");
-    assert!(!shm_sizes(&host).contains(&TASK_SHM_SIZE.to_string()), "{host}");
-    let cgroup = ok(&exec(&sb, &id, &["cat", "/proc/self/cgroup"], b""));
     assert!(
-        !cgroup.is_empty() && cgroup.lines().all(|l| l.ends_with(":/")),
-        "{cgroup}"
+        !shm_sizes(&host).contains(&TASK_SHM_SIZE.to_string()),
+        "{host}"
     );
+    let cgroup = ok(&exec(&sb, &id, &["cat", "/proc/self/cgroup"], b""));
+    assert!(cgroup_at_root(&cgroup), "{cgroup}");
 }

@@ -86,7 +86,8 @@ fn a_cgroup_namespace_becomes_the_configs_extra() {
     assert!(!b.cgroup_namespace);
     assert_eq!(b.extras(), []);
     let mut d = base();
-    d["linux"]["namespaces"] = json!([{ "type": "pid" }, { "type": "mount" }, { "type": "cgroup" }]);
+    d["linux"]["namespaces"] =
+        json!([{ "type": "pid" }, { "type": "mount" }, { "type": "cgroup" }]);
     let b = map(Path::new("/b"), &d).unwrap();
     assert!(b.cgroup_namespace);
     assert_eq!(b.namespaces, Namespaces::default());

@@ -245,12 +245,7 @@ fn at<T>(r: raw::Sys<T>, step: &'static str) -> Result<T, Step> {
     r.map_err(|e| (step, e))
 }
 
-fn shim_main(
-    prep: &ExecPrepared,
-    stdio: [RawFd; 3],
-    ns: Option<RawNamespaces>,
-    go: RawFd,
-) -> ! {
+fn shim_main(prep: &ExecPrepared, stdio: [RawFd; 3], ns: Option<RawNamespaces>, go: RawFd) -> ! {
     let (step, errno) = match shim_steps(prep, stdio, ns, go) {
         Ok(never) => match never {},
         Err(e) => e,
