@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
-use tend_proto::config::{Namespaces, MAX_HOSTNAME};
+use tend_proto::config::{ConfigExtra, Namespaces, MAX_HOSTNAME};
 
 /// Why a bundle cannot be run.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,20 @@ pub struct Bundle {
     /// The uts (with `hostname`), ipc and network namespaces of
     /// `linux.namespaces`; mount and pid come with a root of its own.
     pub namespaces: Namespaces,
+    /// A `cgroup` entry in `linux.namespaces`: a cgroup namespace of the
+    /// task's own, rooted at its cgroup.
+    pub cgroup_namespace: bool,
+}
+
+impl Bundle {
+    /// The spawn config's extras for this bundle: a cgroup namespace.
+    pub fn extras(&self) -> Vec<ConfigExtra> {
+        let mut extras = Vec::new();
+        if self.cgroup_namespace {
+            extras.push(ConfigExtra::CgroupNamespace);
+        }
+        extras
+    }
 }
 
 /// Read and map `DIR/config.json`.
@@ -336,9 +350,9 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
     if rootfs.is_none() && !binds.is_empty() {
         return Err(refuse("mounts", "need a root.path other than /"));
     }
-    let (cgroup, mut namespaces) = match top.get("linux") {
+    let (cgroup, mut namespaces, cgroup_namespace) = match top.get("linux") {
         Some(l) => linux(l, rootfs.is_some())?,
-        None => (None, Namespaces::default()),
+        None => (None, Namespaces::default(), false),
     };
     if hostname.is_some() && !namespaces.uts {
         // The host's name is not the bundle's to set.
@@ -361,6 +375,7 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
         writable,
         cgroup,
         namespaces,
+        cgroup_namespace,
     })
 }
 
@@ -576,7 +591,9 @@ fn read_only(path: &str) -> bool {
         .is_some_and(|p| tend_proto::config::PROC_READ_ONLY.contains(&p))
 }
 
-fn linux(v: &Value, own_root: bool) -> Result<(Option<Cgroup>, Namespaces), BundleError> {
+/// `linux`: the task's cgroup, its namespaces, and whether it has a cgroup
+/// namespace of its own.
+fn linux(v: &Value, own_root: bool) -> Result<(Option<Cgroup>, Namespaces, bool), BundleError> {
     let l = object(v, "linux")?;
     only(
         l,
@@ -613,6 +630,7 @@ fn linux(v: &Value, own_root: bool) -> Result<(Option<Cgroup>, Namespaces), Bund
         cgroup.get_or_insert_with(Cgroup::default).path = Some(rel.to_string());
     }
     let mut namespaces = Namespaces::default();
+    let mut cgroup_namespace = false;
     if let Some(ns) = l.get("namespaces") {
         for (i, n) in array(ns, "linux.namespaces")?.iter().enumerate() {
             let field = format!("linux.namespaces[{i}]");
@@ -631,11 +649,12 @@ fn linux(v: &Value, own_root: bool) -> Result<(Option<Cgroup>, Namespaces), Bund
                 "uts" => namespaces.uts = true,
                 "ipc" => namespaces.ipc = true,
                 "network" => namespaces.net = true,
+                "cgroup" => cgroup_namespace = true,
                 _ => return Err(refuse(&field, format!("type {kind:?} is not supported"))),
             }
         }
     }
-    Ok((cgroup, namespaces))
+    Ok((cgroup, namespaces, cgroup_namespace))
 }
 
 #[cfg(test)]

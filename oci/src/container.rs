@@ -331,7 +331,7 @@ pub fn spawn_config(
         start: TaskStart::Now,
         namespaces: bundle.namespaces.clone(),
         first_connection: FirstConnection::Socket,
-        extras: Vec::new(),
+        extras: bundle.extras(),
     })
 }
 
@@ -402,6 +402,7 @@ mod tests {
             writable: false,
             cgroup: None,
             namespaces: tend_proto::config::Namespaces::default(),
+            cgroup_namespace: false,
         }
     }
 
@@ -443,6 +444,21 @@ mod tests {
             d.path().join("job.1/ctl/sock").display().to_string()
         );
         assert_eq!(cfg.cgroup, None);
+        assert_eq!(cfg.extras, []);
+    }
+
+    #[test]
+    fn a_cgroup_namespace_travels_as_an_extra() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("rootfs")).unwrap();
+        let mut b = bundle(&d.path().join("rootfs"));
+        b.cgroup_namespace = true;
+        let cfg = spawn_config(&container(d.path()), &b, true).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.extras,
+            [tend_proto::config::ConfigExtra::CgroupNamespace]
+        );
     }
 
     #[test]

@@ -136,8 +136,8 @@ fn make(
         if b.cgroup.is_some() {
             bail!("config.json: linux.resources: a cgroup needs root (docs/oci.md)");
         }
-        if b.namespaces != tend_proto::config::Namespaces::default() {
-            bail!("config.json: linux.namespaces: uts, ipc and network namespaces need root (docs/oci.md)");
+        if b.namespaces != tend_proto::config::Namespaces::default() || b.cgroup_namespace {
+            bail!("config.json: linux.namespaces: uts, ipc, network and cgroup namespaces need root (docs/oci.md)");
         }
     }
     for r in &b.rlimits {

@@ -37,7 +37,7 @@ use std::os::unix::net::UnixStream;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use nix::sys::stat::{umask, Mode};
-use tend_proto::config::{FirstConnection, TaskStdin};
+use tend_proto::config::{ConfigExtra, FirstConnection, TaskStdin};
 use tend_proto::frame::{read_frame, MAX_FRAME_LEN};
 use tend_proto::{SpawnConfig, Stage, StartReport};
 
@@ -110,7 +110,11 @@ pub fn read_config<R: io::Read>(input: &mut R) -> Result<SpawnConfig, StartFailu
     config
         .validate()
         .map_err(|e| StartFailure::plain(Stage::Config, e.to_string()))?;
-    if let Some(e) = config.extras.first() {
+    if let Some(e) = config
+        .extras
+        .iter()
+        .find(|e| **e != ConfigExtra::CgroupNamespace)
+    {
         return Err(StartFailure::plain(
             Stage::Config,
             format!("spawn config: extras: {} is not supported yet", e.name()),
@@ -335,5 +339,30 @@ mod tests {
             .unwrap_err()
             .message
             .contains("run"));
+    }
+
+    #[test]
+    fn a_cgroup_namespace_is_read_and_the_other_extras_refused_by_name() {
+        let mut c = tend_proto::config::example("/tmp/a", "/tmp/s");
+        c.isolation = Some(tend_proto::config::Isolation {
+            ids: Some(tend_proto::config::TaskIds {
+                uid: 65534,
+                gid: 65534,
+            }),
+            user: "nobody".into(),
+            chroot: Some(tend_proto::config::ChrootSpec { binds: vec![] }),
+        });
+        c.extras = vec![ConfigExtra::CgroupNamespace];
+        let frame = c.to_frame().unwrap();
+        assert_eq!(read_config(&mut &frame[..]).unwrap(), c);
+        c.extras
+            .push(ConfigExtra::ReadonlyPaths(vec!["/etc".into()]));
+        let frame = c.to_frame().unwrap();
+        let f = read_config(&mut &frame[..]).unwrap_err();
+        assert_eq!(f.stage, Stage::Config);
+        assert_eq!(
+            f.message,
+            "spawn config: extras: ReadonlyPaths is not supported yet"
+        );
     }
 }

@@ -1244,6 +1244,13 @@ pub fn remove_cgroups(rel: &str) {
     }
 }
 
+/// Whether every line of a /proc/<pid>/cgroup text is at its hierarchy's
+/// root (`0::/`, `N:ctrl:/`): what a process in the cgroup its cgroup
+/// namespace is rooted at reads, on cgroup v1, hybrid and v2 alike.
+pub fn cgroup_at_root(cgroup: &str) -> bool {
+    cgroup.lines().count() > 0 && cgroup.lines().all(|l| l.ends_with(":/"))
+}
+
 /// An OCI bundle's config.json running `args` as root in a root of its own:
 /// an empty `BUNDLE/rootfs` (its mount points made here) with this host's
 /// /bin, /lib, /lib64 and /usr bound read-only over it.

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tend_tests::{
-    alloc_exit_path, oci_bundle_config, pid_alive, require_root, wait_until, AgentProc,
-    CgroupParent, Sandbox,
+    alloc_exit_path, cgroup_at_root, oci_bundle_config, pid_alive, require_root, wait_until,
+    AgentProc, CgroupParent, Sandbox,
 };
 
 const LONG: Duration = Duration::from_secs(30);
@@ -53,7 +53,9 @@ fn bundle(dir: &Path, args: &[&str]) -> Value {
     if static_busybox() {
         let bin = dir.join("rootfs/bin");
         fs::copy(BUSYBOX, bin.join("busybox")).expect("copy busybox");
-        for applet in ["sh", "echo", "sleep", "cat", "ls", "touch", "id", "grep"] {
+        for applet in [
+            "sh", "echo", "sleep", "cat", "ls", "touch", "id", "grep", "hostname",
+        ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
         }
         cfg["mounts"] = json!([]);
@@ -324,4 +326,76 @@ fn a_writable_root_takes_the_tasks_writes_and_the_image_stays_as_it_was() {
     );
     let upper = alloc_dir(sb, &id).join("t/.tend-root/upper/data/old");
     assert_eq!(fs::read_to_string(upper).expect("upper old"), "again\n");
+}
+
+/// The interfaces a /proc/net/dev text lists (the reader's network namespace).
+fn net_devices(dev: &str) -> Vec<String> {
+    dev.lines()
+        .skip(2)
+        .filter_map(|l| Some(l.split_once(':')?.0.trim().to_string()))
+        .collect()
+}
+
+/// `tend exec ID t -- ARGV...`: its stdout, which must come with code 0.
+fn exec_ok(agent: &AgentProc, id: &str, argv: &[&str]) -> String {
+    let mut args = vec!["exec", id, "t", "--"];
+    args.extend(argv);
+    let out = agent.cli(&args);
+    assert_eq!(out.status.code(), Some(0), "tend exec {argv:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_bundles_namespaces_are_the_tasks_and_tend_exec_joins_them_after_a_restart() {
+    require_root!();
+    let host = nix::unistd::gethostname().expect("hostname");
+    let mut r = rig();
+    let (agent, sb) = (&mut r.agent, &r.sb);
+    let dir = sb.scratch_dir().join("ns");
+    let script = "hostname; echo --; cat /proc/net/dev; echo --; cat /proc/self/cgroup; echo --; \
+                  exec sleep 300";
+    let mut cfg = bundle(&dir, &["sh", "-c", script]);
+    cfg["hostname"] = json!("box-ns");
+    cfg["linux"]["namespaces"] = json!([
+        { "type": "pid" }, { "type": "mount" }, { "type": "uts" }, { "type": "ipc" },
+        { "type": "network" }, { "type": "cgroup" }
+    ]);
+    write_bundle(&dir, &cfg);
+    let id = agent
+        .submit(&oci_job(
+            "n",
+            &format!("        bundle = \"{}\"", dir.display()),
+        ))
+        .remove(0);
+    let t = wait_task(agent, &id, |t| t["state"] == "running");
+    let (task_pid, daemon_pid) = (pid(&t, "pid"), pid(&t, "daemon_pid"));
+    assert!(
+        wait_until(LONG, || logs(agent, &id).matches("--\n").count() == 3),
+        "{}",
+        logs(agent, &id)
+    );
+    let out = logs(agent, &id);
+    let parts: Vec<&str> = out.split("--\n").collect();
+    assert_eq!(parts[0], "box-ns\n", "{out}");
+    assert_eq!(nix::unistd::gethostname().expect("hostname"), host);
+    assert_eq!(net_devices(parts[1]), ["lo"], "{out}");
+    assert!(cgroup_at_root(parts[2]), "{out}");
+    // The namespaces are the task's: an agent that restarts takes the task
+    // up again as it is, and `tend exec` joins them.
+    agent.kill9();
+    agent.restart();
+    let t = wait_task(agent, &id, |t| t["state"] == "running");
+    assert_eq!(
+        (pid(&t, "pid"), pid(&t, "daemon_pid")),
+        (task_pid, daemon_pid)
+    );
+    assert_eq!(exec_ok(agent, &id, &["hostname"]), "box-ns\n");
+    let dev = exec_ok(agent, &id, &["cat", "/proc/net/dev"]);
+    assert_eq!(net_devices(&dev), ["lo"], "{dev}");
+    let cgroup = exec_ok(agent, &id, &["cat", "/proc/self/cgroup"]);
+    assert!(cgroup_at_root(&cgroup), "{cgroup}");
+    let out = agent.cli(&["stop", &id]);
+    assert!(out.status.success(), "{out:?}");
+    wait_task(agent, &id, |t| t["state"] == "dead");
+    assert!(wait_until(LONG, || !pid_alive(task_pid)));
 }

@@ -1,14 +1,17 @@
 //! End-to-end tests of `tend exec ALLOC TASK -- CMD...` as root: the built
 //! agent and tend-spawn, a real task, and the command checked from inside
 //! (its root, pid namespace, user, env, stdio) and from the host (nothing of
-//! it left once it has ended).
+//! it left once it has ended), and an oci task's uts, ipc, network and cgroup
+//! namespaces joined.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use tend_tests::{bin, require_root, wait_until, AgentProc, Sandbox};
+use tend_tests::{
+    bin, cgroup_at_root, oci_bundle_config, require_root, wait_until, AgentProc, Sandbox,
+};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -339,4 +342,70 @@ fn exec_with_a_tty_gets_a_pty_as_its_controlling_terminal() {
     assert_ne!(lines[1], "0", "no controlling terminal: {text:?}");
     assert_eq!(run("exit 5").status.code(), Some(5));
     assert!(wait_until(LONG, || zombie_children(daemon).is_empty()));
+}
+
+/// The size of the SysV shared memory segment the namespaced task makes: a
+/// size nothing else on the host is likely to have.
+const TASK_SHM_SIZE: &str = "12345";
+
+/// The sizes of the segments a /proc/sysvipc/shm text lists.
+fn shm_sizes(text: &str) -> Vec<String> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| Some(l.split_whitespace().nth(3)?.to_string()))
+        .collect()
+}
+
+#[test]
+fn exec_joins_the_uts_ipc_network_and_cgroup_namespaces_of_an_oci_task() {
+    require_root!();
+    let sb = Sandbox::new();
+    let dir = sb.scratch_dir().join("bundle");
+    let script = format!("ipcmk -M {TASK_SHM_SIZE} && echo made && exec sleep 300");
+    let mut cfg = oci_bundle_config(&dir, &["sh", "-c", &script]);
+    cfg["process"]["user"] = serde_json::json!({ "uid": 65534, "gid": 65534 });
+    cfg["hostname"] = serde_json::json!("exec-box");
+    cfg["linux"]["namespaces"] = serde_json::json!([
+        { "type": "pid" }, { "type": "mount" }, { "type": "uts" }, { "type": "ipc" },
+        { "type": "network" }, { "type": "cgroup" }
+    ]);
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec(&cfg).expect("config.json"),
+    )
+    .expect("write config.json");
+    let agent = AgentProc::start(&sb);
+    let job = format!(
+        "job \"x\" {{\n  group \"g\" {{\n    task \"t\" {{\n      driver = \"oci\"\n      config {{\n        bundle = \"{}\"\n      }}\n    }}\n  }}\n}}\n",
+        dir.display()
+    );
+    let (id, _) = start(&agent, &job);
+    assert!(
+        wait_until(LONG, || {
+            let out = agent.cli(&["logs", &id, "t"]);
+            String::from_utf8_lossy(&out.stdout).contains("made\n")
+        }),
+        "the task made no segment: {:?}",
+        agent.cli(&["logs", "--all", &id, "t"])
+    );
+    assert_eq!(ok(&exec(&sb, &id, &["hostname"], b"")), "exec-box\n");
+    let links = ok(&exec(
+        &sb,
+        &id,
+        &["/usr/sbin/ip", "-o", "link", "show"],
+        b"",
+    ));
+    let links: Vec<&str> = links.lines().collect();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert!(links[0].starts_with("1: lo: <LOOPBACK,UP,"), "{links:?}");
+    // The task's segment, and nothing of the host's.
+    let shm = ok(&exec(&sb, &id, &["cat", "/proc/sysvipc/shm"], b""));
+    assert_eq!(shm_sizes(&shm), [TASK_SHM_SIZE], "{shm}");
+    let host = std::fs::read_to_string("/proc/sysvipc/shm").expect("host shm");
+    assert!(
+        !shm_sizes(&host).contains(&TASK_SHM_SIZE.to_string()),
+        "{host}"
+    );
+    let cgroup = ok(&exec(&sb, &id, &["cat", "/proc/self/cgroup"], b""));
+    assert!(cgroup_at_root(&cgroup), "{cgroup}");
 }

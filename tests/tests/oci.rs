@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use tend_tests::{oci_bundle_config, pid_alive, require_root, spawn_bin, wait_until};
+use tend_tests::{
+    cgroup_at_root, oci_bundle_config, pid_alive, require_root, spawn_bin, wait_until,
+};
 
 /// A bundle and a state root in one temp dir, removed on drop.
 struct Oci {
@@ -62,6 +64,19 @@ impl Oci {
         let mut c = self.cmd("run", &["-b", &self.bundle().display().to_string(), id]);
         c.stdin(Stdio::null());
         c
+    }
+
+    /// `run ID`, which must exit 0, then `delete ID`: what the task printed.
+    fn run_and_delete(&self, id: &str) -> String {
+        let out = self.run(id).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(self.cmd("delete", &[id]).status().unwrap().success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `VERB -b BUNDLE --pid-file DIR/ID.pid ID` (run or create), stdin
@@ -845,15 +860,7 @@ impl Drop for HostShm {
 
 /// The shmids a task lists in its /proc/sysvipc/shm.
 fn task_shmids(o: &Oci, id: &str) -> Vec<i32> {
-    let out = o.run(id).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(o.cmd("delete", &[id]).status().unwrap().success());
-    String::from_utf8_lossy(&out.stdout)
+    o.run_and_delete(id)
         .lines()
         .skip(1)
         .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
@@ -902,4 +909,27 @@ fn a_network_namespace_has_only_its_loopback_up() {
     assert_eq!(links.len(), 1, "{stdout}");
     assert!(links[0].starts_with("1: lo: <LOOPBACK,UP,"), "{stdout}");
     assert!(o.cmd("delete", &["n1"]).status().unwrap().success());
+}
+
+/// A cgroup namespace: the task's cgroup is the root of every hierarchy it
+/// sees; without one it sees where it is.
+#[test]
+fn a_cgroup_namespace_is_rooted_at_the_tasks_cgroup() {
+    require_root!();
+    let args = ["cat", "/proc/self/cgroup"];
+    let o = Oci::new(&args);
+    let mut c = o.config(&args);
+    c["linux"]["resources"] = serde_json::json!({ "pids": { "limit": 64 } });
+    o.write_config(&c);
+    let outside = o.run_and_delete("g1");
+    assert!(
+        outside.lines().any(|l| l.ends_with(":/tend-oci/g1")),
+        "{outside}"
+    );
+    with_namespaces(&mut c, &["cgroup"]);
+    o.write_config(&c);
+    let inside = o.run_and_delete("g2");
+    assert!(cgroup_at_root(&inside), "{inside}");
+    assert_eq!(inside.lines().count(), outside.lines().count());
+    assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
 }

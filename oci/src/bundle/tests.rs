@@ -81,6 +81,26 @@ fn uts_ipc_and_network_namespaces_are_mapped_with_the_hostname() {
 }
 
 #[test]
+fn a_cgroup_namespace_becomes_the_configs_extra() {
+    let b = map(Path::new("/b"), &base()).unwrap();
+    assert!(!b.cgroup_namespace);
+    assert_eq!(b.extras(), []);
+    let mut d = base();
+    d["linux"]["namespaces"] =
+        json!([{ "type": "pid" }, { "type": "mount" }, { "type": "cgroup" }]);
+    let b = map(Path::new("/b"), &d).unwrap();
+    assert!(b.cgroup_namespace);
+    assert_eq!(b.namespaces, Namespaces::default());
+    assert_eq!(b.extras(), [ConfigExtra::CgroupNamespace]);
+    // Joining one by path is refused as for every type.
+    d["linux"]["namespaces"][2] = json!({ "type": "cgroup", "path": "/proc/1/ns/cgroup" });
+    assert_eq!(
+        refusal(&d),
+        "config.json: linux.namespaces[2].path: is not supported"
+    );
+}
+
+#[test]
 fn a_root_that_is_not_read_only_is_a_writable_one() {
     let mut d = base();
     d["root"]["readonly"] = json!(false);

@@ -3,7 +3,8 @@
 //!
 //! The daemon forks a shim, which is placed in the task's cgroup by the
 //! daemon (it waits for the go on a pipe meanwhile), then takes the task's
-//! isolation in the one order of STYLE.md rule 5: the task's pid and mount
+//! isolation in the one order of STYLE.md rule 5: the task's uts, ipc,
+//! network and cgroup namespaces when it has them, its pid and mount
 //! namespaces (setns on fds the daemon opened from /proc/<task>/ns), its
 //! root (/proc/<task>/root, opened before the setns), its working dir, the
 //! caller's stdio on 0, 1 and 2 and nothing else, the drop to the task's
@@ -28,7 +29,7 @@ use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 use tend_proto::SpawnConfig;
 
-use super::{null_terminated, raw, task, task_envp, Isolation};
+use super::{null_terminated, own_namespaces, raw, task, task_envp, Isolation, OwnNamespace};
 
 /// The PATH a command is looked up in when the task's env has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -36,17 +37,58 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// The task's namespaces and root, opened by the daemon from /proc/<task>.
 #[derive(Debug)]
 pub struct TaskNamespaces {
+    /// The uts, ipc, network and cgroup namespaces the task has of its own
+    /// ([`own_namespaces`]), each with its flag, in the order they are joined.
+    own: Vec<(OwnedFd, OwnNamespace)>,
+    /// The pid and mount namespaces and the root of a task with a root of its own.
+    rooted: Option<RootedNamespaces>,
+}
+
+/// A task's pid and mount namespaces and its root.
+#[derive(Debug)]
+struct RootedNamespaces {
     /// /proc/<task>/ns/pid.
-    pub pid: OwnedFd,
+    pid: OwnedFd,
     /// /proc/<task>/ns/mnt.
-    pub mnt: OwnedFd,
+    mnt: OwnedFd,
     /// /proc/<task>/root, as a directory.
-    pub root: OwnedFd,
+    root: OwnedFd,
+}
+
+/// The most namespaces [`own_namespaces`] gives.
+const MAX_OWN: usize = 4;
+
+/// [`TaskNamespaces`] as the shim takes them: raw fds only, nothing to free.
+#[derive(Debug, Clone, Copy)]
+struct RawNamespaces {
+    /// (fd, CLONE_NEW* flag, the step's name); the first `own_len` are set.
+    own: [(RawFd, libc::c_int, &'static str); MAX_OWN],
+    own_len: usize,
+    /// pid, mnt and root.
+    rooted: Option<[RawFd; 3]>,
+}
+
+/// The name of the shim's step that joins `ns`.
+fn setns_step(ns: OwnNamespace) -> &'static str {
+    match ns.flag {
+        libc::CLONE_NEWUTS => "setns uts",
+        libc::CLONE_NEWIPC => "setns ipc",
+        libc::CLONE_NEWNET => "setns net",
+        libc::CLONE_NEWCGROUP => "setns cgroup",
+        _ => "setns",
+    }
 }
 
 impl TaskNamespaces {
-    /// Open the namespaces and root of the task with pid `task` (close-on-exec).
-    pub fn open(task: Pid) -> io::Result<TaskNamespaces> {
+    /// Open (close-on-exec) the namespaces of the task with pid `task` that
+    /// `config` gave it: its uts, ipc, network and cgroup ones, and with a
+    /// root of its own (`rooted`) its pid and mount namespaces and its root.
+    /// None when it has none of them.
+    pub fn open(
+        task: Pid,
+        config: &SpawnConfig,
+        rooted: bool,
+    ) -> io::Result<Option<TaskNamespaces>> {
         let open = |rel: &str, flags: OFlag| {
             let path = format!("/proc/{task}/{rel}");
             nix::fcntl::open(
@@ -56,11 +98,34 @@ impl TaskNamespaces {
             )
             .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("open {path}: {e}")))
         };
-        Ok(TaskNamespaces {
-            pid: open("ns/pid", OFlag::O_RDONLY)?,
-            mnt: open("ns/mnt", OFlag::O_RDONLY)?,
-            root: open("root", OFlag::O_RDONLY | OFlag::O_DIRECTORY)?,
-        })
+        let own = own_namespaces(config)
+            .map(|ns| Ok((open(&format!("ns/{}", ns.proc_file), OFlag::O_RDONLY)?, ns)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let rooted = if rooted {
+            Some(RootedNamespaces {
+                pid: open("ns/pid", OFlag::O_RDONLY)?,
+                mnt: open("ns/mnt", OFlag::O_RDONLY)?,
+                root: open("root", OFlag::O_RDONLY | OFlag::O_DIRECTORY)?,
+            })
+        } else {
+            None
+        };
+        Ok((!own.is_empty() || rooted.is_some()).then_some(TaskNamespaces { own, rooted }))
+    }
+
+    fn raw(&self) -> RawNamespaces {
+        let mut own = [(-1, 0, ""); MAX_OWN];
+        for (slot, (fd, ns)) in own.iter_mut().zip(&self.own) {
+            *slot = (fd.as_raw_fd(), ns.flag, setns_step(*ns));
+        }
+        RawNamespaces {
+            own,
+            own_len: self.own.len().min(MAX_OWN),
+            rooted: self
+                .rooted
+                .as_ref()
+                .map(|r| [r.pid.as_raw_fd(), r.mnt.as_raw_fd(), r.root.as_raw_fd()]),
+        }
     }
 }
 
@@ -163,7 +228,7 @@ pub fn fork_exec(
         stdio[1].as_raw_fd(),
         stdio[2].as_raw_fd(),
     ];
-    let raw_ns = ns.map(|n| [n.pid.as_raw_fd(), n.mnt.as_raw_fd(), n.root.as_raw_fd()]);
+    let raw_ns = ns.map(TaskNamespaces::raw);
     match raw::fork()? {
         0 => shim_main(prep, raw_stdio, raw_ns, go_r.as_raw_fd()),
         pid => Ok(ExecShim {
@@ -180,7 +245,7 @@ fn at<T>(r: raw::Sys<T>, step: &'static str) -> Result<T, Step> {
     r.map_err(|e| (step, e))
 }
 
-fn shim_main(prep: &ExecPrepared, stdio: [RawFd; 3], ns: Option<[RawFd; 3]>, go: RawFd) -> ! {
+fn shim_main(prep: &ExecPrepared, stdio: [RawFd; 3], ns: Option<RawNamespaces>, go: RawFd) -> ! {
     let (step, errno) = match shim_steps(prep, stdio, ns, go) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -193,7 +258,7 @@ fn shim_main(prep: &ExecPrepared, stdio: [RawFd; 3], ns: Option<[RawFd; 3]>, go:
 fn shim_steps(
     prep: &ExecPrepared,
     stdio: [RawFd; 3],
-    ns: Option<[RawFd; 3]>,
+    ns: Option<RawNamespaces>,
     go: RawFd,
 ) -> Result<Infallible, Step> {
     // The daemon places the shim in the task's cgroup meanwhile; a closed
@@ -204,10 +269,17 @@ fn shim_steps(
     for (i, fd) in (0..).zip(stdio) {
         at(raw::dup2(fd, i), "stdio")?;
     }
-    if let Some([pid_ns, mnt_ns, root]) = ns {
-        at(raw::setns(pid_ns, libc::CLONE_NEWPID), "setns pid")?;
-        at(raw::setns(mnt_ns, libc::CLONE_NEWNS), "setns mnt")?;
-        at(raw::chroot_to(root), "chroot")?;
+    // In the task's cgroup by now (the go above), so within its cgroup
+    // namespace's root; the mount namespace last, the root right after it.
+    if let Some(ns) = ns {
+        for &(fd, flag, step) in &ns.own[..ns.own_len] {
+            at(raw::setns(fd, flag), step)?;
+        }
+        if let Some([pid_ns, mnt_ns, root]) = ns.rooted {
+            at(raw::setns(pid_ns, libc::CLONE_NEWPID), "setns pid")?;
+            at(raw::setns(mnt_ns, libc::CLONE_NEWNS), "setns mnt")?;
+            at(raw::chroot_to(root), "chroot")?;
+        }
     }
     // Nothing of the daemon's reaches the task's world: only 0, 1 and 2.
     raw::close_from(3);

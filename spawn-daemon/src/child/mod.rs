@@ -36,7 +36,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
-use tend_proto::config::TaskStart;
+use tend_proto::config::{ConfigExtra, TaskStart};
 use tend_proto::{SpawnConfig, Stage};
 
 use crate::chroot::PreparedRoot;
@@ -107,6 +107,39 @@ pub struct Isolation {
     pub gid: u32,
 }
 
+/// A namespace a task may have of its own beyond its pid and mount ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnNamespace {
+    /// Its CLONE_NEW* flag.
+    pub flag: libc::c_int,
+    /// Its file in /proc/<pid>/ns.
+    pub proc_file: &'static str,
+    /// Its name in messages.
+    pub shown: &'static str,
+}
+
+/// The uts, ipc, network and cgroup namespaces `config` gives its task, in
+/// the order they are named and joined. The task's child unshares them in
+/// one call once it is in its cgroup, so a cgroup namespace is rooted at
+/// the task's cgroup in every hierarchy.
+pub fn own_namespaces(config: &SpawnConfig) -> impl Iterator<Item = OwnNamespace> {
+    let ns = &config.namespaces;
+    let cgroup = config.extras.contains(&ConfigExtra::CgroupNamespace);
+    let own = |flag, proc_file, shown| OwnNamespace {
+        flag,
+        proc_file,
+        shown,
+    };
+    [
+        (ns.uts, own(libc::CLONE_NEWUTS, "uts", "uts")),
+        (ns.ipc, own(libc::CLONE_NEWIPC, "ipc", "ipc")),
+        (ns.net, own(libc::CLONE_NEWNET, "net", "network")),
+        (cgroup, own(libc::CLONE_NEWCGROUP, "cgroup", "cgroup")),
+    ]
+    .into_iter()
+    .filter_map(|(on, ns)| on.then_some(ns))
+}
+
 /// Everything the child needs, built before the fork.
 pub struct Prepared {
     command: CString,
@@ -122,12 +155,12 @@ pub struct Prepared {
     /// Whether the task is held before its execve until a Start
     /// ([`TaskStart::OnRequest`]).
     held: bool,
-    /// The CLONE_NEW* flags of the uts, ipc and network namespaces the task
-    /// unshares (0: none).
+    /// The CLONE_NEW* flags of the uts, ipc, network and cgroup namespaces
+    /// the task unshares (0: none).
     ns_flags: libc::c_int,
     /// The host name set in its uts namespace.
     hostname: Option<CString>,
-    /// The namespaces, for a message ("uts ipc network").
+    /// The namespaces, for a message ("uts ipc network cgroup").
     ns_shown: String,
     /// What the task's oom_score_adj is set to ("0\n"): the daemon's own
     /// (-1000 where it could) is not the task's.
@@ -196,20 +229,14 @@ impl Prepared {
         })?;
         let argv_ptrs = null_terminated(&argv);
         let envp_ptrs = null_terminated(&envp);
-        let ns = &config.namespaces;
         let mut ns_flags = 0;
         let mut ns_shown = Vec::new();
-        for (on, flag, name) in [
-            (ns.uts, libc::CLONE_NEWUTS, "uts"),
-            (ns.ipc, libc::CLONE_NEWIPC, "ipc"),
-            (ns.net, libc::CLONE_NEWNET, "network"),
-        ] {
-            if on {
-                ns_flags |= flag;
-                ns_shown.push(name);
-            }
+        for ns in own_namespaces(config) {
+            ns_flags |= ns.flag;
+            ns_shown.push(ns.shown);
         }
-        let hostname = ns
+        let hostname = config
+            .namespaces
             .hostname
             .as_deref()
             .map(|h| cstring("namespaces.hostname", h))

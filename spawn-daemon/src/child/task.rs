@@ -136,8 +136,10 @@ fn wait_for_go(sync_r: RawFd) {
     raw::close(sync_r);
 }
 
-/// The uts, ipc and network namespaces of the task's own, before its root:
-/// unshared, the host name set, the loopback up.
+/// The uts, ipc, network and cgroup namespaces of the task's own, after its
+/// cgroup (the cgroup namespace's root is the cgroup the child is in) and
+/// before its root: unshared, the host name set, the loopback up. The init
+/// of its pid namespace keeps the daemon's.
 fn enter_namespaces(prep: &Prepared) -> Result<(), Failed> {
     raw::unshare(prep.ns_flags).at_item(Stage::Fork, NS_UNSHARE)?;
     if let Some(h) = &prep.hostname {

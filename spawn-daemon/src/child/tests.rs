@@ -193,6 +193,18 @@ fn the_namespaces_step_names_its_item() {
         failure_message(Stage::Fork, &p.what(Stage::Fork, NS_LOOPBACK), libc::EPERM),
         "fork lo up in the network namespace: Operation not permitted"
     );
+    c.extras = vec![tend_proto::config::ConfigExtra::CgroupNamespace];
+    let p = Prepared::new(&c, None, None, 0).unwrap();
+    assert_eq!(
+        p.ns_flags,
+        libc::CLONE_NEWUTS | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP
+    );
+    assert_eq!(
+        failure_message(Stage::Fork, &p.what(Stage::Fork, NS_UNSHARE), libc::EPERM),
+        "fork uts network cgroup namespaces: Operation not permitted"
+    );
+    let files: Vec<&str> = own_namespaces(&c).map(|n| n.proc_file).collect();
+    assert_eq!(files, ["uts", "net", "cgroup"]);
 }
 
 #[test]

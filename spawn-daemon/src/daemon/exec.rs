@@ -32,11 +32,8 @@ impl Daemon {
             None => None,
         };
         let chrooted = iso.is_some_and(|i| i.chroot.is_some());
-        let ns = if chrooted {
-            Some(TaskNamespaces::open(self.task_pid).map_err(|e| format!("exec: {e}"))?)
-        } else {
-            None
-        };
+        let ns = TaskNamespaces::open(self.task_pid, &self.config, chrooted)
+            .map_err(|e| format!("exec: {e}"))?;
         let prep = ExecPrepared::new(&self.config, &req.argv, isolation, chrooted, req.tty)?;
         let shim = fork_exec(&prep, &stdio, ns.as_ref()).map_err(|e| format!("exec: fork: {e}"))?;
         // The shim waits for this: in the task's cgroup before anything of

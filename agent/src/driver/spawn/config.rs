@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tend_proto::config::{
     Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, FirstConnection, Isolation, LogConfig,
-    TaskIds, TaskStdin,
+    Namespaces, TaskIds, TaskStdin,
 };
 use tend_proto::{SpawnConfig, Token};
 
@@ -449,6 +449,8 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
     let mut env = l.env.clone();
     let mut args = l.args.clone();
     let mut command = None;
+    let mut namespaces = Namespaces::default();
+    let mut extras = Vec::new();
     let (cwd, isolation, cgroup) = match task.driver {
         Driver::RawExec => (
             l.alloc.task_root(&task.name).display().to_string(),
@@ -468,6 +470,10 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
             env = merge_env(run.env, &l.env);
             args = run.args;
             command = Some(run.command);
+            // The task's own: a reattached daemon keeps them, and `tend
+            // exec` joins them.
+            namespaces = run.namespaces;
+            extras = run.extras;
             (run.cwd, Some(run.isolation), Some(cgroup))
         }
         // Containers are the engine's to supervise: no tend-spawn for them.
@@ -512,10 +518,10 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         isolation,
         stdin: TaskStdin::Null,
         start: tend_proto::config::TaskStart::Now,
-        namespaces: tend_proto::config::Namespaces::default(),
+        namespaces,
         // The first connection comes with the start (see `launch`).
         first_connection: FirstConnection::Stdin,
-        extras: Vec::new(),
+        extras,
     })
 }
 

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use tend_oci::bundle::{Bundle, BundleError};
-use tend_proto::config::{CgroupSpec, CpuQuota, Isolation};
+use tend_proto::config::{CgroupSpec, ConfigExtra, CpuQuota, Isolation, Namespaces};
 
 use super::super::DriverError;
 use super::config::{ids_of, resolve_command, DEFAULT_EXEC_USER};
@@ -34,6 +34,10 @@ pub struct OciRun {
     pub cwd: String,
     /// The bundle's `linux.resources`, if any.
     pub limits: Option<tend_oci::bundle::Cgroup>,
+    /// The bundle's uts (with `hostname`), ipc and network namespaces.
+    pub namespaces: Namespaces,
+    /// The rest of its isolation: its cgroup namespace.
+    pub extras: Vec<ConfigExtra>,
 }
 
 fn field(task: &Task, field: &'static str, reason: impl Into<String>) -> DriverError {
@@ -66,15 +70,6 @@ pub fn load_bundle(task: &Task, dir: &str) -> Result<Bundle, DriverError> {
             dir,
             "linux.cgroupsPath",
             "is not supported by the oci driver: the agent places the task's cgroup",
-        ));
-    }
-    // Not carried into the agent's spawn config yet (nor into `tend exec`).
-    if b.namespaces != tend_proto::config::Namespaces::default() {
-        return Err(bundle_field(
-            task,
-            dir,
-            "linux.namespaces",
-            "uts, ipc and network namespaces are not supported by the oci driver",
         ));
     }
     Ok(b)
@@ -143,9 +138,11 @@ pub fn oci_run(
                 },
                 command,
                 args: b.args[1..].to_vec(),
+                extras: b.extras(),
                 env: b.env,
                 cwd: b.cwd,
                 limits: b.cgroup,
+                namespaces: b.namespaces,
             })
         }
         (None, Some(rootfs)) => {
@@ -183,6 +180,8 @@ pub fn oci_run(
                 env: Vec::new(),
                 cwd: "/".into(),
                 limits: None,
+                namespaces: Namespaces::default(),
+                extras: Vec::new(),
             })
         }
         (None, None) => Err(field(task, "config", "needs bundle or rootfs")),
