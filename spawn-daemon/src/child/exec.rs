@@ -110,7 +110,23 @@ impl TaskNamespaces {
         } else {
             None
         };
-        Ok((!own.is_empty() || rooted.is_some()).then_some(TaskNamespaces { own, rooted }))
+        if own.is_empty() && rooted.is_none() {
+            return Ok(None);
+        }
+        // A task that made a user namespace of its own can make every other
+        // kind inside it, and the shim would join those as root. Checked
+        // after the others are open: a process never returns to a parent
+        // user namespace, and without capabilities it makes no namespace
+        // in the host's, so what was opened is what tend-spawn made.
+        let user = nix::sys::stat::fstat(&open("ns/user", OFlag::O_RDONLY)?)?;
+        let ours = nix::sys::stat::stat("/proc/self/ns/user")?;
+        if (user.st_dev, user.st_ino) != (ours.st_dev, ours.st_ino) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the task's main process is in a user namespace of its own: tend exec joins only the namespaces tend-spawn made",
+            ));
+        }
+        Ok(Some(TaskNamespaces { own, rooted }))
     }
 
     fn raw(&self) -> RawNamespaces {
