@@ -37,7 +37,7 @@ use std::os::unix::net::UnixStream;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use nix::sys::stat::{umask, Mode};
-use tend_proto::config::{FirstConnection, TaskStdin};
+use tend_proto::config::{ConfigExtra, FirstConnection, TaskStdin};
 use tend_proto::frame::{read_frame, MAX_FRAME_LEN};
 use tend_proto::{SpawnConfig, Stage, StartReport};
 
@@ -110,7 +110,11 @@ pub fn read_config<R: io::Read>(input: &mut R) -> Result<SpawnConfig, StartFailu
     config
         .validate()
         .map_err(|e| StartFailure::plain(Stage::Config, e.to_string()))?;
-    if let Some(e) = config.extras.first() {
+    if let Some(e) = config
+        .extras
+        .iter()
+        .find(|e| matches!(e, ConfigExtra::CgroupNamespace))
+    {
         return Err(StartFailure::plain(
             Stage::Config,
             format!("spawn config: extras: {} is not supported yet", e.name()),

@@ -449,6 +449,7 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
     let mut env = l.env.clone();
     let mut args = l.args.clone();
     let mut command = None;
+    let mut extras = Vec::new();
     let (cwd, isolation, cgroup) = match task.driver {
         Driver::RawExec => (
             l.alloc.task_root(&task.name).display().to_string(),
@@ -468,6 +469,7 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
             env = merge_env(run.env, &l.env);
             args = run.args;
             command = Some(run.command);
+            extras = run.extras;
             (run.cwd, Some(run.isolation), Some(cgroup))
         }
         // Containers are the engine's to supervise: no tend-spawn for them.
@@ -515,7 +517,7 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         namespaces: tend_proto::config::Namespaces::default(),
         // The first connection comes with the start (see `launch`).
         first_connection: FirstConnection::Stdin,
-        extras: Vec::new(),
+        extras,
     })
 }
 

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use tend_oci::bundle::{Bundle, BundleError};
-use tend_proto::config::{CgroupSpec, CpuQuota, Isolation};
+use tend_proto::config::{CgroupSpec, ConfigExtra, CpuQuota, Isolation};
 
 use super::super::DriverError;
 use super::config::{ids_of, resolve_command, DEFAULT_EXEC_USER};
@@ -34,6 +34,9 @@ pub struct OciRun {
     pub cwd: String,
     /// The bundle's `linux.resources`, if any.
     pub limits: Option<tend_oci::bundle::Cgroup>,
+    /// The bundle's mounts, masked and read-only paths beyond tend-spawn's
+    /// own, made over the root.
+    pub extras: Vec<ConfigExtra>,
 }
 
 fn field(task: &Task, field: &'static str, reason: impl Into<String>) -> DriverError {
@@ -125,7 +128,7 @@ pub fn oci_run(
             let command = tend_oci::container::resolve_command(&b)
                 .map_err(|e| field(task, "config.bundle", format!("{dir}: {e}")))?;
             let chroot = match &b.rootfs {
-                Some(r) => tend_oci::container::task_root(r, &b.binds, b.writable),
+                Some(r) => tend_oci::container::task_root(r, b.writable),
                 None => {
                     return Err(bundle_field(
                         task,
@@ -135,9 +138,20 @@ pub fn oci_run(
                     ))
                 }
             };
+            let extras = b.extras();
+            let ids = ids_of(&user);
+            // The extras travel after the task's ids, which tend-spawn then
+            // takes as they are.
+            if ids.is_none() && !extras.is_empty() {
+                return Err(field(
+                    task,
+                    "user",
+                    format!("{user:?} is not a user of this host (a bundle's mounts need its ids)"),
+                ));
+            }
             Ok(OciRun {
                 isolation: Isolation {
-                    ids: ids_of(&user),
+                    ids,
                     user,
                     chroot: Some(chroot),
                 },
@@ -146,6 +160,7 @@ pub fn oci_run(
                 env: b.env,
                 cwd: b.cwd,
                 limits: b.cgroup,
+                extras,
             })
         }
         (None, Some(rootfs)) => {
@@ -176,13 +191,14 @@ pub fn oci_run(
                 isolation: Isolation {
                     ids: ids_of(&user),
                     user,
-                    chroot: Some(tend_oci::container::task_root(root, &[], writable)),
+                    chroot: Some(tend_oci::container::task_root(root, writable)),
                 },
                 command,
                 args: args.to_vec(),
                 env: Vec::new(),
                 cwd: "/".into(),
                 limits: None,
+                extras: Vec::new(),
             })
         }
         (None, None) => Err(field(task, "config", "needs bundle or rootfs")),
