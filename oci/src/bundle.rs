@@ -488,18 +488,25 @@ fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
             ));
         }
         check_destination(&dest_field, destination)?;
-        let mut mount = Mount {
-            target: destination.to_string(),
-            kind: MountKind::Tmpfs {
+        let kind = if bind {
+            MountKind::Bind {
+                source: String::new(),
+                recursive: false,
+            }
+        } else {
+            MountKind::Tmpfs {
                 size_bytes: None,
                 mode: None,
-            },
+            }
+        };
+        let mut mount = Mount {
+            target: destination.to_string(),
+            kind,
             read_only: false,
             nosuid: false,
             nodev: false,
             noexec: false,
         };
-        let mut recursive = false;
         for (j, opt) in options.iter().enumerate() {
             let f = format!("{field}.options[{j}]");
             match (*opt, &mut mount.kind) {
@@ -511,8 +518,8 @@ fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
                 // The task's whole mount namespace receives no propagation
                 // back to the host; the mount is the task's alone.
                 ("private" | "rprivate", _) => {}
-                ("bind", _) => {}
-                ("rbind", _) => recursive = true,
+                ("bind", MountKind::Bind { .. }) => {}
+                ("rbind", MountKind::Bind { recursive, .. }) => *recursive = true,
                 // A new mount's atime rule unless another is asked for.
                 ("relatime", MountKind::Tmpfs { .. }) => {}
                 (o, MountKind::Tmpfs { size_bytes, .. }) if o.starts_with("size=") => {
@@ -531,7 +538,7 @@ fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
             mount.nosuid = true;
             mount.nodev = true;
         }
-        if bind {
+        if let MountKind::Bind { source: to, .. } = &mut mount.kind {
             let src_field = format!("{field}.source");
             let source = string(
                 o.get("source")
@@ -545,10 +552,7 @@ fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
             {
                 return Err(refuse(&src_field, format!("{source:?}: must be absolute, without '..'")));
             }
-            mount.kind = MountKind::Bind {
-                source: source.to_string(),
-                recursive,
-            };
+            *to = source.to_string();
         }
         out.push(mount);
     }
