@@ -478,7 +478,11 @@ fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
         if !bind && kind == "proc" && destination == "/proc" {
             continue;
         }
-        if !bind && kind == "tmpfs" && destination == "/tmp" && options.iter().all(|o| STANDARD_TMP.contains(o)) {
+        if !bind
+            && kind == "tmpfs"
+            && destination == "/tmp"
+            && options.iter().all(|o| STANDARD_TMP.contains(o))
+        {
             continue;
         }
         if !bind && kind != "tmpfs" {
@@ -550,7 +554,10 @@ fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
                     .components()
                     .any(|c| c == std::path::Component::ParentDir)
             {
-                return Err(refuse(&src_field, format!("{source:?}: must be absolute, without '..'")));
+                return Err(refuse(
+                    &src_field,
+                    format!("{source:?}: must be absolute, without '..'"),
+                ));
             }
             *to = source.to_string();
         }
@@ -561,14 +568,24 @@ fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
 
 /// The options of a tmpfs at /tmp that asks for no more than tend-spawn's
 /// own /tmp (mode 1777, nosuid, nodev, writable).
-const STANDARD_TMP: [&str; 6] = ["nosuid", "nodev", "rw", "relatime", "mode=1777", "mode=01777"];
+const STANDARD_TMP: [&str; 6] = [
+    "nosuid",
+    "nodev",
+    "rw",
+    "relatime",
+    "mode=1777",
+    "mode=01777",
+];
 
 /// A mount's destination: absolute, without `..`, not the root itself, and
 /// not /dev, which tend-spawn makes with its device nodes.
 fn check_destination(field: &str, d: &str) -> Result<(), BundleError> {
     let p = Path::new(d);
     if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
-        return Err(refuse(field, format!("{d:?}: must be absolute, without '..'")));
+        return Err(refuse(
+            field,
+            format!("{d:?}: must be absolute, without '..'"),
+        ));
     }
     match p.components().count() {
         1 => Err(refuse(field, "a mount over the root is not supported")),
@@ -592,7 +609,12 @@ fn size(field: &str, v: &str) -> Result<u64, BundleError> {
         'k' => 10,
         'm' => 20,
         'g' => 30,
-        _ => return Err(refuse(field, format!("size={v}: want bytes or a k, m or g suffix"))),
+        _ => {
+            return Err(refuse(
+                field,
+                format!("size={v}: want bytes or a k, m or g suffix"),
+            ))
+        }
     };
     digits
         .parse::<u64>()

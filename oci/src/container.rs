@@ -208,7 +208,9 @@ fn host_path(bundle: &Bundle, inside: &str) -> Option<PathBuf> {
         if let Some(rest) = inside.strip_prefix(dest) {
             if rest.is_empty() || rest.starts_with('/') {
                 return match &m.kind {
-                    MountKind::Bind { source, .. } => Some(PathBuf::from(format!("{source}{rest}"))),
+                    MountKind::Bind { source, .. } => {
+                        Some(PathBuf::from(format!("{source}{rest}")))
+                    }
                     MountKind::Tmpfs { .. } => None,
                 };
             }

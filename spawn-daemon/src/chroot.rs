@@ -190,7 +190,13 @@ fn push_bind(
     host: &dyn Host,
 ) -> usize {
     let file = host.is_file(source);
-    let mut m = PlannedMount::bind(Source::Host(source.into()), target.clone(), attrs, file, host);
+    let mut m = PlannedMount::bind(
+        Source::Host(source.into()),
+        target.clone(),
+        attrs,
+        file,
+        host,
+    );
     if !recursive {
         m.flags = libc::MS_BIND;
     }

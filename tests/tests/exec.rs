@@ -749,7 +749,10 @@ fn an_extra_mount_through_a_link_planted_in_local_fails_the_start() {
     let (stage, errno, message) = spawned.failure();
     assert_eq!(stage, Stage::Mount, "{message}");
     assert_eq!(errno, nix::errno::Errno::ELOOP as i32, "{message}");
-    assert!(message.starts_with("mount tmpfs on /local/evil/x in "), "{message}");
+    assert!(
+        message.starts_with("mount tmpfs on /local/evil/x in "),
+        "{message}"
+    );
     assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     assert!(wait_until(LONG, || sb.pids_inside().is_empty()));
     alloc_cgroup_gone(&parent, &cfg);

@@ -1098,8 +1098,15 @@ fn a_bundle_mount_over_tmp_wins_over_tend_spawns() {
                              "options": ["nosuid", "nodev", "mode=1777"] }]),
         serde_json::json!({}),
     );
-    let (b, s) = ok(&out).trim().split_once(' ').map(|(b, s)| (b.to_string(), s.to_string())).unwrap();
-    assert_eq!(b.parse::<u64>().unwrap() * s.parse::<u64>().unwrap(), 64 << 20);
+    let (b, s) = ok(&out)
+        .trim()
+        .split_once(' ')
+        .map(|(b, s)| (b.to_string(), s.to_string()))
+        .unwrap();
+    assert_eq!(
+        b.parse::<u64>().unwrap() * s.parse::<u64>().unwrap(),
+        64 << 20
+    );
 }
 
 #[test]
@@ -1142,7 +1149,11 @@ fn a_mount_through_a_planted_symlink_fails_the_start_and_mounts_nothing() {
         serde_json::json!({}),
     );
     assert_ne!(out.status.code(), Some(0));
-    assert!(text(&out.stderr).contains("/usr on /local/evil"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/usr on /local/evil"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     nothing_mounted_under(&o2);
 }

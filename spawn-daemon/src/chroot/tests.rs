@@ -364,7 +364,12 @@ fn with_extras(extras: Vec<ConfigExtra>) -> SpawnConfig {
     c
 }
 
-fn mount(target: &str, kind: MountKind, read_only: bool, noexec: bool) -> tend_proto::config::Mount {
+fn mount(
+    target: &str,
+    kind: MountKind,
+    read_only: bool,
+    noexec: bool,
+) -> tend_proto::config::Mount {
     tend_proto::config::Mount {
         target: target.into(),
         kind,
@@ -478,8 +483,14 @@ fn prepare_leaves_an_extras_mount_points_to_its_mount() {
     let fd = open_dir(&alloc_dir);
     let r = prepare(&c, &binds(&[]), fd.as_fd(), false, &FakeHost::new(true)).unwrap();
     let created: Vec<&str> = r.creates.iter().map(|m| m.path.to_str().unwrap()).collect();
-    assert!(!created.iter().any(|p| p.starts_with("local/") || *p == "run"));
-    let op = r.ops.iter().find(|o| o.target.to_str() == Ok("local/x/y")).unwrap();
+    assert!(!created
+        .iter()
+        .any(|p| p.starts_with("local/") || *p == "run"));
+    let op = r
+        .ops
+        .iter()
+        .find(|o| o.target.to_str() == Ok("local/x/y"))
+        .unwrap();
     let points: Vec<(&str, &str, bool)> = op
         .points
         .iter()
@@ -487,9 +498,17 @@ fn prepare_leaves_an_extras_mount_points_to_its_mount() {
         .collect();
     assert_eq!(
         points,
-        [(".", "local", false), ("local", "x", false), ("local/x", "y", false)]
+        [
+            (".", "local", false),
+            ("local", "x", false),
+            ("local/x", "y", false)
+        ]
     );
-    let run = r.ops.iter().find(|o| o.target.to_str() == Ok("run")).unwrap();
+    let run = r
+        .ops
+        .iter()
+        .find(|o| o.target.to_str() == Ok("run"))
+        .unwrap();
     assert!(run.points[0].file);
     // Nothing of them is made on disk before the child walks the plan.
     assert!(!alloc_dir.join("t/local/x").exists());
