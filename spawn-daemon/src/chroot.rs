@@ -8,8 +8,9 @@
 //! `chroot.binds` entry read-only, nosuid, nodev, submounts included; the
 //! minimal /dev nodes; a /proc of the task's pid namespace with runc's kernel
 //! knobs read-only or masked; a private /tmp; /alloc and /local read-write,
-//! nosuid, nodev), turns the tmpfs read-only and chroots into it. See
-//! `docs/exec.md`.
+//! nosuid, nodev; then the config's own mounts, read-only and masked paths,
+//! its [`ConfigExtra`]s), turns the tmpfs read-only and chroots into it.
+//! See `docs/exec.md`.
 //!
 //! Why a tmpfs: the mount points then cost no disk metadata writes (each mkdir
 //! on the host's disk was a journal commit, a third of a millisecond here, and
@@ -30,6 +31,9 @@
 //! nosuid, nodev and stays writable. Its mount points may already be in the
 //! image, so the child makes each one from its parent opened beneath the
 //! root without following symlinks (an image's symlink fails the start).
+//! So is each mount point of a config's own mounts, in either root, right
+//! before its mount: its target may lie in an earlier mount the task
+//! writes (/local, /alloc, /tmp).
 
 use std::ffi::CString;
 use std::io;

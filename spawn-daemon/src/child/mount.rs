@@ -9,7 +9,9 @@
 //! covered), the tmpfs turns read-only, then `fchdir` + `chroot(".")`.
 //! A writable root is an overlay of its image in place of the tmpfs (its
 //! mount points made beneath it without following symlinks, and it stays
-//! writable).
+//! writable). The mount points of a config's own mounts are made the same
+//! way right before each mount, and a masked path gets `/dev/null` or an
+//! empty read-only tmpfs as it turns out to be a file or a dir.
 //!
 //! Between fork and exec: every call goes through [`super::raw`]
 //! (async-signal-safe, no allocation); fds are raw numbers on the stack and
