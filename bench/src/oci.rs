@@ -75,23 +75,13 @@ pub fn strip_for_tend(config: &mut Value) -> Vec<String> {
             removed.push("linux.resources (devices)".to_string());
         }
     }
-    if let Some(ns) = config["linux"]["namespaces"].as_array_mut() {
-        ns.retain(|n| {
-            let keep = n["type"] != "cgroup";
-            if !keep {
-                removed.push("linux.namespaces cgroup".to_string());
-            }
-            keep
-        });
-    }
     if let Some(m) = config["mounts"].as_array_mut() {
         m.retain(|m| {
             let kind = m["type"].as_str().unwrap_or("bind");
             let dest = m["destination"].as_str().unwrap_or("");
-            let keep = matches!(
-                (kind, dest),
-                ("proc", "/proc") | ("tmpfs", "/tmp") | ("bind", _)
-            );
+            // tend-spawn makes /dev itself, with its nodes.
+            let keep = matches!((kind, dest), ("proc", "/proc") | ("bind", _))
+                || (kind == "tmpfs" && dest != "/dev");
             if !keep {
                 removed.push(format!("mount {kind} at {dest}"));
             }

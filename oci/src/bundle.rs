@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
-use tend_proto::config::{ConfigExtra, Namespaces, MAX_HOSTNAME};
+use tend_proto::config::{ConfigExtra, Mount, MountKind, Namespaces, MAX_HOSTNAME};
 
 /// Why a bundle cannot be run.
 #[derive(Debug, thiserror::Error)]
@@ -59,15 +59,6 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
-/// A read-only bind from the host into the task's root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BindMount {
-    /// Host path (absolute).
-    pub source: String,
-    /// Path inside the root (absolute).
-    pub destination: String,
-}
-
 /// `linux.resources` and `linux.cgroupsPath`: the task's cgroup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cgroup {
@@ -104,8 +95,13 @@ pub struct Bundle {
     pub rlimits: Vec<Rlimit>,
     /// `root.path` on the host (absolute); None when it is the host's `/`.
     pub rootfs: Option<PathBuf>,
-    /// Bind mounts (all read-only).
-    pub binds: Vec<BindMount>,
+    /// `mounts` but the ones tend-spawn makes in every root (proc at
+    /// /proc, a plain tmpfs at /tmp), in order: binds and tmpfs.
+    pub mounts: Vec<Mount>,
+    /// `linux.maskedPaths` but those tend-spawn masks in every root.
+    pub masked_paths: Vec<String>,
+    /// `linux.readonlyPaths` but those tend-spawn write-protects in every root.
+    pub readonly_paths: Vec<String>,
     /// `root.readonly: false` with a rootfs: the task writes its root (an
     /// overlay of the rootfs; the rootfs itself is never written).
     pub writable: bool,
@@ -120,13 +116,24 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// The spawn config's extras for this bundle: a cgroup namespace.
+    /// What of the bundle travels as the spawn config's extras: its mounts,
+    /// masked and read-only paths beyond tend-spawn's fixed set, and its
+    /// cgroup namespace.
     pub fn extras(&self) -> Vec<ConfigExtra> {
-        let mut extras = Vec::new();
-        if self.cgroup_namespace {
-            extras.push(ConfigExtra::CgroupNamespace);
+        let mut out = Vec::new();
+        if !self.mounts.is_empty() {
+            out.push(ConfigExtra::Mounts(self.mounts.clone()));
         }
-        extras
+        if !self.masked_paths.is_empty() {
+            out.push(ConfigExtra::MaskedPaths(self.masked_paths.clone()));
+        }
+        if !self.readonly_paths.is_empty() {
+            out.push(ConfigExtra::ReadonlyPaths(self.readonly_paths.clone()));
+        }
+        if self.cgroup_namespace {
+            out.push(ConfigExtra::CgroupNamespace);
+        }
+        out
     }
 }
 
@@ -346,13 +353,19 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
         }
     }
     let (rootfs, writable) = root(top.get("root"), dir)?;
-    let binds = mounts(top.get("mounts"))?;
-    if rootfs.is_none() && !binds.is_empty() {
+    let mounts = mounts(top.get("mounts"))?;
+    if rootfs.is_none() && !mounts.is_empty() {
         return Err(refuse("mounts", "need a root.path other than /"));
     }
-    let (cgroup, mut namespaces, cgroup_namespace) = match top.get("linux") {
+    let Linux {
+        cgroup,
+        mut namespaces,
+        masked_paths,
+        readonly_paths,
+        cgroup_namespace,
+    } = match top.get("linux") {
         Some(l) => linux(l, rootfs.is_some())?,
-        None => (None, Namespaces::default(), false),
+        None => Linux::default(),
     };
     if hostname.is_some() && !namespaces.uts {
         // The host's name is not the bundle's to set.
@@ -371,7 +384,9 @@ pub fn map(dir: &Path, doc: &Value) -> Result<Bundle, BundleError> {
         gid,
         rlimits,
         rootfs,
-        binds,
+        mounts,
+        masked_paths,
+        readonly_paths,
         writable,
         cgroup,
         namespaces,
@@ -441,17 +456,20 @@ fn root(v: Option<&Value>, dir: &Path) -> Result<(Option<PathBuf>, bool), Bundle
     Ok((Some(abs), !readonly))
 }
 
-fn mounts(v: Option<&Value>) -> Result<Vec<BindMount>, BundleError> {
+/// `mounts`: binds and tmpfs, with their options; proc at /proc and a tmpfs
+/// at /tmp asking for no more than tend-spawn's own are those, and left out.
+fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
     let mut out = Vec::new();
     let Some(v) = v else { return Ok(out) };
     for (i, m) in array(v, "mounts")?.iter().enumerate() {
         let field = format!("mounts[{i}]");
         let o = object(m, &field)?;
         only(o, &field, &["destination", "type", "source", "options"])?;
+        let dest_field = format!("{field}.destination");
         let destination = string(
             o.get("destination")
-                .ok_or_else(|| refuse(&format!("{field}.destination"), "is missing"))?,
-            &format!("{field}.destination"),
+                .ok_or_else(|| refuse(&dest_field, "is missing"))?,
+            &dest_field,
         )?;
         let kind = o
             .get("type")
@@ -466,46 +484,161 @@ fn mounts(v: Option<&Value>) -> Result<Vec<BindMount>, BundleError> {
         };
         let bind = kind == "bind" || options.contains(&"bind") || options.contains(&"rbind");
         // tend-spawn mounts these itself in every root it builds.
-        if !bind && matches!((kind, destination), ("proc", "/proc") | ("tmpfs", "/tmp")) {
+        if !bind && kind == "proc" && destination == "/proc" {
             continue;
         }
-        if !bind {
+        if !bind
+            && kind == "tmpfs"
+            && destination == "/tmp"
+            && options.iter().all(|o| STANDARD_TMP.contains(o))
+        {
+            continue;
+        }
+        if !bind && kind != "tmpfs" {
             return Err(refuse(
                 &format!("{field}.type"),
-                format!("{kind:?} at {destination} is not supported (bind mounts, proc at /proc and tmpfs at /tmp are)"),
+                format!("{kind:?} at {destination} is not supported (bind, tmpfs, and proc at /proc are)"),
             ));
         }
+        check_destination(&dest_field, destination)?;
+        let kind = if bind {
+            MountKind::Bind {
+                source: String::new(),
+                recursive: false,
+            }
+        } else {
+            MountKind::Tmpfs {
+                size_bytes: None,
+                mode: None,
+            }
+        };
+        let mut mount = Mount {
+            target: destination.to_string(),
+            kind,
+            read_only: false,
+            nosuid: false,
+            nodev: false,
+            noexec: false,
+        };
         for (j, opt) in options.iter().enumerate() {
-            if !matches!(
-                *opt,
-                "bind" | "rbind" | "ro" | "nosuid" | "nodev" | "rprivate" | "private"
-            ) {
-                return Err(refuse(
-                    &format!("{field}.options[{j}]"),
-                    format!("{opt:?} is not supported"),
-                ));
+            let f = format!("{field}.options[{j}]");
+            match (*opt, &mut mount.kind) {
+                ("ro", _) => mount.read_only = true,
+                ("rw", _) => mount.read_only = false,
+                ("nosuid", _) => mount.nosuid = true,
+                ("nodev", _) => mount.nodev = true,
+                ("noexec", _) => mount.noexec = true,
+                // The task's whole mount namespace receives no propagation
+                // back to the host; the mount is the task's alone.
+                ("private" | "rprivate", _) => {}
+                ("bind", MountKind::Bind { .. }) => {}
+                ("rbind", MountKind::Bind { recursive, .. }) => *recursive = true,
+                // A new mount's atime rule unless another is asked for.
+                ("relatime", MountKind::Tmpfs { .. }) => {}
+                (o, MountKind::Tmpfs { size_bytes, .. }) if o.starts_with("size=") => {
+                    *size_bytes = Some(size(&f, &o["size=".len()..])?);
+                }
+                (o, MountKind::Tmpfs { mode, .. }) if o.starts_with("mode=") => {
+                    *mode = Some(mode_of(&f, &o["mode=".len()..])?);
+                }
+                (o, _) => {
+                    return Err(refuse(&f, format!("{o:?} is not supported")));
+                }
             }
         }
-        if !options.contains(&"ro") {
-            return Err(refuse(
-                &format!("{field}.options"),
-                "read-write binds are not supported: add \"ro\"",
-            ));
+        // Nothing writable is suid or dev, as in every root tend-spawn builds.
+        if !mount.read_only {
+            mount.nosuid = true;
+            mount.nodev = true;
         }
-        let source = string(
-            o.get("source")
-                .ok_or_else(|| refuse(&format!("{field}.source"), "is missing"))?,
-            &format!("{field}.source"),
-        )?;
-        if !source.starts_with('/') || !destination.starts_with('/') {
-            return Err(refuse(&field, "source and destination must be absolute"));
+        if let MountKind::Bind { source: to, .. } = &mut mount.kind {
+            let src_field = format!("{field}.source");
+            let source = string(
+                o.get("source")
+                    .ok_or_else(|| refuse(&src_field, "is missing"))?,
+                &src_field,
+            )?;
+            if !Path::new(source).is_absolute()
+                || Path::new(source)
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(refuse(
+                    &src_field,
+                    format!("{source:?}: must be absolute, without '..'"),
+                ));
+            }
+            *to = source.to_string();
         }
-        out.push(BindMount {
-            source: source.to_string(),
-            destination: destination.to_string(),
-        });
+        out.push(mount);
     }
     Ok(out)
+}
+
+/// The options of a tmpfs at /tmp that asks for no more than tend-spawn's
+/// own /tmp (mode 1777, nosuid, nodev, writable).
+const STANDARD_TMP: [&str; 6] = [
+    "nosuid",
+    "nodev",
+    "rw",
+    "relatime",
+    "mode=1777",
+    "mode=01777",
+];
+
+/// A mount's destination: absolute, without `..`, not the root itself, and
+/// not /dev, which tend-spawn makes with its device nodes.
+fn check_destination(field: &str, d: &str) -> Result<(), BundleError> {
+    let p = Path::new(d);
+    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(refuse(
+            field,
+            format!("{d:?}: must be absolute, without '..'"),
+        ));
+    }
+    match p.components().count() {
+        1 => Err(refuse(field, "a mount over the root is not supported")),
+        2 if p.ends_with("dev") => Err(refuse(
+            field,
+            "a mount over /dev is not supported: tend-spawn makes it (null, zero, full, random, urandom, tty)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A tmpfs `size=`: bytes, or with a k, m or g suffix (KiB, MiB, GiB), as
+/// mount(8) takes it; a percentage of memory is not supported.
+fn size(field: &str, v: &str) -> Result<u64, BundleError> {
+    let (digits, unit) = match v.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => (&v[..at], c.to_ascii_lowercase()),
+        _ => (v, 'b'),
+    };
+    let shift = match unit {
+        'b' => 0,
+        'k' => 10,
+        'm' => 20,
+        'g' => 30,
+        _ => {
+            return Err(refuse(
+                field,
+                format!("size={v}: want bytes or a k, m or g suffix"),
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| refuse(field, format!("size={v}: want bytes or a k, m or g suffix")))
+}
+
+/// A tmpfs `mode=`: octal, at most 7777.
+fn mode_of(field: &str, v: &str) -> Result<u32, BundleError> {
+    u32::from_str_radix(v, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| refuse(field, format!("mode={v}: want an octal mode, at most 7777")))
 }
 
 /// A limit where a negative number (-1) means none.
@@ -547,15 +680,17 @@ fn resources(v: &Value) -> Result<Cgroup, BundleError> {
     Ok(cg)
 }
 
-/// `linux.maskedPaths` or `linux.readonlyPaths`: accepted where every entry
-/// is one tend-spawn masks (or write-protects) in every root it builds.
-fn fixed_paths(
+/// `linux.maskedPaths` or `linux.readonlyPaths`: the entries tend-spawn
+/// does not mask (or write-protect) in every root already.
+fn paths_beyond(
     l: &Map<String, Value>,
     key: &str,
     covered: &dyn Fn(&str) -> bool,
     own_root: bool,
-) -> Result<(), BundleError> {
-    let Some(v) = l.get(key) else { return Ok(()) };
+) -> Result<Vec<String>, BundleError> {
+    let Some(v) = l.get(key) else {
+        return Ok(Vec::new());
+    };
     let field = format!("linux.{key}");
     let entries = array(v, &field)?;
     if !entries.is_empty() && !own_root {
@@ -564,17 +699,25 @@ fn fixed_paths(
             "needs a root.path other than / (the host's /proc is not masked)",
         ));
     }
+    let mut out = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let f = format!("{field}[{i}]");
         let path = string(e, &f)?;
-        if !covered(path) {
+        let p = Path::new(path);
+        if !p.is_absolute()
+            || p.parent().is_none()
+            || p.components().any(|c| c == std::path::Component::ParentDir)
+        {
             return Err(refuse(
                 &f,
-                format!("{path:?} is not supported: tend-spawn's fixed set is (docs/oci.md)"),
+                format!("{path:?}: must be absolute, without '..', not /"),
             ));
         }
+        if !covered(path) {
+            out.push(path.to_string());
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn masked(path: &str) -> bool {
@@ -591,9 +734,17 @@ fn read_only(path: &str) -> bool {
         .is_some_and(|p| tend_proto::config::PROC_READ_ONLY.contains(&p))
 }
 
-/// `linux`: the task's cgroup, its namespaces, and whether it has a cgroup
-/// namespace of its own.
-fn linux(v: &Value, own_root: bool) -> Result<(Option<Cgroup>, Namespaces, bool), BundleError> {
+/// What of `linux` is mapped.
+#[derive(Default)]
+struct Linux {
+    cgroup: Option<Cgroup>,
+    namespaces: Namespaces,
+    masked_paths: Vec<String>,
+    readonly_paths: Vec<String>,
+    cgroup_namespace: bool,
+}
+
+fn linux(v: &Value, own_root: bool) -> Result<Linux, BundleError> {
     let l = object(v, "linux")?;
     only(
         l,
@@ -606,8 +757,8 @@ fn linux(v: &Value, own_root: bool) -> Result<(Option<Cgroup>, Namespaces, bool)
             "readonlyPaths",
         ],
     )?;
-    fixed_paths(l, "maskedPaths", &masked, own_root)?;
-    fixed_paths(l, "readonlyPaths", &read_only, own_root)?;
+    let masked_paths = paths_beyond(l, "maskedPaths", &masked, own_root)?;
+    let readonly_paths = paths_beyond(l, "readonlyPaths", &read_only, own_root)?;
     let mut cgroup = l.get("resources").map(resources).transpose()?;
     if let Some(p) = l.get("cgroupsPath") {
         let path = string(p, "linux.cgroupsPath")?;
@@ -654,7 +805,13 @@ fn linux(v: &Value, own_root: bool) -> Result<(Option<Cgroup>, Namespaces, bool)
             }
         }
     }
-    Ok((cgroup, namespaces, cgroup_namespace))
+    Ok(Linux {
+        cgroup,
+        namespaces,
+        masked_paths,
+        readonly_paths,
+        cgroup_namespace,
+    })
 }
 
 #[cfg(test)]

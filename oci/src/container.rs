@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 
 use tend_proto::config::{
     Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, FirstConnection, Isolation, LogConfig,
-    TaskIds, TaskStart, TaskStdin,
+    MountKind, TaskIds, TaskStart, TaskStdin,
 };
 use tend_proto::{SpawnConfig, Token};
 
-use crate::bundle::{BindMount, Bundle};
+use crate::bundle::Bundle;
 
 /// The task's name inside its tend-spawn alloc.
 pub const TASK: &str = "task";
@@ -199,21 +199,27 @@ fn random_token() -> Result<Token, ContainerError> {
     Ok(Token(t))
 }
 
-/// Where a path inside the task's root is on the host: the last bind whose
-/// destination holds it, else the rootfs.
-fn host_path(bundle: &Bundle, inside: &str) -> PathBuf {
-    for b in bundle.binds.iter().rev() {
-        let dest = b.destination.trim_end_matches('/');
+/// Where a path inside the task's root is on the host: in the last mount
+/// whose destination holds it (None for a tmpfs: empty at the start), else
+/// in the rootfs.
+fn host_path(bundle: &Bundle, inside: &str) -> Option<PathBuf> {
+    for m in bundle.mounts.iter().rev() {
+        let dest = m.target.trim_end_matches('/');
         if let Some(rest) = inside.strip_prefix(dest) {
             if rest.is_empty() || rest.starts_with('/') {
-                return PathBuf::from(format!("{}{rest}", b.source));
+                return match &m.kind {
+                    MountKind::Bind { source, .. } => {
+                        Some(PathBuf::from(format!("{source}{rest}")))
+                    }
+                    MountKind::Tmpfs { .. } => None,
+                };
             }
         }
     }
-    match &bundle.rootfs {
+    Some(match &bundle.rootfs {
         Some(r) => r.join(inside.trim_start_matches('/')),
         None => PathBuf::from(inside),
-    }
+    })
 }
 
 /// The absolute command for `process.args[0]`: as given when it has a '/',
@@ -235,21 +241,21 @@ pub fn resolve_command(bundle: &Bundle) -> Result<String, ContainerError> {
         .map_or("/usr/local/bin:/usr/bin:/bin", |(_, v)| v.as_str());
     for dir in path.split(':').filter(|d| d.starts_with('/')) {
         let inside = format!("{}/{arg0}", dir.trim_end_matches('/'));
-        if host_path(bundle, &inside).is_file() {
+        if host_path(bundle, &inside).is_some_and(|p| p.is_file()) {
             return Ok(inside);
         }
     }
     Err(ContainerError::NoCommand(arg0.clone()))
 }
 
-/// The task's own root for a rootfs and a bundle's binds, as tend-spawn
-/// builds it: a read-only bind of each top-level entry of the rootfs (but
-/// `proc`, `dev` and `tmp`, which tend-spawn makes, and `alloc` and `local`,
-/// which it binds from the alloc dir), then the binds over them; a
-/// `writable` root is the rootfs itself as the image of an overlay (a first
-/// bind onto `/`), the binds over it. The agent's `oci` driver builds its
-/// tasks' roots with this too.
-pub fn task_root(rootfs: &Path, binds: &[BindMount], writable: bool) -> ChrootSpec {
+/// The task's own root for a rootfs, as tend-spawn builds it: a read-only
+/// bind of each top-level entry of the rootfs (but `proc`, `dev` and `tmp`,
+/// which tend-spawn makes, and `alloc` and `local`, which it binds from the
+/// alloc dir); a `writable` root is the rootfs itself as the image of an
+/// overlay (a first bind onto `/`). A bundle's mounts go over it as the
+/// spawn config's extras ([`Bundle::extras`]). The agent's `oci` driver
+/// builds its tasks' roots with this too.
+pub fn task_root(rootfs: &Path, writable: bool) -> ChrootSpec {
     let mut out = Vec::new();
     if writable {
         out.push(Bind {
@@ -270,12 +276,6 @@ pub fn task_root(rootfs: &Path, binds: &[BindMount], writable: bool) -> ChrootSp
             });
         }
     }
-    for b in binds {
-        out.push(Bind {
-            source: b.source.clone(),
-            target: b.destination.clone(),
-        });
-    }
     ChrootSpec { binds: out }
 }
 
@@ -292,7 +292,7 @@ pub fn spawn_config(
     let chroot = bundle
         .rootfs
         .as_ref()
-        .map(|rootfs| task_root(rootfs, &bundle.binds, bundle.writable));
+        .map(|rootfs| task_root(rootfs, bundle.writable));
     // The ids as check_group found them (uid's primary group): they travel
     // before the parts added after them (a held start).
     let isolation = privileged.then(|| Isolation {
@@ -395,10 +395,19 @@ mod tests {
             gid: 65534,
             rlimits: vec![],
             rootfs: Some(rootfs.to_path_buf()),
-            binds: vec![BindMount {
-                source: "/usr".into(),
-                destination: "/usr".into(),
+            mounts: vec![tend_proto::config::Mount {
+                target: "/usr".into(),
+                kind: MountKind::Bind {
+                    source: "/usr".into(),
+                    recursive: true,
+                },
+                read_only: true,
+                nosuid: true,
+                nodev: true,
+                noexec: false,
             }],
+            masked_paths: vec![],
+            readonly_paths: vec!["/etc".into()],
             writable: false,
             cgroup: None,
             namespaces: tend_proto::config::Namespaces::default(),
@@ -416,7 +425,7 @@ mod tests {
     }
 
     #[test]
-    fn privileged_with_a_rootfs_gets_its_entries_then_the_binds() {
+    fn privileged_with_a_rootfs_gets_its_entries_then_the_mounts_as_extras() {
         let d = tempfile::tempdir().unwrap();
         let rootfs = d.path().join("rootfs");
         for e in ["etc", "bin", "proc", "tmp"] {
@@ -438,13 +447,19 @@ mod tests {
             .iter()
             .map(|b| b.target.as_str())
             .collect();
-        assert_eq!(targets, ["/bin", "/etc", "/usr"]);
+        assert_eq!(targets, ["/bin", "/etc"]);
+        assert_eq!(
+            cfg.extras,
+            [
+                tend_proto::config::ConfigExtra::Mounts(b.mounts.clone()),
+                tend_proto::config::ConfigExtra::ReadonlyPaths(vec!["/etc".into()])
+            ]
+        );
         assert_eq!(
             cfg.socket_path,
             d.path().join("job.1/ctl/sock").display().to_string()
         );
         assert_eq!(cfg.cgroup, None);
-        assert_eq!(cfg.extras, []);
     }
 
     #[test]
@@ -455,10 +470,12 @@ mod tests {
         b.cgroup_namespace = true;
         let cfg = spawn_config(&container(d.path()), &b, true).unwrap();
         cfg.validate().unwrap();
+        // After the bundle's mounts and paths, which it has too.
         assert_eq!(
-            cfg.extras,
-            [tend_proto::config::ConfigExtra::CgroupNamespace]
+            cfg.extras.last(),
+            Some(&tend_proto::config::ConfigExtra::CgroupNamespace)
         );
+        assert_eq!(cfg.extras, b.extras());
     }
 
     #[test]
@@ -466,7 +483,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut b = bundle(&d.path().join("rootfs"));
         b.rootfs = None;
-        b.binds.clear();
+        b.mounts.clear();
+        b.readonly_paths.clear();
         b.cgroup = Some(Cgroup {
             memory_bytes: Some(1 << 20),
             cpu_quota: Some((50_000, 100_000)),

@@ -8,8 +8,9 @@
 //! `chroot.binds` entry read-only, nosuid, nodev, submounts included; the
 //! minimal /dev nodes; a /proc of the task's pid namespace with runc's kernel
 //! knobs read-only or masked; a private /tmp; /alloc and /local read-write,
-//! nosuid, nodev), turns the tmpfs read-only and chroots into it. See
-//! `docs/exec.md`.
+//! nosuid, nodev; then the config's own mounts, read-only and masked paths,
+//! its [`ConfigExtra`]s), turns the tmpfs read-only and chroots into it.
+//! See `docs/exec.md`.
 //!
 //! Why a tmpfs: the mount points then cost no disk metadata writes (each mkdir
 //! on the host's disk was a journal commit, a third of a millisecond here, and
@@ -30,6 +31,9 @@
 //! nosuid, nodev and stays writable. Its mount points may already be in the
 //! image, so the child makes each one from its parent opened beneath the
 //! root without following symlinks (an image's symlink fails the start).
+//! So is each mount point of a config's own mounts, in either root, right
+//! before its mount: its target may lie in an earlier mount the task
+//! writes (/local, /alloc, /tmp).
 
 use std::ffi::CString;
 use std::io;
@@ -38,7 +42,7 @@ use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::sys::stat::{fchmod, mkdirat, Mode};
-use tend_proto::config::ChrootSpec;
+use tend_proto::config::{ChrootSpec, ConfigExtra, MountKind};
 use tend_proto::SpawnConfig;
 
 use crate::sys;
@@ -89,6 +93,9 @@ pub enum Source {
     Itself,
     /// The mount already at the target (a submount of a bind): only remounted.
     Existing,
+    /// A mask over the target: `/dev/null` bound over a file, an empty
+    /// read-only tmpfs over a dir (which one is seen in the root).
+    Mask,
 }
 
 /// One mount of the plan.
@@ -116,6 +123,12 @@ pub struct PlannedMount {
     /// Whether the target lies in a mount made before (a file of /proc, a
     /// submount): no mount point is made, and a missing target is skipped.
     pub existing: bool,
+    /// Whether the mount point is made right before the mount, from its
+    /// parent opened beneath the root without following a symlink, rather
+    /// than with the others before any mount: a mount of
+    /// [`ConfigExtra::Mounts`], whose target may lie in an earlier mount
+    /// (/tmp, /local) the task could have written.
+    pub late: bool,
 }
 
 impl PlannedMount {
@@ -127,6 +140,7 @@ impl PlannedMount {
             Source::Fs(f) => (*f).to_string(),
             Source::Itself => format!("/{} read-only", self.target),
             Source::Existing => return format!("remount /{}", self.target),
+            Source::Mask => return format!("mask over /{}", self.target),
         };
         format!("{src} on /{}", self.target)
     }
@@ -143,6 +157,7 @@ impl PlannedMount {
             remount: None,
             file,
             existing: false,
+            late: false,
         }
     }
 
@@ -156,12 +171,50 @@ impl PlannedMount {
     }
 
     fn set_attrs(&mut self, attrs: u64, host: &dyn Host) {
+        if attrs == 0 {
+            return;
+        }
         if host.has_mount_setattr() {
             self.attrs = attrs;
         } else {
             self.remount = Some(libc::MS_BIND | libc::MS_REMOUNT | ms_flags(attrs));
         }
     }
+}
+
+/// A bind of the host's `source` on `target` with `attrs` on it, and, where
+/// the kernel has no mount_setattr and the bind is `recursive`, a remount of
+/// each submount found beneath the source (a remount reaches one mount).
+fn push_bind(
+    out: &mut Vec<PlannedMount>,
+    source: &str,
+    target: String,
+    attrs: u64,
+    recursive: bool,
+    host: &dyn Host,
+) -> usize {
+    let file = host.is_file(source);
+    let mut m = PlannedMount::bind(
+        Source::Host(source.into()),
+        target.clone(),
+        attrs,
+        file,
+        host,
+    );
+    if !recursive {
+        m.flags = libc::MS_BIND;
+    }
+    out.push(m);
+    let at = out.len() - 1;
+    if recursive && attrs != 0 && !host.has_mount_setattr() && !file {
+        for sub in host.submounts(source) {
+            let mut m = PlannedMount::simple(Source::Existing, format!("{target}/{sub}"), 0, false);
+            m.existing = true;
+            m.remount = Some(libc::MS_BIND | libc::MS_REMOUNT | ms_flags(attrs));
+            out.push(m);
+        }
+    }
+    at
 }
 
 /// The `MS_*` flags of `MOUNT_ATTR_*` attributes.
@@ -317,24 +370,7 @@ pub fn plan(
         .skip(usize::from(spec.writable_root().is_some()))
     {
         let target = relative(&b.target);
-        let file = host.is_file(&b.source);
-        out.push(PlannedMount::bind(
-            Source::Host(b.source.clone()),
-            target.clone(),
-            ro,
-            file,
-            host,
-        ));
-        if !host.has_mount_setattr() && !file {
-            // A remount reaches one mount: each submount gets its own.
-            for sub in host.submounts(&b.source) {
-                let mut m =
-                    PlannedMount::simple(Source::Existing, format!("{target}/{sub}"), 0, false);
-                m.existing = true;
-                m.remount = Some(libc::MS_BIND | libc::MS_REMOUNT | ms_flags(ro));
-                out.push(m);
-            }
-        }
+        push_bind(&mut out, &b.source, target.clone(), ro, true, host);
         if target == "sys" {
             sys_targets.push(target);
         }
@@ -410,7 +446,66 @@ pub fn plan(
         false,
         host,
     ));
+    extras(&mut out, config, host);
     out
+}
+
+/// The mounts of a config's extras, after every standard one, so that a
+/// mount over /tmp or /dev/shm is the one the task sees: its
+/// [`ConfigExtra::Mounts`] in order, then its read-only paths, then its
+/// masked paths (runc's order), which cover what the mounts brought too.
+fn extras(out: &mut Vec<PlannedMount>, config: &SpawnConfig, host: &dyn Host) {
+    use libc::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+    let mounts = config.extras.iter().filter_map(|e| match e {
+        ConfigExtra::Mounts(m) => Some(m),
+        _ => None,
+    });
+    for m in mounts.flatten() {
+        let target = relative(&m.target);
+        let flag = |on: bool, attr: u64| if on { attr } else { 0 };
+        // Nothing writable is suid or dev, whatever the config says.
+        let attrs = flag(m.read_only, MOUNT_ATTR_RDONLY)
+            | flag(m.nosuid || !m.read_only, MOUNT_ATTR_NOSUID)
+            | flag(m.nodev || !m.read_only, MOUNT_ATTR_NODEV)
+            | flag(m.noexec, MOUNT_ATTR_NOEXEC);
+        let at = match &m.kind {
+            MountKind::Bind { source, recursive } => {
+                push_bind(out, source, target, attrs, *recursive, host)
+            }
+            MountKind::Tmpfs { size_bytes, mode } => {
+                let mut t =
+                    PlannedMount::simple(Source::Fs("tmpfs"), target, ms_flags(attrs), false);
+                let options: Vec<String> = mode
+                    .map(|m| format!("mode={m:04o}"))
+                    .into_iter()
+                    .chain(size_bytes.map(|s| format!("size={s}")))
+                    .collect();
+                t.data = (!options.is_empty()).then(|| options.join(","));
+                out.push(t);
+                out.len() - 1
+            }
+        };
+        out[at].late = true;
+    }
+    for e in &config.extras {
+        if let ConfigExtra::ReadonlyPaths(paths) = e {
+            for p in paths {
+                let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+                let mut m = PlannedMount::bind(Source::Itself, relative(p), ro, false, host);
+                m.existing = true;
+                out.push(m);
+            }
+        }
+    }
+    for e in &config.extras {
+        if let ConfigExtra::MaskedPaths(paths) = e {
+            for p in paths {
+                let mut m = PlannedMount::simple(Source::Mask, relative(p), 0, false);
+                m.existing = true;
+                out.push(m);
+            }
+        }
+    }
 }
 
 /// Where a prepared mount's source is, for the child.
@@ -424,6 +519,9 @@ pub enum SourceKind {
     Itself,
     /// No mount: the mount at the target is only remounted.
     Existing,
+    /// `/dev/null` (`source`) bound over a file, an empty read-only tmpfs
+    /// over a dir.
+    Mask,
 }
 
 /// A planned mount in C strings, ready for the child.
@@ -449,6 +547,10 @@ pub struct MountOp {
     pub remount: Option<libc::c_ulong>,
     /// The target is in an earlier mount: no mount point, skipped if missing.
     pub existing: bool,
+    /// Mount points made right before this mount, parents first, each from
+    /// its parent opened beneath the root without following a symlink (one
+    /// that exists is taken as it is).
+    pub points: Vec<MountPoint>,
     /// "/usr on /usr", for the message of a failed mount.
     pub shown: String,
 }
@@ -576,23 +678,25 @@ pub fn prepare(
                 source: io::Error::from_raw_os_error(libc::EINVAL),
             });
         }
+        let mut points = Vec::new();
         if !m.existing {
             let comps: Vec<&str> = m.target.split('/').collect();
             for i in 1..=comps.len() {
                 let path = comps[..i].join("/");
                 let file = i == comps.len() && m.file;
-                if made.insert(path.clone()) {
+                if m.late || made.insert(path.clone()) {
                     let parent = if i == 1 {
                         ".".to_string()
                     } else {
                         comps[..i - 1].join("/")
                     };
-                    creates.push(MountPoint {
+                    let point = MountPoint {
                         path: cstr(&path)?,
                         parent: cstr(&parent)?,
                         name: cstr(comps[i - 1])?,
                         file,
-                    });
+                    };
+                    if m.late { &mut points } else { &mut creates }.push(point);
                 }
             }
         }
@@ -602,6 +706,7 @@ pub fn prepare(
             Source::Fs(f) => (cstr(f)?, SourceKind::Path, Some(cstr(f)?)),
             Source::Itself => (CString::default(), SourceKind::Itself, None),
             Source::Existing => (CString::default(), SourceKind::Existing, None),
+            Source::Mask => (cstr("/dev/null")?, SourceKind::Mask, None),
         };
         ops.push(MountOp {
             source,
@@ -614,6 +719,7 @@ pub fn prepare(
             attrs: m.attrs,
             remount: m.remount,
             existing: m.existing,
+            points,
             shown: m.describe(),
         });
     }

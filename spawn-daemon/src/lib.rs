@@ -37,7 +37,7 @@ use std::os::unix::net::UnixStream;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use nix::sys::stat::{umask, Mode};
-use tend_proto::config::{ConfigExtra, FirstConnection, TaskStdin};
+use tend_proto::config::{FirstConnection, TaskStdin};
 use tend_proto::frame::{read_frame, MAX_FRAME_LEN};
 use tend_proto::{SpawnConfig, Stage, StartReport};
 
@@ -110,16 +110,6 @@ pub fn read_config<R: io::Read>(input: &mut R) -> Result<SpawnConfig, StartFailu
     config
         .validate()
         .map_err(|e| StartFailure::plain(Stage::Config, e.to_string()))?;
-    if let Some(e) = config
-        .extras
-        .iter()
-        .find(|e| **e != ConfigExtra::CgroupNamespace)
-    {
-        return Err(StartFailure::plain(
-            Stage::Config,
-            format!("spawn config: extras: {} is not supported yet", e.name()),
-        ));
-    }
     Ok(config)
 }
 
@@ -342,7 +332,8 @@ mod tests {
     }
 
     #[test]
-    fn a_cgroup_namespace_is_read_and_the_other_extras_refused_by_name() {
+    fn every_extra_is_read_back() {
+        use tend_proto::config::{ConfigExtra, Mount, MountKind};
         let mut c = tend_proto::config::example("/tmp/a", "/tmp/s");
         c.isolation = Some(tend_proto::config::Isolation {
             ids: Some(tend_proto::config::TaskIds {
@@ -352,17 +343,23 @@ mod tests {
             user: "nobody".into(),
             chroot: Some(tend_proto::config::ChrootSpec { binds: vec![] }),
         });
-        c.extras = vec![ConfigExtra::CgroupNamespace];
+        c.extras = vec![
+            ConfigExtra::Mounts(vec![Mount {
+                target: "/run".into(),
+                kind: MountKind::Tmpfs {
+                    size_bytes: Some(1 << 20),
+                    mode: None,
+                },
+                read_only: false,
+                nosuid: true,
+                nodev: true,
+                noexec: true,
+            }]),
+            ConfigExtra::MaskedPaths(vec!["/etc/shadow".into()]),
+            ConfigExtra::ReadonlyPaths(vec!["/etc".into()]),
+            ConfigExtra::CgroupNamespace,
+        ];
         let frame = c.to_frame().unwrap();
         assert_eq!(read_config(&mut &frame[..]).unwrap(), c);
-        c.extras
-            .push(ConfigExtra::ReadonlyPaths(vec!["/etc".into()]));
-        let frame = c.to_frame().unwrap();
-        let f = read_config(&mut &frame[..]).unwrap_err();
-        assert_eq!(f.stage, Stage::Config);
-        assert_eq!(
-            f.message,
-            "spawn config: extras: ReadonlyPaths is not supported yet"
-        );
     }
 }

@@ -399,3 +399,47 @@ fn a_bundles_namespaces_are_the_tasks_and_tend_exec_joins_them_after_a_restart()
     wait_task(agent, &id, |t| t["state"] == "dead");
     assert!(wait_until(LONG, || !pid_alive(task_pid)));
 }
+
+#[test]
+fn a_bundles_read_write_bind_and_tmpfs_reach_the_agents_task() {
+    require_root!();
+    let r = rig();
+    let (agent, sb) = (&r.agent, &r.sb);
+    let dir = sb.scratch_dir().join("binds");
+    let shared = sb.scratch_dir().join("shared");
+    fs::create_dir_all(&shared).expect("shared dir");
+    // The task runs as nobody.
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).expect("chmod shared");
+    let script = "echo from-the-task > /shared/note && echo x > /run/f && cat /run/f \
+                  && grep ' /run ' /proc/self/mountinfo";
+    let mut cfg = bundle(&dir, &["sh", "-c", script]);
+    let mounts = cfg["mounts"].as_array_mut().expect("mounts");
+    mounts.push(json!({ "destination": "/shared", "type": "bind",
+                        "source": shared.display().to_string(), "options": ["rbind", "rw"] }));
+    mounts.push(
+        json!({ "destination": "/run", "type": "tmpfs", "source": "tmpfs",
+                        "options": ["size=1m", "mode=1777", "noexec"] }),
+    );
+    write_bundle(&dir, &cfg);
+    let job = oci_job("m", &format!("        bundle = \"{}\"", dir.display()));
+    let id = agent.submit(&job).remove(0);
+    let t = wait_task(agent, &id, |t| t["state"] == "dead");
+    let out = logs(agent, &id);
+    assert_eq!(t["exit"]["exit_code"], 0, "{t:#}\n{out}");
+    assert!(out.starts_with("x\n"), "{out}");
+    // A writable mount is nosuid and nodev; the tmpfs has its size.
+    let run = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        run.contains("nosuid")
+            && run.contains("nodev")
+            && run.contains("noexec")
+            && run.contains("size=1024k"),
+        "{run}"
+    );
+    assert_eq!(
+        fs::read_to_string(shared.join("note")).expect("note on the host"),
+        "from-the-task\n"
+    );
+    let m = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!m.contains(shared.to_str().expect("utf-8")), "{m}");
+}

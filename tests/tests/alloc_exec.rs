@@ -4,6 +4,7 @@
 //! it left once it has ended), and an oci task's uts, ipc, network and cgroup
 //! namespaces joined.
 
+use std::fs;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -408,4 +409,40 @@ fn exec_joins_the_uts_ipc_network_and_cgroup_namespaces_of_an_oci_task() {
     );
     let cgroup = ok(&exec(&sb, &id, &["cat", "/proc/self/cgroup"], b""));
     assert!(cgroup_at_root(&cgroup), "{cgroup}");
+}
+
+/// A task whose main process made a user namespace of its own could make
+/// every other kind inside it, and the exec shim would join those as root.
+/// A chrooted process cannot make one (the kernel refuses CLONE_NEWUSER
+/// under a chroot), which is the first guard; the shim's check of the
+/// task's user namespace is the second, for a task with none of its own.
+#[test]
+fn a_task_in_its_own_root_cannot_make_a_user_namespace() {
+    require_root!();
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let id = agent
+        .submit(
+            r#"job "u" {
+  group "g" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    task "t" {
+      driver = "exec"
+      config {
+        command = "unshare"
+        args    = ["--user", "sleep", "300"]
+      }
+    }
+  }
+}
+"#,
+        )
+        .remove(0);
+    let t = wait_task(&agent, &id, |t| t["state"] == "dead");
+    assert_eq!(t["exit"]["exit_code"], 1, "{t:#}");
+    let log = fs::read_to_string(sb.find_alloc_dir().join("logs/t.stderr")).unwrap_or_default();
+    assert!(log.contains("Operation not permitted"), "{log:?}");
 }

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation};
+use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, ConfigExtra, Isolation, Mount, MountKind};
 use tend_proto::msg::TaskState;
 use tend_proto::{ExitStatus, Request, Response, SpawnConfig, Stage};
 use tend_tests::{pid_alive, require_root, wait_until, Client, Sandbox};
@@ -713,6 +713,52 @@ fn planted_symlinks_in_the_task_dir_never_reach_the_host() {
     assert!(wait_until(LONG, || sb.pids_inside().is_empty()));
     alloc_cgroup_gone(&parent, &cfg);
     no_mount_of(&sb);
+}
+
+/// A config's mount whose target passes through a link a previous run left
+/// in /local fails the start at that mount; nothing is made or mounted
+/// outside the root.
+#[test]
+fn an_extra_mount_through_a_link_planted_in_local_fails_the_start() {
+    require_root!();
+    let parent = CgroupParent::new();
+    let sb = Sandbox::new();
+    let outside = tempfile::tempdir().unwrap();
+    let mut cfg = exec_config(&sb, &parent, "t", "true");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let iso = cfg.isolation.as_mut().unwrap();
+    iso.ids = Some(tend_proto::config::TaskIds {
+        uid: nobody.uid.as_raw(),
+        gid: nobody.gid.as_raw(),
+    });
+    cfg.extras = vec![ConfigExtra::Mounts(vec![Mount {
+        target: "/local/evil/x".into(),
+        kind: MountKind::Tmpfs {
+            size_bytes: Some(1 << 20),
+            mode: None,
+        },
+        read_only: false,
+        nosuid: true,
+        nodev: true,
+        noexec: true,
+    }])];
+    let local = cfg.task_root().join("local");
+    fs::create_dir_all(&local).unwrap();
+    std::os::unix::fs::symlink(outside.path(), local.join("evil")).unwrap();
+    let spawned = sb.start(&cfg);
+    let (stage, errno, message) = spawned.failure();
+    assert_eq!(stage, Stage::Mount, "{message}");
+    assert_eq!(errno, nix::errno::Errno::ELOOP as i32, "{message}");
+    assert!(
+        message.starts_with("mount tmpfs on /local/evil/x in "),
+        "{message}"
+    );
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    assert!(wait_until(LONG, || sb.pids_inside().is_empty()));
+    alloc_cgroup_gone(&parent, &cfg);
+    no_mount_of(&sb);
+    let m = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!m.contains(outside.path().to_str().unwrap()), "{m}");
 }
 
 #[test]

@@ -933,3 +933,257 @@ fn a_cgroup_namespace_is_rooted_at_the_tasks_cgroup() {
     assert_eq!(inside.lines().count(), outside.lines().count());
     assert_eq!(fs::read_dir(o.root()).unwrap().count(), 0);
 }
+
+/// Run `script` as `o`'s container `m`, with `mounts` after the host's binds
+/// and the `linux` keys given (`maskedPaths`, `readonlyPaths`).
+fn run_mounts(
+    o: &Oci,
+    script: &str,
+    mounts: serde_json::Value,
+    linux: serde_json::Value,
+) -> Output {
+    let mut c = o.config(&["sh", "-c", script]);
+    c["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .extend(mounts.as_array().unwrap().iter().cloned());
+    for (k, v) in linux.as_object().unwrap() {
+        c["linux"][k] = v.clone();
+    }
+    o.write_config(&c);
+    o.run("m").output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A host dir of the test's own, beside the bundle.
+fn host_dir(o: &Oci, name: &str) -> PathBuf {
+    let d = o.dir.path().join(name);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// No mount in the host's mount table lies under the test's dir.
+fn nothing_mounted_under(o: &Oci) {
+    let m = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = o.dir.path().display().to_string();
+    assert!(!m.contains(&d), "a mount under {d} shows on the host:\n{m}");
+}
+
+fn ok(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn bind(source: &std::path::Path, dest: &str, options: &[&str]) -> serde_json::Value {
+    serde_json::json!({ "destination": dest, "type": "bind",
+                        "source": source.display().to_string(), "options": options })
+}
+
+#[test]
+fn a_read_write_bind_is_written_through_and_seen_on_the_host() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let shared = host_dir(&o, "shared");
+    fs::write(shared.join("old"), "from the host\n").unwrap();
+    let out = run_mounts(
+        &o,
+        "echo hi >/data/f && cat /data/old",
+        serde_json::json!([bind(&shared, "/data", &["bind", "rw"])]),
+        serde_json::json!({}),
+    );
+    assert_eq!(ok(&out), "from the host\n");
+    assert_eq!(fs::read_to_string(shared.join("f")).unwrap(), "hi\n");
+    assert!(o.cmd("delete", &["m"]).status().unwrap().success());
+    nothing_mounted_under(&o);
+}
+
+#[test]
+fn a_read_only_bind_refuses_a_write() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let shared = host_dir(&o, "shared");
+    let out = run_mounts(
+        &o,
+        "{ echo hi >/data/f; } 2>&1 || echo refused",
+        serde_json::json!([bind(&shared, "/data", &["rbind", "ro", "nosuid", "nodev"])]),
+        serde_json::json!({}),
+    );
+    let stdout = ok(&out);
+    assert!(stdout.contains("Read-only file system"), "{stdout}");
+    assert!(stdout.ends_with("refused\n"), "{stdout}");
+    assert!(!shared.join("f").exists());
+}
+
+#[test]
+fn a_noexec_bind_runs_nothing() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let shared = host_dir(&o, "shared");
+    fs::copy("/bin/true", shared.join("true")).unwrap();
+    let out = run_mounts(
+        &o,
+        "/x/true; echo exec $?; /y/true; echo exec $?",
+        serde_json::json!([
+            bind(&shared, "/x", &["bind", "ro", "noexec"]),
+            bind(&shared, "/y", &["bind", "ro"])
+        ]),
+        serde_json::json!({}),
+    );
+    let stdout = ok(&out);
+    assert_eq!(stdout, "exec 126\nexec 0\n", "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("Permission denied"));
+}
+
+#[test]
+fn a_tmpfs_has_its_size_and_a_write_past_it_fails() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let out = run_mounts(
+        &o,
+        "stat -f -c '%b %S' /run; stat -c %a /run; \
+         dd if=/dev/zero of=/run/f bs=1024 count=2048 2>&1 | grep -o 'No space left on device'; \
+         stat -f -c '%b %S' /dev/shm",
+        serde_json::json!([
+            { "destination": "/run", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "nodev", "size=1m", "mode=750"] },
+            // runc spec's /dev/shm.
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }
+        ]),
+        serde_json::json!({}),
+    );
+    let stdout = ok(&out);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let bytes = |l: &str| -> u64 {
+        let (b, s) = l.split_once(' ').unwrap();
+        b.parse::<u64>().unwrap() * s.parse::<u64>().unwrap()
+    };
+    assert_eq!(bytes(lines[0]), 1 << 20, "{stdout}");
+    assert_eq!(lines[1], "750", "{stdout}");
+    assert_eq!(lines[2], "No space left on device", "{stdout}");
+    assert_eq!(bytes(lines[3]), 64 << 20, "{stdout}");
+}
+
+#[test]
+fn masked_paths_read_empty_and_absent_ones_are_skipped() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let etc = o.bundle().join("rootfs/etc");
+    fs::write(etc.join("secret"), "s3cret\n").unwrap();
+    fs::create_dir_all(etc.join("secrets.d")).unwrap();
+    fs::write(etc.join("secrets.d/key"), "k\n").unwrap();
+    let out = run_mounts(
+        &o,
+        "cat /etc/secret; echo .; ls -A /etc/secrets.d | wc -l; \
+         touch /etc/secrets.d/x 2>/dev/null || echo ro",
+        serde_json::json!([]),
+        serde_json::json!({ "maskedPaths": ["/etc/secret", "/etc/secrets.d", "/etc/absent"] }),
+    );
+    assert_eq!(ok(&out), ".\n0\nro\n");
+    // The rootfs keeps its files.
+    assert_eq!(fs::read_to_string(etc.join("secret")).unwrap(), "s3cret\n");
+}
+
+#[test]
+fn a_read_only_path_beyond_the_default_set_refuses_a_write() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let shared = host_dir(&o, "shared");
+    fs::create_dir_all(shared.join("sub")).unwrap();
+    let out = run_mounts(
+        &o,
+        "echo a >/data/f && { echo b >/data/sub/f; } 2>&1 || true",
+        serde_json::json!([bind(&shared, "/data", &["rbind"])]),
+        serde_json::json!({ "readonlyPaths": ["/data/sub", "/data/absent"] }),
+    );
+    let stdout = ok(&out);
+    assert!(stdout.contains("Read-only file system"), "{stdout}");
+    assert_eq!(fs::read_to_string(shared.join("f")).unwrap(), "a\n");
+    assert!(!shared.join("sub/f").exists());
+}
+
+#[test]
+fn a_bundle_mount_over_tmp_wins_over_tend_spawns() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    let shared = host_dir(&o, "shared");
+    fs::write(shared.join("marker"), "").unwrap();
+    let out = run_mounts(
+        &o,
+        "ls /tmp; echo x >/tmp/new",
+        serde_json::json!([bind(&shared, "/tmp", &["rbind", "rw"])]),
+        serde_json::json!({}),
+    );
+    assert_eq!(ok(&out), "marker\n");
+    assert!(shared.join("new").exists());
+    // A tmpfs at /tmp asking for no more than tend-spawn's own is that one.
+    let o = Oci::new(&["true"]);
+    let out = run_mounts(
+        &o,
+        "stat -f -c '%b %S' /tmp",
+        serde_json::json!([{ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                             "options": ["nosuid", "nodev", "mode=1777"] }]),
+        serde_json::json!({}),
+    );
+    let (b, s) = ok(&out)
+        .trim()
+        .split_once(' ')
+        .map(|(b, s)| (b.to_string(), s.to_string()))
+        .unwrap();
+    assert_eq!(
+        b.parse::<u64>().unwrap() * s.parse::<u64>().unwrap(),
+        64 << 20
+    );
+}
+
+#[test]
+fn a_mount_through_a_planted_symlink_fails_the_start_and_mounts_nothing() {
+    require_root!();
+    let o = Oci::new(&["true"]);
+    // /local is a dir the task writes: here a host dir holding a link out.
+    let local = host_dir(&o, "local");
+    let outside = host_dir(&o, "outside");
+    std::os::unix::fs::symlink(&outside, local.join("evil")).unwrap();
+    let usr = std::path::Path::new("/usr");
+    let out = run_mounts(
+        &o,
+        "true",
+        serde_json::json!([
+            bind(&local, "/local", &["rbind", "rw"]),
+            bind(usr, "/local/evil/x", &["rbind", "ro"])
+        ]),
+        serde_json::json!({}),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("/usr on /local/evil/x") && stderr.contains("symbolic links"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    nothing_mounted_under(&o);
+    // The link itself as the target fails the same way.
+    let o2 = Oci::new(&["true"]);
+    let local = host_dir(&o2, "local");
+    std::os::unix::fs::symlink(&outside, local.join("evil")).unwrap();
+    let out = run_mounts(
+        &o2,
+        "true",
+        serde_json::json!([
+            bind(&local, "/local", &["rbind", "rw"]),
+            bind(usr, "/local/evil", &["rbind", "ro"])
+        ]),
+        serde_json::json!({}),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("/usr on /local/evil"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    nothing_mounted_under(&o2);
+}

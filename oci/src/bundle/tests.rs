@@ -45,12 +45,20 @@ fn maps_process_root_and_binds() {
     assert_eq!((b.uid, b.gid), (65534, 65534));
     assert_eq!(b.rootfs.as_deref(), Some(Path::new("/b/rootfs")));
     assert_eq!(
-        b.binds,
-        [BindMount {
-            source: "/usr".into(),
-            destination: "/usr".into()
+        b.mounts,
+        [Mount {
+            target: "/usr".into(),
+            kind: MountKind::Bind {
+                source: "/usr".into(),
+                recursive: true
+            },
+            read_only: true,
+            nosuid: false,
+            nodev: false,
+            noexec: false,
         }]
     );
+    assert_eq!(b.extras(), [ConfigExtra::Mounts(b.mounts.clone())]);
     assert_eq!(b.rlimits[0].kind, "RLIMIT_NOFILE");
     assert!(!b.writable);
 }
@@ -84,14 +92,14 @@ fn uts_ipc_and_network_namespaces_are_mapped_with_the_hostname() {
 fn a_cgroup_namespace_becomes_the_configs_extra() {
     let b = map(Path::new("/b"), &base()).unwrap();
     assert!(!b.cgroup_namespace);
-    assert_eq!(b.extras(), []);
+    assert!(!b.extras().contains(&ConfigExtra::CgroupNamespace));
     let mut d = base();
     d["linux"]["namespaces"] =
         json!([{ "type": "pid" }, { "type": "mount" }, { "type": "cgroup" }]);
     let b = map(Path::new("/b"), &d).unwrap();
     assert!(b.cgroup_namespace);
     assert_eq!(b.namespaces, Namespaces::default());
-    assert_eq!(b.extras(), [ConfigExtra::CgroupNamespace]);
+    assert_eq!(b.extras().last(), Some(&ConfigExtra::CgroupNamespace));
     // Joining one by path is refused as for every type.
     d["linux"]["namespaces"][2] = json!({ "type": "cgroup", "path": "/proc/1/ns/cgroup" });
     assert_eq!(
@@ -188,12 +196,16 @@ fn refusals_name_the_field() {
             "config.json: linux.cgroupsPath: \"/a/../b\" is not a plain path",
         ),
         (
-            Box::new(|d| d["linux"]["maskedPaths"] = json!(["/proc/kcore", "/etc/shadow"])),
-            "config.json: linux.maskedPaths[1]: \"/etc/shadow\" is not supported",
+            Box::new(|d| d["linux"]["maskedPaths"] = json!(["/proc/kcore", "etc/shadow"])),
+            "config.json: linux.maskedPaths[1]: \"etc/shadow\": must be absolute",
         ),
         (
-            Box::new(|d| d["linux"]["readonlyPaths"] = json!(["/proc/kcore"])),
-            "config.json: linux.readonlyPaths[0]: \"/proc/kcore\" is not supported",
+            Box::new(|d| d["linux"]["readonlyPaths"] = json!(["/etc/../proc"])),
+            "config.json: linux.readonlyPaths[0]: \"/etc/../proc\": must be absolute",
+        ),
+        (
+            Box::new(|d| d["linux"]["readonlyPaths"] = json!(["/"])),
+            "config.json: linux.readonlyPaths[0]: \"/\": must be absolute, without '..', not /",
         ),
         (
             Box::new(|d| {
@@ -216,12 +228,64 @@ fn refusals_name_the_field() {
             "config.json: process.user.additionalGids: is not supported",
         ),
         (
-            Box::new(|d| d["mounts"][0]["options"] = json!(["rbind"])),
-            "config.json: mounts[0].options: read-write binds are not supported: add \"ro\"",
+            Box::new(|d| d["mounts"][0]["options"] = json!(["rbind", "ro", "suid"])),
+            "config.json: mounts[0].options[2]: \"suid\" is not supported",
+        ),
+        (
+            Box::new(|d| d["mounts"][0]["options"] = json!(["rbind", "size=1m"])),
+            "config.json: mounts[0].options[1]: \"size=1m\" is not supported",
         ),
         (
             Box::new(|d| d["mounts"][1]["destination"] = json!("/sys")),
             "config.json: mounts[1].type: \"proc\" at /sys is not supported",
+        ),
+        (
+            Box::new(|d| d["mounts"][1] = json!({ "destination": "/dev/pts", "type": "devpts" })),
+            "config.json: mounts[1].type: \"devpts\" at /dev/pts is not supported",
+        ),
+        (
+            Box::new(|d| d["mounts"][0]["source"] = json!("usr")),
+            "config.json: mounts[0].source: \"usr\": must be absolute",
+        ),
+        (
+            Box::new(|d| d["mounts"][0]["destination"] = json!("/a/../../b")),
+            "config.json: mounts[0].destination: \"/a/../../b\": must be absolute",
+        ),
+        (
+            Box::new(|d| d["mounts"][0]["destination"] = json!("/")),
+            "config.json: mounts[0].destination: a mount over the root is not supported",
+        ),
+        (
+            Box::new(|d| d["mounts"][1] = json!({ "destination": "/dev", "type": "tmpfs" })),
+            "config.json: mounts[1].destination: a mount over /dev is not supported",
+        ),
+        (
+            Box::new(|d| {
+                d["mounts"][1] =
+                    json!({ "destination": "/run", "type": "tmpfs", "options": ["strictatime"] })
+            }),
+            "config.json: mounts[1].options[0]: \"strictatime\" is not supported",
+        ),
+        (
+            Box::new(|d| {
+                d["mounts"][1] =
+                    json!({ "destination": "/run", "type": "tmpfs", "options": ["size=50%"] })
+            }),
+            "config.json: mounts[1].options[0]: size=50%: want bytes or a k, m or g suffix",
+        ),
+        (
+            Box::new(|d| {
+                d["mounts"][1] =
+                    json!({ "destination": "/run", "type": "tmpfs", "options": ["mode=999"] })
+            }),
+            "config.json: mounts[1].options[0]: mode=999: want an octal mode",
+        ),
+        (
+            Box::new(|d| {
+                d["mounts"][1] =
+                    json!({ "destination": "/run", "type": "tmpfs", "options": ["nr_inodes=5"] })
+            }),
+            "config.json: mounts[1].options[0]: \"nr_inodes=5\" is not supported",
         ),
         (
             Box::new(|d| {
@@ -259,6 +323,7 @@ fn refusals_name_the_field() {
 
 #[test]
 fn runc_default_masked_and_readonly_paths_are_tend_spawns() {
+    // None of them travels: tend-spawn masks them in every root.
     let mut d = base();
     d["linux"]["maskedPaths"] = json!([
         "/proc/acpi",
@@ -279,7 +344,8 @@ fn runc_default_masked_and_readonly_paths_are_tend_spawns() {
         "/proc/sys",
         "/proc/sysrq-trigger"
     ]);
-    map(Path::new("/b"), &d).unwrap();
+    let b = map(Path::new("/b"), &d).unwrap();
+    assert!(b.masked_paths.is_empty() && b.readonly_paths.is_empty());
 }
 
 #[test]
@@ -289,4 +355,76 @@ fn empty_fields_ask_for_nothing() {
     d["linux"]["maskedPaths"] = json!([]);
     d["annotations"] = json!({ "a": "b" });
     map(Path::new("/b"), &d).unwrap();
+}
+
+#[test]
+fn binds_and_tmpfs_map_with_their_options() {
+    let mut d = base();
+    d["mounts"] = json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/tmp", "type": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] },
+        { "destination": "/data", "type": "bind", "source": "/srv/data",
+          "options": ["bind", "rw", "noexec", "rprivate"] },
+        { "destination": "/etc/hosts", "source": "/etc/hosts", "options": ["rbind", "ro"] },
+        { "destination": "/run", "type": "tmpfs", "source": "tmpfs",
+          "options": ["size=1m", "mode=755", "noexec", "relatime"] },
+        { "destination": "/tmp", "type": "tmpfs", "options": ["size=64k", "ro"] }
+    ]);
+    d["linux"]["maskedPaths"] = json!(["/proc/kcore", "/etc/secret"]);
+    d["linux"]["readonlyPaths"] = json!(["/proc/sys", "/data/ro"]);
+    let b = map(Path::new("/b"), &d).unwrap();
+    let m = |target: &str, kind, read_only, noexec| Mount {
+        target: target.into(),
+        kind,
+        read_only,
+        nosuid: !read_only,
+        nodev: !read_only,
+        noexec,
+    };
+    let tmpfs = |size_bytes, mode| MountKind::Tmpfs { size_bytes, mode };
+    // proc at /proc and the plain /tmp are tend-spawn's own; a writable
+    // mount is always nosuid and nodev.
+    assert_eq!(
+        b.mounts,
+        [
+            m(
+                "/data",
+                MountKind::Bind {
+                    source: "/srv/data".into(),
+                    recursive: false
+                },
+                false,
+                true
+            ),
+            m(
+                "/etc/hosts",
+                MountKind::Bind {
+                    source: "/etc/hosts".into(),
+                    recursive: true
+                },
+                true,
+                false
+            ),
+            m("/run", tmpfs(Some(1 << 20), Some(0o755)), false, true),
+            m("/tmp", tmpfs(Some(64 << 10), None), true, false),
+        ]
+    );
+    assert_eq!(b.masked_paths, ["/etc/secret"]);
+    assert_eq!(b.readonly_paths, ["/data/ro"]);
+    assert_eq!(b.extras().len(), 3);
+}
+
+#[test]
+fn tmpfs_sizes_take_mount_suffixes() {
+    for (v, want) in [
+        ("4096", 4096),
+        ("65536k", 64 << 20),
+        ("1M", 1 << 20),
+        ("2g", 2 << 30),
+    ] {
+        assert_eq!(size("f", v).unwrap(), want, "{v}");
+    }
+    for v in ["", "k", "0", "1t", "12x", "-1", "99999999999999999999g"] {
+        assert!(size("f", v).is_err(), "{v}");
+    }
 }

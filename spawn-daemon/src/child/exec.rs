@@ -114,7 +114,9 @@ impl TaskNamespaces {
             return Ok(None);
         }
         // A task that made a user namespace of its own can make every other
-        // kind inside it, and the shim would join those as root. Checked
+        // kind inside it, and the shim would join those as root. A task in
+        // a root of its own cannot make one (the kernel refuses
+        // CLONE_NEWUSER under a chroot); this guards the rest. Checked
         // after the others are open: a process never returns to a parent
         // user namespace, and without capabilities it makes no namespace
         // in the host's, so what was opened is what tend-spawn made.

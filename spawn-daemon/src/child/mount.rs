@@ -9,7 +9,9 @@
 //! covered), the tmpfs turns read-only, then `fchdir` + `chroot(".")`.
 //! A writable root is an overlay of its image in place of the tmpfs (its
 //! mount points made beneath it without following symlinks, and it stays
-//! writable).
+//! writable). The mount points of a config's own mounts are made the same
+//! way right before each mount, and a masked path gets `/dev/null` or an
+//! empty read-only tmpfs as it turns out to be a file or a dir.
 //!
 //! Between fork and exec: every call goes through [`super::raw`]
 //! (async-signal-safe, no allocation); fds are raw numbers on the stack and
@@ -23,7 +25,7 @@ use tend_proto::Stage;
 
 use super::raw::{self, Sys};
 use super::task::{At, Failed};
-use crate::chroot::{MountOp, PreparedRoot, SourceKind, MAX_ALLOC_SOURCES};
+use crate::chroot::{MountOp, MountPoint, PreparedRoot, SourceKind, MAX_ALLOC_SOURCES};
 
 /// Room for "/proc/self/fd/<int>" and its NUL.
 pub(super) const FD_PATH_LEN: usize = 32;
@@ -219,32 +221,47 @@ fn make_mount_points(root: &PreparedRoot, root_fd: RawFd) -> Sys {
 /// following a symlink, so a symlink there fails the start, ELOOP).
 fn make_mount_points_in_image(root: &PreparedRoot, root_fd: RawFd) -> Sys {
     raw::umask(0o022);
-    for mp in &root.creates {
-        let parent = raw::open_beneath(root_fd, mp.parent.as_ptr(), libc::O_DIRECTORY)?;
-        let made = if mp.file {
-            let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW;
-            raw::openat(parent, &mp.name, flags, 0o644).map(raw::close)
-        } else {
-            raw::mkdirat(parent, &mp.name, 0o755)
-        };
-        raw::close(parent);
-        match made {
-            Err(Errno::EEXIST) | Ok(()) => {}
-            Err(e) => return Err(e),
-        }
+    root.creates
+        .iter()
+        .try_for_each(|mp| make_point_beneath(root_fd, mp))
+}
+
+/// One mount point, made (or found) from its parent opened beneath the root
+/// without following a symlink: a symlink on the way, planted in an image
+/// or in /local or /alloc, fails (ELOOP), and nothing is made outside the
+/// root. One that exists is taken as it is (its mount opens it the same
+/// way, so a symlink there fails too).
+fn make_point_beneath(root_fd: RawFd, mp: &MountPoint) -> Sys {
+    let parent = raw::open_beneath(root_fd, mp.parent.as_ptr(), libc::O_DIRECTORY)?;
+    let made = if mp.file {
+        let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW;
+        raw::openat(parent, &mp.name, flags, 0o644).map(raw::close)
+    } else {
+        raw::mkdirat(parent, &mp.name, 0o755)
+    };
+    raw::close(parent);
+    match made {
+        Err(Errno::EEXIST) | Ok(()) => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 /// One planned mount on its target beneath `root_fd` (through
 /// `/proc/self/fd/N`), then its attributes and remount. `source` is the fd
 /// of an alloc-dir source, -1 for the others.
 fn mount_one(root_fd: RawFd, op: &MountOp, source_fd: RawFd) -> Sys {
+    for mp in &op.points {
+        make_point_beneath(root_fd, mp)?;
+    }
     let target_fd = match raw::open_beneath(root_fd, op.target.as_ptr(), 0) {
-        // A kernel knob this kernel has not: nothing to hide.
+        // A kernel knob this kernel has not, a masked or read-only path
+        // the root has not: nothing to hide.
         Err(Errno::ENOENT) if op.existing => return Ok(()),
         other => other?,
     };
+    if op.kind == SourceKind::Mask {
+        return mask(target_fd, op);
+    }
     let mut target_buf = [0u8; FD_PATH_LEN];
     let mounted = if op.kind == SourceKind::Existing {
         target_fd
@@ -290,6 +307,26 @@ fn mount_one(root_fd: RawFd, op: &MountOp, source_fd: RawFd) -> Sys {
     }
     raw::close(mounted);
     Ok(())
+}
+
+/// A mask over the target open at `target_fd`: an empty read-only tmpfs
+/// over a dir, `/dev/null` (the op's source) bound over anything else.
+fn mask(target_fd: RawFd, op: &MountOp) -> Sys {
+    let mut buf = [0u8; FD_PATH_LEN];
+    let target = fd_path(&mut buf, target_fd);
+    let done = if raw::is_dir(target_fd)? {
+        raw::mount(
+            c"tmpfs".as_ptr(),
+            target,
+            c"tmpfs".as_ptr(),
+            TMPFS_FLAGS | libc::MS_RDONLY,
+            NULL,
+        )
+    } else {
+        raw::mount(op.source.as_ptr(), target, NULL, libc::MS_BIND, NULL)
+    };
+    raw::close(target_fd);
+    done
 }
 
 #[cfg(test)]

@@ -285,6 +285,15 @@ pub(super) fn dev_ino(fd: RawFd) -> Sys<(u64, u64)> {
     Ok((st.st_dev, st.st_ino))
 }
 
+/// `fstat(fd)`: whether it is a dir.
+pub(super) fn is_dir(fd: RawFd) -> Sys<bool> {
+    // SAFETY: stat is a plain C struct for which all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: async-signal-safe; st is a writable stack struct.
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+}
+
 /// `fstatvfs(fd)`: its `f_flag`.
 pub(super) fn statvfs_flags(fd: RawFd) -> Sys<libc::c_ulong> {
     // SAFETY: statvfs is a plain C struct for which all-zero is valid.

@@ -2,7 +2,7 @@
 use super::*;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
-use tend_proto::config::Bind;
+use tend_proto::config::{Bind, ConfigExtra, MountKind};
 
 fn binds(pairs: &[(&str, &str)]) -> ChrootSpec {
     ChrootSpec {
@@ -354,4 +354,162 @@ fn a_writable_root_is_an_overlay_of_its_image_with_the_upper_dir_in_the_task_dir
         .unwrap()
         .overlay
         .is_none());
+}
+
+/// The example config with a root and `extras`.
+fn with_extras(extras: Vec<ConfigExtra>) -> SpawnConfig {
+    let mut c = tend_proto::config::example("/data/allocs/a1", "/run/s");
+    c.task = "web".into();
+    c.extras = extras;
+    c
+}
+
+fn mount(
+    target: &str,
+    kind: MountKind,
+    read_only: bool,
+    noexec: bool,
+) -> tend_proto::config::Mount {
+    tend_proto::config::Mount {
+        target: target.into(),
+        kind,
+        read_only,
+        nosuid: false,
+        nodev: false,
+        noexec,
+    }
+}
+
+fn bind_of(source: &str, recursive: bool) -> MountKind {
+    MountKind::Bind {
+        source: source.into(),
+        recursive,
+    }
+}
+
+#[test]
+fn extras_come_after_the_standard_mounts_then_read_only_then_masked_paths() {
+    use libc::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+    let c = with_extras(vec![
+        ConfigExtra::MaskedPaths(vec!["/etc/secret".into()]),
+        ConfigExtra::Mounts(vec![
+            mount("/data", bind_of("/srv/data", false), false, true),
+            mount("/etc/app.conf", bind_of("/srv/app.conf", true), true, false),
+            mount(
+                "/tmp",
+                MountKind::Tmpfs {
+                    size_bytes: Some(1 << 20),
+                    mode: Some(0o755),
+                },
+                false,
+                false,
+            ),
+        ]),
+        ConfigExtra::ReadonlyPaths(vec!["/data/ro".into()]),
+    ]);
+    let p = plan(&c, &binds(&[("/usr", "/usr")]), false, &FakeHost::new(true));
+    let local = p.iter().position(|m| m.target == "local").unwrap();
+    let rest: Vec<&PlannedMount> = p[local + 1..].iter().collect();
+    let targets: Vec<&str> = rest.iter().map(|m| m.target.as_str()).collect();
+    assert_eq!(
+        targets,
+        ["data", "etc/app.conf", "tmp", "data/ro", "etc/secret"]
+    );
+    // A writable bind is nosuid and nodev whatever the config says; `bind`
+    // without `rbind` is one mount.
+    let data = rest[0];
+    assert_eq!(data.source, Source::Host("/srv/data".into()));
+    assert_eq!(data.flags, libc::MS_BIND);
+    assert_eq!(
+        data.attrs,
+        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC
+    );
+    assert!(data.late && !data.existing && !data.file);
+    let conf = rest[1];
+    assert_eq!(conf.flags, libc::MS_BIND | libc::MS_REC);
+    assert_eq!(conf.attrs, MOUNT_ATTR_RDONLY);
+    assert!(conf.late && conf.file);
+    // The bundle's /tmp goes over tend-spawn's, which comes before it.
+    let tmp = rest[2];
+    assert!(p[..local].iter().any(|m| m.target == "tmp"));
+    assert_eq!(tmp.source, Source::Fs("tmpfs"));
+    assert_eq!(tmp.flags, libc::MS_NOSUID | libc::MS_NODEV);
+    assert_eq!(tmp.data.as_deref(), Some("mode=0755,size=1048576"));
+    let ro = rest[3];
+    assert_eq!(ro.source, Source::Itself);
+    assert!(ro.existing && !ro.late);
+    assert_eq!(
+        ro.attrs,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+    );
+    let masked = rest[4];
+    assert_eq!(masked.source, Source::Mask);
+    assert!(masked.existing);
+    assert_eq!(masked.describe(), "mask over /etc/secret");
+}
+
+#[test]
+fn without_mount_setattr_an_extra_bind_is_remounted_with_its_submounts() {
+    let c = with_extras(vec![ConfigExtra::Mounts(vec![
+        mount("/u", bind_of("/usr", true), true, false),
+        mount("/v", bind_of("/usr", false), true, false),
+    ])]);
+    let p = plan(&c, &binds(&[]), false, &FakeHost::new(false));
+    let local = p.iter().position(|m| m.target == "local").unwrap();
+    let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+    let rest: Vec<(&str, Option<libc::c_ulong>)> = p[local + 1..]
+        .iter()
+        .map(|m| (m.target.as_str(), m.remount))
+        .collect();
+    // A plain bind brings no submount along: nothing beneath to remount.
+    assert_eq!(
+        rest,
+        [
+            ("u", Some(ro)),
+            ("u/local", Some(ro)),
+            ("u/local/share", Some(ro)),
+            ("v", Some(ro))
+        ]
+    );
+}
+
+#[test]
+fn prepare_leaves_an_extras_mount_points_to_its_mount() {
+    let (_tmp, alloc_dir, mut c) = task_t_in_alloc();
+    c.extras = vec![ConfigExtra::Mounts(vec![
+        mount("/local/x/y", bind_of("/usr", true), false, false),
+        mount("/run", bind_of("/srv/a.conf", true), false, false),
+    ])];
+    let fd = open_dir(&alloc_dir);
+    let r = prepare(&c, &binds(&[]), fd.as_fd(), false, &FakeHost::new(true)).unwrap();
+    let created: Vec<&str> = r.creates.iter().map(|m| m.path.to_str().unwrap()).collect();
+    assert!(!created
+        .iter()
+        .any(|p| p.starts_with("local/") || *p == "run"));
+    let op = r
+        .ops
+        .iter()
+        .find(|o| o.target.to_str() == Ok("local/x/y"))
+        .unwrap();
+    let points: Vec<(&str, &str, bool)> = op
+        .points
+        .iter()
+        .map(|m| (m.parent.to_str().unwrap(), m.name.to_str().unwrap(), m.file))
+        .collect();
+    assert_eq!(
+        points,
+        [
+            (".", "local", false),
+            ("local", "x", false),
+            ("local/x", "y", false)
+        ]
+    );
+    let run = r
+        .ops
+        .iter()
+        .find(|o| o.target.to_str() == Ok("run"))
+        .unwrap();
+    assert!(run.points[0].file);
+    // Nothing of them is made on disk before the child walks the plan.
+    assert!(!alloc_dir.join("t/local/x").exists());
 }

@@ -36,7 +36,8 @@ pub struct OciRun {
     pub limits: Option<tend_oci::bundle::Cgroup>,
     /// The bundle's uts (with `hostname`), ipc and network namespaces.
     pub namespaces: Namespaces,
-    /// The rest of its isolation: its cgroup namespace.
+    /// The rest of its isolation: its mounts, masked and read-only paths
+    /// beyond tend-spawn's own, made over the root, and its cgroup namespace.
     pub extras: Vec<ConfigExtra>,
 }
 
@@ -120,7 +121,7 @@ pub fn oci_run(
             let command = tend_oci::container::resolve_command(&b)
                 .map_err(|e| field(task, "config.bundle", format!("{dir}: {e}")))?;
             let chroot = match &b.rootfs {
-                Some(r) => tend_oci::container::task_root(r, &b.binds, b.writable),
+                Some(r) => tend_oci::container::task_root(r, b.writable),
                 None => {
                     return Err(bundle_field(
                         task,
@@ -130,19 +131,30 @@ pub fn oci_run(
                     ))
                 }
             };
+            let extras = b.extras();
+            let ids = ids_of(&user);
+            // The extras travel after the task's ids, which tend-spawn then
+            // takes as they are.
+            if ids.is_none() && !extras.is_empty() {
+                return Err(field(
+                    task,
+                    "user",
+                    format!("{user:?} is not a user of this host (a bundle's mounts need its ids)"),
+                ));
+            }
             Ok(OciRun {
                 isolation: Isolation {
-                    ids: ids_of(&user),
+                    ids,
                     user,
                     chroot: Some(chroot),
                 },
                 command,
                 args: b.args[1..].to_vec(),
-                extras: b.extras(),
                 env: b.env,
                 cwd: b.cwd,
                 limits: b.cgroup,
                 namespaces: b.namespaces,
+                extras,
             })
         }
         (None, Some(rootfs)) => {
@@ -173,7 +185,7 @@ pub fn oci_run(
                 isolation: Isolation {
                     ids: ids_of(&user),
                     user,
-                    chroot: Some(tend_oci::container::task_root(root, &[], writable)),
+                    chroot: Some(tend_oci::container::task_root(root, writable)),
                 },
                 command,
                 args: args.to_vec(),
