@@ -32,6 +32,7 @@ pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
         task,
         &inner.settings.chroot_env,
         inner.settings.config.allows_root(task.driver.name()),
+        inner.settings.config.oci_allows_host_binds(),
     )?;
     Ok(())
 }

@@ -403,8 +403,11 @@ fn a_bundles_namespaces_are_the_tasks_and_tend_exec_joins_them_after_a_restart()
 #[test]
 fn a_bundles_read_write_bind_and_tmpfs_reach_the_agents_task() {
     require_root!();
-    let r = rig();
-    let (agent, sb) = (&r.agent, &r.sb);
+    let parent = CgroupParent::new();
+    let sb = &Sandbox::new();
+    // A read-write bind of a host path writes the host: the operator says so.
+    let refusing =
+        AgentProc::start_with_config(sb, &format!("cgroup_parent = \"{}\"\n", parent.name));
     let dir = sb.scratch_dir().join("binds");
     let shared = sb.scratch_dir().join("shared");
     fs::create_dir_all(&shared).expect("shared dir");
@@ -422,6 +425,22 @@ fn a_bundles_read_write_bind_and_tmpfs_reach_the_agents_task() {
     );
     write_bundle(&dir, &cfg);
     let job = oci_job("m", &format!("        bundle = \"{}\"", dir.display()));
+    let r = refusing.http("POST", "/v1/jobs", job.as_bytes());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("needs plugin \\\"oci\\\" { allow_host_binds = true }"),
+        "{}",
+        r.text()
+    );
+    drop(refusing);
+    let agent = &AgentProc::start_with_config(
+        sb,
+        &format!(
+            "cgroup_parent = \"{}\"\nplugin \"oci\" {{\n  allow_host_binds = true\n}}\n",
+            parent.name
+        ),
+    );
     let id = agent.submit(&job).remove(0);
     let t = wait_task(agent, &id, |t| t["state"] == "dead");
     let out = logs(agent, &id);

@@ -25,6 +25,10 @@
 //! plugin "exec" {
 //!   allow_root = false                 # user = "root" in exec tasks
 //! }
+//! plugin "oci" {
+//!   allow_root       = false           # process.user uid 0, user = "root"
+//!   allow_host_binds = false           # a bundle's read-write binds
+//! }
 //! plugin "docker" {
 //!   endpoint           = "/var/run/docker.sock"
 //!   allow_privileged   = false
@@ -91,7 +95,8 @@ pub struct PluginConfig {
     /// docker: whether a task may ask for host devices.
     #[serde(default)]
     pub allow_devices: bool,
-    /// docker: whether a task may bind host paths outside its alloc dir.
+    /// docker: whether a task may bind host paths outside its alloc dir;
+    /// oci: whether a bundle may bind host paths read-write.
     #[serde(default)]
     pub allow_host_binds: bool,
     /// exec: whether a task may run as root (`user = "root"` or uid 0).
@@ -278,6 +283,12 @@ impl AgentConfig {
     /// = true }`, `plugin "oci" { allow_root = true }`).
     pub fn allows_root(&self, driver: &str) -> bool {
         self.plugin.get(driver).is_some_and(|p| p.allow_root)
+    }
+
+    /// Whether an oci task's bundle may bind host paths read-write
+    /// (`plugin "oci" { allow_host_binds = true }`).
+    pub fn oci_allows_host_binds(&self) -> bool {
+        self.plugin.get("oci").is_some_and(|p| p.allow_host_binds)
     }
 
     /// Whether tasks may use `driver`.

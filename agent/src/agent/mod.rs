@@ -452,6 +452,7 @@ impl Agent {
                 cgroup_parent: settings.cgroup_parent.clone(),
                 allow_root: settings.config.exec_allows_root(),
                 oci_allow_root: settings.config.allows_root("oci"),
+                oci_host_binds: settings.config.oci_allows_host_binds(),
                 cpu_total_compute: settings.config.cpu_total_compute,
                 linger: settings.linger,
             }),

@@ -46,6 +46,9 @@ pub struct Launch<'a> {
     pub cgroup_parent: &'a str,
     /// Whether exec tasks may run as root (`plugin "exec" { allow_root = true }`).
     pub allow_root: bool,
+    /// Whether an oci task's bundle may bind host paths read-write
+    /// (`plugin "oci" { allow_host_binds = true }`).
+    pub oci_host_binds: bool,
     /// The agent's `cpu_total_compute` (MHz of all cores), for `cpu_hard_limit`.
     pub cpu_total_compute: Option<u64>,
 }
@@ -268,6 +271,7 @@ pub fn check_task(
     task: &Task,
     chroot_env: &[(String, String)],
     allow_root: bool,
+    oci_host_binds: bool,
 ) -> Result<(), DriverError> {
     match task.driver {
         Driver::RawExec => {}
@@ -276,7 +280,7 @@ pub fn check_task(
         }
         Driver::Docker => return Ok(()),
         Driver::Oci => {
-            oci_checked(task, allow_root, "", &[])?;
+            oci_checked(task, allow_root, oci_host_binds, "", &[])?;
             return Ok(());
         }
     }
@@ -291,10 +295,12 @@ pub fn check_task(
 }
 
 /// An oci task checked as exec's is (root, its user, the memory floor), then
-/// its bundle or rootfs mapped; `command` and `args` are the rootfs's run's.
+/// its bundle or rootfs mapped, its read-write binds of host paths only with
+/// `host_binds`; `command` and `args` are the rootfs's run's.
 fn oci_checked(
     task: &Task,
     allow_root: bool,
+    host_binds: bool,
     command: &str,
     args: &[String],
 ) -> Result<OciRun, DriverError> {
@@ -339,6 +345,7 @@ fn oci_checked(
         }
         _ => oci_run(task, user, command, args),
     }
+    .and_then(|run| super::oci::check_host_binds(task, run, host_binds))
 }
 
 /// The CFS period of a `cpu_hard_limit` quota, microseconds (the kernel's default).
@@ -462,7 +469,7 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
             ("/".to_string(), Some(iso), Some(exec_cgroup()?))
         }
         Driver::Oci => {
-            let run = oci_checked(task, l.allow_root, &l.command, &l.args)?;
+            let run = oci_checked(task, l.allow_root, l.oci_host_binds, &l.command, &l.args)?;
             let mut cgroup = exec_cgroup()?;
             if let Some(limits) = &run.limits {
                 tighten(&mut cgroup, limits);

@@ -44,6 +44,8 @@ pub struct SpawnDriver {
     pub allow_root: bool,
     /// Whether oci tasks may run as root.
     pub oci_allow_root: bool,
+    /// Whether an oci bundle may bind host paths read-write.
+    pub oci_host_binds: bool,
     /// The host's MHz, all cores, for `cpu_hard_limit` (None: /proc/cpuinfo).
     pub cpu_total_compute: Option<u64>,
     /// How long a tend-spawn waits for Release after its task ended.
@@ -144,6 +146,7 @@ impl SpawnDriver {
             } else {
                 self.allow_root
             },
+            oci_host_binds: self.oci_host_binds,
             cpu_total_compute: self.cpu_total_compute,
         }) {
             Ok(mut c) => {

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use tend_oci::bundle::{Bundle, BundleError};
-use tend_proto::config::{CgroupSpec, ConfigExtra, CpuQuota, Isolation, Namespaces};
+use tend_proto::config::{CgroupSpec, ConfigExtra, CpuQuota, Isolation, MountKind, Namespaces};
 
 use super::super::DriverError;
 use super::config::{ids_of, resolve_command, DEFAULT_EXEC_USER};
@@ -74,6 +74,33 @@ pub fn load_bundle(task: &Task, dir: &str) -> Result<Bundle, DriverError> {
         ));
     }
     Ok(b)
+}
+
+/// A bundle's read-write bind of a host path writes the host: only where
+/// the operator allows it (`plugin "oci" { allow_host_binds = true }`, as
+/// for docker's volumes). Read-only binds are a root's ordinary parts.
+pub fn check_host_binds(task: &Task, run: OciRun, allowed: bool) -> Result<OciRun, DriverError> {
+    if allowed {
+        return Ok(run);
+    }
+    let rw = run.extras.iter().find_map(|e| match e {
+        ConfigExtra::Mounts(m) => m.iter().find_map(|m| match &m.kind {
+            MountKind::Bind { source, .. } if !m.read_only => Some((source, &m.target)),
+            _ => None,
+        }),
+        _ => None,
+    });
+    match rw {
+        None => Ok(run),
+        Some((source, target)) => Err(field(
+            task,
+            "config.bundle",
+            format!(
+                "{}: mounts: a read-write bind of the host's {source} at {target} needs plugin \"oci\" {{ allow_host_binds = true }} in the agent config (or \"ro\" in its options)",
+                task.config.bundle.as_deref().unwrap_or_default()
+            ),
+        )),
+    }
 }
 
 fn bundle_field(task: &Task, dir: &str, path: &str, reason: &str) -> DriverError {
