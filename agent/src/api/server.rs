@@ -444,12 +444,13 @@ mod tests {
             b"GET /v1/hea",
             b"POST /v1/jobs HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
         ] {
+            // Before the connect: the server's clock starts at its accept.
+            let t0 = std::time::Instant::now();
             let mut s = UnixStream::connect(super::super::socket_path(&run))
                 .await
                 .unwrap();
             s.write_all(part).await.unwrap();
             // The connection stays open, the request unfinished.
-            let t0 = std::time::Instant::now();
             let mut out = Vec::new();
             let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
             let text = String::from_utf8_lossy(&out);
