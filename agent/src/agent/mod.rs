@@ -330,6 +330,24 @@ impl Inner {
     }
 }
 
+/// The jobs of the allocations loaded from the store, each held once: every
+/// alloc.json carries its whole job, and the allocations of one submit
+/// (`count = 1000`) would otherwise each keep a copy of it.
+#[derive(Default)]
+struct SharedJobs(BTreeMap<String, Vec<Arc<Job>>>);
+
+impl SharedJobs {
+    /// The job equal to `job` seen before, else `job`, kept for the next.
+    fn share(&mut self, job: &Arc<Job>) -> Arc<Job> {
+        let same_name = self.0.entry(job.name.clone()).or_default();
+        if let Some(j) = same_name.iter().find(|j| ***j == **job) {
+            return Arc::clone(j);
+        }
+        same_name.push(Arc::clone(job));
+        Arc::clone(job)
+    }
+}
+
 /// The agent.
 #[derive(Clone)]
 pub struct Agent {
@@ -510,7 +528,9 @@ impl Agent {
             tracing::error!(error = %e, "unreadable state file: skipped");
         }
         let mut waits = Vec::new();
-        for (alloc, tasks) in loaded {
+        let mut jobs = SharedJobs::default();
+        for (mut alloc, tasks) in loaded {
+            alloc.job = jobs.share(&alloc.job);
             let alloc_id = alloc.alloc_id.clone();
             if tasks.iter().any(|t| t.phase != TaskPhase::Dead) {
                 self.inner.ports.reserve(
@@ -590,6 +610,7 @@ impl Agent {
             }
             crate::alloc::preflight(&self.inner, t)?;
         }
+        let job = Arc::new(job);
         let mut new: Vec<(AllocRecord, Vec<TaskRecord>)> = Vec::new();
         for group in &job.groups {
             for index in 0..group.count {
@@ -597,7 +618,7 @@ impl Agent {
                 let record = AllocRecord {
                     schema: SCHEMA,
                     alloc_id: alloc_id.clone(),
-                    job: job.clone(),
+                    job: Arc::clone(&job),
                     group: group.name.clone(),
                     index,
                     desired: Desired::Run,

@@ -75,12 +75,12 @@ fn a_task_change_is_on_disk_before_it_is_shown() {
     let alloc = AllocRecord {
         schema: crate::state::SCHEMA,
         alloc_id: "a1".into(),
-        job: crate::jobspec::Job {
+        job: Arc::new(crate::jobspec::Job {
             name: "j".into(),
             datacenters: vec![],
             meta: Default::default(),
             groups: vec![],
-        },
+        }),
         group: "g".into(),
         index: 0,
         desired: Desired::Run,
