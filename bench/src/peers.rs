@@ -120,7 +120,11 @@ impl Supervisor {
     }
 
     /// Poll the status every millisecond until `ok`, for at most [`SETTLE`].
-    fn until(&self, ok: impl Fn(Option<(u64, [u8; 12])>) -> bool, what: &str) -> Result<(), String> {
+    fn until(
+        &self,
+        ok: impl Fn(Option<(u64, [u8; 12])>) -> bool,
+        what: &str,
+    ) -> Result<(), String> {
         let end = Instant::now() + SETTLE;
         while !ok(self.peer.status(&self.dir)) {
             if !crate::procfs::alive(self.pid) {
@@ -239,7 +243,10 @@ pub fn once_latency(
                 }
                 let left = end.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(format!("{}: /bin/true not over after {SETTLE:?}", peer.name()));
+                    return Err(format!(
+                        "{}: /bin/true not over after {SETTLE:?}",
+                        peer.name()
+                    ));
                 }
                 wait_readable(&watch, left);
                 drain(&watch);
