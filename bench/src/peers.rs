@@ -48,6 +48,17 @@ impl Peer {
         }
     }
 
+    /// How long to leave the supervisor between two runs of a service:
+    /// runsv, after a run shorter than a second, records its end and then
+    /// sleeps a second, deaf to its control fifo meanwhile; the next round
+    /// would time that sleep, not a start.
+    pub fn rest(self) -> Duration {
+        match self {
+            Peer::Runsv => Duration::from_millis(1100),
+            Peer::S6 => Duration::ZERO,
+        }
+    }
+
     /// The pid of the service's process in its status file (0: none runs),
     /// and the stamp of the status's last change. runsv: TAI64N (12 bytes),
     /// pid (4, little endian), then 4 flag bytes. s6: stamp and ready stamp
@@ -215,7 +226,8 @@ pub fn idle(peer: Peer, bin: &Path, root: &Path, k: usize) -> Result<Vec<Footpri
 /// 1(a) of a peer: one resident supervisor over a service whose `run` is
 /// `/bin/true`, down at the start. Each round writes `o` (once: up, and not
 /// again when it ends) to its control fifo and waits, on an inotify watch of
-/// `supervise/`, until the status says a new run is over. ms per round.
+/// `supervise/`, until the status says a new run is over, after resting the
+/// supervisor [`Peer::rest`]. ms per round.
 pub fn once_latency(
     peer: Peer,
     bin: &Path,
@@ -230,6 +242,7 @@ pub fn once_latency(
             .map_err(|e| format!("inotify on {}/supervise: {e}", dir.display()))?;
         let mut out = Vec::with_capacity(n);
         for i in 0..n + warm {
+            sleep(peer.rest());
             let before = peer.status(&dir).ok_or("no status file")?.1;
             drain(&watch);
             let t = Instant::now();

@@ -185,9 +185,8 @@ job "j" {
 /// What every task keeps for its whole life is its runner's future (one per
 /// task: a thousand tasks keep a thousand). Its start and the paths taken
 /// once in a while (a signal, a reconnection, a lost daemon, the docker
-/// driver's wait) are boxed, so that it is about the size of the wait alone:
-/// 5.9 kB in the unoptimised build the tests run, where it was 15.8 kB with
-/// them inline.
+/// driver's wait) are boxed, so that it is about the size of the wait alone
+/// (5.9 kB in the unoptimised build the tests run).
 #[test]
 fn a_waiting_task_keeps_a_small_future() {
     let d = tempfile::tempdir().unwrap();
@@ -203,4 +202,27 @@ fn a_waiting_task_keeps_a_small_future() {
     );
     let size = std::mem::size_of_val(&fut);
     assert!(size <= 8192, "a task's future is {size} bytes");
+}
+
+/// The allocations of one job, read back from the store each with its own
+/// copy, share one again; a job of another content is kept apart.
+#[test]
+fn loaded_allocations_of_one_job_share_it() {
+    let job = |name: &str, dc: &str| {
+        Arc::new(crate::jobspec::Job {
+            name: name.into(),
+            datacenters: vec![dc.into()],
+            meta: Default::default(),
+            groups: vec![],
+        })
+    };
+    let mut jobs = SharedJobs::default();
+    let first = jobs.share(&job("j", "dc1"));
+    let again = jobs.share(&job("j", "dc1"));
+    assert!(Arc::ptr_eq(&first, &again));
+    let other = jobs.share(&job("j", "dc2"));
+    assert!(!Arc::ptr_eq(&first, &other));
+    assert_eq!(other.datacenters, ["dc2"]);
+    let named = jobs.share(&job("k", "dc1"));
+    assert!(!Arc::ptr_eq(&first, &named));
 }
