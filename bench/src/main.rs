@@ -810,7 +810,11 @@ impl Bench {
                 continue;
             };
             // runsv rests a second between runs: fewer rounds of it.
-            let n = if peer.rest().is_zero() { p.fast } else { p.slow };
+            let n = if peer.rest().is_zero() {
+                p.fast
+            } else {
+                p.slow
+            };
             say(&format!("1a: {} once /bin/true, {n} runs", peer.name()));
             nix::unistd::sync();
             match peers::once_latency(peer, &bin, &self.base.join("peers"), n, p.warm) {

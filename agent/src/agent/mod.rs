@@ -147,7 +147,9 @@ impl TaskSlot {
 
 pub(crate) struct AllocSlot {
     pub(crate) record: AllocRecord,
-    pub(crate) tasks: BTreeMap<String, TaskSlot>,
+    /// Boxed: a map's node holds room for eleven entries, and an
+    /// allocation of one task would keep room for ten more records inline.
+    pub(crate) tasks: BTreeMap<String, Box<TaskSlot>>,
 }
 
 pub(crate) struct Inner {
@@ -553,7 +555,7 @@ impl Agent {
                     };
                     let name = rec.task.clone();
                     let (task_slot, rx) = TaskSlot::new(rec);
-                    slot.tasks.insert(name.clone(), task_slot);
+                    slot.tasks.insert(name.clone(), Box::new(task_slot));
                     if let Some(s) = start {
                         starts.push((name, rx, s));
                     }
@@ -664,7 +666,7 @@ impl Agent {
                 for rec in tasks {
                     let name = rec.task.clone();
                     let (task_slot, rx) = TaskSlot::new(rec);
-                    slot.tasks.insert(name.clone(), task_slot);
+                    slot.tasks.insert(name.clone(), Box::new(task_slot));
                     starts.push((name, rx));
                 }
                 allocs.insert(alloc_id.clone(), slot);

@@ -100,7 +100,7 @@ fn a_task_change_is_on_disk_before_it_is_shown() {
         "a1".into(),
         AllocSlot {
             record: alloc,
-            tasks: [("web".to_string(), task)].into_iter().collect(),
+            tasks: [("web".to_string(), Box::new(task))].into_iter().collect(),
         },
     );
     let writer = {
