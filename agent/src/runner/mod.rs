@@ -132,7 +132,7 @@ async fn task_life(
                 match Box::pin(reattach(&inner, &cx, h, &mut ctl, &mut ready)).await {
                     Recovered::Live((driver, run)) => {
                         ready.say(Resolved::Reattached);
-                        let _checks = watch_checks(&inner, &alloc, &task, RunStart::Reattached);
+                        let _checks = watch_checks(&inner, &alloc, task, RunStart::Reattached);
                         driver.wait(&cx, run, &mut ctl).await
                     }
                     Recovered::NeverLaunched(run) => {
@@ -166,11 +166,11 @@ async fn task_life(
                 // Boxed: the start (config, launch, the child's pipes) is
                 // the largest state of this loop; inline, every task would
                 // keep room for it while it waits on its run.
-                let r = Box::pin(start_run(&inner, &cx, &alloc, &group)).await;
+                let r = Box::pin(start_run(&inner, &cx, &alloc, group)).await;
                 ready.say(Resolved::Started);
                 match r {
                     Ok((driver, run)) => {
-                        let _checks = watch_checks(&inner, &alloc, &task, RunStart::Fresh);
+                        let _checks = watch_checks(&inner, &alloc, task, RunStart::Fresh);
                         driver.wait(&cx, run, &mut ctl).await
                     }
                     Err(e) => e,
