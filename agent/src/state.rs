@@ -8,6 +8,7 @@
 //! one wrote.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tend_proto::{atomic, names, ExitStatus, Token};
@@ -85,8 +86,10 @@ pub struct AllocRecord {
     pub schema: u32,
     /// The allocation id.
     pub alloc_id: String,
-    /// The job it belongs to (the whole validated job).
-    pub job: Job,
+    /// The job it belongs to (the whole validated job), shared by every
+    /// allocation made of it: a job of `count = 1000` is held once.
+    #[serde(with = "shared_job")]
+    pub job: Arc<Job>,
     /// The group's name.
     pub group: String,
     /// The allocation's index in its group.
@@ -97,6 +100,23 @@ pub struct AllocRecord {
     pub created_at: String,
     /// Ports handed to its tasks, by task.
     pub ports: std::collections::BTreeMap<String, Vec<crate::ports::AssignedPort>>,
+}
+
+/// `job` as the plain object it is on the disk, whoever shares it in memory.
+mod shared_job {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::jobspec::Job;
+
+    pub(super) fn serialize<S: Serializer>(job: &Arc<Job>, s: S) -> Result<S::Ok, S::Error> {
+        job.as_ref().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Job>, D::Error> {
+        Job::deserialize(d).map(Arc::new)
+    }
 }
 
 /// Where a task is in its life.
@@ -594,7 +614,7 @@ mod tests {
         let a = AllocRecord {
             schema: SCHEMA,
             alloc_id: "a1".into(),
-            job: job(),
+            job: Arc::new(job()),
             group: "g".into(),
             index: 0,
             desired: Desired::Run,

@@ -1,5 +1,6 @@
-//! The harness's only unsafe code: the posix_spawn floor and the bare
-//! fork -> cgroup -> mount namespace -> chroot -> setuid -> exec baseline.
+//! The harness's only unsafe code: the posix_spawn floor, the bare
+//! fork -> cgroup -> mount namespace -> chroot -> setuid -> exec baseline,
+//! and the inotify watch on a peer supervisor's status.
 //! Everything the child needs is prepared before the fork; between fork and exec
 //! the child makes raw system calls only (async-signal-safe, no allocation).
 #![allow(unsafe_code)]
@@ -274,4 +275,34 @@ unsafe fn bare_pid_one(p: &ProcPlan) {
             }
         }
     }
+}
+
+/// An inotify fd watching `dir` for files written or renamed into it (a
+/// supervisor's status file, rewritten at each change of its service). Read
+/// it as a file to drain the events; poll it to wait for the next.
+pub fn watch_dir(dir: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let path = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: no pointer is passed; the call only returns a new fd or -1.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by inotify_init1 and is owned by no one else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `fd` is a valid inotify fd and `path` a NUL-terminated string
+    // that outlives the call.
+    let wd = unsafe {
+        libc::inotify_add_watch(
+            fd.as_raw_fd(),
+            path.as_ptr(),
+            libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE,
+        )
+    };
+    if wd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }

@@ -147,7 +147,9 @@ impl TaskSlot {
 
 pub(crate) struct AllocSlot {
     pub(crate) record: AllocRecord,
-    pub(crate) tasks: BTreeMap<String, TaskSlot>,
+    /// Boxed: a map's node holds room for eleven entries, and an
+    /// allocation of one task would keep room for ten more records inline.
+    pub(crate) tasks: BTreeMap<String, Box<TaskSlot>>,
 }
 
 pub(crate) struct Inner {
@@ -327,6 +329,24 @@ impl Inner {
             .get(alloc_id)
             .and_then(|a| a.tasks.get(task))
             .map(|t| t.record.clone())
+    }
+}
+
+/// The jobs of the allocations loaded from the store, each held once: every
+/// alloc.json carries its whole job, and the allocations of one submit
+/// (`count = 1000`) would otherwise each keep a copy of it.
+#[derive(Default)]
+struct SharedJobs(BTreeMap<String, Vec<Arc<Job>>>);
+
+impl SharedJobs {
+    /// The job equal to `job` seen before, else `job`, kept for the next.
+    fn share(&mut self, job: &Arc<Job>) -> Arc<Job> {
+        let same_name = self.0.entry(job.name.clone()).or_default();
+        if let Some(j) = same_name.iter().find(|j| ***j == **job) {
+            return Arc::clone(j);
+        }
+        same_name.push(Arc::clone(job));
+        Arc::clone(job)
     }
 }
 
@@ -511,7 +531,9 @@ impl Agent {
             tracing::error!(error = %e, "unreadable state file: skipped");
         }
         let mut waits = Vec::new();
-        for (alloc, tasks) in loaded {
+        let mut jobs = SharedJobs::default();
+        for (mut alloc, tasks) in loaded {
+            alloc.job = jobs.share(&alloc.job);
             let alloc_id = alloc.alloc_id.clone();
             if tasks.iter().any(|t| t.phase != TaskPhase::Dead) {
                 self.inner.ports.reserve(
@@ -534,7 +556,7 @@ impl Agent {
                     };
                     let name = rec.task.clone();
                     let (task_slot, rx) = TaskSlot::new(rec);
-                    slot.tasks.insert(name.clone(), task_slot);
+                    slot.tasks.insert(name.clone(), Box::new(task_slot));
                     if let Some(s) = start {
                         starts.push((name, rx, s));
                     }
@@ -591,6 +613,7 @@ impl Agent {
             }
             crate::alloc::preflight(&self.inner, t)?;
         }
+        let job = Arc::new(job);
         let mut new: Vec<(AllocRecord, Vec<TaskRecord>)> = Vec::new();
         for group in &job.groups {
             for index in 0..group.count {
@@ -598,7 +621,7 @@ impl Agent {
                 let record = AllocRecord {
                     schema: SCHEMA,
                     alloc_id: alloc_id.clone(),
-                    job: job.clone(),
+                    job: Arc::clone(&job),
                     group: group.name.clone(),
                     index,
                     desired: Desired::Run,
@@ -644,7 +667,7 @@ impl Agent {
                 for rec in tasks {
                     let name = rec.task.clone();
                     let (task_slot, rx) = TaskSlot::new(rec);
-                    slot.tasks.insert(name.clone(), task_slot);
+                    slot.tasks.insert(name.clone(), Box::new(task_slot));
                     starts.push((name, rx));
                 }
                 allocs.insert(alloc_id.clone(), slot);

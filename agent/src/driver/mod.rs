@@ -444,8 +444,7 @@ impl TaskDriver for AnyDriver {
                 .recover(cx, handle, ctl, unreachable)
                 .await
                 .map(AnyRun::Spawn),
-            AnyDriver::Docker(d) => d
-                .recover(cx, handle, ctl, unreachable)
+            AnyDriver::Docker(d) => Box::pin(d.recover(cx, handle, ctl, unreachable))
                 .await
                 .map(AnyRun::Docker),
         }
@@ -454,7 +453,9 @@ impl TaskDriver for AnyDriver {
     async fn wait(&self, cx: &RunCtx<'_>, run: AnyRun, ctl: &mut Controls) -> Ended {
         match (self, run) {
             (AnyDriver::Spawn(d), AnyRun::Spawn(r)) => d.wait(cx, r, ctl).await,
-            (AnyDriver::Docker(d), AnyRun::Docker(r)) => d.wait(cx, r, ctl).await,
+            // Boxed: the engine client's wait is far larger than the spawn
+            // driver's, and every spawn task would keep room for it.
+            (AnyDriver::Docker(d), AnyRun::Docker(r)) => Box::pin(d.wait(cx, r, ctl)).await,
             _ => Ended::Lost(MIXED.into()),
         }
     }

@@ -95,7 +95,8 @@ async fn task_life(
         ready.say(Resolved::Lost);
         return;
     };
-    let Some((group, task)) = find(&alloc, &name).map(|(g, t)| (g.clone(), t.clone())) else {
+    // Borrowed from the allocation's shared job, never copied per task.
+    let Some((group, task)) = find(&alloc, &name) else {
         tracing::error!("the allocation's job has no such task");
         ready.say(Resolved::Lost);
         return;
@@ -113,7 +114,7 @@ async fn task_life(
     let dir = inner.settings.dirs.alloc(&alloc_id);
     let cx = RunCtx {
         alloc_id: &alloc_id,
-        task: &task,
+        task,
         alloc: &dir,
         journal: Arc::new(TaskJournal {
             inner: inner.clone(),
@@ -126,10 +127,12 @@ async fn task_life(
     loop {
         let ended = match std::mem::replace(&mut next, Start::Fresh) {
             Start::Reattach(h) => {
-                match reattach(&inner, &cx, h, &mut ctl, &mut ready).await {
+                // Boxed, as the start below: a path taken once per run
+                // should not size the future every waiting task keeps.
+                match Box::pin(reattach(&inner, &cx, h, &mut ctl, &mut ready)).await {
                     Recovered::Live((driver, run)) => {
                         ready.say(Resolved::Reattached);
-                        let _checks = watch_checks(&inner, &alloc, &task, RunStart::Reattached);
+                        let _checks = watch_checks(&inner, &alloc, task, RunStart::Reattached);
                         driver.wait(&cx, run, &mut ctl).await
                     }
                     Recovered::NeverLaunched(run) => {
@@ -160,11 +163,14 @@ async fn task_life(
                     release_ports_if_done(&inner, &alloc_id);
                     return;
                 }
-                let r = start_run(&inner, &cx, &alloc, &group).await;
+                // Boxed: the start (config, launch, the child's pipes) is
+                // the largest state of this loop; inline, every task would
+                // keep room for it while it waits on its run.
+                let r = Box::pin(start_run(&inner, &cx, &alloc, group)).await;
                 ready.say(Resolved::Started);
                 match r {
                     Ok((driver, run)) => {
-                        let _checks = watch_checks(&inner, &alloc, &task, RunStart::Fresh);
+                        let _checks = watch_checks(&inner, &alloc, task, RunStart::Fresh);
                         driver.wait(&cx, run, &mut ctl).await
                     }
                     Err(e) => e,

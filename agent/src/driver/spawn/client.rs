@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tend_proto::frame::{self, FrameDecoder, FrameError};
 use tend_proto::msg::{ExecRequest, Welcome};
 use tend_proto::{ExitStatus, Hello, Request, Response, Token, PROTOCOL_VERSION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// Why talking to a tend-spawn failed.
@@ -135,7 +135,6 @@ impl Client {
 
     /// Read the next frame the daemon sends. An `Error` becomes [`ClientError::Refused`].
     pub async fn next(&mut self) -> Result<Response, ClientError> {
-        let mut buf = [0u8; 4096];
         loop {
             let frame = self
                 .decoder
@@ -157,20 +156,34 @@ impl Client {
                 }
                 return Ok(r);
             }
-            let n = self
-                .stream
-                .read(&mut buf)
-                .await
-                .map_err(|source| ClientError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            if n == 0 {
-                return Err(ClientError::Closed {
-                    path: self.path.clone(),
-                });
+            self.fill().await?;
+        }
+    }
+
+    /// Read what the daemon has sent into the decoder. The buffer lives
+    /// only between readiness and the read, never across the wait: a task
+    /// waits on its run in this call for the run's whole life.
+    async fn fill(&mut self) -> Result<(), ClientError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ClientError::Io { path, source }
+        };
+        loop {
+            self.stream.readable().await.map_err(io(&self.path))?;
+            let mut buf = [0u8; 4096];
+            match self.stream.try_read(&mut buf) {
+                Ok(0) => {
+                    return Err(ClientError::Closed {
+                        path: self.path.clone(),
+                    })
+                }
+                Ok(n) => {
+                    self.decoder.push(&buf[..n]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(io(&self.path)(e)),
             }
-            self.decoder.push(&buf[..n]);
         }
     }
 

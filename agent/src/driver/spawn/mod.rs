@@ -284,10 +284,12 @@ async fn wait_run(cx: &RunCtx<'_>, run: SpawnRun, ctl: &mut Controls) -> Ended {
     let result = loop {
         let mut c = match client.take() {
             Some(c) => c,
-            None => match reach_daemon(cx, handle, socket, token, ctl, &mut || {}).await {
-                Reach::Connected(c) => c,
-                Reach::Gone(why) => break Err((None, why)),
-            },
+            None => {
+                match Box::pin(reach_daemon(cx, handle, socket, token, ctl, &mut || {})).await {
+                    Reach::Connected(c) => c,
+                    Reach::Gone(why) => break Err((None, why)),
+                }
+            }
         };
         match wait_on(cx, &mut c, &link, ctl).await {
             Ok(exit) => break Ok((c, exit)),
@@ -321,7 +323,12 @@ async fn wait_run(cx: &RunCtx<'_>, run: SpawnRun, ctl: &mut Controls) -> Ended {
             let pid = handle
                 .daemon_pid
                 .map_or_else(|| "?".to_string(), |p| p.to_string());
-            daemon_gone(cx, handle, &format!("tend-spawn (pid {pid}) died: {e}")).await
+            Box::pin(daemon_gone(
+                cx,
+                handle,
+                &format!("tend-spawn (pid {pid}) died: {e}"),
+            ))
+            .await
         }
     }
 }
@@ -357,7 +364,9 @@ async fn wait_on(
                     request_stop(cx, link);
                 }
                 Some(Control::Signal(signo, reply)) => {
-                    let _ = reply.send(signal_run(cx, link, signo).await);
+                    // Boxed, as every path the wait takes once in a while:
+                    // each waiting task keeps room for the largest inline.
+                    let _ = reply.send(Box::pin(signal_run(cx, link, signo)).await);
                 }
                 Some(Control::Restart(why)) => {
                     if ctl.take_restart(why) {
