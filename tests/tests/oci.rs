@@ -916,14 +916,27 @@ fn a_network_namespace_has_only_its_loopback_up() {
 #[test]
 fn a_cgroup_namespace_is_rooted_at_the_tasks_cgroup() {
     require_root!();
+    /// The tests' shared cgroup parent goes once it is empty, even when a
+    /// test fails (another test's cgroup in it keeps it).
+    struct Parent;
+    impl Drop for Parent {
+        fn drop(&mut self) {
+            for m in tend_tests::cgroup_mounts() {
+                let _ = fs::remove_dir(m.join("tend-oci-test"));
+            }
+        }
+    }
+    let _parent = Parent;
     let args = ["cat", "/proc/self/cgroup"];
     let o = Oci::new(&args);
     let mut c = o.config(&args);
+    let path = format!("tend-oci-test/{}-g", std::process::id());
+    c["linux"]["cgroupsPath"] = serde_json::json!(format!("/{path}"));
     c["linux"]["resources"] = serde_json::json!({ "pids": { "limit": 64 } });
     o.write_config(&c);
     let outside = o.run_and_delete("g1");
     assert!(
-        outside.lines().any(|l| l.ends_with(":/tend-oci/g1")),
+        outside.lines().any(|l| l.ends_with(&format!(":/{path}"))),
         "{outside}"
     );
     with_namespaces(&mut c, &["cgroup"]);
