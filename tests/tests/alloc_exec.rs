@@ -134,6 +134,15 @@ fn exec_runs_in_the_tasks_root_pid_namespace_user_and_env() {
     let (id, task_pid, daemon) = start_exec_task(&agent);
     let note = sb.data_dir().join("allocs").join(&id).join("t/local/note");
     assert!(wait_until(LONG, || note.exists()), "the task wrote no note");
+    // Counted once the shell has exec'd sleep: until then it may still
+    // hold the note open (it exists from the shell's open).
+    assert!(
+        wait_until(LONG, || std::fs::read_to_string(format!(
+            "/proc/{task_pid}/comm"
+        ))
+        .is_ok_and(|c| c.trim() == "sleep")),
+        "the task never became sleep"
+    );
     let task_fds = fd_count(task_pid);
 
     // Its root: the file the task wrote, and the chroot's own listing.
