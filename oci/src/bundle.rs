@@ -163,6 +163,19 @@ fn string<'a>(v: &'a Value, field: &str) -> Result<&'a str, BundleError> {
     v.as_str().ok_or_else(|| refuse(field, "must be a string"))
 }
 
+/// `o[key]`, which must be there and be a string; errors name `prefix.key`.
+fn required_str<'a>(
+    o: &'a Map<String, Value>,
+    prefix: &str,
+    key: &str,
+) -> Result<&'a str, BundleError> {
+    let field = format!("{prefix}.{key}");
+    string(
+        o.get(key).ok_or_else(|| refuse(&field, "is missing"))?,
+        &field,
+    )
+}
+
 fn u64_of(v: &Value, field: &str) -> Result<u64, BundleError> {
     v.as_u64()
         .ok_or_else(|| refuse(field, "must be a non-negative integer"))
@@ -465,12 +478,7 @@ fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
         let field = format!("mounts[{i}]");
         let o = object(m, &field)?;
         only(o, &field, &["destination", "type", "source", "options"])?;
-        let dest_field = format!("{field}.destination");
-        let destination = string(
-            o.get("destination")
-                .ok_or_else(|| refuse(&dest_field, "is missing"))?,
-            &dest_field,
-        )?;
+        let destination = required_str(o, &field, "destination")?;
         let kind = o
             .get("type")
             .map_or(Ok("bind"), |t| string(t, &format!("{field}.type")))?;
@@ -500,7 +508,7 @@ fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
                 format!("{kind:?} at {destination} is not supported (bind, tmpfs, and proc at /proc are)"),
             ));
         }
-        check_destination(&dest_field, destination)?;
+        check_destination(&format!("{field}.destination"), destination)?;
         let kind = if bind {
             MountKind::Bind {
                 source: String::new(),
@@ -552,19 +560,14 @@ fn mounts(v: Option<&Value>) -> Result<Vec<Mount>, BundleError> {
             mount.nodev = true;
         }
         if let MountKind::Bind { source: to, .. } = &mut mount.kind {
-            let src_field = format!("{field}.source");
-            let source = string(
-                o.get("source")
-                    .ok_or_else(|| refuse(&src_field, "is missing"))?,
-                &src_field,
-            )?;
+            let source = required_str(o, &field, "source")?;
             if !Path::new(source).is_absolute()
                 || Path::new(source)
                     .components()
                     .any(|c| c == std::path::Component::ParentDir)
             {
                 return Err(refuse(
-                    &src_field,
+                    &format!("{field}.source"),
                     format!("{source:?}: must be absolute, without '..'"),
                 ));
             }
@@ -787,11 +790,7 @@ fn linux(v: &Value, own_root: bool) -> Result<Linux, BundleError> {
             let field = format!("linux.namespaces[{i}]");
             let o = object(n, &field)?;
             only(o, &field, &["type"])?;
-            let kind = string(
-                o.get("type")
-                    .ok_or_else(|| refuse(&format!("{field}.type"), "is missing"))?,
-                &format!("{field}.type"),
-            )?;
+            let kind = required_str(o, &field, "type")?;
             // A task with its own root always has its own mount and pid
             // namespaces; the others are made new (a `path` to join one is
             // refused above).

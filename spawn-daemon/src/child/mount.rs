@@ -314,17 +314,19 @@ fn mount_one(root_fd: RawFd, op: &MountOp, source_fd: RawFd) -> Sys {
 fn mask(target_fd: RawFd, op: &MountOp) -> Sys {
     let mut buf = [0u8; FD_PATH_LEN];
     let target = fd_path(&mut buf, target_fd);
-    let done = if raw::is_dir(target_fd)? {
-        raw::mount(
-            c"tmpfs".as_ptr(),
-            target,
-            c"tmpfs".as_ptr(),
-            TMPFS_FLAGS | libc::MS_RDONLY,
-            NULL,
-        )
-    } else {
-        raw::mount(op.source.as_ptr(), target, NULL, libc::MS_BIND, NULL)
-    };
+    let done = raw::is_dir(target_fd).and_then(|dir| {
+        if dir {
+            raw::mount(
+                c"tmpfs".as_ptr(),
+                target,
+                c"tmpfs".as_ptr(),
+                TMPFS_FLAGS | libc::MS_RDONLY,
+                NULL,
+            )
+        } else {
+            raw::mount(op.source.as_ptr(), target, NULL, libc::MS_BIND, NULL)
+        }
+    });
     raw::close(target_fd);
     done
 }
