@@ -266,6 +266,39 @@ fn namespaces_beyond_mount_and_pid_are_refused_to_a_caller() {
 }
 
 #[test]
+fn every_extra_is_refused_to_a_caller_by_name() {
+    use tend_proto::config::{ConfigExtra, Mount, MountKind};
+    let t = Tree::new();
+    let rw_bind = ConfigExtra::Mounts(vec![Mount {
+        target: "/etc".into(),
+        kind: MountKind::Bind {
+            source: "/etc".into(),
+            recursive: false,
+        },
+        read_only: false,
+        nosuid: true,
+        nodev: true,
+        noexec: false,
+    }]);
+    for (extra, name) in [
+        (rw_bind, "Mounts"),
+        (ConfigExtra::MaskedPaths(vec!["/x".into()]), "MaskedPaths"),
+        (
+            ConfigExtra::ReadonlyPaths(vec!["/x".into()]),
+            "ReadonlyPaths",
+        ),
+        (ConfigExtra::CgroupNamespace, "CgroupNamespace"),
+    ] {
+        let mut c = t.config();
+        c.extras = vec![extra];
+        let r = t.policy().check_with(&t.caller(), &c, &Fake).unwrap_err();
+        assert_eq!(r.rule, "extras");
+        assert!(r.reason.starts_with(name), "{}", r.reason);
+        assert!(r.reason.contains("not setuid"), "{}", r.reason);
+    }
+}
+
+#[test]
 fn a_good_config_passes() {
     let t = Tree::new();
     t.policy()
