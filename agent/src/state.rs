@@ -100,6 +100,21 @@ pub struct AllocRecord {
     pub created_at: String,
     /// Ports handed to its tasks, by task.
     pub ports: std::collections::BTreeMap<String, Vec<crate::ports::AssignedPort>>,
+    /// The container it took up, for an allocation made by `tend adopt`
+    /// rather than started by the agent: its logs and exit file are in the
+    /// container's dir, not in an alloc dir of the agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Adopted>,
+}
+
+/// A container of `tend-oci` that the agent took up (`tend adopt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adopted {
+    /// Its id under its runtime's state root.
+    pub id: String,
+    /// Its dir, `ROOT/ID`: socket, logs, exit file. tend-oci's `delete`
+    /// removes it; the agent never does.
+    pub dir: PathBuf,
 }
 
 /// `job` as the plain object it is on the disk, whoever shares it in memory.
@@ -620,6 +635,7 @@ mod tests {
             desired: Desired::Run,
             created_at: tend_proto::time::now(),
             ports: Default::default(),
+            adopted: None,
         };
         store.put_alloc(&a).unwrap();
         let mut t = TaskRecord::new("a1", "web");

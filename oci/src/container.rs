@@ -1,7 +1,7 @@
 //! One container's dir under the state root, and the spawn config of its task.
 //!
-//! `ROOT/ID/` holds `state.json` (the bundle and the socket's token, written
-//! atomically), `ctl/sock` (tend-spawn's control socket, in a 0700 dir),
+//! `ROOT/ID/` holds `state.json` (the bundle, the socket's token and the
+//! task's cgroup, written atomically), `ctl/sock` (tend-spawn's control socket, in a 0700 dir),
 //! `logs/task.stdout` and `logs/task.stderr`, `task_exit_status`, and the
 //! task's root (`task/`) while it runs with its own.
 
@@ -95,6 +95,9 @@ pub struct Container {
     pub bundle: PathBuf,
     /// The control socket's token.
     pub token: Token,
+    /// The task's cgroup, relative to each hierarchy's root, when it has one
+    /// of its own (absent from records that predate it).
+    pub cgroup: Option<String>,
 }
 
 impl Container {
@@ -117,7 +120,12 @@ impl Container {
     }
 
     /// Make the dir of a new container and write its record.
-    pub fn create(root: &Path, id: &str, bundle: &Path) -> Result<Container, ContainerError> {
+    pub fn create(
+        root: &Path,
+        id: &str,
+        bundle: &Path,
+        cgroup: Option<String>,
+    ) -> Result<Container, ContainerError> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = Container::dir_of(root, id)?;
         std::fs::DirBuilder::new()
@@ -142,6 +150,7 @@ impl Container {
             dir,
             bundle: bundle.to_path_buf(),
             token: random_token()?,
+            cgroup,
         };
         if c.socket().as_os_str().len() > tend_proto::config::MAX_SOCKET_PATH {
             return Err(ContainerError::SocketPath(c.socket()));
@@ -150,6 +159,7 @@ impl Container {
             "id": c.id,
             "bundle": c.bundle,
             "token": hex(&c.token.0),
+            "cgroup": c.cgroup,
         });
         let path = c.dir.join("state.json");
         tend_proto::atomic::write(&path, record.to_string().as_bytes(), 0o600)
@@ -182,6 +192,7 @@ impl Container {
             dir,
             bundle: PathBuf::from(v["bundle"].as_str().unwrap_or_default()),
             token: Token(token),
+            cgroup: v["cgroup"].as_str().map(str::to_string),
         })
     }
 }
@@ -354,12 +365,15 @@ pub fn check_group(bundle: &Bundle) -> Result<(), ContainerError> {
 
 /// The task's cgroup: the bundle's `linux.cgroupsPath`, else
 /// `tend-oci/ID` (dots, which the id may hold, kept).
+/// The cgroup of container `id`'s task: the bundle's `cgroupsPath`, else
+/// `tend-oci/ID`.
+pub fn cgroup_path(id: &str, cg: &crate::bundle::Cgroup) -> String {
+    cg.path.clone().unwrap_or_else(|| format!("tend-oci/{id}"))
+}
+
 fn cgroup_spec(c: &Container, cg: &crate::bundle::Cgroup) -> CgroupSpec {
     CgroupSpec {
-        path: cg
-            .path
-            .clone()
-            .unwrap_or_else(|| format!("tend-oci/{}", c.id)),
+        path: cgroup_path(&c.id, cg),
         daemon_path: None,
         memory_bytes: cg.memory_bytes,
         // cpu.shares on v1 is tend's MHz figure one to one.
@@ -421,6 +435,7 @@ mod tests {
             dir: dir.join("job.1"),
             bundle: dir.to_path_buf(),
             token: Token([1; 32]),
+            cgroup: None,
         }
     }
 

@@ -146,7 +146,13 @@ fn make(
             let _ = nix::sys::resource::setrlimit(res, r.soft, r.hard);
         }
     }
-    let c = Container::create(root, id, &bundle_dir)?;
+    // Recorded for whoever takes the container up (`tend adopt`).
+    let cgroup = b
+        .cgroup
+        .as_ref()
+        .filter(|_| privileged)
+        .map(|cg| container::cgroup_path(id, cg));
+    let c = Container::create(root, id, &bundle_dir, cgroup)?;
     Ok((c, b, privileged))
 }
 

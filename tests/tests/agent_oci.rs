@@ -462,3 +462,167 @@ fn a_bundles_read_write_bind_and_tmpfs_reach_the_agents_task() {
     let m = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!m.contains(shared.to_str().expect("utf-8")), "{m}");
 }
+
+/// `tend-spawn oci --root ROOT ARGS...`, stdin /dev/null.
+fn oci(root: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(tend_tests::spawn_bin())
+        .arg("oci")
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tend-spawn oci")
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_running_container_of_tend_spawn_oci_is_adopted_and_kept_across_an_agent_restart() {
+    require_root!();
+    let mut r = rig();
+    let parent = r._parent.name.clone();
+    let (agent, sb) = (&mut r.agent, &r.sb);
+    let dir = sb.scratch_dir().join("adoptee");
+    let script = "trap 'echo bye; exit 3' TERM; echo hello-adopted; while :; do sleep 0.05; done";
+    let mut cfg = bundle(&dir, &["sh", "-c", script]);
+    cfg["linux"]["resources"] = json!({ "memory": { "limit": 64 << 20 } });
+    cfg["linux"]["cgroupsPath"] = json!(format!("{parent}/adoptee"));
+    write_bundle(&dir, &cfg);
+    let root = sb.scratch_dir().join("oci-state");
+    let root_arg = root.display().to_string();
+    let bundle_arg = dir.display().to_string();
+    let out = oci(&root, &["create", "-b", &bundle_arg, "c1"]);
+    assert!(out.status.success(), "create: {}", stderr_of(&out));
+
+    // Held before its start: nothing runs yet to take up.
+    let out = agent.cli(&["adopt", "--root", &root_arg, "c1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out)
+            .contains("container c1 is created (not started): only a running container is adopted"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = oci(&root, &["start", "c1"]);
+    assert!(out.status.success(), "start: {}", stderr_of(&out));
+    let state: Value = serde_json::from_slice(&oci(&root, &["state", "c1"]).stdout).expect("state");
+    assert_eq!(state["status"], "running", "{state:#}");
+
+    let out = agent.cli(&[
+        "adopt", "--root", &root_arg, "--job", "adopted", "--json", "c1",
+    ]);
+    assert!(out.status.success(), "adopt: {}", stderr_of(&out));
+    let adopted: Value = serde_json::from_slice(&out.stdout).expect("adopt --json");
+    let id = adopted["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        adopted["container_dir"],
+        root.join("c1").display().to_string()
+    );
+    let t = wait_task(agent, &id, |t| t["state"] == "running");
+    let task_pid = pid(&t, "pid");
+    assert_eq!(
+        i64::from(task_pid),
+        state["pid"].as_i64().expect("pid"),
+        "{t:#}"
+    );
+    let alloc = agent.get_json(&format!("/v1/allocations/{id}"));
+    assert_eq!(alloc["job"], "adopted", "{alloc:#}");
+    let task_logs = |agent: &AgentProc| {
+        let out = agent.cli(&["logs", &id, "task"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(wait_until(LONG, || task_logs(agent).contains("hello-adopted\n")));
+    // The figures are its cgroup's.
+    let stats = agent.get_json(&format!("/v1/allocations/{id}/stats"));
+    assert!(
+        stats["tasks"][0]["memory"]["current"]
+            .as_u64()
+            .is_some_and(|m| m > 0),
+        "{stats:#}"
+    );
+    // Once is enough.
+    let out = agent.cli(&["adopt", "--root", &root_arg, "c1"]);
+    assert!(
+        stderr_of(&out).contains(&format!(
+            "container c1 is already adopted as allocation {id}"
+        )),
+        "{}",
+        stderr_of(&out)
+    );
+
+    agent.kill9();
+    assert!(pid_alive(task_pid));
+    agent.restart();
+    let t = wait_task(agent, &id, |t| t["state"] == "running");
+    assert_eq!(pid(&t, "pid"), task_pid, "{t:#}");
+    let out = agent.cli(&["stop", &id]);
+    assert!(out.status.success(), "stop: {}", stderr_of(&out));
+    let t = wait_task(agent, &id, |t| t["state"] == "dead");
+    assert_eq!(t["exit"]["exit_code"], 3, "{t:#}");
+    assert_eq!(
+        t["run"], 1,
+        "an adopted container is never started again: {t:#}"
+    );
+    assert!(wait_until(LONG, || task_logs(agent).contains("bye\n")));
+    assert!(wait_until(LONG, || !pid_alive(task_pid)));
+    // The runtime sees the same end, and removes what is its own.
+    assert!(wait_until(LONG, || {
+        serde_json::from_slice::<Value>(&oci(&root, &["state", "c1"]).stdout)
+            .is_ok_and(|s| s["status"] == "stopped")
+    }));
+    let out = oci(&root, &["delete", "c1"]);
+    assert!(out.status.success(), "delete: {}", stderr_of(&out));
+    assert!(!root.join("c1").exists());
+    // The record stays the agent's: its dir was the container's, not an alloc dir.
+    assert!(!alloc_dir(sb, &id).exists());
+}
+
+#[test]
+fn a_container_another_user_could_have_written_or_none_at_all_is_refused_by_path() {
+    require_root!();
+    let r = rig();
+    let (agent, sb) = (&r.agent, &r.sb);
+    let root = sb.scratch_dir().join("theirs");
+    fs::create_dir_all(root.join("c2/ctl")).expect("container dir");
+    fs::write(root.join("c2/state.json"), "{}").expect("state.json");
+    std::os::unix::fs::chown(&root, Some(65534), Some(65534)).expect("chown");
+    let root_arg = root.display().to_string();
+    let r = agent.http(
+        "POST",
+        "/v1/adopt",
+        json!({ "root": root_arg, "id": "c2" })
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("owned by uid 65534"), "{}", r.text());
+    let r = agent.http(
+        "POST",
+        "/v1/adopt",
+        json!({ "root": root_arg, "id": "nope" })
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(
+        r.text().contains("container nope does not exist"),
+        "{}",
+        r.text()
+    );
+    for (body, words) in [
+        (
+            json!({ "root": "rel", "id": "c2" }),
+            "want an absolute path",
+        ),
+        (json!({ "root": root_arg, "id": "../x" }), "container id"),
+        (json!({ "id": "c2", "extra": 1 }), "unknown field"),
+    ] {
+        let r = agent.http("POST", "/v1/adopt", body.to_string().as_bytes());
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.text().contains(words), "{body}: {}", r.text());
+    }
+    assert_eq!(agent.get_json("/v1/allocations")["allocations"], json!([]));
+}

@@ -776,13 +776,9 @@ fn scancel_stops_a_running_step() {
     c.down();
 }
 
-/// scancel of a step run by `tend-spawn oci`: the task (outside the step's
-/// process tree) ends through the runtime, and the container is deleted.
-#[test]
-fn scancel_stops_a_step_run_by_tend_spawn_oci() {
-    require_root!();
-    let c = Cluster::up_with(Runtime::Tend);
-    let mut child = c.srun_sleeper();
+/// The one container of the cluster's state root that `tend-spawn oci
+/// state` says is running: its id and its process, once there is one.
+fn running_container(c: &Cluster) -> Option<(String, i32)> {
     let state_of = |id: &str| -> Option<serde_json::Value> {
         let out = Command::new(tend_tests::spawn_bin())
             .args(["oci", "--root"])
@@ -809,7 +805,87 @@ fn scancel_stops_a_step_run_by_tend_spawn_oci() {
             });
         started.is_some()
     });
+    started
+}
+
+/// scancel of a step run by `tend-spawn oci`: the task (outside the step's
+/// process tree) ends through the runtime, and the container is deleted.
+#[test]
+fn scancel_stops_a_step_run_by_tend_spawn_oci() {
+    require_root!();
+    let c = Cluster::up_with(Runtime::Tend);
+    let mut child = c.srun_sleeper();
+    let started = running_container(&c);
     scancel_step(&c, &mut child, started);
+    c.down_with_no_container_left();
+}
+
+/// The agent adopts a running step by its container id (`tend adopt`): the
+/// step is one of its allocations, with the container's process and logs;
+/// `tend stop` ends it through its tend-spawn, srun returns with the task's
+/// end, the agent records the exit, and slurmstepd's state and delete
+/// remove the container as after any step.
+#[test]
+fn the_agent_adopts_a_running_step_and_stops_it() {
+    require_root!();
+    let c = Cluster::up_with(Runtime::Tend);
+    let sb = tend_tests::Sandbox::new();
+    let agent = tend_tests::AgentProc::start(&sb);
+    let mut child = c
+        .srun(None, &["sh", "-c", "echo step-up; exec sleep 300"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let Some((id, pid)) = running_container(&c) else {
+        stop_client(&mut child);
+        panic!("the step never started");
+    };
+    let out = agent.cli(&[
+        "adopt",
+        "--root",
+        &c.state.display().to_string(),
+        "--json",
+        &id,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        stop_client(&mut child);
+        panic!("adopt {id}: {stderr}");
+    }
+    let adopted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alloc = adopted["id"].as_str().unwrap().to_string();
+    let task = |agent: &tend_tests::AgentProc| {
+        agent.get_json(&format!("/v1/allocations/{alloc}"))["tasks"][0].clone()
+    };
+    let t = task(&agent);
+    assert_eq!(
+        (&t["state"], &t["pid"]),
+        (&"running".into(), &pid.into()),
+        "{t:#}"
+    );
+    let logs = agent.cli(&["logs", &alloc, "task"]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "step-up\n");
+    let out = agent.cli(&["stop", &alloc]);
+    assert!(
+        out.status.success(),
+        "stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    if status.is_none() {
+        stop_client(&mut child);
+    }
+    // The step ended by the signal the agent's stop sent: run exits 143.
+    assert_eq!(status.expect("srun outlived the stop").code(), Some(143));
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(pid)));
+    let t = task(&agent);
+    assert_eq!(
+        (&t["state"], &t["exit"]["signal"]),
+        (&"dead".into(), &15.into()),
+        "{t:#}"
+    );
+    drop(agent);
     c.down_with_no_container_left();
 }
 

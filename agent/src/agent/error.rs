@@ -12,6 +12,9 @@ use crate::state::{StateError, TaskPhase};
 /// Why the agent refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// A container was not adopted.
+    #[error(transparent)]
+    Adopt(#[from] super::adopt::AdoptError),
     /// An empty allocation id: a prefix of every id, so it names none.
     #[error("the allocation id is empty: give an id or a unique prefix of one")]
     EmptyAllocId,
@@ -263,6 +266,7 @@ impl AgentError {
     pub fn status(&self) -> u16 {
         use AgentError as E;
         match self {
+            E::Adopt(e) => e.status(),
             E::NoAllocMatch { .. } | E::NoAlloc { .. } | E::NoTask { .. } => 404,
             E::EmptyAllocId
             | E::DriverDisabled { .. }

@@ -1,6 +1,7 @@
 //! The long-running host agent: it owns the state store and the API, runs every
 //! task through its driver, and on start reattaches to every task it had.
 
+pub mod adopt;
 pub mod config;
 pub mod error;
 mod exec;
@@ -313,6 +314,15 @@ impl Inner {
     }
 
     /// The allocation record (a copy).
+    /// See [`Agent::logs_dir`].
+    pub(crate) fn logs_dir(&self, alloc_id: &str) -> PathBuf {
+        let allocs = self.allocs.lock().expect("allocs lock");
+        match allocs.get(alloc_id).and_then(|a| a.record.adopted.as_ref()) {
+            Some(a) => a.dir.join(tend_proto::names::LOG_DIR),
+            None => self.settings.dirs.alloc(alloc_id).logs(),
+        }
+    }
+
     pub(crate) fn alloc_record(&self, alloc_id: &str) -> Option<AllocRecord> {
         self.allocs
             .lock()
@@ -627,6 +637,7 @@ impl Agent {
                     desired: Desired::Run,
                     created_at: tend_proto::time::now(),
                     ports: Default::default(),
+                    adopted: None,
                 };
                 let record = match crate::alloc::prepare(&self.inner, record) {
                     Ok(r) => r,
@@ -708,6 +719,12 @@ impl Agent {
                 matches: many.iter().map(|s| (*s).clone()).collect(),
             }),
         }
+    }
+
+    /// The dir of an allocation's logs: its alloc dir's, or for an adopted
+    /// container, the container's.
+    pub fn logs_dir(&self, alloc_id: &str) -> PathBuf {
+        self.inner.logs_dir(alloc_id)
     }
 
     /// Stop every task of an allocation (with their kill signals and timeouts).

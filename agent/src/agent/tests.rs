@@ -86,6 +86,7 @@ fn a_task_change_is_on_disk_before_it_is_shown() {
         desired: Desired::Run,
         created_at: tend_proto::time::now(),
         ports: Default::default(),
+        adopted: None,
     };
     inner.store.put_alloc(&alloc).unwrap();
     let record = TaskRecord::new("a1", "web");

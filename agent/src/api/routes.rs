@@ -25,6 +25,7 @@ pub async fn handle(agent: &Agent, req: Request, peer: Arc<Peer>) -> Reply {
     let resp = match (&req.method, segs.as_slice()) {
         (&Method::GET, ["v1", "health"]) => Ok(health(agent)),
         (&Method::POST, ["v1", "jobs"]) => submit(agent, &req),
+        (&Method::POST, ["v1", "adopt"]) => adopt(agent, &req).await,
         (&Method::GET, ["v1", "allocations"]) => Ok(list(agent)),
         (&Method::GET, ["v1", "allocations", id]) => get(agent, id),
         (&Method::POST, ["v1", "allocations", id, "stop"]) => stop(agent, id, &req).await,
@@ -50,7 +51,7 @@ pub async fn handle(agent: &Agent, req: Request, peer: Arc<Peer>) -> Reply {
         (_, ["v1", "health"])
         | (_, ["v1", "metrics"])
         | (_, ["v1", "gc"])
-        | (_, ["v1", "jobs"])
+        | (_, ["v1", "jobs" | "adopt"])
         | (_, ["v1", "allocations"])
         | (_, ["v1", "allocations", _])
         | (_, ["v1", "allocations", _, "stop" | "stats"])
@@ -124,6 +125,32 @@ fn submit(agent: &Agent, req: &Request) -> Result<Reply, Refusal> {
     Ok(server::json(201, &Submitted { allocations }))
 }
 
+/// Take up a running container of tend-oci as an allocation.
+async fn adopt(agent: &Agent, req: &Request) -> Result<Reply, Refusal> {
+    let body: wire::AdoptBody = serde_json::from_slice(&req.body).map_err(|e| {
+        refuse(
+            400,
+            format!("body: expected {{\"id\": \"CONTAINER\", \"root\": \"/run/tend-oci\", \"job\": \"NAME\"}}: {e}"),
+        )
+    })?;
+    let root = body.root.clone();
+    let id = agent
+        .adopt(crate::agent::adopt::AdoptRequest {
+            root: body.root,
+            id: body.id.clone(),
+            job: body.job,
+        })
+        .await
+        .map_err(agent_err)?;
+    Ok(server::json(
+        201,
+        &wire::Adopted {
+            id,
+            container_dir: root.join(&body.id),
+        },
+    ))
+}
+
 fn alloc_status(tasks: &[TaskRecord]) -> &'static str {
     if tasks.iter().any(|t| t.phase == TaskPhase::Running) {
         "running"
@@ -179,7 +206,11 @@ fn alloc_view(a: &AllocRecord, tasks: &[TaskRecord], agent: &Agent, full: bool) 
         desired: a.desired,
         status: alloc_status(tasks).to_string(),
         created_at: a.created_at.clone(),
-        dir: agent.settings().dirs.alloc(&a.alloc_id).root,
+        dir: a.adopted.as_ref().map_or_else(
+            || agent.settings().dirs.alloc(&a.alloc_id).root,
+            |ad| ad.dir.clone(),
+        ),
+        adopted: a.adopted.as_ref().map(|ad| ad.id.clone()),
         ports: a.ports.clone(),
         tasks: tasks
             .iter()

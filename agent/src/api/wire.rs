@@ -111,6 +111,33 @@ pub struct Submitted {
     pub allocations: Vec<String>,
 }
 
+/// The body of `POST /v1/adopt`: a container of tend-oci to take up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptBody {
+    /// tend-oci's state root (`--root`, default `/run/tend-oci`).
+    #[serde(default = "default_oci_root")]
+    pub root: std::path::PathBuf,
+    /// The container's id.
+    pub id: String,
+    /// The job it is shown under (default: the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+fn default_oci_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(tend_oci::DEFAULT_ROOT)
+}
+
+/// The answer to `POST /v1/adopt` (201).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adopted {
+    /// The new allocation's id.
+    pub id: String,
+    /// The container's dir, where its logs and exit file stay.
+    pub container_dir: std::path::PathBuf,
+}
+
 /// `POST /v1/allocations/{id}/stop` without `wait` (202).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopAccepted {
@@ -211,8 +238,11 @@ pub struct AllocView {
     pub status: String,
     /// When it was made.
     pub created_at: String,
-    /// Its dir.
+    /// Its dir: the container's for an adopted one.
     pub dir: PathBuf,
+    /// The id of the container it took up (`tend adopt`), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<String>,
     /// Its ports by label.
     pub ports: BTreeMap<String, Vec<AssignedPort>>,
     /// Its tasks.

@@ -1,5 +1,6 @@
 //! The `tend` command line: a file per verb; this module parses and dispatches.
 
+pub mod adopt;
 pub mod agent;
 pub mod client;
 pub mod completions;
@@ -172,6 +173,22 @@ pub enum Command {
         #[arg(long)]
         task: Option<String>,
         /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take up a running container of `tend-oci` (Slurm's runtime, or one
+    /// started by hand) as an allocation: status, logs, exec, stats and stop
+    /// then reach it, and its exit is recorded (docs/oci.md).
+    Adopt {
+        /// The container's id.
+        id: String,
+        /// tend-oci's state root (its --root).
+        #[arg(long, default_value = tend_oci::DEFAULT_ROOT)]
+        root: PathBuf,
+        /// The job it is shown under [default: the id].
+        #[arg(long)]
+        job: Option<String>,
+        /// JSON output.
         #[arg(long)]
         json: bool,
     },
@@ -485,6 +502,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             json,
             &mut out,
         )),
+        Command::Adopt {
+            id,
+            root,
+            job,
+            json,
+        } => runtime()?.block_on(adopt::run(&client, root, &id, job, json, &mut out)),
         Command::Stop {
             alloc,
             detach,

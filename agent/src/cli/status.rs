@@ -189,6 +189,9 @@ pub async fn run(
             writeln!(out, "Desired  = {}", s(&a["desired"]))?;
             writeln!(out, "Created  = {}", s(&a["created_at"]))?;
             writeln!(out, "Dir      = {}", s(&a["dir"]))?;
+            if let Some(c) = a["adopted"].as_str() {
+                writeln!(out, "Adopted  = container {c} (tend-spawn oci)")?;
+            }
             writeln!(out)?;
             let mut rows = vec![vec![
                 "TASK".to_string(),
