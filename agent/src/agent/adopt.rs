@@ -351,7 +351,7 @@ impl Agent {
             alloc_id.clone(),
             ADOPTED_TASK.to_string(),
             rx,
-            Start::Reattach(handle),
+            Start::Reattach(Box::new(handle)),
             None,
         ));
         Ok(alloc_id)

@@ -561,7 +561,7 @@ impl Agent {
                 for rec in tasks {
                     let start = match (rec.phase, &rec.handle) {
                         (TaskPhase::Dead, _) => None,
-                        (_, Some(h)) => Some(Start::Reattach(h.clone())),
+                        (_, Some(h)) => Some(Start::Reattach(Box::new(h.clone()))),
                         (_, None) => Some(Start::Fresh),
                     };
                     let name = rec.task.clone();

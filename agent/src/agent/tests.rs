@@ -186,8 +186,10 @@ job "j" {
 /// What every task keeps for its whole life is its runner's future (one per
 /// task: a thousand tasks keep a thousand). Its start and the paths taken
 /// once in a while (a signal, a reconnection, a lost daemon, the docker
-/// driver's wait) are boxed, so that it is about the size of the wait alone
-/// (5.9 kB in the unoptimised build the tests run).
+/// driver's wait) are boxed, and so is the wait itself, on which the loop
+/// keeps nothing else (1 kB in the unoptimised build the tests run, with a
+/// wait of about 2 kB beside it; 5.9 kB in all when the wait was inline
+/// behind two async layers that each kept a copy of the run).
 #[test]
 fn a_waiting_task_keeps_a_small_future() {
     let d = tempfile::tempdir().unwrap();
@@ -202,7 +204,9 @@ fn a_waiting_task_keeps_a_small_future() {
         None,
     );
     let size = std::mem::size_of_val(&fut);
-    assert!(size <= 8192, "a task's future is {size} bytes");
+    // Its wait is boxed apart (the spawn driver's, about 2 kB): what the
+    // loop itself keeps around it stays small.
+    assert!(size <= 2048, "a task's future is {size} bytes");
 }
 
 /// The allocations of one job, read back from the store each with its own

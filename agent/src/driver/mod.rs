@@ -14,6 +14,7 @@ pub mod setup;
 pub mod spawn;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tend_proto::msg::CgroupStats;
@@ -422,6 +423,28 @@ impl Drivers {
 
 const MIXED: &str = "a run of one driver was handed to another";
 
+impl AnyDriver {
+    /// The wait of a run (see [`TaskDriver::wait`]) on the heap, holding
+    /// the driver it needs: the runner keeps only the box while its task
+    /// runs, and no layer between it and the driver's own wait keeps a copy
+    /// of the run. The docker driver's wait, far larger than the spawn
+    /// driver's, costs the spawn tasks nothing.
+    pub fn into_wait<'a>(
+        self,
+        cx: &'a RunCtx<'a>,
+        run: AnyRun,
+        ctl: &'a mut Controls,
+    ) -> Pin<Box<dyn Future<Output = Ended> + Send + 'a>> {
+        match (self, run) {
+            (AnyDriver::Spawn(_), AnyRun::Spawn(r)) => Box::pin(SpawnDriver::waiting(cx, r, ctl)),
+            (AnyDriver::Docker(d), AnyRun::Docker(r)) => {
+                Box::pin(async move { d.wait(cx, r, ctl).await })
+            }
+            _ => Box::pin(std::future::ready(Ended::Lost(MIXED.into()))),
+        }
+    }
+}
+
 impl TaskDriver for AnyDriver {
     type Run = AnyRun;
 
@@ -451,13 +474,7 @@ impl TaskDriver for AnyDriver {
     }
 
     async fn wait(&self, cx: &RunCtx<'_>, run: AnyRun, ctl: &mut Controls) -> Ended {
-        match (self, run) {
-            (AnyDriver::Spawn(d), AnyRun::Spawn(r)) => d.wait(cx, r, ctl).await,
-            // Boxed: the engine client's wait is far larger than the spawn
-            // driver's, and every spawn task would keep room for it.
-            (AnyDriver::Docker(d), AnyRun::Docker(r)) => Box::pin(d.wait(cx, r, ctl)).await,
-            _ => Ended::Lost(MIXED.into()),
-        }
+        self.clone().into_wait(cx, run, ctl).await
     }
 
     async fn signal(&self, cx: &RunCtx<'_>, run: &AnyRun, signo: i32) -> Result<(), RunError> {

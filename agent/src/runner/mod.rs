@@ -30,8 +30,9 @@ use restart::{Decision, RestartTracker};
 pub enum Start {
     /// Start a new run.
     Fresh,
-    /// Take up the run this handle describes.
-    Reattach(Handle),
+    /// Take up the run this handle describes (boxed: every task's loop
+    /// keeps its start for as long as it runs).
+    Reattach(Box<Handle>),
 }
 
 /// How a task was taken up when the loop began (reported to the agent's start).
@@ -68,18 +69,31 @@ fn find<'a>(alloc: &'a AllocRecord, task: &str) -> Option<(&'a Group, &'a Task)>
 
 /// The life of one task, inside a span naming it (entered on every poll, so
 /// its fields never leak to the other tasks that share a worker thread).
-pub(crate) async fn task_loop(
+/// Not an async fn of its own: that would keep a second copy of every
+/// argument beside [`task_life`]'s, in every task, for its whole life.
+pub(crate) fn task_loop(
     inner: Arc<Inner>,
     alloc_id: String,
     name: String,
     ctl: mpsc::UnboundedReceiver<Control>,
     start: Start,
     ready: Option<oneshot::Sender<Resolved>>,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let span = tracing::info_span!("task", alloc_id = %alloc_id, task = %name);
-    task_life(inner, alloc_id, name, ctl, start, ready)
-        .instrument(span)
-        .await
+    task_life(inner, alloc_id, name, ctl, start, ready).instrument(span)
+}
+
+/// What a run's start or take-up came to.
+enum Step<'a> {
+    /// It runs: its wait, and its health checks' watch, held while it runs.
+    Wait(
+        std::pin::Pin<Box<dyn std::future::Future<Output = Ended> + Send + 'a>>,
+        Watch,
+    ),
+    /// It ended before any wait (boxed: rare, and larger than the wait).
+    Ended(Box<Ended>),
+    /// It never launched: start it as the run it was meant to be.
+    Again,
 }
 
 async fn task_life(
@@ -87,7 +101,7 @@ async fn task_life(
     alloc_id: String,
     name: String,
     ctl: mpsc::UnboundedReceiver<Control>,
-    start: Start,
+    mut start: Start,
     ready: Option<oneshot::Sender<Resolved>>,
 ) {
     let mut ready = Ready(ready);
@@ -123,58 +137,69 @@ async fn task_life(
         }),
     };
     let mut ctl = Controls::new(ctl, alloc.desired == Desired::Stop);
-    let mut next = start;
     loop {
-        let ended = match std::mem::replace(&mut next, Start::Fresh) {
-            Start::Reattach(h) => {
-                // Boxed, as the start below: a path taken once per run
-                // should not size the future every waiting task keeps.
-                match Box::pin(reattach(&inner, &cx, h, &mut ctl, &mut ready)).await {
-                    Recovered::Live((driver, run)) => {
-                        ready.say(Resolved::Reattached);
-                        let _checks = watch_checks(&inner, &alloc, task, RunStart::Reattached);
-                        driver.wait(&cx, run, &mut ctl).await
+        // The start or take-up is awaited (boxed) in a statement of its own,
+        // so that nothing of it outlives it: while the task runs, this loop
+        // holds the boxed wait alone.
+        let ended = {
+            let step: Step<'_> = match std::mem::replace(&mut start, Start::Fresh) {
+                Start::Reattach(h) => {
+                    match Box::pin(reattach(&inner, &cx, *h, &mut ctl, &mut ready)).await {
+                        Recovered::Live((driver, run)) => {
+                            ready.say(Resolved::Reattached);
+                            let checks = watch_checks(&inner, &alloc, task, RunStart::Reattached);
+                            Step::Wait(driver.into_wait(&cx, run, &mut ctl), checks)
+                        }
+                        Recovered::NeverLaunched(run) => {
+                            // Started as the run it was meant to be.
+                            inner.note_task(&alloc_id, &name, |r| {
+                                r.run = run.saturating_sub(1);
+                                None
+                            });
+                            Step::Again
+                        }
+                        Recovered::Ended(e) => {
+                            let r = match e {
+                                Ended::Exit(_) => Resolved::Exited,
+                                Ended::Lost(_) => Resolved::Lost,
+                            };
+                            ready.say(r);
+                            Step::Ended(Box::new(e))
+                        }
                     }
-                    Recovered::NeverLaunched(run) => {
-                        // Started as the run it was meant to be.
-                        inner.note_task(&alloc_id, &name, |r| {
-                            r.run = run.saturating_sub(1);
-                            None
+                }
+                Start::Fresh => {
+                    if ctl.stopping || desired_stop(&inner, &alloc_id) {
+                        ready.say(Resolved::Started);
+                        inner.update_task(&alloc_id, &name, |r| {
+                            r.stopped = true;
+                            Some(finish_record(r, false, "stopped before it started"))
                         });
-                        continue;
+                        release_ports_if_done(&inner, &alloc_id);
+                        return;
                     }
-                    Recovered::Ended(e) => {
-                        let r = match e {
-                            Ended::Exit(_) => Resolved::Exited,
-                            Ended::Lost(_) => Resolved::Lost,
-                        };
-                        ready.say(r);
-                        e
-                    }
-                }
-            }
-            Start::Fresh => {
-                if ctl.stopping || desired_stop(&inner, &alloc_id) {
+                    // Boxed: the start (config, launch, the child's pipes) is
+                    // the largest state of this loop; inline, every task would
+                    // keep room for it while it waits on its run.
+                    let r = Box::pin(start_run(&inner, &cx, &alloc, group)).await;
                     ready.say(Resolved::Started);
-                    inner.update_task(&alloc_id, &name, |r| {
-                        r.stopped = true;
-                        Some(finish_record(r, false, "stopped before it started"))
-                    });
-                    release_ports_if_done(&inner, &alloc_id);
-                    return;
-                }
-                // Boxed: the start (config, launch, the child's pipes) is
-                // the largest state of this loop; inline, every task would
-                // keep room for it while it waits on its run.
-                let r = Box::pin(start_run(&inner, &cx, &alloc, group)).await;
-                ready.say(Resolved::Started);
-                match r {
-                    Ok((driver, run)) => {
-                        let _checks = watch_checks(&inner, &alloc, task, RunStart::Fresh);
-                        driver.wait(&cx, run, &mut ctl).await
+                    match r {
+                        Ok((driver, run)) => {
+                            let checks = watch_checks(&inner, &alloc, task, RunStart::Fresh);
+                            Step::Wait(driver.into_wait(&cx, run, &mut ctl), checks)
+                        }
+                        Err(e) => Step::Ended(Box::new(e)),
                     }
-                    Err(e) => e,
                 }
+            };
+            match step {
+                Step::Wait(wait, checks) => {
+                    let ended = wait.await;
+                    drop(checks);
+                    ended
+                }
+                Step::Ended(e) => *e,
+                Step::Again => continue,
             }
         };
         // A run ended for a check_restart failed, whatever its exit code.

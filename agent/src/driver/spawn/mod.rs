@@ -14,6 +14,7 @@ pub mod retry;
 pub use client::{Client, ClientError};
 pub use launch::{launch, LaunchError};
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -88,7 +89,7 @@ impl TaskDriver for SpawnDriver {
     }
 
     async fn wait(&self, cx: &RunCtx<'_>, run: SpawnRun, ctl: &mut Controls) -> Ended {
-        wait_run(cx, run, ctl).await
+        SpawnDriver::waiting(cx, run, ctl).await
     }
 
     async fn signal(&self, cx: &RunCtx<'_>, run: &SpawnRun, signo: i32) -> Result<(), RunError> {
@@ -120,6 +121,18 @@ impl TaskDriver for SpawnDriver {
 }
 
 impl SpawnDriver {
+    /// The wait of a run, with no layer of its own around [`wait_run`]: every
+    /// waiting task keeps this future for as long as its task runs, and an
+    /// async wrapper would keep a second copy of the run beside it.
+    pub fn waiting<'a>(
+        cx: &'a RunCtx<'a>,
+        run: SpawnRun,
+        ctl: &'a mut Controls,
+    ) -> impl Future<Output = Ended> + Send + 'a {
+        let SpawnRun { client, link } = run;
+        wait_run(cx, client, link, ctl)
+    }
+
     /// Start a new run: persist the handle before the daemon exists (so a
     /// crash right after is still found), launch, persist again.
     async fn start_run(&self, cx: &RunCtx<'_>, spec: StartSpec<'_>) -> Result<SpawnRun, Ended> {
@@ -271,8 +284,12 @@ impl SpawnDriver {
 /// connection that fails while the daemon lives is made again (the daemon
 /// pushes the exit to every waiter, at once if the task has already ended);
 /// only the daemon's death hands the run to its exit file.
-async fn wait_run(cx: &RunCtx<'_>, run: SpawnRun, ctl: &mut Controls) -> Ended {
-    let SpawnRun { client, link } = run;
+async fn wait_run(
+    cx: &RunCtx<'_>,
+    mut client: Option<Client>,
+    link: Link,
+    ctl: &mut Controls,
+) -> Ended {
     let (socket, token, handle) = (&link.socket, link.token, &link.handle);
     let daemon = daemon_of(handle);
     if ctl.stopping {
@@ -280,7 +297,6 @@ async fn wait_run(cx: &RunCtx<'_>, run: SpawnRun, ctl: &mut Controls) -> Ended {
         // before it reached the daemon): ask again; a second Stop is harmless.
         request_stop(cx, &link);
     }
-    let mut client = client;
     let result = loop {
         let mut c = match client.take() {
             Some(c) => c,
