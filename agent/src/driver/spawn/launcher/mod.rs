@@ -230,6 +230,7 @@ impl Conn {
         )?;
         rustix::io::ioctl_fionbio(&ours, true)?;
         let child = tokio::process::Command::new(SELF_EXE)
+            .arg0("tend")
             .arg(VERB)
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())

@@ -44,6 +44,8 @@ pub fn serve() -> Result<(), ServeError> {
         Ok(SocketType::SEQPACKET) => {}
         _ => return Err(ServeError::NotLaunched),
     }
+    // Its comm would be "exe", after the path it was started by.
+    let _ = nix::sys::prctl::set_name(c"tend-launcher");
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     // Blocked, so it reaches the signalfd; spawned processes start with an
