@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -1700,4 +1700,145 @@ fn the_agent_collects_dead_allocations_after_gc_retention_on_its_own() {
     // The live one stays, however old.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(task_of(&agent, &live, "t")["state"], "running");
+}
+
+// ---------------------------------------------------------------------------
+// The spawn launcher
+
+/// The agent's spawn launcher: its child running `tend spawn-launcher`.
+fn launcher_of(agent_pid: i32) -> Option<i32> {
+    fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<i32>().ok());
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(agent_pid) && cmdline.ends_with(b"\0spawn-launcher\0")
+        })
+}
+
+/// What each fd of `pid` is (`socket:[N]`, `pipe:[N]`, a path).
+fn fd_targets(pid: i32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ppid_of(pid: i32) -> i32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let (_, rest) = stat.rsplit_once(") ").expect("stat");
+    rest.split(' ').nth(1).expect("ppid").parse().expect("ppid")
+}
+
+/// A hundred tasks start through the launcher, which holds a handful of fds
+/// however many connections the agent holds; nothing the agent or the
+/// launcher holds reaches a tend-spawn or its task, and no tend-spawn is the
+/// launcher's child (it reaped each first process).
+#[test]
+fn a_hundred_tasks_start_through_the_launcher_and_none_gets_an_agent_fd() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let file = write_job(
+        &sb,
+        "hundred.hcl",
+        &job(
+            "hundred",
+            100,
+            NO_RESTART,
+            &sh_task("t", "exec sleep 300", ""),
+        ),
+    );
+    let ids = submit(&agent, &file);
+    assert_eq!(ids.len(), 100);
+    let pids: Vec<(i32, i32)> = ids
+        .iter()
+        .map(|id| {
+            let t = wait_task(&agent, id, "t", running);
+            (pid_of(&t, "pid"), pid_of(&t, "daemon_pid"))
+        })
+        .collect();
+    let launcher = launcher_of(agent.pid()).expect("a spawn launcher under the agent");
+    let agent_fds = fd_targets(agent.pid());
+    assert!(
+        agent_fds
+            .iter()
+            .filter(|t| t.starts_with("socket:"))
+            .count()
+            >= 100,
+        "the agent holds a connection per task: {agent_fds:?}"
+    );
+    let launcher_fds = fd_targets(launcher);
+    assert!(launcher_fds.len() <= 6, "launcher fds: {launcher_fds:?}");
+    // Its children are first processes still on their way out, or none.
+    assert!(wait_until(LONG, || fs::read_to_string(format!(
+        "/proc/{launcher}/task/{launcher}/children"
+    ))
+    .is_ok_and(|c| c.trim().is_empty())));
+    let shared = |pid: i32| -> Vec<String> {
+        fd_targets(pid)
+            .into_iter()
+            // Anonymous inodes (signalfd, pidfd, ...) share one name.
+            .filter(|t| t != "/dev/null" && !t.starts_with("anon_inode:"))
+            .filter(|t| agent_fds.contains(t) || launcher_fds.contains(t))
+            .collect()
+    };
+    for &(task, daemon) in &pids {
+        assert!(pid_alive(task) && pid_alive(daemon), "{task} {daemon}");
+        assert_ne!(
+            ppid_of(daemon),
+            launcher,
+            "tend-spawn {daemon} is the launcher's child"
+        );
+        assert_eq!(shared(daemon), Vec::<String>::new(), "tend-spawn {daemon}");
+        assert_eq!(shared(task), Vec::<String>::new(), "task {task}");
+    }
+}
+
+/// A launcher that dies costs the agent nothing: the tasks it started run on,
+/// the next start runs (under a new launcher), and the dead one is reaped.
+/// The launcher ends with the agent.
+#[test]
+fn a_killed_launcher_is_replaced_and_the_next_start_runs() {
+    let sb = Sandbox::new();
+    let mut agent = AgentProc::start(&sb);
+    let one = |name: &str| {
+        let file = write_job(
+            &sb,
+            &format!("{name}.hcl"),
+            &job(name, 1, NO_RESTART, &sh_task("t", "exec sleep 300", "")),
+        );
+        let ids = submit(&agent, &file);
+        let t = wait_task(&agent, &ids[0], "t", running);
+        pid_of(&t, "pid")
+    };
+    let first = one("first");
+    let launcher = launcher_of(agent.pid()).expect("a spawn launcher under the agent");
+    sigkill(launcher);
+    // Reaped by the agent: no zombie left.
+    assert!(wait_until(LONG, || !Path::new(&format!(
+        "/proc/{launcher}"
+    ))
+    .exists()));
+    let second = one("second");
+    assert!(pid_alive(first) && pid_alive(second));
+    let again = launcher_of(agent.pid()).expect("a new spawn launcher");
+    assert_ne!(again, launcher);
+    assert!(
+        agent.log().contains("the spawn launcher ended"),
+        "{}",
+        agent.log()
+    );
+    agent.kill9();
+    assert!(
+        wait_until(LONG, || !pid_alive(again)),
+        "the launcher outlived the agent"
+    );
+    assert!(pid_alive(first) && pid_alive(second));
 }

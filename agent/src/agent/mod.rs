@@ -51,6 +51,10 @@ pub struct Settings {
     /// staged in the run dir: not one embedded in a foreground `tend run`,
     /// which shares the run dir with whatever else runs there.
     pub sweep_binds: bool,
+    /// Whether tend-spawn is started by a spawn launcher (the agent's own
+    /// executable, `tend spawn-launcher`), not by the agent itself: only
+    /// where the agent runs as `tend`.
+    pub spawn_launcher: bool,
     /// The file as written.
     pub config: AgentConfig,
 }
@@ -70,6 +74,7 @@ impl Settings {
         Ok(Settings {
             state_dir: dirs.state_dir(),
             sweep_binds: true,
+            spawn_launcher: false,
             dirs,
             spawn_bin: spawn_bin
                 .or_else(|| config.spawn_bin.clone())
@@ -485,6 +490,9 @@ impl Agent {
                 oci_host_binds: settings.config.oci_allows_host_binds(),
                 cpu_total_compute: settings.config.cpu_total_compute,
                 linger: settings.linger,
+                launcher: settings
+                    .spawn_launcher
+                    .then(|| Arc::new(crate::driver::spawn::launcher::Launcher::new())),
             }),
             docker,
         };

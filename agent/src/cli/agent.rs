@@ -48,7 +48,8 @@ pub fn run(opts: AgentOptions) -> anyhow::Result<i32> {
     raise_nofile();
     // Before any thread: it takes the variables out of the environment.
     let notifier = crate::notify::Notifier::from_env().map(std::sync::Arc::new);
-    let settings = Settings::resolve(config, opts.data_dir, opts.run_dir, opts.spawn_bin)?;
+    let mut settings = Settings::resolve(config, opts.data_dir, opts.run_dir, opts.spawn_bin)?;
+    settings.spawn_launcher = true;
     crate::driver::spawn::config::use_spawn_bin(&settings.spawn_bin);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

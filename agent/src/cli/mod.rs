@@ -266,6 +266,10 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// The agent's spawn launcher, started by the agent on a socket as its
+    /// stdin; not for use by hand.
+    #[command(name = "spawn-launcher", hide = true)]
+    SpawnLauncher,
     /// Print the man page tend(1); with --dir, write it and one page per verb
     /// (tend-run(1), tend-stop(1), ...) there.
     Man {
@@ -352,6 +356,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Man { dir } => {
             completions::man(dir.as_deref(), &mut std::io::stdout())?;
+            return Ok(0);
+        }
+        Command::SpawnLauncher => {
+            crate::driver::spawn::launcher::serve::serve()?;
             return Ok(0);
         }
         _ => {}
@@ -548,6 +556,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Gc { job, json } => {
             runtime()?.block_on(jobs::gc(&client, job.as_deref(), json, &mut out))
         }
-        Command::Completions { .. } | Command::Man { .. } => Ok(0),
+        Command::Completions { .. } | Command::Man { .. } | Command::SpawnLauncher => Ok(0),
     }
 }

@@ -118,6 +118,7 @@ fn embedded_settings(opts: &RunOptions, job: &Job) -> anyhow::Result<Settings> {
     )?;
     settings.linger = crate::driver::spawn::config::DEFAULT_LINGER;
     settings.sweep_binds = false;
+    settings.spawn_launcher = true;
     settings.state_dir = opts
         .dirs
         .run_dir

@@ -3,16 +3,20 @@
 //! a socketpair when the config asks for it: after the config, that stream is
 //! the agent's first connection to the daemon, with no connect and no Hello.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
+
+use nix::fcntl::OFlag;
 
 use tend_proto::config::FirstConnection;
 use tend_proto::frame::{FrameDecoder, FrameError};
 use tend_proto::{SpawnConfig, Stage, StartReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::net::UnixStream;
+
+use super::launcher::{Launcher, LauncherError};
 
 /// How long tend-spawn may take to report; it never should come near.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,6 +120,8 @@ pub struct Launched {
 /// Start one task through `bin`: exec it with an empty environment (nothing of the
 /// task or the agent reaches its /proc/PID/environ), write `config` on its stdin,
 /// and return its report. A `Failed` report is a normal outcome, not an error.
+/// With a `launcher`, the exec is the launcher's (no copy of the agent's fd
+/// table per start); one that is unavailable leaves the start to the agent.
 ///
 /// A config that asks for the first connection on stdin
 /// ([`FirstConnection::Stdin`]) gets one end of a socketpair as tend-spawn's
@@ -123,8 +129,12 @@ pub struct Launched {
 /// frame at the config stage, before it starts anything, for the bytes it
 /// does not know after the config: the start is made once more without it
 /// (and with whatever that attempt reports).
-pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<Launched, LaunchError> {
-    let first = launch_once(bin, config).await?;
+pub async fn launch(
+    bin: &Path,
+    config: &SpawnConfig,
+    launcher: Option<&Launcher>,
+) -> Result<Launched, LaunchError> {
+    let first = launch_once(bin, config, launcher).await?;
     if config.first_connection == FirstConnection::Socket || !predates_the_part(&first.report) {
         return Ok(first);
     }
@@ -134,7 +144,7 @@ pub async fn launch(bin: &Path, config: &SpawnConfig) -> Result<Launched, Launch
     );
     let mut plain = config.clone();
     plain.first_connection = FirstConnection::Socket;
-    launch_once(bin, &plain).await
+    launch_once(bin, &plain, launcher).await
 }
 
 /// Whether `report` is how a tend-spawn that predates the first connection
@@ -152,55 +162,118 @@ fn predates_the_part(report: &StartReport) -> bool {
     )
 }
 
-/// The stdin tend-spawn gets: a pipe, or, for a config that asks for the
-/// first connection there, one end of a socketpair (close-on-exec here; the
-/// child's fd 0 is a dup of it), whose other end is returned.
-fn spawn_stdin(
-    config: &SpawnConfig,
-    bin: &Path,
-) -> Result<(Stdio, Option<UnixStream>), LaunchError> {
-    if config.first_connection != FirstConnection::Stdin {
-        return Ok((Stdio::piped(), None));
+/// The agent's ends of tend-spawn's stdin, stdout and stderr.
+struct Ends {
+    /// Where the config goes: a pipe, or, for a config that asks for the
+    /// first connection there, one end of a socketpair.
+    stdin: ConfigIn,
+    stdout: pipe::Receiver,
+    stderr: pipe::Receiver,
+}
+
+enum ConfigIn {
+    Pipe(pipe::Sender),
+    Connection(UnixStream),
+}
+
+impl Ends {
+    /// New ends, and tend-spawn's stdin, stdout and stderr (all close-on-exec
+    /// here; the child's 0, 1 and 2 are dups of them).
+    fn open(config: &SpawnConfig) -> std::io::Result<(Ends, [OwnedFd; 3])> {
+        let cloexec_pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(std::io::Error::from);
+        let (stdin, their_stdin) = if config.first_connection == FirstConnection::Stdin {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            ours.set_nonblocking(true)?;
+            (
+                ConfigIn::Connection(UnixStream::from_std(ours)?),
+                OwnedFd::from(theirs),
+            )
+        } else {
+            let (r, w) = cloexec_pipe()?;
+            (ConfigIn::Pipe(pipe::Sender::from_owned_fd(w)?), r)
+        };
+        let (out_r, out_w) = cloexec_pipe()?;
+        let (err_r, err_w) = cloexec_pipe()?;
+        let ends = Ends {
+            stdin,
+            stdout: pipe::Receiver::from_owned_fd(out_r)?,
+            stderr: pipe::Receiver::from_owned_fd(err_r)?,
+        };
+        Ok((ends, [their_stdin, out_w, err_w]))
     }
+}
+
+/// tend-spawn running on `ends`: through the launcher (which reaps its first
+/// process) or, without one or when it is unavailable, as the agent's own
+/// child, returned to be reaped. Either way tend-spawn's ends are closed
+/// here once it has them: its exit ends the pipes. A launcher that went
+/// away leaves the ends it was sent unused (a tend-spawn it may have started
+/// on them reads no config and starts nothing): the direct start gets new ones.
+async fn start(
+    bin: &Path,
+    config: &SpawnConfig,
+    launcher: Option<&Launcher>,
+) -> Result<(Ends, Option<tokio::process::Child>), LaunchError> {
     let exec_err = |source| LaunchError::Exec {
         bin: bin.to_path_buf(),
         source,
     };
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(exec_err)?;
-    ours.set_nonblocking(true).map_err(exec_err)?;
-    let ours = UnixStream::from_std(ours).map_err(exec_err)?;
-    Ok((Stdio::from(OwnedFd::from(theirs)), Some(ours)))
+    if let Some(l) = launcher {
+        let (ends, [a, b, c]) = Ends::open(config).map_err(exec_err)?;
+        match l.spawn(bin, [a.as_fd(), b.as_fd(), c.as_fd()]).await {
+            Ok(_) => return Ok((ends, None)),
+            Err(LauncherError::Spawn(e)) => return Err(spawn_error(bin, e)),
+            Err(e @ LauncherError::Unavailable(_)) => {
+                tracing::warn!(error = %e, "starting tend-spawn from the agent itself");
+            }
+        }
+    }
+    let (ends, [stdin, stdout, stderr]) = Ends::open(config).map_err(exec_err)?;
+    let child = tokio::process::Command::new(bin)
+        .env_clear()
+        .current_dir("/")
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| spawn_error(bin, e))?;
+    Ok((ends, Some(child)))
 }
 
-async fn launch_once(bin: &Path, config: &SpawnConfig) -> Result<Launched, LaunchError> {
+/// The error of a spawn of `bin` that failed.
+fn spawn_error(bin: &Path, source: std::io::Error) -> LaunchError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        LaunchError::NotFound {
+            looked: where_looked(bin),
+        }
+    } else {
+        LaunchError::Exec {
+            bin: bin.to_path_buf(),
+            source,
+        }
+    }
+}
+
+async fn launch_once(
+    bin: &Path,
+    config: &SpawnConfig,
+    launcher: Option<&Launcher>,
+) -> Result<Launched, LaunchError> {
     let bytes = config.to_frame().map_err(|source| LaunchError::Send {
         bin: bin.to_path_buf(),
         source,
     })?;
-    let (stdin, mut connection) = spawn_stdin(config, bin)?;
-    let mut child = tokio::process::Command::new(bin)
-        .env_clear()
-        .current_dir("/")
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                LaunchError::NotFound {
-                    looked: where_looked(bin),
-                }
-            } else {
-                LaunchError::Exec {
-                    bin: bin.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
-    let mut pipe = child.stdin.take();
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (ends, mut child) = start(bin, config, launcher).await?;
+    let Ends {
+        stdin,
+        mut stdout,
+        mut stderr,
+    } = ends;
+    let (mut pipe, mut connection) = match stdin {
+        ConfigIn::Pipe(p) => (Some(p), None),
+        ConfigIn::Connection(c) => (None, Some(c)),
+    };
     let bin_owned = bin.to_path_buf();
     let io = async {
         let sent = match (&mut pipe, &mut connection) {
@@ -249,8 +322,11 @@ async fn launch_once(bin: &Path, config: &SpawnConfig) -> Result<Launched, Launc
             bin: bin.to_path_buf(),
         }),
     };
-    // The first process exits right after the double fork; reap it.
-    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    // The first process exits right after the double fork; reap it (the
+    // launcher reaps those it started).
+    if let Some(child) = child.as_mut() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    }
     let report = result?;
     // Only a daemon that says so took the connection over; any other end
     // of it is closed here.

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod config;
 pub mod launch;
+pub mod launcher;
 pub mod oci;
 mod reach;
 pub mod retry;
@@ -51,6 +52,8 @@ pub struct SpawnDriver {
     pub cpu_total_compute: Option<u64>,
     /// How long a tend-spawn waits for Release after its task ended.
     pub linger: Duration,
+    /// What execs tend-spawn (None: the agent itself).
+    pub launcher: Option<std::sync::Arc<launcher::Launcher>>,
 }
 
 /// The address of a run's tend-spawn: what signal and stop need.
@@ -191,7 +194,7 @@ impl SpawnDriver {
             r.handle = Some(handle.clone());
             None
         });
-        let launched = match launch(&self.spawn_bin, &config).await {
+        let launched = match launch(&self.spawn_bin, &config, self.launcher.as_deref()).await {
             Ok(l) => l,
             // Nothing ran: the binary did not execute or never had its config.
             Err(
