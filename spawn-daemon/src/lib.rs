@@ -128,9 +128,9 @@ pub fn sanitize() {
 /// The first process's part of the start, in order: refuse a terminal, reset
 /// the signal state, clean the inherited process state (setuid mode did its
 /// own in `main`), read and check the config, apply the setuid policy, look up
-/// the task's user, then double-fork into the daemon ([`daemon::run`], whose
-/// [`daemon::start`](crate::daemon) is the privileged sequence, and whose
-/// children run `child::task`'s steps).
+/// the task's user, then leave the starter for the daemon ([`detach`];
+/// [`daemon::run`], whose [`daemon::start`](crate::daemon) is the
+/// privileged sequence, and whose children run `child::task`'s steps).
 pub fn run() -> i32 {
     if sys::is_tty(io::stdin()) {
         eprintln!("tend-spawn: {}", UsageError::Terminal);
@@ -220,17 +220,27 @@ fn task_user(
     }
 }
 
-/// The double fork: the first process waits for the intermediate and
-/// returns its status; the intermediate starts a session, forks the daemon
-/// and leaves, so the agent is never the daemon's parent. `own_stdin`, the
-/// rest of the config's stream, goes with the daemon (to its task, or as
-/// its first client).
+/// Leave the starter: the daemon is never a child of the process that
+/// exec'd tend-spawn, and never a session leader (no terminal can become
+/// its own). The first process starts a session of its own and forks the
+/// daemon once, returning at once. Where it cannot (it leads its process
+/// group: EPERM), the double fork: it waits for an intermediate that starts
+/// the session, forks the daemon and leaves. `own_stdin`, the rest of the
+/// config's stream, goes with the daemon (to its task, or as its first
+/// client).
 fn detach(
     config: SpawnConfig,
     isolation: Option<child::Isolation>,
     ctx: Option<setuid::Context>,
     own_stdin: OwnStdin,
 ) -> i32 {
+    if nix::unistd::setsid().is_ok() {
+        return match child::fork_single_threaded() {
+            Err(e) => report_failure(&StartFailure::io(Stage::Fork, "daemon", &e)),
+            Ok(Forked::Parent(_)) => 0,
+            Ok(Forked::Child) => daemon::run(config, isolation, ctx, own_stdin),
+        };
+    }
     match child::fork_single_threaded() {
         Err(e) => report_failure(&StartFailure::io(Stage::Fork, "daemon", &e)),
         Ok(Forked::Parent(intermediate)) => match sys::wait_blocking(intermediate) {

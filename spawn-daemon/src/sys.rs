@@ -187,7 +187,7 @@ pub fn set_children_pid_ns(ns: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// `_exit(code)`: leave at once, without running exit handlers (the
-/// intermediate process of the double fork).
+/// intermediate process of a double fork).
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no memory of ours.
     unsafe { libc::_exit(code) }

@@ -953,3 +953,85 @@ fn a_first_connection_on_a_pipe_is_refused_at_the_config_stage() {
     assert!(message.contains("first_connection"), "{message}");
     assert!(!Path::new(&cfg.socket_path).exists());
 }
+
+/// Fields of `/proc/<pid>/stat` after the command: (ppid, pgrp, session).
+fn parent_group_session(pid: i32) -> (i32, i32, i32) {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<i32> = after
+        .split(' ')
+        .skip(1)
+        .take(3)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (f[0], f[1], f[2])
+}
+
+/// The daemon is in a session of its own that it does not lead (no
+/// terminal can become its own), and no starter is its parent: as tend-spawn
+/// is started by the agent, and as a process that leads its process group
+/// (`setsid` refuses it one: it forks twice instead).
+#[test]
+fn the_daemon_leaves_its_starter_and_leads_no_session() {
+    for wrapper in [&[][..], &["/usr/bin/setsid"][..]] {
+        let sb = Sandbox::new();
+        let cfg = sh(&sb, "sleep 100");
+        let spawned = sb.start_wrapped(&cfg, wrapper);
+        assert_eq!(spawned.exit_code, Some(0), "{wrapper:?}");
+        let (daemon_pid, task_pid, _) = spawned.pids();
+        let (ppid, _, session) = parent_group_session(daemon_pid);
+        let ours = i32::try_from(std::process::id()).unwrap();
+        assert_ne!(ppid, ours, "{wrapper:?}");
+        assert_ne!(
+            session, daemon_pid,
+            "{wrapper:?}: the daemon leads its session"
+        );
+        assert_ne!(
+            session,
+            parent_group_session(ours).2,
+            "{wrapper:?}: the daemon is in its starter's session"
+        );
+        assert_eq!(parent_group_session(task_pid).0, daemon_pid, "{wrapper:?}");
+        kill(Pid::from_raw(task_pid), Signal::SIGKILL).unwrap();
+        let mut c = Client::connect(&cfg);
+        assert_eq!(c.wait_exit().signal, Some(9), "{wrapper:?}");
+        assert_eq!(c.request(Request::Release), Response::Ok);
+        assert!(wait_until(LONG, || !pid_alive(daemon_pid)));
+    }
+}
+
+/// A starter that leaves signals ignored and blocked: the task starts with
+/// none ignored and none blocked, whatever the daemon ignores of its own.
+#[test]
+fn the_task_starts_with_no_signal_ignored_or_blocked() {
+    let wrapper = [
+        "/usr/bin/env",
+        "--ignore-signal=HUP",
+        "--ignore-signal=QUIT",
+        "--ignore-signal=USR2",
+        "--ignore-signal=ALRM",
+        "--ignore-signal=PIPE",
+        "--block-signal=USR1",
+        "--block-signal=INT",
+    ];
+    let sb = Sandbox::new();
+    let cfg = sb.config(
+        "t",
+        "/bin/grep",
+        &["-E", "^Sig(Ign|Blk)", "/proc/self/status"],
+    );
+    let _s = sb.start_wrapped(&cfg, &wrapper);
+    let exit = Client::connect(&cfg).wait_exit();
+    assert_eq!(exit.exit_code, Some(0), "{exit:?}");
+    let out = fs::read_to_string(Sandbox::log_path(&cfg, "stdout")).unwrap();
+    let mask = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no {k} in {out}"))
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{out}");
+    // Signals 1 to 31; the real-time ones libc keeps for itself refuse a
+    // change, from anyone.
+    assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{out}");
+}

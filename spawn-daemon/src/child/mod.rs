@@ -1,4 +1,4 @@
-//! Fork and exec: the daemon's own double fork and the task's start.
+//! Fork and exec: the daemon's detach from its starter and the task's start.
 //!
 //! Everything the task's child needs (CStrings, argv and envp arrays, fds, ids) is
 //! prepared in [`Prepared`] before the fork; between fork and exec the child makes
@@ -45,6 +45,11 @@ pub mod exec;
 mod mount;
 pub(crate) mod raw;
 mod task;
+
+/// The signals the daemon ignores (SIGHUP, SIGINT, SIGPIPE); every other
+/// disposition it has is SIG_DFL, from the first process's reset, or a
+/// handler. A task's child puts these back, execve the handlers.
+pub const DAEMON_IGNORED: [libc::c_int; 3] = [libc::SIGHUP, libc::SIGINT, libc::SIGPIPE];
 
 /// Why the task did not start: the stage, its errno and one line for a person.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -319,7 +324,7 @@ pub enum Forked {
     Child,
 }
 
-/// fork(2) for the daemon's own double fork.
+/// fork(2) for the daemon's detach from its starter.
 ///
 /// tend-spawn never starts a thread, so the child is a full copy of a
 /// single-threaded process and may go on running Rust code.

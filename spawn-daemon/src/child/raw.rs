@@ -37,7 +37,7 @@ fn check_long(ret: libc::c_long) -> Sys<libc::c_long> {
 /// `fork(2)`: the child's pid in the parent, 0 in the child.
 ///
 /// Every caller's child either is a copy of the single-threaded daemon (its
-/// own double fork, the cleanup helper) or runs only the async-signal-safe
+/// own detach, the cleanup helper) or runs only the async-signal-safe
 /// steps over this module until it execs or `_exit`s (the task, the init),
 /// which holds even when a test forks from a process with threads.
 pub(crate) fn fork() -> Sys<libc::pid_t> {
@@ -190,27 +190,43 @@ pub(super) fn reap_all_nohang() {
 /// An empty signal mask and every disposition back to SIG_DFL: a fresh
 /// process's signals. (EINVAL for the signals libc keeps: nothing to reset.)
 pub(crate) fn reset_signals() -> Sys {
-    // SAFETY: sigset_t and sigaction are plain C types for which all-zero is
-    // valid.
-    let (mut empty, mut dfl): (libc::sigset_t, libc::sigaction) =
-        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
-    dfl.sa_sigaction = libc::SIG_DFL;
-    // SAFETY: async-signal-safe; both live on the stack for every call and
-    // SIG_DFL installs no handler code.
-    unsafe {
-        libc::sigemptyset(&mut empty);
-        check(libc::sigprocmask(
-            libc::SIG_SETMASK,
-            &empty,
-            std::ptr::null_mut(),
-        ))?;
-        for sig in 1..libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
+    unblock_all_signals()?;
+    for sig in 1..libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            let _ = default_disposition(sig);
         }
     }
     Ok(())
+}
+
+/// An empty signal mask and `signals` back to SIG_DFL: a forked child of a
+/// process whose other dispositions are SIG_DFL already or handlers (which
+/// execve resets) needs no more.
+pub(super) fn reset_signals_of(signals: &[libc::c_int]) -> Sys {
+    unblock_all_signals()?;
+    signals.iter().try_for_each(|&sig| default_disposition(sig))
+}
+
+/// An empty signal mask.
+fn unblock_all_signals() -> Sys {
+    // SAFETY: sigset_t is a plain C type for which all-zero is valid.
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: async-signal-safe; the set lives on the stack for the calls.
+    check(unsafe {
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut())
+    })
+    .map(drop)
+}
+
+/// `sig` back to SIG_DFL.
+fn default_disposition(sig: libc::c_int) -> Sys {
+    // SAFETY: sigaction is a plain C type for which all-zero is valid.
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: async-signal-safe; dfl lives on the stack for the call and
+    // SIG_DFL installs no handler code.
+    check(unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) }).map(drop)
 }
 
 /// `setpgid(0, 0)`: lead a process group of its own.

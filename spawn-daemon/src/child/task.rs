@@ -112,7 +112,9 @@ fn task_steps(prep: &Prepared, fds: &ChildFds) -> Result<Infallible, Failed> {
     if let Some(iso) = prep.isolation {
         drop_privileges(iso)?;
     }
-    raw::reset_signals().at(Stage::Signals)?;
+    // The first process reset every disposition (`crate::run`); the daemon
+    // ignores these alone since, and its handlers end at execve.
+    raw::reset_signals_of(&super::DAEMON_IGNORED).at(Stage::Signals)?;
     // The task's files in /alloc are for the other tasks too.
     raw::umask(0o022);
     stdio(fds).at(Stage::Stdio)?;

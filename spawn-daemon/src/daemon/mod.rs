@@ -380,8 +380,10 @@ fn start(
 /// (the task's orphans come back to it), not dumpable as root.
 fn own_process_state() -> SigSet {
     let _ = nix::unistd::chdir("/");
-    for s in [Signal::SIGHUP, Signal::SIGINT, Signal::SIGPIPE] {
-        let _ = sys::ignore_signal(s);
+    for s in child::DAEMON_IGNORED {
+        if let Ok(s) = Signal::try_from(s) {
+            let _ = sys::ignore_signal(s);
+        }
     }
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
