@@ -322,7 +322,7 @@ async fn launch_once(
             bin: bin.to_path_buf(),
         }),
     };
-    // The first process exits right after the double fork; reap it (the
+    // The first process exits right after it forks the daemon; reap it (the
     // launcher reaps those it started).
     if let Some(child) = child.as_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;

@@ -14,7 +14,7 @@
 //! and 0 or the errno of the failed exec). The config frame and the start
 //! report go over the fds the agent keeps, as for a direct spawn. The
 //! launcher reaps tend-spawn's first process, which leaves right after its
-//! double fork: the daemon is never the launcher's child, and nothing started
+//! fork: the daemon is never the launcher's child, and nothing started
 //! depends on the launcher.
 //!
 //! The launcher ends when the agent's end closes. One that dies or does not
