@@ -52,8 +52,12 @@ pub const VERB: &str = "spawn-launcher";
 /// was when the agent started, even if the file has been replaced since.
 const SELF_EXE: &str = "/proc/self/exe";
 
-/// How long the launcher may take to answer one start; it never should come
-/// near (one fork and exec).
+/// How long the launcher may go without answering any start while one
+/// waits, before it is taken for stuck and killed. A start itself is one
+/// fork and exec, but a thousand asked at once queue behind each other, and
+/// on a slow machine (one vCPU, a user-mode kernel) the last waits longer
+/// than this for its turn: a launcher that answers others is working, not
+/// stuck.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest request: an id and a path.
@@ -171,20 +175,25 @@ impl Launcher {
                 "sending to the launcher: {e}"
             )));
         }
-        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
-            Ok(Ok(r)) if r.errno == 0 => Ok(r.pid),
-            Ok(Ok(r)) => Err(LauncherError::Spawn(io::Error::from_raw_os_error(r.errno))),
-            Ok(Err(_)) => Err(LauncherError::Unavailable(
-                "the launcher ended before it answered".into(),
-            )),
-            Err(_) => {
-                conn.forget(id);
-                conn.kill();
-                Err(LauncherError::Unavailable(format!(
-                    "no answer within {}s; the launcher is killed",
-                    ANSWER_TIMEOUT.as_secs()
-                )))
-            }
+        let mut answer = answer;
+        loop {
+            return match tokio::time::timeout(ANSWER_TIMEOUT, &mut answer).await {
+                Ok(Ok(r)) if r.errno == 0 => Ok(r.pid),
+                Ok(Ok(r)) => Err(LauncherError::Spawn(io::Error::from_raw_os_error(r.errno))),
+                Ok(Err(_)) => Err(LauncherError::Unavailable(
+                    "the launcher ended before it answered".into(),
+                )),
+                // Busy with the starts asked before this one.
+                Err(_) if conn.answered_within(ANSWER_TIMEOUT) => continue,
+                Err(_) => {
+                    conn.forget(id);
+                    conn.kill();
+                    Err(LauncherError::Unavailable(format!(
+                        "no answer to any start for {}s; the launcher is killed",
+                        ANSWER_TIMEOUT.as_secs()
+                    )))
+                }
+            };
         }
     }
 
@@ -216,6 +225,8 @@ struct Conn {
     closed: AtomicBool,
     /// Asks the task that reaps the launcher to kill it.
     kill: Notify,
+    /// When it last answered a start (or was started).
+    last_answer: Mutex<std::time::Instant>,
 }
 
 impl Conn {
@@ -247,6 +258,7 @@ impl Conn {
             waiting: Mutex::new(Some(HashMap::new())),
             closed: AtomicBool::new(false),
             kill: Notify::new(),
+            last_answer: Mutex::new(std::time::Instant::now()),
         });
         tokio::spawn(conn.clone().serve(child));
         Ok(conn)
@@ -259,6 +271,7 @@ impl Conn {
             tokio::select! {
                 r = self.recv() => match r {
                     Ok(Some(reply)) => {
+                        *self.last_answer.lock().expect("launcher clock") = std::time::Instant::now();
                         let to = self.waiting.lock().expect("launcher waiters").as_mut()
                             .and_then(|w| w.remove(&reply.id));
                         if let Some(to) = to {
@@ -294,6 +307,11 @@ impl Conn {
             }
             None => Err(LauncherError::Unavailable("the launcher ended".into())),
         }
+    }
+
+    /// Whether it answered a start within `d`.
+    fn answered_within(&self, d: Duration) -> bool {
+        self.last_answer.lock().expect("launcher clock").elapsed() < d
     }
 
     fn forget(&self, id: u64) {
