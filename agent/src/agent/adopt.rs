@@ -207,8 +207,8 @@ fn state_word(s: TaskState) -> &'static str {
 
 impl Agent {
     /// Take up the running container `req.id` of tend-oci's root `req.root`
-    /// as a new allocation; returns its id.
-    pub async fn adopt(&self, req: AdoptRequest) -> Result<String, AgentError> {
+    /// as a new allocation; returns its id and the container's dir.
+    pub async fn adopt(&self, req: AdoptRequest) -> Result<(String, PathBuf), AgentError> {
         let inner = &self.inner;
         if !inner.settings.config.driver_enabled("oci") {
             return Err(AgentError::DriverDisabled {
@@ -354,7 +354,7 @@ impl Agent {
             Start::Reattach(Box::new(handle)),
             None,
         ));
-        Ok(alloc_id)
+        Ok((alloc_id, c.dir))
     }
 
     /// The allocation that has adopted the container of `dir` and still

@@ -320,11 +320,10 @@ impl Inner {
 
     /// The allocation record (a copy).
     /// See [`Agent::logs_dir`].
-    pub(crate) fn logs_dir(&self, alloc_id: &str) -> PathBuf {
-        let allocs = self.allocs.lock().expect("allocs lock");
-        match allocs.get(alloc_id).and_then(|a| a.record.adopted.as_ref()) {
+    pub(crate) fn logs_dir(&self, alloc: &AllocRecord) -> PathBuf {
+        match &alloc.adopted {
             Some(a) => a.dir.join(tend_proto::names::LOG_DIR),
-            None => self.settings.dirs.alloc(alloc_id).logs(),
+            None => self.settings.dirs.alloc(&alloc.alloc_id).logs(),
         }
     }
 
@@ -731,8 +730,8 @@ impl Agent {
 
     /// The dir of an allocation's logs: its alloc dir's, or for an adopted
     /// container, the container's.
-    pub fn logs_dir(&self, alloc_id: &str) -> PathBuf {
-        self.inner.logs_dir(alloc_id)
+    pub fn logs_dir(&self, alloc: &AllocRecord) -> PathBuf {
+        self.inner.logs_dir(alloc)
     }
 
     /// Stop every task of an allocation (with their kill signals and timeouts).

@@ -15,7 +15,7 @@ impl Agent {
             host.agent_rss = rss;
         }
         for (alloc, tasks) in &snapshot {
-            let (out, err) = crate::metrics::log_bytes(&self.inner.logs_dir(&alloc.alloc_id));
+            let (out, err) = crate::metrics::log_bytes(&self.inner.logs_dir(alloc));
             host.log_stdout += out;
             host.log_stderr += err;
             for t in tasks.iter().filter(|t| t.phase == TaskPhase::Running) {

@@ -133,22 +133,15 @@ async fn adopt(agent: &Agent, req: &Request) -> Result<Reply, Refusal> {
             format!("body: expected {{\"id\": \"CONTAINER\", \"root\": \"/run/tend-oci\", \"job\": \"NAME\"}}: {e}"),
         )
     })?;
-    let root = body.root.clone();
-    let id = agent
+    let (id, container_dir) = agent
         .adopt(crate::agent::adopt::AdoptRequest {
             root: body.root,
-            id: body.id.clone(),
+            id: body.id,
             job: body.job,
         })
         .await
         .map_err(agent_err)?;
-    Ok(server::json(
-        201,
-        &wire::Adopted {
-            id,
-            container_dir: root.join(&body.id),
-        },
-    ))
+    Ok(server::json(201, &wire::Adopted { id, container_dir }))
 }
 
 fn alloc_status(tasks: &[TaskRecord]) -> &'static str {

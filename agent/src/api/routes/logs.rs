@@ -103,7 +103,7 @@ pub(super) fn logs(
         .find(|g| g.name == alloc.group)
         .and_then(|g| g.tasks.iter().find(|t| t.name == task))
         .map_or(10, |t| t.logs.max_files);
-    let dir = agent.logs_dir(&id);
+    let dir = agent.logs_dir(&alloc);
     let task_dead = {
         let (agent, id, task) = (agent.clone(), id.clone(), task.to_string());
         move || {
