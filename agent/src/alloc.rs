@@ -4,7 +4,7 @@
 use crate::agent::{AgentError, Inner};
 use crate::driver::docker::DockerDriver;
 use crate::driver::spawn;
-use crate::jobspec::{Driver, Task};
+use crate::jobspec::{Driver, Group, Job, Task};
 use crate::state::AllocRecord;
 
 /// Check what can be checked before anything exists.
@@ -37,25 +37,12 @@ pub(crate) fn preflight(inner: &Inner, task: &Task) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Create the allocation's dirs and hand its tasks what they need.
+/// Take the allocation's ports (its group's, then every task's) into its
+/// record: in memory, one allocation after the other. Its dirs are made by
+/// [`make_dirs`], which allocations may do at once.
 pub(crate) fn prepare(inner: &Inner, mut record: AllocRecord) -> Result<AllocRecord, AgentError> {
-    let alloc = inner.settings.dirs.alloc(&record.alloc_id);
-    let group = record
-        .job
-        .groups
-        .iter()
-        .find(|g| g.name == record.group)
-        .ok_or_else(|| AgentError::NoGroup {
-            group: record.group.clone(),
-        })?;
-    let names: Vec<&str> = group.tasks.iter().map(|t| t.name.as_str()).collect();
-    alloc
-        .create(&names)
-        .map_err(|source| AgentError::AllocDir {
-            path: alloc.root.clone(),
-            source,
-        })?;
-    // The group's ports: once for the allocation, then every task's too.
+    let job = std::sync::Arc::clone(&record.job);
+    let group = group_of(&job, &record.group)?;
     let group_ports = inner
         .ports
         .allocate(&record.alloc_id, &group.network)
@@ -80,20 +67,47 @@ pub(crate) fn prepare(inner: &Inner, mut record: AllocRecord) -> Result<AllocRec
                 });
             }
         }
-        if matches!(t.driver, Driver::Exec | Driver::Oci) {
-            let user = spawn::config::task_user(t);
-            let (uid, gid) =
-                spawn::config::resolve_user(&user).ok_or_else(|| AgentError::UnknownUser {
-                    task: t.name.clone(),
-                    user: user.clone(),
-                })?;
-            alloc
-                .prepare_for_user(&t.name, uid, gid)
-                .map_err(|source| AgentError::PrepareAlloc {
-                    path: alloc.root.clone(),
-                    source,
-                })?;
-        }
     }
     Ok(record)
+}
+
+/// Create the allocation's dirs and hand its tasks' users what they need.
+pub(crate) fn make_dirs(inner: &Inner, record: &AllocRecord) -> Result<(), AgentError> {
+    let alloc = inner.settings.dirs.alloc(&record.alloc_id);
+    let group = group_of(&record.job, &record.group)?;
+    let names: Vec<&str> = group.tasks.iter().map(|t| t.name.as_str()).collect();
+    alloc
+        .create(&names)
+        .map_err(|source| AgentError::AllocDir {
+            path: alloc.root.clone(),
+            source,
+        })?;
+    for t in group
+        .tasks
+        .iter()
+        .filter(|t| matches!(t.driver, Driver::Exec | Driver::Oci))
+    {
+        let user = spawn::config::task_user(t);
+        let (uid, gid) =
+            spawn::config::resolve_user(&user).ok_or_else(|| AgentError::UnknownUser {
+                task: t.name.clone(),
+                user: user.clone(),
+            })?;
+        alloc
+            .prepare_for_user(&t.name, uid, gid)
+            .map_err(|source| AgentError::PrepareAlloc {
+                path: alloc.root.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn group_of<'a>(job: &'a Job, name: &str) -> Result<&'a Group, AgentError> {
+    job.groups
+        .iter()
+        .find(|g| g.name == name)
+        .ok_or_else(|| AgentError::NoGroup {
+            group: name.to_string(),
+        })
 }

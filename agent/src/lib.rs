@@ -12,6 +12,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod driver;
+pub mod durable;
 pub mod ident;
 pub mod jobspec;
 pub mod loglines;

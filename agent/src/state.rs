@@ -11,8 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use std::os::fd::AsFd;
+
+use tend_proto::atomic::{Pending, Stage};
 use tend_proto::{atomic, names, ExitStatus, Token};
 
+use crate::durable::GroupSync;
 use crate::jobspec::Job;
 
 /// The schema of the files this build writes.
@@ -415,6 +419,8 @@ pub type Loaded = (Vec<(AllocRecord, Vec<TaskRecord>)>, Vec<StateError>);
 #[derive(Debug, Clone)]
 pub struct StateStore {
     root: PathBuf,
+    /// Its writes are made durable together ([`GroupSync`]).
+    sync: Arc<GroupSync>,
 }
 
 impl StateStore {
@@ -429,8 +435,13 @@ impl StateStore {
                 path: root.to_path_buf(),
                 source,
             })?;
+        let fs = atomic::open_dir(root).map_err(|source| StateError::Write {
+            path: root.to_path_buf(),
+            source,
+        })?;
         Ok(StateStore {
             root: root.to_path_buf(),
+            sync: Arc::new(GroupSync::new(fs)),
         })
     }
 
@@ -452,22 +463,94 @@ impl StateStore {
         Ok(d)
     }
 
-    fn write_json<T: Serialize>(&self, path: &Path, v: &T, mode: u32) -> Result<(), StateError> {
+    fn json_bytes<T: Serialize>(path: &Path, v: &T) -> Result<Vec<u8>, StateError> {
         let mut bytes = serde_json::to_vec_pretty(v).map_err(|source| StateError::Json {
             path: path.to_path_buf(),
             source,
         })?;
         bytes.push(b'\n');
-        atomic::write(path, &bytes, mode).map_err(|source| StateError::Write {
+        Ok(bytes)
+    }
+
+    fn write_json<T: Serialize>(&self, path: &Path, v: &T, mode: u32) -> Result<(), StateError> {
+        self.write(path, &Self::json_bytes(path, v)?, mode)
+    }
+
+    /// Write `path` (a file of an alloc's dir) atomically, durable on return.
+    fn write(&self, path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
+        let err = |source| StateError::Write {
             path: path.to_path_buf(),
             source,
-        })
+        };
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(err(atomic::AtomicError::BadName {
+                name: path.display().to_string(),
+            }));
+        };
+        let dir = atomic::open_dir(dir).map_err(err)?;
+        self.sync.write_at(&dir, name, data, mode).map_err(err)
     }
 
     /// Write `alloc.json`.
     pub fn put_alloc(&self, a: &AllocRecord) -> Result<(), StateError> {
         let d = self.ensure_alloc_dir(&a.alloc_id)?;
         self.write_json(&d.join("alloc.json"), a, 0o600)
+    }
+
+    /// Write a new allocation's `alloc.json` and dir, whole for every
+    /// reader, and what is left to make them durable when `keep` (else
+    /// nothing: the caller syncs the whole store, [`StateStore::sync_all`]).
+    /// For [`StateStore::make_durable`], once for many allocations.
+    pub fn stage_new_alloc(&self, a: &AllocRecord, keep: bool) -> Result<Vec<Pending>, StateError> {
+        let d = self.ensure_alloc_dir(&a.alloc_id)?;
+        let path = d.join("alloc.json");
+        let bytes = Self::json_bytes(&path, a)?;
+        let err = |source| StateError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut staged = Vec::new();
+        if keep {
+            let root = atomic::open_dir(&self.root).map_err(err)?;
+            staged.push(Pending::dir_entries(&a.alloc_id, root));
+        }
+        let dir = atomic::open_dir(&d).map_err(err)?;
+        atomic::write_at_with(
+            dir.as_fd(),
+            "alloc.json",
+            &bytes,
+            0o600,
+            &mut |p, stage| match stage {
+                Stage::Last if keep => {
+                    staged.push(p);
+                    Ok(())
+                }
+                Stage::Last => Ok(()),
+                Stage::BeforeRename => self.sync.durable(p),
+            },
+        )
+        .map_err(err)?;
+        Ok(staged)
+    }
+
+    /// Make the writes [`StateStore::stage_new_alloc`] kept durable.
+    pub fn make_durable(&self, staged: Vec<Pending>) -> Result<(), StateError> {
+        self.sync
+            .durable_all(staged)
+            .map_err(|source| StateError::Write {
+                path: self.root.clone(),
+                source,
+            })
+    }
+
+    /// Make every write so far of the store's file system durable: one
+    /// `syncfs`.
+    pub fn sync_all(&self) -> Result<(), StateError> {
+        self.sync.sync_fs().map_err(|source| StateError::Dir {
+            path: self.root.clone(),
+            source,
+        })
     }
 
     /// Write `<task>.json`.
@@ -480,8 +563,7 @@ impl StateStore {
     pub fn put_token(&self, alloc_id: &str, task: &str, token: &Token) -> Result<(), StateError> {
         let d = self.ensure_alloc_dir(alloc_id)?;
         let path = d.join(format!("{task}.token"));
-        atomic::write(&path, names::to_hex(&token.0).as_bytes(), 0o600)
-            .map_err(|source| StateError::Write { path, source })
+        self.write(&path, names::to_hex(&token.0).as_bytes(), 0o600)
     }
 
     /// Read a task's token.
@@ -570,6 +652,23 @@ impl StateStore {
                 })
                 .collect();
             files.sort();
+            // A task with no file never had a run: its record is written
+            // first just before its launch (the submit writes the alloc's
+            // alone). An unreadable file is not "no file": that task stays
+            // out, reported, and is never started twice.
+            let with_file: Vec<String> = files
+                .iter()
+                .filter_map(|f| f.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect();
+            let never_written: Vec<TaskRecord> = alloc
+                .job
+                .groups
+                .iter()
+                .filter(|g| g.name == alloc.group)
+                .flat_map(|g| &g.tasks)
+                .filter(|t| !with_file.contains(&t.name))
+                .map(|t| TaskRecord::new(&alloc.alloc_id, &t.name))
+                .collect();
             for f in files {
                 match read_json(&f).and_then(|v| {
                     upgrade_task(v).map_err(|source| StateError::Upgrade {
@@ -581,6 +680,7 @@ impl StateStore {
                     Err(e) => errors.push(e),
                 }
             }
+            tasks.extend(never_written);
             out.push((alloc, tasks));
         }
         Ok((out, errors))
@@ -622,21 +722,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn round_trip_and_token_apart() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(&dir.path().join("state")).unwrap();
-        let a = AllocRecord {
+    fn alloc_a1(job: Job) -> AllocRecord {
+        AllocRecord {
             schema: SCHEMA,
             alloc_id: "a1".into(),
-            job: Arc::new(job()),
+            job: Arc::new(job),
             group: "g".into(),
             index: 0,
             desired: Desired::Run,
             created_at: tend_proto::time::now(),
             ports: Default::default(),
             adopted: None,
-        };
+        }
+    }
+
+    #[test]
+    fn round_trip_and_token_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state")).unwrap();
+        let a = alloc_a1(job());
         store.put_alloc(&a).unwrap();
         let mut t = TaskRecord::new("a1", "web");
         t.event("started", "pid 5");
@@ -648,6 +752,52 @@ mod tests {
         assert_eq!(store.token("a1", "web").unwrap(), Token([9; 32]));
         let text = std::fs::read_to_string(dir.path().join("state/a1/web.json")).unwrap();
         assert!(!text.contains("0909"), "no token in the record");
+    }
+
+    #[test]
+    fn a_task_with_no_file_loads_as_never_run_and_one_unreadable_stays_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state")).unwrap();
+        let src = r#"job "j" {
+  group "g" {
+    task "web" {
+      driver = "raw_exec"
+      config { command = "/bin/true" }
+    }
+    task "db" {
+      driver = "raw_exec"
+      config { command = "/bin/true" }
+    }
+    task "cache" {
+      driver = "raw_exec"
+      config { command = "/bin/true" }
+    }
+  }
+}
+"#;
+        let job = crate::jobspec::parse_str(src, "j.hcl").unwrap();
+        let a = alloc_a1(job);
+        // As a submit leaves it: the alloc's record alone, made durable.
+        let staged = store.stage_new_alloc(&a, true).unwrap();
+        store.make_durable(staged).unwrap();
+        let mut web = TaskRecord::new("a1", "web");
+        web.phase = TaskPhase::Running;
+        store.put_task(&web).unwrap();
+        std::fs::write(dir.path().join("state/a1/db.json"), "{ torn").unwrap();
+        let (loaded, errors) = store.load().unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("db.json"), "{}", errors[0]);
+        let [(got, tasks)] = loaded.as_slice() else {
+            panic!("one alloc: {loaded:?}")
+        };
+        assert_eq!(got, &a);
+        let names: Vec<(&str, TaskPhase)> =
+            tasks.iter().map(|t| (t.task.as_str(), t.phase)).collect();
+        assert_eq!(
+            names,
+            [("web", TaskPhase::Running), ("cache", TaskPhase::Pending)]
+        );
+        assert!(tasks[1].handle.is_none() && tasks[1].run == 0);
     }
 
     #[test]

@@ -93,6 +93,20 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// The entries of a dir (a new one's in its parent, say) still to make
+    /// durable; `name` names it in errors.
+    pub fn dir_entries(name: &str, dir: OwnedFd) -> Pending {
+        Pending {
+            name: name.to_string(),
+            unsynced: Some((None, dir)),
+        }
+    }
+
+    /// The name of the file written.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// fsync the file, then its dir.
     pub fn sync(self) -> Result<(), AtomicError> {
         let Some((file, dir)) = self.unsynced else {
@@ -134,11 +148,7 @@ fn write_at_inner(
     mode: u32,
     defer: bool,
 ) -> Result<Pending, AtomicError> {
-    if crate::names::check_file_name(name).is_err() {
-        return Err(AtomicError::BadName {
-            name: name.to_string(),
-        });
-    }
+    check_name(name)?;
     let step = |step: &'static str| {
         let name = name.to_string();
         move |source: io::Error| AtomicError::Step { name, step, source }
@@ -188,6 +198,13 @@ fn write_at_inner(
     result.map(|()| Pending {
         name: name.to_string(),
         unsynced: None,
+    })
+}
+
+/// `name` is one plain file name.
+fn check_name(name: &str) -> Result<(), AtomicError> {
+    crate::names::check_file_name(name).map_err(|_| AtomicError::BadName {
+        name: name.to_string(),
     })
 }
 
@@ -267,37 +284,11 @@ fn write_unnamed(
         let name = name.to_string();
         move |source: io::Error| Unnamed::Failed(AtomicError::Step { name, step, source })
     };
-    let fd = match openat(
-        dir,
-        ".",
-        OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(mode),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL | Errno::ENOENT) => {
-            return Err(Unnamed::Unsupported)
-        }
-        Err(e) => return Err(failed("create temp file")(io_err(e))),
-    };
-    let mut file = File::from(fd);
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .map_err(failed("chmod"))?;
-    file.write_all(data).map_err(failed("write"))?;
+    let file = unnamed_file(dir, name, data, mode)?;
     if sync_first {
         file.sync_all().map_err(failed("fsync"))?;
     }
-    // Linking an O_TMPFILE file by its /proc path needs no capability (unlike
-    // AT_EMPTY_PATH).
-    let by_proc = format!("/proc/self/fd/{}", file.as_raw_fd());
-    let link = |to: &str| {
-        linkat(
-            AT_FDCWD,
-            by_proc.as_str(),
-            dir,
-            to,
-            AtFlags::AT_SYMLINK_FOLLOW,
-        )
-    };
+    let link = |to: &str| link_unnamed(&file, dir, to);
     match link(name) {
         Ok(()) => {}
         Err(Errno::EEXIST) => {
@@ -317,6 +308,139 @@ fn write_unnamed(
         Err(e) => return Err(failed("link")(io_err(e))),
     }
     Ok(file)
+}
+
+/// A new O_TMPFILE file in `dir` holding `data`, with mode `mode`; no name yet.
+fn unnamed_file(dir: BorrowedFd<'_>, name: &str, data: &[u8], mode: u32) -> Result<File, Unnamed> {
+    let failed = |step: &'static str| {
+        let name = name.to_string();
+        move |source: io::Error| Unnamed::Failed(AtomicError::Step { name, step, source })
+    };
+    let fd = match openat(
+        dir,
+        ".",
+        OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL | Errno::ENOENT) => {
+            return Err(Unnamed::Unsupported)
+        }
+        Err(e) => return Err(failed("create temp file")(io_err(e))),
+    };
+    let mut file = File::from(fd);
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(failed("chmod"))?;
+    file.write_all(data).map_err(failed("write"))?;
+    Ok(file)
+}
+
+/// Give an O_TMPFILE file the name `to` in `dir`. Linking it by its /proc
+/// path needs no capability (unlike AT_EMPTY_PATH).
+fn link_unnamed(file: &File, dir: BorrowedFd<'_>, to: &str) -> nix::Result<()> {
+    let by_proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    linkat(
+        AT_FDCWD,
+        by_proc.as_str(),
+        dir,
+        to,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    )
+}
+
+/// When [`write_at_with`] hands its syncer a [`Pending`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A replacement's new file under its temp name. It must be on the disk
+    /// before the rename puts it over the old one, so the syncer makes it
+    /// durable before it returns.
+    BeforeRename,
+    /// The last step: a new file under its name, or a replacement's rename.
+    /// The syncer may make it durable later, with others, as long as no one
+    /// acts on the write before then.
+    Last,
+}
+
+/// [`write_at`] with its fsyncs left to `sync`, for a writer that makes many
+/// writes durable at once (one `syncfs` for a batch). Every reader sees the
+/// old file or the whole new one, and so does the disk after a power loss
+/// once `sync` has made the [`Stage::Last`] pending durable: a replacement's
+/// data reaches the disk ([`Stage::BeforeRename`]) before its rename.
+pub fn write_at_with(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    data: &[u8],
+    mode: u32,
+    sync: &mut dyn FnMut(Pending, Stage) -> Result<(), AtomicError>,
+) -> Result<(), AtomicError> {
+    check_name(name)?;
+    let step = |step: &'static str| {
+        let name = name.to_string();
+        move |source: io::Error| AtomicError::Step { name, step, source }
+    };
+    let pending = |file: Option<File>| -> Result<Pending, AtomicError> {
+        let dir = dir.try_clone_to_owned().map_err(step("dup dir fd"))?;
+        Ok(Pending {
+            name: name.to_string(),
+            unsynced: Some((file, dir)),
+        })
+    };
+    let tmp = temp_name(name);
+    let file = match unnamed_file(dir, name, data, mode) {
+        Ok(file) => match link_unnamed(&file, dir, name) {
+            Ok(()) => return sync(pending(Some(file))?, Stage::Last),
+            Err(Errno::EEXIST) => match link_unnamed(&file, dir, &tmp) {
+                Ok(()) => Some(file),
+                // No /proc: the named temp file way works everywhere.
+                Err(Errno::ENOENT) => None,
+                Err(e) => return Err(step("link temp file")(io_err(e))),
+            },
+            Err(Errno::ENOENT) => None,
+            Err(e) => return Err(step("link")(io_err(e))),
+        },
+        Err(Unnamed::Unsupported) => None,
+        Err(Unnamed::Failed(e)) => return Err(e),
+    };
+    let file = match file {
+        Some(f) => f,
+        None => {
+            let fd = openat(
+                dir,
+                tmp.as_str(),
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(mode),
+            )
+            .map_err(io_err)
+            .map_err(step("create temp file"))?;
+            let mut file = File::from(fd);
+            let filled = file
+                .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(step("chmod"))
+                .and_then(|()| file.write_all(data).map_err(step("write")));
+            if let Err(e) = filled {
+                let _ = unlinkat(dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+                return Err(e);
+            }
+            file
+        }
+    };
+    let renamed = pending(Some(file))
+        .and_then(|p| sync(p, Stage::BeforeRename))
+        .and_then(|()| {
+            renameat(dir, tmp.as_str(), dir, name)
+                .map_err(io_err)
+                .map_err(step("rename"))
+        });
+    if let Err(e) = renamed {
+        // Nothing half-written is left behind.
+        let _ = unlinkat(dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        return Err(e);
+    }
+    sync(pending(None)?, Stage::Last)
 }
 
 /// Write `data` to `path` atomically: [`open_dir`] of its parent, then [`write_at`].

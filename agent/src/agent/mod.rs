@@ -21,9 +21,7 @@ use crate::driver::Control;
 use crate::jobspec::Job;
 use crate::paths::Dirs;
 use crate::runner::{self, Start};
-use crate::state::{
-    AllocRecord, Desired, StateError, StateStore, TaskEvent, TaskPhase, TaskRecord, SCHEMA,
-};
+use crate::state::{AllocRecord, Desired, StateStore, TaskEvent, TaskPhase, TaskRecord, SCHEMA};
 use config::{AgentConfig, PortRange};
 pub use error::{AgentError, Straggler};
 
@@ -195,47 +193,60 @@ fn abandon<'a>(inner: &Inner, alloc_ids: impl Iterator<Item = &'a str>) {
     }
 }
 
-/// How many threads write a job's new records at once.
+/// How many threads make a job's new allocations at once.
 const SUBMIT_WRITERS: usize = 8;
 
-/// Write the records of a job's new allocations (each alloc's own first, then
-/// its tasks'), [`SUBMIT_WRITERS`] at a time, so that their fsyncs overlap and
-/// the file system's journal commits them together: a job of a thousand
-/// allocations made two thousand durable writes one after the other. One
-/// result per allocation, in order.
-fn persist_new(
-    store: &StateStore,
-    new: &[(AllocRecord, Vec<TaskRecord>)],
-) -> Vec<Result<(), StateError>> {
-    let write = |(a, tasks): &(AllocRecord, Vec<TaskRecord>)| {
-        store.put_alloc(a)?;
-        tasks.iter().try_for_each(|t| store.put_task(t))
+/// Make the dirs of a job's new allocations and write their records,
+/// [`SUBMIT_WRITERS`] at a time, then make them durable together: a job of a
+/// thousand allocations made six thousand dirs and files one after the other,
+/// with two fsyncs per file. A task's own record is written first at its
+/// launch (a task with none never ran: see [`StateStore::load`]). The first
+/// error, if any.
+fn make_new(inner: &Inner, new: &[(AllocRecord, Vec<TaskRecord>)]) -> Result<(), AgentError> {
+    // Few: each write's own fsyncs. Many: one syncfs for them all.
+    let keep = new.len() < crate::durable::SYNCFS_FROM;
+    let make = |(a, _): &(AllocRecord, Vec<TaskRecord>)| {
+        crate::alloc::make_dirs(inner, a)?;
+        inner
+            .store
+            .stage_new_alloc(a, keep)
+            .map_err(AgentError::from)
     };
-    if new.len() < 2 {
-        return off_the_workers(|| new.iter().map(write).collect());
-    }
-    let chunk = new.len().div_ceil(SUBMIT_WRITERS);
     off_the_workers(|| {
-        std::thread::scope(|s| {
-            let running: Vec<_> = new
-                .chunks(chunk)
-                .map(|part| {
-                    let work = move || part.iter().map(write).collect::<Vec<_>>();
-                    // A thread that cannot be had: its part is written here.
-                    std::thread::Builder::new()
-                        .name("tend-submit".into())
-                        .spawn_scoped(s, work)
-                        .map_err(|_| part)
-                })
-                .collect();
-            running
-                .into_iter()
-                .flat_map(|r| match r {
-                    Ok(h) => h.join().expect("a submit writer panicked"),
-                    Err(part) => part.iter().map(write).collect(),
-                })
-                .collect()
-        })
+        let staged: Vec<Result<_, AgentError>> = if new.len() < 2 {
+            new.iter().map(make).collect()
+        } else {
+            let chunk = new.len().div_ceil(SUBMIT_WRITERS);
+            std::thread::scope(|s| {
+                let running: Vec<_> = new
+                    .chunks(chunk)
+                    .map(|part| {
+                        let work = move || part.iter().map(make).collect::<Vec<_>>();
+                        // A thread that cannot be had: its part is made here.
+                        std::thread::Builder::new()
+                            .name("tend-submit".into())
+                            .spawn_scoped(s, work)
+                            .map_err(|_| part)
+                    })
+                    .collect();
+                running
+                    .into_iter()
+                    .flat_map(|r| match r {
+                        Ok(h) => h.join().expect("a submit writer panicked"),
+                        Err(part) => part.iter().map(make).collect(),
+                    })
+                    .collect()
+            })
+        };
+        let staged: Vec<_> = staged.into_iter().collect::<Result<Vec<_>, _>>()?;
+        if keep {
+            inner
+                .store
+                .make_durable(staged.into_iter().flatten().collect())?;
+        } else {
+            inner.store.sync_all()?;
+        }
+        Ok(())
     })
 }
 
@@ -649,7 +660,7 @@ impl Agent {
                 let record = match crate::alloc::prepare(&self.inner, record) {
                     Ok(r) => r,
                     Err(e) => {
-                        // This one's dir is made by then, maybe its ports too.
+                        // This one's ports may be taken by then.
                         let ids = new.iter().map(|(a, _)| a.alloc_id.as_str());
                         abandon(&self.inner, ids.chain([alloc_id.as_str()]));
                         return Err(e);
@@ -665,12 +676,9 @@ impl Agent {
         }
         // On the disk before anything runs or is shown, all at once; a job
         // is taken whole or not at all.
-        if let Some(e) = persist_new(&self.inner.store, &new)
-            .into_iter()
-            .find_map(Result::err)
-        {
+        if let Err(e) = make_new(&self.inner, &new) {
             abandon(&self.inner, new.iter().map(|(a, _)| a.alloc_id.as_str()));
-            return Err(e.into());
+            return Err(e);
         }
         let mut ids = Vec::new();
         for (record, tasks) in new {
