@@ -490,6 +490,41 @@ mod tests {
         assert_eq!(mode & 0o777, 0o640);
     }
 
+    /// Under a umask that cuts 0640 (set through tend-sys or not) the mode is
+    /// set after; under one known to keep it, it is the mode of the create.
+    /// A foreign index in the way gets 0640 too. (Changes the umask: its own
+    /// process under nextest.)
+    #[test]
+    fn new_files_and_rotated_ones_are_0640_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let umask = |m: u32| {
+            nix::sys::stat::umask(Mode::from_bits_truncate(m));
+        };
+        let setups: [(&str, &dyn Fn()); 3] = [
+            ("077, unknown", &|| umask(0o077)),
+            ("077, known", &|| sys::set_umask(0o077)),
+            ("022, known", &|| sys::set_umask(0o022)),
+        ];
+        for (what, set) in setups {
+            set();
+            let d = tempfile::tempdir().unwrap();
+            let fd = dir_fd(d.path());
+            std::fs::write(d.path().join("x.idx"), b"foreign").unwrap();
+            std::fs::set_permissions(
+                d.path().join("x.idx"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            let mut log = RotatingLog::open(fd.as_fd(), "x", cfg(2, 6)).unwrap();
+            log.write(b"0123456789").unwrap();
+            drop(open_shared_append(fd.as_fd(), "shared").unwrap());
+            for name in ["x", "x.idx", "x.1", "x.1.idx", "shared"] {
+                assert_eq!(mode(&d.path().join(name)), 0o640, "{what}: {name}");
+            }
+        }
+    }
+
     fn marks_of(p: &Path, name: &str) -> Vec<index::Mark> {
         use std::os::unix::fs::MetadataExt;
         let ino = std::fs::metadata(p.join(name)).unwrap().ino();
