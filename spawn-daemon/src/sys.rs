@@ -461,6 +461,6 @@ mod tests {
         let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
         // SAFETY: old lives for the call; a null act only reads.
         unsafe { libc::sigaction(libc::SIGUSR2, std::ptr::null(), &mut old) };
-        assert_eq!(old.sa_sigaction, handler as libc::sighandler_t);
+        assert_eq!(old.sa_sigaction, handler as *const () as libc::sighandler_t);
     }
 }
