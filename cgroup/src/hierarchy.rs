@@ -83,7 +83,8 @@ pub(crate) struct Kernel;
 
 impl Tree for Kernel {
     fn mkdir(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir(path)
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().mode(0o755).create(path)
     }
     fn rmdir(&self, path: &Path) -> io::Result<()> {
         fs::remove_dir(path)

@@ -157,14 +157,16 @@ impl TaskCgroup {
     }
 
     /// mkdir of one cgroup dir, 0755 whatever the umask (setuid mode's is
-    /// 077): the caller must reach the kill files chowned to it, and the
-    /// usage files, as in any cgroup dir. One that exists is left as it is.
+    /// 077; a umask known to keep 0755 needs no chmod): the caller must reach
+    /// the kill files chowned to it, and the usage files, as in any cgroup
+    /// dir. One that exists is left as it is.
     fn make_dir(&self, path: &Path) -> Result<()> {
         let failed = |source| CgroupError::Mkdir {
             path: path.to_path_buf(),
             source,
         };
         match self.tree.mkdir(path) {
+            Ok(()) if tend_sys::umask_keeps(0o755) => Ok(()),
             Ok(()) => fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(failed),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(source) => Err(failed(source)),

@@ -127,11 +127,10 @@ fn io_err(e: Errno) -> io::Error {
 }
 
 impl IndexWriter {
-    /// Open the index `name` in `dir` of the log file `log`, appending to it
-    /// when it is that file's; otherwise (missing, foreign, torn header) start
-    /// it over.
-    pub fn open(dir: BorrowedFd<'_>, name: &str, log: BorrowedFd<'_>) -> io::Result<IndexWriter> {
-        let ino = fstat(log).map_err(io_err)?.st_ino;
+    /// Open the index `name` in `dir` of the log file with inode `ino`,
+    /// appending to it when it is that file's; otherwise (missing, foreign,
+    /// torn header) start it over.
+    pub fn open(dir: BorrowedFd<'_>, name: &str, ino: u64) -> io::Result<IndexWriter> {
         let fd = sys::open_beneath(dir, name, libc::O_RDWR | libc::O_CREAT, LOG_FILE_MODE)?;
         let st = fstat(&fd).map_err(io_err)?;
         let len = st.st_size.unsigned_abs();
@@ -142,9 +141,14 @@ impl IndexWriter {
         let size = if ours {
             HEADER_LEN + (len - HEADER_LEN) / RECORD_LEN * RECORD_LEN
         } else {
-            // The umask cut the mode of a new file; set it exactly.
-            fchmod(&fd, Mode::from_bits_truncate(LOG_FILE_MODE)).map_err(io_err)?;
-            nix::unistd::ftruncate(&fd, 0).map_err(io_err)?;
+            // The umask may have cut the mode of a new file, a foreign one
+            // may have any: set it exactly where it is not.
+            if st.st_mode & 0o7777 != LOG_FILE_MODE {
+                fchmod(&fd, Mode::from_bits_truncate(LOG_FILE_MODE)).map_err(io_err)?;
+            }
+            if len > 0 {
+                nix::unistd::ftruncate(&fd, 0).map_err(io_err)?;
+            }
             write_all_at(&fd, &header(ino), 0)?;
             HEADER_LEN
         };

@@ -70,7 +70,7 @@ fn io_err(e: Errno) -> io::Error {
 /// writer and keeps the offset itself, which lets splice(2) move pipe pages into
 /// the file (splice refuses O_APPEND files).
 pub fn open_append(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, LogError> {
-    open_log(dir, name, 0)
+    open_exact(dir, name, 0)
 }
 
 /// [`open_append`] with O_APPEND, for a file that more than one process may
@@ -78,35 +78,45 @@ pub fn open_append(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, LogError>
 /// may start while the last one still lingers. Every write lands at the end,
 /// so no run's lines overwrite another's.
 pub fn open_shared_append(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, LogError> {
-    open_log(dir, name, libc::O_APPEND)
+    open_exact(dir, name, libc::O_APPEND)
 }
 
-fn open_log(dir: BorrowedFd<'_>, name: &str, extra: i32) -> Result<OwnedFd, LogError> {
+/// [`open_log`], and a file it created is given mode 0640 exactly.
+fn open_exact(dir: BorrowedFd<'_>, name: &str, extra: i32) -> Result<OwnedFd, LogError> {
+    let (fd, created) = open_log(dir, name, extra)?;
+    if created && !sys::umask_keeps(LOG_FILE_MODE) {
+        set_log_mode(&fd, name)?;
+    }
+    Ok(fd)
+}
+
+/// The umask cut the mode of a new file (or the process does not know its
+/// umask): set it exactly.
+fn set_log_mode(fd: &OwnedFd, name: &str) -> Result<(), LogError> {
+    fchmod(fd, Mode::from_bits_truncate(LOG_FILE_MODE)).map_err(|e| LogError::Open {
+        name: name.to_string(),
+        source: io_err(e),
+    })
+}
+
+/// Open `name` in `dir` for writing, creating it (mode 0640 as the umask
+/// leaves it) if missing; true when it created it.
+fn open_log(dir: BorrowedFd<'_>, name: &str, extra: i32) -> Result<(OwnedFd, bool), LogError> {
     let open = |flags: i32| sys::open_beneath(dir, name, flags, LOG_FILE_MODE);
     let base = libc::O_WRONLY | extra;
-    let fd = match open(base | libc::O_CREAT | libc::O_EXCL) {
-        Ok(fd) => {
-            // The umask cut the mode; set it exactly.
-            fchmod(&fd, Mode::from_bits_truncate(LOG_FILE_MODE)).map_err(|e| LogError::Open {
-                name: name.to_string(),
-                source: io_err(e),
-            })?;
-            fd
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            open(base).map_err(|source| LogError::Open {
+    match open(base | libc::O_CREAT | libc::O_EXCL) {
+        Ok(fd) => Ok((fd, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => open(base)
+            .map(|fd| (fd, false))
+            .map_err(|source| LogError::Open {
                 name: name.to_string(),
                 source,
-            })?
-        }
-        Err(source) => {
-            return Err(LogError::Open {
-                name: name.to_string(),
-                source,
-            })
-        }
-    };
-    Ok(fd)
+            }),
+        Err(source) => Err(LogError::Open {
+            name: name.to_string(),
+            source,
+        }),
+    }
 }
 
 /// What [`RotatingLog::splice_from`] did.
@@ -149,11 +159,18 @@ impl RotatingLog {
             name: name.to_string(),
             source,
         })?;
-        let file = open_append(dir.as_fd(), name)?;
-        let size = fstat(&file)
-            .map(|st| st.st_size.unsigned_abs())
-            .unwrap_or(0);
-        let index = IndexWriter::open(dir.as_fd(), &index_name(name), file.as_fd()).ok();
+        let (file, created) = open_log(dir.as_fd(), name, 0)?;
+        // One fstat: the size to append at, the inode the index names, and
+        // whether the umask left a new file's mode as asked.
+        let st = fstat(&file).map_err(|e| LogError::Open {
+            name: name.to_string(),
+            source: io_err(e),
+        })?;
+        if created && st.st_mode & 0o7777 != LOG_FILE_MODE {
+            set_log_mode(&file, name)?;
+        }
+        let size = st.st_size.unsigned_abs();
+        let index = IndexWriter::open(dir.as_fd(), &index_name(name), st.st_ino).ok();
         Ok(RotatingLog {
             dir,
             name: name.to_string(),
@@ -320,8 +337,12 @@ impl RotatingLog {
             name: self.name.clone(),
             source,
         })?;
-        let _ = fchmod(&file, Mode::from_bits_truncate(LOG_FILE_MODE));
-        self.index = IndexWriter::open(dir, &index_name(&self.name), file.as_fd()).ok();
+        if !sys::umask_keeps(LOG_FILE_MODE) {
+            let _ = fchmod(&file, Mode::from_bits_truncate(LOG_FILE_MODE));
+        }
+        self.index = fstat(&file)
+            .ok()
+            .and_then(|st| IndexWriter::open(dir, &index_name(&self.name), st.st_ino).ok());
         self.file = Some(file);
         self.size = 0;
         Ok(())
@@ -467,6 +488,41 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o640);
+    }
+
+    /// Under a umask that cuts 0640 (set through tend-sys or not) the mode is
+    /// set after; under one known to keep it, it is the mode of the create.
+    /// A foreign index in the way gets 0640 too. (Changes the umask: its own
+    /// process under nextest.)
+    #[test]
+    fn new_files_and_rotated_ones_are_0640_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let umask = |m: u32| {
+            nix::sys::stat::umask(Mode::from_bits_truncate(m));
+        };
+        let setups: [(&str, &dyn Fn()); 3] = [
+            ("077, unknown", &|| umask(0o077)),
+            ("077, known", &|| sys::set_umask(0o077)),
+            ("022, known", &|| sys::set_umask(0o022)),
+        ];
+        for (what, set) in setups {
+            set();
+            let d = tempfile::tempdir().unwrap();
+            let fd = dir_fd(d.path());
+            std::fs::write(d.path().join("x.idx"), b"foreign").unwrap();
+            std::fs::set_permissions(
+                d.path().join("x.idx"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            let mut log = RotatingLog::open(fd.as_fd(), "x", cfg(2, 6)).unwrap();
+            log.write(b"0123456789").unwrap();
+            drop(open_shared_append(fd.as_fd(), "shared").unwrap());
+            for name in ["x", "x.idx", "x.1", "x.1.idx", "shared"] {
+                assert_eq!(mode(&d.path().join(name)), 0o640, "{what}: {name}");
+            }
+        }
     }
 
     fn marks_of(p: &Path, name: &str) -> Vec<index::Mark> {

@@ -598,8 +598,8 @@ fn cstr(p: &str) -> Result<CString, ChrootError> {
 }
 
 /// `mkdir -p rel` beneath `dir` without following a symlink anywhere: each
-/// component is made with `mkdirat` (mode 0755: the daemon's umask is 077 and
-/// the task's user must walk its root) and opened with openat2 RESOLVE_BENEATH |
+/// component is made with `mkdirat` (mode 0755, set again where the daemon's
+/// umask cut it: the task's user must walk its root) and opened with openat2 RESOLVE_BENEATH |
 /// RESOLVE_NO_SYMLINKS. Returns the fd of the last dir.
 pub fn mkdir_beneath(dir: BorrowedFd<'_>, rel: &str) -> io::Result<OwnedFd> {
     let mut cur: Option<OwnedFd> = None;
@@ -612,7 +612,7 @@ pub fn mkdir_beneath(dir: BorrowedFd<'_>, rel: &str) -> io::Result<OwnedFd> {
         };
         // A symlink here (planted, or dangling) or a file fails (ENOTDIR, ELOOP).
         let next = sys::open_beneath(at, comp, libc::O_DIRECTORY | libc::O_RDONLY, 0)?;
-        if created {
+        if created && !sys::umask_keeps(0o755) {
             fchmod(&next, Mode::from_bits_truncate(0o755))
                 .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
         }

@@ -36,7 +36,6 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
-use nix::sys::stat::{umask, Mode};
 use tend_proto::config::{FirstConnection, TaskStdin};
 use tend_proto::frame::{read_frame, MAX_FRAME_LEN};
 use tend_proto::{SpawnConfig, Stage, StartReport};
@@ -113,10 +112,17 @@ pub fn read_config<R: io::Read>(input: &mut R) -> Result<SpawnConfig, StartFailu
     Ok(config)
 }
 
+/// The daemon's umask outside setuid mode. Every file and dir it makes has
+/// its mode named (logs 0640, the log dir 0755, the socket 0600 by chmod),
+/// none group- or world-writable; under 022 each is created with that mode
+/// exactly, so no fchmod follows. (Setuid mode keeps [`setuid::UMASK`].)
+/// The task gets 022 of its own, whatever the daemon's (`child::task`).
+pub const UMASK: u32 = 0o022;
+
 /// Clean what the process inherited: every fd above 2, the umask, the fd limit.
 pub fn sanitize() {
     sys::close_fds_above_stdio();
-    umask(Mode::from_bits_truncate(0o077));
+    sys::set_umask(UMASK);
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
@@ -138,12 +144,19 @@ pub fn run() -> i32 {
     }
     // Whatever signal state the parent left (SIGCHLD ignored would reap the
     // task behind the daemon's back, SIGTERM ignored would never reach it):
-    // gone, before any fork. The daemon sets its own.
-    if let Err(e) = sys::reset_signals() {
+    // gone, before any fork. The daemon sets its own. Setuid mode resets
+    // every disposition rather than trust what /proc says.
+    let setuid = setuid::is_setuid();
+    let reset = if setuid {
+        sys::reset_signals()
+    } else {
+        sys::reset_ignored_signals()
+    };
+    if let Err(e) = reset {
         eprintln!("tend-spawn: resetting the signal mask: {e}");
         return EXIT_FAILED;
     }
-    if !setuid::is_setuid() {
+    if !setuid {
         sanitize();
     }
     // Read unbuffered, through a dup of stdin: what follows the frame stays

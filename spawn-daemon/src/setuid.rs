@@ -222,7 +222,7 @@ impl Syscall for Linux {
         }
     }
     fn umask(&self, mask: u32) {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+        sys::set_umask(mask);
     }
     fn set_dumpable(&self, on: bool) -> io::Result<()> {
         nix::sys::prctl::set_dumpable(on).map_err(errno)

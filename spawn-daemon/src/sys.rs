@@ -15,7 +15,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use nix::unistd::Pid;
-pub use tend_sys::{open_beneath, pidfd_open, pidfd_send_signal};
+pub use tend_sys::{open_beneath, pidfd_open, pidfd_send_signal, set_umask, umask_keeps};
 
 /// A raw syscall return: the OS error when negative, else the value.
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
@@ -151,6 +151,65 @@ pub fn ignore_signal(sig: nix::sys::signal::Signal) -> io::Result<()> {
 pub fn reset_signals() -> io::Result<()> {
     // The same reset as a forked child's before its exec.
     crate::child::raw::reset_signals().map_err(io::Error::from)
+}
+
+/// [`reset_signals`] for a process just exec'd: execve left it no handler,
+/// so only an ignored signal can differ from SIG_DFL, and /proc/self/status
+/// names those (one read, not a sigaction per signal). Where /proc does not
+/// say, every disposition is reset.
+pub fn reset_ignored_signals() -> io::Result<()> {
+    match ignored_signals() {
+        Some(ignored) => crate::child::raw::reset_signals_in(ignored).map_err(io::Error::from),
+        None => reset_signals(),
+    }
+}
+
+/// The signals this process ignores (bit n-1: signal n), from the `SigIgn`
+/// line of /proc/self/status; None where /proc does not say.
+pub fn ignored_signals() -> Option<u64> {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let path = c"/proc/self/status";
+    // The system call itself: libc's open(O_CLOEXEC) adds an fcntl (musl).
+    // SAFETY: path is NUL-terminated and outlives the call; integers otherwise.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    let fd = RawFd::try_from(check(ret).ok()?).ok()?;
+    // SAFETY: fd was just opened here and nothing else owns it.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // The whole file is about 1.5 KiB; the line is in its first half.
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if let Some(mask) = sig_ign_of(&buf[..len]) {
+                    return Some(mask);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// The `SigIgn:` mask of a /proc/<pid>/status text, once its line is whole.
+pub fn sig_ign_of(status: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\nSigIgn:";
+    let at = status.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = &status[at..];
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    let hex = std::str::from_utf8(&rest[..end]).ok()?.trim();
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// Whether the kernel has mount_setattr(2) (Linux 5.12): a call with no
@@ -351,4 +410,57 @@ pub fn recv_with_fds(
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ignored_signals_are_the_sigign_line_once_it_is_whole() {
+        let status = b"Name:\ttend-spawn\nSigPnd:\t0000000000000000\nSigBlk:\t0000000000010000\nSigIgn:\t0000000000001001\nSigCgt:\t0000000100000000\n";
+        assert_eq!(sig_ign_of(status), Some(0x1001));
+        // Cut inside the line: not yet.
+        let cut = b"Name:\ttend-spawn\nSigIgn:\t00000000000";
+        assert_eq!(sig_ign_of(cut), None);
+        assert_eq!(sig_ign_of(b"Name:\tx\n"), None);
+        assert_eq!(sig_ign_of(b"Name:\tx\nSigIgn:\tzz\n"), None);
+    }
+
+    #[test]
+    fn the_ignored_signals_of_this_process_are_read_and_reset() {
+        // Its own process (nextest): SIGUSR1 and SIGRTMAX ignored, SIGUSR2
+        // handled (not ignored).
+        extern "C" fn handler(_: libc::c_int) {}
+        let ign = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::SigIgn,
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        let handled = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(handler),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: SIG_IGN and an empty handler run nothing unsafe.
+        unsafe {
+            nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGUSR1, &ign).unwrap();
+            nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGUSR2, &handled).unwrap();
+            assert_eq!(libc::signal(libc::SIGRTMAX(), libc::SIG_IGN), libc::SIG_DFL);
+        }
+        let bit = |sig: libc::c_int| 1u64 << (sig - 1);
+        let ignored = ignored_signals().expect("SigIgn of /proc/self/status");
+        assert_ne!(ignored & bit(libc::SIGUSR1), 0);
+        assert_ne!(ignored & bit(libc::SIGRTMAX()), 0);
+        assert_eq!(ignored & bit(libc::SIGUSR2), 0);
+        reset_ignored_signals().unwrap();
+        let after = ignored_signals().unwrap();
+        assert_eq!(after & (bit(libc::SIGUSR1) | bit(libc::SIGRTMAX())), 0);
+        // Not ignored, so not touched: execve ends a handler, not this.
+        // SAFETY: a query only (no new action).
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: old lives for the call; a null act only reads.
+        unsafe { libc::sigaction(libc::SIGUSR2, std::ptr::null(), &mut old) };
+        assert_eq!(old.sa_sigaction, handler as *const () as libc::sighandler_t);
+    }
 }

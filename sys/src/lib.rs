@@ -1,6 +1,7 @@
 //! System calls shared by tend-spawn and the crates the agent uses too:
-//! pidfd_open, pidfd_send_signal (rustix's, which nix lacks), and openat2
-//! beneath a dir (nix's). No unsafe code: each is a safe call of those crates.
+//! pidfd_open, pidfd_send_signal (rustix's, which nix lacks), openat2
+//! beneath a dir (nix's), and the umask as the process last set it. No unsafe
+//! code: each is a safe call of those crates.
 //!
 //! Nothing here forks or closes fds that others own: those stay in
 //! tend-spawn's own `sys` module.
@@ -8,6 +9,7 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::unistd::Pid;
 
@@ -57,6 +59,29 @@ pub fn open_beneath(dir: BorrowedFd<'_>, name: &str, flags: i32, mode: u32) -> i
     }
 }
 
+/// No umask set through [`set_umask`] yet: the one the process inherited,
+/// which nothing reads without changing it.
+const UMASK_UNKNOWN: u32 = u32::MAX;
+
+static UMASK: AtomicU32 = AtomicU32::new(UMASK_UNKNOWN);
+
+/// Set the process's umask to `mask` and remember it, so that
+/// [`umask_keeps`] can tell a creator whether the mode it asked for is the
+/// mode it got. A process that sets its umask otherwise (a forked child
+/// before its exec) creates no file through the crates that ask.
+pub fn set_umask(mask: u32) {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    UMASK.store(mask & 0o777, Ordering::Relaxed);
+}
+
+/// Whether a file created with `mode` now gets exactly `mode`: the umask was
+/// set through [`set_umask`] and cuts none of its bits. False while the
+/// umask is not known: the creator then sets the mode itself (fchmod).
+pub fn umask_keeps(mode: u32) -> bool {
+    let mask = UMASK.load(Ordering::Relaxed);
+    mask != UMASK_UNKNOWN && mode & mask == 0
+}
+
 /// For unit tests that need root: true as root; else prints "skipped: needs
 /// root" and returns false, or panics under `CI=true`, where a skipped test
 /// proves nothing. (tend-tests' `have_root`, which these crates cannot depend on; shared by
@@ -72,4 +97,24 @@ pub fn test_have_root() -> bool {
     );
     println!("skipped: needs root");
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_umask_keeps_no_mode_and_a_known_one_keeps_what_it_does_not_cut() {
+        assert!(!umask_keeps(0o640));
+        assert!(!umask_keeps(0));
+        set_umask(0o022);
+        assert!(umask_keeps(0o640));
+        assert!(umask_keeps(0o755));
+        assert!(!umask_keeps(0o666));
+        set_umask(0o077);
+        assert!(!umask_keeps(0o640));
+        assert!(umask_keeps(0o600));
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        assert_eq!(old.bits(), 0o077);
+    }
 }

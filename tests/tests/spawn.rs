@@ -714,6 +714,47 @@ fn the_task_starts_with_umask_022_not_the_daemons() {
     assert_eq!(out.trim(), "0022");
 }
 
+/// tend-spawn sets its own umask (022), under which every mode it asks for
+/// is the mode it gets: whatever umask its starter had, the log dir is 0755,
+/// the logs and their indexes 0640, and the task still starts with 022.
+#[test]
+fn the_log_files_are_0640_and_the_log_dir_0755_whatever_umask_tend_spawn_inherits() {
+    use std::os::unix::fs::PermissionsExt;
+    for inherited in ["077", "000"] {
+        let sb = Sandbox::new();
+        let cfg = sh(&sb, "umask; echo oops >&2");
+        let wrapper = [
+            "/bin/sh",
+            "-c",
+            &format!("umask {inherited} && exec \"$0\""),
+        ];
+        let (daemon_pid, _, _) = sb.start_wrapped(&cfg, &wrapper).pids();
+        let status = fs::read_to_string(format!("/proc/{daemon_pid}/status")).unwrap();
+        assert!(
+            status.contains("\nUmask:\t0022\n"),
+            "umask {inherited}: {status}"
+        );
+        let exit = Client::connect(&cfg).wait_exit();
+        assert_eq!(exit.exit_code, Some(0));
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&cfg.log_dir()), 0o755, "umask {inherited}");
+        let mut names = Vec::new();
+        for stream in ["stdout", "stderr"] {
+            let log = Sandbox::log_path(&cfg, stream);
+            names.push(log.clone());
+            names.push(log.with_file_name(tend_logs::index::index_name(
+                log.file_name().unwrap().to_str().unwrap(),
+            )));
+        }
+        names.push(cfg.log_dir().join(format!("{}.tend-spawn.log", cfg.task)));
+        for p in &names {
+            assert_eq!(mode(p), 0o640, "umask {inherited}: {}", p.display());
+        }
+        let out = fs::read_to_string(Sandbox::log_path(&cfg, "stdout")).unwrap();
+        assert_eq!(out.trim(), "0022", "umask {inherited}");
+    }
+}
+
 /// A parent that leaves SIGCHLD and SIGTERM ignored (and USR1 blocked) when it
 /// execs tend-spawn: an ignored SIGCHLD would have the kernel reap the task
 /// behind the daemon's back (no exit status, its pid free for reuse), an

@@ -168,8 +168,9 @@ pub struct Prepared {
     /// The namespaces, for a message ("uts ipc network cgroup").
     ns_shown: String,
     /// What the task's oom_score_adj is set to ("0\n"): the daemon's own
-    /// (-1000 where it could) is not the task's.
-    oom_score_adj: CString,
+    /// (-1000 where it could) is not the task's. None: the daemon's is the
+    /// task's already, nothing to write.
+    oom_score_adj: Option<CString>,
     /// Display forms for messages, indexed by stage.
     command_shown: String,
     cwd_shown: String,
@@ -216,13 +217,14 @@ fn cstring(field: &str, v: &str) -> Result<CString, StartFailure> {
 
 impl Prepared {
     /// Build the child's strings and arrays from a validated config. The
-    /// task's oom_score_adj becomes `oom_score_adj`; with a root the task
+    /// task's oom_score_adj becomes `oom_score_adj` (None: it keeps the
+    /// daemon's, which is the task's already); with a root the task
     /// gets its own pid namespace, and `TMPDIR=/tmp` unless its env sets one.
     pub fn new(
         config: &SpawnConfig,
         isolation: Option<Isolation>,
         root: Option<PreparedRoot>,
-        oom_score_adj: i32,
+        oom_score_adj: Option<i32>,
     ) -> Result<Prepared, StartFailure> {
         let command = cstring("command", &config.command)?;
         let mut argv = vec![command.clone()];
@@ -261,7 +263,9 @@ impl Prepared {
             hostname,
             ns_shown: ns_shown.join(" "),
             root,
-            oom_score_adj: cstring("oom_score_adj", &format!("{oom_score_adj}\n"))?,
+            oom_score_adj: oom_score_adj
+                .map(|v| cstring("oom_score_adj", &format!("{v}\n")))
+                .transpose()?,
             command_shown: config.command.clone(),
             cwd_shown: config.cwd.clone(),
             root_shown: config.task_root().display().to_string(),

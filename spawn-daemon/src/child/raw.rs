@@ -199,6 +199,19 @@ pub(crate) fn reset_signals() -> Sys {
     Ok(())
 }
 
+/// An empty signal mask and the signals of the set `ignored` (bit n-1:
+/// signal n) back to SIG_DFL. (EINVAL for the signals libc keeps: nothing to
+/// reset.)
+pub(crate) fn reset_signals_in(ignored: u64) -> Sys {
+    unblock_all_signals()?;
+    for sig in 1..=64 {
+        if ignored & (1 << (sig - 1)) != 0 && sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            let _ = default_disposition(sig);
+        }
+    }
+    Ok(())
+}
+
 /// An empty signal mask and `signals` back to SIG_DFL: a forked child of a
 /// process whose other dispositions are SIG_DFL already or handlers (which
 /// execve resets) needs no more.

@@ -166,12 +166,16 @@ fn wait_at_gate(fds: &ChildFds) {
 /// to what the daemon had at its start, never below 0 (raw_exec too).
 /// /proc/self of a non-dumpable process is root's, so in setuid mode this
 /// needs root's fsuid for a moment; raising the value needs no privilege.
-/// Best effort where /proc is not there.
+/// Best effort where /proc is not there. Nothing to do where the daemon's
+/// value is the task's already (it could not lower its own).
 fn reset_oom_score_adj(prep: &Prepared) -> Sys {
+    let Some(value) = &prep.oom_score_adj else {
+        return Ok(());
+    };
     let old_fsuid = raw::setfsuid(0);
     let written = match raw::open(c"/proc/self/oom_score_adj", libc::O_WRONLY) {
         Ok(fd) => {
-            let n = raw::write(fd, prep.oom_score_adj.as_bytes());
+            let n = raw::write(fd, value.as_bytes());
             raw::close(fd);
             n.map(drop)
         }

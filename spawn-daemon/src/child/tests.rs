@@ -13,7 +13,7 @@ fn init_for_nobody() -> (Prepared, std::cell::Cell<Option<Pid>>) {
             gid: 65534,
         }),
         None,
-        0,
+        Some(0),
     )
     .unwrap();
     (prep, std::cell::Cell::new(None))
@@ -166,7 +166,7 @@ fn what_names_the_value_of_the_stage() {
             gid: 65533,
         }),
         None,
-        0,
+        Some(0),
     )
     .unwrap();
     assert_eq!(p.what(Stage::Exec, 0), "/bin/x");
@@ -184,7 +184,7 @@ fn the_namespaces_step_names_its_item() {
     c.namespaces.uts = true;
     c.namespaces.hostname = Some("box1".into());
     c.namespaces.net = true;
-    let p = Prepared::new(&c, None, None, 0).unwrap();
+    let p = Prepared::new(&c, None, None, Some(0)).unwrap();
     assert_eq!(p.ns_flags, libc::CLONE_NEWUTS | libc::CLONE_NEWNET);
     assert_eq!(p.what(Stage::Fork, 0), "setpgid");
     assert_eq!(p.what(Stage::Fork, NS_UNSHARE), "uts network namespaces");
@@ -194,7 +194,7 @@ fn the_namespaces_step_names_its_item() {
         "fork lo up in the network namespace: Operation not permitted"
     );
     c.extras = vec![tend_proto::config::ConfigExtra::CgroupNamespace];
-    let p = Prepared::new(&c, None, None, 0).unwrap();
+    let p = Prepared::new(&c, None, None, Some(0)).unwrap();
     assert_eq!(
         p.ns_flags,
         libc::CLONE_NEWUTS | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP

@@ -22,8 +22,8 @@ pub fn open_log_dir(alloc: BorrowedFd<'_>) -> io::Result<OwnedFd> {
         Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
     };
     let fd = sys::open_beneath(alloc, names::LOG_DIR, libc::O_DIRECTORY | libc::O_RDONLY, 0)?;
-    if created {
-        // The umask (077) cut it; the agent and people read the logs.
+    if created && !sys::umask_keeps(0o755) {
+        // The umask (setuid mode's 077) cut it; the agent and people read the logs.
         fchmod(&fd, Mode::from_bits_truncate(0o755))
             .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
     }

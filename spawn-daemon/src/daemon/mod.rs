@@ -147,20 +147,57 @@ pub fn resolve_user(user: &str) -> Result<Isolation, StartFailure> {
     }
 }
 
+/// The daemon's oom_score_adj at its start and after [`protect_from_oom`]
+/// (None where /proc does not say).
+#[derive(Debug, Clone, Copy)]
+struct OomScoreAdj {
+    start: Option<i32>,
+    now: Option<i32>,
+}
+
+impl OomScoreAdj {
+    /// The task's: what the daemon had, never below 0 (an agent protected
+    /// from the OOM killer must not hand that to its tasks).
+    fn task(self) -> i32 {
+        self.start.unwrap_or(0).max(0)
+    }
+
+    /// What the task's child must write to have [`OomScoreAdj::task`]: None
+    /// where the value it inherits from the daemon is that already.
+    fn task_write(self) -> Option<i32> {
+        let task = self.task();
+        (self.now != Some(task)).then_some(task)
+    }
+}
+
+/// The value that keeps a process from the OOM killer.
+const OOM_NEVER: i32 = -1000;
+
 /// Best effort: never chosen by the OOM killer. Without CAP_SYS_RESOURCE the
 /// kernel says no to -1000, which is a warning, and the daemon settles for 0
-/// where it started above that. Returns the value it had at its start (None
-/// where /proc does not say), which its tasks get back.
-fn protect_from_oom() -> Option<i32> {
+/// where it started above that. Returns the value it had at its start, which
+/// its tasks get back, and the value it has now.
+fn protect_from_oom() -> OomScoreAdj {
     const FILE: &str = "/proc/self/oom_score_adj";
     let start = std::fs::read_to_string(FILE)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok());
-    if let Err(e) = std::fs::write(FILE, b"-1000") {
-        let lowered = start.is_some_and(|v| v > 0) && std::fs::write(FILE, b"0").is_ok();
-        warn!(error = %e, lowered_to_0 = lowered, "cannot set oom_score_adj to -1000");
+    if start == Some(OOM_NEVER) {
+        return OomScoreAdj { start, now: start };
     }
-    start
+    let now = match std::fs::write(FILE, OOM_NEVER.to_string()) {
+        Ok(()) => Some(OOM_NEVER),
+        Err(e) => {
+            let lowered = start.is_some_and(|v| v > 0) && std::fs::write(FILE, b"0").is_ok();
+            warn!(error = %e, lowered_to_0 = lowered, "cannot set oom_score_adj to -1000");
+            if lowered {
+                Some(0)
+            } else {
+                start
+            }
+        }
+    };
+    OomScoreAdj { start, now }
 }
 
 fn stdio_to_dev_null() {
@@ -258,13 +295,11 @@ fn start(
         _ => None,
     };
     let own_cgroup = join_own_cgroup(config, hier.as_ref(), helper, life)?;
-    // The task's: what the daemon had, never below 0 (an agent protected
-    // from the OOM killer must not hand that to its tasks).
+    // Where root's file access was lost (setuid mode), the daemon's value is
+    // not known: the child writes the task's.
     let task_oom_score_adj = life
         .privileged(protect_from_oom)
-        .flatten()
-        .unwrap_or(0)
-        .max(0);
+        .map_or(Some(0), OomScoreAdj::task_write);
     let signals = SignalFd::with_flags(signal_mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| StartFailure::new(Stage::Fork, "signalfd", errno_of(e)))?;
     let listener = bind_socket(config, ctx)?;
@@ -573,4 +608,30 @@ fn prepare_root(
         alloc::give_local_to_task(life, c, alloc, &config.task)?;
     }
     Ok(Some(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OomScoreAdj;
+
+    fn oom(start: Option<i32>, now: Option<i32>) -> OomScoreAdj {
+        OomScoreAdj { start, now }
+    }
+
+    #[test]
+    fn the_task_gets_the_daemons_first_oom_score_adj_never_below_0_written_only_when_it_differs() {
+        // Protected: the task's child writes back what the daemon had.
+        assert_eq!(oom(Some(0), Some(-1000)).task_write(), Some(0));
+        assert_eq!(oom(Some(300), Some(-1000)).task_write(), Some(300));
+        // Refused -1000: the daemon's value is the task's, nothing to write.
+        assert_eq!(oom(Some(0), Some(0)).task_write(), None);
+        assert_eq!(oom(Some(300), Some(300)).task_write(), None);
+        // Refused, lowered to 0: the task gets its 300 back.
+        assert_eq!(oom(Some(300), Some(0)).task_write(), Some(300));
+        // An agent protected from the OOM killer does not hand that on.
+        assert_eq!(oom(Some(-1000), Some(-1000)).task_write(), Some(0));
+        assert_eq!(oom(Some(-500), Some(-500)).task_write(), Some(0));
+        // No /proc: 0, best effort.
+        assert_eq!(oom(None, None).task_write(), Some(0));
+    }
 }
