@@ -342,11 +342,80 @@ pub fn run_submitted(
     Ok(out)
 }
 
+/// Make in `dir` what `n` tasks of one job have on the disk, as the agent
+/// and tend-spawn make them but with no fsync: per task six dirs (alloc,
+/// logs, shared, task, local, state) and seven small files (two records, a
+/// token, four log files). The ms it took; `dir` is left for the caller to
+/// remove after the start it stands beside (a removal makes the next
+/// creations slower on some file systems).
+pub fn fs_floor(dir: &Path, n: usize) -> Result<f64, String> {
+    let e = |p: &Path, x: std::io::Error| format!("{}: {x}", p.display());
+    let record = vec![b'x'; 1500];
+    let t = Instant::now();
+    for i in 0..n {
+        let root = dir.join(i.to_string());
+        for sub in ["logs", "alloc", "t/local", "state"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(|x| e(&d, x))?;
+        }
+        for (sub, name, len) in [
+            ("state", "alloc.json", 1500),
+            ("state", "t.json", 1500),
+            ("state", "t.token", 64),
+            ("logs", "t.stdout.0", 0),
+            ("logs", "t.stderr.0", 0),
+            ("logs", "t.stdout.index", 0),
+            ("logs", "t.stderr.index", 0),
+        ] {
+            let f = root.join(sub).join(name);
+            fs::write(&f, &record[..len]).map_err(|x| e(&f, x))?;
+        }
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Start `n` `/bin/sleep 600` from one thread (std's spawn), the ms until
+/// the last is started; then kill and reap them all.
+pub fn spawn_floor(n: usize) -> Result<f64, String> {
+    let mut kids = Vec::with_capacity(n);
+    let t = Instant::now();
+    let mut failed = None;
+    for _ in 0..n {
+        match Command::new("/bin/sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => kids.push(c),
+            Err(x) => {
+                failed = Some(format!("spawn /bin/sleep: {x}"));
+                break;
+            }
+        }
+    }
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    for k in &mut kids {
+        let _ = k.kill();
+    }
+    for mut k in kids {
+        let _ = k.wait();
+    }
+    failed.map_or(Ok(ms), Err)
+}
+
 /// What the scale runs measured.
 #[derive(Debug, Default)]
 pub struct Scale {
     /// ms from POST to all `n` running.
     pub start_all_ms: f64,
+    /// ms to make, in the data dir's file system just before, the dirs and
+    /// files `n` tasks have (see [`fs_floor`]).
+    pub fs_floor_ms: f64,
+    /// ms to start `n` `sleep 600` from one thread, just before (see
+    /// [`spawn_floor`]).
+    pub spawn_floor_ms: f64,
     /// Agent VmRSS with the tasks running, kB, and its smaps footprint.
     pub agent_rss_kb: f64,
     /// Agent RSS idle (no tasks), kB.
@@ -375,6 +444,12 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
         ..Scale::default()
     };
     let body = job("sleepers", n, "/bin/sleep", &["600"]);
+    // The two floors under a start, measured just before it: the file
+    // system (this machine's is slow to make inodes for a while after many
+    // were removed) and the kernel's process creation.
+    let floor_dir = a.data.with_file_name("fs-floor");
+    s.fs_floor_ms = fs_floor(&floor_dir, n)?;
+    s.spawn_floor_ms = spawn_floor(n)?;
     let t = Instant::now();
     let (st, v) = api(&a.run, "POST", "/v1/jobs", body.as_bytes())?;
     if st >= 400 {

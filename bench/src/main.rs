@@ -1118,6 +1118,38 @@ impl Bench {
         }
         self.rows.push(
             Row::measured(
+                "3 base",
+                &format!(
+                    "the data dir's file system, just before: make what {n} tasks have (6 dirs, 7 small files each), one thread, no fsync"
+                ),
+                "ms",
+                one(s.fs_floor_ms),
+            )
+            .note("the file system's share of a start at this moment; single run"),
+        );
+        self.rows.push(
+            Row::measured(
+                "3 base",
+                &format!("start {n} `/bin/sleep 600` from one thread (std spawn), just before"),
+                "ms",
+                one(s.spawn_floor_ms),
+            )
+            .note("the kernel's process creation; single run"),
+        );
+        self.rows.push(
+            Row::measured(
+                "3",
+                &format!("start {n} sleep tasks, against the two floors just above added"),
+                "ms",
+                one(s.start_all_ms),
+            )
+            .vs(
+                "file system + spawn floors",
+                one(s.fs_floor_ms + s.spawn_floor_ms),
+            ),
+        );
+        self.rows.push(
+            Row::measured(
                 "3",
                 &format!("agent kill -9 -> restart -> health answers with all {n} running"),
                 "ms",
