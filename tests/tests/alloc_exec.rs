@@ -104,6 +104,17 @@ fn zombie_children(daemon: i32) -> Vec<i32> {
     out
 }
 
+/// Whether `pid` is `sleep` in its sleep: its comm, and the syscall it
+/// waits in (nanosleep or clock_nanosleep, x86_64's numbers).
+fn in_sleep(pid: i32) -> bool {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+    read("comm").trim() == "sleep"
+        && matches!(
+            read("syscall").split_whitespace().next(),
+            Some("35" | "230")
+        )
+}
+
 fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -134,14 +145,12 @@ fn exec_runs_in_the_tasks_root_pid_namespace_user_and_env() {
     let (id, task_pid, daemon) = start_exec_task(&agent);
     let note = sb.data_dir().join("allocs").join(&id).join("t/local/note");
     assert!(wait_until(LONG, || note.exists()), "the task wrote no note");
-    // Counted once the shell has exec'd sleep: until then it may still
-    // hold the note open (it exists from the shell's open).
+    // Counted once the shell has exec'd sleep and sleep sleeps: until then
+    // the shell may still hold the note open (it exists from the shell's
+    // open), and sleep's loader its libraries.
     assert!(
-        wait_until(LONG, || std::fs::read_to_string(format!(
-            "/proc/{task_pid}/comm"
-        ))
-        .is_ok_and(|c| c.trim() == "sleep")),
-        "the task never became sleep"
+        wait_until(LONG, || in_sleep(task_pid)),
+        "the task never became a sleeping sleep"
     );
     let task_fds = fd_count(task_pid);
 
