@@ -104,15 +104,22 @@ fn zombie_children(daemon: i32) -> Vec<i32> {
     out
 }
 
-/// Whether `pid` is `sleep` in its sleep: its comm, and the syscall it
-/// waits in (nanosleep or clock_nanosleep, x86_64's numbers).
+/// Whether `pid` is `sleep` asleep: its comm, its state S, and where the
+/// kernel shows it, the syscall it waits in (nanosleep or clock_nanosleep,
+/// x86_64's numbers; user-mode Linux shows none).
 fn in_sleep(pid: i32) -> bool {
     let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+    let stat = read("stat");
+    let state = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.starts_with('S'));
+    let syscall = read("syscall");
     read("comm").trim() == "sleep"
-        && matches!(
-            read("syscall").split_whitespace().next(),
-            Some("35" | "230")
-        )
+        && state == Some(true)
+        && match syscall.split_whitespace().next() {
+            Some(n) if n.bytes().all(|b| b.is_ascii_digit()) => matches!(n, "35" | "230"),
+            _ => true,
+        }
 }
 
 fn fd_count(pid: i32) -> usize {
