@@ -18,7 +18,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Condvar, Mutex};
 
-use tend_proto::atomic::{self, AtomicError, Pending, Stage};
+use tend_proto::atomic::{AtomicError, Pending};
 
 /// A batch this large is made durable by one `syncfs`.
 pub const SYNCFS_FROM: usize = 4;
@@ -68,14 +68,15 @@ impl GroupSync {
 
     /// Write `data` to `dir/name` atomically and make it durable, in a batch
     /// with whatever other writes are waiting.
-    pub fn write_at(
+    #[cfg(test)]
+    fn write_at(
         &self,
         dir: &OwnedFd,
         name: &str,
         data: &[u8],
         mode: u32,
     ) -> Result<(), AtomicError> {
-        atomic::write_at_with(dir.as_fd(), name, data, mode, &mut |p, _stage: Stage| {
+        tend_proto::atomic::write_at_with(dir.as_fd(), name, data, mode, &mut |p, _stage| {
             self.durable(p)
         })
     }
@@ -172,6 +173,7 @@ const EIO: i32 = nix::errno::Errno::EIO as i32;
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use tend_proto::atomic;
 
     #[test]
     fn writers_at_once_all_get_their_file_whole_and_durable() {

@@ -476,23 +476,15 @@ impl StateStore {
         self.write(path, &Self::json_bytes(path, v)?, mode)
     }
 
-    /// Write `path` (a file of an alloc's dir) atomically, durable on return.
+    /// Write `path` (a file of an alloc's dir) atomically, durable on return:
+    /// its own fsyncs, which overlap in the disk's queue. A batch's one syncfs
+    /// measured slower where it mattered, 950 exits at once, as it also waits
+    /// for every daemon's exit file and every log.
     fn write(&self, path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
-        let err = |source| StateError::Write {
+        atomic::write(path, data, mode).map_err(|source| StateError::Write {
             path: path.to_path_buf(),
             source,
-        };
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
-        else {
-            return Err(err(atomic::AtomicError::BadName {
-                name: path.display().to_string(),
-            }));
-        };
-        // Each write's own fsyncs, which overlap in the disk's queue: a
-        // batch's one syncfs measured slower where it mattered, 950 exits at
-        // once, as it also waits for every daemon's exit file and every log.
-        let dir = atomic::open_dir(dir).map_err(err)?;
-        atomic::write_at(&dir, name, data, mode).map_err(err)
+        })
     }
 
     /// Write `alloc.json`.
