@@ -8,7 +8,10 @@
 //! a failing write never blocks the task: the bytes are counted as dropped.
 //!
 //! Beside each file, its time index (`<name>.idx`, see [`index`]) says when
-//! its bytes were written; it is rotated with its file.
+//! its bytes were written; it is rotated with its file. It is made right
+//! before the file's first byte, not when the file is: a task that writes
+//! nothing to a stream costs no index file, and a start makes two files
+//! fewer.
 //!
 //! tend-spawn writes a raw_exec/exec task's logs with it, the agent a docker
 //! task's: one format, one writer.
@@ -132,6 +135,16 @@ pub enum Spliced {
     Unsupported,
 }
 
+/// A log file's index, made at its first byte.
+#[derive(Debug)]
+enum Index {
+    /// Not made yet: the inode of the file it is to index.
+    Due(u64),
+    Open(IndexWriter),
+    /// It could not be made: the file goes on without times.
+    Off,
+}
+
 /// One rotating log stream.
 #[derive(Debug)]
 pub struct RotatingLog {
@@ -140,9 +153,8 @@ pub struct RotatingLog {
     max_files: u32,
     max_file_size: u64,
     file: Option<OwnedFd>,
-    /// The current file's index; None when it could not be opened (the log
-    /// goes on without times).
-    index: Option<IndexWriter>,
+    /// The current file's index.
+    index: Index,
     size: u64,
     dropped: u64,
     written: u64,
@@ -170,18 +182,30 @@ impl RotatingLog {
             set_log_mode(&file, name)?;
         }
         let size = st.st_size.unsigned_abs();
-        let index = IndexWriter::open(dir.as_fd(), &index_name(name), st.st_ino).ok();
         Ok(RotatingLog {
             dir,
             name: name.to_string(),
             max_files: config.max_files.max(1),
             max_file_size: config.max_file_size.max(1),
             file: Some(file),
-            index,
+            index: Index::Due(st.st_ino),
             size,
             dropped: 0,
             written: 0,
         })
+    }
+
+    /// The current file's index, made (or taken over, when it is this
+    /// file's) on first use; None when it cannot be.
+    fn index_writer(&mut self) -> Option<&mut IndexWriter> {
+        if let Index::Due(ino) = self.index {
+            self.index = IndexWriter::open(self.dir.as_fd(), &index_name(&self.name), ino)
+                .map_or(Index::Off, Index::Open);
+        }
+        match &mut self.index {
+            Index::Open(ix) => Some(ix),
+            Index::Due(_) | Index::Off => None,
+        }
     }
 
     /// The name of the `n`th older file (`n` >= 1).
@@ -217,10 +241,14 @@ impl RotatingLog {
             }
             let room = self.max_file_size - self.size;
             let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
-            let Some(file) = &self.file else { break };
-            if let Some(ix) = &mut self.index {
-                ix.mark_at(self.size, time_ns.unwrap_or_else(index::now_ns));
+            if self.file.is_none() {
+                break;
             }
+            let size = self.size;
+            if let Some(ix) = self.index_writer() {
+                ix.mark_at(size, time_ns.unwrap_or_else(index::now_ns));
+            }
+            let Some(file) = &self.file else { break };
             let at = libc::off_t::try_from(self.size).unwrap_or(libc::off_t::MAX);
             match nix::sys::uio::pwrite(file, &data[..take], at) {
                 Ok(n) => {
@@ -256,17 +284,21 @@ impl RotatingLog {
         if self.ensure_room().is_err() {
             return Spliced::Unsupported;
         }
+        // The record goes in before the bytes, so a reader that sees the bytes
+        // sees their time. An empty pipe makes a record too, at most every
+        // INDEX_EVERY: one that a later chunk at this offset still reads right.
+        if self.file.is_none() {
+            return Spliced::Unsupported;
+        }
+        let size = self.size;
+        if let Some(index) = self.index_writer() {
+            index.mark(size);
+        }
         let Some(file) = &self.file else {
             return Spliced::Unsupported;
         };
         let room = usize::try_from(self.max_file_size - self.size).unwrap_or(usize::MAX);
         let mut at = libc::loff_t::try_from(self.size).unwrap_or(libc::loff_t::MAX);
-        // The record goes in before the bytes, so a reader that sees the bytes
-        // sees their time. An empty pipe makes a record too, at most every
-        // INDEX_EVERY: one that a later chunk at this offset still reads right.
-        if let Some(index) = &mut self.index {
-            index.mark(self.size);
-        }
         let flags =
             nix::fcntl::SpliceFFlags::SPLICE_F_MOVE | nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK;
         match nix::fcntl::splice(pipe, None, file, Some(&mut at), room.min(1 << 20), flags) {
@@ -290,7 +322,7 @@ impl RotatingLog {
     /// moves with it, right after it.
     pub fn rotate(&mut self) -> Result<(), LogError> {
         self.file = None;
-        self.index = None;
+        self.index = Index::Off;
         let dir = self.dir.as_fd();
         let remove = |name: String| match unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
@@ -327,10 +359,12 @@ impl RotatingLog {
                 rename(index_name(&from), index_name(&to))?;
             }
         }
+        // Not O_APPEND: every write says its offset, and splice(2) refuses a
+        // file opened for appending.
         let file = sys::open_beneath(
             dir,
             &self.name,
-            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_EXCL,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
             LOG_FILE_MODE,
         )
         .map_err(|source| LogError::Open {
@@ -340,9 +374,7 @@ impl RotatingLog {
         if !sys::umask_keeps(LOG_FILE_MODE) {
             let _ = fchmod(&file, Mode::from_bits_truncate(LOG_FILE_MODE));
         }
-        self.index = fstat(&file)
-            .ok()
-            .and_then(|st| IndexWriter::open(dir, &index_name(&self.name), st.st_ino).ok());
+        self.index = fstat(&file).map_or(Index::Off, |st| Index::Due(st.st_ino));
         self.file = Some(file);
         self.size = 0;
         Ok(())
@@ -570,6 +602,47 @@ mod tests {
             let marks = marks_of(d.path(), name);
             assert_eq!(marks.first().map(|m| m.offset), Some(0), "{name}");
         }
+    }
+
+    #[test]
+    fn a_file_gets_its_index_with_its_first_byte_and_not_before() {
+        let d = tempfile::tempdir().unwrap();
+        let idx = d.path().join("t.stdout.idx");
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "t.stdout", cfg(3, 4)).unwrap();
+        assert!(d.path().join("t.stdout").exists());
+        assert!(!idx.exists(), "an index before any byte");
+        log.write(b"ab").unwrap();
+        assert_eq!(marks_of(d.path(), "t.stdout").len(), 1);
+        // A rotation with nothing after it: the new current file has no
+        // index until its own first byte.
+        log.write(b"cd").unwrap();
+        log.rotate().unwrap();
+        assert!(d.path().join("t.stdout.1.idx").exists());
+        assert!(!idx.exists(), "an index of an empty new file");
+        log.write(b"e").unwrap();
+        assert_eq!(marks_of(d.path(), "t.stdout")[0].offset, 0);
+    }
+
+    #[test]
+    fn splice_still_moves_bytes_after_a_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(3, 8)).unwrap();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        let mut moved = Vec::new();
+        // 20 bytes through files of 8: two rotations, every byte by splice.
+        for chunk in pattern(20).chunks(5) {
+            nix::unistd::write(&w, chunk).unwrap();
+            loop {
+                match log.splice_from(r.as_fd()) {
+                    Spliced::Moved(n) => moved.push(n),
+                    Spliced::Empty => break,
+                    other => panic!("after {moved:?}: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(moved.iter().sum::<usize>(), 20);
+        assert_eq!(concat(d.path(), "x", 3), pattern(20));
+        assert!(d.path().join("x.2").exists(), "{:?}", files(d.path()));
     }
 
     #[test]
