@@ -25,7 +25,7 @@ mod malloc {
     pub fn cap_arenas() {
         let tuned = std::env::var_os("GLIBC_TUNABLES")
             .is_some_and(|t| t.to_string_lossy().contains("glibc.malloc.arena_max"));
-        if tuned || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        if tuned || std::env::var_os("MALLOC_ARENA_MAX").is_some_and(|v| !v.is_empty()) {
             return;
         }
         // SAFETY: mallopt only sets a parameter of glibc's allocator; it is
