@@ -159,16 +159,12 @@ impl IndexWriter {
         })
     }
 
-    /// Before a write at `offset`: a record, unless one was made less than
-    /// [`INDEX_EVERY`] ago. One clock read; one 16-byte pwrite when due. A
-    /// failed append is not retried: the bytes keep the time of the record
-    /// before, and the log itself is never held up by its index.
-    pub fn mark(&mut self, offset: u64) {
-        self.mark_at(offset, now_ns());
-    }
-
-    /// [`IndexWriter::mark`] with a time the caller has (a container engine's
-    /// stamp of the message, which a copy may write much later).
+    /// Before a write at `offset` of bytes written at `now` (ns since the
+    /// epoch: the clock, or a container engine's stamp of the message, which
+    /// a copy may write much later): a record, unless one was made less than
+    /// [`INDEX_EVERY`] ago. One 16-byte pwrite when due. A failed append is
+    /// not retried: the bytes keep the time of the record before, and the log
+    /// itself is never held up by its index.
     pub fn mark_at(&mut self, offset: u64, now: i64) {
         let every = i64::try_from(INDEX_EVERY.as_nanos()).unwrap_or(i64::MAX);
         // A clock stepped back also makes a record.

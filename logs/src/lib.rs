@@ -195,16 +195,19 @@ impl RotatingLog {
         })
     }
 
-    /// The current file's index, made (or taken over, when it is this
-    /// file's) on first use; None when it cannot be.
-    fn index_writer(&mut self) -> Option<&mut IndexWriter> {
+    /// Before bytes go in at the current size: a record of `time_ns` (None:
+    /// now) in the current file's index, which is made (or taken over, when
+    /// it is this file's) at its first use. Nothing without a current file.
+    fn mark(&mut self, time_ns: Option<i64>) {
+        if self.file.is_none() {
+            return;
+        }
         if let Index::Due(ino) = self.index {
             self.index = IndexWriter::open(self.dir.as_fd(), &index_name(&self.name), ino)
                 .map_or(Index::Off, Index::Open);
         }
-        match &mut self.index {
-            Index::Open(ix) => Some(ix),
-            Index::Due(_) | Index::Off => None,
+        if let Index::Open(ix) = &mut self.index {
+            ix.mark_at(self.size, time_ns.unwrap_or_else(index::now_ns));
         }
     }
 
@@ -241,13 +244,7 @@ impl RotatingLog {
             }
             let room = self.max_file_size - self.size;
             let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
-            if self.file.is_none() {
-                break;
-            }
-            let size = self.size;
-            if let Some(ix) = self.index_writer() {
-                ix.mark_at(size, time_ns.unwrap_or_else(index::now_ns));
-            }
+            self.mark(time_ns);
             let Some(file) = &self.file else { break };
             let at = libc::off_t::try_from(self.size).unwrap_or(libc::off_t::MAX);
             match nix::sys::uio::pwrite(file, &data[..take], at) {
@@ -287,13 +284,7 @@ impl RotatingLog {
         // The record goes in before the bytes, so a reader that sees the bytes
         // sees their time. An empty pipe makes a record too, at most every
         // INDEX_EVERY: one that a later chunk at this offset still reads right.
-        if self.file.is_none() {
-            return Spliced::Unsupported;
-        }
-        let size = self.size;
-        if let Some(index) = self.index_writer() {
-            index.mark(size);
-        }
+        self.mark(None);
         let Some(file) = &self.file else {
             return Spliced::Unsupported;
         };
