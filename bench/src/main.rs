@@ -97,6 +97,8 @@ struct Args {
     only: Vec<String>,
     /// Figure 1e's baseline: tend-spawn built with `bench-no-pid-namespace`.
     no_pid_ns_bin: Option<PathBuf>,
+    /// Figure ab: another tend-spawn to compare with, round by round.
+    ab_bin: Option<PathBuf>,
 }
 
 impl Args {
@@ -115,6 +117,7 @@ fn parse_args() -> Result<Args, String> {
         commit: String::from("unknown"),
         only: Vec::new(),
         no_pid_ns_bin: None,
+        ab_bin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -126,9 +129,9 @@ fn parse_args() -> Result<Args, String> {
             "--only" => {
                 let v = it.next().ok_or("--only FIG[,FIG]...")?;
                 for f in v.split(',').filter(|f| !f.is_empty()) {
-                    if !["1", "1d", "1e", "2", "3", "4", "5", "6"].contains(&f) {
+                    if !["1", "1d", "1e", "2", "3", "4", "5", "6", "ab"].contains(&f) {
                         return Err(format!(
-                            "--only: unknown figure {f:?} (1, 1d, 1e, 2, 3, 4, 5, 6)"
+                            "--only: unknown figure {f:?} (1, 1d, 1e, 2, 3, 4, 5, 6, ab)"
                         ));
                     }
                     a.only.push(f.to_string());
@@ -137,13 +140,14 @@ fn parse_args() -> Result<Args, String> {
             "--no-pid-ns-bin" => {
                 a.no_pid_ns_bin = Some(it.next().ok_or("--no-pid-ns-bin FILE")?.into());
             }
+            "--ab" => a.ab_bin = Some(it.next().ok_or("--ab FILE")?.into()),
             "--variant" => {
                 let v = it.next().ok_or("--variant NAME=DIR")?;
                 let (n, d) = v.rsplit_once('=').ok_or("--variant NAME=DIR")?;
                 a.variants.push((n.to_string(), d.into()));
             }
             "-h" | "--help" => {
-                return Err("usage: tend-bench [--quick] [--only FIG,...] --bin-dir DIR --out DIR [--commit SHA] [--variant NAME=DIR]... [--no-pid-ns-bin FILE]".into())
+                return Err("usage: tend-bench [--quick] [--only FIG,...] --bin-dir DIR --out DIR [--commit SHA] [--variant NAME=DIR]... [--no-pid-ns-bin FILE] [--ab FILE]".into())
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -241,6 +245,8 @@ struct Bench {
     spawn_bin: PathBuf,
     /// tend-spawn without the pid namespace and /proc (figure 1e's baseline).
     no_pid_ns_bin: Option<PathBuf>,
+    /// Figure ab's other tend-spawn.
+    ab_bin: Option<PathBuf>,
     tend_bin: PathBuf,
     root: bool,
     rows: Vec<Row>,
@@ -755,6 +761,83 @@ impl Bench {
                 .target("<= 0.5 ms", Some(d.median <= 0.5)),
             );
         }
+    }
+
+    /// Figure ab: two builds of tend-spawn, 1a and 1c, alternating start by
+    /// start, so that a change too small for the machine's drift between
+    /// runs still shows: the medians, and the median of the per-round
+    /// differences.
+    fn ab(&mut self) {
+        let p = self.plan;
+        let Some(other) = self.ab_bin.clone() else {
+            self.rows.push(Row::not_measured(
+                "ab",
+                "A/B of two tend-spawns",
+                "needs --ab FILE",
+            ));
+            return;
+        };
+        say(&format!(
+            "ab: {} against {}",
+            self.spawn_bin.display(),
+            other.display()
+        ));
+        nix::unistd::sync();
+        let bins = [self.spawn_bin.clone(), other];
+        let n = p.fast * 2;
+        let run = |w: &mut spawn::World, isolated: bool| -> Result<[Vec<f64>; 2], String> {
+            let mut out: [Vec<f64>; 2] = Default::default();
+            for i in 0..n + p.warm {
+                // Which build goes first alternates too.
+                for k in [i % 2, 1 - i % 2] {
+                    let d = if isolated {
+                        latency::isolated(&bins[k], w, &self.cg_prefix, true, 1, 0)?
+                    } else {
+                        latency::direct(&bins[k], w, 1, 0)?.0
+                    };
+                    if i >= p.warm {
+                        out[k].extend(d);
+                    }
+                }
+            }
+            Ok(out)
+        };
+        let mut rows = Vec::new();
+        for (fig, isolated) in [("1a", false), ("1c", true)] {
+            if isolated && !self.root {
+                rows.push(Row::not_measured("ab", "1c", "needs root"));
+                continue;
+            }
+            match spawn::World::new(&self.base, &format!("ab{fig}"))
+                .and_then(|mut w| run(&mut w, isolated))
+            {
+                Ok([a, b]) => {
+                    let (sa, sb) = (sum(&a), sum(&b));
+                    rows.push(Row::measured(
+                        "ab",
+                        &format!("{fig}: B, the --ab build"),
+                        "ms",
+                        sb,
+                    ));
+                    rows.push(
+                        Row::measured("ab", &format!("{fig}: A, the --bin-dir build"), "ms", sa)
+                            .vs("B", sb),
+                    );
+                    let paired: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+                    rows.push(
+                        Row::measured(
+                            "ab",
+                            &format!("{fig}: A - B, round by round"),
+                            "ms",
+                            sum(&paired),
+                        )
+                        .note("median and p95 of the per-round differences"),
+                    );
+                }
+                Err(e) => rows.push(Row::not_measured("ab", fig, e)),
+            }
+        }
+        self.rows.extend(rows);
     }
 
     /// What of 1(c) the tend-spawn at hand can do: cgroup + nobody, no chroot.
@@ -1370,6 +1453,10 @@ fn run(args: Args) -> Result<(), String> {
             Some(f) => Some(fs::canonicalize(f).map_err(|e| format!("{}: {e}", f.display()))?),
             None => None,
         },
+        ab_bin: match &args.ab_bin {
+            Some(f) => Some(fs::canonicalize(f).map_err(|e| format!("{}: {e}", f.display()))?),
+            None => None,
+        },
         tend_bin: bin_dir.join("tend"),
         root: nix::unistd::geteuid().is_root(),
         rows: Vec::new(),
@@ -1390,6 +1477,10 @@ fn run(args: Args) -> Result<(), String> {
     }
     if args.wants("1e") {
         b.isolation_levels();
+    }
+    // Only when asked for by name: it needs --ab.
+    if args.only.iter().any(|f| f == "ab") {
+        b.ab();
     }
     if args.wants("2") {
         b.footprint();

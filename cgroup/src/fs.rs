@@ -5,6 +5,9 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
 use crate::{CgroupError, Result};
 
 /// Write a whole value in one write: cgroup files take one value per write(2).
@@ -14,12 +17,17 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(value.as_bytes()).map_err(err)
+    // openat(AT_FDCWD), not open(2): musl's open() follows every O_CLOEXEC
+    // open with an fcntl(F_SETFD) for kernels older than 2.6.23, and an exec
+    // start writes a dozen of these files.
+    let fd = nix::fcntl::openat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(io::Error::from(e)))?;
+    fs::File::from(fd).write_all(value.as_bytes()).map_err(err)
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<String> {

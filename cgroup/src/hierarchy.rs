@@ -332,10 +332,21 @@ impl Hierarchies {
     /// against the task. On v2 it must be a leaf: not an ancestor of task cgroups.
     pub fn join_self(&self, daemon_path: &str) -> Result<()> {
         let cg = TaskCgroup::open(self, daemon_path)?;
-        cg.make_dirs()?;
-        // "0" is the writer itself, whatever pid namespace we read pids in.
-        for dir in cg.dirs() {
-            write_file(&dir.join("cgroup.procs"), "0")?;
+        // The shared cgroup is there for every start but a host's first:
+        // write first, mkdir only where the write finds no dir (an EEXIST
+        // mkdir per hierarchy and start is what this spares).
+        for (mount, dir) in &cg.dirs {
+            // "0" is the writer itself, whatever pid namespace we read pids in.
+            let procs = dir.join("cgroup.procs");
+            match write_file(&procs, "0") {
+                Err(CgroupError::Write { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
+                    cg.make_dir_chain(mount, dir)?;
+                    write_file(&procs, "0")?;
+                }
+                r => r?,
+            }
         }
         Ok(())
     }

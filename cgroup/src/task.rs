@@ -140,19 +140,27 @@ impl TaskCgroup {
 
     pub(crate) fn make_dir_chain(&self, mount: &Path, dir: &Path) -> Result<()> {
         // The task's own dir first: its parents are there for every task of
-        // an alloc but the first (one mkdir, no lookup per level).
-        match self.make_dir(dir) {
-            Err(CgroupError::Mkdir { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-            r => return r,
-        }
-        let mut path = mount.to_path_buf();
-        for comp in self.rel.components() {
-            path.push(comp);
-            if !path.is_dir() {
-                self.make_dir(&path)?;
+        // an alloc but the first. Each ENOENT means one more missing level:
+        // go up one mkdir at a time, then back down, with no lookup (the old
+        // walk from the top stat()ed every level in every hierarchy).
+        debug_assert!(dir.starts_with(mount));
+        let depth = self.rel.components().count();
+        let mut missing = 0;
+        loop {
+            let level = dir.ancestors().nth(missing).unwrap_or(dir);
+            match self.make_dir(level) {
+                Err(CgroupError::Mkdir { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && missing + 1 < depth =>
+                {
+                    missing += 1;
+                }
+                r => break r?,
             }
         }
-        debug_assert_eq!(path, dir);
+        while missing > 0 {
+            missing -= 1;
+            self.make_dir(dir.ancestors().nth(missing).unwrap_or(dir))?;
+        }
         Ok(())
     }
 

@@ -284,17 +284,29 @@ impl RotatingLog {
         // The record goes in before the bytes, so a reader that sees the bytes
         // sees their time. An empty pipe makes a record too, at most every
         // INDEX_EVERY: one that a later chunk at this offset still reads right.
-        self.mark(None);
-        let Some(file) = &self.file else {
-            return Spliced::Unsupported;
-        };
+        // But not the file's first: its index is made with its first byte,
+        // and a pipe that shows none (empty, or at its end, as when a quiet
+        // task exits) must not make it.
+        let first_byte_unseen = matches!(self.index, Index::Due(_))
+            && tend_sys::bytes_waiting(pipe).is_ok_and(|n| n == 0);
+        if !first_byte_unseen {
+            self.mark(None);
+        }
         let room = usize::try_from(self.max_file_size - self.size).unwrap_or(usize::MAX);
         let mut at = libc::loff_t::try_from(self.size).unwrap_or(libc::loff_t::MAX);
         let flags =
             nix::fcntl::SpliceFFlags::SPLICE_F_MOVE | nix::fcntl::SpliceFFlags::SPLICE_F_NONBLOCK;
+        let Some(file) = &self.file else {
+            return Spliced::Unsupported;
+        };
         match nix::fcntl::splice(pipe, None, file, Some(&mut at), room.min(1 << 20), flags) {
             Ok(0) => Spliced::Eof,
             Ok(n) => {
+                if first_byte_unseen {
+                    // Bytes that came after the look: their record now, at
+                    // their offset, a moment late.
+                    self.mark(None);
+                }
                 self.size += n as u64;
                 self.written += n as u64;
                 Spliced::Moved(n)
@@ -634,6 +646,31 @@ mod tests {
         assert_eq!(moved.iter().sum::<usize>(), 20);
         assert_eq!(concat(d.path(), "x", 3), pattern(20));
         assert!(d.path().join("x.2").exists(), "{:?}", files(d.path()));
+    }
+
+    #[test]
+    fn a_pipe_that_empties_or_closes_without_a_byte_makes_no_index() {
+        let d = tempfile::tempdir().unwrap();
+        let idx = d.path().join("x.idx");
+        let mut log = RotatingLog::open(dir_fd(d.path()).as_fd(), "x", cfg(3, 100)).unwrap();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        assert!(matches!(log.splice_from(r.as_fd()), Spliced::Empty));
+        assert!(!idx.exists(), "an index for an empty pipe");
+        // The first bytes: their record at offset 0, made before them.
+        nix::unistd::write(&w, b"abc").unwrap();
+        assert!(matches!(log.splice_from(r.as_fd()), Spliced::Moved(3)));
+        let marks = marks_of(d.path(), "x");
+        assert_eq!(marks.len(), 1);
+        assert_eq!(marks[0].offset, 0);
+        // A quiet stream of another task: its end makes no index either.
+        let mut quiet = RotatingLog::open(dir_fd(d.path()).as_fd(), "q", cfg(3, 100)).unwrap();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        drop(w);
+        assert!(matches!(quiet.splice_from(r.as_fd()), Spliced::Eof));
+        assert!(
+            !d.path().join("q.idx").exists(),
+            "an index for a stream that closed empty"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! System calls shared by tend-spawn and the crates the agent uses too:
-//! pidfd_open, pidfd_send_signal (rustix's, which nix lacks), openat2
-//! beneath a dir (nix's), and the umask as the process last set it. No unsafe
+//! pidfd_open, pidfd_send_signal and FIONREAD (rustix's, which nix lacks),
+//! openat2 beneath a dir (nix's), and the umask as the process last set it. No unsafe
 //! code: each is a safe call of those crates.
 //!
 //! Nothing here forks or closes fds that others own: those stay in
@@ -30,6 +30,12 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
     let sig = rustix::process::Signal::from_named_raw(sig)
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
     Ok(rustix::process::pidfd_send_signal(pidfd, sig)?)
+}
+
+/// `ioctl(fd, FIONREAD)`: the bytes waiting in a pipe or socket, readable
+/// without blocking.
+pub fn bytes_waiting(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(rustix::io::ioctl_fionread(fd)?)
 }
 
 /// Open `name` beneath `dir` without following any symlink: openat2 with

@@ -269,3 +269,25 @@ fn a_log_without_an_index_reads_whole_and_since_goes_by_the_file_time() {
     assert_eq!(logs(&agent, &["--since", &after, &id, "t"]), "");
     assert!(!dir.join("t.stdout.idx").exists(), "a read makes no index");
 }
+
+#[test]
+fn a_stream_the_task_never_writes_gets_no_index() {
+    let sb = Sandbox::new();
+    let agent = AgentProc::start(&sb);
+    let id = agent.submit(&job("quiet", 1, NO_RESTART, &sh_task("t", "echo one", "")))[0].clone();
+    wait_dead(&agent, &id);
+    let dir = logs_dir(&sb, &id);
+    assert_eq!(logs(&agent, &[&id, "t"]), "one\n");
+    assert!(
+        dir.join("t.stdout.idx").exists(),
+        "stdout has a byte and an index"
+    );
+    assert!(
+        dir.join("t.stderr").exists(),
+        "the empty stderr file is there"
+    );
+    assert!(
+        !dir.join("t.stderr.idx").exists(),
+        "an index for a stream that closed without a byte"
+    );
+}

@@ -292,3 +292,50 @@ fn bad_paths_are_refused() {
         assert!(matches!(e, CgroupError::BadPath { .. }), "{p:?}: {e}");
     }
 }
+
+/// The fake kernel, with every mkdir it is asked for written down.
+#[derive(Debug)]
+struct MkdirLog(std::sync::Mutex<Vec<PathBuf>>);
+
+impl Tree for MkdirLog {
+    fn mkdir(&self, path: &Path) -> io::Result<()> {
+        self.0.lock().unwrap().push(path.to_path_buf());
+        FakeKernel.mkdir(path)
+    }
+    fn rmdir(&self, path: &Path) -> io::Result<()> {
+        FakeKernel.rmdir(path)
+    }
+}
+
+#[test]
+fn cgroup_dirs_are_made_leaf_first_and_the_shared_one_only_once() {
+    static LOG: MkdirLog = MkdirLog(std::sync::Mutex::new(Vec::new()));
+    let taken = || std::mem::take(&mut *LOG.0.lock().unwrap());
+    let t = tempfile::tempdir().unwrap();
+    fake_v2(t.path());
+    let h = Hierarchies::probe(t.path()).unwrap().with_tree(&LOG);
+    let rel = |p: &PathBuf| p.strip_prefix(t.path()).unwrap().to_path_buf();
+    // Nothing there yet: up one level per ENOENT, then back down.
+    TaskCgroup::create(&h, &spec("tend/a/t1")).unwrap();
+    let asked: Vec<PathBuf> = taken().iter().map(rel).collect();
+    let want: Vec<PathBuf> = ["tend/a/t1", "tend/a", "tend", "tend/a", "tend/a/t1"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(asked, want);
+    // A second task of the alloc: its own dir, one mkdir.
+    TaskCgroup::create(&h, &spec("tend/a/t2")).unwrap();
+    assert_eq!(
+        taken().iter().map(rel).collect::<Vec<_>>(),
+        [PathBuf::from("tend/a/t2")]
+    );
+    // The shared daemon cgroup: made by the first daemon, then only joined.
+    h.join_self("tend/tend-spawn").unwrap();
+    assert_eq!(
+        taken().iter().map(rel).collect::<Vec<_>>(),
+        [PathBuf::from("tend/tend-spawn")]
+    );
+    h.join_self("tend/tend-spawn").unwrap();
+    assert!(taken().is_empty(), "a mkdir for a cgroup that is there");
+    assert_eq!(read(t.path().join("tend/tend-spawn/cgroup.procs")), "0");
+}
