@@ -31,15 +31,40 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|source| CgroupError::Read {
+    read_text(path).map_err(|source| CgroupError::Read {
         path: path.to_path_buf(),
         source,
     })
 }
 
+/// A whole control file: openat, reads into a buffer that fits most of
+/// them, close. `fs::read_to_string` adds an fstat (a cgroup file's size
+/// is always 0) and, on musl, an fcntl: two calls of five for the
+/// `cgroup.procs` that a task's exit reads in every hierarchy.
+pub(crate) fn read_text(path: &Path) -> io::Result<String> {
+    let fd = nix::fcntl::openat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // A plain read loop: File::read_to_end asks the size first too.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        match nix::unistd::read(&fd, &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// A file the host may not offer: None when it does not exist.
 pub(crate) fn read_optional(path: &Path) -> Result<Option<String>> {
-    match fs::read_to_string(path) {
+    match read_text(path) {
         Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(CgroupError::Read {

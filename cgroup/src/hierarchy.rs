@@ -133,20 +133,22 @@ impl Hierarchies {
         let mut cgroup2 = None;
         for line in text.lines() {
             // id parent major:minor root mount_point options [optional...] - fstype source super_options
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let Some(sep) = fields.iter().position(|f| *f == "-") else {
-                continue;
-            };
-            let (Some(mount), Some(fstype), Some(super_opts)) =
-                (fields.get(4), fields.get(sep + 1), fields.get(sep + 3))
+            // No Vec per line: musl's malloc hands a freed page back to the
+            // kernel, so one would cost an mmap and a munmap per mount.
+            let mount = line.split_whitespace().nth(4);
+            let mut after = line.split_whitespace().skip_while(|f| *f != "-").skip(1);
+            let (Some(mount), Some(fstype), Some(super_opts)) = (mount, after.next(), after.nth(1))
             else {
                 continue;
             };
+            if fstype != "cgroup" && fstype != "cgroup2" {
+                continue;
+            }
             let mount = PathBuf::from(unescape_mountinfo(mount));
             if !mount.starts_with(root) {
                 continue;
             }
-            match *fstype {
+            match fstype {
                 // The one at the root wins: that is a v2 host.
                 "cgroup2" if cgroup2.is_none() || mount == root => cgroup2 = Some(mount),
                 "cgroup" => {

@@ -239,7 +239,7 @@ impl TaskCgroup {
         let mut pids = BTreeSet::new();
         for dir in self.dirs() {
             let path = dir.join("cgroup.procs");
-            let text = match fs::read_to_string(&path) {
+            let text = match crate::fs::read_text(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(CgroupError::Read { path, source }),
