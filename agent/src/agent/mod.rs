@@ -21,9 +21,12 @@ use crate::driver::Control;
 use crate::jobspec::Job;
 use crate::paths::Dirs;
 use crate::runner::{self, Start};
-use crate::state::{AllocRecord, Desired, StateStore, TaskEvent, TaskPhase, TaskRecord, SCHEMA};
+use crate::state::{
+    AllocRecord, Desired, StateError, StateStore, TaskEvent, TaskPhase, TaskRecord, SCHEMA,
+};
 use config::{AgentConfig, PortRange};
 pub use error::{AgentError, Straggler};
+use tend_proto::Token;
 
 /// The agent's settings: the config file with every default filled in.
 #[derive(Debug, Clone)]
@@ -183,6 +186,17 @@ pub(crate) fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Whether and how a task's change goes to the store.
+enum Persist<'a> {
+    /// Kept in memory until the next persisted change.
+    No,
+    /// The record, durable before the API shows it; a failure is logged.
+    Record,
+    /// The record and a new run's token, durable together; a failure is
+    /// returned and the change not made.
+    WithToken(&'a Token),
+}
+
 /// Undo the allocations of a submit that failed before any of them ran:
 /// their ports, their records and their dirs.
 fn abandon<'a>(inner: &Inner, alloc_ids: impl Iterator<Item = &'a str>) {
@@ -297,22 +311,82 @@ impl Inner {
         persist: bool,
         f: impl FnOnce(&mut TaskRecord) -> E,
     ) -> Option<TaskRecord> {
-        let gate = {
+        let persist = if persist {
+            Persist::Record
+        } else {
+            Persist::No
+        };
+        self.change_task_as(alloc_id, task, persist, f)
+            .unwrap_or(None)
+    }
+
+    /// [`Inner::update_task`] that also writes a new run's token beside
+    /// the record, durable together (a start's one durable step before its
+    /// launch). Unlike a plain update's, a failed write is the caller's:
+    /// the record is left as it was, for a start that must not go on.
+    pub(crate) fn update_task_with_token(
+        &self,
+        alloc_id: &str,
+        task: &str,
+        token: &Token,
+        f: impl FnOnce(&mut TaskRecord) -> Option<TaskEvent>,
+    ) -> Result<(), StateError> {
+        self.change_task_as(alloc_id, task, Persist::WithToken(token), f)
+            .map(|_| ())
+    }
+
+    fn change_task_as<E: IntoIterator<Item = TaskEvent>>(
+        &self,
+        alloc_id: &str,
+        task: &str,
+        persist: Persist<'_>,
+        f: impl FnOnce(&mut TaskRecord) -> E,
+    ) -> Result<Option<TaskRecord>, StateError> {
+        let Some(gate) = ({
             let allocs = self.allocs.lock().expect("allocs lock");
-            Arc::clone(&allocs.get(alloc_id)?.tasks.get(task)?.writing)
+            allocs
+                .get(alloc_id)
+                .and_then(|a| a.tasks.get(task))
+                .map(|t| Arc::clone(&t.writing))
+        }) else {
+            return Ok(None);
         };
         let _writing = gate.lock().expect("task write lock");
-        let (rec, ev) = {
+        let Some((rec, ev)) = ({
             let allocs = self.allocs.lock().expect("allocs lock");
-            let mut rec = allocs.get(alloc_id)?.tasks.get(task)?.record.clone();
-            let ev = f(&mut rec);
-            (rec, ev)
+            allocs
+                .get(alloc_id)
+                .and_then(|a| a.tasks.get(task))
+                .map(|t| {
+                    let mut rec = t.record.clone();
+                    let ev = f(&mut rec);
+                    (rec, ev)
+                })
+        }) else {
+            return Ok(None);
         };
-        if persist {
-            if let Err(e) = off_the_workers(|| self.store.put_task(&rec)) {
-                tracing::error!(alloc_id, task, error = %e, "cannot persist task state");
+        match persist {
+            Persist::No => {}
+            Persist::Record => {
+                if let Err(e) = off_the_workers(|| self.store.put_task(&rec)) {
+                    tracing::error!(alloc_id, task, error = %e, "cannot persist task state");
+                }
+            }
+            Persist::WithToken(token) => {
+                off_the_workers(|| self.store.put_task_and_token(&rec, token))?;
             }
         }
+        Ok(self.publish_task_change(alloc_id, task, rec, ev))
+    }
+
+    /// Put a changed record where the API reads it and send its events.
+    fn publish_task_change<E: IntoIterator<Item = TaskEvent>>(
+        &self,
+        alloc_id: &str,
+        task: &str,
+        rec: TaskRecord,
+        ev: E,
+    ) -> Option<TaskRecord> {
         {
             let mut allocs = self.allocs.lock().expect("allocs lock");
             let slot = allocs.get_mut(alloc_id)?.tasks.get_mut(task)?;

@@ -226,8 +226,13 @@ pub trait Journal: Send + Sync {
     fn change(&self, persist: bool, f: &mut dyn FnMut(&mut TaskRecord) -> Option<TaskEvent>);
     /// The record (a copy).
     fn record(&self) -> Option<TaskRecord>;
-    /// Keep the per-run secret of a supervisor.
-    fn put_token(&self, token: &Token) -> Result<(), crate::state::StateError>;
+    /// Change the record and keep a new run's secret beside it, both
+    /// durable before this returns; on an error neither change is made.
+    fn change_with_token(
+        &self,
+        token: &Token,
+        f: &mut dyn FnMut(&mut TaskRecord) -> Option<TaskEvent>,
+    ) -> Result<(), crate::state::StateError>;
     /// The per-run secret kept for the task.
     fn token(&self) -> Option<Token>;
 }

@@ -437,14 +437,16 @@ impl Journal for TaskJournal {
         self.inner.task_record(&self.alloc_id, &self.task)
     }
 
-    fn put_token(&self, token: &Token) -> Result<(), StateError> {
-        // A durable write at every start: a thousand starts at once overlap
-        // their fsyncs rather than take the two workers in turn.
-        crate::agent::off_the_workers(|| {
-            self.inner
-                .store
-                .put_token(&self.alloc_id, &self.task, token)
-        })
+    fn change_with_token(
+        &self,
+        token: &Token,
+        f: &mut dyn FnMut(&mut TaskRecord) -> Option<TaskEvent>,
+    ) -> Result<(), StateError> {
+        // A durable write at every start, off the workers (inside): a
+        // thousand starts at once overlap their fsyncs rather than take the
+        // two workers in turn.
+        self.inner
+            .update_task_with_token(&self.alloc_id, &self.task, token, f)
     }
 
     fn token(&self) -> Option<Token> {

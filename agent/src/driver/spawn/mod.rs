@@ -171,9 +171,6 @@ impl SpawnDriver {
             }
             Err(e) => return Err(never(e.to_string())),
         };
-        if let Err(e) = cx.journal.put_token(&token) {
-            return Err(never(e.to_string()));
-        }
         let mut handle = Handle {
             driver: task.driver.name().to_string(),
             run,
@@ -188,12 +185,17 @@ impl SpawnDriver {
             protocol_version: PROTOCOL_VERSION,
             container_id: None,
         };
-        cx.journal.update(|r| {
+        // The token and the record that names the run's socket, durable
+        // together before the launch: an agent killed right after finds the
+        // supervisor and can speak to it.
+        if let Err(e) = cx.journal.change_with_token(&token, &mut |r| {
             r.run = run;
             r.phase = TaskPhase::Pending;
             r.handle = Some(handle.clone());
             None
-        });
+        }) {
+            return Err(never(e.to_string()));
+        }
         let launched = match launch(&self.spawn_bin, &config, self.launcher.as_deref()).await {
             Ok(l) => l,
             // Nothing ran: the binary did not execute or never had its config.
