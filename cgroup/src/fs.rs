@@ -37,10 +37,10 @@ pub(crate) fn read_file(path: &Path) -> Result<String> {
     })
 }
 
-/// A whole control file: openat, reads into a buffer that fits most of
-/// them, close. `fs::read_to_string` adds an fstat (a cgroup file's size
-/// is always 0) and, on musl, an fcntl: two calls of five for the
-/// `cgroup.procs` that a task's exit reads in every hierarchy.
+/// A whole control file: openat, reads of up to 512 bytes until one
+/// returns none, close. `fs::read_to_string` adds an fstat (a cgroup
+/// file's size is always 0) and, on musl, an fcntl: two calls of five for
+/// the empty `cgroup.procs` that a task's exit reads in every hierarchy.
 pub(crate) fn read_text(path: &Path) -> io::Result<String> {
     let fd = nix::fcntl::openat(
         nix::fcntl::AT_FDCWD,
