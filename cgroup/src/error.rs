@@ -10,7 +10,7 @@ use nix::errno::Errno;
 /// What went wrong, naming the file or dir; io errors are kept as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    /// The cgroup parent cannot hold tasks (see [`Hierarchies::check_parent`]).
+    /// The cgroup parent cannot hold tasks (see [`crate::Hierarchies::check_parent`]).
     #[error("cgroup parent {dir}: {reason}")]
     ParentUnusable {
         /// The parent's dir in the hierarchy at fault.
