@@ -560,7 +560,8 @@ impl StateStore {
     /// fsyncs (each file, the dir once) where two writes took four.
     pub fn put_task_and_token(&self, t: &TaskRecord, token: &Token) -> Result<(), StateError> {
         let d = self.ensure_alloc_dir(&t.alloc_id)?;
-        let record = d.join(format!("{}.json", t.task));
+        let record_name = format!("{}.json", t.task);
+        let record = d.join(&record_name);
         let bytes = Self::json_bytes(&record, t)?;
         let failed = |source| StateError::Write {
             path: record.clone(),
@@ -575,8 +576,7 @@ impl StateStore {
                 source,
             },
         )?;
-        let rec = atomic::write_at_deferred(&dir, &format!("{}.json", t.task), &bytes, 0o600)
-            .map_err(failed)?;
+        let rec = atomic::write_at_deferred(&dir, &record_name, &bytes, 0o600).map_err(failed)?;
         atomic::sync_together(vec![tok, rec]).map_err(failed)
     }
 

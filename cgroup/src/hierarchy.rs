@@ -337,14 +337,14 @@ impl Hierarchies {
         // The shared cgroup is there for every start but a host's first:
         // write first, mkdir only where the write finds no dir (an EEXIST
         // mkdir per hierarchy and start is what this spares).
-        for (mount, dir) in &cg.dirs {
+        for dir in cg.dirs() {
             // "0" is the writer itself, whatever pid namespace we read pids in.
             let procs = dir.join("cgroup.procs");
             match write_file(&procs, "0") {
                 Err(CgroupError::Write { source, .. })
                     if source.kind() == io::ErrorKind::NotFound =>
                 {
-                    cg.make_dir_chain(mount, dir)?;
+                    cg.make_dir_chain(dir)?;
                     write_file(&procs, "0")?;
                 }
                 r => r?,

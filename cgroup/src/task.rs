@@ -120,12 +120,12 @@ impl TaskCgroup {
 
     /// mkdir -p in every hierarchy, through the tree seam.
     pub(crate) fn make_dirs(&self) -> Result<()> {
-        for (mount, dir) in &self.dirs {
+        for dir in self.dirs() {
             // A sibling task's remove() may rmdir a shared parent between our
             // mkdirs (ENOENT): walk again, a few times.
             let mut tries = 0;
             loop {
-                match self.make_dir_chain(mount, dir) {
+                match self.make_dir_chain(dir) {
                     Err(CgroupError::Mkdir { source, .. })
                         if source.kind() == io::ErrorKind::NotFound && tries < 3 =>
                     {
@@ -138,12 +138,11 @@ impl TaskCgroup {
         Ok(())
     }
 
-    pub(crate) fn make_dir_chain(&self, mount: &Path, dir: &Path) -> Result<()> {
+    pub(crate) fn make_dir_chain(&self, dir: &Path) -> Result<()> {
         // The task's own dir first: its parents are there for every task of
         // an alloc but the first. Each ENOENT means one more missing level:
         // go up one mkdir at a time, then back down, with no lookup (the old
         // walk from the top stat()ed every level in every hierarchy).
-        debug_assert!(dir.starts_with(mount));
         let depth = self.rel.components().count();
         let mut missing = 0;
         loop {

@@ -317,7 +317,7 @@ impl Inner {
             Persist::No
         };
         self.change_task_as(alloc_id, task, persist, f)
-            .unwrap_or(None)
+            .and_then(Result::ok)
     }
 
     /// [`Inner::update_task`] that also writes a new run's token beside
@@ -332,38 +332,29 @@ impl Inner {
         f: impl FnOnce(&mut TaskRecord) -> Option<TaskEvent>,
     ) -> Result<(), StateError> {
         self.change_task_as(alloc_id, task, Persist::WithToken(token), f)
+            .transpose()
             .map(|_| ())
     }
 
+    /// [`Inner::change_task`], persisted as `persist` says; None for a task
+    /// the agent does not have.
     fn change_task_as<E: IntoIterator<Item = TaskEvent>>(
         &self,
         alloc_id: &str,
         task: &str,
         persist: Persist<'_>,
         f: impl FnOnce(&mut TaskRecord) -> E,
-    ) -> Result<Option<TaskRecord>, StateError> {
-        let Some(gate) = ({
+    ) -> Option<Result<TaskRecord, StateError>> {
+        let gate = {
             let allocs = self.allocs.lock().expect("allocs lock");
-            allocs
-                .get(alloc_id)
-                .and_then(|a| a.tasks.get(task))
-                .map(|t| Arc::clone(&t.writing))
-        }) else {
-            return Ok(None);
+            Arc::clone(&allocs.get(alloc_id)?.tasks.get(task)?.writing)
         };
         let _writing = gate.lock().expect("task write lock");
-        let Some((rec, ev)) = ({
+        let (rec, ev) = {
             let allocs = self.allocs.lock().expect("allocs lock");
-            allocs
-                .get(alloc_id)
-                .and_then(|a| a.tasks.get(task))
-                .map(|t| {
-                    let mut rec = t.record.clone();
-                    let ev = f(&mut rec);
-                    (rec, ev)
-                })
-        }) else {
-            return Ok(None);
+            let mut rec = allocs.get(alloc_id)?.tasks.get(task)?.record.clone();
+            let ev = f(&mut rec);
+            (rec, ev)
         };
         match persist {
             Persist::No => {}
@@ -373,20 +364,11 @@ impl Inner {
                 }
             }
             Persist::WithToken(token) => {
-                off_the_workers(|| self.store.put_task_and_token(&rec, token))?;
+                if let Err(e) = off_the_workers(|| self.store.put_task_and_token(&rec, token)) {
+                    return Some(Err(e));
+                }
             }
         }
-        Ok(self.publish_task_change(alloc_id, task, rec, ev))
-    }
-
-    /// Put a changed record where the API reads it and send its events.
-    fn publish_task_change<E: IntoIterator<Item = TaskEvent>>(
-        &self,
-        alloc_id: &str,
-        task: &str,
-        rec: TaskRecord,
-        ev: E,
-    ) -> Option<TaskRecord> {
         {
             let mut allocs = self.allocs.lock().expect("allocs lock");
             let slot = allocs.get_mut(alloc_id)?.tasks.get_mut(task)?;
@@ -400,7 +382,7 @@ impl Inner {
                 event,
             });
         }
-        Some(rec)
+        Some(Ok(rec))
     }
 
     /// The allocation record (a copy).
