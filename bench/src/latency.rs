@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime};
 
-use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation};
+use tend_proto::config::{Bind, CgroupSpec, ChrootSpec, Isolation, TaskIds};
 
 use crate::spawn::{self, World};
 use crate::sys::{self, Argv, BarePlan, BARE_STEPS};
@@ -105,7 +105,7 @@ pub fn isolated(
         let mut cfg = world.config("/bin/true", &[])?;
         cfg.cwd = "/".into();
         cfg.isolation = Some(Isolation {
-            ids: None,
+            ids: Some(nobody_ids()?),
             user: "nobody".into(),
             chroot: chroot.then(|| ChrootSpec {
                 binds: default_binds()
@@ -143,6 +143,21 @@ pub fn isolated(
         }
     }
     Ok(out)
+}
+
+/// nobody's uid and gid, resolved here as the agent resolves a task's user
+/// before launch: the config carries the numbers (tend-spawn reads no
+/// passwd file, and the first connection and the detach in place ride only
+/// on a config with them).
+pub fn nobody_ids() -> Result<TaskIds, String> {
+    let u = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .ok_or("no user nobody")?;
+    Ok(TaskIds {
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+    })
 }
 
 /// How much of tend-spawn's isolation the bare sequence repeats.
@@ -585,7 +600,7 @@ pub fn chroot_sizes(
             if k > 0 {
                 cfg.cwd = "/".into();
                 cfg.isolation = Some(Isolation {
-                    ids: None,
+                    ids: Some(nobody_ids()?),
                     user: "nobody".into(),
                     chroot: Some(ChrootSpec {
                         binds: binds_of(sizes[k - 1]),

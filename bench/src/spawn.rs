@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde::Serialize;
-use tend_proto::config::{example, FirstConnection, SpawnConfig};
+use tend_proto::config::{example, Detach, FirstConnection, SpawnConfig};
 use tend_proto::frame::{self, MAX_FRAME_LEN};
 use tend_proto::{ExitStatus, Hello, Request, Response, StartReport, Token, PROTOCOL_VERSION};
 
@@ -64,6 +64,9 @@ impl World {
         c.cwd = utf8(&task_dir)?;
         c.kill_timeout_ms = 2000;
         c.first_connection = FirstConnection::Stdin;
+        // As under the agent's launcher: the process exec'd is the daemon,
+        // reaped here when it ends ([`Launched::reap_launcher`]).
+        c.detach = Detach::InPlace;
         Ok(c)
     }
 
@@ -94,8 +97,12 @@ impl Launched {
     }
 
     /// Reap the process we exec'd (it leaves once the daemon is on its own).
+    /// A daemon in place ([`Detach::InPlace`]) is that process: it is reaped
+    /// when it ends, by [`crate::procfs::reap`] of its pid.
     pub fn reap_launcher(&mut self) {
-        let _ = self.launcher.wait();
+        if u32::try_from(self.daemon_pid).ok() != Some(self.launcher.id()) {
+            let _ = self.launcher.wait();
+        }
     }
 }
 

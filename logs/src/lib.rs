@@ -106,7 +106,9 @@ fn set_log_mode(fd: &OwnedFd, name: &str) -> Result<(), LogError> {
 /// leaves it) if missing; true when it created it.
 fn open_log(dir: BorrowedFd<'_>, name: &str, extra: i32) -> Result<(OwnedFd, bool), LogError> {
     let open = |flags: i32| sys::open_beneath(dir, name, flags, LOG_FILE_MODE);
-    let base = libc::O_WRONLY | extra;
+    // No terminal becomes the caller's controlling one through a log path
+    // (a daemon that leads its session opens its own log here).
+    let base = libc::O_WRONLY | libc::O_NOCTTY | extra;
     match open(base | libc::O_CREAT | libc::O_EXCL) {
         Ok(fd) => Ok((fd, true)),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => open(base)

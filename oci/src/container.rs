@@ -9,8 +9,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, FirstConnection, Isolation, LogConfig,
-    MountKind, TaskIds, TaskStart, TaskStdin,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, CpuQuota, Detach, FirstConnection, Isolation,
+    LogConfig, MountKind, TaskIds, TaskStart, TaskStdin,
 };
 use tend_proto::{SpawnConfig, Token};
 
@@ -343,6 +343,8 @@ pub fn spawn_config(
         namespaces: bundle.namespaces.clone(),
         first_connection: FirstConnection::Socket,
         extras: bundle.extras(),
+        // tend-oci waits for the process it exec'd: it must leave.
+        detach: Detach::Fork,
     })
 }
 

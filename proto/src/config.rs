@@ -217,6 +217,29 @@ pub struct SpawnConfig {
     /// predates a variant refuses the frame naming the part.
     #[serde(skip)]
     pub extras: Vec<ConfigExtra>,
+    /// Whether the process the starter exec'd forks the daemon off and
+    /// leaves, or is the daemon itself. Added after the first wire form:
+    /// it travels after the extras ([`SpawnConfig::to_frame`]).
+    #[serde(skip)]
+    pub detach: Detach,
+}
+
+/// How tend-spawn leaves the process that started it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Detach {
+    /// The process the starter exec'd starts a session of its own, forks
+    /// the daemon and leaves at once (what a config without this part
+    /// means): the starter reaps a process that ends right away, and the
+    /// daemon is nobody's child.
+    #[default]
+    Fork,
+    /// The process the starter exec'd starts a session of its own and is
+    /// the daemon: a fork, and the copy-on-write faults after it, fewer per
+    /// start. Its parent reaps it whenever it ends, so only a starter that
+    /// reaps every child it has, and never waits for this one, asks for it
+    /// (the agent's spawn launcher). A tend-spawn that predates this part
+    /// refuses the frame at the config stage, before it starts anything.
+    InPlace,
 }
 
 /// One addition to a task's isolation, carried in the frame's last part.
@@ -588,7 +611,8 @@ impl SpawnConfig {
     /// resolved them, then its [`TaskStart`] when it is not
     /// [`TaskStart::Now`], then its [`Namespaces`] when it has any, then the
     /// [`FirstConnection`] when it is not [`FirstConnection::Socket`], then
-    /// the [`ConfigExtra`] list when it is not empty.
+    /// the [`ConfigExtra`] list when it is not empty, then the [`Detach`]
+    /// when it is not [`Detach::Fork`].
     ///
     /// The additions ride after the frozen encoding rather than inside it, so
     /// a config without them is byte for byte what it always was. They are
@@ -597,22 +621,24 @@ impl SpawnConfig {
     /// stdin even when it is /dev/null, the ids (where there is an
     /// isolation), which must then be set, the start and the namespaces even
     /// when they are the defaults. The ids cannot come along unset, so an
-    /// isolated config without them leaves its first connection out (the
-    /// daemon then answers `Started`, and the starter connects to the socket
-    /// file as it would with a tend-spawn that predates the part).
+    /// isolated config without them leaves its first connection and its
+    /// detach out (the daemon then answers `Started`, and the starter
+    /// connects to the socket file and reaps a first process that leaves,
+    /// as it would with a tend-spawn that predates the parts).
     pub fn to_frame(&self) -> Result<Vec<u8>, FrameError> {
         let encode_err = |what| move |source| FrameError::Encode { what, source };
         let mut body = postcard::to_allocvec(self).map_err(encode_err("SpawnConfig"))?;
         let ids = self.isolation.as_ref().and_then(|i| i.ids);
-        let extras = (!self.extras.is_empty()).then_some(&self.extras);
-        if extras.is_some() && self.isolation.is_some() && ids.is_none() {
+        let ids_known = self.isolation.is_none() || ids.is_some();
+        let detach = (self.detach != Detach::Fork && ids_known).then_some(self.detach);
+        let extras = (!self.extras.is_empty() || detach.is_some()).then_some(&self.extras);
+        if !self.extras.is_empty() && !ids_known {
             return Err(FrameError::Missing {
                 what: "TaskIds",
                 needed_by: "ConfigExtra",
             });
         }
-        let connection = ((self.first_connection != FirstConnection::Socket
-            && (self.isolation.is_none() || ids.is_some()))
+        let connection = ((self.first_connection != FirstConnection::Socket && ids_known)
             || extras.is_some())
         .then_some(self.first_connection);
         let namespaces = (self.namespaces != Namespaces::default() || connection.is_some())
@@ -648,14 +674,17 @@ impl SpawnConfig {
         if let Some(e) = extras {
             body.extend(postcard::to_allocvec(e).map_err(encode_err("ConfigExtra"))?);
         }
+        if let Some(d) = detach {
+            body.extend(postcard::to_allocvec(&d).map_err(encode_err("Detach"))?);
+        }
         frame::wrap_body(crate::PROTOCOL_VERSION, &body)
     }
 
     /// Decode a frame written by [`SpawnConfig::to_frame`]: the config, then
     /// the cgroup options if bytes follow it and it has a cgroup, then the
     /// task's stdin, its ids, its start, its namespaces, the first
-    /// connection and the extras if bytes still follow (a config without
-    /// them reads too).
+    /// connection, the extras and the detach if bytes still follow (a
+    /// config without them reads too).
     pub fn from_frame(f: &Frame) -> Result<SpawnConfig, FrameError> {
         let body_err = |what| move |source| FrameError::Body { what, source };
         let (mut config, mut rest) =
@@ -700,6 +729,12 @@ impl SpawnConfig {
             let (extras, after) = postcard::take_from_bytes::<Vec<ConfigExtra>>(rest)
                 .map_err(body_err("ConfigExtra"))?;
             config.extras = extras;
+            rest = after;
+        }
+        if !rest.is_empty() {
+            let (detach, after) =
+                postcard::take_from_bytes::<Detach>(rest).map_err(body_err("Detach"))?;
+            config.detach = detach;
             rest = after;
         }
         if !rest.is_empty() {
@@ -793,6 +828,7 @@ pub fn example(alloc_dir: &str, socket_path: &str) -> SpawnConfig {
         namespaces: Namespaces::default(),
         first_connection: FirstConnection::Socket,
         extras: Vec::new(),
+        detach: Detach::Fork,
     }
 }
 
@@ -953,6 +989,46 @@ mod tests {
         c.isolation = None;
         c.stdin = TaskStdin::AfterConfig;
         assert_eq!(c.validate().unwrap_err().field, "first_connection");
+    }
+
+    #[test]
+    fn the_detach_rides_after_the_extras_and_only_where_it_can() {
+        let mut c = example("/tmp/a", "/tmp/s.sock");
+        let plain = c.to_frame().unwrap();
+        c.detach = Detach::InPlace;
+        let f = crate::frame::read_frame(&mut &c.to_frame().unwrap()[..], u32::MAX).unwrap();
+        assert_eq!(SpawnConfig::from_frame(&f).unwrap(), c);
+        // It brings the parts before it, so the frame grows past the plain one.
+        assert!(c.to_frame().unwrap().len() > plain.len());
+        // With the first connection and extras too, each reads back.
+        c.first_connection = FirstConnection::Stdin;
+        c.extras = vec![ConfigExtra::CgroupNamespace];
+        let f = crate::frame::read_frame(&mut &c.to_frame().unwrap()[..], u32::MAX).unwrap();
+        assert_eq!(SpawnConfig::from_frame(&f).unwrap(), c);
+        // An isolated config without ids cannot carry it: the plain frame.
+        c.extras.clear();
+        c.isolation = Some(Isolation {
+            ids: None,
+            user: "nobody".into(),
+            chroot: None,
+        });
+        let mut without = c.clone();
+        without.detach = Detach::Fork;
+        without.first_connection = FirstConnection::Socket;
+        assert_eq!(c.to_frame().unwrap(), without.to_frame().unwrap());
+        // A frame with one byte past it is refused, naming the whole config.
+        c.isolation.as_mut().unwrap().ids = Some(TaskIds { uid: 1, gid: 1 });
+        let mut bytes = c.to_frame().unwrap();
+        let f = crate::frame::read_frame(&mut &bytes[..], u32::MAX).unwrap();
+        assert_eq!(SpawnConfig::from_frame(&f).unwrap(), c);
+        let mut body = f.body.clone();
+        body.push(0);
+        bytes = frame::wrap_body(crate::PROTOCOL_VERSION, &body).unwrap();
+        let f = crate::frame::read_frame(&mut &bytes[..], u32::MAX).unwrap();
+        assert!(matches!(
+            SpawnConfig::from_frame(&f),
+            Err(FrameError::TrailingBytes { .. })
+        ));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Serialize};
 use tend_proto::config::{
-    Bind, CgroupOptions, CgroupSpec, ChrootSpec, ConfigExtra, CpuQuota, FirstConnection, Isolation,
-    LogConfig, Mount, MountKind, Namespaces, TaskIds, TaskStart, TaskStdin,
+    Bind, CgroupOptions, CgroupSpec, ChrootSpec, ConfigExtra, CpuQuota, Detach, FirstConnection,
+    Isolation, LogConfig, Mount, MountKind, Namespaces, TaskIds, TaskStart, TaskStdin,
 };
 use tend_proto::frame::{self, FrameDecoder, HEADER_LEN, MAGIC, MAX_FRAME_LEN};
 use tend_proto::msg::{
@@ -316,6 +316,7 @@ fn spawn_config_minimal() -> SpawnConfig {
         namespaces: Namespaces::default(),
         first_connection: FirstConnection::Socket,
         extras: Vec::new(),
+        detach: Detach::Fork,
     }
 }
 
@@ -375,6 +376,7 @@ fn spawn_config_full() -> SpawnConfig {
         namespaces: Namespaces::default(),
         first_connection: FirstConnection::Socket,
         extras: Vec::new(),
+        detach: Detach::Fork,
     }
 }
 

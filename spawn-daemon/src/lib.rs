@@ -36,7 +36,7 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
-use tend_proto::config::{FirstConnection, TaskStdin};
+use tend_proto::config::{Detach, FirstConnection, TaskStdin};
 use tend_proto::frame::{read_frame, MAX_FRAME_LEN};
 use tend_proto::{SpawnConfig, Stage, StartReport};
 
@@ -233,14 +233,23 @@ fn task_user(
     }
 }
 
-/// Leave the starter: the daemon is never a child of the process that
-/// exec'd tend-spawn, and never a session leader (no terminal can become
-/// its own). The first process starts a session of its own and forks the
-/// daemon once, returning at once. Where it cannot (it leads its process
-/// group: EPERM), the double fork: it waits for an intermediate that starts
-/// the session, forks the daemon and leaves. `own_stdin`, the rest of the
-/// config's stream, goes with the daemon (to its task, or as its first
-/// client).
+/// Leave the starter. By default ([`Detach::Fork`]) the daemon is never a
+/// child of the process that exec'd tend-spawn, and never a session leader:
+/// the first process starts a session of its own and forks the daemon once,
+/// returning at once. Where it cannot (it leads its process group: EPERM),
+/// the double fork: it waits for an intermediate that starts the session,
+/// forks the daemon and leaves.
+///
+/// [`Detach::InPlace`] (the agent's launcher, which reaps every child it
+/// has): the first process starts its session and is the daemon, a fork
+/// and its copy-on-write faults fewer. It leads that session but no
+/// terminal can become its own: it opens none (its log files are opened
+/// with `O_NOCTTY`, the rest are dirs, new files, pipes and kernel files),
+/// and its task and helpers are never session leaders. Where the session
+/// cannot be started, the double fork as above.
+///
+/// `own_stdin`, the rest of the config's stream, goes with the daemon (to
+/// its task, or as its first client).
 fn detach(
     config: SpawnConfig,
     isolation: Option<child::Isolation>,
@@ -248,6 +257,9 @@ fn detach(
     own_stdin: OwnStdin,
 ) -> i32 {
     if nix::unistd::setsid().is_ok() {
+        if config.detach == Detach::InPlace {
+            return daemon::run(config, isolation, ctx, own_stdin);
+        }
         return match child::fork_single_threaded() {
             Err(e) => report_failure(&StartFailure::io(Stage::Fork, "daemon", &e)),
             Ok(Forked::Parent(_)) => 0,

@@ -1739,8 +1739,10 @@ fn ppid_of(pid: i32) -> i32 {
 
 /// A hundred tasks start through the launcher, which holds a handful of fds
 /// however many connections the agent holds; nothing the agent or the
-/// launcher holds reaches a tend-spawn or its task, and no tend-spawn is the
-/// launcher's child (it reaped each first process).
+/// launcher holds reaches a tend-spawn or its task. Each tend-spawn is the
+/// process the launcher exec'd, in place (no first process forks it): the
+/// launcher's child, leading a session of its own; and the launcher reaps
+/// each when it ends, leaving no zombie.
 #[test]
 fn a_hundred_tasks_start_through_the_launcher_and_none_gets_an_agent_fd() {
     let sb = Sandbox::new();
@@ -1776,11 +1778,18 @@ fn a_hundred_tasks_start_through_the_launcher_and_none_gets_an_agent_fd() {
     );
     let launcher_fds = fd_targets(launcher);
     assert!(launcher_fds.len() <= 6, "launcher fds: {launcher_fds:?}");
-    // Its children are first processes still on their way out, or none.
-    assert!(wait_until(LONG, || fs::read_to_string(format!(
-        "/proc/{launcher}/task/{launcher}/children"
-    ))
-    .is_ok_and(|c| c.trim().is_empty())));
+    let children = |pid: i32| -> Vec<i32> {
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let mut under_launcher = children(launcher);
+    under_launcher.sort_unstable();
+    let mut daemons: Vec<i32> = pids.iter().map(|&(_, d)| d).collect();
+    daemons.sort_unstable();
+    assert_eq!(under_launcher, daemons, "the launcher's children");
     let shared = |pid: i32| -> Vec<String> {
         fd_targets(pid)
             .into_iter()
@@ -1791,14 +1800,29 @@ fn a_hundred_tasks_start_through_the_launcher_and_none_gets_an_agent_fd() {
     };
     for &(task, daemon) in &pids {
         assert!(pid_alive(task) && pid_alive(daemon), "{task} {daemon}");
-        assert_ne!(
-            ppid_of(daemon),
-            launcher,
-            "tend-spawn {daemon} is the launcher's child"
+        assert_eq!(ppid_of(daemon), launcher, "tend-spawn {daemon}'s parent");
+        let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(daemon))).unwrap();
+        assert_eq!(
+            sid.as_raw(),
+            daemon,
+            "tend-spawn {daemon} leads its session"
         );
         assert_eq!(shared(daemon), Vec::<String>::new(), "tend-spawn {daemon}");
         assert_eq!(shared(task), Vec::<String>::new(), "task {task}");
     }
+    // Ten tasks killed: their daemons record the exits, are released and
+    // leave, and the launcher reaps them (a zombie keeps its /proc entry).
+    for &(task, _) in &pids[..10] {
+        sigkill(task);
+    }
+    for &(_, daemon) in &pids[..10] {
+        assert!(
+            wait_until(LONG, || !Path::new(&format!("/proc/{daemon}")).exists()),
+            "tend-spawn {daemon} was not reaped: {:?}",
+            fs::read_to_string(format!("/proc/{daemon}/status")).unwrap_or_default()
+        );
+    }
+    assert_eq!(children(launcher).len(), 90);
 }
 
 /// A launcher that dies costs the agent nothing: the tasks it started run on,

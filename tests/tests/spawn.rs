@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tend_proto::config::{FirstConnection, TaskStdin};
+use tend_proto::config::{Detach, FirstConnection, TaskStdin};
 use tend_proto::msg::TaskState;
-use tend_proto::{frame, Hello, Request, Response, Stage, Token, PROTOCOL_VERSION};
+use tend_proto::{frame, Hello, Request, Response, Stage, StartReport, Token, PROTOCOL_VERSION};
 use tend_tests::{pid_alive, require_root, wait_until, Client, Sandbox};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -980,6 +980,67 @@ fn a_start_without_the_part_reports_started_and_takes_a_hello() {
     // The stream on stdin is nobody's client: it ends with the daemon.
     assert_eq!(c.request(Request::Release), Response::Ok);
     assert!(matches!(on_stdin.recv(), Err(frame::FrameError::Closed)));
+}
+
+/// `Detach::InPlace` (how the agent's launcher starts tend-spawn): the
+/// process exec'd is the daemon itself, leading a session of its own, and
+/// runs until its task is released; its starter reaps it then, with 0.
+/// The default forks the daemon off: the process exec'd has left by the time
+/// it is reaped, and the daemon is another process, in the session it
+/// started but not its leader.
+#[test]
+fn a_daemon_in_place_is_the_process_exec_d_and_its_starter_reaps_it() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+    for detach in [Detach::InPlace, Detach::Fork] {
+        let sb = Sandbox::new();
+        let mut cfg = handed(&sb, "sleep 0.3; exit 6");
+        cfg.detach = detach;
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(LONG)).unwrap();
+        let mut child = Command::new(tend_tests::spawn_bin())
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        (&ours).write_all(&cfg.to_frame().unwrap()).unwrap();
+        let report = frame::read_frame(child.stdout.as_mut().unwrap(), frame::MAX_FRAME_LEN)
+            .and_then(|f| f.decode::<StartReport>())
+            .unwrap();
+        let StartReport::StartedWithConnection(w) = report else {
+            panic!("{report:?}")
+        };
+        let exec_d = i32::try_from(child.id()).unwrap();
+        if detach == Detach::Fork {
+            assert_ne!(w.daemon_pid, exec_d);
+            assert_eq!(child.wait().unwrap().code(), Some(0));
+        } else {
+            assert_eq!(w.daemon_pid, exec_d);
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "it left before its task"
+            );
+        }
+        // The process exec'd starts the session: in place the daemon leads
+        // it; forked off, the daemon is in it but does not lead it.
+        let sid = nix::unistd::getsid(Some(Pid::from_raw(w.daemon_pid))).unwrap();
+        assert_eq!(sid.as_raw(), exec_d, "the daemon's session");
+        let mut c = Client {
+            stream: ours,
+            welcome: Some(w),
+        };
+        assert_eq!(c.wait_exit().exit_code, Some(6));
+        assert_eq!(c.request(Request::Release), Response::Ok);
+        if detach == Detach::InPlace {
+            assert_eq!(child.wait().unwrap().code(), Some(0));
+        } else {
+            assert!(wait_until(LONG, || !pid_alive(w.daemon_pid)));
+        }
+    }
 }
 
 /// Asked for on a stdin that is no socket, the first connection is refused

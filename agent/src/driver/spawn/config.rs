@@ -529,6 +529,9 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
         // The first connection comes with the start (see `launch`).
         first_connection: FirstConnection::Stdin,
         extras,
+        // Set by `launch` once it knows who starts tend-spawn: in place only
+        // under the launcher, which reaps every child it has.
+        detach: tend_proto::config::Detach::Fork,
     })
 }
 

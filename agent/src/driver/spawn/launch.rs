@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::fcntl::OFlag;
 
-use tend_proto::config::FirstConnection;
+use tend_proto::config::{Detach, FirstConnection};
 use tend_proto::frame::{FrameDecoder, FrameError};
 use tend_proto::{SpawnConfig, Stage, StartReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,26 +125,30 @@ pub struct Launched {
 ///
 /// A config that asks for the first connection on stdin
 /// ([`FirstConnection::Stdin`]) gets one end of a socketpair as tend-spawn's
-/// stdin instead of a pipe. A tend-spawn that predates the part refuses the
-/// frame at the config stage, before it starts anything, for the bytes it
-/// does not know after the config: the start is made once more without it
-/// (and with whatever that attempt reports).
+/// stdin instead of a pipe. Under the launcher the config also asks for
+/// [`Detach::InPlace`]: the process the launcher exec'd is the daemon (the
+/// launcher reaps it when it ends), not a first process that forks it. A
+/// tend-spawn that predates these parts refuses the frame at the config
+/// stage, before it starts anything, for the bytes it does not know after
+/// the config: the start is made once more without them (and with whatever
+/// that attempt reports).
 pub async fn launch(
     bin: &Path,
     config: &SpawnConfig,
     launcher: Option<&Launcher>,
 ) -> Result<Launched, LaunchError> {
-    let first = launch_once(bin, config, launcher).await?;
-    if config.first_connection == FirstConnection::Socket || !predates_the_part(&first.report) {
+    let first = launch_once(bin, config, launcher, true).await?;
+    let asked_parts = config.first_connection != FirstConnection::Socket || launcher.is_some();
+    if !asked_parts || !predates_the_part(&first.report) {
         return Ok(first);
     }
     tracing::debug!(
         report = ?first.report,
-        "tend-spawn refused a config with the first connection on stdin; starting without"
+        "tend-spawn refused a config with the first connection on stdin or in place; starting without"
     );
     let mut plain = config.clone();
     plain.first_connection = FirstConnection::Socket;
-    launch_once(bin, &plain, launcher).await
+    launch_once(bin, &plain, launcher, false).await
 }
 
 /// Whether `report` is how a tend-spawn that predates the first connection
@@ -203,9 +207,9 @@ impl Ends {
     }
 }
 
-/// tend-spawn running on `ends`: through the launcher (which reaps its first
-/// process) or, without one or when it is unavailable, as the agent's own
-/// child, returned to be reaped. Either way tend-spawn's ends are closed
+/// tend-spawn running on `ends`: through the launcher (which reaps it) or,
+/// without one or when it is unavailable, as the agent's own child,
+/// returned to be reaped. Either way tend-spawn's ends are closed
 /// here once it has them: its exit ends the pipes. A launcher that went
 /// away leaves the ends it was sent unused (a tend-spawn it may have started
 /// on them reads no config and starts nothing): the direct start gets new ones.
@@ -214,6 +218,8 @@ async fn start(
     config: &SpawnConfig,
     launcher: Option<&Launcher>,
 ) -> Result<(Ends, Option<tokio::process::Child>), LaunchError> {
+    // (The config is not sent yet: whether the daemon stays in place
+    // follows from who exec'd it, known only once this returns.)
     let exec_err = |source| LaunchError::Exec {
         bin: bin.to_path_buf(),
         source,
@@ -255,16 +261,27 @@ fn spawn_error(bin: &Path, source: std::io::Error) -> LaunchError {
     }
 }
 
+/// One start. `in_place`: a config the launcher started asks for
+/// [`Detach::InPlace`]; one the agent started itself never does (the agent
+/// waits for its first process, below).
 async fn launch_once(
     bin: &Path,
     config: &SpawnConfig,
     launcher: Option<&Launcher>,
+    in_place: bool,
 ) -> Result<Launched, LaunchError> {
-    let bytes = config.to_frame().map_err(|source| LaunchError::Send {
+    let send_err = |source| LaunchError::Send {
         bin: bin.to_path_buf(),
         source,
-    })?;
+    };
+    // Encoded before anything starts: a config that cannot be sent starts nothing.
+    let mut bytes = config.to_frame().map_err(send_err)?;
     let (ends, mut child) = start(bin, config, launcher).await?;
+    if in_place && child.is_none() && config.detach == Detach::Fork {
+        let mut sent = config.clone();
+        sent.detach = Detach::InPlace;
+        bytes = sent.to_frame().map_err(send_err)?;
+    }
     let Ends {
         stdin,
         mut stdout,
@@ -323,7 +340,7 @@ async fn launch_once(
         }),
     };
     // The first process exits right after it forks the daemon; reap it (the
-    // launcher reaps those it started).
+    // launcher reaps those it started, daemons in place among them).
     if let Some(child) = child.as_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     }

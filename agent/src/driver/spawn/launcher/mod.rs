@@ -12,10 +12,11 @@
 //! path) with tend-spawn's stdin, stdout and stderr as `SCM_RIGHTS`; the
 //! launcher spawns tend-spawn on them and answers with a [`Reply`] (the id,
 //! and 0 or the errno of the failed exec). The config frame and the start
-//! report go over the fds the agent keeps, as for a direct spawn. The
-//! launcher reaps tend-spawn's first process, which leaves right after its
-//! fork: the daemon is never the launcher's child, and nothing started
-//! depends on the launcher.
+//! report go over the fds the agent keeps, as for a direct spawn. The config
+//! asks for [`Detach::InPlace`](tend_proto::config::Detach): the process the
+//! launcher exec'd is the daemon, the launcher's child, reaped by it when it
+//! ends; nothing started depends on the launcher (when it ends, its daemons
+//! are reparented to init, or the nearest subreaper, which reaps them).
 //!
 //! The launcher ends when the agent's end closes. One that dies or does not
 //! answer costs nothing already started: the start at hand is made directly
@@ -106,7 +107,7 @@ pub struct Reply {
     pub id: u64,
     /// 0: tend-spawn runs; else the errno of its failed spawn.
     pub errno: i32,
-    /// tend-spawn's first process (0 when it did not start).
+    /// The process exec'd: the daemon in place (0 when it did not start).
     pub pid: u32,
 }
 

@@ -173,7 +173,8 @@ fn answer(sock: BorrowedFd<'_>, asked: Asked) -> Result<(), ServeError> {
     }
 }
 
-/// Reap every child that has ended (tend-spawn's first processes).
+/// Reap every child that has ended (tend-spawns in place, whose tasks are
+/// done; a first process, where one forked its daemon off).
 fn reap() {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
