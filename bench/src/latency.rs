@@ -118,7 +118,7 @@ pub fn isolated(
             }),
         });
         cfg.cgroup = Some(CgroupSpec {
-            path: format!("{cg_prefix}/c/{}/t", cfg.alloc_id),
+            path: format!("{cg_prefix}/c/{}.t", cfg.alloc_id),
             // As the agent does: one cgroup shared by every tend-spawn.
             daemon_path: Some(format!("{cg_prefix}/c/tend-spawn")),
             memory_bytes: Some(256 << 20),

@@ -941,13 +941,15 @@ fn tend_run_of_an_exec_job_runs_unprivileged_in_its_root() {
         .to_string_lossy()
         .into_owned();
     assert!(
-        stdout.contains(&format!(":/tend/{alloc_id}/t\n")),
+        stdout.contains(&format!(":/tend/{alloc_id}.t\n")),
         "{stdout}"
     );
     assert!(stdout.contains("hi\n"), "{stdout}");
     assert!(
-        wait_until(LONG, || !CgroupParent::exists(&format!("tend/{alloc_id}"))),
-        "cgroup tend/{alloc_id} left"
+        wait_until(LONG, || !CgroupParent::exists(&format!(
+            "tend/{alloc_id}.t"
+        ))),
+        "cgroup tend/{alloc_id}.t left"
     );
     assert!(
         wait_until(LONG, || sb.pids_inside().is_empty()),
@@ -1498,8 +1500,10 @@ fn task_cgroup_file(
     let mut found = None;
     let seen = wait_until(LONG, || {
         found = fs::read_dir(&base).ok().and_then(|rd| {
+            // The agent's task cgroup: `<parent>/<alloc>.t`.
             rd.flatten()
-                .map(|e| e.path().join("t"))
+                .map(|e| e.path())
+                .filter(|d| d.to_string_lossy().ends_with(".t"))
                 .find(|d| d.join("cgroup.procs").is_file() && d.join(file).is_file())
         });
         // The limits are written before the task joins: wait for a member.
@@ -1932,7 +1936,7 @@ fn tend_stats_figures_match_the_cgroup_files_of_a_busy_task() {
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let alloc = v["allocations"][0].as_str().unwrap().to_string();
-    let rel = format!("{}/{alloc}/t", parent.name);
+    let rel = format!("{}/{alloc}.t", parent.name);
 
     // Wait until the 50 MiB are written and the task has burnt 3 CPU seconds,
     // so the CPU it burns between tend's read and ours is small beside its total.

@@ -839,7 +839,7 @@ fn the_long_running_agent_as_an_ordinary_user_runs_exec_isolated_raw_exec_as_its
     let alloc = w.user_data().join("allocs").join(&id);
 
     // The exec task: nobody, no groups, no capabilities, no_new_privs, in
-    // <parent>/<uid>/<alloc>/iso.
+    // <parent>/<uid>/<alloc>.iso.
     let out = alloc.join("logs/iso.stdout");
     let ok = wait_until(Duration::from_secs(30), || {
         fs::read_to_string(&out).is_ok_and(|t| t.contains("ready"))
@@ -859,7 +859,7 @@ fn the_long_running_agent_as_an_ordinary_user_runs_exec_isolated_raw_exec_as_its
         assert_eq!(field(&text, cap), ["0000000000000000"], "{cap}: {text}");
     }
     assert_eq!(field(&text, "NoNewPrivs"), ["1"], "{text}");
-    let cg_suffix = format!("/{}/{}/{id}/iso", w.cgroup_parent, w.uid);
+    let cg_suffix = format!("/{}/{}/{id}.iso", w.cgroup_parent, w.uid);
     let cgroups = text.split("CGROUPS").nth(1).unwrap_or_default();
     // Every hierarchy tend uses (the unified one, memory, pids, ...) puts it
     // there; those it leaves alone (v1 blkio, devices, name=systemd) say "/".
@@ -914,7 +914,7 @@ fn the_long_running_agent_as_an_ordinary_user_runs_exec_isolated_raw_exec_as_its
     let victim = agent.wait_task(&id, "victim", |t| t["state"] == "running");
     let victim_cg: Vec<PathBuf> = cgroup_mounts()
         .iter()
-        .map(|m| m.join(format!("{}/{}/{id}/victim", w.cgroup_parent, w.uid)))
+        .map(|m| m.join(format!("{}/{}/{id}.victim", w.cgroup_parent, w.uid)))
         .filter(|p| p.exists())
         .collect();
     assert!(!victim_cg.is_empty(), "no cgroup of victim");
@@ -974,7 +974,7 @@ fn the_long_running_agent_as_an_ordinary_user_runs_exec_isolated_raw_exec_as_its
     // and the root cleanup helper removes its cgroup.
     let iso_cg: Vec<PathBuf> = cgroup_mounts()
         .iter()
-        .map(|m| m.join(format!("{}/{}/{id}/iso", w.cgroup_parent, w.uid)))
+        .map(|m| m.join(format!("{}/{}/{id}.iso", w.cgroup_parent, w.uid)))
         .filter(|p| p.exists())
         .collect();
     assert!(!iso_cg.is_empty(), "no cgroup of iso");

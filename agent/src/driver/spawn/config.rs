@@ -429,6 +429,16 @@ fn exec_pids_max(job: Option<u64>, as_root: bool) -> Option<u64> {
     job.or_else(|| as_root.then_some(crate::jobspec::model::DEFAULT_PIDS_LIMIT))
 }
 
+/// A task's cgroup under `base` ([`cgroup_base`]): one level,
+/// `<alloc>.<task>` (as Nomad's `<alloc>.<task>.scope`). A level per alloc
+/// would cost each start and exit a mkdir and an rmdir more in every
+/// hierarchy (seven on a hybrid host), for a cgroup that holds no limit and
+/// no process. The alloc id is fixed-length hex without a dot, so the name
+/// reads back unambiguously, and no task's name is `tend-spawn`'s.
+pub fn task_cgroup_path(base: &str, alloc_id: &str, task: &str) -> String {
+    format!("{base}/{alloc_id}.{task}")
+}
+
 /// The spawn config of one run of a task.
 pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
     let task = l.task;
@@ -440,7 +450,7 @@ pub fn spawn_config(l: &Launch<'_>) -> Result<SpawnConfig, DriverError> {
     let exec_cgroup = || -> Result<CgroupSpec, DriverError> {
         let base = cgroup_base(l.cgroup_parent);
         Ok(CgroupSpec {
-            path: format!("{base}/{}/{}", l.alloc_id, task.name),
+            path: task_cgroup_path(&base, l.alloc_id, &task.name),
             // One cgroup for every tend-spawn, made once and never
             // removed: outside every task's and the agent's, which is all
             // the design asks, without a mkdir/rmdir per task and hierarchy
@@ -545,6 +555,20 @@ mod tests {
         assert_eq!(exec_pids_max(None, false), None);
         assert_eq!(exec_pids_max(Some(64), true), Some(64));
         assert_eq!(exec_pids_max(Some(64), false), Some(64));
+    }
+
+    #[test]
+    fn a_tasks_cgroup_is_one_level_below_the_base_beside_the_daemons() {
+        let p = task_cgroup_path("tend", "0123abcd", "web");
+        assert_eq!(p, "tend/0123abcd.web");
+        assert!(!tend_cgroup::Hierarchies::is_shared_daemon_path(&p));
+        assert_eq!(
+            task_cgroup_path("tend/1000", "0123abcd", "tend-spawn"),
+            "tend/1000/0123abcd.tend-spawn"
+        );
+        assert!(!tend_cgroup::Hierarchies::is_shared_daemon_path(
+            &task_cgroup_path("tend", "0123abcd", "tend-spawn")
+        ));
     }
 
     #[test]
