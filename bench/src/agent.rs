@@ -248,7 +248,7 @@ pub fn run_foreground(
     warm: usize,
 ) -> Result<Vec<f64>, String> {
     let data = base.join("fgd");
-    let run = base.join("fgr");
+    let run = crate::spawn::run_root().join("fgr");
     for d in [&data, &run] {
         fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
     }

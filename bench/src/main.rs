@@ -472,7 +472,7 @@ impl Bench {
             &self.tend_bin,
             &self.spawn_bin,
             &self.base.join("ad1"),
-            &self.base.join("ar1"),
+            &spawn::run_root().join("ar1"),
         )
         .and_then(|(a, _)| {
             let r = agent::run_submitted(&a, &self.tend_bin, &self.base, p.slow, p.warm);
@@ -1124,7 +1124,7 @@ impl Bench {
                 &self.tend_bin,
                 &self.spawn_bin,
                 &self.base.join(format!("cd{i}")),
-                &self.base.join(format!("cr{i}")),
+                &spawn::run_root().join(format!("cr{i}")),
             ) {
                 Ok((a, ms)) => {
                     cold.push(ms);
@@ -1140,7 +1140,7 @@ impl Bench {
             &self.tend_bin,
             &self.spawn_bin,
             &self.base.join("sd"),
-            &self.base.join("sr"),
+            &spawn::run_root().join("sr"),
         )
         .and_then(|(mut a, _)| {
             let r = agent::scale(&mut a, n, p.restarts);

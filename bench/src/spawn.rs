@@ -23,6 +23,16 @@ pub fn random<const N: usize>() -> [u8; N] {
     b
 }
 
+/// Where every run dir of this harness goes: a tmpfs (`/dev/shm/tb<pid>`),
+/// as the agent's default `/run/tend` is on every host with systemd. A
+/// socket is an inode: on the data dir's disk file system its bind costs
+/// what making a file costs there (after many files were removed, an ext4
+/// without a journal scans past every recently freed inode), which no
+/// default install pays.
+pub fn run_root() -> PathBuf {
+    PathBuf::from(format!("/dev/shm/tb{}", std::process::id()))
+}
+
 /// A data dir and a short run dir for daemons.
 #[derive(Debug)]
 pub struct World {
@@ -36,7 +46,10 @@ impl World {
     /// A world under `base` (short: socket paths must stay under 108 bytes).
     pub fn new(base: &Path, name: &str) -> Result<World, String> {
         let data = base.join(format!("d{name}"));
-        let run = base.join(format!("r{name}"));
+        // Beside the data dir's name, so two worlds of one name on two
+        // bases (disk and tmpfs) keep apart.
+        let side = if base.starts_with(run_root()) { "s" } else { "" };
+        let run = run_root().join(format!("r{side}{name}"));
         for d in [&data, &run] {
             fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
         }
