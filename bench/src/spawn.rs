@@ -48,7 +48,11 @@ impl World {
         let data = base.join(format!("d{name}"));
         // Beside the data dir's name, so two worlds of one name on two
         // bases (disk and tmpfs) keep apart.
-        let side = if base.starts_with(run_root()) { "s" } else { "" };
+        let side = if base.starts_with(run_root()) {
+            "s"
+        } else {
+            ""
+        };
         let run = run_root().join(format!("r{side}{name}"));
         for d in [&data, &run] {
             fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
