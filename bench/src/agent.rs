@@ -447,15 +447,18 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
     // The two floors under a start, measured just before it: the file
     // system (this machine's is slow to make inodes for a while after many
     // were removed) and the kernel's process creation.
-    // First everything dirty goes to the disk, and then 6 s pass: ext4
-    // without a journal skips, when it makes an inode, every free one of the
-    // group freed in the last 5 s (in the last 5 minutes while the inode's
-    // table block is dirty), and the figures before this one freed tens of
-    // thousands in the same dir. The floor's own files are synced too, so
-    // the agent's syncs never write them.
+    // First everything dirty goes to the disk, and then 61 s pass: ext4
+    // without a journal (this machine's) skips, when it makes an inode,
+    // every free one of the group freed in the last 60 s, looking up each
+    // one's inode table block (fs/ext4/ialloc.c, recently_deleted:
+    // RECENTCY_MIN is 60 since Linux 5.7; 360 while the block is dirty),
+    // and the figures before this one freed tens of thousands in the same
+    // dir. Inside that window a start of 1,000 tasks measured 1.5-3.8 s on
+    // this machine, a third of its CPU in that scan. The floor's own files
+    // are synced too, so the agent's syncs never write them.
     let floor_dir = a.data.with_file_name("fs-floor");
     nix::unistd::sync();
-    sleep(Duration::from_secs(6));
+    sleep(Duration::from_secs(61));
     s.fs_floor_ms = fs_floor(&floor_dir, n)?;
     nix::unistd::sync();
     s.spawn_floor_ms = spawn_floor(n)?;
