@@ -451,11 +451,14 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
     // without a journal (this machine's) skips, when it makes an inode,
     // every free one of the group freed in the last 60 s, looking up each
     // one's inode table block (fs/ext4/ialloc.c, recently_deleted:
-    // RECENTCY_MIN is 60 since Linux 5.7; 360 while the block is dirty),
-    // and the figures before this one freed tens of thousands in the same
-    // dir. Inside that window a start of 1,000 tasks measured 1.5-3.8 s on
-    // this machine, a third of its CPU in that scan. The floor's own files
-    // are synced too, so the agent's syncs never write them.
+    // RECENTCY_MIN is 60 since Linux 5.7; 360 while the block is dirty,
+    // which the start's own new inodes make it again), and the figures
+    // before this one freed tens of thousands in the same dir. Inside that
+    // window a start of 1,000 tasks measured 1.5-3.8 s on this machine, a
+    // third of its CPU in that scan; past 60 s the scan is smaller, not
+    // gone, and the floor just below, made at the same moment, carries it.
+    // The floor's own files are synced too, so the agent's syncs never
+    // write them.
     let floor_dir = a.data.with_file_name("fs-floor");
     nix::unistd::sync();
     sleep(Duration::from_secs(61));
