@@ -557,14 +557,16 @@ impl Drop for Sandbox {
             std::thread::sleep(Duration::from_millis(20));
         }
         // The task cgroups an agent of this sandbox made under its default
-        // parent (`tend/<alloc>/<task>`), which no tend-spawn removes once
+        // parent (`tend/<alloc>.<task>`), which no tend-spawn removes once
         // the sandbox's processes are killed.
         if let Ok(rd) = fs::read_dir(self.data_dir.join("allocs")) {
-            for e in rd.flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                if !id.is_empty() && !id.starts_with('.') {
-                    remove_cgroups(&format!("tend/{id}"));
-                }
+            let ids: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|id| !id.is_empty() && !id.starts_with('.'))
+                .collect();
+            for rel in task_cgroups_of(&ids) {
+                remove_cgroups(&rel);
             }
         }
     }
@@ -1219,6 +1221,27 @@ impl Drop for CgroupParent {
     fn drop(&mut self) {
         remove_cgroups(&self.name);
     }
+}
+
+/// The agent's task cgroups of the allocs `ids` under its default parent,
+/// in any hierarchy: `tend/<alloc>.<task>` (relative paths, each once).
+pub fn task_cgroups_of(ids: &[String]) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for m in cgroup_mounts() {
+        let Ok(rd) = fs::read_dir(m.join("tend")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name
+                .split_once('.')
+                .is_some_and(|(alloc, _)| ids.iter().any(|id| id == alloc));
+            if ours && e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.insert(format!("tend/{name}"));
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Remove `rel` and everything under it in every hierarchy, killing what
