@@ -552,6 +552,17 @@ fn spawn_config_extras() -> SpawnConfig {
     c
 }
 
+/// A config whose daemon stays in the process its starter exec'd (the
+/// agent's launcher): the detach rides last, after an empty extras list and
+/// everything before it, which come along; with a cgroup and ids, as an exec
+/// task's config under the launcher is.
+fn spawn_config_in_place(cgroup_and_ids: bool) -> SpawnConfig {
+    SpawnConfig {
+        detach: Detach::InPlace,
+        ..spawn_config_connection(cgroup_and_ids)
+    }
+}
+
 /// The configs with additions after the frozen encoding.
 fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
     vec![
@@ -569,6 +580,11 @@ fn spawn_config_extended_values() -> Vec<(&'static str, SpawnConfig)> {
             spawn_config_connection(true),
         ),
         ("spawn_config_extras", spawn_config_extras()),
+        ("spawn_config_in_place", spawn_config_in_place(false)),
+        (
+            "spawn_config_cgroup_ids_in_place",
+            spawn_config_in_place(true),
+        ),
     ]
 }
 
