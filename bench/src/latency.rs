@@ -101,11 +101,12 @@ pub fn isolated(
     warm: usize,
 ) -> Result<Vec<f64>, String> {
     let mut out = Vec::with_capacity(n);
+    let ids = nobody_ids()?;
     for i in 0..n + warm {
         let mut cfg = world.config("/bin/true", &[])?;
         cfg.cwd = "/".into();
         cfg.isolation = Some(Isolation {
-            ids: Some(nobody_ids()?),
+            ids: Some(ids),
             user: "nobody".into(),
             chroot: chroot.then(|| ChrootSpec {
                 binds: default_binds()
@@ -594,13 +595,14 @@ pub fn chroot_sizes(
 ) -> Result<Vec<StartExit>, String> {
     let bb = busybox.to_str().ok_or("non-UTF-8 busybox path")?;
     let mut out = vec![StartExit::default(); sizes.len() + 1];
+    let ids = nobody_ids()?;
     for i in 0..n + warm {
         for (k, slot) in out.iter_mut().enumerate() {
             let mut cfg = world.config(bb, &["true"])?;
             if k > 0 {
                 cfg.cwd = "/".into();
                 cfg.isolation = Some(Isolation {
-                    ids: Some(nobody_ids()?),
+                    ids: Some(ids),
                     user: "nobody".into(),
                     chroot: Some(ChrootSpec {
                         binds: binds_of(sizes[k - 1]),

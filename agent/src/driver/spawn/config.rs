@@ -433,8 +433,8 @@ fn exec_pids_max(job: Option<u64>, as_root: bool) -> Option<u64> {
 /// `<alloc>.<task>` (as Nomad's `<alloc>.<task>.scope`). A level per alloc
 /// would cost each start and exit a mkdir and an rmdir more in every
 /// hierarchy (seven on a hybrid host), for a cgroup that holds no limit and
-/// no process. The alloc id is fixed-length hex without a dot, so the name
-/// reads back unambiguously, and no task's name is `tend-spawn`'s.
+/// no process. The alloc id is a UUID (hex and dashes, no dot), so the
+/// name reads back unambiguously, and no task's name is `tend-spawn`'s.
 pub fn task_cgroup_path(base: &str, alloc_id: &str, task: &str) -> String {
     format!("{base}/{alloc_id}.{task}")
 }

@@ -274,13 +274,27 @@ async fn launch_once(
         bin: bin.to_path_buf(),
         source,
     };
-    // Encoded before anything starts: a config that cannot be sent starts nothing.
-    let mut bytes = config.to_frame().map_err(send_err)?;
-    let (ends, mut child) = start(bin, config, launcher).await?;
-    if in_place && child.is_none() && config.detach == Detach::Fork {
+    // Encoded before anything starts (a config that cannot be sent starts
+    // nothing), for the launcher's exec: in place. Only a launcher that
+    // turns out unavailable, leaving the exec to the agent, costs a second
+    // encoding, without it.
+    let frame_of = |detach: Detach| {
+        if detach == config.detach {
+            return config.to_frame().map_err(send_err);
+        }
         let mut sent = config.clone();
-        sent.detach = Detach::InPlace;
-        bytes = sent.to_frame().map_err(send_err)?;
+        sent.detach = detach;
+        sent.to_frame().map_err(send_err)
+    };
+    let planned = if in_place && launcher.is_some() {
+        Detach::InPlace
+    } else {
+        config.detach
+    };
+    let mut bytes = frame_of(planned)?;
+    let (ends, mut child) = start(bin, config, launcher).await?;
+    if child.is_some() && planned == Detach::InPlace {
+        bytes = frame_of(Detach::Fork)?;
     }
     let Ends {
         stdin,
