@@ -568,6 +568,19 @@ fn api_health_jobs_allocations_and_errors() {
         .expect("error")
         .contains("matches"));
 
+    // Health counts every allocation and the tasks running among them: 18
+    // ended (`true`), the sleeper running, then none once it is stopped.
+    for id in all.iter().filter(|i| **i != hcl_id) {
+        wait_task(&agent, id, "t", dead);
+    }
+    wait_task(&agent, &hcl_id, "t", running);
+    let h = agent.get_json("/v1/health");
+    assert_eq!(
+        (h["allocations"].as_u64(), h["running_tasks"].as_u64()),
+        (Some(19), Some(1)),
+        "{h:#}"
+    );
+
     // POST /v1/allocations/{id}/stop.
     let r = agent.http("POST", "/v1/allocations/zzzz/stop", b"");
     assert_eq!(r.status, 404, "{}", r.text());
@@ -576,6 +589,12 @@ fn api_health_jobs_allocations_and_errors() {
     assert_eq!(r.json()["desired"], "stop");
     let t = wait_task(&agent, &hcl_id, "t", dead);
     assert_eq!(t["exit"]["signal"], 15, "{t:#}");
+    let h = agent.get_json("/v1/health");
+    assert_eq!(
+        (h["allocations"].as_u64(), h["running_tasks"].as_u64()),
+        (Some(19), Some(0)),
+        "{h:#}"
+    );
 
     // Wrong method, unknown path, malformed HTTP.
     let r = agent.http("DELETE", "/v1/health", b"");

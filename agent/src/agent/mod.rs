@@ -152,6 +152,19 @@ impl TaskSlot {
     }
 }
 
+/// The allocations and their tasks by phase (see [`Agent::counts`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Allocations, whatever their tasks' phases.
+    pub allocations: usize,
+    /// Tasks not started yet or waiting to restart.
+    pub pending: usize,
+    /// Tasks running.
+    pub running: usize,
+    /// Tasks ended for good.
+    pub dead: usize,
+}
+
 pub(crate) struct AllocSlot {
     pub(crate) record: AllocRecord,
     /// Boxed: a map's node holds room for eleven entries, and an
@@ -912,6 +925,27 @@ impl Agent {
                 )
             })
             .collect()
+    }
+
+    /// How many allocations there are, and their tasks in each phase,
+    /// counted under the state lock without copying a record: health is
+    /// asked often (a load balancer, a watchdog), and a copy of every record
+    /// per question would hold the lock every task change takes for as long
+    /// as the copy takes, growing with the tasks.
+    pub fn counts(&self) -> Counts {
+        let allocs = self.inner.allocs.lock().expect("allocs lock");
+        let mut c = Counts {
+            allocations: allocs.len(),
+            ..Counts::default()
+        };
+        for t in allocs.values().flat_map(|a| a.tasks.values()) {
+            match t.record.phase {
+                TaskPhase::Pending => c.pending += 1,
+                TaskPhase::Running => c.running += 1,
+                TaskPhase::Dead => c.dead += 1,
+            }
+        }
+        c
     }
 
     /// A snapshot of one allocation.

@@ -96,20 +96,15 @@ fn agent_err(e: AgentError) -> Refusal {
 }
 
 fn health(agent: &Agent) -> Reply {
-    let snap = agent.snapshot();
-    let running_tasks = snap
-        .iter()
-        .flat_map(|(_, t)| t)
-        .filter(|t| t.phase == TaskPhase::Running)
-        .count();
+    let counts = agent.counts();
     server::json(
         200,
         &Health {
             ok: true,
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: tend_proto::PROTOCOL_VERSION,
-            allocations: snap.len(),
-            running_tasks,
+            allocations: counts.allocations,
+            running_tasks: counts.running,
             data_dir: agent.settings().dirs.data_dir.clone(),
             run_dir: agent.settings().dirs.run_dir.clone(),
         },

@@ -132,19 +132,8 @@ async fn keep_notifying(agent: Agent, n: std::sync::Arc<crate::notify::Notifier>
         .unwrap_or(std::time::Duration::from_secs(10));
     loop {
         tokio::time::sleep(every).await;
-        let allocs = agent.snapshot();
-        let phase = |p| {
-            allocs
-                .iter()
-                .flat_map(|(_, tasks)| tasks)
-                .filter(|t| t.phase == p)
-                .count()
-        };
-        let status = crate::notify::status_line(
-            phase(crate::state::TaskPhase::Running),
-            phase(crate::state::TaskPhase::Pending),
-            allocs.len(),
-        );
+        let c = agent.counts();
+        let status = crate::notify::status_line(c.running, c.pending, c.allocations);
         if n.watchdog_every().is_some() {
             n.send(&format!("WATCHDOG=1\n{status}"));
         } else {
