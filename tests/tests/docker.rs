@@ -185,6 +185,15 @@ impl World {
             .collect()
     }
 
+    /// The container's start, as the engine wrote it.
+    async fn started_at(&self, id: &str) -> String {
+        let engine = self.driver.engine().await.expect("engine");
+        let c = engine.inspect_container(id, None).await.expect("inspect");
+        c.state
+            .and_then(|s| s.started_at)
+            .expect("a started container")
+    }
+
     async fn host_config(&self, id: &str) -> bollard::models::HostConfig {
         self.docker
             .inspect_container(id, None)
@@ -490,6 +499,9 @@ async fn stop_sends_the_kill_signal_then_escalates() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     let s = w.driver.wait(&id, &w.meta(&stubborn.name)).await.unwrap();
     assert_eq!(s.exit_code, Some(137), "{s:?}");
+    // Killed, not out of memory: the engine logged no OOM for it.
+    assert!(!s.oom_killed, "{s:?}");
+    assert!(!w.driver.oom_event_seen(&id, &w.started_at(&id).await).await);
 }
 
 #[tokio::test]
@@ -599,6 +611,9 @@ async fn an_oom_kill_is_reported() {
     assert_ne!(s.exit_code, Some(0), "{s:?}");
     let file = ExitStatus::read(&w.alloc.exit_status(&t.name)).unwrap();
     assert!(file.oom_killed);
+    // The engine's own log of it, which the wait reads when the shim told
+    // the engine of the OOM only after the exit (then `OOMKilled` is false).
+    assert!(w.driver.oom_event_seen(&id, &w.started_at(&id).await).await);
     w.driver.remove(&id).await.unwrap();
 }
 

@@ -30,8 +30,8 @@ use std::time::Duration;
 use bollard::errors::Error as EngineError;
 use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    KillContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -54,6 +54,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The "timeout" of requests that wait on purpose (a wait, a followed log).
 const NO_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// How long past a SIGKILLed container's end its engine may still log the
+/// OOM that killed it (see [`DockerDriver::oom_event_seen`]).
+const LATE_OOM: Duration = Duration::from_millis(500);
 
 /// How long a stop waits after SIGKILL before it gives up.
 const KILL_GRACE: Duration = Duration::from_secs(30);
@@ -393,9 +397,63 @@ impl DockerDriver {
             .inspect(id)
             .await?
             .ok_or_else(|| DockerError::Vanished { id: id.to_string() })?;
-        let status = exit_status(meta, &after, pid);
+        let mut status = exit_status(meta, &after, pid);
+        let started = after.state.as_ref().and_then(|s| s.started_at.as_deref());
+        if let (false, Some(137), Some(since)) = (status.oom_killed, status.exit_code, started) {
+            if self.oom_event_seen(id, since).await {
+                status.oom_killed = true;
+                status.oom_kills = 1;
+            }
+        }
         status.write(&meta.exit_status_path)?;
         Ok(status)
+    }
+
+    /// Whether the engine logged an `oom` event for the container since
+    /// `since` (its start, as the engine wrote it), waiting up to
+    /// [`LATE_OOM`] past now for one. A SIGKILLed container whose record
+    /// says no OOM may still have been OOM-killed: the shim can send the
+    /// kernel's OOM notice after the exit (containerd before 2.2), and the
+    /// engine then sets `OOMKilled` only if it heard the OOM first, though it
+    /// logs the event either way. An error is a no, with a warning.
+    pub async fn oom_event_seen(&self, id: &str, since: &str) -> bool {
+        let Ok(engine) = self.engine().await else {
+            return false;
+        };
+        // From a second before the start the engine wrote: it rounds nothing
+        // away that matters, and no OOM of this container precedes its start.
+        let Some(since) = stamp::parse_nanos(since) else {
+            return false;
+        };
+        let since = stamp::query(since.saturating_sub(1_000_000_000));
+        let until = stamp::query(stamp::nanos_of(std::time::SystemTime::now() + LATE_OOM));
+        let filters = HashMap::from([
+            ("type", vec!["container"]),
+            ("container", vec![id]),
+            ("event", vec!["oom"]),
+        ]);
+        let opts = EventsOptionsBuilder::new()
+            .since(&since)
+            .until(&until)
+            .filters(&filters)
+            .build();
+        let mut events = engine.clone().with_timeout(NO_TIMEOUT).events(Some(opts));
+        let look = async {
+            while let Some(e) = events.next().await {
+                match e {
+                    Ok(m) if m.action.as_deref() == Some("oom") => return true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(container = id, error = %cause_of(&e), "the engine's events, read for an OOM");
+                        return false;
+                    }
+                }
+            }
+            false
+        };
+        tokio::time::timeout(LATE_OOM + Duration::from_secs(2), look)
+            .await
+            .unwrap_or(false)
     }
 
     fn remember_pid(&self, id: &str, pid: Option<i64>) {

@@ -65,6 +65,17 @@ pub fn nanos_of(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// Unix nanoseconds as the engine's query parameters take a time
+/// (`since`, `until`): seconds, a dot, nine digits. Older engines take no
+/// RFC 3339 there.
+pub fn query(nanos: i64) -> String {
+    format!(
+        "{}.{:09}",
+        nanos.div_euclid(1_000_000_000),
+        nanos.rem_euclid(1_000_000_000)
+    )
+}
+
 // Howard Hinnant's days-from-civil.
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -96,6 +107,13 @@ mod tests {
         assert_eq!(parse_nanos("0001-01-01T00:00:00Z"), None);
         assert_eq!(parse_nanos("yesterday"), None);
         assert_eq!(parse_nanos("2026-11-28T18:05:53.1234567890Z"), None);
+    }
+
+    #[test]
+    fn query_times_are_seconds_and_nine_digits() {
+        assert_eq!(query(1_795_889_153_362_009_318), "1795889153.362009318");
+        assert_eq!(query(5), "0.000000005");
+        assert_eq!(query(0), "0.000000000");
     }
 
     #[test]
