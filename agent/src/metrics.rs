@@ -122,7 +122,7 @@ impl Metrics {
 
     /// The whole exposition: the counters here, then what the agent's
     /// `allocs` and their `tasks` and `host` say.
-    pub fn render(&self, allocs: usize, tasks: &[TaskRecord], host: &HostFigures) -> String {
+    pub fn render(&self, allocs: usize, tasks: &[&TaskRecord], host: &HostFigures) -> String {
         let mut out = Text::default();
         out.family("tend_build_info", "gauge", "The agent's version.");
         out.sample(
@@ -463,7 +463,7 @@ mod tests {
             log_stdout: 1234,
             log_stderr: 5,
         };
-        let text = m.render(1, &tasks, &host);
+        let text = m.render(1, &tasks.iter().collect::<Vec<_>>(), &host);
         let s = parse(&text);
         assert_eq!(value(&s, "tend_tasks", "state=\"running\""), 2.0);
         assert_eq!(value(&s, "tend_tasks", "state=\"dead\""), 1.0);

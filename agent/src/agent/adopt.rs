@@ -342,7 +342,13 @@ impl Agent {
             let (slot, rx) = TaskSlot::new(task);
             let mut tasks = BTreeMap::new();
             tasks.insert(ADOPTED_TASK.to_string(), Box::new(slot));
-            allocs.insert(alloc_id.clone(), AllocSlot { record, tasks });
+            allocs.insert(
+                alloc_id.clone(),
+                AllocSlot {
+                    record: Arc::new(record),
+                    tasks,
+                },
+            );
             rx
         };
         tracing::info!(alloc = %alloc_id, container = %req.id, "adopted");

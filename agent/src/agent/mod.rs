@@ -132,7 +132,10 @@ pub(crate) fn running_task<'a>(
 }
 
 pub(crate) struct TaskSlot {
-    pub(crate) record: TaskRecord,
+    /// Shared, never changed in place: a change makes a new record and
+    /// swaps it in, so a snapshot under the state lock costs a count per
+    /// record, not a copy of it.
+    pub(crate) record: Arc<TaskRecord>,
     pub(crate) ctl: mpsc::UnboundedSender<Control>,
     /// Held across one change of `record`, from the copy it is made on to
     /// its publication after the write (see [`Inner::update_task`]).
@@ -144,13 +147,19 @@ impl TaskSlot {
     fn new(record: TaskRecord) -> (TaskSlot, mpsc::UnboundedReceiver<Control>) {
         let (ctl, rx) = mpsc::unbounded_channel();
         let slot = TaskSlot {
-            record,
+            record: Arc::new(record),
             ctl,
             writing: Arc::default(),
         };
         (slot, rx)
     }
 }
+
+/// One allocation's record and its tasks' records, as they were when taken.
+pub type AllocSnapshot = (Arc<AllocRecord>, Vec<Arc<TaskRecord>>);
+
+/// Every allocation's (see [`Agent::snapshot`]).
+pub type Snapshot = Vec<AllocSnapshot>;
 
 /// The allocations and their tasks by phase (see [`Agent::counts`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +175,8 @@ pub struct Counts {
 }
 
 pub(crate) struct AllocSlot {
-    pub(crate) record: AllocRecord,
+    /// Shared as [`TaskSlot::record`] is.
+    pub(crate) record: Arc<AllocRecord>,
     /// Boxed: a map's node holds room for eleven entries, and an
     /// allocation of one task would keep room for ten more records inline.
     pub(crate) tasks: BTreeMap<String, Box<TaskSlot>>,
@@ -284,7 +294,7 @@ impl Inner {
         alloc_id: &str,
         task: &str,
         f: impl FnOnce(&mut TaskRecord) -> Option<TaskEvent>,
-    ) -> Option<TaskRecord> {
+    ) -> Option<Arc<TaskRecord>> {
         self.change_task(alloc_id, task, true, f)
     }
 
@@ -296,7 +306,7 @@ impl Inner {
         alloc_id: &str,
         task: &str,
         f: impl FnOnce(&mut TaskRecord) -> Vec<TaskEvent>,
-    ) -> Option<TaskRecord> {
+    ) -> Option<Arc<TaskRecord>> {
         self.change_task(alloc_id, task, true, f)
     }
 
@@ -308,7 +318,7 @@ impl Inner {
         alloc_id: &str,
         task: &str,
         f: impl FnOnce(&mut TaskRecord) -> Option<TaskEvent>,
-    ) -> Option<TaskRecord> {
+    ) -> Option<Arc<TaskRecord>> {
         self.change_task(alloc_id, task, false, f)
     }
 
@@ -323,7 +333,7 @@ impl Inner {
         task: &str,
         persist: bool,
         f: impl FnOnce(&mut TaskRecord) -> E,
-    ) -> Option<TaskRecord> {
+    ) -> Option<Arc<TaskRecord>> {
         let persist = if persist {
             Persist::Record
         } else {
@@ -357,7 +367,7 @@ impl Inner {
         task: &str,
         persist: Persist<'_>,
         f: impl FnOnce(&mut TaskRecord) -> E,
-    ) -> Option<Result<TaskRecord, StateError>> {
+    ) -> Option<Result<Arc<TaskRecord>, StateError>> {
         let gate = {
             let allocs = self.allocs.lock().expect("allocs lock");
             Arc::clone(&allocs.get(alloc_id)?.tasks.get(task)?.writing)
@@ -365,7 +375,7 @@ impl Inner {
         let _writing = gate.lock().expect("task write lock");
         let (rec, ev) = {
             let allocs = self.allocs.lock().expect("allocs lock");
-            let mut rec = allocs.get(alloc_id)?.tasks.get(task)?.record.clone();
+            let mut rec = TaskRecord::clone(&allocs.get(alloc_id)?.tasks.get(task)?.record);
             let ev = f(&mut rec);
             (rec, ev)
         };
@@ -382,10 +392,11 @@ impl Inner {
                 }
             }
         }
+        let rec = Arc::new(rec);
         {
             let mut allocs = self.allocs.lock().expect("allocs lock");
             let slot = allocs.get_mut(alloc_id)?.tasks.get_mut(task)?;
-            slot.record = rec.clone();
+            slot.record = Arc::clone(&rec);
         }
         for event in ev {
             tracing::info!(alloc_id, task, kind = %event.kind, "{}", event.message);
@@ -412,7 +423,7 @@ impl Inner {
             .lock()
             .expect("allocs lock")
             .get(alloc_id)
-            .map(|a| a.record.clone())
+            .map(|a| AllocRecord::clone(&a.record))
     }
 
     /// The task record (a copy).
@@ -422,7 +433,7 @@ impl Inner {
             .expect("allocs lock")
             .get(alloc_id)
             .and_then(|a| a.tasks.get(task))
-            .map(|t| t.record.clone())
+            .map(|t| TaskRecord::clone(&t.record))
     }
 }
 
@@ -642,7 +653,7 @@ impl Agent {
             {
                 let mut allocs = self.inner.allocs.lock().expect("allocs lock");
                 let slot = allocs.entry(alloc_id.clone()).or_insert(AllocSlot {
-                    record: alloc.clone(),
+                    record: Arc::new(alloc.clone()),
                     tasks: BTreeMap::new(),
                 });
                 for rec in tasks {
@@ -756,7 +767,7 @@ impl Agent {
             {
                 let mut allocs = self.inner.allocs.lock().expect("allocs lock");
                 let mut slot = AllocSlot {
-                    record,
+                    record: Arc::new(record),
                     tasks: BTreeMap::new(),
                 };
                 for rec in tasks {
@@ -819,7 +830,7 @@ impl Agent {
             .ok_or_else(|| AgentError::NoAlloc {
                 alloc: alloc_id.to_string(),
             })?;
-        slot.record.desired = Desired::Stop;
+        Arc::make_mut(&mut slot.record).desired = Desired::Stop;
         self.inner.store.put_alloc(&slot.record)?;
         for t in slot.tasks.values() {
             let _ = t.ctl.send(Control::Stop);
@@ -849,13 +860,14 @@ impl Agent {
         &self,
         alloc_id: &str,
         patience: Duration,
-    ) -> Result<Vec<TaskRecord>, AgentError> {
+    ) -> Result<Vec<Arc<TaskRecord>>, AgentError> {
         let mut events = self.events();
         let until = tokio::time::Instant::now() + patience;
         loop {
             let (_, tasks) = self.alloc(alloc_id)?;
             let alive: Vec<&TaskRecord> = tasks
                 .iter()
+                .map(|t| &**t)
                 .filter(|t| t.phase != TaskPhase::Dead)
                 .collect();
             if alive.is_empty() {
@@ -913,15 +925,16 @@ impl Agent {
         }
     }
 
-    /// A snapshot of every allocation with its tasks.
-    pub fn snapshot(&self) -> Vec<(AllocRecord, Vec<TaskRecord>)> {
+    /// A snapshot of every allocation with its tasks: the records as they
+    /// are now, shared (the state lock is held only to count them out).
+    pub fn snapshot(&self) -> Snapshot {
         let allocs = self.inner.allocs.lock().expect("allocs lock");
         allocs
             .values()
             .map(|a| {
                 (
-                    a.record.clone(),
-                    a.tasks.values().map(|t| t.record.clone()).collect(),
+                    Arc::clone(&a.record),
+                    a.tasks.values().map(|t| Arc::clone(&t.record)).collect(),
                 )
             })
             .collect()
@@ -949,14 +962,14 @@ impl Agent {
     }
 
     /// A snapshot of one allocation.
-    pub fn alloc(&self, alloc_id: &str) -> Result<(AllocRecord, Vec<TaskRecord>), AgentError> {
+    pub fn alloc(&self, alloc_id: &str) -> Result<AllocSnapshot, AgentError> {
         let allocs = self.inner.allocs.lock().expect("allocs lock");
         let a = allocs.get(alloc_id).ok_or_else(|| AgentError::NoAlloc {
             alloc: alloc_id.to_string(),
         })?;
         Ok((
-            a.record.clone(),
-            a.tasks.values().map(|t| t.record.clone()).collect(),
+            Arc::clone(&a.record),
+            a.tasks.values().map(|t| Arc::clone(&t.record)).collect(),
         ))
     }
 

@@ -32,9 +32,9 @@ impl Agent {
                 }
             }
         }
-        let tasks: Vec<TaskRecord> = snapshot
+        let tasks: Vec<&TaskRecord> = snapshot
             .iter()
-            .flat_map(|(_, t)| t.iter().cloned())
+            .flat_map(|(_, t)| t.iter().map(|t| &**t))
             .collect();
         self.inner.metrics.render(snapshot.len(), &tasks, &host)
     }

@@ -93,14 +93,14 @@ fn a_task_change_is_on_disk_before_it_is_shown() {
     inner.store.put_task(&record).unwrap();
     let (ctl, _rx) = mpsc::unbounded_channel();
     let task = TaskSlot {
-        record,
+        record: Arc::new(record),
         ctl,
         writing: Arc::default(),
     };
     inner.allocs.lock().unwrap().insert(
         "a1".into(),
         AllocSlot {
-            record: alloc,
+            record: Arc::new(alloc),
             tasks: [("web".to_string(), Box::new(task))].into_iter().collect(),
         },
     );

@@ -139,7 +139,7 @@ async fn adopt(agent: &Agent, req: &Request) -> Result<Reply, Refusal> {
     Ok(server::json(201, &wire::Adopted { id, container_dir }))
 }
 
-fn alloc_status(tasks: &[TaskRecord]) -> &'static str {
+fn alloc_status(tasks: &[Arc<TaskRecord>]) -> &'static str {
     if tasks.iter().any(|t| t.phase == TaskPhase::Running) {
         "running"
     } else if tasks.iter().any(|t| t.phase == TaskPhase::Pending) {
@@ -176,7 +176,7 @@ fn task_view(t: &TaskRecord, driver: &str, full: bool) -> TaskView {
     }
 }
 
-fn alloc_view(a: &AllocRecord, tasks: &[TaskRecord], agent: &Agent, full: bool) -> AllocView {
+fn alloc_view(a: &AllocRecord, tasks: &[Arc<TaskRecord>], agent: &Agent, full: bool) -> AllocView {
     let driver_of = |name: &str| {
         a.job
             .groups

@@ -288,7 +288,10 @@ fn remove_dead_states(dir: &std::path::Path) {
 
 fn record_of(agent: &Agent, w: &Watch) -> Option<TaskRecord> {
     let (_, tasks) = agent.alloc(&w.alloc_id).ok()?;
-    tasks.into_iter().find(|t| t.task == w.task)
+    tasks
+        .into_iter()
+        .find(|t| t.task == w.task)
+        .map(std::sync::Arc::unwrap_or_clone)
 }
 
 /// Say what a task's event means to the person at the terminal.
