@@ -342,6 +342,25 @@ pub fn run_submitted(
     Ok(out)
 }
 
+/// ms of each of `n` `GET target` requests to the agent, one after another,
+/// whole as a client sees them (connect, request, answer read and parsed).
+pub fn request_times(run_dir: &Path, target: &str, n: usize) -> Result<Vec<f64>, String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let (st, v) = api(run_dir, "GET", target, b"")?;
+        if st != 200 {
+            return Err(format!("GET {target}: {st} {v}"));
+        }
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
+}
+
+/// How many health and list requests the scale run times.
+pub const HEALTH_ROUNDS: usize = 500;
+const LIST_ROUNDS: usize = 20;
+
 /// Make in `dir` what `n` tasks of one job have on the disk, as the agent
 /// and tend-spawn make them but with no fsync: per task six dirs (alloc,
 /// logs, shared, task, local, state) and seven small files (two records, a
@@ -420,6 +439,13 @@ pub struct Scale {
     pub agent_rss_kb: f64,
     /// Agent RSS idle (no tasks), kB.
     pub agent_idle_rss_kb: f64,
+    /// ms of each `GET /v1/health` with the tasks running.
+    pub health_ms: Vec<f64>,
+    /// ms of each `GET /v1/allocations` (every allocation) with them running.
+    pub list_ms: Vec<f64>,
+    /// ms of each `GET /v1/health` while another client lists every
+    /// allocation over and over.
+    pub health_while_listing_ms: Vec<f64>,
     /// ms from exec to health answering with all running, per restart.
     pub restart_ms: Vec<f64>,
     /// "state taken up" millis of each restart.
@@ -475,6 +501,22 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
     s.start_all_ms = t.elapsed().as_secs_f64() * 1000.0;
     sleep(Duration::from_millis(500));
     s.agent_rss_kb = crate::procfs::footprint(a.pid())?.rss_kb;
+    // What a monitor and a person asking pay with the tasks running; then
+    // health while a list runs beside it (a list must not hold up the rest).
+    s.health_ms = request_times(&a.run, "/v1/health", HEALTH_ROUNDS)?;
+    s.list_ms = request_times(&a.run, "/v1/allocations", LIST_ROUNDS)?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let run = a.run.clone();
+    s.health_while_listing_ms = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = api(&run, "GET", "/v1/allocations", b"");
+            }
+        });
+        let r = request_times(&run, "/v1/health", HEALTH_ROUNDS);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    })?;
     for _ in 0..restarts {
         let (d, m) = a.crash_restart(want)?;
         s.restart_ms.push(d);

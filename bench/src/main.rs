@@ -1119,6 +1119,7 @@ impl Bench {
         say(&format!("3: agent with {n} tasks"));
         // Cold starts on an empty store: the baseline of the restart figure.
         let mut cold = Vec::new();
+        let mut cold_health = Vec::new();
         for i in 0..p.restarts {
             match agent::Agent::start(
                 &self.tend_bin,
@@ -1128,6 +1129,10 @@ impl Bench {
             ) {
                 Ok((a, ms)) => {
                     cold.push(ms);
+                    let rounds = agent::HEALTH_ROUNDS / p.restarts.max(1);
+                    if let Ok(t) = agent::request_times(&a.run, "/v1/health", rounds) {
+                        cold_health.extend(t);
+                    }
                     a.stop();
                 }
                 Err(e) => {
@@ -1248,6 +1253,34 @@ impl Bench {
                 sum(&s.taken_up_ms),
             )
             .vs("agent cold start, empty store", sum(&cold)),
+        );
+        self.rows.push(
+            Row::measured(
+                "3",
+                &format!("GET /v1/health with {n} running tasks, whole request"),
+                "ms",
+                sum(&s.health_ms),
+            )
+            .vs("GET /v1/health, empty agent", sum(&cold_health)),
+        );
+        self.rows.push(
+            Row::measured(
+                "3",
+                &format!("GET /v1/health with {n} running tasks, while another client lists every allocation over and over"),
+                "ms",
+                sum(&s.health_while_listing_ms),
+            )
+            .vs("GET /v1/health, empty agent", sum(&cold_health))
+            .note("a list must not hold the state lock for long"),
+        );
+        self.rows.push(
+            Row::measured(
+                "3",
+                &format!("GET /v1/allocations: all {n}, whole request"),
+                "ms",
+                sum(&s.list_ms),
+            )
+            .note("the answer read and parsed as JSON by the client"),
         );
         let one = sum(&s.exit_to_recorded_one_ms);
         let met = one.as_ref().map(|o| o.median < 1.0);

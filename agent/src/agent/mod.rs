@@ -941,10 +941,8 @@ impl Agent {
     }
 
     /// How many allocations there are, and their tasks in each phase,
-    /// counted under the state lock without copying a record: health is
-    /// asked often (a load balancer, a watchdog), and a copy of every record
-    /// per question would hold the lock every task change takes for as long
-    /// as the copy takes, growing with the tasks.
+    /// counted under the state lock: health is asked often (a load
+    /// balancer, a watchdog) and needs no record, not even a shared one.
     pub fn counts(&self) -> Counts {
         let allocs = self.inner.allocs.lock().expect("allocs lock");
         let mut c = Counts {
