@@ -400,7 +400,8 @@ impl DockerDriver {
         let mut status = exit_status(meta, &after, pid);
         let started = after.state.as_ref().and_then(|s| s.started_at.as_deref());
         if let (false, Some(137), Some(since)) = (status.oom_killed, status.exit_code, started) {
-            if self.oom_event_seen(id, since).await {
+            let full_id = after.id.as_deref().unwrap_or(id);
+            if self.oom_event_seen(full_id, since).await {
                 status.oom_killed = true;
                 status.oom_kills = 1;
             }
@@ -409,8 +410,8 @@ impl DockerDriver {
         Ok(status)
     }
 
-    /// Whether the engine logged an `oom` event for the container since
-    /// `since` (its start, as the engine wrote it), waiting up to
+    /// Whether the engine logged an `oom` event for the container of full
+    /// ID `id` since `since` (its start, as the engine wrote it), waiting up to
     /// [`LATE_OOM`] past now for one. A SIGKILLed container whose record
     /// says no OOM may still have been OOM-killed: the shim can send the
     /// kernel's OOM notice after the exit (containerd before 2.2), and the
@@ -420,8 +421,9 @@ impl DockerDriver {
         let Ok(engine) = self.engine().await else {
             return false;
         };
-        // From a second before the start the engine wrote: it rounds nothing
-        // away that matters, and no OOM of this container precedes its start.
+        // From a second before the start the engine wrote, which it takes
+        // after the process runs; `id` is the container's full ID, so an
+        // earlier container of the same name (the task's last run) is not it.
         let Some(since) = stamp::parse_nanos(since) else {
             return false;
         };
