@@ -161,7 +161,7 @@ pub type AllocSnapshot = (Arc<AllocRecord>, Vec<Arc<TaskRecord>>);
 /// Every allocation's (see [`Agent::snapshot`]).
 pub type Snapshot = Vec<AllocSnapshot>;
 
-/// The allocations and their tasks by phase (see [`Agent::counts`]).
+/// The allocations, and their tasks pending and running (see [`Agent::counts`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     /// Allocations, whatever their tasks' phases.
@@ -170,8 +170,6 @@ pub struct Counts {
     pub pending: usize,
     /// Tasks running.
     pub running: usize,
-    /// Tasks ended for good.
-    pub dead: usize,
 }
 
 pub(crate) struct AllocSlot {
@@ -940,7 +938,7 @@ impl Agent {
             .collect()
     }
 
-    /// How many allocations there are, and their tasks in each phase,
+    /// How many allocations there are, and their tasks pending and running,
     /// counted under the state lock: health is asked often (a load
     /// balancer, a watchdog) and needs no record, not even a shared one.
     pub fn counts(&self) -> Counts {
@@ -953,7 +951,7 @@ impl Agent {
             match t.record.phase {
                 TaskPhase::Pending => c.pending += 1,
                 TaskPhase::Running => c.running += 1,
-                TaskPhase::Dead => c.dead += 1,
+                TaskPhase::Dead => {}
             }
         }
         c
