@@ -393,6 +393,61 @@ pub fn fs_floor(dir: &Path, n: usize) -> Result<f64, String> {
     Ok(t.elapsed().as_secs_f64() * 1000.0)
 }
 
+/// The allocations of the `sleepers` job and each one's task pid.
+fn sleepers(a: &Agent) -> Result<Vec<(String, Option<i32>)>, String> {
+    let (_, list) = api(&a.run, "GET", "/v1/allocations", b"")?;
+    Ok(list["allocations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["job"] == "sleepers")
+        .filter_map(|x| {
+            let id = x["id"].as_str()?.to_string();
+            let pid = x["tasks"][0]["pid"]
+                .as_i64()
+                .and_then(|p| i32::try_from(p).ok());
+            Some((id, pid))
+        })
+        .collect())
+}
+
+/// SIGKILL the task `pid`, if there is one.
+fn kill(pid: Option<i32>) {
+    if let Some(pid) = pid {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Submit the `sleepers` job of `n` `sleep 600` tasks; the ms until health
+/// shows them all running.
+fn start_sleepers(a: &mut Agent, n: usize) -> Result<f64, String> {
+    let body = job("sleepers", n, "/bin/sleep", &["600"]);
+    let t = Instant::now();
+    let (st, v) = api(&a.run, "POST", "/v1/jobs", body.as_bytes())?;
+    if st >= 400 {
+        return Err(format!("submit: {st} {v}"));
+    }
+    let want = u64::try_from(n).unwrap_or(u64::MAX);
+    a.wait_health(want, Duration::from_secs(600))?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Start `n` `sleep 600` tasks on the agent as [`scale`] does and nothing
+/// more: the ms from POST to all running. The tasks are killed after, and
+/// the agent is left with none running.
+pub fn start_only(a: &mut Agent, n: usize) -> Result<f64, String> {
+    nix::unistd::sync();
+    let ms = start_sleepers(a, n)?;
+    for (_, pid) in sleepers(a)? {
+        kill(pid);
+    }
+    a.wait_health(0, Duration::from_secs(300))?;
+    Ok(ms)
+}
+
 /// Start `n` `/bin/sleep 600` from one thread (std's spawn), the ms until
 /// the last is started; then kill and reap them all.
 pub fn spawn_floor(n: usize) -> Result<f64, String> {
@@ -469,7 +524,6 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
         agent_idle_rss_kb: crate::procfs::footprint(a.pid())?.rss_kb,
         ..Scale::default()
     };
-    let body = job("sleepers", n, "/bin/sleep", &["600"]);
     // The two floors under a start, measured just before it: the file
     // system (this machine's is slow to make inodes for a while after many
     // were removed) and the kernel's process creation.
@@ -491,14 +545,8 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
     s.fs_floor_ms = fs_floor(&floor_dir, n)?;
     nix::unistd::sync();
     s.spawn_floor_ms = spawn_floor(n)?;
-    let t = Instant::now();
-    let (st, v) = api(&a.run, "POST", "/v1/jobs", body.as_bytes())?;
-    if st >= 400 {
-        return Err(format!("submit: {st} {v}"));
-    }
+    s.start_all_ms = start_sleepers(a, n)?;
     let want = u64::try_from(n).unwrap_or(u64::MAX);
-    a.wait_health(want, Duration::from_secs(600))?;
-    s.start_all_ms = t.elapsed().as_secs_f64() * 1000.0;
     sleep(Duration::from_millis(500));
     s.agent_rss_kb = crate::procfs::footprint(a.pid())?.rss_kb;
     // What a monitor and a person asking pay with the tasks running; then
@@ -526,28 +574,7 @@ pub fn scale(a: &mut Agent, n: usize, restarts: usize) -> Result<Scale, String> 
     }
     // Kill tasks from outside; the daemons record, the agent hears. First a
     // few one at a time while the rest run, then every other one at once.
-    let (_, list) = api(&a.run, "GET", "/v1/allocations", b"")?;
-    let tasks: Vec<(String, Option<i32>)> = list["allocations"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|x| x["job"] == "sleepers")
-        .filter_map(|x| {
-            let id = x["id"].as_str()?.to_string();
-            let pid = x["tasks"][0]["pid"]
-                .as_i64()
-                .and_then(|p| i32::try_from(p).ok());
-            Some((id, pid))
-        })
-        .collect();
-    let kill = |pid: Option<i32>| {
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    };
+    let tasks = sleepers(a)?;
     let ones = tasks.len().min(ONE_AT_A_TIME).min(tasks.len() / 2);
     for (_, pid) in &tasks[..ones] {
         kill(*pid);
